@@ -1,0 +1,167 @@
+// elementwise.wgsl — element-wise unary and binary ops on f32.
+//
+// Entry points (workgroup size 256, one element per invocation; the grid may be
+// split over x/y/z when it exceeds 65535 workgroups per dimension):
+//   unary_forward             out[i] = f(x[i])                      f chosen by override OP
+//   binary_forward            out[i] = g(a[i], b[i])                same shape
+//   binary_broadcast_forward  out[i] = g(a[bcast(i)], b[bcast(i)])  NumPy broadcasting
+//   scalar_forward            out[i] = g(x[i], s) or g(s, x[i])     scalar operand
+// The op is a pipeline-overridable constant, so each (entry, OP) pipeline is
+// specialised and the switch folds away.
+
+override OP: u32 = 0u;
+
+struct Params {
+    n: u32,           // number of output elements
+    rank: u32,        // rank of the output (broadcast entry)
+    scalar: f32,      // the scalar operand (scalar entry)
+    scalar_lhs: u32,  // 1: g(s, x), 0: g(x, s)
+    dims: array<vec4<u32>, 2>,       // output dims, outermost first
+    a_strides: array<vec4<u32>, 2>,  // a's strides in the broadcast shape (0 = stretched)
+    b_strides: array<vec4<u32>, 2>,  // b's strides in the broadcast shape
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;        // (n) or a's own shape
+@group(0) @binding(2) var<storage, read_write> out2: array<f32>; // output of unary/scalar entries
+@group(0) @binding(2) var<storage, read> b: array<f32>;        // binary entries: second operand
+@group(0) @binding(3) var<storage, read_write> out3: array<f32>; // output of binary entries
+
+fn nan() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
+fn is_nan(x: f32) -> bool {
+    // Exponent all ones and a non-zero mantissa; robust against fast-math folding of x != x.
+    let bits = bitcast<u32>(x);
+    return (bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0u;
+}
+
+// erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), for the exact GELU.
+fn erf_approx(x: f32) -> f32 {
+    let s = sign(x);
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * z);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return s * (1.0 - poly * exp(-z * z));
+}
+
+fn unary_op(x: f32) -> f32 {
+    switch OP {
+        case 0u: { return -x; }                                  // neg
+        case 1u: { return abs(x); }                              // abs
+        case 2u: { return exp(x); }                              // exp
+        case 3u: {                                               // log
+            if (x == 0.0) { return bitcast<f32>(0xff800000u); }
+            if (x < 0.0) { return nan(); }
+            return log(x);
+        }
+        case 4u: {                                               // sqrt
+            if (x < 0.0) { return nan(); }
+            return sqrt(x);
+        }
+        case 5u: { return x * x; }                               // square
+        case 6u: { return max(x, 0.0); }                         // relu
+        case 7u: { return 1.0 / (1.0 + exp(-x)); }               // sigmoid
+        case 8u: {                                               // tanh (clamped: some drivers overflow to NaN)
+            if (is_nan(x)) { return x; }
+            return tanh(clamp(x, -15.0, 15.0));
+        }
+        case 9u: { return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752)); } // gelu (erf)
+        default: { return nan(); }
+    }
+}
+
+fn pow_ieee(x: f32, y: f32) -> f32 {
+    // WGSL's pow is undefined for x <= 0; follow C/NumPy for those cases.
+    if (y == 0.0) { return 1.0; }
+    if (is_nan(x) || is_nan(y)) { return nan(); }
+    if (x == 0.0) {
+        if (y > 0.0) { return 0.0; }
+        return bitcast<f32>(0x7f800000u);
+    }
+    if (x > 0.0) { return pow(x, y); }
+    if (y != floor(y)) { return nan(); }
+    let m = pow(-x, y);
+    if (abs(y) < 16777216.0 && (i32(y) & 1) == 1) { return -m; }
+    return m;
+}
+
+fn binary_op(x: f32, y: f32) -> f32 {
+    switch OP {
+        case 0u: { return x + y; }                               // add
+        case 1u: { return x - y; }                               // sub
+        case 2u: { return x * y; }                               // mul
+        case 3u: { return x / y; }                               // div
+        case 4u: {                                               // maximum (NaN propagates)
+            if (is_nan(x) || is_nan(y)) { return nan(); }
+            return max(x, y);
+        }
+        case 5u: {                                               // minimum (NaN propagates)
+            if (is_nan(x) || is_nan(y)) { return nan(); }
+            return min(x, y);
+        }
+        case 6u: { return pow_ieee(x, y); }                      // pow
+        case 7u: { return select(0.0, 1.0, x == y); }            // eq
+        case 8u: { return select(0.0, 1.0, x != y); }            // ne
+        case 9u: { return select(0.0, 1.0, x < y); }             // lt
+        case 10u: { return select(0.0, 1.0, x <= y); }           // le
+        case 11u: { return select(0.0, 1.0, x > y); }            // gt
+        case 12u: { return select(0.0, 1.0, x >= y); }           // ge
+        default: { return nan(); }
+    }
+}
+
+fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
+}
+
+fn dim_at(v: array<vec4<u32>, 2>, i: u32) -> u32 {
+    return v[i / 4u][i % 4u];
+}
+
+@compute @workgroup_size(256)
+fn unary_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.n) { return; }
+    out2[i] = unary_op(a[i]);
+}
+
+@compute @workgroup_size(256)
+fn scalar_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.n) { return; }
+    if (params.scalar_lhs == 1u) {
+        out2[i] = binary_op(params.scalar, a[i]);
+    } else {
+        out2[i] = binary_op(a[i], params.scalar);
+    }
+}
+
+@compute @workgroup_size(256)
+fn binary_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.n) { return; }
+    out3[i] = binary_op(a[i], b[i]);
+}
+
+@compute @workgroup_size(256)
+fn binary_broadcast_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.n) { return; }
+    var rem = i;
+    var ia = 0u;
+    var ib = 0u;
+    for (var d = i32(params.rank) - 1; d >= 0; d = d - 1) {
+        let size = dim_at(params.dims, u32(d));
+        let coord = rem % size;
+        rem = rem / size;
+        ia = ia + coord * dim_at(params.a_strides, u32(d));
+        ib = ib + coord * dim_at(params.b_strides, u32(d));
+    }
+    out3[i] = binary_op(a[ia], b[ib]);
+}

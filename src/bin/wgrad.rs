@@ -1,0 +1,5 @@
+fn main() -> anyhow::Result<()> {
+    let dev = wgrad::Device::gpu()?;
+    println!("{}", dev.name());
+    Ok(())
+}

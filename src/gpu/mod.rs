@@ -1,0 +1,412 @@
+//! The GPU side: one wgpu device and queue, a pipeline cache, a buffer pool,
+//! command recording and readback.
+//!
+//! Eager ops record their dispatches into one pending command encoder; it is
+//! submitted when a result is read back (or after many dispatches), so a chain
+//! of ops costs one queue submit, not one per op.
+
+pub(crate) mod adapter;
+pub(crate) mod pool;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+pub use adapter::AdapterSummary;
+pub use pool::PoolStats;
+use pool::{GpuBuffer, Pool};
+
+/// A WGSL source file and the name its pipelines are cached under.
+pub(crate) struct Kernel {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// One storage buffer argument of a dispatch: the buffer and the bytes bound.
+pub(crate) type BufArg<'a> = (&'a wgpu::Buffer, u64);
+
+/// Workgroup size used by the one-dimensional kernels (WebGPU's guaranteed maximum).
+pub(crate) const WG_1D: u32 = 256;
+
+/// Size, in u32 words, every params uniform is padded to (256 bytes).
+pub(crate) const PARAMS_WORDS: usize = 64;
+
+/// Dispatches recorded before the pending encoder is submitted anyway, so
+/// that a long eager loop does not grow one command buffer without bound.
+const MAX_PENDING_DISPATCHES: usize = 512;
+
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    dispatches: usize,
+    submits: u64,
+}
+
+/// A GPU device: adapter, device, queue, caches.
+pub(crate) struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) limits: wgpu::Limits,
+    pub(crate) features: wgpu::Features,
+    pub(crate) summary: AdapterSummary,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    pending: Mutex<Pending>,
+    pool: Arc<Pool>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl GpuContext {
+    /// Chooses the best adapter and opens a device with its own limits.
+    pub(crate) fn new() -> Result<Self> {
+        let instance = wgpu::Instance::new(
+            wgpu::InstanceDescriptor::new_without_display_handle().with_env(),
+        );
+        let (adapter, reason) = adapter::choose(adapter::list_adapters(&instance)).ok_or(Error::NoAdapter)?;
+        let info = adapter.get_info();
+        let wanted = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
+        let features = adapter.features() & wanted;
+        // The adapter's own limits, not WebGPU's defaults: lavapipe allows 128 MiB
+        // bindings and 2 GiB buffers where the defaults stop at 128 MiB / 256 MiB.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgrad"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::DeviceRequest {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            lock(&sink).push(e.to_string());
+        }));
+        let summary = AdapterSummary {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            max_buffer: limits.max_buffer_size,
+            max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            reason,
+        };
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            summary,
+            modules: Mutex::default(),
+            pipelines: Mutex::default(),
+            pending: Mutex::new(Pending {
+                encoder: None,
+                dispatches: 0,
+                submits: 0,
+            }),
+            pool: Arc::default(),
+            errors,
+        })
+    }
+
+    /// Takes any error the device reported since the last check.
+    fn check_errors(&self, op: &'static str) -> Result<()> {
+        let mut errs = lock(&self.errors);
+        if errs.is_empty() {
+            return Ok(());
+        }
+        let detail = errs.join("; ");
+        errs.clear();
+        Err(Error::Gpu { op, detail })
+    }
+
+    /// Checks that one binding of `bytes` fits this adapter.
+    pub(crate) fn check_binding(&self, op: &'static str, shape: &[usize], bytes: u64) -> Result<()> {
+        let limit = self.limits.max_storage_buffer_binding_size as u64;
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                op,
+                shape: shape.to_vec(),
+                bytes,
+                limit,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::TooLarge {
+                op,
+                shape: shape.to_vec(),
+                bytes,
+                limit: self.limits.max_buffer_size,
+                limit_name: "max_buffer_size",
+            });
+        }
+        Ok(())
+    }
+
+    /// A pooled storage buffer of at least `bytes` bytes (contents undefined).
+    pub(crate) fn alloc(&self, bytes: u64) -> GpuBuffer {
+        GpuBuffer::new(self.pool.take(&self.device, bytes), self.pool.clone())
+    }
+
+    /// A pooled buffer holding `data`.
+    pub(crate) fn upload(&self, data: &[u8]) -> GpuBuffer {
+        let buf = self.alloc(data.len() as u64);
+        if !data.is_empty() {
+            // Writes are ordered before any later submit, including the pending encoder's.
+            let padded_len = data.len().div_ceil(4) * 4;
+            if padded_len == data.len() {
+                self.queue.write_buffer(buf.raw(), 0, data);
+            } else {
+                let mut v = data.to_vec();
+                v.resize(padded_len, 0);
+                self.queue.write_buffer(buf.raw(), 0, &v);
+            }
+        }
+        buf
+    }
+
+    pub(crate) fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    pub(crate) fn trim_pool(&self) {
+        self.pool.trim()
+    }
+
+    fn module(&self, kernel: &Kernel) -> Result<wgpu::ShaderModule> {
+        let mut modules = lock(&self.modules);
+        if let Some(m) = modules.get(kernel.name) {
+            return Ok(m.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let m = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name),
+            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
+                op: kernel.name,
+                detail: format!("shader did not compile: {e}"),
+            });
+        }
+        modules.insert(kernel.name, m.clone());
+        Ok(m)
+    }
+
+    /// The cached pipeline for `entry` of `kernel` with override `constants`.
+    pub(crate) fn pipeline(
+        &self,
+        kernel: &Kernel,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = format!("{}::{}{:?}", kernel.name, entry, constants);
+        if let Some(p) = lock(&self.pipelines).get(&key) {
+            return Ok(p.clone());
+        }
+        let module = self.module(kernel)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let p = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&key),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
+                op: kernel.name,
+                detail: format!("pipeline {key} failed: {e}"),
+            });
+        }
+        lock(&self.pipelines).insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Splits `groups` workgroups over x and y (and z) so no dimension exceeds
+    /// the adapter's limit. Kernels rebuild the linear id with [`WGSL_LINEAR_ID`].
+    pub(crate) fn grid(&self, groups: u64) -> [u32; 3] {
+        let max = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+        if groups <= max {
+            return [groups.max(1) as u32, 1, 1];
+        }
+        let y = groups.div_ceil(max);
+        if y <= max {
+            return [max as u32, y as u32, 1];
+        }
+        [max as u32, max as u32, y.div_ceil(max) as u32]
+    }
+
+    /// Records one dispatch into the pending encoder. Binding 0 of group 0 is
+    /// the `params` uniform (u32 words; floats as bits), bindings 1.. the buffers.
+    pub(crate) fn dispatch(
+        &self,
+        kernel: &Kernel,
+        entry: &str,
+        constants: &[(&str, f64)],
+        params: &[u32],
+        buffers: &[BufArg<'_>],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let pipeline = self.pipeline(kernel, entry, constants)?;
+        let mut words = params.to_vec();
+        // Every params struct fits in PARAMS_WORDS words; padding to that size keeps the
+        // binding at least as large as any struct the shader declares.
+        words.resize(params.len().div_ceil(4).max(PARAMS_WORDS / 4) * 4, 0);
+        let uniform = wgpu::util::DeviceExt::create_buffer_init(
+            &self.device,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some("wgrad.params"),
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::UNIFORM,
+            },
+        );
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        for (i, (buf, bytes)) in buffers.iter().enumerate() {
+            let size = (*bytes).max(4).div_ceil(4) * 4;
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: buf,
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(size.min(buf.size())),
+                }),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut pending = lock(&self.pending);
+        let encoder = pending.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgrad.eager") })
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(entry),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        pending.dispatches += 1;
+        if pending.dispatches >= MAX_PENDING_DISPATCHES {
+            self.submit_locked(&mut pending);
+        }
+        Ok(())
+    }
+
+    /// Copies `bytes` bytes between two buffers, in order with the dispatches.
+    pub(crate) fn copy(&self, src: &wgpu::Buffer, src_off: u64, dst: &wgpu::Buffer, dst_off: u64, bytes: u64) {
+        let mut pending = lock(&self.pending);
+        let encoder = pending.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgrad.eager") })
+        });
+        encoder.copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
+    }
+
+    fn submit_locked(&self, pending: &mut Pending) {
+        if let Some(enc) = pending.encoder.take() {
+            self.queue.submit([enc.finish()]);
+            pending.dispatches = 0;
+            pending.submits += 1;
+        }
+    }
+
+    /// Submits whatever has been recorded.
+    pub(crate) fn flush(&self) {
+        let mut pending = lock(&self.pending);
+        self.submit_locked(&mut pending);
+    }
+
+    /// Number of queue submits so far (the benchmark reports submits per step).
+    pub(crate) fn submits(&self) -> u64 {
+        lock(&self.pending).submits
+    }
+
+    /// Waits for all submitted work to finish.
+    pub(crate) fn synchronize(&self, op: &'static str) -> Result<()> {
+        self.flush();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu { op, detail: e.to_string() })?;
+        self.check_errors(op)
+    }
+
+    /// Reads `bytes` bytes from the start of `src` after all recorded work.
+    pub(crate) async fn read_async(&self, op: &'static str, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let padded = bytes.div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgrad.readback"),
+            size: padded,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut pending = lock(&self.pending);
+            let encoder = pending.encoder.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgrad.eager") })
+            });
+            encoder.copy_buffer_to_buffer(src, 0, &staging, 0, padded);
+            self.submit_locked(&mut pending);
+        }
+        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu { op, detail: e.to_string() })?;
+        self.check_errors(op)?;
+        match rx.receive().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::Gpu { op, detail: format!("map failed: {e}") }),
+            None => return Err(Error::Gpu { op, detail: "map callback dropped".into() }),
+        }
+        let data = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu { op, detail: format!("mapped range: {e}") })?
+            .to_vec();
+        staging.unmap();
+        let mut data = data;
+        data.truncate(bytes as usize);
+        Ok(data)
+    }
+}
+
+/// WGSL lines every one-dimensional kernel uses to rebuild its linear
+/// workgroup id from a grid split by [`GpuContext::grid`].
+#[allow(dead_code)]
+pub(crate) const WGSL_LINEAR_ID: &str =
+    "let wg_linear = wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y;";

@@ -1,0 +1,156 @@
+//! A buffer pool: storage buffers are recycled by size class when the tensor
+//! that owned them is dropped, so repeated runs do not allocate.
+//!
+//! Size classes are 2^k and 1.5·2^k bytes (at most a third wasted). Pooled
+//! buffers can be larger than the tensor in them, which is why kernels take
+//! their element counts from a params uniform rather than `arrayLength`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Usage of every pooled buffer: read and written by kernels, copied in and out.
+pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Counters the pool exposes (for soak tests and the benchmark).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Buffers created since the device was made.
+    pub created: u64,
+    /// Allocations served from the free lists.
+    pub reused: u64,
+    /// Buffers currently owned by tensors.
+    pub live_buffers: u64,
+    /// Bytes of those buffers.
+    pub live_bytes: u64,
+    /// Buffers waiting in the free lists.
+    pub free_buffers: u64,
+    /// Bytes waiting in the free lists.
+    pub free_bytes: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    stats: PoolStats,
+}
+
+/// Free lists of storage buffers by size class.
+#[derive(Default)]
+pub(crate) struct Pool {
+    inner: Mutex<Inner>,
+}
+
+/// Bytes above which freed buffers are destroyed instead of kept.
+const MAX_FREE_BYTES: u64 = 1 << 30;
+
+/// The size class that holds `bytes`.
+pub(crate) fn size_class(bytes: u64) -> u64 {
+    let b = bytes.max(16);
+    let p = b.next_power_of_two();
+    let three_quarters = p / 4 * 3;
+    if b <= three_quarters && three_quarters % 4 == 0 {
+        three_quarters
+    } else {
+        p
+    }
+}
+
+impl Pool {
+    pub(crate) fn take(&self, device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
+        let class = size_class(bytes);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let reused = inner.free.get_mut(&class).and_then(|v| v.pop());
+        let buf = match reused {
+            Some(b) => {
+                inner.stats.reused += 1;
+                inner.stats.free_buffers -= 1;
+                inner.stats.free_bytes -= class;
+                b
+            }
+            None => {
+                inner.stats.created += 1;
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgrad.tensor"),
+                    size: class,
+                    usage: STORAGE_USAGE,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        inner.stats.live_buffers += 1;
+        inner.stats.live_bytes += class;
+        buf
+    }
+
+    pub(crate) fn give_back(&self, buf: wgpu::Buffer) {
+        let class = buf.size();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.stats.live_buffers -= 1;
+        inner.stats.live_bytes -= class;
+        if inner.stats.free_bytes + class <= MAX_FREE_BYTES {
+            inner.stats.free_buffers += 1;
+            inner.stats.free_bytes += class;
+            inner.free.entry(class).or_default().push(buf);
+        } else {
+            buf.destroy();
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).stats
+    }
+
+    /// Destroys every free buffer (memory pressure, tests).
+    pub(crate) fn trim(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, v) in inner.free.drain() {
+            for b in v {
+                b.destroy();
+            }
+        }
+        inner.stats.free_buffers = 0;
+        inner.stats.free_bytes = 0;
+    }
+}
+
+/// A pooled storage buffer owned by one or more tensors (through `Arc`);
+/// returns to the pool when the last owner drops it.
+pub(crate) struct GpuBuffer {
+    buf: Option<wgpu::Buffer>,
+    pool: Arc<Pool>,
+}
+
+impl GpuBuffer {
+    pub(crate) fn new(buf: wgpu::Buffer, pool: Arc<Pool>) -> Self {
+        GpuBuffer { buf: Some(buf), pool }
+    }
+
+    pub(crate) fn raw(&self) -> &wgpu::Buffer {
+        self.buf.as_ref().expect("buffer present until drop")
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.pool.give_back(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_hold_and_waste_at_most_a_third() {
+        for bytes in [1u64, 4, 16, 17, 100, 4096, 4097, 6144, 6145, 1 << 20, (1 << 20) + 4] {
+            let c = size_class(bytes);
+            assert!(c >= bytes, "{bytes} -> {c}");
+            assert!(c % 4 == 0);
+            assert!(bytes < 16 || c * 2 <= bytes * 3 + 32, "{bytes} -> {c}");
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Element-wise ops: unary maps, binary ops with NumPy broadcasting, scalar
+//! operands, and comparisons giving 0/1 masks.
+//!
+//! Shape rule: unary keeps the shape; binary gives the broadcast of both shapes.
+//! CPU reference: each op evaluated in f64 and rounded to f32.
+//! GPU: `shaders/elementwise.wgsl`, one pipeline per (entry, op) via an override constant.
+
+use crate::device::DeviceInner;
+use crate::error::Result;
+use crate::gpu::Kernel;
+use crate::ops::{gpu_output, grid_1d, pack_dims};
+use crate::shape::{broadcast_shapes, broadcast_strides, check_rank, contiguous_strides};
+use crate::tensor::Tensor;
+use crate::DType;
+
+pub(crate) const SHADER: Kernel = Kernel {
+    name: "elementwise",
+    source: include_str!("../../shaders/elementwise.wgsl"),
+};
+
+/// Element-wise functions of one argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Square,
+    Relu,
+    Sigmoid,
+    Tanh,
+    /// GELU with the exact erf form: `0.5·x·(1 + erf(x/√2))`.
+    Gelu,
+}
+
+/// Element-wise functions of two arguments (comparisons give 1.0 or 0.0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Maximum,
+    Minimum,
+    Pow,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl UnaryOp {
+    /// Every unary op, for tests and `wgrad check`.
+    pub const ALL: [UnaryOp; 10] = [
+        UnaryOp::Neg,
+        UnaryOp::Abs,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Square,
+        UnaryOp::Relu,
+        UnaryOp::Sigmoid,
+        UnaryOp::Tanh,
+        UnaryOp::Gelu,
+    ];
+
+    /// The op's name (as in the WGSL switch comments).
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Square => "square",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Gelu => "gelu",
+        }
+    }
+
+    /// The value of `OP` in elementwise.wgsl.
+    fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// CPU reference, in f64.
+    pub fn eval(self, x: f64) -> f64 {
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Square => x * x,
+            UnaryOp::Relu => x.max(0.0),
+            UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        }
+    }
+}
+
+impl BinaryOp {
+    /// Every binary op, for tests and `wgrad check`.
+    pub const ALL: [BinaryOp; 13] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+        BinaryOp::Pow,
+        BinaryOp::Eq,
+        BinaryOp::Ne,
+        BinaryOp::Lt,
+        BinaryOp::Le,
+        BinaryOp::Gt,
+        BinaryOp::Ge,
+    ];
+
+    /// The op's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Maximum => "maximum",
+            BinaryOp::Minimum => "minimum",
+            BinaryOp::Pow => "pow",
+            BinaryOp::Eq => "eq",
+            BinaryOp::Ne => "ne",
+            BinaryOp::Lt => "lt",
+            BinaryOp::Le => "le",
+            BinaryOp::Gt => "gt",
+            BinaryOp::Ge => "ge",
+        }
+    }
+
+    fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// CPU reference, in f64 (NaN propagates through maximum/minimum like NumPy).
+    pub fn eval(self, x: f64, y: f64) -> f64 {
+        let b = |c: bool| if c { 1.0 } else { 0.0 };
+        match self {
+            BinaryOp::Add => x + y,
+            BinaryOp::Sub => x - y,
+            BinaryOp::Mul => x * y,
+            BinaryOp::Div => x / y,
+            BinaryOp::Maximum => {
+                if x.is_nan() || y.is_nan() {
+                    f64::NAN
+                } else {
+                    x.max(y)
+                }
+            }
+            BinaryOp::Minimum => {
+                if x.is_nan() || y.is_nan() {
+                    f64::NAN
+                } else {
+                    x.min(y)
+                }
+            }
+            BinaryOp::Pow => x.powf(y),
+            BinaryOp::Eq => b(x == y),
+            BinaryOp::Ne => b(x != y),
+            BinaryOp::Lt => b(x < y),
+            BinaryOp::Le => b(x <= y),
+            BinaryOp::Gt => b(x > y),
+            BinaryOp::Ge => b(x >= y),
+        }
+    }
+}
+
+impl Tensor {
+    /// Applies a unary op to every element.
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let name = op.name();
+        self.expect_f32(name)?;
+        match &self.device().inner {
+            DeviceInner::Cpu => {
+                let x = self.host_f32().unwrap_or(&[]);
+                let out = x.iter().map(|&v| op.eval(v as f64) as f32).collect();
+                Ok(Tensor::cpu_f32(self.shape(), out))
+            }
+            DeviceInner::Gpu(ctx) => {
+                let out = gpu_output(ctx, self.device(), name, self.shape(), DType::F32)?;
+                let n = self.numel();
+                if n == 0 {
+                    return Ok(out);
+                }
+                let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
+                    unreachable!("GPU device holds GPU tensors")
+                };
+                ctx.dispatch(
+                    &SHADER,
+                    "unary_forward",
+                    &[("OP", op.code() as f64)],
+                    &[n as u32],
+                    &[x, o],
+                    grid_1d(ctx, n),
+                )?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Applies a binary op with NumPy broadcasting.
+    pub fn binary(&self, other: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        let name = op.name();
+        self.expect_f32(name)?;
+        other.expect_f32(name)?;
+        self.expect_same_device(name, other)?;
+        let out_shape = broadcast_shapes(name, self.shape(), other.shape())?;
+        check_rank(name, &out_shape)?;
+        let sa = broadcast_strides(self.shape(), &out_shape);
+        let sb = broadcast_strides(other.shape(), &out_shape);
+        let n: usize = out_shape.iter().product();
+        match &self.device().inner {
+            DeviceInner::Cpu => {
+                let (a, b) = (self.host_f32().unwrap_or(&[]), other.host_f32().unwrap_or(&[]));
+                let ostr = contiguous_strides(&out_shape);
+                let out = (0..n)
+                    .map(|i| {
+                        let (mut ia, mut ib) = (0, 0);
+                        for d in 0..out_shape.len() {
+                            let c = (i / ostr[d]) % out_shape[d];
+                            ia += c * sa[d];
+                            ib += c * sb[d];
+                        }
+                        op.eval(a[ia] as f64, b[ib] as f64) as f32
+                    })
+                    .collect();
+                Ok(Tensor::cpu_f32(&out_shape, out))
+            }
+            DeviceInner::Gpu(ctx) => {
+                let out = gpu_output(ctx, self.device(), name, &out_shape, DType::F32)?;
+                if n == 0 {
+                    return Ok(out);
+                }
+                let (Some(a), Some(b), Some(o)) = (self.gpu_arg(), other.gpu_arg(), out.gpu_arg()) else {
+                    unreachable!("GPU device holds GPU tensors")
+                };
+                let same = self.shape() == out_shape.as_slice() && other.shape() == out_shape.as_slice();
+                let mut params = vec![n as u32, out_shape.len() as u32, 0, 0];
+                let entry = if same {
+                    "binary_forward"
+                } else {
+                    params.extend(pack_dims(&out_shape));
+                    params.extend(pack_dims(&sa));
+                    params.extend(pack_dims(&sb));
+                    "binary_broadcast_forward"
+                };
+                ctx.dispatch(&SHADER, entry, &[("OP", op.code() as f64)], &params, &[a, b, o], grid_1d(ctx, n))?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// `self (op) s` for a scalar `s`; with `scalar_lhs`, `s (op) self`.
+    pub fn binary_scalar(&self, op: BinaryOp, s: f32, scalar_lhs: bool) -> Result<Tensor> {
+        let name = op.name();
+        self.expect_f32(name)?;
+        match &self.device().inner {
+            DeviceInner::Cpu => {
+                let x = self.host_f32().unwrap_or(&[]);
+                let out = x
+                    .iter()
+                    .map(|&v| {
+                        let (p, q) = if scalar_lhs { (s, v) } else { (v, s) };
+                        op.eval(p as f64, q as f64) as f32
+                    })
+                    .collect();
+                Ok(Tensor::cpu_f32(self.shape(), out))
+            }
+            DeviceInner::Gpu(ctx) => {
+                let out = gpu_output(ctx, self.device(), name, self.shape(), DType::F32)?;
+                let n = self.numel();
+                if n == 0 {
+                    return Ok(out);
+                }
+                let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
+                    unreachable!("GPU device holds GPU tensors")
+                };
+                let params = [n as u32, 0, s.to_bits(), scalar_lhs as u32];
+                ctx.dispatch(&SHADER, "scalar_forward", &[("OP", op.code() as f64)], &params, &[x, o], grid_1d(ctx, n))?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+macro_rules! unary_methods {
+    ($($fn_name:ident => $op:ident, $doc:literal;)*) => {
+        impl Tensor {
+            $(
+                #[doc = $doc]
+                pub fn $fn_name(&self) -> Result<Tensor> {
+                    self.unary(UnaryOp::$op)
+                }
+            )*
+        }
+    };
+}
+
+unary_methods! {
+    neg => Neg, "`-x`";
+    abs => Abs, "`|x|`";
+    exp => Exp, "`e^x`";
+    log => Log, "natural logarithm";
+    sqrt => Sqrt, "square root";
+    square => Square, "`x²`";
+    relu => Relu, "`max(x, 0)`";
+    sigmoid => Sigmoid, "`1 / (1 + e^-x)`";
+    tanh => Tanh, "hyperbolic tangent";
+    gelu => Gelu, "GELU, exact erf form";
+}
+
+macro_rules! binary_methods {
+    ($($fn_name:ident, $scalar_fn:ident => $op:ident, $doc:literal;)*) => {
+        impl Tensor {
+            $(
+                #[doc = $doc]
+                #[doc = " (NumPy broadcasting)."]
+                pub fn $fn_name(&self, other: &Tensor) -> Result<Tensor> {
+                    self.binary(other, BinaryOp::$op)
+                }
+
+                #[doc = $doc]
+                #[doc = " with a scalar right operand."]
+                pub fn $scalar_fn(&self, s: f32) -> Result<Tensor> {
+                    self.binary_scalar(BinaryOp::$op, s, false)
+                }
+            )*
+        }
+    };
+}
+
+binary_methods! {
+    add, add_scalar => Add, "`a + b`";
+    sub, sub_scalar => Sub, "`a - b`";
+    mul, mul_scalar => Mul, "`a * b`";
+    div, div_scalar => Div, "`a / b`";
+    maximum, maximum_scalar => Maximum, "element-wise maximum";
+    minimum, minimum_scalar => Minimum, "element-wise minimum";
+    pow, pow_scalar => Pow, "`a ^ b`";
+    eq, eq_scalar => Eq, "1.0 where `a == b`, else 0.0";
+    ne, ne_scalar => Ne, "1.0 where `a != b`, else 0.0";
+    lt, lt_scalar => Lt, "1.0 where `a < b`, else 0.0";
+    le, le_scalar => Le, "1.0 where `a <= b`, else 0.0";
+    gt, gt_scalar => Gt, "1.0 where `a > b`, else 0.0";
+    ge, ge_scalar => Ge, "1.0 where `a >= b`, else 0.0";
+}

@@ -1,0 +1,45 @@
+//! Op families. Each file holds one family side by side: the shape rule, the
+//! CPU reference, the GPU dispatch (its WGSL lives in `shaders/<family>.wgsl`).
+
+pub mod elementwise;
+pub mod layout;
+pub mod matmul;
+pub mod reduce;
+pub mod softmax;
+
+use std::sync::Arc;
+
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::gpu::{GpuContext, WG_1D};
+use crate::tensor::{Storage, Tensor};
+
+/// A fresh GPU tensor of `shape` for an op's output (contents undefined until written).
+pub(crate) fn gpu_output(
+    ctx: &Arc<GpuContext>,
+    device: &Device,
+    op: &'static str,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<Tensor> {
+    let bytes = (shape.iter().product::<usize>() * dtype.size()) as u64;
+    ctx.check_binding(op, shape, bytes)?;
+    let buf = ctx.alloc(bytes);
+    Ok(Tensor::from_storage(device, shape, dtype, Storage::Gpu(Arc::new(buf))))
+}
+
+/// Workgroups for `n` invocations of a 1-D kernel, split to fit the adapter.
+pub(crate) fn grid_1d(ctx: &GpuContext, n: usize) -> [u32; 3] {
+    ctx.grid((n as u64).div_ceil(WG_1D as u64))
+}
+
+/// Packs up to [`crate::shape::MAX_RANK`] values into the two `vec4<u32>`s a
+/// params struct reserves for one per-dimension array.
+pub(crate) fn pack_dims(values: &[usize]) -> [u32; 8] {
+    let mut out = [0u32; 8];
+    for (o, v) in out.iter_mut().zip(values) {
+        *o = *v as u32;
+    }
+    out
+}

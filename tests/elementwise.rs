@@ -1,0 +1,153 @@
+//! Element-wise kernels against the CPU reference: every unary and binary op,
+//! broadcasting, scalar operands, special values, and error cases.
+
+mod common;
+
+use common::{assert_close, assert_tensor_close, gpu, pair, uniform, SIZES};
+use wgrad::{BinaryOp, Device, Error, Tensor, UnaryOp};
+
+/// Input range on which each unary op is defined and well conditioned.
+fn domain(op: UnaryOp) -> (f32, f32) {
+    match op {
+        UnaryOp::Log | UnaryOp::Sqrt => (0.01, 50.0),
+        UnaryOp::Exp => (-20.0, 20.0),
+        _ => (-8.0, 8.0),
+    }
+}
+
+#[test]
+fn unary_ops_match_reference() {
+    let Some(dev) = gpu() else { return };
+    for (k, op) in UnaryOp::ALL.into_iter().enumerate() {
+        for &n in &SIZES {
+            for shape in [vec![n], vec![3, n]] {
+                let numel: usize = shape.iter().product();
+                let (lo, hi) = domain(op);
+                let data = uniform(k as u64 * 1000 + n as u64, numel, lo, hi);
+                let (g, c) = pair(&dev, &data, &shape);
+                let label = format!("{} {shape:?}", op.name());
+                assert_tensor_close(&label, &g.unary(op).unwrap(), &c.unary(op).unwrap(), 1e-6, 2e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn binary_ops_match_reference_with_broadcasting() {
+    let Some(dev) = gpu() else { return };
+    let shapes: [(&[usize], &[usize]); 8] = [
+        (&[1], &[1]),
+        (&[257], &[257]),
+        (&[17, 255], &[17, 255]),
+        (&[5, 3], &[3]),
+        (&[5, 1], &[1, 4]),
+        (&[2, 1, 3], &[4, 1]),
+        (&[], &[3, 3]),
+        (&[1000, 3], &[1000, 1]),
+    ];
+    for (k, op) in BinaryOp::ALL.into_iter().enumerate() {
+        for (sa, sb) in shapes {
+            let na: usize = sa.iter().product();
+            let nb: usize = sb.iter().product();
+            let (lo, hi) = if op == BinaryOp::Pow { (0.1, 3.0) } else { (-4.0, 4.0) };
+            let mut a = uniform(k as u64 * 7 + 1, na, lo, hi);
+            let b = uniform(k as u64 * 7 + 2, nb, lo, hi);
+            if matches!(op, BinaryOp::Eq | BinaryOp::Le | BinaryOp::Ge | BinaryOp::Ne) {
+                // Make some elements equal so the comparison masks are not constant.
+                for (i, v) in a.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
+                    *v = b[i % nb];
+                }
+            }
+            let (ga, ca) = pair(&dev, &a, sa);
+            let (gb, cb) = pair(&dev, &b, sb);
+            let label = format!("{} {sa:?} {sb:?}", op.name());
+            assert_tensor_close(&label, &ga.binary(&gb, op).unwrap(), &ca.binary(&cb, op).unwrap(), 1e-5, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn scalar_operands_on_either_side() {
+    let Some(dev) = gpu() else { return };
+    let data = uniform(5, 300, 0.5, 4.0);
+    let (g, c) = pair(&dev, &data, &[3, 100]);
+    for op in BinaryOp::ALL {
+        for lhs in [false, true] {
+            let label = format!("{} scalar lhs={lhs}", op.name());
+            let got = g.binary_scalar(op, 1.75, lhs).unwrap();
+            let want = c.binary_scalar(op, 1.75, lhs).unwrap();
+            assert_tensor_close(&label, &got, &want, 1e-5, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn special_values_follow_ieee() {
+    let Some(dev) = gpu() else { return };
+    let x = [0.0f32, -0.0, -1.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e30, -1e30, 100.0, -100.0];
+    let (g, c) = pair(&dev, &x, &[x.len()]);
+    for op in UnaryOp::ALL {
+        let got = g.unary(op).unwrap().to_vec::<f32>().unwrap();
+        let want = c.unary(op).unwrap().to_vec::<f32>().unwrap();
+        // Exact special values; finite results within f32 rounding of the reference.
+        assert_close(&format!("{} special", op.name()), &got, &want, 1e-6, 1e-5);
+    }
+    let (ga, ca) = pair(&dev, &[f32::NAN, 1.0, -2.0, 0.0, -8.0], &[5]);
+    let (gb, cb) = pair(&dev, &[1.0f32, f32::NAN, 3.0, -1.0, 1.0 / 3.0], &[5]);
+    for op in [BinaryOp::Maximum, BinaryOp::Minimum, BinaryOp::Pow, BinaryOp::Div] {
+        let got = ga.binary(&gb, op).unwrap().to_vec::<f32>().unwrap();
+        let want = ca.binary(&cb, op).unwrap().to_vec::<f32>().unwrap();
+        assert_close(&format!("{} special", op.name()), &got, &want, 1e-6, 1e-5);
+    }
+}
+
+#[test]
+fn classic_walkthrough_values() {
+    let Some(dev) = gpu() else { return };
+    // b + Wx from the walkthrough: [17, 39] + [10, 100] -> [27, 139], ReLU keeps it.
+    let wx = Tensor::from_slice(&dev, &[17.0f32, 39.0], &[2]).unwrap();
+    let b = Tensor::from_slice(&dev, &[10.0f32, 100.0], &[2]).unwrap();
+    let z = wx.add(&b).unwrap().relu().unwrap();
+    assert_eq!(z.to_vec::<f32>().unwrap(), vec![27.0, 139.0]);
+}
+
+#[test]
+fn large_grid_is_split_over_dimensions() {
+    let Some(dev) = gpu() else { return };
+    // 65535 * 256 + 1000 elements needs more than 65535 workgroups in x.
+    let n = 65535 * 256 + 1000;
+    let data: Vec<f32> = (0..n).map(|i| (i % 1013) as f32).collect();
+    let t = Tensor::from_slice(&dev, &data, &[n]).unwrap();
+    let got = t.add_scalar(1.0).unwrap().to_vec::<f32>().unwrap();
+    let want: Vec<f32> = data.iter().map(|v| v + 1.0).collect();
+    assert_close("add_scalar over a split grid", &got, &want, 0.0, 0.0);
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        let a = Tensor::zeros(&dev, &[2, 3]).unwrap();
+        let b = Tensor::zeros(&dev, &[4]).unwrap();
+        let e = a.add(&b).unwrap_err();
+        assert!(matches!(e, Error::Shape { op: "add", .. }), "{e}");
+        assert!(e.to_string().contains("[2, 3]") && e.to_string().contains("[4]"), "{e}");
+        let labels = Tensor::from_slice(&dev, &[1i32, 2], &[2]).unwrap();
+        assert!(matches!(labels.relu().unwrap_err(), Error::DType { op: "relu", .. }));
+        assert!(matches!(Tensor::from_slice(&dev, &[1.0f32; 5], &[2, 3]).unwrap_err(), Error::DataLength { .. }));
+    }
+    if let Some(g) = gpu() {
+        let a = Tensor::zeros(&g, &[2]).unwrap();
+        let b = Tensor::zeros(&Device::cpu(), &[2]).unwrap();
+        assert!(matches!(a.mul(&b).unwrap_err(), Error::DeviceMismatch { .. }));
+    }
+}
+
+#[test]
+fn empty_tensors_pass_through() {
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        let a = Tensor::zeros(&dev, &[0, 3]).unwrap();
+        assert_eq!(a.exp().unwrap().shape(), &[0, 3]);
+        assert_eq!(a.add(&Tensor::zeros(&dev, &[3]).unwrap()).unwrap().shape(), &[0, 3]);
+        assert!(a.exp().unwrap().to_vec::<f32>().unwrap().is_empty());
+    }
+}
