@@ -74,7 +74,7 @@ fn unary_op(x: f32) -> f32 {
 
 fn pow_ieee(x: f32, y: f32) -> f32 {
     // WGSL's pow is undefined for x <= 0; follow C/NumPy for those cases.
-    if (y == 0.0) { return 1.0; }
+    if (y == 0.0 || x == 1.0) { return 1.0; }
     if (is_nan(x) || is_nan(y)) { return nan(); }
     if (x == 0.0) {
         if (y > 0.0) { return 0.0; }
