@@ -35,5 +35,11 @@ pub use tensor::Tensor;
 
 /// Every WGSL source in `shaders/`, by file name, for validation and `wgrad check`.
 pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
-    vec![("elementwise.wgsl", ops::elementwise::SHADER.source)]
+    vec![
+        ("elementwise.wgsl", ops::elementwise::SHADER.source),
+        ("matmul.wgsl", ops::matmul::SHADER.source),
+        ("reduce.wgsl", ops::reduce::SHADER.source),
+        ("softmax.wgsl", ops::softmax::SHADER.source),
+        ("layout.wgsl", ops::layout::SHADER.source),
+    ]
 }
