@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sourced by the test and example scripts: makes sure a GPU adapter exists.
+#
+# Builds `wgrad info` and asks it for an adapter. When there is none (a fresh
+# Debian machine or CI without a GPU) it installs Mesa's lavapipe, a software
+# Vulkan adapter, and asks again. With CI=true a missing adapter is fatal.
+
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/wgrad-xdg-$(id -u)}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+
+have_adapter() {
+    cargo run --quiet --release --bin wgrad -- info --brief
+}
+
+install_lavapipe() {
+    echo "wgrad: no GPU adapter found; installing Mesa lavapipe (software Vulkan)" >&2
+    local sudo=""
+    if [ "$(id -u)" != "0" ]; then sudo="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+}
+
+ensure_adapter() {
+    if have_adapter; then return 0; fi
+    if command -v apt-get >/dev/null; then install_lavapipe; fi
+    if have_adapter; then return 0; fi
+    if [ "${CI:-}" = "true" ]; then
+        echo "wgrad: CI=true and still no GPU adapter after installing lavapipe" >&2
+        exit 1
+    fi
+    echo "wgrad: no GPU adapter; GPU checks will be skipped" >&2
+}

@@ -1,5 +1,0 @@
-fn main() -> anyhow::Result<()> {
-    let dev = wgrad::Device::gpu()?;
-    println!("{}", dev.name());
-    Ok(())
-}
