@@ -1,0 +1,99 @@
+//! Tensors: upload and readback, views, dtype and device checks, the buffer
+//! pool, and the binding-size limit.
+
+mod common;
+
+use common::gpu;
+use wgrad::{DType, Device, Error, Tensor};
+
+#[test]
+fn upload_and_readback_round_trip() {
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        for n in [1usize, 3, 255, 257, 100_003] {
+            let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
+            let t = Tensor::from_slice(&dev, &data, &[n]).unwrap();
+            assert_eq!(t.to_vec::<f32>().unwrap(), data, "f32 n={n} on {}", dev.name());
+            let ints: Vec<i32> = (0..n as i32).map(|i| i - 3).collect();
+            let t = Tensor::from_slice(&dev, &ints, &[n]).unwrap();
+            assert_eq!(t.dtype(), DType::I32);
+            assert_eq!(t.to_vec::<i32>().unwrap(), ints);
+            assert!(matches!(t.to_vec::<f32>().unwrap_err(), Error::DType { .. }));
+        }
+        let s = Tensor::scalar(&dev, 2.5).unwrap();
+        assert_eq!(s.shape(), &[] as &[usize]);
+        assert_eq!(s.item().unwrap(), 2.5);
+        assert!(Tensor::zeros(&dev, &[2]).unwrap().item().is_err());
+    }
+}
+
+#[test]
+fn async_readback_matches_blocking() {
+    let Some(dev) = gpu() else { return };
+    let t = Tensor::from_slice(&dev, &[1.0f32, 2.0, 3.0], &[3]).unwrap();
+    let doubled = t.mul_scalar(2.0).unwrap();
+    let v = pollster::block_on(doubled.to_vec_async::<f32>()).unwrap();
+    assert_eq!(v, vec![2.0, 4.0, 6.0]);
+}
+
+#[test]
+fn reshape_is_a_view_and_checks_sizes() {
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        let t = Tensor::from_slice(&dev, &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+        let r = t.reshape(&[3, 2]).unwrap();
+        assert_eq!(r.shape(), &[3, 2]);
+        assert_eq!(r.strides(), vec![2, 1]);
+        assert_eq!(r.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
+        assert_eq!(t.reshape_infer(&[-1, 2]).unwrap().shape(), &[3, 2]);
+        let e = t.reshape(&[4, 2]).unwrap_err();
+        assert!(matches!(e, Error::Shape { op: "reshape", .. }) && e.to_string().contains("[2, 3]"), "{e}");
+        assert!(t.reshape_infer(&[-1, -1]).is_err());
+        assert!(t.reshape_infer(&[-1, 4]).is_err());
+        assert_eq!(t.reshape(&[1, 6, 1]).unwrap().squeeze().shape(), &[6]);
+    }
+}
+
+#[test]
+fn moving_between_devices_keeps_values() {
+    let Some(dev) = gpu() else { return };
+    let data = common::uniform(9, 1000, -3.0, 3.0);
+    let c = Tensor::from_slice(&Device::cpu(), &data, &[10, 100]).unwrap();
+    let g = c.to_device(&dev).unwrap();
+    assert!(g.device().is_gpu());
+    assert_eq!(g.to_device(&Device::cpu()).unwrap().to_vec::<f32>().unwrap(), data);
+}
+
+#[test]
+fn pool_reuses_buffers() {
+    let Some(dev) = gpu() else { return };
+    let x = Tensor::from_slice(&dev, &vec![1.0f32; 4096], &[4096]).unwrap();
+    // Warm: the first result allocates, later ones of the same size reuse.
+    drop(x.exp().unwrap());
+    let before = dev.pool_stats();
+    for _ in 0..20 {
+        drop(x.exp().unwrap());
+    }
+    dev.synchronize().unwrap();
+    let after = dev.pool_stats();
+    assert!(after.reused >= before.reused + 20, "{before:?} -> {after:?}");
+    assert!(after.created <= before.created + 1, "{before:?} -> {after:?}");
+}
+
+#[test]
+fn tensor_over_the_binding_limit_is_an_error() {
+    let Some(dev) = gpu() else { return };
+    let limit = dev.adapter().unwrap().max_storage_binding;
+    if limit > 512 << 20 {
+        eprintln!("binding limit {limit} too large to provoke here; skipping");
+        return;
+    }
+    let n = (limit / 4 + 1024) as usize;
+    let e = Tensor::zeros(&dev, &[n]).unwrap_err();
+    match &e {
+        Error::TooLarge { op, limit: l, .. } => {
+            assert_eq!(*op, "from_slice");
+            assert_eq!(*l, limit);
+        }
+        other => panic!("expected TooLarge, got {other}"),
+    }
+    assert!(e.to_string().contains("max_storage_buffer_binding_size"), "{e}");
+}
