@@ -31,7 +31,9 @@ impl Device {
     /// The CPU reference: the same ops, computed plainly (in f64 where
     /// accumulation matters) to verify the GPU kernels.
     pub fn cpu() -> Device {
-        Device { inner: DeviceInner::Cpu }
+        Device {
+            inner: DeviceInner::Cpu,
+        }
     }
 
     /// True for a GPU device.
@@ -113,7 +115,8 @@ impl std::fmt::Debug for Device {
 /// Every adapter wgpu can see (for `wgrad info`): a summary of each, in the
 /// order they would be preferred.
 pub fn list_adapters() -> Vec<(String, String, String, String)> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env());
     let mut v: Vec<_> = crate::gpu::adapter::list_adapters(&instance)
         .into_iter()
         .map(|a| {

@@ -49,7 +49,11 @@ pub enum Error {
 
     /// Tensors from two different devices were combined.
     #[error("{op}: operands live on different devices ({a} and {b})")]
-    DeviceMismatch { op: &'static str, a: String, b: String },
+    DeviceMismatch {
+        op: &'static str,
+        a: String,
+        b: String,
+    },
 
     /// A tensor is larger than one storage binding of this adapter allows.
     #[error("{op}: tensor of shape {shape:?} needs {bytes} bytes, over this adapter's limit of {limit} bytes ({limit_name})")]

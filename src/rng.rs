@@ -44,7 +44,9 @@ impl Rng {
 
     /// `n` values uniform in `[lo, hi)` as f32.
     pub fn vec_uniform(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.range(lo as f64, hi as f64) as f32).collect()
+        (0..n)
+            .map(|_| self.range(lo as f64, hi as f64) as f32)
+            .collect()
     }
 
     /// `n` standard normal values as f32.

@@ -91,8 +91,16 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
@@ -139,7 +147,10 @@ pub fn check_rank(op: &'static str, dims: &[usize]) -> Result<()> {
     if dims.len() > MAX_RANK {
         return Err(Error::Shape {
             op,
-            detail: format!("rank {} above the supported {MAX_RANK} for {dims:?}", dims.len()),
+            detail: format!(
+                "rank {} above the supported {MAX_RANK} for {dims:?}",
+                dims.len()
+            ),
         });
     }
     Ok(())
@@ -151,7 +162,10 @@ mod tests {
 
     #[test]
     fn broadcasting_follows_numpy() {
-        assert_eq!(broadcast_shapes("t", &[5, 1, 3], &[4, 1]).unwrap(), vec![5, 4, 3]);
+        assert_eq!(
+            broadcast_shapes("t", &[5, 1, 3], &[4, 1]).unwrap(),
+            vec![5, 4, 3]
+        );
         assert_eq!(broadcast_shapes("t", &[], &[2, 2]).unwrap(), vec![2, 2]);
         assert!(broadcast_shapes("t", &[2, 3], &[4]).is_err());
         assert_eq!(broadcast_strides(&[3], &[2, 3]), vec![0, 1]);

@@ -121,7 +121,10 @@ impl Tensor {
         }
         let n = self.numel();
         match &self.storage {
-            Storage::Cpu(w) => Ok(bytemuck::cast_slice::<u32, T>(&w[..]).get(..n).unwrap_or(&[]).to_vec()),
+            Storage::Cpu(w) => Ok(bytemuck::cast_slice::<u32, T>(&w[..])
+                .get(..n)
+                .unwrap_or(&[])
+                .to_vec()),
             Storage::Gpu(b) => {
                 let g = self.device.gpu_ctx().ok_or_else(|| Error::Invalid {
                     op: "to_vec",
@@ -138,7 +141,10 @@ impl Tensor {
         if self.numel() != 1 {
             return Err(Error::Shape {
                 op: "item",
-                detail: format!("item() needs exactly one element, got shape {:?}", self.shape()),
+                detail: format!(
+                    "item() needs exactly one element, got shape {:?}",
+                    self.shape()
+                ),
             });
         }
         Ok(self.to_vec::<f32>()?[0])
@@ -168,7 +174,11 @@ impl Tensor {
         if n != self.numel() {
             return Err(Error::Shape {
                 op: "reshape",
-                detail: format!("cannot view {:?} ({} elements) as {shape:?} ({n} elements)", self.shape(), self.numel()),
+                detail: format!(
+                    "cannot view {:?} ({} elements) as {shape:?} ({n} elements)",
+                    self.shape(),
+                    self.numel()
+                ),
             });
         }
         let mut t = self.clone();
@@ -180,7 +190,11 @@ impl Tensor {
     pub fn reshape_infer(&self, shape: &[isize]) -> Result<Tensor> {
         let unknown: Vec<usize> = (0..shape.len()).filter(|&i| shape[i] == -1).collect();
         let bad = shape.iter().any(|&d| d < -1) || unknown.len() > 1;
-        let known: usize = shape.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
+        let known: usize = shape
+            .iter()
+            .filter(|&&d| d >= 0)
+            .map(|&d| d as usize)
+            .product();
         if bad || (unknown.len() == 1 && (known == 0 || self.numel() % known != 0)) {
             return Err(Error::Shape {
                 op: "reshape",
@@ -189,7 +203,13 @@ impl Tensor {
         }
         let dims: Vec<usize> = shape
             .iter()
-            .map(|&d| if d == -1 { self.numel() / known.max(1) } else { d as usize })
+            .map(|&d| {
+                if d == -1 {
+                    self.numel() / known.max(1)
+                } else {
+                    d as usize
+                }
+            })
             .collect();
         self.reshape(&dims)
     }
@@ -204,7 +224,12 @@ impl Tensor {
 
     // ----- crate-internal plumbing used by the op families -----
 
-    pub(crate) fn from_storage(device: &Device, shape: &[usize], dtype: DType, storage: Storage) -> Tensor {
+    pub(crate) fn from_storage(
+        device: &Device,
+        shape: &[usize],
+        dtype: DType,
+        storage: Storage,
+    ) -> Tensor {
         Tensor {
             shape: Shape::new(shape),
             dtype,
@@ -215,18 +240,30 @@ impl Tensor {
 
     /// A CPU-reference tensor from computed f32 values.
     pub(crate) fn cpu_f32(shape: &[usize], data: Vec<f32>) -> Tensor {
-        Tensor::from_storage(&Device::cpu(), shape, DType::F32, Storage::Cpu(Arc::new(words_of(bytemuck::cast_slice(&data)))))
+        Tensor::from_storage(
+            &Device::cpu(),
+            shape,
+            DType::F32,
+            Storage::Cpu(Arc::new(words_of(bytemuck::cast_slice(&data)))),
+        )
     }
 
     /// A CPU-reference tensor from computed i32 values.
     pub(crate) fn cpu_i32(shape: &[usize], data: Vec<i32>) -> Tensor {
-        Tensor::from_storage(&Device::cpu(), shape, DType::I32, Storage::Cpu(Arc::new(words_of(bytemuck::cast_slice(&data)))))
+        Tensor::from_storage(
+            &Device::cpu(),
+            shape,
+            DType::I32,
+            Storage::Cpu(Arc::new(words_of(bytemuck::cast_slice(&data)))),
+        )
     }
 
     /// Host f32 data of a CPU tensor.
     pub(crate) fn host_f32(&self) -> Option<&[f32]> {
         match &self.storage {
-            Storage::Cpu(w) if self.dtype == DType::F32 => Some(&bytemuck::cast_slice::<u32, f32>(&w[..])[..self.numel()]),
+            Storage::Cpu(w) if self.dtype == DType::F32 => {
+                Some(&bytemuck::cast_slice::<u32, f32>(&w[..])[..self.numel()])
+            }
             _ => None,
         }
     }
@@ -266,7 +303,13 @@ impl Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({:?}, {}, {})", self.shape(), self.dtype, self.device.name())
+        write!(
+            f,
+            "Tensor({:?}, {}, {})",
+            self.shape(),
+            self.dtype,
+            self.device.name()
+        )
     }
 }
 

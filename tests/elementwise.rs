@@ -26,7 +26,13 @@ fn unary_ops_match_reference() {
                 let data = uniform(k as u64 * 1000 + n as u64, numel, lo, hi);
                 let (g, c) = pair(&dev, &data, &shape);
                 let label = format!("{} {shape:?}", op.name());
-                assert_tensor_close(&label, &g.unary(op).unwrap(), &c.unary(op).unwrap(), 1e-6, 2e-6);
+                assert_tensor_close(
+                    &label,
+                    &g.unary(op).unwrap(),
+                    &c.unary(op).unwrap(),
+                    1e-6,
+                    2e-6,
+                );
             }
         }
     }
@@ -49,10 +55,17 @@ fn binary_ops_match_reference_with_broadcasting() {
         for (sa, sb) in shapes {
             let na: usize = sa.iter().product();
             let nb: usize = sb.iter().product();
-            let (lo, hi) = if op == BinaryOp::Pow { (0.1, 3.0) } else { (-4.0, 4.0) };
+            let (lo, hi) = if op == BinaryOp::Pow {
+                (0.1, 3.0)
+            } else {
+                (-4.0, 4.0)
+            };
             let mut a = uniform(k as u64 * 7 + 1, na, lo, hi);
             let b = uniform(k as u64 * 7 + 2, nb, lo, hi);
-            if matches!(op, BinaryOp::Eq | BinaryOp::Le | BinaryOp::Ge | BinaryOp::Ne) {
+            if matches!(
+                op,
+                BinaryOp::Eq | BinaryOp::Le | BinaryOp::Ge | BinaryOp::Ne
+            ) {
                 // Make some elements equal so the comparison masks are not constant.
                 for (i, v) in a.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
                     *v = b[i % nb];
@@ -61,7 +74,13 @@ fn binary_ops_match_reference_with_broadcasting() {
             let (ga, ca) = pair(&dev, &a, sa);
             let (gb, cb) = pair(&dev, &b, sb);
             let label = format!("{} {sa:?} {sb:?}", op.name());
-            assert_tensor_close(&label, &ga.binary(&gb, op).unwrap(), &ca.binary(&cb, op).unwrap(), 1e-5, 1e-5);
+            assert_tensor_close(
+                &label,
+                &ga.binary(&gb, op).unwrap(),
+                &ca.binary(&cb, op).unwrap(),
+                1e-5,
+                1e-5,
+            );
         }
     }
 }
@@ -84,7 +103,18 @@ fn scalar_operands_on_either_side() {
 #[test]
 fn special_values_follow_ieee() {
     let Some(dev) = gpu() else { return };
-    let x = [0.0f32, -0.0, -1.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e30, -1e30, 100.0, -100.0];
+    let x = [
+        0.0f32,
+        -0.0,
+        -1.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e30,
+        -1e30,
+        100.0,
+        -100.0,
+    ];
     let (g, c) = pair(&dev, &x, &[x.len()]);
     for op in UnaryOp::ALL {
         let got = g.unary(op).unwrap().to_vec::<f32>().unwrap();
@@ -94,7 +124,12 @@ fn special_values_follow_ieee() {
     }
     let (ga, ca) = pair(&dev, &[f32::NAN, 1.0, -2.0, 0.0, -8.0], &[5]);
     let (gb, cb) = pair(&dev, &[1.0f32, f32::NAN, 3.0, -1.0, 1.0 / 3.0], &[5]);
-    for op in [BinaryOp::Maximum, BinaryOp::Minimum, BinaryOp::Pow, BinaryOp::Div] {
+    for op in [
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+        BinaryOp::Pow,
+        BinaryOp::Div,
+    ] {
         let got = ga.binary(&gb, op).unwrap().to_vec::<f32>().unwrap();
         let want = ca.binary(&cb, op).unwrap().to_vec::<f32>().unwrap();
         assert_close(&format!("{} special", op.name()), &got, &want, 1e-6, 1e-5);
@@ -130,15 +165,27 @@ fn bad_input_is_a_typed_error() {
         let b = Tensor::zeros(&dev, &[4]).unwrap();
         let e = a.add(&b).unwrap_err();
         assert!(matches!(e, Error::Shape { op: "add", .. }), "{e}");
-        assert!(e.to_string().contains("[2, 3]") && e.to_string().contains("[4]"), "{e}");
+        assert!(
+            e.to_string().contains("[2, 3]") && e.to_string().contains("[4]"),
+            "{e}"
+        );
         let labels = Tensor::from_slice(&dev, &[1i32, 2], &[2]).unwrap();
-        assert!(matches!(labels.relu().unwrap_err(), Error::DType { op: "relu", .. }));
-        assert!(matches!(Tensor::from_slice(&dev, &[1.0f32; 5], &[2, 3]).unwrap_err(), Error::DataLength { .. }));
+        assert!(matches!(
+            labels.relu().unwrap_err(),
+            Error::DType { op: "relu", .. }
+        ));
+        assert!(matches!(
+            Tensor::from_slice(&dev, &[1.0f32; 5], &[2, 3]).unwrap_err(),
+            Error::DataLength { .. }
+        ));
     }
     if let Some(g) = gpu() {
         let a = Tensor::zeros(&g, &[2]).unwrap();
         let b = Tensor::zeros(&Device::cpu(), &[2]).unwrap();
-        assert!(matches!(a.mul(&b).unwrap_err(), Error::DeviceMismatch { .. }));
+        assert!(matches!(
+            a.mul(&b).unwrap_err(),
+            Error::DeviceMismatch { .. }
+        ));
     }
 }
 
@@ -147,7 +194,10 @@ fn empty_tensors_pass_through() {
     for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
         let a = Tensor::zeros(&dev, &[0, 3]).unwrap();
         assert_eq!(a.exp().unwrap().shape(), &[0, 3]);
-        assert_eq!(a.add(&Tensor::zeros(&dev, &[3]).unwrap()).unwrap().shape(), &[0, 3]);
+        assert_eq!(
+            a.add(&Tensor::zeros(&dev, &[3]).unwrap()).unwrap().shape(),
+            &[0, 3]
+        );
         assert!(a.exp().unwrap().to_vec::<f32>().unwrap().is_empty());
     }
 }

@@ -3,10 +3,14 @@
 use std::path::Path;
 
 fn validate(name: &str, source: &str) -> Result<(), String> {
-    let module = naga::front::wgsl::parse_str(source).map_err(|e| format!("{name}: parse: {}", e.emit_to_string(source)))?;
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-        .validate(&module)
-        .map_err(|e| format!("{name}: validate: {e:?}"))?;
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| format!("{name}: parse: {}", e.emit_to_string(source)))?;
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| format!("{name}: validate: {e:?}"))?;
     Ok(())
 }
 

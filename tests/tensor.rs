@@ -12,12 +12,20 @@ fn upload_and_readback_round_trip() {
         for n in [1usize, 3, 255, 257, 100_003] {
             let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
             let t = Tensor::from_slice(&dev, &data, &[n]).unwrap();
-            assert_eq!(t.to_vec::<f32>().unwrap(), data, "f32 n={n} on {}", dev.name());
+            assert_eq!(
+                t.to_vec::<f32>().unwrap(),
+                data,
+                "f32 n={n} on {}",
+                dev.name()
+            );
             let ints: Vec<i32> = (0..n as i32).map(|i| i - 3).collect();
             let t = Tensor::from_slice(&dev, &ints, &[n]).unwrap();
             assert_eq!(t.dtype(), DType::I32);
             assert_eq!(t.to_vec::<i32>().unwrap(), ints);
-            assert!(matches!(t.to_vec::<f32>().unwrap_err(), Error::DType { .. }));
+            assert!(matches!(
+                t.to_vec::<f32>().unwrap_err(),
+                Error::DType { .. }
+            ));
         }
         let s = Tensor::scalar(&dev, 2.5).unwrap();
         assert_eq!(s.shape(), &[] as &[usize]);
@@ -45,7 +53,10 @@ fn reshape_is_a_view_and_checks_sizes() {
         assert_eq!(r.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
         assert_eq!(t.reshape_infer(&[-1, 2]).unwrap().shape(), &[3, 2]);
         let e = t.reshape(&[4, 2]).unwrap_err();
-        assert!(matches!(e, Error::Shape { op: "reshape", .. }) && e.to_string().contains("[2, 3]"), "{e}");
+        assert!(
+            matches!(e, Error::Shape { op: "reshape", .. }) && e.to_string().contains("[2, 3]"),
+            "{e}"
+        );
         assert!(t.reshape_infer(&[-1, -1]).is_err());
         assert!(t.reshape_infer(&[-1, 4]).is_err());
         assert_eq!(t.reshape(&[1, 6, 1]).unwrap().squeeze().shape(), &[6]);
@@ -59,7 +70,13 @@ fn moving_between_devices_keeps_values() {
     let c = Tensor::from_slice(&Device::cpu(), &data, &[10, 100]).unwrap();
     let g = c.to_device(&dev).unwrap();
     assert!(g.device().is_gpu());
-    assert_eq!(g.to_device(&Device::cpu()).unwrap().to_vec::<f32>().unwrap(), data);
+    assert_eq!(
+        g.to_device(&Device::cpu())
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap(),
+        data
+    );
 }
 
 #[test]
@@ -74,8 +91,14 @@ fn pool_reuses_buffers() {
     }
     dev.synchronize().unwrap();
     let after = dev.pool_stats();
-    assert!(after.reused >= before.reused + 20, "{before:?} -> {after:?}");
-    assert!(after.created <= before.created + 1, "{before:?} -> {after:?}");
+    assert!(
+        after.reused >= before.reused + 20,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        after.created <= before.created + 1,
+        "{before:?} -> {after:?}"
+    );
 }
 
 #[test]
@@ -95,5 +118,8 @@ fn tensor_over_the_binding_limit_is_an_error() {
         }
         other => panic!("expected TooLarge, got {other}"),
     }
-    assert!(e.to_string().contains("max_storage_buffer_binding_size"), "{e}");
+    assert!(
+        e.to_string().contains("max_storage_buffer_binding_size"),
+        "{e}"
+    );
 }

@@ -81,7 +81,11 @@ pub(crate) fn choose(adapters: Vec<wgpu::Adapter>) -> Option<(wgpu::Adapter, Str
             Some(w) => a.get_info().name.to_lowercase().contains(w.as_str()),
             None => true,
         })
-        .filter(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
+        .filter(|a| {
+            a.get_downlevel_capabilities()
+                .flags
+                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        })
         .collect();
     candidates.sort_by_key(|a| {
         let i = a.get_info();

@@ -47,7 +47,6 @@ pub(crate) struct GpuContext {
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
-    pub(crate) features: wgpu::Features,
     pub(crate) summary: AdapterSummary,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
@@ -63,10 +62,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl GpuContext {
     /// Chooses the best adapter and opens a device with its own limits.
     pub(crate) fn new() -> Result<Self> {
-        let instance = wgpu::Instance::new(
-            wgpu::InstanceDescriptor::new_without_display_handle().with_env(),
-        );
-        let (adapter, reason) = adapter::choose(adapter::list_adapters(&instance)).ok_or(Error::NoAdapter)?;
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env());
+        let (adapter, reason) =
+            adapter::choose(adapter::list_adapters(&instance)).ok_or(Error::NoAdapter)?;
         let info = adapter.get_info();
         let wanted = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
         let features = adapter.features() & wanted;
@@ -94,8 +93,10 @@ impl GpuContext {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
-            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
+            max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer: limits.max_buffer_size,
             max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
@@ -109,7 +110,6 @@ impl GpuContext {
             queue,
             info,
             limits,
-            features,
             summary,
             modules: Mutex::default(),
             pipelines: Mutex::default(),
@@ -135,8 +135,13 @@ impl GpuContext {
     }
 
     /// Checks that one binding of `bytes` fits this adapter.
-    pub(crate) fn check_binding(&self, op: &'static str, shape: &[usize], bytes: u64) -> Result<()> {
-        let limit = self.limits.max_storage_buffer_binding_size as u64;
+    pub(crate) fn check_binding(
+        &self,
+        op: &'static str,
+        shape: &[usize],
+        bytes: u64,
+    ) -> Result<()> {
+        let limit = self.limits.max_storage_buffer_binding_size;
         if bytes > limit {
             return Err(Error::TooLarge {
                 op,
@@ -194,10 +199,12 @@ impl GpuContext {
             return Ok(m.clone());
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let m = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(kernel.name),
-            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-        });
+        let m = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.name),
+                source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+            });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu {
                 op: kernel.name,
@@ -221,17 +228,19 @@ impl GpuContext {
         }
         let module = self.module(kernel)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let p = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&key),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
+        let p = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&key),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu {
                 op: kernel.name,
@@ -303,7 +312,9 @@ impl GpuContext {
         let mut pending = lock(&self.pending);
         let encoder = pending.encoder.get_or_insert_with(|| {
             self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgrad.eager") })
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("wgrad.eager"),
+                })
         });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -322,11 +333,20 @@ impl GpuContext {
     }
 
     /// Copies `bytes` bytes between two buffers, in order with the dispatches.
-    pub(crate) fn copy(&self, src: &wgpu::Buffer, src_off: u64, dst: &wgpu::Buffer, dst_off: u64, bytes: u64) {
+    pub(crate) fn copy(
+        &self,
+        src: &wgpu::Buffer,
+        src_off: u64,
+        dst: &wgpu::Buffer,
+        dst_off: u64,
+        bytes: u64,
+    ) {
         let mut pending = lock(&self.pending);
         let encoder = pending.encoder.get_or_insert_with(|| {
             self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgrad.eager") })
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("wgrad.eager"),
+                })
         });
         encoder.copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
     }
@@ -355,12 +375,20 @@ impl GpuContext {
         self.flush();
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu { op, detail: e.to_string() })?;
+            .map_err(|e| Error::Gpu {
+                op,
+                detail: e.to_string(),
+            })?;
         self.check_errors(op)
     }
 
     /// Reads `bytes` bytes from the start of `src` after all recorded work.
-    pub(crate) async fn read_async(&self, op: &'static str, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    pub(crate) async fn read_async(
+        &self,
+        op: &'static str,
+        src: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Result<Vec<u8>> {
         if bytes == 0 {
             return Ok(Vec::new());
         }
@@ -375,7 +403,9 @@ impl GpuContext {
             let mut pending = lock(&self.pending);
             let encoder = pending.encoder.get_or_insert_with(|| {
                 self.device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgrad.eager") })
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("wgrad.eager"),
+                    })
             });
             encoder.copy_buffer_to_buffer(src, 0, &staging, 0, padded);
             self.submit_locked(&mut pending);
@@ -386,17 +416,33 @@ impl GpuContext {
         });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu { op, detail: e.to_string() })?;
+            .map_err(|e| Error::Gpu {
+                op,
+                detail: e.to_string(),
+            })?;
         self.check_errors(op)?;
         match rx.receive().await {
             Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::Gpu { op, detail: format!("map failed: {e}") }),
-            None => return Err(Error::Gpu { op, detail: "map callback dropped".into() }),
+            Some(Err(e)) => {
+                return Err(Error::Gpu {
+                    op,
+                    detail: format!("map failed: {e}"),
+                })
+            }
+            None => {
+                return Err(Error::Gpu {
+                    op,
+                    detail: "map callback dropped".into(),
+                })
+            }
         }
         let data = staging
             .slice(..)
             .get_mapped_range()
-            .map_err(|e| Error::Gpu { op, detail: format!("mapped range: {e}") })?
+            .map_err(|e| Error::Gpu {
+                op,
+                detail: format!("mapped range: {e}"),
+            })?
             .to_vec();
         staging.unmap();
         let mut data = data;

@@ -124,7 +124,10 @@ pub(crate) struct GpuBuffer {
 
 impl GpuBuffer {
     pub(crate) fn new(buf: wgpu::Buffer, pool: Arc<Pool>) -> Self {
-        GpuBuffer { buf: Some(buf), pool }
+        GpuBuffer {
+            buf: Some(buf),
+            pool,
+        }
     }
 
     pub(crate) fn raw(&self) -> &wgpu::Buffer {
@@ -146,7 +149,19 @@ mod tests {
 
     #[test]
     fn size_classes_hold_and_waste_at_most_a_third() {
-        for bytes in [1u64, 4, 16, 17, 100, 4096, 4097, 6144, 6145, 1 << 20, (1 << 20) + 4] {
+        for bytes in [
+            1u64,
+            4,
+            16,
+            17,
+            100,
+            4096,
+            4097,
+            6144,
+            6145,
+            1 << 20,
+            (1 << 20) + 4,
+        ] {
             let c = size_class(bytes);
             assert!(c >= bytes, "{bytes} -> {c}");
             assert!(c % 4 == 0);

@@ -225,7 +225,10 @@ impl Tensor {
         let n: usize = out_shape.iter().product();
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let (a, b) = (self.host_f32().unwrap_or(&[]), other.host_f32().unwrap_or(&[]));
+                let (a, b) = (
+                    self.host_f32().unwrap_or(&[]),
+                    other.host_f32().unwrap_or(&[]),
+                );
                 let ostr = contiguous_strides(&out_shape);
                 let out = (0..n)
                     .map(|i| {
@@ -245,10 +248,12 @@ impl Tensor {
                 if n == 0 {
                     return Ok(out);
                 }
-                let (Some(a), Some(b), Some(o)) = (self.gpu_arg(), other.gpu_arg(), out.gpu_arg()) else {
+                let (Some(a), Some(b), Some(o)) = (self.gpu_arg(), other.gpu_arg(), out.gpu_arg())
+                else {
                     unreachable!("GPU device holds GPU tensors")
                 };
-                let same = self.shape() == out_shape.as_slice() && other.shape() == out_shape.as_slice();
+                let same =
+                    self.shape() == out_shape.as_slice() && other.shape() == out_shape.as_slice();
                 let mut params = vec![n as u32, out_shape.len() as u32, 0, 0];
                 let entry = if same {
                     "binary_forward"
@@ -258,7 +263,14 @@ impl Tensor {
                     params.extend(pack_dims(&sb));
                     "binary_broadcast_forward"
                 };
-                ctx.dispatch(&SHADER, entry, &[("OP", op.code() as f64)], &params, &[a, b, o], grid_1d(ctx, n))?;
+                ctx.dispatch(
+                    &SHADER,
+                    entry,
+                    &[("OP", op.code() as f64)],
+                    &params,
+                    &[a, b, o],
+                    grid_1d(ctx, n),
+                )?;
                 Ok(out)
             }
         }
@@ -290,7 +302,14 @@ impl Tensor {
                     unreachable!("GPU device holds GPU tensors")
                 };
                 let params = [n as u32, 0, s.to_bits(), scalar_lhs as u32];
-                ctx.dispatch(&SHADER, "scalar_forward", &[("OP", op.code() as f64)], &params, &[x, o], grid_1d(ctx, n))?;
+                ctx.dispatch(
+                    &SHADER,
+                    "scalar_forward",
+                    &[("OP", op.code() as f64)],
+                    &params,
+                    &[x, o],
+                    grid_1d(ctx, n),
+                )?;
                 Ok(out)
             }
         }

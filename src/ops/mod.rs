@@ -26,7 +26,12 @@ pub(crate) fn gpu_output(
     let bytes = (shape.iter().product::<usize>() * dtype.size()) as u64;
     ctx.check_binding(op, shape, bytes)?;
     let buf = ctx.alloc(bytes);
-    Ok(Tensor::from_storage(device, shape, dtype, Storage::Gpu(Arc::new(buf))))
+    Ok(Tensor::from_storage(
+        device,
+        shape,
+        dtype,
+        Storage::Gpu(Arc::new(buf)),
+    ))
 }
 
 /// Workgroups for `n` invocations of a 1-D kernel, split to fit the adapter.

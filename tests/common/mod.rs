@@ -45,7 +45,13 @@ pub fn pair(gpu: &Device, data: &[f32], shape: &[usize]) -> (Tensor, Tensor) {
 /// Asserts `|got - want| <= atol + rtol·|want|` element-wise (NaN matches NaN,
 /// infinities must be equal), printing the first mismatches with their indices.
 pub fn assert_close(label: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{label}: length {} vs reference {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{label}: length {} vs reference {}",
+        got.len(),
+        want.len()
+    );
     let mut bad = Vec::new();
     let mut worst = 0.0f32;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -66,7 +72,14 @@ pub fn assert_close(label: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32
         let first: Vec<String> = bad
             .iter()
             .take(8)
-            .map(|&i| format!("  [{i}] got {} want {} (diff {:e})", got[i], want[i], (got[i] - want[i]).abs()))
+            .map(|&i| {
+                format!(
+                    "  [{i}] got {} want {} (diff {:e})",
+                    got[i],
+                    want[i],
+                    (got[i] - want[i]).abs()
+                )
+            })
             .collect();
         panic!(
             "{label}: {} of {} elements out of tolerance (atol {atol:e}, rtol {rtol:e}); first:\n{}",

@@ -39,7 +39,11 @@ impl Figure {
             self.device,
             self.ms,
             self.rate.1,
-            if self.rate.0 == "gflops" { "GFLOP/s" } else { "GB/s" }
+            if self.rate.0 == "gflops" {
+                "GFLOP/s"
+            } else {
+                "GB/s"
+            }
         )
     }
 }
@@ -73,7 +77,11 @@ fn time_ms(dev: &Device, mut f: impl FnMut() -> wgrad::Result<Tensor>) -> anyhow
     Ok(t0.elapsed().as_secs_f64() * 1e3 / reps as f64)
 }
 
-type Case = (&'static str, Vec<usize>, Box<dyn Fn(&Device) -> anyhow::Result<(f64, (&'static str, f64))>>);
+type Case = (
+    &'static str,
+    Vec<usize>,
+    Box<dyn Fn(&Device) -> anyhow::Result<(f64, (&'static str, f64))>>,
+);
 
 // Filled in as the op families land.
 fn cases() -> Vec<Case> {
@@ -102,7 +110,8 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
         if filter.is_some_and(|flt| !op.contains(flt)) {
             continue;
         }
-        let mut devices: Vec<(&'static str, &Device, String)> = vec![("gpu", &gpu, adapter.clone())];
+        let mut devices: Vec<(&'static str, &Device, String)> =
+            vec![("gpu", &gpu, adapter.clone())];
         if with_cpu {
             devices.push(("cpu", &cpu, "cpu reference".to_string()));
         }

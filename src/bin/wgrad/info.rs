@@ -29,11 +29,26 @@ pub fn run(brief: bool) -> anyhow::Result<()> {
     let a = dev.adapter().expect("a GPU device has an adapter");
     println!("chosen: {}", a);
     println!("  why: {}", a.reason);
-    println!("  max_storage_buffer_binding_size: {} bytes", a.max_storage_binding);
+    println!(
+        "  max_storage_buffer_binding_size: {} bytes",
+        a.max_storage_binding
+    );
     println!("  max_buffer_size: {} bytes", a.max_buffer);
-    println!("  max_compute_invocations_per_workgroup: {}", a.max_invocations_per_workgroup);
-    println!("  max_compute_workgroup_storage_size: {} bytes", a.max_workgroup_storage);
-    println!("  max_compute_workgroups_per_dimension: {}", a.max_workgroups_per_dimension);
-    println!("  features: subgroups={} shader_f16={}", a.subgroups, a.shader_f16);
+    println!(
+        "  max_compute_invocations_per_workgroup: {}",
+        a.max_invocations_per_workgroup
+    );
+    println!(
+        "  max_compute_workgroup_storage_size: {} bytes",
+        a.max_workgroup_storage
+    );
+    println!(
+        "  max_compute_workgroups_per_dimension: {}",
+        a.max_workgroups_per_dimension
+    );
+    println!(
+        "  features: subgroups={} shader_f16={}",
+        a.subgroups, a.shader_f16
+    );
     Ok(())
 }

@@ -7,7 +7,11 @@ mod info;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "wgrad", version, about = "GPU compute engine: WGSL kernels verified against a CPU reference")]
+#[command(
+    name = "wgrad",
+    version,
+    about = "GPU compute engine: WGSL kernels verified against a CPU reference"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,6 +43,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Info { brief } => info::run(brief),
-        Command::Bench { json, filter, no_cpu } => bench::run(json, filter.as_deref(), !no_cpu),
+        Command::Bench {
+            json,
+            filter,
+            no_cpu,
+        } => bench::run(json, filter.as_deref(), !no_cpu),
     }
 }
