@@ -68,6 +68,10 @@ fn unary_op(x: f32) -> f32 {
             return tanh(clamp(x, -15.0, 15.0));
         }
         case 9u: { return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752)); } // gelu (erf)
+        case 10u: {                                              // gelu_grad: Φ(x) + x·φ(x)
+            let cdf = 0.5 * (1.0 + erf_approx(x * 0.70710678118654752));
+            return cdf + x * exp(-0.5 * x * x) * 0.39894228040143268;
+        }
         default: { return nan(); }
     }
 }

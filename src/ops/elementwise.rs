@@ -32,6 +32,8 @@ pub enum UnaryOp {
     Tanh,
     /// GELU with the exact erf form: `0.5·x·(1 + erf(x/√2))`.
     Gelu,
+    /// The derivative of GELU, `Φ(x) + x·φ(x)` (used by its gradient rule).
+    GeluGrad,
 }
 
 /// Element-wise functions of two arguments (comparisons give 1.0 or 0.0).
@@ -54,7 +56,7 @@ pub enum BinaryOp {
 
 impl UnaryOp {
     /// Every unary op, for tests and `wgrad check`.
-    pub const ALL: [UnaryOp; 10] = [
+    pub const ALL: [UnaryOp; 11] = [
         UnaryOp::Neg,
         UnaryOp::Abs,
         UnaryOp::Exp,
@@ -65,6 +67,7 @@ impl UnaryOp {
         UnaryOp::Sigmoid,
         UnaryOp::Tanh,
         UnaryOp::Gelu,
+        UnaryOp::GeluGrad,
     ];
 
     /// The op's name (as in the WGSL switch comments).
@@ -80,6 +83,7 @@ impl UnaryOp {
             UnaryOp::Sigmoid => "sigmoid",
             UnaryOp::Tanh => "tanh",
             UnaryOp::Gelu => "gelu",
+            UnaryOp::GeluGrad => "gelu_grad",
         }
     }
 
@@ -101,6 +105,10 @@ impl UnaryOp {
             UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+            UnaryOp::GeluGrad => {
+                let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)) + x * pdf
+            }
         }
     }
 }
