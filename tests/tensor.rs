@@ -123,3 +123,14 @@ fn tensor_over_the_binding_limit_is_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn upload_into_a_recycled_buffer_is_not_overwritten_by_pending_work() {
+    let Some(dev) = gpu() else { return };
+    // The exp output's buffer is freed while its write is still unsubmitted; the
+    // next upload of the same size reuses it and must keep its own data.
+    let a = Tensor::from_slice(&dev, &[1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    drop(a.exp().unwrap());
+    let u = Tensor::from_slice(&dev, &[9.0f32; 4], &[2, 2]).unwrap();
+    assert_eq!(u.to_vec::<f32>().unwrap(), vec![9.0; 4]);
+}

@@ -169,17 +169,32 @@ impl GpuContext {
     }
 
     /// A pooled buffer holding `data`.
+    ///
+    /// The buffer may come from the pool with a write to it still recorded in the
+    /// pending encoder (its previous tensor was dropped before a submit). A
+    /// `queue.write_buffer` would land before that stale write at the next submit,
+    /// so while work is pending the data goes through a staging buffer copied in
+    /// order inside the encoder.
     pub(crate) fn upload(&self, data: &[u8]) -> GpuBuffer {
         let buf = self.alloc(data.len() as u64);
-        if !data.is_empty() {
-            // Writes are ordered before any later submit, including the pending encoder's.
-            let padded_len = data.len().div_ceil(4) * 4;
-            if padded_len == data.len() {
-                self.queue.write_buffer(buf.raw(), 0, data);
-            } else {
-                let mut v = data.to_vec();
-                v.resize(padded_len, 0);
-                self.queue.write_buffer(buf.raw(), 0, &v);
+        if data.is_empty() {
+            return buf;
+        }
+        let mut padded = data.to_vec();
+        padded.resize(data.len().div_ceil(4) * 4, 0);
+        let mut pending = lock(&self.pending);
+        match pending.encoder.as_mut() {
+            None => self.queue.write_buffer(buf.raw(), 0, &padded),
+            Some(encoder) => {
+                let staging = wgpu::util::DeviceExt::create_buffer_init(
+                    &self.device,
+                    &wgpu::util::BufferInitDescriptor {
+                        label: Some("wgrad.upload"),
+                        contents: &padded,
+                        usage: wgpu::BufferUsages::COPY_SRC,
+                    },
+                );
+                encoder.copy_buffer_to_buffer(&staging, 0, buf.raw(), 0, padded.len() as u64);
             }
         }
         buf
