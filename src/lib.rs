@@ -29,6 +29,7 @@ pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use gpu::{AdapterSummary, PoolStats};
 pub use ops::elementwise::{BinaryOp, UnaryOp};
+pub use ops::layout::TransposeKernel;
 pub use rng::Rng;
 pub use shape::Shape;
 pub use tensor::Tensor;
