@@ -1,4 +1,575 @@
-// matmul.wgsl — placeholder, being written.
+// matmul.wgsl — C = op(A) · op(B) in f32, batched over broadcast leading dims.
+//
+// op(A) is (M, K) and op(B) is (K, N); with the override TA the stored A is (K, M) and op(A)
+// is its transpose (likewise TB: B stored (N, K)), so backward passes need no transpose copies.
+// C is (batch, M, N) row-major. Every workgroup computes one 64x64 tile of one output matrix.
+//
+// Entry points (the grid is linear over batch x tiles_m x tiles_n, split over x/y/z):
+//   matmul_forward_tiled     16x16 invocations, 4x4 outputs each, workgroup-memory k-tiles of 16.
+//                            For real GPUs.
+//   matmul_forward_blocked   8x8 invocations, 8x8 outputs each, no workgroup memory, vec4 loads.
+//                            For software adapters: barriers are expensive on a CPU.
+//   matmul_forward_subgroup  16 invocations (2 subgroups of exactly 8 lanes: the caller checks the
+//                            adapter's subgroup size), 16x16 outputs each; the lanes of a subgroup
+//                            share their loads through subgroupBroadcast. 2.5-3x
+//                            matmul_forward_blocked on lavapipe, where every load is a loop over
+//                            the SIMD lanes. It sits after the marker line below and is compiled
+//                            as its own module (it needs subgroups).
+//   matmul_pad_rows          256 invocations: copies an operand into rows padded to a multiple of
+//                            4, so that the vec4 loads of the two kernels above are aligned.
+//
+// Reads past a matrix (edge tiles, the K tail) stay inside the bound buffer or are clamped by
+// wgpu's bounds checks; such values only reach outputs that are not written, or are masked to 0.
 
-@compute @workgroup_size(1)
-fn placeholder() {}
+override TA: bool = false;  // A stored (K, M): op(A) = Aᵀ
+override TB: bool = false;  // B stored (N, K): op(B) = Bᵀ
+
+struct Params {
+    m: u32,                 // rows of op(A) and C
+    n: u32,                 // columns of op(B) and C
+    k: u32,                 // the contracted dim
+    batch: u32,             // output matrices
+    tiles_n: u32,           // 64-wide tiles along N
+    tiles_m: u32,           // 64-high tiles along M
+    batch_rank: u32,        // number of batch dims
+    pad0: u32,
+    lda: u32,               // elements between rows of the stored A (K, or M with TA)
+    ldb: u32,               // elements between rows of the stored B (N, or K with TB)
+    pad1: u32,
+    pad2: u32,
+    batch_dims: array<vec4<u32>, 2>,  // output batch dims, outermost first
+    a_strides: array<vec4<u32>, 2>,   // elements between A's matrices per batch dim (0 = broadcast)
+    b_strides: array<vec4<u32>, 2>,   // same for B
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+// tiled, pad: A as stored, (.., M, K) or (.., K, M) with rows of lda
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+// tiled: B as stored, (.., K, N) or (.., N, K) with rows of ldb
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+// blocked, subgroup: the same as vec4s; lda and ldb are multiples of 4 (the caller pads)
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+// every kernel: C, (batch, M, N)
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+// One workgroup's job: which output matrix and tile, and where its operands start.
+struct Job {
+    valid: bool,
+    tile_m: u32,
+    tile_n: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+}
+
+fn dim_at(v: array<vec4<u32>, 2>, i: u32) -> u32 {
+    return v[i / 4u][i % 4u];
+}
+
+fn job(wg: vec3<u32>, nwg: vec3<u32>) -> Job {
+    var j: Job;
+    let wid = wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y;
+    let per_matrix = params.tiles_m * params.tiles_n;
+    j.valid = wid < per_matrix * params.batch;
+    j.tile_n = wid % params.tiles_n;
+    j.tile_m = (wid / params.tiles_n) % params.tiles_m;
+    let bi = wid / per_matrix;
+    var rem = bi;
+    for (var d = i32(params.batch_rank) - 1; d >= 0; d = d - 1) {
+        let size = dim_at(params.batch_dims, u32(d));
+        let coord = rem % size;
+        rem = rem / size;
+        j.a_off += coord * dim_at(params.a_strides, u32(d));
+        j.b_off += coord * dim_at(params.b_strides, u32(d));
+    }
+    j.c_off = bi * params.m * params.n;
+    return j;
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul_forward_tiled
+
+// [k][m] of op(A)'s 64x16 k-tile, [k][n] of op(B)'s 16x64; rows of 65 so that stores along k
+// fall in different banks.
+var<workgroup> tile_a: array<array<f32, 65>, 16>;
+var<workgroup> tile_b: array<array<f32, 65>, 16>;
+
+@compute @workgroup_size(16, 16)
+fn matmul_forward_tiled(@builtin(workgroup_id) wg: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_id) lid: vec3<u32>,
+                        @builtin(local_invocation_index) li: u32) {
+    let t = job(wg, nwg);
+    if (!t.valid) { return; }  // uniform: the whole workgroup leaves together
+    let M = params.m;
+    let N = params.n;
+    let K = params.k;
+    let m_base = t.tile_m * 64u;
+    let n_base = t.tile_n * 64u;
+    // Invocation (x, y) owns rows y + 16i and columns x + 16j: conflict-free reads of tile_b,
+    // coalesced writes of C.
+    var acc: array<vec4<f32>, 4>;  // acc[i][j] = C(m_base + y + 16i, n_base + x + 16j)
+    for (var k0 = 0u; k0 < K; k0 += 16u) {
+        // 1024 elements per k-tile, 4 per invocation; consecutive invocations read consecutive
+        // addresses along whichever dim is contiguous in memory. Outside the matrix: 0.
+        for (var i = 0u; i < 4u; i++) {
+            let e = li + 256u * i;
+            var mm = e / 16u;
+            var kk = e % 16u;
+            if (TA) { mm = e % 64u; kk = e / 64u; }
+            let gm = m_base + mm;
+            let gk = k0 + kk;
+            var va = 0.0;
+            if (gm < M && gk < K) {
+                if (TA) {
+                    va = a[t.a_off + gk * params.lda + gm];
+                } else {
+                    va = a[t.a_off + gm * params.lda + gk];
+                }
+            }
+            tile_a[kk][mm] = va;
+            var nn = e % 64u;
+            var kb = e / 64u;
+            if (TB) { nn = e / 16u; kb = e % 16u; }
+            let gn = n_base + nn;
+            let gkb = k0 + kb;
+            var vb = 0.0;
+            if (gn < N && gkb < K) {
+                if (TB) {
+                    vb = b[t.b_off + gn * params.ldb + gkb];
+                } else {
+                    vb = b[t.b_off + gkb * params.ldb + gn];
+                }
+            }
+            tile_b[kb][nn] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            let av = vec4<f32>(tile_a[kk][lid.y], tile_a[kk][lid.y + 16u], tile_a[kk][lid.y + 32u],
+                               tile_a[kk][lid.y + 48u]);
+            let bv = vec4<f32>(tile_b[kk][lid.x], tile_b[kk][lid.x + 16u], tile_b[kk][lid.x + 32u],
+                               tile_b[kk][lid.x + 48u]);
+            acc[0] += av.x * bv;
+            acc[1] += av.y * bv;
+            acc[2] += av.z * bv;
+            acc[3] += av.w * bv;
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let m = m_base + lid.y + 16u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let n = n_base + lid.x + 16u * j;
+            if (m < M && n < N) { c[t.c_off + m * N + n] = acc[i][j]; }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register blocking: an invocation owns an 8x8 block of C and walks K four at a time.
+// A panel holds op(A) rows as vec4s along k: pa[r][j] = op(A)(m0 + r, k0 + j).
+// B panel holds op(B) rows as vec4s along n: pb[2j + h][c] = op(B)(k0 + j, n0 + 4h + c).
+
+// 4 consecutive elements of A (B) from element i, a multiple of 4: the caller pads rows whose
+// length is not (matmul_pad_rows).
+fn load_a(i: u32) -> vec4<f32> {
+    return a4[i / 4u];
+}
+
+fn load_b(i: u32) -> vec4<f32> {
+    return b4[i / 4u];
+}
+
+// This invocation's own A panel for rows m0..m0+8, k0..k0+4.
+fn own_panel_a(off: u32, m0: u32, k0: u32) -> array<vec4<f32>, 8> {
+    let M = params.m;
+    let K = params.k;
+    var p: array<vec4<f32>, 8>;
+    if (TA) {
+        var q: array<vec4<f32>, 8>;  // q[2j + h] = op(A)(m0 + 4h .. m0 + 4h + 4, k0 + j)
+        for (var j = 0u; j < 4u; j++) {
+            let i = off + min(k0 + j, K - 1u) * params.lda + m0;
+            q[2u * j] = load_a(i);
+            q[2u * j + 1u] = load_a(i + 4u);
+        }
+        p = short_from_long(q);
+    } else {
+        for (var r = 0u; r < 8u; r++) {
+            p[r] = load_a(off + min(m0 + r, M - 1u) * params.lda + k0);
+        }
+    }
+    return p;
+}
+
+// This invocation's own B panel for k0..k0+4, columns n0..n0+8.
+fn own_panel_b(off: u32, n0: u32, k0: u32) -> array<vec4<f32>, 8> {
+    let N = params.n;
+    let K = params.k;
+    var p: array<vec4<f32>, 8>;
+    if (TB) {
+        var q: array<vec4<f32>, 8>;  // q[c] = op(B)(k0 .. k0 + 4, n0 + c)
+        for (var c = 0u; c < 8u; c++) {
+            q[c] = load_b(off + min(n0 + c, N - 1u) * params.ldb + k0);
+        }
+        p = long_from_short(q);
+    } else {
+        for (var j = 0u; j < 4u; j++) {
+            let i = off + min(k0 + j, K - 1u) * params.ldb + n0;
+            p[2u * j] = load_b(i);
+            p[2u * j + 1u] = load_b(i + 4u);
+        }
+    }
+    return p;
+}
+
+// An 8x4 panel is held either as 8 vec4s along its short side (p[r][j], r the long index) or
+// as 2x4 vec4s along its long side (q[2j + h][c] = element (4h + c, j)). These convert; on
+// SIMD-over-invocations hardware that only renames registers.
+fn short_from_long(q: array<vec4<f32>, 8>) -> array<vec4<f32>, 8> {
+    var p: array<vec4<f32>, 8>;
+    for (var r = 0u; r < 4u; r++) {
+        p[r] = vec4<f32>(q[0][r], q[2][r], q[4][r], q[6][r]);
+        p[r + 4u] = vec4<f32>(q[1][r], q[3][r], q[5][r], q[7][r]);
+    }
+    return p;
+}
+
+fn long_from_short(p: array<vec4<f32>, 8>) -> array<vec4<f32>, 8> {
+    var q: array<vec4<f32>, 8>;
+    for (var j = 0u; j < 4u; j++) {
+        q[2u * j] = vec4<f32>(p[0][j], p[1][j], p[2][j], p[3][j]);
+        q[2u * j + 1u] = vec4<f32>(p[4][j], p[5][j], p[6][j], p[7][j]);
+    }
+    return q;
+}
+
+// Zeroes k >= valid in both panels (the K tail).
+fn mask_panels(pa: ptr<function, array<vec4<f32>, 8>>, pb: ptr<function, array<vec4<f32>, 8>>,
+               valid: u32) {
+    let keep = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(valid);
+    for (var r = 0u; r < 8u; r++) {
+        (*pa)[r] = select(vec4<f32>(0.0), (*pa)[r], keep);
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (!keep[j]) {
+            (*pb)[2u * j] = vec4<f32>(0.0);
+            (*pb)[2u * j + 1u] = vec4<f32>(0.0);
+        }
+    }
+}
+
+// acc[2r + h] += sum_j pa[r][j] * pb[2j + h]
+fn fma_panels(acc: ptr<function, array<vec4<f32>, 16>>, pa: array<vec4<f32>, 8>,
+              pb: array<vec4<f32>, 8>) {
+    for (var r = 0u; r < 8u; r++) {
+        let x = pa[r];
+        (*acc)[2u * r] += x.x * pb[0] + x.y * pb[2] + x.z * pb[4] + x.w * pb[6];
+        (*acc)[2u * r + 1u] += x.x * pb[1] + x.y * pb[3] + x.z * pb[5] + x.w * pb[7];
+    }
+}
+
+// Row m of C, columns n0..n0+8 (only those inside C). Written out so that acc is never indexed
+// by a loop variable there: on lavapipe that alone demoted acc to memory and cost 25%.
+fn store_row(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>) {
+    let N = params.n;
+    if (m >= params.m) { return; }
+    let o = c_off + m * N + n0;
+    if (n0 + 8u <= N) {
+        c[o] = v0.x; c[o + 1u] = v0.y; c[o + 2u] = v0.z; c[o + 3u] = v0.w;
+        c[o + 4u] = v1.x; c[o + 5u] = v1.y; c[o + 6u] = v1.z; c[o + 7u] = v1.w;
+        return;
+    }
+    let v = array<f32, 8>(v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w);
+    for (var i = 0u; i < 8u; i++) {
+        if (n0 + i < N) { c[o + i] = v[i]; }
+    }
+}
+
+fn store_block(c_off: u32, m0: u32, n0: u32, acc: array<vec4<f32>, 16>) {
+    store_row(c_off, m0, n0, acc[0], acc[1]);
+    store_row(c_off, m0 + 1u, n0, acc[2], acc[3]);
+    store_row(c_off, m0 + 2u, n0, acc[4], acc[5]);
+    store_row(c_off, m0 + 3u, n0, acc[6], acc[7]);
+    store_row(c_off, m0 + 4u, n0, acc[8], acc[9]);
+    store_row(c_off, m0 + 5u, n0, acc[10], acc[11]);
+    store_row(c_off, m0 + 6u, n0, acc[12], acc[13]);
+    store_row(c_off, m0 + 7u, n0, acc[14], acc[15]);
+}
+
+// C block from this invocation's own panels.
+fn own_block(t: Job, m0: u32, n0: u32) -> array<vec4<f32>, 16> {
+    var acc: array<vec4<f32>, 16>;
+    let K = params.k;
+    let full = K / 4u * 4u;
+    for (var k0 = 0u; k0 < full; k0 += 4u) {
+        fma_panels(&acc, own_panel_a(t.a_off, m0, k0), own_panel_b(t.b_off, n0, k0));
+    }
+    if (full < K) {
+        var pa = own_panel_a(t.a_off, m0, full);
+        var pb = own_panel_b(t.b_off, n0, full);
+        mask_panels(&pa, &pb, K - full);
+        fma_panels(&acc, pa, pb);
+    }
+    return acc;
+}
+
+@compute @workgroup_size(8, 8)
+fn matmul_forward_blocked(@builtin(workgroup_id) wg: vec3<u32>,
+                          @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = job(wg, nwg);
+    if (!t.valid) { return; }
+    let m0 = t.tile_m * 64u + lid.y * 8u;
+    let n0 = t.tile_n * 64u + lid.x * 8u;
+    store_block(t.c_off, m0, n0, own_block(t, m0, n0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul_pad_rows: copies an operand whose rows are not a multiple of 4 long into rows of `ld`
+// (a multiple of 4), zero-filled, so the register-blocked kernels only make aligned vec4 loads.
+// Workgroup 256, one output element per invocation.
+
+struct PadParams {
+    n: u32,     // output elements, rows * ld
+    cols: u32,  // row length of the source
+    ld: u32,    // row length of the copy
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> pad_params: PadParams;
+@group(0) @binding(2) var<storage, read_write> padded: array<f32>;  // (rows, ld); source is `a`
+
+@compute @workgroup_size(256)
+fn matmul_pad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
+    if (i >= pad_params.n) { return; }
+    let r = i / pad_params.ld;
+    let col = i % pad_params.ld;
+    var v = 0.0;
+    if (col < pad_params.cols) { v = a[r * pad_params.cols + col]; }
+    padded[i] = v;
+}
+
+// ---- subgroup kernels: compiled as a separate module, only on devices with subgroups ----
+//
+// matmul_forward_subgroup: a lane owns a 16x16 block of C, acc[4r + h] = C(m0 + r, n0 + 4h .. +4);
+// the 8 lanes of a subgroup (2 down, 4 across) own a 32x64 tile, the 2 subgroups of a workgroup
+// 64x64. Per step of 4 along k a lane loads 12 vec4s of its subgroup's panels and receives the
+// 32 it needs by subgroupBroadcast. On lavapipe loads are ~75% of the time, so fewer loads per
+// FMA is what pays (the accumulators spill to the stack either way).
+// Panels: pa[r] = op(A)(m0 + r, k0 .. k0 + 4), pb[4j + h] = op(B)(k0 + j, n0 + 4h .. + 4).
+// Loops longer than 8 are written out: lavapipe does not unroll them, and an accumulator
+// indexed at run time lives in memory (4x slower).
+
+fn bcast8(v: vec4<f32>) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(
+        subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u),
+        subgroupBroadcast(v, 3u), subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
+        subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
+}
+
+fn pick2(v0: vec4<f32>, v1: vec4<f32>, i: u32) -> vec4<f32> {
+    return select(v0, v1, i == 1u);
+}
+
+fn pick4(v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>, i: u32) -> vec4<f32> {
+    return select(select(v0, v1, i == 1u), select(v2, v3, i == 3u), i >= 2u);
+}
+
+// A 16x4 panel as 16 vec4s along its short side (p[r][j]) or as 4x4 vec4s along its long side
+// (q[4j + s][c] = element (4s + c, j)); these convert between the two.
+fn short_from_long16(q: array<vec4<f32>, 16>) -> array<vec4<f32>, 16> {
+    var p: array<vec4<f32>, 16>;
+    for (var c = 0u; c < 4u; c++) {
+        p[c] = vec4<f32>(q[0][c], q[4][c], q[8][c], q[12][c]);
+        p[c + 4u] = vec4<f32>(q[1][c], q[5][c], q[9][c], q[13][c]);
+        p[c + 8u] = vec4<f32>(q[2][c], q[6][c], q[10][c], q[14][c]);
+        p[c + 12u] = vec4<f32>(q[3][c], q[7][c], q[11][c], q[15][c]);
+    }
+    return p;
+}
+
+fn long_from_short16(p: array<vec4<f32>, 16>) -> array<vec4<f32>, 16> {
+    var q: array<vec4<f32>, 16>;
+    for (var j = 0u; j < 4u; j++) {
+        q[4u * j] = vec4<f32>(p[0][j], p[1][j], p[2][j], p[3][j]);
+        q[4u * j + 1u] = vec4<f32>(p[4][j], p[5][j], p[6][j], p[7][j]);
+        q[4u * j + 2u] = vec4<f32>(p[8][j], p[9][j], p[10][j], p[11][j]);
+        q[4u * j + 3u] = vec4<f32>(p[12][j], p[13][j], p[14][j], p[15][j]);
+    }
+    return q;
+}
+
+// This lane's A panel, from the subgroup's rows sm0 .. sm0 + 32 (4 loads per lane).
+fn shared_panel_a(off: u32, sm0: u32, k0: u32, lane: u32, mi: u32) -> array<vec4<f32>, 16> {
+    let M = params.m;
+    let K = params.k;
+    var p: array<vec4<f32>, 16>;
+    if (TA) {
+        // Lane l holds op(A)(sm0 + 16(l%2) + 4s .. + 4, k0 + l/2) in slot s.
+        let i = off + min(k0 + lane / 2u, K - 1u) * params.lda + sm0 + 16u * (lane % 2u);
+        var y: array<array<vec4<f32>, 8>, 4>;
+        for (var s = 0u; s < 4u; s++) {
+            y[s] = bcast8(load_a(i + 4u * s));
+        }
+        var q: array<vec4<f32>, 16>;
+        for (var j = 0u; j < 4u; j++) {
+            q[4u * j] = pick2(y[0][2u * j], y[0][2u * j + 1u], mi);
+            q[4u * j + 1u] = pick2(y[1][2u * j], y[1][2u * j + 1u], mi);
+            q[4u * j + 2u] = pick2(y[2][2u * j], y[2][2u * j + 1u], mi);
+            q[4u * j + 3u] = pick2(y[3][2u * j], y[3][2u * j + 1u], mi);
+        }
+        p = short_from_long16(q);
+    } else {
+        // Lane l holds row sm0 + l + 8s in slot s.
+        var x: array<array<vec4<f32>, 8>, 4>;
+        for (var s = 0u; s < 4u; s++) {
+            x[s] = bcast8(load_a(off + min(sm0 + lane + 8u * s, M - 1u) * params.lda + k0));
+        }
+        for (var r = 0u; r < 8u; r++) {
+            p[r] = pick2(x[0][r], x[2][r], mi);
+            p[r + 8u] = pick2(x[1][r], x[3][r], mi);
+        }
+    }
+    return p;
+}
+
+// This lane's B panel, from the subgroup's columns sn0 .. sn0 + 64 (8 loads per lane).
+fn shared_panel_b(off: u32, sn0: u32, k0: u32, lane: u32, ni: u32) -> array<vec4<f32>, 16> {
+    let N = params.n;
+    let K = params.k;
+    var p: array<vec4<f32>, 16>;
+    if (TB) {
+        // Lane l holds op(B)(k0 .. k0 + 4, sn0 + l + 8s) in slot s.
+        var z: array<array<vec4<f32>, 8>, 8>;
+        for (var s = 0u; s < 8u; s++) {
+            z[s] = bcast8(load_b(off + min(sn0 + lane + 8u * s, N - 1u) * params.ldb + k0));
+        }
+        var q: array<vec4<f32>, 16>;
+        for (var c = 0u; c < 8u; c++) {
+            q[c] = pick4(z[0][c], z[2][c], z[4][c], z[6][c], ni);
+            q[c + 8u] = pick4(z[1][c], z[3][c], z[5][c], z[7][c], ni);
+        }
+        p = long_from_short16(q);
+    } else {
+        // Lane l holds op(B)(k0 + l/2, sn0 + 32(l%2) + 4s .. + 4) in slot s.
+        let i = off + min(k0 + lane / 2u, K - 1u) * params.ldb + sn0 + 32u * (lane % 2u);
+        var y: array<array<vec4<f32>, 8>, 8>;
+        for (var s = 0u; s < 8u; s++) {
+            y[s] = bcast8(load_b(i + 4u * s));
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let l0 = 2u * j;
+            let l1 = l0 + 1u;
+            p[4u * j] = pick4(y[0][l0], y[4][l0], y[0][l1], y[4][l1], ni);
+            p[4u * j + 1u] = pick4(y[1][l0], y[5][l0], y[1][l1], y[5][l1], ni);
+            p[4u * j + 2u] = pick4(y[2][l0], y[6][l0], y[2][l1], y[6][l1], ni);
+            p[4u * j + 3u] = pick4(y[3][l0], y[7][l0], y[3][l1], y[7][l1], ni);
+        }
+    }
+    return p;
+}
+
+// Zeroes k >= valid in both panels (the K tail).
+fn mask_panels16(pa: ptr<function, array<vec4<f32>, 16>>, pb: ptr<function, array<vec4<f32>, 16>>,
+                 valid: u32) {
+    let keep = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(valid);
+    for (var r = 0u; r < 8u; r++) {
+        (*pa)[r] = select(vec4<f32>(0.0), (*pa)[r], keep);
+        (*pa)[r + 8u] = select(vec4<f32>(0.0), (*pa)[r + 8u], keep);
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (!keep[j]) {
+            (*pb)[4u * j] = vec4<f32>(0.0);
+            (*pb)[4u * j + 1u] = vec4<f32>(0.0);
+            (*pb)[4u * j + 2u] = vec4<f32>(0.0);
+            (*pb)[4u * j + 3u] = vec4<f32>(0.0);
+        }
+    }
+}
+
+// acc[4r + h] += sum_j x[j] * pb[4j + h]
+fn fma_row(acc: ptr<function, array<vec4<f32>, 64>>, r: u32, x: vec4<f32>,
+           pb: array<vec4<f32>, 16>) {
+    (*acc)[4u * r] += x.x * pb[0] + x.y * pb[4] + x.z * pb[8] + x.w * pb[12];
+    (*acc)[4u * r + 1u] += x.x * pb[1] + x.y * pb[5] + x.z * pb[9] + x.w * pb[13];
+    (*acc)[4u * r + 2u] += x.x * pb[2] + x.y * pb[6] + x.z * pb[10] + x.w * pb[14];
+    (*acc)[4u * r + 3u] += x.x * pb[3] + x.y * pb[7] + x.z * pb[11] + x.w * pb[15];
+}
+
+fn fma_panels16(acc: ptr<function, array<vec4<f32>, 64>>, pa: array<vec4<f32>, 16>,
+                pb: array<vec4<f32>, 16>) {
+    fma_row(acc, 0u, pa[0], pb);
+    fma_row(acc, 1u, pa[1], pb);
+    fma_row(acc, 2u, pa[2], pb);
+    fma_row(acc, 3u, pa[3], pb);
+    fma_row(acc, 4u, pa[4], pb);
+    fma_row(acc, 5u, pa[5], pb);
+    fma_row(acc, 6u, pa[6], pb);
+    fma_row(acc, 7u, pa[7], pb);
+    fma_row(acc, 8u, pa[8], pb);
+    fma_row(acc, 9u, pa[9], pb);
+    fma_row(acc, 10u, pa[10], pb);
+    fma_row(acc, 11u, pa[11], pb);
+    fma_row(acc, 12u, pa[12], pb);
+    fma_row(acc, 13u, pa[13], pb);
+    fma_row(acc, 14u, pa[14], pb);
+    fma_row(acc, 15u, pa[15], pb);
+}
+
+fn store_row16(c_off: u32, m: u32, n0: u32, acc: ptr<function, array<vec4<f32>, 64>>, r: u32) {
+    store_row(c_off, m, n0, (*acc)[4u * r], (*acc)[4u * r + 1u]);
+    store_row(c_off, m, n0 + 8u, (*acc)[4u * r + 2u], (*acc)[4u * r + 3u]);
+}
+
+fn store_block16(c_off: u32, m0: u32, n0: u32, acc: ptr<function, array<vec4<f32>, 64>>) {
+    store_row16(c_off, m0 + 0u, n0, acc, 0u);
+    store_row16(c_off, m0 + 1u, n0, acc, 1u);
+    store_row16(c_off, m0 + 2u, n0, acc, 2u);
+    store_row16(c_off, m0 + 3u, n0, acc, 3u);
+    store_row16(c_off, m0 + 4u, n0, acc, 4u);
+    store_row16(c_off, m0 + 5u, n0, acc, 5u);
+    store_row16(c_off, m0 + 6u, n0, acc, 6u);
+    store_row16(c_off, m0 + 7u, n0, acc, 7u);
+    store_row16(c_off, m0 + 8u, n0, acc, 8u);
+    store_row16(c_off, m0 + 9u, n0, acc, 9u);
+    store_row16(c_off, m0 + 10u, n0, acc, 10u);
+    store_row16(c_off, m0 + 11u, n0, acc, 11u);
+    store_row16(c_off, m0 + 12u, n0, acc, 12u);
+    store_row16(c_off, m0 + 13u, n0, acc, 13u);
+    store_row16(c_off, m0 + 14u, n0, acc, 14u);
+    store_row16(c_off, m0 + 15u, n0, acc, 15u);
+}
+
+@compute @workgroup_size(16)
+fn matmul_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>,
+                           @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(subgroup_id) s: u32,
+                           @builtin(subgroup_invocation_id) lane: u32) {
+    let t = job(wg, nwg);
+    if (!t.valid) { return; }
+    // Subgroup s owns rows 32s .. 32s + 32 of the workgroup's tile; lane = 4mi + ni its 16x16
+    // block at (16mi, 16ni) in the subgroup's 32x64.
+    let mi = lane / 4u;
+    let ni = lane % 4u;
+    let sm0 = t.tile_m * 64u + 32u * s;
+    let sn0 = t.tile_n * 64u;
+    let m0 = sm0 + 16u * mi;
+    let n0 = sn0 + 16u * ni;
+    var acc: array<vec4<f32>, 64>;
+    let K = params.k;
+    let full = K / 4u * 4u;
+    for (var k0 = 0u; k0 < full; k0 += 4u) {
+        fma_panels16(&acc, shared_panel_a(t.a_off, sm0, k0, lane, mi),
+                     shared_panel_b(t.b_off, sn0, k0, lane, ni));
+    }
+    if (full < K) {
+        var pa = shared_panel_a(t.a_off, sm0, full, lane, mi);
+        var pb = shared_panel_b(t.b_off, sn0, full, lane, ni);
+        mask_panels16(&pa, &pb, K - full);
+        fma_panels16(&acc, pa, pb);
+    }
+    store_block16(t.c_off, m0, n0, &acc);
+}

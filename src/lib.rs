@@ -15,11 +15,16 @@
 //! # Ok(()) }
 //! ```
 
+pub mod autodiff;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod executor;
 pub(crate) mod gpu;
+pub mod graph;
+pub mod init;
 pub mod ops;
+pub mod optim;
 pub mod rng;
 pub mod shape;
 pub mod tensor;
@@ -27,9 +32,15 @@ pub mod tensor;
 pub use device::{list_adapters, Device};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
+pub use executor::{Executor, MemoryPlan};
+pub use graph::{Graph, Op, Var};
+pub use init::Init;
+pub use optim::{Optimizer, Sgd};
+pub use ops::reduce::ReduceOp;
 pub use gpu::{AdapterSummary, PoolStats};
 pub use ops::elementwise::{BinaryOp, UnaryOp};
 pub use ops::layout::TransposeKernel;
+pub use ops::matmul::MatmulVariant;
 pub use rng::Rng;
 pub use shape::Shape;
 pub use tensor::Tensor;

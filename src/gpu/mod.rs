@@ -269,15 +269,7 @@ impl GpuContext {
     /// Splits `groups` workgroups over x and y (and z) so no dimension exceeds
     /// the adapter's limit. Kernels rebuild the linear id with [`WGSL_LINEAR_ID`].
     pub(crate) fn grid(&self, groups: u64) -> [u32; 3] {
-        let max = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;
-        if groups <= max {
-            return [groups.max(1) as u32, 1, 1];
-        }
-        let y = groups.div_ceil(max);
-        if y <= max {
-            return [max as u32, y as u32, 1];
-        }
-        [max as u32, max as u32, y.div_ceil(max) as u32]
+        split_grid(groups, self.limits.max_compute_workgroups_per_dimension as u64)
     }
 
     /// Records one dispatch into the pending encoder. Binding 0 of group 0 is
@@ -463,6 +455,38 @@ impl GpuContext {
         let mut data = data;
         data.truncate(bytes as usize);
         Ok(data)
+    }
+}
+
+/// Splits `groups` workgroups into x·y·z >= groups with no dimension above `max`.
+/// Split evenly so at most one row of workgroups past `groups` runs idle
+/// (x = max with y = ceil(n/max) could nearly double a just-too-big grid).
+pub(crate) fn split_grid(groups: u64, max: u64) -> [u32; 3] {
+    let (groups, max) = (groups.max(1), max.max(1));
+    if groups <= max {
+        return [groups as u32, 1, 1];
+    }
+    let z = groups.div_ceil(max * max);
+    let per_z = groups.div_ceil(z);
+    let y = per_z.div_ceil(max);
+    let x = per_z.div_ceil(y);
+    [x as u32, y as u32, z as u32]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_grid;
+
+    #[test]
+    fn grids_cover_every_workgroup_within_limits() {
+        for groups in [1u64, 7, 65535, 65536, 70000, 131071, 65535 * 65535 + 3, 10_000_000_000] {
+            let [x, y, z] = split_grid(groups, 65535);
+            let total = x as u64 * y as u64 * z as u64;
+            assert!(total >= groups, "{groups}: {x}x{y}x{z}");
+            assert!(x <= 65535 && y <= 65535 && z <= 65535);
+            // waste below one row of x (per z slice)
+            assert!(total - groups < (x as u64) * z as u64, "{groups}: {x}x{y}x{z} wastes too much");
+        }
     }
 }
 
