@@ -94,7 +94,9 @@ impl Pool {
             inner.stats.free_bytes += class;
             inner.free.entry(class).or_default().push(buf);
         } else {
-            buf.destroy();
+            // Dropped, not destroyed: unsubmitted commands may still use it, and wgpu
+            // frees it once they are done.
+            drop(buf);
         }
     }
 
@@ -105,11 +107,8 @@ impl Pool {
     /// Destroys every free buffer (memory pressure, tests).
     pub(crate) fn trim(&self) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, v) in inner.free.drain() {
-            for b in v {
-                b.destroy();
-            }
-        }
+        // Dropped, not destroyed (see give_back).
+        inner.free.clear();
         inner.stats.free_buffers = 0;
         inner.stats.free_bytes = 0;
     }

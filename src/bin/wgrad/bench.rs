@@ -83,17 +83,58 @@ type Case = (
     Box<dyn Fn(&Device) -> anyhow::Result<(f64, (&'static str, f64))>>,
 );
 
-// Filled in as the op families land.
 fn cases() -> Vec<Case> {
     let mut v: Vec<Case> = Vec::new();
-    let n = 1 << 20;
+    for n in [256usize, 512, 1024, 2048] {
+        v.push((
+            "matmul",
+            vec![n, n, n],
+            Box::new(move |dev| {
+                let mut rng = Rng::new(1);
+                let a = Tensor::from_slice(dev, &rng.vec_uniform(n * n, -1.0, 1.0), &[n, n])?;
+                let b = Tensor::from_slice(dev, &rng.vec_uniform(n * n, -1.0, 1.0), &[n, n])?;
+                let ms = time_ms(dev, || a.matmul(&b))?;
+                Ok((ms, ("gflops", 2.0 * (n as f64).powi(3) / (ms * 1e6))))
+            }),
+        ));
+    }
+    let (r, c) = (4096usize, 1024usize);
+    v.push((
+        "softmax",
+        vec![r, c],
+        Box::new(move |dev| {
+            let x = Tensor::from_slice(dev, &Rng::new(2).vec_uniform(r * c, -5.0, 5.0), &[r, c])?;
+            let ms = time_ms(dev, || x.softmax(-1))?;
+            Ok((ms, ("gbps", (2 * r * c * 4) as f64 / (ms * 1e6))))
+        }),
+    ));
+    let n = 4096usize;
+    v.push((
+        "sum",
+        vec![n, n],
+        Box::new(move |dev| {
+            let x = Tensor::from_slice(dev, &Rng::new(3).vec_uniform(n * n, 0.0, 1.0), &[n, n])?;
+            let ms = time_ms(dev, || x.sum_axis(-1, false))?;
+            Ok((ms, ("gbps", ((n * n + n) * 4) as f64 / (ms * 1e6))))
+        }),
+    ));
+    let n2 = 1usize << 22;
     v.push((
         "add",
-        vec![n],
+        vec![n2],
         Box::new(move |dev| {
-            let x = Tensor::from_slice(dev, &Rng::new(4).vec_uniform(n, 0.0, 1.0), &[n])?;
+            let x = Tensor::from_slice(dev, &Rng::new(5).vec_uniform(n2, 0.0, 1.0), &[n2])?;
             let ms = time_ms(dev, || x.add(&x))?;
-            Ok((ms, ("gbps", (3 * n * 4) as f64 / (ms * 1e6))))
+            Ok((ms, ("gbps", (3 * n2 * 4) as f64 / (ms * 1e6))))
+        }),
+    ));
+    v.push((
+        "transpose",
+        vec![n, n],
+        Box::new(move |dev| {
+            let x = Tensor::from_slice(dev, &Rng::new(4).vec_uniform(n * n, 0.0, 1.0), &[n, n])?;
+            let ms = time_ms(dev, || x.transpose())?;
+            Ok((ms, ("gbps", (2 * n * n * 4) as f64 / (ms * 1e6))))
         }),
     ));
     v
