@@ -33,14 +33,14 @@ pub use device::{list_adapters, Device};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use executor::{Executor, MemoryPlan};
+pub use gpu::{AdapterSummary, PoolStats};
 pub use graph::{Graph, Op, Var};
 pub use init::Init;
-pub use optim::{Optimizer, Sgd};
-pub use ops::reduce::ReduceOp;
-pub use gpu::{AdapterSummary, PoolStats};
 pub use ops::elementwise::{BinaryOp, UnaryOp};
 pub use ops::layout::TransposeKernel;
 pub use ops::matmul::MatmulVariant;
+pub use ops::reduce::ReduceOp;
+pub use optim::{Optimizer, Sgd};
 pub use rng::Rng;
 pub use shape::Shape;
 pub use tensor::Tensor;
@@ -53,5 +53,6 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("reduce.wgsl", ops::reduce::SHADER.source),
         ("softmax.wgsl", ops::softmax::SHADER.source),
         ("layout.wgsl", ops::layout::SHADER.source),
+        ("optim.wgsl", optim::SHADER.source),
     ]
 }

@@ -267,9 +267,13 @@ impl GpuContext {
     }
 
     /// Splits `groups` workgroups over x and y (and z) so no dimension exceeds
-    /// the adapter's limit. Kernels rebuild the linear id with [`WGSL_LINEAR_ID`].
+    /// the adapter's limit. Kernels rebuild the linear id as
+    /// `wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y`.
     pub(crate) fn grid(&self, groups: u64) -> [u32; 3] {
-        split_grid(groups, self.limits.max_compute_workgroups_per_dimension as u64)
+        split_grid(
+            groups,
+            self.limits.max_compute_workgroups_per_dimension as u64,
+        )
     }
 
     /// Records one dispatch into the pending encoder. Binding 0 of group 0 is
@@ -479,19 +483,25 @@ mod tests {
 
     #[test]
     fn grids_cover_every_workgroup_within_limits() {
-        for groups in [1u64, 7, 65535, 65536, 70000, 131071, 65535 * 65535 + 3, 10_000_000_000] {
+        for groups in [
+            1u64,
+            7,
+            65535,
+            65536,
+            70000,
+            131071,
+            65535 * 65535 + 3,
+            10_000_000_000,
+        ] {
             let [x, y, z] = split_grid(groups, 65535);
             let total = x as u64 * y as u64 * z as u64;
             assert!(total >= groups, "{groups}: {x}x{y}x{z}");
             assert!(x <= 65535 && y <= 65535 && z <= 65535);
             // waste below one row of x (per z slice)
-            assert!(total - groups < (x as u64) * z as u64, "{groups}: {x}x{y}x{z} wastes too much");
+            assert!(
+                total - groups < (x as u64) * z as u64,
+                "{groups}: {x}x{y}x{z} wastes too much"
+            );
         }
     }
 }
-
-/// WGSL lines every one-dimensional kernel uses to rebuild its linear
-/// workgroup id from a grid split by [`GpuContext::grid`].
-#[allow(dead_code)]
-pub(crate) const WGSL_LINEAR_ID: &str =
-    "let wg_linear = wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y;";

@@ -1,0 +1,292 @@
+//! Reverse-mode autodiff as a graph transformation: [`grad`] walks the graph
+//! backwards from the output and appends backward nodes — ordinary forward
+//! ops — to the same graph, so the backward pass runs on any device through
+//! the same executor. Each op's rule is in [`backward`], with its math in a comment.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::graph::{Node, NodeId, Op, Var};
+use crate::ops::elementwise::{BinaryOp, UnaryOp};
+use crate::ops::reduce::ReduceOp;
+
+/// Gradients of a scalar `loss` with respect to each of `wrt` (zeros where
+/// `loss` does not depend on it).
+pub fn grad(loss: &Var, wrt: &[&Var]) -> Result<Vec<Var>> {
+    if loss.shape().iter().product::<usize>() != 1 {
+        return Err(Error::Shape {
+            op: "grad",
+            detail: format!(
+                "the gradient needs a scalar output, got shape {:?}; use vjp with an upstream gradient",
+                loss.shape()
+            ),
+        });
+    }
+    let seed = loss.graph().full(1.0, loss.shape());
+    vjp(loss, &seed, wrt)
+}
+
+/// Vector-Jacobian product: gradients of `Σ output·upstream` with respect to each of `wrt`.
+pub fn vjp(output: &Var, upstream: &Var, wrt: &[&Var]) -> Result<Vec<Var>> {
+    let g = output.graph().clone();
+    if upstream.shape() != output.shape() {
+        return Err(Error::Shape {
+            op: "vjp",
+            detail: format!(
+                "upstream {:?} does not match output {:?}",
+                upstream.shape(),
+                output.shape()
+            ),
+        });
+    }
+    for v in std::iter::once(upstream).chain(wrt.iter().copied()) {
+        if !v.graph().same(&g) {
+            return Err(Error::Invalid {
+                op: "grad",
+                detail: format!("node #{} is not in the output's graph", v.id()),
+            });
+        }
+    }
+    let nodes = g.nodes();
+    // needs[i]: node i depends on some node of `wrt`, so its gradient matters.
+    let mut needs = vec![false; nodes.len()];
+    for w in wrt {
+        needs[w.id()] = true;
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if n.inputs.iter().any(|&j| needs[j]) {
+            needs[i] = true;
+        }
+    }
+    let mut grads: HashMap<NodeId, Var> = HashMap::new();
+    grads.insert(output.id(), upstream.clone());
+    for id in (0..=output.id()).rev() {
+        let Some(gy) = grads.get(&id).cloned() else {
+            continue;
+        };
+        let node = &nodes[id];
+        if node.inputs.iter().all(|&j| !needs[j]) {
+            continue;
+        }
+        let inputs: Vec<Var> = node
+            .inputs
+            .iter()
+            .map(|&j| g.var(j))
+            .collect::<Result<_>>()?;
+        let y = g.var(id)?;
+        let rules = backward(node, &inputs, &y, &gy)?;
+        for (k, gx) in rules.into_iter().enumerate() {
+            let (Some(gx), j) = (gx, node.inputs[k]) else {
+                continue;
+            };
+            if !needs[j] {
+                continue;
+            }
+            let total = match grads.remove(&j) {
+                Some(prev) => prev.add(&gx)?, // a node used twice accumulates
+                None => gx,
+            };
+            grads.insert(j, total);
+        }
+    }
+    wrt.iter()
+        .map(|w| match grads.get(&w.id()) {
+            Some(gw) => Ok(gw.clone()),
+            None => Ok(g.full(0.0, w.shape())),
+        })
+        .collect()
+}
+
+/// `g` summed back to `shape` when an op broadcast its input.
+fn unbroadcast(g: Var, shape: &[usize]) -> Result<Var> {
+    if g.shape() == shape {
+        Ok(g)
+    } else {
+        g.sum_to(shape)
+    }
+}
+
+/// `g` of a reduction, reshaped with the reduced axis kept as 1 and broadcast back to `x`.
+fn expand_reduced(g: &Var, x: &Var, axis: Option<usize>, keepdim: bool) -> Result<Var> {
+    let mut kept = x.shape().to_vec();
+    match axis {
+        Some(a) => kept[a] = 1,
+        None => kept.iter_mut().for_each(|d| *d = 1),
+    }
+    let g = if keepdim && axis.is_some() {
+        g.clone()
+    } else {
+        g.reshape(&kept)?
+    };
+    g.broadcast_to(x.shape())
+}
+
+/// The gradient of each input of `node` (None: not differentiable there),
+/// given its inputs `x`, its output `y` and the upstream gradient `g`.
+fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>> {
+    use BinaryOp as B;
+    use UnaryOp as U;
+    let one = |v: Var| Ok(vec![Some(v)]);
+    match &node.op {
+        Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Full(_) => Ok(vec![]),
+        Op::Unary(u) => {
+            let a = &x[0];
+            match u {
+                U::Neg => one(g.neg()?), // -g
+                U::Abs => one(g.mul(&a.scalar(B::Gt, 0.0, false)?.sub(&a.scalar(
+                    B::Lt,
+                    0.0,
+                    false,
+                )?)?)?), // g·sign(x)
+                U::Exp => one(g.mul(y)?), // g·y
+                U::Log => one(g.div(a)?), // g/x
+                U::Sqrt => one(g.div(&y.mul_scalar(2.0)?)?), // g/(2y)
+                U::Square => one(g.mul(&a.mul_scalar(2.0)?)?), // 2x·g
+                U::Relu => one(g.mul(&a.scalar(B::Gt, 0.0, false)?)?), // g·[x>0]
+                U::Sigmoid => one(g.mul(&y.mul(&y.scalar(B::Sub, 1.0, true)?)?)?), // g·y(1-y)
+                U::Tanh => one(g.mul(&y.square()?.scalar(B::Sub, 1.0, true)?)?), // g·(1-y²)
+                U::Gelu => one(g.mul(&a.unary(U::GeluGrad)?)?), // g·(Φ(x) + xφ(x))
+                U::GeluGrad => Err(Error::Invalid {
+                    op: "grad",
+                    detail: "second derivative of gelu is not implemented".into(),
+                }),
+            }
+        }
+        Op::Binary(b) => {
+            let (a, c) = (&x[0], &x[1]);
+            let (ga, gc) = match b {
+                B::Add => (Some(g.clone()), Some(g.clone())),
+                B::Sub => (Some(g.clone()), Some(g.neg()?)),
+                B::Mul => (Some(g.mul(c)?), Some(g.mul(a)?)),
+                // d(a/c) = g/c, -g·y/c
+                B::Div => (Some(g.div(c)?), Some(g.mul(y)?.div(c)?.neg()?)),
+                // ties send the gradient to the left operand
+                B::Maximum => (
+                    Some(g.mul(&a.binary(c, B::Ge)?)?),
+                    Some(g.mul(&a.binary(c, B::Lt)?)?),
+                ),
+                B::Minimum => (
+                    Some(g.mul(&a.binary(c, B::Le)?)?),
+                    Some(g.mul(&a.binary(c, B::Gt)?)?),
+                ),
+                // d(a^c) = g·c·a^(c-1), g·y·ln a
+                B::Pow => (
+                    Some(g.mul(c)?.mul(&a.pow(&c.add_scalar(-1.0)?)?)?),
+                    Some(g.mul(y)?.mul(&a.log()?)?),
+                ),
+                B::Eq | B::Ne | B::Lt | B::Le | B::Gt | B::Ge => (None, None),
+            };
+            let ga = ga.map(|v| unbroadcast(v, a.shape())).transpose()?;
+            let gc = gc.map(|v| unbroadcast(v, c.shape())).transpose()?;
+            Ok(vec![ga, gc])
+        }
+        Op::Scalar { op, value, lhs } => {
+            let (a, v) = (&x[0], *value);
+            let r = match (op, lhs) {
+                (B::Add, _) => Some(g.clone()),
+                (B::Sub, false) => Some(g.clone()),
+                (B::Sub, true) => Some(g.neg()?),
+                (B::Mul, _) => Some(g.mul_scalar(v)?),
+                (B::Div, false) => Some(g.mul_scalar(1.0 / v)?),
+                (B::Div, true) => Some(g.mul(y)?.div(a)?.neg()?), // d(v/x) = -g·y/x
+                (B::Pow, false) => Some(g.mul(&a.scalar(B::Pow, v - 1.0, false)?.mul_scalar(v)?)?), // v·x^(v-1)
+                (B::Pow, true) => Some(g.mul(y)?.mul_scalar(v.ln())?), // d(v^x) = g·y·ln v
+                (B::Maximum, _) => Some(g.mul(&a.scalar(B::Ge, v, false)?)?),
+                (B::Minimum, _) => Some(g.mul(&a.scalar(B::Le, v, false)?)?),
+                _ => None,
+            };
+            Ok(vec![r])
+        }
+        Op::MatMul { ta, tb } => {
+            // C = op(A)·op(B); see each case's transposes in the comments.
+            let (a, b) = (&x[0], &x[1]);
+            let (ga, gb) = match (ta, tb) {
+                (false, false) => (g.matmul_t(b, false, true)?, a.matmul_t(g, true, false)?), // g·Bᵀ, Aᵀ·g
+                (true, false) => (b.matmul_t(g, false, true)?, a.matmul_t(g, false, false)?), // B·gᵀ, A·g
+                (false, true) => (g.matmul_t(b, false, false)?, g.matmul_t(a, true, false)?), // g·B, gᵀ·A
+                (true, true) => (b.matmul_t(g, true, true)?, g.matmul_t(a, true, true)?), // Bᵀ·gᵀ, gᵀ·Aᵀ
+            };
+            Ok(vec![
+                Some(unbroadcast(ga, a.shape())?),
+                Some(unbroadcast(gb, b.shape())?),
+            ])
+        }
+        Op::Reduce { op, axis, keepdim } => {
+            let a = &x[0];
+            let ge = expand_reduced(g, a, Some(*axis), *keepdim)?;
+            one(match op {
+                ReduceOp::Sum => ge,
+                ReduceOp::Mean => ge.mul_scalar(1.0 / a.shape()[*axis] as f32)?,
+                // the gradient is shared by the elements equal to the extreme
+                ReduceOp::Max | ReduceOp::Min => {
+                    let ye = expand_reduced(y, a, Some(*axis), *keepdim)?;
+                    let mask = a.binary(&ye, B::Eq)?;
+                    let count = expand_reduced(
+                        &mask.sum_axis(*axis as isize, true)?,
+                        a,
+                        Some(*axis),
+                        true,
+                    )?;
+                    ge.mul(&mask)?.div(&count)?
+                }
+            })
+        }
+        Op::ReduceAll(op) => {
+            let a = &x[0];
+            let ge = expand_reduced(g, a, None, false)?;
+            let n = a.shape().iter().product::<usize>() as f32;
+            one(match op {
+                ReduceOp::Sum => ge,
+                ReduceOp::Mean => ge.mul_scalar(1.0 / n)?,
+                ReduceOp::Max | ReduceOp::Min => {
+                    let mask = a.binary(&expand_reduced(y, a, None, false)?, B::Eq)?;
+                    let count = expand_reduced(&mask.sum()?, a, None, false)?;
+                    ge.mul(&mask)?.div(&count)?
+                }
+            })
+        }
+        // d softmax: y·(g - Σ g·y)
+        Op::Softmax(axis) => one(y.mul(&g.sub(&g.mul(y)?.sum_axis(*axis as isize, true)?)?)?),
+        // d log_softmax: g - exp(y)·Σ g
+        Op::LogSoftmax(axis) => one(g.sub(&y.exp()?.mul(&g.sum_axis(*axis as isize, true)?)?)?),
+        Op::Permute(axes) => {
+            let mut inv = vec![0; axes.len()];
+            for (i, &a) in axes.iter().enumerate() {
+                inv[a] = i;
+            }
+            one(g.permute(&inv)?)
+        }
+        Op::Reshape(_) => one(g.reshape(x[0].shape())?),
+        Op::BroadcastTo(_) => one(g.sum_to(x[0].shape())?),
+        Op::SumTo(_) => one(g.broadcast_to(x[0].shape())?),
+        Op::Slice { axis, start, end } => {
+            // zeros before and after the slice, the gradient in between
+            let full = x[0].shape();
+            let mut parts = Vec::new();
+            let mut before = full.to_vec();
+            before[*axis] = *start;
+            let mut after = full.to_vec();
+            after[*axis] = full[*axis] - end;
+            if *start > 0 {
+                parts.push(g.graph().full(0.0, &before));
+            }
+            parts.push(g.clone());
+            if after[*axis] > 0 {
+                parts.push(g.graph().full(0.0, &after));
+            }
+            let refs: Vec<&Var> = parts.iter().collect();
+            one(Var::concat(&refs, *axis as isize)?)
+        }
+        Op::Concat(axis) => {
+            let mut start = 0;
+            x.iter()
+                .map(|xi| {
+                    let len = xi.shape()[*axis];
+                    let s = g.slice(*axis as isize, start, start + len);
+                    start += len;
+                    s.map(Some)
+                })
+                .collect()
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! `Graph`: ops recorded as nodes, with shapes inferred and checked when the
+//! graph is built, so running it can assume valid input.
+//!
+//! A [`Var`] is a handle to one node; its methods mirror [`Tensor`]'s ops and
+//! return `Result<Var>` so shape errors surface at build time with `?`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::init::Init;
+use crate::ops::elementwise::{BinaryOp, UnaryOp};
+use crate::ops::reduce::ReduceOp;
+use crate::shape::{broadcast_shapes, check_rank, normalize_axis};
+use crate::tensor::Tensor;
+
+/// Index of a node in its graph.
+pub type NodeId = usize;
+
+/// What a node computes. Axes are resolved (non-negative) when recorded.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// A value fed at every run, by name.
+    Input(String),
+    /// A trainable parameter, initialised once and kept on the device.
+    Param(String, Init),
+    /// A fixed value (kept on the CPU in the graph; uploaded when compiled).
+    Const(Tensor),
+    /// A tensor of one repeated value.
+    Full(f32),
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    /// `x (op) value`, or `value (op) x` when `lhs`.
+    Scalar {
+        op: BinaryOp,
+        value: f32,
+        lhs: bool,
+    },
+    /// `op(A)·op(B)` with the last two dims transposed where asked.
+    MatMul {
+        ta: bool,
+        tb: bool,
+    },
+    Reduce {
+        op: ReduceOp,
+        axis: usize,
+        keepdim: bool,
+    },
+    ReduceAll(ReduceOp),
+    Softmax(usize),
+    LogSoftmax(usize),
+    Permute(Vec<usize>),
+    Reshape(Vec<usize>),
+    BroadcastTo(Vec<usize>),
+    /// Sums a broadcast result back to a shape it was broadcast from (gradients).
+    SumTo(Vec<usize>),
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
+    Concat(usize),
+}
+
+impl Op {
+    /// A short name for errors and plans.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input(_) => "input",
+            Op::Param(..) => "param",
+            Op::Const(_) => "const",
+            Op::Full(_) => "full",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Scalar { op, .. } => op.name(),
+            Op::MatMul { .. } => "matmul",
+            Op::Reduce { op, .. } | Op::ReduceAll(op) => op.name(),
+            Op::Softmax(_) => "softmax",
+            Op::LogSoftmax(_) => "log_softmax",
+            Op::Permute(_) => "permute",
+            Op::Reshape(_) => "reshape",
+            Op::BroadcastTo(_) => "broadcast_to",
+            Op::SumTo(_) => "sum_to",
+            Op::Slice { .. } => "slice",
+            Op::Concat(_) => "concat",
+        }
+    }
+}
+
+/// One recorded op with its inputs and inferred output shape.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+    pub shape: Vec<usize>,
+}
+
+/// A computation graph. Cloning shares it; it is `Send + Sync`.
+#[derive(Clone, Default)]
+pub struct Graph {
+    nodes: Arc<Mutex<Vec<Node>>>,
+}
+
+/// A handle to a node of a [`Graph`].
+#[derive(Clone)]
+pub struct Var {
+    graph: Graph,
+    id: NodeId,
+    shape: Vec<usize>,
+}
+
+impl std::fmt::Debug for Var {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Var(#{}, {:?})", self.id, self.shape)
+    }
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Node>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A snapshot of the nodes.
+    pub fn nodes(&self) -> Vec<Node> {
+        self.lock().clone()
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when `other` is the same graph.
+    pub fn same(&self, other: &Graph) -> bool {
+        Arc::ptr_eq(&self.nodes, &other.nodes)
+    }
+
+    /// A handle to an existing node.
+    pub fn var(&self, id: NodeId) -> Result<Var> {
+        let shape = self
+            .lock()
+            .get(id)
+            .map(|n| n.shape.clone())
+            .ok_or_else(|| Error::Invalid {
+                op: "graph",
+                detail: format!("node {id} is not in this graph"),
+            })?;
+        Ok(Var {
+            graph: self.clone(),
+            id,
+            shape,
+        })
+    }
+
+    fn push_raw(&self, op: Op, inputs: Vec<NodeId>, shape: Vec<usize>) -> Var {
+        let mut nodes = self.lock();
+        nodes.push(Node {
+            op,
+            inputs,
+            shape: shape.clone(),
+        });
+        Var {
+            graph: self.clone(),
+            id: nodes.len() - 1,
+            shape,
+        }
+    }
+
+    /// An input fed by name at every run.
+    pub fn input(&self, name: &str, shape: &[usize]) -> Var {
+        self.push_raw(Op::Input(name.to_string()), vec![], shape.to_vec())
+    }
+
+    /// A trainable parameter with its initialiser.
+    pub fn param(&self, name: &str, shape: &[usize], init: Init) -> Var {
+        self.push_raw(Op::Param(name.to_string(), init), vec![], shape.to_vec())
+    }
+
+    /// A constant tensor (its values are copied to the CPU).
+    pub fn constant(&self, value: &Tensor) -> Result<Var> {
+        let host = value.to_device(&crate::Device::cpu())?;
+        Ok(self.push_raw(Op::Const(host), vec![], value.shape().to_vec()))
+    }
+
+    /// A tensor of `shape` filled with `value`.
+    pub fn full(&self, value: f32, shape: &[usize]) -> Var {
+        self.push_raw(Op::Full(value), vec![], shape.to_vec())
+    }
+
+    /// Records `op` on `inputs`, inferring and checking the output shape.
+    pub fn push(&self, op: Op, inputs: &[&Var]) -> Result<Var> {
+        for v in inputs {
+            if !v.graph.same(self) {
+                return Err(Error::Invalid {
+                    op: op.name(),
+                    detail: "operands belong to different graphs".into(),
+                });
+            }
+        }
+        let shapes: Vec<&[usize]> = inputs.iter().map(|v| v.shape.as_slice()).collect();
+        let shape = infer_shape(&op, &shapes)?;
+        Ok(self.push_raw(op, inputs.iter().map(|v| v.id).collect(), shape))
+    }
+}
+
+/// The output shape of `op` on inputs of `shapes`, or the error a user should see.
+pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
+    let name = op.name();
+    let arity = match op {
+        Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Full(_) => 0,
+        Op::Binary(_) | Op::MatMul { .. } => 2,
+        Op::Concat(_) => shapes.len().max(1),
+        _ => 1,
+    };
+    if shapes.len() != arity {
+        return Err(Error::Invalid {
+            op: name,
+            detail: format!("expects {arity} inputs, got {}", shapes.len()),
+        });
+    }
+    let x = shapes.first().copied().unwrap_or(&[]);
+    let mismatch = |detail: String| Error::Shape { op: name, detail };
+    Ok(match op {
+        Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Full(_) => unreachable!("arity 0"),
+        Op::Unary(_) | Op::Scalar { .. } | Op::Softmax(_) | Op::LogSoftmax(_) => x.to_vec(),
+        Op::Binary(_) => broadcast_shapes(name, x, shapes[1])?,
+        Op::MatMul { ta, tb } => {
+            crate::ops::matmul::MatmulPlan::new(x, shapes[1], *ta, *tb)?.out_shape
+        }
+        Op::Reduce { axis, keepdim, .. } => {
+            if *axis >= x.len() {
+                return Err(Error::Axis {
+                    op: name,
+                    axis: *axis as isize,
+                    shape: x.to_vec(),
+                });
+            }
+            let mut s = x.to_vec();
+            if *keepdim {
+                s[*axis] = 1;
+            } else {
+                s.remove(*axis);
+            }
+            s
+        }
+        Op::ReduceAll(_) => vec![],
+        Op::Permute(axes) => {
+            let mut seen = vec![false; x.len()];
+            let ok = axes.len() == x.len()
+                && axes
+                    .iter()
+                    .all(|&a| a < x.len() && !std::mem::replace(&mut seen[a], true));
+            if !ok {
+                return Err(Error::Invalid {
+                    op: name,
+                    detail: format!("axes {axes:?} are not a permutation for shape {x:?}"),
+                });
+            }
+            axes.iter().map(|&a| x[a]).collect()
+        }
+        Op::Reshape(s) => {
+            if s.iter().product::<usize>() != x.iter().product::<usize>() {
+                return Err(mismatch(format!("cannot view {x:?} as {s:?}")));
+            }
+            s.clone()
+        }
+        Op::BroadcastTo(s) => {
+            if broadcast_shapes(name, x, s)? != *s {
+                return Err(mismatch(format!("cannot broadcast {x:?} to {s:?}")));
+            }
+            s.clone()
+        }
+        Op::SumTo(s) => {
+            if broadcast_shapes(name, s, x)? != x {
+                return Err(mismatch(format!("{x:?} is not a broadcast of {s:?}")));
+            }
+            s.clone()
+        }
+        Op::Slice { axis, start, end } => {
+            if *axis >= x.len() || start > end || *end > x[*axis] {
+                return Err(Error::Invalid {
+                    op: name,
+                    detail: format!("range {start}..{end} on axis {axis} of shape {x:?}"),
+                });
+            }
+            let mut s = x.to_vec();
+            s[*axis] = end - start;
+            s
+        }
+        Op::Concat(axis) => {
+            let mut s = x.to_vec();
+            if *axis >= s.len() {
+                return Err(Error::Axis {
+                    op: name,
+                    axis: *axis as isize,
+                    shape: x.to_vec(),
+                });
+            }
+            for other in &shapes[1..] {
+                let fits =
+                    other.len() == x.len() && (0..x.len()).all(|d| d == *axis || other[d] == x[d]);
+                if !fits {
+                    return Err(mismatch(format!(
+                        "cannot concat {x:?} with {other:?} on axis {axis}"
+                    )));
+                }
+                s[*axis] += other[*axis];
+            }
+            s
+        }
+    })
+    .and_then(|s| {
+        check_rank(name, &s)?;
+        Ok(s)
+    })
+}
+
+impl Var {
+    /// The node's id in its graph.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The inferred shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The graph this node belongs to.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn un(&self, op: Op) -> Result<Var> {
+        self.graph.push(op, &[self])
+    }
+
+    fn bin(&self, other: &Var, op: BinaryOp) -> Result<Var> {
+        self.graph.push(Op::Binary(op), &[self, other])
+    }
+
+    pub fn unary(&self, op: UnaryOp) -> Result<Var> {
+        self.un(Op::Unary(op))
+    }
+    pub fn neg(&self) -> Result<Var> {
+        self.unary(UnaryOp::Neg)
+    }
+    pub fn exp(&self) -> Result<Var> {
+        self.unary(UnaryOp::Exp)
+    }
+    pub fn log(&self) -> Result<Var> {
+        self.unary(UnaryOp::Log)
+    }
+    pub fn sqrt(&self) -> Result<Var> {
+        self.unary(UnaryOp::Sqrt)
+    }
+    pub fn square(&self) -> Result<Var> {
+        self.unary(UnaryOp::Square)
+    }
+    pub fn relu(&self) -> Result<Var> {
+        self.unary(UnaryOp::Relu)
+    }
+    pub fn sigmoid(&self) -> Result<Var> {
+        self.unary(UnaryOp::Sigmoid)
+    }
+    pub fn tanh(&self) -> Result<Var> {
+        self.unary(UnaryOp::Tanh)
+    }
+    pub fn gelu(&self) -> Result<Var> {
+        self.unary(UnaryOp::Gelu)
+    }
+    pub fn abs(&self) -> Result<Var> {
+        self.unary(UnaryOp::Abs)
+    }
+    pub fn binary(&self, other: &Var, op: BinaryOp) -> Result<Var> {
+        self.bin(other, op)
+    }
+    pub fn add(&self, other: &Var) -> Result<Var> {
+        self.bin(other, BinaryOp::Add)
+    }
+    pub fn sub(&self, other: &Var) -> Result<Var> {
+        self.bin(other, BinaryOp::Sub)
+    }
+    pub fn mul(&self, other: &Var) -> Result<Var> {
+        self.bin(other, BinaryOp::Mul)
+    }
+    pub fn div(&self, other: &Var) -> Result<Var> {
+        self.bin(other, BinaryOp::Div)
+    }
+    pub fn maximum(&self, other: &Var) -> Result<Var> {
+        self.bin(other, BinaryOp::Maximum)
+    }
+    pub fn minimum(&self, other: &Var) -> Result<Var> {
+        self.bin(other, BinaryOp::Minimum)
+    }
+    pub fn pow(&self, other: &Var) -> Result<Var> {
+        self.bin(other, BinaryOp::Pow)
+    }
+    /// `self (op) value`, or `value (op) self` with `lhs`.
+    pub fn scalar(&self, op: BinaryOp, value: f32, lhs: bool) -> Result<Var> {
+        self.un(Op::Scalar { op, value, lhs })
+    }
+    pub fn add_scalar(&self, v: f32) -> Result<Var> {
+        self.scalar(BinaryOp::Add, v, false)
+    }
+    pub fn mul_scalar(&self, v: f32) -> Result<Var> {
+        self.scalar(BinaryOp::Mul, v, false)
+    }
+    pub fn matmul(&self, other: &Var) -> Result<Var> {
+        self.matmul_t(other, false, false)
+    }
+    /// `op(self)·op(other)`, transposing the last two dims where asked. 1-D
+    /// operands follow NumPy (a row on the left, a column on the right); they are
+    /// recorded as explicit reshapes so every MatMul node is at least 2-D.
+    pub fn matmul_t(&self, other: &Var, ta: bool, tb: bool) -> Result<Var> {
+        let (a1, b1) = (self.shape.len() == 1, other.shape.len() == 1);
+        if !a1 && !b1 {
+            return self.graph.push(Op::MatMul { ta, tb }, &[self, other]);
+        }
+        let out = crate::ops::matmul::MatmulPlan::new(&self.shape, &other.shape, ta, tb)?.out_shape;
+        let a = if a1 {
+            self.reshape(&[1, self.shape[0]])?
+        } else {
+            self.clone()
+        };
+        let b = if b1 {
+            other.reshape(&[other.shape[0], 1])?
+        } else {
+            other.clone()
+        };
+        let (ta, tb) = (ta && !a1, tb && !b1);
+        self.graph
+            .push(Op::MatMul { ta, tb }, &[&a, &b])?
+            .reshape(&out)
+    }
+    pub fn reduce(&self, op: ReduceOp, axis: isize, keepdim: bool) -> Result<Var> {
+        let axis = normalize_axis(op.name(), axis, &self.shape)?;
+        self.un(Op::Reduce { op, axis, keepdim })
+    }
+    pub fn sum_axis(&self, axis: isize, keepdim: bool) -> Result<Var> {
+        self.reduce(ReduceOp::Sum, axis, keepdim)
+    }
+    pub fn mean_axis(&self, axis: isize, keepdim: bool) -> Result<Var> {
+        self.reduce(ReduceOp::Mean, axis, keepdim)
+    }
+    pub fn max_axis(&self, axis: isize, keepdim: bool) -> Result<Var> {
+        self.reduce(ReduceOp::Max, axis, keepdim)
+    }
+    /// Sum over every element (rank-0 result).
+    pub fn sum(&self) -> Result<Var> {
+        self.un(Op::ReduceAll(ReduceOp::Sum))
+    }
+    /// Mean over every element (rank-0 result).
+    pub fn mean(&self) -> Result<Var> {
+        self.un(Op::ReduceAll(ReduceOp::Mean))
+    }
+    pub fn softmax(&self, axis: isize) -> Result<Var> {
+        let a = normalize_axis("softmax", axis, &self.shape)?;
+        self.un(Op::Softmax(a))
+    }
+    pub fn log_softmax(&self, axis: isize) -> Result<Var> {
+        let a = normalize_axis("log_softmax", axis, &self.shape)?;
+        self.un(Op::LogSoftmax(a))
+    }
+    /// Swaps the last two dims.
+    pub fn transpose(&self) -> Result<Var> {
+        let r = self.shape.len();
+        if r < 2 {
+            return Err(Error::Shape {
+                op: "transpose",
+                detail: format!("needs rank >= 2, got shape {:?}", self.shape),
+            });
+        }
+        let mut axes: Vec<usize> = (0..r).collect();
+        axes.swap(r - 2, r - 1);
+        self.permute(&axes)
+    }
+    pub fn permute(&self, axes: &[usize]) -> Result<Var> {
+        self.un(Op::Permute(axes.to_vec()))
+    }
+    pub fn reshape(&self, shape: &[usize]) -> Result<Var> {
+        self.un(Op::Reshape(shape.to_vec()))
+    }
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Var> {
+        self.un(Op::BroadcastTo(shape.to_vec()))
+    }
+    pub fn sum_to(&self, shape: &[usize]) -> Result<Var> {
+        self.un(Op::SumTo(shape.to_vec()))
+    }
+    pub fn slice(&self, axis: isize, start: usize, end: usize) -> Result<Var> {
+        let a = normalize_axis("slice", axis, &self.shape)?;
+        self.un(Op::Slice {
+            axis: a,
+            start,
+            end,
+        })
+    }
+    /// Concatenates along `axis`.
+    pub fn concat(vars: &[&Var], axis: isize) -> Result<Var> {
+        let first = vars.first().ok_or_else(|| Error::Invalid {
+            op: "concat",
+            detail: "needs at least one input".into(),
+        })?;
+        let a = normalize_axis("concat", axis, &first.shape)?;
+        first.graph.push(Op::Concat(a), vars)
+    }
+}

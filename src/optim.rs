@@ -1,0 +1,305 @@
+//! Optimizers: one fused WGSL update per parameter per step (shaders/optim.wgsl),
+//! with a CPU reference in f64, so parameters and optimizer state stay on the GPU.
+
+use crate::device::DeviceInner;
+use crate::error::Result;
+use crate::gpu::Kernel;
+use crate::ops::{gpu_output, grid_1d};
+use crate::tensor::Tensor;
+use crate::DType;
+
+pub(crate) const SHADER: Kernel = Kernel {
+    name: "optim",
+    source: include_str!("../shaders/optim.wgsl"),
+};
+
+/// An optimizer's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Optimizer {
+    /// SGD with optional momentum and L2 weight decay.
+    Sgd {
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    },
+    /// Adam (`decoupled: false`, L2 decay added to the gradient) or AdamW
+    /// (`decoupled: true`, decay applied to the weights).
+    Adam {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        decoupled: bool,
+    },
+}
+
+/// Plain SGD.
+pub struct Sgd;
+
+impl Sgd {
+    /// `p -= lr·g`.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(lr: f32) -> Optimizer {
+        Optimizer::Sgd {
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl Optimizer {
+    /// Adam with the usual defaults (β = 0.9, 0.999; ε = 1e-8).
+    pub fn adam(lr: f32) -> Optimizer {
+        Optimizer::Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+        }
+    }
+
+    /// AdamW with decoupled weight decay.
+    pub fn adamw(lr: f32, weight_decay: f32) -> Optimizer {
+        Optimizer::Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            decoupled: true,
+        }
+    }
+}
+
+/// Per-parameter state: momentum / first moment, second moment.
+#[derive(Default, Clone)]
+pub(crate) struct SlotState {
+    m: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+/// The uniform words of optim.wgsl's `Params`.
+fn params_words(n: usize, opt: &Optimizer, step: u64) -> [u32; 10] {
+    let f = |x: f32| x.to_bits();
+    match *opt {
+        Optimizer::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        } => [
+            n as u32,
+            f(lr),
+            f(weight_decay),
+            f(momentum),
+            0,
+            0,
+            0,
+            f(1.0),
+            f(1.0),
+            0,
+        ],
+        Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            decoupled,
+        } => {
+            let (l2, dec) = if decoupled {
+                (0.0, weight_decay)
+            } else {
+                (weight_decay, 0.0)
+            };
+            let bc1 = 1.0 - (beta1 as f64).powi(step as i32);
+            let bc2 = 1.0 - (beta2 as f64).powi(step as i32);
+            [
+                n as u32,
+                f(lr),
+                f(l2),
+                0,
+                f(beta1),
+                f(beta2),
+                f(eps),
+                f(bc1 as f32),
+                f(bc2 as f32),
+                f(dec),
+            ]
+        }
+    }
+}
+
+/// CPU reference of one update, in f64: returns (p', m', v').
+fn update_reference(
+    opt: &Optimizer,
+    p: &[f32],
+    g: &[f32],
+    m: &[f32],
+    v: &[f32],
+    step: u64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = p.len();
+    let (mut po, mut mo, mut vo) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    for i in 0..n {
+        let (pi, gi) = (p[i] as f64, g[i] as f64);
+        match *opt {
+            Optimizer::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => {
+                let grad = gi + weight_decay as f64 * pi;
+                let dir = if momentum != 0.0 {
+                    momentum as f64 * m[i] as f64 + grad
+                } else {
+                    grad
+                };
+                mo[i] = dir as f32;
+                po[i] = (pi - lr as f64 * dir) as f32;
+            }
+            Optimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled,
+            } => {
+                let (b1, b2, lr) = (beta1 as f64, beta2 as f64, lr as f64);
+                let grad = if decoupled {
+                    gi
+                } else {
+                    gi + weight_decay as f64 * pi
+                };
+                let m1 = b1 * m[i] as f64 + (1.0 - b1) * grad;
+                let v1 = b2 * v[i] as f64 + (1.0 - b2) * grad * grad;
+                let (bc1, bc2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
+                let decay = if decoupled { weight_decay as f64 } else { 0.0 };
+                mo[i] = m1 as f32;
+                vo[i] = v1 as f32;
+                po[i] = (pi * (1.0 - lr * decay)
+                    - lr * (m1 / bc1) / ((v1 / bc2).sqrt() + eps as f64))
+                    as f32;
+            }
+        }
+    }
+    (po, mo, vo)
+}
+
+/// Returns the updated parameter and advances `state`; `step` counts from 1.
+pub(crate) fn update(
+    opt: &Optimizer,
+    p: &Tensor,
+    g: &Tensor,
+    state: &mut SlotState,
+    step: u64,
+) -> Result<Tensor> {
+    let name = "optimizer_update";
+    p.expect_f32(name)?;
+    g.expect_f32(name)?;
+    p.expect_same_device(name, g)?;
+    if p.shape() != g.shape() {
+        return Err(crate::Error::Shape {
+            op: name,
+            detail: format!(
+                "parameter {:?} and gradient {:?} differ",
+                p.shape(),
+                g.shape()
+            ),
+        });
+    }
+    let needs_m = !matches!(opt, Optimizer::Sgd { momentum, .. } if *momentum == 0.0);
+    let needs_v = matches!(opt, Optimizer::Adam { .. });
+    let zeros = || Tensor::zeros(p.device(), p.shape());
+    let m = if needs_m {
+        Some(state.m.clone().map_or_else(zeros, Ok)?)
+    } else {
+        None
+    };
+    let v = if needs_v {
+        Some(state.v.clone().map_or_else(zeros, Ok)?)
+    } else {
+        None
+    };
+    match &p.device().inner {
+        DeviceInner::Cpu => {
+            let host = |t: &Option<Tensor>| {
+                t.as_ref()
+                    .and_then(|t| t.host_f32().map(<[f32]>::to_vec))
+                    .unwrap_or_default()
+            };
+            let (pv, gv) = (p.host_f32().unwrap_or(&[]), g.host_f32().unwrap_or(&[]));
+            let n = pv.len();
+            let (mv, vv) = (host(&m), host(&v));
+            let (mv, vv) = (
+                if mv.is_empty() { vec![0.0; n] } else { mv },
+                if vv.is_empty() { vec![0.0; n] } else { vv },
+            );
+            let (po, mo, vo) = update_reference(opt, pv, gv, &mv, &vv, step);
+            if needs_m {
+                state.m = Some(Tensor::cpu_f32(p.shape(), mo));
+            }
+            if needs_v {
+                state.v = Some(Tensor::cpu_f32(p.shape(), vo));
+            }
+            Ok(Tensor::cpu_f32(p.shape(), po))
+        }
+        DeviceInner::Gpu(ctx) => {
+            let n = p.numel();
+            let out = gpu_output(ctx, p.device(), name, p.shape(), DType::F32)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            let words = params_words(n, opt, step);
+            fn arg(t: &Tensor) -> crate::gpu::BufArg<'_> {
+                t.gpu_arg().expect("GPU device holds GPU tensors")
+            }
+            match (&m, &v) {
+                (None, _) => {
+                    ctx.dispatch(
+                        &SHADER,
+                        "sgd_update",
+                        &[],
+                        &words,
+                        &[arg(p), arg(g), arg(&out)],
+                        grid_1d(ctx, n),
+                    )?;
+                }
+                (Some(m), None) => {
+                    let m_out = gpu_output(ctx, p.device(), name, p.shape(), DType::F32)?;
+                    let bufs = [arg(p), arg(g), arg(m), arg(&out), arg(&m_out)];
+                    ctx.dispatch(
+                        &SHADER,
+                        "sgd_momentum_update",
+                        &[],
+                        &words,
+                        &bufs,
+                        grid_1d(ctx, n),
+                    )?;
+                    state.m = Some(m_out);
+                }
+                (Some(m), Some(v)) => {
+                    let m_out = gpu_output(ctx, p.device(), name, p.shape(), DType::F32)?;
+                    let v_out = gpu_output(ctx, p.device(), name, p.shape(), DType::F32)?;
+                    let bufs = [
+                        arg(p),
+                        arg(g),
+                        arg(m),
+                        arg(&out),
+                        arg(&m_out),
+                        arg(v),
+                        arg(&v_out),
+                    ];
+                    ctx.dispatch(&SHADER, "adam_update", &[], &words, &bufs, grid_1d(ctx, n))?;
+                    state.m = Some(m_out);
+                    state.v = Some(v_out);
+                }
+            }
+            Ok(out)
+        }
+    }
+}

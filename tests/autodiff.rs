@@ -1,0 +1,336 @@
+//! Gradient rules: every op's gradient against central finite differences on
+//! the CPU reference, and GPU gradients against CPU-reference gradients.
+//!
+//! Each case builds `loss = Σ f(x…)·R` with a fixed random R (so the upstream
+//! gradient is not all ones), differentiates it with `grad`, and perturbs each
+//! input element by ±h. The CPU reference computes every op in f64 and stores
+//! f32, so h = 1e-2 with a 2e-2 relative tolerance separates a right rule from a
+//! wrong one by orders of magnitude.
+
+mod common;
+
+use common::{assert_close, gpu, uniform};
+use wgrad::autodiff::{grad, vjp};
+use wgrad::{BinaryOp, Device, Error, Graph, ReduceOp, Tensor, UnaryOp, Var};
+
+type Build = dyn Fn(&[Var]) -> wgrad::Result<Var>;
+/// (input name, values, shape) for each input.
+type Feeds = Vec<(String, Vec<f32>, Vec<usize>)>;
+
+struct Case {
+    name: String,
+    shapes: Vec<Vec<usize>>,
+    lo: f32,
+    hi: f32,
+    build: Box<Build>,
+}
+
+fn case(
+    name: &str,
+    shapes: &[&[usize]],
+    lo: f32,
+    hi: f32,
+    build: impl Fn(&[Var]) -> wgrad::Result<Var> + 'static,
+) -> Case {
+    Case {
+        name: name.to_string(),
+        shapes: shapes.iter().map(|s| s.to_vec()).collect(),
+        lo,
+        hi,
+        build: Box::new(build),
+    }
+}
+
+/// Graph of `Σ f(x)·R`, its gradient nodes, and the feeds.
+fn setup(c: &Case, seed: u64) -> (Graph, Var, Vec<Var>, Feeds) {
+    let g = Graph::new();
+    let xs: Vec<Var> = (0..c.shapes.len())
+        .map(|i| g.input(&format!("x{i}"), &c.shapes[i]))
+        .collect();
+    let y = (c.build)(&xs).unwrap_or_else(|e| panic!("{}: build: {e}", c.name));
+    let n: usize = y.shape().iter().product();
+    let r =
+        Tensor::from_slice(&Device::cpu(), &uniform(seed + 99, n, 0.5, 1.5), y.shape()).unwrap();
+    let loss = y.mul(&g.constant(&r).unwrap()).unwrap().sum().unwrap();
+    let refs: Vec<&Var> = xs.iter().collect();
+    let grads = grad(&loss, &refs).unwrap();
+    let feeds = c
+        .shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let n: usize = s.iter().product();
+            (
+                format!("x{i}"),
+                uniform(seed + i as u64, n, c.lo, c.hi),
+                s.clone(),
+            )
+        })
+        .collect();
+    (g, loss, grads, feeds)
+}
+
+fn run(dev: &Device, g: &Graph, outs: &[&Var], feeds: &Feeds) -> Vec<Vec<f32>> {
+    let exe = dev.compile(g, outs, None).unwrap();
+    let tensors: Vec<Tensor> = feeds
+        .iter()
+        .map(|(_, v, s)| Tensor::from_slice(dev, v, s).unwrap())
+        .collect();
+    let named: Vec<(&str, &Tensor)> = feeds
+        .iter()
+        .zip(&tensors)
+        .map(|((n, ..), t)| (n.as_str(), t))
+        .collect();
+    exe.run(&named)
+        .unwrap()
+        .iter()
+        .map(|t| t.to_vec::<f32>().unwrap())
+        .collect()
+}
+
+fn check(c: &Case) {
+    let (g, loss, grads, feeds) = setup(c, 7);
+    let cpu = Device::cpu();
+    let mut outs = vec![&loss];
+    outs.extend(grads.iter());
+    let analytic = run(&cpu, &g, &outs, &feeds);
+    let h = 1e-2f32;
+    for (k, (_, base, _)) in feeds.iter().enumerate() {
+        let mut numeric = vec![0.0f32; base.len()];
+        for i in 0..base.len() {
+            let mut f = feeds.clone();
+            f[k].1[i] = base[i] + h;
+            let up = run(&cpu, &g, &[&loss], &f)[0][0] as f64;
+            f[k].1[i] = base[i] - h;
+            let down = run(&cpu, &g, &[&loss], &f)[0][0] as f64;
+            numeric[i] = ((up - down) / (2.0 * h as f64)) as f32;
+        }
+        assert_close(
+            &format!("{} d/dx{k} vs finite differences", c.name),
+            &analytic[1 + k],
+            &numeric,
+            2e-2,
+            2e-2,
+        );
+    }
+    if let Some(dev) = gpu() {
+        let on_gpu = run(&dev, &g, &outs, &feeds);
+        for k in 0..feeds.len() {
+            assert_close(
+                &format!("{} d/dx{k} GPU vs CPU", c.name),
+                &on_gpu[1 + k],
+                &analytic[1 + k],
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn unary_gradients() {
+    for op in UnaryOp::ALL {
+        if op == UnaryOp::GeluGrad {
+            continue;
+        }
+        let (lo, hi) = match op {
+            UnaryOp::Log | UnaryOp::Sqrt => (0.5, 3.0),
+            // keep clear of the kinks at 0
+            UnaryOp::Abs | UnaryOp::Relu => (0.2, 2.0),
+            _ => (-2.0, 2.0),
+        };
+        check(&case(op.name(), &[&[3, 5]], lo, hi, move |x| {
+            x[0].unary(op)
+        }));
+        if matches!(op, UnaryOp::Abs | UnaryOp::Relu) {
+            check(&case(op.name(), &[&[3, 5]], -2.0, -0.2, move |x| {
+                x[0].unary(op)
+            }));
+        }
+    }
+}
+
+#[test]
+fn binary_gradients_with_broadcasting() {
+    for op in [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Pow,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+    ] {
+        let (lo, hi) = if matches!(op, BinaryOp::Pow | BinaryOp::Div) {
+            (0.5, 2.0)
+        } else {
+            (-2.0, 2.0)
+        };
+        for (sa, sb) in [
+            (&[4, 3][..], &[4, 3][..]),
+            (&[4, 3], &[3]),
+            (&[4, 1], &[1, 3]),
+            (&[2, 4, 3], &[4, 1]),
+        ] {
+            check(&case(
+                &format!("{} {sa:?} {sb:?}", op.name()),
+                &[sa, sb],
+                lo,
+                hi,
+                move |x| x[0].binary(&x[1], op),
+            ));
+        }
+    }
+}
+
+#[test]
+fn scalar_operand_gradients() {
+    for op in [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Pow,
+    ] {
+        for lhs in [false, true] {
+            check(&case(
+                &format!("{} scalar lhs={lhs}", op.name()),
+                &[&[7]],
+                0.5,
+                2.0,
+                move |x| x[0].scalar(op, 1.5, lhs),
+            ));
+        }
+    }
+}
+
+#[test]
+fn matmul_gradients() {
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let a: &[usize] = if ta { &[3, 4] } else { &[4, 3] };
+        let b: &[usize] = if tb { &[5, 3] } else { &[3, 5] };
+        check(&case(
+            &format!("matmul ta={ta} tb={tb}"),
+            &[a, b],
+            -1.0,
+            1.0,
+            move |x| x[0].matmul_t(&x[1], ta, tb),
+        ));
+    }
+    check(&case(
+        "matmul batched broadcast",
+        &[&[2, 1, 3, 4], &[3, 4, 2]],
+        -1.0,
+        1.0,
+        |x| x[0].matmul(&x[1]),
+    ));
+    check(&case("matmul vector", &[&[3, 4], &[4]], -1.0, 1.0, |x| {
+        x[0].matmul(&x[1])
+    }));
+}
+
+#[test]
+fn reduction_and_softmax_gradients() {
+    for op in ReduceOp::ALL {
+        for keepdim in [false, true] {
+            for axis in [0isize, 1, -1] {
+                // Max and min are not differentiable where two elements tie: spread the
+                // values 0.1 apart (a fixed shuffle) and keep the random part within
+                // ±0.02 so a ±h step never changes which element is the extreme.
+                check(&case(
+                    &format!("{} axis {axis} keepdim {keepdim}", op.name()),
+                    &[&[3, 4, 5]],
+                    -0.02,
+                    0.02,
+                    move |x| {
+                        let spread: Vec<f32> =
+                            (0..60).map(|i| ((i * 37) % 60) as f32 * 0.1).collect();
+                        let s = Tensor::from_slice(&Device::cpu(), &spread, &[3, 4, 5])?;
+                        x[0].add(&x[0].graph().constant(&s)?)?
+                            .reduce(op, axis, keepdim)
+                    },
+                ));
+            }
+        }
+    }
+    check(&case("sum all", &[&[3, 4]], -2.0, 2.0, |x| x[0].sum()));
+    check(&case("mean all", &[&[3, 4]], -2.0, 2.0, |x| x[0].mean()));
+    for axis in [0isize, 1] {
+        check(&case(
+            &format!("softmax {axis}"),
+            &[&[3, 5]],
+            -3.0,
+            3.0,
+            move |x| x[0].softmax(axis),
+        ));
+        check(&case(
+            &format!("log_softmax {axis}"),
+            &[&[3, 5]],
+            -3.0,
+            3.0,
+            move |x| x[0].log_softmax(axis),
+        ));
+    }
+}
+
+#[test]
+fn layout_gradients() {
+    check(&case("transpose", &[&[3, 5]], -1.0, 1.0, |x| {
+        x[0].transpose()
+    }));
+    check(&case("permute", &[&[2, 3, 4]], -1.0, 1.0, |x| {
+        x[0].permute(&[2, 0, 1])
+    }));
+    check(&case("reshape", &[&[2, 6]], -1.0, 1.0, |x| {
+        x[0].reshape(&[3, 4])
+    }));
+    check(&case("broadcast_to", &[&[3, 1]], -1.0, 1.0, |x| {
+        x[0].broadcast_to(&[2, 3, 4])
+    }));
+    check(&case("slice", &[&[4, 5]], -1.0, 1.0, |x| {
+        x[0].slice(1, 1, 3)
+    }));
+    check(&case("concat", &[&[2, 3], &[2, 2]], -1.0, 1.0, |x| {
+        Var::concat(&[&x[0], &x[1]], 1)
+    }));
+}
+
+#[test]
+fn a_node_used_twice_accumulates() {
+    // f = x·x + x: df/dx = 2x + 1
+    check(&case("reuse", &[&[6]], -2.0, 2.0, |x| {
+        x[0].mul(&x[0])?.add(&x[0])
+    }));
+    // a bias broadcast over a batch: gradient sums over the batch
+    check(&case("bias", &[&[5, 3], &[3]], -2.0, 2.0, |x| {
+        x[0].add(&x[1])?.tanh()
+    }));
+}
+
+#[test]
+fn non_scalar_output_takes_an_upstream_gradient() {
+    let g = Graph::new();
+    let x = g.input("x", &[2, 3]);
+    let y = x.square().unwrap(); // dy = 2x·u
+    let u = g.input("u", &[2, 3]);
+    let gx = vjp(&y, &u, &[&x]).unwrap();
+    let xs = [1.0f32, -2.0, 3.0, 0.5, 0.0, -1.0];
+    let us = [1.0f32, 1.0, 2.0, -1.0, 3.0, 0.5];
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        let exe = dev.compile(&g, &[&gx[0]], None).unwrap();
+        let xt = Tensor::from_slice(&dev, &xs, &[2, 3]).unwrap();
+        let ut = Tensor::from_slice(&dev, &us, &[2, 3]).unwrap();
+        let got = exe.run(&[("x", &xt), ("u", &ut)]).unwrap()[0]
+            .to_vec::<f32>()
+            .unwrap();
+        let want: Vec<f32> = xs.iter().zip(&us).map(|(x, u)| 2.0 * x * u).collect();
+        assert_close("vjp of square", &got, &want, 1e-6, 1e-6);
+    }
+    let e = grad(&y, &[&x]).unwrap_err();
+    assert!(matches!(e, Error::Shape { op: "grad", .. }), "{e}");
+    let other = Graph::new().input("z", &[1]);
+    assert!(matches!(
+        grad(&y.sum().unwrap(), &[&other]).unwrap_err(),
+        Error::Invalid { .. }
+    ));
+}
