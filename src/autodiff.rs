@@ -277,6 +277,15 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             let refs: Vec<&Var> = parts.iter().collect();
             one(Var::concat(&refs, *axis as isize)?)
         }
+        // d loss_i / d x_i = softmax(x_i) - onehot(label_i), times g_i; labels get none
+        Op::CrossEntropy => Ok(vec![
+            Some(g.graph().push(Op::CrossEntropyGrad, &[&x[0], &x[1], g])?),
+            None,
+        ]),
+        Op::CrossEntropyGrad => Err(Error::Invalid {
+            op: "grad",
+            detail: "second derivative of cross_entropy is not implemented".into(),
+        }),
         Op::Concat(axis) => {
             let mut start = 0;
             x.iter()

@@ -285,6 +285,13 @@ impl Executor {
                     detail: format!("feed {name:?} is not an input of the compiled graph"),
                 });
             };
+            if t.dtype() != self.nodes[i].dtype {
+                return Err(Error::DType {
+                    op: "run",
+                    got: format!("{} for input {name:?}", t.dtype()),
+                    expected: self.nodes[i].dtype.to_string(),
+                });
+            }
             if t.shape() != self.nodes[i].shape.as_slice() {
                 return Err(Error::Shape {
                     op: "run",
@@ -313,7 +320,8 @@ impl Executor {
 
 /// Simulates the run: bytes alive at each step with and without freeing.
 fn plan_memory(nodes: &[Node], order: &[NodeId], last_use: &[usize]) -> MemoryPlan {
-    let bytes = |i: NodeId| nodes[i].shape.iter().product::<usize>() as u64 * 4;
+    let bytes =
+        |i: NodeId| (nodes[i].shape.iter().product::<usize>() * nodes[i].dtype.size()) as u64;
     let is_intermediate = |i: NodeId| {
         !matches!(
             nodes[i].op,
@@ -357,6 +365,8 @@ fn eval(op: &Op, x: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Op::SumTo(s) => sum_to(x[0], s),
         Op::Slice { axis, start, end } => x[0].slice(*axis as isize, *start, *end),
         Op::Concat(axis) => Tensor::concat(x, *axis as isize),
+        Op::CrossEntropy => x[0].cross_entropy(x[1]),
+        Op::CrossEntropyGrad => x[0].cross_entropy_backward(x[1], x[2]),
         Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Full(_) => Err(Error::Invalid {
             op: op.name(),
             detail: format!("leaf of shape {shape:?} has no computation"),

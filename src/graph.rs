@@ -6,6 +6,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::init::Init;
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
@@ -59,6 +60,10 @@ pub enum Op {
         end: usize,
     },
     Concat(usize),
+    /// Per-sample softmax cross-entropy: (logits (…, C), labels (…) i32) → (…).
+    CrossEntropy,
+    /// Its gradient: (logits, labels, upstream (…)) → (…, C).
+    CrossEntropyGrad,
 }
 
 impl Op {
@@ -82,6 +87,8 @@ impl Op {
             Op::SumTo(_) => "sum_to",
             Op::Slice { .. } => "slice",
             Op::Concat(_) => "concat",
+            Op::CrossEntropy => "cross_entropy",
+            Op::CrossEntropyGrad => "cross_entropy_backward",
         }
     }
 }
@@ -92,6 +99,8 @@ pub struct Node {
     pub op: Op,
     pub inputs: Vec<NodeId>,
     pub shape: Vec<usize>,
+    /// f32 everywhere except i32 inputs (class labels).
+    pub dtype: DType,
 }
 
 /// A computation graph. Cloning shares it; it is `Send + Sync`.
@@ -161,12 +170,13 @@ impl Graph {
         })
     }
 
-    fn push_raw(&self, op: Op, inputs: Vec<NodeId>, shape: Vec<usize>) -> Var {
+    fn push_raw(&self, op: Op, inputs: Vec<NodeId>, shape: Vec<usize>, dtype: DType) -> Var {
         let mut nodes = self.lock();
         nodes.push(Node {
             op,
             inputs,
             shape: shape.clone(),
+            dtype,
         });
         Var {
             graph: self.clone(),
@@ -177,23 +187,44 @@ impl Graph {
 
     /// An input fed by name at every run.
     pub fn input(&self, name: &str, shape: &[usize]) -> Var {
-        self.push_raw(Op::Input(name.to_string()), vec![], shape.to_vec())
+        self.push_raw(
+            Op::Input(name.to_string()),
+            vec![],
+            shape.to_vec(),
+            DType::F32,
+        )
+    }
+
+    /// An i32 input fed by name at every run (class labels).
+    pub fn input_i32(&self, name: &str, shape: &[usize]) -> Var {
+        self.push_raw(
+            Op::Input(name.to_string()),
+            vec![],
+            shape.to_vec(),
+            DType::I32,
+        )
     }
 
     /// A trainable parameter with its initialiser.
     pub fn param(&self, name: &str, shape: &[usize], init: Init) -> Var {
-        self.push_raw(Op::Param(name.to_string(), init), vec![], shape.to_vec())
+        self.push_raw(
+            Op::Param(name.to_string(), init),
+            vec![],
+            shape.to_vec(),
+            DType::F32,
+        )
     }
 
     /// A constant tensor (its values are copied to the CPU).
     pub fn constant(&self, value: &Tensor) -> Result<Var> {
+        value.expect_f32("constant")?;
         let host = value.to_device(&crate::Device::cpu())?;
-        Ok(self.push_raw(Op::Const(host), vec![], value.shape().to_vec()))
+        Ok(self.push_raw(Op::Const(host), vec![], value.shape().to_vec(), DType::F32))
     }
 
     /// A tensor of `shape` filled with `value`.
     pub fn full(&self, value: f32, shape: &[usize]) -> Var {
-        self.push_raw(Op::Full(value), vec![], shape.to_vec())
+        self.push_raw(Op::Full(value), vec![], shape.to_vec(), DType::F32)
     }
 
     /// Records `op` on `inputs`, inferring and checking the output shape.
@@ -206,9 +237,28 @@ impl Graph {
                 });
             }
         }
+        // Every op takes f32 operands except the labels of the cross-entropy pair.
+        let dtypes: Vec<DType> = {
+            let nodes = self.lock();
+            inputs.iter().map(|v| nodes[v.id].dtype).collect()
+        };
+        for (k, &got) in dtypes.iter().enumerate() {
+            let want = if k == 1 && matches!(op, Op::CrossEntropy | Op::CrossEntropyGrad) {
+                DType::I32
+            } else {
+                DType::F32
+            };
+            if got != want {
+                return Err(Error::DType {
+                    op: op.name(),
+                    got: got.to_string(),
+                    expected: want.to_string(),
+                });
+            }
+        }
         let shapes: Vec<&[usize]> = inputs.iter().map(|v| v.shape.as_slice()).collect();
         let shape = infer_shape(&op, &shapes)?;
-        Ok(self.push_raw(op, inputs.iter().map(|v| v.id).collect(), shape))
+        Ok(self.push_raw(op, inputs.iter().map(|v| v.id).collect(), shape, DType::F32))
     }
 }
 
@@ -217,7 +267,8 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
     let name = op.name();
     let arity = match op {
         Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Full(_) => 0,
-        Op::Binary(_) | Op::MatMul { .. } => 2,
+        Op::Binary(_) | Op::MatMul { .. } | Op::CrossEntropy => 2,
+        Op::CrossEntropyGrad => 3,
         Op::Concat(_) => shapes.len().max(1),
         _ => 1,
     };
@@ -253,6 +304,20 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             s
         }
         Op::ReduceAll(_) => vec![],
+        Op::CrossEntropy => {
+            crate::ops::loss::cross_entropy_shape(name, x, shapes[1])?;
+            shapes[1].to_vec()
+        }
+        Op::CrossEntropyGrad => {
+            crate::ops::loss::cross_entropy_shape(name, x, shapes[1])?;
+            if shapes[2] != shapes[1] {
+                return Err(mismatch(format!(
+                    "upstream {:?} must match labels {:?}",
+                    shapes[2], shapes[1]
+                )));
+            }
+            x.to_vec()
+        }
         Op::Permute(axes) => {
             let mut seen = vec![false; x.len()];
             let ok = axes.len() == x.len()
@@ -504,6 +569,12 @@ impl Var {
             end,
         })
     }
+    /// Per-sample softmax cross-entropy of logits `self` (…, C) against i32 class
+    /// labels (…) (see [`Graph::input_i32`]); take `.mean()` for the usual loss.
+    pub fn cross_entropy(&self, labels: &Var) -> Result<Var> {
+        self.graph.push(Op::CrossEntropy, &[self, labels])
+    }
+
     /// Concatenates along `axis`.
     pub fn concat(vars: &[&Var], axis: isize) -> Result<Var> {
         let first = vars.first().ok_or_else(|| Error::Invalid {

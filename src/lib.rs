@@ -54,5 +54,6 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("softmax.wgsl", ops::softmax::SHADER.source),
         ("layout.wgsl", ops::layout::SHADER.source),
         ("optim.wgsl", optim::SHADER.source),
+        ("loss.wgsl", ops::loss::SHADER.source),
     ]
 }

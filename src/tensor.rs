@@ -288,6 +288,18 @@ impl Tensor {
         Ok(())
     }
 
+    /// Errors unless the tensor is i32 (class labels, indices).
+    pub(crate) fn expect_i32(&self, op: &'static str) -> Result<()> {
+        if self.dtype != DType::I32 {
+            return Err(Error::DType {
+                op,
+                got: self.dtype.to_string(),
+                expected: "i32".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Errors unless both tensors live on the same device.
     pub(crate) fn expect_same_device(&self, op: &'static str, other: &Tensor) -> Result<()> {
         if !self.device.same(&other.device) {

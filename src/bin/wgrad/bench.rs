@@ -12,8 +12,10 @@ struct Figure {
     device: &'static str,
     adapter: String,
     ms: f64,
-    /// ("gflops" | "gbps", value)
+    /// ("gflops" | "gbps" | "steps_per_s", value)
     rate: (&'static str, f64),
+    /// Further named figures (submits per step, planned bytes, ...).
+    extra: Vec<(&'static str, f64)>,
 }
 
 impl Figure {
@@ -29,6 +31,10 @@ impl Figure {
             self.rate.0,
             self.rate.1
         )
+        .trim_end_matches('}')
+        .to_string()
+            + &self.extra.iter().map(|(k, v)| format!(",\"{k}\":{v}")).collect::<String>()
+            + "}"
     }
 
     fn row(&self) -> String {
@@ -39,12 +45,16 @@ impl Figure {
             self.device,
             self.ms,
             self.rate.1,
-            if self.rate.0 == "gflops" {
-                "GFLOP/s"
-            } else {
-                "GB/s"
+            match self.rate.0 {
+                "gflops" => "GFLOP/s",
+                "gbps" => "GB/s",
+                other => other,
             }
-        )
+        ) + &self
+            .extra
+            .iter()
+            .map(|(k, v)| format!("  {k}={v}"))
+            .collect::<String>()
     }
 }
 
@@ -165,9 +175,72 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
                 adapter,
                 ms,
                 rate,
+                extra: Vec::new(),
             };
             println!("{}", if json { fig.json() } else { fig.row() });
         }
     }
+    if filter.is_none_or(|flt| "mlp_step".contains(flt)) {
+        let mut devices: Vec<(&'static str, &Device, String)> =
+            vec![("gpu", &gpu, adapter.clone())];
+        if with_cpu {
+            devices.push(("cpu", &cpu, "cpu reference".to_string()));
+        }
+        for (device, dev, adapter) in devices {
+            let fig = mlp_step(dev, device, adapter)?;
+            println!("{}", if json { fig.json() } else { fig.row() });
+        }
+    }
     Ok(())
+}
+
+/// One training step of an MLP 64-128-10 (ReLU), batch 256, softmax
+/// cross-entropy, SGD: forward, backward and update, reading back the loss.
+fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Result<Figure> {
+    use wgrad::{Graph, Init, Sgd};
+    let (batch, d_in, hidden, classes) = (256usize, 64usize, 128usize, 10usize);
+    let g = Graph::new();
+    let x = g.input("x", &[batch, d_in]);
+    let y = g.input_i32("y", &[batch]);
+    let w1 = g.param("w1", &[d_in, hidden], Init::KaimingNormal { seed: 1 });
+    let b1 = g.param("b1", &[hidden], Init::Zeros);
+    let w2 = g.param("w2", &[hidden, classes], Init::XavierUniform { seed: 2 });
+    let b2 = g.param("b2", &[classes], Init::Zeros);
+    let logits = x.matmul(&w1)?.add(&b1)?.relu()?.matmul(&w2)?.add(&b2)?;
+    let loss = logits.cross_entropy(&y)?.mean()?;
+    let exe = dev.compile(&g, &[&loss], Sgd::new(0.05))?;
+    let mut rng = Rng::new(7);
+    let xt = Tensor::from_slice(
+        dev,
+        &rng.vec_uniform(batch * d_in, -1.0, 1.0),
+        &[batch, d_in],
+    )?;
+    let labels: Vec<i32> = (0..batch).map(|_| rng.below(classes) as i32).collect();
+    let yt = Tensor::from_slice(dev, &labels, &[batch])?;
+    let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?) };
+    step()?; // warm: pipelines compiled, pool filled
+    let (submits0, t0) = (dev.submit_count(), Instant::now());
+    let reps = if dev.is_gpu() { 50 } else { 5 };
+    for _ in 0..reps {
+        step()?;
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    let plan = exe.plan();
+    Ok(Figure {
+        op: "mlp_step",
+        shape: vec![batch, d_in, hidden, classes],
+        device,
+        adapter,
+        ms,
+        rate: ("steps_per_s", 1e3 / ms),
+        extra: vec![
+            (
+                "submits_per_step",
+                (dev.submit_count() - submits0) as f64 / reps as f64,
+            ),
+            ("nodes", plan.nodes as f64),
+            ("planned_peak_bytes", plan.peak_bytes as f64),
+            ("unplanned_bytes", plan.unplanned_bytes as f64),
+        ],
+    })
 }

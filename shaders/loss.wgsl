@@ -1,0 +1,97 @@
+// loss.wgsl — fused, stable softmax cross-entropy with integer class labels.
+//
+// Logits are viewed as (rows, classes); labels are i32, one per row. Stable: every
+// exponent is relative to the row maximum, found with the sum by the online rule
+// (see softmax.wgsl). A label outside 0..classes gives NaN for that row (the CPU
+// reference reports it as an error; the GPU cannot without a readback).
+//
+// Entry points (workgroup size 64, one row or one element per invocation, grid split
+// over x/y/z past 65535 workgroups):
+//   cross_entropy_forward   loss[i] = logsumexp(x[i, :]) - x[i, label[i]]; lse[i] kept
+//   cross_entropy_lse       lse[i] = logsumexp(x[i, :])   (backward, pass 1)
+//   cross_entropy_backward  dx[i, c] = (exp(x[i, c] - lse[i]) - [c == label[i]]) · g[i]
+
+struct Params {
+    rows: u32,
+    classes: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;             // (rows, classes) logits
+@group(0) @binding(2) var<storage, read> labels: array<i32>;        // (rows)
+@group(0) @binding(3) var<storage, read_write> loss: array<f32>;    // forward: (rows) losses
+@group(0) @binding(3) var<storage, read_write> lse_out: array<f32>; // lse pass: (rows)
+@group(0) @binding(3) var<storage, read> lse: array<f32>;           // backward: (rows)
+@group(0) @binding(4) var<storage, read> g: array<f32>;             // backward: (rows) upstream
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;      // backward: (rows, classes)
+
+fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 64u + lid;
+}
+
+fn nan() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
+// logsumexp of row i, with the online (max, sum) rule: one exp per element.
+fn row_lse(i: u32) -> f32 {
+    let base = i * params.classes;
+    var m = bitcast<f32>(0xff800000u);
+    var s = 0.0;
+    for (var c = 0u; c < params.classes; c = c + 1u) {
+        let v = x[base + c];
+        if (v > m) {
+            s = s * exp(m - v) + 1.0;
+            m = v;
+        } else {
+            s = s + exp(v - m);
+        }
+    }
+    return m + log(s);
+}
+
+fn label_ok(l: i32) -> bool {
+    return l >= 0 && u32(l) < params.classes;
+}
+
+@compute @workgroup_size(64)
+fn cross_entropy_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.rows) { return; }
+    let l = labels[i];
+    if (!label_ok(l)) {
+        loss[i] = nan();
+        return;
+    }
+    loss[i] = row_lse(i) - x[i * params.classes + u32(l)];
+}
+
+@compute @workgroup_size(64)
+fn cross_entropy_lse(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.rows) { return; }
+    // Rows with a bad label get NaN here already (and so in every dx of the row).
+    if (!label_ok(labels[i])) {
+        lse_out[i] = nan();
+        return;
+    }
+    lse_out[i] = row_lse(i);
+}
+
+@compute @workgroup_size(64)
+fn cross_entropy_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let e = linear_index(wg, nwg, lid);
+    if (e >= params.rows * params.classes) { return; }
+    let i = e / params.classes;
+    let c = e % params.classes;
+    let l = labels[i];
+    if (!label_ok(l)) {
+        dx[e] = nan();
+        return;
+    }
+    let onehot = select(0.0, 1.0, u32(l) == c);
+    dx[e] = (exp(x[e] - lse[i]) - onehot) * g[i];
+}

@@ -1,0 +1,191 @@
+//! Fused softmax cross-entropy with integer class labels.
+//!
+//! Shape rule: logits (…, C) and labels (…) of i32 give per-sample losses (…);
+//! the backward takes the upstream gradient (…) and gives (…, C).
+//! CPU reference: f64 log-sum-exp per row; a label outside 0..C is an error.
+//! GPU: `shaders/loss.wgsl` (such a label gives NaN there; no readback to check it).
+//! Gradient: d loss_i / d x_ic = softmax(x_i)_c - [c = label_i].
+
+use crate::device::DeviceInner;
+use crate::error::{Error, Result};
+use crate::gpu::{BufArg, GpuContext, Kernel};
+use crate::ops::gpu_output;
+use crate::tensor::Tensor;
+use crate::DType;
+
+pub(crate) const SHADER: Kernel = Kernel {
+    name: "loss",
+    source: include_str!("../../shaders/loss.wgsl"),
+};
+
+/// Workgroup size of loss.wgsl.
+const WG: u64 = 64;
+
+/// Most classes one invocation walks (twice): Mesa's lavapipe stops an invocation
+/// silently after 65535 loop iterations, so longer rows are refused.
+pub const MAX_CLASSES: usize = 16384;
+
+/// Checks logits (…, C) against labels (…) and returns (rows, classes).
+pub(crate) fn cross_entropy_shape(
+    op: &'static str,
+    logits: &[usize],
+    labels: &[usize],
+) -> Result<(usize, usize)> {
+    let Some((&classes, batch)) = logits.split_last() else {
+        return Err(Error::Shape {
+            op,
+            detail: format!("logits need rank >= 1, got {logits:?}"),
+        });
+    };
+    if batch != labels {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "labels {labels:?} must have the logits' shape {logits:?} without its last dim"
+            ),
+        });
+    }
+    if classes == 0 || classes > MAX_CLASSES {
+        return Err(Error::Invalid {
+            op,
+            detail: format!("{classes} classes in logits {logits:?}; supported 1..={MAX_CLASSES}"),
+        });
+    }
+    Ok((batch.iter().product(), classes))
+}
+
+fn host_labels(op: &'static str, labels: &Tensor, classes: usize) -> Result<Vec<i32>> {
+    let l = labels.to_vec::<i32>()?;
+    if let Some(bad) = l.iter().find(|&&v| v < 0 || v as usize >= classes) {
+        return Err(Error::Invalid {
+            op,
+            detail: format!("label {bad} outside 0..{classes}"),
+        });
+    }
+    Ok(l)
+}
+
+/// f64 log-sum-exp of each row.
+fn lse_reference(x: &[f32], rows: usize, classes: usize) -> Vec<f64> {
+    (0..rows)
+        .map(|i| {
+            let row = &x[i * classes..(i + 1) * classes];
+            let m = row
+                .iter()
+                .map(|&v| v as f64)
+                .fold(f64::NEG_INFINITY, f64::max);
+            m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+        })
+        .collect()
+}
+
+fn groups(ctx: &GpuContext, n: usize) -> [u32; 3] {
+    ctx.grid((n as u64).div_ceil(WG))
+}
+
+fn arg(t: &Tensor) -> BufArg<'_> {
+    t.gpu_arg().expect("GPU device holds GPU tensors")
+}
+
+impl Tensor {
+    /// Per-sample cross-entropy of logits `self` (…, C) against class indices `labels` (…, i32).
+    pub fn cross_entropy(&self, labels: &Tensor) -> Result<Tensor> {
+        let op = "cross_entropy";
+        self.expect_f32(op)?;
+        labels.expect_i32(op)?;
+        self.expect_same_device(op, labels)?;
+        let (rows, classes) = cross_entropy_shape(op, self.shape(), labels.shape())?;
+        let out_shape = labels.shape().to_vec();
+        match &self.device().inner {
+            DeviceInner::Cpu => {
+                let x = self.host_f32().unwrap_or(&[]);
+                let l = host_labels(op, labels, classes)?;
+                let lse = lse_reference(x, rows, classes);
+                let out = (0..rows)
+                    .map(|i| (lse[i] - x[i * classes + l[i] as usize] as f64) as f32)
+                    .collect();
+                Ok(Tensor::cpu_f32(&out_shape, out))
+            }
+            DeviceInner::Gpu(ctx) => {
+                let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
+                if rows > 0 {
+                    let params = [rows as u32, classes as u32];
+                    let bufs = [arg(self), arg(labels), arg(&out)];
+                    ctx.dispatch(
+                        &SHADER,
+                        "cross_entropy_forward",
+                        &[],
+                        &params,
+                        &bufs,
+                        groups(ctx, rows),
+                    )?;
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// The gradient of [`Tensor::cross_entropy`] with respect to the logits `self`,
+    /// for the upstream gradient `g` (…): `(softmax(x) - onehot(label))·g`.
+    pub fn cross_entropy_backward(&self, labels: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let op = "cross_entropy_backward";
+        self.expect_f32(op)?;
+        labels.expect_i32(op)?;
+        g.expect_f32(op)?;
+        self.expect_same_device(op, labels)?;
+        self.expect_same_device(op, g)?;
+        let (rows, classes) = cross_entropy_shape(op, self.shape(), labels.shape())?;
+        if g.shape() != labels.shape() {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "upstream {:?} must match labels {:?}",
+                    g.shape(),
+                    labels.shape()
+                ),
+            });
+        }
+        match &self.device().inner {
+            DeviceInner::Cpu => {
+                let x = self.host_f32().unwrap_or(&[]);
+                let gv = g.host_f32().unwrap_or(&[]);
+                let l = host_labels(op, labels, classes)?;
+                let lse = lse_reference(x, rows, classes);
+                let out = (0..rows * classes)
+                    .map(|e| {
+                        let (i, c) = (e / classes, e % classes);
+                        let onehot = if l[i] as usize == c { 1.0 } else { 0.0 };
+                        (((x[e] as f64 - lse[i]).exp() - onehot) * gv[i] as f64) as f32
+                    })
+                    .collect();
+                Ok(Tensor::cpu_f32(self.shape(), out))
+            }
+            DeviceInner::Gpu(ctx) => {
+                let out = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;
+                if rows > 0 {
+                    let lse = gpu_output(ctx, self.device(), op, &[rows], DType::F32)?;
+                    let params = [rows as u32, classes as u32];
+                    let bufs = [arg(self), arg(labels), arg(&lse)];
+                    ctx.dispatch(
+                        &SHADER,
+                        "cross_entropy_lse",
+                        &[],
+                        &params,
+                        &bufs,
+                        groups(ctx, rows),
+                    )?;
+                    let bufs = [arg(self), arg(labels), arg(&lse), arg(g), arg(&out)];
+                    ctx.dispatch(
+                        &SHADER,
+                        "cross_entropy_backward",
+                        &[],
+                        &params,
+                        &bufs,
+                        groups(ctx, rows * classes),
+                    )?;
+                }
+                Ok(out)
+            }
+        }
+    }
+}

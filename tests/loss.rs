@@ -1,0 +1,167 @@
+//! Fused softmax cross-entropy: GPU against the CPU reference (forward and
+//! backward), its gradient against finite differences, stability and errors.
+
+mod common;
+
+use common::{assert_close, assert_tensor_close, gpu, uniform};
+use wgrad::autodiff::grad;
+use wgrad::{Device, Error, Graph, Rng, Tensor};
+
+fn labels(seed: u64, n: usize, classes: usize) -> Vec<i32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.below(classes) as i32).collect()
+}
+
+#[test]
+fn forward_and_backward_match_reference() {
+    let Some(dev) = gpu() else { return };
+    let cpu = Device::cpu();
+    for (rows, classes) in [
+        (1, 1),
+        (1, 10),
+        (3, 17),
+        (256, 10),
+        (257, 255),
+        (1000, 3),
+        (5, 4000),
+    ] {
+        let x = uniform(rows as u64, rows * classes, -6.0, 6.0);
+        let l = labels(rows as u64 + 1, rows, classes);
+        let up = uniform(rows as u64 + 2, rows, 0.5, 1.5);
+        let (gx, cx) = (
+            Tensor::from_slice(&dev, &x, &[rows, classes]).unwrap(),
+            Tensor::from_slice(&cpu, &x, &[rows, classes]).unwrap(),
+        );
+        let (gl, cl) = (
+            Tensor::from_slice(&dev, &l, &[rows]).unwrap(),
+            Tensor::from_slice(&cpu, &l, &[rows]).unwrap(),
+        );
+        let (gu, cu) = (
+            Tensor::from_slice(&dev, &up, &[rows]).unwrap(),
+            Tensor::from_slice(&cpu, &up, &[rows]).unwrap(),
+        );
+        let label = format!("cross_entropy ({rows}, {classes})");
+        assert_tensor_close(
+            &label,
+            &gx.cross_entropy(&gl).unwrap(),
+            &cx.cross_entropy(&cl).unwrap(),
+            1e-5,
+            1e-5,
+        );
+        let back = format!("{label} backward");
+        assert_tensor_close(
+            &back,
+            &gx.cross_entropy_backward(&gl, &gu).unwrap(),
+            &cx.cross_entropy_backward(&cl, &cu).unwrap(),
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn large_logits_stay_finite() {
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        let x = Tensor::from_slice(&dev, &[1e4f32, -1e4, 0.0, 0.0, 1e4, 1e4], &[2, 3]).unwrap();
+        let l = Tensor::from_slice(&dev, &[1i32, 0], &[2]).unwrap();
+        let got = x.cross_entropy(&l).unwrap().to_vec::<f32>().unwrap();
+        // row 0: lse = 1e4, loss = 1e4 - (-1e4) = 2e4; row 1: lse = ln 2 + 1e4 over {0, 1e4, 1e4}... label 0 -> 1e4 + ln 2
+        assert_close(
+            "cross_entropy of ±1e4",
+            &got,
+            &[2e4, 1e4 + std::f32::consts::LN_2],
+            0.0,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn gradient_matches_finite_differences_and_gpu() {
+    let (rows, classes) = (4, 5);
+    let g = Graph::new();
+    let x = g.input("x", &[rows, classes]);
+    let y = g.input_i32("y", &[rows]);
+    let loss = x.cross_entropy(&y).unwrap().mean().unwrap();
+    let dx = grad(&loss, &[&x]).unwrap().remove(0);
+    let xs = uniform(3, rows * classes, -2.0, 2.0);
+    let ls = labels(4, rows, classes);
+    let eval = |dev: &Device, xv: &[f32], outs: &[&wgrad::Var]| -> Vec<Vec<f32>> {
+        let exe = dev.compile(&g, outs, None).unwrap();
+        let xt = Tensor::from_slice(dev, xv, &[rows, classes]).unwrap();
+        let yt = Tensor::from_slice(dev, &ls, &[rows]).unwrap();
+        exe.run(&[("x", &xt), ("y", &yt)])
+            .unwrap()
+            .iter()
+            .map(|t| t.to_vec::<f32>().unwrap())
+            .collect()
+    };
+    let cpu = Device::cpu();
+    let analytic = eval(&cpu, &xs, &[&dx]).remove(0);
+    let h = 1e-2f32;
+    let numeric: Vec<f32> = (0..xs.len())
+        .map(|i| {
+            let mut p = xs.clone();
+            p[i] += h;
+            let up = eval(&cpu, &p, &[&loss])[0][0] as f64;
+            p[i] -= 2.0 * h;
+            let down = eval(&cpu, &p, &[&loss])[0][0] as f64;
+            ((up - down) / (2.0 * h as f64)) as f32
+        })
+        .collect();
+    assert_close(
+        "d cross_entropy vs finite differences",
+        &analytic,
+        &numeric,
+        1e-3,
+        1e-2,
+    );
+    if let Some(dev) = gpu() {
+        assert_close(
+            "d cross_entropy GPU vs CPU",
+            &eval(&dev, &xs, &[&dx])[0],
+            &analytic,
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let cpu = Device::cpu();
+    let x = Tensor::zeros(&cpu, &[2, 3]).unwrap();
+    let bad = Tensor::from_slice(&cpu, &[0i32, 3], &[2]).unwrap();
+    let e = x.cross_entropy(&bad).unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { op: "cross_entropy", detail } if detail.contains("label 3")),
+        "{e}"
+    );
+    let wrong_shape = Tensor::from_slice(&cpu, &[0i32, 1, 2], &[3]).unwrap();
+    assert!(matches!(
+        x.cross_entropy(&wrong_shape).unwrap_err(),
+        Error::Shape {
+            op: "cross_entropy",
+            ..
+        }
+    ));
+    let float_labels = Tensor::zeros(&cpu, &[2]).unwrap();
+    assert!(matches!(
+        x.cross_entropy(&float_labels).unwrap_err(),
+        Error::DType { .. }
+    ));
+    // In a graph: f32 labels are refused when the graph is built.
+    let g = Graph::new();
+    let logits = g.input("x", &[2, 3]);
+    assert!(matches!(
+        logits.cross_entropy(&g.input("y", &[2])).unwrap_err(),
+        Error::DType { .. }
+    ));
+    if let Some(dev) = gpu() {
+        // The GPU cannot check labels without a readback: an out-of-range one gives NaN.
+        let x = Tensor::zeros(&dev, &[2, 3]).unwrap();
+        let bad = Tensor::from_slice(&dev, &[0i32, 3], &[2]).unwrap();
+        let v = x.cross_entropy(&bad).unwrap().to_vec::<f32>().unwrap();
+        assert!((v[0] - 3f32.ln()).abs() < 1e-6 && v[1].is_nan(), "{v:?}");
+    }
+}
