@@ -8,8 +8,13 @@
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/wgrad-xdg-$(id -u)}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
+# A native compute adapter (Vulkan, Metal or DX12). wgpu's GL backend may also find
+# Mesa's llvmpipe, but it is a poor compute target, so it does not count here.
 have_adapter() {
-    cargo run --quiet --release --bin wgrad -- info --brief
+    local name
+    name=$(WGPU_BACKEND="${WGPU_BACKEND:-vulkan,metal,dx12}" \
+        cargo run --quiet --release --bin wgrad -- info --brief) || return 1
+    echo "wgrad: GPU adapter: $name"
 }
 
 install_lavapipe() {
