@@ -23,6 +23,7 @@ pub mod executor;
 pub(crate) mod gpu;
 pub mod graph;
 pub mod init;
+pub mod io;
 pub mod ops;
 pub mod optim;
 pub mod rng;

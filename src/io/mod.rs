@@ -1,0 +1,1 @@
+//! File formats: NumPy `.npy` and safetensors — being written.
