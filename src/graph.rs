@@ -575,6 +575,11 @@ impl Var {
         self.graph.push(Op::CrossEntropy, &[self, labels])
     }
 
+    /// Mean squared error against `target` (broadcasting): `mean((self - target)²)`.
+    pub fn mse(&self, target: &Var) -> Result<Var> {
+        self.sub(target)?.square()?.mean()
+    }
+
     /// Concatenates along `axis`.
     pub fn concat(vars: &[&Var], axis: isize) -> Result<Var> {
         let first = vars.first().ok_or_else(|| Error::Invalid {

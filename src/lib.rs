@@ -58,3 +58,8 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("loss.wgsl", ops::loss::SHADER.source),
     ]
 }
+
+/// The README's examples, compiled as doctests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
