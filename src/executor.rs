@@ -275,14 +275,14 @@ impl Executor {
     fn check_feeds<'a>(&self, feeds: &[(&'a str, &Tensor)]) -> Result<HashMap<&'a str, Tensor>> {
         let mut map = HashMap::new();
         for (name, t) in feeds {
-            let Some(&i) = self
-                .order
+            let Some(i) = self
+                .nodes
                 .iter()
-                .find(|&&i| matches!(&self.nodes[i].op, Op::Input(n) if n == name))
+                .position(|n| matches!(&n.op, Op::Input(n) if n == name))
             else {
                 return Err(Error::Invalid {
                     op: "run",
-                    detail: format!("feed {name:?} is not an input of the compiled graph"),
+                    detail: format!("feed {name:?} is not an input of the graph"),
                 });
             };
             if t.dtype() != self.nodes[i].dtype {
@@ -302,7 +302,11 @@ impl Executor {
                     ),
                 });
             }
-            map.insert(*name, t.to_device(&self.device)?);
+            // An input of the graph that these outputs do not depend on (say, x in the
+            // gradient of a linear function) is checked but not uploaded.
+            if self.order.contains(&i) {
+                map.insert(*name, t.to_device(&self.device)?);
+            }
         }
         for &i in &self.order {
             if let Op::Input(name) = &self.nodes[i].op {

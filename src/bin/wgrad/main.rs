@@ -2,6 +2,7 @@
 //! (measured figures, JSON lines with `--json`).
 
 mod bench;
+mod check;
 mod info;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,13 @@ enum Command {
         #[arg(long)]
         brief: bool,
     },
+    /// Every kernel and gradient rule on this adapter against the CPU reference;
+    /// exit code 1 on any failure.
+    Check {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks: matmul, softmax, row sum, transpose on the GPU and the CPU reference.
     Bench {
         /// One JSON object per line instead of a table.
@@ -43,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Info { brief } => info::run(brief),
+        Command::Check { json } => check::run(json),
         Command::Bench {
             json,
             filter,

@@ -1,0 +1,468 @@
+//! `wgrad check`: every kernel and every gradient rule on this machine's
+//! adapter against the CPU reference, as a pass/fail table (or JSON lines).
+//! Exit code 1 on any failure: the user's proof that their driver computes correctly.
+
+use wgrad::autodiff::grad;
+use wgrad::{BinaryOp, DType, Device, Graph, MatmulVariant, ReduceOp, Rng, Tensor, UnaryOp, Var};
+
+/// One comparison of a GPU result with the reference.
+struct Row {
+    op: String,
+    shapes: String,
+    max_abs: f64,
+    max_rel: f64,
+    pass: bool,
+    error: Option<String>,
+}
+
+/// Compares `got` with `want`: every element within `atol + rtol·|want|`
+/// (NaN matches NaN, infinities must be equal).
+fn compare(
+    op: String,
+    shapes: String,
+    got: wgrad::Result<Vec<f32>>,
+    want: wgrad::Result<Vec<f32>>,
+    atol: f64,
+    rtol: f64,
+) -> Row {
+    let (got, want) = match (got, want) {
+        (Ok(g), Ok(w)) => (g, w),
+        (Err(e), _) | (_, Err(e)) => {
+            return Row {
+                op,
+                shapes,
+                max_abs: f64::NAN,
+                max_rel: f64::NAN,
+                pass: false,
+                error: Some(e.to_string()),
+            }
+        }
+    };
+    if got.len() != want.len() {
+        let error = Some(format!(
+            "{} values, reference has {}",
+            got.len(),
+            want.len()
+        ));
+        return Row {
+            op,
+            shapes,
+            max_abs: f64::NAN,
+            max_rel: f64::NAN,
+            pass: false,
+            error,
+        };
+    }
+    let (mut max_abs, mut max_rel, mut pass) = (0.0f64, 0.0f64, true);
+    for (&g, &w) in got.iter().zip(&want) {
+        let (g, w) = (g as f64, w as f64);
+        if w.is_nan() || w.is_infinite() {
+            pass &= if w.is_nan() { g.is_nan() } else { g == w };
+            continue;
+        }
+        let err = (g - w).abs();
+        max_abs = max_abs.max(err);
+        max_rel = max_rel.max(err / w.abs().max(1e-30));
+        pass &= err <= atol + rtol * w.abs();
+    }
+    Row {
+        op,
+        shapes,
+        max_abs,
+        max_rel,
+        pass,
+        error: None,
+    }
+}
+
+fn read(t: wgrad::Result<Tensor>) -> wgrad::Result<Vec<f32>> {
+    let t = t?;
+    match t.dtype() {
+        DType::I32 => Ok(t.to_vec::<i32>()?.into_iter().map(|v| v as f32).collect()),
+        _ => t.to_vec::<f32>(),
+    }
+}
+
+/// Runs `f` on GPU copies and CPU copies of the same seeded inputs.
+fn kernel(
+    rows: &mut Vec<Row>,
+    gpu: &Device,
+    op: &str,
+    shapes: &[&[usize]],
+    range: (f32, f32),
+    tol: (f64, f64),
+    f: impl Fn(&[Tensor]) -> wgrad::Result<Tensor>,
+) {
+    let mut rng = Rng::new(rows.len() as u64 + 1);
+    let data: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|s| rng.vec_uniform(s.iter().product(), range.0, range.1))
+        .collect();
+    let make = |dev: &Device| -> wgrad::Result<Vec<Tensor>> {
+        shapes
+            .iter()
+            .zip(&data)
+            .map(|(s, d)| Tensor::from_slice(dev, d, s))
+            .collect()
+    };
+    let got = make(gpu).and_then(|x| read(f(&x)));
+    let want = make(&Device::cpu()).and_then(|x| read(f(&x)));
+    rows.push(compare(
+        op.to_string(),
+        format!("{shapes:?}"),
+        got,
+        want,
+        tol.0,
+        tol.1,
+    ));
+}
+
+/// Gradients of `Σ build(x…)·R` with respect to every input, on GPU and CPU.
+fn gradient(
+    rows: &mut Vec<Row>,
+    gpu: &Device,
+    op: &str,
+    shapes: &[&[usize]],
+    range: (f32, f32),
+    build: impl Fn(&[Var]) -> wgrad::Result<Var>,
+) {
+    let run = |dev: &Device| -> wgrad::Result<Vec<f32>> {
+        let g = Graph::new();
+        let xs: Vec<Var> = (0..shapes.len())
+            .map(|i| g.input(&format!("x{i}"), shapes[i]))
+            .collect();
+        let y = build(&xs)?;
+        let n: usize = y.shape().iter().product();
+        let r = Tensor::from_slice(
+            &Device::cpu(),
+            &Rng::new(99).vec_uniform(n, 0.5, 1.5),
+            y.shape(),
+        )?;
+        let loss = y.mul(&g.constant(&r)?)?.sum()?;
+        let refs: Vec<&Var> = xs.iter().collect();
+        let grads = grad(&loss, &refs)?;
+        let outs: Vec<&Var> = grads.iter().collect();
+        let exe = dev.compile(&g, &outs, None)?;
+        let mut rng = Rng::new(5);
+        let feeds: Vec<Tensor> = shapes
+            .iter()
+            .map(|s| {
+                Tensor::from_slice(
+                    dev,
+                    &rng.vec_uniform(s.iter().product(), range.0, range.1),
+                    s,
+                )
+            })
+            .collect::<wgrad::Result<_>>()?;
+        let named: Vec<(String, &Tensor)> = feeds
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("x{i}"), t))
+            .collect();
+        let named: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        let mut all = Vec::new();
+        for t in exe.run(&named)? {
+            all.extend(t.to_vec::<f32>()?);
+        }
+        Ok(all)
+    };
+    rows.push(compare(
+        format!("grad {op}"),
+        format!("{shapes:?}"),
+        run(gpu),
+        run(&Device::cpu()),
+        1e-4,
+        1e-4,
+    ));
+}
+
+fn all_rows(gpu: &Device) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let r = &mut rows;
+    for op in UnaryOp::ALL {
+        let range = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt) {
+            (0.01, 10.0)
+        } else {
+            (-6.0, 6.0)
+        };
+        for s in [&[1usize][..], &[257], &[33, 1000]] {
+            kernel(r, gpu, op.name(), &[s], range, (1e-6, 2e-6), |x| {
+                x[0].unary(op)
+            });
+        }
+    }
+    for op in BinaryOp::ALL {
+        let range = if op == BinaryOp::Pow {
+            (0.1, 3.0)
+        } else {
+            (-4.0, 4.0)
+        };
+        for (a, b) in [
+            (&[257usize][..], &[257usize][..]),
+            (&[17, 255], &[255]),
+            (&[5, 1, 3], &[4, 1]),
+        ] {
+            kernel(r, gpu, op.name(), &[a, b], range, (1e-5, 1e-5), |x| {
+                x[0].binary(&x[1], op)
+            });
+        }
+        kernel(
+            r,
+            gpu,
+            &format!("{} scalar", op.name()),
+            &[&[300]],
+            range,
+            (1e-5, 1e-5),
+            |x| x[0].binary_scalar(op, 1.5, false),
+        );
+    }
+    for v in MatmulVariant::KERNELS {
+        if v.resolve(gpu).is_err() {
+            continue; // not available on this adapter
+        }
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (m, k, n) in [
+                (1usize, 1usize, 1usize),
+                (3, 17, 5),
+                (255, 257, 3),
+                (64, 1000, 65),
+            ] {
+                let a = if ta { [k, m] } else { [m, k] };
+                let b = if tb { [n, k] } else { [k, n] };
+                let tol = (8e-6 * (k as f64).sqrt(), 1e-4);
+                kernel(
+                    r,
+                    gpu,
+                    &format!("matmul {} ta={ta} tb={tb}", v.name()),
+                    &[&a, &b],
+                    (-1.0, 1.0),
+                    tol,
+                    |x| x[0].matmul_with_variant(&x[1], ta, tb, v),
+                );
+            }
+        }
+    }
+    kernel(
+        r,
+        gpu,
+        "matmul batched",
+        &[&[2, 1, 17, 9], &[3, 9, 5]],
+        (-1.0, 1.0),
+        (1e-5, 1e-4),
+        |x| x[0].matmul(&x[1]),
+    );
+    for op in ReduceOp::ALL {
+        for axis in [0isize, 1, -1] {
+            kernel(
+                r,
+                gpu,
+                &format!("{} axis {axis}", op.name()),
+                &[&[17, 255, 9]],
+                (-2.0, 2.0),
+                (1e-5, 1e-5),
+                |x| x[0].reduce(op, axis, false),
+            );
+        }
+        kernel(
+            r,
+            gpu,
+            &format!("{} all", op.name()),
+            &[&[1000, 257]],
+            (0.0, 1.0),
+            (1e-5, 1e-5),
+            |x| x[0].reduce_all(op),
+        );
+    }
+    kernel(
+        r,
+        gpu,
+        "argmax axis -1",
+        &[&[255, 257]],
+        (-2.0, 2.0),
+        (0.0, 0.0),
+        |x| x[0].argmax(-1, false),
+    );
+    for axis in [0isize, -1] {
+        kernel(
+            r,
+            gpu,
+            &format!("softmax axis {axis}"),
+            &[&[64, 1000]],
+            (-20.0, 20.0),
+            (1e-6, 1e-5),
+            |x| x[0].softmax(axis),
+        );
+        kernel(
+            r,
+            gpu,
+            &format!("log_softmax axis {axis}"),
+            &[&[64, 1000]],
+            (-20.0, 20.0),
+            (1e-5, 1e-5),
+            |x| x[0].log_softmax(axis),
+        );
+    }
+    kernel(
+        r,
+        gpu,
+        "transpose",
+        &[&[255, 257]],
+        (-1.0, 1.0),
+        (0.0, 0.0),
+        |x| x[0].transpose(),
+    );
+    kernel(
+        r,
+        gpu,
+        "permute",
+        &[&[3, 17, 5, 9]],
+        (-1.0, 1.0),
+        (0.0, 0.0),
+        |x| x[0].permute(&[2, 0, 3, 1]),
+    );
+    kernel(
+        r,
+        gpu,
+        "broadcast_to",
+        &[&[17, 1]],
+        (-1.0, 1.0),
+        (0.0, 0.0),
+        |x| x[0].broadcast_to(&[3, 17, 33]),
+    );
+    kernel(
+        r,
+        gpu,
+        "slice",
+        &[&[17, 33]],
+        (-1.0, 1.0),
+        (0.0, 0.0),
+        |x| x[0].slice(1, 3, 30),
+    );
+    kernel(
+        r,
+        gpu,
+        "concat",
+        &[&[17, 3], &[17, 5]],
+        (-1.0, 1.0),
+        (0.0, 0.0),
+        |x| Tensor::concat(&[&x[0], &x[1]], 1),
+    );
+    kernel(
+        r,
+        gpu,
+        "cross_entropy",
+        &[&[257, 10]],
+        (-5.0, 5.0),
+        (1e-5, 1e-5),
+        |x| {
+            let labels: Vec<i32> = (0..257i32).map(|i| i * 7 % 10).collect();
+            x[0].cross_entropy(&Tensor::from_slice(x[0].device(), &labels, &[257])?)
+        },
+    );
+    for op in UnaryOp::ALL.into_iter().filter(|&u| u != UnaryOp::GeluGrad) {
+        let range = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt) {
+            (0.5, 3.0)
+        } else {
+            (-2.0, 2.0)
+        };
+        gradient(r, gpu, op.name(), &[&[3, 5]], range, |x| x[0].unary(op));
+    }
+    for op in [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Pow,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+    ] {
+        gradient(r, gpu, op.name(), &[&[4, 3], &[3]], (0.5, 2.0), |x| {
+            x[0].binary(&x[1], op)
+        });
+    }
+    gradient(r, gpu, "matmul", &[&[4, 3], &[3, 5]], (-1.0, 1.0), |x| {
+        x[0].matmul(&x[1])
+    });
+    for op in ReduceOp::ALL {
+        gradient(r, gpu, op.name(), &[&[3, 4, 5]], (-2.0, 2.0), |x| {
+            x[0].reduce(op, 1, false)
+        });
+    }
+    gradient(r, gpu, "softmax", &[&[3, 5]], (-3.0, 3.0), |x| {
+        x[0].softmax(-1)
+    });
+    gradient(r, gpu, "log_softmax", &[&[3, 5]], (-3.0, 3.0), |x| {
+        x[0].log_softmax(-1)
+    });
+    gradient(r, gpu, "permute", &[&[2, 3, 4]], (-1.0, 1.0), |x| {
+        x[0].permute(&[2, 0, 1])
+    });
+    gradient(r, gpu, "broadcast_to", &[&[3, 1]], (-1.0, 1.0), |x| {
+        x[0].broadcast_to(&[2, 3, 4])
+    });
+    gradient(
+        r,
+        gpu,
+        "slice+concat",
+        &[&[4, 5], &[4, 2]],
+        (-1.0, 1.0),
+        |x| Var::concat(&[&x[0].slice(1, 1, 3)?, &x[1]], 1),
+    );
+    rows
+}
+
+pub fn run(json: bool) -> anyhow::Result<()> {
+    let gpu = Device::gpu()?;
+    let adapter = gpu.name();
+    if !json {
+        println!("adapter: {adapter}\n");
+        println!(
+            "{:<40} {:<28} {:>11} {:>11}  result",
+            "op", "shapes", "max abs", "max rel"
+        );
+    }
+    let rows = all_rows(&gpu);
+    let failed = rows.iter().filter(|r| !r.pass).count();
+    for r in &rows {
+        if json {
+            let num = |v: f64| {
+                if v.is_finite() {
+                    format!("{v:e}")
+                } else {
+                    "null".into()
+                }
+            };
+            println!(
+                "{{\"op\":\"{}\",\"shapes\":\"{}\",\"max_abs\":{},\"max_rel\":{},\"pass\":{},\"error\":{}}}",
+                r.op,
+                r.shapes,
+                num(r.max_abs),
+                num(r.max_rel),
+                r.pass,
+                r.error.as_ref().map_or("null".into(), |e| format!("{e:?}"))
+            );
+        } else {
+            let verdict = if r.pass {
+                "pass".to_string()
+            } else {
+                format!("FAIL {}", r.error.clone().unwrap_or_default())
+            };
+            println!(
+                "{:<40} {:<28} {:>11.3e} {:>11.3e}  {verdict}",
+                r.op, r.shapes, r.max_abs, r.max_rel
+            );
+        }
+    }
+    if !json {
+        println!(
+            "\n{} checks, {} passed, {} failed on {adapter}",
+            rows.len(),
+            rows.len() - failed,
+            failed
+        );
+    }
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The `wgrad` command end to end: info, check and bench.
+
+mod common;
+
+use std::process::Command;
+
+fn wgrad(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wgrad"))
+        .args(args)
+        .output()
+        .expect("run wgrad")
+}
+
+#[test]
+fn info_names_the_adapter() {
+    let Some(dev) = common::gpu() else { return };
+    let out = wgrad(&["info"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&dev.adapter().unwrap().name), "{text}");
+    assert!(text.contains("max_storage_buffer_binding_size"), "{text}");
+}
+
+#[test]
+fn check_passes_every_kernel_and_gradient() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = wgrad(&["check", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let failed: Vec<&&str> = lines
+        .iter()
+        .filter(|l| !l.contains("\"pass\":true"))
+        .collect();
+    assert!(
+        out.status.success() && failed.is_empty(),
+        "failed checks:\n{failed:?}"
+    );
+    assert!(lines.len() > 150, "only {} checks ran", lines.len());
+    for op in [
+        "\"op\":\"gelu\"",
+        "\"op\":\"matmul",
+        "\"op\":\"softmax",
+        "\"op\":\"grad matmul\"",
+        "\"op\":\"cross_entropy\"",
+    ] {
+        assert!(text.contains(op), "no {op} check");
+    }
+}
+
+#[test]
+fn bench_prints_json_lines() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = wgrad(&["bench", "--json", "--filter", "add", "--no-cpu"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next().expect("one figure");
+    for field in [
+        "\"op\":\"add\"",
+        "\"shape\":[",
+        "\"device\":\"gpu\"",
+        "\"adapter\":",
+        "\"ms\":",
+        "\"gbps\":",
+    ] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+}
