@@ -293,26 +293,37 @@ impl MatmulPlan {
 pub(crate) fn matmul_forward(a: &[f32], b: &[f32], p: &MatmulPlan) -> Vec<f32> {
     let (m, n, k) = (p.m, p.n, p.k);
     let mut out = vec![0.0f32; p.batch() * m * n];
+    // op(B) as a row-major (k, n) f64 copy and one f64 accumulator row: the inner
+    // loop then runs over contiguous memory (i-l-j order), tens of times faster
+    // than the dot-product order on big shapes, with the same f64 accumulation.
+    let mut bt = vec![0.0f64; k * n];
+    let mut acc = vec![0.0f64; n];
     for (bi, c) in out.chunks_mut((m * n).max(1)).enumerate().take(p.batch()) {
         let (oa, ob) = p.offsets(bi);
-        for i in 0..m {
+        for l in 0..k {
             for j in 0..n {
-                let mut s = 0.0f64;
-                for l in 0..k {
-                    let x = if p.ta {
-                        a[oa + l * m + i]
-                    } else {
-                        a[oa + i * k + l]
-                    };
-                    let y = if p.tb {
-                        b[ob + j * k + l]
-                    } else {
-                        b[ob + l * n + j]
-                    };
-                    s += x as f64 * y as f64;
-                }
-                c[i * n + j] = s as f32;
+                bt[l * n + j] = if p.tb {
+                    b[ob + j * k + l]
+                } else {
+                    b[ob + l * n + j]
+                } as f64;
             }
+        }
+        for i in 0..m {
+            acc.iter_mut().for_each(|v| *v = 0.0);
+            for l in 0..k {
+                let x = if p.ta {
+                    a[oa + l * m + i]
+                } else {
+                    a[oa + i * k + l]
+                } as f64;
+                let row = &bt[l * n..(l + 1) * n];
+                acc.iter_mut().zip(row).for_each(|(s, &y)| *s += x * y);
+            }
+            c[i * n..(i + 1) * n]
+                .iter_mut()
+                .zip(&acc)
+                .for_each(|(o, &v)| *o = v as f32);
         }
     }
     out
