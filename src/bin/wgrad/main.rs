@@ -1,9 +1,13 @@
-//! The `wgrad` command: `info` (adapters and the one chosen) and `bench`
-//! (measured figures, JSON lines with `--json`).
+//! The `wgrad` command: `info` (adapters and the one chosen), `check` (every
+//! kernel against the CPU reference), `bench` (measured figures) and `eval`
+//! (one op on .npy files).
 
 mod bench;
 mod check;
+mod eval;
 mod info;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -45,10 +49,43 @@ enum Command {
         #[arg(long)]
         no_cpu: bool,
     },
+    /// Evaluates one op on .npy inputs and writes DIR/out.npy (and DIR/gradN.npy
+    /// with --upstream).
+    Eval {
+        /// matmul, add, sub, mul, div, maximum, minimum, pow, relu, exp, log, sqrt, tanh,
+        /// sigmoid, gelu, neg, abs, square, softmax, log_softmax, sum, mean, max, min,
+        /// transpose, permute, cross_entropy
+        op: String,
+        /// Input .npy files (f32, f64, i32, i64; C order).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Directory for the results.
+        #[arg(long)]
+        out: PathBuf,
+        /// Axis for reductions (removed from the result) and softmax (default -1).
+        #[arg(long, allow_hyphen_values = true)]
+        axis: Option<isize>,
+        /// Axes for permute, as a,b,c.
+        #[arg(long)]
+        axes: Option<String>,
+        /// Upstream gradient (the output's shape): also writes the gradient of each input.
+        #[arg(long)]
+        upstream: Option<PathBuf>,
+        /// gpu (default) or cpu (the reference).
+        #[arg(long, default_value = "gpu")]
+        device: String,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    // One-line errors and a non-zero exit, never a panic trace.
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("wgrad: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info { brief } => info::run(brief),
         Command::Check { json } => check::run(json),
@@ -57,5 +94,22 @@ fn main() -> anyhow::Result<()> {
             filter,
             no_cpu,
         } => bench::run(json, filter.as_deref(), !no_cpu),
+        Command::Eval {
+            op,
+            inputs,
+            out,
+            axis,
+            axes,
+            upstream,
+            device,
+        } => eval::run(eval::EvalArgs {
+            op,
+            inputs,
+            out,
+            axis,
+            axes,
+            upstream,
+            device,
+        }),
     }
 }

@@ -1,0 +1,165 @@
+//! `wgrad eval`: one op on .npy files, checked against the CPU reference, and
+//! its bad-input contract (one-line error, non-zero exit, no output left behind).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{assert_close, uniform};
+use wgrad::io::{read_npy, write_npy};
+use wgrad::{Device, Tensor};
+
+fn device_arg() -> &'static str {
+    if common::gpu().is_some() {
+        "gpu"
+    } else {
+        "cpu"
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wgrad-eval-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn save(dir: &Path, name: &str, data: &[f32], shape: &[usize]) -> PathBuf {
+    let p = dir.join(name);
+    write_npy(
+        &p,
+        &Tensor::from_slice(&Device::cpu(), data, shape).unwrap(),
+    )
+    .unwrap();
+    p
+}
+
+fn eval(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wgrad"))
+        .arg("eval")
+        .args(args)
+        .args(["--device", device_arg()])
+        .output()
+        .unwrap()
+}
+
+fn load(p: PathBuf) -> Tensor {
+    read_npy(p, &Device::cpu()).unwrap()
+}
+
+#[test]
+fn matmul_with_upstream_writes_output_and_gradients() {
+    let d = scratch("matmul");
+    let (a, b, u) = (
+        uniform(1, 15, -1.0, 1.0),
+        uniform(2, 12, -1.0, 1.0),
+        uniform(3, 20, -1.0, 1.0),
+    );
+    let (pa, pb, pu) = (
+        save(&d, "a.npy", &a, &[5, 3]),
+        save(&d, "b.npy", &b, &[3, 4]),
+        save(&d, "u.npy", &u, &[5, 4]),
+    );
+    let out = d.join("out");
+    let o = eval(&[
+        "matmul",
+        pa.to_str().unwrap(),
+        pb.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--upstream",
+        pu.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cpu = Device::cpu();
+    let (ta, tb, tu) = (
+        Tensor::from_slice(&cpu, &a, &[5, 3]).unwrap(),
+        Tensor::from_slice(&cpu, &b, &[3, 4]).unwrap(),
+        Tensor::from_slice(&cpu, &u, &[5, 4]).unwrap(),
+    );
+    let want = [
+        ta.matmul(&tb).unwrap(),
+        tu.matmul_t(&tb, false, true).unwrap(),
+        ta.matmul_t(&tu, true, false).unwrap(),
+    ];
+    for (file, w) in ["out.npy", "grad0.npy", "grad1.npy"].iter().zip(&want) {
+        let got = load(out.join(file));
+        assert_eq!(got.shape(), w.shape(), "{file}");
+        assert_close(
+            file,
+            &got.to_vec::<f32>().unwrap(),
+            &w.to_vec::<f32>().unwrap(),
+            1e-5,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn reductions_remove_the_axis_or_reduce_everything() {
+    let d = scratch("reduce");
+    let x = uniform(4, 24, -2.0, 2.0);
+    let px = save(&d, "x.npy", &x, &[2, 3, 4]);
+    let t = Tensor::from_slice(&Device::cpu(), &x, &[2, 3, 4]).unwrap();
+    for (op, axis, want) in [
+        ("sum", Some("-1"), t.sum_axis(-1, false).unwrap()),
+        ("max", Some("1"), t.max_axis(1, false).unwrap()),
+        ("mean", None, t.mean().unwrap()),
+        ("softmax", Some("0"), t.softmax(0).unwrap()),
+    ] {
+        let out = d.join(format!("{op}-out"));
+        let mut args = vec![op, px.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        if let Some(a) = axis {
+            args.extend(["--axis", a]);
+        }
+        let o = eval(&args);
+        assert!(
+            o.status.success(),
+            "{op}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let got = load(out.join("out.npy"));
+        assert_eq!(got.shape(), want.shape(), "{op}");
+        assert_close(
+            op,
+            &got.to_vec::<f32>().unwrap(),
+            &want.to_vec::<f32>().unwrap(),
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_a_one_line_error_with_no_output() {
+    let d = scratch("bad");
+    let px = save(&d, "x.npy", &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
+    let truncated = d.join("t.npy");
+    std::fs::write(&truncated, &std::fs::read(&px).unwrap()[..90]).unwrap();
+    let x = px.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["matmul", x, x], "matmul"),
+        (vec!["nosuchop", x], "unknown op"),
+        (vec!["sum", "missing.npy"], "missing.npy"),
+        (vec!["relu", truncated.to_str().unwrap()], "t.npy"),
+        (vec!["sum", x, "--axis", "5"], "axis 5"),
+        (vec!["permute", x, "--axes", "0,0"], "permute"),
+        (vec!["add", x], "input file"),
+    ];
+    for (mut args, needle) in cases {
+        let out = d.join("out-bad");
+        args.extend(["--out", out.to_str().unwrap()]);
+        let o = eval(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(needle) && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+        assert!(
+            !out.join("out.npy").exists(),
+            "{args:?} left an output behind"
+        );
+    }
+}
