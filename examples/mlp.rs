@@ -2,10 +2,18 @@
 //! 5 samples, 2 inputs, a hidden layer of 3 with ReLU, 1 output, MSE loss,
 //! plain SGD (lr 0.01) for 1000 epochs — with the CPU reference's loss beside it.
 //!
-//!   cargo run --release --example mlp [-- --device gpu|cpu] [--seed N]
+//!   cargo run --release --example mlp [-- --device gpu|cpu] [--seed N] [--init DIR]
+//!
+//! `--init DIR` loads the data and the starting parameters from x.npy, y.npy,
+//! w1.npy, b1.npy, w2.npy and b2.npy (float32; shapes 5x2, 5x1, 2x3, 3, 3x1, 1), so
+//! the run can be replayed exactly against NumPy: `examples/mlp_numpy.py DIR` writes
+//! such a directory and prints NumPy's loss lines in the same form.
 
 use anyhow::{bail, Context, Result};
-use wgrad::{Device, Graph, Init, Rng, Sgd, Tensor, Var};
+use std::path::PathBuf;
+
+use wgrad::io::read_npy;
+use wgrad::{DType, Device, Graph, Init, Rng, Sgd, Tensor, Var};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -48,6 +56,15 @@ fn network(seed: u64) -> (Graph, Var, Var) {
     (g, pred, loss)
 }
 
+/// `v` with 8 significant digits (NumPy's repr of a float32 loss has up to 8).
+fn sig(v: f32) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let decimals = (7 - v.abs().log10().floor() as i32).max(0) as usize;
+    format!("{v:.decimals$}")
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let seed: u64 = arg(&args, "--seed")
@@ -63,17 +80,51 @@ fn main() -> Result<()> {
     let reference = Device::cpu();
     println!("device: {}", dev.name());
 
-    // Data: 5 samples of 2 features, targets from a fixed rule plus noise.
-    let mut rng = Rng::new(seed + 100);
-    let xs: Vec<f32> = rng.vec_uniform(10, -1.0, 1.0);
-    let ys: Vec<f32> = (0..5)
-        .map(|i| (0.7 * xs[2 * i] - 0.4 * xs[2 * i + 1] + 0.2) as f32)
-        .collect();
+    let init = arg(&args, "--init").map(PathBuf::from);
+    let load = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let dir = init.as_ref().expect("only called with --init");
+        let t = read_npy(dir.join(name), &reference)?;
+        if t.shape() != shape || t.dtype() != DType::F32 {
+            bail!(
+                "{}: expected float32 of shape {shape:?}, got {} {:?}",
+                dir.join(name).display(),
+                t.dtype(),
+                t.shape()
+            );
+        }
+        Ok(t)
+    };
+    // Data: 5 samples of 2 features, targets from a fixed linear rule (or --init's).
+    let (xs, ys): (Vec<f32>, Vec<f32>) = if init.is_some() {
+        (
+            load("x.npy", &[5, 2])?.to_vec()?,
+            load("y.npy", &[5, 1])?.to_vec()?,
+        )
+    } else {
+        let xs = Rng::new(seed + 100).vec_uniform(10, -1.0, 1.0);
+        let ys = (0..5)
+            .map(|i| 0.7 * xs[2 * i] - 0.4 * xs[2 * i + 1] + 0.2)
+            .collect();
+        (xs, ys)
+    };
+    let start: Vec<(&str, Tensor)> = if init.is_some() {
+        let shapes: [(&str, &[usize]); 4] =
+            [("w1", &[2, 3]), ("b1", &[3]), ("w2", &[3, 1]), ("b2", &[1])];
+        shapes
+            .iter()
+            .map(|(n, s)| Ok((*n, load(&format!("{n}.npy"), s)?)))
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
 
     let mut runs = Vec::new();
     for d in [&dev, &reference] {
         let (g, pred, loss) = network(seed);
         let step = d.compile(&g, &[&loss, &pred], Sgd::new(0.01))?;
+        for (name, value) in &start {
+            step.set_param(name, value)?;
+        }
         let x = Tensor::from_slice(d, &xs, &[5, 2])?;
         let y = Tensor::from_slice(d, &ys, &[5, 1])?;
         runs.push((step, x, y));
@@ -90,7 +141,11 @@ fn main() -> Result<()> {
             bail!("epoch {epoch}: loss {l} differs from the CPU reference's {lr}");
         }
         if epoch % 200 == 0 || epoch == 999 {
-            println!("Epoch {epoch}, Loss = {l:.8}   (cpu reference {lr:.8})");
+            println!(
+                "Epoch {epoch}, Loss = {}   (cpu reference {})",
+                sig(l),
+                sig(lr)
+            );
         }
         last = losses;
     }
