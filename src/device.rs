@@ -89,6 +89,14 @@ impl Device {
         }
     }
 
+    /// Kernel dispatches recorded so far on this device.
+    pub fn dispatch_count(&self) -> u64 {
+        match &self.inner {
+            DeviceInner::Gpu(g) => g.dispatches(),
+            DeviceInner::Cpu => 0,
+        }
+    }
+
     /// True when both handles refer to the same device.
     pub fn same(&self, other: &Device) -> bool {
         match (&self.inner, &other.inner) {

@@ -38,6 +38,7 @@ const MAX_PENDING_DISPATCHES: usize = 512;
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
     dispatches: usize,
+    dispatches_total: u64,
     submits: u64,
 }
 
@@ -116,6 +117,7 @@ impl GpuContext {
             pending: Mutex::new(Pending {
                 encoder: None,
                 dispatches: 0,
+                dispatches_total: 0,
                 submits: 0,
             }),
             pool: Arc::default(),
@@ -337,6 +339,7 @@ impl GpuContext {
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
         pending.dispatches += 1;
+        pending.dispatches_total += 1;
         if pending.dispatches >= MAX_PENDING_DISPATCHES {
             self.submit_locked(&mut pending);
         }
@@ -379,6 +382,11 @@ impl GpuContext {
     /// Number of queue submits so far (the benchmark reports submits per step).
     pub(crate) fn submits(&self) -> u64 {
         lock(&self.pending).submits
+    }
+
+    /// Number of kernel dispatches recorded so far.
+    pub(crate) fn dispatches(&self) -> u64 {
+        lock(&self.pending).dispatches_total
     }
 
     /// Waits for all submitted work to finish.

@@ -226,7 +226,7 @@ fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Resu
     let yt = Tensor::from_slice(dev, &labels, &[batch])?;
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?) };
     step()?; // warm: pipelines compiled, pool filled
-    let (submits0, t0) = (dev.submit_count(), Instant::now());
+    let (submits0, dispatches0, t0) = (dev.submit_count(), dev.dispatch_count(), Instant::now());
     let reps = if dev.is_gpu() { 50 } else { 5 };
     for _ in 0..reps {
         step()?;
@@ -244,6 +244,10 @@ fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Resu
             (
                 "submits_per_step",
                 (dev.submit_count() - submits0) as f64 / reps as f64,
+            ),
+            (
+                "dispatches_per_step",
+                (dev.dispatch_count() - dispatches0) as f64 / reps as f64,
             ),
             ("nodes", plan.nodes as f64),
             ("planned_peak_bytes", plan.peak_bytes as f64),
