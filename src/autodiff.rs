@@ -1,7 +1,7 @@
 //! Reverse-mode autodiff as a graph transformation: [`grad`] walks the graph
 //! backwards from the output and appends backward nodes — ordinary forward
 //! ops — to the same graph, so the backward pass runs on any device through
-//! the same executor. Each op's rule is in [`backward`], with its math in a comment.
+//! the same executor. Each op's rule is in `backward`, with its math in a comment.
 
 use std::collections::HashMap;
 

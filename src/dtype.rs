@@ -6,9 +6,13 @@ use std::fmt;
 /// The element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit IEEE float.
     F32,
+    /// 16-bit IEEE half-precision float.
     F16,
+    /// 32-bit signed integer.
     I32,
+    /// 32-bit unsigned integer.
     U32,
 }
 
@@ -36,6 +40,7 @@ impl fmt::Display for DType {
 
 /// A Rust type that can be stored in a tensor.
 pub trait Element: bytemuck::Pod + Copy + Send + Sync + 'static {
+    /// The [`DType`] tag of this Rust type.
     const DTYPE: DType;
 }
 

@@ -28,37 +28,59 @@ pub enum Op {
     Const(Tensor),
     /// A tensor of one repeated value.
     Full(f32),
+    /// An element-wise function of one input.
     Unary(UnaryOp),
+    /// An element-wise function of two inputs, with broadcasting.
     Binary(BinaryOp),
     /// `x (op) value`, or `value (op) x` when `lhs`.
     Scalar {
+        /// The binary op applied.
         op: BinaryOp,
+        /// The scalar operand.
         value: f32,
+        /// Whether the scalar is the left operand.
         lhs: bool,
     },
     /// `op(A)·op(B)` with the last two dims transposed where asked.
     MatMul {
+        /// Transpose the last two dims of `A`.
         ta: bool,
+        /// Transpose the last two dims of `B`.
         tb: bool,
     },
+    /// A reduction along one axis.
     Reduce {
+        /// The reduction.
         op: ReduceOp,
+        /// The axis reduced.
         axis: usize,
+        /// Keep the reduced axis with length 1.
         keepdim: bool,
     },
+    /// A reduction over every element (rank-0 result).
     ReduceAll(ReduceOp),
+    /// Softmax along the given axis.
     Softmax(usize),
+    /// Log-softmax along the given axis.
     LogSoftmax(usize),
+    /// Reorders dims: output dim `k` is input dim `axes[k]`.
     Permute(Vec<usize>),
+    /// The same elements under a new shape.
     Reshape(Vec<usize>),
+    /// Broadcasts to the given shape (NumPy rules).
     BroadcastTo(Vec<usize>),
     /// Sums a broadcast result back to a shape it was broadcast from (gradients).
     SumTo(Vec<usize>),
+    /// Elements `start..end` along `axis`.
     Slice {
+        /// The axis sliced.
         axis: usize,
+        /// First index kept.
         start: usize,
+        /// One past the last index kept.
         end: usize,
     },
+    /// Concatenates the inputs along the given axis.
     Concat(usize),
     /// Per-sample softmax cross-entropy: (logits (…, C), labels (…) i32) → (…).
     CrossEntropy,
@@ -96,8 +118,11 @@ impl Op {
 /// One recorded op with its inputs and inferred output shape.
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// What the node computes.
     pub op: Op,
+    /// The nodes it reads, in operand order.
     pub inputs: Vec<NodeId>,
+    /// Its output shape.
     pub shape: Vec<usize>,
     /// f32 everywhere except i32 inputs (class labels).
     pub dtype: DType,
@@ -413,60 +438,79 @@ impl Var {
         self.graph.push(Op::Binary(op), &[self, other])
     }
 
+    /// Applies a unary op to every element.
     pub fn unary(&self, op: UnaryOp) -> Result<Var> {
         self.un(Op::Unary(op))
     }
+    /// `-x`, element-wise.
     pub fn neg(&self) -> Result<Var> {
         self.unary(UnaryOp::Neg)
     }
+    /// `e^x`, element-wise.
     pub fn exp(&self) -> Result<Var> {
         self.unary(UnaryOp::Exp)
     }
+    /// `ln x`, element-wise.
     pub fn log(&self) -> Result<Var> {
         self.unary(UnaryOp::Log)
     }
+    /// `√x`, element-wise.
     pub fn sqrt(&self) -> Result<Var> {
         self.unary(UnaryOp::Sqrt)
     }
+    /// `x²`, element-wise.
     pub fn square(&self) -> Result<Var> {
         self.unary(UnaryOp::Square)
     }
+    /// `max(x, 0)`, element-wise.
     pub fn relu(&self) -> Result<Var> {
         self.unary(UnaryOp::Relu)
     }
+    /// `1 / (1 + e^-x)`, element-wise.
     pub fn sigmoid(&self) -> Result<Var> {
         self.unary(UnaryOp::Sigmoid)
     }
+    /// `tanh x`, element-wise.
     pub fn tanh(&self) -> Result<Var> {
         self.unary(UnaryOp::Tanh)
     }
+    /// GELU, exact erf form: `0.5·x·(1 + erf(x/√2))`, element-wise.
     pub fn gelu(&self) -> Result<Var> {
         self.unary(UnaryOp::Gelu)
     }
+    /// `|x|`, element-wise.
     pub fn abs(&self) -> Result<Var> {
         self.unary(UnaryOp::Abs)
     }
+    /// Applies a binary op with NumPy broadcasting.
     pub fn binary(&self, other: &Var, op: BinaryOp) -> Result<Var> {
         self.bin(other, op)
     }
+    /// `self + other`, with broadcasting.
     pub fn add(&self, other: &Var) -> Result<Var> {
         self.bin(other, BinaryOp::Add)
     }
+    /// `self - other`, with broadcasting.
     pub fn sub(&self, other: &Var) -> Result<Var> {
         self.bin(other, BinaryOp::Sub)
     }
+    /// `self · other`, element-wise with broadcasting.
     pub fn mul(&self, other: &Var) -> Result<Var> {
         self.bin(other, BinaryOp::Mul)
     }
+    /// `self / other`, with broadcasting.
     pub fn div(&self, other: &Var) -> Result<Var> {
         self.bin(other, BinaryOp::Div)
     }
+    /// `max(self, other)`, element-wise with broadcasting.
     pub fn maximum(&self, other: &Var) -> Result<Var> {
         self.bin(other, BinaryOp::Maximum)
     }
+    /// `min(self, other)`, element-wise with broadcasting.
     pub fn minimum(&self, other: &Var) -> Result<Var> {
         self.bin(other, BinaryOp::Minimum)
     }
+    /// `self^other`, element-wise with broadcasting.
     pub fn pow(&self, other: &Var) -> Result<Var> {
         self.bin(other, BinaryOp::Pow)
     }
@@ -474,12 +518,15 @@ impl Var {
     pub fn scalar(&self, op: BinaryOp, value: f32, lhs: bool) -> Result<Var> {
         self.un(Op::Scalar { op, value, lhs })
     }
+    /// `self + v`.
     pub fn add_scalar(&self, v: f32) -> Result<Var> {
         self.scalar(BinaryOp::Add, v, false)
     }
+    /// `self · v`.
     pub fn mul_scalar(&self, v: f32) -> Result<Var> {
         self.scalar(BinaryOp::Mul, v, false)
     }
+    /// Matrix product `self·other` (batched over leading dims; 1-D as NumPy).
     pub fn matmul(&self, other: &Var) -> Result<Var> {
         self.matmul_t(other, false, false)
     }
@@ -507,16 +554,20 @@ impl Var {
             .push(Op::MatMul { ta, tb }, &[&a, &b])?
             .reshape(&out)
     }
+    /// Reduces along `axis` (negative counts from the end); `keepdim` keeps it with length 1.
     pub fn reduce(&self, op: ReduceOp, axis: isize, keepdim: bool) -> Result<Var> {
         let axis = normalize_axis(op.name(), axis, &self.shape)?;
         self.un(Op::Reduce { op, axis, keepdim })
     }
+    /// Sum along `axis`.
     pub fn sum_axis(&self, axis: isize, keepdim: bool) -> Result<Var> {
         self.reduce(ReduceOp::Sum, axis, keepdim)
     }
+    /// Mean along `axis`.
     pub fn mean_axis(&self, axis: isize, keepdim: bool) -> Result<Var> {
         self.reduce(ReduceOp::Mean, axis, keepdim)
     }
+    /// Maximum along `axis`.
     pub fn max_axis(&self, axis: isize, keepdim: bool) -> Result<Var> {
         self.reduce(ReduceOp::Max, axis, keepdim)
     }
@@ -528,10 +579,12 @@ impl Var {
     pub fn mean(&self) -> Result<Var> {
         self.un(Op::ReduceAll(ReduceOp::Mean))
     }
+    /// Softmax along `axis` (negative counts from the end).
     pub fn softmax(&self, axis: isize) -> Result<Var> {
         let a = normalize_axis("softmax", axis, &self.shape)?;
         self.un(Op::Softmax(a))
     }
+    /// Log-softmax along `axis` (negative counts from the end).
     pub fn log_softmax(&self, axis: isize) -> Result<Var> {
         let a = normalize_axis("log_softmax", axis, &self.shape)?;
         self.un(Op::LogSoftmax(a))
@@ -549,18 +602,23 @@ impl Var {
         axes.swap(r - 2, r - 1);
         self.permute(&axes)
     }
+    /// Reorders the dims: output dim `k` is input dim `axes[k]`.
     pub fn permute(&self, axes: &[usize]) -> Result<Var> {
         self.un(Op::Permute(axes.to_vec()))
     }
+    /// The same elements under a new shape of equal size.
     pub fn reshape(&self, shape: &[usize]) -> Result<Var> {
         self.un(Op::Reshape(shape.to_vec()))
     }
+    /// Broadcasts to `shape` with NumPy rules.
     pub fn broadcast_to(&self, shape: &[usize]) -> Result<Var> {
         self.un(Op::BroadcastTo(shape.to_vec()))
     }
+    /// Sums a broadcast value back down to `shape` (the adjoint of broadcasting).
     pub fn sum_to(&self, shape: &[usize]) -> Result<Var> {
         self.un(Op::SumTo(shape.to_vec()))
     }
+    /// Elements `start..end` (end exclusive) along `axis`.
     pub fn slice(&self, axis: isize, start: usize, end: usize) -> Result<Var> {
         let a = normalize_axis("slice", axis, &self.shape)?;
         self.un(Op::Slice {

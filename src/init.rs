@@ -6,29 +6,43 @@ use crate::rng::Rng;
 /// How a parameter's first values are made.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Init {
+    /// All zeros.
     Zeros,
+    /// All ones.
     Ones,
+    /// Every element set to the given value.
     Constant(f32),
+    /// Uniform on `[lo, hi)`.
     Uniform {
+        /// Lower bound (inclusive).
         lo: f32,
+        /// Upper bound (exclusive).
         hi: f32,
+        /// Seed of the host [`Rng`].
         seed: u64,
     },
+    /// Normal: N(mean, std²).
     Normal {
+        /// Mean.
         mean: f32,
+        /// Standard deviation.
         std: f32,
+        /// Seed of the host [`Rng`].
         seed: u64,
     },
     /// Glorot/Xavier uniform: U(±sqrt(6 / (fan_in + fan_out))).
     XavierUniform {
+        /// Seed of the host [`Rng`].
         seed: u64,
     },
     /// He/Kaiming normal for ReLU: N(0, 2 / fan_in).
     KaimingNormal {
+        /// Seed of the host [`Rng`].
         seed: u64,
     },
     /// A matrix with orthonormal columns (or rows, when wider than tall), by Gram-Schmidt.
     Orthogonal {
+        /// Seed of the host [`Rng`].
         seed: u64,
     },
 }

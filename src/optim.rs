@@ -18,18 +18,27 @@ pub(crate) const SHADER: Kernel = Kernel {
 pub enum Optimizer {
     /// SGD with optional momentum and L2 weight decay.
     Sgd {
+        /// Learning rate.
         lr: f32,
+        /// Momentum factor (0 for none).
         momentum: f32,
+        /// L2 weight decay coefficient (0 for none).
         weight_decay: f32,
     },
     /// Adam (`decoupled: false`, L2 decay added to the gradient) or AdamW
     /// (`decoupled: true`, decay applied to the weights).
     Adam {
+        /// Learning rate.
         lr: f32,
+        /// Decay rate of the first-moment (mean) estimate.
         beta1: f32,
+        /// Decay rate of the second-moment (uncentred variance) estimate.
         beta2: f32,
+        /// Added to the denominator for numerical stability.
         eps: f32,
+        /// Weight decay coefficient (0 for none).
         weight_decay: f32,
+        /// `true` for AdamW (decay applied to the weights), `false` for L2 decay.
         decoupled: bool,
     },
 }

@@ -21,14 +21,23 @@ pub(crate) const SHADER: Kernel = Kernel {
 /// Element-wise functions of one argument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
+    /// `-x`.
     Neg,
+    /// `|x|`.
     Abs,
+    /// `e^x`.
     Exp,
+    /// Natural logarithm, `ln x`.
     Log,
+    /// `√x`.
     Sqrt,
+    /// `x²`.
     Square,
+    /// `max(x, 0)`.
     Relu,
+    /// `1 / (1 + e^-x)`.
     Sigmoid,
+    /// `tanh x`.
     Tanh,
     /// GELU with the exact erf form: `0.5·x·(1 + erf(x/√2))`.
     Gelu,
@@ -39,18 +48,31 @@ pub enum UnaryOp {
 /// Element-wise functions of two arguments (comparisons give 1.0 or 0.0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BinaryOp {
+    /// `a + b`.
     Add,
+    /// `a - b`.
     Sub,
+    /// `a · b`.
     Mul,
+    /// `a / b`.
     Div,
+    /// `max(a, b)`.
     Maximum,
+    /// `min(a, b)`.
     Minimum,
+    /// `a^b`.
     Pow,
+    /// `a == b`.
     Eq,
+    /// `a != b`.
     Ne,
+    /// `a < b`.
     Lt,
+    /// `a <= b`.
     Le,
+    /// `a > b`.
     Gt,
+    /// `a >= b`.
     Ge,
 }
 

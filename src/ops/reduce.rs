@@ -31,9 +31,13 @@ pub(crate) const SHADER: Kernel = Kernel {
 /// Reductions along an axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
+    /// Sum of the elements.
     Sum,
+    /// Arithmetic mean of the elements.
     Mean,
+    /// Largest element.
     Max,
+    /// Smallest element.
     Min,
 }
 
