@@ -4,14 +4,43 @@
 //! wgpu storage buffers, kernels written in WGSL, and a CPU reference
 //! implementation of every op that verifies every kernel.
 //!
-//! ```no_run
+//! Eager ops on a [`Device`] (these examples run on the CPU reference so they
+//! run anywhere; [`Device::gpu`] gives the same API on the best adapter):
+//!
+//! ```
 //! use wgrad::{Device, Tensor};
 //! # fn main() -> wgrad::Result<()> {
-//! let dev = Device::gpu()?; // or Device::cpu(), the reference
+//! let dev = Device::cpu(); // or Device::gpu()?
 //! let w = Tensor::from_slice(&dev, &[1.0f32, 2.0, 3.0, 4.0], &[2, 2])?;
 //! let x = Tensor::from_slice(&dev, &[5.0f32, 6.0], &[2])?;
-//! let y = w.matmul(&x)?.relu()?; // [17, 39]
-//! assert_eq!(y.to_vec::<f32>()?, vec![17.0, 39.0]);
+//! let b = Tensor::from_slice(&dev, &[10.0f32, 100.0], &[2])?;
+//! let y = w.matmul(&x)?.add(&b)?.relu()?; // ReLU(Wx + b)
+//! assert_eq!(y.to_vec::<f32>()?, vec![27.0, 139.0]);
+//! let p = y.softmax(-1)?;
+//! assert!((p.sum()?.item()? - 1.0).abs() < 1e-6);
+//! # Ok(()) }
+//! ```
+//!
+//! Training through a [`Graph`]: autodiff appends the backward pass, and
+//! [`Device::compile`] plans forward, backward and update once:
+//!
+//! ```
+//! use wgrad::{Device, Graph, Init, Sgd, Tensor};
+//! # fn main() -> wgrad::Result<()> {
+//! let dev = Device::cpu();
+//! let g = Graph::new();
+//! let x = g.input("x", &[4, 1]);
+//! let y = g.input("y", &[4, 1]);
+//! let w = g.param("w", &[1, 1], Init::Zeros);
+//! let loss = x.matmul(&w)?.mse(&y)?;
+//! let step = dev.compile(&g, &[&loss], Sgd::new(0.1))?;
+//! let xs = Tensor::from_slice(&dev, &[1.0f32, 2.0, 3.0, 4.0], &[4, 1])?;
+//! let ys = Tensor::from_slice(&dev, &[2.0f32, 4.0, 6.0, 8.0], &[4, 1])?; // y = 2x
+//! for _ in 0..50 {
+//!     step.run(&[("x", &xs), ("y", &ys)])?;
+//! }
+//! let w = step.param("w")?.item()?;
+//! assert!((w - 2.0).abs() < 1e-3, "learned w = {w}");
 //! # Ok(()) }
 //! ```
 
@@ -26,6 +55,7 @@ pub(crate) mod gpu;
 pub mod graph;
 pub mod init;
 pub mod io;
+pub mod linalg;
 pub mod ops;
 pub mod optim;
 pub mod rng;
@@ -58,6 +88,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("layout.wgsl", ops::layout::SHADER.source),
         ("optim.wgsl", optim::SHADER.source),
         ("loss.wgsl", ops::loss::SHADER.source),
+        ("linalg.wgsl", linalg::SHADER.source),
     ]
 }
 
