@@ -371,6 +371,8 @@ fn eval(op: &Op, x: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Op::Concat(axis) => Tensor::concat(x, *axis as isize),
         Op::CrossEntropy => x[0].cross_entropy(x[1]),
         Op::CrossEntropyGrad => x[0].cross_entropy_backward(x[1], x[2]),
+        Op::Im2Col(geom) => x[0].im2col(*geom),
+        Op::Col2Im(geom, image) => x[0].col2im(*geom, image),
         Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Full(_) => Err(Error::Invalid {
             op: op.name(),
             detail: format!("leaf of shape {shape:?} has no computation"),

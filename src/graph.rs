@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::init::Init;
+use crate::ops::conv::Conv2d;
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use crate::ops::reduce::ReduceOp;
 use crate::shape::{broadcast_shapes, check_rank, normalize_axis};
@@ -86,6 +87,10 @@ pub enum Op {
     CrossEntropy,
     /// Its gradient: (logits, labels, upstream (…)) → (…, C).
     CrossEntropyGrad,
+    /// Patch matrix of an NCHW batch: (N, C, H, W) → (N, OH·OW, C·KH·KW).
+    Im2Col(Conv2d),
+    /// Its adjoint: patches → an image batch of the given (N, C, H, W) shape.
+    Col2Im(Conv2d, Vec<usize>),
 }
 
 impl Op {
@@ -111,6 +116,8 @@ impl Op {
             Op::Concat(_) => "concat",
             Op::CrossEntropy => "cross_entropy",
             Op::CrossEntropyGrad => "cross_entropy_backward",
+            Op::Im2Col(_) => "im2col",
+            Op::Col2Im(..) => "col2im",
         }
     }
 }
@@ -329,6 +336,18 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             s
         }
         Op::ReduceAll(_) => vec![],
+        Op::Im2Col(geom) => {
+            let (oh, ow) = geom.output_size(name, x)?;
+            vec![x[0], oh * ow, x[1] * geom.kh * geom.kw]
+        }
+        Op::Col2Im(geom, image) => {
+            let (oh, ow) = geom.output_size(name, image)?;
+            let want = [image[0], oh * ow, image[1] * geom.kh * geom.kw];
+            if x != want {
+                return Err(mismatch(format!("patches {x:?} do not fit image {image:?} (expected {want:?})")));
+            }
+            image.clone()
+        }
         Op::CrossEntropy => {
             crate::ops::loss::cross_entropy_shape(name, x, shapes[1])?;
             shapes[1].to_vec()
@@ -631,6 +650,24 @@ impl Var {
     /// labels (…) (see [`Graph::input_i32`]); take `.mean()` for the usual loss.
     pub fn cross_entropy(&self, labels: &Var) -> Result<Var> {
         self.graph.push(Op::CrossEntropy, &[self, labels])
+    }
+
+    /// Patch matrix of an NCHW batch (see [`Tensor::im2col`]).
+    pub fn im2col(&self, geom: Conv2d) -> Result<Var> {
+        self.un(Op::Im2Col(geom))
+    }
+
+    /// 2-D convolution with filters (F, C, KH, KW) as im2col · W_flatᵀ: (N, F, OH, OW).
+    /// Differentiable in both the input and the filters.
+    pub fn conv2d(&self, weight: &Var, geom: Conv2d) -> Result<Var> {
+        let (n, f) = crate::ops::conv::check_conv2d(&self.shape, &weight.shape, geom)?;
+        let (oh, ow) = geom.output_size("conv2d", &self.shape)?;
+        let ck = weight.shape[1..].iter().product::<usize>();
+        // (N, L, CK) · (F, CK)ᵀ = (N, L, F) → (N, F, L) → (N, F, OH, OW)
+        self.im2col(geom)?
+            .matmul_t(&weight.reshape(&[f, ck])?, false, true)?
+            .permute(&[0, 2, 1])?
+            .reshape(&[n, f, oh, ow])
     }
 
     /// Mean squared error against `target` (broadcasting): `mean((self - target)²)`.

@@ -69,6 +69,7 @@ pub use executor::{Executor, MemoryPlan};
 pub use gpu::{AdapterSummary, PoolStats};
 pub use graph::{Graph, Op, Var};
 pub use init::Init;
+pub use ops::conv::Conv2d;
 pub use ops::elementwise::{BinaryOp, UnaryOp};
 pub use ops::layout::TransposeKernel;
 pub use ops::matmul::MatmulVariant;
@@ -88,6 +89,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("layout.wgsl", ops::layout::SHADER.source),
         ("optim.wgsl", optim::SHADER.source),
         ("loss.wgsl", ops::loss::SHADER.source),
+        ("conv.wgsl", ops::conv::SHADER.source),
         ("linalg.wgsl", linalg::SHADER.source),
     ]
 }

@@ -1,0 +1,293 @@
+//! Convolution as matrix multiplication: `im2col` turns an NCHW image batch into a
+//! patch matrix, and a convolution is that matrix times the flattened filters.
+//! `col2im` is its adjoint (the gradient of `im2col`), summing patches back.
+//!
+//! Shape rule: x (N, C, H, W) with a KH×KW kernel, stride s, padding p, dilation d gives
+//! OH = (H + 2p - d·(KH-1) - 1)/s + 1 (and OW likewise); patches are (N, OH·OW, C·KH·KW).
+//! CPU reference: plain loops. GPU: `shaders/conv.wgsl`.
+//! Gradient: d im2col = col2im, d col2im = im2col (each is the other's transpose).
+
+use crate::device::DeviceInner;
+use crate::error::{Error, Result};
+use crate::gpu::Kernel;
+use crate::ops::{gpu_output, grid_1d};
+use crate::tensor::Tensor;
+use crate::DType;
+
+pub(crate) const SHADER: Kernel = Kernel {
+    name: "conv",
+    source: include_str!("../../shaders/conv.wgsl"),
+};
+
+/// Geometry of a 2-D convolution window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2d {
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Step between windows (both directions).
+    pub stride: usize,
+    /// Zeros added on every side.
+    pub padding: usize,
+    /// Spacing between kernel taps.
+    pub dilation: usize,
+}
+
+impl Conv2d {
+    /// A kh×kw window with stride 1, no padding, no dilation.
+    pub fn new(kh: usize, kw: usize) -> Conv2d {
+        Conv2d {
+            kh,
+            kw,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+        }
+    }
+
+    /// The same window with another stride.
+    pub fn stride(self, stride: usize) -> Conv2d {
+        Conv2d { stride, ..self }
+    }
+
+    /// The same window with another padding.
+    pub fn padding(self, padding: usize) -> Conv2d {
+        Conv2d { padding, ..self }
+    }
+
+    /// The same window with another dilation.
+    pub fn dilation(self, dilation: usize) -> Conv2d {
+        Conv2d { dilation, ..self }
+    }
+
+    /// Output positions (OH, OW) for an input of shape (N, C, H, W), or the error naming `op`.
+    pub fn output_size(&self, op: &'static str, x: &[usize]) -> Result<(usize, usize)> {
+        let [_, _, h, w] = x else {
+            return Err(Error::Shape {
+                op,
+                detail: format!("input must be (N, C, H, W), got {x:?}"),
+            });
+        };
+        if self.kh == 0 || self.kw == 0 || self.stride == 0 || self.dilation == 0 {
+            return Err(Error::Invalid {
+                op,
+                detail: format!("kernel, stride and dilation must be positive: {self:?}"),
+            });
+        }
+        let span = |k: usize| self.dilation * (k - 1) + 1;
+        let (ph, pw) = (h + 2 * self.padding, w + 2 * self.padding);
+        if span(self.kh) > ph || span(self.kw) > pw {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "kernel {}x{} (dilation {}) is larger than the padded input {ph}x{pw} of {x:?}",
+                    self.kh, self.kw, self.dilation
+                ),
+            });
+        }
+        Ok((
+            (ph - span(self.kh)) / self.stride + 1,
+            (pw - span(self.kw)) / self.stride + 1,
+        ))
+    }
+
+    fn params(&self, x: &[usize], oh: usize, ow: usize, total: usize) -> [u32; 12] {
+        let v = [
+            x[0],
+            x[1],
+            x[2],
+            x[3],
+            self.kh,
+            self.kw,
+            self.stride,
+            self.padding,
+            self.dilation,
+            oh,
+            ow,
+            total,
+        ];
+        v.map(|d| d as u32)
+    }
+}
+
+/// CPU reference of im2col: patches (N, OH·OW, C·KH·KW).
+fn im2col_reference(x: &[f32], s: &[usize], g: &Conv2d, oh: usize, ow: usize) -> Vec<f32> {
+    let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+    let ck = c * g.kh * g.kw;
+    let mut out = vec![0.0f32; n * oh * ow * ck];
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = (b * oh * ow + oy * ow + ox) * ck;
+                for ch in 0..c {
+                    for ki in 0..g.kh {
+                        for kj in 0..g.kw {
+                            let iy =
+                                (oy * g.stride + ki * g.dilation) as isize - g.padding as isize;
+                            let ix =
+                                (ox * g.stride + kj * g.dilation) as isize - g.padding as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                out[row + (ch * g.kh + ki) * g.kw + kj] =
+                                    x[((b * c + ch) * h + iy as usize) * w + ix as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// CPU reference of col2im: scatters (adds) every patch value back to its pixel, in f64.
+fn col2im_reference(cols: &[f32], s: &[usize], g: &Conv2d, oh: usize, ow: usize) -> Vec<f32> {
+    let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+    let ck = c * g.kh * g.kw;
+    let mut out = vec![0.0f64; n * c * h * w];
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = (b * oh * ow + oy * ow + ox) * ck;
+                for ch in 0..c {
+                    for ki in 0..g.kh {
+                        for kj in 0..g.kw {
+                            let iy =
+                                (oy * g.stride + ki * g.dilation) as isize - g.padding as isize;
+                            let ix =
+                                (ox * g.stride + kj * g.dilation) as isize - g.padding as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                out[((b * c + ch) * h + iy as usize) * w + ix as usize] +=
+                                    cols[row + (ch * g.kh + ki) * g.kw + kj] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().map(|v| v as f32).collect()
+}
+
+impl Tensor {
+    /// The patch matrix of an NCHW batch: (N, OH·OW, C·KH·KW).
+    pub fn im2col(&self, geom: Conv2d) -> Result<Tensor> {
+        let op = "im2col";
+        self.expect_f32(op)?;
+        let (oh, ow) = geom.output_size(op, self.shape())?;
+        let s = self.shape().to_vec();
+        let out_shape = [s[0], oh * ow, s[1] * geom.kh * geom.kw];
+        match &self.device().inner {
+            DeviceInner::Cpu => {
+                let x = self.host_f32().unwrap_or(&[]);
+                Ok(Tensor::cpu_f32(
+                    &out_shape,
+                    im2col_reference(x, &s, &geom, oh, ow),
+                ))
+            }
+            DeviceInner::Gpu(ctx) => {
+                let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
+                let total = out.numel();
+                if total > 0 {
+                    let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
+                        unreachable!("GPU device holds GPU tensors")
+                    };
+                    let params = geom.params(&s, oh, ow, total);
+                    ctx.dispatch(
+                        &SHADER,
+                        "im2col_forward",
+                        &[],
+                        &params,
+                        &[x, o],
+                        grid_1d(ctx, total),
+                    )?;
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Adds patches (N, OH·OW, C·KH·KW) back into an image batch of `image_shape`
+    /// (N, C, H, W): the adjoint of [`Tensor::im2col`].
+    pub fn col2im(&self, geom: Conv2d, image_shape: &[usize]) -> Result<Tensor> {
+        let op = "col2im";
+        self.expect_f32(op)?;
+        let (oh, ow) = geom.output_size(op, image_shape)?;
+        let s = image_shape.to_vec();
+        let want = [s[0], oh * ow, s[1] * geom.kh * geom.kw];
+        if self.shape() != want {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "patches {:?} do not fit image {image_shape:?} (expected {want:?})",
+                    self.shape()
+                ),
+            });
+        }
+        match &self.device().inner {
+            DeviceInner::Cpu => {
+                let cols = self.host_f32().unwrap_or(&[]);
+                Ok(Tensor::cpu_f32(
+                    &s,
+                    col2im_reference(cols, &s, &geom, oh, ow),
+                ))
+            }
+            DeviceInner::Gpu(ctx) => {
+                let out = gpu_output(ctx, self.device(), op, &s, DType::F32)?;
+                let total = out.numel();
+                if total > 0 {
+                    let (Some(c), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
+                        unreachable!("GPU device holds GPU tensors")
+                    };
+                    let params = geom.params(&s, oh, ow, total);
+                    ctx.dispatch(
+                        &SHADER,
+                        "col2im_forward",
+                        &[],
+                        &params,
+                        &[c, o],
+                        grid_1d(ctx, total),
+                    )?;
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// 2-D convolution of x (N, C, H, W) with filters (F, C, KH, KW), as
+    /// im2col · W_flatᵀ: gives (N, F, OH, OW). The window's `kh`/`kw` must match the filters.
+    pub fn conv2d(&self, weight: &Tensor, geom: Conv2d) -> Result<Tensor> {
+        let (n, f) = check_conv2d(self.shape(), weight.shape(), geom)?;
+        let (oh, ow) = geom.output_size("conv2d", self.shape())?;
+        let w_flat = weight.reshape(&[f, weight.numel() / f.max(1)])?;
+        // (N, L, CK) · (F, CK)ᵀ = (N, L, F) → (N, F, L) → (N, F, OH, OW)
+        self.im2col(geom)?
+            .matmul_t(&w_flat, false, true)?
+            .permute(&[0, 2, 1])?
+            .reshape(&[n, f, oh, ow])
+    }
+}
+
+/// Checks x (N, C, H, W) against filters (F, C, KH, KW) and the window; returns (N, F).
+pub(crate) fn check_conv2d(x: &[usize], w: &[usize], geom: Conv2d) -> Result<(usize, usize)> {
+    let op = "conv2d";
+    let ([n, c, ..], [f, wc, kh, kw]) = (x, w) else {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "input must be (N, C, H, W) and filters (F, C, KH, KW), got {x:?} and {w:?}"
+            ),
+        });
+    };
+    if x.len() != 4 || c != wc || (*kh, *kw) != (geom.kh, geom.kw) {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "input {x:?} and filters {w:?} disagree (channels {c} vs {wc}, window {}x{})",
+                geom.kh, geom.kw
+            ),
+        });
+    }
+    geom.output_size(op, x)?;
+    Ok((*n, *f))
+}

@@ -1,0 +1,254 @@
+//! Convolution as matmul: im2col / col2im against the CPU reference on awkward
+//! shapes, conv2d against a direct convolution, gradients, and errors.
+
+mod common;
+
+use common::{assert_close, assert_tensor_close, gpu, pair, uniform};
+use wgrad::autodiff::grad;
+use wgrad::{Conv2d, Device, Error, Graph, Tensor};
+
+/// (input shape, window) cases: batch 1, odd channels, padding, stride 2,
+/// dilation, non-square images, a 1x1 kernel.
+fn cases() -> Vec<([usize; 4], Conv2d)> {
+    vec![
+        ([1, 1, 5, 5], Conv2d::new(3, 3)),
+        ([2, 3, 7, 5], Conv2d::new(3, 3).padding(1)),
+        ([1, 5, 9, 6], Conv2d::new(3, 2).stride(2)),
+        ([3, 2, 8, 8], Conv2d::new(3, 3).stride(2).padding(2)),
+        ([2, 3, 9, 11], Conv2d::new(3, 3).dilation(2).padding(1)),
+        ([2, 4, 6, 6], Conv2d::new(1, 1)),
+        ([1, 3, 33, 17], Conv2d::new(5, 5).stride(3).padding(2)),
+    ]
+}
+
+/// Direct convolution in f64: out[n, f, y, x] = Σ w[f, c, i, j] · x[n, c, y·s - p + i·d, x·s - p + j·d].
+fn direct_conv(x: &[f32], xs: [usize; 4], w: &[f32], f: usize, g: Conv2d) -> Vec<f32> {
+    let [n, c, h, wd] = xs;
+    let oh = (h + 2 * g.padding - g.dilation * (g.kh - 1) - 1) / g.stride + 1;
+    let ow = (wd + 2 * g.padding - g.dilation * (g.kw - 1) - 1) / g.stride + 1;
+    let mut out = Vec::with_capacity(n * f * oh * ow);
+    for b in 0..n {
+        for k in 0..f {
+            for y in 0..oh {
+                for z in 0..ow {
+                    let mut s = 0.0f64;
+                    for ch in 0..c {
+                        for i in 0..g.kh {
+                            for j in 0..g.kw {
+                                let iy =
+                                    (y * g.stride + i * g.dilation) as isize - g.padding as isize;
+                                let ix =
+                                    (z * g.stride + j * g.dilation) as isize - g.padding as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                    let xv = x[((b * c + ch) * h + iy as usize) * wd + ix as usize]
+                                        as f64;
+                                    s += xv * w[((k * c + ch) * g.kh + i) * g.kw + j] as f64;
+                                }
+                            }
+                        }
+                    }
+                    out.push(s as f32);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn im2col_and_col2im_match_reference() {
+    let Some(dev) = gpu() else { return };
+    for (k, (xs, geom)) in cases().into_iter().enumerate() {
+        let n: usize = xs.iter().product();
+        let (gx, cx) = pair(&dev, &uniform(k as u64, n, -1.0, 1.0), &xs);
+        let label = format!("im2col {xs:?} {geom:?}");
+        let cols = cx.im2col(geom).unwrap();
+        assert_tensor_close(&label, &gx.im2col(geom).unwrap(), &cols, 0.0, 0.0);
+        let (gc, cc) = pair(
+            &dev,
+            &uniform(k as u64 + 50, cols.numel(), -1.0, 1.0),
+            cols.shape(),
+        );
+        let label = format!("col2im {xs:?} {geom:?}");
+        assert_tensor_close(
+            &label,
+            &gc.col2im(geom, &xs).unwrap(),
+            &cc.col2im(geom, &xs).unwrap(),
+            1e-6,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn col2im_is_the_adjoint_of_im2col() {
+    // <im2col(x), y> = <x, col2im(y)> for every x, y: the property the gradient rule relies on.
+    let cpu = Device::cpu();
+    for (k, (xs, geom)) in cases().into_iter().enumerate() {
+        let x = uniform(k as u64, xs.iter().product(), -1.0, 1.0);
+        let xt = Tensor::from_slice(&cpu, &x, &xs).unwrap();
+        let cols = xt.im2col(geom).unwrap();
+        let y = uniform(k as u64 + 9, cols.numel(), -1.0, 1.0);
+        let yt = Tensor::from_slice(&cpu, &y, cols.shape()).unwrap();
+        let lhs: f64 = cols
+            .to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let back = yt.col2im(geom, &xs).unwrap().to_vec::<f32>().unwrap();
+        let rhs: f64 = back
+            .iter()
+            .zip(&x)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        assert!(
+            (lhs - rhs).abs() <= 1e-4 * (1.0 + lhs.abs()),
+            "{xs:?} {geom:?}: {lhs} vs {rhs}"
+        );
+    }
+}
+
+#[test]
+fn conv2d_matches_a_direct_convolution() {
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        for (k, (xs, geom)) in cases().into_iter().enumerate() {
+            let f = 1 + k % 4;
+            let x = uniform(k as u64, xs.iter().product(), -1.0, 1.0);
+            let w = uniform(k as u64 + 7, f * xs[1] * geom.kh * geom.kw, -1.0, 1.0);
+            let xt = Tensor::from_slice(&dev, &x, &xs).unwrap();
+            let wt = Tensor::from_slice(&dev, &w, &[f, xs[1], geom.kh, geom.kw]).unwrap();
+            let got = xt.conv2d(&wt, geom).unwrap();
+            let want = direct_conv(&x, xs, &w, f, geom);
+            let label = format!("conv2d {xs:?} f={f} {geom:?} on {}", dev.name());
+            assert_close(&label, &got.to_vec::<f32>().unwrap(), &want, 1e-5, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn conv2d_gradients_match_finite_differences_and_gpu() {
+    let (xs, geom, f) = (
+        [2usize, 2, 5, 4],
+        Conv2d::new(3, 2).stride(2).padding(1),
+        3usize,
+    );
+    let ws = [f, xs[1], geom.kh, geom.kw];
+    let g = Graph::new();
+    let x = g.input("x", &xs);
+    let w = g.input("w", &ws);
+    let y = x.conv2d(&w, geom).unwrap();
+    let r = Tensor::from_slice(
+        &Device::cpu(),
+        &uniform(3, y.shape().iter().product(), 0.5, 1.5),
+        y.shape(),
+    )
+    .unwrap();
+    let loss = y.mul(&g.constant(&r).unwrap()).unwrap().sum().unwrap();
+    let grads = grad(&loss, &[&x, &w]).unwrap();
+    let xv = uniform(1, xs.iter().product(), -1.0, 1.0);
+    let wv = uniform(2, ws.iter().product(), -1.0, 1.0);
+    let run = |dev: &Device, xv: &[f32], wv: &[f32], outs: &[&wgrad::Var]| -> Vec<Vec<f32>> {
+        let exe = dev.compile(&g, outs, None).unwrap();
+        let (xt, wt) = (
+            Tensor::from_slice(dev, xv, &xs).unwrap(),
+            Tensor::from_slice(dev, wv, &ws).unwrap(),
+        );
+        exe.run(&[("x", &xt), ("w", &wt)])
+            .unwrap()
+            .iter()
+            .map(|t| t.to_vec::<f32>().unwrap())
+            .collect()
+    };
+    let cpu = Device::cpu();
+    let analytic = run(&cpu, &xv, &wv, &[&grads[0], &grads[1]]);
+    let h = 1e-2f32;
+    for (which, base) in [(0usize, &xv), (1, &wv)] {
+        let numeric: Vec<f32> = (0..base.len())
+            .map(|i| {
+                let mut p = base.clone();
+                p[i] += h;
+                let up = if which == 0 {
+                    run(&cpu, &p, &wv, &[&loss])
+                } else {
+                    run(&cpu, &xv, &p, &[&loss])
+                }[0][0] as f64;
+                p[i] -= 2.0 * h;
+                let down = if which == 0 {
+                    run(&cpu, &p, &wv, &[&loss])
+                } else {
+                    run(&cpu, &xv, &p, &[&loss])
+                }[0][0] as f64;
+                ((up - down) / (2.0 * h as f64)) as f32
+            })
+            .collect();
+        assert_close(
+            &format!("d conv2d / d input {which}"),
+            &analytic[which],
+            &numeric,
+            2e-3,
+            2e-2,
+        );
+    }
+    if let Some(dev) = gpu() {
+        let on_gpu = run(&dev, &xv, &wv, &[&grads[0], &grads[1]]);
+        assert_close(
+            "d conv2d / dx GPU vs CPU",
+            &on_gpu[0],
+            &analytic[0],
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            "d conv2d / dw GPU vs CPU",
+            &on_gpu[1],
+            &analytic[1],
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn bad_geometry_is_a_typed_error() {
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        let x = Tensor::zeros(&dev, &[1, 3, 4, 4]).unwrap();
+        let e = x.im2col(Conv2d::new(5, 5)).unwrap_err();
+        assert!(
+            matches!(&e, Error::Shape { op: "im2col", detail } if detail.contains("larger than the padded input")),
+            "{e}"
+        );
+        assert!(
+            x.im2col(Conv2d::new(5, 5).padding(1)).is_ok(),
+            "padding makes room"
+        );
+        let w = Tensor::zeros(&dev, &[2, 4, 3, 3]).unwrap();
+        let e = x.conv2d(&w, Conv2d::new(3, 3)).unwrap_err();
+        assert!(
+            matches!(&e, Error::Shape { op: "conv2d", detail } if detail.contains("channels 3 vs 4")),
+            "{e}"
+        );
+        assert!(matches!(
+            x.im2col(Conv2d::new(3, 3).stride(0)).unwrap_err(),
+            Error::Invalid { .. }
+        ));
+        assert!(matches!(
+            Tensor::zeros(&dev, &[3, 4, 4])
+                .unwrap()
+                .im2col(Conv2d::new(1, 1))
+                .unwrap_err(),
+            Error::Shape { .. }
+        ));
+        let cols = Tensor::zeros(&dev, &[1, 4, 27]).unwrap();
+        assert!(matches!(
+            cols.col2im(Conv2d::new(3, 3), &[1, 3, 5, 5]).unwrap_err(),
+            Error::Shape { op: "col2im", .. }
+        ));
+    }
+    let g = Graph::new();
+    let x = g.input("x", &[1, 3, 4, 4]);
+    assert!(x
+        .conv2d(&g.input("w", &[2, 3, 5, 5]), Conv2d::new(5, 5))
+        .is_err());
+}
