@@ -670,6 +670,63 @@ impl Var {
             .reshape(&[n, f, oh, ow])
     }
 
+    /// Layer normalisation over the last axis: `(x - mean) / sqrt(var + eps)` with the
+    /// biased variance, as PyTorch's `layer_norm` without its affine part (multiply and
+    /// add a learned scale and shift after it). Differentiable through its composition.
+    pub fn layer_norm(&self, eps: f32) -> Result<Var> {
+        let centred = self.sub(&self.mean_axis(-1, true)?)?;
+        let var = centred.square()?.mean_axis(-1, true)?;
+        centred.div(&var.add_scalar(eps)?.sqrt()?)
+    }
+
+    /// Batch normalisation in training mode for (N, C, …): each channel normalised by
+    /// the mean and biased variance over every other axis. Returns the normalised
+    /// tensor, the batch mean and the batch variance (each (1, C, 1, …)) so a caller can
+    /// keep running statistics for evaluation.
+    pub fn batch_norm(&self, eps: f32) -> Result<(Var, Var, Var)> {
+        if self.shape.len() < 2 {
+            return Err(Error::Shape {
+                op: "batch_norm",
+                detail: format!("needs (N, C, …), got {:?}", self.shape),
+            });
+        }
+        let over_all_but_channels = |v: &Var| -> Result<Var> {
+            let mut m = v.mean_axis(0, true)?;
+            for axis in 2..v.shape.len() {
+                m = m.mean_axis(axis as isize, true)?;
+            }
+            Ok(m)
+        };
+        let mean = over_all_but_channels(self)?;
+        let centred = self.sub(&mean)?;
+        let var = over_all_but_channels(&centred.square()?)?;
+        Ok((centred.div(&var.add_scalar(eps)?.sqrt()?)?, mean, var))
+    }
+
+    /// Max pooling of (N, C, H, W) over k×k windows (no padding): im2col on each
+    /// channel, then a max over each window.
+    pub fn max_pool2d(&self, k: usize, stride: usize) -> Result<Var> {
+        self.pool2d("max_pool2d", k, stride, ReduceOp::Max)
+    }
+
+    /// Average pooling of (N, C, H, W) over k×k windows (no padding).
+    pub fn avg_pool2d(&self, k: usize, stride: usize) -> Result<Var> {
+        self.pool2d("avg_pool2d", k, stride, ReduceOp::Mean)
+    }
+
+    fn pool2d(&self, op: &'static str, k: usize, stride: usize, reduce: ReduceOp) -> Result<Var> {
+        let [n, c, h, w] = self.shape[..] else {
+            return Err(Error::Shape { op, detail: format!("input must be (N, C, H, W), got {:?}", self.shape) });
+        };
+        let geom = Conv2d::new(k, k).stride(stride);
+        let (oh, ow) = geom.output_size(op, &self.shape)?;
+        // Channels as separate images: (N·C, 1, H, W) → (N·C, OH·OW, k·k) → reduce the window.
+        self.reshape(&[n * c, 1, h, w])?
+            .im2col(geom)?
+            .reduce(reduce, -1, false)?
+            .reshape(&[n, c, oh, ow])
+    }
+
     /// Mean squared error against `target` (broadcasting): `mean((self - target)²)`.
     pub fn mse(&self, target: &Var) -> Result<Var> {
         self.sub(target)?.square()?.mean()
