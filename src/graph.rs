@@ -344,7 +344,9 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             let (oh, ow) = geom.output_size(name, image)?;
             let want = [image[0], oh * ow, image[1] * geom.kh * geom.kw];
             if x != want {
-                return Err(mismatch(format!("patches {x:?} do not fit image {image:?} (expected {want:?})")));
+                return Err(mismatch(format!(
+                    "patches {x:?} do not fit image {image:?} (expected {want:?})"
+                )));
             }
             image.clone()
         }
@@ -716,7 +718,10 @@ impl Var {
 
     fn pool2d(&self, op: &'static str, k: usize, stride: usize, reduce: ReduceOp) -> Result<Var> {
         let [n, c, h, w] = self.shape[..] else {
-            return Err(Error::Shape { op, detail: format!("input must be (N, C, H, W), got {:?}", self.shape) });
+            return Err(Error::Shape {
+                op,
+                detail: format!("input must be (N, C, H, W), got {:?}", self.shape),
+            });
         };
         let geom = Conv2d::new(k, k).stride(stride);
         let (oh, ow) = geom.output_size(op, &self.shape)?;
@@ -725,6 +730,87 @@ impl Var {
             .im2col(geom)?
             .reduce(reduce, -1, false)?
             .reshape(&[n, c, oh, ow])
+    }
+
+    /// Scaled dot-product attention `softmax(Q·Kᵀ/√d + mask)·V` for q (…, Tq, d),
+    /// k (…, Tk, d), v (…, Tk, dv); with `causal`, query i sees keys 0..=i (needs Tq = Tk).
+    pub fn attention(q: &Var, k: &Var, v: &Var, causal: bool) -> Result<Var> {
+        let d = *q.shape.last().unwrap_or(&0);
+        if q.shape.len() < 2 || d == 0 || k.shape.last() != Some(&d) || k.shape.len() < 2 {
+            return Err(Error::Shape {
+                op: "attention",
+                detail: format!(
+                    "q {:?} and k {:?} need rank >= 2 and the same last dim",
+                    q.shape, k.shape
+                ),
+            });
+        }
+        let scores = q
+            .matmul_t(k, false, true)?
+            .mul_scalar(1.0 / (d as f32).sqrt())?;
+        let scores = if causal {
+            let (tq, tk) = (
+                scores.shape[scores.shape.len() - 2],
+                scores.shape[scores.shape.len() - 1],
+            );
+            if tq != tk {
+                return Err(Error::Shape {
+                    op: "attention",
+                    detail: format!(
+                        "a causal mask needs as many queries as keys, got {tq} and {tk}"
+                    ),
+                });
+            }
+            // -inf above the diagonal: exp gives exactly 0 there, and so does the gradient.
+            let mask: Vec<f32> = (0..tq * tk)
+                .map(|i| {
+                    if i % tk > i / tk {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mask = Tensor::from_slice(&crate::Device::cpu(), &mask, &[tq, tk])?;
+            scores.add(&q.graph.constant(&mask)?)?
+        } else {
+            scores
+        };
+        scores.softmax(-1)?.matmul(v)
+    }
+
+    /// Multi-head self-attention of x (B, T, D) with `heads` heads: projections
+    /// wq, wk, wv, wo of shape (D, D); heads split D into D/heads columns each.
+    pub fn multi_head_attention(
+        &self,
+        wq: &Var,
+        wk: &Var,
+        wv: &Var,
+        wo: &Var,
+        heads: usize,
+        causal: bool,
+    ) -> Result<Var> {
+        let [b, t, d] = self.shape[..] else {
+            return Err(Error::Shape {
+                op: "multi_head_attention",
+                detail: format!("x must be (B, T, D), got {:?}", self.shape),
+            });
+        };
+        if heads == 0 || d % heads != 0 {
+            return Err(Error::Invalid {
+                op: "multi_head_attention",
+                detail: format!("{heads} heads do not divide D = {d}"),
+            });
+        }
+        let dh = d / heads;
+        // (B, T, D) · (D, D) → (B, T, H, dh) → (B, H, T, dh)
+        let split = |w: &Var| -> Result<Var> {
+            self.matmul(w)?
+                .reshape(&[b, t, heads, dh])?
+                .permute(&[0, 2, 1, 3])
+        };
+        let o = Var::attention(&split(wq)?, &split(wk)?, &split(wv)?, causal)?;
+        o.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?.matmul(wo)
     }
 
     /// Mean squared error against `target` (broadcasting): `mean((self - target)²)`.
