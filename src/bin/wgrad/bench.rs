@@ -198,7 +198,96 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
             println!("{}", if json { fig.json() } else { fig.row() });
         }
     }
+    type Layer = fn(&Device, &'static str, String) -> anyhow::Result<Figure>;
+    let layers: [(&str, Layer); 2] = [
+        ("conv2d_fwd_bwd", conv2d_step),
+        ("attention_fwd_bwd", attention_step),
+    ];
+    for (name, f) in layers {
+        if filter.is_some_and(|flt| !name.contains(flt)) {
+            continue;
+        }
+        let mut devices: Vec<(&'static str, &Device, String)> =
+            vec![("gpu", &gpu, adapter.clone())];
+        if with_cpu {
+            devices.push(("cpu", &cpu, "cpu reference".to_string()));
+        }
+        for (device, dev, adapter) in devices {
+            let fig = f(dev, device, adapter)?;
+            println!("{}", if json { fig.json() } else { fig.row() });
+        }
+    }
     Ok(())
+}
+
+/// Times forward + backward of `Σ build(inputs)` (gradients of every input), as
+/// one compiled graph, reading back one gradient per run.
+fn fwd_bwd(
+    dev: &Device,
+    op: &'static str,
+    shape: Vec<usize>,
+    device: &'static str,
+    adapter: String,
+    inputs: &[(&str, Vec<usize>)],
+    build: impl Fn(&[wgrad::Var]) -> wgrad::Result<wgrad::Var>,
+) -> anyhow::Result<Figure> {
+    let g = wgrad::Graph::new();
+    let xs: Vec<wgrad::Var> = inputs.iter().map(|(n, s)| g.input(n, s)).collect();
+    let loss = build(&xs)?.sum()?;
+    let refs: Vec<&wgrad::Var> = xs.iter().collect();
+    let grads = wgrad::autodiff::grad(&loss, &refs)?;
+    let mut outs = vec![&loss];
+    outs.extend(grads.iter());
+    let exe = dev.compile(&g, &outs, None)?;
+    let mut rng = Rng::new(11);
+    let feeds: Vec<Tensor> = inputs
+        .iter()
+        .map(|(_, s)| Tensor::from_slice(dev, &rng.vec_uniform(s.iter().product(), -1.0, 1.0), s))
+        .collect::<wgrad::Result<_>>()?;
+    let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, _)| *n).zip(feeds.iter()).collect();
+    let step = || -> anyhow::Result<f32> { Ok(exe.run(&named)?[0].item()?) };
+    step()?;
+    let (d0, t0) = (dev.dispatch_count(), Instant::now());
+    let reps = if dev.is_gpu() { 10 } else { 3 };
+    for _ in 0..reps {
+        step()?;
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    Ok(Figure {
+        op,
+        shape,
+        device,
+        adapter,
+        ms,
+        rate: ("steps_per_s", 1e3 / ms),
+        extra: vec![(
+            "dispatches_per_step",
+            (dev.dispatch_count() - d0) as f64 / reps as f64,
+        )],
+    })
+}
+
+/// Conv2d forward + backward: a 32x3x32x32 batch, 16 3x3 filters, padding 1.
+fn conv2d_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Result<Figure> {
+    let inputs = [("x", vec![32, 3, 32, 32]), ("w", vec![16, 3, 3, 3])];
+    fwd_bwd(
+        dev,
+        "conv2d_fwd_bwd",
+        vec![32, 3, 32, 32, 16],
+        device,
+        adapter,
+        &inputs,
+        |x| x[0].conv2d(&x[1], wgrad::Conv2d::new(3, 3).padding(1)),
+    )
+}
+
+/// Attention forward + backward: batch 8, 4 heads, sequence 128, d 64 (causal).
+fn attention_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Result<Figure> {
+    let s = vec![8, 4, 128, 64];
+    let inputs = [("q", s.clone()), ("k", s.clone()), ("v", s.clone())];
+    fwd_bwd(dev, "attention_fwd_bwd", s, device, adapter, &inputs, |x| {
+        wgrad::Var::attention(&x[0], &x[1], &x[2], true)
+    })
 }
 
 /// One training step of an MLP 64-128-10 (ReLU), batch 256, softmax
