@@ -163,3 +163,60 @@ fn bad_input_is_a_one_line_error_with_no_output() {
         );
     }
 }
+
+#[test]
+fn decompositions_write_their_named_outputs() {
+    let d = scratch("decomp");
+    // A = [[3, 1], [1, 3], [0, 0]]: singular values 4 and 2; AᵀA's eigenvalues 4 and 16.
+    let pa = save(&d, "a.npy", &[3.0, 1.0, 1.0, 3.0, 0.0, 0.0], &[3, 2]);
+    let ps = save(&d, "s.npy", &[2.0, 1.0, 1.0, 2.0], &[2, 2]);
+    let out = d.join("svd");
+    let o = eval(&["svd", pa.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (u, s, vt) = (
+        load(out.join("u.npy")),
+        load(out.join("s.npy")),
+        load(out.join("vt.npy")),
+    );
+    assert_eq!(
+        (u.shape(), s.shape(), vt.shape()),
+        (&[3, 2][..], &[2][..], &[2, 2][..])
+    );
+    assert_close(
+        "singular values",
+        &s.to_vec::<f32>().unwrap(),
+        &[4.0, 2.0],
+        1e-5,
+        1e-5,
+    );
+    let us = u.mul(&s).unwrap().matmul(&vt).unwrap();
+    assert_close(
+        "U S Vt",
+        &us.to_vec::<f32>().unwrap(),
+        &[3.0, 1.0, 1.0, 3.0, 0.0, 0.0],
+        1e-5,
+        1e-5,
+    );
+    let out = d.join("eigh");
+    let o = eval(&["eigh", ps.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_close(
+        "eigenvalues",
+        &load(out.join("values.npy")).to_vec::<f32>().unwrap(),
+        &[1.0, 3.0],
+        1e-5,
+        1e-5,
+    );
+    assert_eq!(load(out.join("vectors.npy")).shape(), &[2, 2]);
+    let out = d.join("rank");
+    let o = eval(&["rank", pa.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        load(out.join("out.npy")).to_vec::<f32>().unwrap(),
+        vec![2.0]
+    );
+    let out = d.join("bad");
+    let o = eval(&["eigh", pa.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("square"));
+    assert!(!out.exists(), "a failed decomposition left output behind");
+}

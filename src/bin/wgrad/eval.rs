@@ -38,7 +38,13 @@ const OPS: &[&str] = &[
     "transpose",
     "permute",
     "cross_entropy",
+    "svd",
+    "eigh",
+    "rank",
 ];
+
+/// Decompositions: several named outputs, no gradient.
+const DECOMPOSITIONS: &[&str] = &["svd", "eigh", "rank"];
 
 /// What the command line asked for.
 pub struct EvalArgs {
@@ -129,6 +135,42 @@ fn read_on(path: &Path, dev: &Device) -> Result<Tensor> {
     Ok(t)
 }
 
+/// svd → u, s (descending), vt; eigh → values (ascending), vectors (columns); rank → out.
+fn decompose(a: &EvalArgs, x: &Tensor) -> Result<()> {
+    if a.upstream.is_some() {
+        bail!(
+            "eval {}: --upstream is not supported for decompositions",
+            a.op
+        );
+    }
+    let context = || format!("eval {} on {:?}", a.op, x.shape());
+    let named: Vec<(&str, Tensor)> = match a.op.as_str() {
+        "svd" => {
+            let (u, s, vt) = wgrad::linalg::svd(x).with_context(context)?;
+            vec![("u.npy", u), ("s.npy", s), ("vt.npy", vt)]
+        }
+        "eigh" => {
+            let (values, vectors) = wgrad::linalg::eigh(x).with_context(context)?;
+            vec![("values.npy", values), ("vectors.npy", vectors)]
+        }
+        _ => {
+            let r = wgrad::linalg::rank(x, None).with_context(context)?;
+            vec![("out.npy", Tensor::scalar(&Device::cpu(), r as f32)?)]
+        }
+    };
+    // Read everything back before writing anything: an error leaves no outputs.
+    let host: Vec<(&str, Tensor)> = named
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_device(&Device::cpu())?)))
+        .collect::<Result<_>>()?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("eval: cannot create {}", a.out.display()))?;
+    for (name, t) in &host {
+        write_npy(a.out.join(name), t)?;
+    }
+    Ok(())
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
     if !OPS.contains(&a.op.as_str()) {
         bail!("eval: unknown op {:?} (known: {})", a.op, OPS.join(", "));
@@ -151,6 +193,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .iter()
         .map(|p| read_on(p, &dev))
         .collect::<Result<_>>()?;
+    if DECOMPOSITIONS.contains(&a.op.as_str()) {
+        return decompose(&a, &inputs[0]);
+    }
     let g = Graph::new();
     let vars: Vec<Var> = inputs
         .iter()
