@@ -154,6 +154,31 @@ fn cases() -> Vec<Case> {
             Ok((ms, ("gbps", (2 * n * n * 4) as f64 / (ms * 1e6))))
         }),
     ));
+    // Decompositions: one Jacobi solve each (rate: matrix size n per second is not
+    // meaningful, so the figure is solves per second).
+    for n in [128usize, 256, 512] {
+        v.push((
+            "eigh",
+            vec![n, n],
+            Box::new(move |dev| {
+                let r = Rng::new(6).vec_uniform(n * n, -1.0, 1.0);
+                let sym: Vec<f32> = (0..n * n).map(|k| r[k] + r[(k % n) * n + k / n]).collect();
+                let a = Tensor::from_slice(dev, &sym, &[n, n])?;
+                let ms = time_ms(dev, || Ok(wgrad::linalg::eigh(&a)?.0))?;
+                Ok((ms, ("solves_per_s", 1e3 / ms)))
+            }),
+        ));
+        v.push((
+            "svd",
+            vec![n, n],
+            Box::new(move |dev| {
+                let a =
+                    Tensor::from_slice(dev, &Rng::new(7).vec_uniform(n * n, -1.0, 1.0), &[n, n])?;
+                let ms = time_ms(dev, || Ok(wgrad::linalg::svd(&a)?.1))?;
+                Ok((ms, ("solves_per_s", 1e3 / ms)))
+            }),
+        ));
+    }
     v
 }
 
