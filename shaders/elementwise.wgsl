@@ -76,19 +76,29 @@ fn unary_op(x: f32) -> f32 {
     }
 }
 
+fn is_inf(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u;
+}
+
 fn pow_ieee(x: f32, y: f32) -> f32 {
-    // WGSL's pow is undefined for x <= 0; follow C/NumPy for those cases.
+    // WGSL's pow is undefined for x <= 0 and at infinities; follow C/NumPy for those cases.
     if (y == 0.0 || x == 1.0) { return 1.0; }
     if (is_nan(x) || is_nan(y)) { return nan(); }
-    if (x == 0.0) {
-        if (y > 0.0) { return 0.0; }
-        return bitcast<f32>(0x7f800000u);
+    let inf = bitcast<f32>(0x7f800000u);
+    if (is_inf(y)) {                                // |x| vs 1 decides; |x| == 1 gives 1
+        if (abs(x) == 1.0) { return 1.0; }
+        return select(0.0, inf, (abs(x) > 1.0) == (y > 0.0));
+    }
+    let odd = abs(y) < 16777216.0 && y == floor(y) && (i32(y) & 1) == 1;
+    if (is_inf(x) || x == 0.0) {                    // ±inf or ±0 to the y: inf or 0,
+        let big = is_inf(x) == (y > 0.0);           // negative for odd y and a negative x
+        let m = select(0.0, inf, big);
+        return select(m, -m, odd && (bitcast<u32>(x) & 0x80000000u) != 0u);
     }
     if (x > 0.0) { return pow(x, y); }
     if (y != floor(y)) { return nan(); }
     let m = pow(-x, y);
-    if (abs(y) < 16777216.0 && (i32(y) & 1) == 1) { return -m; }
-    return m;
+    return select(m, -m, odd);
 }
 
 fn binary_op(x: f32, y: f32) -> f32 {
@@ -107,7 +117,8 @@ fn binary_op(x: f32, y: f32) -> f32 {
         }
         case 6u: { return pow_ieee(x, y); }                      // pow
         case 7u: { return select(0.0, 1.0, x == y); }            // eq
-        case 8u: { return select(0.0, 1.0, x != y); }            // ne
+        // ne: true with a NaN operand (IEEE); naga lowers != to an ordered compare.
+        case 8u: { return select(0.0, 1.0, is_nan(x) || is_nan(y) || x != y); }
         case 9u: { return select(0.0, 1.0, x < y); }             // lt
         case 10u: { return select(0.0, 1.0, x <= y); }           // le
         case 11u: { return select(0.0, 1.0, x > y); }            // gt

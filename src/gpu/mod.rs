@@ -6,6 +6,8 @@
 //! of ops costs one queue submit, not one per op.
 
 pub(crate) mod adapter;
+#[cfg(test)]
+mod fault_tests;
 pub(crate) mod pool;
 
 use std::collections::HashMap;
@@ -54,6 +56,9 @@ pub(crate) struct GpuContext {
     pending: Mutex<Pending>,
     pool: Arc<Pool>,
     errors: Arc<Mutex<Vec<String>>>,
+    /// Set by the device-lost callback: why the device was lost. Every later
+    /// call returns `Err`; a new `Device` has to be created.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -90,6 +95,11 @@ impl GpuContext {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             lock(&sink).push(e.to_string());
         }));
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *lock(&flag) = Some(format!("{reason:?} {message}").trim().to_string());
+        });
         let summary = AdapterSummary {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
@@ -122,11 +132,25 @@ impl GpuContext {
             }),
             pool: Arc::default(),
             errors,
+            lost,
         })
     }
 
-    /// Takes any error the device reported since the last check.
+    /// `Err` once the device has been lost (driver reset, `destroy`, ...).
+    fn check_alive(&self, op: &'static str) -> Result<()> {
+        match lock(&self.lost).as_ref() {
+            None => Ok(()),
+            Some(reason) => Err(Error::Gpu {
+                op,
+                detail: format!("device lost: {reason} (create a new Device to continue)"),
+            }),
+        }
+    }
+
+    /// Takes any error the device reported since the last check (and fails for
+    /// good once the device is lost).
     fn check_errors(&self, op: &'static str) -> Result<()> {
+        self.check_alive(op)?;
         let mut errs = lock(&self.errors);
         if errs.is_empty() {
             return Ok(());
@@ -165,9 +189,40 @@ impl GpuContext {
         Ok(())
     }
 
-    /// A pooled storage buffer of at least `bytes` bytes (contents undefined).
+    /// A pooled storage buffer of at least `bytes` bytes (contents undefined), or
+    /// `Err` when the device is lost, the size passes `max_buffer_size` or the
+    /// driver is out of memory — before any work using it is queued.
+    pub(crate) fn try_alloc(&self, op: &'static str, bytes: u64) -> Result<GpuBuffer> {
+        self.check_alive(op)?;
+        let buf = self
+            .pool
+            .take(&self.device, bytes, self.limits.max_buffer_size)
+            .map_err(|detail| Error::Gpu { op, detail })?;
+        Ok(GpuBuffer::new(buf, self.pool.clone()))
+    }
+
+    /// [`GpuContext::try_alloc`] for callers that cannot fail: a failed allocation
+    /// gives a small placeholder buffer and its error is returned by the next
+    /// `dispatch`, readback or synchronize, so no kernel runs on it.
     pub(crate) fn alloc(&self, bytes: u64) -> GpuBuffer {
-        GpuBuffer::new(self.pool.take(&self.device, bytes), self.pool.clone())
+        self.try_alloc("alloc", bytes)
+            .unwrap_or_else(|e| self.placeholder(e))
+    }
+
+    /// Records `error` for the next fallible call and returns a 16-byte buffer
+    /// outside the pool in place of the one that could not be allocated.
+    fn placeholder(&self, error: Error) -> GpuBuffer {
+        let detail = match error {
+            Error::Gpu { detail, .. } => detail,
+            other => other.to_string(),
+        };
+        lock(&self.errors).push(detail);
+        GpuBuffer::unpooled(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgrad.placeholder"),
+            size: 16,
+            usage: pool::STORAGE_USAGE,
+            mapped_at_creation: false,
+        }))
     }
 
     /// A pooled buffer holding `data`.
@@ -178,7 +233,11 @@ impl GpuContext {
     /// so while work is pending the data goes through a staging buffer copied in
     /// order inside the encoder.
     pub(crate) fn upload(&self, data: &[u8]) -> GpuBuffer {
-        let buf = self.alloc(data.len() as u64);
+        let buf = match self.try_alloc("upload", data.len() as u64) {
+            Ok(b) => b,
+            // A placeholder, not written; the error comes back from the next call.
+            Err(e) => return self.placeholder(e),
+        };
         if data.is_empty() {
             return buf;
         }
@@ -289,6 +348,9 @@ impl GpuContext {
         buffers: &[BufArg<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
+        // A failed allocation, an earlier validation error or a lost device stops
+        // here, before anything more is recorded.
+        self.check_errors(kernel.name)?;
         let pipeline = self.pipeline(kernel, entry, constants)?;
         let mut words = params.to_vec();
         // Every params struct fits in PARAMS_WORDS words; padding to that size keeps the
@@ -307,7 +369,9 @@ impl GpuContext {
             resource: uniform.as_entire_binding(),
         }];
         for (i, (buf, bytes)) in buffers.iter().enumerate() {
-            let size = (*bytes).max(4).div_ceil(4) * 4;
+            // At least 16 bytes: one vec4, the smallest binding an `array<vec4<f32>>`
+            // accepts (an empty tensor still binds its pooled buffer, >= 16 bytes).
+            let size = (*bytes).max(16).div_ceil(4) * 4;
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -317,11 +381,20 @@ impl GpuContext {
                 }),
             });
         }
+        // Buffers that do not match the entry point's bindings are a validation error:
+        // caught here so the dispatch is an Err naming the kernel, never recorded.
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(entry),
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
+                op: kernel.name,
+                detail: format!("{entry}: {e}"),
+            });
+        }
         let mut pending = lock(&self.pending);
         let encoder = pending.encoder.get_or_insert_with(|| {
             self.device
@@ -391,6 +464,7 @@ impl GpuContext {
 
     /// Waits for all submitted work to finish.
     pub(crate) fn synchronize(&self, op: &'static str) -> Result<()> {
+        self.check_alive(op)?;
         self.flush();
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -408,6 +482,7 @@ impl GpuContext {
         src: &wgpu::Buffer,
         bytes: u64,
     ) -> Result<Vec<u8>> {
+        self.check_errors(op)?;
         if bytes == 0 {
             return Ok(Vec::new());
         }

@@ -58,8 +58,28 @@ pub(crate) fn size_class(bytes: u64) -> u64 {
 }
 
 impl Pool {
-    pub(crate) fn take(&self, device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
-        let class = size_class(bytes);
+    /// A buffer of at least `bytes` bytes: a free one of its size class, or a new
+    /// one. Creation runs inside out-of-memory and validation error scopes, so a
+    /// failed allocation is an `Err` (with the driver's message) instead of an
+    /// invalid buffer that would fail later work; `max_buffer` is the adapter's
+    /// `max_buffer_size`, checked first.
+    pub(crate) fn take(
+        &self,
+        device: &wgpu::Device,
+        bytes: u64,
+        max_buffer: u64,
+    ) -> Result<wgpu::Buffer, String> {
+        let mut class = size_class(bytes);
+        if class > max_buffer {
+            // The class would pass the limit where the bytes do not: exact size, never
+            // pooled (give_back drops sizes that are not a class).
+            class = bytes.div_ceil(4) * 4;
+        }
+        if class > max_buffer {
+            return Err(format!(
+                "cannot allocate {bytes} bytes: over this adapter's max_buffer_size of {max_buffer} bytes"
+            ));
+        }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let reused = inner.free.get_mut(&class).and_then(|v| v.pop());
         let buf = match reused {
@@ -70,18 +90,27 @@ impl Pool {
                 b
             }
             None => {
-                inner.stats.created += 1;
-                device.create_buffer(&wgpu::BufferDescriptor {
+                let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+                let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
+                let b = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("wgrad.tensor"),
                     size: class,
                     usage: STORAGE_USAGE,
                     mapped_at_creation: false,
-                })
+                });
+                // Scopes pop in reverse order of their pushes.
+                let invalid = pollster::block_on(invalid.pop());
+                let oom = pollster::block_on(oom.pop());
+                if let Some(e) = oom.or(invalid) {
+                    return Err(format!("creating a buffer of {class} bytes failed: {e}"));
+                }
+                inner.stats.created += 1;
+                b
             }
         };
         inner.stats.live_buffers += 1;
         inner.stats.live_bytes += class;
-        buf
+        Ok(buf)
     }
 
     pub(crate) fn give_back(&self, buf: wgpu::Buffer) {
@@ -89,7 +118,7 @@ impl Pool {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.stats.live_buffers -= 1;
         inner.stats.live_bytes -= class;
-        if inner.stats.free_bytes + class <= MAX_FREE_BYTES {
+        if size_class(class) == class && inner.stats.free_bytes + class <= MAX_FREE_BYTES {
             inner.stats.free_buffers += 1;
             inner.stats.free_bytes += class;
             inner.free.entry(class).or_default().push(buf);
@@ -118,14 +147,24 @@ impl Pool {
 /// returns to the pool when the last owner drops it.
 pub(crate) struct GpuBuffer {
     buf: Option<wgpu::Buffer>,
-    pool: Arc<Pool>,
+    /// `None` for a buffer that did not come from the pool (the placeholder
+    /// handed out when an allocation failed): dropped, not given back.
+    pool: Option<Arc<Pool>>,
 }
 
 impl GpuBuffer {
     pub(crate) fn new(buf: wgpu::Buffer, pool: Arc<Pool>) -> Self {
         GpuBuffer {
             buf: Some(buf),
-            pool,
+            pool: Some(pool),
+        }
+    }
+
+    /// A buffer outside the pool's books.
+    pub(crate) fn unpooled(buf: wgpu::Buffer) -> Self {
+        GpuBuffer {
+            buf: Some(buf),
+            pool: None,
         }
     }
 
@@ -136,8 +175,8 @@ impl GpuBuffer {
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        if let Some(b) = self.buf.take() {
-            self.pool.give_back(b);
+        if let (Some(b), Some(pool)) = (self.buf.take(), &self.pool) {
+            pool.give_back(b);
         }
     }
 }
