@@ -287,7 +287,9 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             detail: "second derivative of cross_entropy is not implemented".into(),
         }),
         // im2col and col2im are each other's transpose
-        Op::Im2Col(geom) => one(g.graph().push(Op::Col2Im(*geom, x[0].shape().to_vec()), &[g])?),
+        Op::Im2Col(geom) => one(g
+            .graph()
+            .push(Op::Col2Im(*geom, x[0].shape().to_vec()), &[g])?),
         Op::Col2Im(geom, _) => one(g.im2col(*geom)?),
         Op::Concat(axis) => {
             let mut start = 0;
