@@ -289,7 +289,11 @@ impl Graph {
             }
         }
         let shapes: Vec<&[usize]> = inputs.iter().map(|v| v.shape.as_slice()).collect();
+        for s in &shapes {
+            crate::shape::checked_numel(op.name(), s)?;
+        }
         let shape = infer_shape(&op, &shapes)?;
+        crate::shape::checked_numel(op.name(), &shape)?;
         Ok(self.push_raw(op, inputs.iter().map(|v| v.id).collect(), shape, DType::F32))
     }
 }

@@ -131,6 +131,22 @@ pub fn broadcast_strides(src: &[usize], dst: &[usize]) -> Vec<usize> {
         .collect()
 }
 
+/// Largest element count a tensor may have: its bytes (up to 8 per element) must
+/// fit in an `isize`, which every allocation needs.
+pub const MAX_ELEMENTS: usize = isize::MAX as usize / 8;
+
+/// Number of elements of `dims`, or an error naming `op` when the product
+/// overflows or is beyond [`MAX_ELEMENTS`] (shapes come from users and files).
+pub fn checked_numel(op: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| Error::Shape {
+            op,
+            detail: format!("{dims:?} has more elements than can be addressed"),
+        })
+}
+
 /// Errors with [`Error::Empty`] if the shape has no elements.
 pub fn check_nonempty(op: &'static str, dims: &[usize]) -> Result<()> {
     if dims.iter().product::<usize>() == 0 {

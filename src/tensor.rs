@@ -29,6 +29,7 @@ pub struct Tensor {
 impl Tensor {
     /// A tensor holding `data` (row-major) with the given shape.
     pub fn from_slice<T: Element>(device: &Device, data: &[T], shape: &[usize]) -> Result<Tensor> {
+        crate::shape::checked_numel("from_slice", shape)?;
         let shape = Shape::new(shape);
         if data.len() != shape.numel() {
             return Err(Error::DataLength {
@@ -42,7 +43,7 @@ impl Tensor {
         let storage = match &device.inner {
             DeviceInner::Gpu(g) => {
                 g.check_binding("from_slice", shape.dims(), bytes.len() as u64)?;
-                Storage::Gpu(Arc::new(g.upload(bytes)))
+                Storage::Gpu(Arc::new(g.upload(bytes)?))
             }
             DeviceInner::Cpu => Storage::Cpu(Arc::new(words_of(bytes))),
         };
@@ -56,7 +57,11 @@ impl Tensor {
 
     /// A tensor filled with `value`.
     pub fn full(device: &Device, value: f32, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = crate::shape::checked_numel("full", shape)?;
+        if let Some(g) = device.gpu_ctx() {
+            // Refuse before building a host vector of that size.
+            g.check_binding("full", shape, (n * 4) as u64)?;
+        }
         Tensor::from_slice(device, &vec![value; n], shape)
     }
 
@@ -170,7 +175,7 @@ impl Tensor {
     /// The same data under a new shape with the same number of elements (a view;
     /// no copy). One dimension may be `usize::MAX` to be inferred... use [`Tensor::reshape_infer`] for that.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = crate::shape::checked_numel("reshape", shape)?;
         if n != self.numel() {
             return Err(Error::Shape {
                 op: "reshape",

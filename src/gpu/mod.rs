@@ -232,14 +232,10 @@ impl GpuContext {
     /// `queue.write_buffer` would land before that stale write at the next submit,
     /// so while work is pending the data goes through a staging buffer copied in
     /// order inside the encoder.
-    pub(crate) fn upload(&self, data: &[u8]) -> GpuBuffer {
-        let buf = match self.try_alloc("upload", data.len() as u64) {
-            Ok(b) => b,
-            // A placeholder, not written; the error comes back from the next call.
-            Err(e) => return self.placeholder(e),
-        };
+    pub(crate) fn upload(&self, data: &[u8]) -> Result<GpuBuffer> {
+        let buf = self.try_alloc("upload", data.len() as u64)?;
         if data.is_empty() {
-            return buf;
+            return Ok(buf);
         }
         let mut padded = data.to_vec();
         padded.resize(data.len().div_ceil(4) * 4, 0);
@@ -258,7 +254,7 @@ impl GpuContext {
                 encoder.copy_buffer_to_buffer(&staging, 0, buf.raw(), 0, padded.len() as u64);
             }
         }
-        buf
+        Ok(buf)
     }
 
     pub(crate) fn pool_stats(&self) -> PoolStats {

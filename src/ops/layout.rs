@@ -578,6 +578,7 @@ impl Tensor {
     pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
         let op = "broadcast_to";
         self.expect_word_dtype(op)?;
+        crate::shape::checked_numel(op, shape)?;
         let src = self.shape();
         let fits = shape.len() >= src.len()
             && src

@@ -235,6 +235,7 @@ impl MatmulPlan {
             out_shape.push(n);
         }
         check_rank("matmul", &out_shape)?;
+        crate::shape::checked_numel("matmul", &out_shape)?;
         let scale = |s: Vec<usize>, size: usize| s.into_iter().map(|x| x * size).collect();
         Ok(MatmulPlan {
             a_strides: scale(broadcast_strides(a_batch, &batch_dims), m * ka),

@@ -25,9 +25,9 @@ pub(crate) fn gpu_output(
     shape: &[usize],
     dtype: DType,
 ) -> Result<Tensor> {
-    let bytes = (shape.iter().product::<usize>() * dtype.size()) as u64;
+    let bytes = (crate::shape::checked_numel(op, shape)? * dtype.size()) as u64;
     ctx.check_binding(op, shape, bytes)?;
-    let buf = ctx.alloc(bytes);
+    let buf = ctx.try_alloc(op, bytes)?;
     Ok(Tensor::from_storage(
         device,
         shape,

@@ -376,6 +376,7 @@ impl Tensor {
             });
         }
         let out_shape = reduced_shape(self.shape(), axis, keepdim);
+        crate::shape::checked_numel(name, &out_shape)?;
         match &self.device().inner {
             DeviceInner::Cpu => {
                 let x = self.host_f32().unwrap_or(&[]);
