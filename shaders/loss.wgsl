@@ -40,6 +40,9 @@ fn row_lse(i: u32) -> f32 {
     var s = 0.0;
     for (var c = 0u; c < params.classes; c = c + 1u) {
         let v = x[base + c];
+        // A -inf logit adds nothing; skipping it also avoids exp(-inf - -inf) = NaN
+        // while the running max is still -inf.
+        if (v == bitcast<f32>(0xff800000u)) { continue; }
         if (v > m) {
             s = s * exp(m - v) + 1.0;
             m = v;
