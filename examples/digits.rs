@@ -1,7 +1,8 @@
 //! A small convolutional network learns the 8x8 handwritten digits (the UCI
 //! optical-digits set, 1,797 images; see examples/data/README.md), trained end
 //! to end on the GPU: convolutions as im2col + matmul, ReLU, softmax
-//! cross-entropy, Adam. Saves the parameters as safetensors.
+//! cross-entropy, Adam, built from `wgrad::nn` layers. Saves the parameters as
+//! safetensors (by name) and `--eval` reloads them.
 //!
 //!   cargo run --release --example digits [-- --device gpu|cpu] [--epochs N]
 //!                                           [--save MODEL.safetensors] [--eval MODEL.safetensors]
@@ -9,13 +10,14 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use wgrad::io::{load_safetensors, save_safetensors};
-use wgrad::{Conv2d, Device, Executor, Graph, Init, Optimizer, Rng, Tensor, Var};
+use wgrad::nn::{
+    load_params, save_params, Activation, Conv2dLayer, Flatten, Linear, Module, Sequential,
+};
+use wgrad::{Conv2d, Device, Executor, Graph, Optimizer, Rng, Tensor, Var};
 
 const DIGITS_CSV: &str = include_str!("data/digits.csv");
 const TEST_SIZE: usize = 360;
 const BATCH: usize = 64;
-const PARAMS: [&str; 6] = ["c1", "c1b", "c2", "c2b", "fc", "fcb"];
 
 /// Images scaled to [0, 1] (N, 1, 8, 8) and labels.
 fn load_digits() -> Result<(Vec<f32>, Vec<i32>)> {
@@ -37,27 +39,33 @@ fn load_digits() -> Result<(Vec<f32>, Vec<i32>)> {
 
 /// conv 3x3 (1→16, pad 1) → ReLU → conv 3x3 (16→32, stride 2, pad 1) → ReLU →
 /// flatten (32·4·4) → linear → 10 logits, for a batch of `n`.
-fn network(n: usize) -> wgrad::Result<(Graph, Var, Var, Var)> {
+fn network(n: usize) -> wgrad::Result<(Graph, Sequential, Var, Var)> {
     let g = Graph::new();
-    let x = g.input("x", &[n, 1, 8, 8]);
-    let y = g.input_i32("y", &[n]);
-    let c1 = g.param("c1", &[16, 1, 3, 3], Init::KaimingNormal { seed: 1 });
-    let c1b = g.param("c1b", &[16, 1, 1], Init::Zeros);
-    let c2 = g.param("c2", &[32, 16, 3, 3], Init::KaimingNormal { seed: 2 });
-    let c2b = g.param("c2b", &[32, 1, 1], Init::Zeros);
-    let fc = g.param("fc", &[32 * 4 * 4, 10], Init::XavierUniform { seed: 3 });
-    let fcb = g.param("fcb", &[10], Init::Zeros);
-    let h = x
-        .conv2d(&c1, Conv2d::new(3, 3).padding(1))?
-        .add(&c1b)?
-        .relu()?; // (n, 16, 8, 8)
-    let h = h
-        .conv2d(&c2, Conv2d::new(3, 3).stride(2).padding(1))?
-        .add(&c2b)?
-        .relu()?; // (n, 32, 4, 4)
-    let logits = h.reshape(&[n, 32 * 4 * 4])?.matmul(&fc)?.add(&fcb)?;
-    let loss = logits.cross_entropy(&y)?.mean()?;
-    Ok((g, logits, loss, y))
+    let model = Sequential::new(vec![
+        Box::new(Conv2dLayer::new(
+            &g,
+            "conv1",
+            1,
+            16,
+            Conv2d::new(3, 3).padding(1),
+            1,
+        )),
+        Box::new(Activation::Relu),
+        Box::new(Conv2dLayer::new(
+            &g,
+            "conv2",
+            16,
+            32,
+            Conv2d::new(3, 3).stride(2).padding(1),
+            2,
+        )),
+        Box::new(Activation::Relu),
+        Box::new(Flatten),
+        Box::new(Linear::new(&g, "fc", 32 * 4 * 4, 10, 3)),
+    ]);
+    let logits = model.forward(&g.input("x", &[n, 1, 8, 8]))?;
+    let loss = logits.cross_entropy(&g.input_i32("y", &[n]))?.mean()?;
+    Ok((g, model, logits, loss))
 }
 
 fn argmax_rows(logits: &[f32], classes: usize) -> Vec<i32> {
@@ -75,13 +83,20 @@ fn argmax_rows(logits: &[f32], classes: usize) -> Vec<i32> {
         .collect()
 }
 
-/// Accuracy of the parameters in `from` (by name) on the given images.
-fn accuracy(dev: &Device, params: &[(String, Tensor)], xs: &[f32], ys: &[i32]) -> Result<f64> {
+/// Accuracy on the given images of the parameters in the safetensors file `model`
+/// or, without one, those of the compiled training step `from`.
+fn accuracy(dev: &Device, from: Source, xs: &[f32], ys: &[i32]) -> Result<f64> {
     let n = ys.len();
-    let (g, logits, _, _) = network(n)?;
+    let (g, model, logits, _) = network(n)?;
     let exe = dev.compile(&g, &[&logits], None)?;
-    for (name, value) in params {
-        exe.set_param(name, value)?;
+    let names = model.param_names();
+    match from {
+        Source::File(path) => load_params(&exe, &names, path)?,
+        Source::Step(step) => {
+            for name in &names {
+                exe.set_param(name, &step.param(name)?)?;
+            }
+        }
     }
     let x = Tensor::from_slice(dev, xs, &[n, 1, 8, 8])?;
     let out = exe.run(&[("x", &x)])?[0].to_vec::<f32>()?;
@@ -89,11 +104,10 @@ fn accuracy(dev: &Device, params: &[(String, Tensor)], xs: &[f32], ys: &[i32]) -
     Ok(pred.iter().zip(ys).filter(|(p, y)| p == y).count() as f64 / n as f64)
 }
 
-fn params_of(exe: &Executor) -> Result<Vec<(String, Tensor)>> {
-    PARAMS
-        .iter()
-        .map(|&p| Ok((p.to_string(), exe.param(p)?)))
-        .collect()
+/// Where evaluation takes its parameters from.
+enum Source<'a> {
+    File(&'a str),
+    Step(&'a Executor),
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -141,13 +155,12 @@ fn main() -> Result<()> {
     );
 
     if let Some(model) = arg(&args, "--eval") {
-        let params = load_safetensors(&model, &dev)?;
-        let acc = accuracy(&dev, &params, &test_x, &test_y)?;
+        let acc = accuracy(&dev, Source::File(&model), &test_x, &test_y)?;
         println!("{model}: test accuracy {:.2}%", 100.0 * acc);
         return Ok(());
     }
 
-    let (g, _, loss, _) = network(BATCH)?;
+    let (g, model, _, loss) = network(BATCH)?;
     let step = dev.compile(&g, &[&loss], Optimizer::adam(3e-3))?;
     let mut train_order = train.to_vec();
     let t0 = Instant::now();
@@ -171,23 +184,21 @@ fn main() -> Result<()> {
             / losses.len() as f32;
         let epoch_s = te.elapsed().as_secs_f64();
         if epoch % 5 == 0 || epoch == 1 || epoch == epochs {
-            let acc = accuracy(&dev, &params_of(&step)?, &test_x, &test_y)?;
+            let acc = accuracy(&dev, Source::Step(&step), &test_x, &test_y)?;
             println!(
                 "epoch {epoch:>3}  loss {mean:.5}  test accuracy {:.2}%  ({epoch_s:.2} s/epoch)",
                 100.0 * acc
             );
         }
     }
-    let params = params_of(&step)?;
-    let acc = accuracy(&dev, &params, &test_x, &test_y)?;
+    let acc = accuracy(&dev, Source::Step(&step), &test_x, &test_y)?;
     println!(
         "final test accuracy {:.2}% after {epochs} epochs in {:.1} s",
         100.0 * acc,
         t0.elapsed().as_secs_f64()
     );
     let path = arg(&args, "--save").unwrap_or_else(|| "digits.safetensors".into());
-    let named: Vec<(&str, &Tensor)> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    save_safetensors(&path, &named)?;
+    save_params(&step, &model.param_names(), &path)?;
     println!("saved {path}; `--eval {path}` reloads it");
     Ok(())
 }

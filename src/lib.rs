@@ -56,6 +56,7 @@ pub mod graph;
 pub mod init;
 pub mod io;
 pub mod linalg;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod rng;
