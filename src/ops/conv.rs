@@ -111,11 +111,12 @@ impl Conv2d {
     }
 }
 
-/// CPU reference of im2col: patches (N, OH·OW, C·KH·KW).
-fn im2col_reference(x: &[f32], s: &[usize], g: &Conv2d, oh: usize, ow: usize) -> Vec<f32> {
+/// Calls `f(col, pixel)` for every patch entry that reads an input pixel (entries in
+/// the padding read nothing): `col` indexes the patch matrix (N, OH·OW, C·KH·KW),
+/// `pixel` the image (N, C, H, W). Both references walk the same pairs.
+fn for_each_tap(s: &[usize], g: &Conv2d, oh: usize, ow: usize, mut f: impl FnMut(usize, usize)) {
     let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
     let ck = c * g.kh * g.kw;
-    let mut out = vec![0.0f32; n * oh * ow * ck];
     for b in 0..n {
         for oy in 0..oh {
             for ox in 0..ow {
@@ -128,8 +129,8 @@ fn im2col_reference(x: &[f32], s: &[usize], g: &Conv2d, oh: usize, ow: usize) ->
                             let ix =
                                 (ox * g.stride + kj * g.dilation) as isize - g.padding as isize;
                             if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                out[row + (ch * g.kh + ki) * g.kw + kj] =
-                                    x[((b * c + ch) * h + iy as usize) * w + ix as usize];
+                                let pixel = ((b * c + ch) * h + iy as usize) * w + ix as usize;
+                                f(row + (ch * g.kh + ki) * g.kw + kj, pixel);
                             }
                         }
                     }
@@ -137,35 +138,19 @@ fn im2col_reference(x: &[f32], s: &[usize], g: &Conv2d, oh: usize, ow: usize) ->
             }
         }
     }
+}
+
+/// CPU reference of im2col: patches (N, OH·OW, C·KH·KW).
+fn im2col_reference(x: &[f32], s: &[usize], g: &Conv2d, oh: usize, ow: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; s[0] * oh * ow * s[1] * g.kh * g.kw];
+    for_each_tap(s, g, oh, ow, |col, pixel| out[col] = x[pixel]);
     out
 }
 
 /// CPU reference of col2im: scatters (adds) every patch value back to its pixel, in f64.
 fn col2im_reference(cols: &[f32], s: &[usize], g: &Conv2d, oh: usize, ow: usize) -> Vec<f32> {
-    let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
-    let ck = c * g.kh * g.kw;
-    let mut out = vec![0.0f64; n * c * h * w];
-    for b in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let row = (b * oh * ow + oy * ow + ox) * ck;
-                for ch in 0..c {
-                    for ki in 0..g.kh {
-                        for kj in 0..g.kw {
-                            let iy =
-                                (oy * g.stride + ki * g.dilation) as isize - g.padding as isize;
-                            let ix =
-                                (ox * g.stride + kj * g.dilation) as isize - g.padding as isize;
-                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                out[((b * c + ch) * h + iy as usize) * w + ix as usize] +=
-                                    cols[row + (ch * g.kh + ki) * g.kw + kj] as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let mut out = vec![0.0f64; s.iter().product()];
+    for_each_tap(s, g, oh, ow, |col, pixel| out[pixel] += cols[col] as f64);
     out.into_iter().map(|v| v as f32).collect()
 }
 

@@ -189,57 +189,44 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
         println!("adapter: {adapter}");
     }
     let cpu = Device::cpu();
+    // Every figure is measured on the GPU, then (unless --no-cpu) on the CPU reference.
+    let mut devices: Vec<(&'static str, &Device, String)> = vec![("gpu", &gpu, adapter.clone())];
+    if with_cpu {
+        devices.push(("cpu", &cpu, "cpu reference".to_string()));
+    }
+    let wanted = |op: &str| filter.is_none_or(|flt| op.contains(flt));
+    let print = |fig: Figure| println!("{}", if json { fig.json() } else { fig.row() });
     for (op, shape, f) in cases() {
-        if filter.is_some_and(|flt| !op.contains(flt)) {
+        if !wanted(op) {
             continue;
         }
-        let mut devices: Vec<(&'static str, &Device, String)> =
-            vec![("gpu", &gpu, adapter.clone())];
-        if with_cpu {
-            devices.push(("cpu", &cpu, "cpu reference".to_string()));
-        }
-        for (device, dev, adapter) in devices {
+        for (device, dev, adapter) in &devices {
             let (ms, rate) = f(dev)?;
-            let fig = Figure {
+            let (shape, adapter, extra) = (shape.clone(), adapter.clone(), Vec::new());
+            print(Figure {
                 op,
-                shape: shape.clone(),
+                shape,
                 device,
                 adapter,
                 ms,
                 rate,
-                extra: Vec::new(),
-            };
-            println!("{}", if json { fig.json() } else { fig.row() });
+                extra,
+            });
         }
     }
-    if filter.is_none_or(|flt| "mlp_step".contains(flt)) {
-        let mut devices: Vec<(&'static str, &Device, String)> =
-            vec![("gpu", &gpu, adapter.clone())];
-        if with_cpu {
-            devices.push(("cpu", &cpu, "cpu reference".to_string()));
-        }
-        for (device, dev, adapter) in devices {
-            let fig = mlp_step(dev, device, adapter)?;
-            println!("{}", if json { fig.json() } else { fig.row() });
-        }
-    }
-    type Layer = fn(&Device, &'static str, String) -> anyhow::Result<Figure>;
-    let layers: [(&str, Layer); 2] = [
+    // Whole steps through the graph executor, with their own extra fields.
+    type Step = fn(&Device, &'static str, String) -> anyhow::Result<Figure>;
+    let steps: [(&str, Step); 3] = [
+        ("mlp_step", mlp_step),
         ("conv2d_fwd_bwd", conv2d_step),
         ("attention_fwd_bwd", attention_step),
     ];
-    for (name, f) in layers {
-        if filter.is_some_and(|flt| !name.contains(flt)) {
+    for (name, f) in steps {
+        if !wanted(name) {
             continue;
         }
-        let mut devices: Vec<(&'static str, &Device, String)> =
-            vec![("gpu", &gpu, adapter.clone())];
-        if with_cpu {
-            devices.push(("cpu", &cpu, "cpu reference".to_string()));
-        }
-        for (device, dev, adapter) in devices {
-            let fig = f(dev, device, adapter)?;
-            println!("{}", if json { fig.json() } else { fig.row() });
+        for (device, dev, adapter) in &devices {
+            print(f(dev, device, adapter.clone())?);
         }
     }
     Ok(())
