@@ -101,21 +101,8 @@ fn main() -> Result<()> {
         );
         let out = step.run(&[("x", &xt), ("y", &yt)])?;
         if i % 100 == 0 || i == 1 {
-            let pred = out[1].to_vec::<f32>()?;
-            let correct = pred
-                .chunks(VOCAB)
-                .zip(&y)
-                .filter(|(row, &label)| {
-                    let best = row
-                        .iter()
-                        .enumerate()
-                        .fold(
-                            (0, f32::NEG_INFINITY),
-                            |b, (k, &v)| if v > b.1 { (k, v) } else { b },
-                        );
-                    best.0 as i32 == label
-                })
-                .count();
+            let pred = out[1].argmax(-1, false)?.to_vec::<i32>()?;
+            let correct = pred.iter().zip(&y).filter(|(p, l)| p == l).count();
             println!(
                 "step {i:>4}  loss {:.4}  token accuracy {:.1}% (on that fresh batch)",
                 out[0].item()?,

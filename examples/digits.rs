@@ -68,21 +68,6 @@ fn network(n: usize) -> wgrad::Result<(Graph, Sequential, Var, Var)> {
     Ok((g, model, logits, loss))
 }
 
-fn argmax_rows(logits: &[f32], classes: usize) -> Vec<i32> {
-    logits
-        .chunks(classes)
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0 as i32
-        })
-        .collect()
-}
-
 /// Accuracy on the given images of the parameters in the safetensors file `model`
 /// or, without one, those of the compiled training step `from`.
 fn accuracy(dev: &Device, from: Source, xs: &[f32], ys: &[i32]) -> Result<f64> {
@@ -99,8 +84,9 @@ fn accuracy(dev: &Device, from: Source, xs: &[f32], ys: &[i32]) -> Result<f64> {
         }
     }
     let x = Tensor::from_slice(dev, xs, &[n, 1, 8, 8])?;
-    let out = exe.run(&[("x", &x)])?[0].to_vec::<f32>()?;
-    let pred = argmax_rows(&out, 10);
+    let pred = exe.run(&[("x", &x)])?[0]
+        .argmax(-1, false)?
+        .to_vec::<i32>()?;
     Ok(pred.iter().zip(ys).filter(|(p, y)| p == y).count() as f64 / n as f64)
 }
 

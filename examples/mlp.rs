@@ -49,7 +49,7 @@ fn network(seed: u64) -> (Graph, Var, Var) {
     let b2 = g.param("b2", &[1], Init::Zeros);
     let build = || -> wgrad::Result<(Var, Var)> {
         let pred = x.matmul(&w1)?.add(&b1)?.relu()?.matmul(&w2)?.add(&b2)?;
-        let loss = pred.sub(&y)?.square()?.mean()?;
+        let loss = pred.mse(&y)?;
         Ok((pred, loss))
     };
     let (pred, loss) = build().expect("the network's shapes are consistent");

@@ -42,7 +42,7 @@ fn mlp() -> (Graph, Var) {
         .unwrap()
         .add(&b2)
         .unwrap();
-    let loss = pred.sub(&y).unwrap().square().unwrap().mean().unwrap();
+    let loss = pred.mse(&y).unwrap();
     (g, loss)
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, assert_tensor_close, gpu, pair, uniform, SIZES};
+use common::{assert_close, assert_tensor_close, best_time, gpu, pair, uniform, SIZES};
 use wgrad::ops::reduce::ReduceOp;
 use wgrad::{Device, Error, Tensor};
 
@@ -462,26 +462,6 @@ fn empty_axes_and_bad_input_are_typed_errors() {
         assert_eq!(m.shape(), &[0]);
         assert!(m.to_vec::<f32>().unwrap().is_empty());
     }
-}
-
-/// Seconds per call of `f`: the best of several rounds, since other work on a shared
-/// machine only ever slows a round down.
-pub fn best_time(dev: &Device, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    dev.synchronize().unwrap();
-    let mut best = f64::INFINITY;
-    for _ in 0..30 {
-        let iters = 3;
-        let t0 = std::time::Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        dev.synchronize().unwrap();
-        best = best.min(t0.elapsed().as_secs_f64() / iters as f64);
-    }
-    best
 }
 
 /// Throughput of sum and max along an axis (run with `--release -- --ignored --nocapture`).

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, assert_tensor_close, gpu, pair, uniform, SIZES};
+use common::{assert_close, assert_tensor_close, best_time, gpu, pair, uniform, SIZES};
 use wgrad::{Device, Error, Tensor};
 
 /// Both functions under test, with their names and tolerances (atol, rtol).
@@ -252,26 +252,6 @@ fn bad_input_is_a_typed_error() {
             assert_eq!(z.log_softmax(0).unwrap().shape(), &shape);
         }
     }
-}
-
-/// Seconds per call of `f`: the best of many short rounds, since other work on a shared
-/// machine only ever slows a round down.
-fn best_time(dev: &Device, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    dev.synchronize().unwrap();
-    let mut best = f64::INFINITY;
-    for _ in 0..30 {
-        let iters = 3;
-        let t0 = std::time::Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        dev.synchronize().unwrap();
-        best = best.min(t0.elapsed().as_secs_f64() / iters as f64);
-    }
-    best
 }
 
 /// Throughput of softmax (run with `--release -- --ignored --nocapture`): bytes read and

@@ -97,3 +97,23 @@ pub fn assert_tensor_close(label: &str, got: &Tensor, want: &Tensor, atol: f32, 
     let w = want.to_vec::<f32>().expect("read CPU reference");
     assert_close(label, &g, &w, atol, rtol);
 }
+
+/// Seconds per call of `f`: the best of several rounds, since other work on a shared
+/// machine only ever slows a round down.
+pub fn best_time(dev: &Device, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    dev.synchronize().unwrap();
+    let mut best = f64::INFINITY;
+    for _ in 0..30 {
+        let iters = 3;
+        let t0 = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        dev.synchronize().unwrap();
+        best = best.min(t0.elapsed().as_secs_f64() / iters as f64);
+    }
+    best
+}

@@ -2,7 +2,7 @@
 //! .npy files, so anyone can check wgrad against NumPy. With `--upstream G.npy`
 //! the vector-Jacobian product is computed through the autodiff graph too.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use wgrad::autodiff::vjp;
@@ -130,11 +130,6 @@ fn build(a: &EvalArgs, x: &[Var]) -> wgrad::Result<Var> {
     }
 }
 
-fn read_on(path: &Path, dev: &Device) -> Result<Tensor> {
-    let t = read_npy(path, dev)?;
-    Ok(t)
-}
-
 /// svd → u, s (descending), vt; eigh → values (ascending), vectors (columns); rank → out.
 fn decompose(a: &EvalArgs, x: &Tensor) -> Result<()> {
     if a.upstream.is_some() {
@@ -191,7 +186,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let inputs: Vec<Tensor> = a
         .inputs
         .iter()
-        .map(|p| read_on(p, &dev))
+        .map(|p| Ok(read_npy(p, &dev)?))
         .collect::<Result<_>>()?;
     if DECOMPOSITIONS.contains(&a.op.as_str()) {
         return decompose(&a, &inputs[0]);
@@ -217,7 +212,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .collect();
     let mut grad_inputs = Vec::new();
     if let Some(path) = &a.upstream {
-        let u = read_on(path, &dev)?;
+        let u = read_npy(path, &dev)?;
         if u.shape() != out.shape() {
             bail!(
                 "eval {}: upstream {} has shape {:?}, the output has {:?}",
