@@ -10,6 +10,8 @@ use crate::gpu::{AdapterSummary, GpuContext, PoolStats};
 #[derive(Clone)]
 pub struct Device {
     pub(crate) inner: DeviceInner,
+    /// CPU reference only: keep f32 tensors in f64 between ops (see [`Device::cpu_f64`]).
+    pub(crate) wide: bool,
 }
 
 #[derive(Clone)]
@@ -25,6 +27,7 @@ impl Device {
     pub fn gpu() -> Result<Device> {
         Ok(Device {
             inner: DeviceInner::Gpu(Arc::new(GpuContext::new()?)),
+            wide: false,
         })
     }
 
@@ -33,7 +36,27 @@ impl Device {
     pub fn cpu() -> Device {
         Device {
             inner: DeviceInner::Cpu,
+            wide: false,
         }
+    }
+
+    /// The CPU reference in double precision: f32 tensors are held as f64
+    /// between ops, so a chain of ops (a whole graph, its gradient) is
+    /// evaluated in f64 and only rounded when read back as f32. This is what
+    /// central finite differences need: with f32 storage the rounding of the
+    /// loss (~1e-7 relative) swamps a small step h, in f64 h = 1e-6 leaves
+    /// errors near 1e-9. Read the wide values with [`crate::Tensor::to_vec_f64`]
+    /// and create them with [`crate::Tensor::from_f64`].
+    pub fn cpu_f64() -> Device {
+        Device {
+            inner: DeviceInner::Cpu,
+            wide: true,
+        }
+    }
+
+    /// True for the double-precision CPU reference ([`Device::cpu_f64`]).
+    pub fn is_f64_reference(&self) -> bool {
+        self.wide
     }
 
     /// True for a GPU device.
@@ -53,6 +76,7 @@ impl Device {
     pub fn name(&self) -> String {
         match &self.inner {
             DeviceInner::Gpu(g) => g.summary.to_string(),
+            DeviceInner::Cpu if self.wide => "cpu (reference, f64)".to_string(),
             DeviceInner::Cpu => "cpu (reference)".to_string(),
         }
     }
@@ -101,7 +125,7 @@ impl Device {
     pub fn same(&self, other: &Device) -> bool {
         match (&self.inner, &other.inner) {
             (DeviceInner::Gpu(a), DeviceInner::Gpu(b)) => Arc::ptr_eq(a, b),
-            (DeviceInner::Cpu, DeviceInner::Cpu) => true,
+            (DeviceInner::Cpu, DeviceInner::Cpu) => self.wide == other.wide,
             _ => false,
         }
     }

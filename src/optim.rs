@@ -145,16 +145,16 @@ fn params_words(n: usize, opt: &Optimizer, step: u64) -> [u32; 10] {
 /// CPU reference of one update, in f64: returns (p', m', v').
 fn update_reference(
     opt: &Optimizer,
-    p: &[f32],
-    g: &[f32],
-    m: &[f32],
-    v: &[f32],
+    p: &[f64],
+    g: &[f64],
+    m: &[f64],
+    v: &[f64],
     step: u64,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let n = p.len();
-    let (mut po, mut mo, mut vo) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let (mut po, mut mo, mut vo) = (vec![0f64; n], vec![0f64; n], vec![0f64; n]);
     for i in 0..n {
-        let (pi, gi) = (p[i] as f64, g[i] as f64);
+        let (pi, gi) = (p[i], g[i]);
         match *opt {
             Optimizer::Sgd {
                 lr,
@@ -163,12 +163,12 @@ fn update_reference(
             } => {
                 let grad = gi + weight_decay as f64 * pi;
                 let dir = if momentum != 0.0 {
-                    momentum as f64 * m[i] as f64 + grad
+                    momentum as f64 * m[i] + grad
                 } else {
                     grad
                 };
-                mo[i] = dir as f32;
-                po[i] = (pi - lr as f64 * dir) as f32;
+                mo[i] = dir;
+                po[i] = pi - lr as f64 * dir;
             }
             Optimizer::Adam {
                 lr,
@@ -184,15 +184,14 @@ fn update_reference(
                 } else {
                     gi + weight_decay as f64 * pi
                 };
-                let m1 = b1 * m[i] as f64 + (1.0 - b1) * grad;
-                let v1 = b2 * v[i] as f64 + (1.0 - b2) * grad * grad;
+                let m1 = b1 * m[i] + (1.0 - b1) * grad;
+                let v1 = b2 * v[i] + (1.0 - b2) * grad * grad;
                 let (bc1, bc2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
                 let decay = if decoupled { weight_decay as f64 } else { 0.0 };
-                mo[i] = m1 as f32;
-                vo[i] = v1 as f32;
-                po[i] = (pi * (1.0 - lr * decay)
-                    - lr * (m1 / bc1) / ((v1 / bc2).sqrt() + eps as f64))
-                    as f32;
+                mo[i] = m1;
+                vo[i] = v1;
+                po[i] =
+                    pi * (1.0 - lr * decay) - lr * (m1 / bc1) / ((v1 / bc2).sqrt() + eps as f64);
             }
         }
     }
@@ -238,24 +237,25 @@ pub(crate) fn update(
         DeviceInner::Cpu => {
             let host = |t: &Option<Tensor>| {
                 t.as_ref()
-                    .and_then(|t| t.host_f32().map(<[f32]>::to_vec))
+                    .map(|t| t.host_f64().into_owned())
                     .unwrap_or_default()
             };
-            let (pv, gv) = (p.host_f32().unwrap_or(&[]), g.host_f32().unwrap_or(&[]));
+            let (pv, gv) = (p.host_f64(), g.host_f64());
             let n = pv.len();
             let (mv, vv) = (host(&m), host(&v));
             let (mv, vv) = (
                 if mv.is_empty() { vec![0.0; n] } else { mv },
                 if vv.is_empty() { vec![0.0; n] } else { vv },
             );
-            let (po, mo, vo) = update_reference(opt, pv, gv, &mv, &vv, step);
+            let (po, mo, vo) = update_reference(opt, &pv, &gv, &mv, &vv, step);
+            let dev = p.device();
             if needs_m {
-                state.m = Some(Tensor::cpu_f32(p.shape(), mo));
+                state.m = Some(Tensor::cpu_from_f64(dev, p.shape(), mo));
             }
             if needs_v {
-                state.v = Some(Tensor::cpu_f32(p.shape(), vo));
+                state.v = Some(Tensor::cpu_from_f64(dev, p.shape(), vo));
             }
-            Ok(Tensor::cpu_f32(p.shape(), po))
+            Ok(Tensor::cpu_from_f64(dev, p.shape(), po))
         }
         DeviceInner::Gpu(ctx) => {
             let n = p.numel();

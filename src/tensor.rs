@@ -2,6 +2,7 @@
 //! storage buffer, or host memory for the CPU reference). Clones share data;
 //! reshape is a view. Ops are methods defined beside their kernels in `ops/`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::device::{Device, DeviceInner};
@@ -15,6 +16,8 @@ pub(crate) enum Storage {
     Gpu(Arc<GpuBuffer>),
     /// Host words (4-byte aligned so any 4-byte element can be viewed in place).
     Cpu(Arc<Vec<u32>>),
+    /// An f32 tensor of the double-precision reference ([`Device::cpu_f64`]).
+    CpuWide(Arc<Vec<f64>>),
 }
 
 /// An n-dimensional array on a [`Device`].
@@ -44,6 +47,14 @@ impl Tensor {
             DeviceInner::Gpu(g) => {
                 g.check_binding("from_slice", shape.dims(), bytes.len() as u64)?;
                 Storage::Gpu(Arc::new(g.upload(bytes)?))
+            }
+            DeviceInner::Cpu if device.wide && T::DTYPE == DType::F32 => {
+                Storage::CpuWide(Arc::new(
+                    bytemuck::cast_slice::<T, f32>(data)
+                        .iter()
+                        .map(|&v| v as f64)
+                        .collect(),
+                ))
             }
             DeviceInner::Cpu => Storage::Cpu(Arc::new(words_of(bytes))),
         };
@@ -130,6 +141,11 @@ impl Tensor {
                 .get(..n)
                 .unwrap_or(&[])
                 .to_vec()),
+            // T is f32 here (checked above): round the wide values once.
+            Storage::CpuWide(w) => {
+                let rounded: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+                Ok(bytemuck::cast_slice::<f32, T>(&rounded).to_vec())
+            }
             Storage::Gpu(b) => {
                 let g = self.device.gpu_ctx().ok_or_else(|| Error::Invalid {
                     op: "to_vec",
@@ -155,13 +171,41 @@ impl Tensor {
         Ok(self.to_vec::<f32>()?[0])
     }
 
+    /// An f32 tensor from f64 values: kept exactly on the double-precision
+    /// reference ([`Device::cpu_f64`]), rounded to f32 on any other device.
+    pub fn from_f64(device: &Device, data: &[f64], shape: &[usize]) -> Result<Tensor> {
+        if device.wide {
+            let n = crate::shape::checked_numel("from_f64", shape)?;
+            if data.len() != n {
+                return Err(Error::DataLength {
+                    op: "from_f64",
+                    len: data.len(),
+                    shape: shape.to_vec(),
+                    expected: n,
+                });
+            }
+            return Ok(Tensor::cpu_from_f64(device, shape, data.to_vec()));
+        }
+        let rounded: Vec<f32> = data.iter().map(|&v| v as f32).collect();
+        Tensor::from_slice(device, &rounded, shape)
+    }
+
+    /// Reads an f32 tensor back as f64: exact values on the double-precision
+    /// reference, widened f32 values elsewhere.
+    pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
+        match &self.storage {
+            Storage::CpuWide(w) => Ok(w[..self.numel()].to_vec()),
+            _ => Ok(self.to_vec::<f32>()?.iter().map(|&v| v as f64).collect()),
+        }
+    }
+
     /// The same data on another device.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         if self.device.same(device) {
             return Ok(self.clone());
         }
         match self.dtype {
-            DType::F32 => Tensor::from_slice(device, &self.to_vec::<f32>()?, self.shape()),
+            DType::F32 => Tensor::from_f64(device, &self.to_vec_f64()?, self.shape()),
             DType::I32 => Tensor::from_slice(device, &self.to_vec::<i32>()?, self.shape()),
             DType::U32 => Tensor::from_slice(device, &self.to_vec::<u32>()?, self.shape()),
             DType::F16 => Err(Error::DType {
@@ -243,7 +287,45 @@ impl Tensor {
         }
     }
 
-    /// A CPU-reference tensor from computed f32 values.
+    /// A CPU-reference f32 tensor on `device` from values computed in f64:
+    /// rounded to f32 (as a GPU kernel stores them), or kept in f64 on the
+    /// double-precision reference.
+    pub(crate) fn cpu_from_f64(device: &Device, shape: &[usize], data: Vec<f64>) -> Tensor {
+        let storage = if device.wide {
+            Storage::CpuWide(Arc::new(data))
+        } else {
+            let rounded: Vec<f32> = data.iter().map(|&v| v as f32).collect();
+            Storage::Cpu(Arc::new(words_of(bytemuck::cast_slice(&rounded))))
+        };
+        Tensor::from_storage(device, shape, DType::F32, storage)
+    }
+
+    /// A CPU-reference tensor on `device` from computed i32 values.
+    pub(crate) fn cpu_i32(device: &Device, shape: &[usize], data: Vec<i32>) -> Tensor {
+        Tensor::from_storage(
+            device,
+            shape,
+            DType::I32,
+            Storage::Cpu(Arc::new(words_of(bytemuck::cast_slice(&data)))),
+        )
+    }
+
+    /// The values of a CPU f32 tensor in f64 (widened from f32 storage, or
+    /// borrowed on the double-precision reference); empty for other tensors.
+    pub(crate) fn host_f64(&self) -> Cow<'_, [f64]> {
+        match &self.storage {
+            Storage::Cpu(w) if self.dtype == DType::F32 => Cow::Owned(
+                bytemuck::cast_slice::<u32, f32>(&w[..])[..self.numel()]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect(),
+            ),
+            Storage::CpuWide(w) => Cow::Borrowed(&w[..self.numel()]),
+            _ => Cow::Borrowed(&[]),
+        }
+    }
+
+    /// A CPU-reference tensor from f32 values (on [`Device::cpu`]).
     pub(crate) fn cpu_f32(shape: &[usize], data: Vec<f32>) -> Tensor {
         Tensor::from_storage(
             &Device::cpu(),
@@ -253,17 +335,7 @@ impl Tensor {
         )
     }
 
-    /// A CPU-reference tensor from computed i32 values.
-    pub(crate) fn cpu_i32(shape: &[usize], data: Vec<i32>) -> Tensor {
-        Tensor::from_storage(
-            &Device::cpu(),
-            shape,
-            DType::I32,
-            Storage::Cpu(Arc::new(words_of(bytemuck::cast_slice(&data)))),
-        )
-    }
-
-    /// Host f32 data of a CPU tensor.
+    /// Host f32 data of a CPU tensor held in f32 (`None` on the double-precision reference).
     pub(crate) fn host_f32(&self) -> Option<&[f32]> {
         match &self.storage {
             Storage::Cpu(w) if self.dtype == DType::F32 => {
@@ -273,11 +345,19 @@ impl Tensor {
         }
     }
 
+    /// The wide values of an f32 tensor of the double-precision reference.
+    pub(crate) fn host_wide(&self) -> Option<&[f64]> {
+        match &self.storage {
+            Storage::CpuWide(w) => Some(&w[..self.numel()]),
+            _ => None,
+        }
+    }
+
     /// The GPU buffer and the bytes it holds for this tensor.
     pub(crate) fn gpu_arg(&self) -> Option<(&wgpu::Buffer, u64)> {
         match &self.storage {
             Storage::Gpu(b) => Some((b.raw(), self.nbytes())),
-            Storage::Cpu(_) => None,
+            Storage::Cpu(_) | Storage::CpuWide(_) => None,
         }
     }
 

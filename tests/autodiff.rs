@@ -3,13 +3,13 @@
 //!
 //! Each case builds `loss = Σ f(x…)·R` with a fixed random R (so the upstream
 //! gradient is not all ones), differentiates it with `grad`, and perturbs each
-//! input element by ±h. The CPU reference computes every op in f64 and stores
-//! f32, so h = 1e-2 with a 2e-2 relative tolerance separates a right rule from a
-//! wrong one by orders of magnitude.
+//! input element by ±h. The finite differences run on the double-precision
+//! CPU reference (`Device::cpu_f64`, f64 between ops) with h = 1e-4 and a 1e-6
+//! tolerance (see `common::check_finite_differences`).
 
 mod common;
 
-use common::{assert_close, gpu, uniform};
+use common::{assert_close, check_finite_differences, gpu, uniform, Feed};
 use wgrad::autodiff::{grad, vjp};
 use wgrad::{BinaryOp, Device, Error, Graph, ReduceOp, Tensor, UnaryOp, Var};
 
@@ -90,29 +90,15 @@ fn run(dev: &Device, g: &Graph, outs: &[&Var], feeds: &Feeds) -> Vec<Vec<f32>> {
 
 fn check(c: &Case) {
     let (g, loss, grads, feeds) = setup(c, 7);
+    let wide: Vec<(String, Feed)> = feeds
+        .iter()
+        .map(|(n, v, s)| (n.clone(), Feed::real(v, s)))
+        .collect();
+    check_finite_differences(&c.name, &g, &loss, &grads, &wide);
     let cpu = Device::cpu();
     let mut outs = vec![&loss];
     outs.extend(grads.iter());
     let analytic = run(&cpu, &g, &outs, &feeds);
-    let h = 1e-2f32;
-    for (k, (_, base, _)) in feeds.iter().enumerate() {
-        let mut numeric = vec![0.0f32; base.len()];
-        for i in 0..base.len() {
-            let mut f = feeds.clone();
-            f[k].1[i] = base[i] + h;
-            let up = run(&cpu, &g, &[&loss], &f)[0][0] as f64;
-            f[k].1[i] = base[i] - h;
-            let down = run(&cpu, &g, &[&loss], &f)[0][0] as f64;
-            numeric[i] = ((up - down) / (2.0 * h as f64)) as f32;
-        }
-        assert_close(
-            &format!("{} d/dx{k} vs finite differences", c.name),
-            &analytic[1 + k],
-            &numeric,
-            2e-2,
-            2e-2,
-        );
-    }
     if let Some(dev) = gpu() {
         let on_gpu = run(&dev, &g, &outs, &feeds);
         for k in 0..feeds.len() {
@@ -333,4 +319,53 @@ fn non_scalar_output_takes_an_upstream_gradient() {
         grad(&y.sum().unwrap(), &[&other]).unwrap_err(),
         Error::Invalid { .. }
     ));
+}
+
+#[test]
+fn the_f64_reference_keeps_f64_between_ops() {
+    // (1 + 1e-12) - 1 survives in f64 and rounds to 0 in f32.
+    let run = |dev: &Device| -> f64 {
+        let x = Tensor::from_f64(dev, &[1.0 + 1e-12], &[1]).unwrap();
+        let d = x.binary_scalar(BinaryOp::Sub, 1.0, false).unwrap();
+        let d = d.binary_scalar(BinaryOp::Mul, 1e12, false).unwrap();
+        d.sum().unwrap().to_vec_f64().unwrap()[0]
+    };
+    assert!((run(&Device::cpu_f64()) - 1.0).abs() < 1e-3);
+    assert_eq!(run(&Device::cpu()), 0.0);
+    assert!(Device::cpu_f64().is_f64_reference() && !Device::cpu().is_f64_reference());
+    // Read as f32, the wide value is rounded once.
+    let t = Tensor::from_f64(&Device::cpu_f64(), &[0.1], &[1]).unwrap();
+    assert_eq!(t.to_vec::<f32>().unwrap(), vec![0.1f32]);
+}
+
+#[test]
+fn the_finite_difference_check_rejects_a_wrong_rule() {
+    // d Σx² is 2x; offering x (a rule off by a factor 2) must fail the check.
+    let g = Graph::new();
+    let x = g.input("x", &[4]);
+    let loss = x.square().unwrap().sum().unwrap();
+    let feeds = [("x".to_string(), Feed::real(&[0.5, -1.0, 2.0, 0.25], &[4]))];
+    check_finite_differences(
+        "right rule",
+        &g,
+        &loss,
+        &grad(&loss, &[&x]).unwrap(),
+        &feeds,
+    );
+    let wrong = std::panic::catch_unwind(|| {
+        check_finite_differences("wrong rule", &g, &loss, std::slice::from_ref(&x), &feeds);
+    });
+    assert!(wrong.is_err(), "a wrong gradient passed the check");
+    // And a rule off by 1e-4 relative is still caught at f64's tolerance.
+    let nearly = x.mul_scalar(2.0002).unwrap();
+    let close = std::panic::catch_unwind(|| {
+        check_finite_differences(
+            "nearly right",
+            &g,
+            &loss,
+            std::slice::from_ref(&nearly),
+            &feeds,
+        );
+    });
+    assert!(close.is_err(), "a gradient 1e-4 off passed the check");
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, assert_tensor_close, gpu, uniform};
+use common::{assert_close, assert_tensor_close, check_finite_differences, gpu, uniform, Feed};
 use wgrad::autodiff::grad;
 use wgrad::{Device, Error, Graph, Rng, Tensor};
 
@@ -96,26 +96,18 @@ fn gradient_matches_finite_differences_and_gpu() {
             .map(|t| t.to_vec::<f32>().unwrap())
             .collect()
     };
-    let cpu = Device::cpu();
-    let analytic = eval(&cpu, &xs, &[&dx]).remove(0);
-    let h = 1e-2f32;
-    let numeric: Vec<f32> = (0..xs.len())
-        .map(|i| {
-            let mut p = xs.clone();
-            p[i] += h;
-            let up = eval(&cpu, &p, &[&loss])[0][0] as f64;
-            p[i] -= 2.0 * h;
-            let down = eval(&cpu, &p, &[&loss])[0][0] as f64;
-            ((up - down) / (2.0 * h as f64)) as f32
-        })
-        .collect();
-    assert_close(
-        "d cross_entropy vs finite differences",
-        &analytic,
-        &numeric,
-        1e-3,
-        1e-2,
+    let feeds = [
+        ("x".to_string(), Feed::real(&xs, &[rows, classes])),
+        ("y".to_string(), Feed::Labels(ls.clone(), vec![rows])),
+    ];
+    check_finite_differences(
+        "cross_entropy",
+        &g,
+        &loss,
+        std::slice::from_ref(&dx),
+        &feeds,
     );
+    let analytic = eval(&Device::cpu(), &xs, &[&dx]).remove(0);
     if let Some(dev) = gpu() {
         assert_close(
             "d cross_entropy GPU vs CPU",

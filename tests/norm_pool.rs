@@ -3,17 +3,12 @@
 
 mod common;
 
-use common::{assert_close, gpu, uniform};
+use common::{assert_close, check_finite_differences, gpu, uniform, Feed};
 use wgrad::autodiff::grad;
 use wgrad::{Device, Error, Graph, Tensor, Var};
 
-/// Runs `build` on input `x` of `shape`: (value, gradient of Σ value·R) on `dev`.
-fn eval(
-    dev: &Device,
-    shape: &[usize],
-    xv: &[f32],
-    build: &dyn Fn(&Var) -> wgrad::Result<Var>,
-) -> (Vec<f32>, Vec<f32>, f32) {
+/// The graph of `build` on input `x` of `shape`: (graph, value, d loss/dx, loss = Σ value·R).
+fn graph_of(shape: &[usize], build: &dyn Fn(&Var) -> wgrad::Result<Var>) -> (Graph, Var, Var, Var) {
     let g = Graph::new();
     let x = g.input("x", shape);
     let y = build(&x).unwrap();
@@ -25,6 +20,17 @@ fn eval(
     .unwrap();
     let loss = y.mul(&g.constant(&r).unwrap()).unwrap().sum().unwrap();
     let gx = grad(&loss, &[&x]).unwrap().remove(0);
+    (g, y, gx, loss)
+}
+
+/// Runs `build` on input `x` of `shape`: (value, gradient of Σ value·R) on `dev`.
+fn eval(
+    dev: &Device,
+    shape: &[usize],
+    xv: &[f32],
+    build: &dyn Fn(&Var) -> wgrad::Result<Var>,
+) -> (Vec<f32>, Vec<f32>, f32) {
+    let (g, y, gx, loss) = graph_of(shape, build);
     let exe = dev.compile(&g, &[&y, &gx, &loss], None).unwrap();
     let xt = Tensor::from_slice(dev, xv, shape).unwrap();
     let out = exe.run(&[("x", &xt)]).unwrap();
@@ -47,23 +53,16 @@ fn check(
     let cpu = Device::cpu();
     let (value, gradient, _) = eval(&cpu, shape, xv, build);
     assert_close(&format!("{name} value"), &value, want, 1e-5, 1e-4);
-    let h = 1e-2f32;
-    let numeric: Vec<f32> = (0..xv.len())
-        .map(|i| {
-            let mut p = xv.to_vec();
-            p[i] += h;
-            let up = eval(&cpu, shape, &p, build).2 as f64;
-            p[i] -= 2.0 * h;
-            let down = eval(&cpu, shape, &p, build).2 as f64;
-            ((up - down) / (2.0 * h as f64)) as f32
-        })
-        .collect();
+    let (g, _, dx, loss) = graph_of(shape, build);
+    let feeds = [("x".to_string(), Feed::real(xv, shape))];
+    let wide = check_finite_differences(name, &g, &loss, &[dx], &feeds);
+    let rounded: Vec<f32> = wide[0].iter().map(|&v| v as f32).collect();
     assert_close(
-        &format!("{name} gradient vs finite differences"),
+        &format!("{name} gradient f32 vs f64 reference"),
         &gradient,
-        &numeric,
-        2e-2,
-        2e-2,
+        &rounded,
+        1e-5,
+        1e-4,
     );
     if let Some(dev) = gpu() {
         let (gv, gg, _) = eval(&dev, shape, xv, build);

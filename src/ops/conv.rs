@@ -141,17 +141,17 @@ fn for_each_tap(s: &[usize], g: &Conv2d, oh: usize, ow: usize, mut f: impl FnMut
 }
 
 /// CPU reference of im2col: patches (N, OH·OW, C·KH·KW).
-fn im2col_reference(x: &[f32], s: &[usize], g: &Conv2d, oh: usize, ow: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; s[0] * oh * ow * s[1] * g.kh * g.kw];
+fn im2col_reference(x: &[f64], s: &[usize], g: &Conv2d, oh: usize, ow: usize) -> Vec<f64> {
+    let mut out = vec![0.0f64; s[0] * oh * ow * s[1] * g.kh * g.kw];
     for_each_tap(s, g, oh, ow, |col, pixel| out[col] = x[pixel]);
     out
 }
 
 /// CPU reference of col2im: scatters (adds) every patch value back to its pixel, in f64.
-fn col2im_reference(cols: &[f32], s: &[usize], g: &Conv2d, oh: usize, ow: usize) -> Vec<f32> {
+fn col2im_reference(cols: &[f64], s: &[usize], g: &Conv2d, oh: usize, ow: usize) -> Vec<f64> {
     let mut out = vec![0.0f64; s.iter().product()];
-    for_each_tap(s, g, oh, ow, |col, pixel| out[pixel] += cols[col] as f64);
-    out.into_iter().map(|v| v as f32).collect()
+    for_each_tap(s, g, oh, ow, |col, pixel| out[pixel] += cols[col]);
+    out
 }
 
 impl Tensor {
@@ -164,11 +164,9 @@ impl Tensor {
         let out_shape = [s[0], oh * ow, s[1] * geom.kh * geom.kw];
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let x = self.host_f32().unwrap_or(&[]);
-                Ok(Tensor::cpu_f32(
-                    &out_shape,
-                    im2col_reference(x, &s, &geom, oh, ow),
-                ))
+                let x = self.host_f64();
+                let out = im2col_reference(&x, &s, &geom, oh, ow);
+                Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
@@ -211,11 +209,9 @@ impl Tensor {
         }
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let cols = self.host_f32().unwrap_or(&[]);
-                Ok(Tensor::cpu_f32(
-                    &s,
-                    col2im_reference(cols, &s, &geom, oh, ow),
-                ))
+                let cols = self.host_f64();
+                let out = col2im_reference(&cols, &s, &geom, oh, ow);
+                Ok(Tensor::cpu_from_f64(self.device(), &s, out))
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, &s, DType::F32)?;

@@ -216,9 +216,9 @@ impl Tensor {
         self.expect_f32(name)?;
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let x = self.host_f32().unwrap_or(&[]);
-                let out = x.iter().map(|&v| op.eval(v as f64) as f32).collect();
-                Ok(Tensor::cpu_f32(self.shape(), out))
+                let x = self.host_f64();
+                let out = x.iter().map(|&v| op.eval(v)).collect();
+                Ok(Tensor::cpu_from_f64(self.device(), self.shape(), out))
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), name, self.shape(), DType::F32)?;
@@ -255,10 +255,7 @@ impl Tensor {
         let n: usize = out_shape.iter().product();
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let (a, b) = (
-                    self.host_f32().unwrap_or(&[]),
-                    other.host_f32().unwrap_or(&[]),
-                );
+                let (a, b) = (self.host_f64(), other.host_f64());
                 let ostr = contiguous_strides(&out_shape);
                 let out = (0..n)
                     .map(|i| {
@@ -268,10 +265,10 @@ impl Tensor {
                             ia += c * sa[d];
                             ib += c * sb[d];
                         }
-                        op.eval(a[ia] as f64, b[ib] as f64) as f32
+                        op.eval(a[ia], b[ib])
                     })
                     .collect();
-                Ok(Tensor::cpu_f32(&out_shape, out))
+                Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), name, &out_shape, DType::F32)?;
@@ -312,15 +309,16 @@ impl Tensor {
         self.expect_f32(name)?;
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let x = self.host_f32().unwrap_or(&[]);
+                let x = self.host_f64();
+                let s = s as f64;
                 let out = x
                     .iter()
                     .map(|&v| {
                         let (p, q) = if scalar_lhs { (s, v) } else { (v, s) };
-                        op.eval(p as f64, q as f64) as f32
+                        op.eval(p, q)
                     })
                     .collect();
-                Ok(Tensor::cpu_f32(self.shape(), out))
+                Ok(Tensor::cpu_from_f64(self.device(), self.shape(), out))
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), name, self.shape(), DType::F32)?;

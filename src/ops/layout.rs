@@ -436,9 +436,27 @@ fn host_words(t: &Tensor) -> Result<Vec<u32>> {
     })
 }
 
-/// A CPU tensor of `dtype` holding `words`.
-fn cpu_words(shape: &[usize], dtype: DType, words: Vec<u32>) -> Tensor {
-    Tensor::from_storage(&Device::cpu(), shape, dtype, Storage::Cpu(Arc::new(words)))
+/// A CPU tensor of `dtype` on `device` holding `words`.
+fn cpu_words(device: &Device, shape: &[usize], dtype: DType, words: Vec<u32>) -> Tensor {
+    Tensor::from_storage(device, shape, dtype, Storage::Cpu(Arc::new(words)))
+}
+
+/// The low and high 32-bit halves of f64 values (the double-precision reference's
+/// f32 tensors), so the word-moving references move them unchanged.
+fn split_wide(wide: &[f64]) -> (Vec<u32>, Vec<u32>) {
+    wide.iter()
+        .map(|v| (v.to_bits() as u32, (v.to_bits() >> 32) as u32))
+        .unzip()
+}
+
+/// The f32 tensor of the double-precision reference whose values have halves `lo`, `hi`.
+fn join_wide(device: &Device, shape: &[usize], lo: &[u32], hi: &[u32]) -> Tensor {
+    let wide = lo
+        .iter()
+        .zip(hi)
+        .map(|(&l, &h)| f64::from_bits((h as u64) << 32 | l as u64))
+        .collect();
+    Tensor::cpu_from_f64(device, shape, wide)
 }
 
 impl Tensor {
@@ -461,14 +479,24 @@ impl Tensor {
         out_shape: &[usize],
         plan: impl FnOnce() -> CopyPlan,
         kernel: Option<TransposeKernel>,
-        reference: impl FnOnce(&[u32]) -> Vec<u32>,
+        reference: impl Fn(&[u32]) -> Vec<u32>,
     ) -> Result<Tensor> {
         match &self.device().inner {
-            DeviceInner::Cpu => Ok(cpu_words(
-                out_shape,
-                self.dtype(),
-                reference(&host_words(self)?),
-            )),
+            DeviceInner::Cpu => match self.host_wide() {
+                // Pure data movement: move the low and high halves of each f64
+                // with the same word permutation.
+                Some(wide) => {
+                    let (lo, hi) = split_wide(wide);
+                    let (lo, hi) = (reference(&lo), reference(&hi));
+                    Ok(join_wide(self.device(), out_shape, &lo, &hi))
+                }
+                None => Ok(cpu_words(
+                    self.device(),
+                    out_shape,
+                    self.dtype(),
+                    reference(&host_words(self)?),
+                )),
+            },
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, out_shape, self.dtype())?;
                 let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
@@ -662,12 +690,24 @@ impl Tensor {
         let mut out_shape = first.shape().to_vec();
         out_shape[ax] = shapes.iter().map(|s| s[ax]).sum();
         match &first.device().inner {
+            DeviceInner::Cpu if first.host_wide().is_some() => {
+                let (lo, hi): (Vec<_>, Vec<_>) = tensors
+                    .iter()
+                    .map(|t| {
+                        let (lo, hi) = split_wide(t.host_wide().unwrap_or(&[]));
+                        ((lo, t.shape()), (hi, t.shape()))
+                    })
+                    .unzip();
+                let (lo, hi) = (concat_forward(&lo, ax), concat_forward(&hi, ax));
+                Ok(join_wide(first.device(), &out_shape, &lo, &hi))
+            }
             DeviceInner::Cpu => {
                 let inputs = tensors
                     .iter()
                     .map(|t| Ok((host_words(t)?, t.shape())))
                     .collect::<Result<Vec<_>>>()?;
                 Ok(cpu_words(
+                    first.device(),
                     &out_shape,
                     first.dtype(),
                     concat_forward(&inputs, ax),

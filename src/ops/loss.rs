@@ -66,15 +66,12 @@ fn host_labels(op: &'static str, labels: &Tensor, classes: usize) -> Result<Vec<
 }
 
 /// f64 log-sum-exp of each row.
-fn lse_reference(x: &[f32], rows: usize, classes: usize) -> Vec<f64> {
+fn lse_reference(x: &[f64], rows: usize, classes: usize) -> Vec<f64> {
     (0..rows)
         .map(|i| {
             let row = &x[i * classes..(i + 1) * classes];
-            let m = row
-                .iter()
-                .map(|&v| v as f64)
-                .fold(f64::NEG_INFINITY, f64::max);
-            m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+            let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            m + row.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
         })
         .collect()
 }
@@ -98,13 +95,13 @@ impl Tensor {
         let out_shape = labels.shape().to_vec();
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let x = self.host_f32().unwrap_or(&[]);
+                let x = self.host_f64();
                 let l = host_labels(op, labels, classes)?;
-                let lse = lse_reference(x, rows, classes);
+                let lse = lse_reference(&x, rows, classes);
                 let out = (0..rows)
-                    .map(|i| (lse[i] - x[i * classes + l[i] as usize] as f64) as f32)
+                    .map(|i| lse[i] - x[i * classes + l[i] as usize])
                     .collect();
-                Ok(Tensor::cpu_f32(&out_shape, out))
+                Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
@@ -147,18 +144,17 @@ impl Tensor {
         }
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let x = self.host_f32().unwrap_or(&[]);
-                let gv = g.host_f32().unwrap_or(&[]);
+                let (x, gv) = (self.host_f64(), g.host_f64());
                 let l = host_labels(op, labels, classes)?;
-                let lse = lse_reference(x, rows, classes);
+                let lse = lse_reference(&x, rows, classes);
                 let out = (0..rows * classes)
                     .map(|e| {
                         let (i, c) = (e / classes, e % classes);
                         let onehot = if l[i] as usize == c { 1.0 } else { 0.0 };
-                        (((x[e] as f64 - lse[i]).exp() - onehot) * gv[i] as f64) as f32
+                        ((x[e] - lse[i]).exp() - onehot) * gv[i]
                     })
                     .collect();
-                Ok(Tensor::cpu_f32(self.shape(), out))
+                Ok(Tensor::cpu_from_f64(self.device(), self.shape(), out))
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;

@@ -291,9 +291,9 @@ impl MatmulPlan {
 }
 
 /// CPU reference: `C = op(A)·op(B)` per batch matrix, accumulated in f64.
-pub(crate) fn matmul_forward(a: &[f32], b: &[f32], p: &MatmulPlan) -> Vec<f32> {
+pub(crate) fn matmul_forward(a: &[f64], b: &[f64], p: &MatmulPlan) -> Vec<f64> {
     let (m, n, k) = (p.m, p.n, p.k);
-    let mut out = vec![0.0f32; p.batch() * m * n];
+    let mut out = vec![0.0f64; p.batch() * m * n];
     // op(B) as a row-major (k, n) f64 copy and one f64 accumulator row: the inner
     // loop then runs over contiguous memory (i-l-j order), tens of times faster
     // than the dot-product order on big shapes, with the same f64 accumulation.
@@ -307,7 +307,7 @@ pub(crate) fn matmul_forward(a: &[f32], b: &[f32], p: &MatmulPlan) -> Vec<f32> {
                     b[ob + j * k + l]
                 } else {
                     b[ob + l * n + j]
-                } as f64;
+                };
             }
         }
         for i in 0..m {
@@ -317,14 +317,14 @@ pub(crate) fn matmul_forward(a: &[f32], b: &[f32], p: &MatmulPlan) -> Vec<f32> {
                     a[oa + l * m + i]
                 } else {
                     a[oa + i * k + l]
-                } as f64;
+                };
                 let row = &bt[l * n..(l + 1) * n];
                 acc.iter_mut().zip(row).for_each(|(s, &y)| *s += x * y);
             }
             c[i * n..(i + 1) * n]
                 .iter_mut()
                 .zip(&acc)
-                .for_each(|(o, &v)| *o = v as f32);
+                .for_each(|(o, &v)| *o = v);
         }
     }
     out
@@ -369,14 +369,9 @@ impl Tensor {
         let plan = MatmulPlan::new(self.shape(), other.shape(), transpose_a, transpose_b)?;
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let (a, b) = (
-                    self.host_f32().unwrap_or(&[]),
-                    other.host_f32().unwrap_or(&[]),
-                );
-                Ok(Tensor::cpu_f32(
-                    &plan.out_shape,
-                    matmul_forward(a, b, &plan),
-                ))
+                let (a, b) = (self.host_f64(), other.host_f64());
+                let out = matmul_forward(&a, &b, &plan);
+                Ok(Tensor::cpu_from_f64(self.device(), &plan.out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
                 let variant = resolve(ctx, variant)?;

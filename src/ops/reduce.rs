@@ -207,11 +207,11 @@ fn reduced_shape(shape: &[usize], axis: usize, keepdim: bool) -> Vec<usize> {
 }
 
 /// CPU reference of one reduction over (outer, r, inner), in f64.
-fn reduce_reference(x: &[f32], (outer, r, inner): (usize, usize, usize), op: ReduceOp) -> Vec<f32> {
+fn reduce_reference(x: &[f64], (outer, r, inner): (usize, usize, usize), op: ReduceOp) -> Vec<f64> {
     let mut out = Vec::with_capacity(outer * inner);
     for o in 0..outer {
         for j in 0..inner {
-            let line = (0..r).map(|k| x[(o * r + k) * inner + j] as f64);
+            let line = (0..r).map(|k| x[(o * r + k) * inner + j]);
             let v = match op {
                 ReduceOp::Sum => line.sum::<f64>(),
                 ReduceOp::Mean => line.sum::<f64>() / r as f64,
@@ -235,14 +235,14 @@ fn reduce_reference(x: &[f32], (outer, r, inner): (usize, usize, usize), op: Red
                     acc
                 }
             };
-            out.push(v as f32);
+            out.push(v);
         }
     }
     out
 }
 
 /// CPU reference of argmax over (outer, r, inner): first NaN, else first maximum.
-fn argmax_reference(x: &[f32], (outer, r, inner): (usize, usize, usize)) -> Vec<i32> {
+fn argmax_reference(x: &[f64], (outer, r, inner): (usize, usize, usize)) -> Vec<i32> {
     let mut out = Vec::with_capacity(outer * inner);
     for o in 0..outer {
         for j in 0..inner {
@@ -379,8 +379,9 @@ impl Tensor {
         crate::shape::checked_numel(name, &out_shape)?;
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let x = self.host_f32().unwrap_or(&[]);
-                Ok(Tensor::cpu_f32(&out_shape, reduce_reference(x, dims, op)))
+                let x = self.host_f64();
+                let out = reduce_reference(&x, dims, op);
+                Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), name, &out_shape, DType::F32)?;
@@ -407,8 +408,9 @@ impl Tensor {
         let out_shape = reduced_shape(self.shape(), axis, keepdim);
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let x = self.host_f32().unwrap_or(&[]);
-                Ok(Tensor::cpu_i32(&out_shape, argmax_reference(x, dims)))
+                let x = self.host_f64();
+                let out = argmax_reference(&x, dims);
+                Ok(Tensor::cpu_i32(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), "argmax", &out_shape, DType::I32)?;

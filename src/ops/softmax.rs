@@ -37,19 +37,17 @@ const SPLIT_MIN_LEN: usize = 4096;
 const WG: u64 = 64;
 
 /// CPU reference of softmax (or log-softmax) of every line of (outer, r, inner), in f64.
-fn softmax_reference(x: &[f32], (outer, r, inner): (usize, usize, usize), log: bool) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
+fn softmax_reference(x: &[f64], (outer, r, inner): (usize, usize, usize), log: bool) -> Vec<f64> {
+    let mut y = vec![0.0f64; x.len()];
     for o in 0..outer {
         for j in 0..inner {
             let at = |k: usize| (o * r + k) * inner + j;
             // f64::max skips NaN; a NaN then reaches the sum and makes the line NaN.
-            let m = (0..r)
-                .map(|k| x[at(k)] as f64)
-                .fold(f64::NEG_INFINITY, f64::max);
-            let s: f64 = (0..r).map(|k| (x[at(k)] as f64 - m).exp()).sum();
+            let m = (0..r).map(|k| x[at(k)]).fold(f64::NEG_INFINITY, f64::max);
+            let s: f64 = (0..r).map(|k| (x[at(k)] - m).exp()).sum();
             for k in 0..r {
-                let d = x[at(k)] as f64 - m;
-                y[at(k)] = if log { d - s.ln() } else { d.exp() / s } as f32;
+                let d = x[at(k)] - m;
+                y[at(k)] = if log { d - s.ln() } else { d.exp() / s };
             }
         }
     }
@@ -169,11 +167,9 @@ impl Tensor {
         let dims = split_at_axis(self.shape(), axis);
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let x = self.host_f32().unwrap_or(&[]);
-                Ok(Tensor::cpu_f32(
-                    self.shape(),
-                    softmax_reference(x, dims, log),
-                ))
+                let x = self.host_f64();
+                let out = softmax_reference(&x, dims, log);
+                Ok(Tensor::cpu_from_f64(self.device(), self.shape(), out))
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), name, self.shape(), DType::F32)?;

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use wgrad::{Device, Rng, Tensor};
+use wgrad::{Device, Graph, Rng, Tensor, Var};
 
 /// Sizes every family is tested on: 1, odd, around the tile/workgroup, large.
 pub const SIZES: [usize; 7] = [1, 3, 17, 64, 255, 257, 1000];
@@ -116,4 +116,107 @@ pub fn best_time(dev: &Device, mut f: impl FnMut()) -> f64 {
         best = best.min(t0.elapsed().as_secs_f64() / iters as f64);
     }
     best
+}
+
+/// A named feed of a gradient check: real values (held in f64 so a finite
+/// difference step is not rounded away) or i32 labels.
+#[derive(Clone)]
+pub enum Feed {
+    Real(Vec<f64>, Vec<usize>),
+    Labels(Vec<i32>, Vec<usize>),
+}
+
+impl Feed {
+    /// Real values from f32 data (exact in f64).
+    pub fn real(values: &[f32], shape: &[usize]) -> Feed {
+        Feed::Real(values.iter().map(|&v| v as f64).collect(), shape.to_vec())
+    }
+}
+
+/// Compiles `outs` of `g` on `dev`, runs it once with `feeds` and returns the
+/// outputs in f64 (exact on [`Device::cpu_f64`], widened f32 elsewhere).
+pub fn run_graph(
+    dev: &Device,
+    g: &Graph,
+    outs: &[&Var],
+    feeds: &[(String, Feed)],
+) -> Vec<Vec<f64>> {
+    let exe = dev.compile(g, outs, None).expect("compile");
+    let tensors: Vec<Tensor> = feeds
+        .iter()
+        .map(|(_, f)| match f {
+            Feed::Real(v, s) => Tensor::from_f64(dev, v, s).expect("feed"),
+            Feed::Labels(v, s) => Tensor::from_slice(dev, v, s).expect("feed"),
+        })
+        .collect();
+    let named: Vec<(&str, &Tensor)> = feeds
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .zip(&tensors)
+        .collect();
+    exe.run(&named)
+        .expect("run")
+        .iter()
+        .map(|t| t.to_vec_f64().expect("read back"))
+        .collect()
+}
+
+/// Checks the gradients `grads[k]` of the scalar `loss` with respect to the
+/// real feeds (in order) against central finite differences, everything
+/// evaluated in f64 on the double-precision CPU reference: step h = 1e-4,
+/// so truncation (~h²·f‴/6) and rounding (~1e-16/h) errors stay near 1e-9
+/// and `|analytic - numeric| <= 1e-6 + 1e-6·|numeric|` separates a right rule
+/// from a wrong one by orders of magnitude. Returns the f64 analytic gradients.
+pub fn check_finite_differences(
+    label: &str,
+    g: &Graph,
+    loss: &Var,
+    grads: &[Var],
+    feeds: &[(String, Feed)],
+) -> Vec<Vec<f64>> {
+    let wide = Device::cpu_f64();
+    let outs: Vec<&Var> = grads.iter().collect();
+    let analytic = run_graph(&wide, g, &outs, feeds);
+    let h = 1e-4;
+    let mut k = 0;
+    for (i, (name, feed)) in feeds.iter().enumerate() {
+        let Feed::Real(base, shape) = feed else {
+            continue;
+        };
+        let numeric: Vec<f64> = (0..base.len())
+            .map(|e| {
+                let mut f = feeds.to_vec();
+                let mut at = |x: f64| {
+                    let mut v = base.clone();
+                    v[e] = x;
+                    f[i].1 = Feed::Real(v, shape.clone());
+                    run_graph(&wide, g, &[loss], &f)[0][0]
+                };
+                (at(base[e] + h) - at(base[e] - h)) / (2.0 * h)
+            })
+            .collect();
+        assert_close_f64(
+            &format!("{label}: d/d{name} vs finite differences (f64)"),
+            &analytic[k],
+            &numeric,
+            1e-6,
+            1e-6,
+        );
+        k += 1;
+    }
+    analytic
+}
+
+/// `|got - want| <= atol + rtol·|want|` element-wise in f64, printing the first mismatches.
+pub fn assert_close_f64(label: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{label}: length");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (g, w))| (*g - *w).abs().is_nan() || (*g - *w).abs() > atol + rtol * w.abs())
+        .take(8)
+        .map(|(i, (g, w))| format!("  [{i}] got {g} want {w} (diff {:e})", (g - w).abs()))
+        .collect();
+    assert!(bad.is_empty(), "{label}: mismatches\n{}", bad.join("\n"));
 }
