@@ -8,3 +8,5 @@ ensure_adapter
 # Release: the CPU reference loops and large-shape tests are slow unoptimised.
 cargo test --release --all-targets
 cargo test --release --doc
+# The optional ndarray conversions (a feature, so not in the default build).
+cargo test --release --features ndarray --test io ndarray
