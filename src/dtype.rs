@@ -47,6 +47,9 @@ pub trait Element: bytemuck::Pod + Copy + Send + Sync + 'static {
 impl Element for f32 {
     const DTYPE: DType = DType::F32;
 }
+impl Element for half::f16 {
+    const DTYPE: DType = DType::F16;
+}
 impl Element for i32 {
     const DTYPE: DType = DType::I32;
 }

@@ -69,6 +69,8 @@ pub use error::{Error, Result};
 pub use executor::{Executor, MemoryPlan};
 pub use gpu::{AdapterSummary, PoolStats};
 pub use graph::{Graph, Op, Var};
+/// The f16 element type (from the `half` crate), for f16 tensors.
+pub use half::f16;
 pub use init::Init;
 pub use ops::conv::Conv2d;
 pub use ops::elementwise::{BinaryOp, UnaryOp};
@@ -92,7 +94,14 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("loss.wgsl", ops::loss::SHADER.source),
         ("conv.wgsl", ops::conv::SHADER.source),
         ("linalg.wgsl", linalg::SHADER.source),
+        ("matmul_f16.wgsl", ops::half::MATMUL_F16.source),
     ]
+}
+
+/// The shader files that are parts of a composed module, each with the whole module it is
+/// compiled in (which must parse and validate; tests/shaders.rs).
+pub fn composed_shader_sources() -> Vec<(&'static str, &'static str)> {
+    vec![("elementwise_f16.wgsl", ops::half::elementwise_f16_source())]
 }
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.

@@ -110,7 +110,7 @@ impl UnaryOp {
     }
 
     /// The value of `OP` in elementwise.wgsl.
-    fn code(self) -> u32 {
+    pub(crate) fn code(self) -> u32 {
         self as u32
     }
 
@@ -172,7 +172,7 @@ impl BinaryOp {
         }
     }
 
-    fn code(self) -> u32 {
+    pub(crate) fn code(self) -> u32 {
         self as u32
     }
 
@@ -212,6 +212,9 @@ impl BinaryOp {
 impl Tensor {
     /// Applies a unary op to every element.
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        if self.dtype() == DType::F16 {
+            return crate::ops::half::unary(self, op);
+        }
         let name = op.name();
         self.expect_f32(name)?;
         match &self.device().inner {
@@ -244,6 +247,9 @@ impl Tensor {
 
     /// Applies a binary op with NumPy broadcasting.
     pub fn binary(&self, other: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        if self.dtype() == DType::F16 || other.dtype() == DType::F16 {
+            return crate::ops::half::binary(self, other, op);
+        }
         let name = op.name();
         self.expect_f32(name)?;
         other.expect_f32(name)?;
@@ -305,6 +311,9 @@ impl Tensor {
 
     /// `self (op) s` for a scalar `s`; with `scalar_lhs`, `s (op) self`.
     pub fn binary_scalar(&self, op: BinaryOp, s: f32, scalar_lhs: bool) -> Result<Tensor> {
+        if self.dtype() == DType::F16 {
+            return crate::ops::half::scalar(self, op, s, scalar_lhs);
+        }
         let name = op.name();
         self.expect_f32(name)?;
         match &self.device().inner {

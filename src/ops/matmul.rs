@@ -363,6 +363,9 @@ impl Tensor {
         transpose_b: bool,
         variant: MatmulVariant,
     ) -> Result<Tensor> {
+        if self.dtype() == DType::F16 || other.dtype() == DType::F16 {
+            return crate::ops::half::matmul(self, other, transpose_a, transpose_b);
+        }
         self.expect_f32("matmul")?;
         other.expect_f32("matmul")?;
         self.expect_same_device("matmul", other)?;

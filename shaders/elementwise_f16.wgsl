@@ -1,0 +1,106 @@
+// elementwise_f16.wgsl — f16 casts and element-wise ops. Not a module on its own: it is
+// appended to elementwise.wgsl behind `enable f16;` (src/ops/half.rs), so the f16 entry
+// points share unary_op / binary_op / Params / linear_index with the f32 ones and the two
+// cannot drift apart. Needs the SHADER_F16 device feature.
+//
+// Entry points (workgroup size 256). Each invocation owns a PAIR of f16 elements and writes
+// them as one vec2<f16>, so no two invocations write halves of the same 32-bit word; the
+// odd element of an odd-sized tensor is written with a padding half the tensor never reads.
+//   cast_f32_to_f16    h_out2[p] = f16(a[2p], a[2p+1])
+//   cast_f16_to_f32    out2[i]   = f32(h_a[i])             (one element per invocation)
+//   unary_f16          f(x) computed in f32, rounded once to f16
+//   scalar_f16         g(x, s) or g(s, x), in f32, rounded once
+//   binary_f16         g(a[bcast_a(i)], b[bcast_b(i)]) with NumPy broadcasting, in f32
+// For + − × ÷ computing in f32 and rounding once to f16 IS the IEEE half result: f32 keeps
+// 24 ≥ 2·11 + 2 significand bits, so the double rounding cannot change it.
+
+@group(0) @binding(1) var<storage, read> h_a: array<f16>;              // f16 input
+@group(0) @binding(2) var<storage, read_write> h_out2: array<vec2<f16>>; // unary/scalar/cast output, pairs
+@group(0) @binding(2) var<storage, read> h_b: array<f16>;              // binary: second operand
+@group(0) @binding(3) var<storage, read_write> h_out3: array<vec2<f16>>; // binary output, pairs
+
+// Rounds to f16 with IEEE overflow: |x| ≥ 65520 rounds to ±inf (WGSL leaves the
+// conversion of out-of-range values to the implementation).
+fn to_f16(x: f32) -> f16 {
+    if (abs(x) >= 65520.0) {
+        // ±inf is representable, so this conversion is exact.
+        return f16(select(bitcast<f32>(0xff800000u), bitcast<f32>(0x7f800000u), x > 0.0));
+    }
+    return f16(x);
+}
+
+fn pair(x: f32, y: f32) -> vec2<f16> {
+    return vec2<f16>(to_f16(x), to_f16(y));
+}
+
+// The index of the second element of pair p, clamped so the padding half reads a real element.
+fn second(e: u32) -> u32 {
+    return min(e + 1u, params.n - 1u);
+}
+
+@compute @workgroup_size(256)
+fn cast_f32_to_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let p = linear_index(wg, nwg, lid);
+    let e = 2u * p;
+    if (e >= params.n) { return; }
+    h_out2[p] = pair(a[e], a[second(e)]);
+}
+
+@compute @workgroup_size(256)
+fn cast_f16_to_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.n) { return; }
+    out2[i] = f32(h_a[i]);
+}
+
+@compute @workgroup_size(256)
+fn unary_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let p = linear_index(wg, nwg, lid);
+    let e = 2u * p;
+    if (e >= params.n) { return; }
+    h_out2[p] = pair(unary_op(f32(h_a[e])), unary_op(f32(h_a[second(e)])));
+}
+
+fn scalar_at(e: u32) -> f32 {
+    let x = f32(h_a[e]);
+    if (params.scalar_lhs == 1u) {
+        return binary_op(params.scalar, x);
+    }
+    return binary_op(x, params.scalar);
+}
+
+@compute @workgroup_size(256)
+fn scalar_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let p = linear_index(wg, nwg, lid);
+    let e = 2u * p;
+    if (e >= params.n) { return; }
+    h_out2[p] = pair(scalar_at(e), scalar_at(second(e)));
+}
+
+// g(a, b) at output element e of the broadcast shape.
+fn binary_at(e: u32) -> f32 {
+    var rem = e;
+    var ia = 0u;
+    var ib = 0u;
+    for (var d = i32(params.rank) - 1; d >= 0; d = d - 1) {
+        let size = dim_at(params.dims, u32(d));
+        let coord = rem % size;
+        rem = rem / size;
+        ia = ia + coord * dim_at(params.a_strides, u32(d));
+        ib = ib + coord * dim_at(params.b_strides, u32(d));
+    }
+    return binary_op(f32(h_a[ia]), f32(h_b[ib]));
+}
+
+@compute @workgroup_size(256)
+fn binary_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let p = linear_index(wg, nwg, lid);
+    let e = 2u * p;
+    if (e >= params.n) { return; }
+    h_out3[p] = pair(binary_at(e), binary_at(second(e)));
+}

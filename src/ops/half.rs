@@ -1,0 +1,321 @@
+//! f16 tensors: casts between f32 and f16, element-wise ops and matmul on f16 storage.
+//!
+//! Shape rules are the f32 ops' (broadcasting, NumPy matmul). Arithmetic: each value is
+//! widened to f32, computed, and rounded once to f16 — for + − × ÷ that is exactly IEEE half
+//! arithmetic (f32's 24 significand bits ≥ 2·11 + 2, so the double rounding is harmless);
+//! matmul accumulates in f32 and rounds the result once, as tensor cores do.
+//! CPU reference: values widened to f64, computed, rounded to f16 (the `half` crate, round to
+//! nearest even). Tests allow one f16 ulp (the GPU's transcendental functions and its
+//! f32 accumulation may land on the other side of a rounding boundary).
+//! GPU: `shaders/elementwise_f16.wgsl` (appended to elementwise.wgsl, so both share the op
+//! functions) and `shaders/matmul_f16.wgsl`; both need `wgpu::Features::SHADER_F16`
+//! (lavapipe and most real GPUs have it); without it an f16 op is an [`Error::DType`].
+//! The graph, autodiff and reductions stay f32: cast at the edges.
+
+use std::sync::{Arc, OnceLock};
+
+use half::f16;
+
+use crate::device::DeviceInner;
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, Kernel};
+use crate::ops::elementwise::{BinaryOp, UnaryOp};
+use crate::ops::matmul::{matmul_forward, MatmulPlan};
+use crate::ops::{gpu_output, grid_1d, pack_dims};
+use crate::shape::{broadcast_shapes, broadcast_strides, check_rank, contiguous_strides};
+use crate::tensor::Tensor;
+use crate::DType;
+
+/// The f16 element-wise entry points, as a file (validated as part of the composed module).
+pub(crate) const ELEMENTWISE_F16_PART: &str = include_str!("../../shaders/elementwise_f16.wgsl");
+
+/// The f16 matmul module.
+pub(crate) const MATMUL_F16: Kernel = Kernel {
+    name: "matmul_f16",
+    source: include_str!("../../shaders/matmul_f16.wgsl"),
+};
+
+/// `enable f16;` + elementwise.wgsl + elementwise_f16.wgsl, built once.
+pub(crate) fn elementwise_f16_source() -> &'static str {
+    static SOURCE: OnceLock<String> = OnceLock::new();
+    SOURCE.get_or_init(|| {
+        format!(
+            "enable f16;\n{}\n{}",
+            crate::ops::elementwise::SHADER.source,
+            ELEMENTWISE_F16_PART
+        )
+    })
+}
+
+fn elementwise_f16() -> Kernel {
+    Kernel {
+        name: "elementwise_f16",
+        source: elementwise_f16_source(),
+    }
+}
+
+/// Largest K the f16 matmul kernel runs (2·K loop steps per invocation; lavapipe stops an
+/// invocation after 65535).
+const MAX_K: usize = 16_384;
+
+/// The GPU context, if it can run f16 kernels.
+fn f16_ctx<'a>(t: &'a Tensor, op: &'static str) -> Result<Option<&'a Arc<GpuContext>>> {
+    match &t.device().inner {
+        DeviceInner::Cpu => Ok(None),
+        DeviceInner::Gpu(ctx) if ctx.summary.shader_f16 => Ok(Some(ctx)),
+        DeviceInner::Gpu(_) => Err(Error::DType {
+            op,
+            got: "f16".into(),
+            expected: "f32 (this adapter has no SHADER_F16)".into(),
+        }),
+    }
+}
+
+/// Workgroups for kernels where each invocation owns a pair of elements.
+fn pairs_grid(ctx: &GpuContext, n: usize) -> [u32; 3] {
+    grid_1d(ctx, n.div_ceil(2))
+}
+
+/// The f16 values of a CPU tensor, widened to f64.
+fn host_f16(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_vec::<f16>()?.iter().map(|v| v.to_f64()).collect())
+}
+
+/// A CPU f16 tensor from values computed in f64 (rounded once).
+fn cpu_f16(t: &Tensor, shape: &[usize], values: Vec<f64>) -> Result<Tensor> {
+    let h: Vec<f16> = values.into_iter().map(f16::from_f64).collect();
+    Tensor::from_slice(t.device(), &h, shape)
+}
+
+fn expect_f16(t: &Tensor, op: &'static str) -> Result<()> {
+    if t.dtype() != DType::F16 {
+        return Err(Error::DType {
+            op,
+            got: t.dtype().to_string(),
+            expected: "f16 (both operands)".into(),
+        });
+    }
+    Ok(())
+}
+
+impl Tensor {
+    /// The same values as `dtype`: f32 ↔ f16 (f32 → f16 rounds to nearest even, overflow to
+    /// ±inf); the same dtype is a cheap clone. Other pairs are an [`Error::DType`].
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        let op = "to_dtype";
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        let (entry, out_dtype) = match (self.dtype(), dtype) {
+            (DType::F32, DType::F16) => ("cast_f32_to_f16", DType::F16),
+            (DType::F16, DType::F32) => ("cast_f16_to_f32", DType::F32),
+            (from, to) => {
+                return Err(Error::DType {
+                    op,
+                    got: format!("{from} -> {to}"),
+                    expected: "f32 -> f16 or f16 -> f32".into(),
+                })
+            }
+        };
+        let n = self.numel();
+        let Some(ctx) = f16_ctx(self, op)? else {
+            return match dtype {
+                DType::F16 => {
+                    let h: Vec<f16> = self.to_vec_f64()?.into_iter().map(f16::from_f64).collect();
+                    Tensor::from_slice(self.device(), &h, self.shape())
+                }
+                _ => Tensor::from_f64(self.device(), &host_f16(self)?, self.shape()),
+            };
+        };
+        let out = gpu_output(ctx, self.device(), op, self.shape(), out_dtype)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
+            unreachable!("GPU device holds GPU tensors")
+        };
+        let (x, o) = ((x.0, x.1.div_ceil(4) * 4), (o.0, o.1.div_ceil(4) * 4));
+        let grid = if out_dtype == DType::F16 {
+            pairs_grid(ctx, n)
+        } else {
+            grid_1d(ctx, n)
+        };
+        ctx.dispatch(&elementwise_f16(), entry, &[], &[n as u32], &[x, o], grid)?;
+        Ok(out)
+    }
+}
+
+/// `op(x)` on an f16 tensor.
+pub(crate) fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
+    let name = op.name();
+    let Some(ctx) = f16_ctx(x, name)? else {
+        let v = host_f16(x)?.into_iter().map(|v| op.eval(v)).collect();
+        return cpu_f16(x, x.shape(), v);
+    };
+    let n = x.numel();
+    let out = gpu_output(ctx, x.device(), name, x.shape(), DType::F16)?;
+    if n > 0 {
+        let bufs = [padded(x), padded(&out)];
+        let constants = [("OP", op.code() as f64)];
+        let grid = pairs_grid(ctx, n);
+        ctx.dispatch(
+            &elementwise_f16(),
+            "unary_f16",
+            &constants,
+            &[n as u32],
+            &bufs,
+            grid,
+        )?;
+    }
+    Ok(out)
+}
+
+/// `x (op) s`, or `s (op) x` with `scalar_lhs`, on an f16 tensor (`s` is f32).
+pub(crate) fn scalar(x: &Tensor, op: BinaryOp, s: f32, scalar_lhs: bool) -> Result<Tensor> {
+    let name = op.name();
+    let Some(ctx) = f16_ctx(x, name)? else {
+        let s = s as f64;
+        let v = host_f16(x)?
+            .into_iter()
+            .map(|v| {
+                if scalar_lhs {
+                    op.eval(s, v)
+                } else {
+                    op.eval(v, s)
+                }
+            })
+            .collect();
+        return cpu_f16(x, x.shape(), v);
+    };
+    let n = x.numel();
+    let out = gpu_output(ctx, x.device(), name, x.shape(), DType::F16)?;
+    if n > 0 {
+        let params = [n as u32, 0, s.to_bits(), scalar_lhs as u32];
+        let bufs = [padded(x), padded(&out)];
+        let constants = [("OP", op.code() as f64)];
+        let grid = pairs_grid(ctx, n);
+        ctx.dispatch(
+            &elementwise_f16(),
+            "scalar_f16",
+            &constants,
+            &params,
+            &bufs,
+            grid,
+        )?;
+    }
+    Ok(out)
+}
+
+/// `a (op) b` with NumPy broadcasting on f16 tensors.
+pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    let name = op.name();
+    expect_f16(a, name)?;
+    expect_f16(b, name)?;
+    a.expect_same_device(name, b)?;
+    let out_shape = broadcast_shapes(name, a.shape(), b.shape())?;
+    check_rank(name, &out_shape)?;
+    let (sa, sb) = (
+        broadcast_strides(a.shape(), &out_shape),
+        broadcast_strides(b.shape(), &out_shape),
+    );
+    let n: usize = out_shape.iter().product();
+    let Some(ctx) = f16_ctx(a, name)? else {
+        let (av, bv) = (host_f16(a)?, host_f16(b)?);
+        let ostr = contiguous_strides(&out_shape);
+        let v = (0..n)
+            .map(|i| {
+                let (mut ia, mut ib) = (0, 0);
+                for d in 0..out_shape.len() {
+                    let c = (i / ostr[d]) % out_shape[d];
+                    ia += c * sa[d];
+                    ib += c * sb[d];
+                }
+                op.eval(av[ia], bv[ib])
+            })
+            .collect();
+        return cpu_f16(a, &out_shape, v);
+    };
+    let out = gpu_output(ctx, a.device(), name, &out_shape, DType::F16)?;
+    if n > 0 {
+        let mut params = vec![n as u32, out_shape.len() as u32, 0, 0];
+        params.extend(pack_dims(&out_shape));
+        params.extend(pack_dims(&sa));
+        params.extend(pack_dims(&sb));
+        let bufs = [padded(a), padded(b), padded(&out)];
+        let constants = [("OP", op.code() as f64)];
+        let grid = pairs_grid(ctx, n);
+        ctx.dispatch(
+            &elementwise_f16(),
+            "binary_f16",
+            &constants,
+            &params,
+            &bufs,
+            grid,
+        )?;
+    }
+    Ok(out)
+}
+
+/// `op(A)·op(B)` on f16 tensors: f32 accumulation, the result rounded once to f16.
+pub(crate) fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    let op = "matmul";
+    expect_f16(a, op)?;
+    expect_f16(b, op)?;
+    a.expect_same_device(op, b)?;
+    let plan = MatmulPlan::new(a.shape(), b.shape(), ta, tb)?;
+    let Some(ctx) = f16_ctx(a, op)? else {
+        let v = matmul_forward(&host_f16(a)?, &host_f16(b)?, &plan);
+        return cpu_f16(a, &plan.out_shape, v);
+    };
+    if plan.k > MAX_K {
+        return Err(Error::Invalid {
+            op,
+            detail: format!(
+                "f16 matmul of {:?} and {:?}: K = {} exceeds the f16 kernel's {MAX_K}",
+                a.shape(),
+                b.shape(),
+                plan.k
+            ),
+        });
+    }
+    if plan.k == 0 {
+        return Tensor::zeros(a.device(), &plan.out_shape)?.to_dtype(DType::F16);
+    }
+    let out = gpu_output(ctx, a.device(), op, &plan.out_shape, DType::F16)?;
+    let total = out.numel();
+    if total == 0 {
+        return Ok(out);
+    }
+    let mut params = vec![
+        plan.m as u32,
+        plan.n as u32,
+        plan.k as u32,
+        total as u32,
+        plan.ta as u32,
+        plan.tb as u32,
+        plan.batch_dims.len() as u32,
+        0,
+    ];
+    params.extend(pack_dims(&plan.batch_dims));
+    params.extend(pack_dims(&plan.a_strides));
+    params.extend(pack_dims(&plan.b_strides));
+    let bufs = [padded(a), padded(b), padded(&out)];
+    ctx.dispatch(
+        &MATMUL_F16,
+        "matmul_f16",
+        &[],
+        &params,
+        &bufs,
+        pairs_grid(ctx, total),
+    )?;
+    Ok(out)
+}
+
+/// A GPU tensor's buffer bound over its bytes rounded up to whole 32-bit words (f16 tensors
+/// of odd length; pooled buffers always have that room).
+fn padded(t: &Tensor) -> (&wgpu::Buffer, u64) {
+    let Some((buf, bytes)) = t.gpu_arg() else {
+        unreachable!("GPU device holds GPU tensors")
+    };
+    (buf, bytes.div_ceil(4) * 4)
+}
