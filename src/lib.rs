@@ -92,6 +92,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("loss.wgsl", ops::loss::SHADER.source),
         ("conv.wgsl", ops::conv::SHADER.source),
         ("linalg.wgsl", linalg::SHADER.source),
+        ("linalg_qr.wgsl", linalg::QR_SHADER.source),
     ]
 }
 

@@ -1,15 +1,18 @@
-//! Linear algebra: dot products, norms, trace, the symmetric eigen-decomposition and the SVD
-//! (with rank, pseudo-inverse and low-rank approximation).
+//! Linear algebra: dot products, norms, trace, the QR factorisation, the symmetric and the
+//! general eigen-decomposition, the SVD (with rank, pseudo-inverse and low-rank
+//! approximation) and PCA.
 //!
 //! Every function takes f32 tensors on either device and returns tensors on the same device.
-//! The CPU device runs the f64 references in [`reference`](self) (cyclic Jacobi, one-sided
-//! Jacobi). The GPU runs the Jacobi sweeps in `shaders/linalg.wgsl` (round-robin parallel
-//! ordering, one submit per sweep, only a convergence measure read back between sweeps);
-//! sorting the results and completing the null space of U happen on the host afterwards.
+//! The CPU device runs the f64 references (cyclic Jacobi, one-sided Jacobi, Householder QR,
+//! Hessenberg + Francis QR). The GPU runs the Jacobi sweeps in `shaders/linalg.wgsl`
+//! (round-robin parallel ordering, one submit per sweep, only a convergence measure read back
+//! between sweeps; sorting the results and completing the null space of U happen on the host
+//! afterwards) and the Householder reflectors of [`qr`] and of [`eig`]'s Hessenberg reduction
+//! in `shaders/linalg_qr.wgsl` (see each function for what runs where).
 //!
 //! Bad input is a typed error on both devices: non-matrix or non-square shapes
 //! ([`Error::Shape`]), empty matrices ([`Error::Empty`]), NaN/Inf entries, non-symmetric input
-//! to [`eigh`] and a sweep cap reached ([`Error::Invalid`]).
+//! to [`eigh`] and an iteration cap reached ([`Error::Invalid`]).
 //!
 //! ```
 //! use wgrad::{linalg, Device, Tensor};
@@ -24,13 +27,20 @@
 //! # Ok(()) }
 //! ```
 
+mod eig;
 mod eigh;
+mod pca;
+pub(crate) mod qr;
 pub(crate) mod reference;
 mod svd;
 
 use std::sync::Arc;
 
+pub use eig::{eig, eig_with, Eig, EigOptions};
 pub use eigh::{eigh, eigh_with, EighOptions};
+pub use pca::Pca;
+pub(crate) use qr::SHADER as QR_SHADER;
+pub use qr::{qr, qr_with, QrMode};
 pub use svd::{low_rank, pinv, rank, svd, svd_with, LowRank, SvdOptions};
 
 use crate::device::DeviceInner;
