@@ -1,6 +1,7 @@
 //! Parameter initialisers. Values are drawn on the host from a seeded
 //! [`Rng`], so the GPU and the CPU reference start from identical numbers.
 
+use crate::linalg::qr::qr_reference;
 use crate::rng::Rng;
 
 /// How a parameter's first values are made.
@@ -40,7 +41,8 @@ pub enum Init {
         /// Seed of the host [`Rng`].
         seed: u64,
     },
-    /// A matrix with orthonormal columns (or rows, when wider than tall), by Gram-Schmidt.
+    /// A matrix with orthonormal columns (or rows, when wider than tall): Q of the QR of a
+    /// normal matrix, signs fixed so the result is Haar-distributed.
     Orthogonal {
         /// Seed of the host [`Rng`].
         seed: u64,
@@ -92,8 +94,11 @@ impl Init {
     }
 }
 
-/// Rows × cols (last dim is cols) with orthonormal columns if rows >= cols,
-/// else orthonormal rows; modified Gram-Schmidt in f64 on a normal matrix.
+/// Rows × cols (last dim is cols) with orthonormal columns if rows >= cols, else
+/// orthonormal rows: Q of the Householder QR (the f64 CPU reference) of a standard normal
+/// matrix G in the tall orientation, with column j multiplied by sign(R_jj). That sign fix
+/// makes Q = G R⁻¹ with a positive-diagonal R, a function of G alone, so Q is Haar-distributed
+/// (uniform over orthogonal matrices), not biased by the reflectors' sign convention.
 fn orthogonal(shape: &[usize], seed: u64) -> Vec<f32> {
     let n: usize = shape.iter().product();
     if n == 0 {
@@ -101,30 +106,30 @@ fn orthogonal(shape: &[usize], seed: u64) -> Vec<f32> {
     }
     let cols = *shape.last().unwrap_or(&1);
     let rows = n / cols.max(1);
-    // Work on the tall orientation: vectors of length `len`, `k` of them.
+    // Work on the tall orientation: G (len, k), column j drawn as the j-th run of `len`.
     let (len, k, tall) = if rows >= cols {
         (rows, cols, true)
     } else {
         (cols, rows, false)
     };
     let mut rng = Rng::new(seed);
-    let mut q: Vec<Vec<f64>> = (0..k)
-        .map(|_| (0..len).map(|_| rng.normal()).collect())
-        .collect();
+    let mut g = vec![0.0f64; len * k];
     for j in 0..k {
-        for i in 0..j {
-            let (done, rest) = q.split_at_mut(j);
-            let (qi, qj) = (&done[i], &mut rest[0]);
-            let d: f64 = qi.iter().zip(qj.iter()).map(|(a, b)| a * b).sum();
-            qj.iter_mut().zip(qi).for_each(|(b, a)| *b -= d * a);
+        for i in 0..len {
+            g[i * k + j] = rng.normal();
         }
-        let norm = q[j].iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-300);
-        q[j].iter_mut().for_each(|v| *v /= norm);
     }
+    let (q, r) = qr_reference(&g, len, k, false);
     let mut out = vec![0.0f32; n];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[r * cols + c] = if tall { q[c][r] } else { q[r][c] } as f32;
+    for i in 0..len {
+        for j in 0..k {
+            let sign = if r[j * k + j] < 0.0 { -1.0 } else { 1.0 };
+            let v = (sign * q[i * k + j]) as f32;
+            if tall {
+                out[i * cols + j] = v;
+            } else {
+                out[j * cols + i] = v;
+            }
         }
     }
     out
@@ -162,5 +167,32 @@ mod tests {
         let x = Init::XavierUniform { seed: 2 }.values(&[30, 70]);
         let lim = (6.0f32 / 100.0).sqrt();
         assert!(x.iter().all(|v| v.abs() <= lim));
+    }
+
+    /// Q must be G·R⁻¹ with R upper triangular and positive on its diagonal (the Haar
+    /// construction): so QᵀG, computed here from the same seeded draws, is upper triangular
+    /// with a positive diagonal.
+    #[test]
+    fn orthogonal_is_the_positive_diagonal_qr_of_a_normal_matrix() {
+        for (r, c) in [(7, 4), (4, 7), (5, 5), (1, 3), (3, 1)] {
+            let w = Init::Orthogonal { seed: 11 }.values(&[r, c]);
+            let (len, k, tall) = if r >= c { (r, c, true) } else { (c, r, false) };
+            let mut rng = Rng::new(11);
+            let g: Vec<Vec<f64>> = (0..k)
+                .map(|_| (0..len).map(|_| rng.normal()).collect())
+                .collect();
+            let q = |i: usize, j: usize| if tall { w[i * c + j] } else { w[j * c + i] } as f64;
+            for a in 0..k {
+                for (b, gb) in g.iter().enumerate() {
+                    let d: f64 = (0..len).map(|i| q(i, a) * gb[i]).sum();
+                    if a > b {
+                        assert!(d.abs() < 1e-5, "({r},{c}) (QᵀG)[{a},{b}] = {d}");
+                    }
+                    if a == b {
+                        assert!(d > 1e-3, "({r},{c}) diagonal {a} = {d}");
+                    }
+                }
+            }
+        }
     }
 }

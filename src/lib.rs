@@ -95,6 +95,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("conv.wgsl", ops::conv::SHADER.source),
         ("linalg.wgsl", linalg::SHADER.source),
         ("matmul_f16.wgsl", ops::half::MATMUL_F16.source),
+        ("linalg_qr.wgsl", linalg::QR_SHADER.source),
     ]
 }
 

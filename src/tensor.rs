@@ -325,26 +325,6 @@ impl Tensor {
         }
     }
 
-    /// A CPU-reference tensor from f32 values (on [`Device::cpu`]).
-    pub(crate) fn cpu_f32(shape: &[usize], data: Vec<f32>) -> Tensor {
-        Tensor::from_storage(
-            &Device::cpu(),
-            shape,
-            DType::F32,
-            Storage::Cpu(Arc::new(words_of(bytemuck::cast_slice(&data)))),
-        )
-    }
-
-    /// Host f32 data of a CPU tensor held in f32 (`None` on the double-precision reference).
-    pub(crate) fn host_f32(&self) -> Option<&[f32]> {
-        match &self.storage {
-            Storage::Cpu(w) if self.dtype == DType::F32 => {
-                Some(&bytemuck::cast_slice::<u32, f32>(&w[..])[..self.numel()])
-            }
-            _ => None,
-        }
-    }
-
     /// The wide values of an f32 tensor of the double-precision reference.
     pub(crate) fn host_wide(&self) -> Option<&[f64]> {
         match &self.storage {

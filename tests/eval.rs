@@ -220,3 +220,68 @@ fn decompositions_write_their_named_outputs() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("square"));
     assert!(!out.exists(), "a failed decomposition left output behind");
 }
+
+#[test]
+fn eig_writes_real_parts_imaginary_parts_and_vectors() {
+    let d = scratch("eig");
+    // [[1, 2], [3, 4]]: λ = (5 ∓ √33)/2; the rotation by 90°: ±i.
+    let pw = save(&d, "w.npy", &[1.0, 2.0, 3.0, 4.0], &[2, 2]);
+    let out = d.join("w");
+    let o = eval(&["eig", pw.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = 33f32.sqrt();
+    assert_close(
+        "eig re",
+        &load(out.join("re.npy")).to_vec::<f32>().unwrap(),
+        &[(5.0 - s) / 2.0, (5.0 + s) / 2.0],
+        1e-5,
+        1e-5,
+    );
+    assert_eq!(
+        load(out.join("im.npy")).to_vec::<f32>().unwrap(),
+        vec![0.0, 0.0]
+    );
+    let v = load(out.join("vectors.npy")).to_vec::<f32>().unwrap();
+    // Column 1 is the eigenvector of 5.37: W v = λ v.
+    let (v0, v1) = (v[1], v[3]);
+    let l = (5.0 + s) / 2.0;
+    assert!((v0 + 2.0 * v1 - l * v0).abs() < 1e-4 && (3.0 * v0 + 4.0 * v1 - l * v1).abs() < 1e-4);
+    let pr = save(&d, "r.npy", &[0.0, -1.0, 1.0, 0.0], &[2, 2]);
+    let out = d.join("r");
+    let o = eval(&["eig", pr.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_close(
+        "rotation im",
+        &load(out.join("im.npy")).to_vec::<f32>().unwrap(),
+        &[1.0, -1.0],
+        1e-6,
+        1e-6,
+    );
+    let pa = save(&d, "a.npy", &[1.0; 6], &[2, 3]);
+    let out = d.join("bad");
+    let o = eval(&["eig", pa.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("square"));
+    assert!(!out.exists(), "a failed eig left output behind");
+}
+
+#[test]
+fn qr_writes_q_and_r() {
+    let d = scratch("qr");
+    // A = [[3, 1], [4, 2], [0, 0]]: |R₀₀| = 5, |R₀₁| = 2.2, |R₁₁| = 0.4.
+    let a = [3.0, 1.0, 4.0, 2.0, 0.0, 0.0];
+    let pa = save(&d, "a.npy", &a, &[3, 2]);
+    let out = d.join("out");
+    let o = eval(&["qr", pa.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (q, r) = (load(out.join("q.npy")), load(out.join("r.npy")));
+    assert_eq!((q.shape(), r.shape()), (&[3, 2][..], &[2, 2][..]));
+    let rv: Vec<f32> = r.to_vec::<f32>().unwrap().iter().map(|x| x.abs()).collect();
+    assert_close("|R|", &rv, &[5.0, 2.2, 0.0, 0.4], 1e-5, 1e-5);
+    assert_close(
+        "QR",
+        &q.matmul(&r).unwrap().to_vec::<f32>().unwrap(),
+        &a,
+        1e-5,
+        1e-5,
+    );
+}

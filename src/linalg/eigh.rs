@@ -52,10 +52,10 @@ pub fn eigh_with(a: &Tensor, opts: &EighOptions) -> Result<(Tensor, Tensor)> {
     check_nonempty(op, a)?;
     match &a.device().inner {
         DeviceInner::Cpu => {
-            let x = a.host_f32().unwrap_or(&[]);
-            let stats = host_stats(x, n, n);
+            let x = a.host_f64();
+            let stats = host_stats(&x, n, n);
             check_input(op, a.shape(), stats, opts)?;
-            let mut m: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let mut m: Vec<f64> = x.into_owned();
             if opts.symmetrize {
                 for i in 0..n {
                     for j in 0..i {

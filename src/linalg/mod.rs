@@ -1,15 +1,18 @@
-//! Linear algebra: dot products, norms, trace, the symmetric eigen-decomposition and the SVD
-//! (with rank, pseudo-inverse and low-rank approximation).
+//! Linear algebra: dot products, norms, trace, the QR factorisation, the symmetric and the
+//! general eigen-decomposition, the SVD (with rank, pseudo-inverse and low-rank
+//! approximation) and PCA.
 //!
 //! Every function takes f32 tensors on either device and returns tensors on the same device.
-//! The CPU device runs the f64 references in [`reference`](self) (cyclic Jacobi, one-sided
-//! Jacobi). The GPU runs the Jacobi sweeps in `shaders/linalg.wgsl` (round-robin parallel
-//! ordering, one submit per sweep, only a convergence measure read back between sweeps);
-//! sorting the results and completing the null space of U happen on the host afterwards.
+//! The CPU device runs the f64 references (cyclic Jacobi, one-sided Jacobi, Householder QR,
+//! Hessenberg + Francis QR). The GPU runs the Jacobi sweeps in `shaders/linalg.wgsl`
+//! (round-robin parallel ordering, one submit per sweep, only a convergence measure read back
+//! between sweeps; sorting the results and completing the null space of U happen on the host
+//! afterwards) and the Householder reflectors of [`qr`] and of [`eig`]'s Hessenberg reduction
+//! in `shaders/linalg_qr.wgsl` (see each function for what runs where).
 //!
 //! Bad input is a typed error on both devices: non-matrix or non-square shapes
 //! ([`Error::Shape`]), empty matrices ([`Error::Empty`]), NaN/Inf entries, non-symmetric input
-//! to [`eigh`] and a sweep cap reached ([`Error::Invalid`]).
+//! to [`eigh`] and an iteration cap reached ([`Error::Invalid`]).
 //!
 //! ```
 //! use wgrad::{linalg, Device, Tensor};
@@ -24,13 +27,20 @@
 //! # Ok(()) }
 //! ```
 
+mod eig;
 mod eigh;
+mod pca;
+pub(crate) mod qr;
 pub(crate) mod reference;
 mod svd;
 
 use std::sync::Arc;
 
+pub use eig::{eig, eig_with, Eig, EigOptions};
 pub use eigh::{eigh, eigh_with, EighOptions};
+pub use pca::Pca;
+pub(crate) use qr::SHADER as QR_SHADER;
+pub use qr::{qr, qr_with, QrMode};
 pub use svd::{low_rank, pinv, rank, svd, svd_with, LowRank, SvdOptions};
 
 use crate::device::DeviceInner;
@@ -122,11 +132,9 @@ pub fn diagonal(a: &Tensor) -> Result<Tensor> {
     let k = rows.min(cols);
     match &a.device().inner {
         DeviceInner::Cpu => {
-            let x = a.host_f32().unwrap_or(&[]);
-            Ok(Tensor::cpu_f32(
-                &[k],
-                (0..k).map(|i| x[i * cols + i]).collect(),
-            ))
+            let x = a.host_f64();
+            let d = (0..k).map(|i| x[i * cols + i]).collect();
+            Ok(Tensor::cpu_from_f64(a.device(), &[k], d))
         }
         DeviceInner::Gpu(ctx) => {
             let out = gpu_output(ctx, a.device(), "diagonal", &[k], DType::F32)?;
@@ -208,7 +216,7 @@ pub(crate) struct MatrixStats {
 }
 
 /// The same measures on the host, in f64.
-pub(crate) fn host_stats(x: &[f32], rows: usize, cols: usize) -> MatrixStats {
+pub(crate) fn host_stats(x: &[f64], rows: usize, cols: usize) -> MatrixStats {
     let mut s = MatrixStats::default();
     for i in 0..rows {
         for j in 0..cols {
@@ -217,13 +225,12 @@ pub(crate) fn host_stats(x: &[f32], rows: usize, cols: usize) -> MatrixStats {
                 s.non_finite += 1;
                 continue;
             }
-            let v = v as f64;
             s.total += v * v;
             if i != j {
                 s.off += v * v;
             }
             if rows == cols && x[j * cols + i].is_finite() {
-                s.asym = s.asym.max((v - x[j * cols + i] as f64).abs());
+                s.asym = s.asym.max((v - x[j * cols + i]).abs());
             }
         }
     }
@@ -283,6 +290,5 @@ pub(crate) fn read_f32(
 
 /// f64 values as an f32 tensor on `like`'s device.
 pub(crate) fn tensor_from_f64(like: &Tensor, data: &[f64], shape: &[usize]) -> Result<Tensor> {
-    let v: Vec<f32> = data.iter().map(|&x| x as f32).collect();
-    Tensor::from_slice(like.device(), &v, shape)
+    Tensor::from_f64(like.device(), data, shape)
 }

@@ -57,12 +57,12 @@ pub fn svd_with(a: &Tensor, opts: &SvdOptions) -> Result<(Tensor, Tensor, Tensor
     check_nonempty(op, a)?;
     match &a.device().inner {
         DeviceInner::Cpu => {
-            let x = a.host_f32().unwrap_or(&[]);
-            let stats = host_stats(x, m, n);
+            let x = a.host_f64();
+            let stats = host_stats(&x, m, n);
             if stats.non_finite > 0 {
                 return Err(non_finite_error(op, a.shape(), stats.non_finite));
             }
-            let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let x: Vec<f64> = x.into_owned();
             let (u, s, vt) = svd_reference(&x, m, n)?;
             let k = m.min(n);
             Ok((

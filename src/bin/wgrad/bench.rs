@@ -179,6 +179,29 @@ fn cases() -> Vec<Case> {
             }),
         ));
     }
+    // Householder QR and the general eigenproblem (Hessenberg + Francis QR).
+    for n in [128usize, 256] {
+        v.push((
+            "qr",
+            vec![n, n],
+            Box::new(move |dev| {
+                let a =
+                    Tensor::from_slice(dev, &Rng::new(8).vec_uniform(n * n, -1.0, 1.0), &[n, n])?;
+                let ms = time_ms(dev, || Ok(wgrad::linalg::qr(&a)?.1))?;
+                Ok((ms, ("solves_per_s", 1e3 / ms)))
+            }),
+        ));
+        v.push((
+            "eig",
+            vec![n, n],
+            Box::new(move |dev| {
+                let a =
+                    Tensor::from_slice(dev, &Rng::new(9).vec_uniform(n * n, -1.0, 1.0), &[n, n])?;
+                let ms = time_ms(dev, || Ok(wgrad::linalg::eig(&a)?.vectors))?;
+                Ok((ms, ("solves_per_s", 1e3 / ms)))
+            }),
+        ));
+    }
     v
 }
 

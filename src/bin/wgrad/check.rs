@@ -359,6 +359,23 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
             x[0].cross_entropy(&Tensor::from_slice(x[0].device(), &labels, &[257])?)
         },
     );
+    // Decompositions: what is unique is compared — R of the QR (same sign convention on
+    // both), eigenvalues, singular values (vectors are defined only up to sign).
+    let lin = (1e-4, 1e-4);
+    kernel(r, gpu, "qr", &[&[37, 19]], (-1.0, 1.0), lin, |x| {
+        Ok(wgrad::linalg::qr(&x[0])?.1)
+    });
+    kernel(r, gpu, "eig", &[&[33, 33]], (-1.0, 1.0), lin, |x| {
+        let e = wgrad::linalg::eig(&x[0])?;
+        Tensor::concat(&[&e.re, &e.im], 0)
+    });
+    kernel(r, gpu, "eigh", &[&[33, 33]], (-1.0, 1.0), lin, |x| {
+        let sym = x[0].add(&x[0].transpose()?)?;
+        Ok(wgrad::linalg::eigh(&sym)?.0)
+    });
+    kernel(r, gpu, "svd", &[&[37, 19]], (-1.0, 1.0), lin, |x| {
+        Ok(wgrad::linalg::svd(&x[0])?.1)
+    });
     for op in UnaryOp::ALL.into_iter().filter(|&u| u != UnaryOp::GeluGrad) {
         let range = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt) {
             (0.5, 3.0)

@@ -40,11 +40,13 @@ const OPS: &[&str] = &[
     "cross_entropy",
     "svd",
     "eigh",
+    "eig",
+    "qr",
     "rank",
 ];
 
 /// Decompositions: several named outputs, no gradient.
-const DECOMPOSITIONS: &[&str] = &["svd", "eigh", "rank"];
+const DECOMPOSITIONS: &[&str] = &["svd", "eigh", "eig", "qr", "rank"];
 
 /// What the command line asked for.
 pub struct EvalArgs {
@@ -130,7 +132,9 @@ fn build(a: &EvalArgs, x: &[Var]) -> wgrad::Result<Var> {
     }
 }
 
-/// svd → u, s (descending), vt; eigh → values (ascending), vectors (columns); rank → out.
+/// svd → u, s (descending), vt; eigh → values (ascending), vectors (columns); eig → re, im
+/// (real parts ascending), vectors (columns, zero for complex eigenvalues); qr → q, r
+/// (reduced); rank → out.
 fn decompose(a: &EvalArgs, x: &Tensor) -> Result<()> {
     if a.upstream.is_some() {
         bail!(
@@ -147,6 +151,18 @@ fn decompose(a: &EvalArgs, x: &Tensor) -> Result<()> {
         "eigh" => {
             let (values, vectors) = wgrad::linalg::eigh(x).with_context(context)?;
             vec![("values.npy", values), ("vectors.npy", vectors)]
+        }
+        "eig" => {
+            let e = wgrad::linalg::eig(x).with_context(context)?;
+            vec![
+                ("re.npy", e.re),
+                ("im.npy", e.im),
+                ("vectors.npy", e.vectors),
+            ]
+        }
+        "qr" => {
+            let (q, r) = wgrad::linalg::qr(x).with_context(context)?;
+            vec![("q.npy", q), ("r.npy", r)]
         }
         _ => {
             let r = wgrad::linalg::rank(x, None).with_context(context)?;

@@ -1,0 +1,135 @@
+// linalg_qr.wgsl — Householder reflectors on the GPU: the QR factorisation, the Hessenberg
+// reduction of the general eigenproblem, and the accumulation of their orthogonal factors
+// (src/linalg/qr.rs, src/linalg/eig.rs).
+//
+// A reflector H = I − τ v vᵀ is stored as row k of V (rows of length `len`, zero below r0)
+// and τ in tau[k]. Applying it is two barrier-free passes: one invocation per column (left)
+// or row (right) forms the scaled dot product w = τ vᵀx, then one invocation per element
+// subtracts v w. Per-invocation loops are at most 3·len long (the caller keeps len <= 16384,
+// below lavapipe's 65535-iteration cap).
+//
+// Entry points (workgroup size 256, grid split over x/y/z):
+//   house_eye          M = I (rows, cols)
+//   house_make         one invocation: reflector k from column k of M, rows r0..rows; writes
+//                      V[k, :], tau[k], and sets M[r0, k] = α, M[r0+1.., k] = 0
+//   house_left_dots    w[c] = τ_k Σ_{i>=r0} V[k, i] M[i, c],      c in c0..cols
+//   house_left_update  M[i, c] -= V[k, i] w[c],                   i in r0..rows, c in c0..cols
+//   house_right_dots   w[i] = τ_k Σ_{c>=r0} M[i, c] V[k, c],      i in c0..rows
+//   house_right_update M[i, c] -= w[i] V[k, c],                   i in c0..rows, c in r0..cols
+
+struct Params {
+    rows: u32, // rows of M
+    cols: u32, // columns of M
+    r0: u32,   // first index the reflector touches (rows for left, columns for right)
+    c0: u32,   // first column (left) or row (right) that is updated
+    k: u32,    // reflector index: row of V, entry of tau; house_make: the column of M
+    len: u32,  // length of the rows of V
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+// Bindings are declared per entry (auto layout).
+@group(0) @binding(1) var<storage, read_write> m: array<f32>;   // M (rows, cols), in place
+@group(0) @binding(2) var<storage, read_write> v: array<f32>;   // V (reflectors, len)
+@group(0) @binding(3) var<storage, read_write> tau: array<f32>; // (reflectors)
+@group(0) @binding(3) var<storage, read_write> w: array<f32>;   // dots: (max(rows, cols))
+@group(0) @binding(4) var<storage, read_write> tau_r: array<f32>; // dots: tau, read only
+
+fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
+}
+
+@compute @workgroup_size(256)
+fn house_eye(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let idx = linear_index(wg, nwg, lid);
+    if (idx >= params.rows * params.cols) { return; }
+    m[idx] = select(0.0, 1.0, idx / params.cols == idx % params.cols);
+}
+
+// x = M[r0.., k]; α = −sign(x₀)‖x‖; v = x − α e₀ and τ = 2/(vᵀv) = 1/(‖x‖(‖x‖ + |x₀|)),
+// computed on x/max|x| so that squares neither overflow nor underflow (H does not depend on
+// the scale of v). A zero column gives τ = 0: H = I.
+@compute @workgroup_size(1)
+fn house_make() {
+    let rows = params.rows;
+    let cols = params.cols;
+    let r0 = params.r0;
+    let k = params.k;
+    let len = params.len;
+    let base = k * len;
+    var scale = 0.0;
+    for (var i = r0; i < rows; i++) {
+        scale = max(scale, abs(m[i * cols + k]));
+    }
+    for (var i = 0u; i < len; i++) {
+        v[base + i] = 0.0;
+    }
+    if (scale == 0.0) {
+        tau[k] = 0.0;
+        return;
+    }
+    var ss = 0.0;
+    for (var i = r0; i < rows; i++) {
+        let x = m[i * cols + k] / scale;
+        v[base + i] = x;
+        ss += x * x;
+    }
+    let norm = sqrt(ss);
+    let x0 = v[base + r0];
+    let alpha = select(norm, -norm, x0 >= 0.0);
+    v[base + r0] = x0 - alpha;
+    tau[k] = 1.0 / (norm * (norm + abs(x0)));
+    m[r0 * cols + k] = alpha * scale;
+    for (var i = r0 + 1u; i < rows; i++) {
+        m[i * cols + k] = 0.0;
+    }
+}
+
+@compute @workgroup_size(256)
+fn house_left_dots(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let c = params.c0 + linear_index(wg, nwg, lid);
+    if (c >= params.cols) { return; }
+    let base = params.k * params.len;
+    var s = 0.0;
+    for (var i = params.r0; i < params.rows; i++) {
+        s += v[base + i] * m[i * params.cols + c];
+    }
+    w[c] = tau_r[params.k] * s;
+}
+
+@compute @workgroup_size(256)
+fn house_left_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let width = params.cols - params.c0;
+    let idx = linear_index(wg, nwg, lid);
+    if (idx >= (params.rows - params.r0) * width) { return; }
+    let i = params.r0 + idx / width;
+    let c = params.c0 + idx % width;
+    m[i * params.cols + c] -= v[params.k * params.len + i] * w[c];
+}
+
+@compute @workgroup_size(256)
+fn house_right_dots(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = params.c0 + linear_index(wg, nwg, lid);
+    if (i >= params.rows) { return; }
+    let base = params.k * params.len;
+    var s = 0.0;
+    for (var c = params.r0; c < params.cols; c++) {
+        s += m[i * params.cols + c] * v[base + c];
+    }
+    w[i] = tau_r[params.k] * s;
+}
+
+@compute @workgroup_size(256)
+fn house_right_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let width = params.cols - params.r0;
+    let idx = linear_index(wg, nwg, lid);
+    if (idx >= (params.rows - params.c0) * width) { return; }
+    let i = params.c0 + idx / width;
+    let c = params.r0 + idx % width;
+    m[i * params.cols + c] -= w[i] * v[params.k * params.len + c];
+}

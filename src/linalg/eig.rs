@@ -1,0 +1,429 @@
+//! Eigenvalues of a general real square matrix (and eigenvectors of the real ones):
+//! Householder reduction to Hessenberg form `A = Q H Qᵀ`, then Francis double-shift QR on H.
+//!
+//! What runs where:
+//! - GPU device: the O(n³) parts run in `shaders/linalg_qr.wgsl` — the Hessenberg reduction
+//!   (one reflector per column, applied from the left and the right), the accumulation of Q,
+//!   and the back-transform `V = Q·Y` of the eigenvectors (the matmul kernel). H (n²
+//!   floats) is read back once; the sequential Francis bulge chase (O(n²) per iteration) and
+//!   inverse iteration for Y (an O(n²) Hessenberg solve per real eigenvalue) run on the host
+//!   in f64.
+//! - CPU device: all of it in f64 on the host (`eig_reference`), same algorithm.
+
+use crate::device::DeviceInner;
+use crate::error::{Error, Result};
+use crate::linalg::qr::{apply_left, apply_right, householder, too_large, GpuHouse, MAX_GPU_DIM};
+use crate::linalg::{
+    check_nonempty, check_square, gpu_stats, host_stats, non_finite_error, read_f32,
+};
+use crate::ops::gpu_output;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::DType;
+
+/// Options of [`eig_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EigOptions {
+    /// Francis iterations allowed per eigenvalue (or pair) before giving up with "did not
+    /// converge"; exceptional shifts are tried every 10.
+    pub max_iterations: usize,
+}
+
+impl Default for EigOptions {
+    fn default() -> Self {
+        EigOptions { max_iterations: 60 }
+    }
+}
+
+/// The eigen-decomposition of a general real matrix, on the input's device.
+#[derive(Clone, Debug)]
+pub struct Eig {
+    /// Real parts of the eigenvalues, `(n)`, ascending; a complex-conjugate pair is adjacent,
+    /// the one with positive imaginary part first.
+    pub re: Tensor,
+    /// Imaginary parts, `(n)` (zero for real eigenvalues).
+    pub im: Tensor,
+    /// `(n, n)`: column j is a unit eigenvector (sign arbitrary) when eigenvalue j is real,
+    /// and zero when it is one of a complex pair.
+    pub vectors: Tensor,
+}
+
+/// Eigenvalues `(re, im)` of a square matrix, with eigenvectors for the real ones (see
+/// [`Eig`]). For symmetric input [`eigh`](super::eigh) is faster and gives orthonormal vectors.
+///
+/// ```
+/// use wgrad::{linalg, Device, Tensor};
+/// # fn main() -> wgrad::Result<()> {
+/// let w = Tensor::from_slice(&Device::cpu(), &[1.0f32, 2.0, 3.0, 4.0], &[2, 2])?;
+/// let e = linalg::eig(&w)?;
+/// let re = e.re.to_vec::<f32>()?;
+/// assert!((re[0] + 0.3723).abs() < 1e-4 && (re[1] - 5.3723).abs() < 1e-4);
+/// # Ok(()) }
+/// ```
+pub fn eig(a: &Tensor) -> Result<Eig> {
+    eig_with(a, &EigOptions::default())
+}
+
+/// [`eig`] with options.
+pub fn eig_with(a: &Tensor, opts: &EigOptions) -> Result<Eig> {
+    let op = "eig";
+    let n = check_square(op, a)?;
+    check_nonempty(op, a)?;
+    match &a.device().inner {
+        DeviceInner::Cpu => {
+            let x = a.host_f64();
+            let stats = host_stats(&x, n, n);
+            if stats.non_finite > 0 {
+                return Err(non_finite_error(op, a.shape(), stats.non_finite));
+            }
+            let x: Vec<f64> = x.into_owned();
+            let (re, im, v) = eig_reference(&x, n, opts.max_iterations)?;
+            Ok(Eig {
+                re: super::tensor_from_f64(a, &re, &[n])?,
+                im: super::tensor_from_f64(a, &im, &[n])?,
+                vectors: super::tensor_from_f64(a, &v, &[n, n])?,
+            })
+        }
+        DeviceInner::Gpu(ctx) => {
+            if n > MAX_GPU_DIM {
+                return Err(too_large(op, a.shape()));
+            }
+            let Some((x, bytes)) = a.gpu_arg() else {
+                unreachable!("GPU device holds GPU tensors")
+            };
+            let stats = gpu_stats(ctx, op, x, n, n)?;
+            if stats.non_finite > 0 {
+                return Err(non_finite_error(op, a.shape(), stats.non_finite));
+            }
+            let h = gpu_output(ctx, a.device(), op, &[n, n], DType::F32)?;
+            let q = gpu_output(ctx, a.device(), op, &[n, n], DType::F32)?;
+            let (Some(hb), Some(qb)) = (h.gpu_arg(), q.gpu_arg()) else {
+                unreachable!("GPU device holds GPU tensors")
+            };
+            ctx.copy(x, 0, hb.0, 0, bytes);
+            let nref = n.saturating_sub(2);
+            let house = GpuHouse::new(ctx, nref, n, n);
+            for k in 0..nref {
+                house.make(hb, n, n, k, k + 1)?;
+                house.left(hb, n, n, k, k + 1, k + 1)?;
+                house.right(hb, n, n, k, k + 1, 0)?;
+            }
+            house.eye(qb, n, n)?;
+            for k in (0..nref).rev() {
+                house.left(qb, n, n, k, k + 1, k + 1)?;
+            }
+            let hv: Vec<f64> = read_f32(ctx, op, hb.0, n * n)?
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let (re, im, y) = eig_hessenberg(&hv, n, opts.max_iterations)?;
+            let y = super::tensor_from_f64(a, &y, &[n, n])?;
+            Ok(Eig {
+                re: super::tensor_from_f64(a, &re, &[n])?,
+                im: super::tensor_from_f64(a, &im, &[n])?,
+                vectors: q.matmul(&y)?,
+            })
+        }
+    }
+}
+
+// ----- f64 reference and the host half of the GPU path -----
+
+/// `eig_reference`: (re, im, vectors (n, n) row-major) of `a` (n, n), all in f64.
+pub(crate) fn eig_reference(
+    a: &[f64],
+    n: usize,
+    max_its: usize,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let (h, q) = hessenberg_reference(a, n);
+    let (re, im, y) = eig_hessenberg(&h, n, max_its)?;
+    let mut v = vec![0.0; n * n];
+    for i in 0..n {
+        for k in 0..n {
+            let x = q[i * n + k];
+            for j in 0..n {
+                v[i * n + j] += x * y[k * n + j];
+            }
+        }
+    }
+    Ok((re, im, v))
+}
+
+/// `A = Q H Qᵀ` with H upper Hessenberg: (H, Q), row-major (n, n).
+pub(crate) fn hessenberg_reference(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut h = a.to_vec();
+    let mut refl = Vec::new();
+    for k in 0..n.saturating_sub(2) {
+        let x: Vec<f64> = (k + 1..n).map(|i| h[i * n + k]).collect();
+        let (v, tau, alpha) = householder(&x);
+        if tau != 0.0 {
+            h[(k + 1) * n + k] = alpha;
+            for i in k + 2..n {
+                h[i * n + k] = 0.0;
+            }
+            apply_left(&mut h, n, k + 1, k + 1, &v, tau);
+            apply_right(&mut h, n, k + 1, 0, &v, tau);
+        }
+        refl.push((v, tau));
+    }
+    let mut q = vec![0.0; n * n];
+    for i in 0..n {
+        q[i * n + i] = 1.0;
+    }
+    for (k, (v, tau)) in refl.iter().enumerate().rev() {
+        apply_left(&mut q, n, k + 1, k + 1, v, *tau);
+    }
+    (h, q)
+}
+
+/// Eigenvalues of the Hessenberg `h` (sorted as [`Eig`] documents) and Y (n, n): unit
+/// eigenvectors of H for the real ones (inverse iteration), zero columns for complex pairs.
+fn eig_hessenberg(h: &[f64], n: usize, max_its: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let norm = h.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let (wr, wi) = if norm == 0.0 {
+        (vec![0.0; n], vec![0.0; n])
+    } else {
+        hqr(&mut h.to_vec(), n, max_its)?
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| wr[i].total_cmp(&wr[j]).then(wi[j].total_cmp(&wi[i])));
+    let mut y = vec![0.0; n * n];
+    for (col, &src) in order.iter().enumerate() {
+        if wi[src] != 0.0 {
+            continue;
+        }
+        let v = if norm == 0.0 {
+            (0..n).map(|i| if i == col { 1.0 } else { 0.0 }).collect()
+        } else {
+            inverse_iteration(h, n, wr[src], norm, col as u64)
+        };
+        for i in 0..n {
+            y[i * n + col] = v[i];
+        }
+    }
+    let re = order.iter().map(|&i| wr[i]).collect();
+    let im = order.iter().map(|&i| wi[i]).collect();
+    Ok((re, im, y))
+}
+
+/// Unit y with `H y ≈ λ y`: three solves of `(H − λI) y' = y` by Gaussian elimination with
+/// partial pivoting on the Hessenberg matrix (pivots at most one row apart), tiny pivots
+/// replaced by `1e-14·‖H‖` as in LAPACK's hsein. The seeded start vector makes repeated
+/// eigenvalues get different vectors of their eigenspace.
+fn inverse_iteration(h: &[f64], n: usize, lambda: f64, norm: f64, seed: u64) -> Vec<f64> {
+    let eps = 1e-14 * norm;
+    let mut u = h.to_vec();
+    for i in 0..n {
+        u[i * n + i] -= lambda;
+    }
+    let mut swapped = vec![false; n];
+    let mut mult = vec![0.0; n];
+    for k in 0..n.saturating_sub(1) {
+        if u[(k + 1) * n + k].abs() > u[k * n + k].abs() {
+            for c in k..n {
+                u.swap(k * n + c, (k + 1) * n + c);
+            }
+            swapped[k] = true;
+        }
+        if u[k * n + k] == 0.0 {
+            u[k * n + k] = eps;
+        }
+        let l = u[(k + 1) * n + k] / u[k * n + k];
+        mult[k] = l;
+        for c in k..n {
+            u[(k + 1) * n + c] -= l * u[k * n + c];
+        }
+    }
+    for k in 0..n {
+        if u[k * n + k].abs() < eps {
+            u[k * n + k] = if u[k * n + k] < 0.0 { -eps } else { eps };
+        }
+    }
+    let mut rng = Rng::new(0x5eed ^ seed);
+    let mut y: Vec<f64> = (0..n).map(|_| 1.0 + 0.5 * rng.normal()).collect();
+    for _ in 0..3 {
+        for k in 0..n.saturating_sub(1) {
+            if swapped[k] {
+                y.swap(k, k + 1);
+            }
+            y[k + 1] -= mult[k] * y[k];
+        }
+        for i in (0..n).rev() {
+            let s: f64 = (i + 1..n).map(|c| u[i * n + c] * y[c]).sum();
+            y[i] = (y[i] - s) / u[i * n + i];
+        }
+        let big = y.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        y.iter_mut().for_each(|x| *x /= big);
+        let len = y.iter().map(|x| x * x).sum::<f64>().sqrt();
+        y.iter_mut().for_each(|x| *x /= len);
+    }
+    y
+}
+
+/// Eigenvalues (wr, wi) of the upper Hessenberg `a` (n, n, row-major; destroyed) by the
+/// Francis double-shift QR iteration with deflation (EISPACK's hqr, as in Numerical
+/// Recipes), `max_its` iterations per eigenvalue or pair, exceptional shifts every 10.
+fn hqr(a: &mut [f64], n: usize, max_its: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let ix = |i: usize, j: usize| i * n + j;
+    let (mut wr, mut wi) = (vec![0.0; n], vec![0.0; n]);
+    let mut anorm = 0.0;
+    for i in 0..n {
+        for j in i.saturating_sub(1)..n {
+            anorm += a[ix(i, j)].abs();
+        }
+    }
+    let mut t = 0.0;
+    let mut nn = n;
+    while nn > 0 {
+        let e = nn - 1; // the last row still active
+        let mut its = 0;
+        loop {
+            // l: start of the unreduced block ending at e (a negligible subdiagonal above it).
+            let mut l = e;
+            while l >= 1 {
+                let mut s = a[ix(l - 1, l - 1)].abs() + a[ix(l, l)].abs();
+                if s == 0.0 {
+                    s = anorm;
+                }
+                if a[ix(l, l - 1)].abs() + s == s {
+                    a[ix(l, l - 1)] = 0.0;
+                    break;
+                }
+                l -= 1;
+            }
+            let mut x = a[ix(e, e)];
+            if l == e {
+                wr[e] = x + t;
+                wi[e] = 0.0;
+                nn -= 1;
+                break;
+            }
+            let mut y = a[ix(e - 1, e - 1)];
+            let mut w = a[ix(e, e - 1)] * a[ix(e - 1, e)];
+            if l == e - 1 {
+                // A 2x2 block: its two roots.
+                let p = 0.5 * (y - x);
+                let q = p * p + w;
+                let z = q.abs().sqrt();
+                x += t;
+                if q >= 0.0 {
+                    let z = p + if p >= 0.0 { z } else { -z };
+                    wr[e - 1] = x + z;
+                    wr[e] = if z != 0.0 { x - w / z } else { x + z };
+                    wi[e - 1] = 0.0;
+                    wi[e] = 0.0;
+                } else {
+                    wr[e - 1] = x + p;
+                    wr[e] = x + p;
+                    wi[e - 1] = z;
+                    wi[e] = -z;
+                }
+                nn -= 2;
+                break;
+            }
+            if its == max_its {
+                return Err(Error::Invalid {
+                    op: "eig",
+                    detail: format!(
+                        "did not converge within {max_its} iterations (matrix of order {n}, \
+                         {nn} eigenvalues left)"
+                    ),
+                });
+            }
+            if its > 0 && its % 10 == 0 {
+                // Exceptional shift: breaks cycles of the standard shift.
+                t += x;
+                for i in 0..=e {
+                    a[ix(i, i)] -= x;
+                }
+                let s = a[ix(e, e - 1)].abs() + a[ix(e - 1, e - 2)].abs();
+                x = 0.75 * s;
+                y = x;
+                w = -0.4375 * s * s;
+            }
+            its += 1;
+            // m: where the double-shift bulge starts (two small consecutive subdiagonals).
+            let mut m = e - 2;
+            let (mut p, mut q, mut r);
+            loop {
+                let z = a[ix(m, m)];
+                let r0 = x - z;
+                let s0 = y - z;
+                p = (r0 * s0 - w) / a[ix(m + 1, m)] + a[ix(m, m + 1)];
+                q = a[ix(m + 1, m + 1)] - z - r0 - s0;
+                r = a[ix(m + 2, m + 1)];
+                let s = p.abs() + q.abs() + r.abs();
+                if s != 0.0 {
+                    p /= s;
+                    q /= s;
+                    r /= s;
+                }
+                if m == l {
+                    break;
+                }
+                let u = a[ix(m, m - 1)].abs() * (q.abs() + r.abs());
+                let v = p.abs() * (a[ix(m - 1, m - 1)].abs() + z.abs() + a[ix(m + 1, m + 1)].abs());
+                if u + v == v {
+                    break;
+                }
+                m -= 1;
+            }
+            for i in m + 2..=e {
+                a[ix(i, i - 2)] = 0.0;
+                if i != m + 2 {
+                    a[ix(i, i - 3)] = 0.0;
+                }
+            }
+            // The double QR step on rows l..=e, columns m..=e: chase the bulge down.
+            for k in m..e {
+                let mut xs = 0.0;
+                if k != m {
+                    p = a[ix(k, k - 1)];
+                    q = a[ix(k + 1, k - 1)];
+                    r = if k != e - 1 { a[ix(k + 2, k - 1)] } else { 0.0 };
+                    xs = p.abs() + q.abs() + r.abs();
+                    if xs != 0.0 {
+                        p /= xs;
+                        q /= xs;
+                        r /= xs;
+                    }
+                }
+                let sq = (p * p + q * q + r * r).sqrt();
+                let s = if p >= 0.0 { sq } else { -sq };
+                if s == 0.0 {
+                    continue;
+                }
+                if k == m {
+                    if l != m {
+                        a[ix(k, k - 1)] = -a[ix(k, k - 1)];
+                    }
+                } else {
+                    a[ix(k, k - 1)] = -s * xs;
+                }
+                p += s;
+                let (xk, yk, zk) = (p / s, q / s, r / s);
+                q /= p;
+                r /= p;
+                for j in k..=e {
+                    let mut pp = a[ix(k, j)] + q * a[ix(k + 1, j)];
+                    if k != e - 1 {
+                        pp += r * a[ix(k + 2, j)];
+                        a[ix(k + 2, j)] -= pp * zk;
+                    }
+                    a[ix(k + 1, j)] -= pp * yk;
+                    a[ix(k, j)] -= pp * xk;
+                }
+                for i in l..=e.min(k + 3) {
+                    let mut pp = xk * a[ix(i, k)] + yk * a[ix(i, k + 1)];
+                    if k != e - 1 {
+                        pp += zk * a[ix(i, k + 2)];
+                        a[ix(i, k + 2)] -= pp * r;
+                    }
+                    a[ix(i, k + 1)] -= pp * q;
+                    a[ix(i, k)] -= pp;
+                }
+            }
+        }
+    }
+    Ok((wr, wi))
+}

@@ -1,0 +1,318 @@
+//! QR factorisation `A = QR` by Householder reflectors.
+//!
+//! CPU reference: Householder in f64 (`qr_reference`), also used on the host by
+//! [`Init::Orthogonal`](crate::Init::Orthogonal).
+//! GPU: per reflector j, `house_make` (one invocation) forms v and τ from column j, then
+//! `house_left_dots`/`house_left_update` apply `I − τvvᵀ` to the trailing columns (one
+//! invocation per column, then per element; no barriers). Q is accumulated backwards from the
+//! identity by the same two kernels. Everything stays on the GPU; nothing is read back except
+//! the NaN/Inf check of the input.
+//!
+//! Conventions (LAPACK's): `α = −sign(x₀)‖x‖`, so the diagonal of R may be negative; a
+//! column of one element gets no reflector. Rows of R below its diagonal are exact zeros.
+
+use std::sync::Arc;
+
+use crate::device::DeviceInner;
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, Kernel};
+use crate::linalg::{check_matrix, check_nonempty, gpu_stats, host_stats, non_finite_error};
+use crate::ops::{gpu_output, grid_1d};
+use crate::tensor::Tensor;
+use crate::DType;
+
+pub(crate) const SHADER: Kernel = Kernel {
+    name: "linalg_qr",
+    source: include_str!("../../shaders/linalg_qr.wgsl"),
+};
+
+/// Largest row or column count of the GPU reflector kernels: their per-invocation loops
+/// run up to 3x this, below lavapipe's 65535-iteration cap.
+pub(crate) const MAX_GPU_DIM: usize = 16_384;
+
+/// Which Q (and R) [`qr_with`] returns for an `(m, n)` input, `k = min(m, n)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum QrMode {
+    /// `Q (m, k)` with orthonormal columns, `R (k, n)` upper triangular (the thin QR).
+    #[default]
+    Reduced,
+    /// `Q (m, m)` orthogonal, `R (m, n)` upper triangular (zero rows below row k).
+    Complete,
+}
+
+/// The reduced QR factorisation: `Q (m, k)` with orthonormal columns and an upper-triangular
+/// `R (k, n)`, `k = min(m, n)`, with `A = QR`.
+///
+/// ```
+/// use wgrad::{linalg, Device, Tensor};
+/// # fn main() -> wgrad::Result<()> {
+/// let a = Tensor::from_slice(&Device::cpu(), &[3.0f32, 1.0, 4.0, 2.0, 0.0, 5.0], &[3, 2])?;
+/// let (q, r) = linalg::qr(&a)?;
+/// assert_eq!((q.shape(), r.shape()), (&[3, 2][..], &[2, 2][..]));
+/// assert!((r.to_vec::<f32>()?[0].abs() - 5.0).abs() < 1e-6); // ‖column 0‖
+/// let back = q.matmul(&r)?.to_vec::<f32>()?;
+/// assert!(back.iter().zip([3.0, 1.0, 4.0, 2.0, 0.0, 5.0]).all(|(x, y)| (x - y).abs() < 1e-5));
+/// # Ok(()) }
+/// ```
+pub fn qr(a: &Tensor) -> Result<(Tensor, Tensor)> {
+    qr_with(a, QrMode::Reduced)
+}
+
+/// [`qr`] with the choice of the reduced or complete factorisation.
+pub fn qr_with(a: &Tensor, mode: QrMode) -> Result<(Tensor, Tensor)> {
+    let op = "qr";
+    let (m, n) = check_matrix(op, a)?;
+    check_nonempty(op, a)?;
+    let complete = mode == QrMode::Complete;
+    let (qc, rr) = if complete {
+        (m, m)
+    } else {
+        (m.min(n), m.min(n))
+    };
+    match &a.device().inner {
+        DeviceInner::Cpu => {
+            let x = a.host_f64();
+            let stats = host_stats(&x, m, n);
+            if stats.non_finite > 0 {
+                return Err(non_finite_error(op, a.shape(), stats.non_finite));
+            }
+            let x: Vec<f64> = x.into_owned();
+            let (q, r) = qr_reference(&x, m, n, complete);
+            Ok((
+                super::tensor_from_f64(a, &q, &[m, qc])?,
+                super::tensor_from_f64(a, &r, &[rr, n])?,
+            ))
+        }
+        DeviceInner::Gpu(ctx) => {
+            if m > MAX_GPU_DIM || n > MAX_GPU_DIM {
+                return Err(too_large(op, a.shape()));
+            }
+            let Some((x, bytes)) = a.gpu_arg() else {
+                unreachable!("GPU device holds GPU tensors")
+            };
+            let stats = gpu_stats(ctx, op, x, m, n)?;
+            if stats.non_finite > 0 {
+                return Err(non_finite_error(op, a.shape(), stats.non_finite));
+            }
+            let r = gpu_output(ctx, a.device(), op, &[m, n], DType::F32)?;
+            let q = gpu_output(ctx, a.device(), op, &[m, qc], DType::F32)?;
+            let (Some(rb), Some(qb)) = (r.gpu_arg(), q.gpu_arg()) else {
+                unreachable!("GPU device holds GPU tensors")
+            };
+            ctx.copy(x, 0, rb.0, 0, bytes);
+            let nref = n.min(m - 1);
+            let house = GpuHouse::new(ctx, nref, m, m.max(n));
+            for j in 0..nref {
+                house.make(rb, m, n, j, j)?;
+                if j + 1 < n {
+                    house.left(rb, m, n, j, j, j + 1)?;
+                }
+            }
+            house.eye(qb, m, qc)?;
+            for j in (0..nref).rev() {
+                house.left(qb, m, qc, j, j, j)?;
+            }
+            let r = if rr < m { r.narrow(0, 0, rr)? } else { r };
+            Ok((q, r))
+        }
+    }
+}
+
+pub(crate) fn too_large(op: &'static str, shape: &[usize]) -> Error {
+    Error::Invalid {
+        op,
+        detail: format!(
+            "shape {shape:?}: the GPU reflector kernels support at most {MAX_GPU_DIM} rows and columns"
+        ),
+    }
+}
+
+/// Scratch of the GPU reflector kernels: `V (reflectors, len)`, `τ` and the dot products.
+pub(crate) struct GpuHouse<'a> {
+    ctx: &'a Arc<GpuContext>,
+    v: crate::gpu::pool::GpuBuffer,
+    tau: crate::gpu::pool::GpuBuffer,
+    w: crate::gpu::pool::GpuBuffer,
+    vbytes: u64,
+    tbytes: u64,
+    wbytes: u64,
+    len: usize,
+}
+
+type Arg<'b> = (&'b wgpu::Buffer, u64);
+
+impl<'a> GpuHouse<'a> {
+    /// Room for `count` reflectors of length `len` and `width` dot products.
+    pub(crate) fn new(ctx: &'a Arc<GpuContext>, count: usize, len: usize, width: usize) -> Self {
+        let vbytes = (count.max(1) * len * 4) as u64;
+        let tbytes = (count.max(1) * 4) as u64;
+        let wbytes = (width * 4) as u64;
+        GpuHouse {
+            ctx,
+            v: ctx.alloc(vbytes),
+            tau: ctx.alloc(tbytes),
+            w: ctx.alloc(wbytes),
+            vbytes,
+            tbytes,
+            wbytes,
+            len,
+        }
+    }
+
+    fn params(&self, rows: usize, cols: usize, r0: usize, c0: usize, k: usize) -> [u32; 6] {
+        [rows, cols, r0, c0, k, self.len].map(|x| x as u32)
+    }
+
+    fn args(&self) -> (Arg<'_>, Arg<'_>, Arg<'_>) {
+        (
+            (self.v.raw(), self.vbytes),
+            (self.tau.raw(), self.tbytes),
+            (self.w.raw(), self.wbytes),
+        )
+    }
+
+    /// `M = I` for an `(rows, cols)` matrix.
+    pub(crate) fn eye(&self, mat: Arg<'_>, rows: usize, cols: usize) -> Result<()> {
+        let p = self.params(rows, cols, 0, 0, 0);
+        let g = grid_1d(self.ctx, rows * cols);
+        self.ctx.dispatch(&SHADER, "house_eye", &[], &p, &[mat], g)
+    }
+
+    /// Reflector `k` from column `k` of `mat`, rows `r0..rows`; writes α into `mat[r0, k]`
+    /// and zeros below it.
+    pub(crate) fn make(
+        &self,
+        mat: Arg<'_>,
+        rows: usize,
+        cols: usize,
+        k: usize,
+        r0: usize,
+    ) -> Result<()> {
+        let (v, t, _) = self.args();
+        let p = self.params(rows, cols, r0, 0, k);
+        self.ctx
+            .dispatch(&SHADER, "house_make", &[], &p, &[mat, v, t], [1, 1, 1])
+    }
+
+    /// `mat[r0.., c0..] ← (I − τ_k v_k v_kᵀ) mat[r0.., c0..]`.
+    pub(crate) fn left(
+        &self,
+        mat: Arg<'_>,
+        rows: usize,
+        cols: usize,
+        k: usize,
+        r0: usize,
+        c0: usize,
+    ) -> Result<()> {
+        let (v, t, w) = self.args();
+        let p = self.params(rows, cols, r0, c0, k);
+        let g = grid_1d(self.ctx, cols - c0);
+        self.ctx
+            .dispatch(&SHADER, "house_left_dots", &[], &p, &[mat, v, w, t], g)?;
+        let g = grid_1d(self.ctx, (rows - r0) * (cols - c0));
+        self.ctx
+            .dispatch(&SHADER, "house_left_update", &[], &p, &[mat, v, w], g)
+    }
+
+    /// `mat[c0.., r0..] ← mat[c0.., r0..] (I − τ_k v_k v_kᵀ)` (rows from `c0`).
+    pub(crate) fn right(
+        &self,
+        mat: Arg<'_>,
+        rows: usize,
+        cols: usize,
+        k: usize,
+        r0: usize,
+        c0: usize,
+    ) -> Result<()> {
+        let (v, t, w) = self.args();
+        let p = self.params(rows, cols, r0, c0, k);
+        let g = grid_1d(self.ctx, rows - c0);
+        self.ctx
+            .dispatch(&SHADER, "house_right_dots", &[], &p, &[mat, v, w, t], g)?;
+        let g = grid_1d(self.ctx, (rows - c0) * (cols - r0));
+        self.ctx
+            .dispatch(&SHADER, "house_right_update", &[], &p, &[mat, v, w], g)
+    }
+}
+
+// ----- f64 reference -----
+
+/// The reflector of `x`: `(v, τ, α)` with `(I − τvvᵀ)x = α e₀`, `α = −sign(x₀)‖x‖`, v scaled
+/// by `1/max|x|` as on the GPU. A zero `x` gives `τ = 0`.
+pub(crate) fn householder(x: &[f64]) -> (Vec<f64>, f64, f64) {
+    let scale = x.iter().fold(0.0f64, |s, v| s.max(v.abs()));
+    if scale == 0.0 {
+        return (vec![0.0; x.len()], 0.0, 0.0);
+    }
+    let mut v: Vec<f64> = x.iter().map(|&e| e / scale).collect();
+    let norm = v.iter().map(|e| e * e).sum::<f64>().sqrt();
+    let x0 = v[0];
+    let alpha = if x0 >= 0.0 { -norm } else { norm };
+    v[0] = x0 - alpha;
+    (v, 1.0 / (norm * (norm + x0.abs())), alpha * scale)
+}
+
+/// `a[r0.., c0..] ← (I − τvvᵀ) a[r0.., c0..]` on a row-major (rows, cols) matrix, `v` of
+/// length `rows − r0`.
+pub(crate) fn apply_left(a: &mut [f64], cols: usize, r0: usize, c0: usize, v: &[f64], tau: f64) {
+    if tau == 0.0 {
+        return;
+    }
+    let mut w = vec![0.0; cols];
+    for (i, vi) in v.iter().enumerate() {
+        let row = &a[(r0 + i) * cols..(r0 + i + 1) * cols];
+        for c in c0..cols {
+            w[c] += vi * row[c];
+        }
+    }
+    for (i, vi) in v.iter().enumerate() {
+        let row = &mut a[(r0 + i) * cols..(r0 + i + 1) * cols];
+        for c in c0..cols {
+            row[c] -= tau * vi * w[c];
+        }
+    }
+}
+
+/// `a[c0.., r0..] ← a[c0.., r0..] (I − τvvᵀ)`, `v` of length `cols − r0`.
+pub(crate) fn apply_right(a: &mut [f64], cols: usize, r0: usize, c0: usize, v: &[f64], tau: f64) {
+    if tau == 0.0 {
+        return;
+    }
+    for row in a.chunks_exact_mut(cols).skip(c0) {
+        let d: f64 = row[r0..].iter().zip(v).map(|(x, y)| x * y).sum();
+        row[r0..]
+            .iter_mut()
+            .zip(v)
+            .for_each(|(x, y)| *x -= tau * d * y);
+    }
+}
+
+/// `qr_reference`: Householder QR of `a` (m, n) in f64. Returns `Q (m, qc)` and `R (qc, n)`,
+/// `qc = m` when `complete`, else `min(m, n)`.
+pub(crate) fn qr_reference(a: &[f64], m: usize, n: usize, complete: bool) -> (Vec<f64>, Vec<f64>) {
+    let mut r = a.to_vec();
+    let nref = n.min(m.saturating_sub(1));
+    let mut refl = Vec::with_capacity(nref);
+    for j in 0..nref {
+        let x: Vec<f64> = (j..m).map(|i| r[i * n + j]).collect();
+        let (v, tau, alpha) = householder(&x);
+        if tau != 0.0 {
+            r[j * n + j] = alpha;
+            for i in j + 1..m {
+                r[i * n + j] = 0.0;
+            }
+            apply_left(&mut r, n, j, j + 1, &v, tau);
+        }
+        refl.push((v, tau));
+    }
+    let qc = if complete { m } else { m.min(n) };
+    let mut q = vec![0.0; m * qc];
+    for i in 0..qc {
+        q[i * qc + i] = 1.0;
+    }
+    for (j, (v, tau)) in refl.iter().enumerate().rev() {
+        apply_left(&mut q, qc, j, j, v, *tau);
+    }
+    r.truncate(qc * n);
+    (q, r)
+}
