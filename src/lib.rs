@@ -91,6 +91,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("optim.wgsl", optim::SHADER.source),
         ("loss.wgsl", ops::loss::SHADER.source),
         ("conv.wgsl", ops::conv::SHADER.source),
+        ("dropout.wgsl", ops::dropout::SHADER.source),
         ("linalg.wgsl", linalg::SHADER.source),
     ]
 }
