@@ -1,17 +1,25 @@
 //! A small convolutional network learns the 8x8 handwritten digits (the UCI
 //! optical-digits set, 1,797 images; see examples/data/README.md), trained end
-//! to end on the GPU: convolutions as im2col + matmul, ReLU, softmax
-//! cross-entropy, Adam, built from `wgrad::nn` layers. Saves the parameters as
-//! safetensors (by name) and `--eval` reloads them.
+//! to end on the GPU: convolutions as im2col + matmul, batch norm, ReLU, dropout,
+//! softmax cross-entropy, Adam, built from `wgrad::nn` layers. Test accuracy is
+//! measured in evaluation mode (batch norm's running statistics, no dropout). Saves
+//! the parameters and running statistics as safetensors (by name) and `--eval`
+//! reloads them; the run itself checks that the reloaded model scores the same.
+//!
+//! A progress bar shows the loss and test accuracy per epoch, and the curves are
+//! drawn to a PNG (by default next to the saved model: digits.png).
 //!
 //!   cargo run --release --example digits [-- --device gpu|cpu] [--epochs N]
-//!                                           [--save MODEL.safetensors] [--eval MODEL.safetensors]
+//!       [--save MODEL.safetensors] [--plot CURVES.png] [--eval MODEL.safetensors]
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use wgrad::nn::{
-    load_params, save_params, Activation, Conv2dLayer, Flatten, Linear, Module, Sequential,
+    load_params, save_params, Activation, BatchNorm2d, Conv2dLayer, Dropout, Flatten, Linear,
+    Module, Sequential,
 };
 use wgrad::{Conv2d, Device, Executor, Graph, Optimizer, Rng, Tensor, Var};
 
@@ -37,9 +45,10 @@ fn load_digits() -> Result<(Vec<f32>, Vec<i32>)> {
     Ok((xs, ys))
 }
 
-/// conv 3x3 (1→16, pad 1) → ReLU → conv 3x3 (16→32, stride 2, pad 1) → ReLU →
-/// flatten (32·4·4) → linear → 10 logits, for a batch of `n`.
-fn network(n: usize) -> wgrad::Result<(Graph, Sequential, Var, Var)> {
+/// conv 3x3 (1→16, pad 1) → batch norm → ReLU → conv 3x3 (16→32, stride 2, pad 1)
+/// → batch norm → ReLU → flatten (32·4·4) → dropout 0.2 → linear → 10 logits, for a
+/// batch of `n`, in training or evaluation mode.
+fn network(n: usize, training: bool) -> wgrad::Result<(Graph, Sequential, Var, Var)> {
     let g = Graph::new();
     let model = Sequential::new(vec![
         Box::new(Conv2dLayer::new(
@@ -50,6 +59,7 @@ fn network(n: usize) -> wgrad::Result<(Graph, Sequential, Var, Var)> {
             Conv2d::new(3, 3).padding(1),
             1,
         )),
+        Box::new(BatchNorm2d::new(&g, "bn1", 16, 1e-5)),
         Box::new(Activation::Relu),
         Box::new(Conv2dLayer::new(
             &g,
@@ -59,41 +69,138 @@ fn network(n: usize) -> wgrad::Result<(Graph, Sequential, Var, Var)> {
             Conv2d::new(3, 3).stride(2).padding(1),
             2,
         )),
+        Box::new(BatchNorm2d::new(&g, "bn2", 32, 1e-5)),
         Box::new(Activation::Relu),
         Box::new(Flatten),
+        Box::new(Dropout::new(&g, "drop", 0.2, 4)?),
         Box::new(Linear::new(&g, "fc", 32 * 4 * 4, 10, 3)),
     ]);
+    model.set_training(training);
     let logits = model.forward(&g.input("x", &[n, 1, 8, 8]))?;
     let loss = logits.cross_entropy(&g.input_i32("y", &[n]))?.mean()?;
     Ok((g, model, logits, loss))
 }
 
-/// Accuracy on the given images of the parameters in the safetensors file `model`
-/// or, without one, those of the compiled training step `from`.
-fn accuracy(dev: &Device, from: Source, xs: &[f32], ys: &[i32]) -> Result<f64> {
-    let n = ys.len();
-    let (g, model, logits, _) = network(n)?;
-    let exe = dev.compile(&g, &[&logits], None)?;
-    let names = model.param_names();
-    match from {
-        Source::File(path) => load_params(&exe, &names, path)?,
-        Source::Step(step) => {
-            for name in &names {
-                exe.set_param(name, &step.param(name)?)?;
+/// The network in evaluation mode on the test images, compiled once; it takes its
+/// parameters and running statistics from a safetensors file or a training step.
+struct Evaluator {
+    exe: Executor,
+    names: Vec<String>,
+    x: Tensor,
+    labels: Vec<i32>,
+}
+
+impl Evaluator {
+    fn new(dev: &Device, xs: &[f32], ys: &[i32]) -> Result<Evaluator> {
+        let n = ys.len();
+        let (g, model, logits, _) = network(n, false)?;
+        Ok(Evaluator {
+            exe: dev.compile(&g, &[&logits], None)?,
+            names: model.saved_names(),
+            x: Tensor::from_slice(dev, xs, &[n, 1, 8, 8])?,
+            labels: ys.to_vec(),
+        })
+    }
+
+    /// Test accuracy of the model in `from`.
+    fn accuracy(&self, from: Source) -> Result<f64> {
+        match from {
+            Source::File(path) => load_params(&self.exe, &self.names, path)?,
+            Source::Step(step) => {
+                for name in &self.names {
+                    self.exe.set_param(name, &step.param(name)?)?;
+                }
             }
         }
+        let pred = self.exe.run(&[("x", &self.x)])?[0]
+            .argmax(-1, false)?
+            .to_vec::<i32>()?;
+        let right = pred
+            .iter()
+            .zip(&self.labels)
+            .filter(|(p, y)| p == y)
+            .count();
+        Ok(right as f64 / self.labels.len() as f64)
     }
-    let x = Tensor::from_slice(dev, xs, &[n, 1, 8, 8])?;
-    let pred = exe.run(&[("x", &x)])?[0]
-        .argmax(-1, false)?
-        .to_vec::<i32>()?;
-    Ok(pred.iter().zip(ys).filter(|(p, y)| p == y).count() as f64 / n as f64)
 }
 
 /// Where evaluation takes its parameters from.
 enum Source<'a> {
     File(&'a str),
     Step(&'a Executor),
+}
+
+const PLOT_SIZE: (u32, u32) = (960, 400);
+
+/// Draws the mean training loss and the test accuracy per epoch side by side as a PNG.
+fn plot(path: &Path, losses: &[f32], accuracies: &[f64]) -> Result<()> {
+    use plotters::prelude::*;
+    // Text through ab_glyph from an embedded font: no system font libraries needed.
+    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| anyhow!("DejaVu Sans did not load"))?;
+    let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(PLOT_SIZE.0 / 2);
+    let epochs = losses.len().max(2) as u32;
+    let top = losses.iter().copied().fold(0.0f32, f32::max) * 1.05;
+    let mut chart = ChartBuilder::on(&left)
+        .caption("training loss (mean per epoch)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(1u32..epochs, 0f32..top.max(1e-3))?;
+    chart.configure_mesh().x_desc("epoch").draw()?;
+    chart.draw_series(LineSeries::new(
+        losses.iter().enumerate().map(|(i, &l)| (i as u32 + 1, l)),
+        &BLUE,
+    ))?;
+    let low = accuracies
+        .iter()
+        .copied()
+        .fold(100.0f64, |a, b| a.min(100.0 * b));
+    let mut chart = ChartBuilder::on(&right)
+        .caption("test accuracy (%)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(1u32..epochs, (low - 1.0).floor()..100.0)?;
+    chart.configure_mesh().x_desc("epoch").draw()?;
+    chart.draw_series(LineSeries::new(
+        accuracies
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| (i as u32 + 1, 100.0 * a)),
+        &RED,
+    ))?;
+    root.present()?;
+    Ok(())
+}
+
+/// Checks that `path` is a PNG of `PLOT_SIZE` with more in it than a blank page.
+fn check_png(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() < 24 || bytes[..8] != *b"\x89PNG\r\n\x1a\n" || bytes[12..16] != *b"IHDR" {
+        bail!("{} is not a PNG", path.display());
+    }
+    let dim =
+        |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    if (dim(16), dim(20)) != PLOT_SIZE {
+        bail!(
+            "{} is {}x{}, expected {PLOT_SIZE:?}",
+            path.display(),
+            dim(16),
+            dim(20)
+        );
+    }
+    // A white page compresses to a few hundred bytes; two charts with text do not.
+    if bytes.len() < 8 * 1024 {
+        bail!(
+            "{} has only {} bytes: nothing drawn?",
+            path.display(),
+            bytes.len()
+        );
+    }
+    Ok(())
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -140,15 +247,23 @@ fn main() -> Result<()> {
         test.len()
     );
 
+    let eval = Evaluator::new(&dev, &test_x, &test_y)?;
     if let Some(model) = arg(&args, "--eval") {
-        let acc = accuracy(&dev, Source::File(&model), &test_x, &test_y)?;
+        let acc = eval.accuracy(Source::File(&model))?;
         println!("{model}: test accuracy {:.2}%", 100.0 * acc);
         return Ok(());
     }
 
-    let (g, model, _, loss) = network(BATCH)?;
+    let (g, model, _, loss) = network(BATCH, true)?;
     let step = dev.compile(&g, &[&loss], Optimizer::adam(3e-3))?;
     let mut train_order = train.to_vec();
+    // Drawn on stderr when it is a terminal; hidden otherwise, and plain lines say the same.
+    let bar = ProgressBar::new(epochs as u64);
+    bar.set_style(
+        ProgressStyle::with_template("epoch {pos}/{len} [{bar:30}] {msg} ({elapsed})")?
+            .progress_chars("=> "),
+    );
+    let (mut curve_loss, mut curve_acc) = (Vec::new(), Vec::new());
     let t0 = Instant::now();
     for epoch in 1..=epochs {
         let te = Instant::now();
@@ -169,22 +284,40 @@ fn main() -> Result<()> {
             .sum::<wgrad::Result<f32>>()?
             / losses.len() as f32;
         let epoch_s = te.elapsed().as_secs_f64();
-        if epoch % 5 == 0 || epoch == 1 || epoch == epochs {
-            let acc = accuracy(&dev, Source::Step(&step), &test_x, &test_y)?;
+        let acc = eval.accuracy(Source::Step(&step))?;
+        curve_loss.push(mean);
+        curve_acc.push(acc);
+        bar.set_message(format!("loss {mean:.4}  test accuracy {:.2}%", 100.0 * acc));
+        bar.inc(1);
+        if bar.is_hidden() && (epoch % 5 == 0 || epoch == 1 || epoch == epochs) {
             println!(
                 "epoch {epoch:>3}  loss {mean:.5}  test accuracy {:.2}%  ({epoch_s:.2} s/epoch)",
                 100.0 * acc
             );
         }
     }
-    let acc = accuracy(&dev, Source::Step(&step), &test_x, &test_y)?;
+    bar.finish();
+    let acc = eval.accuracy(Source::Step(&step))?;
     println!(
         "final test accuracy {:.2}% after {epochs} epochs in {:.1} s",
         100.0 * acc,
         t0.elapsed().as_secs_f64()
     );
     let path = arg(&args, "--save").unwrap_or_else(|| "digits.safetensors".into());
-    save_params(&step, &model.param_names(), &path)?;
-    println!("saved {path}; `--eval {path}` reloads it");
+    save_params(&step, &model.saved_names(), &path)?;
+    let reloaded = eval.accuracy(Source::File(&path))?;
+    if reloaded != acc {
+        bail!("{path} reloaded scores {reloaded}, the trained model {acc}");
+    }
+    println!(
+        "saved {path}; `--eval {path}` reloads it (test accuracy {:.2}%)",
+        100.0 * reloaded
+    );
+    let png = arg(&args, "--plot")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&path).with_extension("png"));
+    plot(&png, &curve_loss, &curve_acc)?;
+    check_png(&png)?;
+    println!("plotted the loss and accuracy curves in {}", png.display());
     Ok(())
 }

@@ -128,7 +128,11 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
     use UnaryOp as U;
     let one = |v: Var| Ok(vec![Some(v)]);
     match &node.op {
-        Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Full(_) => Ok(vec![]),
+        Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => Ok(vec![]),
+        // a state update is not part of any value: nothing flows back through it
+        Op::Assign => Ok(vec![None, None]),
+        // d dropout: the same mask and scale times g (same seed, same step); none to the step
+        Op::Dropout { p, seed } => Ok(vec![Some(g.dropout(*p, *seed, &x[1])?), None]),
         Op::Unary(u) => {
             let a = &x[0];
             match u {

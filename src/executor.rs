@@ -44,6 +44,8 @@ pub struct Executor {
     outputs: Vec<NodeId>,
     /// (param node, its gradient node) when training.
     trained: Vec<(NodeId, NodeId)>,
+    /// (state node, assign node): values installed after each run.
+    assigns: Vec<(NodeId, NodeId)>,
     optimizer: Option<Optimizer>,
     plan: MemoryPlan,
     state: Mutex<State>,
@@ -102,6 +104,13 @@ impl Executor {
         let nodes = graph.nodes();
         let mut wanted: Vec<NodeId> = outputs.iter().map(|v| v.id()).collect();
         wanted.extend(trained.iter().map(|&(_, g)| g));
+        // State updates (running statistics, step counters) run with every step,
+        // whatever the outputs, as a layer's forward pass in training mode does.
+        let assigns: Vec<(NodeId, NodeId)> = (0..nodes.len())
+            .filter(|&i| matches!(nodes[i].op, Op::Assign))
+            .map(|i| (nodes[i].inputs[0], i))
+            .collect();
+        wanted.extend(assigns.iter().map(|&(_, a)| a));
         // Nodes the wanted ones depend on, in id order (ids are topological).
         let mut live = vec![false; nodes.len()];
         for &w in &wanted {
@@ -129,7 +138,7 @@ impl Executor {
         for &i in &order {
             let n = &nodes[i];
             let value = match &n.op {
-                Op::Param(_, init) => Some(Tensor::from_slice(
+                Op::Param(_, init) | Op::State(_, init) => Some(Tensor::from_slice(
                     device,
                     &init.values(&n.shape),
                     &n.shape,
@@ -149,6 +158,7 @@ impl Executor {
             last_use,
             outputs: outputs.iter().map(|v| v.id()).collect(),
             trained,
+            assigns,
             optimizer,
             plan,
             state: Mutex::new(State {
@@ -169,7 +179,7 @@ impl Executor {
         self.plan
     }
 
-    /// The current value of parameter `name`.
+    /// The current value of parameter (or state) `name`.
     pub fn param(&self, name: &str) -> Result<Tensor> {
         let id = self.param_id(name)?;
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -179,7 +189,7 @@ impl Executor {
         })
     }
 
-    /// Replaces parameter `name` (same shape) with `value`.
+    /// Replaces parameter (or state) `name` (same shape) with `value`.
     pub fn set_param(&self, name: &str, value: &Tensor) -> Result<()> {
         let id = self.param_id(name)?;
         if value.shape() != self.nodes[id].shape.as_slice() {
@@ -204,7 +214,7 @@ impl Executor {
     fn param_id(&self, name: &str) -> Result<NodeId> {
         self.nodes
             .iter()
-            .position(|n| matches!(&n.op, Op::Param(p, _) if p == name))
+            .position(|n| matches!(&n.op, Op::Param(p, _) | Op::State(p, _) if p == name))
             .ok_or_else(|| Error::Invalid {
                 op: "param",
                 detail: format!("no parameter named {name:?}"),
@@ -222,7 +232,7 @@ impl Executor {
             let n = &self.nodes[i];
             let v = match &n.op {
                 Op::Input(name) => feeds[name.as_str()].clone(),
-                Op::Param(..) | Op::Const(_) | Op::Full(_) => st.leaves[&i].clone(),
+                Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => st.leaves[&i].clone(),
                 op => {
                     let args: Vec<&Tensor> = n
                         .inputs
@@ -242,6 +252,12 @@ impl Executor {
                     values[j] = None; // its buffer returns to the pool for later nodes
                 }
             }
+        }
+        for &(s, a) in &self.assigns {
+            let v = values[a]
+                .clone()
+                .expect("assignments are outputs of the run");
+            st.leaves.insert(s, v);
         }
         if let Some(opt) = &self.optimizer {
             st.step += 1;
@@ -329,7 +345,7 @@ fn plan_memory(nodes: &[Node], order: &[NodeId], last_use: &[usize]) -> MemoryPl
     let is_intermediate = |i: NodeId| {
         !matches!(
             nodes[i].op,
-            Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Full(_)
+            Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_)
         )
     };
     let (mut live, mut peak, mut total) = (0u64, 0u64, 0u64);
@@ -373,10 +389,14 @@ fn eval(op: &Op, x: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Op::CrossEntropyGrad => x[0].cross_entropy_backward(x[1], x[2]),
         Op::Im2Col(geom) => x[0].im2col(*geom),
         Op::Col2Im(geom, image) => x[0].col2im(*geom, image),
-        Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Full(_) => Err(Error::Invalid {
-            op: op.name(),
-            detail: format!("leaf of shape {shape:?} has no computation"),
-        }),
+        Op::Assign => Ok(x[1].clone()),
+        Op::Dropout { p, seed } => x[0].dropout(*p, *seed, x[1]),
+        Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => {
+            Err(Error::Invalid {
+                op: op.name(),
+                detail: format!("leaf of shape {shape:?} has no computation"),
+            })
+        }
     }
 }
 

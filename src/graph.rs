@@ -25,6 +25,22 @@ pub enum Op {
     Input(String),
     /// A trainable parameter, initialised once and kept on the device.
     Param(String, Init),
+    /// Non-trainable state kept on the device across runs (running statistics, step
+    /// counters), read and written by name like a parameter but never given a gradient.
+    State(String, Init),
+    /// `state ← value` (inputs: the [`Op::State`] node, the new value): every run of an
+    /// executor computes the value with the step's other work and installs it after the
+    /// step, so the update needs no extra submit and the step reads the old value.
+    Assign,
+    /// Inverted dropout (inputs: x, a step counter of shape (1)): each element is kept
+    /// with probability 1 − p and scaled by 1/(1 − p), from a hash of (seed, step,
+    /// index) that the CPU reference and the GPU compute identically.
+    Dropout {
+        /// Probability of zeroing an element, in [0, 1).
+        p: f32,
+        /// Seed of the mask stream.
+        seed: u64,
+    },
     /// A fixed value (kept on the CPU in the graph; uploaded when compiled).
     Const(Tensor),
     /// A tensor of one repeated value.
@@ -99,6 +115,9 @@ impl Op {
         match self {
             Op::Input(_) => "input",
             Op::Param(..) => "param",
+            Op::State(..) => "state",
+            Op::Assign => "assign",
+            Op::Dropout { .. } => "dropout",
             Op::Const(_) => "const",
             Op::Full(_) => "full",
             Op::Unary(u) => u.name(),
@@ -247,6 +266,33 @@ impl Graph {
         )
     }
 
+    /// Non-trainable state of `shape` with its initial value, kept on the device across
+    /// runs and read or replaced by name like a parameter ([`crate::Executor::param`],
+    /// [`crate::Executor::set_param`]); change it inside a step with [`Graph::assign`].
+    pub fn state(&self, name: &str, shape: &[usize], init: Init) -> Var {
+        self.push_raw(
+            Op::State(name.to_string(), init),
+            vec![],
+            shape.to_vec(),
+            DType::F32,
+        )
+    }
+
+    /// Records `state ← value`: every executor compiled from this graph computes
+    /// `value` in each run (in the same submit) and installs it as the state's value
+    /// once the run's other nodes have read the old one.
+    pub fn assign(&self, state: &Var, value: &Var) -> Result<Var> {
+        self.push(Op::Assign, &[state, value])
+    }
+
+    /// A step counter: state `name` of shape (1), starting at 0 and incremented by
+    /// every run (exact up to 2^24 steps, as it is an f32). Seeds [`Var::dropout`].
+    pub fn step_counter(&self, name: &str) -> Result<Var> {
+        let step = self.state(name, &[1], Init::Zeros);
+        self.assign(&step, &step.add_scalar(1.0)?)?;
+        Ok(step)
+    }
+
     /// A constant tensor (its values are copied to the CPU).
     pub fn constant(&self, value: &Tensor) -> Result<Var> {
         value.expect_f32("constant")?;
@@ -272,6 +318,12 @@ impl Graph {
         // Every op takes f32 operands except the labels of the cross-entropy pair.
         let dtypes: Vec<DType> = {
             let nodes = self.lock();
+            if matches!(op, Op::Assign) && !matches!(nodes[inputs[0].id].op, Op::State(..)) {
+                return Err(Error::Invalid {
+                    op: "assign",
+                    detail: format!("node #{} is not a state node", inputs[0].id),
+                });
+            }
             inputs.iter().map(|v| nodes[v.id].dtype).collect()
         };
         for (k, &got) in dtypes.iter().enumerate() {
@@ -302,8 +354,9 @@ impl Graph {
 pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
     let name = op.name();
     let arity = match op {
-        Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Full(_) => 0,
-        Op::Binary(_) | Op::MatMul { .. } | Op::CrossEntropy => 2,
+        Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => 0,
+        Op::Binary(_) | Op::MatMul { .. } | Op::CrossEntropy | Op::Assign => 2,
+        Op::Dropout { .. } => 2,
         Op::CrossEntropyGrad => 3,
         Op::Concat(_) => shapes.len().max(1),
         _ => 1,
@@ -317,7 +370,22 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
     let x = shapes.first().copied().unwrap_or(&[]);
     let mismatch = |detail: String| Error::Shape { op: name, detail };
     Ok(match op {
-        Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Full(_) => unreachable!("arity 0"),
+        Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => {
+            unreachable!("arity 0")
+        }
+        Op::Assign => {
+            if shapes[1] != x {
+                return Err(mismatch(format!(
+                    "state {x:?} cannot take a value of shape {:?}",
+                    shapes[1]
+                )));
+            }
+            x.to_vec()
+        }
+        Op::Dropout { p, .. } => {
+            crate::ops::dropout::check_dropout(*p, shapes[1])?;
+            x.to_vec()
+        }
         Op::Unary(_) | Op::Scalar { .. } | Op::Softmax(_) | Op::LogSoftmax(_) => x.to_vec(),
         Op::Binary(_) => broadcast_shapes(name, x, shapes[1])?,
         Op::MatMul { ta, tb } => {
@@ -661,160 +729,6 @@ impl Var {
     /// Patch matrix of an NCHW batch (see [`Tensor::im2col`]).
     pub fn im2col(&self, geom: Conv2d) -> Result<Var> {
         self.un(Op::Im2Col(geom))
-    }
-
-    /// 2-D convolution with filters (F, C, KH, KW) as im2col · W_flatᵀ: (N, F, OH, OW).
-    /// Differentiable in both the input and the filters.
-    pub fn conv2d(&self, weight: &Var, geom: Conv2d) -> Result<Var> {
-        let (n, f) = crate::ops::conv::check_conv2d(&self.shape, &weight.shape, geom)?;
-        let (oh, ow) = geom.output_size("conv2d", &self.shape)?;
-        let ck = weight.shape[1..].iter().product::<usize>();
-        // (N, L, CK) · (F, CK)ᵀ = (N, L, F) → (N, F, L) → (N, F, OH, OW)
-        self.im2col(geom)?
-            .matmul_t(&weight.reshape(&[f, ck])?, false, true)?
-            .permute(&[0, 2, 1])?
-            .reshape(&[n, f, oh, ow])
-    }
-
-    /// Layer normalisation over the last axis: `(x - mean) / sqrt(var + eps)` with the
-    /// biased variance, as PyTorch's `layer_norm` without its affine part (multiply and
-    /// add a learned scale and shift after it). Differentiable through its composition.
-    pub fn layer_norm(&self, eps: f32) -> Result<Var> {
-        let centred = self.sub(&self.mean_axis(-1, true)?)?;
-        let var = centred.square()?.mean_axis(-1, true)?;
-        centred.div(&var.add_scalar(eps)?.sqrt()?)
-    }
-
-    /// Batch normalisation in training mode for (N, C, …): each channel normalised by
-    /// the mean and biased variance over every other axis. Returns the normalised
-    /// tensor, the batch mean and the batch variance (each (1, C, 1, …)) so a caller can
-    /// keep running statistics for evaluation.
-    pub fn batch_norm(&self, eps: f32) -> Result<(Var, Var, Var)> {
-        if self.shape.len() < 2 {
-            return Err(Error::Shape {
-                op: "batch_norm",
-                detail: format!("needs (N, C, …), got {:?}", self.shape),
-            });
-        }
-        let over_all_but_channels = |v: &Var| -> Result<Var> {
-            let mut m = v.mean_axis(0, true)?;
-            for axis in 2..v.shape.len() {
-                m = m.mean_axis(axis as isize, true)?;
-            }
-            Ok(m)
-        };
-        let mean = over_all_but_channels(self)?;
-        let centred = self.sub(&mean)?;
-        let var = over_all_but_channels(&centred.square()?)?;
-        Ok((centred.div(&var.add_scalar(eps)?.sqrt()?)?, mean, var))
-    }
-
-    /// Max pooling of (N, C, H, W) over k×k windows (no padding): im2col on each
-    /// channel, then a max over each window.
-    pub fn max_pool2d(&self, k: usize, stride: usize) -> Result<Var> {
-        self.pool2d("max_pool2d", k, stride, ReduceOp::Max)
-    }
-
-    /// Average pooling of (N, C, H, W) over k×k windows (no padding).
-    pub fn avg_pool2d(&self, k: usize, stride: usize) -> Result<Var> {
-        self.pool2d("avg_pool2d", k, stride, ReduceOp::Mean)
-    }
-
-    fn pool2d(&self, op: &'static str, k: usize, stride: usize, reduce: ReduceOp) -> Result<Var> {
-        let [n, c, h, w] = self.shape[..] else {
-            return Err(Error::Shape {
-                op,
-                detail: format!("input must be (N, C, H, W), got {:?}", self.shape),
-            });
-        };
-        let geom = Conv2d::new(k, k).stride(stride);
-        let (oh, ow) = geom.output_size(op, &self.shape)?;
-        // Channels as separate images: (N·C, 1, H, W) → (N·C, OH·OW, k·k) → reduce the window.
-        self.reshape(&[n * c, 1, h, w])?
-            .im2col(geom)?
-            .reduce(reduce, -1, false)?
-            .reshape(&[n, c, oh, ow])
-    }
-
-    /// Scaled dot-product attention `softmax(Q·Kᵀ/√d + mask)·V` for q (…, Tq, d),
-    /// k (…, Tk, d), v (…, Tk, dv); with `causal`, query i sees keys 0..=i (needs Tq = Tk).
-    pub fn attention(q: &Var, k: &Var, v: &Var, causal: bool) -> Result<Var> {
-        let d = *q.shape.last().unwrap_or(&0);
-        if q.shape.len() < 2 || d == 0 || k.shape.last() != Some(&d) || k.shape.len() < 2 {
-            return Err(Error::Shape {
-                op: "attention",
-                detail: format!(
-                    "q {:?} and k {:?} need rank >= 2 and the same last dim",
-                    q.shape, k.shape
-                ),
-            });
-        }
-        let scores = q
-            .matmul_t(k, false, true)?
-            .mul_scalar(1.0 / (d as f32).sqrt())?;
-        let scores = if causal {
-            let (tq, tk) = (
-                scores.shape[scores.shape.len() - 2],
-                scores.shape[scores.shape.len() - 1],
-            );
-            if tq != tk {
-                return Err(Error::Shape {
-                    op: "attention",
-                    detail: format!(
-                        "a causal mask needs as many queries as keys, got {tq} and {tk}"
-                    ),
-                });
-            }
-            // -inf above the diagonal: exp gives exactly 0 there, and so does the gradient.
-            let mask: Vec<f32> = (0..tq * tk)
-                .map(|i| {
-                    if i % tk > i / tk {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let mask = Tensor::from_slice(&crate::Device::cpu(), &mask, &[tq, tk])?;
-            scores.add(&q.graph.constant(&mask)?)?
-        } else {
-            scores
-        };
-        scores.softmax(-1)?.matmul(v)
-    }
-
-    /// Multi-head self-attention of x (B, T, D) with `heads` heads: projections
-    /// wq, wk, wv, wo of shape (D, D); heads split D into D/heads columns each.
-    pub fn multi_head_attention(
-        &self,
-        wq: &Var,
-        wk: &Var,
-        wv: &Var,
-        wo: &Var,
-        heads: usize,
-        causal: bool,
-    ) -> Result<Var> {
-        let [b, t, d] = self.shape[..] else {
-            return Err(Error::Shape {
-                op: "multi_head_attention",
-                detail: format!("x must be (B, T, D), got {:?}", self.shape),
-            });
-        };
-        if heads == 0 || d % heads != 0 {
-            return Err(Error::Invalid {
-                op: "multi_head_attention",
-                detail: format!("{heads} heads do not divide D = {d}"),
-            });
-        }
-        let dh = d / heads;
-        // (B, T, D) · (D, D) → (B, T, H, dh) → (B, H, T, dh)
-        let split = |w: &Var| -> Result<Var> {
-            self.matmul(w)?
-                .reshape(&[b, t, heads, dh])?
-                .permute(&[0, 2, 1, 3])
-        };
-        let o = Var::attention(&split(wq)?, &split(wk)?, &split(wv)?, causal)?;
-        o.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?.matmul(wo)
     }
 
     /// Mean squared error against `target` (broadcasting): `mean((self - target)²)`.

@@ -93,6 +93,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("optim.wgsl", optim::SHADER.source),
         ("loss.wgsl", ops::loss::SHADER.source),
         ("conv.wgsl", ops::conv::SHADER.source),
+        ("dropout.wgsl", ops::dropout::SHADER.source),
         ("linalg.wgsl", linalg::SHADER.source),
         ("matmul_f16.wgsl", ops::half::MATMUL_F16.source),
         ("linalg_qr.wgsl", linalg::QR_SHADER.source),

@@ -193,3 +193,90 @@ fn multi_head_attention_gradients_and_heads() {
         Error::Shape { .. }
     ));
 }
+
+#[test]
+fn attention_gradients_at_sequence_lengths_1_and_33() {
+    // Batch 1 and 2, causal or not: T = 1 (softmax of one score) and T = 33 (odd,
+    // just past a power of two).
+    for (b, t, d, causal) in [
+        (1usize, 1usize, 3usize, false),
+        (2, 1, 2, true),
+        (1, 33, 2, true),
+    ] {
+        let s: [usize; 3] = [b, t, d];
+        let vals: Vec<Vec<f32>> = (0..3)
+            .map(|i| uniform(40 + i, b * t * d, -1.0, 1.0))
+            .collect();
+        check_gradients(
+            &format!("attention B={b} T={t} d={d} causal={causal}"),
+            &[&s, &s, &s],
+            &vals,
+            &|x| Var::attention(&x[0], &x[1], &x[2], causal),
+        );
+    }
+}
+
+#[test]
+fn an_explicit_mask_matches_the_causal_flag_and_bad_masks_are_typed_errors() {
+    let (b, t, d) = (2usize, 5usize, 3usize);
+    let causal: Vec<f32> = (0..t * t)
+        .map(|i| {
+            if i % t > i / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let s: [usize; 3] = [b, t, d];
+    let vals: Vec<Vec<f32>> = (0..3)
+        .map(|i| uniform(60 + i, b * t * d, -1.0, 1.0))
+        .collect();
+    let with_mask = |x: &[Var]| {
+        let m = Tensor::from_slice(&Device::cpu(), &causal, &[t, t])?;
+        Var::attention_masked(&x[0], &x[1], &x[2], &x[0].graph().constant(&m)?)
+    };
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        let (want, _, _) = run(&dev, &[&s, &s, &s], &vals, &|x| {
+            Var::attention(&x[0], &x[1], &x[2], true)
+        });
+        let (got, _, _) = run(&dev, &[&s, &s, &s], &vals, &with_mask);
+        assert_close(
+            &format!("masked attention on {}", dev.name()),
+            &got,
+            &want,
+            1e-6,
+            1e-5,
+        );
+    }
+    check_gradients("masked attention", &[&s, &s, &s], &vals, &with_mask);
+    let g = Graph::new();
+    let q = g.input("q", &[b, t, d]);
+    for bad in [vec![t, t + 1], vec![3, t, t], vec![t + 1]] {
+        let e =
+            Var::attention_masked(&q, &q, &q, &g.input(&format!("m{bad:?}"), &bad)).unwrap_err();
+        assert!(
+            matches!(&e, Error::Shape { op: "attention", detail } if detail.contains(&format!("{bad:?}")) && detail.contains("[2, 5, 5]")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn multi_head_attention_at_sequence_lengths_1_and_33() {
+    for (b, t) in [(2usize, 1usize), (1, 33)] {
+        let dm = 4usize;
+        let shapes: [&[usize]; 5] = [&[b, t, dm], &[dm, dm], &[dm, dm], &[dm, dm], &[dm, dm]];
+        let vals: Vec<Vec<f32>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| uniform(70 + i as u64, s.iter().product(), -1.0, 1.0))
+            .collect();
+        check_gradients(
+            &format!("multi_head_attention B={b} T={t}"),
+            &shapes,
+            &vals,
+            &|x| x[0].multi_head_attention(&x[1], &x[2], &x[3], &x[4], 2, true),
+        );
+    }
+}

@@ -5,6 +5,7 @@ mod common;
 
 use common::{assert_close, assert_tensor_close, gpu, pair, uniform};
 use wgrad::autodiff::grad;
+use wgrad::nn::{Conv2dLayer, Module};
 use wgrad::{Conv2d, Device, Error, Graph, Tensor};
 
 /// (input shape, window) cases: batch 1, odd channels, padding, stride 2,
@@ -21,9 +22,11 @@ fn cases() -> Vec<([usize; 4], Conv2d)> {
     ]
 }
 
-/// Direct convolution in f64: out[n, f, y, x] = Σ w[f, c, i, j] · x[n, c, y·s - p + i·d, x·s - p + j·d].
+/// Direct convolution in f64: out[n, f, y, x] = Σ w[f, c, i, j] · x[n, c, y·s - p + i·d, x·s - p + j·d],
+/// the sum over the channels c of filter f's group (all of them when groups = 1).
 fn direct_conv(x: &[f32], xs: [usize; 4], w: &[f32], f: usize, g: Conv2d) -> Vec<f32> {
     let [n, c, h, wd] = xs;
+    let (cg, fg) = (c / g.groups, f / g.groups);
     let oh = (h + 2 * g.padding - g.dilation * (g.kh - 1) - 1) / g.stride + 1;
     let ow = (wd + 2 * g.padding - g.dilation * (g.kw - 1) - 1) / g.stride + 1;
     let mut out = Vec::with_capacity(n * f * oh * ow);
@@ -32,7 +35,8 @@ fn direct_conv(x: &[f32], xs: [usize; 4], w: &[f32], f: usize, g: Conv2d) -> Vec
             for y in 0..oh {
                 for z in 0..ow {
                     let mut s = 0.0f64;
-                    for ch in 0..c {
+                    let first = (k / fg) * cg;
+                    for ch in first..first + cg {
                         for i in 0..g.kh {
                             for j in 0..g.kw {
                                 let iy =
@@ -42,7 +46,8 @@ fn direct_conv(x: &[f32], xs: [usize; 4], w: &[f32], f: usize, g: Conv2d) -> Vec
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
                                     let xv = x[((b * c + ch) * h + iy as usize) * wd + ix as usize]
                                         as f64;
-                                    s += xv * w[((k * c + ch) * g.kh + i) * g.kw + j] as f64;
+                                    let wi = ((k * cg + ch - first) * g.kh + i) * g.kw + j;
+                                    s += xv * w[wi] as f64;
                                 }
                             }
                         }
@@ -251,4 +256,195 @@ fn bad_geometry_is_a_typed_error() {
     assert!(x
         .conv2d(&g.input("w", &[2, 3, 5, 5]), Conv2d::new(5, 5))
         .is_err());
+}
+
+/// Grouped and depthwise cases: (input shape, filters, window with groups).
+fn grouped_cases() -> Vec<([usize; 4], usize, Conv2d)> {
+    vec![
+        ([1, 4, 5, 5], 6, Conv2d::new(3, 3).groups(2)),
+        ([2, 3, 7, 5], 3, Conv2d::new(3, 3).padding(1).groups(3)), // depthwise, odd channels
+        ([2, 6, 9, 6], 9, Conv2d::new(3, 2).stride(2).groups(3)),
+        (
+            [1, 4, 8, 8],
+            8,
+            Conv2d::new(3, 3).stride(2).padding(1).groups(4),
+        ), // depthwise x2
+        ([3, 2, 6, 7], 4, Conv2d::new(1, 1).groups(2)),
+    ]
+}
+
+#[test]
+fn grouped_conv2d_matches_a_direct_convolution() {
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        for (k, (xs, f, geom)) in grouped_cases().into_iter().enumerate() {
+            let x = uniform(k as u64 + 30, xs.iter().product(), -1.0, 1.0);
+            let ws = [f, xs[1] / geom.groups, geom.kh, geom.kw];
+            let w = uniform(k as u64 + 40, ws.iter().product(), -1.0, 1.0);
+            let want = direct_conv(&x, xs, &w, f, geom);
+            let label = format!("grouped conv2d {xs:?} f={f} {geom:?} on {}", dev.name());
+            let xt = Tensor::from_slice(&dev, &x, &xs).unwrap();
+            let wt = Tensor::from_slice(&dev, &w, &ws).unwrap();
+            let got = xt.conv2d(&wt, geom).unwrap();
+            assert_close(&label, &got.to_vec::<f32>().unwrap(), &want, 1e-5, 1e-5);
+            // The graph op computes the same.
+            let g = Graph::new();
+            let y = g.input("x", &xs).conv2d(&g.input("w", &ws), geom).unwrap();
+            let exe = dev.compile(&g, &[&y], None).unwrap();
+            let out = exe.run(&[("x", &xt), ("w", &wt)]).unwrap();
+            assert_close(
+                &format!("{label} (graph)"),
+                &out[0].to_vec::<f32>().unwrap(),
+                &want,
+                1e-5,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn grouped_conv2d_gradients_match_finite_differences_and_gpu() {
+    for (xs, f, geom) in [
+        (
+            [2usize, 4, 5, 4],
+            6usize,
+            Conv2d::new(3, 2).stride(2).padding(1).groups(2),
+        ),
+        ([1, 3, 4, 5], 3, Conv2d::new(3, 3).padding(1).groups(3)),
+    ] {
+        let ws = [f, xs[1] / geom.groups, geom.kh, geom.kw];
+        let g = Graph::new();
+        let x = g.input("x", &xs);
+        let w = g.input("w", &ws);
+        let y = x.conv2d(&w, geom).unwrap();
+        let r = Tensor::from_slice(
+            &Device::cpu(),
+            &uniform(3, y.shape().iter().product(), 0.5, 1.5),
+            y.shape(),
+        )
+        .unwrap();
+        let loss = y.mul(&g.constant(&r).unwrap()).unwrap().sum().unwrap();
+        let grads = grad(&loss, &[&x, &w]).unwrap();
+        let xv = uniform(1, xs.iter().product(), -1.0, 1.0);
+        let wv = uniform(2, ws.iter().product(), -1.0, 1.0);
+        let run = |dev: &Device, xv: &[f32], wv: &[f32], outs: &[&wgrad::Var]| -> Vec<Vec<f32>> {
+            let exe = dev.compile(&g, outs, None).unwrap();
+            let (xt, wt) = (
+                Tensor::from_slice(dev, xv, &xs).unwrap(),
+                Tensor::from_slice(dev, wv, &ws).unwrap(),
+            );
+            exe.run(&[("x", &xt), ("w", &wt)])
+                .unwrap()
+                .iter()
+                .map(|t| t.to_vec::<f32>().unwrap())
+                .collect()
+        };
+        let cpu = Device::cpu();
+        let analytic = run(&cpu, &xv, &wv, &[&grads[0], &grads[1]]);
+        let h = 1e-2f32;
+        for (which, base) in [(0usize, &xv), (1, &wv)] {
+            let numeric: Vec<f32> = (0..base.len())
+                .map(|i| {
+                    let mut p = base.clone();
+                    let at = |p: &[f32]| -> f64 {
+                        let out = if which == 0 {
+                            run(&cpu, p, &wv, &[&loss])
+                        } else {
+                            run(&cpu, &xv, p, &[&loss])
+                        };
+                        out[0][0] as f64
+                    };
+                    p[i] += h;
+                    let up = at(&p);
+                    p[i] -= 2.0 * h;
+                    let down = at(&p);
+                    ((up - down) / (2.0 * h as f64)) as f32
+                })
+                .collect();
+            assert_close(
+                &format!("d grouped conv2d {xs:?} {geom:?} / d input {which}"),
+                &analytic[which],
+                &numeric,
+                2e-3,
+                2e-2,
+            );
+        }
+        if let Some(dev) = gpu() {
+            let on_gpu = run(&dev, &xv, &wv, &[&grads[0], &grads[1]]);
+            for k in 0..2 {
+                assert_close(
+                    &format!("d grouped conv2d {xs:?} / d input {k} GPU vs CPU"),
+                    &on_gpu[k],
+                    &analytic[k],
+                    1e-5,
+                    1e-4,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_groups_and_channels_are_typed_errors_naming_the_layer() {
+    let cpu = Device::cpu();
+    let x = Tensor::zeros(&cpu, &[1, 4, 5, 5]).unwrap();
+    // groups not dividing the input channels, or the filters
+    let e = x
+        .conv2d(
+            &Tensor::zeros(&cpu, &[6, 1, 3, 3]).unwrap(),
+            Conv2d::new(3, 3).groups(3),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { op: "conv2d", detail } if detail.contains("groups 3") && detail.contains("[1, 4, 5, 5]")),
+        "{e}"
+    );
+    let e = x
+        .conv2d(
+            &Tensor::zeros(&cpu, &[5, 2, 3, 3]).unwrap(),
+            Conv2d::new(3, 3).groups(2),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { op: "conv2d", detail } if detail.contains("filters 5")),
+        "{e}"
+    );
+    // filters with the wrong per-group channel count
+    let e = x
+        .conv2d(
+            &Tensor::zeros(&cpu, &[4, 4, 3, 3]).unwrap(),
+            Conv2d::new(3, 3).groups(2),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { op: "conv2d", detail } if detail.contains("channels 2 vs 4")),
+        "{e}"
+    );
+    assert!(x
+        .conv2d(
+            &Tensor::zeros(&cpu, &[4, 1, 3, 3]).unwrap(),
+            Conv2d::new(3, 3).groups(0)
+        )
+        .is_err());
+    // The layer names itself and the shapes.
+    let g = Graph::new();
+    let layer = Conv2dLayer::new(&g, "conv7", 4, 6, Conv2d::new(3, 3).groups(4), 1);
+    let e = layer.forward(&g.input("x", &[2, 4, 6, 6])).unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { op: "conv2d", detail } if detail.contains("conv7") && detail.contains("groups 4")),
+        "{e}"
+    );
+    let layer = Conv2dLayer::new(&g, "conv8", 3, 6, Conv2d::new(3, 3), 1);
+    let e = layer.forward(&g.input("x3", &[2, 5, 6, 6])).unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { op: "conv2d", detail } if detail.contains("conv8") && detail.contains("[2, 5, 6, 6]")),
+        "{e}"
+    );
+    // A depthwise layer records the expected output.
+    let dw = Conv2dLayer::new(&g, "dw", 4, 4, Conv2d::new(3, 3).padding(1).groups(4), 2);
+    assert_eq!(
+        dw.forward(&g.input("x4", &[2, 4, 6, 6])).unwrap().shape(),
+        &[2, 4, 6, 6]
+    );
+    assert_eq!(dw.param_names(), ["dw.weight", "dw.bias"]);
 }

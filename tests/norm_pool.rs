@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_close, check_finite_differences, gpu, uniform, Feed};
 use wgrad::autodiff::grad;
-use wgrad::{Device, Error, Graph, Tensor, Var};
+use wgrad::{Conv2d, Device, Error, Graph, Tensor, Var};
 
 /// The graph of `build` on input `x` of `shape`: (graph, value, d loss/dx, loss = Σ value·R).
 fn graph_of(shape: &[usize], build: &dyn Fn(&Var) -> wgrad::Result<Var>) -> (Graph, Var, Var, Var) {
@@ -183,4 +183,149 @@ fn bad_shapes_are_typed_errors() {
         matches!(&e, Error::Shape { op: "avg_pool2d", detail } if detail.contains("larger than the padded input")),
         "{e}"
     );
+}
+
+/// Direct pooling of (N, C, H, W) in f64: padding is −∞ for max and a zero counted in
+/// the window for average (count_include_pad = True).
+fn direct_pool(x: &[f32], [n, c, h, w]: [usize; 4], g: Conv2d, max: bool) -> Vec<f32> {
+    let oh = (h + 2 * g.padding - g.dilation * (g.kh - 1) - 1) / g.stride + 1;
+    let ow = (w + 2 * g.padding - g.dilation * (g.kw - 1) - 1) / g.stride + 1;
+    let mut out = Vec::new();
+    for img in 0..n * c {
+        for y in 0..oh {
+            for z in 0..ow {
+                let mut vals = Vec::new();
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let iy = (y * g.stride + i * g.dilation) as isize - g.padding as isize;
+                        let ix = (z * g.stride + j * g.dilation) as isize - g.padding as isize;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            vals.push(x[img * h * w + iy as usize * w + ix as usize] as f64);
+                        }
+                    }
+                }
+                out.push(if max {
+                    vals.iter().copied().fold(f64::NEG_INFINITY, f64::max) as f32
+                } else {
+                    (vals.iter().sum::<f64>() / (g.kh * g.kw) as f64) as f32
+                });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn padded_pooling_matches_direct_pooling() {
+    // stride 2, non-square images and windows, batch 1 and > 1, odd channels
+    let cases = [
+        ([1usize, 1, 5, 5], Conv2d::new(3, 3).stride(2).padding(1)),
+        ([2, 3, 4, 7], Conv2d::new(2, 2).stride(2).padding(1)),
+        ([1, 3, 6, 5], Conv2d::new(3, 2).padding(1)),
+        (
+            [2, 1, 7, 4],
+            Conv2d::new(3, 3).stride(2).padding(1).dilation(2),
+        ),
+    ];
+    for (k, (shape, geom)) in cases.into_iter().enumerate() {
+        let n: usize = shape.iter().product();
+        // Distinct values 0.1 apart (shuffled) plus noise, some negative so that a zero
+        // padding would win a max: no ties inside a ±h step.
+        let noise = uniform(k as u64 + 3, n, -0.02, 0.02);
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 89) % n) as f32 * 0.1 - 2.0 + noise[i])
+            .collect();
+        let mx = direct_pool(&x, shape, geom, true);
+        let avg = direct_pool(&x, shape, geom, false);
+        check(
+            &format!("max_pool2d {shape:?} {geom:?}"),
+            &shape,
+            &x,
+            &mx,
+            &move |v| v.max_pool2d_window(geom),
+        );
+        if geom.dilation == 1 {
+            check(
+                &format!("avg_pool2d {shape:?} {geom:?}"),
+                &shape,
+                &x,
+                &avg,
+                &move |v| v.avg_pool2d_window(geom),
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_pooling_windows_are_typed_errors() {
+    let g = Graph::new();
+    let x = g.input("x", &[1, 2, 3, 3]);
+    // kernel larger than the padded input
+    let e = x
+        .max_pool2d_window(Conv2d::new(6, 6).padding(1))
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { op: "max_pool2d", detail } if detail.contains("larger than the padded input") && detail.contains("[1, 2, 3, 3]")),
+        "{e}"
+    );
+    assert!(x.max_pool2d_window(Conv2d::new(5, 5).padding(2)).is_ok());
+    // padding more than half the window: a window could hold nothing but padding
+    let e = x
+        .avg_pool2d_window(Conv2d::new(2, 2).padding(2))
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { op: "avg_pool2d", detail } if detail.contains("padding 2")),
+        "{e}"
+    );
+    let e = x
+        .max_pool2d_window(Conv2d::new(3, 3).stride(0))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                op: "max_pool2d",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+/// Layer norm over the last axis, in f64.
+fn direct_layer_norm(x: &[f32], n: usize) -> Vec<f32> {
+    x.chunks(n)
+        .flat_map(|r| {
+            let m = r.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+            let var = r.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n as f64;
+            r.iter()
+                .map(move |&v| ((v as f64 - m) / (var + 1e-5).sqrt()) as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn norms_on_awkward_shapes() {
+    // Layer norm: one row of 33, a 3-D batch with an odd last axis.
+    for shape in [vec![1usize, 33], vec![2, 3, 5]] {
+        let n: usize = shape.iter().product();
+        let x = uniform(30 + n as u64, n, -2.0, 2.0);
+        let want = direct_layer_norm(&x, *shape.last().unwrap());
+        check(&format!("layer_norm {shape:?}"), &shape, &x, &want, &|v| {
+            v.layer_norm(1e-5)
+        });
+    }
+    // Batch norm: batch 1 with odd channels on a non-square image.
+    let shape = [1usize, 5, 3, 2];
+    let x = uniform(31, 30, -2.0, 2.0);
+    let mut want = vec![0.0f32; 30];
+    for ch in 0..5 {
+        let r = &x[ch * 6..ch * 6 + 6];
+        let normed = direct_layer_norm(r, 6);
+        want[ch * 6..ch * 6 + 6].copy_from_slice(&normed);
+    }
+    check("batch_norm [1, 5, 3, 2]", &shape, &x, &want, &|v| {
+        Ok(v.batch_norm(1e-5)?.0)
+    });
 }

@@ -19,7 +19,11 @@
 //! # Ok(()) }
 //! ```
 
+mod functional;
+
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 use crate::executor::Executor;
@@ -36,6 +40,39 @@ pub trait Module: Send + Sync {
     /// Names of the layer's parameters, in a fixed order.
     fn param_names(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Names of the layer's non-trainable state (batch norm's running statistics),
+    /// saved and loaded with the parameters.
+    fn state_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Parameters then state: everything [`save_params`] should write to restore the model.
+    fn saved_names(&self) -> Vec<String> {
+        let mut names = self.param_names();
+        names.extend(self.state_names());
+        names
+    }
+
+    /// Training (the default) or evaluation mode for the forward passes recorded from
+    /// now on: batch norm uses batch statistics and updates its running ones, or uses
+    /// the running ones; dropout drops, or is the identity.
+    fn set_training(&self, _training: bool) {}
+}
+
+/// Adds the layer's name to a shape or argument error raised while recording it.
+fn in_layer(layer: &str, e: Error) -> Error {
+    match e {
+        Error::Shape { op, detail } => Error::Shape {
+            op,
+            detail: format!("layer {layer:?}: {detail}"),
+        },
+        Error::Invalid { op, detail } => Error::Invalid {
+            op,
+            detail: format!("layer {layer:?}: {detail}"),
+        },
+        other => other,
     }
 }
 
@@ -68,16 +105,21 @@ impl Module for Linear {
     }
 }
 
-/// 2-D convolution (im2col + matmul) with Kaiming-initialised filters and a bias per channel.
+/// 2-D convolution (im2col + matmul) with Kaiming-initialised filters and a bias per
+/// channel; `geom.groups` > 1 makes it a grouped (or, with groups = inputs, depthwise)
+/// convolution.
 pub struct Conv2dLayer {
     weight: Var,
     bias: Var,
     geom: Conv2d,
+    inputs: usize,
+    name: String,
     names: [String; 2],
 }
 
 impl Conv2dLayer {
-    /// Filters `{name}.weight` (out, in, kh, kw) and bias `{name}.bias` (out, 1, 1).
+    /// Filters `{name}.weight` (out, in/groups, kh, kw) and bias `{name}.bias` (out, 1, 1).
+    /// Groups that do not divide `inputs` and `outputs` are reported by `forward`.
     pub fn new(
         g: &Graph,
         name: &str,
@@ -87,14 +129,17 @@ impl Conv2dLayer {
         seed: u64,
     ) -> Conv2dLayer {
         let names = [format!("{name}.weight"), format!("{name}.bias")];
+        let per_group = inputs / geom.groups.max(1);
         Conv2dLayer {
             weight: g.param(
                 &names[0],
-                &[outputs, inputs, geom.kh, geom.kw],
+                &[outputs, per_group, geom.kh, geom.kw],
                 Init::KaimingNormal { seed },
             ),
             bias: g.param(&names[1], &[outputs, 1, 1], Init::Zeros),
             geom,
+            inputs,
+            name: name.to_string(),
             names,
         }
     }
@@ -102,11 +147,102 @@ impl Conv2dLayer {
 
 impl Module for Conv2dLayer {
     fn forward(&self, x: &Var) -> Result<Var> {
-        x.conv2d(&self.weight, self.geom)?.add(&self.bias)
+        if x.shape().get(1) != Some(&self.inputs) {
+            return Err(Error::Shape {
+                op: "conv2d",
+                detail: format!(
+                    "layer {:?} takes {} input channels, got input {:?}",
+                    self.name,
+                    self.inputs,
+                    x.shape()
+                ),
+            });
+        }
+        x.conv2d(&self.weight, self.geom)
+            .and_then(|y| y.add(&self.bias))
+            .map_err(|e| in_layer(&self.name, e))
     }
 
     fn param_names(&self) -> Vec<String> {
         self.names.to_vec()
+    }
+}
+
+/// Max or average pooling of (N, C, H, W) as a layer (see [`Var::max_pool2d_window`]
+/// and [`Var::avg_pool2d_window`]; average pooling counts padding, like PyTorch's default).
+pub struct Pool2d {
+    window: Conv2d,
+    max: bool,
+}
+
+impl Pool2d {
+    /// Max pooling over `window` (kernel, stride, padding, dilation).
+    pub fn max(window: Conv2d) -> Pool2d {
+        Pool2d { window, max: true }
+    }
+
+    /// Average pooling over `window`.
+    pub fn avg(window: Conv2d) -> Pool2d {
+        Pool2d { window, max: false }
+    }
+}
+
+impl Module for Pool2d {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        if self.max {
+            x.max_pool2d_window(self.window)
+        } else {
+            x.avg_pool2d_window(self.window)
+        }
+    }
+}
+
+/// Inverted dropout (see [`Var::dropout`]) in training mode, the identity in evaluation
+/// mode. Each run of a compiled step draws a new mask from the seed and a step counter
+/// `{name}.step` kept on the device.
+pub struct Dropout {
+    p: f32,
+    seed: u64,
+    name: String,
+    graph: Graph,
+    step: OnceLock<Var>,
+    training: AtomicBool,
+}
+
+impl Dropout {
+    /// Dropout with probability `p` in [0, 1) (otherwise an error naming the layer).
+    pub fn new(g: &Graph, name: &str, p: f32, seed: u64) -> Result<Dropout> {
+        crate::ops::dropout::check_dropout(p, &[1]).map_err(|e| in_layer(name, e))?;
+        Ok(Dropout {
+            p,
+            seed,
+            name: name.to_string(),
+            graph: g.clone(),
+            step: OnceLock::new(),
+            training: AtomicBool::new(true),
+        })
+    }
+}
+
+impl Module for Dropout {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        if !self.training.load(Ordering::Relaxed) || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        // One counter per layer, made by the first training-mode forward pass.
+        let step = match self.step.get() {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.graph.step_counter(&format!("{}.step", self.name))?;
+                self.step.get_or_init(|| s).clone()
+            }
+        };
+        x.dropout(self.p, self.seed, &step)
+            .map_err(|e| in_layer(&self.name, e))
+    }
+
+    fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
     }
 }
 
@@ -141,35 +277,113 @@ impl Module for LayerNorm {
     }
 }
 
-/// Batch norm over (N, C, H, W) with batch statistics (training mode) and a learned
-/// per-channel scale and shift.
+/// Batch norm over (N, C, H, W) with a learned per-channel scale and shift.
+///
+/// Training mode normalises with the batch mean and biased variance and updates the
+/// running statistics `{name}.running_mean` and `{name}.running_var` (shape (C), state
+/// kept on the device and saved with the model) with PyTorch's recurrence:
+/// `running ← (1 − momentum)·running + momentum·batch`, using the unbiased batch
+/// variance (· n/(n − 1), n = N·H·W) for `running_var`. Evaluation mode normalises with
+/// the running statistics.
 pub struct BatchNorm2d {
     gamma: Var,
     beta: Var,
+    running_mean: Var,
+    running_var: Var,
     eps: f32,
-    names: [String; 2],
+    momentum: f32,
+    training: AtomicBool,
+    name: String,
+    names: [String; 4],
 }
 
 impl BatchNorm2d {
-    /// Parameters `{name}.gamma` and `{name}.beta` of shape (channels, 1, 1).
+    /// Parameters `{name}.gamma` and `{name}.beta` of shape (channels, 1, 1), running
+    /// statistics (channels) starting at 0 and 1; momentum 0.1 as in PyTorch.
     pub fn new(g: &Graph, name: &str, channels: usize, eps: f32) -> BatchNorm2d {
-        let names = [format!("{name}.gamma"), format!("{name}.beta")];
+        let names = ["gamma", "beta", "running_mean", "running_var"].map(|p| format!("{name}.{p}"));
         BatchNorm2d {
             gamma: g.param(&names[0], &[channels, 1, 1], Init::Ones),
             beta: g.param(&names[1], &[channels, 1, 1], Init::Zeros),
+            running_mean: g.state(&names[2], &[channels], Init::Zeros),
+            running_var: g.state(&names[3], &[channels], Init::Ones),
             eps,
+            momentum: 0.1,
+            training: AtomicBool::new(true),
+            name: name.to_string(),
             names,
         }
+    }
+
+    /// The same layer with another momentum (weight of the newest batch, in [0, 1]).
+    pub fn with_momentum(mut self, momentum: f32) -> BatchNorm2d {
+        self.momentum = momentum;
+        self
+    }
+
+    fn train_forward(&self, x: &Var) -> Result<Var> {
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return Err(Error::Invalid {
+                op: "batch_norm",
+                detail: format!("momentum must be in [0, 1], got {}", self.momentum),
+            });
+        }
+        let c = self.running_mean.shape()[0];
+        if x.shape().len() != 4 || x.shape()[1] != c {
+            return Err(Error::Shape {
+                op: "batch_norm",
+                detail: format!("expects (N, {c}, H, W), got {:?}", x.shape()),
+            });
+        }
+        let count = x.shape()[0] * x.shape()[2] * x.shape()[3];
+        if count < 2 {
+            return Err(Error::Shape {
+                op: "batch_norm",
+                detail: format!(
+                    "training needs more than one value per channel, got input {:?}",
+                    x.shape()
+                ),
+            });
+        }
+        let (y, mean, var) = x.batch_norm(self.eps)?;
+        let m = self.momentum;
+        let unbiased = count as f32 / (count - 1) as f32;
+        let g = x.graph();
+        let new_mean = self
+            .running_mean
+            .mul_scalar(1.0 - m)?
+            .add(&mean.reshape(&[c])?.mul_scalar(m)?)?;
+        let new_var = self
+            .running_var
+            .mul_scalar(1.0 - m)?
+            .add(&var.reshape(&[c])?.mul_scalar(m * unbiased)?)?;
+        g.assign(&self.running_mean, &new_mean)?;
+        g.assign(&self.running_var, &new_var)?;
+        Ok(y)
     }
 }
 
 impl Module for BatchNorm2d {
     fn forward(&self, x: &Var) -> Result<Var> {
-        x.batch_norm(self.eps)?.0.mul(&self.gamma)?.add(&self.beta)
+        let y = if self.training.load(Ordering::Relaxed) {
+            self.train_forward(x)
+        } else {
+            x.batch_norm_eval(&self.running_mean, &self.running_var, self.eps)
+        };
+        y.and_then(|y| y.mul(&self.gamma)?.add(&self.beta))
+            .map_err(|e| in_layer(&self.name, e))
     }
 
     fn param_names(&self) -> Vec<String> {
-        self.names.to_vec()
+        self.names[..2].to_vec()
+    }
+
+    fn state_names(&self) -> Vec<String> {
+        self.names[2..].to_vec()
+    }
+
+    fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
     }
 }
 
@@ -282,9 +496,20 @@ impl Module for Sequential {
     fn param_names(&self) -> Vec<String> {
         self.layers.iter().flat_map(|l| l.param_names()).collect()
     }
+
+    fn state_names(&self) -> Vec<String> {
+        self.layers.iter().flat_map(|l| l.state_names()).collect()
+    }
+
+    fn set_training(&self, training: bool) {
+        for l in &self.layers {
+            l.set_training(training);
+        }
+    }
 }
 
-/// Saves the named parameters of a compiled model as safetensors.
+/// Saves the named parameters (and state, see [`Module::saved_names`]) of a compiled
+/// model as safetensors.
 pub fn save_params(exe: &Executor, names: &[String], path: impl AsRef<Path>) -> Result<()> {
     let values: Vec<(&str, crate::Tensor)> = names
         .iter()
@@ -294,7 +519,7 @@ pub fn save_params(exe: &Executor, names: &[String], path: impl AsRef<Path>) -> 
     crate::io::save_safetensors(path, &refs)
 }
 
-/// Loads parameters by name from a safetensors file into a compiled model; every
+/// Loads parameters (and state) by name from a safetensors file into a compiled model; every
 /// name in `names` must be present with the right shape.
 pub fn load_params(exe: &Executor, names: &[String], path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();

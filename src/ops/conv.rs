@@ -6,10 +6,16 @@
 //! OH = (H + 2p - d·(KH-1) - 1)/s + 1 (and OW likewise); patches are (N, OH·OW, C·KH·KW).
 //! CPU reference: plain loops. GPU: `shaders/conv.wgsl`.
 //! Gradient: d im2col = col2im, d col2im = im2col (each is the other's transpose).
+//!
+//! Grouped convolution (`groups` G > 1; depthwise when G = C) reuses the same patch
+//! matrix: its columns are channel-major, so group g owns one contiguous block of
+//! (C/G)·KH·KW columns, and one batched matmul (N, G, L, CgK)·(G, Fg, CgK)ᵀ does every
+//! group at once. Its gradients come from the composition (permute, reshape, matmul).
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::Kernel;
+use crate::graph::Var;
 use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -32,6 +38,9 @@ pub struct Conv2d {
     pub padding: usize,
     /// Spacing between kernel taps.
     pub dilation: usize,
+    /// Channel groups of a convolution (1: dense; C: depthwise). Patch extraction
+    /// (im2col, col2im, pooling) ignores it.
+    pub groups: usize,
 }
 
 impl Conv2d {
@@ -43,6 +52,7 @@ impl Conv2d {
             stride: 1,
             padding: 0,
             dilation: 1,
+            groups: 1,
         }
     }
 
@@ -59,6 +69,12 @@ impl Conv2d {
     /// The same window with another dilation.
     pub fn dilation(self, dilation: usize) -> Conv2d {
         Conv2d { dilation, ..self }
+    }
+
+    /// The same window with `groups` channel groups (a convolution's filters then
+    /// have C/groups input channels each).
+    pub fn groups(self, groups: usize) -> Conv2d {
+        Conv2d { groups, ..self }
     }
 
     /// Output positions (OH, OW) for an input of shape (N, C, H, W), or the error naming `op`.
@@ -235,21 +251,58 @@ impl Tensor {
         }
     }
 
-    /// 2-D convolution of x (N, C, H, W) with filters (F, C, KH, KW), as
+    /// 2-D convolution of x (N, C, H, W) with filters (F, C/groups, KH, KW), as
     /// im2col · W_flatᵀ: gives (N, F, OH, OW). The window's `kh`/`kw` must match the filters.
     pub fn conv2d(&self, weight: &Tensor, geom: Conv2d) -> Result<Tensor> {
         let (n, f) = check_conv2d(self.shape(), weight.shape(), geom)?;
         let (oh, ow) = geom.output_size("conv2d", self.shape())?;
-        let w_flat = weight.reshape(&[f, weight.numel() / f.max(1)])?;
-        // (N, L, CK) · (F, CK)ᵀ = (N, L, F) → (N, F, L) → (N, F, OH, OW)
-        self.im2col(geom)?
-            .matmul_t(&w_flat, false, true)?
-            .permute(&[0, 2, 1])?
+        let cols = self.im2col(geom.groups(1))?;
+        let groups = geom.groups;
+        if groups == 1 {
+            let w_flat = weight.reshape(&[f, weight.numel() / f.max(1)])?;
+            // (N, L, CK) · (F, CK)ᵀ = (N, L, F) → (N, F, L) → (N, F, OH, OW)
+            return cols
+                .matmul_t(&w_flat, false, true)?
+                .permute(&[0, 2, 1])?
+                .reshape(&[n, f, oh, ow]);
+        }
+        let [l, cgk] = [oh * ow, weight.numel() / f.max(1)];
+        // (N, L, G, CgK) → (N, G, L, CgK) · (G, Fg, CgK)ᵀ = (N, G, L, Fg) → (N, G, Fg, L)
+        cols.reshape(&[n, l, groups, cgk])?
+            .permute(&[0, 2, 1, 3])?
+            .matmul_t(&weight.reshape(&[groups, f / groups, cgk])?, false, true)?
+            .permute(&[0, 1, 3, 2])?
             .reshape(&[n, f, oh, ow])
     }
 }
 
-/// Checks x (N, C, H, W) against filters (F, C, KH, KW) and the window; returns (N, F).
+impl Var {
+    /// 2-D convolution with filters (F, C/groups, KH, KW) as im2col · W_flatᵀ: (N, F, OH, OW).
+    /// Differentiable in both the input and the filters. With `geom.groups` G > 1 the
+    /// channels split into G groups, each convolved with its own F/G filters.
+    pub fn conv2d(&self, weight: &Var, geom: Conv2d) -> Result<Var> {
+        let (n, f) = crate::ops::conv::check_conv2d(self.shape(), weight.shape(), geom)?;
+        let (oh, ow) = geom.output_size("conv2d", self.shape())?;
+        let cgk = weight.shape()[1..].iter().product::<usize>();
+        let cols = self.im2col(geom.groups(1))?;
+        let groups = geom.groups;
+        if groups == 1 {
+            // (N, L, CK) · (F, CK)ᵀ = (N, L, F) → (N, F, L) → (N, F, OH, OW)
+            return cols
+                .matmul_t(&weight.reshape(&[f, cgk])?, false, true)?
+                .permute(&[0, 2, 1])?
+                .reshape(&[n, f, oh, ow]);
+        }
+        // (N, L, G, CgK) → (N, G, L, CgK) · (G, Fg, CgK)ᵀ = (N, G, L, Fg) → (N, G, Fg, L)
+        cols.reshape(&[n, oh * ow, groups, cgk])?
+            .permute(&[0, 2, 1, 3])?
+            .matmul_t(&weight.reshape(&[groups, f / groups, cgk])?, false, true)?
+            .permute(&[0, 1, 3, 2])?
+            .reshape(&[n, f, oh, ow])
+    }
+}
+
+/// Checks x (N, C, H, W) against filters (F, C/groups, KH, KW) and the window; returns (N, F).
 pub(crate) fn check_conv2d(x: &[usize], w: &[usize], geom: Conv2d) -> Result<(usize, usize)> {
     let op = "conv2d";
     let ([n, c, ..], [f, wc, kh, kw]) = (x, w) else {
@@ -260,12 +313,23 @@ pub(crate) fn check_conv2d(x: &[usize], w: &[usize], geom: Conv2d) -> Result<(us
             ),
         });
     };
-    if x.len() != 4 || c != wc || (*kh, *kw) != (geom.kh, geom.kw) {
+    let g = geom.groups;
+    if g == 0 || c % g != 0 || f % g != 0 {
         return Err(Error::Shape {
             op,
             detail: format!(
-                "input {x:?} and filters {w:?} disagree (channels {c} vs {wc}, window {}x{})",
-                geom.kh, geom.kw
+                "groups {g} must divide the input channels {c} and the filters {f} (input {x:?}, filters {w:?})"
+            ),
+        });
+    }
+    if x.len() != 4 || c / g != *wc || (*kh, *kw) != (geom.kh, geom.kw) {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "input {x:?} and filters {w:?} disagree (channels {} vs {wc} with {g} group(s), window {}x{})",
+                c / g,
+                geom.kh,
+                geom.kw
             ),
         });
     }

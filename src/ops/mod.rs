@@ -2,6 +2,7 @@
 //! CPU reference, the GPU dispatch (its WGSL lives in `shaders/<family>.wgsl`).
 
 pub mod conv;
+pub mod dropout;
 pub mod elementwise;
 pub mod half;
 pub mod layout;

@@ -1,0 +1,241 @@
+//! Layer compositions recorded with [`Var`] ops — layer norm, batch norm (training
+//! and evaluation), pooling, scaled dot-product and multi-head attention — whose
+//! gradients come from the ops they are built of. [`crate::nn`]'s layers call them.
+
+use crate::error::{Error, Result};
+use crate::graph::Var;
+use crate::ops::conv::Conv2d;
+use crate::ops::reduce::ReduceOp;
+use crate::shape::broadcast_shapes;
+use crate::tensor::Tensor;
+
+impl Var {
+    /// Layer normalisation over the last axis: `(x - mean) / sqrt(var + eps)` with the
+    /// biased variance, as PyTorch's `layer_norm` without its affine part (multiply and
+    /// add a learned scale and shift after it). Differentiable through its composition.
+    pub fn layer_norm(&self, eps: f32) -> Result<Var> {
+        let centred = self.sub(&self.mean_axis(-1, true)?)?;
+        let var = centred.square()?.mean_axis(-1, true)?;
+        centred.div(&var.add_scalar(eps)?.sqrt()?)
+    }
+
+    /// Batch normalisation in training mode for (N, C, …): each channel normalised by
+    /// the mean and biased variance over every other axis. Returns the normalised
+    /// tensor, the batch mean and the batch variance (each (1, C, 1, …)) so a caller can
+    /// keep running statistics for evaluation.
+    pub fn batch_norm(&self, eps: f32) -> Result<(Var, Var, Var)> {
+        if self.shape().len() < 2 {
+            return Err(Error::Shape {
+                op: "batch_norm",
+                detail: format!("needs (N, C, …), got {:?}", self.shape()),
+            });
+        }
+        let over_all_but_channels = |v: &Var| -> Result<Var> {
+            let mut m = v.mean_axis(0, true)?;
+            for axis in 2..v.shape().len() {
+                m = m.mean_axis(axis as isize, true)?;
+            }
+            Ok(m)
+        };
+        let mean = over_all_but_channels(self)?;
+        let centred = self.sub(&mean)?;
+        let var = over_all_but_channels(&centred.square()?)?;
+        Ok((centred.div(&var.add_scalar(eps)?.sqrt()?)?, mean, var))
+    }
+
+    /// Max pooling of (N, C, H, W) over k×k windows (no padding): im2col on each
+    /// channel, then a max over each window.
+    pub fn max_pool2d(&self, k: usize, stride: usize) -> Result<Var> {
+        self.max_pool2d_window(Conv2d::new(k, k).stride(stride))
+    }
+
+    /// Average pooling of (N, C, H, W) over k×k windows (no padding).
+    pub fn avg_pool2d(&self, k: usize, stride: usize) -> Result<Var> {
+        self.avg_pool2d_window(Conv2d::new(k, k).stride(stride))
+    }
+
+    /// Max pooling over any window (kh×kw, stride, padding, dilation). Padding counts
+    /// as −∞, so it is never the maximum; as in PyTorch, padding may be at most half
+    /// the kernel, so every window holds at least one real element.
+    pub fn max_pool2d_window(&self, window: Conv2d) -> Result<Var> {
+        self.pool2d("max_pool2d", window, ReduceOp::Max)
+    }
+
+    /// Average pooling over any window. Padding counts as zeros that are part of the
+    /// window — PyTorch's default `count_include_pad=True` — so a border window is
+    /// divided by kh·kw, not by its number of real elements.
+    pub fn avg_pool2d_window(&self, window: Conv2d) -> Result<Var> {
+        self.pool2d("avg_pool2d", window, ReduceOp::Mean)
+    }
+
+    fn pool2d(&self, op: &'static str, geom: Conv2d, reduce: ReduceOp) -> Result<Var> {
+        let [n, c, h, w] = self.shape()[..] else {
+            return Err(Error::Shape {
+                op,
+                detail: format!("input must be (N, C, H, W), got {:?}", self.shape()),
+            });
+        };
+        let geom = geom.groups(1);
+        let (oh, ow) = geom.output_size(op, self.shape())?;
+        if 2 * geom.padding > geom.kh.min(geom.kw) {
+            return Err(Error::Invalid {
+                op,
+                detail: format!(
+                    "padding {} is more than half the {}x{} window (input {:?})",
+                    geom.padding,
+                    geom.kh,
+                    geom.kw,
+                    self.shape()
+                ),
+            });
+        }
+        // Channels as separate images: (N·C, 1, H, W) → (N·C, OH·OW, kh·kw) → reduce the window.
+        let patches = self.reshape(&[n * c, 1, h, w])?.im2col(geom)?;
+        let patches = if reduce == ReduceOp::Max && geom.padding > 0 {
+            // im2col pads with zeros; −∞ on those taps keeps them out of the max (and,
+            // never equal to the max, out of its gradient).
+            let ones = Tensor::full(&crate::Device::cpu(), 1.0, &[1, 1, h, w])?;
+            let pad: Vec<f32> = ones
+                .im2col(geom)?
+                .to_vec::<f32>()?
+                .into_iter()
+                .map(|v| if v == 1.0 { 0.0 } else { f32::NEG_INFINITY })
+                .collect();
+            let pad =
+                Tensor::from_slice(&crate::Device::cpu(), &pad, &[oh * ow, geom.kh * geom.kw])?;
+            patches.add(&self.graph().constant(&pad)?)?
+        } else {
+            patches
+        };
+        patches.reduce(reduce, -1, false)?.reshape(&[n, c, oh, ow])
+    }
+
+    /// Batch normalisation in evaluation mode for (N, C, …): `(x − running_mean) /
+    /// sqrt(running_var + eps)` per channel, with statistics of shape (C).
+    pub fn batch_norm_eval(&self, running_mean: &Var, running_var: &Var, eps: f32) -> Result<Var> {
+        let c = self.shape().get(1).copied().unwrap_or(0);
+        if self.shape().len() < 2 || running_mean.shape() != [c] || running_var.shape() != [c] {
+            return Err(Error::Shape {
+                op: "batch_norm",
+                detail: format!(
+                    "input {:?} needs (N, C, …) with running statistics (C), got {:?} and {:?}",
+                    self.shape(),
+                    running_mean.shape(),
+                    running_var.shape()
+                ),
+            });
+        }
+        let mut stat_shape = vec![1; self.shape().len()];
+        stat_shape[1] = c;
+        let mean = running_mean.reshape(&stat_shape)?;
+        let std = running_var.add_scalar(eps)?.sqrt()?.reshape(&stat_shape)?;
+        self.sub(&mean)?.div(&std)
+    }
+
+    /// Scaled dot-product attention `softmax(Q·Kᵀ/√d + mask)·V` for q (…, Tq, d),
+    /// k (…, Tk, d), v (…, Tk, dv); with `causal`, query i sees keys 0..=i (needs Tq = Tk).
+    pub fn attention(q: &Var, k: &Var, v: &Var, causal: bool) -> Result<Var> {
+        let scores = Var::attention_scores(q, k)?;
+        let scores = if causal {
+            let (tq, tk) = (
+                scores.shape()[scores.shape().len() - 2],
+                scores.shape()[scores.shape().len() - 1],
+            );
+            if tq != tk {
+                return Err(Error::Shape {
+                    op: "attention",
+                    detail: format!(
+                        "a causal mask needs as many queries as keys, got {tq} and {tk}"
+                    ),
+                });
+            }
+            // -inf above the diagonal: exp gives exactly 0 there, and so does the gradient.
+            let mask: Vec<f32> = (0..tq * tk)
+                .map(|i| {
+                    if i % tk > i / tk {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mask = Tensor::from_slice(&crate::Device::cpu(), &mask, &[tq, tk])?;
+            scores.add(&q.graph().constant(&mask)?)?
+        } else {
+            scores
+        };
+        scores.softmax(-1)?.matmul(v)
+    }
+
+    /// Attention with an additive mask (0 where a query may see a key, −∞ or a large
+    /// negative number where not) that broadcasts to the scores (…, Tq, Tk).
+    pub fn attention_masked(q: &Var, k: &Var, v: &Var, mask: &Var) -> Result<Var> {
+        let scores = Var::attention_scores(q, k)?;
+        if broadcast_shapes("attention", scores.shape(), mask.shape()).ok()
+            != Some(scores.shape().to_vec())
+        {
+            return Err(Error::Shape {
+                op: "attention",
+                detail: format!(
+                    "mask {:?} does not broadcast to the scores {:?} of q {:?} and k {:?}",
+                    mask.shape(),
+                    scores.shape(),
+                    q.shape(),
+                    k.shape()
+                ),
+            });
+        }
+        scores.add(mask)?.softmax(-1)?.matmul(v)
+    }
+
+    /// `Q·Kᵀ/√d`: (…, Tq, Tk).
+    fn attention_scores(q: &Var, k: &Var) -> Result<Var> {
+        let d = *q.shape().last().unwrap_or(&0);
+        if q.shape().len() < 2 || d == 0 || k.shape().last() != Some(&d) || k.shape().len() < 2 {
+            return Err(Error::Shape {
+                op: "attention",
+                detail: format!(
+                    "q {:?} and k {:?} need rank >= 2 and the same last dim",
+                    q.shape(),
+                    k.shape()
+                ),
+            });
+        }
+        q.matmul_t(k, false, true)?
+            .mul_scalar(1.0 / (d as f32).sqrt())
+    }
+
+    /// Multi-head self-attention of x (B, T, D) with `heads` heads: projections
+    /// wq, wk, wv, wo of shape (D, D); heads split D into D/heads columns each.
+    pub fn multi_head_attention(
+        &self,
+        wq: &Var,
+        wk: &Var,
+        wv: &Var,
+        wo: &Var,
+        heads: usize,
+        causal: bool,
+    ) -> Result<Var> {
+        let [b, t, d] = self.shape()[..] else {
+            return Err(Error::Shape {
+                op: "multi_head_attention",
+                detail: format!("x must be (B, T, D), got {:?}", self.shape()),
+            });
+        };
+        if heads == 0 || d % heads != 0 {
+            return Err(Error::Invalid {
+                op: "multi_head_attention",
+                detail: format!("{heads} heads do not divide D = {d}"),
+            });
+        }
+        let dh = d / heads;
+        // (B, T, D) · (D, D) → (B, T, H, dh) → (B, H, T, dh)
+        let split = |w: &Var| -> Result<Var> {
+            self.matmul(w)?
+                .reshape(&[b, t, heads, dh])?
+                .permute(&[0, 2, 1, 3])
+        };
+        let o = Var::attention(&split(wq)?, &split(wk)?, &split(wv)?, causal)?;
+        o.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?.matmul(wo)
+    }
+}
