@@ -7,7 +7,9 @@
 //   binary_broadcast_forward  out[i] = g(a[bcast(i)], b[bcast(i)])  NumPy broadcasting
 //   scalar_forward            out[i] = g(x[i], s) or g(s, x[i])     scalar operand
 // The op is a pipeline-overridable constant, so each (entry, OP) pipeline is
-// specialised and the switch folds away.
+// specialised and the switch folds away. A tensor past one storage binding is run as
+// several dispatches over windows bound at offsets (src/ops/chunk.rs); `n` then counts
+// the window's elements and, for the broadcast entry, `offsets` places the window.
 
 override OP: u32 = 0u;
 
@@ -19,6 +21,10 @@ struct Params {
     dims: array<vec4<u32>, 2>,       // output dims, outermost first
     a_strides: array<vec4<u32>, 2>,  // a's strides in the broadcast shape (0 = stretched)
     b_strides: array<vec4<u32>, 2>,  // b's strides in the broadcast shape
+    // Broadcast entry over a window of a tensor past one binding (all 0 otherwise):
+    // x: index of output element 0 in the whole output; y, z: first element of a and b
+    // bound (the bindings start at those elements, see ops/chunk.rs).
+    offsets: vec4<u32>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -168,7 +174,7 @@ fn binary_broadcast_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
                             @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.n) { return; }
-    var rem = i;
+    var rem = params.offsets.x + i;
     var ia = 0u;
     var ib = 0u;
     for (var d = i32(params.rank) - 1; d >= 0; d = d - 1) {
@@ -178,5 +184,5 @@ fn binary_broadcast_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
         ia = ia + coord * dim_at(params.a_strides, u32(d));
         ib = ib + coord * dim_at(params.b_strides, u32(d));
     }
-    out3[i] = binary_op(a[ia], b[ib]);
+    out3[i] = binary_op(a[ia - params.offsets.y], b[ib - params.offsets.z]);
 }

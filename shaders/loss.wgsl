@@ -2,8 +2,9 @@
 //
 // Logits are viewed as (rows, classes); labels are i32, one per row. Stable: every
 // exponent is relative to the row maximum, found with the sum by the online rule
-// (see softmax.wgsl). A label outside 0..classes gives NaN for that row (the CPU
-// reference reports it as an error; the GPU cannot without a readback).
+// (see softmax.wgsl); a row holding +inf or NaN gives NaN. A label outside 0..classes
+// gives NaN for that row (the CPU reference reports it as an error; the GPU cannot
+// without a readback).
 //
 // Entry points (workgroup size 64, one row or one element per invocation, grid split
 // over x/y/z past 65535 workgroups):
@@ -49,6 +50,9 @@ fn row_lse(i: u32) -> f32 {
         } else {
             s = s + exp(v - m);
         }
+        // A +inf logit: its own term is e^(inf - inf) = NaN, so the row is NaN (as
+        // PyTorch and the CPU reference), not inf.
+        if (v == bitcast<f32>(0x7f800000u)) { s = nan(); }
     }
     return m + log(s);
 }

@@ -6,7 +6,8 @@
 //   m' = max(m, v),  s' = s·e^(m - m') + e^(v - m')
 // which needs one exp per element (one of the two factors is e^0) and one read of the line.
 // Special values: a -inf element adds nothing (log-softmax gives -inf there); a line that is
-// all -inf (s = 0) or holds a NaN (s = NaN) gives NaN, like PyTorch.
+// all -inf (s = 0), holds a NaN (s = NaN) or holds a +inf (e^(inf - inf) = NaN, so s = NaN)
+// gives NaN everywhere, like PyTorch and the CPU reference.
 //
 // Entry points (workgroup size 64, so a few hundred lines still spread over several
 // workgroups and cores; grid split over x/y/z past 65535 workgroups; override LOG picks
@@ -59,6 +60,14 @@ fn neg_inf() -> f32 {
     return bitcast<f32>(0xff800000u);
 }
 
+fn pos_inf() -> f32 {
+    return bitcast<f32>(0x7f800000u);
+}
+
+fn nan() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
 // The elements invocation i handles: k = start, start + lanes, ... < end of its line, at
 // x[base + k * inner]; `line` = o * inner + j numbers the line. Parts interleave over
 // blocks as in reduce.wgsl.
@@ -95,13 +104,16 @@ struct Stats4 {
 fn online(st: Stats, v: f32) -> Stats {
     // e^(-|v - m|) is whichever factor is not e^0. A -inf element adds nothing (and must
     // not form -inf - -inf = NaN); a NaN turns s into NaN for good.
+    // A +inf element makes s NaN for good: its own term is e^(inf - inf).
     let e = select(exp(-abs(v - st.m)), 0.0, v == neg_inf());
-    return Stats(max(st.m, v), select(st.s + e, st.s * e + 1.0, v > st.m));
+    let s = select(st.s + e, st.s * e + 1.0, v > st.m);
+    return Stats(max(st.m, v), select(s, nan(), v == pos_inf()));
 }
 
 fn online4(st: Stats4, v: vec4<f32>) -> Stats4 {
     let e = select(exp(-abs(v - st.m)), vec4<f32>(0.0), v == vec4<f32>(neg_inf()));
-    return Stats4(max(st.m, v), select(st.s + e, st.s * e + 1.0, v > st.m));
+    let s = select(st.s + e, st.s * e + 1.0, v > st.m);
+    return Stats4(max(st.m, v), select(s, vec4<f32>(nan()), v == vec4<f32>(pos_inf())));
 }
 
 // Statistics of two disjoint pieces of a line. A piece with s = 0 is all -inf and adds

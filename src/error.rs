@@ -83,7 +83,8 @@ pub enum Error {
         b: String,
     },
 
-    /// A tensor is larger than one storage binding of this adapter allows.
+    /// A tensor is larger than this adapter allows: one buffer (`max_buffer_size`), or
+    /// one storage binding for an op that does not split its operands into windows.
     #[error("{op}: tensor of shape {shape:?} needs {bytes} bytes, over this adapter's limit of {limit} bytes ({limit_name})")]
     TooLarge {
         /// Name of the op that failed.

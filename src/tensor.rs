@@ -45,7 +45,7 @@ impl Tensor {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let storage = match &device.inner {
             DeviceInner::Gpu(g) => {
-                g.check_binding("from_slice", shape.dims(), bytes.len() as u64)?;
+                g.check_buffer("from_slice", shape.dims(), bytes.len() as u64)?;
                 Storage::Gpu(Arc::new(g.upload(bytes)?))
             }
             DeviceInner::Cpu if device.wide && T::DTYPE == DType::F32 => {
@@ -71,7 +71,7 @@ impl Tensor {
         let n = crate::shape::checked_numel("full", shape)?;
         if let Some(g) = device.gpu_ctx() {
             // Refuse before building a host vector of that size.
-            g.check_binding("full", shape, (n * 4) as u64)?;
+            g.check_buffer("full", shape, (n * 4) as u64)?;
         }
         Tensor::from_slice(device, &vec![value; n], shape)
     }

@@ -11,6 +11,7 @@ mod fault_tests;
 pub(crate) mod pool;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
@@ -26,6 +27,10 @@ pub(crate) struct Kernel {
 
 /// One storage buffer argument of a dispatch: the buffer and the bytes bound.
 pub(crate) type BufArg<'a> = (&'a wgpu::Buffer, u64);
+
+/// A storage buffer argument bound at a byte offset: buffer, offset, bytes.
+/// The offset must be a multiple of [`GpuContext::offset_alignment`].
+pub(crate) type BufAt<'a> = (&'a wgpu::Buffer, u64, u64);
 
 /// Workgroup size used by the one-dimensional kernels (WebGPU's guaranteed maximum).
 pub(crate) const WG_1D: u32 = 256;
@@ -59,6 +64,10 @@ pub(crate) struct GpuContext {
     /// Set by the device-lost callback: why the device was lost. Every later
     /// call returns `Err`; a new `Device` has to be created.
     lost: Arc<Mutex<Option<String>>>,
+    /// Largest storage binding the ops plan for: the adapter's
+    /// max_storage_buffer_binding_size, or less when a test lowers it to drive
+    /// the chunked big-tensor paths with small tensors.
+    binding_limit: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -116,6 +125,7 @@ impl GpuContext {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             reason,
         };
+        let binding_limit = AtomicU64::new(limits.max_storage_buffer_binding_size);
         Ok(GpuContext {
             device,
             queue,
@@ -133,6 +143,7 @@ impl GpuContext {
             pool: Arc::default(),
             errors,
             lost,
+            binding_limit,
         })
     }
 
@@ -167,7 +178,7 @@ impl GpuContext {
         shape: &[usize],
         bytes: u64,
     ) -> Result<()> {
-        let limit = self.limits.max_storage_buffer_binding_size;
+        let limit = self.binding_limit();
         if bytes > limit {
             return Err(Error::TooLarge {
                 op,
@@ -177,6 +188,37 @@ impl GpuContext {
                 limit_name: "max_storage_buffer_binding_size",
             });
         }
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::TooLarge {
+                op,
+                shape: shape.to_vec(),
+                bytes,
+                limit: self.limits.max_buffer_size,
+                limit_name: "max_buffer_size",
+            });
+        }
+        Ok(())
+    }
+
+    /// Largest storage binding in bytes (see `binding_limit` on the struct).
+    pub(crate) fn binding_limit(&self) -> u64 {
+        self.binding_limit.load(Ordering::Relaxed)
+    }
+
+    /// Lowers the binding limit (never above the adapter's), for tests.
+    pub(crate) fn set_binding_limit(&self, bytes: u64) {
+        let bytes = bytes.clamp(1024, self.limits.max_storage_buffer_binding_size);
+        self.binding_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Byte alignment every binding offset must have (256 on most adapters).
+    pub(crate) fn offset_alignment(&self) -> u64 {
+        self.limits.min_storage_buffer_offset_alignment.max(4) as u64
+    }
+
+    /// Checks that one buffer of `bytes` fits this adapter (`max_buffer_size`):
+    /// tensors past the binding limit are fine, ops bind them in windows.
+    pub(crate) fn check_buffer(&self, op: &'static str, shape: &[usize], bytes: u64) -> Result<()> {
         if bytes > self.limits.max_buffer_size {
             return Err(Error::TooLarge {
                 op,
@@ -344,9 +386,36 @@ impl GpuContext {
         buffers: &[BufArg<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
+        let at: Vec<BufAt<'_>> = buffers.iter().map(|&(b, n)| (b, 0, n)).collect();
+        self.dispatch_at(kernel, entry, constants, params, &at, groups)
+    }
+
+    /// [`GpuContext::dispatch`] with each buffer bound at a byte offset: how the
+    /// ops reach windows of tensors larger than one binding. A binding past
+    /// [`GpuContext::binding_limit`] is `Err(TooLarge)` naming the kernel (an op
+    /// that does not chunk), never a driver error or a silent clamp.
+    pub(crate) fn dispatch_at(
+        &self,
+        kernel: &Kernel,
+        entry: &str,
+        constants: &[(&str, f64)],
+        params: &[u32],
+        buffers: &[BufAt<'_>],
+        groups: [u32; 3],
+    ) -> Result<()> {
         // A failed allocation, an earlier validation error or a lost device stops
         // here, before anything more is recorded.
         self.check_errors(kernel.name)?;
+        let limit = self.binding_limit();
+        if let Some(&(_, _, bytes)) = buffers.iter().find(|b| b.2 > limit) {
+            return Err(Error::TooLarge {
+                op: kernel.name,
+                shape: vec![(bytes / 4) as usize],
+                bytes,
+                limit,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
         let pipeline = self.pipeline(kernel, entry, constants)?;
         let mut words = params.to_vec();
         // Every params struct fits in PARAMS_WORDS words; padding to that size keeps the
@@ -364,7 +433,7 @@ impl GpuContext {
             binding: 0,
             resource: uniform.as_entire_binding(),
         }];
-        for (i, (buf, bytes)) in buffers.iter().enumerate() {
+        for (i, (buf, offset, bytes)) in buffers.iter().enumerate() {
             // At least 16 bytes: one vec4, the smallest binding an `array<vec4<f32>>`
             // accepts (an empty tensor still binds its pooled buffer, >= 16 bytes).
             let size = (*bytes).max(16).div_ceil(4) * 4;
@@ -372,8 +441,8 @@ impl GpuContext {
                 binding: i as u32 + 1,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: buf,
-                    offset: 0,
-                    size: std::num::NonZeroU64::new(size.min(buf.size())),
+                    offset: *offset,
+                    size: std::num::NonZeroU64::new(size.min(buf.size().saturating_sub(*offset))),
                 }),
             });
         }
@@ -538,6 +607,19 @@ impl GpuContext {
         let mut data = data;
         data.truncate(bytes as usize);
         Ok(data)
+    }
+}
+
+impl crate::Device {
+    /// Lowers the storage-binding size the ops plan for (bytes, at least 1 KiB,
+    /// never above the adapter's). Tests use it to run the chunked paths for
+    /// tensors past max_storage_buffer_binding_size with small tensors; no
+    /// effect on the CPU device.
+    #[doc(hidden)]
+    pub fn limit_bindings_for_testing(&self, bytes: u64) {
+        if let Some(g) = self.gpu_ctx() {
+            g.set_binding_limit(bytes);
+        }
     }
 }
 

@@ -4,11 +4,14 @@
 //! Shape rule: unary keeps the shape; binary gives the broadcast of both shapes.
 //! CPU reference: each op evaluated in f64 and rounded to f32.
 //! GPU: `shaders/elementwise.wgsl`, one pipeline per (entry, op) via an override constant.
+//! Tensors past one storage binding run as several dispatches over aligned windows bound
+//! at offsets (see `crate::ops::chunk`); a tensor that fits is one window, one dispatch.
 
 use crate::device::DeviceInner;
-use crate::error::Result;
-use crate::gpu::Kernel;
-use crate::ops::{gpu_output, grid_1d, pack_dims};
+use crate::error::{Error, Result};
+use crate::gpu::{BufArg, BufAt, GpuContext, Kernel};
+use crate::ops::chunk::{broadcast_span, elementwise_window, fits, windows};
+use crate::ops::{gpu_output_big, grid_1d, pack_dims};
 use crate::shape::{broadcast_shapes, broadcast_strides, check_rank, contiguous_strides};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -224,7 +227,7 @@ impl Tensor {
                 Ok(Tensor::cpu_from_f64(self.device(), self.shape(), out))
             }
             DeviceInner::Gpu(ctx) => {
-                let out = gpu_output(ctx, self.device(), name, self.shape(), DType::F32)?;
+                let out = gpu_output_big(ctx, self.device(), name, self.shape(), DType::F32)?;
                 let n = self.numel();
                 if n == 0 {
                     return Ok(out);
@@ -232,14 +235,16 @@ impl Tensor {
                 let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                     unreachable!("GPU device holds GPU tensors")
                 };
-                ctx.dispatch(
-                    &SHADER,
-                    "unary_forward",
-                    &[("OP", op.code() as f64)],
-                    &[n as u32],
-                    &[x, o],
-                    grid_1d(ctx, n),
-                )?;
+                for (s, len) in windows(n, elementwise_window(ctx)) {
+                    ctx.dispatch_at(
+                        &SHADER,
+                        "unary_forward",
+                        &[("OP", op.code() as f64)],
+                        &[len as u32],
+                        &[window(x, s, len), window(o, s, len)],
+                        grid_1d(ctx, len),
+                    )?;
+                }
                 Ok(out)
             }
         }
@@ -277,7 +282,7 @@ impl Tensor {
                 Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
-                let out = gpu_output(ctx, self.device(), name, &out_shape, DType::F32)?;
+                let out = gpu_output_big(ctx, self.device(), name, &out_shape, DType::F32)?;
                 if n == 0 {
                     return Ok(out);
                 }
@@ -287,23 +292,41 @@ impl Tensor {
                 };
                 let same =
                     self.shape() == out_shape.as_slice() && other.shape() == out_shape.as_slice();
-                let mut params = vec![n as u32, out_shape.len() as u32, 0, 0];
-                let entry = if same {
-                    "binary_forward"
-                } else {
+                let constants = [("OP", op.code() as f64)];
+                if same {
+                    for (s, len) in windows(n, elementwise_window(ctx)) {
+                        let bufs = [window(a, s, len), window(b, s, len), window(o, s, len)];
+                        let params = [len as u32, 0, 0, 0];
+                        let groups = grid_1d(ctx, len);
+                        ctx.dispatch_at(
+                            &SHADER,
+                            "binary_forward",
+                            &constants,
+                            &params,
+                            &bufs,
+                            groups,
+                        )?;
+                    }
+                    return Ok(out);
+                }
+                let operands = [(a, &sa[..]), (b, &sb[..])];
+                for (s, len, [wa, wb]) in broadcast_windows(ctx, name, &out_shape, operands)? {
+                    let mut params = vec![len as u32, out_shape.len() as u32, 0, 0];
                     params.extend(pack_dims(&out_shape));
                     params.extend(pack_dims(&sa));
                     params.extend(pack_dims(&sb));
-                    "binary_broadcast_forward"
-                };
-                ctx.dispatch(
-                    &SHADER,
-                    entry,
-                    &[("OP", op.code() as f64)],
-                    &params,
-                    &[a, b, o],
-                    grid_1d(ctx, n),
-                )?;
+                    // offsets: first output index of the window, first index bound of a and b
+                    params.extend([s as u32, (wa.1 / 4) as u32, (wb.1 / 4) as u32, 0]);
+                    let bufs = [wa, wb, window(o, s, len)];
+                    ctx.dispatch_at(
+                        &SHADER,
+                        "binary_broadcast_forward",
+                        &constants,
+                        &params,
+                        &bufs,
+                        grid_1d(ctx, len),
+                    )?;
+                }
                 Ok(out)
             }
         }
@@ -330,7 +353,7 @@ impl Tensor {
                 Ok(Tensor::cpu_from_f64(self.device(), self.shape(), out))
             }
             DeviceInner::Gpu(ctx) => {
-                let out = gpu_output(ctx, self.device(), name, self.shape(), DType::F32)?;
+                let out = gpu_output_big(ctx, self.device(), name, self.shape(), DType::F32)?;
                 let n = self.numel();
                 if n == 0 {
                     return Ok(out);
@@ -338,18 +361,75 @@ impl Tensor {
                 let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                     unreachable!("GPU device holds GPU tensors")
                 };
-                let params = [n as u32, 0, s.to_bits(), scalar_lhs as u32];
-                ctx.dispatch(
-                    &SHADER,
-                    "scalar_forward",
-                    &[("OP", op.code() as f64)],
-                    &params,
-                    &[x, o],
-                    grid_1d(ctx, n),
-                )?;
+                for (at, len) in windows(n, elementwise_window(ctx)) {
+                    let params = [len as u32, 0, s.to_bits(), scalar_lhs as u32];
+                    ctx.dispatch_at(
+                        &SHADER,
+                        "scalar_forward",
+                        &[("OP", op.code() as f64)],
+                        &params,
+                        &[window(x, at, len), window(o, at, len)],
+                        grid_1d(ctx, len),
+                    )?;
+                }
                 Ok(out)
             }
         }
+    }
+}
+
+/// Elements `s..s + len` of a tensor's buffer as a binding.
+fn window(arg: BufArg<'_>, s: usize, len: usize) -> BufAt<'_> {
+    (arg.0, (s * 4) as u64, (len * 4) as u64)
+}
+
+/// One dispatch of a broadcast binary op: its first output element, its length, and
+/// the window of each operand — the whole operand when it fits one binding, else the
+/// aligned span the output window reads. Windows start at `elementwise_window`-sized
+/// steps, halved until every operand span fits (`Err(TooLarge)` if none does).
+type BroadcastWindow<'a> = (usize, usize, [BufAt<'a>; 2]);
+
+fn broadcast_windows<'a>(
+    ctx: &GpuContext,
+    op: &'static str,
+    out_shape: &[usize],
+    operands: [(BufArg<'a>, &[usize]); 2],
+) -> Result<Vec<BroadcastWindow<'a>>> {
+    let n: usize = out_shape.iter().product();
+    let align = crate::ops::chunk::align_elems(ctx);
+    let mut per = elementwise_window(ctx);
+    'sizes: loop {
+        let mut plan = Vec::new();
+        for (s, len) in windows(n, per) {
+            let mut w = [(operands[0].0 .0, 0, 0); 2];
+            for (slot, ((buf, bytes), strides)) in w.iter_mut().zip(operands) {
+                let numel = bytes as usize / 4;
+                *slot = if numel == n {
+                    window((buf, bytes), s, len) // same shape as the output
+                } else if fits(ctx, numel) {
+                    (buf, 0, bytes)
+                } else {
+                    let (lo, hi) = broadcast_span(out_shape, strides, s, s + len);
+                    let lo = lo / align * align;
+                    if !fits(ctx, hi + 1 - lo) {
+                        if per <= align {
+                            return Err(Error::TooLarge {
+                                op,
+                                shape: out_shape.to_vec(),
+                                bytes: ((hi + 1 - lo) * 4) as u64,
+                                limit: ctx.binding_limit(),
+                                limit_name: "max_storage_buffer_binding_size (broadcast span)",
+                            });
+                        }
+                        per = (per / 2 / align * align).max(align);
+                        continue 'sizes;
+                    }
+                    window((buf, bytes), lo, hi + 1 - lo)
+                };
+            }
+            plan.push((s, len, w));
+        }
+        return Ok(plan);
     }
 }
 

@@ -5,6 +5,8 @@
 //! CPU reference: f64 log-sum-exp per row; a label outside 0..C is an error.
 //! GPU: `shaders/loss.wgsl` (such a label gives NaN there; no readback to check it).
 //! Gradient: d loss_i / d x_ic = softmax(x_i)_c - [c = label_i].
+//! Logits past one storage binding run in blocks of whole rows gathered by copies
+//! (`cross_entropy_blocks`, see `crate::ops::chunk`).
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
@@ -103,6 +105,9 @@ impl Tensor {
                     .collect();
                 Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
+            DeviceInner::Gpu(ctx) if !crate::ops::chunk::fits(ctx, rows * classes) => {
+                cross_entropy_blocks(ctx, self, labels, None, (rows, classes), &out_shape)
+            }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
                 if rows > 0 {
@@ -156,6 +161,9 @@ impl Tensor {
                     .collect();
                 Ok(Tensor::cpu_from_f64(self.device(), self.shape(), out))
             }
+            DeviceInner::Gpu(ctx) if !crate::ops::chunk::fits(ctx, rows * classes) => {
+                cross_entropy_blocks(ctx, self, labels, Some(g), (rows, classes), self.shape())
+            }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;
                 if rows > 0 {
@@ -184,4 +192,37 @@ impl Tensor {
             }
         }
     }
+}
+
+/// Cross-entropy on logits past one storage binding: the forward, or with the upstream
+/// gradient `g` the backward, on blocks of whole rows of the logits, labels and `g`
+/// gathered by copies, each result copied into one output. A row is at most
+/// [`MAX_CLASSES`] long, so a block always holds at least one.
+fn cross_entropy_blocks(
+    ctx: &std::sync::Arc<GpuContext>,
+    x: &Tensor,
+    labels: &Tensor,
+    g: Option<&Tensor>,
+    (rows, classes): (usize, usize),
+    out_shape: &[usize],
+) -> Result<Tensor> {
+    use crate::ops::chunk::{binding_elems, gather_box, scatter_block, windows};
+    let (op, out_cols) = match g {
+        None => ("cross_entropy", 1),
+        Some(_) => ("cross_entropy_backward", classes),
+    };
+    let out = crate::ops::gpu_output_big(ctx, x.device(), op, out_shape, DType::F32)?;
+    let rows_of = |t: &Tensor, r: (usize, usize), cols: usize| -> Result<Tensor> {
+        gather_box(ctx, t, (rows, 1, cols), (r, (0, 1), (0, cols)))?.reshape(&[r.1, cols])
+    };
+    for r in windows(rows, (binding_elems(ctx) / classes).max(1)) {
+        let xb = rows_of(x, r, classes)?;
+        let lb = rows_of(labels, r, 1)?.reshape(&[r.1])?;
+        let y = match g {
+            None => xb.cross_entropy(&lb)?,
+            Some(g) => xb.cross_entropy_backward(&lb, &rows_of(g, r, 1)?.reshape(&[r.1])?)?,
+        };
+        scatter_block(ctx, &y, &out, (r.1, out_cols), out_cols, (r.0, 0))?;
+    }
+    Ok(out)
 }

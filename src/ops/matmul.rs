@@ -8,12 +8,14 @@
 //! `op` transposes the last two dims of the stored tensor when asked (a 1-D
 //! operand is the same vector either way). K = 0 gives zeros, as in NumPy.
 //! CPU reference: `matmul_forward`, accumulated in f64.
-//! GPU: `shaders/matmul.wgsl`, one of three kernels per adapter ([`MatmulVariant`]).
+//! GPU: `shaders/matmul.wgsl`, one of three kernels per adapter (`MatmulVariant`).
 //! The register-blocked kernels load aligned vec4s only: an operand whose
 //! stored rows are not a multiple of 4 long is first copied into padded rows.
 //!
 //! Measured on lavapipe (Mesa 22.3, 2 cores), 1024³: subgroup ~40-47 GFLOP/s,
 //! blocked ~15-17, tiled ~3 (barriers are expensive on a CPU).
+
+use std::sync::Arc;
 
 use crate::device::{Device, DeviceInner};
 use crate::error::{Error, Result};
@@ -381,6 +383,10 @@ impl Tensor {
                 if plan.k == 0 {
                     return Tensor::zeros(self.device(), &plan.out_shape);
                 }
+                let big = |elems: usize| !crate::ops::chunk::fits(ctx, elems);
+                if big(self.numel()) || big(other.numel()) || big(plan.out_shape.iter().product()) {
+                    return matmul_big(ctx, self, other, &plan, variant);
+                }
                 let out = gpu_output(ctx, self.device(), "matmul", &plan.out_shape, DType::F32)?;
                 if out.numel() == 0 {
                     return Ok(out);
@@ -394,6 +400,61 @@ impl Tensor {
             }
         }
     }
+}
+
+/// A product with an operand or result past one storage binding: op(A)·B in blocks
+/// of A's rows (all batches' rows when B is shared by every batch), each block
+/// gathered by a copy and multiplied by the whole B ([`crate::ops::chunk::map_slabs`]).
+/// B itself must fit one binding, and A must be stored untransposed; other big
+/// products are `Err(TooLarge)`.
+fn matmul_big(
+    ctx: &Arc<GpuContext>,
+    a: &Tensor,
+    b: &Tensor,
+    p: &MatmulPlan,
+    variant: MatmulVariant,
+) -> Result<Tensor> {
+    let too_large = |what: &'static str, shape: &[usize], bytes: u64| Error::TooLarge {
+        op: "matmul",
+        shape: shape.to_vec(),
+        bytes,
+        limit: ctx.binding_limit(),
+        limit_name: what,
+    };
+    // B as bound, rows padded to vec4s when a register-blocked kernel pads them.
+    let ldb = if p.tb { p.k } else { p.n };
+    let b_bytes = (b.numel() / ldb.max(1) * ldb.div_ceil(4) * 4 * 4) as u64;
+    if !crate::ops::chunk::fits(ctx, (b_bytes / 4) as usize) {
+        return Err(too_large(
+            "max_storage_buffer_binding_size (B is not split; only A's rows are)",
+            b.shape(),
+            b_bytes,
+        ));
+    }
+    if p.ta || p.b_strides.iter().any(|&s| s != 0) {
+        return Err(too_large(
+            "max_storage_buffer_binding_size (rows of A split only for an untransposed A and a B shared by all batches)",
+            a.shape(),
+            a.nbytes(),
+        ));
+    }
+    let rows = p.batch() * p.m;
+    let b2 = match b.rank() {
+        1 => b.clone(),
+        r => b.reshape(&b.shape()[r - 2..])?,
+    };
+    let out_row = if b.rank() == 1 { 1 } else { p.n };
+    let bound = |len: usize| (len.div_ceil(4) * 4 * 4) as u64;
+    crate::ops::chunk::map_slabs(
+        ctx,
+        "matmul",
+        &a.reshape(&[rows, p.k])?,
+        (rows, p.k),
+        &p.out_shape,
+        out_row,
+        (bound(p.k), bound(out_row)),
+        |block| block.matmul_with_variant(&b2, false, p.tb, variant),
+    )
 }
 
 /// A zero-padded copy of an operand whose rows of `ld` elements are not a multiple of 4 long

@@ -1,6 +1,7 @@
 //! Op families. Each file holds one family side by side: the shape rule, the
 //! CPU reference, the GPU dispatch (its WGSL lives in `shaders/<family>.wgsl`).
 
+pub(crate) mod chunk;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
@@ -29,6 +30,26 @@ pub(crate) fn gpu_output(
 ) -> Result<Tensor> {
     let bytes = (crate::shape::checked_numel(op, shape)? * dtype.size()) as u64;
     ctx.check_binding(op, shape, bytes)?;
+    let buf = ctx.try_alloc(op, bytes)?;
+    Ok(Tensor::from_storage(
+        device,
+        shape,
+        dtype,
+        Storage::Gpu(Arc::new(buf)),
+    ))
+}
+
+/// [`gpu_output`] for the ops that handle tensors past the binding limit (see
+/// [`chunk`]): only `max_buffer_size` applies, checked before anything is queued.
+pub(crate) fn gpu_output_big(
+    ctx: &Arc<GpuContext>,
+    device: &Device,
+    op: &'static str,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<Tensor> {
+    let bytes = (crate::shape::checked_numel(op, shape)? * dtype.size()) as u64;
+    ctx.check_buffer(op, shape, bytes)?;
     let buf = ctx.try_alloc(op, bytes)?;
     Ok(Tensor::from_storage(
         device,

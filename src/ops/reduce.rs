@@ -2,7 +2,7 @@
 //!
 //! Shape rule: the axis is removed, or kept with length 1 under `keepdim`; whole-tensor
 //! reductions give a rank-0 tensor. An empty axis gives zeros for sum and
-//! [`Error::Empty`] for mean, max, min and argmax. Max, min and argmax propagate NaN like
+//! `Error::Empty` for mean, max, min and argmax. Max, min and argmax propagate NaN like
 //! NumPy (argmax points at the first NaN); argmax keeps the first index on ties.
 //! CPU reference: plain loops accumulating in f64.
 //! GPU: `shaders/reduce.wgsl`. The input is viewed as (outer, r, inner); each pass reduces
@@ -11,6 +11,8 @@
 //! million-term sum stays within a few ulps of the exact one (in practice it is the
 //! correctly rounded sum). Rows and columns that split into vec4s use vec4 kernels.
 //! Measured on lavapipe (2 cores): sum of 4096x4096 along either axis ~9-10 GB/s.
+//! A tensor past one storage binding is reduced in boxes of at most one binding, gathered
+//! by copies; the per-box partials are stacked and reduced again (`reduce_big`).
 
 use std::sync::Arc;
 
@@ -212,9 +214,11 @@ fn reduce_reference(x: &[f64], (outer, r, inner): (usize, usize, usize), op: Red
     for o in 0..outer {
         for j in 0..inner {
             let line = (0..r).map(|k| x[(o * r + k) * inner + j]);
+            // Sums start from +0.0, as the GPU's accumulators do: an empty sum is +0.0
+            // (`Iterator::sum` starts from -0.0 and would give -0.0).
             let v = match op {
-                ReduceOp::Sum => line.sum::<f64>(),
-                ReduceOp::Mean => line.sum::<f64>() / r as f64,
+                ReduceOp::Sum => line.fold(0.0, |a, b| a + b),
+                ReduceOp::Mean => line.fold(0.0, |a, b| a + b) / r as f64,
                 ReduceOp::Max | ReduceOp::Min => {
                     let mut acc = if op == ReduceOp::Max {
                         f64::NEG_INFINITY
@@ -314,6 +318,60 @@ fn reduce_gpu(
 }
 
 /// Records the passes of argmax on the GPU, writing the final indices into `out` (i32).
+/// A reduction of `x`, viewed as (outer, r, inner), that is too large for one binding.
+/// Boxes of (outer, r, inner) of at most one binding — whole inner rows when one fits,
+/// then as many rows, then as many slabs as fit — are gathered by copies and reduced
+/// over r to (boxed outer, boxed inner) partials. The partials of the boxes along r
+/// are stacked (boxes along r, outer·inner) and reduced over their first axis; a mean
+/// sums throughout and divides once by r at the end (as the one-binding kernels do).
+fn reduce_big(
+    ctx: &Arc<GpuContext>,
+    x: &Tensor,
+    (outer, r, inner): (usize, usize, usize),
+    op: ReduceOp,
+    out_shape: &[usize],
+) -> Result<Tensor> {
+    use crate::ops::chunk::{binding_elems, gather_box, scatter_block, windows};
+    let out = crate::ops::gpu_output_big(ctx, x.device(), op.name(), out_shape, DType::F32)?;
+    let l = binding_elems(ctx);
+    // At least two rows per box whenever r allows, so each level of stacked partials
+    // (boxes along r, inner block) is at most half as long as r: the recursion ends.
+    let jb = inner.min(l / r.clamp(1, 2)).max(1);
+    let kb = r.min(l / jb).max(1);
+    let ob = outer.min(l / (kb * jb)).max(1);
+    let part_op = if op == ReduceOp::Mean {
+        ReduceOp::Sum
+    } else {
+        op
+    };
+    for o in windows(outer, ob) {
+        for j in windows(inner, jb) {
+            let mut partials = Vec::new();
+            for k in windows(r, kb) {
+                let boxed = gather_box(ctx, x, (outer, r, inner), (o, k, j))?;
+                partials.push(boxed.reduce(part_op, 1, false)?.reshape(&[o.1 * j.1])?);
+            }
+            let m = o.1 * j.1;
+            let mut block = if partials.len() == 1 {
+                partials.swap_remove(0)
+            } else {
+                let shape = [partials.len(), m];
+                let stacked =
+                    crate::ops::gpu_output_big(ctx, x.device(), op.name(), &shape, DType::F32)?;
+                for (i, p) in partials.iter().enumerate() {
+                    scatter_block(ctx, p, &stacked, (1, m), m, (i, 0))?;
+                }
+                stacked.reduce(part_op, 0, false)?
+            };
+            if op == ReduceOp::Mean {
+                block = block.div_scalar(r as f32)?;
+            }
+            scatter_block(ctx, &block, &out, (o.1, j.1), inner, (o.0, j.0))?;
+        }
+    }
+    Ok(out)
+}
+
 fn argmax_gpu(
     ctx: &Arc<GpuContext>,
     x: &Tensor,
@@ -384,6 +442,9 @@ impl Tensor {
                 Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
+                if !crate::ops::chunk::fits(ctx, self.numel()) {
+                    return reduce_big(ctx, self, dims, op, &out_shape);
+                }
                 let out = gpu_output(ctx, self.device(), name, &out_shape, DType::F32)?;
                 if out.numel() > 0 {
                     reduce_gpu(ctx, self, dims, op, &out)?;
@@ -413,6 +474,16 @@ impl Tensor {
                 Ok(Tensor::cpu_i32(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
+                if !crate::ops::chunk::fits(ctx, self.numel()) {
+                    // Not split (yet): say so by name rather than from the kernel's binding.
+                    return Err(Error::TooLarge {
+                        op: "argmax",
+                        shape: self.shape().to_vec(),
+                        bytes: self.nbytes(),
+                        limit: ctx.binding_limit(),
+                        limit_name: "max_storage_buffer_binding_size",
+                    });
+                }
                 let out = gpu_output(ctx, self.device(), "argmax", &out_shape, DType::I32)?;
                 if out.numel() > 0 {
                     argmax_gpu(ctx, self, dims, &out)?;
