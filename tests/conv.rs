@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{assert_close, assert_tensor_close, gpu, pair, uniform};
+use common::{
+    assert_close, assert_tensor_close, check_finite_differences, gpu, pair, uniform, Feed,
+};
 use wgrad::autodiff::grad;
 use wgrad::nn::{Conv2dLayer, Module};
 use wgrad::{Conv2d, Device, Error, Graph, Tensor};
@@ -168,34 +170,11 @@ fn conv2d_gradients_match_finite_differences_and_gpu() {
     };
     let cpu = Device::cpu();
     let analytic = run(&cpu, &xv, &wv, &[&grads[0], &grads[1]]);
-    let h = 1e-2f32;
-    for (which, base) in [(0usize, &xv), (1, &wv)] {
-        let numeric: Vec<f32> = (0..base.len())
-            .map(|i| {
-                let mut p = base.clone();
-                p[i] += h;
-                let up = if which == 0 {
-                    run(&cpu, &p, &wv, &[&loss])
-                } else {
-                    run(&cpu, &xv, &p, &[&loss])
-                }[0][0] as f64;
-                p[i] -= 2.0 * h;
-                let down = if which == 0 {
-                    run(&cpu, &p, &wv, &[&loss])
-                } else {
-                    run(&cpu, &xv, &p, &[&loss])
-                }[0][0] as f64;
-                ((up - down) / (2.0 * h as f64)) as f32
-            })
-            .collect();
-        assert_close(
-            &format!("d conv2d / d input {which}"),
-            &analytic[which],
-            &numeric,
-            2e-3,
-            2e-2,
-        );
-    }
+    let feeds = [
+        ("x".to_string(), Feed::real(&xv, &xs)),
+        ("w".to_string(), Feed::real(&wv, &ws)),
+    ];
+    check_finite_differences("conv2d", &g, &loss, &grads, &feeds);
     if let Some(dev) = gpu() {
         let on_gpu = run(&dev, &xv, &wv, &[&grads[0], &grads[1]]);
         assert_close(
@@ -341,34 +320,17 @@ fn grouped_conv2d_gradients_match_finite_differences_and_gpu() {
         };
         let cpu = Device::cpu();
         let analytic = run(&cpu, &xv, &wv, &[&grads[0], &grads[1]]);
-        let h = 1e-2f32;
-        for (which, base) in [(0usize, &xv), (1, &wv)] {
-            let numeric: Vec<f32> = (0..base.len())
-                .map(|i| {
-                    let mut p = base.clone();
-                    let at = |p: &[f32]| -> f64 {
-                        let out = if which == 0 {
-                            run(&cpu, p, &wv, &[&loss])
-                        } else {
-                            run(&cpu, &xv, p, &[&loss])
-                        };
-                        out[0][0] as f64
-                    };
-                    p[i] += h;
-                    let up = at(&p);
-                    p[i] -= 2.0 * h;
-                    let down = at(&p);
-                    ((up - down) / (2.0 * h as f64)) as f32
-                })
-                .collect();
-            assert_close(
-                &format!("d grouped conv2d {xs:?} {geom:?} / d input {which}"),
-                &analytic[which],
-                &numeric,
-                2e-3,
-                2e-2,
-            );
-        }
+        let feeds = [
+            ("x".to_string(), Feed::real(&xv, &xs)),
+            ("w".to_string(), Feed::real(&wv, &ws)),
+        ];
+        check_finite_differences(
+            &format!("grouped conv2d {xs:?} {geom:?}"),
+            &g,
+            &loss,
+            &grads,
+            &feeds,
+        );
         if let Some(dev) = gpu() {
             let on_gpu = run(&dev, &xv, &wv, &[&grads[0], &grads[1]]);
             for k in 0..2 {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, gpu, uniform};
+use common::{assert_close, check_finite_differences, gpu, uniform, Feed};
 use wgrad::autodiff::grad;
 use wgrad::nn::{Dropout, Module};
 use wgrad::ops::dropout::keep;
@@ -127,24 +127,11 @@ fn dropout_gradient_is_the_same_mask() {
     };
     let cpu = Device::cpu();
     let analytic = run(&cpu, &xv, &[&gx]).remove(0);
-    let h = 1e-2f32;
-    let numeric: Vec<f32> = (0..n)
-        .map(|i| {
-            let mut p = xv.clone();
-            p[i] += h;
-            let up = run(&cpu, &p, &[&loss])[0][0] as f64;
-            p[i] -= 2.0 * h;
-            let down = run(&cpu, &p, &[&loss])[0][0] as f64;
-            ((up - down) / (2.0 * h as f64)) as f32
-        })
-        .collect();
-    assert_close(
-        "d dropout vs finite differences",
-        &analytic,
-        &numeric,
-        2e-3,
-        2e-3,
-    );
+    let feeds = [
+        ("x".to_string(), Feed::real(&xv, &shape)),
+        ("s".to_string(), Feed::Fixed(vec![3.0], vec![1])),
+    ];
+    check_finite_differences("dropout", &g, &loss, std::slice::from_ref(&gx), &feeds);
     // Dropped elements get exactly zero gradient, kept ones r/(1 − p).
     let rv = r.to_vec::<f32>().unwrap();
     for i in 0..n {

@@ -123,6 +123,8 @@ pub fn best_time(dev: &Device, mut f: impl FnMut()) -> f64 {
 #[derive(Clone)]
 pub enum Feed {
     Real(Vec<f64>, Vec<usize>),
+    /// Real values held fixed (not differentiated: a step counter, a mask).
+    Fixed(Vec<f64>, Vec<usize>),
     Labels(Vec<i32>, Vec<usize>),
 }
 
@@ -145,7 +147,7 @@ pub fn run_graph(
     let tensors: Vec<Tensor> = feeds
         .iter()
         .map(|(_, f)| match f {
-            Feed::Real(v, s) => Tensor::from_f64(dev, v, s).expect("feed"),
+            Feed::Real(v, s) | Feed::Fixed(v, s) => Tensor::from_f64(dev, v, s).expect("feed"),
             Feed::Labels(v, s) => Tensor::from_slice(dev, v, s).expect("feed"),
         })
         .collect();
