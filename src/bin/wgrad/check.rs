@@ -359,6 +359,54 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
             x[0].cross_entropy(&Tensor::from_slice(x[0].device(), &labels, &[257])?)
         },
     );
+    // Dropout: the same PCG mask on both sides, so the kept values agree exactly.
+    kernel(
+        r,
+        gpu,
+        "dropout p=0.3",
+        &[&[33, 257]],
+        (-1.0, 1.0),
+        (0.0, 0.0),
+        |x| {
+            let step = Tensor::from_slice(x[0].device(), &[7.0f32], &[1])?;
+            x[0].dropout(0.3, 11, &step)
+        },
+    );
+    // f16 storage (adapters with SHADER_F16): one f16 ulp is ~1e-3 relative.
+    if gpu.adapter().is_some_and(|a| a.shader_f16) {
+        let half = |t: &Tensor| t.to_dtype(DType::F16);
+        let f16_tol = (1e-4, 2e-3);
+        kernel(
+            r,
+            gpu,
+            "f16 cast",
+            &[&[1001]],
+            (-100.0, 100.0),
+            f16_tol,
+            |x| half(&x[0])?.to_dtype(DType::F32),
+        );
+        kernel(
+            r,
+            gpu,
+            "f16 add broadcast",
+            &[&[17, 33], &[33]],
+            (-4.0, 4.0),
+            f16_tol,
+            |x| half(&x[0])?.add(&half(&x[1])?)?.to_dtype(DType::F32),
+        );
+        kernel(r, gpu, "f16 tanh", &[&[257]], (-4.0, 4.0), f16_tol, |x| {
+            half(&x[0])?.tanh()?.to_dtype(DType::F32)
+        });
+        kernel(
+            r,
+            gpu,
+            "f16 matmul",
+            &[&[33, 65], &[65, 17]],
+            (-1.0, 1.0),
+            (1e-3, 2e-3),
+            |x| half(&x[0])?.matmul(&half(&x[1])?)?.to_dtype(DType::F32),
+        );
+    }
     // Decompositions: what is unique is compared — R of the QR (same sign convention on
     // both), eigenvalues, singular values (vectors are defined only up to sign).
     let lin = (1e-4, 1e-4);
