@@ -3,8 +3,8 @@
 // Logits are viewed as (rows, classes); labels are i32, one per row. Stable: every
 // exponent is relative to the row maximum, found with the sum by the online rule
 // (see softmax.wgsl); a row holding +inf or NaN gives NaN. A label outside 0..classes
-// gives NaN for that row (the CPU reference reports it as an error; the GPU cannot
-// without a readback).
+// gives NaN for that row and is reported in the device's status words, so the next
+// readback returns the same error the CPU reference gives at once.
 //
 // Entry points (workgroup size 64, one row or one element per invocation, grid split
 // over x/y/z past 65535 workgroups):
@@ -24,6 +24,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> lse_out: array<f32>; // lse pass: (rows)
 @group(0) @binding(3) var<storage, read> lse: array<f32>;           // backward: (rows)
 @group(0) @binding(4) var<storage, read> g: array<f32>;             // backward: (rows) upstream
+// Forward and lse pass: the device's status words (src/gpu/mod.rs, STATUS_BYTES); a bad
+// label is reported there as code 1 with the label and the class count.
+@group(0) @binding(4) var<storage, read_write> status: array<atomic<u32>, 4>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;      // backward: (rows, classes)
 
 fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
@@ -61,6 +64,14 @@ fn label_ok(l: i32) -> bool {
     return l >= 0 && u32(l) < params.classes;
 }
 
+// Reports a bad label in the status words (any one of several bad rows wins; the error
+// names one of them).
+fn report_bad_label(l: i32) {
+    atomicStore(&status[1], bitcast<u32>(l));
+    atomicStore(&status[2], params.classes);
+    atomicStore(&status[0], 1u);
+}
+
 @compute @workgroup_size(64)
 fn cross_entropy_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
@@ -68,6 +79,7 @@ fn cross_entropy_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     if (i >= params.rows) { return; }
     let l = labels[i];
     if (!label_ok(l)) {
+        report_bad_label(l);
         loss[i] = nan();
         return;
     }
@@ -81,6 +93,7 @@ fn cross_entropy_lse(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     if (i >= params.rows) { return; }
     // Rows with a bad label get NaN here already (and so in every dx of the row).
     if (!label_ok(labels[i])) {
+        report_bad_label(labels[i]);
         lse_out[i] = nan();
         return;
     }

@@ -16,9 +16,9 @@
 //! CrossEntropyGrad and Col2Im. Not generated: Param, Const and Full (leaves with no
 //! failure modes of their own) and the layers composed from the ops above (conv2d,
 //! layer/batch norm, pooling, attention, mse).
-//! Cross-entropy with a label outside 0..C is `Err(Invalid)` on the CPU reference;
-//! the GPU gives NaN for that row instead (checking would need a readback), and the
-//! fuzzer requires exactly that.
+//! Cross-entropy with a label outside 0..C is `Err(Invalid)` on the CPU reference at
+//! once; the GPU kernel reports it in the device's status words and the next readback
+//! is the same `Err(Invalid)`. The fuzzer requires exactly that.
 
 mod common;
 
@@ -454,7 +454,7 @@ fn apply<V: Value>(step: &Step, vals: &[Option<V>]) -> Option<wgrad::Result<V>> 
 }
 
 /// Whether a step is a cross-entropy whose labels fall outside 0..C for its
-/// operand: the CPU reference fails, the GPU gives NaN rows (see the file docs).
+/// operand: the CPU reference fails at once, the GPU at the readback (see the file docs).
 fn bad_labels<V: Value>(step: &Step, vals: &[Option<V>]) -> bool {
     let Step::CrossEntropy(Labels::OutOfRange, seed, x) = step else {
         return false;
@@ -539,13 +539,14 @@ fn run_eager(case: &Case, dev: &Device) -> bool {
         let (c, g) = match (c, g) {
             (None, None) => (None, None),
             (Some(Err(ce)), Some(Ok(g))) if bad_labels => {
-                // Invalid(cross_entropy) on the reference; on the GPU a NaN in the
-                // bad rows (and the graph's outputs are not comparable).
+                // Invalid(cross_entropy) on the reference at once; on the GPU the
+                // kernel reports it and the readback returns the same error.
                 assert_eq!(kind(&ce), "Invalid(cross_entropy)", "step {i}: {ce}");
-                let gv = g.to_vec::<f32>().unwrap();
-                assert!(
-                    gv.iter().any(|v| v.is_nan()),
-                    "step {i} {step:?}: no NaN row on the GPU: {gv:?}"
+                let ge = g.to_vec::<f32>().unwrap_err();
+                assert_eq!(
+                    kind(&ge),
+                    "Invalid(cross_entropy)",
+                    "step {i} {step:?}: {ge}"
                 );
                 count(STEP_ERR);
                 count(CE_BAD_LABELS);
@@ -630,8 +631,11 @@ fn run_graph(case: &Case, dev: &Device, compare: bool) {
         .collect();
     match (&results[0], &results[1]) {
         (Ok(_), Ok(_)) if !compare => count(GRAPH_OK),
-        // Labels outside 0..C (see the file docs): the reference fails, the GPU runs.
-        (Err(ce), Ok(_)) if !compare && kind(ce) == "Invalid(cross_entropy)" => count(GRAPH_ERR),
+        // Labels outside 0..C: the reference fails at once, the GPU at the readback.
+        (Err(ce), Err(ge)) if !compare && kind(ce) == "Invalid(cross_entropy)" => {
+            assert_eq!(kind(ge), "Invalid(cross_entropy)", "{ge}");
+            count(GRAPH_ERR)
+        }
         (Ok(c), Ok(gv)) => {
             count(GRAPH_OK);
             for (k, (cv, gv)) in c.iter().zip(gv).enumerate() {

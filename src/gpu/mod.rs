@@ -25,6 +25,33 @@ pub(crate) struct Kernel {
     pub source: &'static str,
 }
 
+/// Bytes of the device's status words, which kernels set when they meet data they cannot
+/// compute with (a class label out of range): word 0 = what happened (a `STATUS_*` code),
+/// words 1.. = its details. Read back and cleared with every readback.
+pub(crate) const STATUS_BYTES: u64 = 16;
+
+/// Status code: a cross-entropy label outside 0..classes (word 1: the label, word 2: classes).
+const STATUS_BAD_LABEL: u32 = 1;
+
+/// Turns the status words read back into an error.
+fn check_status(words: &[u32]) -> Result<()> {
+    match words.first().copied().unwrap_or(0) {
+        0 => Ok(()),
+        STATUS_BAD_LABEL => Err(Error::Invalid {
+            op: "cross_entropy",
+            detail: format!(
+                "label {} outside 0..{} (found by the GPU kernel since the last readback; \
+                 that row's loss and gradient are NaN)",
+                words[1] as i32, words[2]
+            ),
+        }),
+        code => Err(Error::Gpu {
+            op: "status",
+            detail: format!("unknown status code {code}"),
+        }),
+    }
+}
+
 /// One storage buffer argument of a dispatch: the buffer and the bytes bound.
 pub(crate) type BufArg<'a> = (&'a wgpu::Buffer, u64);
 
@@ -68,6 +95,8 @@ pub(crate) struct GpuContext {
     /// max_storage_buffer_binding_size, or less when a test lowers it to drive
     /// the chunked big-tensor paths with small tensors.
     binding_limit: AtomicU64,
+    /// See [`STATUS_BYTES`].
+    status: wgpu::Buffer,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,6 +155,14 @@ impl GpuContext {
             reason,
         };
         let binding_limit = AtomicU64::new(limits.max_storage_buffer_binding_size);
+        let status = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgrad.status"),
+            size: STATUS_BYTES,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false, // wgpu zero-initialises buffers
+        });
         Ok(GpuContext {
             device,
             queue,
@@ -144,7 +181,13 @@ impl GpuContext {
             errors,
             lost,
             binding_limit,
+            status,
         })
+    }
+
+    /// The status words kernels report bad data in (see [`STATUS_BYTES`]), as a binding.
+    pub(crate) fn status_arg(&self) -> BufArg<'_> {
+        (&self.status, STATUS_BYTES)
     }
 
     /// `Err` once the device has been lost (driver reset, `destroy`, ...).
@@ -511,12 +554,6 @@ impl GpuContext {
         }
     }
 
-    /// Submits whatever has been recorded.
-    pub(crate) fn flush(&self) {
-        let mut pending = lock(&self.pending);
-        self.submit_locked(&mut pending);
-    }
-
     /// Number of queue submits so far (the benchmark reports submits per step).
     pub(crate) fn submits(&self) -> u64 {
         lock(&self.pending).submits
@@ -530,14 +567,8 @@ impl GpuContext {
     /// Waits for all submitted work to finish.
     pub(crate) fn synchronize(&self, op: &'static str) -> Result<()> {
         self.check_alive(op)?;
-        self.flush();
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu {
-                op,
-                detail: e.to_string(),
-            })?;
-        self.check_errors(op)
+        // Reading the status words waits for all recorded work and reports what it found.
+        pollster::block_on(self.read_async(op, &self.status, 0)).map(|_| ())
     }
 
     /// Reads `bytes` bytes from the start of `src` after all recorded work.
@@ -548,13 +579,12 @@ impl GpuContext {
         bytes: u64,
     ) -> Result<Vec<u8>> {
         self.check_errors(op)?;
-        if bytes == 0 {
-            return Ok(Vec::new());
-        }
         let padded = bytes.div_ceil(4) * 4;
+        // The status words ride along at the end of every readback (and are cleared in
+        // the same submit), so bad data a kernel saw surfaces here without another sync.
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgrad.readback"),
-            size: padded,
+            size: padded + STATUS_BYTES,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -566,7 +596,11 @@ impl GpuContext {
                         label: Some("wgrad.eager"),
                     })
             });
-            encoder.copy_buffer_to_buffer(src, 0, &staging, 0, padded);
+            if padded > 0 {
+                encoder.copy_buffer_to_buffer(src, 0, &staging, 0, padded);
+            }
+            encoder.copy_buffer_to_buffer(&self.status, 0, &staging, padded, STATUS_BYTES);
+            encoder.clear_buffer(&self.status, 0, None);
             self.submit_locked(&mut pending);
         }
         let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
@@ -605,6 +639,8 @@ impl GpuContext {
             .to_vec();
         staging.unmap();
         let mut data = data;
+        let status: Vec<u32> = bytemuck::pod_collect_to_vec(&data[padded as usize..]);
+        check_status(&status)?;
         data.truncate(bytes as usize);
         Ok(data)
     }

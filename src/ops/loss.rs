@@ -3,7 +3,8 @@
 //! Shape rule: logits (…, C) and labels (…) of i32 give per-sample losses (…);
 //! the backward takes the upstream gradient (…) and gives (…, C).
 //! CPU reference: f64 log-sum-exp per row; a label outside 0..C is an error.
-//! GPU: `shaders/loss.wgsl` (such a label gives NaN there; no readback to check it).
+//! GPU: `shaders/loss.wgsl`; such a label gives NaN there and is reported in the device's
+//! status words, so the next readback (or `synchronize`) is the same error.
 //! Gradient: d loss_i / d x_ic = softmax(x_i)_c - [c = label_i].
 //! Logits past one storage binding run in blocks of whole rows gathered by copies
 //! (`cross_entropy_blocks`, see `crate::ops::chunk`).
@@ -112,7 +113,7 @@ impl Tensor {
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
                 if rows > 0 {
                     let params = [rows as u32, classes as u32];
-                    let bufs = [arg(self), arg(labels), arg(&out)];
+                    let bufs = [arg(self), arg(labels), arg(&out), ctx.status_arg()];
                     ctx.dispatch(
                         &SHADER,
                         "cross_entropy_forward",
@@ -169,7 +170,7 @@ impl Tensor {
                 if rows > 0 {
                     let lse = gpu_output(ctx, self.device(), op, &[rows], DType::F32)?;
                     let params = [rows as u32, classes as u32];
-                    let bufs = [arg(self), arg(labels), arg(&lse)];
+                    let bufs = [arg(self), arg(labels), arg(&lse), ctx.status_arg()];
                     ctx.dispatch(
                         &SHADER,
                         "cross_entropy_lse",
