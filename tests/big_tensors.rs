@@ -8,7 +8,8 @@
 //! they also prove no dispatch binds more than it. The `past_the_binding_limit_*`
 //! tests run one real 220 MB operand (55 M f32) on the adapter's own limit and
 //! compare with values computed on the host in f64 (every row for the cheap ops, a
-//! strided sample of rows for softmax and matmul).
+//! strided sample of rows for softmax and matmul; matmul with the big operand as A and,
+//! stored transposed, as B).
 
 mod common;
 
@@ -142,23 +143,30 @@ fn windowed_softmax_matches_reference() {
 #[test]
 fn windowed_matmul_matches_reference() {
     let Some((g, c)) = windowed() else { return };
-    // (A, B, transpose B): tall A, batched A with a shared B, B stored (N, K), 1-D B,
-    // and small A, B whose product is past the binding.
-    let cases: [(&[usize], &[usize], bool); 5] = [
-        (&[200, 30], &[30, 17], false),
-        (&[3, 70, 20], &[20, 9], false),
-        (&[257, 13], &[5, 13], true),
-        (&[400, 7], &[7], false),
-        (&[90, 3], &[3, 40], false),
+    // (A, B, transpose A, transpose B): tall A, batched A with a shared B, B stored (N, K),
+    // 1-D B, small A, B whose product is past the binding; B past the binding (wide,
+    // stored transposed, batched and broadcast), A stored transposed, both, a 1-D A.
+    let cases: [(&[usize], &[usize], bool, bool); 11] = [
+        (&[200, 30], &[30, 17], false, false),
+        (&[3, 70, 20], &[20, 9], false, false),
+        (&[257, 13], &[5, 13], false, true),
+        (&[400, 7], &[7], false, false),
+        (&[90, 3], &[3, 40], false, false),
+        (&[5, 20], &[20, 300], false, false),
+        (&[6, 20], &[301, 20], false, true),
+        (&[2, 1, 9, 20], &[3, 20, 70], false, false),
+        (&[3, 2000], &[3, 5], true, false),
+        (&[21, 130], &[90, 21], true, true),
+        (&[20], &[20, 333], false, false),
     ];
-    for (i, (sa, sb, tb)) in cases.into_iter().enumerate() {
+    for (i, (sa, sb, ta, tb)) in cases.into_iter().enumerate() {
         let a = uniform(70 + i as u64, sa.iter().product(), -1.0, 1.0);
         let b = uniform(80 + i as u64, sb.iter().product(), -1.0, 1.0);
         let ((ag, ac), (bg, bc)) = (both(&g, &c, &a, sa), both(&g, &c, &b, sb));
-        let l = format!("{sa:?} x {sb:?} tb {tb}");
+        let l = format!("{sa:?} x {sb:?} ta {ta} tb {tb}");
         let (pg, pc) = (
-            ag.matmul_t(&bg, false, tb).unwrap(),
-            ac.matmul_t(&bc, false, tb).unwrap(),
+            ag.matmul_t(&bg, ta, tb).unwrap(),
+            ac.matmul_t(&bc, ta, tb).unwrap(),
         );
         assert_tensor_close(&l, &pg, &pc, 1e-5, 1e-4);
     }
@@ -198,10 +206,12 @@ fn windowed_unsplit_cases_are_too_large_errors() {
     let big = Tensor::zeros(&g, &[2000]).unwrap();
     let small = Tensor::zeros(&g, &[4, 2000]).unwrap();
     let row = Tensor::zeros(&g, &[3, 2000]).unwrap();
-    let b = Tensor::zeros(&g, &[3, 5]).unwrap();
-    let cases: [(&str, wgrad::Result<Tensor>, &str); 4] = [
-        ("B past the binding", small.matmul_nt(&row), "matmul"),
-        ("A stored transposed", row.matmul_tn(&b), "matmul"),
+    let cases: [(&str, wgrad::Result<Tensor>, &str); 3] = [
+        (
+            "one row of K past the binding",
+            small.matmul_nt(&row),
+            "matmul",
+        ),
         ("argmax", big.argmax(0, false), "argmax"),
         ("a layout op", small.transpose(), "transpose"),
     ];
@@ -351,5 +361,31 @@ fn past_the_binding_limit_matmul_tall_a() {
             1e-3,
             1e-4,
         );
+    }
+}
+
+#[test]
+fn past_the_binding_limit_matmul_wide_b() {
+    // The big operand as B stored (N, K): W (4, K) · Bᵀ gives (4, 55,000), B past the
+    // binding split into blocks of its rows (columns of op(B)).
+    let Some((x, host)) = big() else { return };
+    const M: usize = 4;
+    let w = uniform(3, M * COLS, -1.0, 1.0);
+    let wt = Tensor::from_slice(x.device(), &w, &[M, COLS]).unwrap();
+    let y = wt.matmul_nt(x).unwrap();
+    assert_eq!(y.shape(), &[M, ROWS]);
+    let y = y.to_vec::<f32>().unwrap();
+    for i in 0..M {
+        let cols = sample_rows();
+        let got: Vec<f32> = cols.iter().map(|&j| y[i * ROWS + j]).collect();
+        let want: Vec<f32> = cols
+            .iter()
+            .map(|&j| {
+                (0..COLS)
+                    .map(|k| w[i * COLS + k] as f64 * host[j * COLS + k] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        assert_close(&format!("wide-B matmul row {i}"), &got, &want, 1e-3, 1e-4);
     }
 }

@@ -402,11 +402,12 @@ impl Tensor {
     }
 }
 
-/// A product with an operand or result past one storage binding: op(A)·B in blocks
-/// of A's rows (all batches' rows when B is shared by every batch), each block
-/// gathered by a copy and multiplied by the whole B ([`crate::ops::chunk::map_slabs`]).
-/// B itself must fit one binding, and A must be stored untransposed; other big
-/// products are `Err(TooLarge)`.
+/// A product with an operand or result past one storage binding, tiled: for each output
+/// matrix, blocks of `mb` rows of op(A) times blocks of `nb` columns of op(B), each block
+/// gathered by copies into a tensor of at most one binding, multiplied by the ordinary
+/// kernels (transposes kept as flags), and copied into its place in C. B's column block
+/// spans all of B when B fits, so a tall A × small B is one product per row block.
+/// Only a single row of K past the binding (K·4 bytes > the limit) is `Err(TooLarge)`.
 fn matmul_big(
     ctx: &Arc<GpuContext>,
     a: &Tensor,
@@ -414,47 +415,79 @@ fn matmul_big(
     p: &MatmulPlan,
     variant: MatmulVariant,
 ) -> Result<Tensor> {
-    let too_large = |what: &'static str, shape: &[usize], bytes: u64| Error::TooLarge {
-        op: "matmul",
-        shape: shape.to_vec(),
-        bytes,
-        limit: ctx.binding_limit(),
-        limit_name: what,
-    };
-    // B as bound, rows padded to vec4s when a register-blocked kernel pads them.
-    let ldb = if p.tb { p.k } else { p.n };
-    let b_bytes = (b.numel() / ldb.max(1) * ldb.div_ceil(4) * 4 * 4) as u64;
-    if !crate::ops::chunk::fits(ctx, (b_bytes / 4) as usize) {
-        return Err(too_large(
-            "max_storage_buffer_binding_size (B is not split; only A's rows are)",
-            b.shape(),
-            b_bytes,
-        ));
+    use crate::ops::chunk::{binding_elems, gather_box, scatter_block, windows};
+    let (m, n, k) = (p.m, p.n, p.k);
+    let limit = binding_elems(ctx);
+    // Bound sizes as the register-blocked kernels pad them: rows to whole vec4s.
+    let r4 = |x: usize| x.div_ceil(4) * 4;
+    if r4(k) * 4 > limit {
+        return Err(Error::TooLarge {
+            op: "matmul",
+            shape: a.shape().to_vec(),
+            bytes: (k * 4) as u64,
+            limit: ctx.binding_limit(),
+            limit_name: "max_storage_buffer_binding_size (one row of K)",
+        });
     }
-    if p.ta || p.b_strides.iter().any(|&s| s != 0) {
-        return Err(too_large(
-            "max_storage_buffer_binding_size (rows of A split only for an untransposed A and a B shared by all batches)",
-            a.shape(),
-            a.nbytes(),
-        ));
+    let down4 = |x: usize| (x / 4 * 4).max(4);
+    let nb = n.min(down4(limit / r4(k)));
+    let mb = m.min(down4(limit / r4(k).max(r4(nb))));
+    let out = crate::ops::gpu_output_big(ctx, a.device(), "matmul", &p.out_shape, DType::F32)?;
+    // Stored matrices: A is (M, K) or (K, M), B is (K, N) or (N, K); one-dimensional
+    // operands are a row (1, K) and a column (K, 1) (the plan's `ta`/`tb` already say so).
+    let a_dims = if p.ta { (k, m) } else { (m, k) };
+    let b_dims = if p.tb { (n, k) } else { (k, n) };
+    let a_mats = a.numel() / (m * k);
+    let b_mats = b.numel() / (k * n);
+    for bi in 0..p.batch() {
+        let (oa, ob) = p.offsets(bi);
+        let (am, bm) = (oa / (m * k), ob / (k * n));
+        // Row block of op(A): rows i0.. of A, or columns i0.. of a transposed A.
+        let a_block = |(i0, len): (usize, usize)| -> Result<Tensor> {
+            let (rows, cols) = if p.ta {
+                ((0, k), (i0, len))
+            } else {
+                ((i0, len), (0, k))
+            };
+            let t = gather_box(ctx, a, (a_mats, a_dims.0, a_dims.1), ((am, 1), rows, cols))?;
+            t.reshape(&[rows.1, cols.1])
+        };
+        let b_block = |(j0, len): (usize, usize)| -> Result<Tensor> {
+            let (rows, cols) = if p.tb {
+                ((j0, len), (0, k))
+            } else {
+                ((0, k), (j0, len))
+            };
+            let t = gather_box(ctx, b, (b_mats, b_dims.0, b_dims.1), ((bm, 1), rows, cols))?;
+            t.reshape(&[rows.1, cols.1])
+        };
+        let col_blocks: Vec<(usize, usize)> = windows(n, nb).collect();
+        // B's only block is gathered once for every row block.
+        let whole_b = if col_blocks.len() == 1 {
+            Some(b_block(col_blocks[0])?)
+        } else {
+            None
+        };
+        for rows in windows(m, mb) {
+            let ab = a_block(rows)?;
+            for &cols in &col_blocks {
+                let bb = match &whole_b {
+                    Some(t) => t.clone(),
+                    None => b_block(cols)?,
+                };
+                let c = ab.matmul_with_variant(&bb, p.ta, p.tb, variant)?;
+                scatter_block(
+                    ctx,
+                    &c,
+                    &out,
+                    (rows.1, cols.1),
+                    n,
+                    (bi * m + rows.0, cols.0),
+                )?;
+            }
+        }
     }
-    let rows = p.batch() * p.m;
-    let b2 = match b.rank() {
-        1 => b.clone(),
-        r => b.reshape(&b.shape()[r - 2..])?,
-    };
-    let out_row = if b.rank() == 1 { 1 } else { p.n };
-    let bound = |len: usize| (len.div_ceil(4) * 4 * 4) as u64;
-    crate::ops::chunk::map_slabs(
-        ctx,
-        "matmul",
-        &a.reshape(&[rows, p.k])?,
-        (rows, p.k),
-        &p.out_shape,
-        out_row,
-        (bound(p.k), bound(out_row)),
-        |block| block.matmul_with_variant(&b2, false, p.tb, variant),
-    )
+    Ok(out)
 }
 
 /// A zero-padded copy of an operand whose rows of `ld` elements are not a multiple of 4 long
