@@ -266,7 +266,7 @@ fn main() -> Result<()> {
     let (mut curve_loss, mut curve_acc) = (Vec::new(), Vec::new());
     let t0 = Instant::now();
     for epoch in 1..=epochs {
-        let te = Instant::now();
+        let (te, d0) = (Instant::now(), dev.dispatch_count());
         for i in (1..train_order.len()).rev() {
             train_order.swap(i, rng.below(i + 1));
         }
@@ -284,6 +284,12 @@ fn main() -> Result<()> {
             .sum::<wgrad::Result<f32>>()?
             / losses.len() as f32;
         let epoch_s = te.elapsed().as_secs_f64();
+        let dispatches = if dev.is_gpu() {
+            let per_step = (dev.dispatch_count() - d0) as f64 / losses.len() as f64;
+            format!(", {per_step:.0} GPU dispatches/step")
+        } else {
+            String::new()
+        };
         let acc = eval.accuracy(Source::Step(&step))?;
         curve_loss.push(mean);
         curve_acc.push(acc);
@@ -291,7 +297,8 @@ fn main() -> Result<()> {
         bar.inc(1);
         if bar.is_hidden() && (epoch % 5 == 0 || epoch == 1 || epoch == epochs) {
             println!(
-                "epoch {epoch:>3}  loss {mean:.5}  test accuracy {:.2}%  ({epoch_s:.2} s/epoch)",
+                "epoch {epoch:>3}  loss {mean:.5}  test accuracy {:.2}%  \
+                 ({epoch_s:.2} s/epoch{dispatches})",
                 100.0 * acc
             );
         }

@@ -102,8 +102,39 @@ fn unbroadcast(g: Var, shape: &[usize]) -> Result<Var> {
     if g.shape() == shape {
         Ok(g)
     } else {
-        g.sum_to(shape)
+        sum_back_to(&g, shape)
     }
+}
+
+/// `g` summed back to `shape`, which broadcasts to it. Neighbouring axes that are all
+/// stretched or all kept are merged by a reshape (free), so each run of stretched axes
+/// is one reduction: (N, C, H, W) → (1, C, 1, 1), batch norm's statistics, takes two
+/// instead of `sum_to`'s three. Anything else goes to `sum_to`, which names the error.
+fn sum_back_to(g: &Var, shape: &[usize]) -> Result<Var> {
+    let Some(lead) = g.shape().len().checked_sub(shape.len()) else {
+        return g.sum_to(shape);
+    };
+    // (length, stretched) of each run of merged axes; axes of length 1 join any run.
+    let mut runs: Vec<(usize, bool)> = Vec::new();
+    for (d, &len) in g.shape().iter().enumerate() {
+        let target = if d < lead { 1 } else { shape[d - lead] };
+        if target != len && target != 1 {
+            return g.sum_to(shape);
+        }
+        let stretched = target != len;
+        match runs.last_mut() {
+            Some((l, s)) if *s == stretched || len == 1 => *l *= len,
+            _ => runs.push((len, stretched)),
+        }
+    }
+    let dims: Vec<usize> = runs.iter().map(|r| r.0).collect();
+    let mut sum = g.reshape(&dims)?;
+    for (axis, &(_, stretched)) in runs.iter().enumerate() {
+        if stretched {
+            sum = sum.sum_axis(axis as isize, true)?;
+        }
+    }
+    sum.reshape(shape)
 }
 
 /// `g` of a reduction, reshaped with the reduced axis kept as 1 and broadcast back to `x`.
@@ -119,6 +150,17 @@ fn expand_reduced(g: &Var, x: &Var, axis: Option<usize>, keepdim: bool) -> Resul
         g.reshape(&kept)?
     };
     g.broadcast_to(x.shape())
+}
+
+/// A mean's upstream gradient divided by its count `n` before it is expanded to the
+/// input's shape: the same values as scaling after, on the small tensor. Other
+/// reductions pass `g` through.
+fn mean_scaled(g: &Var, op: ReduceOp, n: usize) -> Result<Var> {
+    if op == ReduceOp::Mean {
+        g.mul_scalar(1.0 / n as f32)
+    } else {
+        Ok(g.clone())
+    }
 }
 
 /// The gradient of each input of `node` (None: not differentiable there),
@@ -217,10 +259,14 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
         }
         Op::Reduce { op, axis, keepdim } => {
             let a = &x[0];
-            let ge = expand_reduced(g, a, Some(*axis), *keepdim)?;
+            let ge = expand_reduced(
+                &mean_scaled(g, *op, a.shape()[*axis])?,
+                a,
+                Some(*axis),
+                *keepdim,
+            )?;
             one(match op {
-                ReduceOp::Sum => ge,
-                ReduceOp::Mean => ge.mul_scalar(1.0 / a.shape()[*axis] as f32)?,
+                ReduceOp::Sum | ReduceOp::Mean => ge,
                 // the gradient is shared by the elements equal to the extreme
                 ReduceOp::Max | ReduceOp::Min => {
                     let ye = expand_reduced(y, a, Some(*axis), *keepdim)?;
@@ -237,11 +283,10 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
         }
         Op::ReduceAll(op) => {
             let a = &x[0];
-            let ge = expand_reduced(g, a, None, false)?;
-            let n = a.shape().iter().product::<usize>() as f32;
+            let n = a.shape().iter().product::<usize>();
+            let ge = expand_reduced(&mean_scaled(g, *op, n)?, a, None, false)?;
             one(match op {
-                ReduceOp::Sum => ge,
-                ReduceOp::Mean => ge.mul_scalar(1.0 / n)?,
+                ReduceOp::Sum | ReduceOp::Mean => ge,
                 ReduceOp::Max | ReduceOp::Min => {
                     let mask = a.binary(&expand_reduced(y, a, None, false)?, B::Eq)?;
                     let count = expand_reduced(&mask.sum()?, a, None, false)?;
@@ -261,7 +306,7 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             one(g.permute(&inv)?)
         }
         Op::Reshape(_) => one(g.reshape(x[0].shape())?),
-        Op::BroadcastTo(_) => one(g.sum_to(x[0].shape())?),
+        Op::BroadcastTo(_) => one(sum_back_to(g, x[0].shape())?),
         Op::SumTo(_) => one(g.broadcast_to(x[0].shape())?),
         Op::Slice { axis, start, end } => {
             // zeros before and after the slice, the gradient in between

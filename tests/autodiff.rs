@@ -273,6 +273,24 @@ fn layout_gradients() {
     check(&case("broadcast_to", &[&[3, 1]], -1.0, 1.0, |x| {
         x[0].broadcast_to(&[2, 3, 4])
     }));
+    // The gradient sums runs of neighbouring stretched axes in one reduction each: runs
+    // split by a kept axis (batch norm's statistics), a missing leading axis, kept and
+    // stretched axes of length 1 between them, and odd lengths.
+    for (from, to) in [
+        (&[1, 3, 1, 1][..], &[2, 3, 4, 5][..]),
+        (&[3, 1, 1], &[2, 3, 4, 5]),
+        (&[2, 1, 1, 5], &[2, 1, 3, 5]),
+        (&[1, 5, 1, 1, 1], &[3, 5, 2, 1, 3]),
+        (&[1, 1], &[7, 1]),
+    ] {
+        check(&case(
+            &format!("broadcast_to {from:?} -> {to:?}"),
+            &[from],
+            -1.0,
+            1.0,
+            move |x| x[0].broadcast_to(to),
+        ));
+    }
     check(&case("slice", &[&[4, 5]], -1.0, 1.0, |x| {
         x[0].slice(1, 1, 3)
     }));

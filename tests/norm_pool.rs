@@ -329,3 +329,40 @@ fn norms_on_awkward_shapes() {
         Ok(v.batch_norm(1e-5)?.0)
     });
 }
+
+/// Batch norm of (N, C, …) computed directly in f64: per channel over N and the rest.
+fn direct_batch_norm(x: &[f32], shape: &[usize]) -> Vec<f32> {
+    let (n, c) = (shape[0], shape[1]);
+    let rest: usize = shape[2..].iter().product();
+    let mut want = vec![0.0f32; x.len()];
+    for ch in 0..c {
+        let idx: Vec<usize> = (0..n)
+            .flat_map(|b| (0..rest).map(move |k| (b * c + ch) * rest + k))
+            .collect();
+        let m = idx.iter().map(|&i| x[i] as f64).sum::<f64>() / idx.len() as f64;
+        let var = idx.iter().map(|&i| (x[i] as f64 - m).powi(2)).sum::<f64>() / idx.len() as f64;
+        for &i in &idx {
+            want[i] = ((x[i] as f64 - m) / (var + 1e-5).sqrt()) as f32;
+        }
+    }
+    want
+}
+
+#[test]
+fn batch_norm_of_any_rank_normalises_each_channel() {
+    // (N, C), (N, C, L) and a rank-5 input with odd sizes: the statistics are taken
+    // over N and every axis after C, whatever the rank.
+    for shape in [vec![5usize, 3], vec![2, 3, 7], vec![3, 2, 1, 3, 5]] {
+        let n: usize = shape.iter().product();
+        let x = uniform(40 + n as u64, n, -2.0, 2.0);
+        let want = direct_batch_norm(&x, &shape);
+        check(&format!("batch_norm {shape:?}"), &shape, &x, &want, &|v| {
+            Ok(v.batch_norm(1e-5)?.0)
+        });
+        let g = Graph::new();
+        let (_, mean, var) = g.input("x", &shape).batch_norm(1e-5).unwrap();
+        let mut stat = vec![1; shape.len()];
+        stat[1] = shape[1];
+        assert_eq!((mean.shape(), var.shape()), (&stat[..], &stat[..]));
+    }
+}

@@ -158,8 +158,9 @@ impl Module for Conv2dLayer {
                 ),
             });
         }
+        // The bias (out, 1, 1) stretched to y's shape: see `functional::stretched`.
         x.conv2d(&self.weight, self.geom)
-            .and_then(|y| y.add(&self.bias))
+            .and_then(|y| y.add(&functional::stretched(&self.bias, y.shape())?))
             .map_err(|e| in_layer(&self.name, e))
     }
 
@@ -345,7 +346,14 @@ impl BatchNorm2d {
                 ),
             });
         }
-        let (y, mean, var) = x.batch_norm(self.eps)?;
+        let s = x.batch_stats(self.eps)?;
+        let (mean, var) = (&s.mean, &s.var);
+        // gamma folded into the per-channel factor: one tensor-sized multiplication.
+        let scale = self.gamma.reshape(s.inv_std.shape())?.mul(&s.inv_std)?;
+        let y = s
+            .centred
+            .mul(&functional::stretched(&scale, x.shape())?)?
+            .add(&functional::stretched(&self.beta, x.shape())?)?;
         let m = self.momentum;
         let unbiased = count as f32 / (count - 1) as f32;
         let g = x.graph();
@@ -365,13 +373,17 @@ impl BatchNorm2d {
 
 impl Module for BatchNorm2d {
     fn forward(&self, x: &Var) -> Result<Var> {
-        let y = if self.training.load(Ordering::Relaxed) {
+        if self.training.load(Ordering::Relaxed) {
             self.train_forward(x)
         } else {
+            // gamma and beta (C, 1, 1) stretched to y's shape: see `functional::stretched`.
             x.batch_norm_eval(&self.running_mean, &self.running_var, self.eps)
-        };
-        y.and_then(|y| y.mul(&self.gamma)?.add(&self.beta))
-            .map_err(|e| in_layer(&self.name, e))
+                .and_then(|y| {
+                    y.mul(&functional::stretched(&self.gamma, y.shape())?)?
+                        .add(&functional::stretched(&self.beta, y.shape())?)
+                })
+        }
+        .map_err(|e| in_layer(&self.name, e))
     }
 
     fn param_names(&self) -> Vec<String> {
