@@ -4,8 +4,13 @@
 //!
 //! A run records every dispatch into the device's pending command encoder and
 //! submits nothing until an output is read back: one queue submit per step.
-//! Intermediates are dropped right after their last use, so their pooled
-//! buffers are reused by later nodes (the liveness-based memory plan).
+//!
+//! On a GPU the graph is recorded once at compile time ([`crate::plan`]): each
+//! intermediate gets a fixed slot buffer (liveness intervals → slots), and every
+//! dispatch's params uniform and bind group are made then, so a run only writes
+//! the feeds and encodes the recorded dispatches. `WGRAD_PLAN=eager` (or a graph
+//! the recording cannot replay) runs op by op instead: intermediates are dropped
+//! right after their last use, so their pooled buffers are reused by later nodes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,9 +18,17 @@ use std::sync::Mutex;
 use crate::autodiff;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::fusion::{self, Fused};
 use crate::graph::{Graph, Node, NodeId, Op, Var};
 use crate::optim::{update, Optimizer, SlotState};
+use crate::plan::{Graphed, RecordedPlan};
 use crate::tensor::Tensor;
+
+/// Environment variable: `eager` runs compiled graphs op by op (no recorded plan).
+pub const PLAN_ENV: &str = "WGRAD_PLAN";
+
+/// Environment variable: `0` compiles element-wise chains unfused (for comparisons).
+pub const FUSION_ENV: &str = "WGRAD_FUSION";
 
 /// The memory plan of a compiled graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +39,11 @@ pub struct MemoryPlan {
     pub unplanned_bytes: u64,
     /// Most bytes of intermediates alive at once under the plan.
     pub peak_bytes: u64,
+    /// Bytes of the slot buffers a recorded GPU plan allocated for intermediates
+    /// and kernel temporaries (best-fit reuse; 0 when the graph runs op by op).
+    pub slot_bytes: u64,
+    /// Kernel dispatches per run of a recorded GPU plan (0 when not recorded).
+    pub dispatches: usize,
 }
 
 struct State {
@@ -39,6 +57,10 @@ struct State {
 pub struct Executor {
     device: Device,
     nodes: Vec<Node>,
+    /// The nodes each node reads: its graph inputs, or a fused chain's inputs.
+    inputs: Vec<Vec<NodeId>>,
+    /// Generated kernels of fused element-wise chains, by root node.
+    fused: HashMap<NodeId, Fused>,
     order: Vec<NodeId>,
     last_use: Vec<usize>,
     outputs: Vec<NodeId>,
@@ -48,6 +70,8 @@ pub struct Executor {
     assigns: Vec<(NodeId, NodeId)>,
     optimizer: Option<Optimizer>,
     plan: MemoryPlan,
+    /// The commands recorded for a GPU, when the graph could be recorded.
+    recorded: Option<RecordedPlan>,
     state: Mutex<State>,
 }
 
@@ -111,29 +135,8 @@ impl Executor {
             .map(|i| (nodes[i].inputs[0], i))
             .collect();
         wanted.extend(assigns.iter().map(|&(_, a)| a));
-        // Nodes the wanted ones depend on, in id order (ids are topological).
-        let mut live = vec![false; nodes.len()];
-        for &w in &wanted {
-            live[w] = true;
-        }
-        for i in (0..nodes.len()).rev() {
-            if live[i] {
-                for &j in &nodes[i].inputs {
-                    live[j] = true;
-                }
-            }
-        }
-        let order: Vec<NodeId> = (0..nodes.len()).filter(|&i| live[i]).collect();
-        let mut last_use = vec![usize::MAX; nodes.len()];
-        for (step, &i) in order.iter().enumerate() {
-            for &j in &nodes[i].inputs {
-                last_use[j] = step;
-            }
-        }
-        for &w in &wanted {
-            last_use[w] = usize::MAX; // kept until the end of the run
-        }
-        let plan = plan_memory(&nodes, &order, &last_use);
+        let mut inputs: Vec<Vec<NodeId>> = nodes.iter().map(|n| n.inputs.clone()).collect();
+        let mut order = live_order(&inputs, &wanted);
         let mut leaves = HashMap::new();
         for &i in &order {
             let n = &nodes[i];
@@ -151,22 +154,145 @@ impl Executor {
                 leaves.insert(i, v);
             }
         }
+        // Constant folding: a node computed from constants only (the loss's seed
+        // gradient, say) is computed once here and kept as a leaf.
+        for &i in &order {
+            let n = &nodes[i];
+            let foldable = !leaves.contains_key(&i)
+                && !matches!(n.op, Op::Input(_) | Op::Param(..) | Op::State(..))
+                && replayable(&n.op) // a pure function of its inputs
+                && !n.inputs.is_empty()
+                && n.inputs.iter().all(|&j| {
+                    leaves.contains_key(&j) && !matches!(nodes[j].op, Op::Param(..) | Op::State(..))
+                });
+            if foldable {
+                let args: Vec<&Tensor> = n.inputs.iter().map(|j| &leaves[j]).collect();
+                // One that fails here runs (and reports its error) at run time.
+                if let Ok(v) = eval(&n.op, &args, &n.shape) {
+                    leaves.insert(i, v);
+                    inputs[i].clear();
+                }
+            }
+        }
+        order = live_order(&inputs, &wanted);
+        let mut in_order = vec![false; nodes.len()];
+        for &i in &order {
+            in_order[i] = true;
+        }
+        leaves.retain(|&i, _| in_order[i]);
+        // Element-wise chains fuse on a GPU; the CPU reference runs every node.
+        let mut fused = HashMap::new();
+        if device.is_gpu() && !std::env::var(FUSION_ENV).is_ok_and(|v| v.trim() == "0") {
+            let (mut keep, mut leaf) = (vec![false; nodes.len()], vec![false; nodes.len()]);
+            for &w in &wanted {
+                keep[w] = true;
+            }
+            for &l in leaves.keys() {
+                leaf[l] = true; // values, not computations
+            }
+            let (roots, absorbed) = fusion::plan(&nodes, &order, &keep, &leaf);
+            order.retain(|&i| !absorbed[i]);
+            for (&r, f) in &roots {
+                inputs[r] = f.inputs.clone();
+            }
+            fused = roots;
+        }
+        let mut last_use = vec![usize::MAX; nodes.len()];
+        for (step, &i) in order.iter().enumerate() {
+            for &j in &inputs[i] {
+                last_use[j] = step;
+            }
+        }
+        for &w in &wanted {
+            last_use[w] = usize::MAX; // kept until the end of the run
+        }
+        let mut plan = plan_memory(&nodes, &inputs, &fused, &leaves, &order, &last_use);
+        let outputs: Vec<NodeId> = outputs.iter().map(|v| v.id()).collect();
+        let mut slots = HashMap::new();
+        let eager = std::env::var(PLAN_ENV).is_ok_and(|v| v.trim() == "eager");
+        // Only ops whose dispatches depend on shapes alone can be replayed; any other
+        // (one drawing a fresh random mask per run, say) keeps the graph op by op.
+        let replayable = order.iter().all(|&i| replayable(&nodes[i].op));
+        let recorded = match device.gpu_ctx() {
+            Some(ctx) if !eager && replayable => {
+                let eval = |i: NodeId, args: &[&Tensor]| match fused.get(&i) {
+                    Some(f) => fusion::run(f, i, args),
+                    None => Ok(vec![(i, eval(&nodes[i].op, args, &nodes[i].shape)?)]),
+                };
+                let g = Graphed {
+                    nodes: &nodes,
+                    inputs: &inputs,
+                    order: &order,
+                    last_use: &last_use,
+                    outputs: &outputs,
+                    trained: &trained,
+                    optimizer: optimizer.as_ref(),
+                    leaves: &leaves,
+                    eval: &eval,
+                };
+                // A graph that cannot be recorded (or fails to) runs op by op, where
+                // any error surfaces at run time as it always did.
+                match RecordedPlan::record(ctx, device, &g, &mut slots) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        if std::env::var(PLAN_ENV).is_ok_and(|v| v.trim() == "verbose") {
+                            eprintln!("wgrad: graph runs op by op: {e}");
+                        }
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(r) = &recorded {
+            plan.slot_bytes = r.slot_bytes;
+            plan.dispatches = r.dispatches;
+        }
         Ok(Executor {
             device: device.clone(),
             nodes,
+            inputs,
+            fused,
             order,
             last_use,
-            outputs: outputs.iter().map(|v| v.id()).collect(),
+            outputs,
             trained,
             assigns,
             optimizer,
             plan,
+            recorded,
             state: Mutex::new(State {
                 leaves,
-                slots: HashMap::new(),
+                slots,
                 step: 0,
             }),
         })
+    }
+
+    /// Whether runs replay commands recorded at compile time (GPU), rather than
+    /// running op by op.
+    pub fn is_recorded(&self) -> bool {
+        self.recorded.is_some()
+    }
+
+    /// The WGSL generated for fused element-wise chains (for validation and tests).
+    pub fn generated_sources(&self) -> Vec<String> {
+        let mut roots: Vec<&NodeId> = self.fused.keys().collect();
+        roots.sort();
+        roots.iter().map(|r| self.fused[r].source.clone()).collect()
+    }
+
+    /// Nodes folded into fused chains (not counting the chains' roots).
+    pub fn fused_nodes(&self) -> usize {
+        self.fused.values().map(|f| f.members - 1).sum()
+    }
+
+    /// The entry points a run dispatches, in order (empty unless recorded).
+    pub fn dispatch_entries(&self) -> Vec<String> {
+        self.recorded
+            .as_ref()
+            .map(RecordedPlan::entries)
+            .unwrap_or_default()
     }
 
     /// The device this graph runs on.
@@ -183,10 +309,20 @@ impl Executor {
     pub fn param(&self, name: &str) -> Result<Tensor> {
         let id = self.param_id(name)?;
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.leaves.get(&id).cloned().ok_or_else(|| Error::Invalid {
+        let t = st.leaves.get(&id).cloned().ok_or_else(|| Error::Invalid {
             op: "param",
             detail: format!("parameter {name:?} is not used by the compiled outputs"),
-        })
+        })?;
+        match (&self.recorded, self.device.gpu_ctx()) {
+            // The recorded plan updates its fixed buffer in place: hand out a copy.
+            (Some(_), Some(ctx)) => {
+                let copy =
+                    crate::ops::gpu_output(ctx, &self.device, "param", t.shape(), t.dtype())?;
+                copy_tensor(ctx, &t, &copy);
+                Ok(copy)
+            }
+            _ => Ok(t),
+        }
     }
 
     /// Replaces parameter (or state) `name` (same shape) with `value`.
@@ -203,11 +339,14 @@ impl Executor {
             });
         }
         let v = value.to_device(&self.device)?;
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .leaves
-            .insert(id, v);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match (&self.recorded, self.device.gpu_ctx(), st.leaves.get(&id)) {
+            // Recorded bind groups hold the fixed buffer: write into it, in order.
+            (Some(_), Some(ctx), Some(fixed)) => copy_tensor(ctx, &v, fixed),
+            _ => {
+                st.leaves.insert(id, v);
+            }
+        }
         Ok(())
     }
 
@@ -227,27 +366,43 @@ impl Executor {
     pub fn run(&self, feeds: &[(&str, &Tensor)]) -> Result<Vec<Tensor>> {
         let feeds = self.check_feeds(feeds)?;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(plan), Some(ctx)) = (&self.recorded, self.device.gpu_ctx()) {
+            let step = st.step + 1;
+            let out = plan.run(ctx, &self.device, &feeds, self.optimizer.as_ref(), step)?;
+            if self.optimizer.is_some() {
+                st.step = step;
+            }
+            return Ok(out);
+        }
+        let feeds: HashMap<&str, Tensor> = feeds
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(&self.device)?)))
+            .collect::<Result<_>>()?;
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
         for (step, &i) in self.order.iter().enumerate() {
             let n = &self.nodes[i];
-            let v = match &n.op {
-                Op::Input(name) => feeds[name.as_str()].clone(),
-                Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => st.leaves[&i].clone(),
-                op => {
-                    let args: Vec<&Tensor> = n
-                        .inputs
-                        .iter()
-                        .map(|&j| {
-                            values[j]
-                                .as_ref()
-                                .expect("inputs are computed before their users")
-                        })
-                        .collect();
-                    eval(op, &args, &n.shape)?
+            if let Some(v) = st.leaves.get(&i) {
+                values[i] = Some(v.clone());
+            } else if let Op::Input(name) = &n.op {
+                values[i] = Some(feeds[name.as_str()].clone());
+            } else {
+                let args: Vec<&Tensor> = self.inputs[i]
+                    .iter()
+                    .map(|&j| {
+                        values[j]
+                            .as_ref()
+                            .expect("inputs are computed before their users")
+                    })
+                    .collect();
+                let made = match self.fused.get(&i) {
+                    Some(f) => fusion::run(f, i, &args)?,
+                    None => vec![(i, eval(&n.op, &args, &n.shape)?)],
+                };
+                for (j, v) in made {
+                    values[j] = Some(v);
                 }
-            };
-            values[i] = Some(v);
-            for &j in &n.inputs {
+            }
+            for &j in &self.inputs[i] {
                 if self.last_use[j] == step {
                     values[j] = None; // its buffer returns to the pool for later nodes
                 }
@@ -288,7 +443,12 @@ impl Executor {
             .collect()
     }
 
-    fn check_feeds<'a>(&self, feeds: &[(&'a str, &Tensor)]) -> Result<HashMap<&'a str, Tensor>> {
+    /// Checks every feed (name, dtype, shape) and that none is missing; returns
+    /// the ones the compiled outputs depend on.
+    fn check_feeds<'a, 't>(
+        &self,
+        feeds: &[(&'a str, &'t Tensor)],
+    ) -> Result<HashMap<&'a str, &'t Tensor>> {
         let mut map = HashMap::new();
         for (name, t) in feeds {
             let Some(i) = self
@@ -321,7 +481,7 @@ impl Executor {
             // An input of the graph that these outputs do not depend on (say, x in the
             // gradient of a linear function) is checked but not uploaded.
             if self.order.contains(&i) {
-                map.insert(*name, t.to_device(&self.device)?);
+                map.insert(*name, *t);
             }
         }
         for &i in &self.order {
@@ -338,24 +498,78 @@ impl Executor {
     }
 }
 
+/// Whether an op's recorded dispatches (params uniforms, bind groups) stay right
+/// for every later run: true for the ops whose kernels depend only on shapes and
+/// values in their input buffers. New ops run op by op until listed here.
+fn replayable(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Input(_)
+            | Op::Param(..)
+            | Op::Const(_)
+            | Op::Full(_)
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Scalar { .. }
+            | Op::MatMul { .. }
+            | Op::Reduce { .. }
+            | Op::ReduceAll(_)
+            | Op::Softmax(_)
+            | Op::LogSoftmax(_)
+            | Op::Permute(_)
+            | Op::Reshape(_)
+            | Op::BroadcastTo(_)
+            | Op::SumTo(_)
+            | Op::Slice { .. }
+            | Op::Concat(_)
+            | Op::CrossEntropy
+            | Op::CrossEntropyGrad
+            | Op::Im2Col(_)
+            | Op::Col2Im(..)
+    )
+}
+
+/// The nodes `wanted` depends on through `inputs`, in id order (ids are topological).
+fn live_order(inputs: &[Vec<NodeId>], wanted: &[NodeId]) -> Vec<NodeId> {
+    let mut live = vec![false; inputs.len()];
+    for &w in wanted {
+        live[w] = true;
+    }
+    for i in (0..inputs.len()).rev() {
+        if live[i] {
+            for &j in &inputs[i] {
+                live[j] = true;
+            }
+        }
+    }
+    (0..inputs.len()).filter(|&i| live[i]).collect()
+}
+
 /// Simulates the run: bytes alive at each step with and without freeing.
-fn plan_memory(nodes: &[Node], order: &[NodeId], last_use: &[usize]) -> MemoryPlan {
+fn plan_memory(
+    nodes: &[Node],
+    inputs: &[Vec<NodeId>],
+    fused: &HashMap<NodeId, Fused>,
+    leaves: &HashMap<NodeId, Tensor>,
+    order: &[NodeId],
+    last_use: &[usize],
+) -> MemoryPlan {
     let bytes =
         |i: NodeId| (nodes[i].shape.iter().product::<usize>() * nodes[i].dtype.size()) as u64;
-    let is_intermediate = |i: NodeId| {
-        !matches!(
-            nodes[i].op,
-            Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_)
-        )
-    };
+    let is_intermediate =
+        |i: NodeId| !leaves.contains_key(&i) && !matches!(nodes[i].op, Op::Input(_));
     let (mut live, mut peak, mut total) = (0u64, 0u64, 0u64);
     for (step, &i) in order.iter().enumerate() {
-        if is_intermediate(i) {
-            live += bytes(i);
-            total += bytes(i);
+        // A fused chain's root also writes the chain values used elsewhere.
+        let extra = fused.get(&i).map_or(&[][..], |f| f.outputs.as_slice());
+        for &m in std::iter::once(&i).chain(extra) {
+            if is_intermediate(m) {
+                live += bytes(m);
+                total += bytes(m);
+            }
         }
         peak = peak.max(live);
-        for &j in &nodes[i].inputs {
+        for &j in &inputs[i] {
             if last_use[j] == step && is_intermediate(j) {
                 live -= bytes(j);
             }
@@ -365,6 +579,17 @@ fn plan_memory(nodes: &[Node], order: &[NodeId], last_use: &[usize]) -> MemoryPl
         nodes: order.len(),
         unplanned_bytes: total,
         peak_bytes: peak,
+        slot_bytes: 0,
+        dispatches: 0,
+    }
+}
+
+/// Copies `from`'s data over `to`'s (same size), in order with recorded work.
+fn copy_tensor(ctx: &crate::gpu::GpuContext, from: &Tensor, to: &Tensor) {
+    if let (Some((src, bytes)), Some((dst, _))) = (from.gpu_arg(), to.gpu_arg()) {
+        if bytes > 0 {
+            ctx.copy(src, 0, dst, 0, bytes.div_ceil(4) * 4);
+        }
     }
 }
 

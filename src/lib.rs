@@ -47,10 +47,12 @@
 #![warn(missing_docs)]
 
 pub mod autodiff;
+pub(crate) mod autotune;
 pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod executor;
+pub(crate) mod fusion;
 pub(crate) mod gpu;
 pub mod graph;
 pub mod init;
@@ -59,7 +61,9 @@ pub mod linalg;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub(crate) mod plan;
 pub mod rng;
+pub mod roofline;
 pub mod shape;
 pub mod tensor;
 
@@ -97,6 +101,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("linalg.wgsl", linalg::SHADER.source),
         ("matmul_f16.wgsl", ops::half::MATMUL_F16.source),
         ("linalg_qr.wgsl", linalg::QR_SHADER.source),
+        ("roofline.wgsl", roofline::SHADER.source),
     ]
 }
 

@@ -91,8 +91,28 @@ pub(crate) struct SlotState {
     v: Option<Tensor>,
 }
 
+impl SlotState {
+    /// State held in given tensors (a compiled plan's fixed buffers).
+    pub(crate) fn with(m: Option<Tensor>, v: Option<Tensor>) -> SlotState {
+        SlotState { m, v }
+    }
+
+    /// The momentum / first-moment and second-moment tensors.
+    pub(crate) fn parts(&self) -> (Option<&Tensor>, Option<&Tensor>) {
+        (self.m.as_ref(), self.v.as_ref())
+    }
+}
+
+/// Whether `opt` keeps a first (momentum) and a second moment per parameter.
+pub(crate) fn state_needs(opt: &Optimizer) -> (bool, bool) {
+    (
+        !matches!(opt, Optimizer::Sgd { momentum, .. } if *momentum == 0.0),
+        matches!(opt, Optimizer::Adam { .. }),
+    )
+}
+
 /// The uniform words of optim.wgsl's `Params`.
-fn params_words(n: usize, opt: &Optimizer, step: u64) -> [u32; 10] {
+pub(crate) fn params_words(n: usize, opt: &Optimizer, step: u64) -> [u32; 10] {
     let f = |x: f32| x.to_bits();
     match *opt {
         Optimizer::Sgd {

@@ -69,7 +69,13 @@ fn bench_prints_json_lines() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().next().expect("one figure");
+    // The roofs come first, measured in the same run.
+    let mut lines = text.lines();
+    for roof in ["\"op\":\"roof_copy\"", "\"op\":\"roof_fma\""] {
+        let line = lines.next().expect("a roof line");
+        assert!(line.contains(roof), "{roof} missing in {line}");
+    }
+    let line = lines.next().expect("one figure");
     for field in [
         "\"op\":\"add\"",
         "\"shape\":[",
@@ -77,6 +83,8 @@ fn bench_prints_json_lines() {
         "\"adapter\":",
         "\"ms\":",
         "\"gbps\":",
+        "\"roof\":\"memory\"",
+        "\"fraction_of_roof\":",
     ] {
         assert!(line.contains(field), "{field} missing in {line}");
     }

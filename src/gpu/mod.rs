@@ -6,6 +6,7 @@
 //! of ops costs one queue submit, not one per op.
 
 pub(crate) mod adapter;
+pub(crate) mod capture;
 #[cfg(test)]
 mod fault_tests;
 pub(crate) mod pool;
@@ -76,6 +77,38 @@ struct Pending {
     submits: u64,
 }
 
+/// One cached pipeline and what it was made from.
+struct PipelineEntry {
+    kernel: &'static str,
+    entry: Box<str>,
+    /// Override constants, values as f64 bits.
+    constants: Box<[(Box<str>, u64)]>,
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl PipelineEntry {
+    fn matches(&self, kernel: &str, entry: &str, constants: &[(&str, f64)]) -> bool {
+        self.kernel == kernel
+            && &*self.entry == entry
+            && self.constants.len() == constants.len()
+            && self
+                .constants
+                .iter()
+                .zip(constants)
+                .all(|((n, v), (m, w))| &**n == *m && *v == w.to_bits())
+    }
+}
+
+fn pipeline_hash(kernel: &str, entry: &str, constants: &[(&str, f64)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (kernel, entry).hash(&mut h);
+    for (n, v) in constants {
+        (n, v.to_bits()).hash(&mut h);
+    }
+    h.finish()
+}
+
 /// A GPU device: adapter, device, queue, caches.
 pub(crate) struct GpuContext {
     pub(crate) device: wgpu::Device,
@@ -84,7 +117,9 @@ pub(crate) struct GpuContext {
     pub(crate) limits: wgpu::Limits,
     pub(crate) summary: AdapterSummary,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    /// Pipelines by a hash of (kernel, entry, constants); each bucket is checked
+    /// for an exact match, so a look-up formats and allocates nothing.
+    pipelines: Mutex<HashMap<u64, Vec<PipelineEntry>>>,
     pending: Mutex<Pending>,
     pool: Arc<Pool>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -279,6 +314,9 @@ impl GpuContext {
     /// driver is out of memory — before any work using it is queued.
     pub(crate) fn try_alloc(&self, op: &'static str, bytes: u64) -> Result<GpuBuffer> {
         self.check_alive(op)?;
+        if let Some(slot) = self.capture_alloc(op, bytes) {
+            return slot;
+        }
         let buf = self
             .pool
             .take(&self.device, bytes, self.limits.max_buffer_size)
@@ -318,6 +356,9 @@ impl GpuContext {
     /// so while work is pending the data goes through a staging buffer copied in
     /// order inside the encoder.
     pub(crate) fn upload(&self, data: &[u8]) -> Result<GpuBuffer> {
+        if let Some(kept) = self.capture_upload(data) {
+            return kept;
+        }
         let buf = self.try_alloc("upload", data.len() as u64)?;
         if data.is_empty() {
             return Ok(buf);
@@ -379,10 +420,17 @@ impl GpuContext {
         entry: &str,
         constants: &[(&str, f64)],
     ) -> Result<wgpu::ComputePipeline> {
-        let key = format!("{}::{}{:?}", kernel.name, entry, constants);
-        if let Some(p) = lock(&self.pipelines).get(&key) {
-            return Ok(p.clone());
+        let hash = pipeline_hash(kernel.name, entry, constants);
+        if let Some(bucket) = lock(&self.pipelines).get(&hash) {
+            if let Some(e) = bucket
+                .iter()
+                .find(|e| e.matches(kernel.name, entry, constants))
+            {
+                return Ok(e.pipeline.clone());
+            }
         }
+        // Formatted only when a pipeline is made (its label), never per dispatch.
+        let key = format!("{}::{}{:?}", kernel.name, entry, constants);
         let module = self.module(kernel)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let p = self
@@ -404,7 +452,18 @@ impl GpuContext {
                 detail: format!("pipeline {key} failed: {e}"),
             });
         }
-        lock(&self.pipelines).insert(key, p.clone());
+        lock(&self.pipelines)
+            .entry(hash)
+            .or_default()
+            .push(PipelineEntry {
+                kernel: kernel.name,
+                entry: entry.into(),
+                constants: constants
+                    .iter()
+                    .map(|(n, v)| ((*n).into(), v.to_bits()))
+                    .collect(),
+                pipeline: p.clone(),
+            });
         Ok(p)
     }
 
@@ -469,7 +528,8 @@ impl GpuContext {
             &wgpu::util::BufferInitDescriptor {
                 label: Some("wgrad.params"),
                 contents: bytemuck::cast_slice(&words),
-                usage: wgpu::BufferUsages::UNIFORM,
+                // COPY_DST: a recorded plan rewrites the few params that change per step.
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             },
         );
         let mut entries = vec![wgpu::BindGroupEntry {
@@ -502,6 +562,9 @@ impl GpuContext {
                 op: kernel.name,
                 detail: format!("{entry}: {e}"),
             });
+        }
+        if self.capture_dispatch(entry, &pipeline, &bind_group, &uniform, groups) {
+            return Ok(());
         }
         let mut pending = lock(&self.pending);
         let encoder = pending.encoder.get_or_insert_with(|| {
@@ -536,6 +599,9 @@ impl GpuContext {
         dst_off: u64,
         bytes: u64,
     ) {
+        if self.capture_copy(src, src_off, dst, dst_off, bytes) {
+            return;
+        }
         let mut pending = lock(&self.pending);
         let encoder = pending.encoder.get_or_insert_with(|| {
             self.device
@@ -578,6 +644,7 @@ impl GpuContext {
         src: &wgpu::Buffer,
         bytes: u64,
     ) -> Result<Vec<u8>> {
+        self.capture_readback(op);
         self.check_errors(op)?;
         let padded = bytes.div_ceil(4) * 4;
         // The status words ride along at the end of every readback (and are cleared in

@@ -40,6 +40,10 @@ struct Inner {
 #[derive(Default)]
 pub(crate) struct Pool {
     inner: Mutex<Inner>,
+    /// A compiled plan's private slot pool: buffers are created at the exact size
+    /// asked for, a request takes the smallest free buffer that holds it, and
+    /// every buffer is kept (see [`Pool::slots`]).
+    best_fit: bool,
 }
 
 /// Bytes above which freed buffers are destroyed instead of kept.
@@ -58,6 +62,34 @@ pub(crate) fn size_class(bytes: u64) -> u64 {
 }
 
 impl Pool {
+    /// The slot allocator of a compiled plan: tensors freed after their last use
+    /// hand their buffer to later nodes of the same plan (best fit), and nobody
+    /// outside the plan ever gets one, so recorded bind groups stay valid.
+    pub(crate) fn slots() -> Pool {
+        Pool {
+            best_fit: true,
+            ..Pool::default()
+        }
+    }
+
+    /// The smallest free buffer of at least `bytes` (best-fit pools only), and
+    /// at most twice that (plus 4 KiB): a small tensor does not take a big slot a
+    /// later big tensor could have used.
+    fn take_best_fit(inner: &mut Inner, bytes: u64) -> Option<wgpu::Buffer> {
+        let most = bytes.saturating_mul(2).saturating_add(4096);
+        let size = *inner
+            .free
+            .iter()
+            .filter(|(s, v)| **s >= bytes && **s <= most && !v.is_empty())
+            .map(|(s, _)| s)
+            .min()?;
+        let b = inner.free.get_mut(&size)?.pop()?;
+        inner.stats.reused += 1;
+        inner.stats.free_buffers -= 1;
+        inner.stats.free_bytes -= size;
+        Some(b)
+    }
+
     /// A buffer of at least `bytes` bytes: a free one of its size class, or a new
     /// one. Creation runs inside out-of-memory and validation error scopes, so a
     /// failed allocation is an `Err` (with the driver's message) instead of an
@@ -69,7 +101,11 @@ impl Pool {
         bytes: u64,
         max_buffer: u64,
     ) -> Result<wgpu::Buffer, String> {
-        let mut class = size_class(bytes);
+        let mut class = if self.best_fit {
+            bytes.max(16).div_ceil(16) * 16
+        } else {
+            size_class(bytes)
+        };
         if class > max_buffer {
             // The class would pass the limit where the bytes do not: exact size, never
             // pooled (give_back drops sizes that are not a class).
@@ -81,6 +117,13 @@ impl Pool {
             ));
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if self.best_fit {
+            if let Some(b) = Self::take_best_fit(&mut inner, bytes) {
+                inner.stats.live_buffers += 1;
+                inner.stats.live_bytes += b.size();
+                return Ok(b);
+            }
+        }
         let reused = inner.free.get_mut(&class).and_then(|v| v.pop());
         let buf = match reused {
             Some(b) => {
@@ -118,7 +161,9 @@ impl Pool {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.stats.live_buffers -= 1;
         inner.stats.live_bytes -= class;
-        if size_class(class) == class && inner.stats.free_bytes + class <= MAX_FREE_BYTES {
+        let keep = self.best_fit
+            || (size_class(class) == class && inner.stats.free_bytes + class <= MAX_FREE_BYTES);
+        if keep {
             inner.stats.free_buffers += 1;
             inner.stats.free_bytes += class;
             inner.free.entry(class).or_default().push(buf);

@@ -379,6 +379,7 @@ impl Tensor {
                 Ok(Tensor::cpu_from_f64(self.device(), &plan.out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
+                let requested = variant;
                 let variant = resolve(ctx, variant)?;
                 if plan.k == 0 {
                     return Tensor::zeros(self.device(), &plan.out_shape);
@@ -391,6 +392,18 @@ impl Tensor {
                 if out.numel() == 0 {
                     return Ok(out);
                 }
+                // `Auto`: the kernel tuned for this shape class on this adapter (once the
+                // product is known to be valid, so a bad one queues and allocates nothing).
+                let variant = match crate::autotune::matmul_variant(
+                    self,
+                    other,
+                    transpose_a,
+                    transpose_b,
+                    requested,
+                ) {
+                    MatmulVariant::Auto => variant,
+                    tuned => resolve(ctx, tuned)?,
+                };
                 let (Some(a), Some(b), Some(c)) = (self.gpu_arg(), other.gpu_arg(), out.gpu_arg())
                 else {
                     unreachable!("GPU device holds GPU tensors")

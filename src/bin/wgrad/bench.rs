@@ -16,6 +16,8 @@ struct Figure {
     rate: (&'static str, f64),
     /// Further named figures (submits per step, planned bytes, ...).
     extra: Vec<(&'static str, f64)>,
+    /// ("memory" | "compute", the figure as a fraction of that roof), on the GPU.
+    roof: Option<(&'static str, f64)>,
 }
 
 impl Figure {
@@ -34,6 +36,10 @@ impl Figure {
         .trim_end_matches('}')
         .to_string()
             + &self.extra.iter().map(|(k, v)| format!(",\"{k}\":{v}")).collect::<String>()
+            + &self
+                .roof
+                .map(|(r, f)| format!(",\"roof\":\"{r}\",\"fraction_of_roof\":{f:.3}"))
+                .unwrap_or_default()
             + "}"
     }
 
@@ -55,6 +61,10 @@ impl Figure {
             .iter()
             .map(|(k, v)| format!("  {k}={v}"))
             .collect::<String>()
+            + &self
+                .roof
+                .map(|(r, f)| format!("  {:.0}% of {r} roof", f * 100.0))
+                .unwrap_or_default()
     }
 }
 
@@ -205,11 +215,95 @@ fn cases() -> Vec<Case> {
     v
 }
 
+/// The adapter's measured ceilings: copy GB/s (bytes read + written) and FMA GFLOP/s.
+struct Roofs {
+    copy_gbps: f64,
+    fma_gflops: f64,
+}
+
+impl Roofs {
+    /// Which roof bounds a figure of this kind, and the figure as a fraction of it.
+    fn fraction(&self, rate: (&'static str, f64)) -> Option<(&'static str, f64)> {
+        match rate.0 {
+            "gbps" => Some(("memory", rate.1 / self.copy_gbps)),
+            "gflops" => Some(("compute", rate.1 / self.fma_gflops)),
+            _ => None,
+        }
+    }
+}
+
+/// Best (least) milliseconds of single runs of `f`, each waited for, after a
+/// warm-up, over about half a second: a ceiling is what the adapter can reach,
+/// so a run slowed by other work on the machine should not lower it.
+fn best_ms(dev: &Device, mut f: impl FnMut() -> wgrad::Result<Tensor>) -> anyhow::Result<f64> {
+    drop(f()?);
+    dev.synchronize()?;
+    let (start, mut best) = (Instant::now(), f64::MAX);
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        drop(f()?);
+        dev.synchronize()?;
+        best = best.min(t0.elapsed().as_secs_f64() * 1e3);
+        if start.elapsed().as_secs_f64() > 0.5 {
+            break;
+        }
+    }
+    Ok(best)
+}
+
+/// Measures the roofs on `dev`: a 32 MiB vec4 copy and 64Ki invocations of
+/// 512 FMA steps (4.3 GFLOP), each the best of several runs.
+fn measure_roofs(dev: &Device, adapter: &str) -> anyhow::Result<(Roofs, [Figure; 2])> {
+    use wgrad::roofline::{copy_vec4, fma_peak, FMA_FLOPS_PER_STEP};
+    let n = 8usize << 20;
+    let x = Tensor::from_slice(dev, &Rng::new(12).vec_uniform(n, -1.0, 1.0), &[n])?;
+    let copy_ms = best_ms(dev, || copy_vec4(&x))?;
+    let copy_gbps = (2 * n * 4) as f64 / (copy_ms * 1e6);
+    let (vecs, iters) = (65_536usize, 512u32);
+    let seeds = Tensor::from_slice(
+        dev,
+        &Rng::new(13).vec_uniform(vecs * 4, -1.0, 1.0),
+        &[vecs * 4],
+    )?;
+    let fma_ms = best_ms(dev, || fma_peak(&seeds, iters))?;
+    let fma_gflops = vecs as f64 * iters as f64 * FMA_FLOPS_PER_STEP / (fma_ms * 1e6);
+    let fig = |op, shape, ms, rate| Figure {
+        op,
+        shape,
+        device: "gpu",
+        adapter: adapter.to_string(),
+        ms,
+        rate,
+        extra: Vec::new(),
+        roof: None,
+    };
+    Ok((
+        Roofs {
+            copy_gbps,
+            fma_gflops,
+        },
+        [
+            fig("roof_copy", vec![n], copy_ms, ("gbps", copy_gbps)),
+            fig(
+                "roof_fma",
+                vec![vecs, iters as usize],
+                fma_ms,
+                ("gflops", fma_gflops),
+            ),
+        ],
+    ))
+}
+
 pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<()> {
     let gpu = Device::gpu()?;
     let adapter = gpu.name();
     if !json {
         println!("adapter: {adapter}");
+    }
+    // The roofs first, in the same run, so every GPU figure is reported against them.
+    let (roofs, roof_figs) = measure_roofs(&gpu, &adapter)?;
+    for fig in roof_figs {
+        println!("{}", if json { fig.json() } else { fig.row() });
     }
     let cpu = Device::cpu();
     // Every figure is measured on the GPU, then (unless --no-cpu) on the CPU reference.
@@ -226,6 +320,7 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
         for (device, dev, adapter) in &devices {
             let (ms, rate) = f(dev)?;
             let (shape, adapter, extra) = (shape.clone(), adapter.clone(), Vec::new());
+            let roof = (*device == "gpu").then(|| roofs.fraction(rate)).flatten();
             print(Figure {
                 op,
                 shape,
@@ -234,6 +329,7 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
                 ms,
                 rate,
                 extra,
+                roof,
             });
         }
     }
@@ -299,6 +395,7 @@ fn fwd_bwd(
             "dispatches_per_step",
             (dev.dispatch_count() - d0) as f64 / reps as f64,
         )],
+        roof: None,
     })
 }
 
@@ -339,6 +436,19 @@ fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Resu
     let b2 = g.param("b2", &[classes], Init::Zeros);
     let logits = x.matmul(&w1)?.add(&b1)?.relu()?.matmul(&w2)?.add(&b2)?;
     let loss = logits.cross_entropy(&y)?.mean()?;
+    // The same step compiled without fusion, for its dispatch count (before/after).
+    let unfused = if dev.is_gpu() {
+        let saved = std::env::var_os(wgrad::executor::FUSION_ENV);
+        std::env::set_var(wgrad::executor::FUSION_ENV, "0");
+        let exe = dev.compile(&g, &[&loss], Sgd::new(0.05));
+        match saved {
+            Some(v) => std::env::set_var(wgrad::executor::FUSION_ENV, v),
+            None => std::env::remove_var(wgrad::executor::FUSION_ENV),
+        }
+        exe?.plan().dispatches
+    } else {
+        0
+    };
     let exe = dev.compile(&g, &[&loss], Sgd::new(0.05))?;
     let mut rng = Rng::new(7);
     let xt = Tensor::from_slice(
@@ -376,6 +486,10 @@ fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Resu
             ("nodes", plan.nodes as f64),
             ("planned_peak_bytes", plan.peak_bytes as f64),
             ("unplanned_bytes", plan.unplanned_bytes as f64),
+            ("slot_bytes", plan.slot_bytes as f64),
+            ("dispatches_unfused", unfused as f64),
+            ("recorded", exe.is_recorded() as u8 as f64),
         ],
+        roof: None,
     })
 }

@@ -1,0 +1,195 @@
+//! Matmul autotune: the first product of a shape class on an adapter times the
+//! kernels that adapter can run and keeps the fastest, in memory and on disk
+//! (`$XDG_CACHE_HOME/wgrad/matmul.tsv`, else `~/.cache/wgrad/matmul.tsv`), keyed
+//! by adapter, driver and shape class. `WGRAD_MATMUL` pins a kernel and skips it.
+//!
+//! Bounded: each candidate is timed on zero-filled operands of the class's own
+//! shape (a warm-up, then the best of a few runs) until [`BUDGET`] is spent; a
+//! product whose first run takes longer than [`MAX_RUN`] is not tuned (big
+//! products keep the adapter's default, which is the right kernel for them).
+//! A cache that cannot be read or written is ignored.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::device::Device;
+use crate::gpu::capture;
+use crate::ops::matmul::{MatmulVariant, MATMUL_ENV};
+use crate::tensor::Tensor;
+
+/// Most time one shape class may spend being tuned.
+pub const BUDGET: Duration = Duration::from_millis(250);
+
+/// Products whose first run takes longer than this keep the default kernel.
+const MAX_RUN: Duration = Duration::from_millis(40);
+
+/// Tuned choices by "adapter\tdriver\tclass"; `None` until the disk cache is read.
+static CHOICES: Mutex<Option<HashMap<String, MatmulVariant>>> = Mutex::new(None);
+
+fn cache_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("wgrad").join("matmul.tsv"))
+}
+
+fn parse(name: &str) -> Option<MatmulVariant> {
+    MatmulVariant::KERNELS
+        .into_iter()
+        .find(|v| v.name() == name)
+}
+
+fn load() -> HashMap<String, MatmulVariant> {
+    let text = cache_file()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (key, v) = l.rsplit_once('\t')?;
+            Some((key.to_string(), parse(v)?))
+        })
+        .collect()
+}
+
+fn store(key: &str, v: MatmulVariant) {
+    let Some(file) = cache_file() else { return };
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(file.parent().unwrap_or(&file))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)?;
+        // One short line per write: appends from several processes do not interleave.
+        f.write_all(format!("{key}\t{}\n", v.name()).as_bytes())
+    };
+    let _ = write(); // a cache that cannot be written is only a slower next start
+}
+
+/// The shape class of `op(A)·op(B)`: transposes, sizes rounded up to powers of
+/// two, and whether each operand's rows need padding for the vec4 kernels.
+fn class(a: &[usize], b: &[usize], ta: bool, tb: bool) -> String {
+    let p2 = |x: usize| x.max(1).next_power_of_two();
+    let last = |s: &[usize]| s.last().copied().unwrap_or(1);
+    let rows = |s: &[usize]| if s.len() >= 2 { s[s.len() - 2] } else { 1 };
+    let batch = |s: &[usize]| s.iter().rev().skip(2).product::<usize>();
+    format!(
+        "a{}x{}x{}{}{} b{}x{}x{}{}{}",
+        p2(batch(a)),
+        p2(rows(a)),
+        p2(last(a)),
+        if ta { "t" } else { "" },
+        if last(a) % 4 == 0 { "" } else { "p" },
+        p2(batch(b)),
+        p2(rows(b)),
+        p2(last(b)),
+        if tb { "t" } else { "" },
+        if last(b) % 4 == 0 { "" } else { "p" },
+    )
+}
+
+/// The kernel for this product: `requested` unless it is `Auto` and
+/// `WGRAD_MATMUL` is unset (or `auto`), in which case the tuned one.
+pub(crate) fn matmul_variant(
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    requested: MatmulVariant,
+) -> MatmulVariant {
+    let pinned = std::env::var(MATMUL_ENV).is_ok_and(|v| !matches!(v.trim(), "" | "auto"));
+    let Some(ctx) = a.device().gpu_ctx() else {
+        return requested;
+    };
+    if requested != MatmulVariant::Auto || pinned {
+        return requested;
+    }
+    let key = format!(
+        "{}\t{}\t{}",
+        ctx.summary.name,
+        ctx.summary.driver,
+        class(a.shape(), b.shape(), ta, tb)
+    );
+    {
+        let mut choices = CHOICES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = choices.get_or_insert_with(load).get(&key) {
+            return *v;
+        }
+    }
+    // Timing needs real submits: step out of a plan being recorded meanwhile.
+    let tuned = capture::suspended(|| tune(a.device(), a.shape(), b.shape(), ta, tb));
+    let choice = tuned.unwrap_or(MatmulVariant::Auto);
+    CHOICES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(key.clone(), choice);
+    if tuned.is_some() {
+        store(&key, choice);
+    }
+    choice
+}
+
+/// Times every kernel the adapter runs on zero operands of these shapes; the
+/// fastest, or `None` when the product is too big to tune or nothing ran.
+fn tune(dev: &Device, a: &[usize], b: &[usize], ta: bool, tb: bool) -> Option<MatmulVariant> {
+    let start = Instant::now();
+    let (x, y) = (Tensor::zeros(dev, a).ok()?, Tensor::zeros(dev, b).ok()?);
+    let run = |v: MatmulVariant| -> Option<Duration> {
+        let t0 = Instant::now();
+        drop(x.matmul_with_variant(&y, ta, tb, v).ok()?);
+        dev.synchronize().ok()?;
+        Some(t0.elapsed())
+    };
+    // The adapter's default first: if its first run (pipeline compile included)
+    // is already slow, the product is too big to tune and keeps that default.
+    let default = MatmulVariant::Auto.resolve(dev).ok()?;
+    if run(default)? > MAX_RUN {
+        return None;
+    }
+    let others = MatmulVariant::KERNELS.into_iter().filter(|&v| v != default);
+    let mut best: Option<(Duration, MatmulVariant)> = None;
+    for v in std::iter::once(default).chain(others) {
+        if v.resolve(dev).is_err() {
+            continue; // not on this adapter (the subgroup kernel without 8-lane subgroups)
+        }
+        if v != default && run(v)? > MAX_RUN {
+            continue; // warm-up (pipeline compile) already too slow: not a contender
+        }
+        let mut t = Duration::MAX;
+        for _ in 0..3 {
+            if start.elapsed() > BUDGET && t < Duration::MAX {
+                break;
+            }
+            t = t.min(run(v)?);
+        }
+        if t < best.map_or(Duration::MAX, |b| b.0) {
+            best = Some((t, v));
+        }
+        if start.elapsed() > BUDGET {
+            break;
+        }
+    }
+    best.map(|b| b.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::class;
+
+    #[test]
+    fn classes_round_sizes_and_mark_padding() {
+        assert_eq!(
+            class(&[256, 64], &[64, 128], false, false),
+            "a1x256x64 b1x64x128"
+        );
+        assert_eq!(
+            class(&[255, 60], &[60, 10], false, true),
+            "a1x256x64 b1x64x16tp"
+        );
+        assert_eq!(class(&[3, 5, 7], &[7], true, false), "a4x8x8tp b1x1x8p");
+    }
+}

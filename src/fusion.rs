@@ -1,0 +1,435 @@
+//! Fusion of element-wise chains in a compiled graph into one generated kernel.
+//!
+//! A chain is a tree of element-wise nodes (unary, binary, scalar) of one output
+//! shape whose inner results are used once and are not outputs of the run: say
+//! `relu(x·W + b)`'s bias add and ReLU after the matmul, or ReLU's backward
+//! `g · (h > 0)`. Its root becomes one dispatch of a WGSL kernel generated for
+//! exactly that expression and shape (dims, strides and scalars are literals);
+//! the chain's inner nodes never run and never get a buffer.
+//!
+//! The op bodies are elementwise.wgsl's own `unary_op` / `binary_op`, with the
+//! op code turned from an override constant into an argument, so a fused kernel
+//! computes exactly what the unfused kernels compute. Generated kernels are
+//! cached by source (one module and pipeline per distinct source).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use crate::device::DeviceInner;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::Kernel;
+use crate::graph::{Node, NodeId, Op};
+use crate::ops::elementwise::SHADER as ELEMENTWISE;
+use crate::ops::{gpu_output, grid_1d};
+use crate::shape::{broadcast_strides, contiguous_strides};
+use crate::tensor::Tensor;
+
+/// Most tensors a fused kernel reads and writes besides its root's output
+/// (within the 8 storage buffers per stage every adapter allows).
+const MAX_INPUTS: usize = 6;
+
+/// One generated kernel: the fused expression of a chain ending at its root.
+#[derive(Clone, Debug)]
+pub(crate) struct Fused {
+    /// The nodes outside the chain it reads, in binding order.
+    pub(crate) inputs: Vec<NodeId>,
+    /// Chain values also used outside it (or asked for): written beside the root.
+    pub(crate) outputs: Vec<NodeId>,
+    /// Output shape.
+    pub(crate) shape: Vec<usize>,
+    /// The generated WGSL (entry point `fused`).
+    pub(crate) source: String,
+    /// Nodes fused (root included).
+    pub(crate) members: usize,
+}
+
+fn fusable(n: &Node) -> bool {
+    n.dtype == DType::F32 && matches!(n.op, Op::Unary(_) | Op::Binary(_) | Op::Scalar { .. })
+}
+
+/// Finds the chains among the live nodes `order` (topological); `keep[j]` marks
+/// outputs of the run, `leaf[j]` values that are not computed (parameters,
+/// constants, folded nodes).
+/// Returns the fused kernel of every chain root and the inner nodes to skip.
+///
+/// A chain grows back from its root through element-wise operands of the same
+/// shape. An operand used only by the chain is computed in registers; one also
+/// used elsewhere (the pre-activation that ReLU's gradient reads, say) joins
+/// only if all its other users run after the root, and is written out beside it.
+pub(crate) fn plan(
+    nodes: &[Node],
+    order: &[NodeId],
+    keep: &[bool],
+    leaf: &[bool],
+) -> (HashMap<NodeId, Fused>, Vec<bool>) {
+    let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); nodes.len()];
+    let mut live = vec![false; nodes.len()];
+    for &i in order {
+        live[i] = true;
+        for &j in &nodes[i].inputs {
+            users[j].push(i);
+        }
+    }
+    let mut absorbed = vec![false; nodes.len()];
+    let mut roots = HashMap::new();
+    for &r in order.iter().rev() {
+        if absorbed[r] || leaf[r] || !fusable(&nodes[r]) {
+            continue;
+        }
+        let shape = &nodes[r].shape;
+        // Grow the chain back from its root through single-use operands.
+        let mut members = vec![r];
+        let mut k = 0;
+        while k < members.len() {
+            for &j in &nodes[members[k]].inputs {
+                let candidate = live[j]
+                    && !leaf[j]
+                    && fusable(&nodes[j])
+                    && !absorbed[j]
+                    && !members.contains(&j)
+                    && &nodes[j].shape == shape
+                    && users[j].iter().all(|&c| c > r || members.contains(&c));
+                if candidate {
+                    members.push(j);
+                }
+            }
+            k += 1;
+        }
+        if members.len() < 2 {
+            continue;
+        }
+        members.sort_unstable();
+        let mut inputs = Vec::new();
+        for &m in &members {
+            for &j in &nodes[m].inputs {
+                if !members.contains(&j) && !inputs.contains(&j) {
+                    inputs.push(j);
+                }
+            }
+        }
+        let outputs: Vec<NodeId> = members
+            .iter()
+            .copied()
+            .filter(|&m| m != r && (keep[m] || users[m].iter().any(|c| !members.contains(c))))
+            .collect();
+        if inputs.len() + outputs.len() > MAX_INPUTS
+            || inputs.iter().any(|&j| nodes[j].dtype != DType::F32)
+        {
+            continue;
+        }
+        let source = generate(nodes, &members, &inputs, &outputs, shape);
+        for &m in &members {
+            absorbed[m] = m != r;
+        }
+        roots.insert(
+            r,
+            Fused {
+                inputs,
+                outputs,
+                shape: shape.clone(),
+                source,
+                members: members.len(),
+            },
+        );
+    }
+    (roots, absorbed)
+}
+
+/// elementwise.wgsl's helper functions with the op code as an argument.
+fn op_functions() -> String {
+    let src = ELEMENTWISE.source;
+    let start = src.find("fn nan()").unwrap_or(0);
+    let end = src.find("fn linear_index").unwrap_or(src.len());
+    src[start..end]
+        .replace(
+            "fn unary_op(x: f32) -> f32 {\n    switch OP {",
+            "fn unary_op(op: u32, x: f32) -> f32 {\n    switch op {",
+        )
+        .replace(
+            "fn binary_op(x: f32, y: f32) -> f32 {\n    switch OP {",
+            "fn binary_op(op: u32, x: f32, y: f32) -> f32 {\n    switch op {",
+        )
+}
+
+fn f32_literal(v: f32) -> String {
+    format!("bitcast<f32>({:#010x}u)", v.to_bits())
+}
+
+/// The WGSL of one chain: `members` (sorted, root last) over `inputs`, writing
+/// the root to `out` and `outputs` to `out1`, `out2`, ...
+fn generate(
+    nodes: &[Node],
+    members: &[NodeId],
+    inputs: &[NodeId],
+    outputs: &[NodeId],
+    shape: &[usize],
+) -> String {
+    let n: usize = shape.iter().product();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "// fused.wgsl (generated) — one element per invocation, workgroup size 256."
+    );
+    let _ = writeln!(
+        s,
+        "// output shape {shape:?}; {} fused nodes.",
+        members.len()
+    );
+    s.push_str("struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }\n");
+    s.push_str("@group(0) @binding(0) var<uniform> params: Params;\n");
+    for (k, &j) in inputs.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "@group(0) @binding({}) var<storage, read> in{k}: array<f32>; // {:?}",
+            k + 1,
+            nodes[j].shape
+        );
+    }
+    let _ = writeln!(
+        s,
+        "@group(0) @binding({}) var<storage, read_write> out: array<f32>; // {shape:?}",
+        inputs.len() + 1
+    );
+    for k in 1..=outputs.len() {
+        let _ = writeln!(
+            s,
+            "@group(0) @binding({}) var<storage, read_write> out{k}: array<f32>; // {shape:?}",
+            inputs.len() + 1 + k
+        );
+    }
+    s.push_str(&op_functions());
+    s.push_str(
+        "@compute @workgroup_size(256)\n\
+         fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,\n\
+         \x20        @builtin(local_invocation_index) lid: u32) {\n\
+         \x20   let i = (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;\n",
+    );
+    // params.n (= {n}) rather than a literal: binding 0 stays in the derived layout.
+    let _ = writeln!(s, "    if (i >= params.n) {{ return; }} // n = {n}");
+    let out_strides = contiguous_strides(shape);
+    let mut name: HashMap<NodeId, String> = HashMap::new();
+    for (k, &j) in inputs.iter().enumerate() {
+        let src = &nodes[j].shape;
+        let index = if src.as_slice() == shape {
+            "i".to_string()
+        } else {
+            // Broadcast: the source element of output element i.
+            let strides = broadcast_strides(src, shape);
+            let terms: Vec<String> = (0..shape.len())
+                .filter(|&d| strides[d] != 0 && shape[d] > 1)
+                .map(|d| {
+                    format!(
+                        "((i / {}u) % {}u) * {}u",
+                        out_strides[d], shape[d], strides[d]
+                    )
+                })
+                .collect();
+            if terms.is_empty() {
+                "0u".to_string()
+            } else {
+                terms.join(" + ")
+            }
+        };
+        let _ = writeln!(s, "    let v{j} = in{k}[{index}];");
+        name.insert(j, format!("v{j}"));
+    }
+    for &m in members {
+        let arg = |q: usize| name[&nodes[m].inputs[q]].clone();
+        let expr = match &nodes[m].op {
+            Op::Unary(u) => format!("unary_op({}u, {})", *u as u32, arg(0)),
+            Op::Binary(b) => format!("binary_op({}u, {}, {})", *b as u32, arg(0), arg(1)),
+            Op::Scalar { op, value, lhs } => {
+                let (x, c) = (arg(0), f32_literal(*value));
+                if *lhs {
+                    format!("binary_op({}u, {c}, {x})", *op as u32)
+                } else {
+                    format!("binary_op({}u, {x}, {c})", *op as u32)
+                }
+            }
+            _ => unreachable!("only element-wise nodes are fused"),
+        };
+        let _ = writeln!(s, "    let v{m} = {expr}; // {}", nodes[m].op.name());
+        name.insert(m, format!("v{m}"));
+    }
+    for (k, m) in outputs.iter().enumerate() {
+        let _ = writeln!(s, "    out{}[i] = v{m};", k + 1);
+    }
+    let root = members[members.len() - 1];
+    let _ = writeln!(s, "    out[i] = v{root};\n}}");
+    s
+}
+
+/// The cached kernel of a generated source (its name is unique per source).
+fn kernel(source: &str) -> Kernel {
+    static KERNELS: Mutex<Vec<(&'static str, &'static str)>> = Mutex::new(Vec::new());
+    let mut k = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(name, source)) = k.iter().find(|(_, s)| *s == source) {
+        return Kernel { name, source };
+    }
+    // Leaked once per distinct generated source (bounded by the graphs compiled).
+    let name: &'static str = Box::leak(format!("fused{}", k.len()).into_boxed_str());
+    let source: &'static str = Box::leak(source.to_string().into_boxed_str());
+    k.push((name, source));
+    Kernel { name, source }
+}
+
+/// Runs a fused chain on its input values (GPU only: the CPU reference runs the
+/// chain's nodes one by one, which is what the fused kernel is checked against).
+///
+/// Returns the root's value and those of the chain values written beside it.
+pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(NodeId, Tensor)>> {
+    let dev = args[0].device();
+    let DeviceInner::Gpu(ctx) = &dev.inner else {
+        return Err(Error::Invalid {
+            op: "fused",
+            detail: "fused kernels run on a GPU device".into(),
+        });
+    };
+    let mut made = Vec::with_capacity(1 + f.outputs.len());
+    for &m in std::iter::once(&root).chain(&f.outputs) {
+        made.push((m, gpu_output(ctx, dev, "fused", &f.shape, DType::F32)?));
+    }
+    let n: usize = f.shape.iter().product();
+    if n == 0 {
+        return Ok(made);
+    }
+    let mut bufs = Vec::with_capacity(args.len() + made.len());
+    for t in args.iter().copied().chain(made.iter().map(|(_, t)| t)) {
+        bufs.push(t.gpu_arg().expect("GPU device holds GPU tensors"));
+    }
+    ctx.dispatch(
+        &kernel(&f.source),
+        "fused",
+        &[],
+        &[n as u32],
+        &bufs,
+        grid_1d(ctx, n),
+    )?;
+    Ok(made)
+}
+
+/// Parameters one fused SGD dispatch updates: two storage buffers each (the
+/// parameter, read and written in place, and its gradient) within the 8 per
+/// stage every adapter allows.
+const SGD_PER_DISPATCH: usize = 4;
+
+/// The WGSL of one in-place SGD step over parameters of `sizes` elements,
+/// concatenated along one index: `p -= lr·(g + wd·p)`, as optim.wgsl's `sgd_update`.
+pub(crate) fn sgd_source(sizes: &[usize], lr: f32, weight_decay: f32) -> String {
+    let mut s = String::new();
+    let total: usize = sizes.iter().sum();
+    let _ = writeln!(
+        s,
+        "// sgd_fused.wgsl (generated) — in-place SGD of {} parameters ({total} elements),\n\
+         // one element per invocation, workgroup size 256.",
+        sizes.len()
+    );
+    s.push_str("struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }\n");
+    s.push_str("@group(0) @binding(0) var<uniform> params: Params;\n");
+    for (k, n) in sizes.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "@group(0) @binding({}) var<storage, read_write> p{k}: array<f32>; // ({n}) parameter\n\
+             @group(0) @binding({}) var<storage, read> g{k}: array<f32>; // ({n}) gradient",
+            2 * k + 1,
+            2 * k + 2
+        );
+    }
+    let (lr, wd) = (f32_literal(lr), f32_literal(weight_decay));
+    s.push_str(
+        "@compute @workgroup_size(256)\n\
+         fn sgd_fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,\n\
+         \x20            @builtin(local_invocation_index) lid: u32) {\n\
+         \x20   let i = (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;\n\
+         \x20   if (i >= params.n) { return; }\n",
+    );
+    let mut start = 0;
+    for (k, n) in sizes.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "    if (i >= {start}u && i < {}u) {{\n\
+             \x20       let j = i - {start}u;\n\
+             \x20       let grad = g{k}[j] + {wd} * p{k}[j];\n\
+             \x20       p{k}[j] = p{k}[j] - {lr} * grad;\n\
+             \x20   }}",
+            start + n
+        );
+        start += n;
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// Records plain SGD (no momentum) of every `(parameter, gradient)` pair in
+/// place, a few parameters per dispatch; returns the generated sources.
+pub(crate) fn sgd_update_all(
+    pairs: &[(&Tensor, &Tensor)],
+    lr: f32,
+    weight_decay: f32,
+) -> Result<Vec<String>> {
+    let mut sources = Vec::new();
+    for chunk in pairs.chunks(SGD_PER_DISPATCH) {
+        let chunk: Vec<_> = chunk.iter().filter(|(p, _)| p.numel() > 0).collect();
+        let Some((first, _)) = chunk.first() else {
+            continue;
+        };
+        let DeviceInner::Gpu(ctx) = &first.device().inner else {
+            return Err(Error::Invalid {
+                op: "sgd_fused",
+                detail: "fused updates run on a GPU device".into(),
+            });
+        };
+        let sizes: Vec<usize> = chunk.iter().map(|(p, _)| p.numel()).collect();
+        let total: usize = sizes.iter().sum();
+        let source = sgd_source(&sizes, lr, weight_decay);
+        let mut bufs = Vec::with_capacity(2 * chunk.len());
+        for (p, g) in &chunk {
+            bufs.push(p.gpu_arg().expect("GPU device holds GPU tensors"));
+            bufs.push(g.gpu_arg().expect("GPU device holds GPU tensors"));
+        }
+        let k = kernel(&source);
+        ctx.dispatch(
+            &k,
+            "sgd_fused",
+            &[],
+            &[total as u32],
+            &bufs,
+            grid_1d(ctx, total),
+        )?;
+        sources.push(source);
+    }
+    Ok(sources)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(source: &str) {
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("parse: {}\n{source}", e.emit_to_string(source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("validate: {e:?}\n{source}"));
+    }
+
+    #[test]
+    fn generated_sgd_validates() {
+        for sizes in [&[1usize][..], &[8192, 128, 1280, 10], &[3, 0, 5]] {
+            validate(&sgd_source(sizes, 0.05, 1e-4));
+        }
+    }
+
+    #[test]
+    fn op_functions_keep_their_switches() {
+        let f = op_functions();
+        assert!(f.contains("fn unary_op(op: u32, x: f32)"), "{f}");
+        assert!(f.contains("fn binary_op(op: u32, x: f32, y: f32)"), "{f}");
+        assert!(!f.contains("switch OP"), "{f}");
+    }
+}

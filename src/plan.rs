@@ -1,0 +1,333 @@
+//! The recorded plan of a graph compiled for a GPU: every buffer assigned once,
+//! every dispatch's params uniform and bind group created once, at compile time.
+//!
+//! Compiling runs the graph's ops once under a capture (`gpu::capture`): each
+//! intermediate gets a slot buffer from the plan's private pool when its node
+//! runs and gives it back after its last use, so later nodes reuse it (liveness
+//! intervals → slots, best fit); the dispatches are kept, not encoded. Inputs get
+//! fixed buffers the feeds are written into; parameters and optimizer state keep
+//! fixed buffers that the recorded update copies its results back into. A run
+//! then writes the feeds, encodes the kept commands and copies the outputs into
+//! fresh tensors — all into the pending encoder, submitted once at read back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::capture::{self, Command};
+use crate::gpu::GpuContext;
+use crate::graph::{Node, NodeId, Op};
+use crate::optim::{params_words, state_needs, update, Optimizer, SlotState};
+use crate::tensor::Tensor;
+
+/// A graph's commands recorded for one GPU context.
+pub(crate) struct RecordedPlan {
+    /// (input name, its fixed buffer as a tensor).
+    inputs: Vec<(String, Tensor)>,
+    /// Forward and backward dispatches.
+    commands: Vec<Command>,
+    /// The outputs' values in their slots (copied out every run).
+    outputs: Vec<Tensor>,
+    /// Optimizer updates and the copies back into the fixed parameter buffers.
+    update: Vec<Command>,
+    /// (index into `update`, elements) of dispatches whose params change per step.
+    per_step: Vec<(usize, usize)>,
+    /// Bytes of the slot buffers the plan allocated for intermediates.
+    pub(crate) slot_bytes: u64,
+    /// Dispatches per run.
+    pub(crate) dispatches: usize,
+}
+
+/// Runs one node: the values it makes (a fused chain's root also makes the
+/// chain values used elsewhere).
+pub(crate) type EvalNode<'a> = &'a dyn Fn(NodeId, &[&Tensor]) -> Result<Vec<(NodeId, Tensor)>>;
+
+/// What the executor hands over to be recorded.
+pub(crate) struct Graphed<'a> {
+    pub(crate) nodes: &'a [Node],
+    /// The nodes each node reads (a fused chain's root reads the chain's inputs).
+    pub(crate) inputs: &'a [Vec<NodeId>],
+    pub(crate) order: &'a [NodeId],
+    pub(crate) last_use: &'a [usize],
+    pub(crate) outputs: &'a [NodeId],
+    pub(crate) trained: &'a [(NodeId, NodeId)],
+    pub(crate) optimizer: Option<&'a Optimizer>,
+    /// Values of parameter, constant and fill nodes (fixed buffers).
+    pub(crate) leaves: &'a HashMap<NodeId, Tensor>,
+    /// Runs one op node (the executor's `eval`).
+    /// Runs one node (the executor's `eval`, or a fused chain).
+    pub(crate) eval: EvalNode<'a>,
+}
+
+/// A tensor on a fixed buffer of the shared pool, owned by the plan for its life.
+fn fixed(ctx: &Arc<GpuContext>, device: &Device, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    crate::ops::gpu_output(ctx, device, "compile", shape, dtype)
+}
+
+impl RecordedPlan {
+    /// Records `g` on `ctx`; `state` receives the optimizer's fixed moment buffers.
+    pub(crate) fn record(
+        ctx: &Arc<GpuContext>,
+        device: &Device,
+        g: &Graphed<'_>,
+        state: &mut HashMap<NodeId, SlotState>,
+    ) -> Result<RecordedPlan> {
+        let mut inputs = Vec::new();
+        let mut fixed_inputs = HashMap::new();
+        for &i in g.order {
+            if let Op::Input(name) = &g.nodes[i].op {
+                let t = fixed(ctx, device, &g.nodes[i].shape, g.nodes[i].dtype)?;
+                fixed_inputs.insert(i, t.clone());
+                inputs.push((name.clone(), t));
+            }
+        }
+        let mut moments = HashMap::new();
+        if let Some(opt) = g.optimizer {
+            let (needs_m, needs_v) = state_needs(opt);
+            for &(p, _) in g.trained {
+                let shape = &g.nodes[p].shape;
+                let zeros = |need: bool| -> Result<Option<Tensor>> {
+                    need.then(|| Tensor::zeros(device, shape)).transpose()
+                };
+                moments.insert(p, (zeros(needs_m)?, zeros(needs_v)?));
+            }
+        }
+        capture::begin(ctx);
+        let recorded = Self::record_ops(ctx, g, &fixed_inputs, &moments);
+        let (outputs, split, per_step) = match recorded {
+            Ok(r) => r,
+            Err(e) => {
+                capture::abort();
+                return Err(e);
+            }
+        };
+        let captured = capture::end(ctx)?;
+        let mut commands = captured.commands;
+        let update = commands.split_off(split);
+        let stats = captured.slots.stats();
+        let dispatches = commands
+            .iter()
+            .chain(&update)
+            .filter(|c| matches!(c, Command::Dispatch(_)))
+            .count();
+        for (p, (m, v)) in moments {
+            state.insert(p, SlotState::with(m, v));
+        }
+        Ok(RecordedPlan {
+            inputs,
+            commands,
+            outputs,
+            update,
+            per_step,
+            slot_bytes: stats.live_bytes + stats.free_bytes,
+            dispatches,
+        })
+    }
+
+    /// Runs the ops under the capture: (outputs, where the update section starts,
+    /// per-step dispatches relative to it).
+    #[allow(clippy::type_complexity)]
+    fn record_ops(
+        ctx: &GpuContext,
+        g: &Graphed<'_>,
+        inputs: &HashMap<NodeId, Tensor>,
+        moments: &HashMap<NodeId, (Option<Tensor>, Option<Tensor>)>,
+    ) -> Result<(Vec<Tensor>, usize, Vec<(usize, usize)>)> {
+        let mut values: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
+        for (step, &i) in g.order.iter().enumerate() {
+            let n = &g.nodes[i];
+            if let Some(v) = g.leaves.get(&i) {
+                values[i] = Some(v.clone());
+            } else if let Op::Input(_) = &n.op {
+                values[i] = Some(inputs[&i].clone());
+            } else {
+                let args: Vec<&Tensor> = g.inputs[i]
+                    .iter()
+                    .map(|&j| values[j].as_ref().expect("inputs run before their users"))
+                    .collect();
+                for (j, v) in (g.eval)(i, &args)? {
+                    values[j] = Some(v);
+                }
+            }
+            for &j in &g.inputs[i] {
+                if g.last_use[j] == step {
+                    values[j] = None; // its slot goes to later nodes
+                }
+            }
+        }
+        let outputs: Vec<Tensor> = g
+            .outputs
+            .iter()
+            .map(|&o| values[o].clone().expect("outputs are kept"))
+            .collect();
+        let split = capture::position(ctx);
+        let mut per_step = Vec::new();
+        if let Some(&Optimizer::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        }) = g.optimizer.filter(|_| fuse_updates())
+        {
+            if momentum == 0.0 {
+                // Plain SGD needs no state: every parameter is updated in place by one
+                // generated kernel (a few per dispatch), with no copies back.
+                let grads: Vec<Tensor> = g
+                    .trained
+                    .iter()
+                    .map(|&(_, gid)| values[gid].clone().expect("gradients are kept"))
+                    .collect();
+                let pairs: Vec<(&Tensor, &Tensor)> = g
+                    .trained
+                    .iter()
+                    .zip(&grads)
+                    .map(|(&(p, _), gr)| (&g.leaves[&p], gr))
+                    .collect();
+                // A gradient sharing a parameter's buffer (a view of it) cannot be bound
+                // beside it read-write: those graphs take the per-parameter path.
+                let bufs = |t: &Tensor| t.gpu_arg().map(|(b, _)| b.clone());
+                let params: Vec<_> = pairs.iter().map(|(p, _)| bufs(p)).collect();
+                if !pairs.iter().any(|(_, gr)| params.contains(&bufs(gr))) {
+                    crate::fusion::sgd_update_all(&pairs, lr, weight_decay)?;
+                    return Ok((outputs, split, per_step));
+                }
+            }
+        }
+        if let Some(opt) = g.optimizer {
+            let adam = matches!(opt, Optimizer::Adam { .. });
+            for &(p, gid) in g.trained {
+                let grad = values[gid].clone().expect("gradients are kept");
+                let cur = &g.leaves[&p];
+                let (m, v) = &moments[&p];
+                let mut slot = SlotState::with(m.clone(), v.clone());
+                let at = capture::position(ctx);
+                let new = update(opt, cur, &grad, &mut slot, 1)?;
+                if adam && capture::position(ctx) > at {
+                    per_step.push((at - split, cur.numel()));
+                }
+                copy_into(ctx, &new, cur);
+                let (m_new, v_new) = slot.parts();
+                if let (Some(from), Some(to)) = (m_new, m) {
+                    copy_into(ctx, from, to);
+                }
+                if let (Some(from), Some(to)) = (v_new, v) {
+                    copy_into(ctx, from, to);
+                }
+            }
+        }
+        Ok((outputs, split, per_step))
+    }
+
+    /// Entry points of the recorded dispatches, in run order (for tests and listings).
+    pub(crate) fn entries(&self) -> Vec<String> {
+        self.commands
+            .iter()
+            .chain(&self.update)
+            .filter_map(|c| match c {
+                Command::Dispatch(r) => Some(r.entry.clone()),
+                Command::Copy { .. } => None,
+            })
+            .collect()
+    }
+
+    /// One run: feeds written into the fixed inputs, the recorded commands
+    /// encoded, the outputs copied into fresh tensors; `step` counts from 1.
+    pub(crate) fn run(
+        &self,
+        ctx: &Arc<GpuContext>,
+        device: &Device,
+        feeds: &HashMap<&str, &Tensor>,
+        optimizer: Option<&Optimizer>,
+        step: u64,
+    ) -> Result<Vec<Tensor>> {
+        let mut host: Vec<(&wgpu::Buffer, Vec<u8>)> = Vec::new();
+        let mut copies_in = Vec::new();
+        for (name, fixed) in &self.inputs {
+            let feed = feeds[name.as_str()];
+            let dst = fixed.gpu_arg().expect("fixed inputs are GPU tensors").0;
+            match feed.gpu_arg() {
+                Some((src, bytes)) if feed.device().same(device) => {
+                    if bytes > 0 {
+                        copies_in.push(Command::Copy {
+                            src: src.clone(),
+                            src_off: 0,
+                            dst: dst.clone(),
+                            dst_off: 0,
+                            bytes: bytes.div_ceil(4) * 4,
+                        });
+                    }
+                }
+                _ => host.push((dst, host_bytes(feed)?)),
+            }
+        }
+        if let Some(opt) = optimizer {
+            for &(at, n) in &self.per_step {
+                if let Command::Dispatch(r) = &self.update[at] {
+                    let words = params_words(n, opt, step);
+                    host.push((&r.uniform, bytemuck::cast_slice(&words).to_vec()));
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(self.outputs.len());
+        let mut copies_out = Vec::new();
+        for o in &self.outputs {
+            let t = crate::ops::gpu_output(ctx, device, "run", o.shape(), o.dtype())?;
+            if let (Some((src, bytes)), Some((dst, _))) = (o.gpu_arg(), t.gpu_arg()) {
+                if bytes > 0 {
+                    copies_out.push(Command::Copy {
+                        src: src.clone(),
+                        src_off: 0,
+                        dst: dst.clone(),
+                        dst_off: 0,
+                        bytes: bytes.div_ceil(4) * 4,
+                    });
+                }
+            }
+            results.push(t);
+        }
+        let writes: Vec<(&wgpu::Buffer, &[u8])> =
+            host.iter().map(|(b, d)| (*b, d.as_slice())).collect();
+        let update: &[Command] = if optimizer.is_some() {
+            &self.update
+        } else {
+            &[]
+        };
+        ctx.replay(
+            "run",
+            &writes,
+            &[&copies_in, &self.commands, &copies_out, update],
+        )?;
+        Ok(results)
+    }
+}
+
+/// Whether updates may be fused (`WGRAD_FUSION=0` keeps one kernel per parameter).
+fn fuse_updates() -> bool {
+    !std::env::var(crate::executor::FUSION_ENV).is_ok_and(|v| v.trim() == "0")
+}
+
+/// Records a copy of `from`'s data over `to`'s (same size).
+fn copy_into(ctx: &GpuContext, from: &Tensor, to: &Tensor) {
+    if let (Some((src, bytes)), Some((dst, _))) = (from.gpu_arg(), to.gpu_arg()) {
+        if bytes > 0 {
+            ctx.copy(src, 0, dst, 0, bytes.div_ceil(4) * 4);
+        }
+    }
+}
+
+/// The bytes of a tensor's data, read from wherever it lives.
+fn host_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    Ok(match t.dtype() {
+        DType::F32 => bytemuck::cast_slice(&t.to_vec::<f32>()?).to_vec(),
+        DType::I32 => bytemuck::cast_slice(&t.to_vec::<i32>()?).to_vec(),
+        DType::U32 => bytemuck::cast_slice(&t.to_vec::<u32>()?).to_vec(),
+        DType::F16 => {
+            return Err(Error::DType {
+                op: "run",
+                got: "f16".into(),
+                expected: "f32, i32 or u32 feeds".into(),
+            })
+        }
+    })
+}

@@ -1,0 +1,128 @@
+//! The recorded GPU plan (src/plan.rs): a compiled graph's dispatches, slot
+//! buffers and bind groups are made once at compile time; runs replay them.
+//! Checks what a user can observe: dispatches per run as planned, slots reused,
+//! `param` snapshots that later runs do not change, `set_param` taking effect,
+//! and results equal to the CPU reference after several steps.
+
+mod common;
+
+use common::{assert_close, gpu, uniform};
+use wgrad::{Device, Graph, Init, Sgd, Tensor, Var};
+
+/// The benchmark's MLP 64-128-10 (ReLU), cross-entropy, at batch `batch`.
+fn mlp(batch: usize) -> (Graph, Var) {
+    let g = Graph::new();
+    let x = g.input("x", &[batch, 64]);
+    let y = g.input_i32("y", &[batch]);
+    let w1 = g.param("w1", &[64, 128], Init::KaimingNormal { seed: 1 });
+    let b1 = g.param("b1", &[128], Init::Constant(0.01));
+    let w2 = g.param("w2", &[128, 10], Init::XavierUniform { seed: 2 });
+    let b2 = g.param("b2", &[10], Init::Zeros);
+    let logits = x
+        .matmul(&w1)
+        .unwrap()
+        .add(&b1)
+        .unwrap()
+        .relu()
+        .unwrap()
+        .matmul(&w2)
+        .unwrap()
+        .add(&b2)
+        .unwrap();
+    let loss = logits.cross_entropy(&y).unwrap().mean().unwrap();
+    (g, loss)
+}
+
+fn feeds(dev: &Device, batch: usize, seed: u64) -> (Tensor, Tensor) {
+    let labels: Vec<i32> = (0..batch)
+        .map(|i| ((i * 7 + seed as usize) % 10) as i32)
+        .collect();
+    (
+        Tensor::from_slice(dev, &uniform(seed, batch * 64, -1.0, 1.0), &[batch, 64]).unwrap(),
+        Tensor::from_slice(dev, &labels, &[batch]).unwrap(),
+    )
+}
+
+#[test]
+fn recorded_steps_match_the_cpu_reference() {
+    if gpu().is_none() {
+        return;
+    }
+    let dev = Device::gpu().unwrap(); // its own dispatch counter
+    let cpu = Device::cpu();
+    for batch in [1usize, 255] {
+        let (g, loss) = mlp(batch);
+        let exe = dev.compile(&g, &[&loss], Sgd::new(0.1)).unwrap();
+        let reference = cpu.compile(&g, &[&loss], Sgd::new(0.1)).unwrap();
+        assert!(exe.is_recorded(), "the MLP step records on a GPU");
+        let entries = exe.dispatch_entries();
+        assert!(entries.iter().any(|e| e == "fused"), "{entries:?}");
+        assert!(entries.iter().any(|e| e == "sgd_fused"), "{entries:?}");
+        let plan = exe.plan();
+        assert_eq!(plan.dispatches, entries.len());
+        for step in 0..4u64 {
+            // Feeds from the host on even steps, from the GPU on odd ones.
+            let (x, y) = feeds(&cpu, batch, step);
+            let (xg, yg) = if step % 2 == 1 {
+                (x.to_device(&dev).unwrap(), y.to_device(&dev).unwrap())
+            } else {
+                (x.clone(), y.clone())
+            };
+            let d0 = dev.dispatch_count();
+            let got = exe.run(&[("x", &xg), ("y", &yg)]).unwrap()[0]
+                .item()
+                .unwrap();
+            assert_eq!(dev.dispatch_count() - d0, plan.dispatches as u64);
+            let want = reference.run(&[("x", &x), ("y", &y)]).unwrap()[0]
+                .item()
+                .unwrap();
+            assert_close(
+                &format!("loss b{batch} step {step}"),
+                &[got],
+                &[want],
+                1e-4,
+                1e-4,
+            );
+        }
+        for name in ["w1", "b1", "w2", "b2"] {
+            let got = exe.param(name).unwrap().to_vec::<f32>().unwrap();
+            let want = reference.param(name).unwrap().to_vec::<f32>().unwrap();
+            assert_close(&format!("{name} b{batch}"), &got, &want, 1e-4, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn params_are_snapshots_and_set_param_takes_effect() {
+    let Some(dev) = gpu() else { return };
+    let (g, loss) = mlp(8);
+    let exe = dev.compile(&g, &[&loss], Sgd::new(0.5)).unwrap();
+    let (x, y) = feeds(&dev, 8, 3);
+    let before = exe.param("b2").unwrap();
+    let kept = before.to_vec::<f32>().unwrap();
+    exe.run(&[("x", &x), ("y", &y)]).unwrap()[0].item().unwrap();
+    assert_eq!(
+        before.to_vec::<f32>().unwrap(),
+        kept,
+        "a run changed a snapshot"
+    );
+    assert_ne!(
+        exe.param("b2").unwrap().to_vec::<f32>().unwrap(),
+        kept,
+        "b2 trained"
+    );
+    let fixed: Vec<f32> = (0..10).map(|i| i as f32).collect();
+    exe.set_param("b2", &Tensor::from_slice(&dev, &fixed, &[10]).unwrap())
+        .unwrap();
+    assert_eq!(exe.param("b2").unwrap().to_vec::<f32>().unwrap(), fixed);
+}
+
+#[test]
+fn slots_are_reused_across_the_plan() {
+    let Some(dev) = gpu() else { return };
+    let (g, loss) = mlp(256);
+    let exe = dev.compile(&g, &[&loss], Sgd::new(0.1)).unwrap();
+    let plan = exe.plan();
+    assert!(plan.slot_bytes > 0, "{plan:?}");
+    assert!(plan.slot_bytes < plan.unplanned_bytes, "{plan:?}");
+}
