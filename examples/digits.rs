@@ -17,11 +17,9 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use wgrad::nn::{
-    load_params, save_params, Activation, BatchNorm2d, Conv2dLayer, Dropout, Flatten, Linear,
-    Module, Sequential,
-};
-use wgrad::{Conv2d, Device, Executor, Graph, Optimizer, Rng, Tensor, Var};
+use wgrad::nn::models::digits_cnn;
+use wgrad::nn::{load_params, save_params, Module, Sequential};
+use wgrad::{Device, Executor, Graph, Optimizer, Rng, Tensor, Var};
 
 const DIGITS_CSV: &str = include_str!("data/digits.csv");
 const TEST_SIZE: usize = 360;
@@ -45,37 +43,11 @@ fn load_digits() -> Result<(Vec<f32>, Vec<i32>)> {
     Ok((xs, ys))
 }
 
-/// conv 3x3 (1→16, pad 1) → batch norm → ReLU → conv 3x3 (16→32, stride 2, pad 1)
-/// → batch norm → ReLU → flatten (32·4·4) → dropout 0.2 → linear → 10 logits, for a
-/// batch of `n`, in training or evaluation mode.
+/// The digits CNN ([`wgrad::nn::models::digits_cnn`]) for a batch of `n`, in training
+/// or evaluation mode, with its softmax cross-entropy loss.
 fn network(n: usize, training: bool) -> wgrad::Result<(Graph, Sequential, Var, Var)> {
     let g = Graph::new();
-    let model = Sequential::new(vec![
-        Box::new(Conv2dLayer::new(
-            &g,
-            "conv1",
-            1,
-            16,
-            Conv2d::new(3, 3).padding(1),
-            1,
-        )),
-        Box::new(BatchNorm2d::new(&g, "bn1", 16, 1e-5)),
-        Box::new(Activation::Relu),
-        Box::new(Conv2dLayer::new(
-            &g,
-            "conv2",
-            16,
-            32,
-            Conv2d::new(3, 3).stride(2).padding(1),
-            2,
-        )),
-        Box::new(BatchNorm2d::new(&g, "bn2", 32, 1e-5)),
-        Box::new(Activation::Relu),
-        Box::new(Flatten),
-        Box::new(Dropout::new(&g, "drop", 0.2, 4)?),
-        Box::new(Linear::new(&g, "fc", 32 * 4 * 4, 10, 3)),
-    ]);
-    model.set_training(training);
+    let model = digits_cnn(&g, training)?;
     let logits = model.forward(&g.input("x", &[n, 1, 8, 8]))?;
     let loss = logits.cross_entropy(&g.input_i32("y", &[n]))?.mean()?;
     Ok((g, model, logits, loss))

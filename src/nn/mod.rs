@@ -20,6 +20,7 @@
 //! ```
 
 mod functional;
+pub mod models;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -335,10 +335,12 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
     }
     // Whole steps through the graph executor, with their own extra fields.
     type Step = fn(&Device, &'static str, String) -> anyhow::Result<Figure>;
-    let steps: [(&str, Step); 3] = [
+    let steps: [(&str, Step); 5] = [
         ("mlp_step", mlp_step),
         ("conv2d_fwd_bwd", conv2d_step),
         ("attention_fwd_bwd", attention_step),
+        ("digits_epoch", digits_epoch),
+        ("cold_start", cold_start),
     ];
     for (name, f) in steps {
         if !wanted(name) {
@@ -422,11 +424,13 @@ fn attention_step(dev: &Device, device: &'static str, adapter: String) -> anyhow
     })
 }
 
-/// One training step of an MLP 64-128-10 (ReLU), batch 256, softmax
-/// cross-entropy, SGD: forward, backward and update, reading back the loss.
-fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Result<Figure> {
-    use wgrad::{Graph, Init, Sgd};
-    let (batch, d_in, hidden, classes) = (256usize, 64usize, 128usize, 10usize);
+/// Batch, input, hidden and class sizes of the benchmark MLP.
+const MLP: (usize, usize, usize, usize) = (256, 64, 128, 10);
+
+/// The benchmark MLP 64-128-10 (ReLU), batch 256, and its mean softmax cross-entropy.
+fn mlp_graph() -> wgrad::Result<(wgrad::Graph, wgrad::Var)> {
+    use wgrad::{Graph, Init};
+    let (batch, d_in, hidden, classes) = MLP;
     let g = Graph::new();
     let x = g.input("x", &[batch, d_in]);
     let y = g.input_i32("y", &[batch]);
@@ -436,6 +440,107 @@ fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Resu
     let b2 = g.param("b2", &[classes], Init::Zeros);
     let logits = x.matmul(&w1)?.add(&b1)?.relu()?.matmul(&w2)?.add(&b2)?;
     let loss = logits.cross_entropy(&y)?.mean()?;
+    Ok((g, loss))
+}
+
+/// Seeded feeds for the benchmark MLP on `dev`.
+fn mlp_feeds(dev: &Device) -> wgrad::Result<(Tensor, Tensor)> {
+    let (batch, d_in, _, classes) = MLP;
+    let mut rng = Rng::new(7);
+    let xt = Tensor::from_slice(
+        dev,
+        &rng.vec_uniform(batch * d_in, -1.0, 1.0),
+        &[batch, d_in],
+    )?;
+    let labels: Vec<i32> = (0..batch).map(|_| rng.below(classes) as i32).collect();
+    Ok((xt, Tensor::from_slice(dev, &labels, &[batch])?))
+}
+
+/// Cold start: a new device (no pipelines in this process), the MLP step compiled and
+/// its first step run and read back. Fully cold only with the driver's shader cache
+/// and wgrad's autotune cache empty (e.g. `MESA_SHADER_CACHE_DISABLE=true
+/// XDG_CACHE_HOME=$(mktemp -d)`); the figure says which caches it could not rule out.
+fn cold_start(dev: &Device, device: &'static str, adapter: String) -> anyhow::Result<Figure> {
+    use wgrad::Sgd;
+    let t0 = Instant::now();
+    let fresh = if dev.is_gpu() {
+        Device::gpu()?
+    } else {
+        Device::cpu()
+    };
+    let device_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (g, loss) = mlp_graph()?;
+    let exe = fresh.compile(&g, &[&loss], Sgd::new(0.05))?;
+    let compile_ms = t0.elapsed().as_secs_f64() * 1e3 - device_ms;
+    let (xt, yt) = mlp_feeds(&fresh)?;
+    exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (batch, d_in, hidden, classes) = MLP;
+    let mesa_cache_off = std::env::var("MESA_SHADER_CACHE_DISABLE").is_ok_and(|v| v == "true");
+    Ok(Figure {
+        op: "cold_start",
+        shape: vec![batch, d_in, hidden, classes],
+        device,
+        adapter,
+        ms,
+        rate: ("first_steps_per_s", 1e3 / ms),
+        extra: vec![
+            ("device_ms", device_ms),
+            ("compile_ms", compile_ms),
+            ("first_step_ms", ms - device_ms - compile_ms),
+            ("mesa_shader_cache_disabled", mesa_cache_off as u8 as f64),
+        ],
+        roof: None,
+    })
+}
+
+/// One training epoch of the digits example's CNN ([`wgrad::nn::models::digits_cnn`]):
+/// 22 Adam steps of batch 64 (the example's 1,437 training images in whole batches),
+/// on seeded random images of the same shape.
+fn digits_epoch(dev: &Device, device: &'static str, adapter: String) -> anyhow::Result<Figure> {
+    use wgrad::nn::Module;
+    let (batch, steps) = (64usize, 1437 / 64);
+    let g = wgrad::Graph::new();
+    let model = wgrad::nn::models::digits_cnn(&g, true)?;
+    let logits = model.forward(&g.input("x", &[batch, 1, 8, 8]))?;
+    let loss = logits.cross_entropy(&g.input_i32("y", &[batch]))?.mean()?;
+    let exe = dev.compile(&g, &[&loss], wgrad::Optimizer::adam(3e-3))?;
+    let mut rng = Rng::new(5);
+    let xt = Tensor::from_slice(
+        dev,
+        &rng.vec_uniform(batch * 64, 0.0, 1.0),
+        &[batch, 1, 8, 8],
+    )?;
+    let labels: Vec<i32> = (0..batch).map(|_| rng.below(10) as i32).collect();
+    let yt = Tensor::from_slice(dev, &labels, &[batch])?;
+    let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?) };
+    step()?; // warm: pipelines compiled, pool filled
+    let (d0, t0) = (dev.dispatch_count(), Instant::now());
+    for _ in 0..steps {
+        step()?;
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    Ok(Figure {
+        op: "digits_epoch",
+        shape: vec![steps * batch, 1, 8, 8],
+        device,
+        adapter,
+        ms,
+        rate: ("epochs_per_s", 1e3 / ms),
+        extra: vec![(
+            "dispatches_per_step",
+            (dev.dispatch_count() - d0) as f64 / steps as f64,
+        )],
+        roof: None,
+    })
+}
+
+/// One training step of the benchmark MLP, SGD: forward, backward and update,
+/// reading back the loss.
+fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Result<Figure> {
+    use wgrad::Sgd;
+    let (batch, d_in, hidden, classes) = MLP;
+    let (g, loss) = mlp_graph()?;
     // The same step compiled without fusion, for its dispatch count (before/after).
     let unfused = if dev.is_gpu() {
         let saved = std::env::var_os(wgrad::executor::FUSION_ENV);
@@ -450,14 +555,7 @@ fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Resu
         0
     };
     let exe = dev.compile(&g, &[&loss], Sgd::new(0.05))?;
-    let mut rng = Rng::new(7);
-    let xt = Tensor::from_slice(
-        dev,
-        &rng.vec_uniform(batch * d_in, -1.0, 1.0),
-        &[batch, d_in],
-    )?;
-    let labels: Vec<i32> = (0..batch).map(|_| rng.below(classes) as i32).collect();
-    let yt = Tensor::from_slice(dev, &labels, &[batch])?;
+    let (xt, yt) = mlp_feeds(dev)?;
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?) };
     step()?; // warm: pipelines compiled, pool filled
     let (submits0, dispatches0, t0) = (dev.submit_count(), dev.dispatch_count(), Instant::now());
