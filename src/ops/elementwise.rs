@@ -212,6 +212,30 @@ impl BinaryOp {
     }
 }
 
+/// CPU reference of `a (op) b` over the broadcast shape `out_shape`, with each
+/// operand's strides in that shape (0 where it is stretched), in f64.
+pub(crate) fn binary_reference(
+    op: BinaryOp,
+    a: &[f64],
+    b: &[f64],
+    out_shape: &[usize],
+    (sa, sb): (&[usize], &[usize]),
+) -> Vec<f64> {
+    let ostr = contiguous_strides(out_shape);
+    let n: usize = out_shape.iter().product();
+    (0..n)
+        .map(|i| {
+            let (mut ia, mut ib) = (0, 0);
+            for d in 0..out_shape.len() {
+                let c = (i / ostr[d]) % out_shape[d];
+                ia += c * sa[d];
+                ib += c * sb[d];
+            }
+            op.eval(a[ia], b[ib])
+        })
+        .collect()
+}
+
 impl Tensor {
     /// Applies a unary op to every element.
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
@@ -267,18 +291,7 @@ impl Tensor {
         match &self.device().inner {
             DeviceInner::Cpu => {
                 let (a, b) = (self.host_f64(), other.host_f64());
-                let ostr = contiguous_strides(&out_shape);
-                let out = (0..n)
-                    .map(|i| {
-                        let (mut ia, mut ib) = (0, 0);
-                        for d in 0..out_shape.len() {
-                            let c = (i / ostr[d]) % out_shape[d];
-                            ia += c * sa[d];
-                            ib += c * sb[d];
-                        }
-                        op.eval(a[ia], b[ib])
-                    })
-                    .collect();
+                let out = binary_reference(op, &a, &b, &out_shape, (&sa, &sb));
                 Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {

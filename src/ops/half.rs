@@ -19,10 +19,10 @@ use half::f16;
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Kernel};
-use crate::ops::elementwise::{BinaryOp, UnaryOp};
+use crate::ops::elementwise::{binary_reference, BinaryOp, UnaryOp};
 use crate::ops::matmul::{matmul_forward, MatmulPlan};
 use crate::ops::{gpu_output, grid_1d, pack_dims};
-use crate::shape::{broadcast_shapes, broadcast_strides, check_rank, contiguous_strides};
+use crate::shape::{broadcast_shapes, broadcast_strides, check_rank};
 use crate::tensor::Tensor;
 use crate::DType;
 
@@ -221,18 +221,7 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     let n: usize = out_shape.iter().product();
     let Some(ctx) = f16_ctx(a, name)? else {
         let (av, bv) = (host_f16(a)?, host_f16(b)?);
-        let ostr = contiguous_strides(&out_shape);
-        let v = (0..n)
-            .map(|i| {
-                let (mut ia, mut ib) = (0, 0);
-                for d in 0..out_shape.len() {
-                    let c = (i / ostr[d]) % out_shape[d];
-                    ia += c * sa[d];
-                    ib += c * sb[d];
-                }
-                op.eval(av[ia], bv[ib])
-            })
-            .collect();
+        let v = binary_reference(op, &av, &bv, &out_shape, (&sa, &sb));
         return cpu_f16(a, &out_shape, v);
     };
     let out = gpu_output(ctx, a.device(), name, &out_shape, DType::F16)?;
