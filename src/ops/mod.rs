@@ -20,7 +20,8 @@ use crate::error::Result;
 use crate::gpu::{GpuContext, WG_1D};
 use crate::tensor::{Storage, Tensor};
 
-/// A fresh GPU tensor of `shape` for an op's output (contents undefined until written).
+/// A fresh GPU tensor of `shape` for an op's output (contents undefined until written),
+/// refused unless it fits one storage binding.
 pub(crate) fn gpu_output(
     ctx: &Arc<GpuContext>,
     device: &Device,
@@ -28,15 +29,7 @@ pub(crate) fn gpu_output(
     shape: &[usize],
     dtype: DType,
 ) -> Result<Tensor> {
-    let bytes = (crate::shape::checked_numel(op, shape)? * dtype.size()) as u64;
-    ctx.check_binding(op, shape, bytes)?;
-    let buf = ctx.try_alloc(op, bytes)?;
-    Ok(Tensor::from_storage(
-        device,
-        shape,
-        dtype,
-        Storage::Gpu(Arc::new(buf)),
-    ))
+    output(ctx, device, op, shape, dtype, true)
 }
 
 /// [`gpu_output`] for the ops that handle tensors past the binding limit (see
@@ -48,8 +41,23 @@ pub(crate) fn gpu_output_big(
     shape: &[usize],
     dtype: DType,
 ) -> Result<Tensor> {
+    output(ctx, device, op, shape, dtype, false)
+}
+
+fn output(
+    ctx: &Arc<GpuContext>,
+    device: &Device,
+    op: &'static str,
+    shape: &[usize],
+    dtype: DType,
+    one_binding: bool,
+) -> Result<Tensor> {
     let bytes = (crate::shape::checked_numel(op, shape)? * dtype.size()) as u64;
-    ctx.check_buffer(op, shape, bytes)?;
+    if one_binding {
+        ctx.check_binding(op, shape, bytes)?;
+    } else {
+        ctx.check_buffer(op, shape, bytes)?;
+    }
     let buf = ctx.try_alloc(op, bytes)?;
     Ok(Tensor::from_storage(
         device,
