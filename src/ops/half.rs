@@ -152,22 +152,15 @@ pub(crate) fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
         let v = host_f16(x)?.into_iter().map(|v| op.eval(v)).collect();
         return cpu_f16(x, x.shape(), v);
     };
-    let n = x.numel();
-    let out = gpu_output(ctx, x.device(), name, x.shape(), DType::F16)?;
-    if n > 0 {
-        let bufs = [padded(x), padded(&out)];
-        let constants = [("OP", op.code() as f64)];
-        let grid = pairs_grid(ctx, n);
-        ctx.dispatch(
-            &elementwise_f16(),
-            "unary_f16",
-            &constants,
-            &[n as u32],
-            &bufs,
-            grid,
-        )?;
-    }
-    Ok(out)
+    let params = [x.numel() as u32];
+    pairs_op(
+        ctx,
+        name,
+        x.shape(),
+        ("unary_f16", op.code()),
+        &params,
+        &[x],
+    )
 }
 
 /// `x (op) s`, or `s (op) x` with `scalar_lhs`, on an f16 tensor (`s` is f32).
@@ -187,23 +180,15 @@ pub(crate) fn scalar(x: &Tensor, op: BinaryOp, s: f32, scalar_lhs: bool) -> Resu
             .collect();
         return cpu_f16(x, x.shape(), v);
     };
-    let n = x.numel();
-    let out = gpu_output(ctx, x.device(), name, x.shape(), DType::F16)?;
-    if n > 0 {
-        let params = [n as u32, 0, s.to_bits(), scalar_lhs as u32];
-        let bufs = [padded(x), padded(&out)];
-        let constants = [("OP", op.code() as f64)];
-        let grid = pairs_grid(ctx, n);
-        ctx.dispatch(
-            &elementwise_f16(),
-            "scalar_f16",
-            &constants,
-            &params,
-            &bufs,
-            grid,
-        )?;
-    }
-    Ok(out)
+    let params = [x.numel() as u32, 0, s.to_bits(), scalar_lhs as u32];
+    pairs_op(
+        ctx,
+        name,
+        x.shape(),
+        ("scalar_f16", op.code()),
+        &params,
+        &[x],
+    )
 }
 
 /// `a (op) b` with NumPy broadcasting on f16 tensors.
@@ -224,23 +209,37 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
         let v = binary_reference(op, &av, &bv, &out_shape, (&sa, &sb));
         return cpu_f16(a, &out_shape, v);
     };
-    let out = gpu_output(ctx, a.device(), name, &out_shape, DType::F16)?;
-    if n > 0 {
-        let mut params = vec![n as u32, out_shape.len() as u32, 0, 0];
-        params.extend(pack_dims(&out_shape));
-        params.extend(pack_dims(&sa));
-        params.extend(pack_dims(&sb));
-        let bufs = [padded(a), padded(b), padded(&out)];
-        let constants = [("OP", op.code() as f64)];
-        let grid = pairs_grid(ctx, n);
-        ctx.dispatch(
-            &elementwise_f16(),
-            "binary_f16",
-            &constants,
-            &params,
-            &bufs,
-            grid,
-        )?;
+    let mut params = vec![n as u32, out_shape.len() as u32, 0, 0];
+    params.extend(pack_dims(&out_shape));
+    params.extend(pack_dims(&sa));
+    params.extend(pack_dims(&sb));
+    pairs_op(
+        ctx,
+        name,
+        &out_shape,
+        ("binary_f16", op.code()),
+        &params,
+        &[a, b],
+    )
+}
+
+/// Runs an element-wise f16 entry (`entry`, with override OP = `code`) over `inputs`
+/// into a new f16 tensor of `shape`, one invocation per pair of elements.
+fn pairs_op(
+    ctx: &Arc<GpuContext>,
+    name: &'static str,
+    shape: &[usize],
+    (entry, code): (&str, u32),
+    params: &[u32],
+    inputs: &[&Tensor],
+) -> Result<Tensor> {
+    let out = gpu_output(ctx, inputs[0].device(), name, shape, DType::F16)?;
+    if out.numel() > 0 {
+        let mut bufs: Vec<_> = inputs.iter().map(|t| padded(t)).collect();
+        bufs.push(padded(&out));
+        let constants = [("OP", code as f64)];
+        let grid = pairs_grid(ctx, out.numel());
+        ctx.dispatch(&elementwise_f16(), entry, &constants, params, &bufs, grid)?;
     }
     Ok(out)
 }
