@@ -1,0 +1,35 @@
+//! Saving and loading a compiled model's parameters (and state) by name as safetensors.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+
+/// Saves the named parameters (and state, see [`Module::saved_names`]) of a compiled
+/// model as safetensors.
+pub fn save_params(exe: &Executor, names: &[String], path: impl AsRef<Path>) -> Result<()> {
+    let values: Vec<(&str, crate::Tensor)> = names
+        .iter()
+        .map(|n| Ok((n.as_str(), exe.param(n)?)))
+        .collect::<Result<_>>()?;
+    let refs: Vec<(&str, &crate::Tensor)> = values.iter().map(|(n, t)| (*n, t)).collect();
+    crate::io::save_safetensors(path, &refs)
+}
+
+/// Loads parameters (and state) by name from a safetensors file into a compiled model; every
+/// name in `names` must be present with the right shape.
+pub fn load_params(exe: &Executor, names: &[String], path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let loaded = crate::io::load_safetensors(path, exe.device())?;
+    for name in names {
+        let (_, value) = loaded
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| Error::Invalid {
+                op: "load_params",
+                detail: format!("{}: no tensor named {name:?}", path.display()),
+            })?;
+        exe.set_param(name, value)?;
+    }
+    Ok(())
+}
