@@ -23,6 +23,9 @@ use crate::tensor::Tensor;
 /// Most time one shape class may spend being tuned.
 pub const BUDGET: Duration = Duration::from_millis(250);
 
+/// Multiply-adds up to which a product on a CPU adapter is "small" (see `matmul_variant`).
+const SMALL_PRODUCT: usize = 1 << 23;
+
 /// Products whose first run takes longer than this keep the default kernel.
 const MAX_RUN: Duration = Duration::from_millis(40);
 
@@ -106,6 +109,18 @@ pub(crate) fn matmul_variant(
     };
     if requested != MatmulVariant::Auto || pinned {
         return requested;
+    }
+    // Small products on CPU adapters take the register-blocked kernel untuned: its
+    // pipeline compiles in ~0.1 s where the subgroup kernel's takes ~3.5 s cold (LLVM
+    // unrolling 16x16 outputs per lane), and at this size the two run within noise of
+    // each other (MLP 64-128-10 step on lavapipe: 2.7-4.8 ms subgroup, 3.4-5.0 ms
+    // blocked). This is what keeps a cold first training step to seconds, not tens.
+    if ctx.info.device_type == wgpu::DeviceType::Cpu
+        && MatmulVariant::RegisterBlocked.resolve(a.device()).is_ok()
+        && crate::ops::matmul::MatmulPlan::new(a.shape(), b.shape(), ta, tb)
+            .is_ok_and(|p| p.batch() * p.m * p.n * p.k <= SMALL_PRODUCT)
+    {
+        return MatmulVariant::RegisterBlocked;
     }
     let key = format!(
         "{}\t{}\t{}",
