@@ -4,7 +4,9 @@
 // split over x/y/z when it exceeds 65535 workgroups per dimension):
 //   unary_forward             out[i] = f(x[i])                      f chosen by override OP
 //   binary_forward            out[i] = g(a[i], b[i])                same shape
-//   binary_broadcast_forward  out[i] = g(a[bcast(i)], b[bcast(i)])  NumPy broadcasting
+//   binary_broadcast_forward  out[i] = g(a[bcast(i)], b[bcast(i)])  NumPy broadcasting, any rank
+//   binary_broadcast3_forward the same over a shape merged to rank <= 3, RUN elements
+//                             per invocation (one index decomposition per run)
 //   scalar_forward            out[i] = g(x[i], s) or g(s, x[i])     scalar operand
 // The op is a pipeline-overridable constant, so each (entry, OP) pipeline is
 // specialised and the switch folds away. A tensor past one storage binding is run as
@@ -12,6 +14,9 @@
 // the window's elements and, for the broadcast entry, `offsets` places the window.
 
 override OP: u32 = 0u;
+// binary_broadcast3_forward: consecutive output elements per invocation (divides the
+// innermost merged dim and every window start, so a run never leaves its row).
+override RUN: u32 = 1u;
 
 struct Params {
     n: u32,           // number of output elements
@@ -185,4 +190,32 @@ fn binary_broadcast_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
         ib = ib + coord * dim_at(params.b_strides, u32(d));
     }
     out3[i] = binary_op(a[ia - params.offsets.y], b[ib - params.offsets.z]);
+}
+
+// Broadcasting over a shape merged on the host to (d0, d1, d2) = dims[0].xyz (adjacent
+// dims whose a- and b-strides both chain are one dim; padded with leading 1s). The
+// generic entry's per-dim loop of `%` and `/` with dynamically indexed uniforms costs
+// ~10x a same-shape add on lavapipe (integer division is scalarised); here an
+// invocation pays two divisions for RUN elements and steps along the row by the
+// innermost strides. Same binary_op, so results are bit-identical to the generic entry.
+@compute @workgroup_size(256)
+fn binary_broadcast3_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid) * RUN;
+    if (i >= params.n) { return; }
+    let d = params.dims[0];
+    let sa = params.a_strides[0];
+    let sb = params.b_strides[0];
+    let e = params.offsets.x + i;
+    let row = e / d.z;
+    let c2 = e - row * d.z;
+    let c0 = row / d.y;
+    let c1 = row - c0 * d.y;
+    var ia = c0 * sa.x + c1 * sa.y + c2 * sa.z - params.offsets.y;
+    var ib = c0 * sb.x + c1 * sb.y + c2 * sb.z - params.offsets.z;
+    for (var k = 0u; k < RUN; k = k + 1u) {
+        out3[i + k] = binary_op(a[ia], b[ib]);
+        ia = ia + sa.z;
+        ib = ib + sb.z;
+    }
 }

@@ -201,3 +201,100 @@ fn empty_tensors_pass_through() {
         assert!(a.exp().unwrap().to_vec::<f32>().unwrap().is_empty());
     }
 }
+
+/// Broadcast shape pairs covering the merged fast path (rank <= 3 after folding dims:
+/// row bias, per-channel bias, column bias, scalar-like operands, runs of 8/4/2/1 along
+/// the innermost dim) and the generic path (patterns that stay rank > 3), ranks 1..6,
+/// size-1 dims everywhere, 255/257 sizes.
+const BROADCAST_PAIRS: [(&[usize], &[usize]); 22] = [
+    (&[1024, 64], &[64]),                       // row bias, run 8
+    (&[4, 16, 8, 8], &[1, 16, 1, 1]),           // per-channel bias -> (4, 16, 64)
+    (&[3, 5, 7, 7], &[5, 1, 1]),                // per-channel, odd inner dim 49
+    (&[33, 20], &[33, 1]),                      // column bias, run 4
+    (&[257, 6], &[6]),                          // run 2
+    (&[3, 255], &[255]),                        // odd inner, run 1
+    (&[257], &[1]),                             // scalar-like
+    (&[2, 3, 4], &[1]),                         // scalar-like on rank 3 -> rank 1
+    (&[1], &[1, 1, 1, 1, 1, 1]),                // all size 1, rank 6
+    (&[5, 1, 4], &[1, 3, 1]),                   // outer product-like
+    (&[255, 1], &[1, 257]),                     // outer product, 255 x 257
+    (&[2, 1, 3, 1, 2], &[1, 3, 1, 2, 1]),       // alternating: stays rank 5 (generic path)
+    (&[2, 3, 1, 4, 5, 2], &[3, 1, 5, 1]),       // rank 6
+    (&[1, 2, 1, 3, 1, 4], &[2, 1, 3, 1, 4, 1]), // rank 6, alternating 1s
+    (&[6, 1, 1, 8], &[1, 7, 1, 8]),
+    (&[2, 2, 2, 2], &[2, 1, 2, 1]), // generic rank 4 after merging
+    (&[16, 1], &[16, 16]),
+    (&[1, 1, 9], &[4, 3, 1]),
+    (&[8, 8, 8], &[8, 1, 8]), // middle dim stretched
+    (&[7, 9], &[7, 9]),       // same shape (same-shape entry, for completeness)
+    (&[4, 1, 16], &[4, 16]),  // trailing alignment with a size-1 middle dim
+    (&[], &[5, 4]),           // a 0-d operand
+];
+
+/// Bit-exact comparison: the broadcast kernels call the same `binary_op` as the
+/// same-shape kernel, and + · max of two f32s computed in f64 round to exactly the f32
+/// result, so the GPU must match the CPU reference bit for bit.
+fn assert_bits_equal(label: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.shape(), want.shape(), "{label}: shape");
+    let g = got.to_vec::<f32>().expect("read back GPU result");
+    let w = want.to_vec::<f32>().expect("read CPU reference");
+    assert_close(label, &g, &w, 0.0, 0.0);
+    let first_diff = g
+        .iter()
+        .zip(&w)
+        .position(|(x, y)| x.to_bits() != y.to_bits());
+    assert_eq!(first_diff, None, "{label}: bits differ");
+}
+
+#[test]
+fn broadcast_fast_paths_are_bit_exact_in_both_operand_orders() {
+    let Some(dev) = gpu() else { return };
+    for (k, (sa, sb)) in BROADCAST_PAIRS.into_iter().enumerate() {
+        let na: usize = sa.iter().product();
+        let nb: usize = sb.iter().product();
+        let a = uniform(900 + k as u64, na, -4.0, 4.0);
+        let b = uniform(950 + k as u64, nb, -4.0, 4.0);
+        let (ga, ca) = pair(&dev, &a, sa);
+        let (gb, cb) = pair(&dev, &b, sb);
+        for op in [
+            BinaryOp::Add,
+            BinaryOp::Mul,
+            BinaryOp::Maximum,
+            BinaryOp::Sub,
+        ] {
+            // Both orders: the stretched operand on the left and on the right.
+            let label = format!("{} {sa:?} {sb:?}", op.name());
+            assert_bits_equal(
+                &label,
+                &ga.binary(&gb, op).unwrap(),
+                &ca.binary(&cb, op).unwrap(),
+            );
+            let label = format!("{} {sb:?} {sa:?}", op.name());
+            assert_bits_equal(
+                &label,
+                &gb.binary(&ga, op).unwrap(),
+                &cb.binary(&ca, op).unwrap(),
+            );
+        }
+    }
+}
+
+#[test]
+fn broadcast_matches_the_same_shape_kernel_on_materialised_operands() {
+    // An independent GPU route: broadcast_to (a strided copy) then the same-shape entry.
+    let Some(dev) = gpu() else { return };
+    for (k, (sa, sb)) in BROADCAST_PAIRS.into_iter().enumerate() {
+        let na: usize = sa.iter().product();
+        let nb: usize = sb.iter().product();
+        let ga = Tensor::from_slice(&dev, &uniform(700 + k as u64, na, -4.0, 4.0), sa).unwrap();
+        let gb = Tensor::from_slice(&dev, &uniform(750 + k as u64, nb, -4.0, 4.0), sb).unwrap();
+        let out = ga.add(&gb).unwrap();
+        let full = out.shape().to_vec();
+        let want = ga
+            .broadcast_to(&full)
+            .unwrap()
+            .add(&gb.broadcast_to(&full).unwrap())
+            .unwrap();
+        assert_bits_equal(&format!("add {sa:?} {sb:?}"), &out, &want);
+    }
+}

@@ -212,6 +212,23 @@ fn cases() -> Vec<Case> {
             }),
         ));
     }
+    // Broadcasting adds: a bias per row and a per-channel (NCHW) bias. Bytes: both
+    // operands read once and the output written.
+    let broadcasts: [(&[usize], &[usize]); 2] =
+        [(&[4096, 1024], &[1024]), (&[64, 16, 8, 8], &[1, 16, 1, 1])];
+    for (sa, sb) in broadcasts {
+        let (na, nb) = (sa.iter().product::<usize>(), sb.iter().product::<usize>());
+        v.push((
+            "add_broadcast",
+            [sa, sb].concat(),
+            Box::new(move |dev| {
+                let a = Tensor::from_slice(dev, &Rng::new(10).vec_uniform(na, 0.0, 1.0), sa)?;
+                let b = Tensor::from_slice(dev, &Rng::new(11).vec_uniform(nb, 0.0, 1.0), sb)?;
+                let ms = time_ms(dev, || a.add(&b))?;
+                Ok((ms, ("gbps", ((2 * na + nb) * 4) as f64 / (ms * 1e6))))
+            }),
+        ));
+    }
     v
 }
 
