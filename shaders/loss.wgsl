@@ -3,7 +3,7 @@
 // Logits are viewed as (rows, classes); labels are i32, one per row. Stable: every
 // exponent is relative to the row maximum, found with the sum by the online rule
 // (see softmax.wgsl); a row holding +inf or NaN gives NaN. A label outside 0..classes
-// gives NaN for that row and is reported in the device's status words, so the next
+// gives NaN for that row and is reported in the recording thread's status words, so its next
 // readback returns the same error the CPU reference gives at once.
 //
 // Entry points (workgroup size 64, one row or one element per invocation, grid split
@@ -24,7 +24,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> lse_out: array<f32>; // lse pass: (rows)
 @group(0) @binding(3) var<storage, read> lse: array<f32>;           // backward: (rows)
 @group(0) @binding(4) var<storage, read> g: array<f32>;             // backward: (rows) upstream
-// Forward and lse pass: the device's status words (src/gpu/mod.rs, STATUS_BYTES); a bad
+// Forward and lse pass: the recording thread's status words (src/gpu/mod.rs, STATUS_BYTES); a bad
 // label is reported there as code 1 with the label and the class count.
 @group(0) @binding(4) var<storage, read_write> status: array<atomic<u32>, 4>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;      // backward: (rows, classes)

@@ -171,3 +171,26 @@ fn bad_input_is_a_typed_error() {
         dev.synchronize().unwrap();
     }
 }
+
+#[test]
+fn a_bad_label_is_reported_to_the_thread_that_recorded_it() {
+    let Some(dev) = gpu() else { return };
+    let bad = std::thread::spawn({
+        let dev = dev.clone();
+        move || {
+            let x = Tensor::zeros(&dev, &[2, 3]).unwrap();
+            let labels = Tensor::from_slice(&dev, &[0i32, 7], &[2]).unwrap();
+            let loss = x.cross_entropy(&labels).unwrap();
+            // Let another thread read back meanwhile: it must not get this error.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            loss.to_vec::<f32>().unwrap_err()
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    for _ in 0..5 {
+        let y = Tensor::full(&dev, 2.0, &[4]).unwrap().sum().unwrap();
+        assert_eq!(y.item().unwrap(), 8.0);
+    }
+    let e = bad.join().unwrap();
+    assert!(e.to_string().contains("label 7 outside 0..3"), "{e}");
+}

@@ -26,9 +26,10 @@ pub(crate) struct Kernel {
     pub source: &'static str,
 }
 
-/// Bytes of the device's status words, which kernels set when they meet data they cannot
+/// Bytes of a thread's status words, which kernels set when they meet data they cannot
 /// compute with (a class label out of range): word 0 = what happened (a `STATUS_*` code),
-/// words 1.. = its details. Read back and cleared with every readback.
+/// words 1.. = its details. Each thread has its own (an op reports to the thread that
+/// recorded it); read back and cleared with every readback that thread makes.
 pub(crate) const STATUS_BYTES: u64 = 16;
 
 /// Status code: a cross-entropy label outside 0..classes (word 1: the label, word 2: classes).
@@ -130,8 +131,8 @@ pub(crate) struct GpuContext {
     /// max_storage_buffer_binding_size, or less when a test lowers it to drive
     /// the chunked big-tensor paths with small tensors.
     binding_limit: AtomicU64,
-    /// See [`STATUS_BYTES`].
-    status: wgpu::Buffer,
+    /// Each thread's status words (see [`STATUS_BYTES`]), made on first use.
+    status: Mutex<HashMap<std::thread::ThreadId, wgpu::Buffer>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -190,14 +191,6 @@ impl GpuContext {
             reason,
         };
         let binding_limit = AtomicU64::new(limits.max_storage_buffer_binding_size);
-        let status = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgrad.status"),
-            size: STATUS_BYTES,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false, // wgpu zero-initialises buffers
-        });
         Ok(GpuContext {
             device,
             queue,
@@ -216,13 +209,26 @@ impl GpuContext {
             errors,
             lost,
             binding_limit,
-            status,
+            status: Mutex::default(),
         })
     }
 
-    /// The status words kernels report bad data in (see [`STATUS_BYTES`]), as a binding.
-    pub(crate) fn status_arg(&self) -> BufArg<'_> {
-        (&self.status, STATUS_BYTES)
+    /// The calling thread's status words, which kernels report bad data in (see
+    /// [`STATUS_BYTES`]); bind `(&buffer, STATUS_BYTES)`.
+    pub(crate) fn status_buffer(&self) -> wgpu::Buffer {
+        lock(&self.status)
+            .entry(std::thread::current().id())
+            .or_insert_with(|| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgrad.status"),
+                    size: STATUS_BYTES,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false, // wgpu zero-initialises buffers
+                })
+            })
+            .clone()
     }
 
     /// `Err` once the device has been lost (driver reset, `destroy`, ...).
@@ -634,7 +640,7 @@ impl GpuContext {
     pub(crate) fn synchronize(&self, op: &'static str) -> Result<()> {
         self.check_alive(op)?;
         // Reading the status words waits for all recorded work and reports what it found.
-        pollster::block_on(self.read_async(op, &self.status, 0)).map(|_| ())
+        pollster::block_on(self.read_async(op, &self.status_buffer(), 0)).map(|_| ())
     }
 
     /// Reads `bytes` bytes from the start of `src` after all recorded work.
@@ -647,7 +653,8 @@ impl GpuContext {
         self.capture_readback(op);
         self.check_errors(op)?;
         let padded = bytes.div_ceil(4) * 4;
-        // The status words ride along at the end of every readback (and are cleared in
+        let status = self.status_buffer();
+        // The thread's status words ride along at the end of every readback (and are cleared in
         // the same submit), so bad data a kernel saw surfaces here without another sync.
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgrad.readback"),
@@ -666,8 +673,8 @@ impl GpuContext {
             if padded > 0 {
                 encoder.copy_buffer_to_buffer(src, 0, &staging, 0, padded);
             }
-            encoder.copy_buffer_to_buffer(&self.status, 0, &staging, padded, STATUS_BYTES);
-            encoder.clear_buffer(&self.status, 0, None);
+            encoder.copy_buffer_to_buffer(&status, 0, &staging, padded, STATUS_BYTES);
+            encoder.clear_buffer(&status, 0, None);
             self.submit_locked(&mut pending);
         }
         let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();

@@ -3,7 +3,7 @@
 //! Shape rule: logits (…, C) and labels (…) of i32 give per-sample losses (…);
 //! the backward takes the upstream gradient (…) and gives (…, C).
 //! CPU reference: f64 log-sum-exp per row; a label outside 0..C is an error.
-//! GPU: `shaders/loss.wgsl`; such a label gives NaN there and is reported in the device's
+//! GPU: `shaders/loss.wgsl`; such a label gives NaN there and is reported in the recording thread's
 //! status words, so the next readback (or `synchronize`) is the same error.
 //! Gradient: d loss_i / d x_ic = softmax(x_i)_c - [c = label_i].
 //! Logits past one storage binding run in blocks of whole rows gathered by copies
@@ -11,7 +11,7 @@
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
-use crate::gpu::{BufArg, GpuContext, Kernel};
+use crate::gpu::{BufArg, GpuContext, Kernel, STATUS_BYTES};
 use crate::ops::gpu_output;
 use crate::tensor::Tensor;
 use crate::DType;
@@ -113,7 +113,8 @@ impl Tensor {
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
                 if rows > 0 {
                     let params = [rows as u32, classes as u32];
-                    let bufs = [arg(self), arg(labels), arg(&out), ctx.status_arg()];
+                    let status = ctx.status_buffer();
+                    let bufs = [arg(self), arg(labels), arg(&out), (&status, STATUS_BYTES)];
                     ctx.dispatch(
                         &SHADER,
                         "cross_entropy_forward",
@@ -170,7 +171,8 @@ impl Tensor {
                 if rows > 0 {
                     let lse = gpu_output(ctx, self.device(), op, &[rows], DType::F32)?;
                     let params = [rows as u32, classes as u32];
-                    let bufs = [arg(self), arg(labels), arg(&lse), ctx.status_arg()];
+                    let status = ctx.status_buffer();
+                    let bufs = [arg(self), arg(labels), arg(&lse), (&status, STATUS_BYTES)];
                     ctx.dispatch(
                         &SHADER,
                         "cross_entropy_lse",
