@@ -21,26 +21,15 @@ use wgrad::nn::models::digits_cnn;
 use wgrad::nn::{load_params, save_params, Module, Sequential};
 use wgrad::{Device, Executor, Graph, Optimizer, Rng, Tensor, Var};
 
-const DIGITS_CSV: &str = include_str!("data/digits.csv");
+#[path = "shared/digits_data.rs"]
+mod digits_data;
 const TEST_SIZE: usize = 360;
 const BATCH: usize = 64;
 
 /// Images scaled to [0, 1] (N, 1, 8, 8) and labels.
 fn load_digits() -> Result<(Vec<f32>, Vec<i32>)> {
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    for (i, line) in DIGITS_CSV.lines().enumerate() {
-        let v: Vec<f32> = line
-            .split(',')
-            .map(|s| s.trim().parse::<f32>())
-            .collect::<std::result::Result<_, _>>()
-            .with_context(|| format!("digits.csv line {}", i + 1))?;
-        if v.len() != 65 {
-            bail!("digits.csv line {}: {} values, expected 65", i + 1, v.len());
-        }
-        xs.extend(v[..64].iter().map(|p| p / 16.0));
-        ys.push(v[64] as i32);
-    }
-    Ok((xs, ys))
+    let (xs, ys) = digits_data::load()?;
+    Ok((xs.iter().map(|p| p / 16.0).collect(), ys))
 }
 
 /// The digits CNN ([`wgrad::nn::models::digits_cnn`]) for a batch of `n`, in training

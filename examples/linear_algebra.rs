@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use wgrad::linalg::{self, Pca};
 use wgrad::{Device, Init, Tensor};
 
-const DIGITS_CSV: &str = include_str!("data/digits.csv");
+#[path = "shared/digits_data.rs"]
+mod digits_data;
 
 /// Runs `f` on the chosen device and on the CPU reference, prints both, and
 /// fails if they disagree.
@@ -101,19 +102,7 @@ fn main() -> Result<()> {
 
 /// The 1797 digit images (8x8, pixels 0..16) as rows of 64 features.
 fn digits() -> Result<Vec<f32>> {
-    let mut xs = Vec::new();
-    for (i, line) in DIGITS_CSV.lines().enumerate() {
-        let v: Vec<f32> = line
-            .split(',')
-            .map(|s| s.trim().parse::<f32>())
-            .collect::<std::result::Result<_, _>>()
-            .with_context(|| format!("digits.csv line {}", i + 1))?;
-        if v.len() != 65 {
-            bail!("digits.csv line {}: {} values, expected 65", i + 1, v.len());
-        }
-        xs.extend_from_slice(&v[..64]);
-    }
-    Ok(xs)
+    Ok(digits_data::load()?.0)
 }
 
 fn decompositions(dev: &Device) -> Result<()> {

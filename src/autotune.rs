@@ -94,13 +94,13 @@ fn class(a: &[usize], b: &[usize], ta: bool, tb: bool) -> String {
     )
 }
 
-/// The kernel for this product: `requested` unless it is `Auto` and
-/// `WGRAD_MATMUL` is unset (or `auto`), in which case the tuned one.
+/// The kernel for this product of `macs` multiply-adds: `requested` unless it is
+/// `Auto` and `WGRAD_MATMUL` is unset (or `auto`), in which case the tuned one.
 pub(crate) fn matmul_variant(
     a: &Tensor,
     b: &Tensor,
-    ta: bool,
-    tb: bool,
+    (ta, tb): (bool, bool),
+    macs: usize,
     requested: MatmulVariant,
 ) -> MatmulVariant {
     let pinned = std::env::var(MATMUL_ENV).is_ok_and(|v| !matches!(v.trim(), "" | "auto"));
@@ -116,9 +116,8 @@ pub(crate) fn matmul_variant(
     // each other (MLP 64-128-10 step on lavapipe: 2.7-4.8 ms subgroup, 3.4-5.0 ms
     // blocked). This is what keeps a cold first training step to seconds, not tens.
     if ctx.info.device_type == wgpu::DeviceType::Cpu
+        && macs <= SMALL_PRODUCT
         && MatmulVariant::RegisterBlocked.resolve(a.device()).is_ok()
-        && crate::ops::matmul::MatmulPlan::new(a.shape(), b.shape(), ta, tb)
-            .is_ok_and(|p| p.batch() * p.m * p.n * p.k <= SMALL_PRODUCT)
     {
         return MatmulVariant::RegisterBlocked;
     }

@@ -31,13 +31,12 @@ fn direct(q: &[f32], k: &[f32], v: &[f32], t: usize, d: usize, causal: bool) -> 
     out
 }
 
-/// (output, gradients of Σ output·R w.r.t. each input, loss) of `build` on `dev`.
-fn run(
-    dev: &Device,
+/// The graph of `build` on inputs `x0, x1, …` of `shapes`: (graph, output, loss =
+/// Σ output·R for a fixed random R, gradients of the loss w.r.t. each input).
+fn graph_of(
     shapes: &[&[usize]],
-    values: &[Vec<f32>],
     build: &dyn Fn(&[Var]) -> wgrad::Result<Var>,
-) -> (Vec<f32>, Vec<Vec<f32>>, f32) {
+) -> (Graph, Var, Var, Vec<Var>) {
     let g = Graph::new();
     let xs: Vec<Var> = shapes
         .iter()
@@ -54,6 +53,17 @@ fn run(
     let loss = y.mul(&g.constant(&r).unwrap()).unwrap().sum().unwrap();
     let refs: Vec<&Var> = xs.iter().collect();
     let grads = grad(&loss, &refs).unwrap();
+    (g, y, loss, grads)
+}
+
+/// (output, gradients of Σ output·R w.r.t. each input, loss) of `build` on `dev`.
+fn run(
+    dev: &Device,
+    shapes: &[&[usize]],
+    values: &[Vec<f32>],
+    build: &dyn Fn(&[Var]) -> wgrad::Result<Var>,
+) -> (Vec<f32>, Vec<Vec<f32>>, f32) {
+    let (g, y, loss, grads) = graph_of(shapes, build);
     let mut outs = vec![&y, &loss];
     outs.extend(grads.iter());
     let exe = dev.compile(&g, &outs, None).unwrap();
@@ -77,27 +87,11 @@ fn check_gradients(
 ) {
     let cpu = Device::cpu();
     let (_, analytic, _) = run(&cpu, shapes, values, build);
-    {
-        let g = Graph::new();
-        let xs: Vec<Var> = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| g.input(&format!("x{i}"), s))
-            .collect();
-        let y = build(&xs).unwrap();
-        let r = Tensor::from_slice(
-            &Device::cpu(),
-            &uniform(5, y.shape().iter().product(), 0.5, 1.5),
-            y.shape(),
-        )
-        .unwrap();
-        let loss = y.mul(&g.constant(&r).unwrap()).unwrap().sum().unwrap();
-        let grads = grad(&loss, &xs.iter().collect::<Vec<_>>()).unwrap();
-        let feeds: Vec<(String, Feed)> = (0..shapes.len())
-            .map(|i| (format!("x{i}"), Feed::real(&values[i], shapes[i])))
-            .collect();
-        check_finite_differences(name, &g, &loss, &grads, &feeds);
-    }
+    let (g, _, loss, grads) = graph_of(shapes, build);
+    let feeds: Vec<(String, Feed)> = (0..shapes.len())
+        .map(|i| (format!("x{i}"), Feed::real(&values[i], shapes[i])))
+        .collect();
+    check_finite_differences(name, &g, &loss, &grads, &feeds);
     if let Some(dev) = gpu() {
         let (_, on_gpu, _) = run(&dev, shapes, values, build);
         for k in 0..values.len() {

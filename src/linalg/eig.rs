@@ -13,9 +13,7 @@
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::linalg::qr::{apply_left, apply_right, householder, too_large, GpuHouse, MAX_GPU_DIM};
-use crate::linalg::{
-    check_nonempty, check_square, gpu_stats, host_stats, non_finite_error, read_f32,
-};
+use crate::linalg::{check_nonempty, check_square, gpu_stats, non_finite_error, read_f32};
 use crate::ops::gpu_output;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -71,12 +69,7 @@ pub fn eig_with(a: &Tensor, opts: &EigOptions) -> Result<Eig> {
     check_nonempty(op, a)?;
     match &a.device().inner {
         DeviceInner::Cpu => {
-            let x = a.host_f64();
-            let stats = host_stats(&x, n, n);
-            if stats.non_finite > 0 {
-                return Err(non_finite_error(op, a.shape(), stats.non_finite));
-            }
-            let x: Vec<f64> = x.into_owned();
+            let x = super::host_finite(op, a, n, n)?;
             let (re, im, v) = eig_reference(&x, n, opts.max_iterations)?;
             Ok(Eig {
                 re: super::tensor_from_f64(a, &re, &[n])?,

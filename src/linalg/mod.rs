@@ -215,7 +215,22 @@ pub(crate) struct MatrixStats {
     pub non_finite: usize,
 }
 
-/// The same measures on the host, in f64.
+/// The values of a CPU matrix (rows, cols) in f64, or the op's error when any is NaN or ±inf.
+pub(crate) fn host_finite<'a>(
+    op: &'static str,
+    a: &'a Tensor,
+    rows: usize,
+    cols: usize,
+) -> Result<std::borrow::Cow<'a, [f64]>> {
+    let x = a.host_f64();
+    let stats = host_stats(&x, rows, cols);
+    if stats.non_finite > 0 {
+        return Err(non_finite_error(op, a.shape(), stats.non_finite));
+    }
+    Ok(x)
+}
+
+/// The [`MatrixStats`] of a host matrix, in f64.
 pub(crate) fn host_stats(x: &[f64], rows: usize, cols: usize) -> MatrixStats {
     let mut s = MatrixStats::default();
     for i in 0..rows {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Kernel};
-use crate::linalg::{check_matrix, check_nonempty, gpu_stats, host_stats, non_finite_error};
+use crate::linalg::{check_matrix, check_nonempty, gpu_stats, non_finite_error};
 use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -71,12 +71,7 @@ pub fn qr_with(a: &Tensor, mode: QrMode) -> Result<(Tensor, Tensor)> {
     };
     match &a.device().inner {
         DeviceInner::Cpu => {
-            let x = a.host_f64();
-            let stats = host_stats(&x, m, n);
-            if stats.non_finite > 0 {
-                return Err(non_finite_error(op, a.shape(), stats.non_finite));
-            }
-            let x: Vec<f64> = x.into_owned();
+            let x = super::host_finite(op, a, m, n)?;
             let (q, r) = qr_reference(&x, m, n, complete);
             Ok((
                 super::tensor_from_f64(a, &q, &[m, qc])?,

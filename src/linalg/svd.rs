@@ -14,8 +14,8 @@ use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::linalg::reference::{finish_svd, not_converged, reorthogonalize_rows, svd_reference};
 use crate::linalg::{
-    check_matrix, check_nonempty, gpu_stats, grid_32, host_stats, non_finite_error, read_f32,
-    tensor_from_f64, SHADER,
+    check_matrix, check_nonempty, gpu_stats, grid_32, non_finite_error, read_f32, tensor_from_f64,
+    SHADER,
 };
 use crate::ops::grid_1d;
 use crate::tensor::Tensor;
@@ -57,12 +57,7 @@ pub fn svd_with(a: &Tensor, opts: &SvdOptions) -> Result<(Tensor, Tensor, Tensor
     check_nonempty(op, a)?;
     match &a.device().inner {
         DeviceInner::Cpu => {
-            let x = a.host_f64();
-            let stats = host_stats(&x, m, n);
-            if stats.non_finite > 0 {
-                return Err(non_finite_error(op, a.shape(), stats.non_finite));
-            }
-            let x: Vec<f64> = x.into_owned();
+            let x = super::host_finite(op, a, m, n)?;
             let (u, s, vt) = svd_reference(&x, m, n)?;
             let k = m.min(n);
             Ok((

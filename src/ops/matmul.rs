@@ -397,8 +397,8 @@ impl Tensor {
                 let variant = match crate::autotune::matmul_variant(
                     self,
                     other,
-                    transpose_a,
-                    transpose_b,
+                    (transpose_a, transpose_b),
+                    plan.batch() * plan.m * plan.n * plan.k,
                     requested,
                 ) {
                     MatmulVariant::Auto => variant,
