@@ -559,7 +559,7 @@ fn matmul_dispatch(
         tiles_n as u32,
         tiles_m as u32,
         p.batch_dims.len() as u32,
-        0,
+        p.ta as u32 | (p.tb as u32) << 1, // flags
         lda4 as u32,
         ldb4 as u32,
         0,
@@ -573,7 +573,13 @@ fn matmul_dispatch(
     params.extend(pack_dims(&b_strides));
     let grid = ctx.grid((tiles_m * tiles_n * p.batch()) as u64);
     let flag = |x: bool| if x { 1.0 } else { 0.0 };
-    let constants = [("TA", flag(p.ta)), ("TB", flag(p.tb))];
+    // The register-blocked kernel reads the transposes from `flags` (one pipeline for every
+    // layout: see matmul.wgsl); the others are specialised by override constants.
+    let specialised = [("TA", flag(p.ta)), ("TB", flag(p.tb))];
+    let constants: &[(&str, f64)] = match variant {
+        MatmulVariant::RegisterBlocked => &[],
+        _ => &specialised,
+    };
     let kernel = if variant == MatmulVariant::Subgroup {
         SHADER
     } else {
@@ -582,7 +588,7 @@ fn matmul_dispatch(
     ctx.dispatch(
         &kernel,
         variant.entry(),
-        &constants,
+        constants,
         &params,
         &[a, b, c],
         grid,

@@ -572,6 +572,9 @@ fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Resu
         0
     };
     let exe = dev.compile(&g, &[&loss], Sgd::new(0.05))?;
+    if std::env::var(wgrad::executor::PLAN_ENV).is_ok_and(|v| v.trim() == "verbose") {
+        eprintln!("mlp_step dispatches: {:?}", exe.dispatch_entries());
+    }
     let (xt, yt) = mlp_feeds(dev)?;
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?) };
     step()?; // warm: pipelines compiled, pool filled
