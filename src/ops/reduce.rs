@@ -102,6 +102,12 @@ pub(crate) const MAX_WALK: usize = 16384;
 /// few hundred pages stay in the TLB while the neighbouring columns reuse them.
 const COL_BLOCK: usize = 256;
 
+/// Reductions of at most this many elements (vec4 units) with lines of at most
+/// [`COL_BLOCK`] take one pass, an invocation per line: a second pass would cost a
+/// dispatch (~0.1 ms on lavapipe) to save less than that. The bias gradients of a small
+/// MLP (sums over a batch of 256) are such reductions.
+const ONE_PASS: usize = 1 << 15;
+
 /// How one pass cuts each line of `r` elements: into blocks of `block` elements, each
 /// read by `lanes` interleaved partials; `parts` partials per line in all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +127,13 @@ pub(crate) fn plan_pass(
     target: usize,
     lanes: usize,
 ) -> Pass {
+    if lines * r <= ONE_PASS && r <= COL_BLOCK {
+        return Pass {
+            lanes: 1,
+            block: r.max(1),
+            parts: 1,
+        };
+    }
     if !strided && r >= INTERLEAVE_MIN {
         let wanted = target.div_ceil(lines * lanes);
         let most = r / (lanes * MIN_PER_LANE);
