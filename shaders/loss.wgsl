@@ -11,6 +11,9 @@
 //   cross_entropy_forward   loss[i] = logsumexp(x[i, :]) - x[i, label[i]]; lse[i] kept
 //   cross_entropy_lse       lse[i] = logsumexp(x[i, :])   (backward, pass 1)
 //   cross_entropy_backward  dx[i, c] = (exp(x[i, c] - lse[i]) - [c == label[i]]) · g[i]
+//   cross_entropy_backward_rows
+//                           the same, one row per invocation with its lse computed in place:
+//                           for rows of at most 64 classes, one dispatch instead of two
 
 struct Params {
     rows: u32,
@@ -23,8 +26,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;    // forward: (rows) losses
 @group(0) @binding(3) var<storage, read_write> lse_out: array<f32>; // lse pass: (rows)
 @group(0) @binding(3) var<storage, read> lse: array<f32>;           // backward: (rows)
+@group(0) @binding(3) var<storage, read> g_rows: array<f32>;        // backward_rows: (rows) upstream
 @group(0) @binding(4) var<storage, read> g: array<f32>;             // backward: (rows) upstream
-// Forward and lse pass: the recording thread's status words (src/gpu/mod.rs, STATUS_BYTES); a bad
+// Forward, lse pass and backward_rows: the recording thread's status words (src/gpu/mod.rs, STATUS_BYTES); a bad
 // label is reported there as code 1 with the label and the class count.
 @group(0) @binding(4) var<storage, read_write> status: array<atomic<u32>, 4>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;      // backward: (rows, classes)
@@ -114,4 +118,25 @@ fn cross_entropy_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
     }
     let onehot = select(0.0, 1.0, u32(l) == c);
     dx[e] = (exp(x[e] - lse[i]) - onehot) * g[i];
+}
+
+@compute @workgroup_size(64)
+fn cross_entropy_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
+                               @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.rows) { return; }
+    let base = i * params.classes;
+    let l = labels[i];
+    if (!label_ok(l)) {
+        report_bad_label(l);
+        for (var c = 0u; c < params.classes; c = c + 1u) { dx[base + c] = nan(); }
+        return;
+    }
+    let lse_i = row_lse(i);
+    let gi = g_rows[i];
+    for (var c = 0u; c < params.classes; c = c + 1u) {
+        let onehot = select(0.0, 1.0, u32(l) == c);
+        dx[base + c] = (exp(x[base + c] - lse_i) - onehot) * gi;
+    }
 }

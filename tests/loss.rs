@@ -23,6 +23,8 @@ fn forward_and_backward_match_reference() {
         (256, 10),
         (257, 255),
         (1000, 3),
+        (7, 64), // the last width of the row-per-invocation backward
+        (7, 65), // the first of the lse pass + element-per-invocation backward
         (5, 4000),
     ] {
         let x = uniform(rows as u64, rows * classes, -6.0, 6.0);
@@ -168,6 +170,13 @@ fn bad_input_is_a_typed_error() {
         let _dx = x.cross_entropy_backward(&neg, &ones).unwrap();
         let e = dev.synchronize().unwrap_err();
         assert!(e.to_string().contains("label -1 outside 0..3"), "{e}");
+        dev.synchronize().unwrap();
+        // The same through the backward for wide rows (its lse pass reports it).
+        let wide = Tensor::zeros(&dev, &[2, 100]).unwrap();
+        let bad = Tensor::from_slice(&dev, &[100i32, 1], &[2]).unwrap();
+        let _dx = wide.cross_entropy_backward(&bad, &ones).unwrap();
+        let e = dev.synchronize().unwrap_err();
+        assert!(e.to_string().contains("label 100 outside 0..100"), "{e}");
         dev.synchronize().unwrap();
     }
 }

@@ -24,6 +24,11 @@ pub(crate) const SHADER: Kernel = Kernel {
 /// Workgroup size of loss.wgsl.
 const WG: u64 = 64;
 
+/// Rows of at most this many classes take the one-dispatch backward
+/// (`cross_entropy_backward_rows`, a row per invocation); longer rows take the lse pass
+/// and an invocation per element, which keeps wide rows (a vocabulary) parallel.
+const ROW_PER_INVOCATION: usize = 64;
+
 /// Most classes one invocation walks (twice): Mesa's lavapipe stops an invocation
 /// silently after 65535 loop iterations, so longer rows are refused.
 pub const MAX_CLASSES: usize = 16384;
@@ -168,7 +173,25 @@ impl Tensor {
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;
-                if rows > 0 {
+                if rows > 0 && classes <= ROW_PER_INVOCATION {
+                    let params = [rows as u32, classes as u32];
+                    let status = ctx.status_buffer();
+                    let bufs = [
+                        arg(self),
+                        arg(labels),
+                        arg(g),
+                        (&status, STATUS_BYTES),
+                        arg(&out),
+                    ];
+                    ctx.dispatch(
+                        &SHADER,
+                        "cross_entropy_backward_rows",
+                        &[],
+                        &params,
+                        &bufs,
+                        groups(ctx, rows),
+                    )?;
+                } else if rows > 0 {
                     let lse = gpu_output(ctx, self.device(), op, &[rows], DType::F32)?;
                     let params = [rows as u32, classes as u32];
                     let status = ctx.status_buffer();
