@@ -19,6 +19,8 @@
 //                            matmul_forward_blocked on lavapipe, where every load is a loop over
 //                            the SIMD lanes. It sits after the marker line below and is compiled
 //                            as its own module (it needs subgroups).
+//   matmul_forward_small     16x16 invocations, 4x4 outputs each, scalar loads: small products
+//                            whose rows are not a multiple of 4 long, with no padded copies.
 //   matmul_pad_rows          256 invocations: copies an operand into rows padded to a multiple of
 //                            4, so that the vec4 loads of the two kernels above are aligned.
 //
@@ -36,7 +38,7 @@ struct Params {
     tiles_n: u32,           // 64-wide tiles along N
     tiles_m: u32,           // 64-high tiles along M
     batch_rank: u32,        // number of batch dims
-    flags: u32,             // matmul_forward_blocked: 1 = TA, 2 = TB (the others use overrides)
+    flags: u32,             // blocked and small kernels: 1 = TA, 2 = TB (the others: overrides)
     lda: u32,               // elements between rows of the stored A (K, or M with TA)
     ldb: u32,               // elements between rows of the stored B (N, or K with TB)
     pad1: u32,
@@ -325,6 +327,68 @@ fn matmul_forward_blocked(@builtin(workgroup_id) wg: vec3<u32>,
     let m0 = t.tile_m * 64u + lid.y * 8u;
     let n0 = t.tile_n * 64u + lid.x * 8u;
     store_block(t.c_off, m0, n0, own_block(t, m0, n0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul_forward_small: 16x16 invocations, 4x4 outputs each, scalar loads through strides made
+// from params.flags: rows of any length (no padded copies) and every layout in one small
+// pipeline. Three times slower than matmul_forward_blocked per multiply-add on lavapipe (loads
+// are gathered lane by lane, and here a load feeds 2 FMAs, not 16), so it is only taken for
+// small products whose rows would need padding, where a pad copy costs more than it saves.
+
+fn store_row4(c_off: u32, m: u32, n0: u32, v: vec4<f32>) {
+    let N = params.n;
+    if (m >= params.m) { return; }
+    let o = c_off + m * N + n0;
+    if (n0 + 4u <= N) {
+        c[o] = v.x; c[o + 1u] = v.y; c[o + 2u] = v.z; c[o + 3u] = v.w;
+        return;
+    }
+    c[o] = v.x;
+    if (n0 + 1u < N) { c[o + 1u] = v.y; }
+    if (n0 + 2u < N) { c[o + 2u] = v.z; }
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = job(wg, nwg);
+    if (!t.valid) { return; }
+    let M = params.m;
+    let N = params.n;
+    let m0 = t.tile_m * 64u + lid.y * 4u;
+    let n0 = t.tile_n * 64u + lid.x * 4u;
+    if (m0 >= M || n0 >= N) { return; }
+    // op(A)(m, k) = a[m * sam + k * sak], op(B)(k, n) = b[k * sbk + n * sbn]
+    let ta = (params.flags & 1u) != 0u;
+    let tb = (params.flags & 2u) != 0u;
+    let sam = select(params.lda, 1u, ta);
+    let sak = select(1u, params.lda, ta);
+    let sbk = select(params.ldb, 1u, tb);
+    let sbn = select(1u, params.ldb, tb);
+    // Rows and columns past C are clamped: they read valid data into outputs never stored.
+    let lane4 = vec4<u32>(0u, 1u, 2u, 3u);
+    let ra = t.a_off + min(vec4<u32>(m0) + lane4, vec4<u32>(M - 1u)) * sam;
+    let cb = t.b_off + min(vec4<u32>(n0) + lane4, vec4<u32>(N - 1u)) * sbn;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k = 0u; k < params.k; k++) {
+        let ia = ra + vec4<u32>(k * sak);
+        let ib = cb + vec4<u32>(k * sbk);
+        let x = vec4<f32>(a[ia.x], a[ia.y], a[ia.z], a[ia.w]);
+        let y = vec4<f32>(b[ib.x], b[ib.y], b[ib.z], b[ib.w]);
+        acc0 += x.x * y;
+        acc1 += x.y * y;
+        acc2 += x.z * y;
+        acc3 += x.w * y;
+    }
+    store_row4(t.c_off, m0, n0, acc0);
+    store_row4(t.c_off, m0 + 1u, n0, acc1);
+    store_row4(t.c_off, m0 + 2u, n0, acc2);
+    store_row4(t.c_off, m0 + 3u, n0, acc3);
 }
 
 // ---------------------------------------------------------------------------------------------

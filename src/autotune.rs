@@ -110,11 +110,11 @@ pub(crate) fn matmul_variant(
     if requested != MatmulVariant::Auto || pinned {
         return requested;
     }
-    // Small products on CPU adapters take the register-blocked kernel untuned: its
-    // pipeline compiles in ~0.1 s where the subgroup kernel's takes ~3.5 s cold (LLVM
-    // unrolling 16x16 outputs per lane), and at this size the two run within noise of
-    // each other (MLP 64-128-10 step on lavapipe: 2.7-4.8 ms subgroup, 3.4-5.0 ms
-    // blocked). This is what keeps a cold first training step to seconds, not tens.
+    // Small products on CPU adapters take the register-blocked kernel untuned: its one
+    // pipeline (every layout) compiles in ~0.7 s where the subgroup kernel's take ~3.5 s
+    // each cold (LLVM unrolling 16x16 outputs per lane), and at this size the two run
+    // within noise of each other (MLP 64-128-10 step on lavapipe: 2.7-4.8 ms subgroup,
+    // 3.4-5.0 ms blocked). This is what keeps a cold first training step near a second.
     if ctx.info.device_type == wgpu::DeviceType::Cpu
         && macs <= SMALL_PRODUCT
         && MatmulVariant::RegisterBlocked.resolve(a.device()).is_ok()

@@ -51,6 +51,12 @@ fn base_kernel() -> Kernel {
 /// Output tile of one workgroup, in every kernel.
 const TILE: usize = 64;
 
+/// Multiply-adds up to which a product the register-blocked kernel would have to pad
+/// (rows not a multiple of 4 long) takes `matmul_forward_small` instead. A pad copy costs
+/// a dispatch (~0.1 ms on lavapipe), about what the small kernel's scalar loads lose
+/// against the blocked kernel at this size; an MLP's 10-class layer is below it.
+const SMALL_RAGGED: usize = 1 << 19;
+
 /// Environment variable that pins the kernel [`MatmulVariant::Auto`] picks.
 pub const MATMUL_ENV: &str = "WGRAD_MATMUL";
 
@@ -536,8 +542,17 @@ fn matmul_dispatch(
     // Stored row lengths: A is (M, K) or (K, M), B is (K, N) or (N, K).
     let lda = if p.ta { p.m } else { p.k };
     let ldb = if p.tb { p.k } else { p.n };
+    let ragged = lda % 4 != 0 || ldb % 4 != 0;
+    let entry =
+        if variant == MatmulVariant::RegisterBlocked && ragged && p.m * p.n * p.k <= SMALL_RAGGED {
+            "matmul_forward_small" // scalar loads instead of padded copies
+        } else {
+            variant.entry()
+        };
+    // The vec4 kernels load aligned vec4s only.
+    let vec4_loads = matches!(entry, "matmul_forward_blocked" | "matmul_forward_subgroup");
     let pad = |arg, ld: usize| -> Result<Option<(GpuBuffer, u64, usize)>> {
-        if variant == MatmulVariant::Tiled || ld % 4 == 0 {
+        if !vec4_loads || ld % 4 == 0 {
             Ok(None)
         } else {
             padded_rows(ctx, arg, ld).map(Some)
@@ -576,8 +591,8 @@ fn matmul_dispatch(
     // The register-blocked kernel reads the transposes from `flags` (one pipeline for every
     // layout: see matmul.wgsl); the others are specialised by override constants.
     let specialised = [("TA", flag(p.ta)), ("TB", flag(p.tb))];
-    let constants: &[(&str, f64)] = match variant {
-        MatmulVariant::RegisterBlocked => &[],
+    let constants: &[(&str, f64)] = match entry {
+        "matmul_forward_blocked" | "matmul_forward_small" => &[],
         _ => &specialised,
     };
     let kernel = if variant == MatmulVariant::Subgroup {
@@ -585,14 +600,7 @@ fn matmul_dispatch(
     } else {
         base_kernel()
     };
-    ctx.dispatch(
-        &kernel,
-        variant.entry(),
-        constants,
-        &params,
-        &[a, b, c],
-        grid,
-    )
+    ctx.dispatch(&kernel, entry, constants, &params, &[a, b, c], grid)
 }
 
 #[cfg(test)]
