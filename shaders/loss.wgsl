@@ -14,10 +14,16 @@
 //   cross_entropy_backward_rows
 //                           the same, one row per invocation with its lse computed in place:
 //                           for rows of at most 64 classes, one dispatch instead of two
+//   cross_entropy_reduced   total[0] = sum_i loss[i] / divisor (1 for the sum, rows for the mean):
+//                           ONE workgroup; invocation lid walks rows lid, lid + 64, …, then a
+//                           workgroup-memory tree adds the 64 partials (6 barriers)
 
 struct Params {
     rows: u32,
     classes: u32,
+    // cross_entropy_reduced only (the other entries ignore them):
+    divisor: f32, // 1 for the sum, rows for the mean
+    one: f32,   // 1.0, unknown to the compiler: keeps it from folding Kahan's correction
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -27,8 +33,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> lse_out: array<f32>; // lse pass: (rows)
 @group(0) @binding(3) var<storage, read> lse: array<f32>;           // backward: (rows)
 @group(0) @binding(3) var<storage, read> g_rows: array<f32>;        // backward_rows: (rows) upstream
+@group(0) @binding(3) var<storage, read_write> total: array<f32>;   // reduced: (1) sum or mean
 @group(0) @binding(4) var<storage, read> g: array<f32>;             // backward: (rows) upstream
-// Forward, lse pass and backward_rows: the recording thread's status words (src/gpu/mod.rs, STATUS_BYTES); a bad
+// Forward, lse pass, backward_rows and reduced: the recording thread's status words (src/gpu/mod.rs, STATUS_BYTES); a bad
 // label is reported there as code 1 with the label and the class count.
 @group(0) @binding(4) var<storage, read_write> status: array<atomic<u32>, 4>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;      // backward: (rows, classes)
@@ -39,6 +46,12 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 fn nan() -> f32 {
     return bitcast<f32>(0x7fc00000u);
+}
+
+fn is_nan(v: f32) -> bool {
+    // Exponent all ones and a non-zero mantissa; robust against fast-math folding of v != v.
+    let bits = bitcast<u32>(v);
+    return (bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0u;
 }
 
 // logsumexp of row i, with the online (max, sum) rule: one exp per element.
@@ -138,5 +151,47 @@ fn cross_entropy_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
     for (var c = 0u; c < params.classes; c = c + 1u) {
         let onehot = select(0.0, 1.0, u32(l) == c);
         dx[base + c] = (exp(x[base + c] - lse_i) - onehot) * gi;
+    }
+}
+
+// The 64 partial sums of cross_entropy_reduced.
+var<workgroup> partials: array<f32, 64>;
+
+// Dispatched as one workgroup; the host keeps ceil(rows / 64) · (classes + 1) loop steps per
+// invocation well below lavapipe's 65535 (src/ops/loss.rs, REDUCED_WALK).
+@compute @workgroup_size(64)
+fn cross_entropy_reduced(@builtin(local_invocation_index) lid: u32) {
+    // Kahan summation: c carries the low bits each addition loses. Without the runtime
+    // factor 1, lavapipe's compiler rewrites (acc + y) - acc as y and c becomes 0.
+    var acc = 0.0;
+    var c = 0.0;
+    // The plain sum, kept for when an infinite loss makes Kahan's correction inf - inf =
+    // NaN: it gives the IEEE inf or NaN.
+    var plain = 0.0;
+    for (var i = lid; i < params.rows; i = i + 64u) {
+        let l = labels[i];
+        var v = nan();
+        if (label_ok(l)) {
+            v = row_lse(i) - x[i * params.classes + u32(l)];
+        } else {
+            report_bad_label(l);
+        }
+        let y = v - c;
+        let t = acc + y;
+        c = (t * params.one - acc) - y;
+        acc = t;
+        plain = plain + v;
+    }
+    let kahan = acc - c;
+    partials[lid] = select(kahan, plain, is_nan(kahan));
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            partials[lid] = partials[lid] + partials[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        total[0] = partials[0] / params.divisor;
     }
 }

@@ -8,11 +8,14 @@
 //! Gradient: d loss_i / d x_ic = softmax(x_i)_c - [c = label_i].
 //! Logits past one storage binding run in blocks of whole rows gathered by copies
 //! (`cross_entropy_blocks`, see `crate::ops::chunk`).
+//! `cross_entropy_reduced` is the mean (or sum) over rows of `cross_entropy` in one
+//! dispatch of one workgroup for small problems (a training step's loss), else those two ops.
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::{BufArg, GpuContext, Kernel, STATUS_BYTES};
 use crate::ops::gpu_output;
+use crate::ops::reduce::ReduceOp;
 use crate::tensor::Tensor;
 use crate::DType;
 
@@ -32,6 +35,26 @@ const ROW_PER_INVOCATION: usize = 64;
 /// Most classes one invocation walks (twice): Mesa's lavapipe stops an invocation
 /// silently after 65535 loop iterations, so longer rows are refused.
 pub const MAX_CLASSES: usize = 16384;
+
+/// Most loop steps one invocation of `cross_entropy_reduced` may take, counted as
+/// `ceil(rows / 64) · classes · 2`: each of its ceil(rows / 64) rows costs one step of the row
+/// loop and `classes` of `row_lse`, and classes + 1 <= 2 · classes. Lavapipe silently stops an
+/// invocation after 65535 loop steps in all, so the walk stays well below, as the other
+/// kernels do (`reduce::MAX_WALK`). Larger problems take `cross_entropy` and a reduction,
+/// which also spread the rows over many workgroups.
+const REDUCED_WALK: usize = 16384;
+
+/// The params words of loss.wgsl: rows, classes, the divisor of `cross_entropy_reduced`
+/// (f32 bits; the other entries ignore it) and the runtime 1.0 that keeps its Kahan
+/// correction from being folded away. Every dispatch passes all of them.
+fn words(rows: usize, classes: usize, divisor: f32) -> [u32; 4] {
+    [
+        rows as u32,
+        classes as u32,
+        divisor.to_bits(),
+        1f32.to_bits(),
+    ]
+}
 
 /// Checks logits (…, C) against labels (…) and returns (rows, classes).
 pub(crate) fn cross_entropy_shape(
@@ -117,7 +140,7 @@ impl Tensor {
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
                 if rows > 0 {
-                    let params = [rows as u32, classes as u32];
+                    let params = words(rows, classes, 1.0);
                     let status = ctx.status_buffer();
                     let bufs = [arg(self), arg(labels), arg(&out), (&status, STATUS_BYTES)];
                     ctx.dispatch(
@@ -131,6 +154,66 @@ impl Tensor {
                 }
                 Ok(out)
             }
+        }
+    }
+
+    /// The mean (`mean` true) or the sum over rows of [`Tensor::cross_entropy`], as a rank-0
+    /// tensor (shape `[]`, as [`Tensor::mean`] and [`Tensor::sum`] give). On a GPU, problems
+    /// of at most about 2^19 logits take one dispatch of one workgroup; larger ones take
+    /// `cross_entropy` and then `mean`/`sum`. The inputs are checked as `cross_entropy`
+    /// checks them, with the same errors; the mean of no rows is [`Error::Empty`] (op
+    /// `"mean"`), as `mean` of the empty per-row losses is, and their sum is 0.
+    pub fn cross_entropy_reduced(&self, labels: &Tensor, mean: bool) -> Result<Tensor> {
+        let op = "cross_entropy";
+        self.expect_f32(op)?;
+        labels.expect_i32(op)?;
+        self.expect_same_device(op, labels)?;
+        let (rows, classes) = cross_entropy_shape(op, self.shape(), labels.shape())?;
+        let reduce = if mean { ReduceOp::Mean } else { ReduceOp::Sum };
+        if rows == 0 && mean {
+            return Err(Error::Empty {
+                op: reduce.name(),
+                shape: labels.shape().to_vec(),
+            });
+        }
+        let divisor = if mean { rows } else { 1 };
+        match &self.device().inner {
+            DeviceInner::Cpu => {
+                let x = self.host_f64();
+                let l = host_labels(op, labels, classes)?;
+                let lse = lse_reference(&x, rows, classes);
+                // From +0.0, as the GPU's accumulators and `sum` start: an empty sum is
+                // +0.0 (`Iterator::sum` starts from -0.0).
+                let sum = (0..rows)
+                    .map(|i| lse[i] - x[i * classes + l[i] as usize])
+                    .fold(0.0, |a, b| a + b);
+                Ok(Tensor::cpu_from_f64(
+                    self.device(),
+                    &[],
+                    vec![sum / divisor as f64],
+                ))
+            }
+            // One workgroup walks every row: only while each invocation's walk is short
+            // (and the logits fit one binding; classes <= MAX_CLASSES is checked above).
+            DeviceInner::Gpu(ctx)
+                if rows.div_ceil(WG as usize) * classes * 2 <= REDUCED_WALK
+                    && crate::ops::chunk::fits(ctx, rows * classes) =>
+            {
+                let out = gpu_output(ctx, self.device(), op, &[], DType::F32)?;
+                let params = words(rows, classes, divisor as f32);
+                let status = ctx.status_buffer();
+                let bufs = [arg(self), arg(labels), arg(&out), (&status, STATUS_BYTES)];
+                ctx.dispatch(
+                    &SHADER,
+                    "cross_entropy_reduced",
+                    &[],
+                    &params,
+                    &bufs,
+                    [1, 1, 1],
+                )?;
+                Ok(out)
+            }
+            DeviceInner::Gpu(_) => self.cross_entropy(labels)?.reduce_all(reduce),
         }
     }
 
@@ -174,7 +257,7 @@ impl Tensor {
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;
                 if rows > 0 && classes <= ROW_PER_INVOCATION {
-                    let params = [rows as u32, classes as u32];
+                    let params = words(rows, classes, 1.0);
                     let status = ctx.status_buffer();
                     let bufs = [
                         arg(self),
@@ -193,7 +276,7 @@ impl Tensor {
                     )?;
                 } else if rows > 0 {
                     let lse = gpu_output(ctx, self.device(), op, &[rows], DType::F32)?;
-                    let params = [rows as u32, classes as u32];
+                    let params = words(rows, classes, 1.0);
                     let status = ctx.status_buffer();
                     let bufs = [arg(self), arg(labels), arg(&lse), (&status, STATUS_BYTES)];
                     ctx.dispatch(
