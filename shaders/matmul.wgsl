@@ -38,7 +38,8 @@ struct Params {
     tiles_n: u32,           // 64-wide tiles along N
     tiles_m: u32,           // 64-high tiles along M
     batch_rank: u32,        // number of batch dims
-    flags: u32,             // blocked and small kernels: 1 = TA, 2 = TB (the others: overrides)
+    flags: u32,             // 1 = TA, 2 = TB (blocked, small; the others use overrides),
+                            // 4, 8, 16: the epilogue (all but the subgroup kernel)
     lda: u32,               // elements between rows of the stored A (K, or M with TA)
     ldb: u32,               // elements between rows of the stored B (N, or K with TB)
     pad1: u32,
@@ -58,6 +59,42 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
 // every kernel: C, (batch, M, N)
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+// tiled, blocked, small: the fused epilogue's operands, read only when params.flags asks (the
+// caller binds A in their place otherwise)
+@group(0) @binding(4) var<storage, read> bias: array<f32>;  // (N), added to every row of C
+@group(0) @binding(5) var<storage, read> aux: array<f32>;   // like C: C · [aux > 0]
+
+// The fused epilogue (flags 4, 8, 16), as the unfused element-wise kernels compute it:
+// C + bias along rows, then ReLU (max(x, 0)), then C · [aux > 0] (ReLU's gradient through
+// the layer's output). They are uniform branches in one pipeline, not specialisations: on
+// lavapipe each pipeline of these kernels costs 0.1-0.7 s of LLVM time at its first dispatch.
+const EPI_BIAS: u32 = 4u;
+const EPI_RELU: u32 = 8u;
+const EPI_MASK: u32 = 16u;
+
+// Element (m, n) of C at flat index o.
+fn epilogue(v: f32, o: u32, n: u32) -> f32 {
+    var r = v;
+    if ((params.flags & EPI_BIAS) != 0u) { r = r + bias[n]; }
+    if ((params.flags & EPI_RELU) != 0u) { r = max(r, 0.0); }
+    if ((params.flags & EPI_MASK) != 0u) { r = r * select(0.0, 1.0, aux[o] > 0.0); }
+    return r;
+}
+
+// Applies the epilogue to the size x size block of C at (m0, n0) that this invocation has just
+// stored (its own writes, so no barrier). Re-reading C costs one load and store per element;
+// the loops' trip counts are left unknown so that LLVM keeps one copy of the epilogue instead
+// of size² (for the blocked kernel that doubled its compile time on lavapipe).
+fn epilogue_block(c_off: u32, m0: u32, n0: u32, size: u32) {
+    let rows = min(size, params.m - m0);
+    let cols = min(size, params.n - n0);
+    for (var r = 0u; r < rows; r++) {
+        let o = c_off + (m0 + r) * params.n + n0;
+        for (var j = 0u; j < cols; j++) {
+            c[o + j] = epilogue(c[o + j], o + j, n0 + j);
+        }
+    }
+}
 
 // One workgroup's job: which output matrix and tile, and where its operands start.
 struct Job {
@@ -168,6 +205,17 @@ fn matmul_forward_tiled(@builtin(workgroup_id) wg: vec3<u32>,
         for (var j = 0u; j < 4u; j++) {
             let n = n_base + lid.x + 16u * j;
             if (m < M && n < N) { c[t.c_off + m * N + n] = acc[i][j]; }
+        }
+    }
+    if (params.flags >= EPI_BIAS) {
+        // As epilogue_block: trip counts unknown to the compiler, one copy of the epilogue.
+        for (var i = 0u; i < min(4u, M); i++) {
+            let m = m_base + lid.y + 16u * i;
+            for (var j = 0u; j < min(4u, N); j++) {
+                let n = n_base + lid.x + 16u * j;
+                let o = t.c_off + m * N + n;
+                if (m < M && n < N) { c[o] = epilogue(c[o], o, n); }
+            }
         }
     }
 }
@@ -327,6 +375,9 @@ fn matmul_forward_blocked(@builtin(workgroup_id) wg: vec3<u32>,
     let m0 = t.tile_m * 64u + lid.y * 8u;
     let n0 = t.tile_n * 64u + lid.x * 8u;
     store_block(t.c_off, m0, n0, own_block(t, m0, n0));
+    if (params.flags >= EPI_BIAS && m0 < params.m && n0 < params.n) {
+        epilogue_block(t.c_off, m0, n0, 8u);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,6 +440,9 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
     store_row4(t.c_off, m0 + 1u, n0, acc1);
     store_row4(t.c_off, m0 + 2u, n0, acc2);
     store_row4(t.c_off, m0 + 3u, n0, acc3);
+    if (params.flags >= EPI_BIAS) {
+        epilogue_block(t.c_off, m0, n0, 4u);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

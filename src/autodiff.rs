@@ -188,9 +188,11 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
                 U::Log => one(g.div(a)?), // g/x
                 U::Sqrt => one(g.div(&y.mul_scalar(2.0)?)?), // g/(2y)
                 U::Square => one(g.mul(&a.mul_scalar(2.0)?)?), // 2x·g
-                U::Relu => one(g.mul(&a.scalar(B::Gt, 0.0, false)?)?), // g·[x>0]
+                // g·[y>0], the same as g·[x>0]; through the output, so a matmul's epilogue
+                // can fuse both (src/epilogue.rs) and the pre-activation need not be kept
+                U::Relu => one(g.mul(&y.scalar(B::Gt, 0.0, false)?)?),
                 U::Sigmoid => one(g.mul(&y.mul(&y.scalar(B::Sub, 1.0, true)?)?)?), // g·y(1-y)
-                U::Tanh => one(g.mul(&y.square()?.scalar(B::Sub, 1.0, true)?)?), // g·(1-y²)
+                U::Tanh => one(g.mul(&y.square()?.scalar(B::Sub, 1.0, true)?)?),   // g·(1-y²)
                 U::Gelu => one(g.mul(&a.unary(U::GeluGrad)?)?), // g·(Φ(x) + xφ(x))
                 U::GeluGrad => Err(Error::Invalid {
                     op: "grad",

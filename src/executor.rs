@@ -279,7 +279,11 @@ impl Executor {
     pub fn generated_sources(&self) -> Vec<String> {
         let mut roots: Vec<&NodeId> = self.fused.keys().collect();
         roots.sort();
-        roots.iter().map(|r| self.fused[r].source.clone()).collect()
+        roots
+            .iter()
+            .filter(|r| self.fused[r].kind == fusion::FusedKind::Chain)
+            .map(|r| self.fused[r].source.clone())
+            .collect()
     }
 
     /// Nodes folded into fused chains (not counting the chains' roots).

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Kernel;
 use crate::graph::{Node, NodeId, Op};
 use crate::ops::elementwise::SHADER as ELEMENTWISE;
+use crate::ops::matmul::{Epilogue, MatmulVariant};
 use crate::ops::{gpu_output, grid_1d};
 use crate::shape::{broadcast_strides, contiguous_strides};
 use crate::tensor::Tensor;
@@ -43,6 +44,27 @@ pub(crate) struct Fused {
     pub(crate) source: String,
     /// Nodes fused (root included).
     pub(crate) members: usize,
+    /// What computes it.
+    pub(crate) kind: FusedKind,
+}
+
+/// The kernel of a fused node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FusedKind {
+    /// The generated element-wise kernel in `source`.
+    Chain,
+    /// A matmul applying an epilogue as it stores (src/epilogue.rs): inputs are A, B,
+    /// then the bias if `bias`, then the mask's `y` if `mask`.
+    Matmul {
+        ta: bool,
+        tb: bool,
+        bias: bool,
+        relu: bool,
+        mask: bool,
+    },
+    /// `cross_entropy(x, labels)` and its mean (or sum) over rows in one kernel; inputs
+    /// are the logits and the labels.
+    CrossEntropyReduced { mean: bool },
 }
 
 fn fusable(n: &Node) -> bool {
@@ -72,10 +94,10 @@ pub(crate) fn plan(
             users[j].push(i);
         }
     }
-    let mut absorbed = vec![false; nodes.len()];
-    let mut roots = HashMap::new();
+    // Matmul epilogues first: their element-wise nodes leave the chains below.
+    let (mut roots, mut absorbed) = crate::epilogue::plan(nodes, order, &users, keep, leaf);
     for &r in order.iter().rev() {
-        if absorbed[r] || leaf[r] || !fusable(&nodes[r]) {
+        if absorbed[r] || leaf[r] || roots.contains_key(&r) || !fusable(&nodes[r]) {
             continue;
         }
         let shape = &nodes[r].shape;
@@ -88,6 +110,7 @@ pub(crate) fn plan(
                     && !leaf[j]
                     && fusable(&nodes[j])
                     && !absorbed[j]
+                    && !roots.contains_key(&j)
                     && !members.contains(&j)
                     && &nodes[j].shape == shape
                     && users[j].iter().all(|&c| c > r || members.contains(&c));
@@ -131,6 +154,7 @@ pub(crate) fn plan(
                 shape: shape.clone(),
                 source,
                 members: members.len(),
+                kind: FusedKind::Chain,
             },
         );
     }
@@ -280,6 +304,26 @@ fn kernel(source: &str) -> Kernel {
 ///
 /// Returns the root's value and those of the chain values written beside it.
 pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(NodeId, Tensor)>> {
+    if let FusedKind::Matmul {
+        ta,
+        tb,
+        bias,
+        relu,
+        mask,
+    } = f.kind
+    {
+        let mut extra = args.iter().skip(2).copied();
+        let epi = Epilogue {
+            bias: if bias { extra.next() } else { None },
+            relu,
+            mask: if mask { extra.next() } else { None },
+        };
+        let c = args[0].matmul_epilogue(args[1], (ta, tb), MatmulVariant::Auto, epi)?;
+        return Ok(vec![(root, c)]);
+    }
+    if let FusedKind::CrossEntropyReduced { mean } = f.kind {
+        return Ok(vec![(root, args[0].cross_entropy_reduced(args[1], mean)?)]);
+    }
     let dev = args[0].device();
     let DeviceInner::Gpu(ctx) = &dev.inner else {
         return Err(Error::Invalid {

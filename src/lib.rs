@@ -50,6 +50,7 @@ pub mod autodiff;
 pub(crate) mod autotune;
 pub mod device;
 pub mod dtype;
+pub(crate) mod epilogue;
 pub mod error;
 pub mod executor;
 pub(crate) mod fusion;

@@ -57,6 +57,54 @@ const TILE: usize = 64;
 /// against the blocked kernel at this size; an MLP's 10-class layer is below it.
 const SMALL_RAGGED: usize = 1 << 19;
 
+/// Element-wise ops applied to a product as it is stored, fused by the graph executor
+/// into the tiled, register-blocked and small kernels (see matmul.wgsl's `epilogue`):
+/// `C + bias` (bias along the last dim), then ReLU, then `C · [mask > 0]`. The subgroup
+/// kernel, products past one binding and operands the kernels cannot take get them as
+/// ordinary element-wise ops afterwards, which computes the same values.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    /// (N): added to every row of C.
+    pub bias: Option<&'a Tensor>,
+    /// `max(C, 0)` after the bias.
+    pub relu: bool,
+    /// Shaped like C: `C · [mask > 0]` (ReLU's gradient through the layer's output).
+    pub mask: Option<&'a Tensor>,
+}
+
+impl Epilogue<'_> {
+    /// Flag bits of matmul.wgsl's `params.flags` (4, 8, 16).
+    fn flags(&self) -> u32 {
+        (self.bias.is_some() as u32) << 2
+            | (self.relu as u32) << 3
+            | (self.mask.is_some() as u32) << 4
+    }
+
+    /// The same ops as separate element-wise ops on a computed product.
+    fn apply(&self, c: Tensor) -> Result<Tensor> {
+        let mut c = c;
+        if let Some(b) = self.bias {
+            c = c.add(b)?;
+        }
+        if self.relu {
+            c = c.relu()?;
+        }
+        if let Some(y) = self.mask {
+            c = c.mul(&y.binary_scalar(crate::ops::elementwise::BinaryOp::Gt, 0.0, false)?)?;
+        }
+        Ok(c)
+    }
+
+    /// Whether a kernel can apply it to `op(A)·op(B)` of `plan` as it stores C.
+    fn fits_kernel(&self, plan: &MatmulPlan, device: &Device) -> bool {
+        let on = |t: &Tensor| t.device().same(device) && t.dtype() == DType::F32;
+        self.bias.is_none_or(|b| on(b) && b.numel() == plan.n)
+            && self
+                .mask
+                .is_none_or(|y| on(y) && y.shape() == plan.out_shape.as_slice())
+    }
+}
+
 /// Environment variable that pins the kernel [`MatmulVariant::Auto`] picks.
 pub const MATMUL_ENV: &str = "WGRAD_MATMUL";
 
@@ -371,8 +419,30 @@ impl Tensor {
         transpose_b: bool,
         variant: MatmulVariant,
     ) -> Result<Tensor> {
+        self.matmul_epilogue(
+            other,
+            (transpose_a, transpose_b),
+            variant,
+            Epilogue::default(),
+        )
+    }
+
+    /// `op(A)·op(B)` followed by the element-wise ops of `epi`: fused into the kernel's
+    /// stores where the kernel can, else applied after it (the same values either way).
+    pub(crate) fn matmul_epilogue(
+        &self,
+        other: &Tensor,
+        (transpose_a, transpose_b): (bool, bool),
+        variant: MatmulVariant,
+        epi: Epilogue<'_>,
+    ) -> Result<Tensor> {
         if self.dtype() == DType::F16 || other.dtype() == DType::F16 {
-            return crate::ops::half::matmul(self, other, transpose_a, transpose_b);
+            return epi.apply(crate::ops::half::matmul(
+                self,
+                other,
+                transpose_a,
+                transpose_b,
+            )?);
         }
         self.expect_f32("matmul")?;
         other.expect_f32("matmul")?;
@@ -382,21 +452,21 @@ impl Tensor {
             DeviceInner::Cpu => {
                 let (a, b) = (self.host_f64(), other.host_f64());
                 let out = matmul_forward(&a, &b, &plan);
-                Ok(Tensor::cpu_from_f64(self.device(), &plan.out_shape, out))
+                epi.apply(Tensor::cpu_from_f64(self.device(), &plan.out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
                 let requested = variant;
                 let variant = resolve(ctx, variant)?;
                 if plan.k == 0 {
-                    return Tensor::zeros(self.device(), &plan.out_shape);
+                    return epi.apply(Tensor::zeros(self.device(), &plan.out_shape)?);
                 }
                 let big = |elems: usize| !crate::ops::chunk::fits(ctx, elems);
                 if big(self.numel()) || big(other.numel()) || big(plan.out_shape.iter().product()) {
-                    return matmul_big(ctx, self, other, &plan, variant);
+                    return epi.apply(matmul_big(ctx, self, other, &plan, variant)?);
                 }
                 let out = gpu_output(ctx, self.device(), "matmul", &plan.out_shape, DType::F32)?;
                 if out.numel() == 0 {
-                    return Ok(out);
+                    return epi.apply(out);
                 }
                 // `Auto`: the kernel tuned for this shape class on this adapter (once the
                 // product is known to be valid, so a bad one queues and allocates nothing).
@@ -414,8 +484,12 @@ impl Tensor {
                 else {
                     unreachable!("GPU device holds GPU tensors")
                 };
-                matmul_dispatch(ctx, &plan.for_gpu(), variant, a, b, c)?;
-                Ok(out)
+                let fused = epi.fits_kernel(&plan, self.device()).then_some(epi);
+                if matmul_dispatch(ctx, &plan.for_gpu(), variant, (a, b, c), fused)? {
+                    Ok(out)
+                } else {
+                    epi.apply(out)
+                }
             }
         }
     }
@@ -531,14 +605,15 @@ fn padded_rows(ctx: &GpuContext, arg: BufArg<'_>, ld: usize) -> Result<(GpuBuffe
     Ok((copy, bytes, ld4))
 }
 
+/// Records `C = op(A)·op(B)`, with `epi` applied as C is stored by every kernel but the
+/// subgroup one: returns whether it was.
 fn matmul_dispatch(
     ctx: &GpuContext,
     p: &MatmulPlan,
     variant: MatmulVariant,
-    a: BufArg<'_>,
-    b: BufArg<'_>,
-    c: BufArg<'_>,
-) -> Result<()> {
+    (a, b, c): (BufArg<'_>, BufArg<'_>, BufArg<'_>),
+    epi: Option<Epilogue<'_>>,
+) -> Result<bool> {
     // Stored row lengths: A is (M, K) or (K, M), B is (K, N) or (N, K).
     let lda = if p.ta { p.m } else { p.k };
     let ldb = if p.tb { p.k } else { p.n };
@@ -551,6 +626,18 @@ fn matmul_dispatch(
         };
     // The vec4 kernels load aligned vec4s only.
     let vec4_loads = matches!(entry, "matmul_forward_blocked" | "matmul_forward_subgroup");
+    // The subgroup kernel has no epilogue: the caller applies it after.
+    let epi = epi.filter(|_| entry != "matmul_forward_subgroup");
+    let epilogue_flags = epi.map_or(0, |e| e.flags());
+    // The epilogue's operands, or A in their place (bound, never read).
+    let bias = epi
+        .and_then(|e| e.bias)
+        .and_then(Tensor::gpu_arg)
+        .unwrap_or(a);
+    let aux = epi
+        .and_then(|e| e.mask)
+        .and_then(Tensor::gpu_arg)
+        .unwrap_or(a);
     let pad = |arg, ld: usize| -> Result<Option<(GpuBuffer, u64, usize)>> {
         if !vec4_loads || ld % 4 == 0 {
             Ok(None)
@@ -574,7 +661,7 @@ fn matmul_dispatch(
         tiles_n as u32,
         tiles_m as u32,
         p.batch_dims.len() as u32,
-        p.ta as u32 | (p.tb as u32) << 1, // flags
+        p.ta as u32 | (p.tb as u32) << 1 | epilogue_flags, // flags
         lda4 as u32,
         ldb4 as u32,
         0,
@@ -600,7 +687,14 @@ fn matmul_dispatch(
     } else {
         base_kernel()
     };
-    ctx.dispatch(&kernel, entry, constants, &params, &[a, b, c], grid)
+    let all = [a, b, c, bias, aux];
+    let buffers = if entry == "matmul_forward_subgroup" {
+        &all[..3]
+    } else {
+        &all[..]
+    };
+    ctx.dispatch(&kernel, entry, constants, &params, buffers, grid)?;
+    Ok(epi.is_some())
 }
 
 #[cfg(test)]
