@@ -237,44 +237,34 @@ fn load_b(i: u32) -> vec4<f32> {
 
 // This invocation's own A panel for rows m0..m0+8, k0..k0+4.
 fn own_panel_a(off: u32, m0: u32, k0: u32) -> array<vec4<f32>, 8> {
-    let M = params.m;
-    let K = params.k;
-    var p: array<vec4<f32>, 8>;
-    if ((params.flags & 1u) != 0u) {
-        var q: array<vec4<f32>, 8>;  // q[2j + h] = op(A)(m0 + 4h .. m0 + 4h + 4, k0 + j)
-        for (var j = 0u; j < 4u; j++) {
-            let i = off + min(k0 + j, K - 1u) * params.lda + m0;
-            q[2u * j] = load_a(i);
-            q[2u * j + 1u] = load_a(i + 4u);
-        }
-        p = short_from_long(q);
-    } else {
-        for (var r = 0u; r < 8u; r++) {
-            p[r] = load_a(off + min(m0 + r, M - 1u) * params.lda + k0);
-        }
+    // One set of 8 loads for both layouts, their addresses picked by the uniform flag: half
+    // the load code of a branch per layout (LLVM time on lavapipe, where loads are gathers).
+    // Stored (M, K): q[r] = op(A)(m0 + r, k0 .. k0 + 4), the panel itself.
+    // Stored (K, M): q[2j + h] = op(A)(m0 + 4h .. m0 + 4h + 4, k0 + j), transposed after.
+    let ta = (params.flags & 1u) != 0u;
+    var q: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        let row = select(min(m0 + i, params.m - 1u), min(k0 + i / 2u, params.k - 1u), ta);
+        let col = select(k0, m0 + 4u * (i % 2u), ta);
+        q[i] = load_a(off + row * params.lda + col);
     }
-    return p;
+    if (ta) { return short_from_long(q); }
+    return q;
 }
 
-// This invocation's own B panel for k0..k0+4, columns n0..n0+8.
+// This invocation's own B panel for k0..k0+4, columns n0..n0+8 (loads as own_panel_a).
+// Stored (K, N): q[2j + h] = op(B)(k0 + j, n0 + 4h .. n0 + 4h + 4), the panel itself.
+// Stored (N, K): q[c] = op(B)(k0 .. k0 + 4, n0 + c), transposed after.
 fn own_panel_b(off: u32, n0: u32, k0: u32) -> array<vec4<f32>, 8> {
-    let N = params.n;
-    let K = params.k;
-    var p: array<vec4<f32>, 8>;
-    if ((params.flags & 2u) != 0u) {
-        var q: array<vec4<f32>, 8>;  // q[c] = op(B)(k0 .. k0 + 4, n0 + c)
-        for (var c = 0u; c < 8u; c++) {
-            q[c] = load_b(off + min(n0 + c, N - 1u) * params.ldb + k0);
-        }
-        p = long_from_short(q);
-    } else {
-        for (var j = 0u; j < 4u; j++) {
-            let i = off + min(k0 + j, K - 1u) * params.ldb + n0;
-            p[2u * j] = load_b(i);
-            p[2u * j + 1u] = load_b(i + 4u);
-        }
+    let tb = (params.flags & 2u) != 0u;
+    var q: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        let row = select(min(k0 + i / 2u, params.k - 1u), min(n0 + i, params.n - 1u), tb);
+        let col = select(n0 + 4u * (i % 2u), k0, tb);
+        q[i] = load_b(off + row * params.ldb + col);
     }
-    return p;
+    if (tb) { return long_from_short(q); }
+    return q;
 }
 
 // An 8x4 panel is held either as 8 vec4s along its short side (p[r][j], r the long index) or
@@ -327,16 +317,18 @@ fn fma_panels(acc: ptr<function, array<vec4<f32>, 16>>, pa: array<vec4<f32>, 8>,
 // by a loop variable there: on lavapipe that alone demoted acc to memory and cost 25%.
 fn store_row(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>) {
     let N = params.n;
-    if (m >= params.m) { return; }
+    if (m >= params.m || n0 >= N) { return; }
     let o = c_off + m * N + n0;
     if (n0 + 8u <= N) {
         c[o] = v0.x; c[o + 1u] = v0.y; c[o + 2u] = v0.z; c[o + 3u] = v0.w;
         c[o + 4u] = v1.x; c[o + 5u] = v1.y; c[o + 6u] = v1.z; c[o + 7u] = v1.w;
         return;
     }
-    let v = array<f32, 8>(v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w);
-    for (var i = 0u; i < 8u; i++) {
-        if (n0 + i < N) { c[o + i] = v[i]; }
+    // The right edge: a loop whose trip count the compiler cannot know, over vector lanes
+    // (selects, not a local array): one small copy per row. A local array here cost 0.4 s of
+    // LLVM time on lavapipe, straight-line guarded stores 0.25 s.
+    for (var i = 0u; i < min(8u, N - n0); i++) {
+        c[o + i] = select(v1[i & 3u], v0[i & 3u], i < 4u);
     }
 }
 
