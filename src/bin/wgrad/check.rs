@@ -359,6 +359,32 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
             x[0].cross_entropy(&Tensor::from_slice(x[0].device(), &labels, &[257])?)
         },
     );
+    // The training step's fused forms: the per-row loss and its mean in one kernel, and
+    // the gradient (one row per invocation up to 64 classes, lse pass + elements past that).
+    let labels_of = |dev: &Device, rows: usize, classes: usize| {
+        let labels: Vec<i32> = (0..rows).map(|i| (i * 7 % classes) as i32).collect();
+        Tensor::from_slice(dev, &labels, &[rows])
+    };
+    kernel(
+        r,
+        gpu,
+        "cross_entropy mean (one kernel)",
+        &[&[257, 10]],
+        (-5.0, 5.0),
+        (1e-5, 1e-5),
+        |x| x[0].cross_entropy_reduced(&labels_of(x[0].device(), 257, 10)?, true),
+    );
+    for classes in [10usize, 100] {
+        kernel(
+            r,
+            gpu,
+            &format!("cross_entropy_backward {classes} classes"),
+            &[&[65, classes], &[65]],
+            (-5.0, 5.0),
+            (1e-5, 1e-5),
+            |x| x[0].cross_entropy_backward(&labels_of(x[0].device(), 65, classes)?, &x[1]),
+        );
+    }
     // Dropout: the same PCG mask on both sides, so the kept values agree exactly.
     kernel(
         r,
@@ -448,6 +474,19 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
     gradient(r, gpu, "matmul", &[&[4, 3], &[3, 5]], (-1.0, 1.0), |x| {
         x[0].matmul(&x[1])
     });
+    // Two ReLU layers: on a GPU the products store their bias + ReLU, and the first
+    // layer's gradient its ReLU mask (matmul epilogues).
+    gradient(
+        r,
+        gpu,
+        "two relu layers (fused epilogues)",
+        &[&[33, 17], &[17, 10], &[10], &[10, 9], &[9]],
+        (-1.0, 1.0),
+        |x| {
+            let h = x[0].matmul(&x[1])?.add(&x[2])?.relu()?;
+            h.matmul(&x[3])?.add(&x[4])?.relu()
+        },
+    );
     for op in ReduceOp::ALL {
         gradient(r, gpu, op.name(), &[&[3, 4, 5]], (-2.0, 2.0), |x| {
             x[0].reduce(op, 1, false)
