@@ -211,8 +211,12 @@ impl Executor {
         let mut slots = HashMap::new();
         let eager = std::env::var(PLAN_ENV).is_ok_and(|v| v.trim() == "eager");
         // Only ops whose dispatches depend on shapes alone can be replayed; any other
-        // (one drawing a fresh random mask per run, say) keeps the graph op by op.
-        let replayable = order.iter().all(|&i| replayable(&nodes[i].op));
+        // keeps the graph op by op. State updates replay as copies into the states' fixed
+        // buffers, and dropout's mask follows its step state, so both record.
+        let replayable = order.iter().all(|&i| {
+            replayable(&nodes[i].op)
+                || matches!(nodes[i].op, Op::State(..) | Op::Assign | Op::Dropout { .. })
+        });
         let recorded = match device.gpu_ctx() {
             Some(ctx) if !eager && replayable => {
                 let eval = |i: NodeId, args: &[&Tensor]| match fused.get(&i) {
@@ -226,6 +230,7 @@ impl Executor {
                     last_use: &last_use,
                     outputs: &outputs,
                     trained: &trained,
+                    assigns: &assigns,
                     optimizer: optimizer.as_ref(),
                     leaves: &leaves,
                     eval: &eval,

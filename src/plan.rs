@@ -34,6 +34,9 @@ pub(crate) struct RecordedPlan {
     update: Vec<Command>,
     /// (index into `update`, elements) of dispatches whose params change per step.
     per_step: Vec<(usize, usize)>,
+    /// State updates: copies of the assigned values into the states' fixed buffers,
+    /// after the outputs are copied out (an output may be a state's old value).
+    assigns: Vec<Command>,
     /// Bytes of the slot buffers the plan allocated for intermediates.
     pub(crate) slot_bytes: u64,
     /// Dispatches per run.
@@ -53,6 +56,8 @@ pub(crate) struct Graphed<'a> {
     pub(crate) last_use: &'a [usize],
     pub(crate) outputs: &'a [NodeId],
     pub(crate) trained: &'a [(NodeId, NodeId)],
+    /// (state, assign node): the assigned value replaces the state's after every run.
+    pub(crate) assigns: &'a [(NodeId, NodeId)],
     pub(crate) optimizer: Option<&'a Optimizer>,
     /// Values of parameter, constant and fill nodes (fixed buffers).
     pub(crate) leaves: &'a HashMap<NodeId, Tensor>,
@@ -96,7 +101,7 @@ impl RecordedPlan {
         }
         capture::begin(ctx);
         let recorded = Self::record_ops(ctx, g, &fixed_inputs, &moments);
-        let (outputs, split, per_step) = match recorded {
+        let (outputs, split, assign_at, per_step) = match recorded {
             Ok(r) => r,
             Err(e) => {
                 capture::abort();
@@ -105,11 +110,13 @@ impl RecordedPlan {
         };
         let captured = capture::end(ctx)?;
         let mut commands = captured.commands;
+        let assigns = commands.split_off(assign_at);
         let update = commands.split_off(split);
         let stats = captured.slots.stats();
         let dispatches = commands
             .iter()
             .chain(&update)
+            .chain(&assigns)
             .filter(|c| matches!(c, Command::Dispatch(_)))
             .count();
         for (p, (m, v)) in moments {
@@ -121,20 +128,41 @@ impl RecordedPlan {
             outputs,
             update,
             per_step,
+            assigns,
             slot_bytes: stats.live_bytes + stats.free_bytes,
             dispatches,
         })
     }
 
     /// Runs the ops under the capture: (outputs, where the update section starts,
-    /// per-step dispatches relative to it).
+    /// where the state updates start, per-step dispatches relative to the update).
     #[allow(clippy::type_complexity)]
     fn record_ops(
         ctx: &GpuContext,
         g: &Graphed<'_>,
         inputs: &HashMap<NodeId, Tensor>,
         moments: &HashMap<NodeId, (Option<Tensor>, Option<Tensor>)>,
-    ) -> Result<(Vec<Tensor>, usize, Vec<(usize, usize)>)> {
+    ) -> Result<(Vec<Tensor>, usize, usize, Vec<(usize, usize)>)> {
+        let (outputs, split, per_step, values) = Self::record_steps(ctx, g, inputs, moments)?;
+        let assign_at = capture::position(ctx);
+        for &(s, a) in g.assigns {
+            let (Some(new), Some(state)) = (&values[a], g.leaves.get(&s)) else {
+                unreachable!("assignments are kept to the end; states are leaves")
+            };
+            copy_into(ctx, new, state);
+        }
+        Ok((outputs, split, assign_at, per_step))
+    }
+
+    /// [`Self::record_ops`] up to the state updates, which are left to it along with the
+    /// values of the nodes kept to the end.
+    #[allow(clippy::type_complexity)]
+    fn record_steps(
+        ctx: &GpuContext,
+        g: &Graphed<'_>,
+        inputs: &HashMap<NodeId, Tensor>,
+        moments: &HashMap<NodeId, (Option<Tensor>, Option<Tensor>)>,
+    ) -> Result<(Vec<Tensor>, usize, Vec<(usize, usize)>, Vec<Option<Tensor>>)> {
         let mut values: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
         for (step, &i) in g.order.iter().enumerate() {
             let n = &g.nodes[i];
@@ -190,7 +218,7 @@ impl RecordedPlan {
                 let params: Vec<_> = pairs.iter().map(|(p, _)| bufs(p)).collect();
                 if !pairs.iter().any(|(_, gr)| params.contains(&bufs(gr))) {
                     crate::fusion::sgd_update_all(&pairs, lr, weight_decay)?;
-                    return Ok((outputs, split, per_step));
+                    return Ok((outputs, split, per_step, values));
                 }
             }
         }
@@ -216,13 +244,14 @@ impl RecordedPlan {
                 }
             }
         }
-        Ok((outputs, split, per_step))
+        Ok((outputs, split, per_step, values))
     }
 
     /// Entry points of the recorded dispatches, in run order (for tests and listings).
     pub(crate) fn entries(&self) -> Vec<String> {
         self.commands
             .iter()
+            .chain(&self.assigns)
             .chain(&self.update)
             .filter_map(|c| match c {
                 Command::Dispatch(r) => Some(r.entry.clone()),
@@ -296,7 +325,13 @@ impl RecordedPlan {
         ctx.replay(
             "run",
             &writes,
-            &[&copies_in, &self.commands, &copies_out, update],
+            &[
+                &copies_in,
+                &self.commands,
+                &copies_out,
+                &self.assigns,
+                update,
+            ],
         )?;
         Ok(results)
     }
@@ -310,7 +345,7 @@ fn fuse_updates() -> bool {
 /// Records a copy of `from`'s data over `to`'s (same size).
 fn copy_into(ctx: &GpuContext, from: &Tensor, to: &Tensor) {
     if let (Some((src, bytes)), Some((dst, _))) = (from.gpu_arg(), to.gpu_arg()) {
-        if bytes > 0 {
+        if bytes > 0 && src != dst {
             ctx.copy(src, 0, dst, 0, bytes.div_ceil(4) * 4);
         }
     }

@@ -136,3 +136,46 @@ fn slots_are_reused_across_the_plan() {
     assert!(plan.slot_bytes > 0, "{plan:?}");
     assert!(plan.slot_bytes < plan.unplanned_bytes, "{plan:?}");
 }
+
+/// The digits CNN in training mode: batch norm's running statistics (state updates) and
+/// dropout (a mask drawn from a step state) record too; every step's loss, and at the end
+/// the running statistics and the weights, match the CPU reference.
+#[test]
+fn batch_norm_and_dropout_steps_record_and_match_the_reference() {
+    use wgrad::nn::Module;
+    let Some(dev) = gpu() else { return };
+    let cpu = Device::cpu();
+    let g = Graph::new();
+    let model = wgrad::nn::models::digits_cnn(&g, true).unwrap();
+    let logits = model.forward(&g.input("x", &[16, 1, 8, 8])).unwrap();
+    let y = g.input_i32("y", &[16]);
+    let loss = logits.cross_entropy(&y).unwrap().mean().unwrap();
+    // SGD, not Adam: Adam turns the rounding noise of gradients that are zero in exact
+    // arithmetic (a conv bias before batch norm) into steps of ±lr, different per device.
+    let exe = dev.compile(&g, &[&loss], Sgd::new(0.1)).unwrap();
+    let reference = cpu.compile(&g, &[&loss], Sgd::new(0.1)).unwrap();
+    assert!(exe.is_recorded(), "state updates and dropout record");
+    for step in 0..4u64 {
+        let x = uniform(step, 16 * 64, 0.0, 1.0);
+        let x = Tensor::from_slice(&cpu, &x, &[16, 1, 8, 8]).unwrap();
+        let labels: Vec<i32> = (0..16)
+            .map(|i| ((i * 3 + step as usize) % 10) as i32)
+            .collect();
+        let y = Tensor::from_slice(&cpu, &labels, &[16]).unwrap();
+        let got = exe.run(&[("x", &x), ("y", &y)]).unwrap()[0].item().unwrap();
+        let want = reference.run(&[("x", &x), ("y", &y)]).unwrap()[0]
+            .item()
+            .unwrap();
+        assert_close(&format!("loss step {step}"), &[got], &[want], 1e-4, 1e-4);
+    }
+    for name in [
+        "bn1.running_mean",
+        "bn2.running_var",
+        "conv1.weight",
+        "fc.bias",
+    ] {
+        let got = exe.param(name).unwrap().to_vec::<f32>().unwrap();
+        let want = reference.param(name).unwrap().to_vec::<f32>().unwrap();
+        assert_close(name, &got, &want, 1e-4, 1e-3);
+    }
+}

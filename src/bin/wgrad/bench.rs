@@ -522,6 +522,9 @@ fn digits_epoch(dev: &Device, device: &'static str, adapter: String) -> anyhow::
     let logits = model.forward(&g.input("x", &[batch, 1, 8, 8]))?;
     let loss = logits.cross_entropy(&g.input_i32("y", &[batch]))?.mean()?;
     let exe = dev.compile(&g, &[&loss], wgrad::Optimizer::adam(3e-3))?;
+    if std::env::var(wgrad::executor::PLAN_ENV).is_ok_and(|v| v.trim() == "verbose") {
+        eprintln!("digits_epoch dispatches: {:?}", exe.dispatch_entries());
+    }
     let mut rng = Rng::new(5);
     let xt = Tensor::from_slice(
         dev,
