@@ -162,9 +162,9 @@ impl Module for Conv2dLayer {
                 ),
             });
         }
-        // The bias (out, 1, 1) stretched to y's shape: see `functional::stretched`.
+        // The bias (out, 1, 1) broadcasts over y (N, out, H, W).
         x.conv2d(&self.weight, self.geom)
-            .and_then(|y| y.add(&functional::stretched(&self.bias, y.shape())?))
+            .and_then(|y| y.add(&self.bias))
             .map_err(|e| in_layer(&self.name, e))
     }
 

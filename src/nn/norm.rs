@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, Var};
 use crate::init::Init;
 
-use super::{functional, in_layer, Module};
+use super::{in_layer, Module};
 
 /// Layer norm over the last axis with a learned scale (ones) and shift (zeros).
 pub struct LayerNorm {
@@ -110,12 +110,12 @@ impl BatchNorm2d {
         }
         let s = x.batch_stats(self.eps)?;
         let (mean, var) = (&s.mean, &s.var);
-        // gamma folded into the per-channel factor: one tensor-sized multiplication.
+        // gamma folded into the per-channel factor: one tensor-sized multiplication. The
+        // per-channel operands broadcast (rank-3 kernel after merging dims, or inside a
+        // fused chain), which measured faster than stretching them with copies first
+        // (digits CNN epoch 551-556 -> 492-521 ms on lavapipe, 107 -> 99 dispatches).
         let scale = self.gamma.reshape(s.inv_std.shape())?.mul(&s.inv_std)?;
-        let y = s
-            .centred
-            .mul(&functional::stretched(&scale, x.shape())?)?
-            .add(&functional::stretched(&self.beta, x.shape())?)?;
+        let y = s.centred.mul(&scale)?.add(&self.beta)?;
         let m = self.momentum;
         let unbiased = count as f32 / (count - 1) as f32;
         let g = x.graph();
@@ -138,12 +138,9 @@ impl Module for BatchNorm2d {
         if self.training.load(Ordering::Relaxed) {
             self.train_forward(x)
         } else {
-            // gamma and beta (C, 1, 1) stretched to y's shape: see `functional::stretched`.
+            // gamma and beta (C, 1, 1) broadcast over y (N, C, H, W).
             x.batch_norm_eval(&self.running_mean, &self.running_var, self.eps)
-                .and_then(|y| {
-                    y.mul(&functional::stretched(&self.gamma, y.shape())?)?
-                        .add(&functional::stretched(&self.beta, y.shape())?)
-                })
+                .and_then(|y| y.mul(&self.gamma)?.add(&self.beta))
         }
         .map_err(|e| in_layer(&self.name, e))
     }
