@@ -447,6 +447,188 @@ pub(crate) fn sgd_update_all(
     Ok(sources)
 }
 
+/// Parameters one fused Adam or momentum-SGD dispatch updates. Adam binds four
+/// storage buffers per parameter (the parameter, first and second moments, all read
+/// and written in place, and the gradient), momentum SGD three (no second moment):
+/// two parameters fill 8 and 6 of the 8 storage buffers per stage every adapter
+/// allows, where a third would need 12 or 9.
+pub(crate) const STATEFUL_PER_DISPATCH: usize = 2;
+
+/// One parameter of a fused in-place update: its buffers, all of one size.
+pub(crate) struct InPlace<'a> {
+    /// The parameter (updated in place).
+    pub(crate) p: &'a Tensor,
+    /// Its gradient (read).
+    pub(crate) g: &'a Tensor,
+    /// Momentum / first moment (updated in place).
+    pub(crate) m: &'a Tensor,
+    /// Second moment (Adam only; updated in place).
+    pub(crate) v: Option<&'a Tensor>,
+}
+
+/// optim.wgsl's `Params` and its per-element rules (`momentum_rule`, `adam_rule`),
+/// the section between its `shared` markers: what a fused update computes per element.
+fn optim_rules() -> &'static str {
+    let src = crate::optim::SHADER.source;
+    let start = src.find("// ---- shared: begin ----").unwrap_or(0);
+    let end = src.find("// ---- shared: end ----").unwrap_or(src.len());
+    &src[start..end]
+}
+
+/// The WGSL of one in-place update of parameters of `sizes` elements, concatenated
+/// along one index, with optim.wgsl's `adam_rule` (or `momentum_rule`) and `Params`
+/// (the plan writes the same words as for the unfused kernels, `n` being the group's
+/// total).
+fn stateful_source(entry: &str, sizes: &[usize], adam: bool) -> String {
+    let mut s = String::new();
+    let total: usize = sizes.iter().sum();
+    let _ = writeln!(
+        s,
+        "// {entry}.wgsl (generated) — in-place update of {} parameters ({total} elements),\n\
+         // one element per invocation, workgroup size 256.",
+        sizes.len()
+    );
+    s.push_str(optim_rules());
+    s.push_str("@group(0) @binding(0) var<uniform> params: Params;\n");
+    let per = if adam { 4 } else { 3 };
+    for (k, n) in sizes.iter().enumerate() {
+        let b = per * k;
+        let _ = writeln!(
+            s,
+            "@group(0) @binding({}) var<storage, read_write> p{k}: array<f32>; // ({n}) parameter\n\
+             @group(0) @binding({}) var<storage, read> g{k}: array<f32>; // ({n}) gradient\n\
+             @group(0) @binding({}) var<storage, read_write> m{k}: array<f32>; // ({n}) first moment",
+            b + 1,
+            b + 2,
+            b + 3
+        );
+        if adam {
+            let _ = writeln!(
+                s,
+                "@group(0) @binding({}) var<storage, read_write> v{k}: array<f32>; // ({n}) second moment",
+                b + 4
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "@compute @workgroup_size(256)\n\
+         fn {entry}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,\n\
+         \x20          @builtin(local_invocation_index) lid: u32) {{\n\
+         \x20   let i = (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;\n\
+         \x20   if (i >= params.n) {{ return; }} // n = {total}"
+    );
+    let mut start = 0;
+    for (k, n) in sizes.iter().enumerate() {
+        let (call, store_v) = if adam {
+            (
+                format!("adam_rule(p{k}[j], g{k}[j], m{k}[j], v{k}[j])"),
+                format!("\n        v{k}[j] = r.v;"),
+            )
+        } else {
+            (
+                format!("momentum_rule(p{k}[j], g{k}[j], m{k}[j])"),
+                String::new(),
+            )
+        };
+        let _ = writeln!(
+            s,
+            "    if (i >= {start}u && i < {}u) {{\n\
+             \x20       let j = i - {start}u;\n\
+             \x20       let r = {call};\n\
+             \x20       m{k}[j] = r.m;{store_v}\n\
+             \x20       p{k}[j] = r.p;\n\
+             \x20   }}",
+            start + n
+        );
+        start += n;
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// The WGSL of one in-place Adam (or AdamW) step over parameters of `sizes` elements:
+/// optim.wgsl's `adam_update`, with `p`, `m` and `v` written back where they were read.
+pub(crate) fn adam_source(sizes: &[usize]) -> String {
+    stateful_source("adam_fused", sizes, true)
+}
+
+/// The WGSL of one in-place SGD-with-momentum step over parameters of `sizes`
+/// elements: optim.wgsl's `sgd_momentum_update`, in place.
+pub(crate) fn momentum_source(sizes: &[usize]) -> String {
+    stateful_source("momentum_fused", sizes, false)
+}
+
+/// Records one dispatch updating up to [`STATEFUL_PER_DISPATCH`] parameters of `group`
+/// in place with `opt` (Adam, or SGD with momentum) at step `step`. Returns the
+/// elements updated (the `n` of its params), or `None` when all are empty and nothing
+/// was dispatched. Its params are optim.rs's `params_words(n, opt, step)`, so a plan
+/// rewrites them per step as it does the unfused kernels'.
+pub(crate) fn stateful_update(
+    opt: &crate::optim::Optimizer,
+    group: &[InPlace<'_>],
+    step: u64,
+) -> Result<Option<usize>> {
+    let adam = matches!(opt, crate::optim::Optimizer::Adam { .. });
+    let name = if adam { "adam_fused" } else { "momentum_fused" };
+    let group: Vec<&InPlace<'_>> = group.iter().filter(|s| s.p.numel() > 0).collect();
+    let Some(first) = group.first() else {
+        return Ok(None);
+    };
+    if group.len() > STATEFUL_PER_DISPATCH || group.iter().any(|s| adam != s.v.is_some()) {
+        return Err(Error::Invalid {
+            op: name,
+            detail: format!(
+                "{} parameters in one dispatch (at most {STATEFUL_PER_DISPATCH}, each with \
+                 a second moment for Adam and none for momentum SGD)",
+                group.len()
+            ),
+        });
+    }
+    let DeviceInner::Gpu(ctx) = &first.p.device().inner else {
+        return Err(Error::Invalid {
+            op: name,
+            detail: "fused updates run on a GPU device".into(),
+        });
+    };
+    let sizes: Vec<usize> = group.iter().map(|s| s.p.numel()).collect();
+    let total: usize = sizes.iter().sum();
+    let source = if adam {
+        adam_source(&sizes)
+    } else {
+        momentum_source(&sizes)
+    };
+    let mut bufs = Vec::with_capacity(4 * group.len());
+    for s in &group {
+        for t in [s.p, s.g, s.m].into_iter().chain(s.v) {
+            if t.numel() != s.p.numel() {
+                return Err(Error::Shape {
+                    op: name,
+                    detail: format!(
+                        "parameter {:?} and its gradient or state {:?} differ",
+                        s.p.shape(),
+                        t.shape()
+                    ),
+                });
+            }
+            bufs.push(t.gpu_arg().ok_or_else(|| Error::Invalid {
+                op: name,
+                detail: "fused updates read GPU tensors".into(),
+            })?);
+        }
+    }
+    let words = crate::optim::params_words(total, opt, step);
+    ctx.dispatch(
+        &kernel(&source),
+        name,
+        &[],
+        &words,
+        &bufs,
+        grid_1d(ctx, total),
+    )?;
+    Ok(Some(total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +649,104 @@ mod tests {
         for sizes in [&[1usize][..], &[8192, 128, 1280, 10], &[3, 0, 5]] {
             validate(&sgd_source(sizes, 0.05, 1e-4));
         }
+    }
+
+    #[test]
+    fn generated_adam_and_momentum_validate() {
+        for sizes in [&[1usize][..], &[8192, 128], &[3, 0], &[257]] {
+            let adam = adam_source(sizes);
+            validate(&adam);
+            assert_eq!(
+                adam.matches("let r = adam_rule(").count(),
+                sizes.len(),
+                "{adam}"
+            );
+            let momentum = momentum_source(sizes);
+            validate(&momentum);
+            assert_eq!(
+                momentum.matches("let r = momentum_rule(").count(),
+                sizes.len(),
+                "{momentum}"
+            );
+        }
+    }
+
+    /// One fused step equals optim.wgsl's per-parameter kernels bit for bit (the same
+    /// rules, from the same starting values), for two parameters in one dispatch.
+    #[test]
+    fn fused_updates_equal_the_unfused_kernels() {
+        use crate::optim::{update, Optimizer, SlotState};
+        use crate::Device;
+        let Ok(dev) = Device::gpu() else { return };
+        let data = |seed: u64, n: usize, lo: f32| crate::Rng::new(seed).vec_uniform(n, lo, 1.0);
+        let adam_l2 = Optimizer::Adam {
+            lr: 0.01,
+            beta1: 0.8,
+            beta2: 0.99,
+            eps: 1e-6,
+            weight_decay: 0.05,
+            decoupled: false,
+        };
+        let momentum = Optimizer::Sgd {
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 1e-3,
+        };
+        for opt in [
+            Optimizer::adam(0.01),
+            Optimizer::adamw(0.01, 0.1),
+            adam_l2,
+            momentum,
+        ] {
+            let adam = matches!(opt, Optimizer::Adam { .. });
+            let sizes = [257usize, 3];
+            let mut want = Vec::new();
+            let mut fused = Vec::new();
+            for (k, &n) in sizes.iter().enumerate() {
+                let seed = 10 * k as u64;
+                let t = |seed: u64, lo: f32| {
+                    Tensor::from_slice(&dev, &data(seed, n, lo), &[n]).unwrap()
+                };
+                let (p, g, m) = (t(seed, -1.0), t(seed + 1, -1e-3), t(seed + 2, -0.1));
+                let v = adam.then(|| t(seed + 3, 0.0));
+                let mut state = SlotState::with(Some(m.clone()), v.clone());
+                let p_new = update(&opt, &p, &g, &mut state, 3).unwrap();
+                let (m_new, v_new) = state.parts();
+                let mut w = vec![p_new.to_vec::<f32>().unwrap()];
+                w.push(m_new.unwrap().to_vec::<f32>().unwrap());
+                w.extend(v_new.map(|v| v.to_vec::<f32>().unwrap()));
+                want.push(w);
+                fused.push((p, g, m, v));
+            }
+            let group: Vec<InPlace<'_>> = fused
+                .iter()
+                .map(|(p, g, m, v)| InPlace {
+                    p,
+                    g,
+                    m,
+                    v: v.as_ref(),
+                })
+                .collect();
+            assert_eq!(stateful_update(&opt, &group, 3).unwrap(), Some(260));
+            for (k, (p, _, m, v)) in fused.iter().enumerate() {
+                let mut got = vec![p.to_vec::<f32>().unwrap(), m.to_vec::<f32>().unwrap()];
+                got.extend(v.as_ref().map(|v| v.to_vec::<f32>().unwrap()));
+                for (part, (g, w)) in got.iter().zip(&want[k]).enumerate() {
+                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(g), bits(w), "{opt:?}: parameter {k}, part {part}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn optim_rules_are_the_shared_section() {
+        let r = optim_rules();
+        assert!(r.starts_with("// ---- shared: begin ----"), "{r}");
+        for item in ["struct Params", "fn adam_rule(", "fn momentum_rule("] {
+            assert!(r.contains(item), "{item} missing from\n{r}");
+        }
+        assert!(!r.contains("@group"), "{r}");
     }
 
     #[test]

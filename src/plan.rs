@@ -6,9 +6,11 @@
 //! runs and gives it back after its last use, so later nodes reuse it (liveness
 //! intervals → slots, best fit); the dispatches are kept, not encoded. Inputs get
 //! fixed buffers the feeds are written into; parameters and optimizer state keep
-//! fixed buffers that the recorded update copies its results back into. A run
-//! then writes the feeds, encodes the kept commands and copies the outputs into
-//! fresh tensors — all into the pending encoder, submitted once at read back.
+//! fixed buffers that the recorded update writes in place (generated kernels, a few
+//! parameters per dispatch: src/fusion.rs), or, unfused, copies its results back
+//! into. A run then writes the feeds, encodes the kept commands and copies the
+//! outputs into fresh tensors — all into the pending encoder, submitted once at
+//! read back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,9 +32,12 @@ pub(crate) struct RecordedPlan {
     commands: Vec<Command>,
     /// The outputs' values in their slots (copied out every run).
     outputs: Vec<Tensor>,
-    /// Optimizer updates and the copies back into the fixed parameter buffers.
+    /// Optimizer updates: in place, or per parameter with the copies back into the
+    /// fixed parameter and moment buffers.
     update: Vec<Command>,
-    /// (index into `update`, elements) of dispatches whose params change per step.
+    /// (index into `update`, elements) of dispatches whose params change per step:
+    /// Adam's, per parameter or fused (elements of the group), whose params are
+    /// `params_words(elements, optimizer, step)` either way.
     per_step: Vec<(usize, usize)>,
     /// State updates: copies of the assigned values into the states' fixed buffers,
     /// after the outputs are copied out (an output may be a state's old value).
@@ -192,35 +197,8 @@ impl RecordedPlan {
             .collect();
         let split = capture::position(ctx);
         let mut per_step = Vec::new();
-        if let Some(&Optimizer::Sgd {
-            lr,
-            momentum,
-            weight_decay,
-        }) = g.optimizer.filter(|_| fuse_updates())
-        {
-            if momentum == 0.0 {
-                // Plain SGD needs no state: every parameter is updated in place by one
-                // generated kernel (a few per dispatch), with no copies back.
-                let grads: Vec<Tensor> = g
-                    .trained
-                    .iter()
-                    .map(|&(_, gid)| values[gid].clone().expect("gradients are kept"))
-                    .collect();
-                let pairs: Vec<(&Tensor, &Tensor)> = g
-                    .trained
-                    .iter()
-                    .zip(&grads)
-                    .map(|(&(p, _), gr)| (&g.leaves[&p], gr))
-                    .collect();
-                // A gradient sharing a parameter's buffer (a view of it) cannot be bound
-                // beside it read-write: those graphs take the per-parameter path.
-                let bufs = |t: &Tensor| t.gpu_arg().map(|(b, _)| b.clone());
-                let params: Vec<_> = pairs.iter().map(|(p, _)| bufs(p)).collect();
-                if !pairs.iter().any(|(_, gr)| params.contains(&bufs(gr))) {
-                    crate::fusion::sgd_update_all(&pairs, lr, weight_decay)?;
-                    return Ok((outputs, split, per_step, values));
-                }
-            }
+        if Self::record_fused_update(ctx, g, &values, moments, split, &mut per_step)? {
+            return Ok((outputs, split, per_step, values));
         }
         if let Some(opt) = g.optimizer {
             let adam = matches!(opt, Optimizer::Adam { .. });
@@ -245,6 +223,78 @@ impl RecordedPlan {
             }
         }
         Ok((outputs, split, per_step, values))
+    }
+
+    /// Records the optimizer's update of every parameter in place, in their fixed
+    /// buffers, by generated kernels a few parameters per dispatch (src/fusion.rs), with
+    /// no copies back: plain SGD, SGD with momentum and Adam. Returns false, having
+    /// recorded nothing, where the update is not fused (no optimizer, `WGRAD_FUSION=0`,
+    /// or a gradient sharing a parameter's buffer); Adam's dispatches join `per_step`.
+    fn record_fused_update(
+        ctx: &GpuContext,
+        g: &Graphed<'_>,
+        values: &[Option<Tensor>],
+        moments: &HashMap<NodeId, (Option<Tensor>, Option<Tensor>)>,
+        split: usize,
+        per_step: &mut Vec<(usize, usize)>,
+    ) -> Result<bool> {
+        let Some(opt) = g.optimizer.filter(|_| fuse_updates()) else {
+            return Ok(false);
+        };
+        let grads: Vec<&Tensor> = g
+            .trained
+            .iter()
+            .map(|&(_, gid)| values[gid].as_ref().expect("gradients are kept"))
+            .collect();
+        let params: Vec<&Tensor> = g.trained.iter().map(|(p, _)| &g.leaves[p]).collect();
+        // A gradient sharing a parameter's buffer (a view of it) cannot be bound beside
+        // it read-write: those graphs take the per-parameter path.
+        let buf = |t: &Tensor| t.gpu_arg().map(|(b, _)| b.clone());
+        let param_bufs: Vec<_> = params.iter().map(|p| buf(p)).collect();
+        if grads.iter().any(|gr| param_bufs.contains(&buf(gr))) {
+            return Ok(false);
+        }
+        match (opt, state_needs(opt)) {
+            // Plain SGD needs no state: a few parameters per dispatch, updated in place.
+            (
+                &Optimizer::Sgd {
+                    lr, weight_decay, ..
+                },
+                (false, false),
+            ) => {
+                let pairs: Vec<(&Tensor, &Tensor)> =
+                    params.iter().copied().zip(grads.iter().copied()).collect();
+                crate::fusion::sgd_update_all(&pairs, lr, weight_decay)?;
+            }
+            // Momentum SGD and Adam update their moments in place too, in the fixed
+            // buffers `record` made (and handed to the executor's optimizer state).
+            (_, (true, _)) => {
+                let mut slots = Vec::with_capacity(params.len());
+                for (k, &(p, _)) in g.trained.iter().enumerate() {
+                    let (Some(m), v) = &moments[&p] else {
+                        unreachable!("record makes the moments the optimizer needs")
+                    };
+                    slots.push(crate::fusion::InPlace {
+                        p: params[k],
+                        g: grads[k],
+                        m,
+                        v: v.as_ref(),
+                    });
+                }
+                let adam = matches!(opt, Optimizer::Adam { .. });
+                for group in slots.chunks(crate::fusion::STATEFUL_PER_DISPATCH) {
+                    let at = capture::position(ctx);
+                    // Recorded at step 1; Adam's bias corrections are rewritten per run.
+                    if let Some(n) = crate::fusion::stateful_update(opt, group, 1)? {
+                        if adam {
+                            per_step.push((at - split, n));
+                        }
+                    }
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// Entry points of the recorded dispatches, in run order (for tests and listings).
