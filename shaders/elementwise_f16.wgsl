@@ -11,8 +11,15 @@
 //   unary_f16          f(x) computed in f32, rounded once to f16
 //   scalar_f16         g(x, s) or g(s, x), in f32, rounded once
 //   binary_f16         g(a[bcast_a(i)], b[bcast_b(i)]) with NumPy broadcasting, in f32
+//   binary_broadcast3_f16  the same over a shape merged to rank <= 3, RUN (even) elements
+//                      per invocation (one index decomposition per run)
 // For + − × ÷ computing in f32 and rounding once to f16 IS the IEEE half result: f32 keeps
 // 24 ≥ 2·11 + 2 significand bits, so the double rounding cannot change it.
+
+// binary_broadcast3_f16: false when RUN divides the innermost merged dim (runs never leave
+// their row); true otherwise (odd rows), which steps with a carry and guards the end. The
+// carry costs ~1.8x on lavapipe, so rows RUN divides are run without it.
+override CROSS_ROWS: bool = true;
 
 @group(0) @binding(1) var<storage, read> h_a: array<f16>;              // f16 input
 @group(0) @binding(2) var<storage, read_write> h_out2: array<vec2<f16>>; // unary/scalar/cast output, pairs
@@ -103,4 +110,66 @@ fn binary_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let e = 2u * p;
     if (e >= params.n) { return; }
     h_out3[p] = pair(binary_at(e), binary_at(second(e)));
+}
+
+// binary_f16 over a shape merged on the host to (d0, d1, d2) = dims[0].xyz (size-1 dims
+// dropped, dims whose a- and b-strides chain folded, padded with leading 1s), like
+// binary_broadcast3_forward: the generic per-dim `%` and `/` over dynamically indexed
+// uniforms dominates on lavapipe, so an invocation decomposes its first index once (two
+// divisions) and steps RUN (even) elements along the innermost strides, carrying into the
+// outer coordinates at a row's end (rows of odd length put pairs across rows). Same
+// binary_op and rounding as binary_f16, so results are bit-identical to it.
+@compute @workgroup_size(256)
+fn binary_broadcast3_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid) * RUN;
+    if (i >= params.n) { return; }
+    let d = params.dims[0];
+    let sa = params.a_strides[0];
+    let sb = params.b_strides[0];
+    let row = i / d.z;
+    var c2 = i - row * d.z;
+    var c0 = row / d.y;
+    var c1 = row - c0 * d.y;
+    var ia = c0 * sa.x + c1 * sa.y + c2 * sa.z;
+    var ib = c0 * sb.x + c1 * sb.y + c2 * sb.z;
+    if (!CROSS_ROWS) {
+        // RUN divides d2 (so n too): the run stays in its row, pairs straight along it.
+        for (var k = 0u; k < RUN; k = k + 2u) {
+            let x = binary_op(f32(h_a[ia]), f32(h_b[ib]));
+            let y = binary_op(f32(h_a[ia + sa.z]), f32(h_b[ib + sb.z]));
+            h_out3[(i + k) / 2u] = pair(x, y);
+            ia = ia + 2u * sa.z;
+            ib = ib + 2u * sb.z;
+        }
+        return;
+    }
+    var lo = 0.0;  // the first value of the pending pair
+    for (var k = 0u; k < RUN; k = k + 1u) {
+        let e = i + k;  // i is even, so e is odd exactly when k is
+        if (e >= params.n) {
+            // Past the end: at an odd e the pair's second half is the tensor's padding.
+            if ((k & 1u) == 1u) { h_out3[e / 2u] = pair(lo, lo); }
+            break;
+        }
+        let v = binary_op(f32(h_a[ia]), f32(h_b[ib]));
+        if ((k & 1u) == 0u) {
+            lo = v;
+        } else {
+            h_out3[e / 2u] = pair(lo, v);
+        }
+        c2 = c2 + 1u;
+        ia = ia + sa.z;
+        ib = ib + sb.z;
+        if (c2 == d.z) {
+            c2 = 0u;
+            c1 = c1 + 1u;
+            if (c1 == d.y) {
+                c1 = 0u;
+                c0 = c0 + 1u;
+            }
+            ia = c0 * sa.x + c1 * sa.y;
+            ib = c0 * sb.x + c1 * sb.y;
+        }
+    }
 }

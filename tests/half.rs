@@ -261,3 +261,123 @@ fn mixed_or_unsupported_dtypes_are_typed_errors() {
     let e = a.sum().unwrap_err();
     assert!(matches!(e, Error::DType { .. }), "{e}");
 }
+
+/// Shape pairs for the broadcast fast path (run in both operand orders): merged ranks 1-3
+/// with even rows (runs of 8, 4, 2) and odd rows (runs carried across rows, odd sizes), 0-d
+/// and size-1 operands, and shapes whose merged rank is above 3 (the generic entry).
+const BROADCASTS: [(&[usize], &[usize]); 18] = [
+    (&[], &[1]),                             // scalars: one element
+    (&[], &[5]),                             // a 0-d operand, odd size
+    (&[7], &[1]),                            // odd row
+    (&[33, 16], &[16]),                      // row bias, runs of 8
+    (&[6, 5], &[5]),                         // odd rows, even size
+    (&[3, 1], &[1, 4]),                      // outer product, runs of 4
+    (&[2, 3, 4], &[1]),                      // merges to rank 1
+    (&[5, 7], &[5, 7]),                      // same shape, odd size
+    (&[2, 1, 3], &[4, 1]),                   // rank 3, nothing folds, odd rows
+    (&[4, 1, 6], &[1, 2, 6]),                // rank 3, runs of 2
+    (&[1, 1, 1, 1], &[3, 1, 1]),             // size-1 dims only
+    (&[2, 255], &[2, 1]),                    // odd rows of 255
+    (&[16, 16, 8, 8], &[1, 16, 1, 1]),       // per-channel bias -> (16, 16, 64)
+    (&[9, 40, 7, 7], &[40, 1, 1]),           // odd rows of 49, 9 workgroups
+    (&[2, 1, 3, 1], &[1, 4, 1, 5]),          // merged rank 4: generic entry
+    (&[2, 1, 3, 1, 5], &[1, 4, 1, 6, 1]),    // merged rank 5
+    (&[2, 3, 1, 4, 1, 3], &[3, 5, 1, 2, 1]), // ranks 6 and 5
+    (&[257], &[1, 257]),
+];
+
+/// Seeded f16 data in [-4, 4) with zeros, ±inf and NaN mixed in (every op's edge cases).
+fn edgy_f16(seed: u64, n: usize) -> Vec<f16> {
+    let specials = [0.0, -0.0, 1.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+    uniform(seed, n, -4.0, 4.0)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let v = if i % 7 == 3 { specials[(i / 7) % 6] } else { v };
+            f16::from_f32(v)
+        })
+        .collect()
+}
+
+/// Bit-for-bit equality (any NaN matches any NaN).
+fn assert_bits(label: &str, got: &[f16], want: &[f16]) {
+    assert_eq!(got.len(), want.len(), "{label}: length");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (g, w))| g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan()))
+        .take(8)
+        .map(|(i, (g, w))| {
+            format!(
+                "  [{i}] got {g} ({:#06x}) want {w} ({:#06x})",
+                g.to_bits(),
+                w.to_bits()
+            )
+        })
+        .collect();
+    assert!(bad.is_empty(), "{label}: mismatches\n{}", bad.join("\n"));
+}
+
+/// `data` of `shape` repeated `copies` times: the values of a tensor of shape
+/// `lead ++ shape` that is `data` at every index of `lead`.
+fn tiled(data: &[f16], copies: usize) -> Vec<f16> {
+    data.iter()
+        .copied()
+        .cycle()
+        .take(data.len() * copies)
+        .collect()
+}
+
+#[test]
+fn broadcast_fast_path_is_bit_identical_to_the_generic_entry() {
+    let Some(dev) = gpu16() else { return };
+    let cpu = Device::cpu();
+    for (i, &(s1, s2)) in BROADCASTS.iter().enumerate() {
+        for (sa, sb) in [(s1, s2), (s2, s1)] {
+            let (na, nb) = (sa.iter().product::<usize>(), sb.iter().product::<usize>());
+            let (da, db) = (edgy_f16(100 + i as u64, na), edgy_f16(200 + i as u64, nb));
+            let ga = Tensor::from_slice(&dev, &da, sa).unwrap();
+            let gb = Tensor::from_slice(&dev, &db, sb).unwrap();
+            // The generic entry, reached by leading dims that never fold: a varies along
+            // the even ones and b along the odd ones, so a (2, 1, 2, 1) ++ sa operand
+            // against a (1, 2, 1, 2) ++ sb one merges to rank >= 4 (fewer lead dims for
+            // ranks 5 and 6, whose pairs here merge to rank >= 5 on their own).
+            let out_rank = sa.len().max(sb.len());
+            let lead = 4.min(8 - out_rank);
+            let (mut la, mut lb) = (vec![], vec![]);
+            for d in 0..lead {
+                la.push(if d % 2 == 0 { 2 } else { 1 });
+                lb.push(if d % 2 == 0 { 1 } else { 2 });
+            }
+            let copies_a: usize = la.iter().product();
+            let copies_b: usize = lb.iter().product();
+            // (sa and sb padded to the output's rank so the lead dims line up)
+            let pad = |s: &[usize]| vec![1; out_rank - s.len()].into_iter().chain(s.to_vec());
+            let shape_a: Vec<usize> = la.iter().copied().chain(pad(sa)).collect();
+            let shape_b: Vec<usize> = lb.iter().copied().chain(pad(sb)).collect();
+            let wide_a = Tensor::from_slice(&dev, &tiled(&da, copies_a), &shape_a).unwrap();
+            let wide_b = Tensor::from_slice(&dev, &tiled(&db, copies_b), &shape_b).unwrap();
+            let (ca, cb) = (
+                Tensor::from_slice(&cpu, &da, sa).unwrap(),
+                Tensor::from_slice(&cpu, &db, sb).unwrap(),
+            );
+            for op in BinaryOp::ALL {
+                let label = format!("{} {sa:?} {sb:?}", op.name());
+                let got = ga.binary(&gb, op).unwrap();
+                assert_eq!(got.dtype(), DType::F16, "{label}");
+                let g = got.to_vec::<f16>().unwrap();
+                // Every (2, 2, ..) slice of the generic result is the broadcast result.
+                let wide = wide_a.binary(&wide_b, op).unwrap().to_vec::<f16>().unwrap();
+                assert_eq!(wide.len(), g.len() << lead, "{label}: generic size");
+                for (k, slice) in wide.chunks(g.len().max(1)).enumerate() {
+                    assert_bits(&format!("{label} vs generic slice {k}"), &g, slice);
+                }
+                // And the CPU reference (f64, rounded once): + − × ÷, the comparisons,
+                // maximum and minimum are exact; pow within one ulp.
+                let ulps = if op == BinaryOp::Pow { 1.0 } else { 0.0 };
+                assert_ulps(&label, &got, &ca.binary(&cb, op).unwrap(), ulps, 0.0);
+            }
+        }
+    }
+}

@@ -427,7 +427,11 @@ fn window(arg: BufArg<'_>, s: usize, len: usize) -> BufAt<'_> {
 /// operands step through the pair as one dim (outer stride = inner stride × inner size;
 /// two 0 strides qualify). Element `i` of the result reads the same a and b elements
 /// as element `i` of the original. An all-1 shape gives `[1]`.
-fn merge_dims(dims: &[usize], sa: &[usize], sb: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+pub(crate) fn merge_dims(
+    dims: &[usize],
+    sa: &[usize],
+    sb: &[usize],
+) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
     let (mut md, mut ma, mut mb): (Vec<usize>, Vec<usize>, Vec<usize>) = (vec![], vec![], vec![]);
     for d in (0..dims.len()).filter(|&d| dims[d] != 1) {
         match (md.last_mut(), ma.last_mut(), mb.last_mut()) {
@@ -450,7 +454,11 @@ fn merge_dims(dims: &[usize], sa: &[usize], sb: &[usize]) -> (Vec<usize>, Vec<us
 }
 
 /// A shape of rank <= 3 padded with leading size-1 dims (stride 0) to rank 3.
-fn pad_rank3(dims: &[usize], sa: &[usize], sb: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+pub(crate) fn pad_rank3(
+    dims: &[usize],
+    sa: &[usize],
+    sb: &[usize],
+) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
     let pad = |v: &[usize], fill: usize| {
         let mut out = vec![fill; 3 - v.len()];
         out.extend_from_slice(v);
