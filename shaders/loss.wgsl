@@ -17,6 +17,9 @@
 //   cross_entropy_reduced   total[0] = sum_i loss[i] / divisor (1 for the sum, rows for the mean):
 //                           ONE workgroup; invocation lid walks rows lid, lid + 64, …, then a
 //                           workgroup-memory tree adds the 64 partials (6 barriers)
+//   cross_entropy_reduced_backward
+//                           the same, and dx as cross_entropy_backward computes it (upstream
+//                           g_up): a training step's loss and its gradient in one dispatch
 
 struct Params {
     rows: u32,
@@ -39,6 +42,7 @@ struct Params {
 // label is reported there as code 1 with the label and the class count.
 @group(0) @binding(4) var<storage, read_write> status: array<atomic<u32>, 4>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;      // backward: (rows, classes)
+@group(0) @binding(6) var<storage, read> g_up: array<f32>;          // reduced_backward: (rows)
 
 fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 64u + lid;
@@ -139,6 +143,11 @@ fn cross_entropy_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
                                @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.rows) { return; }
+    grad_row(i, g_rows[i]);
+}
+
+// dx of row i for the upstream gi, its lse computed in place; a bad label: NaN, reported.
+fn grad_row(i: u32, gi: f32) {
     let base = i * params.classes;
     let l = labels[i];
     if (!label_ok(l)) {
@@ -147,7 +156,6 @@ fn cross_entropy_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
         return;
     }
     let lse_i = row_lse(i);
-    let gi = g_rows[i];
     for (var c = 0u; c < params.classes; c = c + 1u) {
         let onehot = select(0.0, 1.0, u32(l) == c);
         dx[base + c] = (exp(x[base + c] - lse_i) - onehot) * gi;
@@ -157,10 +165,13 @@ fn cross_entropy_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
 // The 64 partial sums of cross_entropy_reduced.
 var<workgroup> partials: array<f32, 64>;
 
-// Dispatched as one workgroup; the host keeps ceil(rows / 64) · (classes + 1) loop steps per
-// invocation well below lavapipe's 65535 (src/ops/loss.rs, REDUCED_WALK).
-@compute @workgroup_size(64)
-fn cross_entropy_reduced(@builtin(local_invocation_index) lid: u32) {
+// Both entries below are dispatched as one workgroup; the host keeps ceil(rows / 64) ·
+// (classes + 1) loop steps per invocation (with the gradient, 3 · classes + 1) well below
+// lavapipe's 65535 (src/ops/loss.rs, REDUCED_WALK).
+
+// This invocation's share of the rows' losses (Kahan-compensated; the plain sum when that is
+// NaN).
+fn reduced_partial(lid: u32) -> f32 {
     // Kahan summation: c carries the low bits each addition loses. Without the runtime
     // factor 1, lavapipe's compiler rewrites (acc + y) - acc as y and c becomes 0.
     var acc = 0.0;
@@ -183,7 +194,12 @@ fn cross_entropy_reduced(@builtin(local_invocation_index) lid: u32) {
         plain = plain + v;
     }
     let kahan = acc - c;
-    partials[lid] = select(kahan, plain, is_nan(kahan));
+    return select(kahan, plain, is_nan(kahan));
+}
+
+// Adds the 64 partials in workgroup memory; invocation 0 writes the total.
+fn store_total(lid: u32, partial: f32) {
+    partials[lid] = partial;
     workgroupBarrier();
     for (var s = 32u; s > 0u; s = s >> 1u) {
         if (lid < s) {
@@ -194,4 +210,19 @@ fn cross_entropy_reduced(@builtin(local_invocation_index) lid: u32) {
     if (lid == 0u) {
         total[0] = partials[0] / params.divisor;
     }
+}
+
+@compute @workgroup_size(64)
+fn cross_entropy_reduced(@builtin(local_invocation_index) lid: u32) {
+    store_total(lid, reduced_partial(lid));
+}
+
+// The gradient rows first, then the loss (each row's lse computed twice: cheaper than a
+// dispatch, and the bindings of cross_entropy_reduced stay its own).
+@compute @workgroup_size(64)
+fn cross_entropy_reduced_backward(@builtin(local_invocation_index) lid: u32) {
+    for (var i = lid; i < params.rows; i = i + 64u) {
+        grad_row(i, g_up[i]);
+    }
+    store_total(lid, reduced_partial(lid));
 }

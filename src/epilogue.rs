@@ -11,7 +11,9 @@
 //!
 //!
 //! And `cross_entropy(x, labels).mean()` (or `.sum()`), a training step's loss, is one
-//! dispatch of [`Tensor::cross_entropy_reduced`](crate::Tensor::cross_entropy_reduced).
+//! dispatch of [`Tensor::cross_entropy_reduced`](crate::Tensor::cross_entropy_reduced),
+//! which also computes the loss's gradient when the graph asks for it with an upstream
+//! known from the start (the mean's constant `1/rows`).
 //!
 //! Inner nodes (the product, the bias add, the `[y > 0]` mask, the per-row losses) must
 //! not be outputs of the run and must have no other user; then they never run and never
@@ -45,14 +47,31 @@ pub(crate) fn plan(
             let losses = nodes[m].inputs[0];
             if matches!(nodes[losses].op, Op::CrossEntropy) && inner(losses, m) {
                 absorbed[losses] = true;
+                let mut inputs = nodes[losses].inputs.clone();
+                // The loss's gradient on the same logits and labels, when its upstream is
+                // a value from the start (a mean's or sum's constant): the same dispatch.
+                let grad = order.iter().copied().find(|&j| {
+                    matches!(nodes[j].op, Op::CrossEntropyGrad)
+                        && nodes[j].inputs[..2] == inputs[..]
+                        && leaf[nodes[j].inputs[2]]
+                        && !absorbed[j]
+                });
+                let outputs = match grad {
+                    Some(j) => {
+                        absorbed[j] = true;
+                        inputs.push(nodes[j].inputs[2]);
+                        vec![j]
+                    }
+                    None => Vec::new(),
+                };
                 roots.insert(
                     m,
                     Fused {
-                        inputs: nodes[losses].inputs.clone(),
-                        outputs: Vec::new(),
+                        inputs,
+                        members: 2 + outputs.len(),
+                        outputs,
                         shape: nodes[m].shape.clone(),
                         source: String::new(),
-                        members: 2,
                         kind: FusedKind::CrossEntropyReduced {
                             mean: op == ReduceOp::Mean,
                         },

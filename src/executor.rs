@@ -387,11 +387,15 @@ impl Executor {
             .into_iter()
             .map(|(k, t)| Ok((k, t.to_device(&self.device)?)))
             .collect::<Result<_>>()?;
+        // Leaves first: a fused op may read one created after it (a gradient's seed).
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
+        for (&i, v) in &st.leaves {
+            values[i] = Some(v.clone());
+        }
         for (step, &i) in self.order.iter().enumerate() {
             let n = &self.nodes[i];
-            if let Some(v) = st.leaves.get(&i) {
-                values[i] = Some(v.clone());
+            if st.leaves.contains_key(&i) {
+                // set above
             } else if let Op::Input(name) = &n.op {
                 values[i] = Some(feeds[name.as_str()].clone());
             } else {

@@ -63,7 +63,8 @@ pub(crate) enum FusedKind {
         mask: bool,
     },
     /// `cross_entropy(x, labels)` and its mean (or sum) over rows in one kernel; inputs
-    /// are the logits and the labels.
+    /// are the logits and the labels, then the upstream of the loss's gradient when that
+    /// gradient (the one output) is computed by the same kernel.
     CrossEntropyReduced { mean: bool },
 }
 
@@ -322,7 +323,13 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
         return Ok(vec![(root, c)]);
     }
     if let FusedKind::CrossEntropyReduced { mean } = f.kind {
-        return Ok(vec![(root, args[0].cross_entropy_reduced(args[1], mean)?)]);
+        return match (f.outputs.first(), args.get(2)) {
+            (Some(&grad), Some(g)) => {
+                let (loss, dx) = args[0].cross_entropy_reduced_backward(args[1], mean, g)?;
+                Ok(vec![(root, loss), (grad, dx)])
+            }
+            _ => Ok(vec![(root, args[0].cross_entropy_reduced(args[1], mean)?)]),
+        };
     }
     let dev = args[0].device();
     let DeviceInner::Gpu(ctx) = &dev.inner else {

@@ -168,11 +168,15 @@ impl RecordedPlan {
         inputs: &HashMap<NodeId, Tensor>,
         moments: &HashMap<NodeId, (Option<Tensor>, Option<Tensor>)>,
     ) -> Result<(Vec<Tensor>, usize, Vec<(usize, usize)>, Vec<Option<Tensor>>)> {
+        // Leaves first: a fused op may read one created after it (a gradient's seed).
         let mut values: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
+        for (&i, v) in g.leaves {
+            values[i] = Some(v.clone());
+        }
         for (step, &i) in g.order.iter().enumerate() {
             let n = &g.nodes[i];
-            if let Some(v) = g.leaves.get(&i) {
-                values[i] = Some(v.clone());
+            if g.leaves.contains_key(&i) {
+                // set above
             } else if let Op::Input(_) = &n.op {
                 values[i] = Some(inputs[&i].clone());
             } else {

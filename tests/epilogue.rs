@@ -288,3 +288,87 @@ fn a_cross_entropy_mean_is_one_dispatch() {
         }
     }
 }
+
+/// `cross_entropy(x, y).mean()` (or `.sum()`) and its gradient with respect to the logits:
+/// one dispatch when the gradient's upstream is the mean's (sum's) constant; a loss that
+/// feeds on (its square) keeps the separate gradient kernel. Values against the reference.
+#[test]
+fn a_loss_and_its_gradient_are_one_dispatch() {
+    let Some(dev) = gpu() else { return };
+    let cpu = Device::cpu();
+    for (rows, classes, squared) in [
+        (1usize, 1usize, false),
+        (256, 10, false),
+        (65, 3, false),
+        (64, 64, false),
+        (129, 100, false),
+        (300, 1000, false), // past the fused walk: the loss kernel, then the gradient's
+        (33, 7, true),
+    ] {
+        let x = uniform(rows as u64, rows * classes, -4.0, 4.0);
+        let x = Tensor::from_slice(&cpu, &x, &[rows, classes]).unwrap();
+        let labels: Vec<i32> = (0..rows).map(|i| ((i * 7) % classes) as i32).collect();
+        let y = Tensor::from_slice(&cpu, &labels, &[rows]).unwrap();
+        for mean in [true, false] {
+            let g = Graph::new();
+            let logits = g.input("x", &[rows, classes]);
+            let losses = logits.cross_entropy(&g.input_i32("y", &[rows])).unwrap();
+            let mut loss = if mean { losses.mean() } else { losses.sum() }.unwrap();
+            if squared {
+                loss = loss.square().unwrap();
+            }
+            let dx = &wgrad::autodiff::grad(&loss, &[&logits]).unwrap()[0];
+            let label = format!("{rows}x{classes} mean={mean} squared={squared}");
+            let outs = |dev: &Device| -> (Vec<Vec<f32>>, Vec<String>) {
+                let exe = dev.compile(&g, &[&loss, dx], None).unwrap();
+                let (xd, yd) = (x.to_device(dev).unwrap(), y.to_device(dev).unwrap());
+                let got = exe.run(&[("x", &xd), ("y", &yd)]).unwrap();
+                let got = got.iter().map(|t| t.to_vec::<f32>().unwrap()).collect();
+                (got, exe.dispatch_entries())
+            };
+            let (got, entries) = outs(&dev);
+            let fused = entries
+                .iter()
+                .any(|e| e == "cross_entropy_reduced_backward");
+            assert_eq!(
+                fused,
+                // The fused kernel's walk limit (src/ops/loss.rs): 4 · classes per 64 rows.
+                !squared && rows.div_ceil(64) * classes * 4 <= 16384,
+                "{label}: {entries:?}"
+            );
+            if fused {
+                assert_eq!(entries.len(), 1, "{label}: {entries:?}");
+            }
+            let (want, _) = outs(&cpu);
+            assert_close(&format!("loss {label}"), &got[0], &want[0], 1e-5, 1e-5);
+            assert_close(&format!("dx {label}"), &got[1], &want[1], 1e-5, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn a_bad_label_through_the_fused_loss_and_gradient_is_an_error() {
+    let Some(dev) = gpu() else { return };
+    let g = Graph::new();
+    let logits = g.input("x", &[2, 3]);
+    let loss = logits
+        .cross_entropy(&g.input_i32("y", &[2]))
+        .unwrap()
+        .mean()
+        .unwrap();
+    let dx = &wgrad::autodiff::grad(&loss, &[&logits]).unwrap()[0];
+    let exe = dev.compile(&g, &[&loss, dx], None).unwrap();
+    assert!(exe
+        .dispatch_entries()
+        .iter()
+        .any(|e| e == "cross_entropy_reduced_backward"));
+    let x = Tensor::zeros(&dev, &[2, 3]).unwrap();
+    let bad = Tensor::from_slice(&dev, &[0i32, 3], &[2]).unwrap();
+    let e = exe.run(&[("x", &x), ("y", &bad)]).unwrap()[0]
+        .to_vec::<f32>()
+        .unwrap_err();
+    assert!(e.to_string().contains("label 3 outside 0..3"), "{e}");
+    let good = Tensor::from_slice(&dev, &[0i32, 2], &[2]).unwrap();
+    let out = exe.run(&[("x", &x), ("y", &good)]).unwrap();
+    assert!((out[0].item().unwrap() - 3f32.ln()).abs() < 1e-6);
+}

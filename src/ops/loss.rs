@@ -217,6 +217,71 @@ impl Tensor {
         }
     }
 
+    /// [`Tensor::cross_entropy_reduced`] and, in the same dispatch where it fits, the
+    /// gradient [`Tensor::cross_entropy_backward`] for the upstream `g` (rows): a training
+    /// step's loss and its gradient (the graph executor fuses the two when `g` is known
+    /// before the loss, as a mean's or a sum's constant gradient is). Elsewhere, the two ops.
+    pub(crate) fn cross_entropy_reduced_backward(
+        &self,
+        labels: &Tensor,
+        mean: bool,
+        g: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let fits = |ctx: &GpuContext, rows: usize, classes: usize| {
+            // The gradient walks each row once more: twice the forward's walk.
+            rows > 0
+                && rows.div_ceil(WG as usize) * classes * 4 <= REDUCED_WALK
+                && crate::ops::chunk::fits(ctx, rows * classes)
+        };
+        let same = |t: &Tensor| t.device().same(self.device());
+        let fused = match self.device().gpu_ctx() {
+            Some(ctx) if self.dtype() == DType::F32 && g.dtype() == DType::F32 => {
+                match cross_entropy_shape("cross_entropy", self.shape(), labels.shape()) {
+                    Ok((rows, classes)) => {
+                        labels.dtype() == DType::I32
+                            && same(labels)
+                            && same(g)
+                            && g.shape() == labels.shape()
+                            && fits(ctx, rows, classes)
+                    }
+                    Err(_) => false,
+                }
+            }
+            _ => false,
+        };
+        if !fused {
+            return Ok((
+                self.cross_entropy_reduced(labels, mean)?,
+                self.cross_entropy_backward(labels, g)?,
+            ));
+        }
+        let ctx = self.device().gpu_ctx().expect("checked above");
+        let (rows, classes) = cross_entropy_shape("cross_entropy", self.shape(), labels.shape())?;
+        let op = "cross_entropy";
+        let total = gpu_output(ctx, self.device(), op, &[], DType::F32)?;
+        let dx = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;
+        let divisor = if mean { rows } else { 1 };
+        let params = words(rows, classes, divisor as f32);
+        let status = ctx.status_buffer();
+        let bufs = [
+            arg(self),
+            arg(labels),
+            arg(&total),
+            (&status, STATUS_BYTES),
+            arg(&dx),
+            arg(g),
+        ];
+        ctx.dispatch(
+            &SHADER,
+            "cross_entropy_reduced_backward",
+            &[],
+            &params,
+            &bufs,
+            [1, 1, 1],
+        )?;
+        Ok((total, dx))
+    }
+
     /// The gradient of [`Tensor::cross_entropy`] with respect to the logits `self`,
     /// for the upstream gradient `g` (…): `(softmax(x) - onehot(label))·g`.
     pub fn cross_entropy_backward(&self, labels: &Tensor, g: &Tensor) -> Result<Tensor> {
