@@ -24,6 +24,9 @@ fn shapes() -> Vec<Vec<usize>> {
         vec![2, 3, 4, 5],
         vec![1, 1, 1000, 1],
         vec![3, 1, 17, 2],
+        // Past one pass's size (src/ops/reduce.rs ONE_PASS): the vec4 row and column kernels.
+        vec![300, 8],
+        vec![64, 1024],
     ]);
     v
 }

@@ -164,14 +164,21 @@ pub(crate) fn plan_pass(
 
 /// One pass of a sum/mean/max/min over (outer, r, inner): the entry point, the partials
 /// per line, the invocations and the params words. Rows and columns that split into
-/// vec4s take the vec4 kernels, which read four times the data per (gathered) load.
+/// vec4s take the vec4 kernels, which read four times the data per (gathered) load,
+/// unless the reduction is small enough for one pass (see [`ONE_PASS`]): those all take
+/// `reduce_forward`, so a training step's small bias-gradient sums share one pipeline (on
+/// lavapipe each pipeline costs 30-60 ms of LLVM time at its first dispatch, more than
+/// the vec4 loads save on 2^15 elements).
 fn reduce_pass(
     outer: usize,
     r: usize,
     inner: usize,
     lanes: usize,
 ) -> (&'static str, usize, usize, [u32; 10]) {
-    let (entry, r_units, inner_units) = if inner == 1 && r % 4 == 0 && r >= 8 {
+    let one_pass = outer * inner * r <= ONE_PASS && r <= COL_BLOCK;
+    let (entry, r_units, inner_units) = if one_pass {
+        ("reduce_forward", r, inner)
+    } else if inner == 1 && r % 4 == 0 && r >= 8 {
         ("reduce_rows_vec4", r / 4, 1)
     } else if inner % 4 == 0 {
         ("reduce_cols_vec4", r, inner / 4)
