@@ -379,18 +379,6 @@ fn matmul_forward_blocked(@builtin(workgroup_id) wg: vec3<u32>,
 // are gathered lane by lane, and here a load feeds 2 FMAs, not 16), so it is only taken for
 // small products whose rows would need padding, where a pad copy costs more than it saves.
 
-fn store_row4(c_off: u32, m: u32, n0: u32, v: vec4<f32>) {
-    let N = params.n;
-    if (m >= params.m) { return; }
-    let o = c_off + m * N + n0;
-    if (n0 + 4u <= N) {
-        c[o] = v.x; c[o + 1u] = v.y; c[o + 2u] = v.z; c[o + 3u] = v.w;
-        return;
-    }
-    c[o] = v.x;
-    if (n0 + 1u < N) { c[o + 1u] = v.y; }
-    if (n0 + 2u < N) { c[o + 2u] = v.z; }
-}
 
 @compute @workgroup_size(16, 16)
 fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
@@ -428,12 +416,15 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
         acc2 += x.z * y;
         acc3 += x.w * y;
     }
-    store_row4(t.c_off, m0, n0, acc0);
-    store_row4(t.c_off, m0 + 1u, n0, acc1);
-    store_row4(t.c_off, m0 + 2u, n0, acc2);
-    store_row4(t.c_off, m0 + 3u, n0, acc3);
-    if (params.flags >= EPI_BIAS) {
-        epilogue_block(t.c_off, m0, n0, 4u);
+    // One loop over the block's rows and columns inside C, the epilogue applied as it
+    // stores: loops of unknown trip count over vector lanes (selects) keep one copy of the
+    // code, which is what this kernel is for (LLVM time at first dispatch on lavapipe).
+    for (var r = 0u; r < min(4u, M - m0); r++) {
+        let v = select(select(select(acc0, acc1, r == 1u), acc2, r == 2u), acc3, r == 3u);
+        let o = t.c_off + (m0 + r) * N + n0;
+        for (var j = 0u; j < min(4u, N - n0); j++) {
+            c[o + j] = epilogue(v[j], o + j, n0 + j);
+        }
     }
 }
 
