@@ -10,17 +10,18 @@
 //   matmul_forward_blocked   8x8 invocations, 8x8 outputs each, no workgroup memory, vec4 loads.
 //                            For software adapters: barriers are expensive on a CPU. It reads
 //                            the transposes from params.flags rather than from overrides: one
-//                            pipeline serves every layout, and on lavapipe, which compiles a
-//                            pipeline with LLVM at its first dispatch (0.6-0.8 s for this one),
-//                            that cut a cold MLP training step from 2.9 s to 1.3 s.
+//                            pipeline serves every layout (on lavapipe, which compiles a
+//                            pipeline with LLVM at its first dispatch, 0.4-0.5 s for this one).
+//                            The host sends products of at most 2^21 multiply-adds to
+//                            matmul_forward_small instead.
 //   matmul_forward_subgroup  16 invocations (2 subgroups of exactly 8 lanes: the caller checks the
 //                            adapter's subgroup size), 16x16 outputs each; the lanes of a subgroup
 //                            share their loads through subgroupBroadcast. 2.5-3x
 //                            matmul_forward_blocked on lavapipe, where every load is a loop over
 //                            the SIMD lanes. It sits after the marker line below and is compiled
 //                            as its own module (it needs subgroups).
-//   matmul_forward_small     16x16 invocations, 4x4 outputs each, scalar loads: small products
-//                            whose rows are not a multiple of 4 long, with no padded copies.
+//   matmul_forward_small     16x16 invocations, 4x4 outputs each, vec4 loads of any alignment:
+//                            small products (any layout, any row length, no padded copies).
 //   matmul_pad_rows          256 invocations: copies an operand into rows padded to a multiple of
 //                            4, so that the vec4 loads of the two kernels above are aligned.
 //
@@ -373,52 +374,97 @@ fn matmul_forward_blocked(@builtin(workgroup_id) wg: vec3<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------
-// matmul_forward_small: 16x16 invocations, 4x4 outputs each, scalar loads through strides made
-// from params.flags: rows of any length (no padded copies) and every layout in one small
-// pipeline. Three times slower than matmul_forward_blocked per multiply-add on lavapipe (loads
-// are gathered lane by lane, and here a load feeds 2 FMAs, not 16), so it is only taken for
-// small products whose rows would need padding, where a pad copy costs more than it saves.
+// matmul_forward_small: 16x16 invocations, 4x4 outputs each, vec4 panels of any alignment (a
+// misaligned vec4 is two aligned loads and a shift), transposes from params.flags: one small
+// pipeline for every layout and row length, with no padded copies. On lavapipe it compiles in
+// ~0.26 s at its first dispatch where matmul_forward_blocked takes ~0.45 s, and runs products
+// of up to 2^21 multiply-adds within ~0.2 ms of it, so small products take it: a cold MLP
+// training step went from ~1.0 s to ~0.63 s. It reads a load past the end of a row or of the
+// buffer only into lanes that are masked (the K tail) or never stored.
+fn shift4(lo: vec4<f32>, hi: vec4<f32>, r: u32) -> vec4<f32> {
+    let v1 = vec4<f32>(lo.yzw, hi.x);
+    let v2 = vec4<f32>(lo.zw, hi.xy);
+    let v3 = vec4<f32>(lo.w, hi.xyz);
+    return select(select(select(lo, v1, r == 1u), v2, r == 2u), v3, r == 3u);
+}
 
+fn load_a_any(i: u32) -> vec4<f32> {
+    let lo = a4[i / 4u];
+    if (i % 4u == 0u) { return lo; }
+    return shift4(lo, a4[i / 4u + 1u], i % 4u);
+}
+
+fn load_b_any(i: u32) -> vec4<f32> {
+    let lo = b4[i / 4u];
+    if (i % 4u == 0u) { return lo; }
+    return shift4(lo, b4[i / 4u + 1u], i % 4u);
+}
 
 @compute @workgroup_size(16, 16)
 fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
-                        @builtin(num_workgroups) nwg: vec3<u32>,
-                        @builtin(local_invocation_id) lid: vec3<u32>) {
+                         @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = job(wg, nwg);
     if (!t.valid) { return; }
     let M = params.m;
     let N = params.n;
+    let K = params.k;
     let m0 = t.tile_m * 64u + lid.y * 4u;
     let n0 = t.tile_n * 64u + lid.x * 4u;
     if (m0 >= M || n0 >= N) { return; }
-    // op(A)(m, k) = a[m * sam + k * sak], op(B)(k, n) = b[k * sbk + n * sbn]
     let ta = (params.flags & 1u) != 0u;
     let tb = (params.flags & 2u) != 0u;
-    let sam = select(params.lda, 1u, ta);
-    let sak = select(1u, params.lda, ta);
-    let sbk = select(params.ldb, 1u, tb);
-    let sbn = select(1u, params.ldb, tb);
-    // Rows and columns past C are clamped: they read valid data into outputs never stored.
-    let lane4 = vec4<u32>(0u, 1u, 2u, 3u);
-    let ra = t.a_off + min(vec4<u32>(m0) + lane4, vec4<u32>(M - 1u)) * sam;
-    let cb = t.b_off + min(vec4<u32>(n0) + lane4, vec4<u32>(N - 1u)) * sbn;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var k = 0u; k < params.k; k++) {
-        let ia = ra + vec4<u32>(k * sak);
-        let ib = cb + vec4<u32>(k * sbk);
-        let x = vec4<f32>(a[ia.x], a[ia.y], a[ia.z], a[ia.w]);
-        let y = vec4<f32>(b[ib.x], b[ib.y], b[ib.z], b[ib.w]);
-        acc0 += x.x * y;
-        acc1 += x.y * y;
-        acc2 += x.z * y;
-        acc3 += x.w * y;
+    for (var k0 = 0u; k0 < K; k0 += 4u) {
+        // A: stored (M, K): qa_i = op(A)(m0 + i, k0 .. +4); stored (K, M): op(A)(m0 .. +4, k0 + i).
+        let ra = vec4<u32>(min(m0, M - 1u), min(m0 + 1u, M - 1u), min(m0 + 2u, M - 1u),
+                           min(m0 + 3u, M - 1u));
+        let rk = vec4<u32>(min(k0, K - 1u), min(k0 + 1u, K - 1u), min(k0 + 2u, K - 1u),
+                           min(k0 + 3u, K - 1u));
+        let arow = select(ra, rk, vec4<bool>(ta));
+        let acol = select(k0, m0, ta);
+        let qa0 = load_a_any(t.a_off + arow.x * params.lda + acol);
+        let qa1 = load_a_any(t.a_off + arow.y * params.lda + acol);
+        let qa2 = load_a_any(t.a_off + arow.z * params.lda + acol);
+        let qa3 = load_a_any(t.a_off + arow.w * params.lda + acol);
+        // B: stored (K, N): qb_j = op(B)(k0 + j, n0 .. +4); stored (N, K): op(B)(k0 .. +4, n0 + j).
+        let rn = vec4<u32>(min(n0, N - 1u), min(n0 + 1u, N - 1u), min(n0 + 2u, N - 1u),
+                           min(n0 + 3u, N - 1u));
+        let brow = select(rk, rn, vec4<bool>(tb));
+        let bcol = select(n0, k0, tb);
+        let qb0 = load_b_any(t.b_off + brow.x * params.ldb + bcol);
+        let qb1 = load_b_any(t.b_off + brow.y * params.ldb + bcol);
+        let qb2 = load_b_any(t.b_off + brow.z * params.ldb + bcol);
+        let qb3 = load_b_any(t.b_off + brow.w * params.ldb + bcol);
+        // Panels pa_r = op(A)(m0 + r, k0 .. +4) and pb_j = op(B)(k0 + j, n0 .. +4).
+        var pa0 = qa0; var pa1 = qa1; var pa2 = qa2; var pa3 = qa3;
+        if (ta) {
+            pa0 = vec4<f32>(qa0.x, qa1.x, qa2.x, qa3.x);
+            pa1 = vec4<f32>(qa0.y, qa1.y, qa2.y, qa3.y);
+            pa2 = vec4<f32>(qa0.z, qa1.z, qa2.z, qa3.z);
+            pa3 = vec4<f32>(qa0.w, qa1.w, qa2.w, qa3.w);
+        }
+        var pb0 = qb0; var pb1 = qb1; var pb2 = qb2; var pb3 = qb3;
+        if (tb) {
+            pb0 = vec4<f32>(qb0.x, qb1.x, qb2.x, qb3.x);
+            pb1 = vec4<f32>(qb0.y, qb1.y, qb2.y, qb3.y);
+            pb2 = vec4<f32>(qb0.z, qb1.z, qb2.z, qb3.z);
+            pb3 = vec4<f32>(qb0.w, qb1.w, qb2.w, qb3.w);
+        }
+        // The K tail: k >= K is zero in both panels (what lies there may be any value).
+        let keep = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(K - k0);
+        let z = vec4<f32>(0.0);
+        pa0 = select(z, pa0, keep); pa1 = select(z, pa1, keep);
+        pa2 = select(z, pa2, keep); pa3 = select(z, pa3, keep);
+        pb1 = select(z, pb1, keep.y); pb2 = select(z, pb2, keep.z); pb3 = select(z, pb3, keep.w);
+        acc0 += pa0.x * pb0 + pa0.y * pb1 + pa0.z * pb2 + pa0.w * pb3;
+        acc1 += pa1.x * pb0 + pa1.y * pb1 + pa1.z * pb2 + pa1.w * pb3;
+        acc2 += pa2.x * pb0 + pa2.y * pb1 + pa2.z * pb2 + pa2.w * pb3;
+        acc3 += pa3.x * pb0 + pa3.y * pb1 + pa3.z * pb2 + pa3.w * pb3;
     }
-    // One loop over the block's rows and columns inside C, the epilogue applied as it
-    // stores: loops of unknown trip count over vector lanes (selects) keep one copy of the
-    // code, which is what this kernel is for (LLVM time at first dispatch on lavapipe).
     for (var r = 0u; r < min(4u, M - m0); r++) {
         let v = select(select(select(acc0, acc1, r == 1u), acc2, r == 2u), acc3, r == 3u);
         let o = t.c_off + (m0 + r) * N + n0;

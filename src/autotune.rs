@@ -110,11 +110,12 @@ pub(crate) fn matmul_variant(
     if requested != MatmulVariant::Auto || pinned {
         return requested;
     }
-    // Small products on CPU adapters take the register-blocked kernel untuned: its one
-    // pipeline (every layout) compiles in ~0.7 s where the subgroup kernel's take ~3.5 s
-    // each cold (LLVM unrolling 16x16 outputs per lane), and at this size the two run
-    // within noise of each other (MLP 64-128-10 step on lavapipe: 2.7-4.8 ms subgroup,
-    // 3.4-5.0 ms blocked). This is what keeps a cold first training step near a second.
+    // Small products on CPU adapters take the register-blocked variant untuned: its
+    // pipelines serve every layout and compile in ~0.26 s (the 4x4 kernel it runs up to
+    // 2^21 multiply-adds) and ~0.45 s (8x8) on lavapipe, where the subgroup kernel's take
+    // ~3.5 s each cold (LLVM unrolling 16x16 outputs per lane); at this size they run
+    // within noise of each other. This is what keeps a cold first training step under a
+    // second (~0.63 s for the MLP 64-128-10).
     if ctx.info.device_type == wgpu::DeviceType::Cpu
         && macs <= SMALL_PRODUCT
         && MatmulVariant::RegisterBlocked.resolve(a.device()).is_ok()

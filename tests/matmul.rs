@@ -75,6 +75,9 @@ fn every_kernel_and_transpose_matches_reference() {
         (255, 257, 3),
         (1000, 3, 257),
         (7, 1000, 9),
+        // Past the small kernel's 2^21 multiply-adds (src/ops/matmul.rs SMALL_PRODUCT): the
+        // register-blocked 8x8 kernel, its rows padded.
+        (129, 130, 131),
     ];
     for (i, &shape) in shapes.iter().enumerate() {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {

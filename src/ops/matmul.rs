@@ -51,11 +51,13 @@ fn base_kernel() -> Kernel {
 /// Output tile of one workgroup, in every kernel.
 const TILE: usize = 64;
 
-/// Multiply-adds up to which a product the register-blocked kernel would have to pad
-/// (rows not a multiple of 4 long) takes `matmul_forward_small` instead. A pad copy costs
-/// a dispatch (~0.1 ms on lavapipe), about what the small kernel's scalar loads lose
-/// against the blocked kernel at this size; an MLP's 10-class layer is below it.
-const SMALL_RAGGED: usize = 1 << 19;
+/// Multiply-adds up to which a product the register-blocked variant runs takes
+/// `matmul_forward_small` (4x4 outputs per invocation, loads of any alignment, so no padded
+/// copies). On lavapipe its pipeline compiles in ~0.26 s at the first dispatch against
+/// ~0.45 s for the 8x8 kernel, and at this size it runs within ~0.2 ms of it per product
+/// (MLP 64-128-10 step 2.85-3.19 ms against 2.68-3.34 ms): the first training step of a
+/// small network is what a user waits for.
+const SMALL_PRODUCT: usize = 1 << 21;
 
 /// Element-wise ops applied to a product as it is stored, fused by the graph executor
 /// into the tiled, register-blocked and small kernels (see matmul.wgsl's `epilogue`):
@@ -617,13 +619,26 @@ fn matmul_dispatch(
     // Stored row lengths: A is (M, K) or (K, M), B is (K, N) or (N, K).
     let lda = if p.ta { p.m } else { p.k };
     let ldb = if p.tb { p.k } else { p.n };
-    let ragged = lda % 4 != 0 || ldb % 4 != 0;
-    let entry =
-        if variant == MatmulVariant::RegisterBlocked && ragged && p.m * p.n * p.k <= SMALL_RAGGED {
-            "matmul_forward_small" // scalar loads instead of padded copies
-        } else {
-            variant.entry()
-        };
+    // The small kernel reads vec4s of any alignment, so its bindings must cover whole vec4s:
+    // an operand whose buffer ends inside its last vec4 (a few floats in a 24-byte buffer)
+    // takes the padded path instead. (Lavapipe bounds-checks each float of a vec4, a GPU
+    // may not.)
+    fn whole_vec4s((buf, bytes): BufArg<'_>) -> Option<BufArg<'_>> {
+        let rounded = bytes.div_ceil(16) * 16;
+        (buf.size() >= rounded).then_some((buf, rounded))
+    }
+    let small = match (whole_vec4s(a), whole_vec4s(b)) {
+        (Some(wa), Some(wb))
+            if variant == MatmulVariant::RegisterBlocked && p.m * p.n * p.k <= SMALL_PRODUCT =>
+        {
+            Some((wa, wb))
+        }
+        _ => None,
+    };
+    let (entry, a, b) = match small {
+        Some((wa, wb)) => ("matmul_forward_small", wa, wb),
+        None => (variant.entry(), a, b),
+    };
     // The vec4 kernels load aligned vec4s only.
     let vec4_loads = matches!(entry, "matmul_forward_blocked" | "matmul_forward_subgroup");
     // The subgroup kernel has no epilogue: the caller applies it after.
