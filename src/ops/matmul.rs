@@ -59,6 +59,11 @@ const TILE: usize = 64;
 /// small network is what a user waits for.
 const SMALL_PRODUCT: usize = 1 << 21;
 
+/// Longest K the small kernel takes. Past it, few outputs and a long walk along K (a
+/// convolution's weight gradient: K = batch·H·W) ran 1.4x slower on it than on the 8x8
+/// kernel (digits CNN epoch 540 -> 750-790 ms on lavapipe).
+const SMALL_K: usize = 256;
+
 /// Element-wise ops applied to a product as it is stored, fused by the graph executor
 /// into the tiled, register-blocked and small kernels (see matmul.wgsl's `epilogue`):
 /// `C + bias` (bias along the last dim), then ReLU, then `C · [mask > 0]`. The subgroup
@@ -629,7 +634,9 @@ fn matmul_dispatch(
     }
     let small = match (whole_vec4s(a), whole_vec4s(b)) {
         (Some(wa), Some(wb))
-            if variant == MatmulVariant::RegisterBlocked && p.m * p.n * p.k <= SMALL_PRODUCT =>
+            if variant == MatmulVariant::RegisterBlocked
+                && p.m * p.n * p.k <= SMALL_PRODUCT
+                && p.k <= SMALL_K =>
         {
             Some((wa, wb))
         }
