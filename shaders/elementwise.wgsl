@@ -142,6 +142,15 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
 }
 
+// Coordinates (c0, c1, c2) of flat element e in the merged rank-3 shape params.dims[0].xyz
+// (the broadcast3 entries here and in elementwise_f16.wgsl): two divisions.
+fn coords3(e: u32) -> vec3<u32> {
+    let d = params.dims[0];
+    let row = e / d.z;
+    let c0 = row / d.y;
+    return vec3<u32>(c0, row - c0 * d.y, e - row * d.z);
+}
+
 fn dim_at(v: array<vec4<u32>, 2>, i: u32) -> u32 {
     return v[i / 4u][i % 4u];
 }
@@ -203,16 +212,11 @@ fn binary_broadcast3_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_
                              @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid) * RUN;
     if (i >= params.n) { return; }
-    let d = params.dims[0];
     let sa = params.a_strides[0];
     let sb = params.b_strides[0];
-    let e = params.offsets.x + i;
-    let row = e / d.z;
-    let c2 = e - row * d.z;
-    let c0 = row / d.y;
-    let c1 = row - c0 * d.y;
-    var ia = c0 * sa.x + c1 * sa.y + c2 * sa.z - params.offsets.y;
-    var ib = c0 * sb.x + c1 * sb.y + c2 * sb.z - params.offsets.z;
+    let c = coords3(params.offsets.x + i);
+    var ia = c.x * sa.x + c.y * sa.y + c.z * sa.z - params.offsets.y;
+    var ib = c.x * sb.x + c.y * sb.y + c.z * sb.z - params.offsets.z;
     for (var k = 0u; k < RUN; k = k + 1u) {
         out3[i + k] = binary_op(a[ia], b[ib]);
         ia = ia + sa.z;

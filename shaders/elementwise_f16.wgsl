@@ -127,10 +127,10 @@ fn binary_broadcast3_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     let d = params.dims[0];
     let sa = params.a_strides[0];
     let sb = params.b_strides[0];
-    let row = i / d.z;
-    var c2 = i - row * d.z;
-    var c0 = row / d.y;
-    var c1 = row - c0 * d.y;
+    let c = coords3(i);
+    var c0 = c.x;
+    var c1 = c.y;
+    var c2 = c.z;
     var ia = c0 * sa.x + c1 * sa.y + c2 * sa.z;
     var ib = c0 * sb.x + c1 * sb.y + c2 * sb.z;
     if (!CROSS_ROWS) {

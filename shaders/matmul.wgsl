@@ -418,12 +418,13 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
+    // This block's rows of op(A) and columns of op(B), past the matrix clamped to its last.
+    let lane4 = vec4<u32>(0u, 1u, 2u, 3u);
+    let ra = min(vec4<u32>(m0) + lane4, vec4<u32>(M - 1u));
+    let rn = min(vec4<u32>(n0) + lane4, vec4<u32>(N - 1u));
     for (var k0 = 0u; k0 < K; k0 += 4u) {
+        let rk = min(vec4<u32>(k0) + lane4, vec4<u32>(K - 1u));
         // A: stored (M, K): qa_i = op(A)(m0 + i, k0 .. +4); stored (K, M): op(A)(m0 .. +4, k0 + i).
-        let ra = vec4<u32>(min(m0, M - 1u), min(m0 + 1u, M - 1u), min(m0 + 2u, M - 1u),
-                           min(m0 + 3u, M - 1u));
-        let rk = vec4<u32>(min(k0, K - 1u), min(k0 + 1u, K - 1u), min(k0 + 2u, K - 1u),
-                           min(k0 + 3u, K - 1u));
         let arow = select(ra, rk, vec4<bool>(ta));
         let acol = select(k0, m0, ta);
         let qa0 = load_a_any(t.a_off + arow.x * params.lda + acol);
@@ -431,8 +432,6 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
         let qa2 = load_a_any(t.a_off + arow.z * params.lda + acol);
         let qa3 = load_a_any(t.a_off + arow.w * params.lda + acol);
         // B: stored (K, N): qb_j = op(B)(k0 + j, n0 .. +4); stored (N, K): op(B)(k0 .. +4, n0 + j).
-        let rn = vec4<u32>(min(n0, N - 1u), min(n0 + 1u, N - 1u), min(n0 + 2u, N - 1u),
-                           min(n0 + 3u, N - 1u));
         let brow = select(rk, rn, vec4<bool>(tb));
         let bcol = select(n0, k0, tb);
         let qb0 = load_b_any(t.b_off + brow.x * params.ldb + bcol);
@@ -455,7 +454,7 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
             pb3 = vec4<f32>(qb0.w, qb1.w, qb2.w, qb3.w);
         }
         // The K tail: k >= K is zero in both panels (what lies there may be any value).
-        let keep = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(K - k0);
+        let keep = lane4 < vec4<u32>(K - k0);
         let z = vec4<f32>(0.0);
         pa0 = select(z, pa0, keep); pa1 = select(z, pa1, keep);
         pa2 = select(z, pa2, keep); pa3 = select(z, pa3, keep);

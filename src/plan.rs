@@ -331,15 +331,7 @@ impl RecordedPlan {
             let dst = fixed.gpu_arg().expect("fixed inputs are GPU tensors").0;
             match feed.gpu_arg() {
                 Some((src, bytes)) if feed.device().same(device) => {
-                    if bytes > 0 {
-                        copies_in.push(Command::Copy {
-                            src: src.clone(),
-                            src_off: 0,
-                            dst: dst.clone(),
-                            dst_off: 0,
-                            bytes: bytes.div_ceil(4) * 4,
-                        });
-                    }
+                    copies_in.extend(whole_copy(src, dst, bytes));
                 }
                 _ => host.push((dst, host_bytes(feed)?)),
             }
@@ -357,15 +349,7 @@ impl RecordedPlan {
         for o in &self.outputs {
             let t = crate::ops::gpu_output(ctx, device, "run", o.shape(), o.dtype())?;
             if let (Some((src, bytes)), Some((dst, _))) = (o.gpu_arg(), t.gpu_arg()) {
-                if bytes > 0 {
-                    copies_out.push(Command::Copy {
-                        src: src.clone(),
-                        src_off: 0,
-                        dst: dst.clone(),
-                        dst_off: 0,
-                        bytes: bytes.div_ceil(4) * 4,
-                    });
-                }
+                copies_out.extend(whole_copy(src, dst, bytes));
             }
             results.push(t);
         }
@@ -394,6 +378,17 @@ impl RecordedPlan {
 /// Whether updates may be fused (`WGRAD_FUSION=0` keeps one kernel per parameter).
 fn fuse_updates() -> bool {
     !std::env::var(crate::executor::FUSION_ENV).is_ok_and(|v| v.trim() == "0")
+}
+
+/// The command copying a tensor's `bytes` from `src` to `dst` (none when empty).
+fn whole_copy(src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) -> Option<Command> {
+    (bytes > 0).then(|| Command::Copy {
+        src: src.clone(),
+        src_off: 0,
+        dst: dst.clone(),
+        dst_off: 0,
+        bytes: bytes.div_ceil(4) * 4,
+    })
 }
 
 /// Records a copy of `from`'s data over `to`'s (same size).

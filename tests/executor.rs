@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, gpu, uniform};
+use common::{assert_close, gpu, two_layer, uniform};
 use wgrad::{Device, Error, Graph, Init, Optimizer, Sgd, Tensor, Var};
 
 /// x (5,2) → Linear(2,3) → ReLU → Linear(3,1), MSE against y (5,1).
@@ -31,17 +31,7 @@ fn mlp() -> (Graph, Var) {
         },
     );
     let b2 = g.param("b2", &[1], Init::Zeros);
-    let pred = x
-        .matmul(&w1)
-        .unwrap()
-        .add(&b1)
-        .unwrap()
-        .relu()
-        .unwrap()
-        .matmul(&w2)
-        .unwrap()
-        .add(&b2)
-        .unwrap();
+    let pred = two_layer(&x, &w1, &b1, &w2, &b2);
     let loss = pred.mse(&y).unwrap();
     (g, loss)
 }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_close, gpu, uniform};
+use common::{assert_close, gpu, two_layer, uniform};
 use wgrad::{Device, Executor, Graph, Init, Optimizer, Tensor, Var};
 
 /// An MLP 64-32-10 (bias, ReLU), cross-entropy mean at batch `batch`: four
@@ -20,17 +20,7 @@ fn mlp(batch: usize, third: bool) -> (Graph, Var, Vec<&'static str>) {
     let b1 = g.param("b1", &[32], Init::Constant(0.01));
     let w2 = g.param("w2", &[32, 10], Init::XavierUniform { seed: 2 });
     let b2 = g.param("b2", &[10], Init::Constant(-0.02));
-    let mut logits = x
-        .matmul(&w1)
-        .unwrap()
-        .add(&b1)
-        .unwrap()
-        .relu()
-        .unwrap()
-        .matmul(&w2)
-        .unwrap()
-        .add(&b2)
-        .unwrap();
+    let mut logits = two_layer(&x, &w1, &b1, &w2, &b2);
     let mut names = vec!["w1", "b1", "w2", "b2"];
     if third {
         let w3 = g.param("w3", &[10, 10], Init::XavierUniform { seed: 3 });

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, gpu, pair, uniform};
+use common::{assert_close, fro, gpu, pair, read_f64, uniform};
 use wgrad::linalg::{self, EighOptions, Norm};
 use wgrad::{Device, Error, Rng, Tensor};
 
@@ -35,18 +35,6 @@ fn transpose(a: &[f64], m: usize, n: usize) -> Vec<f64> {
         }
     }
     t
-}
-
-fn fro(a: &[f64]) -> f64 {
-    a.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-fn read(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f32>()
-        .unwrap()
-        .iter()
-        .map(|&x| x as f64)
-        .collect()
 }
 
 /// A random (n, n) orthogonal matrix: Gram–Schmidt (twice) on normal columns.
@@ -164,7 +152,7 @@ fn check_eigh(
 ) {
     assert_eq!(values.shape(), &[n], "{label}: values shape");
     assert_eq!(vectors.shape(), &[n, n], "{label}: vectors shape");
-    let (l, v) = (read(values), read(vectors));
+    let (l, v) = (read_f64(values), read_f64(vectors));
     let scale = l
         .iter()
         .fold(0.0f64, |m, x| m.max(x.abs()))
@@ -210,7 +198,7 @@ fn eigh_matches_reference_and_identities() {
         for (label, a) in symmetric_cases(n) {
             let cpu = Tensor::from_slice(&Device::cpu(), &f32s(&a), &[n, n]).unwrap();
             let (rl, rv) = linalg::eigh(&cpu).unwrap();
-            let reference = read(&rl);
+            let reference = read_f64(&rl);
             check_eigh(&format!("cpu {label}"), &a, n, &rl, &rv, &reference);
             if let Some(dev) = &gpu {
                 let g = Tensor::from_slice(dev, &f32s(&a), &[n, n]).unwrap();
@@ -227,7 +215,7 @@ fn eigh_gpu_large() {
     let n = 256;
     for (label, a) in symmetric_cases(n).into_iter().take(2) {
         let cpu = Tensor::from_slice(&Device::cpu(), &f32s(&a), &[n, n]).unwrap();
-        let reference = read(&linalg::eigh(&cpu).unwrap().0);
+        let reference = read_f64(&linalg::eigh(&cpu).unwrap().0);
         let g = Tensor::from_slice(&dev, &f32s(&a), &[n, n]).unwrap();
         let (l, v) = linalg::eigh(&g).unwrap();
         check_eigh(&format!("gpu {label}"), &a, n, &l, &v, &reference);
@@ -311,7 +299,7 @@ fn check_svd(
     assert_eq!(f.0.shape(), &[m, k], "{label}: U shape");
     assert_eq!(f.1.shape(), &[k], "{label}: S shape");
     assert_eq!(f.2.shape(), &[k, n], "{label}: Vt shape");
-    let (u, s, vt) = (read(&f.0), read(&f.1), read(&f.2));
+    let (u, s, vt) = (read_f64(&f.0), read_f64(&f.1), read_f64(&f.2));
     let smax = s[0].max(f64::MIN_POSITIVE);
     for w in s.windows(2) {
         assert!(w[0] >= w[1], "{label}: σ not descending: {w:?}");
@@ -342,7 +330,7 @@ fn svd_both(shapes: &[(usize, usize)]) {
         for (label, a) in svd_cases(m, n) {
             let cpu = Tensor::from_slice(&Device::cpu(), &f32s(&a), &[m, n]).unwrap();
             let rf = linalg::svd(&cpu).unwrap();
-            let reference = read(&rf.1);
+            let reference = read_f64(&rf.1);
             check_svd(&format!("cpu {label}"), &a, m, n, &rf, &reference);
             if let Some(dev) = &gpu {
                 let g = Tensor::from_slice(dev, &f32s(&a), &[m, n]).unwrap();
@@ -396,15 +384,15 @@ fn rank_pinv_low_rank() {
         // A A⁺ A = A and A⁺ A A⁺ = A⁺.
         let p = linalg::pinv(&t, None).unwrap();
         assert_eq!(p.shape(), &[n, m]);
-        let apa = read(&t.matmul(&p).unwrap().matmul(&t).unwrap());
+        let apa = read_f64(&t.matmul(&p).unwrap().matmul(&t).unwrap());
         let diff: Vec<f64> = apa.iter().zip(&a).map(|(x, y)| x - y).collect();
         assert!(
             fro(&diff) <= TOL * fro(&a),
             "A A⁺ A: {:e}",
             fro(&diff) / fro(&a)
         );
-        let pv = read(&p);
-        let pap = read(&p.matmul(&t).unwrap().matmul(&p).unwrap());
+        let pv = read_f64(&p);
+        let pap = read_f64(&p.matmul(&t).unwrap().matmul(&p).unwrap());
         let diff: Vec<f64> = pap.iter().zip(&pv).map(|(x, y)| x - y).collect();
         assert!(
             fro(&diff) <= 1e-3 * fro(&pv),

@@ -5,23 +5,11 @@
 
 mod common;
 
-use common::{gpu, uniform};
+use common::{devices, gpu, read_f64, uniform};
 use wgrad::linalg::{self, Eig, EigOptions};
 use wgrad::{Device, Error, Rng, Tensor};
 
 const TOL: f64 = 1e-4;
-
-fn read(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f32>()
-        .unwrap()
-        .iter()
-        .map(|&x| x as f64)
-        .collect()
-}
-
-fn devices() -> Vec<Device> {
-    std::iter::once(Device::cpu()).chain(gpu()).collect()
-}
 
 fn tensor(dev: &Device, a: &[f64], n: usize) -> Tensor {
     let f: Vec<f32> = a.iter().map(|&x| x as f32).collect();
@@ -71,7 +59,7 @@ fn check(label: &str, a: &[f64], n: usize, e: &Eig, want: &[(f64, f64)]) {
     assert_eq!(e.re.shape(), &[n], "{label}");
     assert_eq!(e.im.shape(), &[n], "{label}");
     assert_eq!(e.vectors.shape(), &[n, n], "{label}");
-    let (re, im, v) = (read(&e.re), read(&e.im), read(&e.vectors));
+    let (re, im, v) = (read_f64(&e.re), read_f64(&e.im), read_f64(&e.vectors));
     for w in re.windows(2) {
         assert!(w[0] <= w[1], "{label}: real parts not ascending {w:?}");
     }
@@ -140,7 +128,7 @@ fn eig_of_the_issue_matrix() {
     check_both("[[1,2],[3,4]]", &[1.0, 2.0, 3.0, 4.0], 2, &want);
     for dev in devices() {
         let e = linalg::eig(&tensor(&dev, &[1.0, 2.0, 3.0, 4.0], 2)).unwrap();
-        let re = read(&e.re);
+        let re = read_f64(&e.re);
         assert!(
             (re[0] + 0.3723).abs() < 1e-4 && (re[1] - 5.3723).abs() < 1e-4,
             "{re:?}"
@@ -160,7 +148,7 @@ fn eig_rotation_gives_a_conjugate_pair() {
         check_both("rotation ⊕ 2", &a, 3, &[(c, s), (c, -s), (2.0, 0.0)]);
         for dev in devices() {
             let e = linalg::eig(&tensor(&dev, &a, 3)).unwrap();
-            let im = read(&e.im);
+            let im = read_f64(&e.im);
             let pair: Vec<f64> = im.iter().copied().filter(|x| *x != 0.0).collect();
             assert_eq!(pair.len(), 2, "{im:?}");
             assert!(
@@ -236,7 +224,7 @@ fn eig_symmetric_matches_eigh_and_repeated_values() {
         }
     }
     let (l, _) = linalg::eigh(&tensor(&Device::cpu(), &a, n)).unwrap();
-    let want: Vec<(f64, f64)> = read(&l).iter().map(|&x| (x, 0.0)).collect();
+    let want: Vec<(f64, f64)> = read_f64(&l).iter().map(|&x| (x, 0.0)).collect();
     check_both("symmetric vs eigh", &a, n, &want);
     // Repeated, not defective: T with diagonal 2, 2, −1, 5, 2 whose upper part couples only
     // unequal eigenvalues, hidden by a similarity.
@@ -314,7 +302,7 @@ fn eig_gpu_matches_reference_up_to_128() {
             .map(|&x| x as f64)
             .collect();
         let c = linalg::eig(&tensor(&Device::cpu(), &a, n)).unwrap();
-        let want: Vec<(f64, f64)> = read(&c.re).into_iter().zip(read(&c.im)).collect();
+        let want: Vec<(f64, f64)> = read_f64(&c.re).into_iter().zip(read_f64(&c.im)).collect();
         check(&format!("cpu random {n}"), &a, n, &c, &want);
         let g = linalg::eig(&tensor(&dev, &a, n)).unwrap();
         check(&format!("gpu random {n}"), &a, n, &g, &want);

@@ -4,23 +4,11 @@
 
 mod common;
 
-use common::{gpu, uniform};
+use common::{fro, gpu, read_f64, uniform};
 use wgrad::linalg::{self, QrMode};
 use wgrad::{Device, Error, Rng, Tensor};
 
 const TOL: f64 = 1e-4;
-
-fn read(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f32>()
-        .unwrap()
-        .iter()
-        .map(|&x| x as f64)
-        .collect()
-}
-
-fn fro(a: &[f64]) -> f64 {
-    a.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
 
 fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
     let mut c = vec![0.0; m * n];
@@ -106,7 +94,7 @@ fn check_qr(label: &str, a: &[f64], m: usize, n: usize, mode: QrMode, q: &Tensor
     };
     assert_eq!(q.shape(), &[m, qc], "{label}: Q shape");
     assert_eq!(r.shape(), &[qc, n], "{label}: R shape");
-    let (qv, rv) = (read(q), read(r));
+    let (qv, rv) = (read_f64(q), read_f64(r));
     let scale = fro(a).max(f64::MIN_POSITIVE);
     let qr = matmul(&qv, &rv, m, qc, n);
     let diff: Vec<f64> = qr.iter().zip(a).map(|(x, y)| x - y).collect();
@@ -152,7 +140,7 @@ fn run_shapes(shapes: &[(usize, usize)]) {
                 // GPU against the reference: R entry-wise to 1e-4·‖A‖; Q's column j only where
                 // R_jj is well away from zero (columns for a (near-)zero R_jj are any
                 // completion of the basis, so they legitimately differ).
-                let (rg, rc) = (read(&r), read(&rr));
+                let (rg, rc) = (read_f64(&r), read_f64(&rr));
                 let scale = fro(&a).max(1e-30);
                 for (i, (x, y)) in rg.iter().zip(&rc).enumerate() {
                     assert!(
@@ -160,7 +148,7 @@ fn run_shapes(shapes: &[(usize, usize)]) {
                         "{l}: R[{i}] {x} vs reference {y}"
                     );
                 }
-                let (qg, qr) = (read(&q), read(&rq));
+                let (qg, qr) = (read_f64(&q), read_f64(&rq));
                 let qc = q.shape()[1];
                 for j in 0..qc.min(n) {
                     let rjj = rc[j * n + j].abs();
@@ -195,7 +183,7 @@ fn qr_known_values() {
     for dev in &devices {
         let a = Tensor::from_slice(dev, &[3.0f32, 1.0, 4.0, 2.0], &[2, 2]).unwrap();
         let (q, r) = linalg::qr(&a).unwrap();
-        let (q, r) = (read(&q), read(&r));
+        let (q, r) = (read_f64(&q), read_f64(&r));
         assert!((r[0].abs() - 5.0).abs() < 1e-6, "{r:?}");
         assert!((r[1].abs() - 2.2).abs() < 1e-6, "{r:?}");
         assert!((r[3].abs() - 0.4).abs() < 1e-6, "{r:?}");

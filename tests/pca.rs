@@ -5,21 +5,9 @@
 
 mod common;
 
-use common::{gpu, uniform};
+use common::{devices, read_f64, uniform};
 use wgrad::linalg::{self, Pca};
 use wgrad::{Device, Error, Rng, Tensor};
-
-fn read(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f32>()
-        .unwrap()
-        .iter()
-        .map(|&x| x as f64)
-        .collect()
-}
-
-fn devices() -> Vec<Device> {
-    std::iter::once(Device::cpu()).chain(gpu()).collect()
-}
 
 /// n samples of d correlated features: normal Z (n, d) times a fixed mixing matrix, plus an
 /// offset per feature; feature scales spread so the variances are well separated.
@@ -63,7 +51,7 @@ fn pca_matches_the_covariance_eigendecomposition() {
     }
     cov.iter_mut().for_each(|c| *c /= (n - 1) as f64);
     let (l, v) = linalg::eigh(&tensor(&Device::cpu(), &cov, &[d, d])).unwrap();
-    let (l, v) = (read(&l), read(&v));
+    let (l, v) = (read_f64(&l), read_f64(&v));
     let total: f64 = l.iter().sum();
     for dev in devices() {
         let label = dev.name();
@@ -71,11 +59,11 @@ fn pca_matches_the_covariance_eigendecomposition() {
         let pca = Pca::fit(&xt, Some(3)).unwrap();
         assert_eq!(pca.components.shape(), &[3, d]);
         let (var, ratio, comp) = (
-            read(&pca.explained_variance),
-            read(&pca.explained_variance_ratio),
-            read(&pca.components),
+            read_f64(&pca.explained_variance),
+            read_f64(&pca.explained_variance_ratio),
+            read_f64(&pca.components),
         );
-        for (j, got) in read(&pca.mean).iter().enumerate() {
+        for (j, got) in read_f64(&pca.mean).iter().enumerate() {
             assert!(
                 (got - mean[j]).abs() < 1e-4 * mean[j].abs().max(1.0),
                 "{label}: mean"
@@ -106,7 +94,7 @@ fn pca_matches_the_covariance_eigendecomposition() {
             assert!(big > 0.0, "{label}: sign convention");
         }
         // Projected coordinates: mean zero, variance along axis k = explained_variance[k].
-        let z = read(&pca.transform(&xt).unwrap());
+        let z = read_f64(&pca.transform(&xt).unwrap());
         for k in 0..3 {
             let m: f64 = (0..n).map(|i| z[i * 3 + k]).sum::<f64>() / n as f64;
             let s2: f64 = (0..n).map(|i| (z[i * 3 + k] - m).powi(2)).sum::<f64>() / (n - 1) as f64;
@@ -128,9 +116,9 @@ fn all_components_reconstruct_exactly_and_ratios_sum_to_one() {
             let xt = tensor(&dev, &x, &[n, d]);
             let pca = Pca::fit(&xt, None).unwrap();
             assert_eq!(pca.n_components(), n.min(d));
-            let sum: f64 = read(&pca.explained_variance_ratio).iter().sum();
+            let sum: f64 = read_f64(&pca.explained_variance_ratio).iter().sum();
             assert!((sum - 1.0).abs() < 1e-5, "{}: Σ ratio = {sum}", dev.name());
-            let back = read(&pca.inverse_transform(&pca.transform(&xt).unwrap()).unwrap());
+            let back = read_f64(&pca.inverse_transform(&pca.transform(&xt).unwrap()).unwrap());
             for (i, (b, a)) in back.iter().zip(&x).enumerate() {
                 assert!(
                     (b - a).abs() < 1e-4 * scale,
@@ -141,10 +129,10 @@ fn all_components_reconstruct_exactly_and_ratios_sum_to_one() {
             // Fewer components lose exactly the discarded variance: ‖X − X̂‖_F² = (n−1)Σ dropped.
             let k = 2;
             let p2 = Pca::fit(&xt, Some(k)).unwrap();
-            let rec = read(&p2.inverse_transform(&p2.transform(&xt).unwrap()).unwrap());
+            let rec = read_f64(&p2.inverse_transform(&p2.transform(&xt).unwrap()).unwrap());
             let err: f64 = rec.iter().zip(&x).map(|(r, a)| (r - a).powi(2)).sum();
             let dropped: f64 =
-                read(&pca.explained_variance)[k..].iter().sum::<f64>() * (n - 1) as f64;
+                read_f64(&pca.explained_variance)[k..].iter().sum::<f64>() * (n - 1) as f64;
             assert!(
                 (err - dropped).abs() < 1e-3 * dropped.max(1e-3 * scale * scale),
                 "{}: {err} vs {dropped}",

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_close, gpu, uniform};
+use common::{assert_close, gpu, two_layer, uniform};
 use wgrad::{Device, Graph, Init, Sgd, Tensor, Var};
 
 /// The benchmark's MLP 64-128-10 (ReLU), cross-entropy, at batch `batch`.
@@ -18,17 +18,7 @@ fn mlp(batch: usize) -> (Graph, Var) {
     let b1 = g.param("b1", &[128], Init::Constant(0.01));
     let w2 = g.param("w2", &[128, 10], Init::XavierUniform { seed: 2 });
     let b2 = g.param("b2", &[10], Init::Zeros);
-    let logits = x
-        .matmul(&w1)
-        .unwrap()
-        .add(&b1)
-        .unwrap()
-        .relu()
-        .unwrap()
-        .matmul(&w2)
-        .unwrap()
-        .add(&b2)
-        .unwrap();
+    let logits = two_layer(&x, &w1, &b1, &w2, &b2);
     let loss = logits.cross_entropy(&y).unwrap().mean().unwrap();
     (g, loss)
 }

@@ -255,7 +255,8 @@ impl GpuContext {
         Err(Error::Gpu { op, detail })
     }
 
-    /// Checks that one binding of `bytes` fits this adapter.
+    /// Checks that one binding of `bytes` fits this adapter (and its buffer, see
+    /// [`Self::check_buffer`]).
     pub(crate) fn check_binding(
         &self,
         op: &'static str,
@@ -272,16 +273,7 @@ impl GpuContext {
                 limit_name: "max_storage_buffer_binding_size",
             });
         }
-        if bytes > self.limits.max_buffer_size {
-            return Err(Error::TooLarge {
-                op,
-                shape: shape.to_vec(),
-                bytes,
-                limit: self.limits.max_buffer_size,
-                limit_name: "max_buffer_size",
-            });
-        }
-        Ok(())
+        self.check_buffer(op, shape, bytes)
     }
 
     /// Largest storage binding in bytes (see `binding_limit` on the struct).

@@ -199,14 +199,15 @@ impl<'a> GpuHouse<'a> {
         r0: usize,
         c0: usize,
     ) -> Result<()> {
-        let (v, t, w) = self.args();
         let p = self.params(rows, cols, r0, c0, k);
-        let g = grid_1d(self.ctx, cols - c0);
-        self.ctx
-            .dispatch(&SHADER, "house_left_dots", &[], &p, &[mat, v, w, t], g)?;
-        let g = grid_1d(self.ctx, (rows - r0) * (cols - c0));
-        self.ctx
-            .dispatch(&SHADER, "house_left_update", &[], &p, &[mat, v, w], g)
+        let (lines, len) = (cols - c0, rows - r0); // a dot per column of the block
+        self.apply(
+            mat,
+            &p,
+            ("house_left_dots", "house_left_update"),
+            lines,
+            len,
+        )
     }
 
     /// `mat[c0.., r0..] ← mat[c0.., r0..] (I − τ_k v_k v_kᵀ)` (rows from `c0`).
@@ -219,14 +220,32 @@ impl<'a> GpuHouse<'a> {
         r0: usize,
         c0: usize,
     ) -> Result<()> {
-        let (v, t, w) = self.args();
         let p = self.params(rows, cols, r0, c0, k);
-        let g = grid_1d(self.ctx, rows - c0);
+        let (lines, len) = (rows - c0, cols - r0); // a dot per row of the block
+        self.apply(
+            mat,
+            &p,
+            ("house_right_dots", "house_right_update"),
+            lines,
+            len,
+        )
+    }
+
+    /// A reflector on `lines` lines of `len` elements: their dots with v, then the update.
+    fn apply(
+        &self,
+        mat: Arg<'_>,
+        p: &[u32],
+        (dots, update): (&str, &str),
+        lines: usize,
+        len: usize,
+    ) -> Result<()> {
+        let (v, t, w) = self.args();
+        let g = grid_1d(self.ctx, lines);
         self.ctx
-            .dispatch(&SHADER, "house_right_dots", &[], &p, &[mat, v, w, t], g)?;
-        let g = grid_1d(self.ctx, (rows - c0) * (cols - r0));
-        self.ctx
-            .dispatch(&SHADER, "house_right_update", &[], &p, &[mat, v, w], g)
+            .dispatch(&SHADER, dots, &[], p, &[mat, v, w, t], g)?;
+        let g = grid_1d(self.ctx, lines * len);
+        self.ctx.dispatch(&SHADER, update, &[], p, &[mat, v, w], g)
     }
 }
 

@@ -227,36 +227,34 @@ impl Tensor {
         mean: bool,
         g: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let fits = |ctx: &GpuContext, rows: usize, classes: usize| {
-            // The gradient walks each row once more: twice the forward's walk.
-            rows > 0
-                && rows.div_ceil(WG as usize) * classes * 4 <= REDUCED_WALK
-                && crate::ops::chunk::fits(ctx, rows * classes)
-        };
+        // One workgroup walks every row twice (its gradient, then its loss): only while
+        // that walk is short, the logits fit one binding and the inputs are what
+        // `cross_entropy` and its gradient accept; otherwise the two ops check and run.
         let same = |t: &Tensor| t.device().same(self.device());
-        let fused = match self.device().gpu_ctx() {
-            Some(ctx) if self.dtype() == DType::F32 && g.dtype() == DType::F32 => {
-                match cross_entropy_shape("cross_entropy", self.shape(), labels.shape()) {
-                    Ok((rows, classes)) => {
-                        labels.dtype() == DType::I32
-                            && same(labels)
-                            && same(g)
-                            && g.shape() == labels.shape()
-                            && fits(ctx, rows, classes)
-                    }
-                    Err(_) => false,
-                }
+        let fused = match (
+            self.device().gpu_ctx(),
+            cross_entropy_shape("cross_entropy", self.shape(), labels.shape()),
+        ) {
+            (Some(ctx), Ok((rows, classes)))
+                if (self.dtype(), labels.dtype(), g.dtype())
+                    == (DType::F32, DType::I32, DType::F32)
+                    && same(labels)
+                    && same(g)
+                    && g.shape() == labels.shape()
+                    && rows > 0
+                    && rows.div_ceil(WG as usize) * classes * 4 <= REDUCED_WALK
+                    && crate::ops::chunk::fits(ctx, rows * classes) =>
+            {
+                Some((ctx, rows, classes))
             }
-            _ => false,
+            _ => None,
         };
-        if !fused {
+        let Some((ctx, rows, classes)) = fused else {
             return Ok((
                 self.cross_entropy_reduced(labels, mean)?,
                 self.cross_entropy_backward(labels, g)?,
             ));
-        }
-        let ctx = self.device().gpu_ctx().expect("checked above");
-        let (rows, classes) = cross_entropy_shape("cross_entropy", self.shape(), labels.shape())?;
+        };
         let op = "cross_entropy";
         let total = gpu_output(ctx, self.device(), op, &[], DType::F32)?;
         let dx = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;

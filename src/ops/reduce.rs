@@ -108,6 +108,11 @@ const COL_BLOCK: usize = 256;
 /// MLP (sums over a batch of 256) are such reductions.
 const ONE_PASS: usize = 1 << 15;
 
+/// Whether `lines` lines of `r` elements (or vec4 units) reduce in one pass.
+fn one_pass(lines: usize, r: usize) -> bool {
+    lines * r <= ONE_PASS && r <= COL_BLOCK
+}
+
 /// How one pass cuts each line of `r` elements: into blocks of `block` elements, each
 /// read by `lanes` interleaved partials; `parts` partials per line in all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +132,7 @@ pub(crate) fn plan_pass(
     target: usize,
     lanes: usize,
 ) -> Pass {
-    if lines * r <= ONE_PASS && r <= COL_BLOCK {
+    if one_pass(lines, r) {
         return Pass {
             lanes: 1,
             block: r.max(1),
@@ -175,8 +180,7 @@ fn reduce_pass(
     inner: usize,
     lanes: usize,
 ) -> (&'static str, usize, usize, [u32; 10]) {
-    let one_pass = outer * inner * r <= ONE_PASS && r <= COL_BLOCK;
-    let (entry, r_units, inner_units) = if one_pass {
+    let (entry, r_units, inner_units) = if one_pass(outer * inner, r) {
         ("reduce_forward", r, inner)
     } else if inner == 1 && r % 4 == 0 && r >= 8 {
         ("reduce_rows_vec4", r / 4, 1)

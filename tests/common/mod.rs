@@ -222,3 +222,36 @@ pub fn assert_close_f64(label: &str, got: &[f64], want: &[f64], atol: f64, rtol:
         .collect();
     assert!(bad.is_empty(), "{label}: mismatches\n{}", bad.join("\n"));
 }
+
+/// The CPU reference, then the GPU under test when there is one.
+pub fn devices() -> Vec<Device> {
+    std::iter::once(Device::cpu()).chain(gpu()).collect()
+}
+
+/// A tensor's f32 values, widened to f64 for the linear-algebra checks.
+pub fn read_f64(t: &Tensor) -> Vec<f64> {
+    t.to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .map(|&x| x as f64)
+        .collect()
+}
+
+/// The Frobenius (Euclidean) norm.
+pub fn fro(a: &[f64]) -> f64 {
+    a.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// `relu(x·w1 + b1)·w2 + b2`: the two-layer network the training-step tests use.
+pub fn two_layer(x: &Var, w1: &Var, b1: &Var, w2: &Var, b2: &Var) -> Var {
+    x.matmul(w1)
+        .unwrap()
+        .add(b1)
+        .unwrap()
+        .relu()
+        .unwrap()
+        .matmul(w2)
+        .unwrap()
+        .add(b2)
+        .unwrap()
+}
