@@ -64,6 +64,13 @@ pub(crate) type BufAt<'a> = (&'a wgpu::Buffer, u64, u64);
 /// Workgroup size used by the one-dimensional kernels (WebGPU's guaranteed maximum).
 pub(crate) const WG_1D: u32 = 256;
 
+/// Most loop iterations any one invocation of any kernel may take, all its loops together.
+/// Mesa 22.3's lavapipe (gallivm's loop limiter) silently ends an invocation after 65,535
+/// loop iterations in total, leaving its outputs unwritten with no error; every kernel is
+/// planned (split, chunked, or refused with an error) to stay under this, a 4x margin.
+/// Loops with a small constant trip count that the compiler unrolls do not count.
+pub(crate) const LOOP_BUDGET: usize = 16_384;
+
 /// Size, in u32 words, every params uniform is padded to (256 bytes).
 pub(crate) const PARAMS_WORDS: usize = 64;
 

@@ -96,7 +96,7 @@ const MIN_CHUNK: usize = 64;
 /// Most loop steps one invocation takes in a pass. Mesa 22.3's lavapipe ends any
 /// invocation after 65535 loop iterations in total (gallivm's loop limiter), silently
 /// leaving results unwritten, so every walk stays well below that.
-pub(crate) const MAX_WALK: usize = 16384;
+pub(crate) const MAX_WALK: usize = crate::gpu::LOOP_BUDGET;
 
 /// Longest strided walk when inner > 1: each step lands on another memory page, and a
 /// few hundred pages stay in the TLB while the neighbouring columns reuse them.
