@@ -24,6 +24,15 @@
 //                            small products (any layout, any row length, no padded copies).
 //   matmul_pad_rows          256 invocations: copies an operand into rows padded to a multiple of
 //                            4, so that the vec4 loads of the two kernels above are aligned.
+//   matmul_sum_splits        256 invocations, one element of C each: the split-K second pass.
+//
+// Split-K. Lavapipe silently ends an invocation after 65,535 loop iterations, and every product
+// kernel walks K inside one invocation, so a long K runs as `params.splits` chunks of
+// `params.k_chunk` (the host keeps each chunk's loop under its budget, src/ops/matmul.rs): the
+// grid gains a chunk dimension, chunk s reads op(A)'s columns and op(B)'s rows from
+// (split0 + s)·k_chunk and stores its partial product as matrix s of a partials buffer (bound as
+// C, with no epilogue), and matmul_sum_splits adds the partials pairwise into C and applies the
+// epilogue. One chunk (splits = 1, k_chunk = K) is the ordinary product.
 //
 // Reads past a matrix (edge tiles, the K tail) stay inside the bound buffer or are clamped by
 // wgpu's bounds checks; such values only reach outputs that are not written, or are masked to 0.
@@ -43,6 +52,10 @@ struct Params {
                             // 4, 8, 16: the epilogue (all but the subgroup kernel)
     lda: u32,               // elements between rows of the stored A (K, or M with TA)
     ldb: u32,               // elements between rows of the stored B (N, or K with TB)
+    splits: u32,            // K chunks in this dispatch (1: the whole product)
+    k_chunk: u32,           // length of every chunk but the last (K when splits = 1)
+    split0: u32,            // index of this dispatch's first chunk
+    pad0: u32,
     pad1: u32,
     pad2: u32,
     batch_dims: array<vec4<u32>, 2>,  // output batch dims, outermost first
@@ -58,7 +71,7 @@ struct Params {
 // blocked, subgroup: the same as vec4s; lda and ldb are multiples of 4 (the caller pads)
 @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
-// every kernel: C, (batch, M, N)
+// every kernel: C, (batch, M, N); split into chunks, the partials (splits, batch, M, N)
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 // tiled, blocked, small: the fused epilogue's operands, read only when params.flags asks (the
 // caller binds A in their place otherwise)
@@ -97,7 +110,7 @@ fn epilogue_block(c_off: u32, m0: u32, n0: u32, size: u32) {
     }
 }
 
-// One workgroup's job: which output matrix and tile, and where its operands start.
+// One workgroup's job: which K chunk, output matrix and tile, and where its operands start.
 struct Job {
     valid: bool,
     tile_m: u32,
@@ -105,6 +118,7 @@ struct Job {
     a_off: u32,
     b_off: u32,
     c_off: u32,
+    k: u32,      // length of this job's K chunk: its loops over K run to k, not params.k
 }
 
 fn dim_at(v: array<vec4<u32>, 2>, i: u32) -> u32 {
@@ -113,9 +127,12 @@ fn dim_at(v: array<vec4<u32>, 2>, i: u32) -> u32 {
 
 fn job(wg: vec3<u32>, nwg: vec3<u32>) -> Job {
     var j: Job;
-    let wid = wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y;
+    let all = wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y;
     let per_matrix = params.tiles_m * params.tiles_n;
-    j.valid = wid < per_matrix * params.batch;
+    let per_chunk = per_matrix * params.batch;
+    j.valid = all < per_chunk * params.splits;
+    let s = all / per_chunk;
+    let wid = all % per_chunk;
     j.tile_n = wid % params.tiles_n;
     j.tile_m = (wid / params.tiles_n) % params.tiles_m;
     let bi = wid / per_matrix;
@@ -127,7 +144,13 @@ fn job(wg: vec3<u32>, nwg: vec3<u32>) -> Job {
         j.a_off += coord * dim_at(params.a_strides, u32(d));
         j.b_off += coord * dim_at(params.b_strides, u32(d));
     }
-    j.c_off = bi * params.m * params.n;
+    // The chunk starts k_start along K: columns of op(A) (elements along a row of the stored A,
+    // or whole rows when it is stored transposed), rows of op(B) (likewise).
+    let k_start = (params.split0 + s) * params.k_chunk;
+    j.k = min(params.k_chunk, params.k - min(k_start, params.k));
+    j.a_off += select(k_start, k_start * params.lda, (params.flags & 1u) != 0u);
+    j.b_off += select(k_start * params.ldb, k_start, (params.flags & 2u) != 0u);
+    j.c_off = (s * params.batch + bi) * params.m * params.n;
     return j;
 }
 
@@ -148,7 +171,7 @@ fn matmul_forward_tiled(@builtin(workgroup_id) wg: vec3<u32>,
     if (!t.valid) { return; }  // uniform: the whole workgroup leaves together
     let M = params.m;
     let N = params.n;
-    let K = params.k;
+    let K = t.k;
     let m_base = t.tile_m * 64u;
     let n_base = t.tile_n * 64u;
     // Invocation (x, y) owns rows y + 16i and columns x + 16j: conflict-free reads of tile_b,
@@ -237,7 +260,7 @@ fn load_b(i: u32) -> vec4<f32> {
 }
 
 // This invocation's own A panel for rows m0..m0+8, k0..k0+4.
-fn own_panel_a(off: u32, m0: u32, k0: u32) -> array<vec4<f32>, 8> {
+fn own_panel_a(off: u32, m0: u32, k0: u32, K: u32) -> array<vec4<f32>, 8> {
     // One set of 8 loads for both layouts, their addresses picked by the uniform flag: half
     // the load code of a branch per layout (LLVM time on lavapipe, where loads are gathers).
     // Stored (M, K): q[r] = op(A)(m0 + r, k0 .. k0 + 4), the panel itself.
@@ -245,7 +268,7 @@ fn own_panel_a(off: u32, m0: u32, k0: u32) -> array<vec4<f32>, 8> {
     let ta = (params.flags & 1u) != 0u;
     var q: array<vec4<f32>, 8>;
     for (var i = 0u; i < 8u; i++) {
-        let row = select(min(m0 + i, params.m - 1u), min(k0 + i / 2u, params.k - 1u), ta);
+        let row = select(min(m0 + i, params.m - 1u), min(k0 + i / 2u, K - 1u), ta);
         let col = select(k0, m0 + 4u * (i % 2u), ta);
         q[i] = load_a(off + row * params.lda + col);
     }
@@ -256,11 +279,11 @@ fn own_panel_a(off: u32, m0: u32, k0: u32) -> array<vec4<f32>, 8> {
 // This invocation's own B panel for k0..k0+4, columns n0..n0+8 (loads as own_panel_a).
 // Stored (K, N): q[2j + h] = op(B)(k0 + j, n0 + 4h .. n0 + 4h + 4), the panel itself.
 // Stored (N, K): q[c] = op(B)(k0 .. k0 + 4, n0 + c), transposed after.
-fn own_panel_b(off: u32, n0: u32, k0: u32) -> array<vec4<f32>, 8> {
+fn own_panel_b(off: u32, n0: u32, k0: u32, K: u32) -> array<vec4<f32>, 8> {
     let tb = (params.flags & 2u) != 0u;
     var q: array<vec4<f32>, 8>;
     for (var i = 0u; i < 8u; i++) {
-        let row = select(min(k0 + i / 2u, params.k - 1u), min(n0 + i, params.n - 1u), tb);
+        let row = select(min(k0 + i / 2u, K - 1u), min(n0 + i, params.n - 1u), tb);
         let col = select(n0 + 4u * (i % 2u), k0, tb);
         q[i] = load_b(off + row * params.ldb + col);
     }
@@ -347,12 +370,12 @@ fn store_block(c_off: u32, m0: u32, n0: u32, acc: array<vec4<f32>, 16>) {
 // C block from this invocation's own panels.
 fn own_block(t: Job, m0: u32, n0: u32) -> array<vec4<f32>, 16> {
     var acc: array<vec4<f32>, 16>;
-    let K = params.k;
+    let K = t.k;
     // The K tail is masked inside the loop rather than peeled after it: one copy of the body
     // instead of two is ~0.4 s less LLVM time on lavapipe, and the same speed (measured).
     for (var k0 = 0u; k0 < K; k0 += 4u) {
-        var pa = own_panel_a(t.a_off, m0, k0);
-        var pb = own_panel_b(t.b_off, n0, k0);
+        var pa = own_panel_a(t.a_off, m0, k0, K);
+        var pb = own_panel_b(t.b_off, n0, k0, K);
         mask_panels(&pa, &pb, K - k0);
         fma_panels(&acc, pa, pb);
     }
@@ -408,7 +431,7 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
     if (!t.valid) { return; }
     let M = params.m;
     let N = params.n;
-    let K = params.k;
+    let K = t.k;
     let m0 = t.tile_m * 64u + lid.y * 4u;
     let n0 = t.tile_n * 64u + lid.x * 4u;
     if (m0 >= M || n0 >= N) { return; }
@@ -500,6 +523,49 @@ fn matmul_pad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     padded[i] = v;
 }
 
+// ---------------------------------------------------------------------------------------------
+// matmul_sum_splits: C = epilogue(sum of the partials [+ the earlier chunks' total]).
+// Workgroup 256, one element of C (batch·M·N) per invocation. The partials are summed pairwise
+// (a binary-counter cascade: partial s merges with the pending sums of equal size as they
+// complete), so a long K adds rounding errors over log2(splits) levels, not splits.
+// A product with more chunks than one partials buffer holds runs as groups of chunks: each group
+// but the first also adds `prior`, the total of the groups before it (SPLIT_PRIOR).
+
+const SPLIT_PRIOR: u32 = 32u;
+
+// binding 1 (as `a`): the partials, (splits, batch, M, N)
+// binding 2: the earlier groups' total, like C (read only with SPLIT_PRIOR; else any buffer)
+@group(0) @binding(2) var<storage, read> prior: array<f32>;
+
+@compute @workgroup_size(256)
+fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
+    let total = params.batch * params.m * params.n;
+    if (i >= total) { return; }
+    // pending[d] holds a sum of 2^(levels) partials; at most 16 levels (the host sends at most
+    // 2^16 - 1 partials, far fewer in practice).
+    var pending: array<f32, 16>;
+    var depth = 0u;
+    for (var s = 0u; s < params.splits; s++) {
+        var x = a[s * total + i];
+        // s + 1 has as many trailing zero bits as there are pending sums of x's size to merge.
+        for (var run = s + 1u; (run & 1u) == 0u; run = run >> 1u) {
+            depth -= 1u;
+            x = pending[depth] + x;
+        }
+        pending[depth] = x;
+        depth += 1u;
+    }
+    var v = 0.0;
+    for (var d = depth; d > 0u; d--) {
+        v = pending[d - 1u] + v;
+    }
+    if ((params.flags & SPLIT_PRIOR) != 0u) { v = v + prior[i]; }
+    c[i] = epilogue(v, i, i % params.n);
+}
+
 // ---- subgroup kernels: compiled as a separate module, only on devices with subgroups ----
 //
 // matmul_forward_subgroup: a lane owns a 16x16 block of C, acc[4r + h] = C(m0 + r, n0 + 4h .. +4);
@@ -551,9 +617,9 @@ fn long_from_short16(p: array<vec4<f32>, 16>) -> array<vec4<f32>, 16> {
 }
 
 // This lane's A panel, from the subgroup's rows sm0 .. sm0 + 32 (4 loads per lane).
-fn shared_panel_a(off: u32, sm0: u32, k0: u32, lane: u32, mi: u32) -> array<vec4<f32>, 16> {
+fn shared_panel_a(off: u32, sm0: u32, k0: u32, K: u32, lane: u32, mi: u32)
+    -> array<vec4<f32>, 16> {
     let M = params.m;
-    let K = params.k;
     var p: array<vec4<f32>, 16>;
     if (TA) {
         // Lane l holds op(A)(sm0 + 16(l%2) + 4s .. + 4, k0 + l/2) in slot s.
@@ -585,9 +651,9 @@ fn shared_panel_a(off: u32, sm0: u32, k0: u32, lane: u32, mi: u32) -> array<vec4
 }
 
 // This lane's B panel, from the subgroup's columns sn0 .. sn0 + 64 (8 loads per lane).
-fn shared_panel_b(off: u32, sn0: u32, k0: u32, lane: u32, ni: u32) -> array<vec4<f32>, 16> {
+fn shared_panel_b(off: u32, sn0: u32, k0: u32, K: u32, lane: u32, ni: u32)
+    -> array<vec4<f32>, 16> {
     let N = params.n;
-    let K = params.k;
     var p: array<vec4<f32>, 16>;
     if (TB) {
         // Lane l holds op(B)(k0 .. k0 + 4, sn0 + l + 8s) in slot s.
@@ -707,15 +773,15 @@ fn matmul_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>,
     let m0 = sm0 + 16u * mi;
     let n0 = sn0 + 16u * ni;
     var acc: array<vec4<f32>, 64>;
-    let K = params.k;
+    let K = t.k;
     let full = K / 4u * 4u;
     for (var k0 = 0u; k0 < full; k0 += 4u) {
-        fma_panels16(&acc, shared_panel_a(t.a_off, sm0, k0, lane, mi),
-                     shared_panel_b(t.b_off, sn0, k0, lane, ni));
+        fma_panels16(&acc, shared_panel_a(t.a_off, sm0, k0, K, lane, mi),
+                     shared_panel_b(t.b_off, sn0, k0, K, lane, ni));
     }
     if (full < K) {
-        var pa = shared_panel_a(t.a_off, sm0, full, lane, mi);
-        var pb = shared_panel_b(t.b_off, sn0, full, lane, ni);
+        var pa = shared_panel_a(t.a_off, sm0, full, K, lane, mi);
+        var pb = shared_panel_b(t.b_off, sn0, full, K, lane, ni);
         mask_panels16(&pa, &pb, K - full);
         fma_panels16(&acc, pa, pb);
     }

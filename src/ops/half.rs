@@ -54,9 +54,12 @@ fn elementwise_f16() -> Kernel {
     }
 }
 
-/// Largest K the f16 matmul kernel runs (2·K loop steps per invocation; lavapipe stops an
-/// invocation after 65535).
-const MAX_K: usize = 16_384;
+/// Largest K the f16 matmul kernel runs: 2·K loop steps per invocation, within
+/// [`crate::gpu::LOOP_BUDGET`] x 2 (lavapipe stops an invocation after 65,535). A longer K
+/// runs as an f32 product of the widened operands, split into K chunks like every f32
+/// product: the same arithmetic (a product of two halves is exact in f32, sums in f32, one
+/// rounding to f16).
+const MAX_K: usize = crate::gpu::LOOP_BUDGET;
 
 /// The GPU context, if it can run f16 kernels.
 fn f16_ctx<'a>(t: &'a Tensor, op: &'static str) -> Result<Option<&'a Arc<GpuContext>>> {
@@ -286,15 +289,8 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tenso
         return cpu_f16(a, &plan.out_shape, v);
     };
     if plan.k > MAX_K {
-        return Err(Error::Invalid {
-            op,
-            detail: format!(
-                "f16 matmul of {:?} and {:?}: K = {} exceeds the f16 kernel's {MAX_K}",
-                a.shape(),
-                b.shape(),
-                plan.k
-            ),
-        });
+        let wide = |t: &Tensor| t.to_dtype(DType::F32);
+        return wide(a)?.matmul_t(&wide(b)?, ta, tb)?.to_dtype(DType::F16);
     }
     if plan.k == 0 {
         return Tensor::zeros(a.device(), &plan.out_shape)?.to_dtype(DType::F16);

@@ -64,6 +64,57 @@ const SMALL_PRODUCT: usize = 1 << 21;
 /// kernel (digits CNN epoch 540 -> 750-790 ms on lavapipe).
 const SMALL_K: usize = 256;
 
+/// Lavapipe silently ends an invocation after 65,535 loop iterations (see
+/// [`crate::gpu::LOOP_BUDGET`]), and every product kernel walks K inside one invocation, so a
+/// long K is split into chunks that each stay within the budget: the chunks' partial products
+/// are computed side by side in one dispatch and summed pairwise by a second
+/// (`matmul_sum_splits`), which also applies the epilogue. The longest chunk per kernel
+/// follows from the loop iterations one invocation takes per step along K, measured on
+/// lavapipe 22.3 by products 4×K·K×4 left unsplit: the register-blocked and subgroup kernels
+/// were right at K = 250,000 and wrong at 280,000 (one iteration per 4 along K: their inner
+/// loops are unrolled); the tiled kernel was already wrong at K = 60,000 (its k-tile loops of
+/// 4 and 16 count too: 21 iterations per 16 along K). The split runs on every adapter (a real
+/// GPU has no such cap, but it is where a long K wants more workgroups anyway): its second
+/// pass reads `chunks` × C, small beside the product once K passes the budget.
+fn k_chunk_limit(entry: &str) -> usize {
+    let budget = crate::gpu::LOOP_BUDGET;
+    match entry {
+        // 21 loop iterations per k-tile of 16.
+        "matmul_forward_tiled" => budget / 21 * 16,
+        // One iteration per step of 4.
+        _ => budget * 4,
+    }
+}
+
+/// Most chunks one pass of `matmul_sum_splits` adds (its pairwise cascade holds 16 levels).
+const MAX_SPLITS_PER_PASS: usize = 4096;
+
+/// Elements the partial products of one pass may take, at most (64 MiB of f32), unless one
+/// partial (the size of C) is larger.
+const PARTIALS_ELEMS: usize = 1 << 24;
+
+std::thread_local! {
+    static K_CHUNK_CAP: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with every product this thread records split into K chunks of at most `chunk`
+/// (rounded down to a multiple of 16, at least 16): the split-K path on short products, for
+/// tests and for measuring its cost. It only ever lowers the kernels' own limits.
+pub fn with_k_chunk<R>(chunk: usize, f: impl FnOnce() -> R) -> R {
+    let saved = K_CHUNK_CAP.with(|c| c.replace(Some((chunk / 16 * 16).max(16))));
+    let r = f();
+    K_CHUNK_CAP.with(|c| c.set(saved));
+    r
+}
+
+/// The K chunk `entry` runs: its loop budget, or less under [`with_k_chunk`].
+fn k_chunk(entry: &str) -> usize {
+    let limit = k_chunk_limit(entry);
+    K_CHUNK_CAP
+        .with(|c| c.get())
+        .map_or(limit, |cap| cap.min(limit))
+}
+
 /// Element-wise ops applied to a product as it is stored, fused by the graph executor
 /// into the tiled, register-blocked and small kernels (see matmul.wgsl's `epilogue`):
 /// `C + bias` (bias along the last dim), then ReLU, then `C · [mask > 0]`. The subgroup
@@ -613,7 +664,7 @@ fn padded_rows(ctx: &GpuContext, arg: BufArg<'_>, ld: usize) -> Result<(GpuBuffe
 }
 
 /// Records `C = op(A)·op(B)`, with `epi` applied as C is stored by every kernel but the
-/// subgroup one: returns whether it was.
+/// subgroup one, or by the split-K sum for any kernel: returns whether it was.
 fn matmul_dispatch(
     ctx: &GpuContext,
     p: &MatmulPlan,
@@ -648,8 +699,12 @@ fn matmul_dispatch(
     };
     // The vec4 kernels load aligned vec4s only.
     let vec4_loads = matches!(entry, "matmul_forward_blocked" | "matmul_forward_subgroup");
-    // The subgroup kernel has no epilogue: the caller applies it after.
-    let epi = epi.filter(|_| entry != "matmul_forward_subgroup");
+    // A K past the kernel's loop budget runs in chunks (split-K, see `k_chunk_limit`).
+    let chunk = k_chunk(entry);
+    let chunks = p.k.div_ceil(chunk);
+    // The subgroup kernel has no epilogue: the caller applies it after (the split-K sum
+    // applies it for every kernel).
+    let epi = epi.filter(|_| entry != "matmul_forward_subgroup" || chunks > 1);
     let epilogue_flags = epi.map_or(0, |e| e.flags());
     // The epilogue's operands, or A in their place (bound, never read).
     let bias = epi
@@ -675,27 +730,35 @@ fn matmul_dispatch(
         .as_ref()
         .map_or((b, ldb), |(g, bytes, ld)| ((g.raw(), *bytes), *ld));
     let (tiles_m, tiles_n) = (p.m.div_ceil(TILE), p.n.div_ceil(TILE));
-    let mut params = vec![
-        p.m as u32,
-        p.n as u32,
-        p.k as u32,
-        p.batch() as u32,
-        tiles_n as u32,
-        tiles_m as u32,
-        p.batch_dims.len() as u32,
-        p.ta as u32 | (p.tb as u32) << 1 | epilogue_flags, // flags
-        lda4 as u32,
-        ldb4 as u32,
-        0,
-        0,
-    ];
     // Batch strides are whole matrices: rescale them to the padded row length.
     let a_strides: Vec<usize> = p.a_strides.iter().map(|s| s / lda * lda4).collect();
     let b_strides: Vec<usize> = p.b_strides.iter().map(|s| s / ldb * ldb4).collect();
-    params.extend(pack_dims(&p.batch_dims));
-    params.extend(pack_dims(&a_strides));
-    params.extend(pack_dims(&b_strides));
-    let grid = ctx.grid((tiles_m * tiles_n * p.batch()) as u64);
+    // matmul.wgsl's Params: its flags and the K chunks of one dispatch vary.
+    let params = |flags: u32, splits: usize, chunk: usize, split0: usize| -> Vec<u32> {
+        let mut w = vec![
+            p.m as u32,
+            p.n as u32,
+            p.k as u32,
+            p.batch() as u32,
+            tiles_n as u32,
+            tiles_m as u32,
+            p.batch_dims.len() as u32,
+            flags,
+            lda4 as u32,
+            ldb4 as u32,
+            splits as u32,
+            chunk as u32,
+            split0 as u32,
+            0,
+            0,
+            0,
+        ];
+        w.extend(pack_dims(&p.batch_dims));
+        w.extend(pack_dims(&a_strides));
+        w.extend(pack_dims(&b_strides));
+        w
+    };
+    let transposes = p.ta as u32 | (p.tb as u32) << 1;
     let flag = |x: bool| if x { 1.0 } else { 0.0 };
     // The register-blocked kernel reads the transposes from `flags` (one pipeline for every
     // layout: see matmul.wgsl); the others are specialised by override constants.
@@ -709,15 +772,65 @@ fn matmul_dispatch(
     } else {
         base_kernel()
     };
-    let all = [a, b, c, bias, aux];
-    let buffers = if entry == "matmul_forward_subgroup" {
-        &all[..3]
-    } else {
-        &all[..]
+    let tiles = tiles_m * tiles_n * p.batch();
+    // Chunks `split0 ..` (`splits` of them) of the product into `out`.
+    let product = |flags: u32, splits: usize, chunk: usize, split0: usize, out: BufArg<'_>| {
+        let all = [a, b, out, bias, aux];
+        let buffers = if entry == "matmul_forward_subgroup" {
+            &all[..3]
+        } else {
+            &all[..]
+        };
+        let grid = ctx.grid((tiles * splits) as u64);
+        let params = params(flags, splits, chunk, split0);
+        ctx.dispatch(&kernel, entry, constants, &params, buffers, grid)
     };
-    ctx.dispatch(&kernel, entry, constants, &params, buffers, grid)?;
+    if chunks <= 1 {
+        product(transposes | epilogue_flags, 1, p.k, 0, c)?;
+        return Ok(epi.is_some());
+    }
+    // Split-K: groups of chunks computed side by side into `parts`, each group summed into C,
+    // or into a running total that the next group adds (only when C times the chunks passes
+    // PARTIALS_ELEMS).
+    let out_elems = p.batch() * p.m * p.n;
+    let budget = crate::ops::chunk::binding_elems(ctx).min(PARTIALS_ELEMS.max(out_elems));
+    let group = (budget / out_elems)
+        .clamp(1, MAX_SPLITS_PER_PASS)
+        .min(chunks);
+    let parts = ctx.try_alloc("matmul", (group * out_elems * 4) as u64)?;
+    let parts = (parts.raw(), (group * out_elems * 4) as u64);
+    let out_bytes = (out_elems * 4) as u64;
+    let mut prior: Option<GpuBuffer> = None;
+    for split0 in (0..chunks).step_by(group) {
+        let splits = group.min(chunks - split0);
+        product(transposes, splits, chunk, split0, parts)?;
+        let last = split0 + splits == chunks;
+        let total = if last {
+            None
+        } else {
+            Some(ctx.try_alloc("matmul", out_bytes)?)
+        };
+        let dst = total.as_ref().map_or(c, |t| (t.raw(), out_bytes));
+        let mut flags = if last { epilogue_flags } else { 0 };
+        if prior.is_some() {
+            flags |= SPLIT_PRIOR;
+        }
+        let prior_arg = prior.as_ref().map_or(parts, |t| (t.raw(), out_bytes));
+        ctx.dispatch(
+            &base_kernel(),
+            "matmul_sum_splits",
+            &[],
+            &params(flags, splits, chunk, split0),
+            &[parts, prior_arg, dst, bias, aux],
+            grid_1d(ctx, out_elems),
+        )?;
+        prior = total;
+    }
     Ok(epi.is_some())
 }
+
+/// matmul.wgsl's flag for `matmul_sum_splits`: add the total of the earlier groups of chunks.
+const SPLIT_PRIOR: u32 = 32;
 
 #[cfg(test)]
 mod tests {

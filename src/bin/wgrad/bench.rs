@@ -125,6 +125,34 @@ fn cases() -> Vec<Case> {
             }),
         ));
     }
+    // Long K (split-K, src/ops/matmul.rs): `matmul_long_k` as the kernels run it (unsplit up
+    // to the loop budget, 65,536 on the vec4 kernels), `matmul_long_k_split` forced into
+    // chunks of `chunk`: the split's cost at a K that needs none, and at 300,000.
+    for (m, k, n, chunk) in [
+        (64usize, 4096usize, 64usize, None),
+        (64, 4096, 64, Some(1024usize)),
+        (4, 300_000, 4, None),
+        (64, 300_000, 64, None),
+        (64, 300_000, 64, Some(16_384)),
+    ] {
+        let op = if chunk.is_some() {
+            "matmul_long_k_split"
+        } else {
+            "matmul_long_k"
+        };
+        v.push((
+            op,
+            vec![m, k, n],
+            Box::new(move |dev| {
+                let mut rng = Rng::new(3);
+                let a = Tensor::from_slice(dev, &rng.vec_uniform(m * k, -1.0, 1.0), &[m, k])?;
+                let b = Tensor::from_slice(dev, &rng.vec_uniform(k * n, -1.0, 1.0), &[k, n])?;
+                let chunk = chunk.unwrap_or(usize::MAX);
+                let ms = wgrad::ops::matmul::with_k_chunk(chunk, || time_ms(dev, || a.matmul(&b)))?;
+                Ok((ms, ("gflops", 2.0 * (m * k * n) as f64 / (ms * 1e6))))
+            }),
+        ));
+    }
     let (r, c) = (4096usize, 1024usize);
     v.push((
         "softmax",

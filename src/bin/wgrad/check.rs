@@ -242,6 +242,22 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
             }
         }
     }
+    // K past lavapipe's per-invocation loop cap: split into chunks whose partial products a
+    // second pass sums (a silent wrong answer before the split).
+    for v in MatmulVariant::KERNELS {
+        if v.resolve(gpu).is_err() {
+            continue;
+        }
+        kernel(
+            r,
+            gpu,
+            &format!("matmul {} long K", v.name()),
+            &[&[4, 300_000], &[4, 300_000]],
+            (-1.0, 1.0),
+            (2e-2, 1e-4),
+            |x| x[0].matmul_with_variant(&x[1], false, true, v),
+        );
+    }
     kernel(
         r,
         gpu,
@@ -430,6 +446,15 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
             &[&[33, 65], &[65, 17]],
             (-1.0, 1.0),
             (1e-3, 2e-3),
+            |x| half(&x[0])?.matmul(&half(&x[1])?)?.to_dtype(DType::F32),
+        );
+        kernel(
+            r,
+            gpu,
+            "f16 matmul long K",
+            &[&[3, 100_000], &[100_000, 4]],
+            (-1.0, 1.0),
+            (0.1, 2e-3),
             |x| half(&x[0])?.matmul(&half(&x[1])?)?.to_dtype(DType::F32),
         );
     }
