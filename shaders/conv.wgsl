@@ -8,7 +8,11 @@
 // split over x/y/z past 65535 workgroups):
 //   im2col_forward   cols[n, l, ck] = x[n, c, oh·s - p + kh·d, ow·s - p + kw·d]   (or 0)
 //   col2im_forward   x[n, c, ih, iw] = Σ over the (l, kh, kw) that read it of cols[n, l, ck]
-//                    — a gather (each invocation owns one output), so no atomics are needed
+//                    — a gather (each invocation owns one output), so no atomics are needed.
+//                    It walks the kernel rows ki0..ki1 and columns kj0..kj1 only, adding to
+//                    what x holds when `accumulate` is set: the host splits a large window
+//                    over several dispatches so that no invocation loops more than
+//                    gpu::LOOP_BUDGET times (lavapipe silently stops one after 65535).
 
 struct Params {
     n: u32, c: u32, h: u32, w: u32,   // input shape
@@ -16,6 +20,9 @@ struct Params {
     stride: u32, pad: u32, dil: u32,
     oh: u32, ow: u32,                  // output positions
     total: u32,                        // elements written by this dispatch
+    // col2im only: the block of the window this dispatch walks, and whether it adds to dst.
+    ki0: u32, ki1: u32, kj0: u32, kj1: u32,
+    accumulate: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -52,6 +59,14 @@ fn im2col_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     dst[i] = v;
 }
 
+// The first kernel tap (row or column) whose window can cover input position `at`, with
+// `outs` output positions: ceil((at + p - (outs-1)·s) / d), or 0.
+fn first_tap(at: u32, outs: u32) -> u32 {
+    let t = i32(at + params.pad) - i32((outs - 1u) * params.stride);
+    if (t <= 0) { return 0u; }
+    return (u32(t) + params.dil - 1u) / params.dil;
+}
+
 @compute @workgroup_size(256)
 fn col2im_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
@@ -65,13 +80,20 @@ fn col2im_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let ck = params.c * k;
     let l_count = params.oh * params.ow;
     var sum = 0.0;
-    for (var ki = 0u; ki < params.kh; ki = ki + 1u) {
+    if (params.accumulate != 0u) { sum = dst[i]; }
+    // Only the kernel rows and columns that can reach an output position: ki·d lies in
+    // [iy + p - (oh-1)·s, iy + p] (likewise kj), so a wide window with few outputs is cheap.
+    let ki_lo = max(params.ki0, first_tap(iy, params.oh));
+    let ki_hi = min(params.ki1, (iy + params.pad) / params.dil + 1u);
+    let kj_lo = max(params.kj0, first_tap(ix, params.ow));
+    let kj_hi = min(params.kj1, (ix + params.pad) / params.dil + 1u);
+    for (var ki = ki_lo; ki < ki_hi; ki = ki + 1u) {
         // oy·s = iy + p - ki·d must be a non-negative multiple of s below oh·s
         let ty = i32(iy + params.pad) - i32(ki * params.dil);
         if (ty < 0 || u32(ty) % params.stride != 0u) { continue; }
         let oy = u32(ty) / params.stride;
         if (oy >= params.oh) { continue; }
-        for (var kj = 0u; kj < params.kw; kj = kj + 1u) {
+        for (var kj = kj_lo; kj < kj_hi; kj = kj + 1u) {
             let tx = i32(ix + params.pad) - i32(kj * params.dil);
             if (tx < 0 || u32(tx) % params.stride != 0u) { continue; }
             let ox = u32(tx) / params.stride;

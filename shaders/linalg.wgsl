@@ -228,20 +228,39 @@ fn svd_rotations(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
         var ga = vec4<f32>(0.0);
         let op = pq.x * m;
         let oq = pq.y * m;
+        // Eight rows per loop step, the last < 8 straight-line: floor(m / 8) steps, which
+        // the host keeps within gpu::LOOP_BUDGET (svd::MAX_GPU_ROWS). The same additions in
+        // the same order as four rows per step.
         var i = 0u;
-        for (; i + 4u <= m; i += 4u) {
+        for (; i + 8u <= m; i += 8u) {
+            let x0 = vec4<f32>(w[op + i], w[op + i + 1u], w[op + i + 2u], w[op + i + 3u]);
+            let y0 = vec4<f32>(w[oq + i], w[oq + i + 1u], w[oq + i + 2u], w[oq + i + 3u]);
+            al += x0 * x0;
+            be += y0 * y0;
+            ga += x0 * y0;
+            let x1 = vec4<f32>(w[op + i + 4u], w[op + i + 5u], w[op + i + 6u], w[op + i + 7u]);
+            let y1 = vec4<f32>(w[oq + i + 4u], w[oq + i + 5u], w[oq + i + 6u], w[oq + i + 7u]);
+            al += x1 * x1;
+            be += y1 * y1;
+            ga += x1 * y1;
+        }
+        if (i + 4u <= m) {
             let x = vec4<f32>(w[op + i], w[op + i + 1u], w[op + i + 2u], w[op + i + 3u]);
             let y = vec4<f32>(w[oq + i], w[oq + i + 1u], w[oq + i + 2u], w[oq + i + 3u]);
             al += x * x;
             be += y * y;
             ga += x * y;
+            i += 4u;
         }
-        for (; i < m; i++) {
-            let x = w[op + i];
-            let y = w[oq + i];
-            al.x += x * x;
-            be.x += y * y;
-            ga.x += x * y;
+        // At most three rows left (a constant trip count: unrolled, no loop at run time).
+        for (var r = 0u; r < 3u; r++) {
+            if (i + r < m) {
+                let x = w[op + i + r];
+                let y = w[oq + i + r];
+                al.x += x * x;
+                be.x += y * y;
+                ga.x += x * y;
+            }
         }
         let alpha = (al.x + al.y) + (al.z + al.w);
         let beta = (be.x + be.y) + (be.z + be.w);

@@ -5,12 +5,14 @@
 // A reflector H = I − τ v vᵀ is stored as row k of V (rows of length `len`, zero below r0)
 // and τ in tau[k]. Applying it is two barrier-free passes: one invocation per column (left)
 // or row (right) forms the scaled dot product w = τ vᵀx, then one invocation per element
-// subtracts v w. Per-invocation loops are at most 3·len long (the caller keeps len <= 16384,
-// below lavapipe's 65535-iteration cap).
+// subtracts v w. The dots loop rows − r0 (left) or cols − r0 (right) times per invocation,
+// house_make ceil(len / 256) per pass; the host keeps rows and cols <= gpu::LOOP_BUDGET
+// (qr::MAX_GPU_DIM), well below the 65535 loop iterations after which lavapipe silently
+// stops an invocation.
 //
 // Entry points (workgroup size 256, grid split over x/y/z):
 //   house_eye          M = I (rows, cols)
-//   house_make         one invocation: reflector k from column k of M, rows r0..rows; writes
+//   house_make         one workgroup: reflector k from column k of M, rows r0..rows; writes
 //                      V[k, :], tau[k], and sets M[r0, k] = α, M[r0+1.., k] = 0
 //   house_left_dots    w[c] = τ_k Σ_{i>=r0} V[k, i] M[i, c],      c in c0..cols
 //   house_left_update  M[i, c] -= V[k, i] w[c],                   i in r0..rows, c in c0..cols
@@ -47,43 +49,68 @@ fn house_eye(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     m[idx] = select(0.0, 1.0, idx / params.cols == idx % params.cols);
 }
 
+// The 256 partials of house_make's workgroup.
+var<workgroup> part: array<f32, 256>;
+
+// The max (or the sum) of every invocation's `x`, returned to all of them. Called from
+// uniform control flow; the last barrier lets the next call reuse `part`.
+fn combine(lid: u32, x: f32, is_max: bool) -> f32 {
+    part[lid] = x;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            let y = part[lid + s];
+            part[lid] = select(part[lid] + y, max(part[lid], y), is_max);
+        }
+        workgroupBarrier();
+    }
+    let r = part[0];
+    workgroupBarrier();
+    return r;
+}
+
 // x = M[r0.., k]; α = −sign(x₀)‖x‖; v = x − α e₀ and τ = 2/(vᵀv) = 1/(‖x‖(‖x‖ + |x₀|)),
 // computed on x/max|x| so that squares neither overflow nor underflow (H does not depend on
 // the scale of v). A zero column gives τ = 0: H = I.
-@compute @workgroup_size(1)
-fn house_make() {
+// One workgroup: invocation lid owns entries lid, lid + 256, … of the column and of v (so
+// each entry of M is read and written by one invocation only, with no storage barrier), and
+// loops ceil(len / 256) times per pass where one invocation looped 4·len - 1 times (65,535
+// at len = 16,384: all of the budget's margin below lavapipe's cap).
+@compute @workgroup_size(256)
+fn house_make(@builtin(local_invocation_index) lid: u32) {
     let rows = params.rows;
     let cols = params.cols;
     let r0 = params.r0;
     let k = params.k;
     let len = params.len;
     let base = k * len;
-    var scale = 0.0;
-    for (var i = r0; i < rows; i++) {
-        scale = max(scale, abs(m[i * cols + k]));
+    var mx = 0.0;
+    for (var i = lid; i < rows; i += 256u) {
+        if (i >= r0) { mx = max(mx, abs(m[i * cols + k])); }
     }
-    for (var i = 0u; i < len; i++) {
-        v[base + i] = 0.0;
+    let scale = combine(lid, mx, true);
+    var ss = 0.0;
+    for (var i = lid; i < len; i += 256u) {
+        var x = 0.0;
+        if (scale > 0.0 && i >= r0 && i < rows) {
+            x = m[i * cols + k] / scale;
+            if (i > r0) { m[i * cols + k] = 0.0; }
+        }
+        v[base + i] = x;
+        ss += x * x;
     }
+    let norm = sqrt(combine(lid, ss, false));
+    // The owner of row r0 wrote v[r0] itself and alone touches M[r0, k].
+    if (lid != r0 % 256u) { return; }
     if (scale == 0.0) {
         tau[k] = 0.0;
         return;
     }
-    var ss = 0.0;
-    for (var i = r0; i < rows; i++) {
-        let x = m[i * cols + k] / scale;
-        v[base + i] = x;
-        ss += x * x;
-    }
-    let norm = sqrt(ss);
     let x0 = v[base + r0];
     let alpha = select(norm, -norm, x0 >= 0.0);
     v[base + r0] = x0 - alpha;
     tau[k] = 1.0 / (norm * (norm + abs(x0)));
     m[r0 * cols + k] = alpha * scale;
-    for (var i = r0 + 1u; i < rows; i++) {
-        m[i * cols + k] = 0.0;
-    }
 }
 
 @compute @workgroup_size(256)

@@ -166,8 +166,8 @@ fn grad_row(i: u32, gi: f32) {
 var<workgroup> partials: array<f32, 64>;
 
 // Both entries below are dispatched as one workgroup; the host keeps ceil(rows / 64) ·
-// (classes + 1) loop steps per invocation (with the gradient, 3 · classes + 1) well below
-// lavapipe's 65535 (src/ops/loss.rs, REDUCED_WALK).
+// (classes + 1) loop steps per invocation (with the gradient, 3 · classes + 2) within
+// gpu::LOOP_BUDGET, well below lavapipe's 65535 (src/ops/loss.rs, reduced_steps).
 
 // This invocation's share of the rows' losses (Kahan-compensated; the plain sum when that is
 // NaN).

@@ -25,9 +25,9 @@ pub const FMA_CHAINS: usize = 16;
 /// FLOPs one invocation of `fma_peak` does per step: 16 vec4 FMAs of 2 FLOPs per lane.
 pub const FMA_FLOPS_PER_STEP: f64 = FMA_CHAINS as f64 * 4.0 * 2.0;
 
-/// Most steps per chain: lavapipe stops an invocation after 65535 loop iterations,
-/// so stay well below that.
-pub const MAX_FMA_STEPS: u32 = 16_384;
+/// Most steps per chain: one invocation loops `iters` times, and lavapipe silently stops
+/// an invocation after 65535 loop iterations, so `iters` stays within the loop budget.
+pub const MAX_FMA_STEPS: u32 = crate::gpu::LOOP_BUDGET as u32;
 
 fn check_vec4(op: &'static str, x: &Tensor) -> Result<usize> {
     x.expect_f32(op)?;

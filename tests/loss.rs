@@ -328,9 +328,10 @@ fn reduced_is_one_dispatch_when_small() {
     };
     assert_eq!(count(256, 10), 1);
     assert_eq!(count(4096, 10), 1);
-    // ceil(8192 / 64) · 64 · 2 = 16384 steps: the largest walk still fused.
-    assert_eq!(count(8192, 64), 1);
-    assert!(count(8193, 64) >= 2, "past the walk limit: two ops");
+    // ceil(16128 / 64) · (64 + 1) = 16380 steps: the largest walk still fused (the
+    // budget is 16384); one more row makes 253 · 65 = 16445.
+    assert_eq!(count(16128, 64), 1);
+    assert!(count(16129, 64) >= 2, "past the walk limit: two ops");
 }
 
 /// Non-finite logits: a row holding +inf or NaN is NaN, so the mean and sum are NaN; a

@@ -262,6 +262,19 @@ pub(crate) fn gpu_stats(
     rows: usize,
     cols: usize,
 ) -> Result<MatrixStats> {
+    // One invocation walks a whole row: longer rows would pass the loop budget (lavapipe
+    // silently stops an invocation after 65535 iterations). QR and eig refuse such sizes
+    // earlier; this is eigh's limit, and the SVD's for its columns.
+    if cols > crate::gpu::LOOP_BUDGET {
+        return Err(Error::Invalid {
+            op,
+            detail: format!(
+                "matrix of shape [{rows}, {cols}]: the GPU kernels support at most {} columns \
+                 (one invocation loops over a whole row, within the GPU loop budget)",
+                crate::gpu::LOOP_BUDGET
+            ),
+        });
+    }
     let out = ctx.alloc((rows * 4 * 4) as u64);
     let params = [rows as u32, cols as u32, 0, 0, 0];
     let bytes = (rows * cols * 4) as u64;

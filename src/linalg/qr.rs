@@ -26,9 +26,10 @@ pub(crate) const SHADER: Kernel = Kernel {
     source: include_str!("../../shaders/linalg_qr.wgsl"),
 };
 
-/// Largest row or column count of the GPU reflector kernels: their per-invocation loops
-/// run up to 3x this, below lavapipe's 65535-iteration cap.
-pub(crate) const MAX_GPU_DIM: usize = 16_384;
+/// Largest row or column count of the GPU reflector kernels: `house_left_dots` and
+/// `house_right_dots` loop over a whole column or row in one invocation (`house_make`
+/// spreads its column over a workgroup), so this is the per-invocation loop budget.
+pub(crate) const MAX_GPU_DIM: usize = crate::gpu::LOOP_BUDGET;
 
 /// Which Q (and R) [`qr_with`] returns for an `(m, n)` input, `k = min(m, n)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -117,7 +118,8 @@ pub(crate) fn too_large(op: &'static str, shape: &[usize]) -> Error {
     Error::Invalid {
         op,
         detail: format!(
-            "shape {shape:?}: the GPU reflector kernels support at most {MAX_GPU_DIM} rows and columns"
+            "shape {shape:?}: the GPU reflector kernels support at most {MAX_GPU_DIM} rows and columns \
+             (one invocation loops over a whole column, within the GPU loop budget)"
         ),
     }
 }

@@ -20,9 +20,10 @@ use crate::linalg::{
 use crate::ops::grid_1d;
 use crate::tensor::Tensor;
 
-/// Rows beyond which the per-pair dot products would loop too long in one invocation
-/// (lavapipe stops an invocation after 65535 loop iterations).
-const MAX_GPU_ROWS: usize = 131_072;
+/// Most rows of the GPU SVD: `svd_rotations` forms a pair's column dot products in one
+/// invocation, 8 rows per loop step (the rest straight-line), so m rows take floor(m / 8)
+/// steps, kept within the loop budget (lavapipe silently stops an invocation after 65535).
+const MAX_GPU_ROWS: usize = 8 * crate::gpu::LOOP_BUDGET;
 
 /// Options of [`svd_with`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,7 +77,8 @@ pub fn svd_with(a: &Tensor, opts: &SvdOptions) -> Result<(Tensor, Tensor, Tensor
                 return Err(Error::Invalid {
                     op,
                     detail: format!(
-                        "shape {:?}: the GPU SVD supports at most {MAX_GPU_ROWS} rows",
+                        "shape {:?}: the GPU SVD supports at most {MAX_GPU_ROWS} rows \
+                         (one invocation loops over a whole column, within the GPU loop budget)",
                         a.shape()
                     ),
                 });

@@ -156,6 +156,20 @@ fn for_each_tap(s: &[usize], g: &Conv2d, oh: usize, ow: usize, mut f: impl FnMut
     }
 }
 
+/// The blocks `[(ki0, ki1), (kj0, kj1)]` of a kh×kw window that successive `col2im_forward`
+/// dispatches walk. One invocation loops `(ki1 - ki0)·(1 + kj1 - kj0)` times at most (a row
+/// step, then its columns), so a block keeps that within [`crate::gpu::LOOP_BUDGET`]: a
+/// window of up to about 127×127 is one dispatch, a larger one several that add up (Mesa's
+/// lavapipe silently stops an invocation after 65535 iterations, leaving its output unset).
+fn col2im_blocks(kh: usize, kw: usize) -> impl Iterator<Item = [(usize, usize); 2]> {
+    use crate::ops::chunk::windows;
+    let budget = crate::gpu::LOOP_BUDGET;
+    let cols = kw.min(budget / 2);
+    let rows = (budget / (cols + 1)).max(1);
+    let to_range = |(start, len): (usize, usize)| (start, start + len);
+    windows(kh, rows).flat_map(move |r| windows(kw, cols).map(move |c| [to_range(r), to_range(c)]))
+}
+
 /// CPU reference of im2col: patches (N, OH·OW, C·KH·KW).
 fn im2col_reference(x: &[f64], s: &[usize], g: &Conv2d, oh: usize, ow: usize) -> Vec<f64> {
     let mut out = vec![0.0f64; s[0] * oh * ow * s[1] * g.kh * g.kw];
@@ -236,15 +250,19 @@ impl Tensor {
                     let (Some(c), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
-                    let params = geom.params(&s, oh, ow, total);
-                    ctx.dispatch(
-                        &SHADER,
-                        "col2im_forward",
-                        &[],
-                        &params,
-                        &[c, o],
-                        grid_1d(ctx, total),
-                    )?;
+                    let base = geom.params(&s, oh, ow, total);
+                    for (k, [ki, kj]) in col2im_blocks(geom.kh, geom.kw).enumerate() {
+                        let mut params = base.to_vec();
+                        params.extend([ki.0, ki.1, kj.0, kj.1, (k > 0) as usize].map(|v| v as u32));
+                        ctx.dispatch(
+                            &SHADER,
+                            "col2im_forward",
+                            &[],
+                            &params,
+                            &[c, o],
+                            grid_1d(ctx, total),
+                        )?;
+                    }
                 }
                 Ok(out)
             }
@@ -335,4 +353,39 @@ pub(crate) fn check_conv2d(x: &[usize], w: &[usize], geom: Conv2d) -> Result<(us
     }
     geom.output_size(op, x)?;
     Ok((*n, *f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::col2im_blocks;
+    use crate::gpu::LOOP_BUDGET;
+
+    /// The blocks tile the window exactly once, each within the loop budget.
+    #[test]
+    fn col2im_blocks_cover_the_window_within_the_budget() {
+        for (kh, kw) in [
+            (1, 1),
+            (3, 3),
+            (127, 127),
+            (128, 128),
+            (300, 2),
+            (2, 40_000),
+            (1, 9000),
+        ] {
+            let mut seen = vec![0u8; kh * kw];
+            for [(r0, r1), (c0, c1)] in col2im_blocks(kh, kw) {
+                assert!(
+                    (r1 - r0) * (1 + c1 - c0) <= LOOP_BUDGET,
+                    "{kh}x{kw}: {r0}..{r1} {c0}..{c1}"
+                );
+                for r in r0..r1 {
+                    for c in c0..c1 {
+                        seen[r * kw + c] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&n| n == 1), "{kh}x{kw}");
+        }
+        assert_eq!(col2im_blocks(127, 127).count(), 1);
+    }
 }

@@ -315,13 +315,16 @@ const COPY_WG: u64 = 64;
 /// On real GPUs 1, so neighbouring invocations touch neighbouring words. On CPU
 /// adapters an invocation costs far more than a word: lavapipe, 4096x4096 slice,
 /// went 0.25 -> 2.2 -> 5.5 GB/s with runs of 1, 16 and 1024. Runs are capped so
-/// that a copy still spreads over about 32 workgroups (every core busy).
+/// that a copy still spreads over about 32 workgroups (every core busy); a run (one
+/// invocation's loop) never passes [`crate::gpu::LOOP_BUDGET`], even when pinned.
 fn copy_run(ctx: &GpuContext, count: usize, last: usize) -> usize {
     if let Some(run) = std::env::var("WGRAD_COPY_RUN")
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        return usize::max(run, 1);
+        // Clamped like the planned runs: a run is one invocation's loop, and lavapipe
+        // silently stops an invocation after 65535 iterations.
+        return usize::clamp(run, 1, crate::gpu::LOOP_BUDGET);
     }
     if !is_cpu_adapter(ctx) {
         return 1;

@@ -32,17 +32,29 @@ const WG: u64 = 64;
 /// and an invocation per element, which keeps wide rows (a vocabulary) parallel.
 const ROW_PER_INVOCATION: usize = 64;
 
-/// Most classes one invocation walks (twice): Mesa's lavapipe stops an invocation
-/// silently after 65535 loop iterations, so longer rows are refused.
-pub const MAX_CLASSES: usize = 16384;
+/// Most classes in a row. `cross_entropy_forward` and `cross_entropy_lse` walk a row in one
+/// invocation (`classes` loop steps; `cross_entropy_backward_rows`, 2·classes, only takes rows
+/// of at most 64), and Mesa's lavapipe silently stops an invocation after 65535 loop
+/// iterations, so longer rows are refused with an error naming the op, the shape and this limit.
+pub const MAX_CLASSES: usize = crate::gpu::LOOP_BUDGET;
 
-/// Most loop steps one invocation of `cross_entropy_reduced` may take, counted as
-/// `ceil(rows / 64) · classes · 2`: each of its ceil(rows / 64) rows costs one step of the row
-/// loop and `classes` of `row_lse`, and classes + 1 <= 2 · classes. Lavapipe silently stops an
-/// invocation after 65535 loop steps in all, so the walk stays well below, as the other
-/// kernels do (`reduce::MAX_WALK`). Larger problems take `cross_entropy` and a reduction,
-/// which also spread the rows over many workgroups.
-const REDUCED_WALK: usize = 16384;
+/// Most loop steps one invocation of `cross_entropy_reduced` (or `_backward`) may take in all
+/// ([`reduced_steps`]); larger problems take `cross_entropy` (and its gradient) and a
+/// reduction, which also spread the rows over many workgroups.
+const REDUCED_WALK: usize = crate::gpu::LOOP_BUDGET;
+
+/// Loop steps of one invocation of the one-workgroup kernels: each of its ceil(rows / 64)
+/// rows costs one step of the row loop and `classes` of `row_lse`; with the gradient
+/// (`cross_entropy_reduced_backward`) another row step, `row_lse` again and the `classes`
+/// stores of `grad_row`. (The 6-step tree over the partials is unrolled.)
+fn reduced_steps(rows: usize, classes: usize, gradient: bool) -> usize {
+    let per_row = if gradient {
+        3 * classes + 2
+    } else {
+        classes + 1
+    };
+    rows.div_ceil(WG as usize) * per_row
+}
 
 /// The params words of loss.wgsl: rows, classes, the divisor of `cross_entropy_reduced`
 /// (f32 bits; the other entries ignore it) and the runtime 1.0 that keeps its Kahan
@@ -79,7 +91,10 @@ pub(crate) fn cross_entropy_shape(
     if classes == 0 || classes > MAX_CLASSES {
         return Err(Error::Invalid {
             op,
-            detail: format!("{classes} classes in logits {logits:?}; supported 1..={MAX_CLASSES}"),
+            detail: format!(
+                "{classes} classes in logits {logits:?}; supported 1..={MAX_CLASSES} \
+                 (one invocation walks a row, within the GPU loop budget)"
+            ),
         });
     }
     Ok((batch.iter().product(), classes))
@@ -196,7 +211,7 @@ impl Tensor {
             // One workgroup walks every row: only while each invocation's walk is short
             // (and the logits fit one binding; classes <= MAX_CLASSES is checked above).
             DeviceInner::Gpu(ctx)
-                if rows.div_ceil(WG as usize) * classes * 2 <= REDUCED_WALK
+                if reduced_steps(rows, classes, false) <= REDUCED_WALK
                     && crate::ops::chunk::fits(ctx, rows * classes) =>
             {
                 let out = gpu_output(ctx, self.device(), op, &[], DType::F32)?;
@@ -242,7 +257,7 @@ impl Tensor {
                     && same(g)
                     && g.shape() == labels.shape()
                     && rows > 0
-                    && rows.div_ceil(WG as usize) * classes * 4 <= REDUCED_WALK
+                    && reduced_steps(rows, classes, true) <= REDUCED_WALK
                     && crate::ops::chunk::fits(ctx, rows * classes) =>
             {
                 Some((ctx, rows, classes))

@@ -93,10 +93,12 @@ const MIN_PER_LANE: usize = 32;
 /// Shortest contiguous chunk: every pass shrinks the axis at least this much.
 const MIN_CHUNK: usize = 64;
 
-/// Most loop steps one invocation takes in a pass. Mesa 22.3's lavapipe ends any
+/// Most elements (vec4s) one invocation walks in a pass. Mesa 22.3's lavapipe ends any
 /// invocation after 65535 loop iterations in total (gallivm's loop limiter), silently
-/// leaving results unwritten, so every walk stays well below that.
-pub(crate) const MAX_WALK: usize = crate::gpu::LOOP_BUDGET;
+/// leaving results unwritten. A kernel may walk its elements twice (a sum again plainly
+/// when Kahan's correction is NaN; softmax's statistics, then its outputs), so a walk is
+/// half the loop budget.
+pub(crate) const MAX_WALK: usize = crate::gpu::LOOP_BUDGET / 2;
 
 /// Longest strided walk when inner > 1: each step lands on another memory page, and a
 /// few hundred pages stay in the TLB while the neighbouring columns reuse them.

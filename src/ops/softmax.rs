@@ -77,10 +77,10 @@ fn softmax_gpu(
     };
     let constants = [("LOG", log as u32 as f64)];
     let rows4 = inner == 1 && r % 4 == 0;
-    // One invocation walks its line twice; past MAX_WALK steps it could hit lavapipe's loop
-    // limit, so such lines are split like few long ones.
+    // One invocation walks its line twice (MAX_WALK allows for that); a longer line could
+    // pass lavapipe's loop limit, so such lines are split like few long ones.
     let steps = if rows4 { r / 4 } else { r };
-    if 2 * steps > MAX_WALK || (lines < SPLIT_BELOW_LINES && r >= SPLIT_MIN_LEN) {
+    if steps > MAX_WALK || (lines < SPLIT_BELOW_LINES && r >= SPLIT_MIN_LEN) {
         return softmax_split(ctx, dims, &constants, xa, ya);
     }
     let whole =
