@@ -190,7 +190,12 @@ impl Executor {
             for &l in leaves.keys() {
                 leaf[l] = true; // values, not computations
             }
-            let (roots, absorbed) = fusion::plan(&nodes, &order, &keep, &leaf);
+            // A generated kernel binds every operand whole: chains over tensors past one
+            // storage binding stay op by op, where each op works in windows.
+            let max_elems = device
+                .gpu_ctx()
+                .map_or(usize::MAX, |c| crate::ops::chunk::binding_elems(c));
+            let (roots, absorbed) = fusion::plan(&nodes, &order, &keep, &leaf, max_elems);
             order.retain(|&i| !absorbed[i]);
             for (&r, f) in &roots {
                 inputs[r] = f.inputs.clone();
@@ -326,7 +331,7 @@ impl Executor {
             // The recorded plan updates its fixed buffer in place: hand out a copy.
             (Some(_), Some(ctx)) => {
                 let copy =
-                    crate::ops::gpu_output(ctx, &self.device, "param", t.shape(), t.dtype())?;
+                    crate::ops::gpu_output_big(ctx, &self.device, "param", t.shape(), t.dtype())?;
                 copy_tensor(ctx, &t, &copy);
                 Ok(copy)
             }

@@ -75,7 +75,9 @@ fn fusable(n: &Node) -> bool {
 /// Finds the chains among the live nodes `order` (topological); `keep[j]` marks
 /// outputs of the run, `leaf[j]` values that are not computed (parameters,
 /// constants, folded nodes).
-/// Returns the fused kernel of every chain root and the inner nodes to skip.
+/// Returns the fused kernel of every chain root and the inner nodes to skip. Chains whose
+/// values or operands have more than `max_elems` elements (one storage binding) are left
+/// unfused.
 ///
 /// A chain grows back from its root through element-wise operands of the same
 /// shape. An operand used only by the chain is computed in registers; one also
@@ -86,6 +88,7 @@ pub(crate) fn plan(
     order: &[NodeId],
     keep: &[bool],
     leaf: &[bool],
+    max_elems: usize,
 ) -> (HashMap<NodeId, Fused>, Vec<bool>) {
     let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); nodes.len()];
     let mut live = vec![false; nodes.len()];
@@ -138,8 +141,11 @@ pub(crate) fn plan(
             .copied()
             .filter(|&m| m != r && (keep[m] || users[m].iter().any(|c| !members.contains(c))))
             .collect();
+        let numel = |j: NodeId| nodes[j].shape.iter().product::<usize>();
         if inputs.len() + outputs.len() > MAX_INPUTS
             || inputs.iter().any(|&j| nodes[j].dtype != DType::F32)
+            || numel(r) > max_elems
+            || inputs.iter().any(|&j| numel(j) > max_elems)
         {
             continue;
         }

@@ -3,8 +3,9 @@
 
 use crate::device::DeviceInner;
 use crate::error::Result;
-use crate::gpu::Kernel;
-use crate::ops::{gpu_output, grid_1d};
+use crate::gpu::{GpuContext, Kernel};
+use crate::ops::chunk::{elementwise_window, window, windows};
+use crate::ops::{gpu_output_big, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
 
@@ -218,6 +219,12 @@ fn update_reference(
     (po, mo, vo)
 }
 
+/// The windows `(start, len)` of an `n`-element parameter that [`update`] dispatches one
+/// kernel each for, in order: one window when it fits a storage binding.
+pub(crate) fn update_windows(ctx: &GpuContext, n: usize) -> Vec<(usize, usize)> {
+    windows(n, elementwise_window(ctx)).collect()
+}
+
 /// Returns the updated parameter and advances `state`; `step` counts from 1.
 pub(crate) fn update(
     opt: &Optimizer,
@@ -279,54 +286,43 @@ pub(crate) fn update(
         }
         DeviceInner::Gpu(ctx) => {
             let n = p.numel();
-            let out = gpu_output(ctx, p.device(), name, p.shape(), DType::F32)?;
-            if n == 0 {
-                return Ok(out);
-            }
-            let words = params_words(n, opt, step);
+            let out = gpu_output_big(ctx, p.device(), name, p.shape(), DType::F32)?;
+            let fresh = || gpu_output_big(ctx, p.device(), name, p.shape(), DType::F32);
+            let m_out = m.as_ref().map(|_| fresh()).transpose()?;
+            let v_out = v.as_ref().map(|_| fresh()).transpose()?;
             fn arg(t: &Tensor) -> crate::gpu::BufArg<'_> {
                 t.gpu_arg().expect("GPU device holds GPU tensors")
             }
-            match (&m, &v) {
-                (None, _) => {
-                    ctx.dispatch(
-                        &SHADER,
-                        "sgd_update",
-                        &[],
-                        &words,
-                        &[arg(p), arg(g), arg(&out)],
-                        grid_1d(ctx, n),
-                    )?;
+            // The kernel's buffers in binding order, each with what it reads or writes.
+            let mut bufs = vec![arg(p), arg(g)];
+            let entry = match (&m, &v, &m_out, &v_out) {
+                (None, _, _, _) => {
+                    bufs.push(arg(&out));
+                    "sgd_update"
                 }
-                (Some(m), None) => {
-                    let m_out = gpu_output(ctx, p.device(), name, p.shape(), DType::F32)?;
-                    let bufs = [arg(p), arg(g), arg(m), arg(&out), arg(&m_out)];
-                    ctx.dispatch(
-                        &SHADER,
-                        "sgd_momentum_update",
-                        &[],
-                        &words,
-                        &bufs,
-                        grid_1d(ctx, n),
-                    )?;
-                    state.m = Some(m_out);
+                (Some(m), None, Some(mo), _) => {
+                    bufs.extend([arg(m), arg(&out), arg(mo)]);
+                    "sgd_momentum_update"
                 }
-                (Some(m), Some(v)) => {
-                    let m_out = gpu_output(ctx, p.device(), name, p.shape(), DType::F32)?;
-                    let v_out = gpu_output(ctx, p.device(), name, p.shape(), DType::F32)?;
-                    let bufs = [
-                        arg(p),
-                        arg(g),
-                        arg(m),
-                        arg(&out),
-                        arg(&m_out),
-                        arg(v),
-                        arg(&v_out),
-                    ];
-                    ctx.dispatch(&SHADER, "adam_update", &[], &words, &bufs, grid_1d(ctx, n))?;
-                    state.m = Some(m_out);
-                    state.v = Some(v_out);
+                (Some(m), Some(v), Some(mo), Some(vo)) => {
+                    bufs.extend([arg(m), arg(&out), arg(mo), arg(v), arg(vo)]);
+                    "adam_update"
                 }
+                _ => unreachable!("moments are made together with their outputs"),
+            };
+            // Element-wise, so a parameter past one storage binding is updated in windows,
+            // every buffer bound at the window's offset (the recorded plan rewrites each
+            // window's params per step: `update_windows`).
+            for (s, len) in update_windows(ctx, n) {
+                let at: Vec<_> = bufs.iter().map(|&b| window(b, s, len)).collect();
+                let words = params_words(len, opt, step);
+                ctx.dispatch_at(&SHADER, entry, &[], &words, &at, grid_1d(ctx, len))?;
+            }
+            if m_out.is_some() {
+                state.m = m_out;
+            }
+            if v_out.is_some() {
+                state.v = v_out;
             }
             Ok(out)
         }

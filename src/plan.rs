@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::gpu::capture::{self, Command};
 use crate::gpu::GpuContext;
 use crate::graph::{Node, NodeId, Op};
-use crate::optim::{params_words, state_needs, update, Optimizer, SlotState};
+use crate::optim::{params_words, state_needs, update, update_windows, Optimizer, SlotState};
 use crate::tensor::Tensor;
 
 /// A graph's commands recorded for one GPU context.
@@ -73,7 +73,7 @@ pub(crate) struct Graphed<'a> {
 
 /// A tensor on a fixed buffer of the shared pool, owned by the plan for its life.
 fn fixed(ctx: &Arc<GpuContext>, device: &Device, shape: &[usize], dtype: DType) -> Result<Tensor> {
-    crate::ops::gpu_output(ctx, device, "compile", shape, dtype)
+    crate::ops::gpu_output_big(ctx, device, "compile", shape, dtype)
 }
 
 impl RecordedPlan {
@@ -201,20 +201,24 @@ impl RecordedPlan {
             .collect();
         let split = capture::position(ctx);
         let mut per_step = Vec::new();
-        if Self::record_fused_update(ctx, g, &values, moments, split, &mut per_step)? {
-            return Ok((outputs, split, per_step, values));
-        }
+        let fused = Self::record_fused_update(ctx, g, &values, moments, split, &mut per_step)?;
         if let Some(opt) = g.optimizer {
             let adam = matches!(opt, Optimizer::Adam { .. });
-            for &(p, gid) in g.trained {
+            for (k, &(p, gid)) in g.trained.iter().enumerate() {
+                if fused.get(k) == Some(&true) {
+                    continue;
+                }
                 let grad = values[gid].clone().expect("gradients are kept");
                 let cur = &g.leaves[&p];
                 let (m, v) = &moments[&p];
                 let mut slot = SlotState::with(m.clone(), v.clone());
                 let at = capture::position(ctx);
                 let new = update(opt, cur, &grad, &mut slot, 1)?;
+                // One dispatch per window, each rewritten with its own length per step.
                 if adam && capture::position(ctx) > at {
-                    per_step.push((at - split, cur.numel()));
+                    for (w, (_, len)) in update_windows(ctx, cur.numel()).into_iter().enumerate() {
+                        per_step.push((at - split + w, len));
+                    }
                 }
                 copy_into(ctx, &new, cur);
                 let (m_new, v_new) = slot.parts();
@@ -231,9 +235,11 @@ impl RecordedPlan {
 
     /// Records the optimizer's update of every parameter in place, in their fixed
     /// buffers, by generated kernels a few parameters per dispatch (src/fusion.rs), with
-    /// no copies back: plain SGD, SGD with momentum and Adam. Returns false, having
-    /// recorded nothing, where the update is not fused (no optimizer, `WGRAD_FUSION=0`,
-    /// or a gradient sharing a parameter's buffer); Adam's dispatches join `per_step`.
+    /// no copies back: plain SGD, SGD with momentum and Adam. Returns which of the trained
+    /// parameters it updated: none where the update is not fused (no optimizer,
+    /// `WGRAD_FUSION=0`, or a gradient sharing a parameter's buffer), and never one past a
+    /// storage binding (a generated kernel binds each whole: those take the per-parameter
+    /// path, which updates in windows); Adam's dispatches join `per_step`.
     fn record_fused_update(
         ctx: &GpuContext,
         g: &Graphed<'_>,
@@ -241,9 +247,10 @@ impl RecordedPlan {
         moments: &HashMap<NodeId, (Option<Tensor>, Option<Tensor>)>,
         split: usize,
         per_step: &mut Vec<(usize, usize)>,
-    ) -> Result<bool> {
+    ) -> Result<Vec<bool>> {
+        let none = vec![false; g.trained.len()];
         let Some(opt) = g.optimizer.filter(|_| fuse_updates()) else {
-            return Ok(false);
+            return Ok(none);
         };
         let grads: Vec<&Tensor> = g
             .trained
@@ -256,8 +263,31 @@ impl RecordedPlan {
         let buf = |t: &Tensor| t.gpu_arg().map(|(b, _)| b.clone());
         let param_bufs: Vec<_> = params.iter().map(|p| buf(p)).collect();
         if grads.iter().any(|gr| param_bufs.contains(&buf(gr))) {
-            return Ok(false);
+            return Ok(none);
         }
+        let fused: Vec<bool> = params
+            .iter()
+            .map(|p| crate::ops::chunk::fits(ctx, p.numel()))
+            .collect();
+        let params: Vec<&Tensor> = params
+            .into_iter()
+            .zip(&fused)
+            .filter(|x| *x.1)
+            .map(|x| x.0)
+            .collect();
+        let grads: Vec<&Tensor> = grads
+            .into_iter()
+            .zip(&fused)
+            .filter(|x| *x.1)
+            .map(|x| x.0)
+            .collect();
+        let trained: Vec<&(NodeId, NodeId)> = g
+            .trained
+            .iter()
+            .zip(&fused)
+            .filter(|x| *x.1)
+            .map(|x| x.0)
+            .collect();
         match (opt, state_needs(opt)) {
             // Plain SGD needs no state: a few parameters per dispatch, updated in place.
             (
@@ -274,7 +304,7 @@ impl RecordedPlan {
             // buffers `record` made (and handed to the executor's optimizer state).
             (_, (true, _)) => {
                 let mut slots = Vec::with_capacity(params.len());
-                for (k, &(p, _)) in g.trained.iter().enumerate() {
+                for (k, &&(p, _)) in trained.iter().enumerate() {
                     let (Some(m), v) = &moments[&p] else {
                         unreachable!("record makes the moments the optimizer needs")
                     };
@@ -296,9 +326,9 @@ impl RecordedPlan {
                     }
                 }
             }
-            _ => return Ok(false),
+            _ => return Ok(none),
         }
-        Ok(true)
+        Ok(fused)
     }
 
     /// Entry points of the recorded dispatches, in run order (for tests and listings).
@@ -347,7 +377,7 @@ impl RecordedPlan {
         let mut results = Vec::with_capacity(self.outputs.len());
         let mut copies_out = Vec::new();
         for o in &self.outputs {
-            let t = crate::ops::gpu_output(ctx, device, "run", o.shape(), o.dtype())?;
+            let t = crate::ops::gpu_output_big(ctx, device, "run", o.shape(), o.dtype())?;
             if let (Some((src, bytes)), Some((dst, _))) = (o.gpu_arg(), t.gpu_arg()) {
                 copies_out.extend(whole_copy(src, dst, bytes));
             }

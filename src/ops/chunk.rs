@@ -52,6 +52,11 @@ pub(crate) fn windows(n: usize, per: usize) -> impl Iterator<Item = (usize, usiz
     (0..n.div_ceil(per)).map(move |w| (w * per, per.min(n - w * per)))
 }
 
+/// The window `s .. s + len` (elements of 4 bytes) of a buffer argument, for `dispatch_at`.
+pub(crate) fn window(arg: crate::gpu::BufArg<'_>, s: usize, len: usize) -> crate::gpu::BufAt<'_> {
+    (arg.0, (s * 4) as u64, (len * 4) as u64)
+}
+
 /// Window length for element-wise dispatches: the most whole alignment blocks
 /// that fit one binding.
 pub(crate) fn elementwise_window(ctx: &GpuContext) -> usize {

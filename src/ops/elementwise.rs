@@ -10,7 +10,7 @@
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::{BufArg, BufAt, GpuContext, Kernel};
-use crate::ops::chunk::{broadcast_span, elementwise_window, fits, windows};
+use crate::ops::chunk::{broadcast_span, elementwise_window, fits, window, windows};
 use crate::ops::{gpu_output_big, grid_1d, pack_dims};
 use crate::shape::{broadcast_shapes, broadcast_strides, check_rank, contiguous_strides};
 use crate::tensor::Tensor;
@@ -415,11 +415,6 @@ impl Tensor {
             }
         }
     }
-}
-
-/// Elements `s..s + len` of a tensor's buffer as a binding.
-fn window(arg: BufArg<'_>, s: usize, len: usize) -> BufAt<'_> {
-    (arg.0, (s * 4) as u64, (len * 4) as u64)
 }
 
 /// The broadcast of `dims` with operand strides `sa`, `sb` (0 = stretched) on the fewest

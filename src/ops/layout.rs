@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use crate::device::{Device, DeviceInner};
 use crate::error::{Error, Result};
-use crate::gpu::{BufArg, GpuContext, Kernel};
-use crate::ops::{gpu_output, pack_dims};
+use crate::gpu::{BufArg, BufAt, GpuContext, Kernel};
+use crate::ops::{gpu_output_big, pack_dims};
 use crate::shape::{broadcast_strides, check_rank, contiguous_strides, normalize_axis, MAX_RANK};
 use crate::tensor::{Storage, Tensor};
 use crate::DType;
@@ -240,6 +240,8 @@ impl CopyPlan {
 
 /// Records `plan` from `src` into `dst` on the cheapest route. `kernel` picks the
 /// transpose kernel if the plan turns out to be a transpose (`None`: the device default).
+/// A source or destination past one storage binding is copied in parts whose reads and
+/// writes each fit one (`run_copy_split`).
 fn run_copy(
     ctx: &GpuContext,
     op: &'static str,
@@ -249,19 +251,91 @@ fn run_copy(
     kernel: Option<TransposeKernel>,
 ) -> Result<()> {
     let p = plan.simplified();
-    let count = p.count();
-    if count == 0 {
+    if p.count() == 0 {
         return Ok(());
     }
+    let limit = ctx.binding_limit();
+    if src.1 <= limit && dst.1 <= limit {
+        return run_copy_at(ctx, op, (src.0, 0, src.1), (dst.0, 0, dst.1), &p, kernel);
+    }
+    run_copy_split(ctx, op, src.0, dst.0, &p, kernel)
+}
+
+/// `[start, end)` of the elements a plan touches on one side.
+fn span(offset: usize, strides: &[usize], dims: &[usize]) -> (usize, usize) {
+    let reach: usize = dims.iter().zip(strides).map(|(&d, &s)| (d - 1) * s).sum();
+    (offset, offset + reach + 1)
+}
+
+/// [`run_copy`] for buffers past one binding: where the plan's source and destination
+/// spans each fit one binding (from an aligned offset), one windowed copy; else the plan
+/// is halved along its outermost dim (or, with one index left there, that dim dropped)
+/// and each part copied the same way. A transpose of an (R, C) matrix past the binding
+/// ends in runs of whole columns: ~R·C·C / binding dispatches, for tensors that are
+/// rare and big.
+fn run_copy_split(
+    ctx: &GpuContext,
+    op: &'static str,
+    src: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+    p: &CopyPlan,
+    kernel: Option<TransposeKernel>,
+) -> Result<()> {
+    let (limit, align) = (
+        crate::ops::chunk::binding_elems(ctx),
+        crate::ops::chunk::align_elems(ctx),
+    );
+    let (i0, i1) = span(p.in_offset, &p.in_strides, &p.dims);
+    let (o0, o1) = span(p.out_offset, &p.out_strides, &p.dims);
+    let (a_in, a_out) = (i0 / align * align, o0 / align * align);
+    let contiguous =
+        p.dims.len() <= 1 && p.in_strides.iter().chain(&p.out_strides).all(|&s| s == 1);
+    if contiguous || (i1 - a_in <= limit && o1 - a_out <= limit) {
+        let mut q = p.clone();
+        q.in_offset -= a_in;
+        q.out_offset -= a_out;
+        let bytes = |e: usize| (e * 4) as u64;
+        let src_at = (src, bytes(a_in), bytes(i1 - a_in));
+        let dst_at = (dst, bytes(a_out), bytes(o1 - a_out));
+        return run_copy_at(ctx, op, src_at, dst_at, &q, kernel);
+    }
+    let mut first = p.clone();
+    if p.dims[0] > 1 {
+        let half = p.dims[0] / 2;
+        first.dims[0] = half;
+        let mut second = p.clone();
+        second.dims[0] -= half;
+        second.in_offset += half * p.in_strides[0];
+        second.out_offset += half * p.out_strides[0];
+        run_copy_split(ctx, op, src, dst, &first, kernel)?;
+        return run_copy_split(ctx, op, src, dst, &second, kernel);
+    }
+    first.dims.remove(0);
+    first.in_strides.remove(0);
+    first.out_strides.remove(0);
+    run_copy_split(ctx, op, src, dst, &first, kernel)
+}
+
+/// [`run_copy`] of a simplified, non-empty plan on windows of the buffers (each fits one
+/// binding; the plan's offsets are relative to the windows).
+fn run_copy_at(
+    ctx: &GpuContext,
+    op: &'static str,
+    src: BufAt<'_>,
+    dst: BufAt<'_>,
+    p: &CopyPlan,
+    kernel: Option<TransposeKernel>,
+) -> Result<()> {
+    let count = p.count();
     let r = p.dims.len();
     if r == 0 || (r == 1 && p.in_strides[0] == 1 && p.out_strides[0] == 1) {
         // One contiguous run on both sides: the copy engine does it without a shader.
         let word = 4;
         ctx.copy(
             src.0,
-            (p.in_offset * word) as u64,
+            src.1 + (p.in_offset * word) as u64,
             dst.0,
-            (p.out_offset * word) as u64,
+            dst.1 + (p.out_offset * word) as u64,
             (count * word) as u64,
         );
         return Ok(());
@@ -280,7 +354,7 @@ fn run_copy(
             tiles_n as u32,
         ];
         let groups = ctx.grid((batch * tiles_m * tiles_n) as u64);
-        return ctx.dispatch(&SHADER, k.entry(m, n), &[], &params, &[src, dst], groups);
+        return ctx.dispatch_at(&SHADER, k.entry(m, n), &[], &params, &[src, dst], groups);
     }
     if r > MAX_RANK {
         return Err(Error::Shape {
@@ -293,7 +367,7 @@ fn run_copy(
     }
     let (entry, p) = match p.as_vec4() {
         Some(p4) => ("strided_copy4_forward", p4),
-        None => ("strided_copy_forward", p),
+        None => ("strided_copy_forward", p.clone()),
     };
     let last = p.dims[r - 1];
     let run = copy_run(ctx, p.count(), last);
@@ -305,7 +379,7 @@ fn run_copy(
     params.extend(pack_dims(&p.in_strides));
     params.extend(pack_dims(&p.out_strides));
     let groups = ctx.grid((runs as u64).div_ceil(COPY_WG));
-    ctx.dispatch(&SHADER, entry, &[], &params, &[src, dst], groups)
+    ctx.dispatch_at(&SHADER, entry, &[], &params, &[src, dst], groups)
 }
 
 /// Invocations per workgroup of the strided copy kernels.
@@ -501,7 +575,7 @@ impl Tensor {
                 )),
             },
             DeviceInner::Gpu(ctx) => {
-                let out = gpu_output(ctx, self.device(), op, out_shape, self.dtype())?;
+                let out = gpu_output_big(ctx, self.device(), op, out_shape, self.dtype())?;
                 let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                     unreachable!("GPU device holds GPU tensors")
                 };
@@ -717,7 +791,7 @@ impl Tensor {
                 ))
             }
             DeviceInner::Gpu(ctx) => {
-                let out = gpu_output(ctx, first.device(), op, &out_shape, first.dtype())?;
+                let out = gpu_output_big(ctx, first.device(), op, &out_shape, first.dtype())?;
                 let Some(o) = out.gpu_arg() else {
                     unreachable!("GPU device holds GPU tensors")
                 };
