@@ -269,3 +269,44 @@ fn past_the_binding_limit_inference_with_a_vgg_sized_weight() {
     assert!(recorded, "the plan should be recorded");
     assert_close("relu(x·W + b), W 411 MB", &got[0], &want[0], 1e-5, 1e-4);
 }
+
+#[test]
+fn windowed_layout_copies_match_reference() {
+    // Eager layout ops on tensors past the 4,096-element binding, each against the CPU:
+    // the copy is cut into parts whose reads and writes fit one binding.
+    let Some(dev) = windowed() else { return };
+    let both = |seed, shape: &[usize]| {
+        let t = feed(seed, shape);
+        (t.to_device(&dev).unwrap(), t)
+    };
+    let check = |label: &str, got: Tensor, want: Tensor| {
+        assert_eq!(got.shape(), want.shape(), "{label}");
+        let (g, w) = (got.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+        assert_close(label, &g, &w, 0.0, 0.0);
+    };
+    let (x, xc) = both(1, &[97, 131]);
+    check("transpose", x.transpose().unwrap(), xc.transpose().unwrap());
+    let (y, yc) = both(2, &[7, 33, 29]);
+    for axes in [[2, 0, 1], [1, 2, 0], [0, 2, 1]] {
+        let label = format!("permute {axes:?}");
+        check(
+            &label,
+            y.permute(&axes).unwrap(),
+            yc.permute(&axes).unwrap(),
+        );
+    }
+    check(
+        "slice",
+        x.slice(1, 5, 120).unwrap(),
+        xc.slice(1, 5, 120).unwrap(),
+    );
+    let parts = |t: &Tensor| Tensor::concat(&[t, &t.slice(0, 3, 50).unwrap(), t], 0).unwrap();
+    check("concat", parts(&x), parts(&xc));
+    let (b, bc) = both(3, &[1, 131]);
+    let shape = [3, 97, 131];
+    check(
+        "broadcast_to",
+        b.broadcast_to(&shape).unwrap(),
+        bc.broadcast_to(&shape).unwrap(),
+    );
+}

@@ -395,7 +395,70 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
             print(f(dev, device, adapter.clone())?);
         }
     }
+    // GPU only: the CPU reference would take minutes per step of 34 GFLOP products.
+    if wanted("big_weight_step") {
+        for d_in in [8192, 4096] {
+            print(big_weight_step(&gpu, adapter.clone(), d_in)?);
+        }
+    }
     Ok(())
+}
+
+/// One SGD step of x (256, d_in) · W (d_in, 8192) → ReLU → · W2 (8192, 10) → mean
+/// cross-entropy, compiled: with d_in = 8192, W is 256 MiB, past a 128 MiB binding
+/// (parts of the plan run in windows and blocks); with 4096 it fits one.
+fn big_weight_step(dev: &Device, adapter: String, d_in: usize) -> anyhow::Result<Figure> {
+    use wgrad::{Graph, Init, Sgd};
+    let (batch, hidden, classes) = (256, 8192, 10);
+    let g = Graph::new();
+    let x = g.input("x", &[batch, d_in]);
+    let y = g.input_i32("y", &[batch]);
+    let uniform = |seed| Init::Uniform {
+        lo: -0.01,
+        hi: 0.01,
+        seed,
+    };
+    let w = g.param("w", &[d_in, hidden], uniform(1));
+    let w2 = g.param("w2", &[hidden, classes], uniform(2));
+    let loss = x
+        .matmul(&w)?
+        .relu()?
+        .matmul(&w2)?
+        .cross_entropy(&y)?
+        .mean()?;
+    let exe = dev.compile(&g, &[&loss], Sgd::new(0.1))?;
+    let xt = Tensor::from_slice(
+        dev,
+        &Rng::new(3).vec_uniform(batch * d_in, -1.0, 1.0),
+        &[batch, d_in],
+    )?;
+    let labels: Vec<i32> = (0..batch as i32).map(|i| i % classes as i32).collect();
+    let yt = Tensor::from_slice(dev, &labels, &[batch])?;
+    let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?) };
+    step()?; // warm
+    let reps = 3;
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        step()?;
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    let plan = exe.plan();
+    Ok(Figure {
+        op: "big_weight_step",
+        shape: vec![batch, d_in, hidden, classes],
+        device: "gpu",
+        adapter,
+        ms,
+        rate: ("steps_per_s", 1e3 / ms),
+        extra: vec![
+            ("weight_bytes", (d_in * hidden * 4) as f64),
+            ("planned_peak_bytes", plan.peak_bytes as f64),
+            ("slot_bytes", plan.slot_bytes as f64),
+            ("dispatches", plan.dispatches as f64),
+            ("recorded", exe.is_recorded() as u8 as f64),
+        ],
+        roof: None,
+    })
 }
 
 /// Times forward + backward of `Σ build(inputs)` (gradients of every input), as
