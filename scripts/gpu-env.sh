@@ -26,6 +26,33 @@ install_lavapipe() {
     $sudo apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
 }
 
+# wgpu's GL backend on Mesa's llvmpipe: a second shader compiler (naga's GLSL writer) and the
+# kernel variants real GPUs use (no subgroups there). Installed with EGL when missing; with
+# CI=true a missing GL adapter is fatal, as for Vulkan.
+have_gl_adapter() {
+    local name
+    name=$(WGPU_BACKEND=gl cargo run --quiet --release --bin wgrad -- info --brief) || return 1
+    echo "wgrad: GL adapter: $name"
+}
+
+ensure_gl_adapter() {
+    if have_gl_adapter; then return 0; fi
+    if command -v apt-get >/dev/null; then
+        local sudo=""
+        if [ "$(id -u)" != "0" ]; then sudo="sudo"; fi
+        export DEBIAN_FRONTEND=noninteractive
+        $sudo apt-get update -qq
+        $sudo apt-get install -y -qq libegl1 libgl1-mesa-dri >/dev/null
+    fi
+    if have_gl_adapter; then return 0; fi
+    if [ "${CI:-}" = "true" ]; then
+        echo "wgrad: CI=true and no GL adapter after installing Mesa's EGL and llvmpipe" >&2
+        exit 1
+    fi
+    echo "wgrad: no GL adapter; the GL pass will be skipped" >&2
+    return 1
+}
+
 ensure_adapter() {
     if have_adapter; then return 0; fi
     if command -v apt-get >/dev/null; then install_lavapipe; fi

@@ -10,3 +10,19 @@ cargo test --release --all-targets
 cargo test --release --doc
 # The optional ndarray conversions (a feature, so not in the default build).
 cargo test --release --features ndarray --test io ndarray
+
+# The same kernels through wgpu's GL backend (llvmpipe): naga's GLSL writer and the
+# workgroup-tiled and register-blocked kernels that real GPUs run (GL has no subgroups, so
+# the subgroup matmul and f16 rows are not there). The test files below pick their adapter
+# through WGPU_BACKEND, so each runs unchanged on both backends.
+if ensure_gl_adapter; then
+    gl_start=$(date +%s)
+    WGPU_BACKEND=gl cargo run --quiet --release --bin wgrad -- check
+    WGPU_BACKEND=gl cargo test --release \
+        --test matmul --test matmul_long_k --test epilogue --test recorded_plan \
+        --test fusion --test fused_optim --test elementwise --test reduce --test softmax \
+        --test layout --test loss --test loop_budget --test conv --test big_tensors \
+        --test big_compiled \
+        -- --skip past_the_binding_limit  # the same kernels on ~1 GB operands: Vulkan only
+    echo "wgrad: GL pass took $(($(date +%s) - gl_start)) s"
+fi

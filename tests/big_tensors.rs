@@ -206,14 +206,14 @@ fn windowed_unsplit_cases_are_too_large_errors() {
     let big = Tensor::zeros(&g, &[2000]).unwrap();
     let small = Tensor::zeros(&g, &[4, 2000]).unwrap();
     let row = Tensor::zeros(&g, &[3, 2000]).unwrap();
-    let cases: [(&str, wgrad::Result<Tensor>, &str); 3] = [
+    // (Layout ops past the binding are split since: tests/big_compiled.rs.)
+    let cases: [(&str, wgrad::Result<Tensor>, &str); 2] = [
         (
             "one row of K past the binding",
             small.matmul_nt(&row),
             "matmul",
         ),
         ("argmax", big.argmax(0, false), "argmax"),
-        ("a layout op", small.transpose(), "transpose"),
     ];
     for (what, r, op) in cases {
         match r {

@@ -11,6 +11,9 @@ pub const SIZES: [usize; 7] = [1, 3, 17, 64, 255, 257, 1000];
 
 /// The GPU device for this test binary, shared by its tests. Without an
 /// adapter the test is skipped — except with `CI=true`, where it fails.
+/// `WGPU_BACKEND` picks the backend (`Device::gpu` honours it), so one test file covers
+/// every backend unchanged: `scripts/test.sh` runs the kernel files on Vulkan, then again
+/// with `WGPU_BACKEND=gl` (llvmpipe through naga's GLSL writer, no subgroups or f16).
 pub fn gpu() -> Option<Device> {
     static DEV: OnceLock<Option<Device>> = OnceLock::new();
     DEV.get_or_init(|| match Device::gpu() {
