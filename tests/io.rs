@@ -670,7 +670,7 @@ fn safetensors_bad_inputs_are_errors_naming_the_file() {
                 r#"{"h":{"dtype":"F16","shape":[3],"data_offsets":[0,4]}}"#,
                 &[0; 4],
             ),
-            "load_safetensors",
+            "tensor \"h\": F16 shape [3] needs 6 bytes, data_offsets span 4",
         ),
         (
             "bf16_lies.safetensors",
@@ -678,7 +678,7 @@ fn safetensors_bad_inputs_are_errors_naming_the_file() {
                 r#"{"h":{"dtype":"BF16","shape":[1],"data_offsets":[0,4]}}"#,
                 &[0; 4],
             ),
-            "load_safetensors",
+            "tensor \"h\": BF16 shape [1] needs 2 bytes, data_offsets span 4",
         ),
         (
             "not_json.safetensors",
@@ -691,7 +691,7 @@ fn safetensors_bad_inputs_are_errors_naming_the_file() {
                 r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,12]}}"#,
                 &[0; 12],
             ),
-            "load_safetensors",
+            "tensor \"w\": F32 shape [4] needs 16 bytes",
         ),
         // Offsets summing to u64::MAX overflow the crate's own size check
         // (a debug-build panic in safetensors 0.8 without wgrad's guard).

@@ -397,7 +397,7 @@ fn half_data_of_the_wrong_length_is_an_error_naming_file_and_tensor() {
                     },
                 ) => {
                     let msg = e.to_string();
-                    assert!(msg.contains(file), "{msg}");
+                    assert!(msg.contains(file) && msg.contains("tensor \"w\""), "{msg}");
                 }
                 other => panic!("{file}: expected Error::Invalid, got {other:?}"),
             }

@@ -15,6 +15,7 @@ mod half_bits;
 mod npy;
 mod safetensors;
 mod safetensors_guard;
+mod safetensors_header;
 
 #[cfg(feature = "ndarray")]
 mod ndarray;

@@ -11,10 +11,12 @@
 use std::path::Path;
 
 use ::safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use ::safetensors::SafeTensorError;
 use half::f16;
 
 use super::half_bits::HalfFormat;
 use super::safetensors_guard::check_header_numbers;
+use super::safetensors_header::lying_tensor;
 use super::{atomic_write, invalid, read_file};
 use crate::device::Device;
 use crate::dtype::DType;
@@ -224,7 +226,18 @@ fn parse(
         return Err(invalid(OP, name, "empty file, not a safetensors file"));
     }
     check_header_numbers(bytes).map_err(|m| invalid(OP, name, m))?;
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| invalid(OP, name, e))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| match e {
+        // The crate does not say which tensor's size is wrong: find it.
+        SafeTensorError::TensorInvalidInfo => {
+            let header = bytes.get(8..).and_then(|rest| {
+                let n = u64::from_le_bytes(bytes[..8].try_into().ok()?);
+                rest.get(..usize::try_from(n).ok()?)
+            });
+            let lie = header.and_then(lying_tensor);
+            invalid(OP, name, lie.unwrap_or_else(|| e.to_string()))
+        }
+        e => invalid(OP, name, e),
+    })?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| invalid(OP, name, e))?;
     let mut out = Vec::new();
     for key in meta.offset_keys() {
