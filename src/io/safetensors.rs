@@ -264,17 +264,26 @@ fn tensor_of(
     bad: &dyn Fn(String) -> Error,
 ) -> Result<Tensor> {
     let (shape, data) = (view.shape(), view.data());
+    let dtype = view.dtype();
+    if !matches!(
+        dtype,
+        Dtype::F32 | Dtype::I32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 | Dtype::I64
+    ) {
+        return Err(bad(format!(
+            "unsupported dtype {dtype:?} (supported: F32, I32, F16, BF16, F64, I64)"
+        )));
+    }
     // The crate checks this too; checked here so that a short chunk can never be dropped.
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let want = numel.and_then(|n| n.checked_mul(view.dtype().bitsize() / 8));
+    let want = numel.and_then(|n| n.checked_mul(dtype.bitsize() / 8));
     if want != Some(data.len()) {
+        let want = want.map_or("more than usize".into(), |n| n.to_string());
         return Err(bad(format!(
-            "{:?} data is {} bytes, shape {shape:?} needs {want:?}",
-            view.dtype(),
+            "{dtype:?} data is {} bytes, shape {shape:?} needs {want}",
             data.len()
         )));
     }
-    match view.dtype() {
+    match dtype {
         Dtype::F32 => {
             let v: Vec<f32> = data
                 .chunks_exact(4)
@@ -324,9 +333,7 @@ fn tensor_of(
             }
             Tensor::from_slice(device, &v, shape)
         }
-        other => Err(bad(format!(
-            "unsupported dtype {other:?} (supported: F32, I32, F16, BF16, F64, I64)"
-        ))),
+        other => Err(bad(format!("unsupported dtype {other:?}"))),
     }
 }
 

@@ -145,3 +145,37 @@ pub(crate) fn lying_tensor(header: &[u8]) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::lying_tensor;
+
+    #[test]
+    fn names_the_first_tensor_whose_size_disagrees() {
+        let h = br#"{"__metadata__":{"k":"v"},"a":{"shape":[2],"dtype":"F32","data_offsets":[0,8]},
+            "b\"c":{"dtype":"BF16","shape":[2,3],"data_offsets":[8,18]}}"#;
+        assert_eq!(
+            lying_tensor(h).as_deref(),
+            Some(r#"tensor "b\"c": BF16 shape [2, 3] needs 12 bytes, data_offsets span 10"#)
+        );
+        let backwards = br#"{"a":{"dtype":"F16","shape":[],"data_offsets":[4,2]}}"#;
+        assert!(lying_tensor(backwards).is_some_and(|m| m.contains("4..2, backwards")));
+    }
+
+    #[test]
+    fn gives_up_quietly_on_what_it_does_not_understand() {
+        let honest = br#"{"a":{"dtype":"F16","shape":[3],"data_offsets":[0,6]}}"#;
+        let deep = [b"[".repeat(100_000), b"]".repeat(100_000)].concat();
+        for h in [
+            &honest[..],
+            b"",
+            b"{",
+            b"{\"a\":",
+            b"[1,2]",
+            b"{\"a\":{\"dtype\":\"F4\"}}",
+            &deep,
+        ] {
+            assert_eq!(lying_tensor(h), None, "{}", String::from_utf8_lossy(h));
+        }
+    }
+}
