@@ -69,6 +69,24 @@ pub fn save_safetensors(path: impl AsRef<Path>, tensors: &[(&str, &Tensor)]) -> 
 
 /// [`save_safetensors`], storing float tensors as `options` asks (e.g.
 /// `SaveOptions::half(HalfFormat::BF16)` for a half-size checkpoint).
+///
+/// ```
+/// use wgrad::io::{self, HalfFormat, LoadOptions, SaveOptions};
+/// use wgrad::{DType, Device, Tensor};
+/// # fn main() -> wgrad::Result<()> {
+/// let dev = Device::cpu();
+/// let path = std::env::temp_dir().join(format!("wgrad_doc_{}.st", std::process::id()));
+/// let w = Tensor::from_slice(&dev, &[0.1f32, 1.0, 70000.0], &[3])?;
+/// io::save_safetensors_with(&path, &[("w", &w)], SaveOptions::half(HalfFormat::F16))?;
+/// // Widened to f32 by default: the values f16 holds (70000 is beyond f16's 65504).
+/// let back = io::load_safetensors(&path, &dev)?;
+/// assert_eq!(back[0].1.to_vec::<f32>()?, [0.099975586, 1.0, f32::INFINITY]);
+/// // Or kept as f16 where the device computes in f16.
+/// let keep = LoadOptions { keep_f16: true };
+/// assert_eq!(io::load_safetensors_with(&path, &dev, keep)?[0].1.dtype(), DType::F16);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(()) }
+/// ```
 pub fn save_safetensors_with(
     path: impl AsRef<Path>,
     tensors: &[(&str, &Tensor)],
