@@ -64,6 +64,15 @@ impl Device {
         matches!(self.inner, DeviceInner::Gpu(_))
     }
 
+    /// True when f16 tensors can be computed on: always on the CPU reference, on a GPU when
+    /// its adapter has `SHADER_F16`.
+    pub fn supports_f16(&self) -> bool {
+        match &self.inner {
+            DeviceInner::Gpu(g) => g.summary.shader_f16,
+            DeviceInner::Cpu => true,
+        }
+    }
+
     /// The adapter behind a GPU device (`None` for the CPU reference).
     pub fn adapter(&self) -> Option<&AdapterSummary> {
         match &self.inner {

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 
 use crate::autodiff;
 use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::fusion::{self, Fused};
 use crate::graph::{Graph, Node, NodeId, Op, Var};
@@ -339,7 +340,8 @@ impl Executor {
         }
     }
 
-    /// Replaces parameter (or state) `name` (same shape) with `value`.
+    /// Replaces parameter (or state) `name` (same shape) with `value`. An f16 value is widened
+    /// to the parameter's f32 (exact); any other dtype mismatch is an [`Error::DType`].
     pub fn set_param(&self, name: &str, value: &Tensor) -> Result<()> {
         let id = self.param_id(name)?;
         if value.shape() != self.nodes[id].shape.as_slice() {
@@ -352,7 +354,22 @@ impl Executor {
                 ),
             });
         }
-        let v = value.to_device(&self.device)?;
+        let want = self.nodes[id].dtype;
+        let v = match value.dtype() {
+            d if d == want => value.to_device(&self.device)?,
+            // An f16 value (e.g. from a half-precision checkpoint) widens exactly, on its own
+            // device (the CPU reference computes f16 everywhere), to the f32 the graph runs in.
+            DType::F16 if want == DType::F32 => {
+                value.to_dtype(DType::F32)?.to_device(&self.device)?
+            }
+            got => {
+                return Err(Error::DType {
+                    op: "set_param",
+                    got: format!("{got} for {name:?}"),
+                    expected: want.to_string(),
+                })
+            }
+        };
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match (&self.recorded, self.device.gpu_ctx(), st.leaves.get(&id)) {
             // Recorded bind groups hold the fixed buffer: write into it, in order.

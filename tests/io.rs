@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use common::{gpu, uniform};
 use wgrad::io::{
-    load_safetensors, load_safetensors_bytes, npy_bytes, read_npy, read_npy_bytes,
-    safetensors_bytes, save_safetensors, write_npy,
+    load_safetensors, load_safetensors_bytes, load_safetensors_bytes_with, npy_bytes, read_npy,
+    read_npy_bytes, safetensors_bytes, safetensors_bytes_with, save_safetensors, write_npy,
+    HalfFormat, LoadOptions, SaveOptions,
 };
 use wgrad::{DType, Device, Error, Rng, Tensor};
 
@@ -637,7 +638,7 @@ fn safetensors_bad_inputs_are_errors_naming_the_file() {
     let dir = TempDir::new("st_bad");
     let t = Tensor::from_slice(&Device::cpu(), &[1.0f32, 2.0, 3.0], &[3]).unwrap();
     let good = safetensors_bytes(&[("w", &t)]).unwrap();
-    let f16 = r#"{"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#;
+    let u8s = r#"{"h":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#;
     let i64_big = (1i64 << 40).to_le_bytes();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty.safetensors", vec![], "empty"),
@@ -658,9 +659,26 @@ fn safetensors_bad_inputs_are_errors_naming_the_file() {
             "load_safetensors",
         ),
         (
-            "f16.safetensors",
-            st_with(f16, &[0; 4]),
-            "unsupported dtype F16",
+            "u8.safetensors",
+            st_with(u8s, &[0; 4]),
+            "unsupported dtype U8",
+        ),
+        // F16 and BF16 data whose length disagrees with the shape (3 values in 4 bytes).
+        (
+            "f16_lies.safetensors",
+            st_with(
+                r#"{"h":{"dtype":"F16","shape":[3],"data_offsets":[0,4]}}"#,
+                &[0; 4],
+            ),
+            "tensor \"h\": F16 shape [3] needs 6 bytes, data_offsets span 4",
+        ),
+        (
+            "bf16_lies.safetensors",
+            st_with(
+                r#"{"h":{"dtype":"BF16","shape":[1],"data_offsets":[0,4]}}"#,
+                &[0; 4],
+            ),
+            "tensor \"h\": BF16 shape [1] needs 2 bytes, data_offsets span 4",
         ),
         (
             "not_json.safetensors",
@@ -673,7 +691,7 @@ fn safetensors_bad_inputs_are_errors_naming_the_file() {
                 r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,12]}}"#,
                 &[0; 12],
             ),
-            "load_safetensors",
+            "tensor \"w\": F32 shape [4] needs 16 bytes",
         ),
         // Offsets summing to u64::MAX overflow the crate's own size check
         // (a debug-build panic in safetensors 0.8 without wgrad's guard).
@@ -712,7 +730,7 @@ fn safetensors_bad_inputs_are_errors_naming_the_file() {
     );
     // The tensor is named too.
     assert_invalid(
-        load_safetensors(dir.path("f16.safetensors"), &Device::cpu()),
+        load_safetensors(dir.path("u8.safetensors"), &Device::cpu()),
         &["\"h\""],
     );
 }
@@ -756,11 +774,23 @@ fn safetensors_fuzzed_inputs_never_panic() {
             r#"{"d":{"dtype":"F64","shape":[1],"data_offsets":[0,8]},"__metadata__":{"k":"v"}}"#,
             &2.0f64.to_le_bytes(),
         ),
+        // F16 and BF16 seeds: wgrad's own half-size files, and a hand-built pair.
+        safetensors_bytes_with(&[("a", &a), ("b", &b)], SaveOptions::half(HalfFormat::F16))
+            .unwrap(),
+        safetensors_bytes_with(&[("a", &a)], SaveOptions::half(HalfFormat::BF16)).unwrap(),
+        st_with(
+            r#"{"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},"g":{"dtype":"BF16","shape":[1,1],"data_offsets":[4,6]}}"#,
+            &[0x00, 0x3c, 0x01, 0xfc, 0x80, 0x3f],
+        ),
     ];
     let (mut ok, mut err) = (0, 0);
     for (k, good) in goods.iter().enumerate() {
-        for m in mutations(good, 200 + k as u64, 1500) {
-            match load_safetensors_bytes(&m, &cpu) {
+        for (j, m) in mutations(good, 200 + k as u64, 1500).iter().enumerate() {
+            // Every other mutation keeps F16 as f16, so both load paths are fuzzed.
+            let options = LoadOptions {
+                keep_f16: j % 2 == 1,
+            };
+            match load_safetensors_bytes_with(m, &cpu, options) {
                 Ok(ts) => {
                     ok += 1;
                     for (_, t) in ts {

@@ -1,6 +1,7 @@
 //! File formats for people who live in NumPy and PyTorch: NumPy `.npy`
 //! ([`read_npy`], [`write_npy`]) and safetensors ([`load_safetensors`],
-//! [`save_safetensors`]), plus `Tensor` ↔ `ndarray::ArrayD<f32>` behind the
+//! [`save_safetensors`], with f16/bf16 through [`LoadOptions`] and
+//! [`SaveOptions`]), plus `Tensor` ↔ `ndarray::ArrayD<f32>` behind the
 //! `ndarray` cargo feature.
 //!
 //! Readers treat every file as untrusted: each size in a header is checked
@@ -10,15 +11,21 @@
 //! file in the target's directory, which is then renamed over the target, so
 //! a failed write never leaves a partial file that looks valid.
 
+mod half_bits;
 mod npy;
 mod safetensors;
+mod safetensors_guard;
+mod safetensors_header;
 
 #[cfg(feature = "ndarray")]
 mod ndarray;
 
+pub use self::half_bits::HalfFormat;
 pub use self::npy::{npy_bytes, read_npy, read_npy_bytes, write_npy};
 pub use self::safetensors::{
-    load_safetensors, load_safetensors_bytes, safetensors_bytes, save_safetensors,
+    load_safetensors, load_safetensors_bytes, load_safetensors_bytes_with, load_safetensors_with,
+    safetensors_bytes, safetensors_bytes_with, save_safetensors, save_safetensors_with,
+    LoadOptions, SaveOptions,
 };
 
 use std::fs::File;

@@ -24,7 +24,7 @@ mod io;
 pub mod models;
 mod norm;
 
-pub use io::{load_params, save_params};
+pub use io::{load_params, save_params, save_params_with};
 pub use norm::{BatchNorm2d, LayerNorm};
 
 use std::sync::atomic::{AtomicBool, Ordering};
