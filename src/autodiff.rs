@@ -330,7 +330,10 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
         }
         // d loss_i / d x_i = softmax(x_i) - onehot(label_i), times g_i; labels get none
         Op::CrossEntropy(opts) => Ok(vec![
-            Some(g.graph().push(Op::CrossEntropyGrad(*opts), &[&x[0], &x[1], g])?),
+            Some(
+                g.graph()
+                    .push(Op::CrossEntropyGrad(*opts), &[&x[0], &x[1], g])?,
+            ),
             None,
         ]),
         Op::CrossEntropyGrad(_) => Err(Error::Invalid {

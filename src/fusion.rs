@@ -331,7 +331,8 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
         let divide = if mean { Divide::Rows } else { Divide::One };
         return match (f.outputs.first(), args.get(2)) {
             (Some(&grad), Some(g)) => {
-                let (loss, dx) = args[0].cross_entropy_reduced_backward(args[1], divide, g, opts)?;
+                let (loss, dx) =
+                    args[0].cross_entropy_reduced_backward(args[1], divide, g, opts)?;
                 Ok(vec![(root, loss), (grad, dx)])
             }
             _ => Ok(vec![(

@@ -79,7 +79,15 @@ fn vocabularies_match_reference() {
             let x = logits(classes as u64 + rows as u64, rows, classes);
             let l = labels(classes as u64, rows, classes);
             let name = format!("({rows}, {classes})");
-            check(&dev, &name, &x, &l, (rows, classes), Default::default(), true);
+            check(
+                &dev,
+                &name,
+                &x,
+                &l,
+                (rows, classes),
+                Default::default(),
+                true,
+            );
         }
     }
 }
@@ -108,7 +116,15 @@ fn extreme_logits_in_long_rows_match_reference() {
     x[at(2, classes - 1)] = f32::NEG_INFINITY;
     x[at(3, 777)] = f32::NEG_INFINITY;
     l[3] = 777;
-    check(&dev, "extremes", &x, &l, (rows, classes), Default::default(), false);
+    check(
+        &dev,
+        "extremes",
+        &x,
+        &l,
+        (rows, classes),
+        Default::default(),
+        false,
+    );
     let loss = Tensor::from_slice(&dev, &x, &[rows, classes])
         .unwrap()
         .cross_entropy(&Tensor::from_slice(&dev, &l, &[rows]).unwrap())
@@ -131,7 +147,15 @@ fn ignored_rows_match_reference() {
     for i in [1, 5, 6, 40, 62] {
         l[i] = -100;
     }
-    check(&dev, "ignored -100", &x, &l, (rows, classes), Default::default(), true);
+    check(
+        &dev,
+        "ignored -100",
+        &x,
+        &l,
+        (rows, classes),
+        Default::default(),
+        true,
+    );
     // Another index (0 included, a valid class otherwise): row 0 is ignored.
     let zero = CrossEntropyOptions {
         ignore_index: Some(0),
@@ -144,20 +168,47 @@ fn ignored_rows_match_reference() {
     ls[7] = -100;
     ls[100] = -100;
     let xs = logits(13, r2, c2);
-    check(&dev, "ignored short rows", &xs, &ls, (r2, c2), Default::default(), true);
+    check(
+        &dev,
+        "ignored short rows",
+        &xs,
+        &ls,
+        (r2, c2),
+        Default::default(),
+        true,
+    );
     // Every row ignored.
     let all = vec![-100; rows];
-    check(&dev, "all ignored", &x, &all, (rows, classes), Default::default(), true);
+    check(
+        &dev,
+        "all ignored",
+        &x,
+        &all,
+        (rows, classes),
+        Default::default(),
+        true,
+    );
     let xg = Tensor::from_slice(&dev, &x, &[rows, classes]).unwrap();
     let lg = Tensor::from_slice(&dev, &all, &[rows]).unwrap();
     let mean = xg.cross_entropy_reduced(&lg, true).unwrap().item().unwrap();
     assert!(mean.is_nan(), "mean of no counted rows: {mean}");
-    let sum = xg.cross_entropy_reduced(&lg, false).unwrap().item().unwrap();
+    let sum = xg
+        .cross_entropy_reduced(&lg, false)
+        .unwrap()
+        .item()
+        .unwrap();
     assert_eq!(sum, 0.0);
     let small = Tensor::from_slice(&dev, &vec![-100; r2], &[r2]).unwrap();
     let xs = Tensor::from_slice(&dev, &xs, &[r2, c2]).unwrap();
-    let mean = xs.cross_entropy_reduced(&small, true).unwrap().item().unwrap();
-    assert!(mean.is_nan(), "one-workgroup mean of no counted rows: {mean}");
+    let mean = xs
+        .cross_entropy_reduced(&small, true)
+        .unwrap()
+        .item()
+        .unwrap();
+    assert!(
+        mean.is_nan(),
+        "one-workgroup mean of no counted rows: {mean}"
+    );
 }
 
 /// A label outside 0..C is still an error: at once on the reference, at the next readback
@@ -171,7 +222,11 @@ fn bad_labels_in_long_rows_are_reported() {
     for dev in std::iter::once(cpu.clone()).chain(gpu()) {
         let xt = Tensor::from_slice(&dev, &x, &[rows, classes]).unwrap();
         for (l, opts, msg) in [
-            ([0, 50_257, 1], Default::default(), "label 50257 outside 0..50257"),
+            (
+                [0, 50_257, 1],
+                Default::default(),
+                "label 50257 outside 0..50257",
+            ),
             ([0, -100, 1], none, "label -100 outside 0..50257"),
             ([-1, 0, 1], Default::default(), "label -1 outside 0..50257"),
         ] {
@@ -179,7 +234,9 @@ fn bad_labels_in_long_rows_are_reported() {
             let up = Tensor::from_slice(&dev, &[1.0f32; 3], &[rows]).unwrap();
             for which in 0..3 {
                 let e = match which {
-                    0 => xt.cross_entropy_with(&lt, opts).and_then(|t| t.to_vec::<f32>()),
+                    0 => xt
+                        .cross_entropy_with(&lt, opts)
+                        .and_then(|t| t.to_vec::<f32>()),
                     1 => xt
                         .cross_entropy_backward_with(&lt, &up, opts)
                         .and_then(|t| t.to_vec::<f32>()),
@@ -213,7 +270,15 @@ fn logits_past_one_binding_match_reference() {
     l[3] = -100;
     l[300] = -100;
     eprintln!("data: {:.2} s", start.elapsed().as_secs_f64());
-    check(&dev, "(512, 128256)", &x, &l, (rows, classes), Default::default(), true);
+    check(
+        &dev,
+        "(512, 128256)",
+        &x,
+        &l,
+        (rows, classes),
+        Default::default(),
+        true,
+    );
 }
 
 /// A graph's loss and gradient at (64, 50,257): the executor fuses the mean into the loss
@@ -251,7 +316,13 @@ fn graph_mean_and_gradient_at_vocabulary_size() {
         .unwrap();
     assert_eq!(per_row[9], 0.0);
     let sum: f64 = per_row.iter().map(|&v| v as f64).sum();
-    assert_close("graph mean", &want[0], &[(sum / rows as f64) as f32], 1e-5, 1e-5);
+    assert_close(
+        "graph mean",
+        &want[0],
+        &[(sum / rows as f64) as f32],
+        1e-5,
+        1e-5,
+    );
     if let Some(dev) = gpu() {
         let got = eval(&dev);
         assert_close("graph mean GPU", &got[0], &want[0], 1e-4, 1e-5);
@@ -274,11 +345,16 @@ fn ignored_rows_gradient_matches_finite_differences() {
     let xs = Rng::new(19).vec_uniform(rows * classes, -2.0, 2.0);
     let feeds = [
         ("x".to_string(), Feed::real(&xs, &[rows, classes])),
-        ("y".to_string(), Feed::Labels(vec![0, 2, 3, 2, 1], vec![rows])),
+        (
+            "y".to_string(),
+            Feed::Labels(vec![0, 2, 3, 2, 1], vec![rows]),
+        ),
     ];
     let analytic = check_finite_differences("ignored rows", &g, &loss, &[dx], &feeds);
     // Ignored rows 1 and 3: exactly 0.
     for i in [1, 3] {
-        assert!(analytic[0][i * classes..(i + 1) * classes].iter().all(|&v| v == 0.0));
+        assert!(analytic[0][i * classes..(i + 1) * classes]
+            .iter()
+            .all(|&v| v == 0.0));
     }
 }

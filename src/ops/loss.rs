@@ -15,10 +15,10 @@
 //! dispatch of one workgroup for small problems (a training step's loss), else those two ops.
 
 use crate::device::DeviceInner;
-use crate::ops::loss_vocab;
 use crate::error::{Error, Result};
 use crate::gpu::{BufArg, GpuContext, Kernel, STATUS_BYTES};
 use crate::ops::gpu_output;
+use crate::ops::loss_vocab;
 use crate::ops::reduce::ReduceOp;
 use crate::tensor::Tensor;
 use crate::DType;
@@ -378,8 +378,7 @@ impl Tensor {
         let op = "cross_entropy";
         match checked {
             Some((ctx, rows, classes))
-                if classes <= MAX_CLASSES
-                    && reduced_steps(rows, classes, true) <= REDUCED_WALK =>
+                if classes <= MAX_CLASSES && reduced_steps(rows, classes, true) <= REDUCED_WALK =>
             {
                 let total = gpu_output(ctx, self.device(), op, &[], DType::F32)?;
                 let dx = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;

@@ -16,9 +16,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::gpu::{BufArg, GpuContext, LOOP_BUDGET, STATUS_BYTES};
 use crate::ops::gpu_output;
-use crate::ops::loss::{
-    arg, groups, words, CrossEntropyOptions, Divide, MAX_CLASSES, SHADER,
-};
+use crate::ops::loss::{arg, groups, words, CrossEntropyOptions, Divide, MAX_CLASSES, SHADER};
 use crate::ops::reduce::{ReduceOp, TARGET_OUTPUTS};
 use crate::tensor::Tensor;
 use crate::DType;
