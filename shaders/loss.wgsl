@@ -26,7 +26,8 @@
 // into parts of at most part_len classes (src/ops/loss_vocab.rs plans them):
 //   cross_entropy_partials  (max, sum of e^(x - max)) of each part, one part per invocation
 //   cross_entropy_merge     the parts of row i merged: lse[i] and loss[i], one row per invocation
-//   cross_entropy_backward  then gives the gradient from lse, as above
+//   cross_entropy_backward_parts
+//                           then the gradient from lse, one part per invocation
 //   cross_entropy_counted   w[i] = 1 for a counted row, 0 for an ignored one (a mean's divisor)
 
 struct Params {
@@ -341,4 +342,28 @@ fn cross_entropy_counted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     let i = linear_index(wg, nwg, lid);
     if (i >= params.rows) { return; }
     counted[i] = select(1.0, 0.0, ignored(labels_in[i]));
+}
+
+// The gradient of split rows from the merged lse, one part per invocation (at most part_len
+// loop steps): the row's label, lse and upstream are read once per part, not per element.
+@compute @workgroup_size(64)
+fn cross_entropy_backward_parts(@builtin(workgroup_id) wg: vec3<u32>,
+                                @builtin(num_workgroups) nwg: vec3<u32>,
+                                @builtin(local_invocation_index) lid: u32) {
+    let n = linear_index(wg, nwg, lid);
+    if (n >= params.rows * params.parts) { return; }
+    let i = n / params.parts;
+    let first = (n - i * params.parts) * params.part_len;
+    let base = i * params.classes;
+    let end = base + min(first + params.part_len, params.classes);
+    let l = labels[i];
+    // An ignored row: 0; a bad label: NaN (its lse is NaN already; reported by the merge).
+    let keep = select(1.0, 0.0, ignored(l));
+    let lse_i = select(lse[i], nan(), !ignored(l) && !label_ok(l));
+    let gi = g[i] * keep;
+    let at_label = base + u32(l);
+    for (var a = base + first; a < end; a = a + 1u) {
+        let onehot = select(0.0, 1.0, a == at_label && label_ok(l));
+        dx[a] = select((exp(x[a] - lse_i) - onehot) * gi, 0.0, keep == 0.0);
+    }
 }

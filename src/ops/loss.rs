@@ -516,7 +516,8 @@ impl Tensor {
     }
 }
 
-/// dx = (exp(x - lse) - onehot)·g, one invocation per element (no loop); 0 on ignored rows.
+/// dx = (exp(x - lse) - onehot)·g, 0 on ignored rows: for split rows one invocation per
+/// part (`part_len` loop steps), else one per element (no loop).
 fn backward_from_lse(
     ctx: &GpuContext,
     x: &Tensor,
@@ -527,14 +528,13 @@ fn backward_from_lse(
     dx: &Tensor,
 ) -> Result<()> {
     let (rows, classes) = (labels.numel(), x.shape().last().copied().unwrap_or(1));
-    let params = words((rows, classes), Divide::One, opts, (0, 0));
     let bufs = [arg(x), arg(labels), lse, arg(g), arg(dx)];
-    ctx.dispatch(
-        &SHADER,
-        "cross_entropy_backward",
-        &[],
-        &params,
-        &bufs,
-        groups(ctx, rows * classes),
-    )
+    let (entry, parts, n) = if loss_vocab::split(rows, classes) {
+        let p = loss_vocab::plan_parts(rows, classes);
+        ("cross_entropy_backward_parts", p, rows * p.1)
+    } else {
+        ("cross_entropy_backward", (0, 0), rows * classes)
+    };
+    let params = words((rows, classes), Divide::One, opts, parts);
+    ctx.dispatch(&SHADER, entry, &[], &params, &bufs, groups(ctx, n))
 }

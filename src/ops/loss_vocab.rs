@@ -189,7 +189,7 @@ mod tests {
                 LOOP_BUDGET * LOOP_BUDGET,
             ] {
                 let (len, parts) = plan_parts(rows, classes);
-                assert!(len >= 1 && len <= LOOP_BUDGET, "{rows}x{classes}: {len}");
+                assert!((1..=LOOP_BUDGET).contains(&len), "{rows}x{classes}: {len}");
                 assert!(parts <= LOOP_BUDGET, "{rows}x{classes}: {parts} parts");
                 assert!(len * parts >= classes && len * (parts - 1) < classes);
             }
