@@ -336,6 +336,8 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             ),
             None,
         ]),
+        // a count of labels: constant in the logits
+        Op::CrossEntropyCount(_) => Ok(vec![None]),
         Op::CrossEntropyGrad(_) => Err(Error::Invalid {
             op: "grad",
             detail: "second derivative of cross_entropy is not implemented".into(),

@@ -105,6 +105,9 @@ pub enum Op {
     CrossEntropy(CrossEntropyOptions),
     /// Its gradient: (logits, labels, upstream (…)) → (…, C).
     CrossEntropyGrad(CrossEntropyOptions),
+    /// The rows a cross-entropy mean counts: (labels (…) i32) → [] f32, the labels that are
+    /// not the ignore index (no gradient).
+    CrossEntropyCount(CrossEntropyOptions),
     /// Patch matrix of an NCHW batch: (N, C, H, W) → (N, OH·OW, C·KH·KW).
     Im2Col(Conv2d),
     /// Its adjoint: patches → an image batch of the given (N, C, H, W) shape.
@@ -137,6 +140,7 @@ impl Op {
             Op::Concat(_) => "concat",
             Op::CrossEntropy(_) => "cross_entropy",
             Op::CrossEntropyGrad(_) => "cross_entropy_backward",
+            Op::CrossEntropyCount(_) => "cross_entropy_count",
             Op::Im2Col(_) => "im2col",
             Op::Col2Im(..) => "col2im",
         }
@@ -329,11 +333,12 @@ impl Graph {
             inputs.iter().map(|v| nodes[v.id].dtype).collect()
         };
         for (k, &got) in dtypes.iter().enumerate() {
-            let want = if k == 1 && matches!(op, Op::CrossEntropy(_) | Op::CrossEntropyGrad(_)) {
-                DType::I32
-            } else {
-                DType::F32
+            let labels = match op {
+                Op::CrossEntropy(_) | Op::CrossEntropyGrad(_) => k == 1,
+                Op::CrossEntropyCount(_) => k == 0,
+                _ => false,
             };
+            let want = if labels { DType::I32 } else { DType::F32 };
             if got != want {
                 return Err(Error::DType {
                     op: op.name(),
@@ -409,7 +414,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             }
             s
         }
-        Op::ReduceAll(_) => vec![],
+        Op::ReduceAll(_) | Op::CrossEntropyCount(_) => vec![],
         Op::Im2Col(geom) => {
             let (oh, ow) = geom.output_size(name, x)?;
             vec![x[0], oh * ow, x[1] * geom.kh * geom.kw]
@@ -735,6 +740,14 @@ impl Var {
     /// count (a graph's `.mean()` divides by all rows).
     pub fn cross_entropy_with(&self, labels: &Var, opts: CrossEntropyOptions) -> Result<Var> {
         self.graph.push(Op::CrossEntropy(opts), &[self, labels])
+    }
+
+    /// PyTorch's `cross_entropy(.., reduction="mean")`: the sum of the per-row losses over
+    /// the rows not ignored (rank 0; every row ignored: NaN). Its gradient divides by that
+    /// count too.
+    pub fn cross_entropy_mean_with(&self, labels: &Var, opts: CrossEntropyOptions) -> Result<Var> {
+        let count = self.graph.push(Op::CrossEntropyCount(opts), &[labels])?;
+        self.cross_entropy_with(labels, opts)?.sum()?.div(&count)
     }
 
     /// Patch matrix of an NCHW batch (see [`Tensor::im2col`]).

@@ -516,6 +516,38 @@ impl Tensor {
     }
 }
 
+/// How many of `labels` (…, i32) a mean over counted rows counts (those not ignored), as a
+/// rank-0 f32 tensor: the divisor of PyTorch's mean (`Var::cross_entropy_mean_with`).
+pub(crate) fn counted_rows(labels: &Tensor, opts: CrossEntropyOptions) -> Result<Tensor> {
+    labels.expect_i32("cross_entropy_count")?;
+    let rows = labels.numel();
+    let Some(ctx) = labels.device().gpu_ctx() else {
+        let l = labels.to_vec::<i32>()?;
+        let n = l.iter().filter(|&&v| !opts.ignores(v)).count();
+        return Ok(Tensor::cpu_from_f64(labels.device(), &[], vec![n as f64]));
+    };
+    let w = gpu_output(
+        ctx,
+        labels.device(),
+        "cross_entropy_count",
+        &[rows],
+        DType::F32,
+    )?;
+    if rows > 0 {
+        let params = words((rows, 1), Divide::One, opts, (0, 0));
+        let bufs = [arg(labels), arg(&w)];
+        ctx.dispatch(
+            &SHADER,
+            "cross_entropy_counted",
+            &[],
+            &params,
+            &bufs,
+            groups(ctx, rows),
+        )?;
+    }
+    w.reduce_all(ReduceOp::Sum)
+}
+
 /// dx = (exp(x - lse) - onehot)·g, 0 on ignored rows: for split rows one invocation per
 /// part (`part_len` loop steps), else one per element (no loop).
 fn backward_from_lse(

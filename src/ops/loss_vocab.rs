@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::{BufArg, GpuContext, LOOP_BUDGET, STATUS_BYTES};
-use crate::ops::gpu_output;
 use crate::ops::loss::{arg, groups, words, CrossEntropyOptions, Divide, MAX_CLASSES, SHADER};
 use crate::ops::reduce::{ReduceOp, TARGET_OUTPUTS};
 use crate::tensor::Tensor;
@@ -106,19 +105,7 @@ pub(crate) fn reduce_losses(
         Divide::Rows => losses.reduce_all(ReduceOp::Mean),
         Divide::Counted if opts.ignore_index.is_none() => losses.reduce_all(ReduceOp::Mean),
         Divide::Counted => {
-            let ctx = losses.device().gpu_ctx().expect("GPU losses");
-            let rows = labels.numel();
-            let w = gpu_output(ctx, labels.device(), "cross_entropy", &[rows], DType::F32)?;
-            let params = words((rows, 1), Divide::One, opts, (0, 0));
-            ctx.dispatch(
-                &SHADER,
-                "cross_entropy_counted",
-                &[],
-                &params,
-                &[arg(labels), arg(&w)],
-                groups(ctx, rows),
-            )?;
-            let count = w.reduce_all(ReduceOp::Sum)?;
+            let count = crate::ops::loss::counted_rows(labels, opts)?;
             losses.reduce_all(ReduceOp::Sum)?.div(&count)
         }
     }
