@@ -327,6 +327,24 @@ fn graph_mean_and_gradient_at_vocabulary_size() {
         let got = eval(&dev);
         assert_close("graph mean GPU", &got[0], &want[0], 1e-4, 1e-5);
         assert_close("graph gradient GPU", &got[1], &want[1], 1e-8, 1e-4);
+        // One compiled plan replayed on new logits (its scratch buffers are the plan's).
+        let exe = dev.compile(&g, &[&loss, &dx], None).unwrap();
+        let cexe = Device::cpu().compile(&g, &[&loss, &dx], None).unwrap();
+        for seed in [30, 31] {
+            let xs = logits(seed, rows, classes);
+            let run = |d: &Device, e: &wgrad::Executor| -> Vec<Vec<f32>> {
+                let xt = Tensor::from_slice(d, &xs, &[rows, classes]).unwrap();
+                let yt = Tensor::from_slice(d, &ls, &[rows]).unwrap();
+                e.run(&[("x", &xt), ("y", &yt)])
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.to_vec::<f32>().unwrap())
+                    .collect()
+            };
+            let (got, want) = (run(&dev, &exe), run(&Device::cpu(), &cexe));
+            assert_close("replayed mean", &got[0], &want[0], 1e-4, 1e-5);
+            assert_close("replayed gradient", &got[1], &want[1], 1e-8, 1e-4);
+        }
     }
 }
 
@@ -437,4 +455,48 @@ fn graph_pytorch_mean_divides_by_rows_counted() {
         ),
     ];
     check_finite_differences("PyTorch mean", &g, &loss, &[dx], &feeds);
+}
+
+/// Blocks of whole split rows, cheaply: on a device whose bindings are lowered to 64 KiB
+/// (16,384 floats), (10, 5000) logits run as blocks of 3 rows, each split into parts, with
+/// an ignored row; a single row past the binding is a TooLarge error naming the op, never a
+/// wrong number.
+#[test]
+fn blocks_of_split_rows_and_a_row_past_one_binding() {
+    if gpu().is_none() {
+        return;
+    }
+    let dev = Device::gpu().unwrap();
+    dev.limit_bindings_for_testing(64 * 1024);
+    let (rows, classes) = (10, 5000);
+    let x = logits(23, rows, classes);
+    let mut l = labels(24, rows, classes);
+    l[4] = -100;
+    check(
+        &dev,
+        "blocks (10, 5000)",
+        &x,
+        &l,
+        (rows, classes),
+        Default::default(),
+        true,
+    );
+    let wide = Tensor::zeros(&dev, &[1, 16_385]).unwrap();
+    let l = Tensor::from_slice(&dev, &[0i32], &[1]).unwrap();
+    let up = Tensor::from_slice(&dev, &[1.0f32], &[1]).unwrap();
+    for e in [
+        wide.cross_entropy(&l).unwrap_err(),
+        wide.cross_entropy_backward(&l, &up).unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                &e,
+                Error::TooLarge {
+                    op: "cross_entropy" | "cross_entropy_backward",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
 }
