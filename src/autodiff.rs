@@ -329,11 +329,16 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             one(Var::concat(&refs, *axis as isize)?)
         }
         // d loss_i / d x_i = softmax(x_i) - onehot(label_i), times g_i; labels get none
-        Op::CrossEntropy => Ok(vec![
-            Some(g.graph().push(Op::CrossEntropyGrad, &[&x[0], &x[1], g])?),
+        Op::CrossEntropy(opts) => Ok(vec![
+            Some(
+                g.graph()
+                    .push(Op::CrossEntropyGrad(*opts), &[&x[0], &x[1], g])?,
+            ),
             None,
         ]),
-        Op::CrossEntropyGrad => Err(Error::Invalid {
+        // a count of labels: constant in the logits
+        Op::CrossEntropyCount(_) => Ok(vec![None]),
+        Op::CrossEntropyGrad(_) => Err(Error::Invalid {
             op: "grad",
             detail: "second derivative of cross_entropy is not implemented".into(),
         }),

@@ -45,13 +45,14 @@ pub(crate) fn plan(
     for &m in order {
         if let Op::ReduceAll(op @ (ReduceOp::Mean | ReduceOp::Sum)) = nodes[m].op {
             let losses = nodes[m].inputs[0];
-            if matches!(nodes[losses].op, Op::CrossEntropy) && inner(losses, m) {
+            if let (Op::CrossEntropy(opts), true) = (&nodes[losses].op, inner(losses, m)) {
+                let opts = *opts;
                 absorbed[losses] = true;
                 let mut inputs = nodes[losses].inputs.clone();
                 // The loss's gradient on the same logits and labels, when its upstream is
                 // a value from the start (a mean's or sum's constant): the same dispatch.
                 let grad = order.iter().copied().find(|&j| {
-                    matches!(nodes[j].op, Op::CrossEntropyGrad)
+                    matches!(nodes[j].op, Op::CrossEntropyGrad(o) if o == opts)
                         && nodes[j].inputs[..2] == inputs[..]
                         && leaf[nodes[j].inputs[2]]
                         && !absorbed[j]
@@ -74,6 +75,7 @@ pub(crate) fn plan(
                         source: String::new(),
                         kind: FusedKind::CrossEntropyReduced {
                             mean: op == ReduceOp::Mean,
+                            opts,
                         },
                     },
                 );

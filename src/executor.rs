@@ -557,8 +557,9 @@ fn replayable(op: &Op) -> bool {
             | Op::SumTo(_)
             | Op::Slice { .. }
             | Op::Concat(_)
-            | Op::CrossEntropy
-            | Op::CrossEntropyGrad
+            | Op::CrossEntropy(_)
+            | Op::CrossEntropyGrad(_)
+            | Op::CrossEntropyCount(_)
             | Op::Im2Col(_)
             | Op::Col2Im(..)
     )
@@ -645,8 +646,9 @@ fn eval(op: &Op, x: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Op::SumTo(s) => sum_to(x[0], s),
         Op::Slice { axis, start, end } => x[0].slice(*axis as isize, *start, *end),
         Op::Concat(axis) => Tensor::concat(x, *axis as isize),
-        Op::CrossEntropy => x[0].cross_entropy(x[1]),
-        Op::CrossEntropyGrad => x[0].cross_entropy_backward(x[1], x[2]),
+        Op::CrossEntropy(o) => x[0].cross_entropy_with(x[1], *o),
+        Op::CrossEntropyGrad(o) => x[0].cross_entropy_backward_with(x[1], x[2], *o),
+        Op::CrossEntropyCount(o) => crate::ops::loss_reduced::counted_rows(x[0], *o),
         Op::Im2Col(geom) => x[0].im2col(*geom),
         Op::Col2Im(geom, image) => x[0].col2im(*geom, image),
         Op::Assign => Ok(x[1].clone()),

@@ -65,7 +65,11 @@ pub(crate) enum FusedKind {
     /// `cross_entropy(x, labels)` and its mean (or sum) over rows in one kernel; inputs
     /// are the logits and the labels, then the upstream of the loss's gradient when that
     /// gradient (the one output) is computed by the same kernel.
-    CrossEntropyReduced { mean: bool },
+    /// `mean` divides by all rows (the graph's `.mean()`), ignored ones included.
+    CrossEntropyReduced {
+        mean: bool,
+        opts: crate::ops::loss::CrossEntropyOptions,
+    },
 }
 
 fn fusable(n: &Node) -> bool {
@@ -328,13 +332,19 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
         let c = args[0].matmul_epilogue(args[1], (ta, tb), MatmulVariant::Auto, epi)?;
         return Ok(vec![(root, c)]);
     }
-    if let FusedKind::CrossEntropyReduced { mean } = f.kind {
+    if let FusedKind::CrossEntropyReduced { mean, opts } = f.kind {
+        use crate::ops::loss::Divide;
+        let divide = if mean { Divide::Rows } else { Divide::One };
         return match (f.outputs.first(), args.get(2)) {
             (Some(&grad), Some(g)) => {
-                let (loss, dx) = args[0].cross_entropy_reduced_backward(args[1], mean, g)?;
+                let (loss, dx) =
+                    args[0].cross_entropy_reduced_backward(args[1], divide, g, opts)?;
                 Ok(vec![(root, loss), (grad, dx)])
             }
-            _ => Ok(vec![(root, args[0].cross_entropy_reduced(args[1], mean)?)]),
+            _ => Ok(vec![(
+                root,
+                args[0].cross_entropy_reduced_impl(args[1], divide, opts)?,
+            )]),
         };
     }
     let dev = args[0].device();

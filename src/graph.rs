@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::init::Init;
 use crate::ops::conv::Conv2d;
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
+use crate::ops::loss::CrossEntropyOptions;
 use crate::ops::reduce::ReduceOp;
 use crate::shape::{broadcast_shapes, check_rank, normalize_axis};
 use crate::tensor::Tensor;
@@ -99,10 +100,14 @@ pub enum Op {
     },
     /// Concatenates the inputs along the given axis.
     Concat(usize),
-    /// Per-sample softmax cross-entropy: (logits (…, C), labels (…) i32) → (…).
-    CrossEntropy,
+    /// Per-sample softmax cross-entropy: (logits (…, C), labels (…) i32) → (…); rows whose
+    /// label is the options' ignore index give 0.
+    CrossEntropy(CrossEntropyOptions),
     /// Its gradient: (logits, labels, upstream (…)) → (…, C).
-    CrossEntropyGrad,
+    CrossEntropyGrad(CrossEntropyOptions),
+    /// The rows a cross-entropy mean counts: (labels (…) i32) → [] f32, the labels that are
+    /// not the ignore index (no gradient).
+    CrossEntropyCount(CrossEntropyOptions),
     /// Patch matrix of an NCHW batch: (N, C, H, W) → (N, OH·OW, C·KH·KW).
     Im2Col(Conv2d),
     /// Its adjoint: patches → an image batch of the given (N, C, H, W) shape.
@@ -133,8 +138,9 @@ impl Op {
             Op::SumTo(_) => "sum_to",
             Op::Slice { .. } => "slice",
             Op::Concat(_) => "concat",
-            Op::CrossEntropy => "cross_entropy",
-            Op::CrossEntropyGrad => "cross_entropy_backward",
+            Op::CrossEntropy(_) => "cross_entropy",
+            Op::CrossEntropyGrad(_) => "cross_entropy_backward",
+            Op::CrossEntropyCount(_) => "cross_entropy_count",
             Op::Im2Col(_) => "im2col",
             Op::Col2Im(..) => "col2im",
         }
@@ -327,11 +333,12 @@ impl Graph {
             inputs.iter().map(|v| nodes[v.id].dtype).collect()
         };
         for (k, &got) in dtypes.iter().enumerate() {
-            let want = if k == 1 && matches!(op, Op::CrossEntropy | Op::CrossEntropyGrad) {
-                DType::I32
-            } else {
-                DType::F32
+            let labels = match op {
+                Op::CrossEntropy(_) | Op::CrossEntropyGrad(_) => k == 1,
+                Op::CrossEntropyCount(_) => k == 0,
+                _ => false,
             };
+            let want = if labels { DType::I32 } else { DType::F32 };
             if got != want {
                 return Err(Error::DType {
                     op: op.name(),
@@ -355,9 +362,9 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
     let name = op.name();
     let arity = match op {
         Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => 0,
-        Op::Binary(_) | Op::MatMul { .. } | Op::CrossEntropy | Op::Assign => 2,
+        Op::Binary(_) | Op::MatMul { .. } | Op::CrossEntropy(_) | Op::Assign => 2,
         Op::Dropout { .. } => 2,
-        Op::CrossEntropyGrad => 3,
+        Op::CrossEntropyGrad(_) => 3,
         Op::Concat(_) => shapes.len().max(1),
         _ => 1,
     };
@@ -407,7 +414,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             }
             s
         }
-        Op::ReduceAll(_) => vec![],
+        Op::ReduceAll(_) | Op::CrossEntropyCount(_) => vec![],
         Op::Im2Col(geom) => {
             let (oh, ow) = geom.output_size(name, x)?;
             vec![x[0], oh * ow, x[1] * geom.kh * geom.kw]
@@ -422,11 +429,11 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             }
             image.clone()
         }
-        Op::CrossEntropy => {
+        Op::CrossEntropy(_) => {
             crate::ops::loss::cross_entropy_shape(name, x, shapes[1])?;
             shapes[1].to_vec()
         }
-        Op::CrossEntropyGrad => {
+        Op::CrossEntropyGrad(_) => {
             crate::ops::loss::cross_entropy_shape(name, x, shapes[1])?;
             if shapes[2] != shapes[1] {
                 return Err(mismatch(format!(
@@ -721,9 +728,26 @@ impl Var {
         })
     }
     /// Per-sample softmax cross-entropy of logits `self` (…, C) against i32 class
-    /// labels (…) (see [`Graph::input_i32`]); take `.mean()` for the usual loss.
+    /// labels (…) (see [`Graph::input_i32`]); take `.mean()` for the usual loss. Rows
+    /// labelled -100 give 0 (PyTorch's default `ignore_index`); `.mean()` still divides by
+    /// every row (see [`Var::cross_entropy_with`]).
     pub fn cross_entropy(&self, labels: &Var) -> Result<Var> {
-        self.graph.push(Op::CrossEntropy, &[self, labels])
+        self.cross_entropy_with(labels, CrossEntropyOptions::default())
+    }
+
+    /// [`Var::cross_entropy`] with `opts`: rows whose label is `opts.ignore_index` have loss 0
+    /// and gradient 0. For PyTorch's mean over the rows counted, divide `.sum()` by their
+    /// count (a graph's `.mean()` divides by all rows).
+    pub fn cross_entropy_with(&self, labels: &Var, opts: CrossEntropyOptions) -> Result<Var> {
+        self.graph.push(Op::CrossEntropy(opts), &[self, labels])
+    }
+
+    /// PyTorch's `cross_entropy(.., reduction="mean")`: the sum of the per-row losses over
+    /// the rows not ignored (rank 0; every row ignored: NaN). Its gradient divides by that
+    /// count too.
+    pub fn cross_entropy_mean_with(&self, labels: &Var, opts: CrossEntropyOptions) -> Result<Var> {
+        let count = self.graph.push(Op::CrossEntropyCount(opts), &[labels])?;
+        self.cross_entropy_with(labels, opts)?.sum()?.div(&count)
     }
 
     /// Patch matrix of an NCHW batch (see [`Tensor::im2col`]).

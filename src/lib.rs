@@ -80,6 +80,7 @@ pub use init::Init;
 pub use ops::conv::Conv2d;
 pub use ops::elementwise::{BinaryOp, UnaryOp};
 pub use ops::layout::TransposeKernel;
+pub use ops::loss::CrossEntropyOptions;
 pub use ops::matmul::MatmulVariant;
 pub use ops::reduce::ReduceOp;
 pub use optim::{Optimizer, Sgd};

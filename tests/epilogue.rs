@@ -302,7 +302,8 @@ fn a_loss_and_its_gradient_are_one_dispatch() {
         (65, 3, false),
         (64, 64, false),
         (129, 100, false),
-        (300, 1000, false), // past the fused walk: the loss kernel, then the gradient's
+        (300, 1000, false), // 5 · 3002 = 15,010 steps: still fused
+        (300, 1100, false), // 5 · 3302 = 16,510: past the fused walk, the loss kernel, then the gradient's
         (33, 7, true),
     ] {
         let x = uniform(rows as u64, rows * classes, -4.0, 4.0);

@@ -285,3 +285,52 @@ fn qr_writes_q_and_r() {
         1e-5,
     );
 }
+
+/// `eval cross_entropy` at language-model vocabularies (50,257 and 128,256 classes): the
+/// per-row loss and, with an upstream, the logits' gradient, against the CPU reference.
+#[test]
+fn cross_entropy_answers_at_vocabulary_sizes() {
+    for (rows, classes) in [(8usize, 50_257usize), (2, 128_256)] {
+        let d = scratch(&format!("ce{classes}"));
+        let x = uniform(classes as u64, rows * classes, -8.0, 8.0);
+        let labels: Vec<i32> = (0..rows).map(|i| (i * 7919 % classes) as i32).collect();
+        let u = uniform(5, rows, 0.5, 1.5);
+        let cpu = Device::cpu();
+        let (tx, tl, tu) = (
+            Tensor::from_slice(&cpu, &x, &[rows, classes]).unwrap(),
+            Tensor::from_slice(&cpu, &labels, &[rows]).unwrap(),
+            Tensor::from_slice(&cpu, &u, &[rows]).unwrap(),
+        );
+        let px = save(&d, "x.npy", &x, &[rows, classes]);
+        let pl = d.join("labels.npy");
+        write_npy(&pl, &tl).unwrap();
+        let pu = save(&d, "u.npy", &u, &[rows]);
+        let out = d.join("out");
+        let o = eval(&[
+            "cross_entropy",
+            px.to_str().unwrap(),
+            pl.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--upstream",
+            pu.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let want = [
+            (tx.cross_entropy(&tl).unwrap(), 1e-4, 1e-5),
+            (tx.cross_entropy_backward(&tl, &tu).unwrap(), 1e-7, 1e-4),
+        ];
+        for (file, (w, atol, rtol)) in ["out.npy", "grad0.npy"].iter().zip(&want) {
+            let got = load(out.join(file));
+            assert_eq!(got.shape(), w.shape(), "{classes} {file}");
+            assert_close(
+                &format!("{classes} {file}"),
+                &got.to_vec::<f32>().unwrap(),
+                &w.to_vec::<f32>().unwrap(),
+                *atol,
+                *rtol,
+            );
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -418,15 +418,16 @@ fn reduced_bad_input_is_a_typed_error() {
         x.cross_entropy_reduced(&float_labels, true).unwrap_err(),
         Error::DType { .. }
     ));
-    let too_wide = Tensor::zeros(&cpu, &[1, 16385]).unwrap();
+    // Rows longer than one invocation's walk were refused before issue 20; now they are
+    // split (tests/loss_vocab.rs): uniform logits give ln C.
+    let wide = Tensor::zeros(&cpu, &[1, 16385]).unwrap();
     let one = Tensor::from_slice(&cpu, &[0i32], &[1]).unwrap();
-    assert!(matches!(
-        too_wide.cross_entropy_reduced(&one, true).unwrap_err(),
-        Error::Invalid {
-            op: "cross_entropy",
-            ..
-        }
-    ));
+    let v = wide
+        .cross_entropy_reduced(&one, true)
+        .unwrap()
+        .item()
+        .unwrap();
+    assert!((v - 16385f32.ln()).abs() < 1e-5, "{v}");
     let Some(dev) = gpu() else { return };
     let on_gpu = Tensor::from_slice(&dev, &[0i32, 1], &[2]).unwrap();
     assert!(

@@ -3,19 +3,22 @@
 //! Shape rule: logits (…, C) and labels (…) of i32 give per-sample losses (…);
 //! the backward takes the upstream gradient (…) and gives (…, C).
 //! CPU reference: f64 log-sum-exp per row; a label outside 0..C is an error.
+//! A row whose label is the ignore index ([`CrossEntropyOptions`], PyTorch's `ignore_index`,
+//! -100 by default) has loss 0 and gradient 0, and a mean over counted rows skips it.
 //! GPU: `shaders/loss.wgsl`; such a label gives NaN there and is reported in the recording thread's
 //! status words, so the next readback (or `synchronize`) is the same error.
 //! Gradient: d loss_i / d x_ic = softmax(x_i)_c - [c = label_i].
-//! Logits past one storage binding run in blocks of whole rows gathered by copies
-//! (`cross_entropy_blocks`, see `crate::ops::chunk`).
-//! `cross_entropy_reduced` is the mean (or sum) over rows of `cross_entropy` in one
-//! dispatch of one workgroup for small problems (a training step's loss), else those two ops.
+//! Rows longer than one invocation may walk (a language model's vocabulary), or few long
+//! rows, are split into parts, and logits past one storage binding run in blocks of whole
+//! rows: both in `crate::ops::loss_vocab`.
+//! `cross_entropy_reduced` (the mean or sum over rows, in one dispatch of one workgroup for
+//! small problems) and the rows a mean counts are in `crate::ops::loss_reduced`.
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::{BufArg, GpuContext, Kernel, STATUS_BYTES};
 use crate::ops::gpu_output;
-use crate::ops::reduce::ReduceOp;
+use crate::ops::loss_vocab;
 use crate::tensor::Tensor;
 use crate::DType;
 
@@ -25,46 +28,78 @@ pub(crate) const SHADER: Kernel = Kernel {
 };
 
 /// Workgroup size of loss.wgsl.
-const WG: u64 = 64;
+pub(super) const WG: u64 = 64;
+
+/// PyTorch's default `ignore_index`.
+pub const IGNORE_INDEX: i32 = -100;
+
+/// Options of cross-entropy. `Default` ignores label -100, as PyTorch does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CrossEntropyOptions {
+    /// Rows with this label have loss 0 and gradient 0 and are not counted by a mean over
+    /// counted rows (checked before the range, so it may be any value, 0 included).
+    /// `None`: every label must lie in `0..C`.
+    pub ignore_index: Option<i32>,
+}
+
+impl Default for CrossEntropyOptions {
+    fn default() -> Self {
+        CrossEntropyOptions {
+            ignore_index: Some(IGNORE_INDEX),
+        }
+    }
+}
+
+impl CrossEntropyOptions {
+    pub(crate) fn ignores(&self, label: i32) -> bool {
+        self.ignore_index == Some(label)
+    }
+}
+
+/// What a reduced cross-entropy divides its sum by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Divide {
+    /// The sum.
+    One,
+    /// All rows, ignored ones included: a graph's `cross_entropy(..).mean()`.
+    Rows,
+    /// The rows counted (not ignored), as PyTorch's mean; none counted gives NaN.
+    Counted,
+}
 
 /// Rows of at most this many classes take the one-dispatch backward
 /// (`cross_entropy_backward_rows`, a row per invocation); longer rows take the lse pass
 /// and an invocation per element, which keeps wide rows (a vocabulary) parallel.
 const ROW_PER_INVOCATION: usize = 64;
 
-/// Most classes in a row. `cross_entropy_forward` and `cross_entropy_lse` walk a row in one
-/// invocation (`classes` loop steps; `cross_entropy_backward_rows`, 2·classes, only takes rows
-/// of at most 64), and Mesa's lavapipe silently stops an invocation after 65535 loop
-/// iterations, so longer rows are refused with an error naming the op, the shape and this limit.
+/// Most classes one invocation walks. `cross_entropy_forward` and `cross_entropy_lse` walk a
+/// row in one invocation (`classes` loop steps; `cross_entropy_backward_rows`, 2·classes, only
+/// takes rows of at most 64), and Mesa's lavapipe silently stops an invocation after 65535
+/// loop iterations, so longer rows are split into parts (`crate::ops::loss_vocab`).
 pub const MAX_CLASSES: usize = crate::gpu::LOOP_BUDGET;
 
-/// Most loop steps one invocation of `cross_entropy_reduced` (or `_backward`) may take in all
-/// ([`reduced_steps`]); larger problems take `cross_entropy` (and its gradient) and a
-/// reduction, which also spread the rows over many workgroups.
-const REDUCED_WALK: usize = crate::gpu::LOOP_BUDGET;
-
-/// Loop steps of one invocation of the one-workgroup kernels: each of its ceil(rows / 64)
-/// rows costs one step of the row loop and `classes` of `row_lse`; with the gradient
-/// (`cross_entropy_reduced_backward`) another row step, `row_lse` again and the `classes`
-/// stores of `grad_row`. (The 6-step tree over the partials is unrolled.)
-fn reduced_steps(rows: usize, classes: usize, gradient: bool) -> usize {
-    let per_row = if gradient {
-        3 * classes + 2
-    } else {
-        classes + 1
-    };
-    rows.div_ceil(WG as usize) * per_row
-}
-
 /// The params words of loss.wgsl: rows, classes, the divisor of `cross_entropy_reduced`
-/// (f32 bits; the other entries ignore it) and the runtime 1.0 that keeps its Kahan
-/// correction from being folded away. Every dispatch passes all of them.
-fn words(rows: usize, classes: usize, divisor: f32) -> [u32; 4] {
+/// (f32 bits; the other entries ignore it), the runtime 1.0 that keeps its Kahan
+/// correction from being folded away, the ignore index and the flags (bit 0: ignore, bit 1:
+/// divide by the rows counted), then the split rows' part length and parts per row.
+/// Every dispatch passes all of them.
+pub(super) fn words(
+    (rows, classes): (usize, usize),
+    divide: Divide,
+    opts: CrossEntropyOptions,
+    (part_len, parts): (usize, usize),
+) -> [u32; 8] {
+    let divisor = if divide == Divide::Rows { rows } else { 1 } as f32;
+    let flags = opts.ignore_index.is_some() as u32 | ((divide == Divide::Counted) as u32) << 1;
     [
         rows as u32,
         classes as u32,
         divisor.to_bits(),
         1f32.to_bits(),
+        opts.ignore_index.unwrap_or(0) as u32,
+        flags,
+        part_len as u32,
+        parts as u32,
     ]
 }
 
@@ -88,21 +123,29 @@ pub(crate) fn cross_entropy_shape(
             ),
         });
     }
-    if classes == 0 || classes > MAX_CLASSES {
+    // Any number of classes: rows too long for one invocation are split, and a row past
+    // one storage binding is refused when it runs on such a GPU (`loss_vocab::blocks`).
+    if classes == 0 {
         return Err(Error::Invalid {
             op,
-            detail: format!(
-                "{classes} classes in logits {logits:?}; supported 1..={MAX_CLASSES} \
-                 (one invocation walks a row, within the GPU loop budget)"
-            ),
+            detail: format!("0 classes in logits {logits:?}; supported: at least 1"),
         });
     }
     Ok((batch.iter().product(), classes))
 }
 
-fn host_labels(op: &'static str, labels: &Tensor, classes: usize) -> Result<Vec<i32>> {
+/// The labels on the host, checked: every one not ignored lies in 0..classes.
+fn host_labels(
+    op: &'static str,
+    labels: &Tensor,
+    classes: usize,
+    opts: CrossEntropyOptions,
+) -> Result<Vec<i32>> {
     let l = labels.to_vec::<i32>()?;
-    if let Some(bad) = l.iter().find(|&&v| v < 0 || v as usize >= classes) {
+    if let Some(bad) = l
+        .iter()
+        .find(|&&v| !opts.ignores(v) && (v < 0 || v as usize >= classes))
+    {
         return Err(Error::Invalid {
             op,
             detail: format!("label {bad} outside 0..{classes}"),
@@ -112,7 +155,7 @@ fn host_labels(op: &'static str, labels: &Tensor, classes: usize) -> Result<Vec<
 }
 
 /// f64 log-sum-exp of each row.
-fn lse_reference(x: &[f64], rows: usize, classes: usize) -> Vec<f64> {
+pub(super) fn lse_reference(x: &[f64], rows: usize, classes: usize) -> Vec<f64> {
     (0..rows)
         .map(|i| {
             let row = &x[i * classes..(i + 1) * classes];
@@ -122,17 +165,41 @@ fn lse_reference(x: &[f64], rows: usize, classes: usize) -> Vec<f64> {
         .collect()
 }
 
-fn groups(ctx: &GpuContext, n: usize) -> [u32; 3] {
+/// f64 loss of each row: lse - x[label], 0 for an ignored row (CPU reference).
+pub(super) fn losses_reference(
+    x: &Tensor,
+    labels: &Tensor,
+    opts: CrossEntropyOptions,
+) -> Result<Vec<f64>> {
+    let (rows, classes) = cross_entropy_shape("cross_entropy", x.shape(), labels.shape())?;
+    let x = x.host_f64();
+    let l = host_labels("cross_entropy", labels, classes, opts)?;
+    let lse = lse_reference(&x, rows, classes);
+    Ok((0..rows)
+        .map(|i| match opts.ignores(l[i]) {
+            true => 0.0,
+            false => lse[i] - x[i * classes + l[i] as usize],
+        })
+        .collect())
+}
+
+pub(super) fn groups(ctx: &GpuContext, n: usize) -> [u32; 3] {
     ctx.grid((n as u64).div_ceil(WG))
 }
 
-fn arg(t: &Tensor) -> BufArg<'_> {
+pub(super) fn arg(t: &Tensor) -> BufArg<'_> {
     t.gpu_arg().expect("GPU device holds GPU tensors")
 }
 
 impl Tensor {
-    /// Per-sample cross-entropy of logits `self` (…, C) against class indices `labels` (…, i32).
+    /// Per-sample cross-entropy of logits `self` (…, C) against class indices `labels` (…, i32),
+    /// with the default options (label -100 ignored: loss 0).
     pub fn cross_entropy(&self, labels: &Tensor) -> Result<Tensor> {
+        self.cross_entropy_with(labels, CrossEntropyOptions::default())
+    }
+
+    /// Per-sample cross-entropy with `opts`; an ignored row's loss is 0.
+    pub fn cross_entropy_with(&self, labels: &Tensor, opts: CrossEntropyOptions) -> Result<Tensor> {
         let op = "cross_entropy";
         self.expect_f32(op)?;
         labels.expect_i32(op)?;
@@ -141,21 +208,20 @@ impl Tensor {
         let out_shape = labels.shape().to_vec();
         match &self.device().inner {
             DeviceInner::Cpu => {
-                let x = self.host_f64();
-                let l = host_labels(op, labels, classes)?;
-                let lse = lse_reference(&x, rows, classes);
-                let out = (0..rows)
-                    .map(|i| lse[i] - x[i * classes + l[i] as usize])
-                    .collect();
+                let out = losses_reference(self, labels, opts)?;
                 Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) if !crate::ops::chunk::fits(ctx, rows * classes) => {
-                cross_entropy_blocks(ctx, self, labels, None, (rows, classes), &out_shape)
+                loss_vocab::blocks(ctx, self, labels, None, opts, &out_shape)
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
-                if rows > 0 {
-                    let params = words(rows, classes, 1.0);
+                if rows > 0 && loss_vocab::split(rows, classes) {
+                    let lse = ctx.alloc((rows * 4) as u64);
+                    let lse = (lse.raw(), (rows * 4) as u64);
+                    loss_vocab::lse_and_loss(ctx, self, labels, opts, arg(&out), lse)?;
+                } else if rows > 0 {
+                    let params = words((rows, classes), Divide::One, opts, (0, 0));
                     let status = ctx.status_buffer();
                     let bufs = [arg(self), arg(labels), arg(&out), (&status, STATUS_BYTES)];
                     ctx.dispatch(
@@ -172,132 +238,20 @@ impl Tensor {
         }
     }
 
-    /// The mean (`mean` true) or the sum over rows of [`Tensor::cross_entropy`], as a rank-0
-    /// tensor (shape `[]`, as [`Tensor::mean`] and [`Tensor::sum`] give). On a GPU, problems
-    /// of at most about 2^19 logits take one dispatch of one workgroup; larger ones take
-    /// `cross_entropy` and then `mean`/`sum`. The inputs are checked as `cross_entropy`
-    /// checks them, with the same errors; the mean of no rows is [`Error::Empty`] (op
-    /// `"mean"`), as `mean` of the empty per-row losses is, and their sum is 0.
-    pub fn cross_entropy_reduced(&self, labels: &Tensor, mean: bool) -> Result<Tensor> {
-        let op = "cross_entropy";
-        self.expect_f32(op)?;
-        labels.expect_i32(op)?;
-        self.expect_same_device(op, labels)?;
-        let (rows, classes) = cross_entropy_shape(op, self.shape(), labels.shape())?;
-        let reduce = if mean { ReduceOp::Mean } else { ReduceOp::Sum };
-        if rows == 0 && mean {
-            return Err(Error::Empty {
-                op: reduce.name(),
-                shape: labels.shape().to_vec(),
-            });
-        }
-        let divisor = if mean { rows } else { 1 };
-        match &self.device().inner {
-            DeviceInner::Cpu => {
-                let x = self.host_f64();
-                let l = host_labels(op, labels, classes)?;
-                let lse = lse_reference(&x, rows, classes);
-                // From +0.0, as the GPU's accumulators and `sum` start: an empty sum is
-                // +0.0 (`Iterator::sum` starts from -0.0).
-                let sum = (0..rows)
-                    .map(|i| lse[i] - x[i * classes + l[i] as usize])
-                    .fold(0.0, |a, b| a + b);
-                Ok(Tensor::cpu_from_f64(
-                    self.device(),
-                    &[],
-                    vec![sum / divisor as f64],
-                ))
-            }
-            // One workgroup walks every row: only while each invocation's walk is short
-            // (and the logits fit one binding; classes <= MAX_CLASSES is checked above).
-            DeviceInner::Gpu(ctx)
-                if reduced_steps(rows, classes, false) <= REDUCED_WALK
-                    && crate::ops::chunk::fits(ctx, rows * classes) =>
-            {
-                let out = gpu_output(ctx, self.device(), op, &[], DType::F32)?;
-                let params = words(rows, classes, divisor as f32);
-                let status = ctx.status_buffer();
-                let bufs = [arg(self), arg(labels), arg(&out), (&status, STATUS_BYTES)];
-                ctx.dispatch(
-                    &SHADER,
-                    "cross_entropy_reduced",
-                    &[],
-                    &params,
-                    &bufs,
-                    [1, 1, 1],
-                )?;
-                Ok(out)
-            }
-            DeviceInner::Gpu(_) => self.cross_entropy(labels)?.reduce_all(reduce),
-        }
+    /// The gradient of [`Tensor::cross_entropy`] with respect to the logits `self`,
+    /// for the upstream gradient `g` (…): `(softmax(x) - onehot(label))·g` (default options:
+    /// rows labelled -100 get 0).
+    pub fn cross_entropy_backward(&self, labels: &Tensor, g: &Tensor) -> Result<Tensor> {
+        self.cross_entropy_backward_with(labels, g, CrossEntropyOptions::default())
     }
 
-    /// [`Tensor::cross_entropy_reduced`] and, in the same dispatch where it fits, the
-    /// gradient [`Tensor::cross_entropy_backward`] for the upstream `g` (rows): a training
-    /// step's loss and its gradient (the graph executor fuses the two when `g` is known
-    /// before the loss, as a mean's or a sum's constant gradient is). Elsewhere, the two ops.
-    pub(crate) fn cross_entropy_reduced_backward(
+    /// [`Tensor::cross_entropy_backward`] with `opts`: an ignored row's gradient is 0.
+    pub fn cross_entropy_backward_with(
         &self,
         labels: &Tensor,
-        mean: bool,
         g: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        // One workgroup walks every row twice (its gradient, then its loss): only while
-        // that walk is short, the logits fit one binding and the inputs are what
-        // `cross_entropy` and its gradient accept; otherwise the two ops check and run.
-        let same = |t: &Tensor| t.device().same(self.device());
-        let fused = match (
-            self.device().gpu_ctx(),
-            cross_entropy_shape("cross_entropy", self.shape(), labels.shape()),
-        ) {
-            (Some(ctx), Ok((rows, classes)))
-                if (self.dtype(), labels.dtype(), g.dtype())
-                    == (DType::F32, DType::I32, DType::F32)
-                    && same(labels)
-                    && same(g)
-                    && g.shape() == labels.shape()
-                    && rows > 0
-                    && reduced_steps(rows, classes, true) <= REDUCED_WALK
-                    && crate::ops::chunk::fits(ctx, rows * classes) =>
-            {
-                Some((ctx, rows, classes))
-            }
-            _ => None,
-        };
-        let Some((ctx, rows, classes)) = fused else {
-            return Ok((
-                self.cross_entropy_reduced(labels, mean)?,
-                self.cross_entropy_backward(labels, g)?,
-            ));
-        };
-        let op = "cross_entropy";
-        let total = gpu_output(ctx, self.device(), op, &[], DType::F32)?;
-        let dx = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;
-        let divisor = if mean { rows } else { 1 };
-        let params = words(rows, classes, divisor as f32);
-        let status = ctx.status_buffer();
-        let bufs = [
-            arg(self),
-            arg(labels),
-            arg(&total),
-            (&status, STATUS_BYTES),
-            arg(&dx),
-            arg(g),
-        ];
-        ctx.dispatch(
-            &SHADER,
-            "cross_entropy_reduced_backward",
-            &[],
-            &params,
-            &bufs,
-            [1, 1, 1],
-        )?;
-        Ok((total, dx))
-    }
-
-    /// The gradient of [`Tensor::cross_entropy`] with respect to the logits `self`,
-    /// for the upstream gradient `g` (…): `(softmax(x) - onehot(label))·g`.
-    pub fn cross_entropy_backward(&self, labels: &Tensor, g: &Tensor) -> Result<Tensor> {
+        opts: CrossEntropyOptions,
+    ) -> Result<Tensor> {
         let op = "cross_entropy_backward";
         self.expect_f32(op)?;
         labels.expect_i32(op)?;
@@ -318,11 +272,14 @@ impl Tensor {
         match &self.device().inner {
             DeviceInner::Cpu => {
                 let (x, gv) = (self.host_f64(), g.host_f64());
-                let l = host_labels(op, labels, classes)?;
+                let l = host_labels(op, labels, classes, opts)?;
                 let lse = lse_reference(&x, rows, classes);
                 let out = (0..rows * classes)
                     .map(|e| {
                         let (i, c) = (e / classes, e % classes);
+                        if opts.ignores(l[i]) {
+                            return 0.0;
+                        }
                         let onehot = if l[i] as usize == c { 1.0 } else { 0.0 };
                         ((x[e] - lse[i]).exp() - onehot) * gv[i]
                     })
@@ -330,12 +287,12 @@ impl Tensor {
                 Ok(Tensor::cpu_from_f64(self.device(), self.shape(), out))
             }
             DeviceInner::Gpu(ctx) if !crate::ops::chunk::fits(ctx, rows * classes) => {
-                cross_entropy_blocks(ctx, self, labels, Some(g), (rows, classes), self.shape())
+                loss_vocab::blocks(ctx, self, labels, Some(g), opts, self.shape())
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;
+                let params = words((rows, classes), Divide::One, opts, (0, 0));
                 if rows > 0 && classes <= ROW_PER_INVOCATION {
-                    let params = words(rows, classes, 1.0);
                     let status = ctx.status_buffer();
                     let bufs = [
                         arg(self),
@@ -354,26 +311,24 @@ impl Tensor {
                     )?;
                 } else if rows > 0 {
                     let lse = gpu_output(ctx, self.device(), op, &[rows], DType::F32)?;
-                    let params = words(rows, classes, 1.0);
-                    let status = ctx.status_buffer();
-                    let bufs = [arg(self), arg(labels), arg(&lse), (&status, STATUS_BYTES)];
-                    ctx.dispatch(
-                        &SHADER,
-                        "cross_entropy_lse",
-                        &[],
-                        &params,
-                        &bufs,
-                        groups(ctx, rows),
-                    )?;
-                    let bufs = [arg(self), arg(labels), arg(&lse), arg(g), arg(&out)];
-                    ctx.dispatch(
-                        &SHADER,
-                        "cross_entropy_backward",
-                        &[],
-                        &params,
-                        &bufs,
-                        groups(ctx, rows * classes),
-                    )?;
+                    if loss_vocab::split(rows, classes) {
+                        // The losses are not asked for: a pooled scratch buffer.
+                        let losses = ctx.alloc((rows * 4) as u64);
+                        let losses = (losses.raw(), (rows * 4) as u64);
+                        loss_vocab::lse_and_loss(ctx, self, labels, opts, losses, arg(&lse))?;
+                    } else {
+                        let status = ctx.status_buffer();
+                        let bufs = [arg(self), arg(labels), arg(&lse), (&status, STATUS_BYTES)];
+                        ctx.dispatch(
+                            &SHADER,
+                            "cross_entropy_lse",
+                            &[],
+                            &params,
+                            &bufs,
+                            groups(ctx, rows),
+                        )?;
+                    }
+                    backward_from_lse(ctx, self, labels, g, opts, arg(&lse), &out)?;
                 }
                 Ok(out)
             }
@@ -381,35 +336,25 @@ impl Tensor {
     }
 }
 
-/// Cross-entropy on logits past one storage binding: the forward, or with the upstream
-/// gradient `g` the backward, on blocks of whole rows of the logits, labels and `g`
-/// gathered by copies, each result copied into one output. A row is at most
-/// [`MAX_CLASSES`] long, so a block always holds at least one.
-fn cross_entropy_blocks(
-    ctx: &std::sync::Arc<GpuContext>,
+/// dx = (exp(x - lse) - onehot)·g, 0 on ignored rows: for split rows one invocation per
+/// part (`part_len` loop steps), else one per element (no loop).
+pub(super) fn backward_from_lse(
+    ctx: &GpuContext,
     x: &Tensor,
     labels: &Tensor,
-    g: Option<&Tensor>,
-    (rows, classes): (usize, usize),
-    out_shape: &[usize],
-) -> Result<Tensor> {
-    use crate::ops::chunk::{binding_elems, gather_box, scatter_block, windows};
-    let (op, out_cols) = match g {
-        None => ("cross_entropy", 1),
-        Some(_) => ("cross_entropy_backward", classes),
+    g: &Tensor,
+    opts: CrossEntropyOptions,
+    lse: BufArg<'_>,
+    dx: &Tensor,
+) -> Result<()> {
+    let (rows, classes) = (labels.numel(), x.shape().last().copied().unwrap_or(1));
+    let bufs = [arg(x), arg(labels), lse, arg(g), arg(dx)];
+    let (entry, parts, n) = if loss_vocab::split(rows, classes) {
+        let p = loss_vocab::plan_parts(rows, classes);
+        ("cross_entropy_backward_parts", p, rows * p.1)
+    } else {
+        ("cross_entropy_backward", (0, 0), rows * classes)
     };
-    let out = crate::ops::gpu_output_big(ctx, x.device(), op, out_shape, DType::F32)?;
-    let rows_of = |t: &Tensor, r: (usize, usize), cols: usize| -> Result<Tensor> {
-        gather_box(ctx, t, (rows, 1, cols), (r, (0, 1), (0, cols)))?.reshape(&[r.1, cols])
-    };
-    for r in windows(rows, (binding_elems(ctx) / classes).max(1)) {
-        let xb = rows_of(x, r, classes)?;
-        let lb = rows_of(labels, r, 1)?.reshape(&[r.1])?;
-        let y = match g {
-            None => xb.cross_entropy(&lb)?,
-            Some(g) => xb.cross_entropy_backward(&lb, &rows_of(g, r, 1)?.reshape(&[r.1])?)?,
-        };
-        scatter_block(ctx, &y, &out, (r.1, out_cols), out_cols, (r.0, 0))?;
-    }
-    Ok(out)
+    let params = words((rows, classes), Divide::One, opts, parts);
+    ctx.dispatch(&SHADER, entry, &[], &params, &bufs, groups(ctx, n))
 }

@@ -8,6 +8,8 @@ pub mod elementwise;
 pub mod half;
 pub mod layout;
 pub mod loss;
+pub(crate) mod loss_reduced;
+pub(crate) mod loss_vocab;
 pub mod matmul;
 pub mod reduce;
 pub mod softmax;

@@ -380,8 +380,9 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
     }
     // Whole steps through the graph executor, with their own extra fields.
     type Step = fn(&Device, &'static str, String) -> anyhow::Result<Figure>;
-    let steps: [(&str, Step); 5] = [
+    let steps: [(&str, Step); 6] = [
         ("mlp_step", mlp_step),
+        ("cross_entropy_vocab", cross_entropy_vocab),
         ("conv2d_fwd_bwd", conv2d_step),
         ("attention_fwd_bwd", attention_step),
         ("digits_epoch", digits_epoch),
@@ -497,6 +498,52 @@ fn fwd_bwd(
     Ok(Figure {
         op,
         shape,
+        device,
+        adapter,
+        ms,
+        rate: ("steps_per_s", 1e3 / ms),
+        extra: vec![(
+            "dispatches_per_step",
+            (dev.dispatch_count() - d0) as f64 / reps as f64,
+        )],
+        roof: None,
+    })
+}
+
+/// A language model's loss: forward and gradient of the mean cross-entropy of (64, 50257)
+/// logits (GPT-2's vocabulary; rows past one invocation's loop budget, split into parts),
+/// one compiled graph reading back the loss; the gradient stays on the device.
+fn cross_entropy_vocab(
+    dev: &Device,
+    device: &'static str,
+    adapter: String,
+) -> anyhow::Result<Figure> {
+    let (rows, classes) = (64usize, 50_257usize);
+    let g = wgrad::Graph::new();
+    let x = g.input("x", &[rows, classes]);
+    let y = g.input_i32("y", &[rows]);
+    let loss = x.cross_entropy(&y)?.mean()?;
+    let dx = wgrad::autodiff::grad(&loss, &[&x])?.remove(0);
+    let exe = dev.compile(&g, &[&loss, &dx], None)?;
+    let mut rng = Rng::new(12);
+    let xs = Tensor::from_slice(
+        dev,
+        &rng.vec_uniform(rows * classes, -8.0, 8.0),
+        &[rows, classes],
+    )?;
+    let labels: Vec<i32> = (0..rows).map(|_| rng.below(classes) as i32).collect();
+    let ys = Tensor::from_slice(dev, &labels, &[rows])?;
+    let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xs), ("y", &ys)])?[0].item()?) };
+    step()?;
+    let (d0, t0) = (dev.dispatch_count(), Instant::now());
+    let reps = if dev.is_gpu() { 10 } else { 3 };
+    for _ in 0..reps {
+        step()?;
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    Ok(Figure {
+        op: "cross_entropy_vocab",
+        shape: vec![rows, classes],
         device,
         adapter,
         ms,

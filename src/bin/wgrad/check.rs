@@ -401,6 +401,48 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
             |x| x[0].cross_entropy_backward(&labels_of(x[0].device(), 65, classes)?, &x[1]),
         );
     }
+    // A language model's vocabulary: rows past one invocation's loop budget, split into
+    // parts merged per row; loss, gradient and the mean (a row labelled -100 is ignored).
+    let vocab = 50_257usize;
+    let vocab_labels = |dev: &Device| {
+        let labels: Vec<i32> = (0..8)
+            .map(|i| {
+                if i == 5 {
+                    -100
+                } else {
+                    (i * 7919 % vocab) as i32
+                }
+            })
+            .collect();
+        Tensor::from_slice(dev, &labels, &[8])
+    };
+    kernel(
+        r,
+        gpu,
+        "cross_entropy 50257 classes",
+        &[&[8, vocab]],
+        (-8.0, 8.0),
+        (1e-4, 1e-5),
+        |x| x[0].cross_entropy(&vocab_labels(x[0].device())?),
+    );
+    kernel(
+        r,
+        gpu,
+        "cross_entropy_backward 50257 classes",
+        &[&[8, vocab], &[8]],
+        (-8.0, 8.0),
+        (1e-7, 1e-4),
+        |x| x[0].cross_entropy_backward(&vocab_labels(x[0].device())?, &x[1]),
+    );
+    kernel(
+        r,
+        gpu,
+        "cross_entropy mean 50257 classes",
+        &[&[8, vocab]],
+        (-8.0, 8.0),
+        (1e-4, 1e-5),
+        |x| x[0].cross_entropy_reduced(&vocab_labels(x[0].device())?, true),
+    );
     // Dropout: the same PCG mask on both sides, so the kept values agree exactly.
     kernel(
         r,
