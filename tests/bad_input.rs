@@ -1240,7 +1240,11 @@ fn huge_tensors_are_errors_before_any_work() {
         Tensor::zeros(&dev, &[1 << 16, 1 << 16]),
         "full",
     );
-    too_large("broadcast", small.broadcast_to(&[4096, n_buf]), "broadcast_to");
+    too_large(
+        "broadcast",
+        small.broadcast_to(&[4096, n_buf]),
+        "broadcast_to",
+    );
     too_large("matmul output", small.matmul(&row), "matmul");
     too_large("outer sum", small.add(&long), "add");
     too_large("concat", Tensor::concat(&vec![&small; n_buf], 1), "concat");
