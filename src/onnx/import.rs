@@ -37,7 +37,7 @@ impl Model {
     /// (`&[("N", 4)]`); every op is checked first, and unsupported ones are reported together.
     pub fn import(&self, dims: &[(&str, usize)], weights: Weights) -> Result<Imported> {
         let origin = &self.origin;
-        let graph_proto = self.graph();
+        let graph_proto = self.graph()?;
         let unsupported: Vec<String> = graph_proto
             .node
             .iter()

@@ -119,9 +119,12 @@ impl Model {
         })
     }
 
-    /// The decoded graph (present: [`Model::load`] refuses a model without one).
-    pub(crate) fn graph(&self) -> &proto::GraphProto {
-        self.proto.graph.as_ref().expect("checked at decode")
+    /// The decoded graph ([`Model::load`] refuses a model without one, but `proto` is public).
+    pub(crate) fn graph(&self) -> Result<&proto::GraphProto> {
+        self.proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| invalid(format!("{}: the model has no graph", self.origin)))
     }
 }
 
