@@ -47,6 +47,10 @@ pub enum Init {
         /// Seed of the host [`Rng`].
         seed: u64,
     },
+    /// Exactly these values, row-major (a checkpoint's or an imported model's weights).
+    /// Shared so that cloning a graph's nodes does not copy the weights; a length that does
+    /// not fill the parameter's shape is refused when the graph is compiled.
+    Data(std::sync::Arc<[f32]>),
 }
 
 /// (fan_in, fan_out) of a weight of `shape`; wgrad's linear weights are (in, out).
@@ -68,6 +72,7 @@ impl Init {
     pub fn values(&self, shape: &[usize]) -> Vec<f32> {
         let n: usize = shape.iter().product();
         match *self {
+            Init::Data(ref v) => v.to_vec(),
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
             Init::Constant(c) => vec![c; n],
@@ -138,6 +143,12 @@ fn orthogonal(shape: &[usize], seed: u64) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_gives_its_values() {
+        let v: std::sync::Arc<[f32]> = vec![1.0, -2.0, 3.5].into();
+        assert_eq!(Init::Data(v).values(&[3]), [1.0, -2.0, 3.5]);
+    }
 
     #[test]
     fn orthogonal_columns_are_orthonormal() {

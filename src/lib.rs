@@ -60,6 +60,7 @@ pub mod init;
 pub mod io;
 pub mod linalg;
 pub mod nn;
+pub mod onnx;
 pub mod ops;
 pub mod optim;
 pub(crate) mod plan;

@@ -1,0 +1,198 @@
+//! Building a [`Graph`] from a decoded [`Model`]: feeds become inputs with their symbolic
+//! dims bound, initializers become parameters or constants, and each node goes through its
+//! op function in [`super::ops`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::invalid;
+use super::model::{initializer, Dim, Model, TensorData};
+use super::ops::{self, Env};
+use crate::{Graph, Init, Result, Tensor, Var};
+
+/// What the file's FLOAT initializers become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weights {
+    /// Trainable parameters named as in the file (fine-tuning, reading them back by name).
+    Params,
+    /// Constants folded into the graph (inference only).
+    Constants,
+}
+
+/// A model imported into a [`Graph`].
+#[derive(Clone)]
+pub struct Imported {
+    /// The graph holding every node of the model.
+    pub graph: Graph,
+    /// The feeds' names, in the file's order (pass them to `Executor::run`).
+    pub inputs: Vec<String>,
+    /// The graph outputs by name, in the file's order.
+    pub outputs: Vec<(String, Var)>,
+    /// The parameters' names (empty with [`Weights::Constants`]).
+    pub params: Vec<String>,
+}
+
+impl Model {
+    /// Builds a [`Graph`] from the model. `dims` binds symbolic input dims by name
+    /// (`&[("N", 4)]`); every op is checked first, and unsupported ones are reported together.
+    pub fn import(&self, dims: &[(&str, usize)], weights: Weights) -> Result<Imported> {
+        let origin = &self.origin;
+        let graph_proto = self.graph()?;
+        let unsupported: Vec<String> = graph_proto
+            .node
+            .iter()
+            .filter(|n| !ops::supported(n))
+            .map(|n| {
+                format!(
+                    "{}{} (node '{}', opset {})",
+                    match n.domain() {
+                        "" | "ai.onnx" => String::new(),
+                        d => format!("{d}::"),
+                    },
+                    n.op_type(),
+                    n.name(),
+                    self.opset
+                )
+            })
+            .collect();
+        if !unsupported.is_empty() {
+            return Err(invalid(format!(
+                "{origin}: unsupported operators: {}",
+                unsupported.join(", ")
+            )));
+        }
+        let g = Graph::new();
+        let mut env = Env {
+            graph: g.clone(),
+            opset: self.opset,
+            vars: HashMap::new(),
+            ints: HashMap::new(),
+        };
+        let mut inputs = Vec::new();
+        for v in &self.inputs {
+            if v.dtype != "FLOAT" {
+                return Err(invalid(format!(
+                    "{origin}: input '{}' has element type {} (only FLOAT inputs are supported)",
+                    v.name, v.dtype
+                )));
+            }
+            let declared = v.dims.as_ref().ok_or_else(|| {
+                invalid(format!(
+                    "{origin}: input '{}' has no declared shape",
+                    v.name
+                ))
+            })?;
+            let shape = declared
+                .iter()
+                .enumerate()
+                .map(|(i, d)| match d {
+                    Dim::Fixed(n) => Ok(*n),
+                    Dim::Symbolic(s) => dims
+                        .iter()
+                        .find(|(k, _)| k == s)
+                        .map(|&(_, n)| n)
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "{origin}: input '{}' dim {i} is symbolic '{s}': bind it, e.g. &[(\"{s}\", 1)]",
+                                v.name
+                            ))
+                        }),
+                    Dim::Unknown => Err(invalid(format!(
+                        "{origin}: input '{}' dim {i} has neither a size nor a name",
+                        v.name
+                    ))),
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            env.vars.insert(v.name.clone(), g.input(&v.name, &shape));
+            inputs.push(v.name.clone());
+        }
+        let mut params = Vec::new();
+        for init in &self.initializers {
+            match &init.data {
+                TensorData::I64(v) => {
+                    env.ints.insert(init.name.clone(), v.clone());
+                }
+                TensorData::F32(v) => {
+                    let var = match weights {
+                        Weights::Params => {
+                            params.push(init.name.clone());
+                            g.param(&init.name, &init.dims, Init::Data(Arc::from(v.as_slice())))
+                        }
+                        Weights::Constants => {
+                            g.constant(&Tensor::from_slice(&crate::Device::cpu(), v, &init.dims)?)?
+                        }
+                    };
+                    env.vars.insert(init.name.clone(), var);
+                }
+            }
+        }
+        for node in &graph_proto.node {
+            if node.op_type() == "Constant" {
+                constant(&mut env, node).map_err(|d| invalid(format!("{origin}: {d}")))?;
+                continue;
+            }
+            let outs = ops::apply(&env, node).map_err(|e| {
+                invalid(format!(
+                    "{origin}: node '{}' ({}): {e}",
+                    node.name(),
+                    node.op_type()
+                ))
+            })?;
+            for (name, var) in node.output.iter().zip(outs) {
+                if !name.is_empty() {
+                    env.vars.insert(name.clone(), var);
+                }
+            }
+        }
+        let outputs = self
+            .outputs
+            .iter()
+            .map(|o| {
+                env.vars
+                    .get(&o.name)
+                    .map(|v| (o.name.clone(), v.clone()))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "{origin}: graph output '{}' is not produced by any node",
+                            o.name
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Imported {
+            graph: g,
+            inputs,
+            outputs,
+            params,
+        })
+    }
+}
+
+/// `Constant`: a FLOAT value becomes a graph constant, an INT64 one is kept for shape use.
+fn constant(env: &mut Env, node: &super::proto::NodeProto) -> std::result::Result<(), String> {
+    let out = node.output.first().cloned().unwrap_or_default();
+    let t = node
+        .attribute
+        .iter()
+        .find(|a| a.name() == "value")
+        .and_then(|a| a.t.as_ref())
+        .ok_or_else(|| {
+            format!(
+                "node '{}' (Constant): only the `value` tensor attribute is supported",
+                node.name()
+            )
+        })?;
+    let init = initializer(t).map_err(|d| format!("node '{}' (Constant): {d}", node.name()))?;
+    match init.data {
+        TensorData::I64(v) => {
+            env.ints.insert(out, v);
+        }
+        TensorData::F32(v) => {
+            let t = Tensor::from_slice(&crate::Device::cpu(), &v, &init.dims)
+                .and_then(|t| env.graph.constant(&t))
+                .map_err(|e| format!("node '{}' (Constant): {e}", node.name()))?;
+            env.vars.insert(out, t);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Decoding a `.onnx` file: the ModelProto, its default-domain opset, graph inputs and
+//! outputs with their (possibly symbolic) dims, and the initializers' values.
+
+use std::path::Path;
+
+use prost::Message;
+
+use super::invalid;
+use super::proto::{self, tensor_proto::DataType, type_proto, ModelProto, TensorProto};
+use crate::Result;
+
+/// One dim of a graph input or output as the file declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(usize),
+    /// A named size (`"N"`, `"batch"`), bound when the model is imported.
+    Symbolic(String),
+    /// Neither a size nor a name.
+    Unknown,
+}
+
+/// A graph input or output: its name, element type and dims.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueInfo {
+    /// The value's name in the file.
+    pub name: String,
+    /// ONNX element type name (`"FLOAT"`, `"INT64"`, ...), or `"UNDEFINED"`.
+    pub dtype: String,
+    /// The declared dims; `None` when the file gives no shape.
+    pub dims: Option<Vec<Dim>>,
+}
+
+/// An initializer's values: floats for weights, int64 for shape operands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    /// FLOAT elements, row-major.
+    F32(Vec<f32>),
+    /// INT64 elements, row-major (kept for shape use: Reshape's target and the like).
+    I64(Vec<i64>),
+}
+
+/// A named constant tensor stored in the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Initializer {
+    /// The name the graph refers to it by.
+    pub name: String,
+    /// Its dims.
+    pub dims: Vec<usize>,
+    /// Its values.
+    pub data: TensorData,
+}
+
+/// A decoded ONNX model, ready to [`Model::import`].
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// Where it came from (a path, or `"<bytes>"`), used in error messages.
+    pub origin: String,
+    /// The decoded protobuf.
+    pub proto: ModelProto,
+    /// The opset version of the default (`ai.onnx`) domain.
+    pub opset: i64,
+    /// Graph inputs that are not initializers, in file order.
+    pub inputs: Vec<ValueInfo>,
+    /// Graph outputs, in file order.
+    pub outputs: Vec<ValueInfo>,
+    /// The initializers, in file order.
+    pub initializers: Vec<Initializer>,
+}
+
+impl Model {
+    /// Reads and decodes the `.onnx` file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path)
+            .map_err(|e| invalid(format!("{}: cannot read: {e}", path.display())))?;
+        Model::decode(&bytes, &path.display().to_string())
+    }
+
+    /// Decodes a model from the bytes of a `.onnx` file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        Model::decode(bytes, "<bytes>")
+    }
+
+    fn decode(bytes: &[u8], origin: &str) -> Result<Model> {
+        let proto = ModelProto::decode(bytes)
+            .map_err(|e| invalid(format!("{origin}: not an ONNX model: {e}")))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| invalid(format!("{origin}: not an ONNX model: it has no graph")))?;
+        let opset = proto
+            .opset_import
+            .iter()
+            .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
+            .and_then(|o| o.version)
+            .ok_or_else(|| invalid(format!("{origin}: no opset for the default domain")))?;
+        let initializers = graph
+            .initializer
+            .iter()
+            .map(|t| initializer(t).map_err(|d| invalid(format!("{origin}: {d}"))))
+            .collect::<Result<Vec<_>>>()?;
+        // Before IR 4 initializers were listed among the inputs too; they are not feeds.
+        let is_init = |n: &str| initializers.iter().any(|i| i.name == n);
+        let inputs = graph
+            .input
+            .iter()
+            .filter(|v| !is_init(v.name()))
+            .map(value_info)
+            .collect();
+        let outputs = graph.output.iter().map(value_info).collect();
+        Ok(Model {
+            origin: origin.to_string(),
+            proto,
+            opset,
+            inputs,
+            outputs,
+            initializers,
+        })
+    }
+
+    /// The decoded graph ([`Model::load`] refuses a model without one, but `proto` is public).
+    pub(crate) fn graph(&self) -> Result<&proto::GraphProto> {
+        self.proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| invalid(format!("{}: the model has no graph", self.origin)))
+    }
+}
+
+fn value_info(v: &proto::ValueInfoProto) -> ValueInfo {
+    let tensor = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => Some(t),
+        _ => None,
+    };
+    let dtype = tensor
+        .and_then(|t| t.elem_type)
+        .and_then(|e| DataType::try_from(e).ok())
+        .unwrap_or(DataType::Undefined);
+    let dims = tensor.and_then(|t| t.shape.as_ref()).map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match &d.value {
+                Some(proto::tensor_shape_proto::dimension::Value::DimValue(n)) if *n >= 0 => {
+                    Dim::Fixed(*n as usize)
+                }
+                Some(proto::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
+                    Dim::Symbolic(p.clone())
+                }
+                _ => Dim::Unknown,
+            })
+            .collect()
+    });
+    ValueInfo {
+        name: v.name().to_string(),
+        dtype: dtype.as_str_name().to_string(),
+        dims,
+    }
+}
+
+/// Decodes a TensorProto holding FLOAT or INT64 data (raw little-endian bytes or the typed
+/// field); anything else is refused with the tensor's name.
+pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, String> {
+    let name = t.name().to_string();
+    let dims = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("tensor '{name}': negative dim {d}")))
+        .collect::<std::result::Result<Vec<usize>, String>>()?;
+    let numel = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("tensor '{name}': dims {dims:?} overflow"))?;
+    if t.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
+        return Err(format!(
+            "tensor '{name}': external data is not supported yet"
+        ));
+    }
+    let dtype = DataType::try_from(t.data_type()).unwrap_or(DataType::Undefined);
+    let raw = t.raw_data.as_deref();
+    let data = match dtype {
+        DataType::Float => TensorData::F32(match raw {
+            Some(r) => le_words(r, f32::from_le_bytes),
+            None => t.float_data.clone(),
+        }),
+        DataType::Int64 => TensorData::I64(match raw {
+            Some(r) => le_words(r, i64::from_le_bytes),
+            None => t.int64_data.clone(),
+        }),
+        other => {
+            return Err(format!(
+                "tensor '{name}': element type {} is not supported (FLOAT and INT64 are)",
+                other.as_str_name()
+            ))
+        }
+    };
+    let len = match &data {
+        TensorData::F32(v) => v.len(),
+        TensorData::I64(v) => v.len(),
+    };
+    if len != numel || raw.is_some_and(|r| r.len() % elem_size(&data) != 0) {
+        return Err(format!(
+            "tensor '{name}': {len} values (or a ragged raw_data) do not fill dims {dims:?}"
+        ));
+    }
+    Ok(Initializer { name, dims, data })
+}
+
+fn elem_size(d: &TensorData) -> usize {
+    match d {
+        TensorData::F32(_) => 4,
+        TensorData::I64(_) => 8,
+    }
+}
+
+fn le_words<T, const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    raw.chunks_exact(N)
+        .map(|c| f(c.try_into().expect("chunks_exact")))
+        .collect()
+}
