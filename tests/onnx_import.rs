@@ -77,6 +77,20 @@ fn opset11_softmax_flattens_at_axis() {
 }
 
 #[test]
+fn half_precision_initializers_widen_exactly() {
+    // FLOAT16 in raw_data and in int32_data, BFLOAT16 (one value near its largest), each
+    // cast to FLOAT as exporters write it: onnxruntime's outputs to 1e-4.
+    check_against_onnxruntime("half_weights", &[], Weights::Params);
+    let model = Model::load(fixture("half_weights.onnx")).unwrap();
+    let bf = model.initializers.iter().find(|i| i.name == "bbf").unwrap();
+    // -3.0e38 rounds to the bfloat16 0xff62 = -3.0001e38 (bits << 16 as f32).
+    match &bf.data {
+        wgrad::onnx::TensorData::F32(v) => assert_eq!(v[1].to_bits(), 0xff62_0000, "{v:?}"),
+        other => panic!("expected f32 values, got {other:?}"),
+    }
+}
+
+#[test]
 fn model_metadata() {
     let model = Model::load(fixture("mlp.onnx")).expect("load");
     assert_eq!(model.opset, 13);

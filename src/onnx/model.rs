@@ -158,8 +158,9 @@ fn value_info(v: &proto::ValueInfoProto) -> ValueInfo {
     }
 }
 
-/// Decodes a TensorProto holding FLOAT or INT64 data (raw little-endian bytes or the typed
-/// field); anything else is refused with the tensor's name.
+/// Decodes a TensorProto holding FLOAT, FLOAT16, BFLOAT16 or INT64 data (raw little-endian
+/// bytes or the typed field); anything else is refused with the tensor's name. Half-precision
+/// values widen to f32 exactly (`io::HalfFormat`, as safetensors checkpoints do).
 pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, String> {
     let name = t.name().to_string();
     let dims = t
@@ -178,18 +179,33 @@ pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, S
     }
     let dtype = DataType::try_from(t.data_type()).unwrap_or(DataType::Undefined);
     let raw = t.raw_data.as_deref();
+    let half = |format: crate::io::HalfFormat| -> std::result::Result<TensorData, String> {
+        Ok(TensorData::F32(match raw {
+            Some(r) => format
+                .widen_le(r)
+                .map_err(|e| format!("tensor '{name}': {e}"))?,
+            // Without raw_data, ONNX keeps each half's 16 bits in an int32_data entry.
+            None => t
+                .int32_data
+                .iter()
+                .map(|&w| format.widen(w as u16))
+                .collect(),
+        }))
+    };
     let data = match dtype {
         DataType::Float => TensorData::F32(match raw {
             Some(r) => le_words(r, f32::from_le_bytes),
             None => t.float_data.clone(),
         }),
+        DataType::Float16 => half(crate::io::HalfFormat::F16)?,
+        DataType::Bfloat16 => half(crate::io::HalfFormat::BF16)?,
         DataType::Int64 => TensorData::I64(match raw {
             Some(r) => le_words(r, i64::from_le_bytes),
             None => t.int64_data.clone(),
         }),
         other => {
             return Err(format!(
-                "tensor '{name}': element type {} is not supported (FLOAT and INT64 are)",
+                "tensor '{name}': element type {} is not supported (FLOAT, FLOAT16, BFLOAT16 and INT64 are)",
                 other.as_str_name()
             ))
         }
@@ -198,7 +214,11 @@ pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, S
         TensorData::F32(v) => v.len(),
         TensorData::I64(v) => v.len(),
     };
-    if len != numel || raw.is_some_and(|r| r.len() % elem_size(&data) != 0) {
+    let raw_size = match dtype {
+        DataType::Float16 | DataType::Bfloat16 => 2,
+        _ => elem_size(&data),
+    };
+    if len != numel || raw.is_some_and(|r| r.len() % raw_size != 0) {
         return Err(format!(
             "tensor '{name}': {len} values (or a ragged raw_data) do not fill dims {dims:?}"
         ));
