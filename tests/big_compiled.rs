@@ -119,17 +119,11 @@ fn windowed_training_steps_match_reference() {
     }
 }
 
-/// Runs `outs` of `g` compiled on `dev` with `feeds` (made on the CPU), and reports whether
-/// the plan was recorded (not run op by op).
+/// The outputs of `outs` compiled on `dev` with `feeds`, and whether the plan was recorded
+/// (not run op by op).
 fn run(dev: &Device, g: &Graph, outs: &[&Var], feeds: &[(&str, &Tensor)]) -> (Vec<Vec<f32>>, bool) {
-    let exe = dev.compile(g, outs, None).expect("compile");
-    let moved: Vec<Tensor> = feeds.iter().map(|f| f.1.to_device(dev).unwrap()).collect();
-    let named: Vec<(&str, &Tensor)> = feeds.iter().map(|f| f.0).zip(&moved).collect();
-    let got = exe.run(&named).expect("run");
-    (
-        got.iter().map(|t| t.to_vec::<f32>().unwrap()).collect(),
-        exe.is_recorded(),
-    )
+    let (values, exe) = common::run_compiled(dev, g, outs, feeds);
+    (values, exe.is_recorded())
 }
 
 fn feed(seed: u64, shape: &[usize]) -> Tensor {

@@ -156,16 +156,9 @@ fn chunks_past_one_partials_buffer_run_in_groups() {
     }
 }
 
-/// Compiles `outs` on `dev` and runs them with `feeds` (given on the CPU), under a K chunk.
+/// The outputs of `outs` compiled on `dev`, with `feeds` given on the CPU.
 fn run(dev: &Device, g: &Graph, outs: &[&Var], feeds: &[(&str, &Tensor)]) -> Vec<Vec<f32>> {
-    let exe = dev.compile(g, outs, None).expect("compile");
-    let moved: Vec<Tensor> = feeds.iter().map(|f| f.1.to_device(dev).unwrap()).collect();
-    let named: Vec<(&str, &Tensor)> = feeds.iter().map(|f| f.0).zip(&moved).collect();
-    exe.run(&named)
-        .expect("run")
-        .iter()
-        .map(|t| t.to_vec::<f32>().unwrap())
-        .collect()
+    common::run_compiled(dev, g, outs, feeds).0
 }
 
 #[test]

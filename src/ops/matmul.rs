@@ -797,8 +797,8 @@ fn matmul_dispatch(
     let group = (budget / out_elems)
         .clamp(1, MAX_SPLITS_PER_PASS)
         .min(chunks);
-    let parts = ctx.try_alloc("matmul", (group * out_elems * 4) as u64)?;
-    let parts = (parts.raw(), (group * out_elems * 4) as u64);
+    let parts_buf = ctx.try_alloc("matmul", (group * out_elems * 4) as u64)?;
+    let parts = (parts_buf.raw(), (group * out_elems * 4) as u64);
     let out_bytes = (out_elems * 4) as u64;
     let mut prior: Option<GpuBuffer> = None;
     for split0 in (0..chunks).step_by(group) {

@@ -138,6 +138,22 @@ impl Feed {
     }
 }
 
+/// Compiles `outs` of `g` on `dev` (no optimizer), runs it once with `feeds` (tensors on
+/// any device, moved to `dev`) and returns the outputs as f32 and the executor.
+pub fn run_compiled(
+    dev: &Device,
+    g: &Graph,
+    outs: &[&Var],
+    feeds: &[(&str, &Tensor)],
+) -> (Vec<Vec<f32>>, wgrad::Executor) {
+    let exe = dev.compile(g, outs, None).expect("compile");
+    let moved: Vec<Tensor> = feeds.iter().map(|f| f.1.to_device(dev).unwrap()).collect();
+    let named: Vec<(&str, &Tensor)> = feeds.iter().map(|f| f.0).zip(&moved).collect();
+    let got = exe.run(&named).expect("run");
+    let values = got.iter().map(|t| t.to_vec::<f32>().unwrap()).collect();
+    (values, exe)
+}
+
 /// Compiles `outs` of `g` on `dev`, runs it once with `feeds` and returns the
 /// outputs in f64 (exact on [`Device::cpu_f64`], widened f32 elsewhere).
 pub fn run_graph(

@@ -436,13 +436,7 @@ fn big_weight_step(dev: &Device, adapter: String, d_in: usize) -> anyhow::Result
     let labels: Vec<i32> = (0..batch as i32).map(|i| i % classes as i32).collect();
     let yt = Tensor::from_slice(dev, &labels, &[batch])?;
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?) };
-    step()?; // warm
-    let reps = 3;
-    let t0 = Instant::now();
-    for _ in 0..reps {
-        step()?;
-    }
-    let ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    let (ms, _) = ms_per_step(dev, 3, step)?;
     let plan = exe.plan();
     Ok(Figure {
         op: "big_weight_step",
@@ -460,6 +454,21 @@ fn big_weight_step(dev: &Device, adapter: String, d_in: usize) -> anyhow::Result
         ],
         roof: None,
     })
+}
+
+/// One warm-up run of `step`, then `reps` runs: (ms per run, dispatches per run).
+fn ms_per_step(
+    dev: &Device,
+    reps: usize,
+    mut step: impl FnMut() -> anyhow::Result<f32>,
+) -> anyhow::Result<(f64, f64)> {
+    step()?; // warm: pipelines compiled, pool filled
+    let (d0, t0) = (dev.dispatch_count(), Instant::now());
+    for _ in 0..reps {
+        step()?;
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    Ok((ms, (dev.dispatch_count() - d0) as f64 / reps as f64))
 }
 
 /// Times forward + backward of `Σ build(inputs)` (gradients of every input), as
@@ -488,13 +497,7 @@ fn fwd_bwd(
         .collect::<wgrad::Result<_>>()?;
     let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, _)| *n).zip(feeds.iter()).collect();
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&named)?[0].item()?) };
-    step()?;
-    let (d0, t0) = (dev.dispatch_count(), Instant::now());
-    let reps = if dev.is_gpu() { 10 } else { 3 };
-    for _ in 0..reps {
-        step()?;
-    }
-    let ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    let (ms, dispatches) = ms_per_step(dev, if dev.is_gpu() { 10 } else { 3 }, step)?;
     Ok(Figure {
         op,
         shape,
@@ -502,10 +505,7 @@ fn fwd_bwd(
         adapter,
         ms,
         rate: ("steps_per_s", 1e3 / ms),
-        extra: vec![(
-            "dispatches_per_step",
-            (dev.dispatch_count() - d0) as f64 / reps as f64,
-        )],
+        extra: vec![("dispatches_per_step", dispatches)],
         roof: None,
     })
 }
@@ -534,13 +534,7 @@ fn cross_entropy_vocab(
     let labels: Vec<i32> = (0..rows).map(|_| rng.below(classes) as i32).collect();
     let ys = Tensor::from_slice(dev, &labels, &[rows])?;
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xs), ("y", &ys)])?[0].item()?) };
-    step()?;
-    let (d0, t0) = (dev.dispatch_count(), Instant::now());
-    let reps = if dev.is_gpu() { 10 } else { 3 };
-    for _ in 0..reps {
-        step()?;
-    }
-    let ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    let (ms, dispatches) = ms_per_step(dev, if dev.is_gpu() { 10 } else { 3 }, step)?;
     Ok(Figure {
         op: "cross_entropy_vocab",
         shape: vec![rows, classes],
@@ -548,10 +542,7 @@ fn cross_entropy_vocab(
         adapter,
         ms,
         rate: ("steps_per_s", 1e3 / ms),
-        extra: vec![(
-            "dispatches_per_step",
-            (dev.dispatch_count() - d0) as f64 / reps as f64,
-        )],
+        extra: vec![("dispatches_per_step", dispatches)],
         roof: None,
     })
 }
