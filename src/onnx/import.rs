@@ -2,12 +2,11 @@
 //! dims bound, initializers become parameters or constants, and each node goes through its
 //! op function in [`super::ops`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::invalid;
-use super::model::{initializer, Dim, Model, TensorData};
-use super::ops::{self, Env};
+use super::model::{Dim, Model, TensorData};
+use super::ops::{self, Const, Env, Value};
 use crate::{Graph, Init, Result, Tensor, Var};
 
 /// What the file's FLOAT initializers become.
@@ -62,12 +61,7 @@ impl Model {
             )));
         }
         let g = Graph::new();
-        let mut env = Env {
-            graph: g.clone(),
-            opset: self.opset,
-            vars: HashMap::new(),
-            ints: HashMap::new(),
-        };
+        let mut env = Env::new(g.clone(), self.opset);
         let mut inputs = Vec::new();
         for v in &self.inputs {
             if v.dtype != "FLOAT" {
@@ -103,34 +97,35 @@ impl Model {
                     ))),
                 })
                 .collect::<Result<Vec<usize>>>()?;
-            env.vars.insert(v.name.clone(), g.input(&v.name, &shape));
+            env.values
+                .insert(v.name.clone(), g.input(&v.name, &shape).into());
             inputs.push(v.name.clone());
         }
         let mut params = Vec::new();
         for init in &self.initializers {
             match &init.data {
                 TensorData::I64(v) => {
-                    env.ints.insert(init.name.clone(), v.clone());
+                    env.values.insert(
+                        init.name.clone(),
+                        Const::ints(init.dims.clone(), v.clone()).into(),
+                    );
+                }
+                // A constant float initializer stays on the host until a node needs it,
+                // so shape computations on it fold and unused ones cost nothing.
+                TensorData::F32(v) if weights == Weights::Constants => {
+                    env.values.insert(
+                        init.name.clone(),
+                        Const::floats(init.dims.clone(), v.clone()).into(),
+                    );
                 }
                 TensorData::F32(v) => {
-                    let var = match weights {
-                        Weights::Params => {
-                            params.push(init.name.clone());
-                            g.param(&init.name, &init.dims, Init::Data(Arc::from(v.as_slice())))
-                        }
-                        Weights::Constants => {
-                            g.constant(&Tensor::from_slice(&crate::Device::cpu(), v, &init.dims)?)?
-                        }
-                    };
-                    env.vars.insert(init.name.clone(), var);
+                    params.push(init.name.clone());
+                    let var = g.param(&init.name, &init.dims, Init::Data(Arc::from(v.as_slice())));
+                    env.values.insert(init.name.clone(), var.into());
                 }
             }
         }
         for node in &graph_proto.node {
-            if node.op_type() == "Constant" {
-                constant(&mut env, node).map_err(|d| invalid(format!("{origin}: {d}")))?;
-                continue;
-            }
             let outs = ops::apply(&env, node).map_err(|e| {
                 invalid(format!(
                     "{origin}: node '{}' ({}): {e}",
@@ -138,9 +133,9 @@ impl Model {
                     node.op_type()
                 ))
             })?;
-            for (name, var) in node.output.iter().zip(outs) {
+            for (name, value) in node.output.iter().zip(outs) {
                 if !name.is_empty() {
-                    env.vars.insert(name.clone(), var);
+                    env.values.insert(name.clone(), value);
                 }
             }
         }
@@ -148,15 +143,21 @@ impl Model {
             .outputs
             .iter()
             .map(|o| {
-                env.vars
-                    .get(&o.name)
-                    .map(|v| (o.name.clone(), v.clone()))
-                    .ok_or_else(|| {
-                        invalid(format!(
+                let var = match env.values.get(&o.name) {
+                    Some(Value::Var(v)) => v.clone(),
+                    // An output known at import is still a graph output: a constant.
+                    Some(Value::Const(c)) => {
+                        let t = Tensor::from_slice(&crate::Device::cpu(), &c.as_f32(), &c.dims)?;
+                        g.constant(&t)?
+                    }
+                    None => {
+                        return Err(invalid(format!(
                             "{origin}: graph output '{}' is not produced by any node",
                             o.name
-                        ))
-                    })
+                        )))
+                    }
+                };
+                Ok((o.name.clone(), var))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Imported {
@@ -166,33 +167,4 @@ impl Model {
             params,
         })
     }
-}
-
-/// `Constant`: a FLOAT value becomes a graph constant, an INT64 one is kept for shape use.
-fn constant(env: &mut Env, node: &super::proto::NodeProto) -> std::result::Result<(), String> {
-    let out = node.output.first().cloned().unwrap_or_default();
-    let t = node
-        .attribute
-        .iter()
-        .find(|a| a.name() == "value")
-        .and_then(|a| a.t.as_ref())
-        .ok_or_else(|| {
-            format!(
-                "node '{}' (Constant): only the `value` tensor attribute is supported",
-                node.name()
-            )
-        })?;
-    let init = initializer(t).map_err(|d| format!("node '{}' (Constant): {d}", node.name()))?;
-    match init.data {
-        TensorData::I64(v) => {
-            env.ints.insert(out, v);
-        }
-        TensorData::F32(v) => {
-            let t = Tensor::from_slice(&crate::Device::cpu(), &v, &init.dims)
-                .and_then(|t| env.graph.constant(&t))
-                .map_err(|e| format!("node '{}' (Constant): {e}", node.name()))?;
-            env.vars.insert(out, t);
-        }
-    }
-    Ok(())
 }

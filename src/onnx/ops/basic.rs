@@ -1,28 +1,16 @@
 //! One small function per ONNX operator, each mapping onto ordinary [`Var`] ops and holding
 //! its opset differences. `apply` dispatches on the node's op type.
 
-use std::collections::HashMap;
-
-use super::proto::{attribute_proto::AttributeType, NodeProto};
-use crate::{Graph, Var};
-
-/// What an op function may read while the graph is built.
-pub(crate) struct Env {
-    /// The graph under construction.
-    pub graph: Graph,
-    /// The default-domain opset of the model.
-    pub opset: i64,
-    /// Float values by ONNX name.
-    pub vars: HashMap<String, Var>,
-    /// INT64 initializers and constants by name (shape operands).
-    pub ints: HashMap<String, Vec<i64>>,
-}
-
-type OpResult = std::result::Result<Vec<Var>, String>;
-type OpFn = fn(&Env, &NodeProto) -> OpResult;
+use super::{
+    attr_float, attr_int, attr_ints, axis, const_input, err, input, one, opt_input, Const, Env,
+    FoldFn, OpFn, OpResult, Value,
+};
+use crate::onnx::model::{initializer, TensorData};
+use crate::onnx::proto::NodeProto;
+use crate::Var;
 
 /// The supported default-domain operators.
-const OPS: &[(&str, OpFn)] = &[
+pub(super) const OPS: &[(&str, OpFn)] = &[
     ("MatMul", matmul),
     ("Gemm", gemm),
     ("Add", |e, n| binary(e, n, Var::add)),
@@ -47,96 +35,19 @@ const OPS: &[(&str, OpFn)] = &[
     ("Transpose", transpose),
 ];
 
-/// Whether `node` can be imported (`Constant` is handled by the importer itself).
-pub(crate) fn supported(node: &NodeProto) -> bool {
-    matches!(node.domain(), "" | "ai.onnx")
-        && (node.op_type() == "Constant" || OPS.iter().any(|(t, _)| *t == node.op_type()))
-}
-
-/// Builds `node`'s outputs (in order) from values already in `env`.
-pub(crate) fn apply(env: &Env, node: &NodeProto) -> OpResult {
-    let f = OPS
-        .iter()
-        .find(|(t, _)| *t == node.op_type())
-        .map(|(_, f)| f)
-        .ok_or_else(|| "unsupported operator".to_string())?;
-    f(env, node)
-}
-
-/// The float value of input `i`.
-fn input(env: &Env, node: &NodeProto, i: usize) -> std::result::Result<Var, String> {
-    let name = node
-        .input
-        .get(i)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| format!("missing input {i}"))?;
-    env.vars
-        .get(name)
-        .cloned()
-        .ok_or_else(|| format!("input '{name}' is not a float value defined before this node"))
-}
-
-/// An optional float input (absent or named "").
-fn opt_input(env: &Env, node: &NodeProto, i: usize) -> std::result::Result<Option<Var>, String> {
-    match node.input.get(i) {
-        Some(n) if !n.is_empty() => input(env, node, i).map(Some),
-        _ => Ok(None),
-    }
-}
-
-fn attr_int(node: &NodeProto, name: &str, default: i64) -> i64 {
-    node.attribute
-        .iter()
-        .find(|a| a.name() == name)
-        .and_then(|a| a.i)
-        .unwrap_or(default)
-}
-
-fn attr_float(node: &NodeProto, name: &str, default: f32) -> f32 {
-    node.attribute
-        .iter()
-        .find(|a| a.name() == name)
-        .and_then(|a| a.f)
-        .unwrap_or(default)
-}
-
-fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
-    node.attribute
-        .iter()
-        .find(|a| a.name() == name && a.r#type() == AttributeType::Ints)
-        .map(|a| a.ints.clone())
-}
-
-fn err(e: crate::Error) -> String {
-    e.to_string()
-}
-
-/// A negative axis counts from the end; checked against `rank` (`inclusive` allows `rank`).
-fn axis(a: i64, rank: usize, inclusive: bool) -> std::result::Result<usize, String> {
-    let r = rank as i64;
-    let n = if a < 0 { a + r } else { a };
-    let hi = if inclusive { r } else { r - 1 };
-    if n < 0 || n > hi {
-        return Err(format!("axis {a} out of range for rank {rank}"));
-    }
-    Ok(n as usize)
-}
-
 fn unary(env: &Env, node: &NodeProto, f: fn(&Var) -> crate::Result<Var>) -> OpResult {
-    Ok(vec![f(&input(env, node, 0)?).map_err(err)?])
+    one(f(&input(env, node, 0)?).map_err(err)?)
 }
 
 /// NumPy broadcasting, which wgrad's binary ops share with ONNX (opset >= 7).
 fn binary(env: &Env, node: &NodeProto, f: fn(&Var, &Var) -> crate::Result<Var>) -> OpResult {
-    Ok(vec![
-        f(&input(env, node, 0)?, &input(env, node, 1)?).map_err(err)?
-    ])
+    one(f(&input(env, node, 0)?, &input(env, node, 1)?).map_err(err)?)
 }
 
 fn matmul(env: &Env, node: &NodeProto) -> OpResult {
-    Ok(vec![input(env, node, 0)?
+    one(input(env, node, 0)?
         .matmul(&input(env, node, 1)?)
-        .map_err(err)?])
+        .map_err(err)?)
 }
 
 /// Gemm: `alpha·op(A)·op(B) + beta·C`, C broadcast to (M, N).
@@ -160,7 +71,7 @@ fn gemm(env: &Env, node: &NodeProto) -> OpResult {
         };
         y = y.add(&c).map_err(err)?;
     }
-    Ok(vec![y])
+    one(y)
 }
 
 /// Softmax / LogSoftmax. From opset 13 along `axis` (default -1); before, the input is
@@ -169,14 +80,12 @@ fn softmax(env: &Env, node: &NodeProto, f: fn(&Var, isize) -> crate::Result<Var>
     let x = input(env, node, 0)?;
     if env.opset >= 13 {
         let a = axis(attr_int(node, "axis", -1), x.shape().len(), false)?;
-        return Ok(vec![f(&x, a as isize).map_err(err)?]);
+        return one(f(&x, a as isize).map_err(err)?);
     }
     let shape = x.shape().to_vec();
     let a = axis(attr_int(node, "axis", 1), shape.len(), true)?;
     let flat = x.reshape(&flat2(&shape, a)).map_err(err)?;
-    Ok(vec![f(&flat, 1)
-        .and_then(|y| y.reshape(&shape))
-        .map_err(err)?])
+    one(f(&flat, 1).and_then(|y| y.reshape(&shape)).map_err(err)?)
 }
 
 /// (prod(dims[..a]), prod(dims[a..])).
@@ -184,8 +93,9 @@ fn flat2(shape: &[usize], a: usize) -> [usize; 2] {
     [shape[..a].iter().product(), shape[a..].iter().product()]
 }
 
+/// Identity passes any value through, a constant staying a constant.
 fn identity(env: &Env, node: &NodeProto) -> OpResult {
-    Ok(vec![input(env, node, 0)?])
+    Ok(vec![super::value(env, node, 0)?.clone()])
 }
 
 /// Cast to FLOAT: every float value of an imported graph is already f32 (FLOAT16 and
@@ -212,17 +122,14 @@ fn dropout(env: &Env, node: &NodeProto) -> OpResult {
 fn flatten(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
     let a = axis(attr_int(node, "axis", 1), x.shape().len(), true)?;
-    Ok(vec![x.reshape(&flat2(x.shape(), a)).map_err(err)?])
+    one(x.reshape(&flat2(x.shape(), a)).map_err(err)?)
 }
 
 /// Reshape: the target comes from an INT64 initializer or Constant; `0` copies the input's
 /// dim (unless `allowzero`), `-1` is inferred.
 fn reshape(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
-    let name = node.input.get(1).cloned().unwrap_or_default();
-    let target = env.ints.get(&name).ok_or_else(|| {
-        format!("shape '{name}' must be an INT64 initializer or Constant (computed shapes are not supported yet)")
-    })?;
+    let target = &const_input(env, node, 1)?.as_i64()?;
     let allowzero = attr_int(node, "allowzero", 0) != 0;
     let mut shape = Vec::with_capacity(target.len());
     let mut infer = None;
@@ -253,7 +160,7 @@ fn reshape(env: &Env, node: &NodeProto) -> OpResult {
         }
         shape[i] = numel / known;
     }
-    Ok(vec![x.reshape(&shape).map_err(err)?])
+    one(x.reshape(&shape).map_err(err)?)
 }
 
 /// Transpose: output dim k is input dim perm[k]; the default reverses the dims.
@@ -267,5 +174,32 @@ fn transpose(env: &Env, node: &NodeProto) -> OpResult {
             .collect::<std::result::Result<Vec<usize>, String>>()?,
         None => (0..r).rev().collect(),
     };
-    Ok(vec![x.permute(&perm).map_err(err)?])
+    one(x.permute(&perm).map_err(err)?)
+}
+
+/// Folds evaluated at import when every input is a constant.
+pub(super) const FOLDS: &[(&str, FoldFn)] = &[("Constant", constant)];
+
+/// `Constant`: its `value` tensor, or one of `value_float(s)` / `value_int(s)`.
+fn constant(_: &Env, node: &NodeProto, _: &[Option<&Const>]) -> OpResult {
+    let attr = node
+        .attribute
+        .first()
+        .ok_or("a Constant needs one value attribute")?;
+    let c = match attr.name() {
+        "value" => {
+            let t = attr.t.as_ref().ok_or("`value` holds no tensor")?;
+            let init = initializer(t)?;
+            match init.data {
+                TensorData::F32(v) => Const::floats(init.dims, v),
+                TensorData::I64(v) => Const::ints(init.dims, v),
+            }
+        }
+        "value_float" => Const::floats(vec![], vec![attr.f()]),
+        "value_floats" => Const::floats(vec![attr.floats.len()], attr.floats.clone()),
+        "value_int" => Const::ints(vec![], vec![attr.i()]),
+        "value_ints" => Const::ints(vec![attr.ints.len()], attr.ints.clone()),
+        other => return Err(format!("Constant attribute `{other}` is not supported")),
+    };
+    Ok(vec![Value::Const(c)])
 }

@@ -1,0 +1,357 @@
+//! ONNX operators, one family per file, each op one small function that maps a node onto
+//! ordinary [`Var`] ops and holds its opset differences:
+//!
+//! - `basic.rs`: products, element-wise arithmetic, softmax, simple layout ops;
+//! - `conv.rs`: convolution, pooling and normalisation;
+//! - `shape.rs`: shape and layout ops, and folding of shape-computing subgraphs;
+//! - `math.rs`: activations, unary maths, comparison and selection, reductions;
+//! - `gather.rs`: Gather on runtime values (rows, as in embeddings).
+//!
+//! Values are either graph [`Var`]s or host constants ([`Const`]): INT64 initializers,
+//! `Constant` nodes, and anything computed only from constants. A node whose inputs are all
+//! constants and whose op has a fold function (`FOLDS` of a family) is evaluated at import,
+//! so `Shape → Gather → Concat → Reshape` never reaches the graph.
+
+mod basic;
+mod conv;
+mod gather;
+mod math;
+mod shape;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use super::proto::{attribute_proto::AttributeType, NodeProto};
+use crate::{Graph, Tensor, Var};
+
+/// A value known at import time: dims and row-major data.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Const {
+    /// Its dims (empty for a scalar).
+    pub dims: Vec<usize>,
+    /// Its elements.
+    pub data: ConstData,
+}
+
+/// The elements of a [`Const`].
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ConstData {
+    /// FLOAT (and FLOAT16/BFLOAT16 widened) values.
+    F32(Vec<f32>),
+    /// INT64 values (also BOOL as 0/1 and other integer types widened).
+    I64(Vec<i64>),
+}
+
+impl Const {
+    /// An INT64 constant.
+    pub fn ints(dims: Vec<usize>, v: Vec<i64>) -> Const {
+        Const {
+            dims,
+            data: ConstData::I64(v),
+        }
+    }
+
+    /// A FLOAT constant.
+    pub fn floats(dims: Vec<usize>, v: Vec<f32>) -> Const {
+        Const {
+            dims,
+            data: ConstData::F32(v),
+        }
+    }
+
+    /// Its elements as i64 (floats must be integral).
+    pub fn as_i64(&self) -> std::result::Result<Vec<i64>, String> {
+        match &self.data {
+            ConstData::I64(v) => Ok(v.clone()),
+            ConstData::F32(v) => v
+                .iter()
+                .map(|&x| {
+                    if x.fract() == 0.0 && x.abs() < 9.0e15 {
+                        Ok(x as i64)
+                    } else {
+                        Err(format!("expected integers, got {x}"))
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Its elements as f32.
+    pub fn as_f32(&self) -> Vec<f32> {
+        match &self.data {
+            ConstData::F32(v) => v.clone(),
+            ConstData::I64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    /// Its element count.
+    #[allow(dead_code)] // for the family files
+    pub fn numel(&self) -> usize {
+        match &self.data {
+            ConstData::F32(v) => v.len(),
+            ConstData::I64(v) => v.len(),
+        }
+    }
+}
+
+/// What a node input or output is while the graph is built.
+#[derive(Clone)]
+pub(crate) enum Value {
+    /// A value computed by the graph.
+    Var(Var),
+    /// A value known at import time.
+    Const(Const),
+}
+
+impl From<Var> for Value {
+    fn from(v: Var) -> Value {
+        Value::Var(v)
+    }
+}
+
+impl From<Const> for Value {
+    fn from(c: Const) -> Value {
+        Value::Const(c)
+    }
+}
+
+/// What an op function may read while the graph is built.
+pub(crate) struct Env {
+    /// The graph under construction.
+    pub graph: Graph,
+    /// The default-domain opset of the model.
+    pub opset: i64,
+    /// Every value defined so far, by ONNX name.
+    pub values: HashMap<String, Value>,
+    /// Graph constants already made from float [`Const`]s, so each is uploaded once.
+    materialized: RefCell<HashMap<String, Var>>,
+}
+
+impl Env {
+    /// An empty environment for `graph` at `opset`.
+    pub fn new(graph: Graph, opset: i64) -> Env {
+        Env {
+            graph,
+            opset,
+            values: HashMap::new(),
+            materialized: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+pub(crate) type OpResult = std::result::Result<Vec<Value>, String>;
+/// Builds a node's outputs from values in the environment.
+pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
+/// Evaluates a node at import from its inputs, all constants (absent optional inputs are
+/// `None`).
+pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
+
+/// Every family's op table.
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 5] {
+    [basic::OPS, conv::OPS, shape::OPS, math::OPS, gather::OPS]
+}
+
+/// Every family's fold table.
+fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 5] {
+    [
+        basic::FOLDS,
+        conv::FOLDS,
+        shape::FOLDS,
+        math::FOLDS,
+        gather::FOLDS,
+    ]
+}
+
+fn find_op(op: &str) -> Option<OpFn> {
+    op_tables()
+        .into_iter()
+        .flatten()
+        .find(|(t, _)| *t == op)
+        .map(|(_, f)| *f)
+}
+
+fn find_fold(op: &str) -> Option<FoldFn> {
+    fold_tables()
+        .into_iter()
+        .flatten()
+        .find(|(t, _)| *t == op)
+        .map(|(_, f)| *f)
+}
+
+/// Whether `node` can be imported.
+pub(crate) fn supported(node: &NodeProto) -> bool {
+    matches!(node.domain(), "" | "ai.onnx")
+        && (find_op(node.op_type()).is_some() || find_fold(node.op_type()).is_some())
+}
+
+/// Builds `node`'s outputs (in order): folded at import when every input is a constant
+/// and the op can fold, otherwise as graph ops.
+pub(crate) fn apply(env: &Env, node: &NodeProto) -> OpResult {
+    let op = node.op_type();
+    if let Some(fold) = find_fold(op) {
+        let consts: Option<Vec<Option<&Const>>> = node
+            .input
+            .iter()
+            .map(|name| match name.as_str() {
+                "" => Some(None),
+                n => match env.values.get(n) {
+                    Some(Value::Const(c)) => Some(Some(c)),
+                    _ => None,
+                },
+            })
+            .collect();
+        if let Some(consts) = consts {
+            return fold(env, node, &consts);
+        }
+    }
+    let f = find_op(op).ok_or_else(|| {
+        "this operator is only supported on values known at import (constants)".to_string()
+    })?;
+    f(env, node)
+}
+
+/// The value named by input `i` (absent or "" is an error).
+pub(crate) fn value<'a>(
+    env: &'a Env,
+    node: &NodeProto,
+    i: usize,
+) -> std::result::Result<&'a Value, String> {
+    let name = node
+        .input
+        .get(i)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| format!("missing input {i}"))?;
+    env.values
+        .get(name)
+        .ok_or_else(|| format!("input '{name}' is not defined before this node"))
+}
+
+/// Input `i` as a graph value; a float constant becomes a graph constant (once per name).
+pub(crate) fn input(env: &Env, node: &NodeProto, i: usize) -> std::result::Result<Var, String> {
+    match value(env, node, i)? {
+        Value::Var(v) => Ok(v.clone()),
+        Value::Const(c) => {
+            let name = &node.input[i];
+            if let Some(v) = env.materialized.borrow().get(name) {
+                return Ok(v.clone());
+            }
+            let ConstData::F32(data) = &c.data else {
+                return Err(format!(
+                    "input '{name}' is an integer constant where a float value is needed"
+                ));
+            };
+            let v = Tensor::from_slice(&crate::Device::cpu(), data, &c.dims)
+                .and_then(|t| env.graph.constant(&t))
+                .map_err(err)?;
+            env.materialized
+                .borrow_mut()
+                .insert(name.clone(), v.clone());
+            Ok(v)
+        }
+    }
+}
+
+/// An optional graph input (absent or named "").
+pub(crate) fn opt_input(
+    env: &Env,
+    node: &NodeProto,
+    i: usize,
+) -> std::result::Result<Option<Var>, String> {
+    match node.input.get(i) {
+        Some(n) if !n.is_empty() => input(env, node, i).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Input `i`, which must be known at import (a shape, axes, pads...).
+pub(crate) fn const_input<'a>(
+    env: &'a Env,
+    node: &NodeProto,
+    i: usize,
+) -> std::result::Result<&'a Const, String> {
+    match value(env, node, i)? {
+        Value::Const(c) => Ok(c),
+        Value::Var(_) => Err(format!(
+            "input '{}' must be known at import (an initializer, a Constant, or computed from them)",
+            node.input[i]
+        )),
+    }
+}
+
+/// An optional constant input (absent or named "").
+#[allow(dead_code)] // for the family files
+pub(crate) fn opt_const_input<'a>(
+    env: &'a Env,
+    node: &NodeProto,
+    i: usize,
+) -> std::result::Result<Option<&'a Const>, String> {
+    match node.input.get(i) {
+        Some(n) if !n.is_empty() => const_input(env, node, i).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The dims of input `i`, graph value or constant.
+#[allow(dead_code)] // for the family files
+pub(crate) fn input_dims(
+    env: &Env,
+    node: &NodeProto,
+    i: usize,
+) -> std::result::Result<Vec<usize>, String> {
+    Ok(match value(env, node, i)? {
+        Value::Var(v) => v.shape().to_vec(),
+        Value::Const(c) => c.dims.clone(),
+    })
+}
+
+pub(crate) fn attr_int(node: &NodeProto, name: &str, default: i64) -> i64 {
+    node.attribute
+        .iter()
+        .find(|a| a.name() == name)
+        .and_then(|a| a.i)
+        .unwrap_or(default)
+}
+
+pub(crate) fn attr_float(node: &NodeProto, name: &str, default: f32) -> f32 {
+    node.attribute
+        .iter()
+        .find(|a| a.name() == name)
+        .and_then(|a| a.f)
+        .unwrap_or(default)
+}
+
+pub(crate) fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    node.attribute
+        .iter()
+        .find(|a| a.name() == name && a.r#type() == AttributeType::Ints)
+        .map(|a| a.ints.clone())
+}
+
+#[allow(dead_code)] // for the family files
+pub(crate) fn attr_string(node: &NodeProto, name: &str) -> Option<String> {
+    node.attribute
+        .iter()
+        .find(|a| a.name() == name)
+        .and_then(|a| a.s.as_ref())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+}
+
+pub(crate) fn err(e: crate::Error) -> String {
+    e.to_string()
+}
+
+/// A negative axis counts from the end; checked against `rank` (`inclusive` allows `rank`).
+pub(crate) fn axis(a: i64, rank: usize, inclusive: bool) -> std::result::Result<usize, String> {
+    let r = rank as i64;
+    let n = if a < 0 { a + r } else { a };
+    let hi = if inclusive { r } else { r - 1 };
+    if n < 0 || n > hi {
+        return Err(format!("axis {a} out of range for rank {rank}"));
+    }
+    Ok(n as usize)
+}
+
+/// One graph output.
+pub(crate) fn one(v: Var) -> OpResult {
+    Ok(vec![Value::Var(v)])
+}
