@@ -6,58 +6,17 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{assert_close, gpu};
+use common::{assert_close, devices};
 use wgrad::onnx::{Dim, Model, Weights};
-use wgrad::{io::read_npy, Device, Sgd};
+use wgrad::{io::read_npy, Sgd};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/onnx")
-        .join(name)
+    common::onnx::fixture_in("", name)
 }
 
-fn devices() -> Vec<Device> {
-    gpu().into_iter().chain([Device::cpu()]).collect()
-}
-
-/// Imports `name.onnx`, runs it on every device on `name.in.<input>.npy` and compares
-/// output i with onnxruntime's `name.out<i>.npy`.
+/// `name.onnx` in the top fixture folder against onnxruntime, to 1e-5 + 1e-4·|ref|.
 fn check_against_onnxruntime(name: &str, dims: &[(&str, usize)], weights: Weights) {
-    let model = Model::load(fixture(&format!("{name}.onnx"))).expect("load");
-    let imported = model.import(dims, weights).expect("import");
-    let outs: Vec<_> = imported.outputs.iter().map(|(_, v)| v).collect();
-    for dev in devices() {
-        let exe = dev.compile(&imported.graph, &outs, None).expect("compile");
-        let feeds: Vec<(String, wgrad::Tensor)> = imported
-            .inputs
-            .iter()
-            .map(|i| {
-                let t = read_npy(fixture(&format!("{name}.in.{i}.npy")), &dev).expect("npy");
-                (i.clone(), t)
-            })
-            .collect();
-        let feeds: Vec<(&str, &wgrad::Tensor)> =
-            feeds.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let got = exe.run(&feeds).expect("run");
-        assert_eq!(got.len(), imported.outputs.len());
-        for (i, (out, (oname, var))) in got.iter().zip(&imported.outputs).enumerate() {
-            let want = read_npy(fixture(&format!("{name}.out{i}.npy")), &Device::cpu())
-                .expect("expected npy");
-            assert_eq!(out.shape(), want.shape(), "{name} output {oname}: shape");
-            assert_eq!(
-                var.shape(),
-                want.shape(),
-                "{name} output {oname}: var shape"
-            );
-            assert_close(
-                &format!("{name} {oname} on {} ({weights:?})", dev.name()),
-                &out.to_vec::<f32>().expect("read"),
-                &want.to_vec::<f32>().expect("read"),
-                1e-5,
-                1e-4,
-            );
-        }
-    }
+    common::onnx::check_fixture("", name, dims, weights, 1e-5, 1e-4);
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! `|got - ref| <= atol + rtol·|ref|` comparison that prints the first mismatches.
 #![allow(dead_code)]
 
+pub mod onnx;
+
 use std::sync::OnceLock;
 
 use wgrad::{Device, Graph, Rng, Tensor, Var};

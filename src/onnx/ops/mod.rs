@@ -2,7 +2,8 @@
 //! ordinary [`Var`] ops and holds its opset differences:
 //!
 //! - `basic.rs`: products, element-wise arithmetic, softmax, simple layout ops;
-//! - `conv.rs`: convolution, pooling and normalisation;
+//! - `conv.rs`: convolution and pooling;
+//! - `norm.rs`: normalisation (batch, instance, layer, group, LRN);
 //! - `shape.rs`: shape and layout ops, and folding of shape-computing subgraphs;
 //! - `math.rs`: activations, unary maths, comparison and selection, reductions;
 //! - `gather.rs`: Gather on runtime values (rows, as in embeddings).
@@ -16,6 +17,7 @@ mod basic;
 mod conv;
 mod gather;
 mod math;
+mod norm;
 mod shape;
 
 use std::cell::RefCell;
@@ -147,15 +149,23 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 5] {
-    [basic::OPS, conv::OPS, shape::OPS, math::OPS, gather::OPS]
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 6] {
+    [
+        basic::OPS,
+        conv::OPS,
+        norm::OPS,
+        shape::OPS,
+        math::OPS,
+        gather::OPS,
+    ]
 }
 
 /// Every family's fold table.
-fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 5] {
+fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 6] {
     [
         basic::FOLDS,
         conv::FOLDS,
+        norm::FOLDS,
         shape::FOLDS,
         math::FOLDS,
         gather::FOLDS,
