@@ -43,7 +43,8 @@ fn conv1d_matches_onnxruntime() {
 #[test]
 fn conv_transpose_matches_onnxruntime() {
     // plain with bias; strides, asymmetric pads, output_padding; grouped with dilation;
-    // output_shape; SAME_UPPER / SAME_LOWER (odd total padding); depthwise upsampling; 1-D.
+    // output_shape; SAME_UPPER / SAME_LOWER (odd total padding, and with dilations); depthwise
+    // upsampling; 1-D.
     for name in [
         "convt2d_basic",
         "convt2d_stride_pads",
@@ -51,6 +52,7 @@ fn conv_transpose_matches_onnxruntime() {
         "convt2d_output_shape",
         "convt2d_same_upper",
         "convt2d_same_lower",
+        "convt2d_same_dilated",
         "convt2d_depthwise",
         "convt1d",
     ] {

@@ -208,6 +208,9 @@ fn kernel_of(node: &NodeProto, w: &[usize], rank: usize) -> Res<Vec<usize>> {
         ));
     }
     let kernel = w[2..].to_vec();
+    if kernel.contains(&0) {
+        return Err(format!("filters W {w:?} have an empty kernel"));
+    }
     if let Some(k) = attr_ints(node, "kernel_shape") {
         if k.iter().map(|&v| v as usize).ne(kernel.iter().copied()) || k.iter().any(|&v| v < 1) {
             return Err(format!(
