@@ -207,7 +207,7 @@ fn unsupported_attributes_are_clear_errors() {
     refused("conv3d", &["Conv", "3-D", "[1, 1, 3, 3, 3]"]);
     refused("maxpool_indices", &["MaxPool", "Indices"]);
     refused("maxpool_storage_order", &["storage_order 1"]);
-    refused("conv_same_dilated", &["SameUpper", "dilations [2, 2]"]);
+    refused("conv_same_dilated", &["SAME_UPPER", "dilations [2, 2]"]);
     refused("avgpool_valid_ceil", &["AveragePool", "VALID", "ceil_mode"]);
     refused(
         "convt_negative_pad",

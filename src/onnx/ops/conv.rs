@@ -5,12 +5,13 @@
 //! so imported models differentiate like any graph.
 //!
 //! `auto_pad` SAME_UPPER / SAME_LOWER: ceil(in/stride) outputs, the total padding split with
-//! the odd one at the end (UPPER) or the start (LOWER). Two corners where onnxruntime and the
-//! ONNX spec disagree are refused rather than guessed: SAME with a dilation above 1
-//! (onnxruntime rejects it for Conv and pads pooling by the undilated kernel), and a
-//! ConvTranspose whose SAME or `output_shape` padding comes out negative (onnxruntime clamps
-//! it to 0 and returns a smaller output than the spec's), and pooling with auto_pad VALID and
-//! ceil_mode 1 (onnxruntime keeps a last partial window, the spec's formula does not).
+//! the odd one at the end (UPPER) or the start (LOWER). Corners where onnxruntime and the
+//! ONNX spec disagree are refused rather than guessed: Conv and pooling with SAME and a
+//! dilation above 1 (onnxruntime rejects it for Conv and pads pooling by the undilated
+//! kernel); a ConvTranspose whose SAME or `output_shape` padding comes out negative
+//! (onnxruntime clamps it to 0 and returns a smaller output than the spec's); pooling with
+//! auto_pad VALID and ceil_mode 1 (onnxruntime keeps a last partial window, the spec's
+//! formula does not).
 //! With explicit pads, ceil_mode follows both: a last window may run past the end padding
 //! (its taps there are ignored, never counted) but may not start in it.
 
@@ -78,6 +79,18 @@ enum AutoPad {
     Valid,
 }
 
+impl std::fmt::Display for AutoPad {
+    /// ONNX's spelling, for messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AutoPad::NotSet => "NOTSET",
+            AutoPad::SameUpper => "SAME_UPPER",
+            AutoPad::SameLower => "SAME_LOWER",
+            AutoPad::Valid => "VALID",
+        })
+    }
+}
+
 fn auto_pad(node: &NodeProto) -> Res<AutoPad> {
     let a = match attr_string(node, "auto_pad").as_deref() {
         None | Some("NOTSET") | Some("") => AutoPad::NotSet,
@@ -87,7 +100,7 @@ fn auto_pad(node: &NodeProto) -> Res<AutoPad> {
         Some(other) => return Err(format!("unknown auto_pad '{other}'")),
     };
     if a != AutoPad::NotSet && attr_ints(node, "pads").is_some_and(|p| p.iter().any(|&v| v != 0)) {
-        return Err(format!("`pads` and auto_pad {a:?} cannot be used together"));
+        return Err(format!("`pads` and auto_pad {a} cannot be used together"));
     }
     Ok(a)
 }
@@ -114,7 +127,7 @@ impl Window {
             same => {
                 if dilations.iter().any(|&d| d != 1) {
                     return Err(format!(
-                        "auto_pad {same:?} with dilations {dilations:?} is not supported: onnxruntime and the ONNX spec pad it differently; give explicit pads"
+                        "auto_pad {same} with dilations {dilations:?} is not supported: onnxruntime and the ONNX spec pad it differently; give explicit pads"
                     ));
                 }
                 let (mut b, mut e) = (vec![0; n], vec![0; n]);
