@@ -43,13 +43,14 @@ fn conv1d_matches_onnxruntime() {
 #[test]
 fn conv_transpose_matches_onnxruntime() {
     // plain with bias; strides, asymmetric pads, output_padding; grouped with dilation;
-    // output_shape; SAME_UPPER / SAME_LOWER (odd total padding, and with dilations); depthwise
+    // output_shape (inside and past the full output); SAME_UPPER / SAME_LOWER (odd total padding, and with dilations); depthwise
     // upsampling; 1-D.
     for name in [
         "convt2d_basic",
         "convt2d_stride_pads",
         "convt2d_group_dilation",
         "convt2d_output_shape",
+        "convt2d_output_shape_extra",
         "convt2d_same_upper",
         "convt2d_same_lower",
         "convt2d_same_dilated",
@@ -210,8 +211,17 @@ fn unsupported_attributes_are_clear_errors() {
     refused("conv_same_dilated", &["SAME_UPPER", "dilations [2, 2]"]);
     refused("avgpool_valid_ceil", &["AveragePool", "VALID", "ceil_mode"]);
     refused(
-        "convt_negative_pad",
-        &["ConvTranspose", "output size 9", "[1, 1, 3, 3]"],
+        "convt_output_shape_too_large",
+        &[
+            "ConvTranspose",
+            "[9, 9]",
+            "[1, 1, 3, 3]",
+            "below the strides",
+        ],
+    );
+    refused(
+        "convt_same_negative_pad",
+        &["ConvTranspose", "SAME_UPPER", "6 outputs", "[1, 1, 3, 3]"],
     );
     refused(
         "conv_bad_channels",

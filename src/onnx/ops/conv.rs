@@ -8,8 +8,9 @@
 //! the odd one at the end (UPPER) or the start (LOWER). Corners where onnxruntime and the
 //! ONNX spec disagree are refused rather than guessed: Conv and pooling with SAME and a
 //! dilation above 1 (onnxruntime rejects it for Conv and pads pooling by the undilated
-//! kernel); a ConvTranspose whose SAME or `output_shape` padding comes out negative
-//! (onnxruntime clamps it to 0 and returns a smaller output than the spec's); pooling with
+//! kernel); a ConvTranspose whose SAME padding comes out negative (onnxruntime clamps it to
+//! 0 and returns a smaller output than the spec's; an `output_shape` past the full output
+//! adds zeros at the end, where both agree); pooling with
 //! auto_pad VALID and ceil_mode 1 (onnxruntime keeps a last partial window, the spec's
 //! formula does not).
 //! With explicit pads, ceil_mode follows both: a last window may run past the end padding
@@ -298,29 +299,41 @@ fn conv_transpose(env: &Env, node: &NodeProto) -> OpResult {
             }
             (None, AutoPad::NotSet) => None,
         };
-        if let Some(t) = target {
-            let Some(total) = full.checked_sub(t) else {
+        match target.map(|t| (t, full.checked_sub(t))) {
+            Some((_, Some(total))) => {
+                let head = if auto == AutoPad::SameUpper {
+                    total / 2
+                } else {
+                    total - total / 2
+                };
+                (begins[i], ends[i]) = (head, total - head);
+            }
+            // An `output_shape` past the full output adds zeros at the end, like
+            // output_padding (onnxruntime and the spec agree while the excess stays below
+            // the stride; conv_transpose2d refuses more).
+            Some((t, None)) if output_shape.is_some() => {
+                (begins[i], ends[i]) = (0, 0);
+                out[i] = t;
+            }
+            Some((t, None)) => {
                 return Err(format!(
-                    "output size {t} on spatial axis {i} is larger than the {full} a transposed convolution of input {:?} reaches (negative padding: onnxruntime and the ONNX spec differ there)",
+                    "auto_pad {auto} asks for {t} outputs on spatial axis {i}, more than the {full} a transposed convolution of input {:?} reaches (negative padding: onnxruntime and the ONNX spec differ there)",
                     x.shape()
                 ));
-            };
-            let head = if auto == AutoPad::SameUpper {
-                total / 2
-            } else {
-                total - total / 2
-            };
-            (begins[i], ends[i]) = (head, total - head);
+            }
+            None => {}
         }
-        out[i] = full
-            .checked_sub(begins[i] + ends[i])
-            .filter(|&o| o > 0)
-            .ok_or_else(|| {
-                format!(
-                    "pads (begins {begins:?}, ends {ends:?}) crop all of the {full} outputs on spatial axis {i} (input {:?})",
-                    x.shape()
-                )
-            })?;
+        if out[i] == 0 {
+            out[i] = full
+                .checked_sub(begins[i] + ends[i])
+                .filter(|&o| o > 0)
+                .ok_or_else(|| {
+                    format!(
+                        "pads (begins {begins:?}, ends {ends:?}) crop all of the {full} outputs on spatial axis {i} (input {:?})",
+                        x.shape()
+                    )
+                })?;
+        }
         // The forward convolution's window over the output: the begin padding crops; the
         // end padding only has to bring the window count back to the input size.
         window_ends[i] = reach.saturating_sub(out[i] + begins[i]);
@@ -341,7 +354,7 @@ fn conv_transpose(env: &Env, node: &NodeProto) -> OpResult {
     let w = filters_2d(input(env, node, 1)?)?;
     let y = to_2d(&x)?.conv_transpose2d(&w, geom, out_hw).map_err(|e| {
         format!(
-            "{} (output_padding {out_pad:?} must stay below the strides)",
+            "{} (output_padding {out_pad:?}, and any output_shape beyond the full output, must stay below the strides)",
             err(e)
         )
     })?;
