@@ -64,9 +64,13 @@ impl Model {
         let mut env = Env::new(g.clone(), self.opset);
         let mut inputs = Vec::new();
         for v in &self.inputs {
-            if v.dtype != "FLOAT" {
+            // Integer inputs (token ids for Gather) are fed as i32 tensors; an INT64 feed's
+            // values must fit (io::read_npy narrows `<i8` with that check).
+            let integer = matches!(v.dtype.as_str(), "INT64" | "INT32");
+            if v.dtype != "FLOAT" && !integer {
                 return Err(invalid(format!(
-                    "{origin}: input '{}' has element type {} (only FLOAT inputs are supported)",
+                    "{origin}: input '{}' has element type {} (only FLOAT, INT64 and INT32 \
+                     inputs are supported)",
                     v.name, v.dtype
                 )));
             }
@@ -97,8 +101,11 @@ impl Model {
                     ))),
                 })
                 .collect::<Result<Vec<usize>>>()?;
-            env.values
-                .insert(v.name.clone(), g.input(&v.name, &shape).into());
+            let var = match integer {
+                true => g.input_i32(&v.name, &shape),
+                false => g.input(&v.name, &shape),
+            };
+            env.values.insert(v.name.clone(), var.into());
             inputs.push(v.name.clone());
         }
         let mut params = Vec::new();
