@@ -640,6 +640,14 @@ impl Var {
     pub fn pow(&self, other: &Var) -> Result<Var> {
         self.bin(other, BinaryOp::Pow)
     }
+    /// `a` where `self != 0`, else `b` (all three broadcast together): a selection, so an
+    /// inf or NaN on the side not taken stays out of the result and of its gradients,
+    /// unlike `c·a + (1-c)·b`. Built as `keep_where(a, c) + keep_where_not(b, c)`, exact
+    /// because one term is `+0` (a selected `-0` comes out `+0`).
+    pub fn select(&self, a: &Var, b: &Var) -> Result<Var> {
+        a.bin(self, BinaryOp::KeepWhere)?
+            .add(&b.bin(self, BinaryOp::KeepWhereNot)?)
+    }
     /// `self (op) value`, or `value (op) self` with `lhs`.
     pub fn scalar(&self, op: BinaryOp, value: f32, lhs: bool) -> Result<Var> {
         self.un(Op::Scalar { op, value, lhs })
