@@ -77,6 +77,22 @@ fn shape_arithmetic_folds_match_onnxruntime() {
 }
 
 #[test]
+fn more_folds_across_opsets_match_onnxruntime() {
+    // Opset 18 (axes inputs of the reductions, num_outputs, half-precision and narrow
+    // integer casts, float Equal/Where/Div with NaN and -0, empty constants in Concat) and
+    // opset 11 (axes and split attributes).
+    check("folds18", &[]);
+    check("folds11", &[]);
+}
+
+#[test]
+fn large_float_constant_of_shape_is_a_fill_node() {
+    check("fill", &[]);
+    let imported = load("fill").import(&[], Weights::Params).expect("import");
+    assert_eq!(op_names(&imported.graph), ["input", "full", "add"]);
+}
+
+#[test]
 fn folded_subgraphs_leave_no_graph_nodes() {
     // Every shape computation of `folds` is a constant at import: what remains is the
     // input, the two reshapes and the expand of x, the slice/squeeze/add of its last output,
