@@ -180,6 +180,12 @@ fn refused_models_name_the_node_and_the_reason() {
         msg.contains("add_int") && msg.contains("integer constant where a float"),
         "{msg}"
     );
+    // A shape as a graph output: outputs are f32, so an INT64 one is refused, not rounded.
+    let msg = import_error("int_output");
+    assert!(
+        msg.contains("graph output 's' is an integer value") && msg.contains("Cast it to FLOAT"),
+        "{msg}"
+    );
     // Reversing 300 elements would take 300 slices.
     let msg = import_error("long_reverse");
     assert!(
