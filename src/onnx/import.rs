@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::invalid;
 use super::model::{Dim, Model, TensorData};
-use super::ops::{self, Const, Env, Value};
+use super::ops::{self, Const, ConstData, Env, Value};
 use crate::{Graph, Init, Result, Tensor, Var};
 
 /// What the file's FLOAT initializers become.
@@ -154,7 +154,15 @@ impl Model {
                     Some(Value::Var(v)) => v.clone(),
                     // An output known at import is still a graph output: a constant.
                     Some(Value::Const(c)) => {
-                        let t = Tensor::from_slice(&crate::Device::cpu(), &c.as_f32(), &c.dims)?;
+                        // Graph values are f32: an integer output (a shape, a mask) would be
+                        // rounded silently past 2^24, so it is refused; Cast it to FLOAT.
+                        let ConstData::F32(v) = &c.data else {
+                            return Err(invalid(format!(
+                                "{origin}: graph output '{}' is an integer value (dims {:?}); only float outputs are supported (Cast it to FLOAT)",
+                                o.name, c.dims
+                            )));
+                        };
+                        let t = Tensor::from_slice(&crate::Device::cpu(), v, &c.dims)?;
                         g.constant(&t)?
                     }
                     None => {
