@@ -59,6 +59,7 @@ pub mod graph;
 pub mod init;
 pub mod io;
 pub mod linalg;
+mod loader_env;
 pub mod nn;
 pub mod onnx;
 pub mod ops;
@@ -78,6 +79,7 @@ pub use graph::{Graph, Op, Var};
 /// The f16 element type (from the `half` crate), for f16 tensors.
 pub use half::f16;
 pub use init::Init;
+pub use loader_env::quiet_loader_env;
 pub use ops::conv::Conv2d;
 pub use ops::elementwise::{BinaryOp, UnaryOp};
 pub use ops::layout::TransposeKernel;

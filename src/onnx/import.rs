@@ -37,23 +37,7 @@ impl Model {
     pub fn import(&self, dims: &[(&str, usize)], weights: Weights) -> Result<Imported> {
         let origin = &self.origin;
         let graph_proto = self.graph()?;
-        let unsupported: Vec<String> = graph_proto
-            .node
-            .iter()
-            .filter(|n| !ops::supported(n))
-            .map(|n| {
-                format!(
-                    "{}{} (node '{}', opset {})",
-                    match n.domain() {
-                        "" | "ai.onnx" => String::new(),
-                        d => format!("{d}::"),
-                    },
-                    n.op_type(),
-                    n.name(),
-                    self.opset
-                )
-            })
-            .collect();
+        let unsupported = self.unsupported_nodes();
         if !unsupported.is_empty() {
             return Err(invalid(format!(
                 "{origin}: unsupported operators: {}",
