@@ -233,6 +233,12 @@ fn bad_shapes_and_dtypes_are_errors() {
     assert!(e.contains("do not hold indices"), "{e}");
     assert!(v.scatter_add(&none, 1, 5).is_err());
     assert!(v.scatter_add(&i, 3, 5).is_err());
+    let e = g
+        .input("w", &[3, 2])
+        .scatter_add(&i, 1, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("axis of length 0"), "{e}");
     // tensors: f32 indices and a bad index on the CPU reference
     let cpu = Device::cpu();
     let t = Tensor::from_slice(&cpu, &[1.0f32, 2.0], &[2]).unwrap();

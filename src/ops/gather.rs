@@ -71,6 +71,12 @@ pub(crate) fn scatter_shape(
             detail: format!("values {src:?} do not hold indices {indices:?} at axis {axis}"),
         });
     }
+    if size == 0 && indices.iter().product::<usize>() > 0 {
+        return Err(Error::Shape {
+            op: "scatter_add",
+            detail: format!("no index in {indices:?} can select from an axis of length 0"),
+        });
+    }
     let mut s = src[..axis].to_vec();
     s.push(size);
     s.extend_from_slice(&src[axis + r..]);
