@@ -362,6 +362,12 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             .graph()
             .push(Op::Col2Im(*geom, x[0].shape().to_vec()), &[g])?),
         Op::Col2Im(geom, _) => one(g.im2col(*geom)?),
+        // gather and scatter-add are each other's adjoint; indices get no gradient
+        Op::Gather(axis) => Ok(vec![
+            Some(g.scatter_add(&x[1], *axis as isize, x[0].shape()[*axis])?),
+            None,
+        ]),
+        Op::ScatterAdd { axis, .. } => Ok(vec![Some(g.gather(&x[1], *axis as isize)?), None]),
         Op::Concat(axis) => {
             let mut start = 0;
             x.iter()
