@@ -78,6 +78,12 @@ fn argmax_argmin_with_ties_first_and_last() {
     check("argmax", 0.0, 0.0);
 }
 
+#[test]
+fn hardmax_one_hot_of_the_first_maximum() {
+    check("hardmax13", 0.0, 0.0);
+    check("hardmax11", 0.0, 0.0);
+}
+
 fn node_var(g: &wgrad::Graph, f: impl Fn(&Op) -> bool) -> Var {
     let id = g.nodes().iter().position(|n| f(&n.op)).expect("node");
     g.var(id).expect("var")

@@ -610,6 +610,17 @@ impl<'a> Emitter<'a> {
             UnaryOp::Relu => "Relu",
             UnaryOp::Sigmoid => "Sigmoid",
             UnaryOp::Tanh => "Tanh",
+            UnaryOp::Erf => "Erf",
+            UnaryOp::Floor => "Floor",
+            UnaryOp::Ceil => "Ceil",
+            UnaryOp::Round => "Round", // halves to even in both
+            UnaryOp::Log1p => {
+                // ONNX has no log1p: ln(1 + x) (the rounding of 1 + x comes back).
+                let one = self.scalar(1.0);
+                let plus = self.node("Add", &[x, &one], vec![]);
+                self.node_to("Log", &[&plus], vec![], out);
+                return Ok(());
+            }
             UnaryOp::Square => {
                 self.node_to("Mul", &[x, x], vec![], out);
                 return Ok(());
@@ -636,6 +647,19 @@ impl<'a> Emitter<'a> {
     }
 
     fn binary(&mut self, b: BinaryOp, x: &str, y: &str, out: &str) {
+        if let BinaryOp::KeepWhere | BinaryOp::KeepWhereNot = b {
+            // x where y != 0 (NaN counts as non-zero), else 0: Where(y == 0, ...), which
+            // is false for NaN as wgrad's mask is true.
+            let zero = self.scalar(0.0);
+            let is_zero = self.node("Equal", &[y, &zero], vec![]);
+            let picks = if b == BinaryOp::KeepWhere {
+                [zero.as_str(), x]
+            } else {
+                [x, zero.as_str()]
+            };
+            self.node_to("Where", &[&is_zero, picks[0], picks[1]], vec![], out);
+            return;
+        }
         let (op, negate) = match b {
             BinaryOp::Add => ("Add", false),
             BinaryOp::Sub => ("Sub", false),
@@ -650,6 +674,7 @@ impl<'a> Emitter<'a> {
             BinaryOp::Le => ("LessOrEqual", false),
             BinaryOp::Gt => ("Greater", false),
             BinaryOp::Ge => ("GreaterOrEqual", false),
+            BinaryOp::KeepWhere | BinaryOp::KeepWhereNot => unreachable!("handled above"),
         };
         let compare = !matches!(
             b,

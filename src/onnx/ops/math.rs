@@ -86,6 +86,7 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     }),
     ("ArgMax", |e, n| arg_extreme(e, n, ReduceOp::Max)),
     ("ArgMin", |e, n| arg_extreme(e, n, ReduceOp::Min)),
+    ("Hardmax", hardmax),
 ];
 
 /// This family's folds (none: folding constant arithmetic belongs to `shape.rs`).
@@ -230,12 +231,19 @@ fn softplus(env: &Env, node: &NodeProto) -> OpResult {
     one(softplus_of(&input(env, node, 0)?).map_err(err)?)
 }
 
-/// Mish: `x·tanh(softplus(x))`.
+/// Mish: `x·tanh(softplus(x))`, with `tanh(ln(1 + e)) = n/(n + 2)`, `n = e·(e + 2)`,
+/// `e = e^x`: no cancellation for very negative x (where a GPU's tanh of a tiny argument
+/// can be off by 1e-3 relative), and `e^{min(x, 20)}`, as beyond 20 the ratio is 1 in f32.
 fn mish(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
-    one(softplus_of(&x)
-        .and_then(|s| x.mul(&s.tanh()?))
-        .map_err(err)?)
+    let y = x
+        .scalar(B::Minimum, 20.0, false)
+        .and_then(|m| m.exp())
+        .and_then(|e| e.mul(&e.add_scalar(2.0)?))
+        .and_then(|n| n.div(&n.add_scalar(2.0)?))
+        .and_then(|t| x.mul(&t))
+        .map_err(err)?;
+    one(y)
 }
 
 /// ThresholdedRelu: `x > alpha ? x : 0` (alpha defaults to 1).
@@ -526,15 +534,28 @@ fn reduce_axes(x: &Var, op: ReduceOp, axes: &[usize], keep: bool) -> crate::Resu
 }
 
 /// ArgMax / ArgMin along `axis` (default 0): the first index holding the extreme (the last
-/// with `select_last_index`; a NaN, which the extreme then is, counts as a hit), as
-/// `min over the axis of (hit ? index : n)` (or `max of (hit ? index : -1)`). The indices
-/// are exact f32 values; an axis longer than 2^24 is refused. No gradient flows.
+/// with `select_last_index`), as exact f32 values; an axis longer than 2^24 is refused.
 fn arg_extreme(env: &Env, node: &NodeProto, op: ReduceOp) -> OpResult {
     let x = input(env, node, 0)?;
-    let shape = x.shape().to_vec();
-    let a = axis(attr_int(node, "axis", 0), shape.len(), false)?;
+    let a = axis(attr_int(node, "axis", 0), x.shape().len(), false)?;
     let keep = attr_int(node, "keepdims", 1) != 0;
     let last = attr_int(node, "select_last_index", 0) != 0;
+    let (idx, _) = arg_index(&x, a, op, last)?;
+    one(if keep {
+        idx
+    } else {
+        let mut dims = x.shape().to_vec();
+        dims.remove(a);
+        idx.reshape(&dims).map_err(err)?
+    })
+}
+
+/// The index along axis `a` of `x`'s first extreme (`op` Max or Min; the last with
+/// `last`), kept with length 1, and the indices 0..n laid along `a` (for one-hots).
+/// `min over the axis of (hit ? index : n)` (or `max of (hit ? index : -1)`), where a NaN,
+/// which the extreme then is, counts as a hit (NumPy's rule). No gradient flows.
+fn arg_index(x: &Var, a: usize, op: ReduceOp, last: bool) -> Result<(Var, Var), String> {
+    let shape = x.shape();
     let n = shape[a];
     if n > 1 << 24 {
         return Err(format!(
@@ -547,21 +568,42 @@ fn arg_extreme(env: &Env, node: &NodeProto, op: ReduceOp) -> OpResult {
     let mut iota_dims = vec![1; shape.len() - a];
     iota_dims[0] = n;
     let iota: Vec<f32> = (0..n).map(|i| i as f32).collect();
-    let build = || -> crate::Result<Var> {
+    let build = || -> crate::Result<(Var, Var)> {
         let iota = Tensor::from_slice(&crate::Device::cpu(), &iota, &iota_dims)?;
         let iota = x.graph().constant(&iota)?;
         let m = x.reduce(op, a as isize, true)?;
-        let hit = x.binary(&m, B::Eq)?.maximum(&x.binary(&x, B::Ne)?)?;
+        let hit = x.binary(&m, B::Eq)?.maximum(&nan_mask(x)?)?;
         let (miss, pick) = if last {
             (-1.0, ReduceOp::Max)
         } else {
             (n as f32, ReduceOp::Min)
         };
-        iota.binary(&hit, B::KeepWhere)?
+        let idx = iota
+            .binary(&hit, B::KeepWhere)?
             .add(&hit.scalar(B::KeepWhereNot, miss, true)?)?
-            .reduce(pick, a as isize, keep)
+            .reduce(pick, a as isize, true)?;
+        Ok((idx, iota))
     };
-    one(build().map_err(err)?)
+    build().map_err(err)
+}
+
+/// Hardmax: 1.0 at the first maximum along `axis`, 0.0 elsewhere. From opset 13 along
+/// `axis` (default -1); before, over the input flattened to 2-D at `axis` (default 1).
+fn hardmax(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let shape = x.shape().to_vec();
+    let (flat, a) = if env.opset >= 13 {
+        (x, axis(attr_int(node, "axis", -1), shape.len(), false)?)
+    } else {
+        let a = axis(attr_int(node, "axis", 1), shape.len(), true)?;
+        let dims = [shape[..a].iter().product(), shape[a..].iter().product()];
+        (x.reshape(&dims).map_err(err)?, 1)
+    };
+    let (idx, iota) = arg_index(&flat, a, ReduceOp::Max, false)?;
+    one(iota
+        .binary(&idx, B::Eq)
+        .and_then(|h| h.reshape(&shape))
+        .map_err(err)?)
 }
 
 /// `ln Σ e^x` over `axes` as `m + ln Σ e^{x - m}`, `m` the maximum where it is finite and 0
