@@ -137,7 +137,11 @@ fn training_only(op: &Op) -> Option<&'static str> {
             "softmax cross-entropy is a training loss; export the logits (or their softmax) \
              instead"
         }
-        Op::Col2Im(..) => "col2im is the gradient of im2col",
+        Op::Col2Im(..) => {
+            "col2im (a transposed convolution or im2col's gradient) has no export yet"
+        }
+        Op::Gather(..) => "gather takes integer indices, which exported graphs do not carry yet",
+        Op::ScatterAdd { .. } => "scatter-add is the gradient of gather",
         Op::Unary(UnaryOp::GeluGrad) => "GELU's derivative only appears in gradients",
         _ => return None,
     })
@@ -591,6 +595,8 @@ impl<'a> Emitter<'a> {
             | Op::CrossEntropy(_)
             | Op::CrossEntropyGrad(_)
             | Op::CrossEntropyCount(_)
+            | Op::Gather(..)
+            | Op::ScatterAdd { .. }
             | Op::Col2Im(..) => {
                 let why = training_only(&node.op).unwrap_or("a training op");
                 return Err(unexportable(id, node, why));
@@ -615,7 +621,6 @@ impl<'a> Emitter<'a> {
             UnaryOp::Ceil => "Ceil",
             UnaryOp::Round => "Round", // halves to even in both
             UnaryOp::Log1p => {
-                // ONNX has no log1p: ln(1 + x) (the rounding of 1 + x comes back).
                 let one = self.scalar(1.0);
                 let plus = self.node("Add", &[x, &one], vec![]);
                 self.node_to("Log", &[&plus], vec![], out);
@@ -648,19 +653,19 @@ impl<'a> Emitter<'a> {
 
     fn binary(&mut self, b: BinaryOp, x: &str, y: &str, out: &str) {
         if let BinaryOp::KeepWhere | BinaryOp::KeepWhereNot = b {
-            // x where y != 0 (NaN counts as non-zero), else 0: Where(y == 0, ...), which
-            // is false for NaN as wgrad's mask is true.
+            // x where y != 0 (KeepWhereNot: where y == 0), else 0: a Where on y as BOOL.
+            let cond = self.node("Cast", &[y], vec![attr_int("to", DataType::Bool as i64)]);
             let zero = self.scalar(0.0);
-            let is_zero = self.node("Equal", &[y, &zero], vec![]);
-            let picks = if b == BinaryOp::KeepWhere {
-                [zero.as_str(), x]
+            let (a, c) = if b == BinaryOp::KeepWhere {
+                (x, zero.as_str())
             } else {
-                [x, zero.as_str()]
+                (zero.as_str(), x)
             };
-            self.node_to("Where", &[&is_zero, picks[0], picks[1]], vec![], out);
+            self.node_to("Where", &[&cond, a, c], vec![], out);
             return;
         }
         let (op, negate) = match b {
+            BinaryOp::KeepWhere | BinaryOp::KeepWhereNot => unreachable!("handled above"),
             BinaryOp::Add => ("Add", false),
             BinaryOp::Sub => ("Sub", false),
             BinaryOp::Mul => ("Mul", false),
@@ -674,7 +679,6 @@ impl<'a> Emitter<'a> {
             BinaryOp::Le => ("LessOrEqual", false),
             BinaryOp::Gt => ("Greater", false),
             BinaryOp::Ge => ("GreaterOrEqual", false),
-            BinaryOp::KeepWhere | BinaryOp::KeepWhereNot => unreachable!("handled above"),
         };
         let compare = !matches!(
             b,

@@ -39,9 +39,9 @@ impl Window {
     fn of(g: &Conv2d) -> Window {
         Window {
             kernel: [g.kh, g.kw],
-            strides: [g.stride; 2],
-            dilations: [g.dilation; 2],
-            pads: [g.padding; 4],
+            strides: g.strides,
+            dilations: g.dilations,
+            pads: g.pads,
         }
     }
 
