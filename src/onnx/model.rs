@@ -158,8 +158,8 @@ fn value_info(v: &proto::ValueInfoProto) -> ValueInfo {
     }
 }
 
-/// Decodes a TensorProto holding FLOAT, FLOAT16, BFLOAT16 or INT64 data (raw little-endian
-/// bytes or the typed field); anything else is refused with the tensor's name. Half-precision
+/// Decodes a TensorProto holding FLOAT, FLOAT16, BFLOAT16 or integer/BOOL data (raw
+/// little-endian bytes or the typed field; integers widen to INT64); anything else is refused with the tensor's name. Half-precision
 /// values widen to f32 exactly (`io::HalfFormat`, as safetensors checkpoints do).
 pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, String> {
     let name = t.name().to_string();
@@ -203,9 +203,36 @@ pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, S
             Some(r) => le_words(r, i64::from_le_bytes),
             None => t.int64_data.clone(),
         }),
+        // Narrower integers and BOOL (0/1) widen exactly to INT64, the type shape
+        // arithmetic folds in; without raw_data, ONNX keeps each in an int32_data entry
+        // (UINT32 in uint64_data).
+        DataType::Int32 => TensorData::I64(match raw {
+            Some(r) => le_words(r, |b| i32::from_le_bytes(b) as i64),
+            None => t.int32_data.iter().map(|&v| v as i64).collect(),
+        }),
+        DataType::Int16 => TensorData::I64(match raw {
+            Some(r) => le_words(r, |b| i16::from_le_bytes(b) as i64),
+            None => t.int32_data.iter().map(|&v| v as i64).collect(),
+        }),
+        DataType::Uint16 => TensorData::I64(match raw {
+            Some(r) => le_words(r, |b| u16::from_le_bytes(b) as i64),
+            None => t.int32_data.iter().map(|&v| v as i64).collect(),
+        }),
+        DataType::Int8 => TensorData::I64(match raw {
+            Some(r) => r.iter().map(|&b| b as i8 as i64).collect(),
+            None => t.int32_data.iter().map(|&v| v as i64).collect(),
+        }),
+        DataType::Uint8 | DataType::Bool => TensorData::I64(match raw {
+            Some(r) => r.iter().map(|&b| b as i64).collect(),
+            None => t.int32_data.iter().map(|&v| v as i64).collect(),
+        }),
+        DataType::Uint32 => TensorData::I64(match raw {
+            Some(r) => le_words(r, |b| u32::from_le_bytes(b) as i64),
+            None => t.uint64_data.iter().map(|&v| v as i64).collect(),
+        }),
         other => {
             return Err(format!(
-                "tensor '{name}': element type {} is not supported (FLOAT, FLOAT16, BFLOAT16 and INT64 are)",
+                "tensor '{name}': element type {} is not supported (FLOAT, FLOAT16, BFLOAT16 and integer types up to INT64 are)",
                 other.as_str_name()
             ))
         }
@@ -215,7 +242,9 @@ pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, S
         TensorData::I64(v) => v.len(),
     };
     let raw_size = match dtype {
-        DataType::Float16 | DataType::Bfloat16 => 2,
+        DataType::Int8 | DataType::Uint8 | DataType::Bool => 1,
+        DataType::Float16 | DataType::Bfloat16 | DataType::Int16 | DataType::Uint16 => 2,
+        DataType::Int32 | DataType::Uint32 => 4,
         _ => elem_size(&data),
     };
     if len != numel || raw.is_some_and(|r| r.len() % raw_size != 0) {
