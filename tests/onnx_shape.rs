@@ -186,6 +186,18 @@ fn refused_models_name_the_node_and_the_reason() {
         msg.contains("graph output 's' is an integer value") && msg.contains("Cast it to FLOAT"),
         "{msg}"
     );
+    // Shape arithmetic dividing by zero.
+    let msg = import_error("div_zero");
+    assert!(
+        msg.contains("'div0' (Div)") && msg.contains("division of 1 by zero"),
+        "{msg}"
+    );
+    // A reflection needs an element past the edge for every padded one.
+    let msg = import_error("reflect_too_far");
+    assert!(
+        msg.contains("'pad' (Pad)") && msg.contains("mode `reflect`") && msg.contains("[2, 3]"),
+        "{msg}"
+    );
     // Reversing 300 elements would take 300 slices.
     let msg = import_error("long_reverse");
     assert!(
