@@ -83,6 +83,16 @@ fn more_folds_across_opsets_match_onnxruntime() {
     // opset 11 (axes and split attributes).
     check("folds18", &[]);
     check("folds11", &[]);
+    // Comparisons and logic (graph ops of math.rs on runtime values) fold on constants, so
+    // a shape computed through them stays known; only the input and the reshape remain,
+    // with one constant per folded output.
+    check("folds_logic", &[]);
+    let imported = load("folds_logic")
+        .import(&[], Weights::Params)
+        .expect("import");
+    let ops = op_names(&imported.graph);
+    assert_eq!(ops.iter().filter(|&&o| o == "const").count(), 16, "{ops:?}");
+    assert_eq!(ops.len(), 18, "{ops:?}");
 }
 
 #[test]

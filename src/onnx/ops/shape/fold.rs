@@ -40,8 +40,35 @@ pub(in crate::onnx::ops) const FOLDS: &[(&str, FoldFn)] = &[
     ("Div", |_, _, c| arith(c, int_div, |a, b| a / b)),
     ("Min", |_, _, c| variadic(c, |a, b| Ok(a.min(b)), min_f32)),
     ("Max", |_, _, c| variadic(c, |a, b| Ok(a.max(b)), max_f32)),
+    ("Sum", |_, _, c| {
+        variadic(c, |a, b| Ok(a.wrapping_add(b)), |a, b| a + b)
+    }),
+    ("Mod", modulo),
     ("Neg", neg),
-    ("Equal", equal),
+    ("Abs", abs),
+    ("Equal", |_, _, c| compare(c, |a, b| a == b, |a, b| a == b)),
+    ("Less", |_, _, c| compare(c, |a, b| a < b, |a, b| a < b)),
+    ("Greater", |_, _, c| compare(c, |a, b| a > b, |a, b| a > b)),
+    ("LessOrEqual", |_, _, c| {
+        compare(c, |a, b| a <= b, |a, b| a <= b)
+    }),
+    ("GreaterOrEqual", |_, _, c| {
+        compare(c, |a, b| a >= b, |a, b| a >= b)
+    }),
+    ("And", |_, _, c| {
+        compare(c, |a, b| a != 0 && b != 0, |a, b| a != 0.0 && b != 0.0)
+    }),
+    ("Or", |_, _, c| {
+        compare(c, |a, b| a != 0 || b != 0, |a, b| a != 0.0 || b != 0.0)
+    }),
+    ("Xor", |_, _, c| {
+        compare(
+            c,
+            |a, b| (a != 0) != (b != 0),
+            |a, b| (a != 0.0) != (b != 0.0),
+        )
+    }),
+    ("Not", not),
     ("Where", where_),
     ("Range", range),
     ("ConstantOfShape", constant_of_shape),
@@ -452,8 +479,56 @@ fn neg(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     })
 }
 
-/// `Equal`: BOOL as INT64 0/1.
-fn equal(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+fn abs(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+    let x = arg(c, 0)?;
+    one(match &x.data {
+        ConstData::I64(v) => {
+            Const::ints(x.dims.clone(), v.iter().map(|i| i.wrapping_abs()).collect())
+        }
+        ConstData::F32(v) => Const::floats(x.dims.clone(), v.iter().map(|f| f.abs()).collect()),
+    })
+}
+
+/// `Not` of a BOOL (INT64 0/1) constant.
+fn not(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+    let x = arg(c, 0)?;
+    let v = x.as_i64()?;
+    one(Const::ints(
+        x.dims.clone(),
+        v.iter().map(|&i| (i == 0) as i64).collect(),
+    ))
+}
+
+/// `Mod`: integers take the divisor's sign (Python's %) unless `fmod` = 1, which, as for
+/// floats (where it is required), takes the dividend's (C's fmod).
+fn modulo(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+    let fmod = attr_int(node, "fmod", 0) != 0;
+    if !fmod && matches!(arg(c, 0)?.data, ConstData::F32(_)) {
+        return Err("Mod of floats needs fmod = 1".into());
+    }
+    let int: IntOp = if fmod {
+        |a, b| match b {
+            0 => Err(format!("integer modulo of {a} by zero")),
+            _ => Ok(a.wrapping_rem(b)),
+        }
+    } else {
+        |a, b| match b {
+            0 => Err(format!("integer modulo of {a} by zero")),
+            _ => {
+                let r = a.wrapping_rem(b);
+                Ok(if r != 0 && (r < 0) != (b < 0) {
+                    r + b
+                } else {
+                    r
+                })
+            }
+        }
+    };
+    arith(c, int, |a, b| a % b)
+}
+
+/// A broadcasting comparison (or logical op on BOOL): INT64 0/1.
+fn compare(c: &[Option<&Const>], fi: fn(i64, i64) -> bool, ff: fn(f32, f32) -> bool) -> OpResult {
     let (a, b) = (arg(c, 0)?, arg(c, 1)?);
     let out = broadcast(&a.dims, &b.dims)?;
     host_numel(&out)?;
@@ -466,10 +541,10 @@ fn equal(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
         out,
         match (&a.data, &b.data) {
             (ConstData::I64(x), ConstData::I64(y)) => {
-                pairs.map(|(&i, &j)| (x[i] == y[j]) as i64).collect()
+                pairs.map(|(&i, &j)| fi(x[i], y[j]) as i64).collect()
             }
             (ConstData::F32(x), ConstData::F32(y)) => {
-                pairs.map(|(&i, &j)| (x[i] == y[j]) as i64).collect()
+                pairs.map(|(&i, &j)| ff(x[i], y[j]) as i64).collect()
             }
             _ => return Err("an integer and a float operand".into()),
         },
