@@ -96,6 +96,20 @@ fn more_folds_across_opsets_match_onnxruntime() {
 }
 
 #[test]
+fn ops_on_large_float_constants_are_graph_ops() {
+    // Matches onnxruntime both as parameters and as constants; as constants, the transpose
+    // and the scaling of the 130x130 weight run on the device, not as host folds.
+    common::onnx::check_fixture("shape", "big_weight", &[], Weights::Params, 1e-5, 1e-5);
+    common::onnx::check_fixture("shape", "big_weight", &[], Weights::Constants, 1e-5, 1e-5);
+    let imported = load("big_weight")
+        .import(&[], Weights::Constants)
+        .expect("import");
+    let ops = op_names(&imported.graph);
+    assert!(ops.contains(&"permute") && ops.contains(&"mul"), "{ops:?}");
+    assert_eq!(ops.iter().filter(|&&o| o == "const").count(), 2, "{ops:?}");
+}
+
+#[test]
 fn large_float_constant_of_shape_is_a_fill_node() {
     check("fill", &[]);
     let imported = load("fill").import(&[], Weights::Params).expect("import");

@@ -1,8 +1,9 @@
 //! Evaluation at import of shape-computing nodes whose inputs are all host constants: the
 //! layout ops as index maps over a constant's elements (INT64 or f32 alike), the integer
-//! arithmetic and selection exporters use to compute shapes, and Range / ConstantOfShape.
-//! Results are constants, so a whole `Shape → Gather → Unsqueeze → Concat` chain leaves no
-//! graph node behind.
+//! arithmetic, comparisons and selection exporters use to compute shapes, and Range /
+//! ConstantOfShape. Results are constants, so a whole `Shape → Gather → Unsqueeze → Concat`
+//! chain leaves no graph node behind. Large float constants (weights under
+//! `Weights::Constants`) go to the graph ops instead ([`or_graph`]).
 
 use super::{broadcast, concat_axis, same_kind, shape_of, size_of, slice_plan, split_sizes};
 use super::{squeeze, unsqueeze, with_dims, Res};
@@ -20,32 +21,46 @@ pub(in crate::onnx::ops) const FOLDS: &[(&str, FoldFn)] = &[
     ("Unsqueeze", |e, n, _| unsqueeze(e, n)),
     ("Flatten", flatten),
     ("Reshape", reshape),
-    ("Transpose", transpose),
-    ("Gather", gather),
-    ("Concat", concat),
-    ("Split", split),
-    ("Slice", slice),
-    ("Expand", expand),
-    ("Tile", tile),
+    ("Transpose", |e, n, c| or_graph(e, n, c, transpose)),
+    ("Gather", |e, n, c| or_graph(e, n, c, gather)),
+    ("Concat", |e, n, c| or_graph(e, n, c, concat)),
+    ("Split", |e, n, c| or_graph(e, n, c, split)),
+    ("Slice", |e, n, c| or_graph(e, n, c, slice)),
+    ("Expand", |e, n, c| or_graph(e, n, c, expand)),
+    ("Tile", |e, n, c| or_graph(e, n, c, tile)),
     ("Cast", cast),
-    ("Add", |_, _, c| {
-        arith(c, |a, b| Ok(a.wrapping_add(b)), |a, b| a + b)
+    ("Add", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| {
+            arith(c, |a, b| Ok(a.wrapping_add(b)), |a, b| a + b)
+        })
     }),
-    ("Sub", |_, _, c| {
-        arith(c, |a, b| Ok(a.wrapping_sub(b)), |a, b| a - b)
+    ("Sub", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| {
+            arith(c, |a, b| Ok(a.wrapping_sub(b)), |a, b| a - b)
+        })
     }),
-    ("Mul", |_, _, c| {
-        arith(c, |a, b| Ok(a.wrapping_mul(b)), |a, b| a * b)
+    ("Mul", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| {
+            arith(c, |a, b| Ok(a.wrapping_mul(b)), |a, b| a * b)
+        })
     }),
-    ("Div", |_, _, c| arith(c, int_div, |a, b| a / b)),
-    ("Min", |_, _, c| variadic(c, |a, b| Ok(a.min(b)), min_f32)),
-    ("Max", |_, _, c| variadic(c, |a, b| Ok(a.max(b)), max_f32)),
-    ("Sum", |_, _, c| {
-        variadic(c, |a, b| Ok(a.wrapping_add(b)), |a, b| a + b)
+    ("Div", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| arith(c, int_div, |a, b| a / b))
+    }),
+    ("Min", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| variadic(c, |a, b| Ok(a.min(b)), min_f32))
+    }),
+    ("Max", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| variadic(c, |a, b| Ok(a.max(b)), max_f32))
+    }),
+    ("Sum", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| {
+            variadic(c, |a, b| Ok(a.wrapping_add(b)), |a, b| a + b)
+        })
     }),
     ("Mod", modulo),
-    ("Neg", neg),
-    ("Abs", abs),
+    ("Neg", |e, n, c| or_graph(e, n, c, neg)),
+    ("Abs", |e, n, c| or_graph(e, n, c, abs)),
     ("Equal", |_, _, c| compare(c, |a, b| a == b, |a, b| a == b)),
     ("Less", |_, _, c| compare(c, |a, b| a < b, |a, b| a < b)),
     ("Greater", |_, _, c| compare(c, |a, b| a > b, |a, b| a > b)),
@@ -69,7 +84,7 @@ pub(in crate::onnx::ops) const FOLDS: &[(&str, FoldFn)] = &[
         )
     }),
     ("Not", not),
-    ("Where", where_),
+    ("Where", |e, n, c| or_graph(e, n, c, where_)),
     ("Range", range),
     ("ConstantOfShape", constant_of_shape),
     ("ReduceSum", |e, n, c| {
@@ -79,6 +94,24 @@ pub(in crate::onnx::ops) const FOLDS: &[(&str, FoldFn)] = &[
         reduce(e, n, c, 18, 1, |a, b| a.wrapping_mul(b), |a, b| a * b)
     }),
 ];
+
+/// A float constant input above this many elements is a weight, not a shape: ops on it
+/// are built as graph ops (see [`or_graph`]) rather than computed on the host.
+const HOST_FLOAT_MAX: usize = 1 << 14;
+
+/// `fold` on small constants; with a float input above [`HOST_FLOAT_MAX`] elements (a
+/// weight transposed or scaled under `Weights::Constants`), the op's graph function, so the
+/// device does the work and the host holds no index map of the weight's size.
+fn or_graph(env: &Env, node: &NodeProto, c: &[Option<&Const>], fold: FoldFn) -> OpResult {
+    let big = c
+        .iter()
+        .flatten()
+        .any(|k| matches!(k.data, ConstData::F32(_)) && k.numel() > HOST_FLOAT_MAX);
+    match crate::onnx::ops::find_op(node.op_type()) {
+        Some(op) if big => op(env, node),
+        _ => fold(env, node, c),
+    }
+}
 
 /// The largest constant computed at import (elements): bigger ones are refused with an
 /// error rather than exhausting host memory.
