@@ -85,9 +85,12 @@ fn run(exe: &wgrad::Executor, feeds: &[(String, Tensor)]) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// A case at a batch size.
+type Build = fn(usize) -> Case;
+
 /// Exports `build(n_export)` (with a symbolic batch "N" when `batch`), imports it with N
 /// bound to `n_run`, and compares it with the native `build(n_run)` on every device.
-fn round_trip(label: &str, build: fn(usize) -> Case, batch: bool) {
+fn round_trip(label: &str, build: Build, batch: bool) {
     let (n_export, n_run) = if batch { (3, 5) } else { (4, 4) };
     let options = if batch {
         ExportOptions::batch("N")
@@ -546,8 +549,7 @@ fn only_the_outputs_ancestors_are_written() {
         &|_: &str| None,
         &ExportOptions::fixed(),
     )
-    .err()
-    .expect("cross-entropy must be refused")
+    .expect_err("cross-entropy must be refused")
     .to_string();
     assert!(e.contains("cross_entropy"), "{e}");
 }
@@ -560,7 +562,7 @@ fn bad_exports_are_clear_errors() {
     let sum = x.add(&y).unwrap();
     let none = |_: &str| None;
     let fixed = ExportOptions::fixed();
-    let msg = |r: wgrad::Result<Vec<u8>>| r.err().expect("must fail").to_string();
+    let msg = |r: wgrad::Result<Vec<u8>>| r.expect_err("must fail").to_string();
     let e = msg(export(&g, &[&x], &[("s", &sum)], &none, &fixed));
     assert!(e.contains("'y'") && e.contains("not listed"), "{e}");
     let e = msg(export(&g, &[&x, &sum], &[("s", &sum)], &none, &fixed));
@@ -826,7 +828,7 @@ fn write_cases_for_onnxruntime() {
     let dir = std::env::var("WGRAD_EXPORT_DIR")
         .unwrap_or_else(|_| format!("{}/target/onnx-export", env!("CARGO_MANIFEST_DIR")));
     std::fs::create_dir_all(&dir).unwrap();
-    let cases: [(&str, fn(usize) -> Case, bool); 8] = [
+    let cases: [(&str, Build, bool); 8] = [
         ("mlp", mlp, true),
         ("elementwise", elementwise, true),
         ("layout", layout, true),
