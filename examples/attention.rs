@@ -68,6 +68,8 @@ fn sample(rng: &mut Rng, batch: usize) -> (Vec<f32>, Vec<i32>) {
 }
 
 fn main() -> Result<()> {
+    // Before any thread or wgpu instance: no Vulkan-loader warning without XDG_RUNTIME_DIR.
+    wgrad::quiet_loader_env();
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
         args.iter()

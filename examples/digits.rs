@@ -186,6 +186,8 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 }
 
 fn main() -> Result<()> {
+    // Before any thread or wgpu instance: no Vulkan-loader warning without XDG_RUNTIME_DIR.
+    wgrad::quiet_loader_env();
     let args: Vec<String> = std::env::args().collect();
     let dev = match arg(&args, "--device").as_deref() {
         Some("cpu") => Device::cpu(),

@@ -41,6 +41,8 @@ fn show(
 }
 
 fn main() -> Result<()> {
+    // Before any thread or wgpu instance: no Vulkan-loader warning without XDG_RUNTIME_DIR.
+    wgrad::quiet_loader_env();
     let args: Vec<String> = std::env::args().collect();
     let dev = match args
         .iter()

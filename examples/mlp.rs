@@ -66,6 +66,8 @@ fn sig(v: f32) -> String {
 }
 
 fn main() -> Result<()> {
+    // Before any thread or wgpu instance: no Vulkan-loader warning without XDG_RUNTIME_DIR.
+    wgrad::quiet_loader_env();
     let args: Vec<String> = std::env::args().collect();
     let seed: u64 = arg(&args, "--seed")
         .map(|s| s.parse())

@@ -59,6 +59,7 @@ pub mod graph;
 pub mod init;
 pub mod io;
 pub mod linalg;
+mod loader_env;
 pub mod nn;
 pub mod onnx;
 pub mod ops;
@@ -78,6 +79,7 @@ pub use graph::{Graph, Op, Var};
 /// The f16 element type (from the `half` crate), for f16 tensors.
 pub use half::f16;
 pub use init::Init;
+pub use loader_env::quiet_loader_env;
 pub use ops::conv::Conv2d;
 pub use ops::elementwise::{BinaryOp, UnaryOp};
 pub use ops::layout::TransposeKernel;
@@ -101,6 +103,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("loss.wgsl", ops::loss::SHADER.source),
         ("conv.wgsl", ops::conv::SHADER.source),
         ("dropout.wgsl", ops::dropout::SHADER.source),
+        ("gather.wgsl", ops::gather::SHADER.source),
         ("linalg.wgsl", linalg::SHADER.source),
         ("matmul_f16.wgsl", ops::half::MATMUL_F16.source),
         ("linalg_qr.wgsl", linalg::QR_SHADER.source),

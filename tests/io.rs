@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use common::{gpu, uniform};
 use wgrad::io::{
-    load_safetensors, load_safetensors_bytes, load_safetensors_bytes_with, npy_bytes, read_npy,
-    read_npy_bytes, safetensors_bytes, safetensors_bytes_with, save_safetensors, write_npy,
-    HalfFormat, LoadOptions, SaveOptions,
+    load_safetensors, load_safetensors_bytes, load_safetensors_bytes_with, npy_array_bytes,
+    npy_bytes, read_npy, read_npy_array, read_npy_array_bytes, read_npy_bytes, safetensors_bytes,
+    safetensors_bytes_with, save_safetensors, write_npy, HalfFormat, LoadOptions, NpyArray,
+    NpyDType, NpyData, SaveOptions,
 };
 use wgrad::{DType, Device, Error, Rng, Tensor};
 
@@ -277,7 +278,7 @@ fn npy_bad_inputs_are_errors_naming_the_file() {
     let dir = TempDir::new("npy_bad");
     let good = npy_with(1, &dict("<f4", "(2, 3)"), &le_f32(&[1.0; 6]));
     let header_end = good.len() - 24;
-    let fo = "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }";
+    let fo = "{'descr': '<f4', 'fortran_order': 1, 'shape': (2, 3), }";
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty.npy", vec![], "empty"),
         (
@@ -317,7 +318,7 @@ fn npy_bad_inputs_are_errors_naming_the_file() {
         (
             "fortran.npy",
             npy_with(1, fo, &le_f32(&[1.0; 6])),
-            "fortran_order",
+            "fortran_order is an integer",
         ),
         (
             "complex.npy",
@@ -416,9 +417,112 @@ fn npy_bad_inputs_are_errors_naming_the_file() {
     if let Some(dev) = gpu() {
         assert_invalid(
             read_npy(dir.path("fortran.npy"), &dev),
-            &["fortran.npy", "fortran"],
+            &["fortran.npy", "fortran_order"],
         );
     }
+}
+
+/// tests/fixtures/npy/NAME.npy, written by NumPy (gen_npy.py).
+fn npy_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/npy")
+        .join(name)
+}
+
+#[test]
+fn npy_every_dtype_and_fortran_order_match_numpy() {
+    // Each file against its `.expect.npy` twin: NumPy's own conversion (float32 or int32)
+    // in C order with the same semantic shape, compared bit for bit.
+    let cases = [
+        ("f4_fortran", NpyDType::F32),
+        ("f4_fortran_2d", NpyDType::F32),
+        ("f8", NpyDType::F64),
+        ("f8_fortran", NpyDType::F64),
+        ("f2", NpyDType::F16),
+        ("f2_fortran", NpyDType::F16),
+        ("i4_fortran", NpyDType::I32),
+        ("i8", NpyDType::I64),
+        ("i8_fortran", NpyDType::I64),
+        ("b1", NpyDType::Bool),
+        ("b1_fortran", NpyDType::Bool),
+    ];
+    for dev in devices() {
+        for (name, dtype) in cases {
+            let path = npy_fixture(&format!("{name}.npy"));
+            let array = read_npy_array(&path).unwrap();
+            assert_eq!(array.dtype, dtype, "{name}");
+            let got = read_npy(&path, &dev).unwrap();
+            let want =
+                read_npy(npy_fixture(&format!("{name}.expect.npy")), &Device::cpu()).unwrap();
+            assert_eq!(got.shape(), want.shape(), "{name} on {}", dev.name());
+            assert_eq!(got.dtype(), want.dtype(), "{name} on {}", dev.name());
+            if want.dtype() == DType::F32 {
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    t.to_vec::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect()
+                };
+                assert_eq!(bits(&got), bits(&want), "{name} on {}", dev.name());
+            } else {
+                assert_eq!(
+                    got.to_vec::<i32>().unwrap(),
+                    want.to_vec::<i32>().unwrap(),
+                    "{name} on {}",
+                    dev.name()
+                );
+            }
+        }
+    }
+    // The semantic shape of a transposed save is the transposed shape.
+    let t = read_npy_array(npy_fixture("f4_fortran.npy")).unwrap();
+    assert_eq!(t.shape, [5, 4, 3]);
+    // int64 beyond i32: an error naming the file, the value and its index, never a wrap.
+    assert_invalid(
+        read_npy(npy_fixture("i8_big.npy"), &Device::cpu()),
+        &["i8_big.npy", "1099511627776", "index 2"],
+    );
+    // Integers where floats are wanted: exact ones convert, others are refused.
+    let i8 = read_npy_array(npy_fixture("i8.npy")).unwrap();
+    assert_invalid(i8.to_f32(), &["i8.npy", "2147483647", "index 2"]);
+    let b1 = read_npy_array(npy_fixture("b1.npy")).unwrap();
+    let want = read_npy(npy_fixture("b1.expect.npy"), &Device::cpu()).unwrap();
+    let want: Vec<f32> = want
+        .to_vec::<i32>()
+        .unwrap()
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    assert_eq!(b1.to_f32().unwrap(), want);
+    // Floats where integers are wanted are refused.
+    let f8 = read_npy_array(npy_fixture("f8.npy")).unwrap();
+    assert_invalid(f8.to_i32(), &["f8.npy", "float64"]);
+}
+
+#[test]
+fn npy_array_writes_int64_bool_and_f16_that_read_back() {
+    let cases = [
+        NpyArray::new(
+            NpyDType::I64,
+            &[2, 2],
+            NpyData::I64(vec![1 << 40, -3, 0, 7]),
+        )
+        .unwrap(),
+        NpyArray::new(NpyDType::Bool, &[3], NpyData::Bool(vec![true, false, true])).unwrap(),
+        NpyArray::new(NpyDType::F16, &[2], NpyData::F32(vec![0.5, -65504.0])).unwrap(),
+        NpyArray::new(NpyDType::F64, &[], NpyData::F64(vec![0.1])).unwrap(),
+    ];
+    for a in cases {
+        let back = read_npy_array_bytes(&npy_array_bytes(&a).unwrap()).unwrap();
+        assert_eq!(
+            (back.dtype, &back.shape, &back.data),
+            (a.dtype, &a.shape, &a.data)
+        );
+    }
+    // The data must match the declared type and fill the shape.
+    assert!(NpyArray::new(NpyDType::I64, &[3], NpyData::I64(vec![1, 2])).is_err());
+    assert!(NpyArray::new(NpyDType::Bool, &[1], NpyData::I64(vec![1])).is_err());
 }
 
 #[test]

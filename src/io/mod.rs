@@ -21,7 +21,10 @@ mod safetensors_header;
 mod ndarray;
 
 pub use self::half_bits::HalfFormat;
-pub use self::npy::{npy_bytes, read_npy, read_npy_bytes, write_npy};
+pub use self::npy::{
+    npy_array_bytes, npy_bytes, read_npy, read_npy_array, read_npy_array_bytes, read_npy_bytes,
+    write_npy, write_npy_array, NpyArray, NpyDType, NpyData,
+};
 pub use self::safetensors::{
     load_safetensors, load_safetensors_bytes, load_safetensors_bytes_with, load_safetensors_with,
     safetensors_bytes, safetensors_bytes_with, save_safetensors, save_safetensors_with,

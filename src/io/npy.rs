@@ -6,9 +6,15 @@
 //! Python dict literal such as `{'descr': '<f4', 'fortran_order': False,
 //! 'shape': (2, 3), }`, space-padded and ending in `\n`), then the raw data.
 //!
-//! Dtypes read: `f4` → f32, `f8` → f32 (rounded), `i4` → i32, `i8` → i32 (an
-//! error names the first value that does not fit); little-endian (`<`),
-//! big-endian (`>`, converted) or native (`=`). Fortran order is refused.
+//! Dtypes read: `f2` (widened exactly), `f4`, `f8` (rounded to nearest), `i4`, `i8`,
+//! `b1`; little-endian (`<`), big-endian (`>`, converted), native (`=`) or not applicable
+//! (`|`, one-byte types). C order or Fortran order (`fortran_order: True`, what
+//! `np.save(p, a.T)` writes): a Fortran-order file is reordered to C order, so the tensor
+//! has NumPy's semantic shape and `a[i, j]` at the same index as in NumPy.
+//!
+//! [`read_npy_array`] keeps the stored type ([`NpyArray`]) for callers that convert to what
+//! they need (`wgrad run` feeds a model's inputs); [`read_npy`] makes a tensor: floats
+//! → f32, integers and bools → i32 (an error names the first value that does not fit).
 
 use std::path::Path;
 
@@ -26,13 +32,14 @@ const MAX_DEPTH: usize = 8;
 
 /// Reads a `.npy` file into a tensor on `device`.
 ///
-/// `<f4` gives an f32 tensor and `<i4` an i32 tensor; `<f8` is rounded to
-/// f32 (values beyond f32's range become ±inf) and `<i8` narrowed to i32 (an
-/// error if a value does not fit).
-/// Big-endian files (`>f4`, ...) are converted. Every problem — a missing
-/// file, bad magic, an unparsable header, an unsupported dtype, Fortran
-/// order, data shorter or longer than the shape says — is an
-/// [`Error::Invalid`] whose detail names the file.
+/// `<f4` gives an f32 tensor and `<i4` an i32 tensor; `<f2` widens to f32
+/// exactly, `<f8` is rounded to f32 (to nearest; values beyond f32's range
+/// become ±inf), `<i8` is narrowed to i32 (an error if a value does not fit,
+/// never a wrap) and `|b1` becomes an i32 tensor of 0 and 1.
+/// Big-endian files (`>f4`, ...) are converted, Fortran-order files reordered
+/// to C order. Every problem — a missing file, bad magic, an unparsable
+/// header, an unsupported dtype, data shorter or longer than the shape says —
+/// is an [`Error::Invalid`] whose detail names the file.
 ///
 /// ```
 /// use wgrad::{io, Device, Tensor};
@@ -48,15 +55,274 @@ const MAX_DEPTH: usize = 8;
 /// # Ok(()) }
 /// ```
 pub fn read_npy(path: impl AsRef<Path>, device: &Device) -> Result<Tensor> {
-    let path = path.as_ref();
-    let bytes = read_file("read_npy", path)?;
-    parse(&bytes, &path.display().to_string(), device)
+    read_npy_array(path)?.to_tensor(device)
 }
 
 /// Reads the bytes of a `.npy` file (already in memory) into a tensor on
 /// `device`; the same rules as [`read_npy`], with errors naming `<npy bytes>`.
 pub fn read_npy_bytes(bytes: &[u8], device: &Device) -> Result<Tensor> {
-    parse(bytes, BYTES_NAME, device)
+    parse(bytes, BYTES_NAME)?.to_tensor(device)
+}
+
+/// Reads a `.npy` file into host memory, keeping its element type
+/// ([`NpyArray`]); C order whatever the file's order. The same checks as
+/// [`read_npy`].
+pub fn read_npy_array(path: impl AsRef<Path>) -> Result<NpyArray> {
+    let path = path.as_ref();
+    let bytes = read_file("read_npy", path)?;
+    parse(&bytes, &path.display().to_string())
+}
+
+/// [`read_npy_array`] on bytes already in memory (errors name `<npy bytes>`).
+pub fn read_npy_array_bytes(bytes: &[u8]) -> Result<NpyArray> {
+    parse(bytes, BYTES_NAME)
+}
+
+/// The element type stored in a `.npy` file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NpyDType {
+    /// `f2`, IEEE half precision.
+    F16,
+    /// `f4`.
+    F32,
+    /// `f8`.
+    F64,
+    /// `i4`.
+    I32,
+    /// `i8`.
+    I64,
+    /// `b1`, one byte per value (any non-zero byte is true, as in NumPy).
+    Bool,
+}
+
+impl NpyDType {
+    /// NumPy's name for it (`float32`, `int64`, `bool`, ...).
+    pub fn numpy_name(self) -> &'static str {
+        match self {
+            NpyDType::F16 => "float16",
+            NpyDType::F32 => "float32",
+            NpyDType::F64 => "float64",
+            NpyDType::I32 => "int32",
+            NpyDType::I64 => "int64",
+            NpyDType::Bool => "bool",
+        }
+    }
+
+    /// Whether it is a floating-point type.
+    pub fn is_float(self) -> bool {
+        matches!(self, NpyDType::F16 | NpyDType::F32 | NpyDType::F64)
+    }
+
+    fn descr(self) -> &'static str {
+        match self {
+            NpyDType::F16 => "<f2",
+            NpyDType::F32 => "<f4",
+            NpyDType::F64 => "<f8",
+            NpyDType::I32 => "<i4",
+            NpyDType::I64 => "<i8",
+            NpyDType::Bool => "|b1",
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            NpyDType::Bool => 1,
+            NpyDType::F16 => 2,
+            NpyDType::F32 | NpyDType::I32 => 4,
+            NpyDType::F64 | NpyDType::I64 => 8,
+        }
+    }
+}
+
+/// The values of an [`NpyArray`], in C order, each in a Rust type that holds the stored
+/// type exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NpyData {
+    /// `f2` (widened exactly) and `f4` values.
+    F32(Vec<f32>),
+    /// `f8` values.
+    F64(Vec<f64>),
+    /// `i4` values.
+    I32(Vec<i32>),
+    /// `i8` values.
+    I64(Vec<i64>),
+    /// `b1` values.
+    Bool(Vec<bool>),
+}
+
+/// A `.npy` array in host memory: the stored element type, NumPy's shape and
+/// the values in C (row-major) order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyArray {
+    /// Where it came from (the path, or `<npy bytes>`), for error messages.
+    pub origin: String,
+    /// The element type in the file.
+    pub dtype: NpyDType,
+    /// NumPy's shape.
+    pub shape: Vec<usize>,
+    /// The values, C order.
+    pub data: NpyData,
+}
+
+/// Largest integer magnitude below which every integer is an exact f32 (2^24).
+const F32_EXACT_INT: i64 = 1 << 24;
+
+impl NpyArray {
+    /// An array of `dtype` values (C order) with `shape`, for [`write_npy_array`]; the data's
+    /// variant must hold `dtype` (`F32` for F16 and F32) and its length fill `shape`.
+    pub fn new(dtype: NpyDType, shape: &[usize], data: NpyData) -> Result<NpyArray> {
+        let a = NpyArray {
+            origin: "<npy array>".into(),
+            dtype,
+            shape: shape.to_vec(),
+            data,
+        };
+        let fits = matches!(
+            (dtype, &a.data),
+            (NpyDType::F16 | NpyDType::F32, NpyData::F32(_))
+                | (NpyDType::F64, NpyData::F64(_))
+                | (NpyDType::I32, NpyData::I32(_))
+                | (NpyDType::I64, NpyData::I64(_))
+                | (NpyDType::Bool, NpyData::Bool(_))
+        );
+        let n = crate::shape::checked_numel("NpyArray", shape)?;
+        if !fits || a.len() != n {
+            return Err(Error::Invalid {
+                op: "NpyArray",
+                detail: format!(
+                    "{} values of the wrong kind or count for {} with shape {shape:?}",
+                    a.len(),
+                    dtype.numpy_name()
+                ),
+            });
+        }
+        Ok(a)
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        match &self.data {
+            NpyData::F32(v) => v.len(),
+            NpyData::F64(v) => v.len(),
+            NpyData::I32(v) => v.len(),
+            NpyData::I64(v) => v.len(),
+            NpyData::Bool(v) => v.len(),
+        }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn err(&self, detail: String) -> Error {
+        invalid("read_npy", &self.origin, detail)
+    }
+
+    /// The values as f32: floats as stored (`f8` rounded to nearest, beyond f32's range
+    /// ±inf), bools as 0 and 1, integers only when exact in f32 (|x| <= 2^24; otherwise an
+    /// error naming the value and its index, never a silent rounding).
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        let int = |i: usize, x: i64| {
+            if x.abs() <= F32_EXACT_INT {
+                Ok(x as f32)
+            } else {
+                Err(self.err(format!(
+                    "{} value {x} at flat index {i} is not exact in float32 (|x| > 2^24)",
+                    self.dtype.numpy_name()
+                )))
+            }
+        };
+        match &self.data {
+            NpyData::F32(v) => Ok(v.clone()),
+            NpyData::F64(v) => Ok(v.iter().map(|&x| x as f32).collect()),
+            NpyData::I32(v) => v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| int(i, x.into()))
+                .collect(),
+            NpyData::I64(v) => v.iter().enumerate().map(|(i, &x)| int(i, x)).collect(),
+            NpyData::Bool(v) => Ok(v.iter().map(|&b| f32::from(u8::from(b))).collect()),
+        }
+    }
+
+    /// The values as i32: integers range-checked (an error names the first value that does
+    /// not fit, never a wrap), bools as 0 and 1; floats are refused.
+    pub fn to_i32(&self) -> Result<Vec<i32>> {
+        match &self.data {
+            NpyData::I32(v) => Ok(v.clone()),
+            NpyData::I64(v) => v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    i32::try_from(x).map_err(|_| {
+                        self.err(format!(
+                            "int64 value {x} at flat index {i} does not fit in i32"
+                        ))
+                    })
+                })
+                .collect(),
+            NpyData::Bool(v) => Ok(v.iter().map(|&b| i32::from(b)).collect()),
+            NpyData::F32(_) | NpyData::F64(_) => Err(self.err(format!(
+                "{} values where integers are needed",
+                self.dtype.numpy_name()
+            ))),
+        }
+    }
+
+    /// The values as i64 (integers and bools; floats are refused).
+    pub fn to_i64(&self) -> Result<Vec<i64>> {
+        match &self.data {
+            NpyData::I64(v) => Ok(v.clone()),
+            _ => Ok(self.to_i32()?.into_iter().map(i64::from).collect()),
+        }
+    }
+
+    /// A tensor on `device`: floats → f32 ([`NpyArray::to_f32`]), integers and bools → i32
+    /// ([`NpyArray::to_i32`]).
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        if self.dtype.is_float() {
+            Tensor::from_slice(device, &self.to_f32()?, &self.shape)
+        } else {
+            Tensor::from_slice(device, &self.to_i32()?, &self.shape)
+        }
+    }
+
+    /// A tensor of `dtype` (F32 or I32) on `device`, converted as [`NpyArray::to_f32`] and
+    /// [`NpyArray::to_i32`] say.
+    pub fn to_tensor_as(&self, device: &Device, dtype: DType) -> Result<Tensor> {
+        match dtype {
+            DType::F32 => Tensor::from_slice(device, &self.to_f32()?, &self.shape),
+            DType::I32 => Tensor::from_slice(device, &self.to_i32()?, &self.shape),
+            other => Err(Error::DType {
+                op: "read_npy",
+                got: other.to_string(),
+                expected: "f32 or i32".into(),
+            }),
+        }
+    }
+}
+
+/// Writes `array` as a `.npy` file in its own element type (C order), atomically, as
+/// [`write_npy`] does.
+pub fn write_npy_array(path: impl AsRef<Path>, array: &NpyArray) -> Result<()> {
+    atomic_write("write_npy", path.as_ref(), &npy_array_bytes(array)?)
+}
+
+/// The bytes of `array` as a `.npy` file in its own element type.
+pub fn npy_array_bytes(array: &NpyArray) -> Result<Vec<u8>> {
+    let data: Vec<u8> = match (&array.data, array.dtype) {
+        (NpyData::F32(v), NpyDType::F16) => v
+            .iter()
+            .flat_map(|&x| crate::io::HalfFormat::F16.narrow(x).to_le_bytes())
+            .collect(),
+        (NpyData::F32(v), _) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        (NpyData::F64(v), _) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        (NpyData::I32(v), _) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        (NpyData::I64(v), _) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        (NpyData::Bool(v), _) => v.iter().map(|&b| u8::from(b)).collect(),
+    };
+    file_bytes(array.dtype.descr(), &array.shape, &data)
 }
 
 /// Writes `tensor` as a `.npy` file (f32 → `<f4`, i32 → `<i4`, C order),
@@ -97,7 +363,12 @@ pub fn npy_bytes(tensor: &Tensor) -> Result<Vec<u8>> {
             })
         }
     };
-    let shape = match tensor.shape() {
+    file_bytes(descr, tensor.shape(), &data)
+}
+
+/// A `.npy` file: the preamble and header for `descr` and `shape` (C order), then `data`.
+fn file_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Result<Vec<u8>> {
+    let shape = match shape {
         [] => "()".to_string(),
         [d] => format!("({d},)"),
         dims => {
@@ -130,29 +401,11 @@ pub fn npy_bytes(tensor: &Tensor) -> Result<Vec<u8>> {
         out.extend_from_slice(&len.to_le_bytes());
     }
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&data);
+    out.extend_from_slice(data);
     Ok(out)
 }
 
-/// Element types a `.npy` file may hold that we can read.
-#[derive(Clone, Copy)]
-enum Kind {
-    F4,
-    F8,
-    I4,
-    I8,
-}
-
-impl Kind {
-    fn size(self) -> usize {
-        match self {
-            Kind::F4 | Kind::I4 => 4,
-            Kind::F8 | Kind::I8 => 8,
-        }
-    }
-}
-
-fn parse(bytes: &[u8], name: &str, device: &Device) -> Result<Tensor> {
+fn parse(bytes: &[u8], name: &str) -> Result<NpyArray> {
     let err = |detail: String| invalid("read_npy", name, detail);
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(err(if bytes.is_empty() {
@@ -189,7 +442,8 @@ fn parse(bytes: &[u8], name: &str, device: &Device) -> Result<Tensor> {
             ))
         })?;
     let header = std::str::from_utf8(header).map_err(|_| err("header is not valid text".into()))?;
-    let (kind, little, shape) = parse_header(header).map_err(|m| err(format!("header: {m}")))?;
+    let (kind, little, fortran, shape) =
+        parse_header(header).map_err(|m| err(format!("header: {m}")))?;
 
     let numel = shape
         .iter()
@@ -208,37 +462,69 @@ fn parse(bytes: &[u8], name: &str, device: &Device) -> Result<Tensor> {
     }
 
     // Sizes are now bounded by the bytes actually present.
-    match kind {
-        Kind::F4 => {
-            let v: Vec<f32> = words::<4>(data, little)
+    let data = match kind {
+        NpyDType::F16 => NpyData::F32(
+            words::<2>(data, little)
+                .map(|w| crate::io::HalfFormat::F16.widen(w as u16))
+                .collect(),
+        ),
+        NpyDType::F32 => NpyData::F32(
+            words::<4>(data, little)
                 .map(|w| f32::from_bits(w as u32))
-                .collect();
-            Tensor::from_slice(device, &v, &shape)
+                .collect(),
+        ),
+        NpyDType::F64 => NpyData::F64(words::<8>(data, little).map(f64::from_bits).collect()),
+        NpyDType::I32 => NpyData::I32(words::<4>(data, little).map(|w| w as u32 as i32).collect()),
+        NpyDType::I64 => NpyData::I64(words::<8>(data, little).map(|w| w as i64).collect()),
+        NpyDType::Bool => NpyData::Bool(data.iter().map(|&b| b != 0).collect()),
+    };
+    let data = if fortran && shape.len() > 1 {
+        match data {
+            NpyData::F32(v) => NpyData::F32(fortran_to_c(&v, &shape)),
+            NpyData::F64(v) => NpyData::F64(fortran_to_c(&v, &shape)),
+            NpyData::I32(v) => NpyData::I32(fortran_to_c(&v, &shape)),
+            NpyData::I64(v) => NpyData::I64(fortran_to_c(&v, &shape)),
+            NpyData::Bool(v) => NpyData::Bool(fortran_to_c(&v, &shape)),
         }
-        Kind::I4 => {
-            let v: Vec<i32> = words::<4>(data, little).map(|w| w as i32).collect();
-            Tensor::from_slice(device, &v, &shape)
-        }
-        Kind::F8 => {
-            let v: Vec<f32> = words::<8>(data, little)
-                .map(|w| f64::from_bits(w) as f32)
-                .collect();
-            Tensor::from_slice(device, &v, &shape)
-        }
-        Kind::I8 => {
-            let mut v = Vec::with_capacity(numel);
-            for (i, w) in words::<8>(data, little).enumerate() {
-                let x = w as i64;
-                let y = i32::try_from(x).map_err(|_| {
-                    err(format!(
-                        "int64 value {x} at flat index {i} does not fit in i32"
-                    ))
-                })?;
-                v.push(y);
+    } else {
+        data
+    };
+    Ok(NpyArray {
+        origin: name.to_string(),
+        dtype: kind,
+        shape,
+        data,
+    })
+}
+
+/// Values stored in Fortran order (the first index varies fastest) for `shape`, reordered
+/// to C order (the last index fastest): element `a[i0, .., ik]` sits at
+/// `sum(i_j * prod(shape[..j]))` in the file and moves to `sum(i_j * prod(shape[j+1..]))`.
+fn fortran_to_c<T: Copy>(v: &[T], shape: &[usize]) -> Vec<T> {
+    if v.is_empty() {
+        return Vec::new();
+    }
+    // Fortran strides, then walk the C-order multi-index like an odometer.
+    let mut fstride = vec![1usize; shape.len()];
+    for j in 1..shape.len() {
+        fstride[j] = fstride[j - 1] * shape[j - 1];
+    }
+    let mut idx = vec![0usize; shape.len()];
+    let mut off = 0usize;
+    let mut out = Vec::with_capacity(v.len());
+    for _ in 0..v.len() {
+        out.push(v[off]);
+        for j in (0..shape.len()).rev() {
+            idx[j] += 1;
+            off += fstride[j];
+            if idx[j] < shape[j] {
+                break;
             }
-            Tensor::from_slice(device, &v, &shape)
+            off -= fstride[j] * idx[j];
+            idx[j] = 0;
         }
     }
+    out
 }
 
 /// A shape for an error message, eliding the middle of very long ones.
@@ -255,7 +541,7 @@ fn show(shape: &[usize]) -> String {
     }
 }
 
-/// The N-byte words of `data` as integers (N = 4 or 8), in the file's byte order.
+/// The N-byte words of `data` as integers (N = 2, 4 or 8), in the file's byte order.
 fn words<const N: usize>(data: &[u8], little: bool) -> impl Iterator<Item = u64> + '_ {
     data.chunks_exact(N).map(move |c| {
         let mut b = [0u8; 8];
@@ -295,8 +581,8 @@ impl Value {
     }
 }
 
-/// Parses the header dict into (element kind, little-endian?, shape).
-fn parse_header(text: &str) -> std::result::Result<(Kind, bool, Vec<usize>), String> {
+/// Parses the header dict into (element type, little-endian?, Fortran order?, shape).
+fn parse_header(text: &str) -> std::result::Result<(NpyDType, bool, bool, Vec<usize>), String> {
     let mut p = Parser {
         s: text.as_bytes(),
         i: 0,
@@ -334,16 +620,11 @@ fn parse_header(text: &str) -> std::result::Result<(Kind, bool, Vec<usize>), Str
         Some(_) => return Err("unsupported dtype: structured arrays are not supported".into()),
         None => return Err("missing 'descr'".into()),
     };
-    match get("fortran_order") {
-        Some(Value::Bool(false)) => {}
-        Some(Value::Bool(true)) => {
-            return Err("fortran_order is True; only C-order arrays are supported \
-                        (save np.ascontiguousarray(a))"
-                .into())
-        }
+    let fortran = match get("fortran_order") {
+        Some(Value::Bool(f)) => *f,
         Some(other) => return Err(format!("fortran_order is {}, not a bool", other.kind())),
         None => return Err("missing 'fortran_order'".into()),
-    }
+    };
     let shape = match get("shape") {
         Some(Value::Seq(dims)) => dims
             .iter()
@@ -357,31 +638,28 @@ fn parse_header(text: &str) -> std::result::Result<(Kind, bool, Vec<usize>), Str
         Some(other) => return Err(format!("shape is {}, not a tuple", other.kind())),
         None => return Err("missing 'shape'".into()),
     };
+    const SUPPORTED: &str = "supported: f2, f4, f8, i4, i8, b1";
     let (order, code) = (descr.get(..1).unwrap_or(""), descr.get(1..).unwrap_or(""));
     let little = match order {
-        "<" => true,
+        "<" | "|" => true,
         ">" => false,
         "=" => cfg!(target_endian = "little"),
-        _ => {
-            return Err(format!(
-                "unsupported dtype {} (supported: f4, f8, i4, i8)",
-                short(descr)
-            ))
-        }
+        _ => return Err(format!("unsupported dtype {} ({SUPPORTED})", short(descr))),
     };
     let kind = match code {
-        "f4" => Kind::F4,
-        "f8" => Kind::F8,
-        "i4" => Kind::I4,
-        "i8" => Kind::I8,
-        _ => {
-            return Err(format!(
-                "unsupported dtype {} (supported: f4, f8, i4, i8)",
-                short(descr)
-            ))
-        }
+        "f2" => NpyDType::F16,
+        "f4" => NpyDType::F32,
+        "f8" => NpyDType::F64,
+        "i4" => NpyDType::I32,
+        "i8" => NpyDType::I64,
+        "b1" => NpyDType::Bool,
+        _ => return Err(format!("unsupported dtype {} ({SUPPORTED})", short(descr))),
     };
-    Ok((kind, little, shape))
+    // `|` means "byte order does not apply": only for one-byte types.
+    if order == "|" && kind.size() != 1 {
+        return Err(format!("unsupported dtype {} ({SUPPORTED})", short(descr)));
+    }
+    Ok((kind, little, fortran, shape))
 }
 
 /// A quoted, escaped, length-capped copy of header text for a one-line error.

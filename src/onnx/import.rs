@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::invalid;
 use super::model::{Dim, Model, TensorData};
-use super::ops::{self, Const, Env, Value};
+use super::ops::{self, Const, ConstData, Env, Value};
 use crate::{Graph, Init, Result, Tensor, Var};
 
 /// What the file's FLOAT initializers become.
@@ -37,23 +37,7 @@ impl Model {
     pub fn import(&self, dims: &[(&str, usize)], weights: Weights) -> Result<Imported> {
         let origin = &self.origin;
         let graph_proto = self.graph()?;
-        let unsupported: Vec<String> = graph_proto
-            .node
-            .iter()
-            .filter(|n| !ops::supported(n))
-            .map(|n| {
-                format!(
-                    "{}{} (node '{}', opset {})",
-                    match n.domain() {
-                        "" | "ai.onnx" => String::new(),
-                        d => format!("{d}::"),
-                    },
-                    n.op_type(),
-                    n.name(),
-                    self.opset
-                )
-            })
-            .collect();
+        let unsupported = self.unsupported_nodes();
         if !unsupported.is_empty() {
             return Err(invalid(format!(
                 "{origin}: unsupported operators: {}",
@@ -64,9 +48,13 @@ impl Model {
         let mut env = Env::new(g.clone(), self.opset);
         let mut inputs = Vec::new();
         for v in &self.inputs {
-            if v.dtype != "FLOAT" {
+            // Integer inputs (token ids for Gather) are fed as i32 tensors; an INT64 feed's
+            // values must fit (io::read_npy narrows `<i8` with that check).
+            let integer = matches!(v.dtype.as_str(), "INT64" | "INT32");
+            if v.dtype != "FLOAT" && !integer {
                 return Err(invalid(format!(
-                    "{origin}: input '{}' has element type {} (only FLOAT inputs are supported)",
+                    "{origin}: input '{}' has element type {} (only FLOAT, INT64 and INT32 \
+                     inputs are supported)",
                     v.name, v.dtype
                 )));
             }
@@ -97,8 +85,11 @@ impl Model {
                     ))),
                 })
                 .collect::<Result<Vec<usize>>>()?;
-            env.values
-                .insert(v.name.clone(), g.input(&v.name, &shape).into());
+            let var = match integer {
+                true => g.input_i32(&v.name, &shape),
+                false => g.input(&v.name, &shape),
+            };
+            env.values.insert(v.name.clone(), var.into());
             inputs.push(v.name.clone());
         }
         let mut params = Vec::new();
@@ -147,7 +138,15 @@ impl Model {
                     Some(Value::Var(v)) => v.clone(),
                     // An output known at import is still a graph output: a constant.
                     Some(Value::Const(c)) => {
-                        let t = Tensor::from_slice(&crate::Device::cpu(), &c.as_f32(), &c.dims)?;
+                        // Graph values are f32: an integer output (a shape, a mask) would be
+                        // rounded silently past 2^24, so it is refused; Cast it to FLOAT.
+                        let ConstData::F32(v) = &c.data else {
+                            return Err(invalid(format!(
+                                "{origin}: graph output '{}' is an integer value (dims {:?}); only float outputs are supported (Cast it to FLOAT)",
+                                o.name, c.dims
+                            )));
+                        };
+                        let t = Tensor::from_slice(&crate::Device::cpu(), v, &c.dims)?;
                         g.constant(&t)?
                     }
                     None => {

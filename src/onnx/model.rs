@@ -1,7 +1,14 @@
 //! Decoding a `.onnx` file: the ModelProto, its default-domain opset, graph inputs and
-//! outputs with their (possibly symbolic) dims, and the initializers' values.
+//! outputs with their (possibly symbolic) dims, and the initializers' values, including
+//! ones stored outside the model file (`data_location = EXTERNAL`, as
+//! `onnx.save_model(..., save_as_external_data=True)` writes them).
+//!
+//! The file is untrusted: every size is checked against the bytes present before anything
+//! is allocated from it, and an external-data location must stay inside the model's
+//! directory (no absolute paths, no `..`, no symlink leading out).
 
-use std::path::Path;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Component, Path, PathBuf};
 
 use prost::Message;
 
@@ -69,20 +76,32 @@ pub struct Model {
 }
 
 impl Model {
-    /// Reads and decodes the `.onnx` file at `path`.
+    /// Reads and decodes the `.onnx` file at `path`; external data is read from files
+    /// relative to its directory.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         let bytes = std::fs::read(path)
             .map_err(|e| invalid(format!("{}: cannot read: {e}", path.display())))?;
-        Model::decode(&bytes, &path.display().to_string())
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Model::decode(&bytes, &path.display().to_string(), Some(dir))
     }
 
-    /// Decodes a model from the bytes of a `.onnx` file.
+    /// Decodes a model from the bytes of a `.onnx` file. A model with external data needs
+    /// [`Model::from_bytes_with_dir`] (an error otherwise).
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
-        Model::decode(bytes, "<bytes>")
+        Model::decode(bytes, "<bytes>", None)
     }
 
-    fn decode(bytes: &[u8], origin: &str) -> Result<Model> {
+    /// Decodes a model from the bytes of a `.onnx` file whose external data lives in `dir`
+    /// (the directory the model file was in).
+    pub fn from_bytes_with_dir(bytes: &[u8], dir: impl AsRef<Path>) -> Result<Model> {
+        Model::decode(bytes, "<bytes>", Some(dir.as_ref()))
+    }
+
+    fn decode(bytes: &[u8], origin: &str, dir: Option<&Path>) -> Result<Model> {
         let proto = ModelProto::decode(bytes)
             .map_err(|e| invalid(format!("{origin}: not an ONNX model: {e}")))?;
         let graph = proto
@@ -98,7 +117,7 @@ impl Model {
         let initializers = graph
             .initializer
             .iter()
-            .map(|t| initializer(t).map_err(|d| invalid(format!("{origin}: {d}"))))
+            .map(|t| initializer_in(t, dir).map_err(|d| invalid(format!("{origin}: {d}"))))
             .collect::<Result<Vec<_>>>()?;
         // Before IR 4 initializers were listed among the inputs too; they are not feeds.
         let is_init = |n: &str| initializers.iter().any(|i| i.name == n);
@@ -117,6 +136,32 @@ impl Model {
             outputs,
             initializers,
         })
+    }
+
+    /// Every node the importer cannot map, as `OpType (node 'name', opset N)` (with the
+    /// domain for non-default ones), in graph order; empty when the whole model imports.
+    /// Needs no device: `wgrad run --summary` and [`Model::import`] list these up front.
+    pub fn unsupported_nodes(&self) -> Vec<String> {
+        let Some(graph) = self.proto.graph.as_ref() else {
+            return Vec::new();
+        };
+        graph
+            .node
+            .iter()
+            .filter(|n| !super::ops::supported(n))
+            .map(|n| {
+                format!(
+                    "{}{} (node '{}', opset {})",
+                    match n.domain() {
+                        "" | "ai.onnx" => String::new(),
+                        d => format!("{d}::"),
+                    },
+                    n.op_type(),
+                    n.name(),
+                    self.opset
+                )
+            })
+            .collect()
     }
 
     /// The decoded graph ([`Model::load`] refuses a model without one, but `proto` is public).
@@ -160,8 +205,17 @@ fn value_info(v: &proto::ValueInfoProto) -> ValueInfo {
 
 /// Decodes a TensorProto holding FLOAT, FLOAT16, BFLOAT16 or INT64 data (raw little-endian
 /// bytes or the typed field); anything else is refused with the tensor's name. Half-precision
-/// values widen to f32 exactly (`io::HalfFormat`, as safetensors checkpoints do).
+/// values widen to f32 exactly (`io::HalfFormat`, as safetensors checkpoints do). External
+/// data is refused (no directory to read it from; see [`initializer_in`]).
 pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, String> {
+    initializer_in(t, None)
+}
+
+/// [`initializer`], with external data read from files in `dir`.
+pub(crate) fn initializer_in(
+    t: &TensorProto,
+    dir: Option<&Path>,
+) -> std::result::Result<Initializer, String> {
     let name = t.name().to_string();
     let dims = t
         .dims
@@ -172,13 +226,23 @@ pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, S
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| format!("tensor '{name}': dims {dims:?} overflow"))?;
-    if t.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
-        return Err(format!(
-            "tensor '{name}': external data is not supported yet"
-        ));
-    }
     let dtype = DataType::try_from(t.data_type()).unwrap_or(DataType::Undefined);
-    let raw = t.raw_data.as_deref();
+    let external;
+    let raw = if t.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
+        let size = match dtype {
+            DataType::Float16 | DataType::Bfloat16 => 2,
+            DataType::Float => 4,
+            DataType::Int64 => 8,
+            other => return Err(unsupported_type(&name, other)),
+        };
+        let want = numel
+            .checked_mul(size)
+            .ok_or_else(|| format!("tensor '{name}': dims {dims:?} overflow"))?;
+        external = external_data(t, &name, dir, want)?;
+        Some(external.as_slice())
+    } else {
+        t.raw_data.as_deref()
+    };
     let half = |format: crate::io::HalfFormat| -> std::result::Result<TensorData, String> {
         Ok(TensorData::F32(match raw {
             Some(r) => format
@@ -203,12 +267,7 @@ pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, S
             Some(r) => le_words(r, i64::from_le_bytes),
             None => t.int64_data.clone(),
         }),
-        other => {
-            return Err(format!(
-                "tensor '{name}': element type {} is not supported (FLOAT, FLOAT16, BFLOAT16 and INT64 are)",
-                other.as_str_name()
-            ))
-        }
+        other => return Err(unsupported_type(&name, other)),
     };
     let len = match &data {
         TensorData::F32(v) => v.len(),
@@ -224,6 +283,100 @@ pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, S
         ));
     }
     Ok(Initializer { name, dims, data })
+}
+
+fn unsupported_type(name: &str, t: DataType) -> String {
+    format!(
+        "tensor '{name}': element type {} is not supported (FLOAT, FLOAT16, BFLOAT16 and INT64 are)",
+        t.as_str_name()
+    )
+}
+
+/// The bytes of an external tensor: `location` (relative to `dir`, which it must stay
+/// inside), from `offset` (default 0) for `length` bytes (default: to the end of the file);
+/// `checksum` is ignored. `want` is the byte count the dims and element type need, checked
+/// before anything is read so a lying header allocates nothing.
+fn external_data(
+    t: &TensorProto,
+    name: &str,
+    dir: Option<&Path>,
+    want: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    let err = |d: String| format!("tensor '{name}': external data: {d}");
+    let get = |key: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key() == key)
+            .map(|e| e.value())
+    };
+    let number = |key: &str| -> std::result::Result<Option<u64>, String> {
+        get(key)
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| err(format!("{key} {v:?} is not a non-negative integer")))
+            })
+            .transpose()
+    };
+    let location = get("location").ok_or_else(|| err("no `location` entry".into()))?;
+    let dir = dir.ok_or_else(|| {
+        err(format!(
+            "'{location}' is relative to the model's directory, which bytes do not have \
+             (use Model::load or Model::from_bytes_with_dir)"
+        ))
+    })?;
+    let rel = Path::new(location);
+    if location.is_empty()
+        || !rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(err(format!(
+            "location '{location}' must be a relative path inside the model's directory \
+             (no absolute path, no '..')"
+        )));
+    }
+    let path: PathBuf = dir.join(rel);
+    // A symlink inside the directory may still lead out of it.
+    let (real_dir, real) = (dir.canonicalize(), path.canonicalize());
+    match (real_dir, real) {
+        (Ok(d), Ok(p)) if p.starts_with(&d) => {}
+        (Ok(_), Ok(_)) => {
+            return Err(err(format!(
+                "'{location}' resolves outside the model's directory"
+            )))
+        }
+        (_, Err(e)) | (Err(e), _) => return Err(err(format!("{}: {e}", path.display()))),
+    }
+    let mut file =
+        std::fs::File::open(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| err(format!("{}: {e}", path.display())))?
+        .len();
+    let offset = number("offset")?.unwrap_or(0);
+    let length = match number("length")? {
+        Some(n) => n,
+        None => file_len.saturating_sub(offset),
+    };
+    if length != want as u64 {
+        return Err(err(format!(
+            "length {length} bytes, but dims {:?} need {want}",
+            t.dims
+        )));
+    }
+    let end = offset.checked_add(length);
+    if end.is_none_or(|end| end > file_len) {
+        return Err(err(format!(
+            "{}: bytes {offset}..{offset}+{length} lie past its end ({file_len} bytes)",
+            path.display()
+        )));
+    }
+    let mut buf = vec![0u8; want];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut buf))
+        .map_err(|e| err(format!("{}: {e}", path.display())))?;
+    Ok(buf)
 }
 
 fn elem_size(d: &TensorData) -> usize {

@@ -6,6 +6,7 @@ mod bench;
 mod check;
 mod eval;
 mod info;
+mod run;
 
 use std::path::PathBuf;
 
@@ -75,9 +76,41 @@ enum Command {
         #[arg(long, default_value = "gpu")]
         device: String,
     },
+    /// Runs an ONNX model on .npy inputs and writes DIR/out0.npy, DIR/out1.npy, ... in the
+    /// model's output order (DIR/gradI.npy too with --upstream).
+    Run {
+        /// The .onnx file (external data is read relative to its directory).
+        model: PathBuf,
+        /// One .npy file per model input without an initializer, in the model's order
+        /// (float16/32/64, int32/64, bool; C or Fortran order). Symbolic dims are bound
+        /// from their shapes.
+        inputs: Vec<PathBuf>,
+        /// Directory for the results.
+        #[arg(long, required_unless_present_any = ["summary", "bench"])]
+        out: Option<PathBuf>,
+        /// gpu (default) or cpu (the reference).
+        #[arg(long, default_value = "gpu")]
+        device: String,
+        /// Gradient of the first output: also writes the gradient of each float input.
+        #[arg(long)]
+        upstream: Option<PathBuf>,
+        /// Times N runs after a warm-up and prints {"model", "batch", "ms"} (median) as JSON.
+        #[arg(long, value_name = "N")]
+        bench: Option<usize>,
+        /// Binds a symbolic dim, NAME=SIZE (feeds bind the others).
+        #[arg(long = "dim", value_name = "NAME=SIZE")]
+        dims: Vec<String>,
+        /// Prints the inputs, outputs, op counts, parameter count and unsupported ops,
+        /// without running anything.
+        #[arg(long)]
+        summary: bool,
+    },
 }
 
 fn main() {
+    // First, while the process has one thread: no Vulkan-loader warning without
+    // XDG_RUNTIME_DIR.
+    wgrad::quiet_loader_env();
     // One-line errors and a non-zero exit, never a panic trace.
     if let Err(e) = run(Cli::parse()) {
         eprintln!("wgrad: {e:#}");
@@ -110,6 +143,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             axes,
             upstream,
             device,
+        }),
+        Command::Run {
+            model,
+            inputs,
+            out,
+            device,
+            upstream,
+            bench,
+            dims,
+            summary,
+        } => run::run(run::RunArgs {
+            model,
+            inputs,
+            out,
+            device,
+            upstream,
+            bench,
+            dims,
+            summary,
         }),
     }
 }
