@@ -137,7 +137,11 @@ fn training_only(op: &Op) -> Option<&'static str> {
             "softmax cross-entropy is a training loss; export the logits (or their softmax) \
              instead"
         }
-        Op::Col2Im(..) => "col2im is the gradient of im2col",
+        Op::Col2Im(..) => {
+            "col2im (a transposed convolution or im2col's gradient) has no export yet"
+        }
+        Op::Gather(..) => "gather takes integer indices, which exported graphs do not carry yet",
+        Op::ScatterAdd { .. } => "scatter-add is the gradient of gather",
         Op::Unary(UnaryOp::GeluGrad) => "GELU's derivative only appears in gradients",
         _ => return None,
     })
@@ -591,6 +595,8 @@ impl<'a> Emitter<'a> {
             | Op::CrossEntropy(_)
             | Op::CrossEntropyGrad(_)
             | Op::CrossEntropyCount(_)
+            | Op::Gather(..)
+            | Op::ScatterAdd { .. }
             | Op::Col2Im(..) => {
                 let why = training_only(&node.op).unwrap_or("a training op");
                 return Err(unexportable(id, node, why));
@@ -610,6 +616,15 @@ impl<'a> Emitter<'a> {
             UnaryOp::Relu => "Relu",
             UnaryOp::Sigmoid => "Sigmoid",
             UnaryOp::Tanh => "Tanh",
+            UnaryOp::Erf => "Erf",
+            UnaryOp::Floor => "Floor",
+            UnaryOp::Ceil => "Ceil",
+            UnaryOp::Log1p => {
+                let one = self.scalar(1.0);
+                let plus = self.node("Add", &[x, &one], vec![]);
+                self.node_to("Log", &[&plus], vec![], out);
+                return Ok(());
+            }
             UnaryOp::Square => {
                 self.node_to("Mul", &[x, x], vec![], out);
                 return Ok(());
@@ -636,7 +651,20 @@ impl<'a> Emitter<'a> {
     }
 
     fn binary(&mut self, b: BinaryOp, x: &str, y: &str, out: &str) {
+        if let BinaryOp::KeepWhere | BinaryOp::KeepWhereNot = b {
+            // x where y != 0 (KeepWhereNot: where y == 0), else 0: a Where on y as BOOL.
+            let cond = self.node("Cast", &[y], vec![attr_int("to", DataType::Bool as i64)]);
+            let zero = self.scalar(0.0);
+            let (a, c) = if b == BinaryOp::KeepWhere {
+                (x, zero.as_str())
+            } else {
+                (zero.as_str(), x)
+            };
+            self.node_to("Where", &[&cond, a, c], vec![], out);
+            return;
+        }
         let (op, negate) = match b {
+            BinaryOp::KeepWhere | BinaryOp::KeepWhereNot => unreachable!("handled above"),
             BinaryOp::Add => ("Add", false),
             BinaryOp::Sub => ("Sub", false),
             BinaryOp::Mul => ("Mul", false),
