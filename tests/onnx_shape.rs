@@ -180,10 +180,10 @@ fn refused_models_name_the_node_and_the_reason() {
         msg.contains("add_int") && msg.contains("integer constant where a float"),
         "{msg}"
     );
-    // A shape as a graph output: outputs are f32, so an INT64 one is refused, not rounded.
-    let msg = import_error("int_output");
+    // An integer output f32 cannot carry exactly (|v| > 2^24) is refused, not rounded.
+    let msg = big_int_output_error();
     assert!(
-        msg.contains("graph output 's' is an integer value") && msg.contains("Cast it to FLOAT"),
+        msg.contains("graph output 'big' is an integer value") && msg.contains("16777217"),
         "{msg}"
     );
     // Reversing 300 elements would take 300 slices.
@@ -192,4 +192,70 @@ fn refused_models_name_the_node_and_the_reason() {
         msg.contains("'rev' (Slice)") && msg.contains("step -1") && msg.contains("[300]"),
         "{msg}"
     );
+}
+
+/// A model whose one output is the INT64 constant 2^24 + 1, built with the proto types.
+fn big_int_output_error() -> String {
+    use prost::Message;
+    use wgrad::onnx::proto::{
+        attribute_proto::AttributeType, type_proto, AttributeProto, GraphProto, ModelProto,
+        NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    };
+    let node = NodeProto {
+        op_type: Some("Constant".into()),
+        output: vec!["big".into()],
+        attribute: vec![AttributeProto {
+            name: Some("value_ints".into()),
+            r#type: Some(AttributeType::Ints as i32),
+            ints: vec![(1 << 24) + 1],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let out = ValueInfoProto {
+        name: Some("big".into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(7),
+                shape: Some(TensorShapeProto::default()),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        graph: Some(GraphProto {
+            node: vec![node],
+            output: vec![out],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Model::from_bytes(&model.encode_to_vec())
+        .expect("decode")
+        .import(&[], Weights::Constants)
+        .err()
+        .expect("must not import")
+        .to_string()
+}
+
+#[test]
+fn small_integer_output_is_carried_exactly() {
+    // Shape of x (3, 2), folded at import: an INT64 output within 2^24 is an exact f32.
+    let imported = load("int_output")
+        .import(&[], Weights::Params)
+        .expect("import");
+    let exe = Device::cpu()
+        .compile(&imported.graph, &[&imported.outputs[0].1], None)
+        .expect("compile");
+    let x = Tensor::from_slice(&Device::cpu(), &[0f32; 6], &[3, 2]).unwrap();
+    let got = exe.run(&[("x", &x)]).expect("run")[0]
+        .to_vec::<f32>()
+        .unwrap();
+    assert_eq!(got, [3.0, 2.0]);
 }

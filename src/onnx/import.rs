@@ -138,14 +138,22 @@ impl Model {
                     Some(Value::Var(v)) => v.clone(),
                     // An output known at import is still a graph output: a constant.
                     Some(Value::Const(c)) => {
-                        // Graph values are f32: an integer output (a shape, a mask) would be
-                        // rounded silently past 2^24, so it is refused; Cast it to FLOAT.
-                        let ConstData::F32(v) = &c.data else {
-                            return Err(invalid(format!(
-                                "{origin}: graph output '{}' is an integer value (dims {:?}); only float outputs are supported (Cast it to FLOAT)",
-                                o.name, c.dims
-                            )));
+                        // Graph values are f32: an integer output (a shape, a mask) is carried
+                        // exactly up to 2^24 (as ArgMax's indices are) and refused beyond,
+                        // where f32 would round it silently.
+                        let v = match &c.data {
+                            ConstData::F32(v) => v.clone(),
+                            ConstData::I64(v) => {
+                                if let Some(big) = v.iter().find(|x| x.unsigned_abs() > 1 << 24) {
+                                    return Err(invalid(format!(
+                                        "{origin}: graph output '{}' is an integer value (dims {:?}) holding {big}, which f32 graph values cannot carry exactly (|v| <= 2^24)",
+                                        o.name, c.dims
+                                    )));
+                                }
+                                v.iter().map(|&x| x as f32).collect()
+                            }
                         };
+                        let v = &v;
                         let t = Tensor::from_slice(&crate::Device::cpu(), v, &c.dims)?;
                         g.constant(&t)?
                     }
