@@ -110,6 +110,32 @@ fn ops_on_large_float_constants_are_graph_ops() {
 }
 
 #[test]
+fn empty_results_are_skipped_by_concat() {
+    // A zero-size Split part, a Slice past the end and Tile by 0 of a graph value hold no
+    // elements: Concat drops them, Shape reads their dims.
+    check("empties", &[]);
+    // Used where a graph value is needed, or as a graph output, they are refused by name.
+    let msg = import_error("empty_relu");
+    assert!(
+        msg.contains("'relu_empty'") && msg.contains("'e1' is empty (dims [2, 0])"),
+        "{msg}"
+    );
+    // As a graph output, an empty value is an empty constant tensor.
+    let imported = load("empty_output")
+        .import(&[], Weights::Params)
+        .expect("import");
+    let y = &imported.outputs[0].1;
+    assert_eq!(y.shape(), &[2, 0]);
+    for dev in common::devices() {
+        let exe = dev.compile(&imported.graph, &[y], None).expect("compile");
+        let x = Tensor::from_slice(&dev, &[1.0f32; 6], &[2, 3]).unwrap();
+        let got = exe.run(&[("x", &x)]).expect("run");
+        assert_eq!(got[0].shape(), &[2, 0], "{}", dev.name());
+        assert!(got[0].to_vec::<f32>().unwrap().is_empty());
+    }
+}
+
+#[test]
 fn large_float_constant_of_shape_is_a_fill_node() {
     check("fill", &[]);
     let imported = load("fill").import(&[], Weights::Params).expect("import");

@@ -290,7 +290,12 @@ fn all<'a>(c: &[Option<&'a Const>]) -> Res<Vec<&'a Const>> {
 }
 
 fn concat(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
-    let parts = all(c)?;
+    let mut parts = all(c)?;
+    // Parts without elements add nothing (exporters concatenate empty shapes, and an empty
+    // slice of a float graph value is an f32 constant); keep one to give the rank.
+    if parts.iter().any(|p| p.numel() > 0) {
+        parts.retain(|p| p.numel() > 0);
+    }
     let first = parts.first().ok_or("Concat needs an input")?;
     let a = concat_axis(node, first.dims.len())?;
     let mut dims = first.dims.clone();
