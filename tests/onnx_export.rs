@@ -440,13 +440,11 @@ fn shape_ops_round_trip() {
 }
 
 #[test]
-#[ignore = "needs the conv import (onnx-conv branch: Conv, MaxPool, AveragePool)"]
 fn conv_and_pool_round_trip() {
     round_trip("conv", conv, true);
 }
 
 #[test]
-#[ignore = "needs the conv import (onnx-conv branch)"]
 fn digits_cnn_round_trips_in_eval_mode() {
     digits_round_trip(4, 7);
 }
