@@ -45,10 +45,6 @@ impl Window {
         }
     }
 
-    fn padded(&self) -> bool {
-        self.pads.iter().any(|&p| p > 0)
-    }
-
     fn dilated(&self) -> bool {
         self.dilations != [1, 1]
     }
@@ -108,11 +104,17 @@ pub(super) enum Pattern {
         window: Window,
         groups: usize,
     },
-    /// `MaxPool(x)` (max) or `AveragePool(x)` counting the padding (mean).
+    /// Pooling: the window's taps reduced by `reduce`, after adding `mask` (L, KH·KW) (max
+    /// pooling's −∞ on padded taps) and before scaling by `scale` (L) (average pooling's
+    /// 1/count where border windows count fewer taps). `native`: it is exactly ONNX's
+    /// `MaxPool` or `AveragePool` (count_include_pad).
     Pool {
         x: NodeId,
         window: Window,
-        max: bool,
+        reduce: ReduceOp,
+        mask: Option<NodeId>,
+        scale: Option<NodeId>,
+        native: bool,
     },
 }
 
@@ -121,7 +123,13 @@ impl Pattern {
     pub(super) fn operands(&self) -> Vec<NodeId> {
         match self {
             Pattern::Conv { x, w, .. } => vec![*x, *w],
-            Pattern::Pool { x, .. } => vec![*x],
+            // A native pool reads only the image; its mask is ONNX's own padding rule.
+            Pattern::Pool {
+                x, native: true, ..
+            } => vec![*x],
+            Pattern::Pool { x, mask, scale, .. } => {
+                std::iter::once(*x).chain(*mask).chain(*scale).collect()
+            }
         }
     }
 }
@@ -210,64 +218,89 @@ fn match_pool(nodes: &[Node], id: NodeId) -> Option<Pattern> {
     let Op::Reshape(target) = &nodes[id].op else {
         return None;
     };
-    let red = nodes[id].inputs[0];
-    let max = match nodes[red].op {
+    let mut below = nodes[id].inputs[0];
+    // Average pooling whose border windows count fewer taps: a sum times 1/count.
+    let mut scale = None;
+    if let Op::Binary(BinaryOp::Mul) = nodes[below].op {
+        scale = Some(nodes[below].inputs[1]);
+        below = nodes[below].inputs[0];
+    }
+    let reduce = match nodes[below].op {
         Op::Reduce {
-            op: ReduceOp::Max,
+            op,
             axis: 2,
             keepdim: false,
-        } => true,
-        Op::Reduce {
-            op: ReduceOp::Mean,
-            axis: 2,
-            keepdim: false,
-        } => false,
+        } => op,
         _ => return None,
     };
-    let below = nodes[red].inputs[0];
-    // Max pooling with padding adds the −∞ mask to the patches (zeros elsewhere).
-    let (im, mask) = match &nodes[below].op {
-        Op::Binary(BinaryOp::Add) => (nodes[below].inputs[0], Some(nodes[below].inputs[1])),
-        _ => (below, None),
-    };
-    let Op::Im2Col(geom) = &nodes[im].op else {
+    below = nodes[below].inputs[0];
+    // Max pooling adds −∞ to the padded taps (zeros elsewhere).
+    let mut mask = None;
+    if let Op::Binary(BinaryOp::Add) = nodes[below].op {
+        mask = Some(nodes[below].inputs[1]);
+        below = nodes[below].inputs[0];
+    }
+    let Op::Im2Col(geom) = &nodes[below].op else {
         return None;
     };
     let window = Window::of(geom);
-    let flat = nodes[im].inputs[0];
+    let flat = nodes[below].inputs[0];
     let x = input_if(nodes, flat, |op| matches!(op, Op::Reshape(_)))?;
     let [n, c, h, w] = nodes[x].shape[..] else {
         return None;
     };
     let (oh, ow) = geom.output_size("pool2d", &nodes[x].shape).ok()?;
-    let fits = nodes[flat].shape == [n * c, 1, h, w] && *target == [n, c, oh, ow];
-    let representable = if max {
-        mask.is_some() == window.padded()
-            && mask.is_none_or(|m| is_pad_mask(&nodes[m], geom, [h, w]))
-    } else {
-        mask.is_none()
+    let (l, kk) = (oh * ow, window.kernel[0] * window.kernel[1]);
+    let fits = nodes[flat].shape == [n * c, 1, h, w]
+        && *target == [n, c, oh, ow]
+        && mask.is_none_or(|m| nodes[m].shape == [l, kk])
+        && scale.is_none_or(|m| nodes[m].shape == [l]);
+    if !fits {
+        return None;
+    }
+    let native = match reduce {
+        // MaxPool pads with −∞: the mask must be exactly that (or absent where no window
+        // reaches the padding).
+        ReduceOp::Max => {
+            scale.is_none()
+                && pad_mask(geom, [h, w]).is_some_and(|want| match mask {
+                    Some(m) => const_values(&nodes[m]).is_some_and(|got| got == want),
+                    None => want.iter().all(|&v| v == 0.0),
+                })
+        }
+        // AveragePool has no dilations before opset 19.
+        ReduceOp::Mean => mask.is_none() && scale.is_none() && !window.dilated(),
+        _ => false,
     };
-    (fits && representable).then_some(Pattern::Pool { x, window, max })
+    Some(Pattern::Pool {
+        x,
+        window,
+        reduce,
+        mask,
+        scale,
+        native,
+    })
 }
 
-/// Whether `node` is the constant max pooling adds: −∞ on the taps im2col pads, 0 elsewhere.
-fn is_pad_mask(node: &Node, geom: &Conv2d, [h, w]: [usize; 2]) -> bool {
-    let Op::Const(t) = &node.op else {
-        return false;
-    };
-    let expected = || -> Result<Vec<f32>> {
-        let ones = Tensor::full(&Device::cpu(), 1.0, &[1, 1, h, w])?;
-        Ok(ones
-            .im2col(*geom)?
-            .to_vec::<f32>()?
+fn const_values(node: &Node) -> Option<Vec<f32>> {
+    match &node.op {
+        Op::Const(t) => t.to_vec::<f32>().ok(),
+        _ => None,
+    }
+}
+
+/// The mask MaxPool's padding amounts to: −∞ on the taps im2col pads, 0 elsewhere.
+fn pad_mask(geom: &Conv2d, [h, w]: [usize; 2]) -> Option<Vec<f32>> {
+    let ones = Tensor::full(&Device::cpu(), 1.0, &[1, 1, h, w]).ok()?;
+    Some(
+        ones.im2col(*geom)
+            .ok()?
+            .to_vec::<f32>()
+            .ok()?
             .into_iter()
             .map(|v| if v == 1.0 { 0.0 } else { f32::NEG_INFINITY })
-            .collect())
-    };
-    match (t.to_vec::<f32>(), expected()) {
-        (Ok(got), Ok(want)) => got == want,
-        _ => false,
-    }
+            .collect(),
+    )
 }
 
 /// Writes a recognised composition as one operator.
@@ -287,29 +320,63 @@ pub(super) fn emit_pattern(e: &mut Emitter, p: &Pattern, out: &str) -> Result<()
         Pattern::Pool {
             x: xid,
             window,
-            max,
+            reduce,
+            mask,
+            scale,
+            native,
         } => {
             let x = e.name(*xid)?;
-            if *max {
-                e.node_to("MaxPool", &[&x], window.attrs(true), out);
-            } else if window.dilated() {
-                // AveragePool has no dilations before opset 19: the window's taps as
-                // channels (N, C·KH·KW, OH, OW) → (N, C, KH·KW, OH, OW), mean over the taps.
-                let (xs, batched) = (&e.nodes[*xid].shape, e.batched[*xid]);
-                let (taps, (oh, ow)) = window.taps(&x, xs, e)?;
-                let kk = window.kernel[0] * window.kernel[1];
-                let split = e.fresh("pool_taps");
-                e.reshape(&taps, &[xs[0], xs[1], kk, oh, ow], batched, &split);
-                let attrs = vec![attr_ints("axes", vec![2]), attr_int("keepdims", 0)];
-                e.node_to("ReduceMean", &[&split], attrs, out);
-            } else {
-                let mut attrs = window.attrs(false);
-                // wgrad's average pooling divides by the whole window (PyTorch's default).
-                attrs.push(attr_int("count_include_pad", 1));
-                e.node_to("AveragePool", &[&x], attrs, out);
+            match (native, reduce) {
+                (true, ReduceOp::Max) => e.node_to("MaxPool", &[&x], window.attrs(true), out),
+                (true, _) => {
+                    let mut attrs = window.attrs(false);
+                    // Every tap counts, padding included (PyTorch's default).
+                    attrs.push(attr_int("count_include_pad", 1));
+                    e.node_to("AveragePool", &[&x], attrs, out);
+                }
+                _ => {
+                    let mask = mask.map(|m| e.name(m)).transpose()?;
+                    let scale = scale.map(|m| e.name(m)).transpose()?;
+                    general_pool(e, window, *reduce, (&x, *xid), mask, scale, out)?;
+                }
             }
         }
     }
+    Ok(())
+}
+
+/// Pooling that no ONNX pool expresses exactly (dilated average pooling, border windows
+/// counting fewer taps, ceil mode's cut windows): the window's taps as channels
+/// (N, C·KH·KW, OH, OW) → (N, C, KH·KW, L) [+ the mask transposed to (KH·KW, L)] → reduce
+/// over the taps [· the per-position scale (L)] → (N, C, OH, OW).
+fn general_pool(
+    e: &mut Emitter,
+    window: &Window,
+    reduce: ReduceOp,
+    (x, xid): (&str, NodeId),
+    mask: Option<String>,
+    scale: Option<String>,
+    out: &str,
+) -> Result<()> {
+    let (xs, batched) = (e.nodes[xid].shape.clone(), e.batched[xid]);
+    let (taps, (oh, ow)) = window.taps(x, &xs, e)?;
+    let (kk, l) = (window.kernel[0] * window.kernel[1], oh * ow);
+    let split = e.fresh("pool_taps");
+    e.reshape(&taps, &[xs[0], xs[1], kk, l], batched, &split);
+    let masked = match mask {
+        Some(m) => {
+            let mt = e.node("Transpose", &[&m], vec![attr_ints("perm", vec![1, 0])]);
+            e.node("Add", &[&split, &mt], vec![])
+        }
+        None => split,
+    };
+    let reduced = e.fresh("pool_reduced");
+    e.reduce(reduce, Some(2), false, &masked, &reduced);
+    let scaled = match scale {
+        Some(s) => e.node("Mul", &[&reduced, &s], vec![]),
+        None => reduced,
+    };
+    e.reshape(&scaled, &[xs[0], xs[1], oh, ow], batched, out);
     Ok(())
 }
 

@@ -607,7 +607,7 @@ fn constant_of_shape(env: &Env, node: &NodeProto) -> OpResult {
     Err("ConstantOfShape needs a shape known at import".into())
 }
 
-/// The element type a constant of `data` gives an op that must not mix types.
+/// Whether two constants hold the same kind of elements (ops must not mix INT64 and f32).
 fn same_kind(a: &ConstData, b: &ConstData) -> bool {
     matches!(
         (a, b),
