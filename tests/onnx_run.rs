@@ -509,7 +509,7 @@ fn set(entries: &mut [wgrad::onnx::proto::StringStringEntryProto], key: &str, va
 }
 
 fn err_of(r: wgrad::Result<Model>) -> String {
-    let e = r.err().expect("must fail").to_string();
+    let e = r.expect_err("must fail").to_string();
     assert!(!e.contains('\n'), "{e}");
     e
 }
