@@ -9,8 +9,15 @@
 //! A progress bar shows the loss and test accuracy per epoch, and the curves are
 //! drawn to a PNG (by default next to the saved model: digits.png).
 //!
+//! `--export-onnx FILE` also writes the trained network as ONNX (opset 17): evaluation mode
+//! (batch norm with its running statistics, no dropout), input `x` (N, 1, 8, 8) with a
+//! symbolic batch dim N, output `logits` (N, 10). `--export-npy PREFIX` writes the test images
+//! and wgrad's logits for them as PREFIX.in.x.npy and PREFIX.out0.npy, the layout
+//! tests/fixtures/onnx/check_export.py compares onnxruntime against.
+//!
 //!   cargo run --release --example digits [-- --device gpu|cpu] [--epochs N]
 //!       [--save MODEL.safetensors] [--plot CURVES.png] [--eval MODEL.safetensors]
+//!       [--export-onnx MODEL.onnx] [--export-npy PREFIX]
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,6 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use wgrad::nn::models::digits_cnn;
 use wgrad::nn::{load_params, save_params, Module, Sequential};
+use wgrad::onnx::{export_to_file, ExportOptions};
 use wgrad::{Device, Executor, Graph, Optimizer, Rng, Tensor, Var};
 
 #[path = "shared/digits_data.rs"]
@@ -33,13 +41,14 @@ fn load_digits() -> Result<(Vec<f32>, Vec<i32>)> {
 }
 
 /// The digits CNN ([`wgrad::nn::models::digits_cnn`]) for a batch of `n`, in training
-/// or evaluation mode, with its softmax cross-entropy loss.
-fn network(n: usize, training: bool) -> wgrad::Result<(Graph, Sequential, Var, Var)> {
+/// or evaluation mode, with its input, logits and softmax cross-entropy loss.
+fn network(n: usize, training: bool) -> wgrad::Result<(Graph, Sequential, [Var; 3])> {
     let g = Graph::new();
     let model = digits_cnn(&g, training)?;
-    let logits = model.forward(&g.input("x", &[n, 1, 8, 8]))?;
+    let x = g.input("x", &[n, 1, 8, 8]);
+    let logits = model.forward(&x)?;
     let loss = logits.cross_entropy(&g.input_i32("y", &[n]))?.mean()?;
-    Ok((g, model, logits, loss))
+    Ok((g, model, [x, logits, loss]))
 }
 
 /// The network in evaluation mode on the test images, compiled once; it takes its
@@ -54,13 +63,18 @@ struct Evaluator {
 impl Evaluator {
     fn new(dev: &Device, xs: &[f32], ys: &[i32]) -> Result<Evaluator> {
         let n = ys.len();
-        let (g, model, logits, _) = network(n, false)?;
+        let (g, model, [_, logits, _]) = network(n, false)?;
         Ok(Evaluator {
             exe: dev.compile(&g, &[&logits], None)?,
             names: model.saved_names(),
             x: Tensor::from_slice(dev, xs, &[n, 1, 8, 8])?,
             labels: ys.to_vec(),
         })
+    }
+
+    /// The logits of the test images (for the model last loaded).
+    fn logits(&self) -> Result<Tensor> {
+        Ok(self.exe.run(&[("x", &self.x)])?.remove(0))
     }
 
     /// Test accuracy of the model in `from`.
@@ -217,7 +231,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
 
-    let (g, model, _, loss) = network(BATCH, true)?;
+    let (g, model, [_, _, loss]) = network(BATCH, true)?;
     let step = dev.compile(&g, &[&loss], Optimizer::adam(3e-3))?;
     let mut train_order = train.to_vec();
     // Drawn on stderr when it is a terminal; hidden otherwise, and plain lines say the same.
@@ -289,5 +303,25 @@ fn main() -> Result<()> {
     plot(&png, &curve_loss, &curve_acc)?;
     check_png(&png)?;
     println!("plotted the loss and accuracy curves in {}", png.display());
+    if let Some(onnx) = arg(&args, "--export-onnx") {
+        // The evaluation graph, its parameters and running statistics read by name from
+        // the training step; the batch dim is symbolic, so the size built here is a sample.
+        let (g, _, [x, logits, _]) = network(TEST_SIZE, false)?;
+        export_to_file(
+            &onnx,
+            &g,
+            &[&x],
+            &[("logits", &logits)],
+            &step,
+            &ExportOptions::batch("N"),
+        )?;
+        println!("exported the evaluation-mode network to {onnx} (ONNX opset 17, batch N)");
+    }
+    if let Some(prefix) = arg(&args, "--export-npy") {
+        eval.accuracy(Source::Step(&step))?;
+        wgrad::io::write_npy(format!("{prefix}.in.x.npy"), &eval.x)?;
+        wgrad::io::write_npy(format!("{prefix}.out0.npy"), &eval.logits()?)?;
+        println!("wrote the test images and their logits to {prefix}.in.x.npy, {prefix}.out0.npy");
+    }
     Ok(())
 }

@@ -2,11 +2,13 @@
 //
 // x is (N, C, H, W); a patch matrix is (N, L, CK) with L = OH·OW output positions and
 // CK = C·KH·KW values per patch (channel-major, then kernel row, then kernel column), so a
-// convolution is patches · W_flatᵀ with W_flat (F, CK). Padding reads as zeros.
+// convolution is patches · W_flatᵀ with W_flat (F, CK). Padding reads as zeros. Strides and
+// dilations are per axis; only the top and left padding move the windows (the bottom and
+// right padding only decide, on the host, how many windows fit: oh and ow).
 //
 // Entry points (workgroup size 256, one output element per invocation, no barriers, grid
 // split over x/y/z past 65535 workgroups):
-//   im2col_forward   cols[n, l, ck] = x[n, c, oh·s - p + kh·d, ow·s - p + kw·d]   (or 0)
+//   im2col_forward   cols[n, l, ck] = x[n, c, oy·sh - pt + ki·dh, ox·sw - pl + kj·dw]   (or 0)
 //   col2im_forward   x[n, c, ih, iw] = Σ over the (l, kh, kw) that read it of cols[n, l, ck]
 //                    — a gather (each invocation owns one output), so no atomics are needed.
 //                    It walks the kernel rows ki0..ki1 and columns kj0..kj1 only, adding to
@@ -17,7 +19,9 @@
 struct Params {
     n: u32, c: u32, h: u32, w: u32,   // input shape
     kh: u32, kw: u32,                  // kernel size
-    stride: u32, pad: u32, dil: u32,
+    sh: u32, sw: u32,                  // strides (rows, columns)
+    pt: u32, pl: u32,                  // top and left padding
+    dh: u32, dw: u32,                  // dilations (rows, columns)
     oh: u32, ow: u32,                  // output positions
     total: u32,                        // elements written by this dispatch
     // col2im only: the block of the window this dispatch walks, and whether it adds to dst.
@@ -50,8 +54,8 @@ fn im2col_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let oy = l / params.ow;
     let ox = l % params.ow;
     // i32 so that positions in the padding are negative, not wrapped.
-    let iy = i32(oy * params.stride + ki * params.dil) - i32(params.pad);
-    let ix = i32(ox * params.stride + kj * params.dil) - i32(params.pad);
+    let iy = i32(oy * params.sh + ki * params.dh) - i32(params.pt);
+    let ix = i32(ox * params.sw + kj * params.dw) - i32(params.pl);
     var v = 0.0;
     if (iy >= 0 && ix >= 0 && u32(iy) < params.h && u32(ix) < params.w) {
         v = src[((b * params.c + c) * params.h + u32(iy)) * params.w + u32(ix)];
@@ -60,11 +64,12 @@ fn im2col_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 }
 
 // The first kernel tap (row or column) whose window can cover input position `at`, with
-// `outs` output positions: ceil((at + p - (outs-1)·s) / d), or 0.
-fn first_tap(at: u32, outs: u32) -> u32 {
-    let t = i32(at + params.pad) - i32((outs - 1u) * params.stride);
+// `outs` output positions, padding `pad` before, stride `s` and dilation `d` along that axis:
+// ceil((at + pad - (outs-1)·s) / d), or 0.
+fn first_tap(at: u32, outs: u32, pad: u32, s: u32, d: u32) -> u32 {
+    let t = i32(at + pad) - i32((outs - 1u) * s);
     if (t <= 0) { return 0u; }
-    return (u32(t) + params.dil - 1u) / params.dil;
+    return (u32(t) + d - 1u) / d;
 }
 
 @compute @workgroup_size(256)
@@ -81,22 +86,22 @@ fn col2im_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let l_count = params.oh * params.ow;
     var sum = 0.0;
     if (params.accumulate != 0u) { sum = dst[i]; }
-    // Only the kernel rows and columns that can reach an output position: ki·d lies in
-    // [iy + p - (oh-1)·s, iy + p] (likewise kj), so a wide window with few outputs is cheap.
-    let ki_lo = max(params.ki0, first_tap(iy, params.oh));
-    let ki_hi = min(params.ki1, (iy + params.pad) / params.dil + 1u);
-    let kj_lo = max(params.kj0, first_tap(ix, params.ow));
-    let kj_hi = min(params.kj1, (ix + params.pad) / params.dil + 1u);
+    // Only the kernel rows and columns that can reach an output position: ki·dh lies in
+    // [iy + pt - (oh-1)·sh, iy + pt] (likewise kj), so a wide window with few outputs is cheap.
+    let ki_lo = max(params.ki0, first_tap(iy, params.oh, params.pt, params.sh, params.dh));
+    let ki_hi = min(params.ki1, (iy + params.pt) / params.dh + 1u);
+    let kj_lo = max(params.kj0, first_tap(ix, params.ow, params.pl, params.sw, params.dw));
+    let kj_hi = min(params.kj1, (ix + params.pl) / params.dw + 1u);
     for (var ki = ki_lo; ki < ki_hi; ki = ki + 1u) {
-        // oy·s = iy + p - ki·d must be a non-negative multiple of s below oh·s
-        let ty = i32(iy + params.pad) - i32(ki * params.dil);
-        if (ty < 0 || u32(ty) % params.stride != 0u) { continue; }
-        let oy = u32(ty) / params.stride;
+        // oy·sh = iy + pt - ki·dh must be a non-negative multiple of sh below oh·sh
+        let ty = i32(iy + params.pt) - i32(ki * params.dh);
+        if (ty < 0 || u32(ty) % params.sh != 0u) { continue; }
+        let oy = u32(ty) / params.sh;
         if (oy >= params.oh) { continue; }
         for (var kj = kj_lo; kj < kj_hi; kj = kj + 1u) {
-            let tx = i32(ix + params.pad) - i32(kj * params.dil);
-            if (tx < 0 || u32(tx) % params.stride != 0u) { continue; }
-            let ox = u32(tx) / params.stride;
+            let tx = i32(ix + params.pl) - i32(kj * params.dw);
+            if (tx < 0 || u32(tx) % params.sw != 0u) { continue; }
+            let ox = u32(tx) / params.sw;
             if (ox >= params.ow) { continue; }
             let l = oy * params.ow + ox;
             sum = sum + src[(b * l_count + l) * ck + c * k + ki * params.kw + kj];

@@ -57,6 +57,52 @@ fn erf_approx(x: f32) -> f32 {
     return s * (1.0 - poly * exp(-z * z));
 }
 
+// erf to ~1e-7 relative everywhere (the GELU above keeps A&S, whose 1.5e-7 is absolute):
+// |x| < 1, the Maclaurin series to x^21 (next term < 1.3e-8·|x|); beyond, 1 - erfc with
+// Numerical Recipes' erfcc (fractional error < 1.2e-7 of erfc <= 0.16).
+fn erf_f32(x: f32) -> f32 {
+    let z = abs(x);
+    if (z < 1.0) {
+        let q = x * x;
+        // Σ (-1)^n x^(2n+1) / (n! (2n+1)), n = 0..10, in Horner form in x².
+        var p = -1.0 / 76204800.0;                               // n = 10: 1/(10!·21)
+        p = p * q + 1.0 / 6894720.0;                             // n = 9
+        p = p * q - 1.0 / 685440.0;                              // n = 8
+        p = p * q + 1.0 / 75600.0;                               // n = 7
+        p = p * q - 1.0 / 9360.0;                                // n = 6
+        p = p * q + 1.0 / 1320.0;                                // n = 5
+        p = p * q - 1.0 / 216.0;                                 // n = 4
+        p = p * q + 1.0 / 42.0;                                  // n = 3
+        p = p * q - 1.0 / 10.0;                                  // n = 2
+        p = p * q + 1.0 / 3.0;                                   // n = 1
+        p = p * q - 1.0;                                         // n = 0 (negated below)
+        return -1.1283791670955126 * x * p;                      // 2/√π
+    }
+    if (is_nan(x)) { return x; }
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let e = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
+        + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+        + t * (-0.82215223 + t * 0.17087277)))))))));
+    return select(e - 1.0, 1.0 - e, x > 0.0);
+}
+
+// ln(1 + x) without cancellation for small x. On [-0.5, 1], 2·atanh(s) with s = x/(2 + x)
+// (|s| <= 1/3; the series to s^15 leaves < 1e-10 relative), since the textbook
+// ln(u)·x/(u - 1), u = 1 + x, is undone by drivers that fold (1 + x) - 1 to x. Outside,
+// 1 + x is exact (x < -0.5) or ln(1 + x) >= ln 2 absorbs its rounding.
+fn log1p_f32(x: f32) -> f32 {
+    if (is_nan(x)) { return x; }
+    if (x == -1.0) { return bitcast<f32>(0xff800000u); }
+    if (x < -1.0) { return nan(); }
+    if (is_inf(x)) { return x; }                                 // +inf (-inf is < -1)
+    if (x < -0.5 || x > 1.0) { return log(1.0 + x); }
+    let s = x / (2.0 + x);
+    let q = s * s;
+    let p = 1.0 + q * (1.0 / 3.0 + q * (1.0 / 5.0 + q * (1.0 / 7.0 + q * (1.0 / 9.0
+        + q * (1.0 / 11.0 + q * (1.0 / 13.0 + q * (1.0 / 15.0)))))));
+    return 2.0 * s * p;
+}
+
 fn unary_op(x: f32) -> f32 {
     switch OP {
         case 0u: { return -x; }                                  // neg
@@ -83,6 +129,11 @@ fn unary_op(x: f32) -> f32 {
             let cdf = 0.5 * (1.0 + erf_approx(x * 0.70710678118654752));
             return cdf + x * exp(-0.5 * x * x) * 0.39894228040143268;
         }
+        case 11u: { return erf_f32(x); }                         // erf
+        case 12u: { return floor(x); }                           // floor
+        case 13u: { return ceil(x); }                            // ceil
+        case 14u: { return log1p_f32(x); }                       // log1p
+        case 15u: { return round(x); }                           // round (WGSL: halves to even)
         default: { return nan(); }
     }
 }
@@ -134,6 +185,10 @@ fn binary_op(x: f32, y: f32) -> f32 {
         case 10u: { return select(0.0, 1.0, x <= y); }           // le
         case 11u: { return select(0.0, 1.0, x > y); }            // gt
         case 12u: { return select(0.0, 1.0, x >= y); }           // ge
+        // keep_where / keep_where_not: a selection, never arithmetic with the mask, so the
+        // unselected side's inf or NaN cannot leak (inf·0 = NaN); a NaN mask is non-zero.
+        case 13u: { return select(0.0, x, is_nan(y) || y != 0.0); } // keep_where
+        case 14u: { return select(0.0, x, y == 0.0); }           // keep_where_not
         default: { return nan(); }
     }
 }

@@ -198,6 +198,16 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
                     op: "grad",
                     detail: "second derivative of gelu is not implemented".into(),
                 }),
+                // g·2/√π·e^{-x²}
+                U::Erf => one(g.mul(
+                    &a.square()?
+                        .neg()?
+                        .exp()?
+                        .mul_scalar(std::f32::consts::FRAC_2_SQRT_PI)?,
+                )?),
+                // piecewise constant: zero almost everywhere (no contribution)
+                U::Floor | U::Ceil | U::Round => Ok(vec![None]),
+                U::Log1p => one(g.div(&a.add_scalar(1.0)?)?), // g/(1+x)
             }
         }
         Op::Binary(b) => {
@@ -223,6 +233,9 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
                     Some(g.mul(y)?.mul(&a.log()?)?),
                 ),
                 B::Eq | B::Ne | B::Lt | B::Le | B::Gt | B::Ge => (None, None),
+                // the selection of g by the same mask (exactly 0, never 0·inf, where
+                // unselected); none to the mask
+                B::KeepWhere | B::KeepWhereNot => (Some(g.binary(c, *b)?), None),
             };
             let ga = ga.map(|v| unbroadcast(v, a.shape())).transpose()?;
             let gc = gc.map(|v| unbroadcast(v, c.shape())).transpose()?;
@@ -241,6 +254,8 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
                 (B::Pow, true) => Some(g.mul(y)?.mul_scalar(v.ln())?), // d(v^x) = g·y·ln v
                 (B::Maximum, _) => Some(g.mul(&a.scalar(B::Ge, v, false)?)?),
                 (B::Minimum, _) => Some(g.mul(&a.scalar(B::Le, v, false)?)?),
+                // x kept or not by a fixed mask: g kept the same way (x as the mask: none)
+                (B::KeepWhere | B::KeepWhereNot, false) => Some(g.scalar(*op, v, false)?),
                 _ => None,
             };
             Ok(vec![r])
@@ -347,6 +362,12 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             .graph()
             .push(Op::Col2Im(*geom, x[0].shape().to_vec()), &[g])?),
         Op::Col2Im(geom, _) => one(g.im2col(*geom)?),
+        // gather and scatter-add are each other's adjoint; indices get no gradient
+        Op::Gather(axis) => Ok(vec![
+            Some(g.scatter_add(&x[1], *axis as isize, x[0].shape()[*axis])?),
+            None,
+        ]),
+        Op::ScatterAdd { axis, .. } => Ok(vec![Some(g.gather(&x[1], *axis as isize)?), None]),
         Op::Concat(axis) => {
             let mut start = 0;
             x.iter()

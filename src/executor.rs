@@ -562,6 +562,8 @@ fn replayable(op: &Op) -> bool {
             | Op::CrossEntropyCount(_)
             | Op::Im2Col(_)
             | Op::Col2Im(..)
+            | Op::Gather(_)
+            | Op::ScatterAdd { .. }
     )
 }
 
@@ -651,6 +653,8 @@ fn eval(op: &Op, x: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Op::CrossEntropyCount(o) => crate::ops::loss_reduced::counted_rows(x[0], *o),
         Op::Im2Col(geom) => x[0].im2col(*geom),
         Op::Col2Im(geom, image) => x[0].col2im(*geom, image),
+        Op::Gather(axis) => x[0].gather(x[1], *axis as isize),
+        Op::ScatterAdd { axis, size } => x[0].scatter_add(x[1], *axis as isize, *size),
         Op::Assign => Ok(x[1].clone()),
         Op::Dropout { p, seed } => x[0].dropout(*p, *seed, x[1]),
         Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => {

@@ -112,6 +112,17 @@ pub enum Op {
     Im2Col(Conv2d),
     /// Its adjoint: patches → an image batch of the given (N, C, H, W) shape.
     Col2Im(Conv2d, Vec<usize>),
+    /// Slices along the axis selected by i32 indices (inputs: data, indices):
+    /// `data[..axis] ++ indices ++ data[axis+1..]` (see `crate::ops::gather`).
+    Gather(usize),
+    /// The adjoint of [`Op::Gather`] (inputs: values, indices i32): the values summed into
+    /// an axis of length `size` at their indices.
+    ScatterAdd {
+        /// Where the indices' dims sit in the values (and `size` in the output).
+        axis: usize,
+        /// The output's length along `axis`.
+        size: usize,
+    },
 }
 
 impl Op {
@@ -143,6 +154,8 @@ impl Op {
             Op::CrossEntropyCount(_) => "cross_entropy_count",
             Op::Im2Col(_) => "im2col",
             Op::Col2Im(..) => "col2im",
+            Op::Gather(_) => "gather",
+            Op::ScatterAdd { .. } => "scatter_add",
         }
     }
 }
@@ -306,6 +319,13 @@ impl Graph {
         Ok(self.push_raw(Op::Const(host), vec![], value.shape().to_vec(), DType::F32))
     }
 
+    /// A constant i32 tensor (indices for [`Var::gather`]; its values are copied to the CPU).
+    pub fn constant_i32(&self, value: &Tensor) -> Result<Var> {
+        value.expect_i32("constant")?;
+        let host = value.to_device(&crate::Device::cpu())?;
+        Ok(self.push_raw(Op::Const(host), vec![], value.shape().to_vec(), DType::I32))
+    }
+
     /// A tensor of `shape` filled with `value`.
     pub fn full(&self, value: f32, shape: &[usize]) -> Var {
         self.push_raw(Op::Full(value), vec![], shape.to_vec(), DType::F32)
@@ -321,7 +341,8 @@ impl Graph {
                 });
             }
         }
-        // Every op takes f32 operands except the labels of the cross-entropy pair.
+        // Every op takes f32 operands except the labels of the cross-entropy pair and the
+        // indices of gather and scatter-add.
         let dtypes: Vec<DType> = {
             let nodes = self.lock();
             if matches!(op, Op::Assign) && !matches!(nodes[inputs[0].id].op, Op::State(..)) {
@@ -335,6 +356,7 @@ impl Graph {
         for (k, &got) in dtypes.iter().enumerate() {
             let labels = match op {
                 Op::CrossEntropy(_) | Op::CrossEntropyGrad(_) => k == 1,
+                Op::Gather(_) | Op::ScatterAdd { .. } => k == 1,
                 Op::CrossEntropyCount(_) => k == 0,
                 _ => false,
             };
@@ -363,7 +385,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
     let arity = match op {
         Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => 0,
         Op::Binary(_) | Op::MatMul { .. } | Op::CrossEntropy(_) | Op::Assign => 2,
-        Op::Dropout { .. } => 2,
+        Op::Dropout { .. } | Op::Gather(_) | Op::ScatterAdd { .. } => 2,
         Op::CrossEntropyGrad(_) => 3,
         Op::Concat(_) => shapes.len().max(1),
         _ => 1,
@@ -485,6 +507,10 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             let mut s = x.to_vec();
             s[*axis] = end - start;
             s
+        }
+        Op::Gather(axis) => crate::ops::gather::gather_shape(x, shapes[1], *axis)?,
+        Op::ScatterAdd { axis, size } => {
+            crate::ops::gather::scatter_shape(x, shapes[1], *axis, *size)?
         }
         Op::Concat(axis) => {
             let mut s = x.to_vec();
@@ -613,6 +639,14 @@ impl Var {
     /// `self^other`, element-wise with broadcasting.
     pub fn pow(&self, other: &Var) -> Result<Var> {
         self.bin(other, BinaryOp::Pow)
+    }
+    /// `a` where `self != 0`, else `b` (all three broadcast together): a selection, so an
+    /// inf or NaN on the side not taken stays out of the result and of its gradients,
+    /// unlike `c·a + (1-c)·b`. Built as `keep_where(a, c) + keep_where_not(b, c)`, exact
+    /// because one term is `+0` (a selected `-0` comes out `+0`).
+    pub fn select(&self, a: &Var, b: &Var) -> Result<Var> {
+        a.bin(self, BinaryOp::KeepWhere)?
+            .add(&b.bin(self, BinaryOp::KeepWhereNot)?)
     }
     /// `self (op) value`, or `value (op) self` with `lhs`.
     pub fn scalar(&self, op: BinaryOp, value: f32, lhs: bool) -> Result<Var> {

@@ -103,6 +103,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("loss.wgsl", ops::loss::SHADER.source),
         ("conv.wgsl", ops::conv::SHADER.source),
         ("dropout.wgsl", ops::dropout::SHADER.source),
+        ("gather.wgsl", ops::gather::SHADER.source),
         ("linalg.wgsl", linalg::SHADER.source),
         ("matmul_f16.wgsl", ops::half::MATMUL_F16.source),
         ("linalg_qr.wgsl", linalg::QR_SHADER.source),

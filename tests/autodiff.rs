@@ -120,7 +120,7 @@ fn unary_gradients() {
             continue;
         }
         let (lo, hi) = match op {
-            UnaryOp::Log | UnaryOp::Sqrt => (0.5, 3.0),
+            UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Log1p => (0.5, 3.0),
             // keep clear of the kinks at 0
             UnaryOp::Abs | UnaryOp::Relu => (0.2, 2.0),
             _ => (-2.0, 2.0),

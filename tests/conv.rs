@@ -21,16 +21,41 @@ fn cases() -> Vec<([usize; 4], Conv2d)> {
         ([2, 3, 9, 11], Conv2d::new(3, 3).dilation(2).padding(1)),
         ([2, 4, 6, 6], Conv2d::new(1, 1)),
         ([1, 3, 33, 17], Conv2d::new(5, 5).stride(3).padding(2)),
+        // per-axis strides and dilations, four different pads
+        (
+            [2, 3, 7, 6],
+            Conv2d::new(3, 2)
+                .strides(2, 1)
+                .pads(1, 0, 2, 1)
+                .dilations(1, 2),
+        ),
+        // a 1-D convolution as (N, C, 1, L): no padding along H
+        (
+            [1, 2, 1, 11],
+            Conv2d::new(1, 3).strides(1, 2).pads(0, 1, 0, 2),
+        ),
+        (
+            [1, 3, 9, 5],
+            Conv2d::new(2, 3)
+                .strides(3, 2)
+                .pads(0, 2, 1, 0)
+                .dilations(2, 1),
+        ),
+        (
+            [2, 1, 5, 8],
+            Conv2d::new(3, 3).pads(2, 0, 0, 1).dilations(2, 3),
+        ),
     ]
 }
 
-/// Direct convolution in f64: out[n, f, y, x] = Σ w[f, c, i, j] · x[n, c, y·s - p + i·d, x·s - p + j·d],
+/// Direct convolution in f64: out[n, f, y, x] = Σ w[f, c, i, j] · x[n, c, y·sh - pt + i·dh, x·sw - pl + j·dw],
 /// the sum over the channels c of filter f's group (all of them when groups = 1).
 fn direct_conv(x: &[f32], xs: [usize; 4], w: &[f32], f: usize, g: Conv2d) -> Vec<f32> {
     let [n, c, h, wd] = xs;
     let (cg, fg) = (c / g.groups, f / g.groups);
-    let oh = (h + 2 * g.padding - g.dilation * (g.kh - 1) - 1) / g.stride + 1;
-    let ow = (wd + 2 * g.padding - g.dilation * (g.kw - 1) - 1) / g.stride + 1;
+    let ([sh, sw], [pt, pl, pb, pr], [dh, dw]) = (g.strides, g.pads, g.dilations);
+    let oh = (h + pt + pb - dh * (g.kh - 1) - 1) / sh + 1;
+    let ow = (wd + pl + pr - dw * (g.kw - 1) - 1) / sw + 1;
     let mut out = Vec::with_capacity(n * f * oh * ow);
     for b in 0..n {
         for k in 0..f {
@@ -41,10 +66,8 @@ fn direct_conv(x: &[f32], xs: [usize; 4], w: &[f32], f: usize, g: Conv2d) -> Vec
                     for ch in first..first + cg {
                         for i in 0..g.kh {
                             for j in 0..g.kw {
-                                let iy =
-                                    (y * g.stride + i * g.dilation) as isize - g.padding as isize;
-                                let ix =
-                                    (z * g.stride + j * g.dilation) as isize - g.padding as isize;
+                                let iy = (y * sh + i * dh) as isize - pt as isize;
+                                let ix = (z * sw + j * dw) as isize - pl as isize;
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
                                     let xv = x[((b * c + ch) * h + iy as usize) * wd + ix as usize]
                                         as f64;
@@ -189,6 +212,11 @@ fn grouped_cases() -> Vec<([usize; 4], usize, Conv2d)> {
             Conv2d::new(3, 3).stride(2).padding(1).groups(4),
         ), // depthwise x2
         ([3, 2, 6, 7], 4, Conv2d::new(1, 1).groups(2)),
+        (
+            [1, 4, 6, 9],
+            4,
+            Conv2d::new(2, 3).strides(1, 2).pads(0, 1, 1, 2).groups(4),
+        ),
     ]
 }
 
@@ -237,6 +265,19 @@ fn conv2d_gradients_match_finite_differences_and_gpu() {
             Conv2d::new(3, 2).stride(2).padding(1).groups(2),
         ),
         ([1, 3, 4, 5], 3, Conv2d::new(3, 3).padding(1).groups(3)),
+        (
+            [2, 2, 5, 6],
+            3,
+            Conv2d::new(3, 2)
+                .strides(2, 1)
+                .pads(1, 0, 2, 1)
+                .dilations(1, 2),
+        ),
+        (
+            [1, 4, 4, 7],
+            4,
+            Conv2d::new(2, 3).strides(1, 2).pads(0, 1, 1, 2).groups(2),
+        ),
     ] {
         let ws = [f, xs[1] / geom.groups, geom.kh, geom.kw];
         let g = Graph::new();
@@ -356,4 +397,183 @@ fn bad_groups_and_channels_are_typed_errors_naming_the_layer() {
         &[2, 4, 6, 6]
     );
     assert_eq!(dw.param_names(), ["dw.weight", "dw.bias"]);
+}
+
+/// Direct transposed convolution in f64: every input pixel x[n, c, iy, ix] adds
+/// x · w[c, j, ki, kj] to y[n, g·Fg + j, iy·sh - pt + ki·dh, ix·sw - pl + kj·dw] (where that
+/// lies inside the output), g the group of channel c.
+fn direct_conv_transpose(
+    x: &[f32],
+    [n, c, h, wd]: [usize; 4],
+    w: &[f32],
+    fg: usize,
+    g: Conv2d,
+    [oh, ow]: [usize; 2],
+) -> Vec<f32> {
+    let f = fg * g.groups;
+    let cg = c / g.groups;
+    let mut y = vec![0.0f64; n * f * oh * ow];
+    for b in 0..n {
+        for ch in 0..c {
+            for iy in 0..h {
+                for ix in 0..wd {
+                    let xv = x[((b * c + ch) * h + iy) * wd + ix] as f64;
+                    for j in 0..fg {
+                        let out_c = (ch / cg) * fg + j;
+                        for ki in 0..g.kh {
+                            for kj in 0..g.kw {
+                                let oy = (iy * g.strides[0] + ki * g.dilations[0]) as isize
+                                    - g.pads[0] as isize;
+                                let ox = (ix * g.strides[1] + kj * g.dilations[1]) as isize
+                                    - g.pads[1] as isize;
+                                if oy >= 0 && ox >= 0 && (oy as usize) < oh && (ox as usize) < ow {
+                                    let wv = w[((ch * fg + j) * g.kh + ki) * g.kw + kj] as f64;
+                                    y[((b * f + out_c) * oh + oy as usize) * ow + ox as usize] +=
+                                        xv * wv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y.into_iter().map(|v| v as f32).collect()
+}
+
+/// Transposed convolutions (input shape, filters per group, window, output size): plain,
+/// strided with asymmetric pads and output padding, grouped, depthwise, 1-D as (N, C, 1, L).
+fn transpose_cases() -> Vec<([usize; 4], usize, Conv2d, [usize; 2])> {
+    vec![
+        ([1, 2, 3, 4], 3, Conv2d::new(3, 3), [5, 6]),
+        // stride 2 with one row of output padding (pads chosen so the windows come out)
+        (
+            [2, 3, 4, 3],
+            2,
+            Conv2d::new(3, 2).strides(2, 3).pads(1, 0, 0, 1),
+            [8, 8],
+        ),
+        (
+            [1, 4, 3, 5],
+            1,
+            Conv2d::new(2, 3)
+                .strides(2, 1)
+                .pads(0, 1, 1, 2)
+                .dilations(2, 1)
+                .groups(2),
+            [6, 4],
+        ),
+        (
+            [2, 3, 4, 4],
+            1,
+            Conv2d::new(3, 3).stride(2).padding(1).groups(3),
+            [7, 7],
+        ),
+        (
+            [1, 2, 1, 6],
+            2,
+            Conv2d::new(1, 3).strides(1, 2).pads(0, 1, 0, 0),
+            [1, 12],
+        ),
+    ]
+}
+
+#[test]
+fn conv_transpose2d_matches_a_direct_transposed_convolution() {
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        for (k, (xs, fg, geom, out)) in transpose_cases().into_iter().enumerate() {
+            let ws = [xs[1], fg, geom.kh, geom.kw];
+            let x = uniform(k as u64 + 60, xs.iter().product(), -1.0, 1.0);
+            let w = uniform(k as u64 + 70, ws.iter().product(), -1.0, 1.0);
+            let want = direct_conv_transpose(&x, xs, &w, fg, geom, out);
+            let g = Graph::new();
+            let y = g
+                .input("x", &xs)
+                .conv_transpose2d(&g.input("w", &ws), geom, out)
+                .unwrap();
+            assert_eq!(y.shape(), &[xs[0], fg * geom.groups, out[0], out[1]]);
+            let exe = dev.compile(&g, &[&y], None).unwrap();
+            let xt = Tensor::from_slice(&dev, &x, &xs).unwrap();
+            let wt = Tensor::from_slice(&dev, &w, &ws).unwrap();
+            let got = exe.run(&[("x", &xt), ("w", &wt)]).unwrap();
+            assert_close(
+                &format!("conv_transpose2d {xs:?} {geom:?} {out:?} on {}", dev.name()),
+                &got[0].to_vec::<f32>().unwrap(),
+                &want,
+                1e-5,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_transpose2d_gradients_match_finite_differences() {
+    for (xs, fg, geom, out) in transpose_cases().into_iter().skip(1).take(2) {
+        let ws = [xs[1], fg, geom.kh, geom.kw];
+        let g = Graph::new();
+        let x = g.input("x", &xs);
+        let w = g.input("w", &ws);
+        let y = x.conv_transpose2d(&w, geom, out).unwrap();
+        let r = Tensor::from_slice(
+            &Device::cpu(),
+            &uniform(5, y.shape().iter().product(), 0.5, 1.5),
+            y.shape(),
+        )
+        .unwrap();
+        let loss = y.mul(&g.constant(&r).unwrap()).unwrap().sum().unwrap();
+        let grads = grad(&loss, &[&x, &w]).unwrap();
+        let feeds = [
+            (
+                "x".to_string(),
+                Feed::real(&uniform(6, xs.iter().product(), -1.0, 1.0), &xs),
+            ),
+            (
+                "w".to_string(),
+                Feed::real(&uniform(7, ws.iter().product(), -1.0, 1.0), &ws),
+            ),
+        ];
+        check_finite_differences(
+            &format!("conv_transpose2d {xs:?} {geom:?}"),
+            &g,
+            &loss,
+            &grads,
+            &feeds,
+        );
+    }
+}
+
+#[test]
+fn conv_transpose2d_bad_shapes_are_typed_errors() {
+    let g = Graph::new();
+    let x = g.input("x", &[1, 4, 3, 3]);
+    // filters' first dim must be the input channels
+    let e = x
+        .conv_transpose2d(&g.input("w", &[3, 2, 3, 3]), Conv2d::new(3, 3), [5, 5])
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { op: "conv_transpose2d", detail } if detail.contains("[3, 2, 3, 3]")),
+        "{e}"
+    );
+    // an output whose windows do not come back to the input size
+    let e = x
+        .conv_transpose2d(&g.input("w2", &[4, 2, 3, 3]), Conv2d::new(3, 3), [6, 5])
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { op: "conv_transpose2d", detail } if detail.contains("(4, 3)")),
+        "{e}"
+    );
+    // groups that do not divide the channels
+    assert!(x
+        .conv_transpose2d(
+            &g.input("w3", &[4, 1, 3, 3]),
+            Conv2d::new(3, 3).groups(3),
+            [5, 5]
+        )
+        .is_err());
+    // a 3-D input
+    assert!(g
+        .input("x3", &[4, 3, 3])
+        .conv_transpose2d(&g.input("w4", &[4, 2, 3, 3]), Conv2d::new(3, 3), [5, 5])
+        .is_err());
 }

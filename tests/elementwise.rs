@@ -3,13 +3,16 @@
 
 mod common;
 
-use common::{assert_close, assert_tensor_close, gpu, pair, uniform, SIZES};
-use wgrad::{BinaryOp, Device, Error, Tensor, UnaryOp};
+use common::{
+    assert_close, assert_tensor_close, check_finite_differences, gpu, pair, uniform, Feed, SIZES,
+};
+use wgrad::{BinaryOp, Device, Error, Graph, Tensor, UnaryOp};
 
 /// Input range on which each unary op is defined and well conditioned.
 fn domain(op: UnaryOp) -> (f32, f32) {
     match op {
         UnaryOp::Log | UnaryOp::Sqrt => (0.01, 50.0),
+        UnaryOp::Log1p => (-0.99, 50.0),
         UnaryOp::Exp => (-20.0, 20.0),
         _ => (-8.0, 8.0),
     }
@@ -296,5 +299,164 @@ fn broadcast_matches_the_same_shape_kernel_on_materialised_operands() {
             .add(&gb.broadcast_to(&full).unwrap())
             .unwrap();
         assert_bits_equal(&format!("add {sa:?} {sb:?}"), &out, &want);
+    }
+}
+
+/// Erf, Log1p: relative accuracy for tiny arguments (where `1 - erfc` or `ln(1 + x)`
+/// would cancel), against the f64 reference; Floor, Ceil and Round (halves to even) exact
+/// on halves and integers.
+#[test]
+fn erf_log1p_floor_ceil_small_arguments_and_exact_values() {
+    let Some(dev) = gpu() else { return };
+    let mut tiny: Vec<f32> = (0..40).map(|k| 10f32.powf(-9.0 + k as f32 * 0.2)).collect();
+    tiny.extend(tiny.clone().iter().map(|x| -x));
+    let (g, c) = pair(&dev, &tiny, &[tiny.len()]);
+    for op in [UnaryOp::Erf, UnaryOp::Log1p] {
+        let label = format!("{} tiny arguments", op.name());
+        assert_tensor_close(
+            &label,
+            &g.unary(op).unwrap(),
+            &c.unary(op).unwrap(),
+            0.0,
+            1e-6,
+        );
+    }
+    let mut steps: Vec<f32> = (-12..=12).map(|k| k as f32 * 0.5).collect();
+    steps.extend([
+        8388609.0,
+        -8388609.5,
+        16777216.0,
+        0.49999997,
+        -0.49999997,
+        1e30,
+    ]);
+    let (g, c) = pair(&dev, &steps, &[steps.len()]);
+    for op in [UnaryOp::Floor, UnaryOp::Ceil, UnaryOp::Round] {
+        let (got, want) = (g.unary(op).unwrap(), c.unary(op).unwrap());
+        assert_close(
+            op.name(),
+            &got.to_vec::<f32>().unwrap(),
+            &want.to_vec::<f32>().unwrap(),
+            0.0,
+            0.0,
+        );
+    }
+}
+
+/// What `keep_where` / `keep_where_not` / `Var::select` must give, from the definition.
+fn pick(c: f32, a: f32, b: f32) -> f32 {
+    if c != 0.0 || c.is_nan() {
+        a
+    } else {
+        b
+    }
+}
+
+/// keep_where / keep_where_not with masks of 0, 1, -0, 2 and NaN over values holding ±inf
+/// and NaN, broadcast both ways and on awkward sizes: GPU bit-identical to the CPU
+/// reference, and their sum (the graph's `select`) the definition's pick, exactly.
+#[test]
+fn keep_where_selects_exactly_past_inf_and_nan() {
+    let Some(dev) = gpu() else { return };
+    let specials = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -0.0, 1.5];
+    let masks = [0.0f32, 1.0, -0.0, 2.0, f32::NAN, 0.0, 1.0];
+    for &n in &SIZES {
+        for shape_c in [vec![n], vec![1], vec![3, n]] {
+            let shape_a = vec![3, n];
+            let na = 3 * n;
+            let mut a = uniform(n as u64, na, -3.0, 3.0);
+            for (i, v) in a.iter_mut().enumerate().filter(|(i, _)| i % 4 == 1) {
+                *v = specials[i % specials.len()];
+            }
+            let b: Vec<f32> = a.iter().rev().copied().collect();
+            let nc: usize = shape_c.iter().product();
+            let c: Vec<f32> = (0..nc).map(|i| masks[i % masks.len()]).collect();
+            let (ga, ca) = pair(&dev, &a, &shape_a);
+            let (gb, _) = pair(&dev, &b, &shape_a);
+            let (gc, cc) = pair(&dev, &c, &shape_c);
+            for op in [BinaryOp::KeepWhere, BinaryOp::KeepWhereNot] {
+                for (x, y, cx, cy) in [(&ga, &gc, &ca, &cc), (&gc, &ga, &cc, &ca)] {
+                    let label = format!("{} {:?} {:?}", op.name(), x.shape(), y.shape());
+                    let got = x.binary(y, op).unwrap().to_vec::<f32>().unwrap();
+                    let want = cx.binary(cy, op).unwrap().to_vec::<f32>().unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{label}");
+                }
+            }
+            let sel = ga
+                .keep_where(&gc)
+                .and_then(|k| k.add(&gb.keep_where_not(&gc)?))
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap();
+            let want: Vec<f32> = (0..na)
+                .map(|i| pick(c[if nc == 1 { 0 } else { i % nc }], a[i], b[i]))
+                .collect();
+            assert_close(&format!("select {shape_c:?}"), &sel, &want, 0.0, 0.0);
+        }
+    }
+}
+
+/// `select(c, a, b)` in a graph: exact on the GPU and the CPU reference with a -inf side
+/// (an attention mask into softmax), and its gradients against finite differences: g to
+/// the side taken, exactly 0 (never 0·inf = NaN) to the other, none to the mask.
+#[test]
+fn select_gradients_match_finite_differences_past_a_minus_inf_side() {
+    let g = Graph::new();
+    let (a, b) = (g.input("a", &[3, 5]), g.input("b", &[5]));
+    let c = g.input("c", &[3, 5]);
+    let ninf = g.full(f32::NEG_INFINITY, &[3, 5]);
+    // masked scores: a where c, else -inf; plus select(c, a², b) broadcast
+    let masked = c.select(&a, &ninf).unwrap().softmax(-1).unwrap();
+    let mixed = c.select(&a.square().unwrap(), &b).unwrap();
+    let r = Tensor::from_slice(&Device::cpu(), &uniform(3, 15, 0.5, 1.5), &[3, 5]).unwrap();
+    let r = g.constant(&r).unwrap();
+    let loss = masked
+        .add(&mixed)
+        .and_then(|y| y.mul(&r))
+        .and_then(|y| y.sum())
+        .unwrap();
+    let grads = wgrad::autodiff::grad(&loss, &[&a, &b]).unwrap();
+    let mask = [1., 0., 1., 1., 0., 0., 0., 1., 0., 0., 1., 1., 1., 1., 0.];
+    let feeds = vec![
+        (
+            "a".to_string(),
+            Feed::real(&uniform(1, 15, -2.0, 2.0), &[3, 5]),
+        ),
+        ("b".to_string(), Feed::real(&uniform(2, 5, -2.0, 2.0), &[5])),
+        ("c".to_string(), Feed::Fixed(mask.to_vec(), vec![3, 5])),
+    ];
+    let d = check_finite_differences("select", &g, &loss, &grads, &feeds);
+    for (i, &m) in mask.iter().enumerate() {
+        if m == 0.0 {
+            assert_eq!(d[0][i], 0.0, "d/da[{i}] where not selected");
+        }
+    }
+    let Some(dev) = gpu() else { return };
+    let outs = [&loss, &grads[0], &grads[1]];
+    let tensors: Vec<(String, Tensor)> = feeds
+        .iter()
+        .map(|(n, f)| {
+            let (Feed::Real(v, s) | Feed::Fixed(v, s)) = f else {
+                unreachable!()
+            };
+            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            (
+                n.clone(),
+                Tensor::from_slice(&Device::cpu(), &v, s).unwrap(),
+            )
+        })
+        .collect();
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let (on_gpu, _) = common::run_compiled(&dev, &g, &outs, &named);
+    let (on_cpu, _) = common::run_compiled(&Device::cpu(), &g, &outs, &named);
+    for k in 0..3 {
+        assert_close(
+            &format!("select output {k} GPU vs CPU"),
+            &on_gpu[k],
+            &on_cpu[k],
+            1e-5,
+            1e-5,
+        );
     }
 }

@@ -440,14 +440,10 @@ fn apply<V: Value>(step: &Step, vals: &[Option<V>]) -> Option<wgrad::Result<V>> 
             while dims.len() < 4 {
                 dims.insert(0, 1);
             }
-            let geom = Conv2d {
-                kh: *kh,
-                kw: *kw,
-                stride: *stride,
-                padding: *padding,
-                dilation: *dilation,
-                groups: 1,
-            };
+            let geom = Conv2d::new(*kh, *kw)
+                .stride(*stride)
+                .padding(*padding)
+                .dilation(*dilation);
             x.reshape(&dims).and_then(|x| x.im2col(geom))
         }
     })

@@ -256,10 +256,7 @@ fn conv2d_weight_gradient_over_100352_positions() {
     let g = Graph::new();
     let x = g.input("x", &xs);
     let w = g.input("w", &ws);
-    let geom = Conv2d {
-        padding: 1,
-        ..Conv2d::new(3, 3)
-    };
+    let geom = Conv2d::new(3, 3).padding(1);
     let y = x.conv2d(&w, geom).unwrap();
     let up = g.input("up", &[8, 4, 112, 112]);
     let gw = autodiff::vjp(&y, &up, &[&w]).unwrap();

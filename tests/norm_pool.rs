@@ -188,8 +188,9 @@ fn bad_shapes_are_typed_errors() {
 /// Direct pooling of (N, C, H, W) in f64: padding is −∞ for max and a zero counted in
 /// the window for average (count_include_pad = True).
 fn direct_pool(x: &[f32], [n, c, h, w]: [usize; 4], g: Conv2d, max: bool) -> Vec<f32> {
-    let oh = (h + 2 * g.padding - g.dilation * (g.kh - 1) - 1) / g.stride + 1;
-    let ow = (w + 2 * g.padding - g.dilation * (g.kw - 1) - 1) / g.stride + 1;
+    let ([sh, sw], [pt, pl, pb, pr], [dh, dw]) = (g.strides, g.pads, g.dilations);
+    let oh = (h + pt + pb - dh * (g.kh - 1) - 1) / sh + 1;
+    let ow = (w + pl + pr - dw * (g.kw - 1) - 1) / sw + 1;
     let mut out = Vec::new();
     for img in 0..n * c {
         for y in 0..oh {
@@ -197,8 +198,8 @@ fn direct_pool(x: &[f32], [n, c, h, w]: [usize; 4], g: Conv2d, max: bool) -> Vec
                 let mut vals = Vec::new();
                 for i in 0..g.kh {
                     for j in 0..g.kw {
-                        let iy = (y * g.stride + i * g.dilation) as isize - g.padding as isize;
-                        let ix = (z * g.stride + j * g.dilation) as isize - g.padding as isize;
+                        let iy = (y * sh + i * dh) as isize - pt as isize;
+                        let ix = (z * sw + j * dw) as isize - pl as isize;
                         if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
                             vals.push(x[img * h * w + iy as usize * w + ix as usize] as f64);
                         }
@@ -226,6 +227,18 @@ fn padded_pooling_matches_direct_pooling() {
             [2, 1, 7, 4],
             Conv2d::new(3, 3).stride(2).padding(1).dilation(2),
         ),
+        // per-axis strides and dilations, four different pads
+        (
+            [1, 2, 5, 7],
+            Conv2d::new(2, 3).strides(2, 1).pads(1, 0, 0, 2),
+        ),
+        (
+            [2, 1, 6, 5],
+            Conv2d::new(3, 2)
+                .strides(1, 2)
+                .pads(0, 1, 2, 1)
+                .dilations(2, 1),
+        ),
     ];
     for (k, (shape, geom)) in cases.into_iter().enumerate() {
         let n: usize = shape.iter().product();
@@ -244,14 +257,122 @@ fn padded_pooling_matches_direct_pooling() {
             &mx,
             &move |v| v.max_pool2d_window(geom),
         );
-        if geom.dilation == 1 {
-            check(
-                &format!("avg_pool2d {shape:?} {geom:?}"),
-                &shape,
-                &x,
-                &avg,
-                &move |v| v.avg_pool2d_window(geom),
-            );
+        check(
+            &format!("avg_pool2d {shape:?} {geom:?}"),
+            &shape,
+            &x,
+            &avg,
+            &move |v| v.avg_pool2d_window(geom),
+        );
+    }
+}
+
+/// Pooling with ceil_mode and count_include_pad in f64, written from onnxruntime's loops:
+/// a window starts at o·s - p (o counted with ceil, dropping a window that would start in
+/// the end padding), is clipped to [-p_start, len + p_end) for its count when padding
+/// counts, and to [0, len) for its elements.
+fn direct_pool_ceil(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    g: Conv2d,
+    max: bool,
+    include_pad: bool,
+) -> (Vec<f32>, [usize; 2]) {
+    let outs = |len: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize| {
+        let room = len + p0 + p1 - (d * (k - 1) + 1);
+        let o = room.div_ceil(s) + 1;
+        if (o - 1) * s >= len + p0 {
+            o - 1
+        } else {
+            o
+        }
+    };
+    let [pt, pl, pb, pr] = g.pads;
+    let oh = outs(h, g.kh, g.strides[0], g.dilations[0], pt, pb);
+    let ow = outs(w, g.kw, g.strides[1], g.dilations[1], pl, pr);
+    let mut out = Vec::new();
+    for img in 0..n * c {
+        for y in 0..oh {
+            for z in 0..ow {
+                let (mut vals, mut count) = (Vec::new(), 0usize);
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let iy = (y * g.strides[0] + i * g.dilations[0]) as isize - pt as isize;
+                        let ix = (z * g.strides[1] + j * g.dilations[1]) as isize - pl as isize;
+                        let in_pad = iy < (h + pb) as isize && ix < (w + pr) as isize;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            vals.push(x[img * h * w + iy as usize * w + ix as usize] as f64);
+                            count += 1;
+                        } else if include_pad && in_pad {
+                            count += 1;
+                        }
+                    }
+                }
+                out.push(if max {
+                    vals.iter().copied().fold(f64::NEG_INFINITY, f64::max) as f32
+                } else {
+                    (vals.iter().sum::<f64>() / count as f64) as f32
+                });
+            }
+        }
+    }
+    (out, [oh, ow])
+}
+
+#[test]
+fn ceil_mode_and_count_include_pad_pooling_match_direct_pooling() {
+    let cases = [
+        // a last window past the end padding, kept (ceil) and one starting in it, dropped
+        (
+            [1usize, 2, 5, 6],
+            Conv2d::new(2, 3).strides(2, 2).pads(1, 1, 1, 1),
+        ),
+        (
+            [2, 1, 6, 7],
+            Conv2d::new(3, 2).strides(2, 3).pads(0, 1, 1, 0),
+        ),
+        (
+            [1, 1, 7, 5],
+            Conv2d::new(2, 2)
+                .strides(2, 2)
+                .pads(1, 0, 1, 1)
+                .dilations(2, 1),
+        ),
+    ];
+    for (k, (shape, geom)) in cases.into_iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let noise = uniform(k as u64 + 11, n, -0.02, 0.02);
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 37) % n) as f32 * 0.1 - 1.5 + noise[i])
+            .collect();
+        let (mx, [oh, ow]) = direct_pool_ceil(&x, shape, geom, true, false);
+        let g = Graph::new();
+        let y = g.input("x", &shape).max_pool2d_with(geom, true).unwrap();
+        assert_eq!(y.shape(), &[shape[0], shape[1], oh, ow], "{geom:?}");
+        check(
+            &format!("max_pool2d ceil {shape:?} {geom:?}"),
+            &shape,
+            &x,
+            &mx,
+            &move |v| v.max_pool2d_with(geom, true),
+        );
+        for include in [false, true] {
+            for ceil in [false, true] {
+                let want = if ceil {
+                    direct_pool_ceil(&x, shape, geom, false, include).0
+                } else if include {
+                    direct_pool(&x, shape, geom, false)
+                } else {
+                    continue;
+                };
+                check(
+                    &format!("avg_pool2d ceil {ceil} include {include} {shape:?} {geom:?}"),
+                    &shape,
+                    &x,
+                    &want,
+                    &move |v| v.avg_pool2d_with(geom, ceil, include),
+                );
+            }
         }
     }
 }

@@ -35,6 +35,9 @@ pub(crate) const STATUS_BYTES: u64 = 16;
 /// Status code: a cross-entropy label outside 0..classes (word 1: the label, word 2: classes).
 const STATUS_BAD_LABEL: u32 = 1;
 
+/// Status code: a gather or scatter-add index outside -n..n (word 1: the index, word 2: n).
+const STATUS_BAD_INDEX: u32 = 2;
+
 /// Turns the status words read back into an error.
 fn check_status(words: &[u32]) -> Result<()> {
     match words.first().copied().unwrap_or(0) {
@@ -45,6 +48,15 @@ fn check_status(words: &[u32]) -> Result<()> {
                 "label {} outside 0..{} (found by the GPU kernel since the last readback; \
                  that row's loss and gradient are NaN)",
                 words[1] as i32, words[2]
+            ),
+        }),
+        STATUS_BAD_INDEX => Err(Error::Invalid {
+            op: "gather",
+            detail: format!(
+                "index {} outside -{n}..{n} for an axis of length {n} (found by the GPU kernel \
+                 since the last readback; the gathered elements are 0)",
+                words[1] as i32,
+                n = words[2]
             ),
         }),
         code => Err(Error::Gpu {

@@ -79,21 +79,50 @@ impl Var {
         self.avg_pool2d_window(Conv2d::new(k, k).stride(stride))
     }
 
-    /// Max pooling over any window (kh×kw, stride, padding, dilation). Padding counts
-    /// as −∞, so it is never the maximum; as in PyTorch, padding may be at most half
-    /// the kernel, so every window holds at least one real element.
+    /// Max pooling over any window (kh×kw, per-axis strides and dilations, padding on each
+    /// side). Padding counts as −∞, so it is never the maximum; every window must hold at
+    /// least one real element.
     pub fn max_pool2d_window(&self, window: Conv2d) -> Result<Var> {
-        self.pool2d("max_pool2d", window, ReduceOp::Max)
+        self.max_pool2d_with(window, false)
     }
 
     /// Average pooling over any window. Padding counts as zeros that are part of the
     /// window — PyTorch's default `count_include_pad=True` — so a border window is
     /// divided by kh·kw, not by its number of real elements.
     pub fn avg_pool2d_window(&self, window: Conv2d) -> Result<Var> {
-        self.pool2d("avg_pool2d", window, ReduceOp::Mean)
+        self.avg_pool2d_with(window, false, true)
     }
 
-    fn pool2d(&self, op: &'static str, geom: Conv2d, reduce: ReduceOp) -> Result<Var> {
+    /// Max pooling with `ceil_mode` (ONNX's and PyTorch's): the output size rounds up, so a
+    /// last window that starts inside the input or its top/left padding but runs past the
+    /// bottom/right padding is kept (its taps past the end are ignored); a window that would
+    /// start in the bottom/right padding is not.
+    pub fn max_pool2d_with(&self, window: Conv2d, ceil_mode: bool) -> Result<Var> {
+        self.pool2d("max_pool2d", window, ReduceOp::Max, ceil_mode, true)
+    }
+
+    /// Average pooling with `ceil_mode` (as in [`Var::max_pool2d_with`]) and
+    /// `count_include_pad`: each window is divided by its taps inside the padded input (true)
+    /// or inside the input only (false). Taps past the padding, which only `ceil_mode` makes,
+    /// are never counted — onnxruntime's and PyTorch's rule.
+    pub fn avg_pool2d_with(
+        &self,
+        window: Conv2d,
+        ceil_mode: bool,
+        count_include_pad: bool,
+    ) -> Result<Var> {
+        let op = "avg_pool2d";
+        self.pool2d(op, window, ReduceOp::Mean, ceil_mode, count_include_pad)
+    }
+
+    fn pool2d(
+        &self,
+        op: &'static str,
+        geom: Conv2d,
+        reduce: ReduceOp,
+        ceil_mode: bool,
+        count_include_pad: bool,
+    ) -> Result<Var> {
         let [n, c, h, w] = self.shape()[..] else {
             return Err(Error::Shape {
                 op,
@@ -101,38 +130,94 @@ impl Var {
             });
         };
         let geom = geom.groups(1);
-        let (oh, ow) = geom.output_size(op, self.shape())?;
-        if 2 * geom.padding > geom.kh.min(geom.kw) {
+        geom.output_size(op, self.shape())?;
+        let [pt, pl, pb, pr] = geom.pads;
+        let rows = PoolAxis::new(
+            h,
+            geom.kh,
+            geom.strides[0],
+            geom.dilations[0],
+            [pt, pb],
+            ceil_mode,
+        );
+        let cols = PoolAxis::new(
+            w,
+            geom.kw,
+            geom.strides[1],
+            geom.dilations[1],
+            [pl, pr],
+            ceil_mode,
+        );
+        if let Some((axis, o)) = rows
+            .empty_window()
+            .map(|o| ("row", o))
+            .or(cols.empty_window().map(|o| ("column", o)))
+        {
             return Err(Error::Invalid {
                 op,
                 detail: format!(
-                    "padding {} is more than half the {}x{} window (input {:?})",
-                    geom.padding,
+                    "{} leaves output {axis} {o} of the {}x{} window (dilations {:?}) with no input element (input {:?})",
+                    geom.padding_text(),
                     geom.kh,
                     geom.kw,
+                    geom.dilations,
                     self.shape()
                 ),
             });
         }
+        // ceil_mode's extra taps are more bottom/right padding for im2col.
+        let win = geom.pads(pt, pl, pb + rows.extra, pr + cols.extra);
+        let (oh, ow) = win.output_size(op, self.shape())?;
+        debug_assert_eq!((oh, ow), (rows.outs, cols.outs));
+        let k = geom.kh * geom.kw;
+        let cpu = crate::Device::cpu();
         // Channels as separate images: (N·C, 1, H, W) → (N·C, OH·OW, kh·kw) → reduce the window.
-        let patches = self.reshape(&[n * c, 1, h, w])?.im2col(geom)?;
-        let patches = if reduce == ReduceOp::Max && geom.padding > 0 {
-            // im2col pads with zeros; −∞ on those taps keeps them out of the max (and,
-            // never equal to the max, out of its gradient).
-            let ones = Tensor::full(&crate::Device::cpu(), 1.0, &[1, 1, h, w])?;
-            let pad: Vec<f32> = ones
-                .im2col(geom)?
-                .to_vec::<f32>()?
-                .into_iter()
-                .map(|v| if v == 1.0 { 0.0 } else { f32::NEG_INFINITY })
-                .collect();
-            let pad =
-                Tensor::from_slice(&crate::Device::cpu(), &pad, &[oh * ow, geom.kh * geom.kw])?;
-            patches.add(&self.graph().constant(&pad)?)?
+        let patches = self.reshape(&[n * c, 1, h, w])?.im2col(win)?;
+        let pooled = if reduce == ReduceOp::Max {
+            let mut mask = vec![0.0f32; oh * ow * k];
+            for (oy, ry) in rows.inside.chunks(geom.kh).enumerate() {
+                for (ox, rx) in cols.inside.chunks(geom.kw).enumerate() {
+                    let at = (oy * ow + ox) * k;
+                    for (i, &iy) in ry.iter().enumerate() {
+                        for (j, &ix) in rx.iter().enumerate() {
+                            if !(iy && ix) {
+                                mask[at + i * geom.kw + j] = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                }
+            }
+            let patches = if mask.iter().any(|v| *v != 0.0) {
+                // im2col pads with zeros; −∞ on those taps keeps them out of the max (and,
+                // never equal to the max, out of its gradient).
+                let mask = Tensor::from_slice(&cpu, &mask, &[oh * ow, k])?;
+                patches.add(&self.graph().constant(&mask)?)?
+            } else {
+                patches
+            };
+            patches.reduce(ReduceOp::Max, -1, false)?
         } else {
-            patches
+            let (ch, cw) = if count_include_pad {
+                (&rows.padded, &cols.padded)
+            } else {
+                (&rows.real, &cols.real)
+            };
+            let divisors: Vec<usize> = ch
+                .iter()
+                .flat_map(|a| cw.iter().map(move |b| a * b))
+                .collect();
+            if divisors.iter().all(|&d| d == k) {
+                patches.reduce(ReduceOp::Mean, -1, false)?
+            } else {
+                // Border windows count fewer taps: a sum, then 1/count per output position.
+                let inv: Vec<f32> = divisors.iter().map(|&d| 1.0 / d as f32).collect();
+                let inv = Tensor::from_slice(&cpu, &inv, &[oh * ow])?;
+                patches
+                    .reduce(ReduceOp::Sum, -1, false)?
+                    .mul(&self.graph().constant(&inv)?)?
+            }
         };
-        patches.reduce(reduce, -1, false)?.reshape(&[n, c, oh, ow])
+        pooled.reshape(&[n, c, oh, ow])
     }
 
     /// Batch normalisation in evaluation mode for (N, C, …): `(x − running_mean) /
@@ -275,4 +360,61 @@ pub(crate) struct BatchStats {
     pub mean: Var,
     /// The biased channel variances.
     pub var: Var,
+}
+
+/// One axis of a pooling window: how many windows fit and, for each, which taps read the
+/// input and how many lie inside the padded input.
+struct PoolAxis {
+    /// Output positions.
+    outs: usize,
+    /// Padding past the end that `ceil_mode`'s last window needs beyond the given padding.
+    extra: usize,
+    /// For each output position and tap (outs × k): whether it reads a real element.
+    inside: Vec<bool>,
+    /// For each output position: its taps reading real elements.
+    real: Vec<usize>,
+    /// For each output position: its taps inside the input or its padding.
+    padded: Vec<usize>,
+}
+
+impl PoolAxis {
+    /// An axis of length `len` with a window of `k` taps, stride `s`, dilation `d` and
+    /// padding `[before, after]` (the caller has checked the window fits and `s`, `d` > 0).
+    fn new(len: usize, k: usize, s: usize, d: usize, [p0, p1]: [usize; 2], ceil: bool) -> PoolAxis {
+        let span = d * (k - 1) + 1;
+        let room = len + p0 + p1 - span;
+        let mut outs = if ceil { room.div_ceil(s) } else { room / s } + 1;
+        // A window may not start in the end padding (with ceil_mode only can it try).
+        if ceil && (outs - 1) * s >= len + p0 {
+            outs -= 1;
+        }
+        let extra = ((outs - 1) * s + span).saturating_sub(len + p0 + p1);
+        let mut inside = Vec::with_capacity(outs * k);
+        let (mut real, mut padded) = (Vec::with_capacity(outs), Vec::with_capacity(outs));
+        for o in 0..outs {
+            let (mut r, mut p) = (0, 0);
+            for i in 0..k {
+                // the tap's position in the padded input
+                let at = o * s + i * d;
+                let is_real = at >= p0 && at < p0 + len;
+                inside.push(is_real);
+                r += is_real as usize;
+                p += (at < p0 + len + p1) as usize;
+            }
+            real.push(r);
+            padded.push(p);
+        }
+        PoolAxis {
+            outs,
+            extra,
+            inside,
+            real,
+            padded,
+        }
+    }
+
+    /// The first output position whose window holds only padding, if any.
+    fn empty_window(&self) -> Option<usize> {
+        self.real.iter().position(|&r| r == 0)
+    }
 }

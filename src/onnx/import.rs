@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::invalid;
 use super::model::{Dim, Model, TensorData};
-use super::ops::{self, Const, Env, Value};
+use super::ops::{self, Const, ConstData, Env, Value};
 use crate::{Graph, Init, Result, Tensor, Var};
 
 /// What the file's FLOAT initializers become.
@@ -48,9 +48,13 @@ impl Model {
         let mut env = Env::new(g.clone(), self.opset);
         let mut inputs = Vec::new();
         for v in &self.inputs {
-            if v.dtype != "FLOAT" {
+            // Integer inputs (token ids for Gather) are fed as i32 tensors; an INT64 feed's
+            // values must fit (io::read_npy narrows `<i8` with that check).
+            let integer = matches!(v.dtype.as_str(), "INT64" | "INT32");
+            if v.dtype != "FLOAT" && !integer {
                 return Err(invalid(format!(
-                    "{origin}: input '{}' has element type {} (only FLOAT inputs are supported)",
+                    "{origin}: input '{}' has element type {} (only FLOAT, INT64 and INT32 \
+                     inputs are supported)",
                     v.name, v.dtype
                 )));
             }
@@ -81,8 +85,11 @@ impl Model {
                     ))),
                 })
                 .collect::<Result<Vec<usize>>>()?;
-            env.values
-                .insert(v.name.clone(), g.input(&v.name, &shape).into());
+            let var = match integer {
+                true => g.input_i32(&v.name, &shape),
+                false => g.input(&v.name, &shape),
+            };
+            env.values.insert(v.name.clone(), var.into());
             inputs.push(v.name.clone());
         }
         let mut params = Vec::new();
@@ -131,7 +138,23 @@ impl Model {
                     Some(Value::Var(v)) => v.clone(),
                     // An output known at import is still a graph output: a constant.
                     Some(Value::Const(c)) => {
-                        let t = Tensor::from_slice(&crate::Device::cpu(), &c.as_f32(), &c.dims)?;
+                        // Graph values are f32: an integer output (a shape, a mask) is carried
+                        // exactly up to 2^24 (as ArgMax's indices are) and refused beyond,
+                        // where f32 would round it silently.
+                        let v = match &c.data {
+                            ConstData::F32(v) => v.clone(),
+                            ConstData::I64(v) => {
+                                if let Some(big) = v.iter().find(|x| x.unsigned_abs() > 1 << 24) {
+                                    return Err(invalid(format!(
+                                        "{origin}: graph output '{}' is an integer value (dims {:?}) holding {big}, which f32 graph values cannot carry exactly (|v| <= 2^24)",
+                                        o.name, c.dims
+                                    )));
+                                }
+                                v.iter().map(|&x| x as f32).collect()
+                            }
+                        };
+                        let v = &v;
+                        let t = Tensor::from_slice(&crate::Device::cpu(), v, &c.dims)?;
                         g.constant(&t)?
                     }
                     None => {

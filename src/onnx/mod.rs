@@ -12,12 +12,14 @@
 //! # let _ = exe; Ok(()) }
 //! ```
 
+mod export;
 mod import;
 mod model;
 mod ops;
 #[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
 pub mod proto;
 
+pub use export::{export, export_to_file, ExportOptions, ParamValues, OPSET};
 pub use import::{Imported, Weights};
 pub use model::{Dim, Initializer, Model, TensorData, ValueInfo};
 

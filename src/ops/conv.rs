@@ -2,8 +2,10 @@
 //! patch matrix, and a convolution is that matrix times the flattened filters.
 //! `col2im` is its adjoint (the gradient of `im2col`), summing patches back.
 //!
-//! Shape rule: x (N, C, H, W) with a KH×KW kernel, stride s, padding p, dilation d gives
-//! OH = (H + 2p - d·(KH-1) - 1)/s + 1 (and OW likewise); patches are (N, OH·OW, C·KH·KW).
+//! Shape rule: x (N, C, H, W) with a KH×KW kernel, row stride s, top and bottom padding
+//! pt and pb, row dilation d gives OH = (H + pt + pb - d·(KH-1) - 1)/s + 1 (OW likewise with
+//! the column stride, left and right padding and column dilation); patches are
+//! (N, OH·OW, C·KH·KW). Bottom and right padding only decide how many windows fit.
 //! CPU reference: plain loops. GPU: `shaders/conv.wgsl`.
 //! Gradient: d im2col = col2im, d col2im = im2col (each is the other's transpose).
 //!
@@ -15,7 +17,7 @@
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::Kernel;
-use crate::graph::Var;
+use crate::graph::{Op, Var};
 use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -25,19 +27,21 @@ pub(crate) const SHADER: Kernel = Kernel {
     source: include_str!("../../shaders/conv.wgsl"),
 };
 
-/// Geometry of a 2-D convolution window.
+/// Geometry of a 2-D convolution window: per-axis strides and dilations, and padding on
+/// each of the four sides (ONNX's `pads` with `auto_pad` SAME_UPPER can differ top and
+/// bottom; a 1-D convolution seen as (N, C, 1, L) pads only left and right).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2d {
     /// Kernel height.
     pub kh: usize,
     /// Kernel width.
     pub kw: usize,
-    /// Step between windows (both directions).
-    pub stride: usize,
-    /// Zeros added on every side.
-    pub padding: usize,
-    /// Spacing between kernel taps.
-    pub dilation: usize,
+    /// Steps between windows: (rows, columns).
+    pub strides: [usize; 2],
+    /// Zeros added on each side: (top, left, bottom, right).
+    pub pads: [usize; 4],
+    /// Spacing between kernel taps: (rows, columns).
+    pub dilations: [usize; 2],
     /// Channel groups of a convolution (1: dense; C: depthwise). Patch extraction
     /// (im2col, col2im, pooling) ignores it.
     pub groups: usize,
@@ -49,32 +53,74 @@ impl Conv2d {
         Conv2d {
             kh,
             kw,
-            stride: 1,
-            padding: 0,
-            dilation: 1,
+            strides: [1, 1],
+            pads: [0; 4],
+            dilations: [1, 1],
             groups: 1,
         }
     }
 
-    /// The same window with another stride.
+    /// The same window with one stride in both directions.
     pub fn stride(self, stride: usize) -> Conv2d {
-        Conv2d { stride, ..self }
+        self.strides(stride, stride)
     }
 
-    /// The same window with another padding.
+    /// The same window with a stride per direction (rows, columns).
+    pub fn strides(self, sh: usize, sw: usize) -> Conv2d {
+        Conv2d {
+            strides: [sh, sw],
+            ..self
+        }
+    }
+
+    /// The same window with `padding` zeros on every side.
     pub fn padding(self, padding: usize) -> Conv2d {
-        Conv2d { padding, ..self }
+        self.pads(padding, padding, padding, padding)
     }
 
-    /// The same window with another dilation.
+    /// The same window with its own padding on each side.
+    pub fn pads(self, top: usize, left: usize, bottom: usize, right: usize) -> Conv2d {
+        Conv2d {
+            pads: [top, left, bottom, right],
+            ..self
+        }
+    }
+
+    /// The same window with one dilation in both directions.
     pub fn dilation(self, dilation: usize) -> Conv2d {
-        Conv2d { dilation, ..self }
+        self.dilations(dilation, dilation)
+    }
+
+    /// The same window with a dilation per direction (rows, columns).
+    pub fn dilations(self, dh: usize, dw: usize) -> Conv2d {
+        Conv2d {
+            dilations: [dh, dw],
+            ..self
+        }
     }
 
     /// The same window with `groups` channel groups (a convolution's filters then
     /// have C/groups input channels each).
     pub fn groups(self, groups: usize) -> Conv2d {
         Conv2d { groups, ..self }
+    }
+
+    /// The extent of the window along rows and columns: `dilation·(k - 1) + 1`.
+    pub fn span(&self) -> [usize; 2] {
+        [
+            self.dilations[0] * self.kh.saturating_sub(1) + 1,
+            self.dilations[1] * self.kw.saturating_sub(1) + 1,
+        ]
+    }
+
+    /// The padding for messages: `padding p` when every side has the same, else each side.
+    pub fn padding_text(&self) -> String {
+        let [t, l, b, r] = self.pads;
+        if t == l && t == b && t == r {
+            format!("padding {t}")
+        } else {
+            format!("pads (top {t}, left {l}, bottom {b}, right {r})")
+        }
     }
 
     /// Output positions (OH, OW) for an input of shape (N, C, H, W), or the error naming `op`.
@@ -85,30 +131,36 @@ impl Conv2d {
                 detail: format!("input must be (N, C, H, W), got {x:?}"),
             });
         };
-        if self.kh == 0 || self.kw == 0 || self.stride == 0 || self.dilation == 0 {
+        if self.kh == 0 || self.kw == 0 || self.strides.contains(&0) || self.dilations.contains(&0)
+        {
             return Err(Error::Invalid {
                 op,
-                detail: format!("kernel, stride and dilation must be positive: {self:?}"),
+                detail: format!("kernel, strides and dilations must be positive: {self:?}"),
             });
         }
-        let span = |k: usize| self.dilation * (k - 1) + 1;
-        let (ph, pw) = (h + 2 * self.padding, w + 2 * self.padding);
-        if span(self.kh) > ph || span(self.kw) > pw {
+        let [t, l, b, r] = self.pads;
+        let [span_h, span_w] = self.span();
+        let (ph, pw) = (h + t + b, w + l + r);
+        if span_h > ph || span_w > pw {
             return Err(Error::Shape {
                 op,
                 detail: format!(
-                    "kernel {}x{} (dilation {}) is larger than the padded input {ph}x{pw} of {x:?}",
-                    self.kh, self.kw, self.dilation
+                    "kernel {}x{} (dilations {:?}) is larger than the padded input {ph}x{pw} of {x:?} ({})",
+                    self.kh,
+                    self.kw,
+                    self.dilations,
+                    self.padding_text()
                 ),
             });
         }
         Ok((
-            (ph - span(self.kh)) / self.stride + 1,
-            (pw - span(self.kw)) / self.stride + 1,
+            (ph - span_h) / self.strides[0] + 1,
+            (pw - span_w) / self.strides[1] + 1,
         ))
     }
 
-    fn params(&self, x: &[usize], oh: usize, ow: usize, total: usize) -> [u32; 12] {
+    /// The kernels' params: the shape, the window, the output positions and the element count.
+    fn params(&self, x: &[usize], oh: usize, ow: usize, total: usize) -> [u32; 15] {
         let v = [
             x[0],
             x[1],
@@ -116,9 +168,12 @@ impl Conv2d {
             x[3],
             self.kh,
             self.kw,
-            self.stride,
-            self.padding,
-            self.dilation,
+            self.strides[0],
+            self.strides[1],
+            self.pads[0],
+            self.pads[1],
+            self.dilations[0],
+            self.dilations[1],
             oh,
             ow,
             total,
@@ -140,10 +195,10 @@ fn for_each_tap(s: &[usize], g: &Conv2d, oh: usize, ow: usize, mut f: impl FnMut
                 for ch in 0..c {
                     for ki in 0..g.kh {
                         for kj in 0..g.kw {
-                            let iy =
-                                (oy * g.stride + ki * g.dilation) as isize - g.padding as isize;
-                            let ix =
-                                (ox * g.stride + kj * g.dilation) as isize - g.padding as isize;
+                            let iy = (oy * g.strides[0] + ki * g.dilations[0]) as isize
+                                - g.pads[0] as isize;
+                            let ix = (ox * g.strides[1] + kj * g.dilations[1]) as isize
+                                - g.pads[1] as isize;
                             if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
                                 let pixel = ((b * c + ch) * h + iy as usize) * w + ix as usize;
                                 f(row + (ch * g.kh + ki) * g.kw + kj, pixel);
@@ -318,6 +373,80 @@ impl Var {
             .permute(&[0, 1, 3, 2])?
             .reshape(&[n, f, oh, ow])
     }
+}
+
+impl Var {
+    /// Adds patches (N, OH·OW, C·KH·KW) back into an image batch of `image_shape`
+    /// (N, C, H, W): the adjoint of [`Var::im2col`], differentiable (its gradient is im2col).
+    pub fn col2im(&self, geom: Conv2d, image_shape: &[usize]) -> Result<Var> {
+        self.graph()
+            .push(Op::Col2Im(geom.groups(1), image_shape.to_vec()), &[self])
+    }
+
+    /// Transposed convolution, the adjoint of [`Var::conv2d`] in its input: x (N, C, H, W)
+    /// with filters (C, F/groups, KH, KW) gives (N, F, OH, OW) for `output` = [OH, OW].
+    /// `geom` is the window of the convolution that maps (N, F, OH, OW) back to (N, C, H, W),
+    /// so `geom.output_size` of the output must be (H, W): its top and left padding crop the
+    /// result, its bottom and right padding only have to make the window count come out.
+    /// Computed as col2im(x·W): each input pixel scatters its filter-weighted patch.
+    pub fn conv_transpose2d(&self, weight: &Var, geom: Conv2d, output: [usize; 2]) -> Result<Var> {
+        let [n, c, h, w, f] = check_conv_transpose2d(self.shape(), weight.shape(), geom, output)?;
+        let (g, l, k) = (geom.groups, h * w, geom.kh * geom.kw);
+        let (cg, fgk) = (c / g, (f / g) * k);
+        let cols = if g == 1 {
+            // (N, C, L)ᵀ · (C, F·K) = (N, L, F·K)
+            self.reshape(&[n, c, l])?
+                .matmul_t(&weight.reshape(&[c, fgk])?, true, false)?
+        } else {
+            // (N, G, Cg, L)ᵀ · (G, Cg, Fg·K) = (N, G, L, Fg·K) → (N, L, G, Fg·K): the patch
+            // columns are channel-major, so group g's output channels are one block of them.
+            self.reshape(&[n, g, cg, l])?
+                .matmul_t(&weight.reshape(&[g, cg, fgk])?, true, false)?
+                .permute(&[0, 2, 1, 3])?
+                .reshape(&[n, l, f * k])?
+        };
+        cols.col2im(geom, &[n, f, output[0], output[1]])
+    }
+}
+
+/// Checks a transposed convolution: x (N, C, H, W), filters (C, F/groups, KH, KW) and an
+/// output (OH, OW) that `geom` maps back to (H, W). Returns [N, C, H, W, F].
+pub(crate) fn check_conv_transpose2d(
+    x: &[usize],
+    w: &[usize],
+    geom: Conv2d,
+    output: [usize; 2],
+) -> Result<[usize; 5]> {
+    let op = "conv_transpose2d";
+    let (&[n, c, h, wd], &[wc, fg, kh, kw]) = (x, w) else {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "input must be (N, C, H, W) and filters (C, F/groups, KH, KW), got {x:?} and {w:?}"
+            ),
+        });
+    };
+    let g = geom.groups;
+    if g == 0 || c % g != 0 || wc != c || (kh, kw) != (geom.kh, geom.kw) {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "input {x:?} and filters {w:?} disagree (filters need (C, F/groups, {}, {}) with C = {c} divisible by groups {g})",
+                geom.kh, geom.kw
+            ),
+        });
+    }
+    let f = fg * g;
+    let back = geom.output_size(op, &[n, f, output[0], output[1]])?;
+    if back != (h, wd) {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "an output of {output:?} has {back:?} windows of {geom:?}, not the input's ({h}, {wd}) (input {x:?})"
+            ),
+        });
+    }
+    Ok([n, c, h, wd, f])
 }
 
 /// Checks x (N, C, H, W) against filters (F, C/groups, KH, KW) and the window; returns (N, F).

@@ -46,6 +46,16 @@ pub enum UnaryOp {
     Gelu,
     /// The derivative of GELU, `Φ(x) + x·φ(x)` (used by its gradient rule).
     GeluGrad,
+    /// The error function, `erf x = 2/√π ∫₀ˣ e^{-t²} dt`.
+    Erf,
+    /// `⌊x⌋`, the largest integer not above `x`.
+    Floor,
+    /// `⌈x⌉`, the smallest integer not below `x`.
+    Ceil,
+    /// `ln(1 + x)`, accurate for small `x` (softplus without cancellation).
+    Log1p,
+    /// The nearest integer, halves to even (ONNX Round, NumPy `round`).
+    Round,
 }
 
 /// Element-wise functions of two arguments (comparisons give 1.0 or 0.0).
@@ -77,11 +87,17 @@ pub enum BinaryOp {
     Gt,
     /// `a >= b`.
     Ge,
+    /// `a` where `b != 0` (NaN counts as non-zero), else `+0`: a selection mask that, unlike
+    /// `a·b`, leaves no `±inf·0 = NaN` behind. `Where(c, a, b)` is
+    /// `KeepWhere(a, c) + KeepWhereNot(b, c)`, exact because one term is `+0`.
+    KeepWhere,
+    /// `a` where `b == 0`, else `+0`: the complement of [`BinaryOp::KeepWhere`].
+    KeepWhereNot,
 }
 
 impl UnaryOp {
     /// Every unary op, for tests and `wgrad check`.
-    pub const ALL: [UnaryOp; 11] = [
+    pub const ALL: [UnaryOp; 16] = [
         UnaryOp::Neg,
         UnaryOp::Abs,
         UnaryOp::Exp,
@@ -93,6 +109,11 @@ impl UnaryOp {
         UnaryOp::Tanh,
         UnaryOp::Gelu,
         UnaryOp::GeluGrad,
+        UnaryOp::Erf,
+        UnaryOp::Floor,
+        UnaryOp::Ceil,
+        UnaryOp::Log1p,
+        UnaryOp::Round,
     ];
 
     /// The op's name (as in the WGSL switch comments).
@@ -109,6 +130,11 @@ impl UnaryOp {
             UnaryOp::Tanh => "tanh",
             UnaryOp::Gelu => "gelu",
             UnaryOp::GeluGrad => "gelu_grad",
+            UnaryOp::Erf => "erf",
+            UnaryOp::Floor => "floor",
+            UnaryOp::Ceil => "ceil",
+            UnaryOp::Log1p => "log1p",
+            UnaryOp::Round => "round",
         }
     }
 
@@ -134,13 +160,18 @@ impl UnaryOp {
                 let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
                 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)) + x * pdf
             }
+            UnaryOp::Erf => libm::erf(x),
+            UnaryOp::Floor => x.floor(),
+            UnaryOp::Ceil => x.ceil(),
+            UnaryOp::Log1p => x.ln_1p(),
+            UnaryOp::Round => x.round_ties_even(),
         }
     }
 }
 
 impl BinaryOp {
     /// Every binary op, for tests and `wgrad check`.
-    pub const ALL: [BinaryOp; 13] = [
+    pub const ALL: [BinaryOp; 15] = [
         BinaryOp::Add,
         BinaryOp::Sub,
         BinaryOp::Mul,
@@ -154,6 +185,8 @@ impl BinaryOp {
         BinaryOp::Le,
         BinaryOp::Gt,
         BinaryOp::Ge,
+        BinaryOp::KeepWhere,
+        BinaryOp::KeepWhereNot,
     ];
 
     /// The op's name.
@@ -172,6 +205,8 @@ impl BinaryOp {
             BinaryOp::Le => "le",
             BinaryOp::Gt => "gt",
             BinaryOp::Ge => "ge",
+            BinaryOp::KeepWhere => "keep_where",
+            BinaryOp::KeepWhereNot => "keep_where_not",
         }
     }
 
@@ -208,6 +243,21 @@ impl BinaryOp {
             BinaryOp::Le => b(x <= y),
             BinaryOp::Gt => b(x > y),
             BinaryOp::Ge => b(x >= y),
+            // `y != 0.0` is true for NaN (IEEE), as in the kernel
+            BinaryOp::KeepWhere => {
+                if y != 0.0 {
+                    x
+                } else {
+                    0.0
+                }
+            }
+            BinaryOp::KeepWhereNot => {
+                if y == 0.0 {
+                    x
+                } else {
+                    0.0
+                }
+            }
         }
     }
 }
@@ -549,6 +599,11 @@ unary_methods! {
     sigmoid => Sigmoid, "`1 / (1 + e^-x)`";
     tanh => Tanh, "hyperbolic tangent";
     gelu => Gelu, "GELU, exact erf form";
+    erf => Erf, "error function";
+    floor => Floor, "`⌊x⌋`";
+    ceil => Ceil, "`⌈x⌉`";
+    log1p => Log1p, "`ln(1 + x)`, accurate for small `x`";
+    round => Round, "nearest integer, halves to even";
 }
 
 macro_rules! binary_methods {
@@ -585,6 +640,8 @@ binary_methods! {
     le, le_scalar => Le, "1.0 where `a <= b`, else 0.0";
     gt, gt_scalar => Gt, "1.0 where `a > b`, else 0.0";
     ge, ge_scalar => Ge, "1.0 where `a >= b`, else 0.0";
+    keep_where, keep_where_scalar => KeepWhere, "`a` where `b != 0`, else +0";
+    keep_where_not, keep_where_not_scalar => KeepWhereNot, "`a` where `b == 0`, else +0";
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub(crate) mod chunk;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
+pub mod gather;
 pub mod half;
 pub mod layout;
 pub mod loss;

@@ -180,7 +180,7 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
     let mut rows = Vec::new();
     let r = &mut rows;
     for op in UnaryOp::ALL {
-        let range = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt) {
+        let range = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Log1p) {
             (0.01, 10.0)
         } else {
             (-6.0, 6.0)
@@ -518,7 +518,7 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
         Ok(wgrad::linalg::svd(&x[0])?.1)
     });
     for op in UnaryOp::ALL.into_iter().filter(|&u| u != UnaryOp::GeluGrad) {
-        let range = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt) {
+        let range = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Log1p) {
             (0.5, 3.0)
         } else {
             (-2.0, 2.0)
