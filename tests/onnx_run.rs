@@ -509,7 +509,7 @@ fn set(entries: &mut [wgrad::onnx::proto::StringStringEntryProto], key: &str, va
 }
 
 fn err_of(r: wgrad::Result<Model>) -> String {
-    let e = r.err().expect("must fail").to_string();
+    let e = r.expect_err("must fail").to_string();
     assert!(!e.contains('\n'), "{e}");
     e
 }
@@ -582,4 +582,41 @@ fn external_short_file_and_lying_sizes_are_errors() {
     let bytes = edited(|e| e.retain(|x| x.key() != "location"));
     let msg = err_of(Model::from_bytes_with_dir(&bytes, &dir));
     assert!(msg.contains("location"), "{msg}");
+}
+
+#[test]
+fn run_feeds_integer_inputs_and_refuses_floats_for_them() {
+    // gather/embedding.onnx: an INT64 `ids` input [B, 5] through Gather (onnxruntime's output).
+    let dir = TempDir::new("ints");
+    for dev in devices() {
+        let o = format!("o_{dev}");
+        let out = wgrad(&[
+            "run",
+            &fx("gather", "embedding.onnx"),
+            &fx("gather", "embedding.in.ids.npy"),
+            "--out",
+            &dir.s(&o),
+            "--device",
+            dev,
+        ]);
+        assert_ok(&out);
+        let (shape, got) = f32s(&dir.path(&format!("{o}/out0.npy")));
+        let (want_shape, want) = f32s(&fixture_in("gather", "embedding.out0.npy"));
+        assert_eq!(shape, want_shape);
+        assert_close(&format!("embedding on {dev}"), &got, &want, 1e-5, 1e-4);
+    }
+    let f = NpyArray::new(NpyDType::F32, &[3, 5], NpyData::F32(vec![1.0; 15])).unwrap();
+    std::fs::write(dir.path("ids_f32.npy"), npy_array_bytes(&f).unwrap()).unwrap();
+    let out = wgrad(&[
+        "run",
+        &fx("gather", "embedding.onnx"),
+        &dir.s("ids_f32.npy"),
+        "--out",
+        &dir.s("bad"),
+    ]);
+    assert_one_line_error(
+        &out,
+        &["input 'ids'", "INT64", "[B, 5]", "float32", "[3, 5]"],
+    );
+    assert!(!dir.path("bad").exists());
 }
