@@ -119,12 +119,23 @@ fn cast(env: &Env, node: &NodeProto) -> OpResult {
     identity(env, node)
 }
 
-/// Dropout at inference is the identity; its mask output is not supported.
+/// Dropout at inference is the identity, and its mask output (opset 7+) is all ones: it
+/// keeps every element. Training mode (opset 12's `training_mode` input true) is refused.
 fn dropout(env: &Env, node: &NodeProto) -> OpResult {
-    if node.output.get(1).is_some_and(|m| !m.is_empty()) {
-        return Err("the mask output is not supported".into());
+    if let Some(mode) = super::opt_const_input(env, node, 2)? {
+        if mode.as_i64()?.iter().any(|&m| m != 0) {
+            return Err("training_mode=true is not supported (inference only)".into());
+        }
+    } else if node.input.get(2).is_some_and(|n| !n.is_empty()) {
+        return Err("training_mode must be known at import".into());
     }
-    identity(env, node)
+    let mut outs = identity(env, node)?;
+    if node.output.get(1).is_some_and(|m| !m.is_empty()) {
+        let dims = super::input_dims(env, node, 0)?;
+        let n = dims.iter().product();
+        outs.push(Value::Const(Const::ints(dims, vec![1; n])));
+    }
+    Ok(outs)
 }
 
 fn flatten(env: &Env, node: &NodeProto) -> OpResult {
