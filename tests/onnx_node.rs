@@ -192,10 +192,14 @@ fn read_pb(path: &Path) -> Result<Expected, String> {
     })
 }
 
+fn is_float(dtype: &str) -> bool {
+    matches!(dtype, "FLOAT" | "DOUBLE" | "FLOAT16" | "BFLOAT16")
+}
+
 /// A feed tensor for a graph input of ONNX type `dtype` on `dev`.
 fn feed(dev: &Device, e: &Expected, dtype: &str) -> Result<Tensor, String> {
     let t = match dtype {
-        "FLOAT" | "DOUBLE" | "FLOAT16" | "BFLOAT16" => {
+        d if is_float(d) => {
             let v: Vec<f32> = e.data.iter().map(|&x| x as f32).collect();
             Tensor::from_slice(dev, &v, &e.dims)
         }
@@ -291,7 +295,22 @@ fn run_case(dir: &Path, dev: &Device) -> Result<(), String> {
             }
         }
         let dims: Vec<(&str, usize)> = dims.iter().map(|(s, n)| (s.as_str(), *n)).collect();
-        let imported = model
+        // Integer and boolean feeds (shapes, axes, pads, repeats, masks) are bound at import
+        // as constants: the graph is specialised on them, as it is on symbolic dims. Float
+        // feeds stay runtime inputs.
+        let mut proto = model.proto.clone();
+        let graph = proto.graph.as_mut().ok_or("no graph")?;
+        for (j, info) in model.inputs.iter().enumerate() {
+            if !is_float(&info.dtype) {
+                let bytes =
+                    fs::read(set.join(format!("input_{j}.pb"))).map_err(|e| e.to_string())?;
+                let mut t = TensorProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+                t.name = Some(info.name.clone());
+                graph.initializer.push(t);
+            }
+        }
+        let bound = Model::from_bytes(&proto.encode_to_vec()).map_err(|e| e.to_string())?;
+        let imported = bound
             .import(&dims, Weights::Constants)
             .map_err(|e| e.to_string())?;
         let outs: Vec<_> = imported.outputs.iter().map(|(_, v)| v).collect();
