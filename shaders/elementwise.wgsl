@@ -133,6 +133,7 @@ fn unary_op(x: f32) -> f32 {
         case 12u: { return floor(x); }                           // floor
         case 13u: { return ceil(x); }                            // ceil
         case 14u: { return log1p_f32(x); }                       // log1p
+        case 15u: { return round(x); }                           // round (WGSL: halves to even)
         default: { return nan(); }
     }
 }

@@ -9,20 +9,25 @@
 //   gather_forward   dst[o, p, k] = data[o, idx[p], k]; an index outside -n..n gives 0 and
 //                    is reported in the recording thread's status words (code 2), so the
 //                    next readback is an error; nothing is read out of bounds
-//   scatter_add      dst[o, j, k] (+)= Σ_{p in p0..p1, idx[p] = j} src[o, p, k], in order of p
-//                    (deterministic: no float atomics). One dispatch walks at most
-//                    LOOP_BUDGET positions (lavapipe stops an invocation after 65,535 loop
-//                    steps); longer index lists take several dispatches, the first writing
-//                    (accumulate = 0) and the rest adding. Bad indices match no j (reported).
+//   scatter_add      one invocation per (o, j, chunk of `kchunk` along inner): walks the
+//                    positions p0..p1 in order and, where idx[p] = j, adds src[o, p, chunk]
+//                    into dst[o, j, chunk] (deterministic: no float atomics, a fixed order).
+//                    Work: (p1 - p0) index reads per invocation, plus kchunk adds per match.
+//                    The host sizes p1 - p0 so the worst case (every position matching) stays
+//                    within LOOP_BUDGET steps (lavapipe stops an invocation after 65,535 loop
+//                    steps); longer index lists take several dispatches, the first zeroing
+//                    dst (accumulate = 0) and the rest adding. Bad indices match no j
+//                    (reported).
 
 struct Params {
-    total: u32,       // output elements
+    total: u32,       // invocations: output elements (gather), rows × chunks (scatter_add)
     n: u32,           // length of the gathered axis (data for gather, dst for scatter_add)
     inner: u32,       // product of the dims after the axis
     m: u32,           // index count
     p0: u32,          // scatter_add: first position walked
     p1: u32,          // scatter_add: one past the last position walked
     accumulate: u32,  // scatter_add: 1 adds to dst, 0 overwrites it
+    kchunk: u32,      // scatter_add: inner elements per invocation
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -77,23 +82,24 @@ fn scatter_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
-    let k = i % params.inner;
-    let row = i / params.inner;
+    let chunks = (params.inner + params.kchunk - 1u) / params.kchunk;
+    let k0 = (i % chunks) * params.kchunk;
+    let k1 = min(k0 + params.kchunk, params.inner);
+    let row = i / chunks;
     let j = i32(row % params.n);
     let o = row / params.n;
-    var acc = 0.0;
+    let out = row * params.inner;
+    if (params.accumulate == 0u) {
+        for (var k = k0; k < k1; k = k + 1u) { dst[out + k] = 0.0; }
+    }
     for (var p = params.p0; p < params.p1; p = p + 1u) {
         let raw = idx[p];
         var q = raw;
         if (q < 0) { q = q + i32(params.n); }
         if (q < 0 || q >= i32(params.n)) { report_bad_index(raw); }
         if (q == j) {
-            acc = acc + src[(o * params.m + p) * params.inner + k];
+            let at = (o * params.m + p) * params.inner;
+            for (var k = k0; k < k1; k = k + 1u) { dst[out + k] = dst[out + k] + src[at + k]; }
         }
-    }
-    if (params.accumulate != 0u) {
-        dst[i] = dst[i] + acc;
-    } else {
-        dst[i] = acc;
     }
 }

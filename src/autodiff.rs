@@ -206,7 +206,7 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
                         .mul_scalar(std::f32::consts::FRAC_2_SQRT_PI)?,
                 )?),
                 // piecewise constant: zero almost everywhere (no contribution)
-                U::Floor | U::Ceil => Ok(vec![None]),
+                U::Floor | U::Ceil | U::Round => Ok(vec![None]),
                 U::Log1p => one(g.div(&a.add_scalar(1.0)?)?), // g/(1+x)
             }
         }

@@ -303,7 +303,8 @@ fn broadcast_matches_the_same_shape_kernel_on_materialised_operands() {
 }
 
 /// Erf, Log1p: relative accuracy for tiny arguments (where `1 - erfc` or `ln(1 + x)`
-/// would cancel), against the f64 reference; Floor and Ceil exact on halves and integers.
+/// would cancel), against the f64 reference; Floor, Ceil and Round (halves to even) exact
+/// on halves and integers.
 #[test]
 fn erf_log1p_floor_ceil_small_arguments_and_exact_values() {
     let Some(dev) = gpu() else { return };
@@ -320,9 +321,17 @@ fn erf_log1p_floor_ceil_small_arguments_and_exact_values() {
             1e-6,
         );
     }
-    let steps: Vec<f32> = (-12..=12).map(|k| k as f32 * 0.5).collect();
+    let mut steps: Vec<f32> = (-12..=12).map(|k| k as f32 * 0.5).collect();
+    steps.extend([
+        8388609.0,
+        -8388609.5,
+        16777216.0,
+        0.49999997,
+        -0.49999997,
+        1e30,
+    ]);
     let (g, c) = pair(&dev, &steps, &[steps.len()]);
-    for op in [UnaryOp::Floor, UnaryOp::Ceil] {
+    for op in [UnaryOp::Floor, UnaryOp::Ceil, UnaryOp::Round] {
         let (got, want) = (g.unary(op).unwrap(), c.unary(op).unwrap());
         assert_close(
             op.name(),

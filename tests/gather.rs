@@ -57,6 +57,9 @@ fn gpu_matches_cpu_on_awkward_shapes() {
         // many indices: the gradient's scatter walks 70,000 positions in 5 dispatches
         (&[3, 2], 0, &[70_000]),
         (&[2, 3, 5], 1, &[250, 281]),
+        // rows wider than one scatter chunk (64), several position windows
+        (&[5, 130], 0, &[600]),
+        (&[3, 64, 2], 2, &[1000]),
     ];
     for (k, &(shape, axis, ishape)) in cases.iter().enumerate() {
         let numel: usize = shape.iter().product();
@@ -73,6 +76,18 @@ fn gpu_matches_cpu_on_awkward_shapes() {
         let atol = 1e-5 + 1e-8 * m;
         assert_close(&format!("{label}: gradient"), &dx_gpu, &dx_cpu, atol, 1e-5);
     }
+    // The scatter's worst case: every position selects the same row (each invocation of
+    // that row adds at every position), 1000 positions of 200-wide rows.
+    let data = uniform(50, 800, -2.0, 2.0);
+    let idx = vec![-2; 1000];
+    let (y_cpu, dx_cpu) = gather_and_grad(&Device::cpu(), &data, &[4, 200], &idx, &[1000], 0);
+    let (y_gpu, dx_gpu) = gather_and_grad(&dev, &data, &[4, 200], &idx, &[1000], 0);
+    assert_eq!(y_gpu, y_cpu, "one row 1000 times: values");
+    assert_close("one row 1000 times: gradient", &dx_gpu, &dx_cpu, 2e-5, 1e-5);
+    assert!(dx_cpu[..400]
+        .iter()
+        .chain(&dx_cpu[600..])
+        .all(|&v| v == 0.0));
 }
 
 #[test]
@@ -218,6 +233,12 @@ fn bad_shapes_and_dtypes_are_errors() {
     assert!(e.contains("do not hold indices"), "{e}");
     assert!(v.scatter_add(&none, 1, 5).is_err());
     assert!(v.scatter_add(&i, 3, 5).is_err());
+    let e = g
+        .input("w", &[3, 2])
+        .scatter_add(&i, 1, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("axis of length 0"), "{e}");
     // tensors: f32 indices and a bad index on the CPU reference
     let cpu = Device::cpu();
     let t = Tensor::from_slice(&cpu, &[1.0f32, 2.0], &[2]).unwrap();

@@ -29,6 +29,15 @@ fn col2im_with_a_window_past_the_cap() {
     let cases = [
         ([1, 2, 300, 300], Conv2d::new(300, 300).padding(1)),
         ([1, 1, 2, 70_000], Conv2d::new(1, 70_000).padding(1)),
+        // per-axis strides and dilations, a different padding on each side: 200·(1 + 100)
+        // steps, also split
+        (
+            [1, 1, 205, 210],
+            Conv2d::new(200, 100)
+                .strides(3, 2)
+                .pads(1, 0, 2, 3)
+                .dilations(1, 2),
+        ),
     ];
     for (k, (image, geom)) in cases.into_iter().enumerate() {
         let (oh, ow) = geom.output_size("col2im", &image).unwrap();

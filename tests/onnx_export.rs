@@ -497,7 +497,6 @@ fn shape_ops_round_trip() {
 }
 
 #[test]
-#[ignore = "needs the conv import (onnx-conv branch: Conv, MaxPool, AveragePool)"]
 fn conv_and_pool_round_trip() {
     round_trip("conv", conv, true);
 }
@@ -509,13 +508,11 @@ fn keep_where_round_trips() {
 }
 
 #[test]
-#[ignore = "needs the conv import (onnx-conv branch: Conv, MaxPool)"]
 fn pool_variants_round_trip() {
     round_trip("pool variants", pool_variants, true);
 }
 
 #[test]
-#[ignore = "needs the conv import (onnx-conv branch)"]
 fn digits_cnn_round_trips_in_eval_mode() {
     digits_round_trip(4, 7);
 }

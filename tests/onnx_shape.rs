@@ -83,6 +83,56 @@ fn more_folds_across_opsets_match_onnxruntime() {
     // opset 11 (axes and split attributes).
     check("folds18", &[]);
     check("folds11", &[]);
+    // Comparisons and logic (graph ops of math.rs on runtime values) fold on constants, so
+    // a shape computed through them stays known; only the input and the reshape remain,
+    // with one constant per folded output.
+    check("folds_logic", &[]);
+    let imported = load("folds_logic")
+        .import(&[], Weights::Params)
+        .expect("import");
+    let ops = op_names(&imported.graph);
+    assert_eq!(ops.iter().filter(|&&o| o == "const").count(), 16, "{ops:?}");
+    assert_eq!(ops.len(), 18, "{ops:?}");
+}
+
+#[test]
+fn ops_on_large_float_constants_are_graph_ops() {
+    // Matches onnxruntime both as parameters and as constants; as constants, the transpose
+    // and the scaling of the 130x130 weight run on the device, not as host folds.
+    common::onnx::check_fixture("shape", "big_weight", &[], Weights::Params, 1e-5, 1e-5);
+    common::onnx::check_fixture("shape", "big_weight", &[], Weights::Constants, 1e-5, 1e-5);
+    let imported = load("big_weight")
+        .import(&[], Weights::Constants)
+        .expect("import");
+    let ops = op_names(&imported.graph);
+    assert!(ops.contains(&"permute") && ops.contains(&"mul"), "{ops:?}");
+    assert_eq!(ops.iter().filter(|&&o| o == "const").count(), 2, "{ops:?}");
+}
+
+#[test]
+fn empty_results_are_skipped_by_concat() {
+    // A zero-size Split part, a Slice past the end and Tile by 0 of a graph value hold no
+    // elements: Concat drops them, Shape reads their dims.
+    check("empties", &[]);
+    // Used where a graph value is needed, or as a graph output, they are refused by name.
+    let msg = import_error("empty_relu");
+    assert!(
+        msg.contains("'relu_empty'") && msg.contains("'e1' is empty (dims [2, 0])"),
+        "{msg}"
+    );
+    // As a graph output, an empty value is an empty constant tensor.
+    let imported = load("empty_output")
+        .import(&[], Weights::Params)
+        .expect("import");
+    let y = &imported.outputs[0].1;
+    assert_eq!(y.shape(), &[2, 0]);
+    for dev in common::devices() {
+        let exe = dev.compile(&imported.graph, &[y], None).expect("compile");
+        let x = Tensor::from_slice(&dev, &[1.0f32; 6], &[2, 3]).unwrap();
+        let got = exe.run(&[("x", &x)]).expect("run");
+        assert_eq!(got[0].shape(), &[2, 0], "{}", dev.name());
+        assert!(got[0].to_vec::<f32>().unwrap().is_empty());
+    }
 }
 
 #[test]
@@ -184,6 +234,18 @@ fn refused_models_name_the_node_and_the_reason() {
     let msg = big_int_output_error();
     assert!(
         msg.contains("graph output 'big' is an integer value") && msg.contains("16777217"),
+        "{msg}"
+    );
+    // Shape arithmetic dividing by zero.
+    let msg = import_error("div_zero");
+    assert!(
+        msg.contains("'div0' (Div)") && msg.contains("division of 1 by zero"),
+        "{msg}"
+    );
+    // A reflection needs an element past the edge for every padded one.
+    let msg = import_error("reflect_too_far");
+    assert!(
+        msg.contains("'pad' (Pad)") && msg.contains("mode `reflect`") && msg.contains("[2, 3]"),
         "{msg}"
     );
     // Reversing 300 elements would take 300 slices.

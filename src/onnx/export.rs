@@ -619,6 +619,7 @@ impl<'a> Emitter<'a> {
             UnaryOp::Erf => "Erf",
             UnaryOp::Floor => "Floor",
             UnaryOp::Ceil => "Ceil",
+            UnaryOp::Round => "Round", // halves to even in both
             UnaryOp::Log1p => {
                 let one = self.scalar(1.0);
                 let plus = self.node("Add", &[x, &one], vec![]);

@@ -203,10 +203,11 @@ fn value_info(v: &proto::ValueInfoProto) -> ValueInfo {
     }
 }
 
-/// Decodes a TensorProto holding FLOAT, FLOAT16, BFLOAT16 or INT64 data (raw little-endian
-/// bytes or the typed field); anything else is refused with the tensor's name. Half-precision
-/// values widen to f32 exactly (`io::HalfFormat`, as safetensors checkpoints do). External
-/// data is refused (no directory to read it from; see [`initializer_in`]).
+/// Decodes a TensorProto holding FLOAT, FLOAT16, BFLOAT16 or integer/BOOL data (raw
+/// little-endian bytes or the typed field; integers widen to INT64); anything else is refused
+/// with the tensor's name. Half-precision values widen to f32 exactly (`io::HalfFormat`, as
+/// safetensors checkpoints do). External data is refused (no directory to read it from; see
+/// [`initializer_in`]).
 pub(crate) fn initializer(t: &TensorProto) -> std::result::Result<Initializer, String> {
     initializer_in(t, None)
 }
@@ -229,12 +230,7 @@ pub(crate) fn initializer_in(
     let dtype = DataType::try_from(t.data_type()).unwrap_or(DataType::Undefined);
     let external;
     let raw = if t.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
-        let size = match dtype {
-            DataType::Float16 | DataType::Bfloat16 => 2,
-            DataType::Float => 4,
-            DataType::Int64 => 8,
-            other => return Err(unsupported_type(&name, other)),
-        };
+        let size = raw_bytes(dtype).ok_or_else(|| unsupported_type(&name, dtype))?;
         let want = numel
             .checked_mul(size)
             .ok_or_else(|| format!("tensor '{name}': dims {dims:?} overflow"))?;
@@ -267,16 +263,40 @@ pub(crate) fn initializer_in(
             Some(r) => le_words(r, i64::from_le_bytes),
             None => t.int64_data.clone(),
         }),
+        // Narrower integers and BOOL (0/1) widen exactly to INT64, the type shape
+        // arithmetic folds in; without raw_data, ONNX keeps each in an int32_data entry
+        // (UINT32 in uint64_data).
+        DataType::Int32 => TensorData::I64(match raw {
+            Some(r) => le_words(r, |b| i32::from_le_bytes(b) as i64),
+            None => t.int32_data.iter().map(|&v| v as i64).collect(),
+        }),
+        DataType::Int16 => TensorData::I64(match raw {
+            Some(r) => le_words(r, |b| i16::from_le_bytes(b) as i64),
+            None => t.int32_data.iter().map(|&v| v as i64).collect(),
+        }),
+        DataType::Uint16 => TensorData::I64(match raw {
+            Some(r) => le_words(r, |b| u16::from_le_bytes(b) as i64),
+            None => t.int32_data.iter().map(|&v| v as i64).collect(),
+        }),
+        DataType::Int8 => TensorData::I64(match raw {
+            Some(r) => r.iter().map(|&b| b as i8 as i64).collect(),
+            None => t.int32_data.iter().map(|&v| v as i64).collect(),
+        }),
+        DataType::Uint8 | DataType::Bool => TensorData::I64(match raw {
+            Some(r) => r.iter().map(|&b| b as i64).collect(),
+            None => t.int32_data.iter().map(|&v| v as i64).collect(),
+        }),
+        DataType::Uint32 => TensorData::I64(match raw {
+            Some(r) => le_words(r, |b| u32::from_le_bytes(b) as i64),
+            None => t.uint64_data.iter().map(|&v| v as i64).collect(),
+        }),
         other => return Err(unsupported_type(&name, other)),
     };
     let len = match &data {
         TensorData::F32(v) => v.len(),
         TensorData::I64(v) => v.len(),
     };
-    let raw_size = match dtype {
-        DataType::Float16 | DataType::Bfloat16 => 2,
-        _ => elem_size(&data),
-    };
+    let raw_size = raw_bytes(dtype).unwrap_or(1);
     if len != numel || raw.is_some_and(|r| r.len() % raw_size != 0) {
         return Err(format!(
             "tensor '{name}': {len} values (or a ragged raw_data) do not fill dims {dims:?}"
@@ -285,9 +305,20 @@ pub(crate) fn initializer_in(
     Ok(Initializer { name, dims, data })
 }
 
+/// Bytes per element in raw (or external) data of the element types decoded here.
+fn raw_bytes(dtype: DataType) -> Option<usize> {
+    Some(match dtype {
+        DataType::Int8 | DataType::Uint8 | DataType::Bool => 1,
+        DataType::Float16 | DataType::Bfloat16 | DataType::Int16 | DataType::Uint16 => 2,
+        DataType::Float | DataType::Int32 | DataType::Uint32 => 4,
+        DataType::Int64 => 8,
+        _ => return None,
+    })
+}
+
 fn unsupported_type(name: &str, t: DataType) -> String {
     format!(
-        "tensor '{name}': element type {} is not supported (FLOAT, FLOAT16, BFLOAT16 and INT64 are)",
+        "tensor '{name}': element type {} is not supported (FLOAT, FLOAT16, BFLOAT16 and integer types up to INT64 are)",
         t.as_str_name()
     )
 }
@@ -377,13 +408,6 @@ fn external_data(
         .and_then(|_| file.read_exact(&mut buf))
         .map_err(|e| err(format!("{}: {e}", path.display())))?;
     Ok(buf)
-}
-
-fn elem_size(d: &TensorData) -> usize {
-    match d {
-        TensorData::F32(_) => 4,
-        TensorData::I64(_) => 8,
-    }
 }
 
 fn le_words<T, const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {

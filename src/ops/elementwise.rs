@@ -54,6 +54,8 @@ pub enum UnaryOp {
     Ceil,
     /// `ln(1 + x)`, accurate for small `x` (softplus without cancellation).
     Log1p,
+    /// The nearest integer, halves to even (ONNX Round, NumPy `round`).
+    Round,
 }
 
 /// Element-wise functions of two arguments (comparisons give 1.0 or 0.0).
@@ -95,7 +97,7 @@ pub enum BinaryOp {
 
 impl UnaryOp {
     /// Every unary op, for tests and `wgrad check`.
-    pub const ALL: [UnaryOp; 15] = [
+    pub const ALL: [UnaryOp; 16] = [
         UnaryOp::Neg,
         UnaryOp::Abs,
         UnaryOp::Exp,
@@ -111,6 +113,7 @@ impl UnaryOp {
         UnaryOp::Floor,
         UnaryOp::Ceil,
         UnaryOp::Log1p,
+        UnaryOp::Round,
     ];
 
     /// The op's name (as in the WGSL switch comments).
@@ -131,6 +134,7 @@ impl UnaryOp {
             UnaryOp::Floor => "floor",
             UnaryOp::Ceil => "ceil",
             UnaryOp::Log1p => "log1p",
+            UnaryOp::Round => "round",
         }
     }
 
@@ -160,6 +164,7 @@ impl UnaryOp {
             UnaryOp::Floor => x.floor(),
             UnaryOp::Ceil => x.ceil(),
             UnaryOp::Log1p => x.ln_1p(),
+            UnaryOp::Round => x.round_ties_even(),
         }
     }
 }
@@ -598,6 +603,7 @@ unary_methods! {
     floor => Floor, "`⌊x⌋`";
     ceil => Ceil, "`⌈x⌉`";
     log1p => Log1p, "`ln(1 + x)`, accurate for small `x`";
+    round => Round, "nearest integer, halves to even";
 }
 
 macro_rules! binary_methods {

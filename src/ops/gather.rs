@@ -10,11 +10,13 @@
 //! or `synchronize` is the same error.
 //! CPU reference: the loops below, in f64. GPU: `shaders/gather.wgsl`.
 //! Gradient: d gather / d data is scatter-add of the upstream gradient, and d scatter_add /
-//! d src is gather; indices get none. WGSL has no float atomics, so scatter-add has each
-//! output element walk the indices in order and sum the positions that select it: exact
-//! order, the same result every run, O(output · indices) index comparisons; more than
-//! [`crate::gpu::LOOP_BUDGET`] indices take several dispatches that add up. Tensors past
-//! one storage binding are refused with `TooLarge`.
+//! d src is gather; indices get none. WGSL has no float atomics, so in scatter-add each
+//! output row (a chunk of up to 64 of its inner elements) walks the indices in order and
+//! adds the slices of the positions that select it: a fixed order, the same result every
+//! run, at the cost of O(rows · ⌈inner/64⌉ · indices) index reads (an embedding of V rows
+//! fed m ids reads V·m indices, not V·dim·m). Index lists longer than one invocation may
+//! walk ([`scatter_plan`], within [`crate::gpu::LOOP_BUDGET`]) take several dispatches that
+//! add up. Tensors past one storage binding are refused with `TooLarge`.
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
@@ -67,6 +69,12 @@ pub(crate) fn scatter_shape(
         return Err(Error::Shape {
             op: "scatter_add",
             detail: format!("values {src:?} do not hold indices {indices:?} at axis {axis}"),
+        });
+    }
+    if size == 0 && indices.iter().product::<usize>() > 0 {
+        return Err(Error::Shape {
+            op: "scatter_add",
+            detail: format!("no index in {indices:?} can select from an axis of length 0"),
         });
     }
     let mut s = src[..axis].to_vec();
@@ -211,10 +219,10 @@ impl Tensor {
             DeviceInner::Gpu(_) if m == 0 => Tensor::zeros(self.device(), &out_shape),
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
-                let total = out.numel();
-                if total > 0 {
-                    // Each dispatch walks at most LOOP_BUDGET positions per invocation.
-                    for (w, (p0, len)) in crate::ops::chunk::windows(m, LOOP_BUDGET).enumerate() {
+                if out.numel() > 0 {
+                    let (kchunk, per) = scatter_plan(inner);
+                    let total = outer * size * inner.div_ceil(kchunk);
+                    for (w, (p0, len)) in crate::ops::chunk::windows(m, per).enumerate() {
                         let params = [
                             total as u32,
                             size as u32,
@@ -223,6 +231,7 @@ impl Tensor {
                             p0 as u32,
                             (p0 + len) as u32,
                             (w > 0) as u32,
+                            kchunk as u32,
                         ];
                         dispatch(ctx, "scatter_add", &params, self, indices, &out, total)?;
                     }
@@ -231,6 +240,14 @@ impl Tensor {
             }
         }
     }
+}
+
+/// Scatter-add's split: `(kchunk, per)`, the inner elements one invocation adds per match
+/// and the positions one dispatch walks, so that the worst case (every position matching,
+/// after zeroing the chunk) takes `kchunk + per·(1 + kchunk)` <= LOOP_BUDGET steps.
+pub(crate) fn scatter_plan(inner: usize) -> (usize, usize) {
+    let kchunk = inner.clamp(1, 64);
+    (kchunk, (LOOP_BUDGET - kchunk) / (1 + kchunk))
 }
 
 fn arg(t: &Tensor) -> crate::gpu::BufArg<'_> {

@@ -57,7 +57,7 @@ enum Command {
         /// sigmoid, gelu, neg, abs, square, softmax, log_softmax, sum, mean, max, min,
         /// transpose, permute, cross_entropy
         op: String,
-        /// Input .npy files (f32, f64, i32, i64; C order).
+        /// Input .npy files (f16, f32, f64, i32, i64, bool; C or Fortran order).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// Directory for the results.

@@ -84,13 +84,21 @@ fn softmax(env: &Env, node: &NodeProto, f: fn(&Var, isize) -> crate::Result<Var>
     }
     let shape = x.shape().to_vec();
     let a = axis(attr_int(node, "axis", 1), shape.len(), true)?;
-    let flat = x.reshape(&flat2(&shape, a)).map_err(err)?;
+    let flat = x.reshape(&flat2(&shape, a)?).map_err(err)?;
     one(f(&flat, 1).and_then(|y| y.reshape(&shape)).map_err(err)?)
 }
 
-/// (prod(dims[..a]), prod(dims[a..])).
-fn flat2(shape: &[usize], a: usize) -> [usize; 2] {
-    [shape[..a].iter().product(), shape[a..].iter().product()]
+/// (prod(dims[..a]), prod(dims[a..])); an error when a product overflows (a hostile file
+/// may declare any dims).
+fn flat2(shape: &[usize], a: usize) -> std::result::Result<[usize; 2], String> {
+    Ok([numel(&shape[..a])?, numel(&shape[a..])?])
+}
+
+/// The product of `dims`, checked.
+fn numel(dims: &[usize]) -> std::result::Result<usize, String> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("shape {dims:?} has too many elements"))
 }
 
 /// Identity passes any value through, a constant staying a constant.
@@ -122,7 +130,7 @@ fn dropout(env: &Env, node: &NodeProto) -> OpResult {
 fn flatten(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
     let a = axis(attr_int(node, "axis", 1), x.shape().len(), true)?;
-    one(x.reshape(&flat2(x.shape(), a)).map_err(err)?)
+    one(x.reshape(&flat2(x.shape(), a)?).map_err(err)?)
 }
 
 /// Reshape: the target comes from an INT64 initializer or Constant; `0` copies the input's
@@ -149,16 +157,23 @@ fn reshape(env: &Env, node: &NodeProto) -> OpResult {
             _ => return Err(format!("invalid shape {target:?}")),
         }
     }
-    let numel: usize = x.shape().iter().product();
+    let total = numel(x.shape())?;
     if let Some(i) = infer {
-        let known: usize = shape.iter().product();
-        if known == 0 || numel % known != 0 {
+        let known = numel(&shape)?;
+        if known == 0 || total % known != 0 {
             return Err(format!(
                 "cannot infer -1 in {target:?} for input shape {:?}",
                 x.shape()
             ));
         }
-        shape[i] = numel / known;
+        shape[i] = total / known;
+    }
+    // Checked here: the target comes from the file and its product may overflow.
+    if numel(&shape)? != total {
+        return Err(format!(
+            "cannot reshape {:?} to {target:?} (resolved {shape:?})",
+            x.shape()
+        ));
     }
     one(x.reshape(&shape).map_err(err)?)
 }

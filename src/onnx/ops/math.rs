@@ -1,7 +1,7 @@
 //! ONNX activations, unary maths, variadic arithmetic, comparison and selection, and
 //! reductions, each composed from ordinary differentiable [`Var`] ops.
 //!
-//! Booleans (comparison outputs, `Where`'s condition, `Not`/`And`/`Or`) are carried as
+//! Booleans (comparison outputs, `Where`'s condition, `Not`/`And`/`Or`, `IsNaN`/`IsInf`) are carried as
 //! f32 0.0/1.0; integer outputs (`ArgMax`/`ArgMin` indices) as exact f32 values, which
 //! holds up to 2^24 (longer axes are an import error).
 //!
@@ -32,10 +32,17 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("HardSwish", hard_swish),
     ("Softplus", softplus),
     ("Softsign", softsign),
+    ("Mish", mish),
+    ("ThresholdedRelu", thresholded_relu),
+    ("Shrink", shrink),
     ("Gelu", gelu),
     ("Erf", |e, n| unary(e, n, U::Erf)),
     ("Floor", |e, n| unary(e, n, U::Floor)),
     ("Ceil", |e, n| unary(e, n, U::Ceil)),
+    ("Round", |e, n| unary(e, n, U::Round)),
+    ("Sign", sign),
+    ("IsNaN", is_nan),
+    ("IsInf", is_inf),
     ("Reciprocal", reciprocal),
     ("Clip", clip),
     // arithmetic
@@ -74,8 +81,12 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("ReduceL1", |e, n| reduce(e, n, Reduce::L1, 18)),
     ("ReduceL2", |e, n| reduce(e, n, Reduce::L2, 18)),
     ("ReduceLogSum", |e, n| reduce(e, n, Reduce::LogSum, 18)),
+    ("ReduceLogSumExp", |e, n| {
+        reduce(e, n, Reduce::LogSumExp, 18)
+    }),
     ("ArgMax", |e, n| arg_extreme(e, n, ReduceOp::Max)),
     ("ArgMin", |e, n| arg_extreme(e, n, ReduceOp::Min)),
+    ("Hardmax", hardmax),
 ];
 
 /// This family's folds (none: folding constant arithmetic belongs to `shape.rs`).
@@ -211,10 +222,91 @@ fn hard_swish(env: &Env, node: &NodeProto) -> OpResult {
 
 /// Softplus `ln(1 + e^x)` as `relu(x) + log1p(e^{-|x|})`: no overflow for large x, and
 /// no cancellation for very negative x.
+fn softplus_of(x: &Var) -> crate::Result<Var> {
+    let tail = x.abs()?.neg()?.exp()?.unary(U::Log1p)?;
+    x.relu()?.add(&tail)
+}
+
 fn softplus(env: &Env, node: &NodeProto) -> OpResult {
+    one(softplus_of(&input(env, node, 0)?).map_err(err)?)
+}
+
+/// Mish: `x·tanh(softplus(x))`, with `tanh(ln(1 + e)) = n/(n + 2)`, `n = e·(e + 2)`,
+/// `e = e^x`: no cancellation for very negative x (where a GPU's tanh of a tiny argument
+/// can be off by 1e-3 relative), and `e^{min(x, 20)}`, as beyond 20 the ratio is 1 in f32.
+fn mish(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
-    let tail = x.abs().and_then(|a| a.neg()?.exp()?.unary(U::Log1p));
-    one(x.relu().and_then(|r| r.add(&tail?)).map_err(err)?)
+    let y = x
+        .scalar(B::Minimum, 20.0, false)
+        .and_then(|m| m.exp())
+        .and_then(|e| e.mul(&e.add_scalar(2.0)?))
+        .and_then(|n| n.div(&n.add_scalar(2.0)?))
+        .and_then(|t| x.mul(&t))
+        .map_err(err)?;
+    one(y)
+}
+
+/// ThresholdedRelu: `x > alpha ? x : 0` (alpha defaults to 1).
+fn thresholded_relu(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let alpha = attr_float(node, "alpha", 1.0);
+    one(x
+        .scalar(B::Gt, alpha, false)
+        .and_then(|m| x.binary(&m, B::KeepWhere))
+        .map_err(err)?)
+}
+
+/// Shrink: `x < -lambd ? x + bias : x > lambd ? x - bias : 0`.
+fn shrink(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let (bias, lambd) = (
+        attr_float(node, "bias", 0.0),
+        attr_float(node, "lambd", 0.5),
+    );
+    let y = x
+        .scalar(B::Lt, -lambd, false)
+        .and_then(|lo| x.add_scalar(bias)?.binary(&lo, B::KeepWhere))
+        .and_then(|l| {
+            let hi = x.scalar(B::Gt, lambd, false)?;
+            l.add(&x.add_scalar(-bias)?.binary(&hi, B::KeepWhere)?)
+        })
+        .map_err(err)?;
+    one(y)
+}
+
+/// 1.0 where `x` is NaN (`x != x` is true only there).
+fn nan_mask(x: &Var) -> crate::Result<Var> {
+    x.binary(x, B::Ne)
+}
+
+/// Sign: -1, 0 or 1 (0 for ±0), NaN for NaN.
+fn sign(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let y = x
+        .scalar(B::Gt, 0.0, false)
+        .and_then(|p| p.sub(&x.scalar(B::Lt, 0.0, false)?))
+        .and_then(|s| nan_mask(&x)?.select(&x, &s))
+        .map_err(err)?;
+    one(y)
+}
+
+fn is_nan(env: &Env, node: &NodeProto) -> OpResult {
+    one(nan_mask(&input(env, node, 0)?).map_err(err)?)
+}
+
+/// IsInf: 1.0 at +inf (unless `detect_positive = 0`) and at -inf (unless
+/// `detect_negative = 0`).
+fn is_inf(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let pos = attr_int(node, "detect_positive", 1) != 0;
+    let neg = attr_int(node, "detect_negative", 1) != 0;
+    let y = match (pos, neg) {
+        (true, true) => x.abs().and_then(|a| a.scalar(B::Eq, f32::INFINITY, false)),
+        (true, false) => x.scalar(B::Eq, f32::INFINITY, false),
+        (false, true) => x.scalar(B::Eq, f32::NEG_INFINITY, false),
+        (false, false) => x.scalar(B::KeepWhere, 0.0, false), // all +0
+    };
+    one(y.map_err(err)?)
 }
 
 /// Softsign: `x / (1 + |x|)`.
@@ -361,11 +453,12 @@ enum Reduce {
     L1,
     L2,
     LogSum,
+    LogSumExp,
 }
 
 /// Reduce*: over `axes` (an attribute before opset `input_from`, then input 1), all axes
 /// when absent or empty unless `noop_with_empty_axes`; negative axes count from the end;
-/// `keepdims` (default 1) keeps them with length 1.
+/// `keepdims` (default 1) keeps them with length 1; an axis named twice counts once.
 fn reduce(env: &Env, node: &NodeProto, kind: Reduce, input_from: i64) -> OpResult {
     let x = input(env, node, 0)?;
     let rank = x.shape().len();
@@ -390,10 +483,9 @@ fn reduce(env: &Env, node: &NodeProto, kind: Reduce, input_from: i64) -> OpResul
         .iter()
         .map(|&a| axis(a, rank, false))
         .collect::<Result<_, _>>()?;
+    // an axis named twice (e.g. 1 and -1 of a matrix) is reduced once, as onnxruntime does
     axes.sort_unstable();
-    if axes.windows(2).any(|w| w[0] == w[1]) {
-        return Err(format!("axes {given:?} repeat an axis"));
-    }
+    axes.dedup();
     if axes.is_empty() {
         axes = (0..rank).collect();
     }
@@ -402,6 +494,7 @@ fn reduce(env: &Env, node: &NodeProto, kind: Reduce, input_from: i64) -> OpResul
         Reduce::SumSquare | Reduce::L2 => (ReduceOp::Sum, Some(U::Square)),
         Reduce::L1 => (ReduceOp::Sum, Some(U::Abs)),
         Reduce::LogSum => (ReduceOp::Sum, None),
+        Reduce::LogSumExp => return one(log_sum_exp(&x, &axes, keep).map_err(err)?),
     };
     let y = pre
         .map_or(Ok(x.clone()), |u| x.unary(u))
@@ -441,15 +534,28 @@ fn reduce_axes(x: &Var, op: ReduceOp, axes: &[usize], keep: bool) -> crate::Resu
 }
 
 /// ArgMax / ArgMin along `axis` (default 0): the first index holding the extreme (the last
-/// with `select_last_index`; a NaN, which the extreme then is, counts as a hit), as
-/// `min over the axis of (hit ? index : n)` (or `max of (hit ? index : -1)`). The indices
-/// are exact f32 values; an axis longer than 2^24 is refused. No gradient flows.
+/// with `select_last_index`), as exact f32 values; an axis longer than 2^24 is refused.
 fn arg_extreme(env: &Env, node: &NodeProto, op: ReduceOp) -> OpResult {
     let x = input(env, node, 0)?;
-    let shape = x.shape().to_vec();
-    let a = axis(attr_int(node, "axis", 0), shape.len(), false)?;
+    let a = axis(attr_int(node, "axis", 0), x.shape().len(), false)?;
     let keep = attr_int(node, "keepdims", 1) != 0;
     let last = attr_int(node, "select_last_index", 0) != 0;
+    let (idx, _) = arg_index(&x, a, op, last)?;
+    one(if keep {
+        idx
+    } else {
+        let mut dims = x.shape().to_vec();
+        dims.remove(a);
+        idx.reshape(&dims).map_err(err)?
+    })
+}
+
+/// The index along axis `a` of `x`'s first extreme (`op` Max or Min; the last with
+/// `last`), kept with length 1, and the indices 0..n laid along `a` (for one-hots).
+/// `min over the axis of (hit ? index : n)` (or `max of (hit ? index : -1)`), where a NaN,
+/// which the extreme then is, counts as a hit (NumPy's rule). No gradient flows.
+fn arg_index(x: &Var, a: usize, op: ReduceOp, last: bool) -> Result<(Var, Var), String> {
+    let shape = x.shape();
     let n = shape[a];
     if n > 1 << 24 {
         return Err(format!(
@@ -462,19 +568,63 @@ fn arg_extreme(env: &Env, node: &NodeProto, op: ReduceOp) -> OpResult {
     let mut iota_dims = vec![1; shape.len() - a];
     iota_dims[0] = n;
     let iota: Vec<f32> = (0..n).map(|i| i as f32).collect();
-    let build = || -> crate::Result<Var> {
+    let build = || -> crate::Result<(Var, Var)> {
         let iota = Tensor::from_slice(&crate::Device::cpu(), &iota, &iota_dims)?;
         let iota = x.graph().constant(&iota)?;
         let m = x.reduce(op, a as isize, true)?;
-        let hit = x.binary(&m, B::Eq)?.maximum(&x.binary(&x, B::Ne)?)?;
+        let hit = x.binary(&m, B::Eq)?.maximum(&nan_mask(x)?)?;
         let (miss, pick) = if last {
             (-1.0, ReduceOp::Max)
         } else {
             (n as f32, ReduceOp::Min)
         };
-        iota.binary(&hit, B::KeepWhere)?
+        let idx = iota
+            .binary(&hit, B::KeepWhere)?
             .add(&hit.scalar(B::KeepWhereNot, miss, true)?)?
-            .reduce(pick, a as isize, keep)
+            .reduce(pick, a as isize, true)?;
+        Ok((idx, iota))
     };
-    one(build().map_err(err)?)
+    build().map_err(err)
+}
+
+/// Hardmax: 1.0 at the first maximum along `axis`, 0.0 elsewhere. From opset 13 along
+/// `axis` (default -1); before, over the input flattened to 2-D at `axis` (default 1).
+fn hardmax(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let shape = x.shape().to_vec();
+    let (flat, a) = if env.opset >= 13 {
+        (x, axis(attr_int(node, "axis", -1), shape.len(), false)?)
+    } else {
+        let a = axis(attr_int(node, "axis", 1), shape.len(), true)?;
+        let dims = [shape[..a].iter().product(), shape[a..].iter().product()];
+        (x.reshape(&dims).map_err(err)?, 1)
+    };
+    let (idx, iota) = arg_index(&flat, a, ReduceOp::Max, false)?;
+    one(iota
+        .binary(&idx, B::Eq)
+        .and_then(|h| h.reshape(&shape))
+        .map_err(err)?)
+}
+
+/// `ln Σ e^x` over `axes` as `m + ln Σ e^{x - m}`, `m` the maximum where it is finite and 0
+/// elsewhere (so a line of -inf gives -inf and one holding +inf gives +inf, not NaN).
+fn log_sum_exp(x: &Var, axes: &[usize], keep: bool) -> crate::Result<Var> {
+    let m = reduce_axes(x, ReduceOp::Max, axes, true)?;
+    // not `m - m == 0`: GPU compilers may fold `m - m` to 0 (lavapipe's does)
+    let bad = m
+        .abs()?
+        .scalar(B::Eq, f32::INFINITY, false)?
+        .maximum(&nan_mask(&m)?)?;
+    let m = m.binary(&bad, B::KeepWhereNot)?;
+    let s = reduce_axes(&x.sub(&m)?.exp()?, ReduceOp::Sum, axes, true)?;
+    let y = s.log()?.add(&m)?;
+    if keep {
+        Ok(y)
+    } else {
+        let dims: Vec<usize> = (0..x.shape().len())
+            .filter(|d| !axes.contains(d))
+            .map(|d| x.shape()[d])
+            .collect();
+        y.reshape(&dims)
+    }
 }

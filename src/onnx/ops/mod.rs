@@ -245,6 +245,12 @@ pub(crate) fn input(env: &Env, node: &NodeProto, i: usize) -> std::result::Resul
             if let Some(v) = env.materialized.borrow().get(name) {
                 return Ok(v.clone());
             }
+            if c.numel() == 0 {
+                return Err(format!(
+                    "input '{name}' is empty (dims {:?}): graph values hold at least one element",
+                    c.dims
+                ));
+            }
             let ConstData::F32(data) = &c.data else {
                 return Err(format!(
                     "input '{name}' is an integer constant where a float value is needed"

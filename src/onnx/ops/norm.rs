@@ -261,7 +261,8 @@ fn lrn(env: &Env, node: &NodeProto) -> OpResult {
     let c = shape[1];
     let s = size as usize;
     let (lo, hi) = ((s - 1) / 2, s / 2); // ⌊(size−1)/2⌋, ⌈(size−1)/2⌉
-    let (lo, hi) = (lo.min(c - 1), hi.min(c - 1));
+                                         // Shifts past the channels only ever reach padding.
+    let (lo, hi) = (lo.min(c.saturating_sub(1)), hi.min(c.saturating_sub(1)));
     let y = (|| {
         let sq = x.square()?;
         let zeros = |k: usize| {

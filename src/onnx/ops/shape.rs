@@ -204,6 +204,12 @@ fn split_sizes(env: &Env, node: &NodeProto, d: usize) -> Res<Vec<usize>> {
     Ok(sizes)
 }
 
+/// An empty result of `dims` (some dim 0): a constant, as it holds no values; Concat skips
+/// it and Shape reads its dims, while an op needing it as a graph value reports it.
+fn empty(dims: Vec<usize>) -> Value {
+    Value::Const(Const::floats(dims, Vec::new()))
+}
+
 /// `Split` of a graph value: one slice per output.
 fn split(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
@@ -213,10 +219,10 @@ fn split(env: &Env, node: &NodeProto) -> OpResult {
     let mut outs = Vec::new();
     for n in sizes {
         if n == 0 {
-            return Err(format!(
-                "an empty part (shape {:?}, axis {a}) is not supported for graph values",
-                x.shape()
-            ));
+            let mut dims = x.shape().to_vec();
+            dims[a] = 0;
+            outs.push(empty(dims));
+            continue;
         }
         outs.push(Value::Var(
             x.slice(a as isize, start, start + n).map_err(err)?,
@@ -332,12 +338,11 @@ fn slice_plan(env: &Env, node: &NodeProto, dims: &[usize]) -> Res<Vec<Span>> {
 fn slice(env: &Env, node: &NodeProto) -> OpResult {
     let mut x = input(env, node, 0)?;
     let dims = x.shape().to_vec();
-    for (a, span) in slice_plan(env, node, &dims)?.into_iter().enumerate() {
-        if span.count == 0 {
-            return Err(format!(
-                "an empty result (axis {a} of shape {dims:?}) is not supported for graph values"
-            ));
-        }
+    let plan = slice_plan(env, node, &dims)?;
+    if plan.iter().any(|s| s.count == 0) {
+        return Ok(vec![empty(plan.iter().map(|s| s.count).collect())]);
+    }
+    for (a, span) in plan.into_iter().enumerate() {
         if span.step == 1 && span.count == dims[a] {
             continue;
         }
@@ -449,6 +454,9 @@ fn dims_input(env: &Env, node: &NodeProto, i: usize) -> Res<Vec<usize>> {
 fn expand(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
     let out = broadcast(x.shape(), &dims_input(env, node, 1)?)?;
+    if out.contains(&0) {
+        return Ok(vec![empty(out)]);
+    }
     if out == x.shape() {
         return one(x);
     }
@@ -470,9 +478,9 @@ fn tile(env: &Env, node: &NodeProto) -> OpResult {
     let dims = x.shape().to_vec();
     let reps = repeats(env, node, &dims)?;
     if reps.contains(&0) {
-        return Err(format!(
-            "repeats {reps:?}: an empty result is not supported for graph values"
-        ));
+        return Ok(vec![empty(
+            dims.iter().zip(&reps).map(|(d, r)| d * r).collect(),
+        )]);
     }
     if reps.iter().all(|&r| r == 1) {
         return one(x);
@@ -607,7 +615,7 @@ fn constant_of_shape(env: &Env, node: &NodeProto) -> OpResult {
     Err("ConstantOfShape needs a shape known at import".into())
 }
 
-/// The element type a constant of `data` gives an op that must not mix types.
+/// Whether two constants hold the same kind of elements (ops must not mix INT64 and f32).
 fn same_kind(a: &ConstData, b: &ConstData) -> bool {
     matches!(
         (a, b),

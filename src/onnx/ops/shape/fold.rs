@@ -1,8 +1,9 @@
 //! Evaluation at import of shape-computing nodes whose inputs are all host constants: the
 //! layout ops as index maps over a constant's elements (INT64 or f32 alike), the integer
-//! arithmetic and selection exporters use to compute shapes, and Range / ConstantOfShape.
-//! Results are constants, so a whole `Shape → Gather → Unsqueeze → Concat` chain leaves no
-//! graph node behind.
+//! arithmetic, comparisons and selection exporters use to compute shapes, and Range /
+//! ConstantOfShape. Results are constants, so a whole `Shape → Gather → Unsqueeze → Concat`
+//! chain leaves no graph node behind. Large float constants (weights under
+//! `Weights::Constants`) go to the graph ops instead ([`or_graph`]).
 
 use super::{broadcast, concat_axis, same_kind, shape_of, size_of, slice_plan, split_sizes};
 use super::{squeeze, unsqueeze, with_dims, Res};
@@ -20,29 +21,70 @@ pub(in crate::onnx::ops) const FOLDS: &[(&str, FoldFn)] = &[
     ("Unsqueeze", |e, n, _| unsqueeze(e, n)),
     ("Flatten", flatten),
     ("Reshape", reshape),
-    ("Transpose", transpose),
-    ("Gather", gather),
-    ("Concat", concat),
-    ("Split", split),
-    ("Slice", slice),
-    ("Expand", expand),
-    ("Tile", tile),
+    ("Transpose", |e, n, c| or_graph(e, n, c, transpose)),
+    ("Gather", |e, n, c| or_graph(e, n, c, gather)),
+    ("Concat", |e, n, c| or_graph(e, n, c, concat)),
+    ("Split", |e, n, c| or_graph(e, n, c, split)),
+    ("Slice", |e, n, c| or_graph(e, n, c, slice)),
+    ("Expand", |e, n, c| or_graph(e, n, c, expand)),
+    ("Tile", |e, n, c| or_graph(e, n, c, tile)),
     ("Cast", cast),
-    ("Add", |_, _, c| {
-        arith(c, |a, b| Ok(a.wrapping_add(b)), |a, b| a + b)
+    ("Add", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| {
+            arith(c, |a, b| Ok(a.wrapping_add(b)), |a, b| a + b)
+        })
     }),
-    ("Sub", |_, _, c| {
-        arith(c, |a, b| Ok(a.wrapping_sub(b)), |a, b| a - b)
+    ("Sub", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| {
+            arith(c, |a, b| Ok(a.wrapping_sub(b)), |a, b| a - b)
+        })
     }),
-    ("Mul", |_, _, c| {
-        arith(c, |a, b| Ok(a.wrapping_mul(b)), |a, b| a * b)
+    ("Mul", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| {
+            arith(c, |a, b| Ok(a.wrapping_mul(b)), |a, b| a * b)
+        })
     }),
-    ("Div", |_, _, c| arith(c, int_div, |a, b| a / b)),
-    ("Min", |_, _, c| variadic(c, |a, b| Ok(a.min(b)), min_f32)),
-    ("Max", |_, _, c| variadic(c, |a, b| Ok(a.max(b)), max_f32)),
-    ("Neg", neg),
-    ("Equal", equal),
-    ("Where", where_),
+    ("Div", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| arith(c, int_div, |a, b| a / b))
+    }),
+    ("Min", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| variadic(c, |a, b| Ok(a.min(b)), min_f32))
+    }),
+    ("Max", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| variadic(c, |a, b| Ok(a.max(b)), max_f32))
+    }),
+    ("Sum", |e, n, c| {
+        or_graph(e, n, c, |_, _, c| {
+            variadic(c, |a, b| Ok(a.wrapping_add(b)), |a, b| a + b)
+        })
+    }),
+    ("Mod", modulo),
+    ("Neg", |e, n, c| or_graph(e, n, c, neg)),
+    ("Abs", |e, n, c| or_graph(e, n, c, abs)),
+    ("Equal", |_, _, c| compare(c, |a, b| a == b, |a, b| a == b)),
+    ("Less", |_, _, c| compare(c, |a, b| a < b, |a, b| a < b)),
+    ("Greater", |_, _, c| compare(c, |a, b| a > b, |a, b| a > b)),
+    ("LessOrEqual", |_, _, c| {
+        compare(c, |a, b| a <= b, |a, b| a <= b)
+    }),
+    ("GreaterOrEqual", |_, _, c| {
+        compare(c, |a, b| a >= b, |a, b| a >= b)
+    }),
+    ("And", |_, _, c| {
+        compare(c, |a, b| a != 0 && b != 0, |a, b| a != 0.0 && b != 0.0)
+    }),
+    ("Or", |_, _, c| {
+        compare(c, |a, b| a != 0 || b != 0, |a, b| a != 0.0 || b != 0.0)
+    }),
+    ("Xor", |_, _, c| {
+        compare(
+            c,
+            |a, b| (a != 0) != (b != 0),
+            |a, b| (a != 0.0) != (b != 0.0),
+        )
+    }),
+    ("Not", not),
+    ("Where", |e, n, c| or_graph(e, n, c, where_)),
     ("Range", range),
     ("ConstantOfShape", constant_of_shape),
     ("ReduceSum", |e, n, c| {
@@ -52,6 +94,24 @@ pub(in crate::onnx::ops) const FOLDS: &[(&str, FoldFn)] = &[
         reduce(e, n, c, 18, 1, |a, b| a.wrapping_mul(b), |a, b| a * b)
     }),
 ];
+
+/// A float constant input above this many elements is a weight, not a shape: ops on it
+/// are built as graph ops (see [`or_graph`]) rather than computed on the host.
+const HOST_FLOAT_MAX: usize = 1 << 14;
+
+/// `fold` on small constants; with a float input above [`HOST_FLOAT_MAX`] elements (a
+/// weight transposed or scaled under `Weights::Constants`), the op's graph function, so the
+/// device does the work and the host holds no index map of the weight's size.
+fn or_graph(env: &Env, node: &NodeProto, c: &[Option<&Const>], fold: FoldFn) -> OpResult {
+    let big = c
+        .iter()
+        .flatten()
+        .any(|k| matches!(k.data, ConstData::F32(_)) && k.numel() > HOST_FLOAT_MAX);
+    match crate::onnx::ops::find_op(node.op_type()) {
+        Some(op) if big => op(env, node),
+        _ => fold(env, node, c),
+    }
+}
 
 /// The largest constant computed at import (elements): bigger ones are refused with an
 /// error rather than exhausting host memory.
@@ -230,7 +290,12 @@ fn all<'a>(c: &[Option<&'a Const>]) -> Res<Vec<&'a Const>> {
 }
 
 fn concat(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
-    let parts = all(c)?;
+    let mut parts = all(c)?;
+    // Parts without elements add nothing (exporters concatenate empty shapes, and an empty
+    // slice of a float graph value is an f32 constant); keep one to give the rank.
+    if parts.iter().any(|p| p.numel() > 0) {
+        parts.retain(|p| p.numel() > 0);
+    }
     let first = parts.first().ok_or("Concat needs an input")?;
     let a = concat_axis(node, first.dims.len())?;
     let mut dims = first.dims.clone();
@@ -452,8 +517,56 @@ fn neg(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     })
 }
 
-/// `Equal`: BOOL as INT64 0/1.
-fn equal(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+fn abs(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+    let x = arg(c, 0)?;
+    one(match &x.data {
+        ConstData::I64(v) => {
+            Const::ints(x.dims.clone(), v.iter().map(|i| i.wrapping_abs()).collect())
+        }
+        ConstData::F32(v) => Const::floats(x.dims.clone(), v.iter().map(|f| f.abs()).collect()),
+    })
+}
+
+/// `Not` of a BOOL (INT64 0/1) constant.
+fn not(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+    let x = arg(c, 0)?;
+    let v = x.as_i64()?;
+    one(Const::ints(
+        x.dims.clone(),
+        v.iter().map(|&i| (i == 0) as i64).collect(),
+    ))
+}
+
+/// `Mod`: integers take the divisor's sign (Python's %) unless `fmod` = 1, which, as for
+/// floats (where it is required), takes the dividend's (C's fmod).
+fn modulo(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+    let fmod = attr_int(node, "fmod", 0) != 0;
+    if !fmod && matches!(arg(c, 0)?.data, ConstData::F32(_)) {
+        return Err("Mod of floats needs fmod = 1".into());
+    }
+    let int: IntOp = if fmod {
+        |a, b| match b {
+            0 => Err(format!("integer modulo of {a} by zero")),
+            _ => Ok(a.wrapping_rem(b)),
+        }
+    } else {
+        |a, b| match b {
+            0 => Err(format!("integer modulo of {a} by zero")),
+            _ => {
+                let r = a.wrapping_rem(b);
+                Ok(if r != 0 && (r < 0) != (b < 0) {
+                    r + b
+                } else {
+                    r
+                })
+            }
+        }
+    };
+    arith(c, int, |a, b| a % b)
+}
+
+/// A broadcasting comparison (or logical op on BOOL): INT64 0/1.
+fn compare(c: &[Option<&Const>], fi: fn(i64, i64) -> bool, ff: fn(f32, f32) -> bool) -> OpResult {
     let (a, b) = (arg(c, 0)?, arg(c, 1)?);
     let out = broadcast(&a.dims, &b.dims)?;
     host_numel(&out)?;
@@ -466,10 +579,10 @@ fn equal(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
         out,
         match (&a.data, &b.data) {
             (ConstData::I64(x), ConstData::I64(y)) => {
-                pairs.map(|(&i, &j)| (x[i] == y[j]) as i64).collect()
+                pairs.map(|(&i, &j)| fi(x[i], y[j]) as i64).collect()
             }
             (ConstData::F32(x), ConstData::F32(y)) => {
-                pairs.map(|(&i, &j)| (x[i] == y[j]) as i64).collect()
+                pairs.map(|(&i, &j)| ff(x[i], y[j]) as i64).collect()
             }
             _ => return Err("an integer and a float operand".into()),
         },

@@ -1,0 +1,548 @@
+//! Seeded fuzzing of the ONNX front end: 10,000+ mutated models (bytes flipped, truncated
+//! or inserted; protobuf fields altered after decoding: dims, attribute values, input
+//! names, element types, raw_data lengths, op types, opsets, external-data entries) through
+//! `Model::from_bytes_with_dir` → `import` → `compile` on the CPU reference. Each must be
+//! `Ok` or `Err`; a panic fails the test with its seed, so it can be replayed alone with
+//! `ONNX_FUZZ_SEED=<seed>`.
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use common::onnx::fixture_in;
+use prost::Message;
+use wgrad::onnx::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
+    type_proto, AttributeProto, ModelProto, StringStringEntryProto,
+};
+use wgrad::onnx::{Model, Weights};
+use wgrad::{Device, Rng};
+
+/// The models mutations start from (all fixtures of the top folder, and external data).
+fn bases() -> Vec<Vec<u8>> {
+    [
+        ("", "mlp.onnx"),
+        ("", "layout.onnx"),
+        ("", "softmax11.onnx"),
+        ("", "half_weights.onnx"),
+        ("", "unsupported.onnx"),
+        ("external", "model.onnx"),
+        ("run", "outputs.onnx"),
+    ]
+    .iter()
+    .map(|(d, n)| std::fs::read(fixture_in(d, n)).expect("fixture"))
+    .collect()
+}
+
+/// Op types to swap in: every one the importer knows today, a few it does not.
+const OPS: &[&str] = &[
+    "MatMul",
+    "Gemm",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Neg",
+    "Abs",
+    "Softmax",
+    "LogSoftmax",
+    "Identity",
+    "Cast",
+    "Dropout",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Constant",
+    "Conv",
+    "Gather",
+    "Shape",
+    "Concat",
+    "Unsqueeze",
+    "Squeeze",
+    "Slice",
+    "ReduceMean",
+    "LayerNormalization",
+    "BatchNormalization",
+    "Erf",
+    "LeakyRelu",
+    "Loop",
+    "",
+    "\u{0}",
+];
+
+/// Attribute names the op functions read.
+const ATTRS: &[&str] = &[
+    "axis",
+    "perm",
+    "transA",
+    "transB",
+    "alpha",
+    "beta",
+    "to",
+    "allowzero",
+    "value",
+    "value_float",
+    "value_floats",
+    "value_int",
+    "value_ints",
+    "epsilon",
+    "axes",
+    "keepdims",
+];
+
+/// Integers that break careless code.
+const INTS: &[i64] = &[
+    0,
+    1,
+    -1,
+    2,
+    3,
+    -2,
+    7,
+    13,
+    64,
+    65536,
+    1 << 31,
+    -(1 << 31),
+    1 << 40,
+    i64::MAX,
+    i64::MIN,
+];
+
+fn pick<T: Copy>(rng: &mut Rng, v: &[T]) -> T {
+    v[rng.below(v.len())]
+}
+
+fn any_int(rng: &mut Rng) -> i64 {
+    if rng.below(3) == 0 {
+        rng.below(9) as i64 - 4
+    } else {
+        pick(rng, INTS)
+    }
+}
+
+fn any_float(rng: &mut Rng) -> f32 {
+    pick(
+        rng,
+        &[
+            0.0,
+            1.0,
+            -1.0,
+            0.5,
+            1e30,
+            -1e-30,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ],
+    )
+}
+
+fn random_attr(rng: &mut Rng) -> AttributeProto {
+    let mut a = AttributeProto {
+        name: Some(pick(rng, ATTRS).to_string()),
+        ..Default::default()
+    };
+    match rng.below(5) {
+        0 => {
+            a.i = Some(any_int(rng));
+            a.r#type = Some(AttributeType::Int as i32);
+        }
+        1 => {
+            a.f = Some(any_float(rng));
+            a.r#type = Some(AttributeType::Float as i32);
+        }
+        2 => {
+            a.ints = (0..rng.below(5)).map(|_| any_int(rng)).collect();
+            a.r#type = Some(AttributeType::Ints as i32);
+        }
+        3 => {
+            a.floats = (0..rng.below(5)).map(|_| any_float(rng)).collect();
+            a.r#type = Some(AttributeType::Floats as i32);
+        }
+        _ => {
+            a.s = Some(b"NOTSET".to_vec());
+            a.r#type = Some(rng.below(30) as i32);
+        }
+    }
+    a
+}
+
+/// One random structural change to `m`.
+fn mutate(m: &mut ModelProto, rng: &mut Rng) {
+    if rng.below(20) == 0 {
+        let v = pick(rng, &[0i64, 1, 7, 11, 12, 13, 17, 18, 1000, -1]);
+        if let Some(o) = m.opset_import.first_mut() {
+            o.version = Some(v);
+        }
+        return;
+    }
+    let Some(g) = m.graph.as_mut() else { return };
+    // Every value name in the graph, to rewire inputs to.
+    let mut names: Vec<String> = g.input.iter().map(|v| v.name().to_string()).collect();
+    names.extend(g.initializer.iter().map(|t| t.name().to_string()));
+    names.extend(g.node.iter().flat_map(|n| n.output.clone()));
+    names.push(String::new());
+    names.push("nowhere".into());
+    match rng.below(14) {
+        0 if !g.node.is_empty() => {
+            let k = rng.below(g.node.len());
+            g.node[k].op_type = Some(pick(rng, OPS).to_string());
+        }
+        1 if !g.node.is_empty() => {
+            // Change an existing attribute's value (or type), or add/remove one.
+            let k = rng.below(g.node.len());
+            let node = &mut g.node[k];
+            match rng.below(4) {
+                0 => node.attribute.push(random_attr(rng)),
+                1 if !node.attribute.is_empty() => {
+                    let j = rng.below(node.attribute.len());
+                    node.attribute.remove(j);
+                }
+                _ if !node.attribute.is_empty() => {
+                    let j = rng.below(node.attribute.len());
+                    let name = node.attribute[j].name.clone();
+                    node.attribute[j] = AttributeProto {
+                        name,
+                        ..random_attr(rng)
+                    };
+                }
+                _ => node.attribute.push(random_attr(rng)),
+            }
+        }
+        2 if !g.node.is_empty() => {
+            // Rewire, drop or add a node input.
+            let k = rng.below(g.node.len());
+            let node = &mut g.node[k];
+            let name = pick(rng, &names.iter().map(String::as_str).collect::<Vec<_>>()).to_string();
+            match rng.below(3) {
+                0 if !node.input.is_empty() => {
+                    let j = rng.below(node.input.len());
+                    node.input[j] = name;
+                }
+                1 if !node.input.is_empty() => {
+                    let j = rng.below(node.input.len());
+                    node.input.remove(j);
+                }
+                _ => node.input.push(name),
+            }
+        }
+        3 if !g.node.is_empty() => {
+            // Rename, drop or add a node output.
+            let k = rng.below(g.node.len());
+            let node = &mut g.node[k];
+            match rng.below(3) {
+                0 if !node.output.is_empty() => {
+                    let j = rng.below(node.output.len());
+                    node.output[j] = pick(rng, &["", "x", "y", "dup"]).to_string();
+                }
+                1 if !node.output.is_empty() => {
+                    node.output.pop();
+                }
+                _ => node.output.push("extra".into()),
+            }
+        }
+        4 if !g.node.is_empty() => {
+            // Delete, duplicate or swap nodes.
+            let k = rng.below(g.node.len());
+            match rng.below(3) {
+                0 => {
+                    g.node.remove(k);
+                }
+                1 => {
+                    let n = g.node[k].clone();
+                    g.node.insert(rng.below(g.node.len() + 1), n);
+                }
+                _ => {
+                    let j = rng.below(g.node.len());
+                    g.node.swap(k, j);
+                }
+            }
+        }
+        5 | 6 => {
+            // A graph input's or output's dims and element type.
+            let list = if rng.below(2) == 0 {
+                &mut g.input
+            } else {
+                &mut g.output
+            };
+            if list.is_empty() {
+                return;
+            }
+            let k = rng.below(list.len());
+            let v = &mut list[k];
+            match rng.below(5) {
+                0 => v.r#type = None,
+                1 => v.name = Some(pick(rng, &["", "x", "renamed", "w"]).to_string()),
+                _ => {
+                    let Some(type_proto::Value::TensorType(t)) =
+                        v.r#type.as_mut().and_then(|t| t.value.as_mut())
+                    else {
+                        return;
+                    };
+                    if rng.below(3) == 0 {
+                        t.elem_type = Some(rng.below(25) as i32);
+                        return;
+                    }
+                    let Some(shape) = t.shape.as_mut() else {
+                        return;
+                    };
+                    match rng.below(4) {
+                        0 => shape.dim.push(Default::default()),
+                        1 if !shape.dim.is_empty() => {
+                            shape.dim.pop();
+                        }
+                        _ if !shape.dim.is_empty() => {
+                            let j = rng.below(shape.dim.len());
+                            shape.dim[j].value = Some(match rng.below(3) {
+                                0 => dimension::Value::DimParam(
+                                    pick(rng, &["N", "M", "", "batch"]).into(),
+                                ),
+                                _ => dimension::Value::DimValue(pick(
+                                    rng,
+                                    &[0, 1, 2, 3, 5, 7, -1, 1 << 20, 1 << 40, i64::MAX],
+                                )),
+                            });
+                        }
+                        _ => shape.dim.clear(),
+                    }
+                }
+            }
+        }
+        7..=10 if !g.initializer.is_empty() => {
+            // An initializer's dims, type, data or location.
+            let k = rng.below(g.initializer.len());
+            let t = &mut g.initializer[k];
+            match rng.below(10) {
+                0 => t.dims.push(any_int(rng)),
+                1 if !t.dims.is_empty() => {
+                    let j = rng.below(t.dims.len());
+                    t.dims[j] = any_int(rng);
+                }
+                2 => {
+                    t.data_type = Some(pick(
+                        rng,
+                        &[
+                            DataType::Float,
+                            DataType::Float16,
+                            DataType::Bfloat16,
+                            DataType::Int64,
+                            DataType::Int32,
+                            DataType::Double,
+                            DataType::String,
+                            DataType::Bool,
+                        ],
+                    ) as i32)
+                }
+                3 => {
+                    if let Some(r) = t.raw_data.as_mut() {
+                        let n = rng.below(r.len() + 9);
+                        r.resize(n, 0x7f);
+                    } else {
+                        t.raw_data = Some(vec![0x3c; rng.below(40)]);
+                    }
+                }
+                4 => {
+                    t.raw_data = None;
+                    t.float_data = (0..rng.below(40)).map(|_| any_float(rng)).collect();
+                }
+                5 => {
+                    t.raw_data = None;
+                    t.int64_data = (0..rng.below(10)).map(|_| any_int(rng)).collect();
+                }
+                6 => {
+                    t.raw_data = None;
+                    t.int32_data = (0..rng.below(40)).map(|_| any_int(rng) as i32).collect();
+                }
+                7 => t.name = Some(pick(rng, &["x", "w", "", "shape", "fc1.weight"]).into()),
+                8 => {
+                    // External data with hostile entries.
+                    t.data_location = Some(rng.below(3) as i32);
+                    let entry = |k: &str, v: String| StringStringEntryProto {
+                        key: Some(k.into()),
+                        value: Some(v),
+                    };
+                    t.external_data = vec![
+                        entry(
+                            "location",
+                            pick(
+                                rng,
+                                &[
+                                    "weights.bin",
+                                    "../mlp.onnx",
+                                    "/dev/zero",
+                                    "",
+                                    ".",
+                                    "model.onnx",
+                                ],
+                            )
+                            .into(),
+                        ),
+                        entry("offset", any_int(rng).to_string()),
+                        entry("length", any_int(rng).to_string()),
+                    ];
+                    if rng.below(2) == 0 {
+                        t.external_data.truncate(rng.below(3));
+                    }
+                }
+                _ => t.dims.clear(),
+            }
+        }
+        _ => {
+            // A graph output pointing somewhere else.
+            if !g.output.is_empty() {
+                let k = rng.below(g.output.len());
+                let name = pick(rng, &names.iter().map(String::as_str).collect::<Vec<_>>());
+                g.output[k].name = Some(name.to_string());
+            }
+        }
+    }
+}
+
+/// Byte-level damage: flips, truncation, insertion.
+fn damage(bytes: &mut Vec<u8>, rng: &mut Rng) {
+    match rng.below(3) {
+        0 => {
+            for _ in 0..1 + rng.below(4) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let i = rng.below(bytes.len());
+                bytes[i] ^= 1 << rng.below(8);
+            }
+        }
+        1 => bytes.truncate(rng.below(bytes.len() + 1)),
+        _ => {
+            let i = rng.below(bytes.len() + 1);
+            let junk: Vec<u8> = (0..1 + rng.below(8))
+                .map(|_| rng.next_u64() as u8)
+                .collect();
+            bytes.splice(i..i, junk);
+        }
+    }
+}
+
+/// The mutated model for `seed`.
+fn case(bases: &[Vec<u8>], seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let base = &bases[rng.below(bases.len())];
+    if rng.below(4) == 0 {
+        let mut b = base.clone();
+        damage(&mut b, &mut rng);
+        return b;
+    }
+    let mut m = ModelProto::decode(base.as_slice()).expect("fixtures decode");
+    for _ in 0..1 + rng.below(3) {
+        mutate(&mut m, &mut rng);
+    }
+    let mut b = m.encode_to_vec();
+    if rng.below(10) == 0 {
+        damage(&mut b, &mut rng);
+    }
+    b
+}
+
+/// Decode, import and compile `bytes`; Ok or Err are both fine. Returns how far it got.
+fn exercise(bytes: &[u8], seed: u64) -> usize {
+    let dir = fixture_in("external", "");
+    let Ok(model) = Model::from_bytes_with_dir(bytes, &dir) else {
+        return 0;
+    };
+    let n = 1 + (seed % 3) as usize;
+    let dims = [("N", n), ("batch", n), ("M", 2)];
+    let weights = if seed % 2 == 0 {
+        Weights::Params
+    } else {
+        Weights::Constants
+    };
+    let Ok(imported) = model.import(&dims, weights) else {
+        return 1;
+    };
+    let outs: Vec<_> = imported.outputs.iter().map(|(_, v)| v).collect();
+    // Huge declared shapes import fine (nothing is allocated for them) but are not
+    // compiled: the CPU reference would allocate them for real.
+    let big = imported.graph.nodes().iter().any(|n| {
+        n.shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_none_or(|e| e > 1 << 24)
+    });
+    if big {
+        return 2;
+    }
+    match Device::cpu().compile(&imported.graph, &outs, None) {
+        Ok(_) => 3,
+        Err(_) => 2,
+    }
+}
+
+#[test]
+fn mutated_models_never_panic() {
+    let bases = bases();
+    // ONNX_FUZZ_COUNT runs more seeds (a longer hunt); ONNX_FUZZ_SEED replays one.
+    let count = std::env::var("ONNX_FUZZ_COUNT").map_or(10_000u64, |s| s.parse().expect("count"));
+    let (start, count) = match std::env::var("ONNX_FUZZ_SEED") {
+        Ok(s) => (s.parse().expect("ONNX_FUZZ_SEED is a number"), 1),
+        Err(_) => (0u64, count),
+    };
+    // Panics are caught and reported by seed; keep the default hook's output off meanwhile.
+    // The hook only records where the panic happened, for the report.
+    static WHERE: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+    // A replayed seed keeps the default hook, for its backtrace.
+    let hook = std::panic::take_hook();
+    if count > 1 {
+        std::panic::set_hook(Box::new(|info| {
+            if let (Some(l), Ok(mut w)) = (info.location(), WHERE.lock()) {
+                *w = l.to_string();
+            }
+        }));
+    }
+    let mut panics = Vec::new();
+    let mut reached = [0usize; 4];
+    for seed in start..start + count {
+        let bytes = case(&bases, seed);
+        match catch_unwind(AssertUnwindSafe(|| exercise(&bytes, seed))) {
+            Ok(r) => reached[r] += 1,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let at = WHERE.lock().map(|w| w.clone()).unwrap_or_default();
+                panics.push(format!("seed {seed}: {msg} at {at}"));
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    eprintln!(
+        "onnx fuzz: {count} models: {} not decoded, {} not imported, {} not compiled, {} compiled",
+        reached[0], reached[1], reached[2], reached[3]
+    );
+    assert!(
+        panics.is_empty(),
+        "{} panics (replay one with ONNX_FUZZ_SEED=<seed>):\n{}",
+        panics.len(),
+        panics
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The mutations must reach decoding errors, import errors and compiled graphs alike,
+    // or the test proves little.
+    if count > 1 {
+        let some = count as usize / 50;
+        assert!(
+            reached[0] > some && reached[1] > some && reached[3] > some,
+            "{reached:?}"
+        );
+    }
+}
