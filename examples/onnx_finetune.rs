@@ -4,7 +4,8 @@
 //! its initializers as trainable parameters, given a softmax cross-entropy loss on its
 //! logits, and trained further with Adam on the digits training split (the digits example's
 //! split: one seeded shuffle, the last 360 images for testing) until it reaches the target
-//! test accuracy (98% by default; the run fails if it does not).
+//! test accuracy (98% by default; the run fails if it does not). Every FLOAT initializer
+//! becomes a parameter, batch norm's running statistics included: Adam adjusts them too.
 //!
 //!   cargo run --release --example onnx_finetune [-- --device gpu|cpu] [--epochs N]
 //!       [--model FILE.onnx] [--lr RATE] [--target ACCURACY]
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use wgrad::onnx::{Imported, Model, Weights};
+use wgrad::onnx::{Dim, Imported, Model, Weights};
 use wgrad::{Device, Executor, Optimizer, Rng, Tensor, Var};
 
 #[path = "shared/digits_data.rs"]
@@ -113,15 +114,24 @@ fn main() -> Result<()> {
     let (test_x, test_y) = gather(test);
 
     let model = Model::load(&path)?;
+    let dims = |d: &Dim| match d {
+        Dim::Fixed(n) => n.to_string(),
+        Dim::Symbolic(s) => s.clone(),
+        Dim::Unknown => "?".into(),
+    };
+    let inputs: Vec<String> = model
+        .inputs
+        .iter()
+        .map(|i| {
+            let d: Vec<String> = i.dims.iter().flatten().map(dims).collect();
+            format!("{} ({})", i.name, d.join(", "))
+        })
+        .collect();
     println!(
-        "{path}: opset {}, {} initializers, inputs {:?}",
+        "{path}: opset {}, {} initializers, inputs {}",
         model.opset,
         model.initializers.len(),
-        model
-            .inputs
-            .iter()
-            .map(|i| format!("{} {:?}", i.name, i.dims))
-            .collect::<Vec<_>>()
+        inputs.join(", ")
     );
     // Two imports of one file: a training graph at the batch size, an evaluation graph at
     // the test set's size; parameters are matched by name.
