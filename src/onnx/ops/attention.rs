@@ -434,7 +434,9 @@ fn attention(env: &Env, node: &NodeProto) -> OpResult {
         outs.push(Value::Var(present_v));
     }
     if wants(3) {
-        // 0: Q·Kᵀ scaled; 1: after softcap; 2: plus the mask; 3: the probabilities.
+        // 0: Q·Kᵀ scaled; 1: after softcap; 2: plus the mask; 3: the probabilities. Mode 0
+        // is the raw product even with a softcap, as the spec and onnxruntime have it (onnx's
+        // reference evaluator returns the capped value there; no vendored case tells).
         let qk = match mode {
             0 => raw,
             1 => capped,
