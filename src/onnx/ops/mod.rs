@@ -6,13 +6,15 @@
 //! - `norm.rs`: normalisation (batch, instance, layer, group, LRN);
 //! - `shape.rs`: shape and layout ops, and folding of shape-computing subgraphs;
 //! - `math.rs`: activations, unary maths, comparison and selection, reductions;
-//! - `gather.rs`: Gather on runtime values (rows, as in embeddings).
+//! - `gather.rs`: Gather on runtime values (rows, as in embeddings);
+//! - `attention.rs`: Attention and RotaryEmbedding, as compositions.
 //!
 //! Values are either graph [`Var`]s or host constants ([`Const`]): INT64 initializers,
 //! `Constant` nodes, and anything computed only from constants. A node whose inputs are all
 //! constants and whose op has a fold function (`FOLDS` of a family) is evaluated at import,
 //! so `Shape → Gather → Concat → Reshape` never reaches the graph.
 
+mod attention;
 mod basic;
 mod conv;
 mod gather;
@@ -149,7 +151,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 6] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 7] {
     [
         basic::OPS,
         conv::OPS,
@@ -157,11 +159,12 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 6] {
         shape::OPS,
         math::OPS,
         gather::OPS,
+        attention::OPS,
     ]
 }
 
 /// Every family's fold table.
-fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 6] {
+fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 7] {
     [
         basic::FOLDS,
         conv::FOLDS,
@@ -169,6 +172,7 @@ fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 6] {
         shape::FOLDS,
         math::FOLDS,
         gather::FOLDS,
+        attention::FOLDS,
     ]
 }
 
