@@ -6,7 +6,9 @@
 //! - `norm.rs`: normalisation (batch, instance, layer, group, LRN);
 //! - `shape.rs`: shape and layout ops, and folding of shape-computing subgraphs;
 //! - `math.rs`: activations, unary maths, comparison and selection, reductions;
-//! - `gather.rs`: Gather on runtime values (rows, as in embeddings).
+//! - `gather.rs`: Gather on runtime values (rows, as in embeddings);
+//! - `loss.rs`: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss;
+//! - `index.rs`: GatherElements, Scatter*, Trilu, CumSum, TopK.
 //!
 //! Values are either graph [`Var`]s or host constants ([`Const`]): INT64 initializers,
 //! `Constant` nodes, and anything computed only from constants. A node whose inputs are all
@@ -16,6 +18,8 @@
 mod basic;
 mod conv;
 mod gather;
+mod index;
+mod loss;
 mod math;
 mod norm;
 mod shape;
@@ -149,7 +153,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 6] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 8] {
     [
         basic::OPS,
         conv::OPS,
@@ -157,11 +161,13 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 6] {
         shape::OPS,
         math::OPS,
         gather::OPS,
+        loss::OPS,
+        index::OPS,
     ]
 }
 
 /// Every family's fold table.
-fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 6] {
+fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 8] {
     [
         basic::FOLDS,
         conv::FOLDS,
@@ -169,6 +175,8 @@ fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 6] {
         shape::FOLDS,
         math::FOLDS,
         gather::FOLDS,
+        loss::FOLDS,
+        index::FOLDS,
     ]
 }
 
