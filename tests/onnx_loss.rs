@@ -311,3 +311,15 @@ fn runtime_label_out_of_range_is_a_run_error() {
         assert!(msg.contains("label -1 outside 0..3"), "{dev:?}: {msg}");
     }
 }
+
+/// CumSum, Trilu and TopK on float graph values (the node cases run them on integer
+/// constants, folded at import, or on DOUBLE inputs), against onnxruntime
+/// (tests/fixtures/onnx/gen_index.py): the scan on an axis of 37 in every mode and on 1000
+/// elements, Trilu with infinities in the discarded triangle, TopK with ties and -inf.
+#[test]
+fn cumsum_trilu_topk_on_graph_values_match_onnxruntime() {
+    common::onnx::check_fixture("index", "cumsum", &[], Weights::Constants, 1e-5, 1e-5);
+    common::onnx::check_fixture("index", "cumsum_long", &[], Weights::Constants, 1e-4, 1e-5);
+    common::onnx::check_fixture("index", "trilu", &[], Weights::Constants, 0.0, 0.0);
+    common::onnx::check_fixture("index", "topk", &[], Weights::Constants, 0.0, 0.0);
+}

@@ -237,7 +237,7 @@ fn rms_norm(env: &Env, node: &NodeProto) -> OpResult {
 }
 
 /// LpNormalization (opsets 1, 22): `x / ‖x‖_p` along `axis` (default -1), p 1 or 2. A line
-/// of zeros gives 0/0 = NaN, as ONNX's reference does.
+/// of zeros gives 0 (ONNX's reference; not 0/0 = NaN).
 fn lp_norm(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
     let r = x.shape().len();
@@ -253,7 +253,7 @@ fn lp_norm(env: &Env, node: &NodeProto) -> OpResult {
             .and_then(|v| v.sqrt()),
         p => return Err(format!("p = {p} is not supported (1 or 2)")),
     }
-    .and_then(|n| x.div(&n))
+    .and_then(|n| x.div(&n)?.binary(&n, crate::BinaryOp::KeepWhere))
     .map_err(err)?;
     one(y)
 }
