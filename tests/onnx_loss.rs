@@ -323,3 +323,11 @@ fn cumsum_trilu_topk_on_graph_values_match_onnxruntime() {
     common::onnx::check_fixture("index", "trilu", &[], Weights::Constants, 0.0, 0.0);
     common::onnx::check_fixture("index", "topk", &[], Weights::Constants, 0.0, 0.0);
 }
+
+/// OneHot with depth known at import: constant indices (negative, out of range) and float
+/// indices fed at run time (negative, fractional, out of range), against onnxruntime.
+#[test]
+fn one_hot_matches_onnxruntime() {
+    common::onnx::check_fixture("index", "onehot_const", &[], Weights::Constants, 0.0, 0.0);
+    common::onnx::check_fixture("index", "onehot_runtime", &[], Weights::Constants, 0.0, 0.0);
+}

@@ -15,6 +15,10 @@
 //! - TopK: k rounds of (extreme, first index of it, mask it out), exact and differentiable
 //!   in the values; for the small k of the node cases (rounds are bounded, [`MAX_TOPK`]).
 //!
+//! - OneHot: depth known at import; constant indices give a constant 0/1 mask, runtime
+//!   (float) indices one compare against the class numbers, and the off/on values select
+//!   with `KeepWhere`.
+//!
 //! Every one also folds on constants (integer data: the node cases' Trilu, CumSum, TopK).
 
 use super::{
@@ -35,6 +39,7 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("Trilu", trilu),
     ("CumSum", cumsum),
     ("TopK", topk),
+    ("OneHot", one_hot),
 ];
 
 /// This family's folds, evaluated at import when every input is a constant.
@@ -42,6 +47,7 @@ pub(super) const FOLDS: &[(&str, FoldFn)] = &[
     ("Trilu", fold_trilu),
     ("CumSum", fold_cumsum),
     ("TopK", fold_topk),
+    ("OneHot", fold_one_hot),
 ];
 
 /// Most rounds TopK unrolls on a graph value (each is a reduction, a compare and a mask
@@ -612,4 +618,113 @@ fn fold_topk(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
         .into(),
         Const::ints(dims, idx).into(),
     ])
+}
+
+/// OneHot's depth (input 1, known at import; ONNX casts it to an integer) and the output
+/// dims and axis for indices of `dims`.
+fn one_hot_dims(env: &Env, node: &NodeProto, dims: &[usize]) -> Res<(usize, Vec<usize>, usize)> {
+    let depth = match &const_input(env, node, 1)?.data {
+        ConstData::F32(v) if v.len() == 1 => v[0].trunc() as i64,
+        ConstData::I64(v) if v.len() == 1 => v[0],
+        _ => return Err("depth must be a scalar".into()),
+    };
+    if depth < 1 || depth > 1 << 24 {
+        return Err(format!("depth {depth} outside 1..=2^24"));
+    }
+    let a = axis(attr_int(node, "axis", -1), dims.len() + 1, false)?;
+    let mut out = dims.to_vec();
+    out.insert(a, depth as usize);
+    Ok((depth as usize, out, a))
+}
+
+/// The class each constant index selects (`None`: outside -depth..depth, an all-off row),
+/// indices cast to integers (truncated) as ONNX does.
+fn one_hot_classes(idx: &Const, depth: usize) -> Vec<Option<usize>> {
+    let ints: Vec<i64> = match &idx.data {
+        ConstData::F32(v) => v.iter().map(|x| x.trunc() as i64).collect(),
+        ConstData::I64(v) => v.clone(),
+    };
+    ints.iter().map(|&j| wrap(j, depth, "index").ok()).collect()
+}
+
+/// Whether output element `e` (of `out` dims, class axis `a`) is on.
+fn one_hot_on(classes: &[Option<usize>], out: &[usize], a: usize, e: usize) -> bool {
+    let mut m = unflatten(e, out);
+    let class = m.remove(a);
+    let (mut p, mut stride) = (0, 1);
+    for d in (0..m.len()).rev() {
+        p += m[d] * stride;
+        stride *= out[if d < a { d } else { d + 1 }];
+    }
+    classes[p] == Some(class)
+}
+
+/// OneHot (opsets 9, 11): `values[1]` where the class along `axis` is the index (negative
+/// counting from the end of 0..depth), `values[0]` elsewhere; an index outside
+/// -depth..depth gives an all-off line, as the spec says.
+fn one_hot(env: &Env, node: &NodeProto) -> OpResult {
+    let values = input(env, node, 2)?;
+    if values.shape().iter().product::<usize>() != 2 {
+        return Err(format!("values {:?} must hold [off, on]", values.shape()));
+    }
+    let v = values.reshape(&[2]).map_err(err)?;
+    let (off, on) =
+        (|| Ok::<_, crate::Error>((v.slice(0, 0, 1)?, v.slice(0, 1, 2)?)))().map_err(err)?;
+    let mask = match value(env, node, 0)? {
+        Value::Const(idx) => {
+            let (depth, out, a) = one_hot_dims(env, node, &idx.dims)?;
+            let classes = one_hot_classes(idx, depth);
+            let total: usize = out.iter().product();
+            let m: Vec<f32> = (0..total)
+                .map(|e| one_hot_on(&classes, &out, a, e) as u8 as f32)
+                .collect();
+            f32_const(env, &out, &m)?
+        }
+        Value::Var(x) => {
+            let (depth, out, a) = one_hot_dims(env, node, x.shape())?;
+            let mut lay = vec![1; out.len()];
+            lay[a] = depth;
+            let iota: Vec<f32> = (0..depth).map(|i| i as f32).collect();
+            let iota = f32_const(env, &lay, &iota)?;
+            let mut col = x.shape().to_vec();
+            col.insert(a, 1);
+            (|| {
+                // Truncated toward zero, then a negative index counted from the end.
+                let pos = x.scalar(B::Ge, 0.0, false)?;
+                let t = x
+                    .unary(crate::UnaryOp::Floor)?
+                    .binary(&pos, B::KeepWhere)?
+                    .add(
+                        &x.unary(crate::UnaryOp::Ceil)?
+                            .binary(&pos, B::KeepWhereNot)?,
+                    )?;
+                let t = t.add(&t.scalar(B::Lt, 0.0, false)?.mul_scalar(depth as f32)?)?;
+                t.reshape(&col)?.binary(&iota, B::Eq)?.broadcast_to(&out)
+            })()
+            .map_err(err)?
+        }
+    };
+    let y = (|| {
+        on.binary(&mask, B::KeepWhere)?
+            .add(&off.binary(&mask, B::KeepWhereNot)?)
+    })()
+    .map_err(err)?;
+    one(y)
+}
+
+fn fold_one_hot(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+    let idx = c[0].ok_or("missing input 0")?;
+    let values = c[2].ok_or("missing input 2")?;
+    if values.numel() != 2 {
+        return Err(format!("values {:?} must hold [off, on]", values.dims));
+    }
+    let (depth, out, a) = one_hot_dims(env, node, &idx.dims)?;
+    let classes = one_hot_classes(idx, depth);
+    let total: usize = out.iter().product();
+    let on = |e| one_hot_on(&classes, &out, a, e);
+    let data = match &values.data {
+        ConstData::F32(v) => ConstData::F32((0..total).map(|e| v[on(e) as usize]).collect()),
+        ConstData::I64(v) => ConstData::I64((0..total).map(|e| v[on(e) as usize]).collect()),
+    };
+    Ok(vec![Const { dims: out, data }.into()])
 }
