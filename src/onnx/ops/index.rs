@@ -628,7 +628,7 @@ fn one_hot_dims(env: &Env, node: &NodeProto, dims: &[usize]) -> Res<(usize, Vec<
         ConstData::I64(v) if v.len() == 1 => v[0],
         _ => return Err("depth must be a scalar".into()),
     };
-    if depth < 1 || depth > 1 << 24 {
+    if !(1..=1 << 24).contains(&depth) {
         return Err(format!("depth {depth} outside 1..=2^24"));
     }
     let a = axis(attr_int(node, "axis", -1), dims.len() + 1, false)?;
