@@ -54,7 +54,18 @@ pub(super) const FOLDS: &[(&str, FoldFn)] = &[
 /// over the whole input).
 pub(crate) const MAX_TOPK: usize = 64;
 
+/// Most elements a fold or a host-side index list of this family builds (64 MiB of f32).
+const MAX_FOLD: usize = 1 << 24;
+
 type Res<T> = std::result::Result<T, String>;
+
+/// Input `i` of a fold (absent, or past the node's inputs, is an error).
+fn folded<'a>(c: &[Option<&'a Const>], i: usize) -> Res<&'a Const> {
+    c.get(i)
+        .copied()
+        .flatten()
+        .ok_or_else(|| format!("missing input {i}"))
+}
 
 /// Row-major strides of `dims`.
 fn strides(dims: &[usize]) -> Vec<usize> {
@@ -192,13 +203,16 @@ fn scatter_flat(env: &Env, data: &Var, updates: &Var, targets: &[usize], r: &str
                 .map_err(err)?
         };
         let to: Vec<usize> = positions.iter().map(|&p| targets[p]).collect();
-        let mut hit = vec![0.0f32; total];
-        to.iter().for_each(|&t| hit[t] = 1.0);
-        let s = vals
-            .scatter_add(&i32_const(env, &[to.len()], &to)?, 0, total)
-            .and_then(|s| s.reshape(&shape))
-            .map_err(err)?;
-        Ok((s, f32_const(env, &shape, &hit)?))
+        let to = i32_const(env, &[to.len()], &to)?;
+        // The positions a layer writes, 1 there and 0 elsewhere (distinct within a
+        // layer), scattered on the device: no host buffer the size of the data.
+        let (s, hit) = (|| {
+            let s = vals.scatter_add(&to, 0, total)?.reshape(&shape)?;
+            let hit = env.graph.full(1.0, &[positions.len()]);
+            Ok::<_, crate::Error>((s, hit.scatter_add(&to, 0, total)?.reshape(&shape)?))
+        })()
+        .map_err(err)?;
+        Ok((s, hit))
     };
     if r == "add" {
         let all: Vec<usize> = (0..m).collect();
@@ -294,6 +308,13 @@ fn scatter_nd(env: &Env, node: &NodeProto) -> OpResult {
     }
     let st = strides(&shape);
     let slice: usize = shape[k..].iter().product();
+    let n = updates.shape().iter().product::<usize>();
+    if n > MAX_FOLD {
+        return Err(format!(
+            "updates {:?} hold {n} elements: at most {MAX_FOLD} (their positions are listed at import)",
+            updates.shape()
+        ));
+    }
     let v = idx.as_i64()?;
     let mut targets = Vec::with_capacity(v.len() / k * slice);
     for tuple in v.chunks(k) {
@@ -340,16 +361,30 @@ fn trilu(env: &Env, node: &NodeProto) -> OpResult {
         return Err(format!("input {s:?} needs rank >= 2"));
     }
     let (n, m) = (s[s.len() - 2], s[s.len() - 1]);
-    let mask: Vec<f32> = (0..n * m)
-        .map(|e| trilu_keeps(e / m, e % m, k, upper) as u8 as f32)
-        .collect();
-    one(x
-        .binary(&f32_const(env, &[n, m], &mask)?, B::KeepWhere)
-        .map_err(err)?)
+    if n.max(m) > 1 << 24 {
+        return Err(format!(
+            "input {s:?}: dims past 2^24 are not exact as f32 positions"
+        ));
+    }
+    // The mask `j − i >= k` (or `<= k`) from a column of row numbers and a row of column
+    // numbers (constants of n + m elements), so a large matrix needs no n×m constant.
+    let rows: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let cols: Vec<f32> = (0..m).map(|j| j as f32).collect();
+    let (rows, cols) = (
+        f32_const(env, &[n, 1], &rows)?,
+        f32_const(env, &[1, m], &cols)?,
+    );
+    let cmp = if upper { B::Ge } else { B::Le };
+    let y = (|| {
+        let mask = cols.sub(&rows)?.scalar(cmp, k as f32, false)?;
+        x.binary(&mask, B::KeepWhere)
+    })()
+    .map_err(err)?;
+    one(y)
 }
 
 fn fold_trilu(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
-    let x = c[0].ok_or("missing input 0")?;
+    let x = folded(c, 0)?;
     let (k, upper) = trilu_args(env, node)?;
     let s = &x.dims;
     if s.len() < 2 {
@@ -432,7 +467,7 @@ fn cumsum(env: &Env, node: &NodeProto) -> OpResult {
 }
 
 fn fold_cumsum(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
-    let x = c[0].ok_or("missing input 0")?;
+    let x = folded(c, 0)?;
     if x.dims.is_empty() {
         return Err("input must have rank >= 1".into());
     }
@@ -571,7 +606,7 @@ fn topk(env: &Env, node: &NodeProto) -> OpResult {
 }
 
 fn fold_topk(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
-    let x = c[0].ok_or("missing input 0")?;
+    let x = folded(c, 0)?;
     let (a, k, largest) = topk_args(env, node, &x.dims)?;
     let (l, inner) = (x.dims[a], x.dims[a + 1..].iter().product::<usize>());
     let outer: usize = x.dims[..a].iter().product();
@@ -670,25 +705,20 @@ fn one_hot(env: &Env, node: &NodeProto) -> OpResult {
     let v = values.reshape(&[2]).map_err(err)?;
     let (off, on) =
         (|| Ok::<_, crate::Error>((v.slice(0, 0, 1)?, v.slice(0, 1, 2)?)))().map_err(err)?;
-    let mask = match value(env, node, 0)? {
+    // The class each index selects as f32 (−1: none), laid out with a 1 at the class axis,
+    // compared with the class numbers 0..depth laid along it.
+    let (classes, depth, out, a) = match value(env, node, 0)? {
         Value::Const(idx) => {
             let (depth, out, a) = one_hot_dims(env, node, &idx.dims)?;
-            let classes = one_hot_classes(idx, depth);
-            let total: usize = out.iter().product();
-            let m: Vec<f32> = (0..total)
-                .map(|e| one_hot_on(&classes, &out, a, e) as u8 as f32)
+            let c: Vec<f32> = one_hot_classes(idx, depth)
+                .iter()
+                .map(|c| c.map_or(-1.0, |c| c as f32))
                 .collect();
-            f32_const(env, &out, &m)?
+            (f32_const(env, &idx.dims, &c)?, depth, out, a)
         }
         Value::Var(x) => {
             let (depth, out, a) = one_hot_dims(env, node, x.shape())?;
-            let mut lay = vec![1; out.len()];
-            lay[a] = depth;
-            let iota: Vec<f32> = (0..depth).map(|i| i as f32).collect();
-            let iota = f32_const(env, &lay, &iota)?;
-            let mut col = x.shape().to_vec();
-            col.insert(a, 1);
-            (|| {
+            let t = (|| {
                 // Truncated toward zero, then a negative index counted from the end.
                 let pos = x.scalar(B::Ge, 0.0, false)?;
                 let t = x
@@ -698,12 +728,25 @@ fn one_hot(env: &Env, node: &NodeProto) -> OpResult {
                         &x.unary(crate::UnaryOp::Ceil)?
                             .binary(&pos, B::KeepWhereNot)?,
                     )?;
-                let t = t.add(&t.scalar(B::Lt, 0.0, false)?.mul_scalar(depth as f32)?)?;
-                t.reshape(&col)?.binary(&iota, B::Eq)?.broadcast_to(&out)
+                t.add(&t.scalar(B::Lt, 0.0, false)?.mul_scalar(depth as f32)?)
             })()
-            .map_err(err)?
+            .map_err(err)?;
+            (t, depth, out, a)
         }
     };
+    let mut lay = vec![1; out.len()];
+    lay[a] = depth;
+    let iota: Vec<f32> = (0..depth).map(|i| i as f32).collect();
+    let iota = f32_const(env, &lay, &iota)?;
+    let mut col = out.clone();
+    col[a] = 1;
+    let mask = (|| {
+        classes
+            .reshape(&col)?
+            .binary(&iota, B::Eq)?
+            .broadcast_to(&out)
+    })()
+    .map_err(err)?;
     let y = (|| {
         on.binary(&mask, B::KeepWhere)?
             .add(&off.binary(&mask, B::KeepWhereNot)?)
@@ -713,14 +756,19 @@ fn one_hot(env: &Env, node: &NodeProto) -> OpResult {
 }
 
 fn fold_one_hot(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
-    let idx = c[0].ok_or("missing input 0")?;
-    let values = c[2].ok_or("missing input 2")?;
+    let idx = folded(c, 0)?;
+    let values = folded(c, 2)?;
     if values.numel() != 2 {
         return Err(format!("values {:?} must hold [off, on]", values.dims));
     }
     let (depth, out, a) = one_hot_dims(env, node, &idx.dims)?;
     let classes = one_hot_classes(idx, depth);
     let total: usize = out.iter().product();
+    if total > MAX_FOLD {
+        return Err(format!(
+            "output {out:?} has {total} elements: folding at import is limited to {MAX_FOLD}"
+        ));
+    }
     let on = |e| one_hot_on(&classes, &out, a, e);
     let data = match &values.data {
         ConstData::F32(v) => ConstData::F32((0..total).map(|e| v[on(e) as usize]).collect()),
