@@ -54,6 +54,10 @@ pub(super) const FOLDS: &[(&str, FoldFn)] = &[
 /// over the whole input).
 pub(crate) const MAX_TOPK: usize = 64;
 
+/// Most updates to one position ScatterElements / ScatterND combine with `mul`, `max` or
+/// `min` (each a layer: a scatter-add and an element-wise pass over the data).
+pub(crate) const MAX_LAYERS: usize = 64;
+
 /// Most elements a fold or a host-side index list of this family builds (64 MiB of f32).
 const MAX_FOLD: usize = 1 << 24;
 
@@ -233,6 +237,13 @@ fn scatter_flat(env: &Env, data: &Var, updates: &Var, targets: &[usize], r: &str
         }
         layers[*k].push(p);
         *k += 1;
+    }
+    if layers.len() > MAX_LAYERS {
+        return Err(format!(
+            "reduction '{r}' with {} updates to one position: at most {MAX_LAYERS} (each is a \
+             pass over the data)",
+            layers.len()
+        ));
     }
     if r == "none" {
         let mut last: Vec<usize> = seen.into_values().collect();
