@@ -41,7 +41,7 @@ fn bases() -> Vec<Vec<u8>> {
     // default run, since it finds panics and an allocation abort in files outside the
     // importer (reported, being fixed by their owners).
     let families: &[&str] = if std::env::var_os("ONNX_FUZZ_FAMILIES").is_some() {
-        &["conv", "gather", "math", "norm", "shape"]
+        &["conv", "gather", "math", "norm", "shape", "loss", "index"]
     } else {
         &[]
     };
@@ -89,6 +89,15 @@ const OPS: &[&str] = &[
     "Constant",
     "Conv",
     "Gather",
+    "GatherElements",
+    "ScatterElements",
+    "ScatterND",
+    "NegativeLogLikelihoodLoss",
+    "SoftmaxCrossEntropyLoss",
+    "Trilu",
+    "CumSum",
+    "TopK",
+    "OneHot",
     "Shape",
     "Concat",
     "Unsqueeze",
@@ -122,6 +131,11 @@ const ATTRS: &[&str] = &[
     "epsilon",
     "axes",
     "keepdims",
+    "ignore_index",
+    "exclusive",
+    "reverse",
+    "upper",
+    "largest",
 ];
 
 /// Integers that break careless code.

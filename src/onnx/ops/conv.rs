@@ -1,5 +1,5 @@
-//! Convolution and pooling: Conv, ConvTranspose, MaxPool, AveragePool, GlobalAveragePool and
-//! GlobalMaxPool, on 1-D (N, C, L) and 2-D (N, C, H, W) inputs. A 1-D input runs as
+//! Convolution and pooling: Conv, ConvTranspose, MaxPool, AveragePool, LpPool,
+//! GlobalAveragePool and GlobalMaxPool, on 1-D (N, C, L) and 2-D (N, C, H, W) inputs. A 1-D input runs as
 //! (N, C, 1, L) with a 1×k window that neither pads nor strides along H. Every op maps onto
 //! [`Var::conv2d`], [`Var::conv_transpose2d`] (col2im of x·W) and the pooling compositions,
 //! so imported models differentiate like any graph.
@@ -28,6 +28,7 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("ConvTranspose", conv_transpose),
     ("MaxPool", max_pool),
     ("AveragePool", avg_pool),
+    ("LpPool", lp_pool),
     ("GlobalAveragePool", |e, n| {
         global_pool(e, n, ReduceOp::Mean)
     }),
@@ -422,6 +423,39 @@ fn avg_pool(env: &Env, node: &NodeProto) -> OpResult {
     let y = to_2d(&x)?
         .avg_pool2d_with(geom, ceil, include)
         .map_err(err)?;
+    one(from_2d(y, rank)?)
+}
+
+/// LpPool (opsets 2, 11, 18, 22): `(Σ_window |x|^p)^(1/p)`, padding counting as zeros: the
+/// include-pad average of `|x|^p` times the window's taps. `ceil_mode` 1 is refused (its
+/// partial windows have fewer taps).
+fn lp_pool(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let (rank, geom, ceil) = pool_window(node, &x)?;
+    if ceil {
+        return Err("ceil_mode 1 is not supported".into());
+    }
+    let p = attr_int(node, "p", 2);
+    if p < 1 {
+        return Err(format!("p = {p} must be >= 1"));
+    }
+    let p = p as f32;
+    let taps = (geom.kh * geom.kw) as f32;
+    let x = to_2d(&x)?;
+    let y = (|| {
+        let powed = match p {
+            1.0 => x.abs()?,
+            2.0 => x.square()?,
+            _ => x.abs()?.scalar(crate::BinaryOp::Pow, p, false)?,
+        };
+        let sum = powed.avg_pool2d_with(geom, false, true)?.mul_scalar(taps)?;
+        match p {
+            1.0 => Ok(sum),
+            2.0 => sum.sqrt(),
+            _ => sum.scalar(crate::BinaryOp::Pow, 1.0 / p, false),
+        }
+    })()
+    .map_err(err)?;
     one(from_2d(y, rank)?)
 }
 

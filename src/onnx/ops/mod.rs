@@ -7,7 +7,9 @@
 //! - `shape.rs`: shape and layout ops, and folding of shape-computing subgraphs;
 //! - `math.rs`: activations, unary maths, comparison and selection, reductions;
 //! - `gather.rs`: Gather on runtime values (rows, as in embeddings);
-//! - `attention.rs`: Attention and RotaryEmbedding, as compositions.
+//! - `attention.rs`: Attention and RotaryEmbedding, as compositions;
+//! - `loss.rs`: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss;
+//! - `index.rs`: GatherElements, Scatter*, Trilu, CumSum, TopK, OneHot.
 //!
 //! Values are either graph [`Var`]s or host constants ([`Const`]): INT64 initializers,
 //! `Constant` nodes, and anything computed only from constants. A node whose inputs are all
@@ -18,6 +20,8 @@ mod attention;
 mod basic;
 mod conv;
 mod gather;
+mod index;
+mod loss;
 mod math;
 mod norm;
 mod shape;
@@ -151,7 +155,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 7] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 9] {
     [
         basic::OPS,
         conv::OPS,
@@ -160,11 +164,13 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 7] {
         math::OPS,
         gather::OPS,
         attention::OPS,
+        loss::OPS,
+        index::OPS,
     ]
 }
 
 /// Every family's fold table.
-fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 7] {
+fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 9] {
     [
         basic::FOLDS,
         conv::FOLDS,
@@ -173,6 +179,8 @@ fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 7] {
         math::FOLDS,
         gather::FOLDS,
         attention::FOLDS,
+        loss::FOLDS,
+        index::FOLDS,
     ]
 }
 
