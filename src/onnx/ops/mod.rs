@@ -6,7 +6,10 @@
 //! - `norm.rs`: normalisation (batch, instance, layer, group, LRN);
 //! - `shape.rs`: shape and layout ops, and folding of shape-computing subgraphs;
 //! - `math.rs`: activations, unary maths, comparison and selection, reductions;
-//! - `gather.rs`: Gather on runtime values (rows, as in embeddings).
+//! - `gather.rs`: Gather on runtime values (rows, as in embeddings);
+//! - `dtype.rs`: element types (what each value is in the file) and Cast / CastLike;
+//! - `int.rs`: integer-only operators (bit shifts, bitwise logic), folded on constants;
+//! - `resize.rs`: Resize, one constant interpolation matrix (or gather) per axis.
 //!
 //! Values are either graph [`Var`]s or host constants ([`Const`]): INT64 initializers,
 //! `Constant` nodes, and anything computed only from constants. A node whose inputs are all
@@ -15,15 +18,18 @@
 
 mod basic;
 mod conv;
+mod dtype;
 mod gather;
+mod int;
 mod math;
 mod norm;
+mod resize;
 mod shape;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use super::proto::{attribute_proto::AttributeType, NodeProto};
+use super::proto::{attribute_proto::AttributeType, tensor_proto::DataType, NodeProto};
 use crate::{Graph, Tensor, Var};
 
 /// A value known at import time: dims and row-major data.
@@ -125,6 +131,9 @@ pub(crate) struct Env {
     pub opset: i64,
     /// Every value defined so far, by ONNX name.
     pub values: HashMap<String, Value>,
+    /// Every value's ONNX element type, by name, as the file has it (graph values are f32
+    /// whatever it says; integer folds and Cast need the declared width and signedness).
+    pub dtypes: HashMap<String, DataType>,
     /// Graph constants already made from float [`Const`]s, so each is uploaded once.
     materialized: RefCell<HashMap<String, Var>>,
 }
@@ -136,6 +145,7 @@ impl Env {
             graph,
             opset,
             values: HashMap::new(),
+            dtypes: HashMap::new(),
             materialized: RefCell::new(HashMap::new()),
         }
     }
@@ -149,8 +159,11 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 6] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 9] {
     [
+        dtype::OPS,
+        int::OPS,
+        resize::OPS,
         basic::OPS,
         conv::OPS,
         norm::OPS,
@@ -161,8 +174,11 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 6] {
 }
 
 /// Every family's fold table.
-fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 6] {
+fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 9] {
     [
+        dtype::FOLDS,
+        int::FOLDS,
+        resize::FOLDS,
         basic::FOLDS,
         conv::FOLDS,
         norm::FOLDS,
@@ -186,6 +202,17 @@ fn find_fold(op: &str) -> Option<FoldFn> {
         .flatten()
         .find(|(t, _)| *t == op)
         .map(|(_, f)| *f)
+}
+
+pub(crate) use dtype::output_types;
+
+/// The element type of input `i` as the file has it (`None` when absent or unknown).
+pub(crate) fn dtype_of(env: &Env, node: &NodeProto, i: usize) -> Option<DataType> {
+    node.input
+        .get(i)
+        .filter(|n| !n.is_empty())
+        .and_then(|n| env.dtypes.get(n))
+        .copied()
 }
 
 /// Whether `node` can be imported.
@@ -236,7 +263,12 @@ pub(crate) fn value<'a>(
         .ok_or_else(|| format!("input '{name}' is not defined before this node"))
 }
 
-/// Input `i` as a graph value; a float constant becomes a graph constant (once per name).
+/// Ops whose graph form only selects, moves or compares elements, so an integer constant
+/// input (|x| <= 2^24) computes exactly in f32 and the output carries integers exactly.
+const EXACT_ON_INTEGERS: &[&str] = &["Pad", "MaxPool", "ReduceMax", "ReduceMin", "Clip"];
+
+/// Input `i` as a graph value; a float constant becomes a graph constant (once per name),
+/// an integer one too for the ops in [`EXACT_ON_INTEGERS`].
 pub(crate) fn input(env: &Env, node: &NodeProto, i: usize) -> std::result::Result<Var, String> {
     match value(env, node, i)? {
         Value::Var(v) => Ok(v.clone()),
@@ -251,10 +283,23 @@ pub(crate) fn input(env: &Env, node: &NodeProto, i: usize) -> std::result::Resul
                     c.dims
                 ));
             }
-            let ConstData::F32(data) = &c.data else {
-                return Err(format!(
-                    "input '{name}' is an integer constant where a float value is needed"
-                ));
+            let ints;
+            let data = match &c.data {
+                ConstData::F32(data) => data,
+                ConstData::I64(v) if EXACT_ON_INTEGERS.contains(&node.op_type()) => {
+                    if let Some(big) = v.iter().find(|x| x.unsigned_abs() > 1 << 24) {
+                        return Err(format!(
+                            "input '{name}': integer {big} is not exact as f32 (|x| > 2^24)"
+                        ));
+                    }
+                    ints = v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+                    &ints
+                }
+                ConstData::I64(_) => {
+                    return Err(format!(
+                        "input '{name}' is an integer constant where a float value is needed"
+                    ))
+                }
             };
             let v = Tensor::from_slice(&crate::Device::cpu(), data, &c.dims)
                 .and_then(|t| env.graph.constant(&t))
