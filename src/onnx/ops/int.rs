@@ -220,7 +220,8 @@ fn pow(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     })?)
 }
 
-/// Mod of graph values (floats): `x - ⌊x/y⌋·y` (`fmod` = 0, the divisor's sign) or
+/// Mod of graph values (floats): `x - ⌊x/y⌋·y` (`fmod` = 0, the divisor's sign, from
+/// opset 28) or
 /// `x - trunc(x/y)·y` (`fmod` = 1, the dividend's). Where `y` is infinite the quotient
 /// rounds to 0 and `0·inf` is NaN, so that case is selected apart: `x` (for `fmod` = 0, `y`
 /// when the signs differ), NaN for an infinite `x`.
@@ -232,6 +233,9 @@ fn modulo(env: &Env, node: &NodeProto) -> OpResult {
             "Mod of {} graph values is not supported (integer constants fold at import)",
             t.as_str_name()
         ));
+    }
+    if !fmod && env.opset < 28 {
+        return Err("Mod of floats needs fmod = 1 before opset 28".into());
     }
     let x = input(env, node, 0)?;
     let y = input(env, node, 1)?;

@@ -544,9 +544,12 @@ fn not(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
 }
 
 /// `Mod`: the divisor's sign (Python's %, NumPy's `mod`) unless `fmod` = 1, which takes
-/// the dividend's (C's fmod), for integers and floats alike.
-fn modulo(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+/// the dividend's (C's fmod); floats need `fmod` = 1 before opset 28.
+fn modulo(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let fmod = attr_int(node, "fmod", 0) != 0;
+    if !fmod && env.opset < 28 && matches!(arg(c, 0)?.data, ConstData::F32(_)) {
+        return Err("Mod of floats needs fmod = 1 before opset 28".into());
+    }
     let int: IntOp = if fmod {
         |a, b| match b {
             0 => Err(format!("integer modulo of {a} by zero")),

@@ -1,0 +1,95 @@
+//! ONNX element types: Cast and CastLike of graph values to integer and BOOL types
+//! (truncation toward zero, wrapping to 8 and 16 bits), float Mod by both rules with zero,
+//! infinite and NaN operands, ReduceProd and Resize on graph values — models written by
+//! tests/fixtures/onnx/gen_dtype.py, run on the CPU reference and the GPU against
+//! onnxruntime's outputs (NumPy's for opset 28's float Mod); and the casts the importer
+//! must refuse.
+
+mod common;
+
+use wgrad::onnx::proto::{tensor_proto::DataType, ModelProto};
+use wgrad::onnx::{Model, Weights};
+
+fn check(name: &str, atol: f32, rtol: f32) {
+    for weights in [Weights::Params, Weights::Constants] {
+        common::onnx::check_fixture("dtype", name, &[], weights, atol, rtol);
+    }
+}
+
+#[test]
+fn casts_to_integer_and_bool_match_onnxruntime() {
+    // Integer and BOOL outputs are compared exactly.
+    check("casts", 0.0, 0.0);
+}
+
+#[test]
+fn float_mod_matches_onnxruntime_and_numpy() {
+    // x - ⌊x/y⌋·y in f32 against the exact remainder: a rounding of x/y's size.
+    check("float_fmod", 1e-5, 1e-5);
+    check("float_mod", 1e-5, 1e-5);
+}
+
+#[test]
+fn reduce_prod_of_graph_values_matches_onnxruntime() {
+    check("reduce_prod", 1e-6, 1e-5);
+}
+
+#[test]
+fn resize_matches_onnxruntime() {
+    // Only with constant weights: under `Weights::Params` the float scales initializer is
+    // a trainable parameter, not known at import (an error naming it).
+    common::onnx::check_fixture("dtype", "resizes", &[], Weights::Constants, 1e-5, 1e-4);
+}
+
+/// The casts model with its first Cast's target replaced by `to`.
+fn import_cast_to(to: DataType) -> String {
+    let path = common::onnx::fixture_in("dtype", "casts.onnx");
+    let mut proto: ModelProto = Model::load(path).expect("load").proto;
+    let graph = proto.graph.as_mut().expect("graph");
+    let cast = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type() == "Cast")
+        .unwrap();
+    cast.attribute
+        .iter_mut()
+        .find(|a| a.name() == "to")
+        .unwrap()
+        .i = Some(to as i64);
+    let bytes = prost::Message::encode_to_vec(&proto);
+    match Model::from_bytes(&bytes).and_then(|m| m.import(&[], Weights::Constants)) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn casts_graph_values_cannot_do_are_refused_by_name() {
+    // Rounding to half precision is not a graph op: refused, not silently kept in f32.
+    let msg = import_cast_to(DataType::Float16);
+    assert!(
+        msg.contains("(Cast)") && msg.contains("FLOAT16") && msg.contains("half precision"),
+        "{msg}"
+    );
+    let msg = import_cast_to(DataType::String);
+    assert!(msg.contains("Cast to STRING is not supported"), "{msg}");
+    // DOUBLE is computed in f32: accepted.
+    assert_eq!(import_cast_to(DataType::Double), "");
+}
+
+#[test]
+fn float_mod_by_python_rule_needs_opset_28() {
+    let path = common::onnx::fixture_in("dtype", "float_mod.onnx");
+    let mut proto: ModelProto = Model::load(path).expect("load").proto;
+    proto.opset_import[0].version = Some(27);
+    let bytes = prost::Message::encode_to_vec(&proto);
+    let msg = Model::from_bytes(&bytes)
+        .and_then(|m| m.import(&[], Weights::Constants))
+        .err()
+        .expect("opset 27 float Mod with fmod = 0 must not import")
+        .to_string();
+    assert!(
+        msg.contains("(Mod)") && msg.contains("fmod = 1 before opset 28"),
+        "{msg}"
+    );
+}
