@@ -1,5 +1,6 @@
 //! ONNX element types: Cast and CastLike of graph values to integer and BOOL types
-//! (truncation toward zero, wrapping to 8 and 16 bits), float Mod by both rules with zero,
+//! (truncation toward zero, wrapping to 8 and 16 bits) and to FLOAT16 / BFLOAT16 (rounded
+//! to nearest even in exact f32 steps), float Mod by both rules with zero,
 //! infinite and NaN operands, ReduceProd and Resize on graph values — models written by
 //! tests/fixtures/onnx/gen_dtype.py, run on the CPU reference and the GPU against
 //! onnxruntime's outputs (NumPy's for opset 28's float Mod); and the casts the importer
@@ -20,6 +21,12 @@ fn check(name: &str, atol: f32, rtol: f32) {
 fn casts_to_integer_and_bool_match_onnxruntime() {
     // Integer and BOOL outputs are compared exactly.
     check("casts", 0.0, 0.0);
+}
+
+#[test]
+fn casts_to_half_types_round_as_onnxruntime() {
+    // Ties to even, f16 subnormals and overflow, bf16 over f32's whole range: exact.
+    check("half_casts", 0.0, 0.0);
 }
 
 #[test]
@@ -65,16 +72,17 @@ fn import_cast_to(to: DataType) -> String {
 
 #[test]
 fn casts_graph_values_cannot_do_are_refused_by_name() {
-    // Rounding to half precision is not a graph op: refused, not silently kept in f32.
-    let msg = import_cast_to(DataType::Float16);
+    let msg = import_cast_to(DataType::String);
     assert!(
-        msg.contains("(Cast)") && msg.contains("FLOAT16") && msg.contains("half precision"),
+        msg.contains("(Cast)") && msg.contains("Cast to STRING is not supported"),
         "{msg}"
     );
-    let msg = import_cast_to(DataType::String);
-    assert!(msg.contains("Cast to STRING is not supported"), "{msg}");
-    // DOUBLE is computed in f32: accepted.
-    assert_eq!(import_cast_to(DataType::Double), "");
+    let msg = import_cast_to(DataType::Complex64);
+    assert!(msg.contains("Cast to COMPLEX64 is not supported"), "{msg}");
+    // DOUBLE is computed in f32, the half types rounded: accepted.
+    for t in [DataType::Double, DataType::Float16, DataType::Bfloat16] {
+        assert_eq!(import_cast_to(t), "", "{t:?}");
+    }
 }
 
 #[test]

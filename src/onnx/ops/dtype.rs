@@ -102,26 +102,100 @@ fn wrap(y: &Var, bits: u32, signed: bool) -> crate::Result<Var> {
     y.sub(&k)
 }
 
+/// A half-precision format as rounding needs it.
+struct Half {
+    /// Stored mantissa bits (the spacing in [2^e, 2^(e+1)) is 2^(e - mantissa)).
+    mantissa: i32,
+    /// The smallest normal exponent (below it the spacing stays 2^(min_exp - mantissa)).
+    min_exp: i32,
+    /// The largest finite value; anything rounding above it is ±inf.
+    max: f32,
+}
+
+const F16: Half = Half {
+    mantissa: 10,
+    min_exp: -14,
+    max: 65504.0,
+};
+
+/// BFLOAT16 has f32's exponent range, so overflow happens in f32 itself.
+const BF16: Half = Half {
+    mantissa: 7,
+    min_exp: -126,
+    max: f32::MAX,
+};
+
+/// `x` rounded to the nearest `h` value, ties to even, in exact f32 operations: the binade
+/// 2^e of |x| found by a binary search of comparisons (each step doubling the candidate
+/// power of two), then `round(x · 2^(mantissa-e)) · 2^(e-mantissa)`, where products by
+/// powers of two are exact and `Round` is ties-to-even. For BFLOAT16, values below 2^-60
+/// are scaled by 2^64 first, so no power of two used leaves f32's normal range. NaN stays NaN, ±inf
+/// stays ±inf, finite values past the format's largest become ±inf.
+fn round_to_half(x: &Var, h: Half) -> crate::Result<Var> {
+    let g = x.graph();
+    let p2 = |e: i32| 2f32.powi(e);
+    // v · 2^e for |e| up to 128, in factors f32 holds (2^128 itself is inf).
+    let scale = |v: &Var, e: i32| -> crate::Result<Var> {
+        if e.abs() > 64 {
+            v.mul_scalar(p2(e / 2))?.mul_scalar(p2(e - e / 2))
+        } else {
+            v.mul_scalar(p2(e))
+        }
+    };
+    let ax = x.abs()?;
+    // Only a format with binades below 2^-62 (BFLOAT16) needs the scaling.
+    let small = ax.scalar(B::Lt, if h.min_exp < -62 { p2(-60) } else { 0.0 }, false)?;
+    let xs = small.select(&x.mul_scalar(p2(64))?, x)?;
+    let axs = xs.abs()?;
+    // After scaling, every normal |x| is at least 2^-62, so the search starts there (or at
+    // the format's smallest normal binade, if higher).
+    let start = h.min_exp.max(-62);
+    // The binade's power of two, and the spacing there and its inverse, kept apart so
+    // none leaves f32's normal range for a finite x.
+    let mut lo = g.full(p2(start), x.shape());
+    let mut ulp = g.full(p2(start - h.mantissa), x.shape());
+    let mut inv = g.full(p2(h.mantissa - start), x.shape());
+    let mut step = 128;
+    while step >= 1 {
+        // A candidate past f32's range is inf, which no finite |x| reaches.
+        let cand = scale(&lo, step)?;
+        let up = axs.binary(&cand, B::Ge)?;
+        ulp = up.select(&scale(&ulp, step)?, &ulp)?;
+        inv = up.select(&scale(&inv, -step)?, &inv)?;
+        lo = up.select(&cand, &lo)?;
+        step /= 2;
+    }
+    let mut y = xs.mul(&inv)?.unary(U::Round)?.mul(&ulp)?;
+    y = small.select(&y.mul_scalar(p2(-64))?, &y)?;
+    // Past the largest finite value (or x infinite): ±inf, as x·inf.
+    let inf = g.constant(&crate::Tensor::from_slice(
+        &crate::Device::cpu(),
+        &[f32::INFINITY],
+        &[1],
+    )?)?;
+    let over = y.abs()?.scalar(B::Gt, h.max, false)?;
+    let over = over.maximum(&ax.scalar(B::Gt, f32::MAX, false)?)?;
+    over.select(&x.mul(&inf)?, &y)
+}
+
 /// A graph value of element type `from` (unknown: float) cast to `to`.
 pub(crate) fn cast_var(x: &Var, from: Option<DataType>, to: DataType) -> Result<Var, String> {
     let from_range = from.and_then(int_range);
     let y = match to {
         // f32 carries every float type's computation (DOUBLE in f32, half types widened).
         DataType::Float | DataType::Double => x.clone(),
-        // Rounding to half precision is not a graph op; values already half, or small
-        // integers, are exact in both.
+        // Values already half, or small integers, are exact in both; others are rounded
+        // to the half type's precision (and range) with exact f32 ops.
         DataType::Float16 | DataType::Bfloat16 => {
             let exact = from == Some(to)
                 || from_range.is_some_and(|(lo, hi)| lo >= i8::MIN as i64 && hi <= u8::MAX as i64);
-            if !exact {
-                return Err(format!(
-                    "Cast of a graph value ({}) to {} would round to half precision, which \
-                     graph values (f32) do not do",
-                    from.map_or("FLOAT", |f| f.as_str_name()),
-                    to.as_str_name()
-                ));
+            if exact {
+                x.clone()
+            } else if to == DataType::Float16 {
+                round_to_half(x, F16).map_err(err)?
+            } else {
+                round_to_half(x, BF16).map_err(err)?
             }
-            x.clone()
         }
         DataType::Bool => x.scalar(B::Ne, 0.0, false).map_err(err)?,
         t if is_integer(t) => {
