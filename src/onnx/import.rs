@@ -181,6 +181,16 @@ impl Model {
                         )))
                     }
                 };
+                // An output declared FLOAT16 or BFLOAT16 holds values of that type: the f32
+                // result is rounded to it (a no-op on values already half).
+                let var = match DataType::from_str_name(&o.dtype) {
+                    Some(t @ (DataType::Float16 | DataType::Bfloat16)) => {
+                        let from = env.dtypes.get(&o.name).copied();
+                        ops::cast_var(&var, from.filter(|&f| f != t), t)
+                            .map_err(|e| invalid(format!("{origin}: graph output '{}': {e}", o.name)))?
+                    }
+                    _ => var,
+                };
                 Ok((o.name.clone(), var))
             })
             .collect::<Result<Vec<_>>>()?;

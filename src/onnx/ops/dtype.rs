@@ -10,7 +10,9 @@
 //! to 8 and 16 bits as C casts do), to BOOL is `x != 0`.
 
 use super::shape::cast_const;
-use super::{attr_int, dtype_of, err, input, one, Const, Env, FoldFn, OpFn, OpResult};
+use super::{
+    attr_int, dtype_of, err, input, one, value, Const, Env, FoldFn, OpFn, OpResult, Value,
+};
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 use crate::ops::elementwise::{BinaryOp as B, UnaryOp as U};
 use crate::Var;
@@ -18,7 +20,7 @@ use crate::Var;
 /// This family's operators on graph values.
 pub(super) const OPS: &[(&str, OpFn)] = &[
     ("Cast", |e, n| cast(e, n, cast_target(n)?)),
-    ("CastLike", |e, n| cast(e, n, like_target(e, n)?)),
+    ("CastLike", cast_like),
 ];
 
 /// This family's folds, evaluated at import when every input is a constant.
@@ -219,6 +221,16 @@ pub(crate) fn cast_var(x: &Var, from: Option<DataType>, to: DataType) -> Result<
         other => return Err(format!("Cast to {} is not supported", other.as_str_name())),
     };
     Ok(y)
+}
+
+/// CastLike: a constant input 0 folds even when `like` is a graph value (only its type is
+/// read), so `CastLike(-inf, x)` stays a constant a Pad value or a mask can use.
+fn cast_like(env: &Env, node: &NodeProto) -> OpResult {
+    let to = like_target(env, node)?;
+    match value(env, node, 0)? {
+        Value::Const(c) => one_const(cast_const(c, to)?),
+        Value::Var(_) => cast(env, node, to),
+    }
 }
 
 /// Cast / CastLike on a graph value.

@@ -204,7 +204,7 @@ fn find_fold(op: &str) -> Option<FoldFn> {
         .map(|(_, f)| *f)
 }
 
-pub(crate) use dtype::output_types;
+pub(crate) use dtype::{cast_var, output_types};
 
 /// The element type of input `i` as the file has it (`None` when absent or unknown).
 pub(crate) fn dtype_of(env: &Env, node: &NodeProto, i: usize) -> Option<DataType> {
@@ -242,7 +242,20 @@ pub(crate) fn apply(env: &Env, node: &NodeProto) -> OpResult {
         }
     }
     let f = find_op(op).ok_or_else(|| {
-        "this operator is only supported on values known at import (constants)".to_string()
+        // Name the input that is not a constant, so a caller can bind it.
+        match node
+            .input
+            .iter()
+            .find(|n| matches!(env.values.get(n.as_str()), Some(Value::Var(_))))
+        {
+            Some(n) => format!(
+                "input '{n}' must be known at import: this operator is only supported on \
+                 values known at import (constants)"
+            ),
+            None => {
+                "this operator is only supported on values known at import (constants)".to_string()
+            }
+        }
     })?;
     f(env, node)
 }
