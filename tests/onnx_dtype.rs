@@ -101,3 +101,30 @@ fn float_mod_by_python_rule_needs_opset_28() {
         "{msg}"
     );
 }
+
+#[test]
+fn uint64_beyond_int64_is_refused_when_read() {
+    // UINT64 is held in i64: u64::MAX cannot be, and is an error naming the tensor.
+    let path = common::onnx::fixture_in("dtype", "casts.onnx");
+    let mut proto: ModelProto = Model::load(path).expect("load").proto;
+    proto
+        .graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .push(wgrad::onnx::proto::TensorProto {
+            name: Some("big".into()),
+            dims: vec![2],
+            data_type: Some(DataType::Uint64 as i32),
+            uint64_data: vec![7, u64::MAX],
+            ..Default::default()
+        });
+    let msg = Model::from_bytes(&prost::Message::encode_to_vec(&proto))
+        .err()
+        .expect("must not load")
+        .to_string();
+    assert!(
+        msg.contains("tensor 'big'") && msg.contains("18446744073709551615 exceeds INT64"),
+        "{msg}"
+    );
+}

@@ -9,6 +9,7 @@
 //! nearest (all four rounding modes), linear and cubic (with `cubic_coeff_a` and
 //! `exclude_outside`), antialiasing, `axes`, `keep_aspect_ratio_policy`, and
 //! `tf_crop_and_resize`'s `roi` with `extrapolation_value` (a select after the axis).
+//! Upsample (its opset 7 and 9 predecessor) shares the per-axis plans.
 
 use super::{
     attr_float, attr_int, attr_ints, attr_string, axis, err, input, one, value, Env, FoldFn, OpFn,
@@ -18,7 +19,7 @@ use crate::onnx::proto::NodeProto;
 use crate::{Device, Tensor, Var};
 
 /// This family's operators.
-pub(super) const OPS: &[(&str, OpFn)] = &[("Resize", resize)];
+pub(super) const OPS: &[(&str, OpFn)] = &[("Resize", resize), ("Upsample", upsample)];
 
 /// No folds: Resize of a constant is built as graph ops on it.
 pub(super) const FOLDS: &[(&str, FoldFn)] = &[];
@@ -341,10 +342,37 @@ fn resize(env: &Env, node: &NodeProto) -> OpResult {
     if out.contains(&0) {
         return Err(format!("output shape {out:?} is empty"));
     }
-    let extrapolation = attr_float(node, "extrapolation_value", 0.0);
-    let exclude_outside = attr_int(node, "exclude_outside", 0) != 0;
+    let opts = Options {
+        kernel,
+        transform,
+        extrapolation: attr_float(node, "extrapolation_value", 0.0),
+        exclude_outside: attr_int(node, "exclude_outside", 0) != 0,
+    };
+    one(resize_axes(env, x, &axes, &scale, &out, &roi, opts)?)
+}
+
+/// The per-op settings [`resize_axes`] needs.
+#[derive(Clone, Copy)]
+struct Options {
+    kernel: Kernel,
+    transform: Transform,
+    extrapolation: f32,
+    exclude_outside: bool,
+}
+
+/// `x` resized along each of `axes` to `out[a]` positions at `scale[a]` (with `roi[a]`).
+fn resize_axes(
+    env: &Env,
+    x: Var,
+    axes: &[usize],
+    scale: &[f64],
+    out: &[usize],
+    roi: &[(f64, f64)],
+    o: Options,
+) -> Res<Var> {
+    let shape = x.shape().to_vec();
     let mut y = x;
-    for &a in &axes {
+    for &a in axes {
         let identity = (scale[a] - 1.0).abs() <= 1e-9
             && out[a] == shape[a]
             && roi[a].0.abs() <= 1e-9
@@ -356,14 +384,63 @@ fn resize(env: &Env, node: &NodeProto) -> OpResult {
             shape[a],
             out[a],
             scale[a],
-            kernel,
-            transform,
+            o.kernel,
+            o.transform,
             roi[a],
-            exclude_outside,
+            o.exclude_outside,
         );
-        y = apply_axis(env, &y, a, shape[a], out[a], &plan, extrapolation).map_err(err)?;
+        y = apply_axis(env, &y, a, shape[a], out[a], &plan, o.extrapolation).map_err(err)?;
     }
-    one(y)
+    Ok(y)
+}
+
+/// Upsample (opsets 7 and 9, deprecated for Resize): `scales` an attribute (7) or a constant
+/// input (9), each >= 1; nearest takes the element at ⌊y / scale⌋ (the reference's
+/// `np.repeat` for integer scales), linear interpolates at `y / scale` (asymmetric).
+fn upsample(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let shape = x.shape().to_vec();
+    let r = shape.len();
+    let scales: Vec<f64> = if env.opset >= 9 {
+        opt_floats(env, node, 1)?.ok_or("needs scales")?
+    } else {
+        node.attribute
+            .iter()
+            .find(|a| a.name() == "scales")
+            .map(|a| a.floats.iter().map(|&v| v as f64).collect())
+            .ok_or("needs the scales attribute")?
+    };
+    if scales.len() != r || scales.iter().any(|&v| !(v >= 1.0 && v.is_finite())) {
+        return Err(format!(
+            "scales {scales:?} for input {shape:?}: one per axis, each >= 1"
+        ));
+    }
+    let kernel = match attr_string(node, "mode").as_deref().unwrap_or("nearest") {
+        "nearest" => Kernel::Nearest(Rounding::Floor),
+        "linear" | "bilinear" => Kernel::Linear { antialias: false },
+        m => return Err(format!("mode '{m}' is not nearest or linear")),
+    };
+    let out: Vec<usize> = shape
+        .iter()
+        .zip(&scales)
+        .map(|(&d, &s)| (d as f64 * s) as usize)
+        .collect();
+    let opts = Options {
+        kernel,
+        transform: Transform::Asymmetric,
+        extrapolation: 0.0,
+        exclude_outside: false,
+    };
+    let axes: Vec<usize> = (0..r).collect();
+    one(resize_axes(
+        env,
+        x,
+        &axes,
+        &scales,
+        &out,
+        &vec![(0.0, 1.0); r],
+        opts,
+    )?)
 }
 
 /// `y` resized along axis `a` from `n_in` to `n_out` positions by `plan`.
