@@ -110,7 +110,12 @@ fn zip_broadcast(
     mut f: impl FnMut(i64, i64) -> Res<i64>,
 ) -> Res<Const> {
     let out = broadcast(&a.0.dims, &b.0.dims)?;
-    let n: usize = out.iter().product();
+    // Broadcasting two constants may multiply their sizes: bounded, as other folds are.
+    let n = out
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= 1 << 26)
+        .ok_or_else(|| format!("a constant of dims {out:?} is too large to compute at import"))?;
     let index = |dims: &[usize], mut flat: usize| {
         // The input's element for output element `flat`: broadcast dims (size 1) repeat.
         let (mut at, mut stride) = (0, 1);

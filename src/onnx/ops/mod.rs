@@ -287,6 +287,12 @@ pub(crate) fn input(env: &Env, node: &NodeProto, i: usize) -> std::result::Resul
         Value::Var(v) => Ok(v.clone()),
         Value::Const(c) => {
             let name = &node.input[i];
+            let integer = matches!(c.data, ConstData::I64(_));
+            if integer && !EXACT_ON_INTEGERS.contains(&node.op_type()) {
+                return Err(format!(
+                    "input '{name}' is an integer constant where a float value is needed"
+                ));
+            }
             if let Some(v) = env.materialized.borrow().get(name) {
                 return Ok(v.clone());
             }
@@ -299,7 +305,7 @@ pub(crate) fn input(env: &Env, node: &NodeProto, i: usize) -> std::result::Resul
             let ints;
             let data = match &c.data {
                 ConstData::F32(data) => data,
-                ConstData::I64(v) if EXACT_ON_INTEGERS.contains(&node.op_type()) => {
+                ConstData::I64(v) => {
                     if let Some(big) = v.iter().find(|x| x.unsigned_abs() > 1 << 24) {
                         return Err(format!(
                             "input '{name}': integer {big} is not exact as f32 (|x| > 2^24)"
@@ -307,11 +313,6 @@ pub(crate) fn input(env: &Env, node: &NodeProto, i: usize) -> std::result::Resul
                     }
                     ints = v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
                     &ints
-                }
-                ConstData::I64(_) => {
-                    return Err(format!(
-                        "input '{name}' is an integer constant where a float value is needed"
-                    ))
                 }
             };
             let v = Tensor::from_slice(&crate::Device::cpu(), data, &c.dims)

@@ -342,6 +342,16 @@ fn resize(env: &Env, node: &NodeProto) -> OpResult {
     if out.contains(&0) {
         return Err(format!("output shape {out:?} is empty"));
     }
+    // Each axis's plan is a dense (out × in) matrix on the host.
+    if let Some(&a) = axes
+        .iter()
+        .find(|&&a| out[a].saturating_mul(shape[a]) > 1 << 26)
+    {
+        return Err(format!(
+            "axis {a} from {} to {} positions: the interpolation matrix is too large",
+            shape[a], out[a]
+        ));
+    }
     let opts = Options {
         kernel,
         transform,
@@ -432,6 +442,12 @@ fn upsample(env: &Env, node: &NodeProto) -> OpResult {
         exclude_outside: false,
     };
     let axes: Vec<usize> = (0..r).collect();
+    if let Some(a) = (0..r).find(|&a| out[a].saturating_mul(shape[a]) > 1 << 26) {
+        return Err(format!(
+            "axis {a} from {} to {} positions: the interpolation matrix is too large",
+            shape[a], out[a]
+        ));
+    }
     one(resize_axes(
         env,
         x,
