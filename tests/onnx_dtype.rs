@@ -120,8 +120,7 @@ fn uint64_beyond_int64_is_refused_when_read() {
             ..Default::default()
         });
     let msg = Model::from_bytes(&prost::Message::encode_to_vec(&proto))
-        .err()
-        .expect("must not load")
+        .expect_err("must not load")
         .to_string();
     assert!(
         msg.contains("tensor 'big'") && msg.contains("18446744073709551615 exceeds INT64"),
