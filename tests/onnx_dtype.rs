@@ -127,3 +127,50 @@ fn uint64_beyond_int64_is_refused_when_read() {
         "{msg}"
     );
 }
+
+#[test]
+fn gradients_through_resize_and_reduce_prod_match_finite_differences() {
+    // Resize (matmul plans and a gather) and ReduceProd (halving products) are compositions
+    // of differentiable graph ops: d(weighted sum of every output)/dx against f64 finite
+    // differences, on the CPU reference in f64.
+    use common::{check_finite_differences, uniform, Feed};
+    use wgrad::{autodiff::grad, Device, Tensor};
+    for (name, shape) in [
+        ("resizes", [2usize, 3, 5, 6]),
+        ("reduce_prod", [2, 3, 5, 7]),
+    ] {
+        let path = common::onnx::fixture_in("dtype", &format!("{name}.onnx"));
+        let imported = Model::load(path)
+            .expect("load")
+            .import(&[], Weights::Constants)
+            .expect("import");
+        let g = imported.graph.clone();
+        let id = g
+            .nodes()
+            .iter()
+            .position(|n| matches!(&n.op, wgrad::Op::Input(s) if s == "x"))
+            .expect("input x");
+        let x = g.var(id).unwrap();
+        let mut loss: Option<wgrad::Var> = None;
+        for (k, (_, y)) in imported.outputs.iter().enumerate() {
+            let n: usize = y.shape().iter().product();
+            let r = Tensor::from_slice(
+                &Device::cpu(),
+                &uniform(20 + k as u64, n, 0.5, 1.5),
+                y.shape(),
+            )
+            .unwrap();
+            let term = y.mul(&g.constant(&r).unwrap()).unwrap().sum().unwrap();
+            loss = Some(match loss {
+                Some(l) => l.add(&term).unwrap(),
+                None => term,
+            });
+        }
+        let loss = loss.unwrap();
+        let grads = grad(&loss, &[&x]).unwrap();
+        let n: usize = shape.iter().product();
+        let xv = uniform(3, n, 0.5, 1.5);
+        let feeds = [("x".to_string(), Feed::real(&xv, &shape))];
+        check_finite_differences(name, &g, &loss, &grads, &feeds);
+    }
+}
