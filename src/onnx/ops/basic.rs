@@ -28,7 +28,6 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("Softmax", |e, n| softmax(e, n, Var::softmax)),
     ("LogSoftmax", |e, n| softmax(e, n, Var::log_softmax)),
     ("Identity", identity),
-    ("Cast", cast),
     ("Dropout", dropout),
     ("Flatten", flatten),
     ("Reshape", reshape),
@@ -104,19 +103,6 @@ fn numel(dims: &[usize]) -> std::result::Result<usize, String> {
 /// Identity passes any value through, a constant staying a constant.
 fn identity(env: &Env, node: &NodeProto) -> OpResult {
     Ok(vec![super::value(env, node, 0)?.clone()])
-}
-
-/// Cast to FLOAT: every float value of an imported graph is already f32 (FLOAT16 and
-/// BFLOAT16 initializers widen exactly on import), so it is the identity; other targets
-/// would round or change the dtype, which the graph does not do, and are refused.
-fn cast(env: &Env, node: &NodeProto) -> OpResult {
-    let to = attr_int(node, "to", 0);
-    if to != crate::onnx::proto::tensor_proto::DataType::Float as i64 {
-        return Err(format!(
-            "Cast to element type {to} is not supported (only FLOAT, 1)"
-        ));
-    }
-    identity(env, node)
 }
 
 /// Dropout at inference is the identity, and its mask output (opset 7+) is all ones: it

@@ -14,7 +14,7 @@ use super::{
 use crate::onnx::proto::NodeProto;
 use crate::Var;
 
-pub(super) use fold::FOLDS;
+pub(super) use fold::{cast_const, FOLDS};
 
 /// This family's operators on graph values (constant inputs go through [`FOLDS`]).
 pub(super) const OPS: &[(&str, OpFn)] = &[

@@ -28,7 +28,6 @@ pub(in crate::onnx::ops) const FOLDS: &[(&str, FoldFn)] = &[
     ("Slice", |e, n, c| or_graph(e, n, c, slice)),
     ("Expand", |e, n, c| or_graph(e, n, c, expand)),
     ("Tile", |e, n, c| or_graph(e, n, c, tile)),
-    ("Cast", cast),
     ("Add", |e, n, c| {
         or_graph(e, n, c, |_, _, c| {
             arith(c, |a, b| Ok(a.wrapping_add(b)), |a, b| a + b)
@@ -393,13 +392,11 @@ fn tile(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     one(select(x, &lists)?)
 }
 
-/// `Cast`: floats stay f32 (FLOAT16/BFLOAT16 rounded to their precision), integer types
-/// truncate floats toward zero and wrap to their width as C casts do, BOOL is `x != 0`.
-fn cast(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+/// `Cast` of a constant: floats stay f32 (FLOAT16/BFLOAT16 rounded to their precision),
+/// integer types truncate floats toward zero and wrap to their width as C casts do, BOOL is
+/// `x != 0`. (The Cast and CastLike ops are in `dtype.rs`.)
+pub(in crate::onnx::ops) fn cast_const(x: &Const, dt: DataType) -> Res<Const> {
     use crate::io::HalfFormat;
-    let x = arg(c, 0)?;
-    let to = attr_int(node, "to", 0);
-    let dt = DataType::try_from(to as i32).unwrap_or(DataType::Undefined);
     let dims = x.dims.clone();
     let ints = || -> Vec<i64> {
         match &x.data {
@@ -409,7 +406,7 @@ fn cast(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
         }
     };
     let half = |f: HalfFormat| x.as_f32().iter().map(|&v| f.widen(f.narrow(v))).collect();
-    one(match dt {
+    Ok(match dt {
         DataType::Float => Const::floats(dims, x.as_f32()),
         DataType::Double => {
             if let ConstData::I64(v) = &x.data {
@@ -424,6 +421,14 @@ fn cast(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
         DataType::Float16 => Const::floats(dims, half(HalfFormat::F16)),
         DataType::Bfloat16 => Const::floats(dims, half(HalfFormat::BF16)),
         DataType::Int64 => Const::ints(dims, ints()),
+        // Held in i64: a value past i64::MAX is refused when the tensor is read.
+        DataType::Uint64 => {
+            let v = ints();
+            if let Some(bad) = v.iter().find(|&&i| i < 0) {
+                return Err(format!("Cast to UINT64 of {bad}: negative"));
+            }
+            Const::ints(dims, v)
+        }
         DataType::Int32 => Const::ints(dims, ints().iter().map(|&i| i as i32 as i64).collect()),
         DataType::Int16 => Const::ints(dims, ints().iter().map(|&i| i as i16 as i64).collect()),
         DataType::Int8 => Const::ints(dims, ints().iter().map(|&i| i as i8 as i64).collect()),
@@ -439,8 +444,9 @@ fn cast(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
         ),
         other => {
             return Err(format!(
-                "Cast to {} (element type {to}) is not supported",
-                other.as_str_name()
+                "Cast to {} (element type {}) is not supported",
+                other.as_str_name(),
+                other as i32
             ))
         }
     })
@@ -537,12 +543,12 @@ fn not(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     ))
 }
 
-/// `Mod`: integers take the divisor's sign (Python's %) unless `fmod` = 1, which, as for
-/// floats (where it is required), takes the dividend's (C's fmod).
-fn modulo(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+/// `Mod`: the divisor's sign (Python's %, NumPy's `mod`) unless `fmod` = 1, which takes
+/// the dividend's (C's fmod); floats need `fmod` = 1 before opset 28.
+fn modulo(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let fmod = attr_int(node, "fmod", 0) != 0;
-    if !fmod && matches!(arg(c, 0)?.data, ConstData::F32(_)) {
-        return Err("Mod of floats needs fmod = 1".into());
+    if !fmod && env.opset < 28 && matches!(arg(c, 0)?.data, ConstData::F32(_)) {
+        return Err("Mod of floats needs fmod = 1 before opset 28".into());
     }
     let int: IntOp = if fmod {
         |a, b| match b {
@@ -562,7 +568,19 @@ fn modulo(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
             }
         }
     };
-    arith(c, int, |a, b| a % b)
+    let float: fn(f32, f32) -> f32 = if fmod {
+        |a, b| a % b
+    } else {
+        |a, b| {
+            let r = a % b;
+            if r != 0.0 && (r < 0.0) != (b < 0.0) {
+                r + b
+            } else {
+                r
+            }
+        }
+    };
+    arith(c, int, float)
 }
 
 /// A broadcasting comparison (or logical op on BOOL): INT64 0/1.
