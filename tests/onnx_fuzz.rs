@@ -11,8 +11,8 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::onnx::fixture_in;
 use prost::Message;
@@ -23,8 +23,11 @@ use wgrad::onnx::proto::{
 use wgrad::onnx::{Model, Weights};
 use wgrad::{Device, Rng};
 
-/// The seed being run, for the allocation guard's message.
-static SEED: AtomicU64 = AtomicU64::new(u64::MAX);
+thread_local! {
+    /// The seed this thread is running (u64::MAX: none), for the allocation guard's
+    /// message; per thread, as the regression tests run beside the fuzz loop.
+    static SEED: Cell<u64> = const { Cell::new(u64::MAX) };
+}
 
 /// Largest single allocation a case may make: compiled graphs are capped at 2^24 elements
 /// below and import-time constants at 2^26, so anything near a gigabyte is a size computed
@@ -66,12 +69,20 @@ unsafe impl GlobalAlloc for Guard {
 /// of `eprintln!` would be lost in the abort; formatting integers does not allocate).
 fn refuse(bytes: usize) {
     use std::io::Write;
-    let seed = SEED.load(Ordering::Relaxed);
-    let _ = writeln!(
-        std::io::stderr(),
-        "onnx fuzz: seed {seed} asked for {bytes} bytes at once (limit {ALLOC_LIMIT}); \
-         replay with ONNX_FUZZ_SEED={seed}"
-    );
+    let seed = SEED.try_with(Cell::get).unwrap_or(u64::MAX);
+    let mut err = std::io::stderr();
+    let _ = if seed == u64::MAX {
+        writeln!(
+            err,
+            "onnx fuzz: a regression test asked for {bytes} bytes at once (limit {ALLOC_LIMIT})"
+        )
+    } else {
+        writeln!(
+            err,
+            "onnx fuzz: seed {seed} asked for {bytes} bytes at once (limit {ALLOC_LIMIT}); \
+             replay with ONNX_FUZZ_SEED={seed}"
+        )
+    };
 }
 
 #[global_allocator]
@@ -111,7 +122,7 @@ fn bases() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Op types to swap in: every one the importer knows today, a few it does not.
+/// Op types to swap in: every one the importer knows, a few it does not.
 const OPS: &[&str] = &[
     "MatMul",
     "Gemm",
@@ -151,6 +162,68 @@ const OPS: &[&str] = &[
     "Loop",
     "",
     "\u{0}",
+    // The op families' operators.
+    "And",
+    "ArgMax",
+    "ArgMin",
+    "AveragePool",
+    "Ceil",
+    "Celu",
+    "Clip",
+    "ConstantOfShape",
+    "ConvTranspose",
+    "Elu",
+    "Equal",
+    "Expand",
+    "Floor",
+    "Gelu",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Greater",
+    "GreaterOrEqual",
+    "GroupNormalization",
+    "HardSigmoid",
+    "HardSwish",
+    "Hardmax",
+    "InstanceNormalization",
+    "IsInf",
+    "IsNaN",
+    "LRN",
+    "Less",
+    "LessOrEqual",
+    "Max",
+    "MaxPool",
+    "Mean",
+    "Min",
+    "Mish",
+    "Mod",
+    "Not",
+    "Or",
+    "PRelu",
+    "Pad",
+    "Pow",
+    "Range",
+    "Reciprocal",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "Round",
+    "Selu",
+    "Shrink",
+    "Sign",
+    "Size",
+    "Softplus",
+    "Softsign",
+    "Split",
+    "Sum",
+    "ThresholdedRelu",
+    "Tile",
+    "Where",
+    "Xor",
 ];
 
 /// Attribute names the op functions read.
@@ -171,6 +244,38 @@ const ATTRS: &[&str] = &[
     "epsilon",
     "axes",
     "keepdims",
+    // The op families' attributes.
+    "approximate",
+    "auto_pad",
+    "bias",
+    "ceil_mode",
+    "count_include_pad",
+    "detect_negative",
+    "detect_positive",
+    "dilations",
+    "end",
+    "fmod",
+    "gamma",
+    "group",
+    "is_test",
+    "kernel_shape",
+    "lambd",
+    "mode",
+    "noop_with_empty_axes",
+    "num_groups",
+    "num_outputs",
+    "output_padding",
+    "output_shape",
+    "pads",
+    "select_last_index",
+    "size",
+    "spatial",
+    "split",
+    "start",
+    "stash_type",
+    "storage_order",
+    "strides",
+    "training_mode",
 ];
 
 /// Integers that break careless code.
@@ -587,7 +692,7 @@ fn mutated_models_never_panic() {
         Default::default();
     let mut reached = [0usize; 4];
     for seed in start..start + count {
-        SEED.store(seed, Ordering::Relaxed);
+        SEED.with(|s| s.set(seed));
         let bytes = case(&bases, seed);
         match catch_unwind(AssertUnwindSafe(|| exercise(&bytes, seed))) {
             Ok(r) => reached[r] += 1,
