@@ -5,8 +5,12 @@
 //! `Ok` or `Err`; a panic fails the test with its seed, so it can be replayed alone with
 //! `ONNX_FUZZ_SEED=<seed>`. ONNX_FUZZ_COUNT and ONNX_FUZZ_START pick another range of seeds.
 //! The starting models are the top folder's fixtures and every op family's (conv, gather,
-//! math, norm, shape). A longer hunt is best run with overflow checks on:
-//! `cargo test --release --config 'profile.release.package.wgrad.overflow-checks=true'`.
+//! math, norm, shape). A single allocation over 1 GiB is refused and names its seed. A
+//! longer hunt is best run with overflow checks and debug assertions on:
+//! `ONNX_FUZZ_COUNT=200000 cargo test --release --test onnx_fuzz
+//! --config 'profile.release.package.wgrad.overflow-checks=true'
+//! --config 'profile.release.package.wgrad.debug-assertions=true'`.
+//! The regression tests at the end are models the hunt broke, each reduced by hand.
 
 mod common;
 

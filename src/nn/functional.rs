@@ -165,8 +165,9 @@ impl Var {
                 ),
             });
         }
-        // ceil_mode's extra taps are more bottom/right padding for im2col.
-        let win = geom.pads(pt, pl, pb + rows.extra, pr + cols.extra);
+        // im2col's bottom/right padding is what the kept windows reach: more than given for
+        // ceil_mode's extra taps, less when ceil_mode drops a window lying in the padding.
+        let win = geom.pads(pt, pl, rows.end, cols.end);
         let (oh, ow) = win.output_size(op, self.shape())?;
         debug_assert_eq!((oh, ow), (rows.outs, cols.outs));
         let k = geom.kh * geom.kw;
@@ -428,8 +429,9 @@ fn check_pool_geometry(op: &'static str, geom: &Conv2d, x: &[usize], ceil: bool)
 struct PoolAxis {
     /// Output positions.
     outs: usize,
-    /// Padding past the end that `ceil_mode`'s last window needs beyond the given padding.
-    extra: usize,
+    /// The end padding that gives exactly `outs` windows: the given padding plus what
+    /// `ceil_mode`'s last window needs beyond it, or less when a window is dropped.
+    end: usize,
     /// For each output position and tap (outs × k): whether it reads a real element.
     inside: Vec<bool>,
     /// For each output position: its taps reading real elements.
@@ -446,10 +448,10 @@ impl PoolAxis {
         let room = len + p0 + p1 - span;
         let mut outs = if ceil { room.div_ceil(s) } else { room / s } + 1;
         // A window may not start in the end padding (with ceil_mode only can it try).
-        if ceil && (outs - 1) * s >= len + p0 {
+        if ceil && (outs - 1).checked_mul(s).is_none_or(|at| at >= len + p0) {
             outs -= 1;
         }
-        let extra = ((outs - 1) * s + span).saturating_sub(len + p0 + p1);
+        let end = ((outs - 1) * s + span).saturating_sub(len + p0);
         let mut inside = Vec::with_capacity(outs * k);
         let (mut real, mut padded) = (Vec::with_capacity(outs), Vec::with_capacity(outs));
         for o in 0..outs {
@@ -467,7 +469,7 @@ impl PoolAxis {
         }
         PoolAxis {
             outs,
-            extra,
+            end,
             inside,
             real,
             padded,
