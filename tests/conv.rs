@@ -678,3 +678,25 @@ fn conv_transpose2d_filter_count_overflow_is_a_typed_error() {
         "{e}"
     );
 }
+
+/// The GPU kernels hold the window in u32 and padded positions in i32: a padding of 2^32
+/// with a stride of 2^33 (one window, all padding: zeros on the CPU) wrapped to no padding
+/// and stride 0 there and read real pixels. It is an error naming the op on the GPU.
+#[test]
+fn gpu_geometry_past_32_bits_is_an_error_not_a_wrap() {
+    let geom = Conv2d::new(1, 1).pads(1 << 32, 0, 0, 0).strides(1 << 33, 1);
+    let cpu = Tensor::from_slice(&Device::cpu(), &[1.0f32; 16], &[1, 1, 4, 4]).unwrap();
+    let want = cpu.im2col(geom).unwrap();
+    assert_eq!(want.shape(), [1, 4, 1]);
+    assert_eq!(want.to_vec::<f32>().unwrap(), [0.0; 4]);
+    let Some(dev) = gpu() else { return };
+    let x = Tensor::from_slice(&dev, &[1.0f32; 16], &[1, 1, 4, 4]).unwrap();
+    let e = x.im2col(geom).unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { op: "im2col", detail } if detail.contains("32-bit")),
+        "{e}"
+    );
+    let cols = Tensor::zeros(&dev, &[1, 4, 1]).unwrap();
+    let e = cols.col2im(geom, &[1, 1, 4, 4]).unwrap_err();
+    assert!(matches!(&e, Error::Invalid { op: "col2im", .. }), "{e}");
+}

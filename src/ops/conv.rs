@@ -195,7 +195,22 @@ impl Conv2d {
     }
 
     /// The kernels' params: the shape, the window, the output positions and the element count.
-    fn params(&self, x: &[usize], oh: usize, ow: usize, total: usize) -> [u32; 15] {
+    /// The kernels hold them in u32 and positions in the padded input in i32: a geometry past
+    /// that (huge pads or strides with few windows) is an error naming `op`, not a wrap.
+    fn params(
+        &self,
+        op: &'static str,
+        x: &[usize],
+        oh: usize,
+        ow: usize,
+        total: usize,
+    ) -> Result<[u32; 15]> {
+        let [t, l, b, r] = self.pads;
+        let fits = |n: usize, p0: usize, p1: usize| {
+            n.checked_add(p0)
+                .and_then(|v| v.checked_add(p1))
+                .is_some_and(|v| v <= i32::MAX as usize)
+        };
         let v = [
             x[0],
             x[1],
@@ -213,7 +228,16 @@ impl Conv2d {
             ow,
             total,
         ];
-        v.map(|d| d as u32)
+        if !fits(x[2], t, b) || !fits(x[3], l, r) || v.iter().any(|&d| d > u32::MAX as usize) {
+            return Err(Error::Invalid {
+                op,
+                detail: format!(
+                    "input {x:?} under {self:?} is past the GPU kernels' 32-bit positions (padded size at most {})",
+                    i32::MAX
+                ),
+            });
+        }
+        Ok(v.map(|d| d as u32))
     }
 }
 
@@ -289,13 +313,13 @@ impl Tensor {
                 Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
+                let params = geom.params(op, &s, oh, ow, out_shape.iter().product())?;
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
                 let total = out.numel();
                 if total > 0 {
                     let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
-                    let params = geom.params(&s, oh, ow, total);
                     ctx.dispatch(
                         &SHADER,
                         "im2col_forward",
@@ -334,13 +358,13 @@ impl Tensor {
                 Ok(Tensor::cpu_from_f64(self.device(), &s, out))
             }
             DeviceInner::Gpu(ctx) => {
+                let base = geom.params(op, &s, oh, ow, s.iter().product())?;
                 let out = gpu_output(ctx, self.device(), op, &s, DType::F32)?;
                 let total = out.numel();
                 if total > 0 {
                     let (Some(c), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
-                    let base = geom.params(&s, oh, ow, total);
                     for (k, [ki, kj]) in col2im_blocks(geom.kh, geom.kw).enumerate() {
                         let mut params = base.to_vec();
                         params.extend([ki.0, ki.1, kj.0, kj.1, (k > 0) as usize].map(|v| v as u32));
