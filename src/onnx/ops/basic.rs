@@ -118,7 +118,7 @@ fn dropout(env: &Env, node: &NodeProto) -> OpResult {
     let mut outs = identity(env, node)?;
     if node.output.get(1).is_some_and(|m| !m.is_empty()) {
         let dims = super::input_dims(env, node, 0)?;
-        let n = dims.iter().product();
+        let n = super::host_numel(&dims)?;
         outs.push(Value::Const(Const::ints(dims, vec![1; n])));
     }
     Ok(outs)

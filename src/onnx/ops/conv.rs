@@ -288,12 +288,26 @@ fn conv_transpose(env: &Env, node: &NodeProto) -> OpResult {
     let (mut begins, mut ends) = explicit_pads(node, rank)?;
     let (mut out, mut window_ends) = (vec![0; rank], vec![0; rank]);
     for i in 0..rank {
-        let span = dilations[i] * (kernel[i] - 1) + 1;
-        let reach = strides[i] * (spatial[i].max(1) - 1) + span;
-        let full = reach + out_pad[i];
+        // Checked: the input's spatial dims may be huge (a zero dim elsewhere holds them).
+        let sizes = || {
+            let span = dilations[i]
+                .checked_mul(kernel[i].checked_sub(1)?)?
+                .checked_add(1)?;
+            let reach = strides[i]
+                .checked_mul(spatial[i].max(1) - 1)?
+                .checked_add(span)?;
+            let same = spatial[i].checked_mul(strides[i])?;
+            Some((reach, reach.checked_add(out_pad[i])?, same))
+        };
+        let Some((reach, full, same)) = sizes() else {
+            return Err(format!(
+                "the output size on spatial axis {i} overflows (input {:?}, kernel {kernel:?}, strides {strides:?}, dilations {dilations:?})",
+                x.shape()
+            ));
+        };
         let target = match (output_shape.as_ref(), auto) {
             (Some(o), _) => Some(o[i]),
-            (None, AutoPad::SameUpper | AutoPad::SameLower) => Some(spatial[i] * strides[i]),
+            (None, AutoPad::SameUpper | AutoPad::SameLower) => Some(same),
             (None, AutoPad::Valid) => {
                 (begins[i], ends[i]) = (0, 0);
                 None
@@ -469,8 +483,9 @@ fn global_pool(env: &Env, node: &NodeProto, op: ReduceOp) -> OpResult {
     }
     let mut out = vec![1; s.len()];
     out[..2].copy_from_slice(&s[..2]);
+    let spatial = super::dims_product(&s[2..], &s)?;
     let y = x
-        .reshape(&[s[0], s[1], s[2..].iter().product()])
+        .reshape(&[s[0], s[1], spatial])
         .and_then(|f| f.reduce(op, 2, true))
         .and_then(|r| r.reshape(&out))
         .map_err(err)?;

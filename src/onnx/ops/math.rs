@@ -631,7 +631,8 @@ fn hardmax(env: &Env, node: &NodeProto) -> OpResult {
         (x, axis(attr_int(node, "axis", -1), shape.len(), false)?)
     } else {
         let a = axis(attr_int(node, "axis", 1), shape.len(), true)?;
-        let dims = [shape[..a].iter().product(), shape[a..].iter().product()];
+        let rows = super::dims_product(&shape[..a], &shape)?;
+        let dims = [rows, super::dims_product(&shape[a..], &shape)?];
         (x.reshape(&dims).map_err(err)?, 1)
     };
     let (idx, iota) = arg_index(&flat, a, ReduceOp::Max, false)?;

@@ -442,3 +442,34 @@ pub(crate) fn axis(a: i64, rank: usize, inclusive: bool) -> std::result::Result<
 pub(crate) fn one(v: Var) -> OpResult {
     Ok(vec![Value::Var(v)])
 }
+
+/// The product of `dims`, some dims of an input of shape `shape`, checked: an input with
+/// a zero dim holds no elements, so its other dims may multiply past any count.
+pub(crate) fn dims_product(dims: &[usize], shape: &[usize]) -> std::result::Result<usize, String> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= crate::shape::MAX_ELEMENTS)
+        .ok_or_else(|| {
+            format!("dims {dims:?} of input {shape:?} multiply past the addressable element count")
+        })
+}
+
+/// The largest constant computed at import (elements): bigger ones are refused with an
+/// error rather than exhausting host memory (a tiny model can ask for gigabytes).
+pub(crate) const HOST_LIMIT: usize = 1 << 26;
+
+/// The element count of a constant of `dims` computed at import, within [`HOST_LIMIT`],
+/// checked before anything is allocated. Zero dims count as 1 in the bound, so every
+/// partial product, stride and per-axis index list of the dims is bounded too (an empty
+/// constant of dims [0, 2^40] is refused, not iterated).
+pub(crate) fn host_numel(dims: &[usize]) -> std::result::Result<usize, String> {
+    let bound = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d.max(1)));
+    match bound {
+        Some(b) if b <= HOST_LIMIT => Ok(dims.iter().product()),
+        _ => Err(format!(
+            "a constant of dims {dims:?} is over the {HOST_LIMIT} elements computed at import"
+        )),
+    }
+}

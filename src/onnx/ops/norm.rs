@@ -130,9 +130,10 @@ fn instance_norm(env: &Env, node: &NodeProto) -> OpResult {
     let to = channel_shape(&shape);
     let scale = per_channel(env, node, 1, "scale", &[c], &to)?;
     let bias = per_channel(env, node, 2, "B", &[c], &to)?;
-    let spatial: usize = shape[2..].iter().product();
+    let spatial = super::dims_product(&shape[2..], &shape)?;
+    let rows = super::dims_product(&[n, c], &shape)?;
     let y = (|| {
-        let (y, _, _) = normalize_rows(&x, n * c, spatial, eps)?;
+        let (y, _, _) = normalize_rows(&x, rows, spatial, eps)?;
         y.reshape(&shape)?.mul(&scale)?.add(&bias)
     })()
     .map_err(err)?;
@@ -182,8 +183,8 @@ fn layer_norm(env: &Env, node: &NodeProto) -> OpResult {
         }
         None => None,
     };
-    let rows: usize = shape[..a].iter().product();
-    let cols: usize = inner.iter().product();
+    let rows = super::dims_product(&shape[..a], &shape)?;
+    let cols = super::dims_product(inner, &shape)?;
     let mut stat_shape = shape.clone();
     stat_shape[a..].iter_mut().for_each(|d| *d = 1);
     let outs = (|| {
@@ -274,20 +275,21 @@ fn group_norm(env: &Env, node: &NodeProto) -> OpResult {
     }
     let g = groups as usize;
     let eps = attr_float(node, "epsilon", 1e-5);
-    let per_group: usize = shape[1..].iter().product::<usize>() / g;
+    let per_group = super::dims_product(&shape[1..], &shape)? / g;
+    let rows = super::dims_product(&[n, g], &shape)?;
     let y = if env.opset >= 21 {
         let to = channel_shape(&shape);
         let scale = per_channel(env, node, 1, "scale", &[c], &to)?;
         let bias = per_channel(env, node, 2, "bias", &[c], &to)?;
         (|| {
-            let (y, _, _) = normalize_rows(&x, n * g, per_group, eps)?;
+            let (y, _, _) = normalize_rows(&x, rows, per_group, eps)?;
             y.reshape(&shape)?.mul(&scale)?.add(&bias)
         })()
     } else {
         let scale = per_channel(env, node, 1, "scale (opset 18: per group)", &[g], &[g, 1])?;
         let bias = per_channel(env, node, 2, "bias (opset 18: per group)", &[g], &[g, 1])?;
         (|| {
-            let (y, _, _) = normalize_rows(&x, n * g, per_group, eps)?;
+            let (y, _, _) = normalize_rows(&x, rows, per_group, eps)?;
             y.reshape(&[n, g, per_group])?
                 .mul(&scale)?
                 .add(&bias)?

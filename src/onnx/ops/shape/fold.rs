@@ -8,6 +8,7 @@
 use super::{broadcast, concat_axis, same_kind, shape_of, size_of, slice_plan, split_sizes};
 use super::{squeeze, unsqueeze, with_dims, Res};
 use crate::onnx::model::{initializer, TensorData};
+use crate::onnx::ops::host_numel;
 use crate::onnx::ops::{
     attr_int, attr_ints, axis, opt_const_input, Const, ConstData, Env, FoldFn, OpResult, Value,
 };
@@ -112,10 +113,6 @@ fn or_graph(env: &Env, node: &NodeProto, c: &[Option<&Const>], fold: FoldFn) -> 
     }
 }
 
-/// The largest constant computed at import (elements): bigger ones are refused with an
-/// error rather than exhausting host memory.
-const HOST_LIMIT: usize = 1 << 26;
-
 /// A float `ConstantOfShape` above this many elements becomes a graph `full` node instead
 /// of host data (nothing to upload; attention masks and the like).
 const FULL_ABOVE: usize = 4096;
@@ -130,14 +127,6 @@ fn arg<'a>(c: &[Option<&'a Const>], i: usize) -> Res<&'a Const> {
         .copied()
         .flatten()
         .ok_or_else(|| format!("missing input {i}"))
-}
-
-/// The element count of `dims`, within [`HOST_LIMIT`].
-fn host_numel(dims: &[usize]) -> Res<usize> {
-    dims.iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n <= HOST_LIMIT)
-        .ok_or_else(|| format!("a constant of dims {dims:?} is too large to compute at import"))
 }
 
 fn strides(dims: &[usize]) -> Vec<usize> {
@@ -208,9 +197,11 @@ fn reshape_dims(dims: &[usize], target: &[i64], allowzero: bool) -> Res<Vec<usiz
             _ => return Err(format!("invalid shape {target:?}")),
         }
     }
-    let numel: usize = dims.iter().product();
+    // Checked: an empty input may have huge dims, the target holds any i64s.
+    let product = |d: &[usize]| d.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let numel = product(dims).ok_or_else(|| format!("input dims {dims:?} overflow"))?;
     if let Some(i) = infer {
-        let known: usize = out.iter().product();
+        let known = product(&out).ok_or_else(|| format!("shape {target:?} overflows"))?;
         if known == 0 || numel % known != 0 {
             return Err(format!(
                 "cannot infer -1 in {target:?} for input shape {dims:?}"
@@ -231,7 +222,10 @@ fn reshape(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
 fn flatten(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let x = arg(c, 0)?;
     let a = axis(attr_int(node, "axis", 1), x.dims.len(), true)?;
-    let dims = [x.dims[..a].iter().product(), x.dims[a..].iter().product()];
+    let dims = [
+        crate::onnx::ops::dims_product(&x.dims[..a], &x.dims)?,
+        crate::onnx::ops::dims_product(&x.dims[a..], &x.dims)?,
+    ];
     Ok(vec![with_dims(&Value::Const(x.clone()), &dims)?])
 }
 
@@ -246,6 +240,7 @@ fn transpose(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     if perm.len() != r || perm.iter().any(|&a| std::mem::replace(&mut seen[a], true)) {
         return Err(format!("perm {perm:?} is not a permutation of {r} axes"));
     }
+    host_numel(&x.dims)?;
     let s = strides(&x.dims);
     let st: Vec<usize> = perm.iter().map(|&a| s[a]).collect();
     let lists: Vec<Vec<usize>> = perm.iter().map(|&a| (0..x.dims[a]).collect()).collect();
@@ -258,6 +253,7 @@ fn gather(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let (data, idx) = (arg(c, 0)?, arg(c, 1)?);
     let r = data.dims.len();
     let a = axis(attr_int(node, "axis", 0), r, false)?;
+    host_numel(&data.dims)?;
     let d = data.dims[a] as i64;
     let ix = idx
         .as_i64()?
@@ -308,7 +304,7 @@ fn concat(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
                 first.dims, p.dims
             ));
         }
-        dims[a] += p.dims[a];
+        dims[a] = dims[a].saturating_add(p.dims[a]);
     }
     host_numel(&dims)?;
     let outer: usize = dims[..a].iter().product();
@@ -337,6 +333,7 @@ fn concat(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
 fn split(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let x = arg(c, 0)?;
     let a = axis(attr_int(node, "axis", 0), x.dims.len(), false)?;
+    host_numel(&x.dims)?;
     let mut start = 0;
     split_sizes(env, node, x.dims[a])?
         .into_iter()
@@ -358,6 +355,7 @@ fn split(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
 
 fn slice(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let x = arg(c, 0)?;
+    host_numel(&x.dims)?;
     let lists: Vec<Vec<usize>> = slice_plan(env, node, &x.dims)?
         .iter()
         .map(|s| s.indices())
@@ -374,6 +372,7 @@ fn expand(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     let out = broadcast(&x.dims, &shape)?;
     host_numel(&out)?;
+    host_numel(&x.dims)?;
     one(take(x, &broadcast_index(&x.dims, &out), out))
 }
 
@@ -383,6 +382,16 @@ fn tile(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     if reps.len() != x.dims.len() || reps.iter().any(|&r| r < 0) {
         return Err(format!("repeats {reps:?} for shape {:?}", x.dims));
     }
+    // The output's size is checked before its index lists (d·r entries per axis) exist.
+    let out: Option<Vec<usize>> = x
+        .dims
+        .iter()
+        .zip(&reps)
+        .map(|(&d, &r)| d.checked_mul(usize::try_from(r).ok()?))
+        .collect();
+    let out = out.ok_or_else(|| format!("repeats {reps:?} of shape {:?} overflow", x.dims))?;
+    host_numel(&out)?;
+    host_numel(&x.dims)?;
     let lists: Vec<Vec<usize>> = x
         .dims
         .iter()
@@ -728,6 +737,7 @@ fn reduce(
     ff: fn(f32, f32) -> f32,
 ) -> OpResult {
     let x = arg(c, 0)?;
+    host_numel(&x.dims)?;
     let r = x.dims.len();
     let axes = if env.opset >= since {
         opt_const_input(env, node, 1)?
