@@ -1094,3 +1094,23 @@ fn import_time_constants_are_bounded_before_they_are_allocated() {
         &["Dropout", "[1048576, 1048576]", "67108864 elements"],
     );
 }
+
+#[test]
+fn index_ops_on_empty_inputs_with_huge_dims_are_errors() {
+    // An empty input whose other dims multiply past usize: the flat positions these ops
+    // list at import must not overflow computing its element count (found by the fuzzer).
+    let msg = import_error(
+        16,
+        Some(&[0, T40, T40]),
+        vec![int_init("i", &[0, 1], &[])],
+        vec![node("ScatterND", &["x", "i", "x"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["ScatterND", "multiply past"]);
+    let msg = import_error(
+        13,
+        Some(&[T40, T40, 0]),
+        vec![int_init("i", &[0, 1, 0], &[])],
+        vec![node("GatherElements", &["x", "i"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["GatherElements", "multiply past"]);
+}

@@ -22,8 +22,8 @@
 //! Every one also folds on constants (integer data: the node cases' Trilu, CumSum, TopK).
 
 use super::{
-    attr_int, attr_string, axis, const_input, err, input, one, opt_const_input, value, Const,
-    ConstData, Env, FoldFn, OpFn, OpResult, Value,
+    attr_int, attr_string, axis, const_input, dims_product, err, input, one, opt_const_input,
+    value, Const, ConstData, Env, FoldFn, OpFn, OpResult, Value,
 };
 use crate::onnx::proto::NodeProto;
 use crate::ops::elementwise::BinaryOp as B;
@@ -167,7 +167,7 @@ fn gather_elements(env: &Env, node: &NodeProto) -> OpResult {
     let a = axis(attr_int(node, "axis", 0), shape.len(), false)?;
     let idx = const_indices(env, node, 1)?;
     let flat = element_positions(&shape, idx, a)?;
-    let total = shape.iter().product();
+    let total = dims_product(&shape, &shape)?;
     let flat = i32_const(env, &idx.dims, &flat)?;
     one(data
         .reshape(&[total])
@@ -193,7 +193,7 @@ fn scatter_reduction(node: &NodeProto) -> Res<String> {
 /// scatter-add of distinct positions combined with the running result.
 fn scatter_flat(env: &Env, data: &Var, updates: &Var, targets: &[usize], r: &str) -> Res<Var> {
     let shape = data.shape().to_vec();
-    let total: usize = shape.iter().product();
+    let total = dims_product(&shape, &shape)?;
     let m = targets.len();
     if m == 0 {
         return Ok(data.clone());
@@ -318,8 +318,8 @@ fn scatter_nd(env: &Env, node: &NodeProto) -> OpResult {
         ));
     }
     let st = strides(&shape);
-    let slice: usize = shape[k..].iter().product();
-    let n = updates.shape().iter().product::<usize>();
+    let slice = dims_product(&shape[k..], &shape)?;
+    let n = dims_product(updates.shape(), updates.shape())?;
     if n > MAX_FOLD {
         return Err(format!(
             "updates {:?} hold {n} elements: at most {MAX_FOLD} (their positions are listed at import)",
@@ -483,8 +483,8 @@ fn fold_cumsum(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
         return Err("input must have rank >= 1".into());
     }
     let (a, exclusive, reverse) = cumsum_args(env, node, x.dims.len())?;
-    let (l, inner) = (x.dims[a], x.dims[a + 1..].iter().product::<usize>());
-    let outer: usize = x.dims[..a].iter().product();
+    let (l, inner) = (x.dims[a], dims_product(&x.dims[a + 1..], &x.dims)?);
+    let outer = dims_product(&x.dims[..a], &x.dims)?;
     // Element (o, i, n) of the input's (outer, l, inner) view.
     let order = |o: usize, i: usize| -> Vec<usize> {
         let seq: Vec<usize> = if reverse {
@@ -619,8 +619,8 @@ fn topk(env: &Env, node: &NodeProto) -> OpResult {
 fn fold_topk(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let x = folded(c, 0)?;
     let (a, k, largest) = topk_args(env, node, &x.dims)?;
-    let (l, inner) = (x.dims[a], x.dims[a + 1..].iter().product::<usize>());
-    let outer: usize = x.dims[..a].iter().product();
+    let (l, inner) = (x.dims[a], dims_product(&x.dims[a + 1..], &x.dims)?);
+    let outer = dims_product(&x.dims[..a], &x.dims)?;
     let mut dims = x.dims.clone();
     dims[a] = k;
     // Positions along the axis of each line, stably sorted (ties keep the lower index).
@@ -774,7 +774,7 @@ fn fold_one_hot(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     }
     let (depth, out, a) = one_hot_dims(env, node, &idx.dims)?;
     let classes = one_hot_classes(idx, depth);
-    let total: usize = out.iter().product();
+    let total = dims_product(&out, &out)?;
     if total > MAX_FOLD {
         return Err(format!(
             "output {out:?} has {total} elements: folding at import is limited to {MAX_FOLD}"

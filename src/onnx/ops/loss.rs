@@ -22,7 +22,9 @@
 //! the weights of the positions not ignored (their count without weights): 0/0 = NaN when
 //! every position is ignored, as ONNX's reference gives.
 
-use super::{attr_string, err, input, opt_input, value, Env, FoldFn, OpFn, OpResult, Value};
+use super::{
+    attr_string, dims_product, err, input, opt_input, value, Env, FoldFn, OpFn, OpResult, Value,
+};
 use crate::ops::elementwise::BinaryOp;
 use crate::ops::loss::CrossEntropyOptions;
 use crate::{Device, Op, Tensor, Var};
@@ -139,9 +141,9 @@ fn nll_const_labels(
     ignore: Option<i64>,
 ) -> Result<Terms, String> {
     let shape = logp.shape();
-    let (n, c) = (shape[0], shape[1]);
-    let d: usize = shape[2..].iter().product();
-    let total = n * c * d;
+    let c = shape[1];
+    let total = dims_product(shape, shape)?;
+    let d = dims_product(&shape[2..], shape)?;
     if total > i32::MAX as usize {
         return Err(format!(
             "input {shape:?} has more elements than i32 indices reach"

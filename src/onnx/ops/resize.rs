@@ -12,8 +12,8 @@
 //! Upsample (its opset 7 and 9 predecessor) shares the per-axis plans.
 
 use super::{
-    attr_float, attr_int, attr_ints, attr_string, axis, err, input, one, value, Env, FoldFn, OpFn,
-    OpResult, Value,
+    attr_float, attr_int, attr_ints, attr_string, axis, dims_product, err, input, one, value, Env,
+    FoldFn, OpFn, OpResult, Value,
 };
 use crate::onnx::proto::NodeProto;
 use crate::{Device, Tensor, Var};
@@ -491,7 +491,10 @@ fn apply_axis(
             perm.push(a);
             let moved = y.permute(&perm)?;
             let lead: Vec<usize> = moved.shape()[..r - 1].to_vec();
-            let m: usize = lead.iter().product();
+            let m = dims_product(&lead, y.shape()).map_err(|detail| crate::Error::Invalid {
+                op: "Resize",
+                detail,
+            })?;
             let mut wt = vec![0f32; n_in * n_out];
             for (o, w) in rows.iter().enumerate() {
                 for (i, &v) in w.iter().enumerate() {
