@@ -71,11 +71,12 @@ fn folded<'a>(c: &[Option<&'a Const>], i: usize) -> Res<&'a Const> {
         .ok_or_else(|| format!("missing input {i}"))
 }
 
-/// Row-major strides of `dims`.
+/// Row-major strides of `dims`. Saturating: an empty input's other dims may multiply past
+/// usize, and then no position is ever computed from the strides (it holds none).
 fn strides(dims: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; dims.len()];
+    let mut s = vec![1usize; dims.len()];
     for d in (0..dims.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * dims[d + 1];
+        s[d] = s[d + 1].saturating_mul(dims[d + 1]);
     }
     s
 }
