@@ -172,6 +172,10 @@ const OPS: &[&str] = &[
     "CumSum",
     "TopK",
     "OneHot",
+    "GatherND",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Swish",
     "Shape",
     "Concat",
     "Unsqueeze",
@@ -1113,4 +1117,42 @@ fn index_ops_on_empty_inputs_with_huge_dims_are_errors() {
         vec![node("GatherElements", &["x", "i"], &["y"], vec![])],
     );
     assert_names(&msg, &["GatherElements", "multiply past"]);
+}
+
+#[test]
+fn block_and_gather_nd_misuse_names_the_op_and_shapes() {
+    let msg = import_error(
+        13,
+        Some(&[1, 6, 2, 2]),
+        vec![],
+        vec![node(
+            "DepthToSpace",
+            &["x"],
+            &["y"],
+            vec![int_attr("blocksize", 2)],
+        )],
+    );
+    assert_names(&msg, &["DepthToSpace", "[1, 6, 2, 2]", "blocksize"]);
+    let msg = import_error(
+        13,
+        Some(&[1, 1, 3, 3]),
+        vec![],
+        vec![node(
+            "SpaceToDepth",
+            &["x"],
+            &["y"],
+            vec![int_attr("blocksize", 2)],
+        )],
+    );
+    assert_names(&msg, &["SpaceToDepth", "[1, 1, 3, 3]", "blocksize 2"]);
+    let msg = import_error(
+        13,
+        Some(&[2, 3]),
+        vec![int_init("i", &[1, 2], &[1, 3])],
+        vec![node("GatherND", &["x", "i"], &["y"], vec![])],
+    );
+    assert_names(
+        &msg,
+        &["GatherND", "3 outside -3..3", "dim 1 of data [2, 3]"],
+    );
 }

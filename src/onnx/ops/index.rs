@@ -40,6 +40,7 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("CumSum", cumsum),
     ("TopK", topk),
     ("OneHot", one_hot),
+    ("GatherND", gather_nd),
 ];
 
 /// This family's folds, evaluated at import when every input is a constant.
@@ -48,6 +49,7 @@ pub(super) const FOLDS: &[(&str, FoldFn)] = &[
     ("CumSum", fold_cumsum),
     ("TopK", fold_topk),
     ("OneHot", fold_one_hot),
+    ("GatherND", fold_gather_nd),
 ];
 
 /// Most rounds TopK unrolls on a graph value (each is a reduction, a compare and a mask
@@ -174,6 +176,80 @@ fn gather_elements(env: &Env, node: &NodeProto) -> OpResult {
         .reshape(&[total])
         .and_then(|f| f.gather(&flat, 0))
         .map_err(err)?)
+}
+
+/// GatherND (opsets 11–13): the output dims and the flat positions in `data` (dims
+/// `shape`) that `indices` address: each index tuple (the last indices dim, `k` long,
+/// after `batch_dims` leading dims shared with data) picks a slice `data[b.., i0, .., ik]`
+/// of the trailing dims, which are contiguous, so each tuple gives `slice` consecutive
+/// positions.
+fn gather_nd_positions(shape: &[usize], idx: &Const, b: usize) -> Res<(Vec<usize>, Vec<usize>)> {
+    let q = idx.dims.len();
+    let Some(&k) = idx.dims.last() else {
+        return Err("indices must have rank >= 1".into());
+    };
+    let r = shape.len();
+    if b >= q.min(r) || k == 0 || b + k > r {
+        return Err(format!(
+            "indices {:?} with batch_dims {b} do not address data {shape:?}",
+            idx.dims
+        ));
+    }
+    if idx.dims[..b] != shape[..b] {
+        return Err(format!(
+            "the batch dims of indices {:?} and data {shape:?} differ (batch_dims {b})",
+            idx.dims
+        ));
+    }
+    let tuples = &idx.dims[..q - 1];
+    let out: Vec<usize> = tuples.iter().chain(&shape[b + k..]).copied().collect();
+    let slice = dims_product(&shape[b + k..], shape)?;
+    let n = dims_product(&out, &out)?;
+    if n > MAX_FOLD {
+        return Err(format!(
+            "output {out:?} has {n} elements: at most {MAX_FOLD} (their positions are listed at import)"
+        ));
+    }
+    let st = strides(shape);
+    let v = idx.as_i64()?;
+    let mut pos = Vec::with_capacity(n);
+    for (t, tuple) in v.chunks(k).enumerate() {
+        let m = unflatten(t, tuples);
+        let mut off: usize = (0..b).map(|d| m[d] * st[d]).sum();
+        for (j, &i) in tuple.iter().enumerate() {
+            let d = b + j;
+            off += wrap(i, shape[d], "index")
+                .map_err(|e| format!("{e} for dim {d} of data {shape:?}"))?
+                * st[d];
+        }
+        pos.extend(off..off + slice);
+    }
+    Ok((out, pos))
+}
+
+fn gather_nd(env: &Env, node: &NodeProto) -> OpResult {
+    let data = input(env, node, 0)?;
+    let shape = data.shape().to_vec();
+    let b = usize::try_from(attr_int(node, "batch_dims", 0)).map_err(|_| "batch_dims < 0")?;
+    let (out, pos) = gather_nd_positions(&shape, const_indices(env, node, 1)?, b)?;
+    let total = dims_product(&shape, &shape)?;
+    let flat = i32_const(env, &[pos.len()], &pos)?;
+    one(data
+        .reshape(&[total])
+        .and_then(|f| f.gather(&flat, 0))
+        .and_then(|g| g.reshape(&out))
+        .map_err(err)?)
+}
+
+fn fold_gather_nd(_env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+    let x = folded(c, 0)?;
+    let b = usize::try_from(attr_int(node, "batch_dims", 0)).map_err(|_| "batch_dims < 0")?;
+    let (out, pos) = gather_nd_positions(&x.dims, folded(c, 1)?, b)?;
+    let data = match &x.data {
+        ConstData::F32(v) => ConstData::F32(pos.iter().map(|&p| v[p]).collect()),
+        ConstData::I64(v) => ConstData::I64(pos.iter().map(|&p| v[p]).collect()),
+    };
+    Ok(vec![Const { dims: out, data }.into()])
 }
 
 /// A scatter's reduction attribute (opset 16+: none, add, mul; 18+: max, min).

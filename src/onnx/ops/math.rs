@@ -33,6 +33,7 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("Softplus", softplus),
     ("Softsign", softsign),
     ("Mish", mish),
+    ("Swish", swish),
     ("ThresholdedRelu", thresholded_relu),
     ("Shrink", shrink),
     ("Gelu", gelu),
@@ -245,6 +246,17 @@ fn mish(env: &Env, node: &NodeProto) -> OpResult {
         .and_then(|t| x.mul(&t))
         .map_err(err)?;
     one(y)
+}
+
+/// Swish (opset 24): `x · sigmoid(alpha · x)`, alpha defaulting to 1 (SiLU).
+fn swish(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let alpha = attr_float(node, "alpha", 1.0);
+    one(x
+        .mul_scalar(alpha)
+        .and_then(|a| a.sigmoid())
+        .and_then(|s| x.mul(&s))
+        .map_err(err)?)
 }
 
 /// ThresholdedRelu: `x > alpha ? x : 0` (alpha defaults to 1).

@@ -29,6 +29,8 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("Tile", tile),
     ("Pad", pad),
     ("ConstantOfShape", constant_of_shape),
+    ("DepthToSpace", depth_to_space),
+    ("SpaceToDepth", space_to_depth),
 ];
 
 /// The most slices one op may concatenate to reorder an axis (negative steps, reflection):
@@ -632,4 +634,76 @@ fn same_kind(a: &ConstData, b: &ConstData) -> bool {
         (a, b),
         (ConstData::F32(_), ConstData::F32(_)) | (ConstData::I64(_), ConstData::I64(_))
     )
+}
+
+/// A 4-D (N, C, H, W) input and the `blocksize` of DepthToSpace / SpaceToDepth.
+fn block_args(env: &Env, node: &NodeProto) -> Res<(Var, [usize; 4], usize)> {
+    let x = input(env, node, 0)?;
+    let bs = attr_int(node, "blocksize", 0);
+    let [n, c, h, w] = <[usize; 4]>::try_from(x.shape())
+        .map_err(|_| format!("input {:?} must be 4-D (N, C, H, W)", x.shape()))?;
+    let bs = usize::try_from(bs)
+        .ok()
+        .filter(|&b| b >= 1)
+        .ok_or_else(|| format!("blocksize {bs} must be >= 1"))?;
+    Ok((x, [n, c, h, w], bs))
+}
+
+/// DepthToSpace: channel blocks moved into bs×bs spatial blocks, as one reshape, one
+/// permutation and one reshape (ONNX's own definition): DCR (the default) takes the block
+/// offsets from the channel's high part, CRD from its low part.
+fn depth_to_space(env: &Env, node: &NodeProto) -> OpResult {
+    let (x, [n, c, h, w], bs) = block_args(env, node)?;
+    let bs2 = bs
+        .checked_mul(bs)
+        .filter(|&b2| c % b2 == 0)
+        .ok_or_else(|| {
+            format!(
+                "channels {c} of input {:?} are not a multiple of blocksize² ({bs}²)",
+                x.shape()
+            )
+        })?;
+    let cb = c / bs2;
+    let crd = match attr_string(node, "mode").as_deref() {
+        None | Some("DCR") => false,
+        Some("CRD") => true,
+        Some(m) => return Err(format!("mode '{m}' is not DCR or CRD")),
+    };
+    let (split, perm) = if crd {
+        ([n, cb, bs, bs, h, w], [0, 1, 4, 2, 5, 3])
+    } else {
+        ([n, bs, bs, cb, h, w], [0, 3, 4, 1, 5, 2])
+    };
+    let (oh, ow) = h
+        .checked_mul(bs)
+        .zip(w.checked_mul(bs))
+        .ok_or_else(|| format!("input {:?} times blocksize {bs} overflows", x.shape()))?;
+    one(x
+        .reshape(&split)
+        .and_then(|t| t.permute(&perm))
+        .and_then(|t| t.reshape(&[n, cb, oh, ow]))
+        .map_err(err)?)
+}
+
+/// SpaceToDepth: DepthToSpace's inverse: each bs×bs spatial block becomes bs² channel
+/// blocks, outermost (DCR, the default) or innermost (CRD, opset 25) in the channel.
+fn space_to_depth(env: &Env, node: &NodeProto) -> OpResult {
+    let (x, [n, c, h, w], bs) = block_args(env, node)?;
+    // bs <= H and W keeps C·bs² within the input's element count.
+    if h % bs != 0 || w % bs != 0 || bs > h.max(1) || bs > w.max(1) {
+        return Err(format!(
+            "spatial dims of input {:?} are not multiples of blocksize {bs}",
+            x.shape()
+        ));
+    }
+    let perm = match attr_string(node, "mode").as_deref() {
+        None | Some("DCR") => [0, 3, 5, 1, 2, 4],
+        Some("CRD") => [0, 1, 3, 5, 2, 4],
+        Some(m) => return Err(format!("mode '{m}' is not DCR or CRD")),
+    };
+    one(x
+        .reshape(&[n, c, h / bs, bs, w / bs, bs])
+        .and_then(|t| t.permute(&perm))
+        .and_then(|t| t.reshape(&[n, c * bs * bs, h / bs, w / bs]))
+        .map_err(err)?)
 }
