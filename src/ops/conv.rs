@@ -105,6 +105,12 @@ impl Conv2d {
         Conv2d { groups, ..self }
     }
 
+    /// A 1×1 window with stride 1 and no padding (dilation is moot): the convolution is a
+    /// plain product over the channels, with no patch matrix.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.strides == [1, 1] && self.pads == [0; 4]
+    }
+
     /// The extent of the window along rows and columns: `dilation·(k - 1) + 1`.
     pub fn span(&self) -> [usize; 2] {
         [
@@ -325,18 +331,26 @@ impl Tensor {
     }
 
     /// 2-D convolution of x (N, C, H, W) with filters (F, C/groups, KH, KW), as
-    /// im2col · W_flatᵀ: gives (N, F, OH, OW). The window's `kh`/`kw` must match the filters.
+    /// W_flat · im2colᵀ (W · x for a 1×1 window, stride 1, no padding): gives (N, F, OH, OW).
+    /// The window's `kh`/`kw` must match the filters.
     pub fn conv2d(&self, weight: &Tensor, geom: Conv2d) -> Result<Tensor> {
         let (n, f) = check_conv2d(self.shape(), weight.shape(), geom)?;
         let (oh, ow) = geom.output_size("conv2d", self.shape())?;
-        let cols = self.im2col(geom.groups(1))?;
         let groups = geom.groups;
+        if groups == 1 && geom.is_pointwise() {
+            // (F, C) · (N, C, H·W) = (N, F, H·W): already NCHW, no patches, no copy.
+            let c = self.shape()[1];
+            return weight
+                .reshape(&[f, c])?
+                .matmul(&self.reshape(&[n, c, oh * ow])?)?
+                .reshape(&[n, f, oh, ow]);
+        }
+        let cols = self.im2col(geom.groups(1))?;
         if groups == 1 {
             let w_flat = weight.reshape(&[f, weight.numel() / f.max(1)])?;
-            // (N, L, CK) · (F, CK)ᵀ = (N, L, F) → (N, F, L) → (N, F, OH, OW)
-            return cols
-                .matmul_t(&w_flat, false, true)?
-                .permute(&[0, 2, 1])?
+            // (F, CK) · (N, L, CK)ᵀ = (N, F, L): the product writes NCHW, no permute copy.
+            return w_flat
+                .matmul_t(&cols, false, true)?
                 .reshape(&[n, f, oh, ow]);
         }
         let [l, cgk] = [oh * ow, weight.numel() / f.max(1)];
@@ -350,20 +364,33 @@ impl Tensor {
 }
 
 impl Var {
-    /// 2-D convolution with filters (F, C/groups, KH, KW) as im2col · W_flatᵀ: (N, F, OH, OW).
+    /// 2-D convolution with filters (F, C/groups, KH, KW) as W_flat · im2colᵀ: (N, F, OH, OW)
+    /// (a 1×1 window with stride 1 and no padding: W · x, with no im2col).
     /// Differentiable in both the input and the filters. With `geom.groups` G > 1 the
     /// channels split into G groups, each convolved with its own F/G filters.
     pub fn conv2d(&self, weight: &Var, geom: Conv2d) -> Result<Var> {
         let (n, f) = crate::ops::conv::check_conv2d(self.shape(), weight.shape(), geom)?;
         let (oh, ow) = geom.output_size("conv2d", self.shape())?;
         let cgk = weight.shape()[1..].iter().product::<usize>();
-        let cols = self.im2col(geom.groups(1))?;
         let groups = geom.groups;
+        if groups == 1 && geom.is_pointwise() {
+            // (F, C) · (N, C, H·W) = (N, F, H·W): already NCHW, so no im2col (on lavapipe it
+            // cost as much as the product: ResNet-50's 1×1 layers) and no permute copy.
+            // Gradients: dx = Wᵀ·g per image, dW = Σ_n g·xᵀ (the matmul rule, summed over
+            // the broadcast batch).
+            let c = self.shape()[1];
+            return weight
+                .reshape(&[f, c])?
+                .matmul(&self.reshape(&[n, c, oh * ow])?)?
+                .reshape(&[n, f, oh, ow]);
+        }
+        let cols = self.im2col(geom.groups(1))?;
         if groups == 1 {
-            // (N, L, CK) · (F, CK)ᵀ = (N, L, F) → (N, F, L) → (N, F, OH, OW)
-            return cols
-                .matmul_t(&weight.reshape(&[f, cgk])?, false, true)?
-                .permute(&[0, 2, 1])?
+            // (F, CK) · (N, L, CK)ᵀ = (N, F, L) → (N, F, OH, OW): the product writes NCHW,
+            // so no permute copy follows it.
+            return weight
+                .reshape(&[f, cgk])?
+                .matmul_t(&cols, false, true)?
                 .reshape(&[n, f, oh, ow]);
         }
         // (N, L, G, CgK) → (N, G, L, CgK) · (G, Fg, CgK)ᵀ = (N, G, L, Fg) → (N, G, Fg, L)
