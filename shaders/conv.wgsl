@@ -6,11 +6,13 @@
 // dilations are per axis; only the top and left padding move the windows (the bottom and
 // right padding only decide, on the host, how many windows fit: oh and ow).
 //
-// Entry points (workgroup size 256, one output element per invocation, no barriers, grid
-// split over x/y/z past 65535 workgroups):
+// Entry points (workgroup size 256, no barriers, grid split over x/y/z past 65535
+// workgroups):
 //   im2col_forward   cols[n, l, ck] = x[n, c, oy·sh - pt + ki·dh, ox·sw - pl + kj·dw]   (or 0)
+//                    — one invocation per (n, l, c), looping over the kernel rows ki0..ki1
+//                    and columns kj0..kj1 (the host splits a large window as for col2im).
 //   col2im_forward   x[n, c, ih, iw] = Σ over the (l, kh, kw) that read it of cols[n, l, ck]
-//                    — a gather (each invocation owns one output), so no atomics are needed.
+//                    — a gather (one invocation per output element), so no atomics.
 //                    It walks the kernel rows ki0..ki1 and columns kj0..kj1 only, adding to
 //                    what x holds when `accumulate` is set: the host splits a large window
 //                    over several dispatches so that no invocation loops more than
@@ -23,8 +25,8 @@ struct Params {
     pt: u32, pl: u32,                  // top and left padding
     dh: u32, dw: u32,                  // dilations (rows, columns)
     oh: u32, ow: u32,                  // output positions
-    total: u32,                        // elements written by this dispatch
-    // col2im only: the block of the window this dispatch walks, and whether it adds to dst.
+    total: u32,                        // invocations that write (im2col: N·L·C; col2im: N·C·H·W)
+    // The block of the window this dispatch walks; col2im: whether it adds to dst.
     ki0: u32, ki1: u32, kj0: u32, kj1: u32,
     accumulate: u32,
 }
@@ -42,25 +44,33 @@ fn im2col_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                   @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
-    let k = params.kh * params.kw;
-    let ck = params.c * k;
+    // One invocation per (b, l, c): it writes channel c's taps of patch (b, l), the block
+    // ki0..ki1 × kj0..kj1 of the window. The integer divisions below (scalarised on a CPU
+    // adapter: one per tap made im2col ~20x slower than a copy on lavapipe) are paid once
+    // per channel, and neighbouring invocations write neighbouring runs of the patch row.
+    let c = i % params.c;
+    let bl = i / params.c;                  // b · L + l
     let l_count = params.oh * params.ow;
-    let col = i % ck;
-    let l = (i / ck) % l_count;
-    let b = i / (ck * l_count);
-    let c = col / k;
-    let ki = (col % k) / params.kw;
-    let kj = col % params.kw;
-    let oy = l / params.ow;
-    let ox = l % params.ow;
+    let l = bl % l_count;
+    let b = bl / l_count;
+    let k = params.kh * params.kw;
+    let out = (bl * params.c + c) * k;      // cols[b, l, c·K]
+    let plane = (b * params.c + c) * params.h * params.w;
     // i32 so that positions in the padding are negative, not wrapped.
-    let iy = i32(oy * params.sh + ki * params.dh) - i32(params.pt);
-    let ix = i32(ox * params.sw + kj * params.dw) - i32(params.pl);
-    var v = 0.0;
-    if (iy >= 0 && ix >= 0 && u32(iy) < params.h && u32(ix) < params.w) {
-        v = src[((b * params.c + c) * params.h + u32(iy)) * params.w + u32(ix)];
+    let y0 = i32((l / params.ow) * params.sh) - i32(params.pt);
+    let x0 = i32((l % params.ow) * params.sw) - i32(params.pl);
+    for (var ki = params.ki0; ki < params.ki1; ki = ki + 1u) {
+        let iy = y0 + i32(ki * params.dh);
+        let row_in = iy >= 0 && u32(iy) < params.h;
+        for (var kj = params.kj0; kj < params.kj1; kj = kj + 1u) {
+            let ix = x0 + i32(kj * params.dw);
+            var v = 0.0;
+            if (row_in && ix >= 0 && u32(ix) < params.w) {
+                v = src[plane + u32(iy) * params.w + u32(ix)];
+            }
+            dst[out + ki * params.kw + kj] = v;
+        }
     }
-    dst[i] = v;
 }
 
 // The first kernel tap (row or column) whose window can cover input position `at`, with

@@ -217,8 +217,8 @@ fn for_each_tap(s: &[usize], g: &Conv2d, oh: usize, ow: usize, mut f: impl FnMut
     }
 }
 
-/// The blocks `[(ki0, ki1), (kj0, kj1)]` of a kh×kw window that successive `col2im_forward`
-/// dispatches walk. One invocation loops `(ki1 - ki0)·(1 + kj1 - kj0)` times at most (a row
+/// The blocks `[(ki0, ki1), (kj0, kj1)]` of a kh×kw window that successive `im2col_forward`
+/// and `col2im_forward` dispatches walk. One invocation loops `(ki1 - ki0)·(1 + kj1 - kj0)` times at most (a row
 /// step, then its columns), so a block keeps that within [`crate::gpu::LOOP_BUDGET`]: a
 /// window of up to about 127×127 is one dispatch, a larger one several that add up (Mesa's
 /// lavapipe silently stops an invocation after 65535 iterations, leaving its output unset).
@@ -261,20 +261,25 @@ impl Tensor {
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
-                let total = out.numel();
-                if total > 0 {
+                // One invocation per (image, position, channel), each writing its taps.
+                let total = s[0] * oh * ow * s[1];
+                if out.numel() > 0 {
                     let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
-                    let params = geom.params(&s, oh, ow, total);
-                    ctx.dispatch(
-                        &SHADER,
-                        "im2col_forward",
-                        &[],
-                        &params,
-                        &[x, o],
-                        grid_1d(ctx, total),
-                    )?;
+                    let base = geom.params(&s, oh, ow, total);
+                    for [ki, kj] in col2im_blocks(geom.kh, geom.kw) {
+                        let mut params = base.to_vec();
+                        params.extend([ki.0, ki.1, kj.0, kj.1, 0].map(|v| v as u32));
+                        ctx.dispatch(
+                            &SHADER,
+                            "im2col_forward",
+                            &[],
+                            &params,
+                            &[x, o],
+                            grid_1d(ctx, total),
+                        )?;
+                    }
                 }
                 Ok(out)
             }
