@@ -9,7 +9,7 @@
 // Entry points (workgroup size 256, no barriers, grid split over x/y/z past 65535
 // workgroups):
 //   im2col_forward   cols[n, l, ck] = x[n, c, oy·sh - pt + ki·dh, ox·sw - pl + kj·dw]   (or 0)
-//                    — one invocation per (n, l, c), looping over the kernel rows ki0..ki1
+//                    — one invocation per (n, c, l), looping over the kernel rows ki0..ki1
 //                    and columns kj0..kj1 (the host splits a large window as for col2im).
 //   col2im_forward   x[n, c, ih, iw] = Σ over the (l, kh, kw) that read it of cols[n, l, ck]
 //                    — a gather (one invocation per output element), so no atomics.
@@ -44,15 +44,16 @@ fn im2col_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                   @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
-    // One invocation per (b, l, c): it writes channel c's taps of patch (b, l), the block
+    // One invocation per (b, c, l): it writes channel c's taps of patch (b, l), the block
     // ki0..ki1 × kj0..kj1 of the window. The integer divisions below (scalarised on a CPU
     // adapter: one per tap made im2col ~20x slower than a copy on lavapipe) are paid once
-    // per channel, and neighbouring invocations write neighbouring runs of the patch row.
-    let c = i % params.c;
-    let bl = i / params.c;                  // b · L + l
+    // per channel. Neighbouring invocations are neighbouring positions, so their reads of
+    // x are neighbours too (ResNet-50 on lavapipe 10% faster than channel-fastest).
     let l_count = params.oh * params.ow;
-    let l = bl % l_count;
-    let b = bl / l_count;
+    let l = i % l_count;
+    let c = (i / l_count) % params.c;
+    let b = i / (l_count * params.c);
+    let bl = b * l_count + l;
     let k = params.kh * params.kw;
     let out = (bl * params.c + c) * k;      // cols[b, l, c·K]
     let plane = (b * params.c + c) * params.h * params.w;

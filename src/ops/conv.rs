@@ -261,7 +261,7 @@ impl Tensor {
             }
             DeviceInner::Gpu(ctx) => {
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
-                // One invocation per (image, position, channel), each writing its taps.
+                // One invocation per (image, channel, position), each writing its taps.
                 let total = s[0] * oh * ow * s[1];
                 if out.numel() > 0 {
                     let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
