@@ -14,8 +14,11 @@ use std::time::Instant;
 
 use wgrad::{Conv2d, Device, Graph, Rng, Tensor, Var};
 
-/// (count, input (C, H, W), filters (F, KH), stride, padding): ResNet-50's convolutions.
-const LAYERS: &[(usize, [usize; 3], [usize; 2], usize, usize)] = &[
+/// (count, input (C, H, W), filters (F, KH), stride, padding).
+type Layer = (usize, [usize; 3], [usize; 2], usize, usize);
+
+/// ResNet-50's convolutions.
+const LAYERS: &[Layer] = &[
     (1, [3, 224, 224], [64, 7], 2, 3),
     (1, [64, 56, 56], [64, 1], 1, 0),
     (3, [64, 56, 56], [64, 3], 1, 1),
@@ -101,7 +104,10 @@ fn main() -> anyhow::Result<()> {
             *totals.entry(kind).or_default() += ms * count as f64;
             row.push(format!("{kind} {ms:.2}"));
         };
-        add("im2col", time(&dev, reps, &[x.clone()], |v| v[0].im2col(geom))?);
+        add(
+            "im2col",
+            time(&dev, reps, std::slice::from_ref(&x), |v| v[0].im2col(geom))?,
+        );
         add(
             "matmul (N,L,CK)(F,CK)T",
             time(&dev, reps, &[vec![1, l, ck], vec![f, ck]], |v| {
