@@ -148,6 +148,9 @@ fn main() -> anyhow::Result<()> {
         );
         println!("{count}x x{x:?} w{wt:?} s{s} p{p}: {}", row.join(", "));
     }
+    // A run's fixed cost (encode, submit, wait), which every figure above includes once.
+    let fixed = time(&dev, reps, &[vec![1, 4]], |v| v[0].relu())?;
+    println!("fixed cost of one compiled run (relu of 4 values): {fixed:.2} ms");
     println!("totals (ms per inference, x count):");
     for (k, v) in &totals {
         println!("  {k:32} {v:8.1}");

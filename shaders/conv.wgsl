@@ -74,13 +74,27 @@ fn im2col_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     }
 }
 
+// t / d, skipping the division when d is 1 (strides and dilations mostly are): lavapipe
+// scalarises integer division by a run-time value, and col2im divides per tap.
+fn div_by(t: u32, d: u32) -> u32 {
+    if (d == 1u) { return t; }
+    return t / d;
+}
+
+// The output position t / s when stride s divides t; else 0xffffffff (no position).
+fn position(t: u32, s: u32) -> u32 {
+    if (s == 1u) { return t; }
+    if (t % s != 0u) { return 0xffffffffu; }
+    return t / s;
+}
+
 // The first kernel tap (row or column) whose window can cover input position `at`, with
 // `outs` output positions, padding `pad` before, stride `s` and dilation `d` along that axis:
 // ceil((at + pad - (outs-1)·s) / d), or 0.
 fn first_tap(at: u32, outs: u32, pad: u32, s: u32, d: u32) -> u32 {
     let t = i32(at + pad) - i32((outs - 1u) * s);
     if (t <= 0) { return 0u; }
-    return (u32(t) + d - 1u) / d;
+    return div_by(u32(t) + d - 1u, d);
 }
 
 @compute @workgroup_size(256)
@@ -100,19 +114,19 @@ fn col2im_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     // Only the kernel rows and columns that can reach an output position: ki·dh lies in
     // [iy + pt - (oh-1)·sh, iy + pt] (likewise kj), so a wide window with few outputs is cheap.
     let ki_lo = max(params.ki0, first_tap(iy, params.oh, params.pt, params.sh, params.dh));
-    let ki_hi = min(params.ki1, (iy + params.pt) / params.dh + 1u);
+    let ki_hi = min(params.ki1, div_by(iy + params.pt, params.dh) + 1u);
     let kj_lo = max(params.kj0, first_tap(ix, params.ow, params.pl, params.sw, params.dw));
-    let kj_hi = min(params.kj1, (ix + params.pl) / params.dw + 1u);
+    let kj_hi = min(params.kj1, div_by(ix + params.pl, params.dw) + 1u);
     for (var ki = ki_lo; ki < ki_hi; ki = ki + 1u) {
         // oy·sh = iy + pt - ki·dh must be a non-negative multiple of sh below oh·sh
         let ty = i32(iy + params.pt) - i32(ki * params.dh);
-        if (ty < 0 || u32(ty) % params.sh != 0u) { continue; }
-        let oy = u32(ty) / params.sh;
+        if (ty < 0) { continue; }
+        let oy = position(u32(ty), params.sh);
         if (oy >= params.oh) { continue; }
         for (var kj = kj_lo; kj < kj_hi; kj = kj + 1u) {
             let tx = i32(ix + params.pl) - i32(kj * params.dw);
-            if (tx < 0 || u32(tx) % params.sw != 0u) { continue; }
-            let ox = u32(tx) / params.sw;
+            if (tx < 0) { continue; }
+            let ox = position(u32(tx), params.sw);
             if (ox >= params.ow) { continue; }
             let l = oy * params.ow + ox;
             sum = sum + src[(b * l_count + l) * ck + c * k + ki * params.kw + kj];
