@@ -359,11 +359,11 @@ impl Tensor {
                 .reshape(&[n, f, oh, ow]);
         }
         let [l, cgk] = [oh * ow, weight.numel() / f.max(1)];
-        // (N, L, G, CgK) → (N, G, L, CgK) · (G, Fg, CgK)ᵀ = (N, G, L, Fg) → (N, G, Fg, L)
-        cols.reshape(&[n, l, groups, cgk])?
-            .permute(&[0, 2, 1, 3])?
-            .matmul_t(&weight.reshape(&[groups, f / groups, cgk])?, false, true)?
-            .permute(&[0, 1, 3, 2])?
+        // (G, Fg, CgK) · ((N, L, G, CgK) → (N, G, L, CgK))ᵀ = (N, G, Fg, L): already NCHW.
+        let split = cols.reshape(&[n, l, groups, cgk])?.permute(&[0, 2, 1, 3])?;
+        weight
+            .reshape(&[groups, f / groups, cgk])?
+            .matmul_t(&split, false, true)?
             .reshape(&[n, f, oh, ow])
     }
 }
@@ -398,11 +398,14 @@ impl Var {
                 .matmul_t(&cols, false, true)?
                 .reshape(&[n, f, oh, ow]);
         }
-        // (N, L, G, CgK) → (N, G, L, CgK) · (G, Fg, CgK)ᵀ = (N, G, L, Fg) → (N, G, Fg, L)
-        cols.reshape(&[n, oh * ow, groups, cgk])?
-            .permute(&[0, 2, 1, 3])?
-            .matmul_t(&weight.reshape(&[groups, f / groups, cgk])?, false, true)?
-            .permute(&[0, 1, 3, 2])?
+        // (G, Fg, CgK) · ((N, L, G, CgK) → (N, G, L, CgK))ᵀ = (N, G, Fg, L): the product
+        // writes NCHW (the filters broadcast over the batch), so no permute follows it.
+        let split = cols
+            .reshape(&[n, oh * ow, groups, cgk])?
+            .permute(&[0, 2, 1, 3])?;
+        weight
+            .reshape(&[groups, f / groups, cgk])?
+            .matmul_t(&split, false, true)?
             .reshape(&[n, f, oh, ow])
     }
 }
