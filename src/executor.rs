@@ -607,8 +607,9 @@ fn plan_memory(
             }
         }
         peak = peak.max(live);
-        for &j in &inputs[i] {
-            if last_use[j] == step && is_intermediate(j) {
+        // A node may read one value twice (x + x): it is freed once.
+        for (k, &j) in inputs[i].iter().enumerate() {
+            if last_use[j] == step && is_intermediate(j) && !inputs[i][..k].contains(&j) {
                 live -= bytes(j);
             }
         }

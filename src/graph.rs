@@ -437,13 +437,9 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             s
         }
         Op::ReduceAll(_) | Op::CrossEntropyCount(_) => vec![],
-        Op::Im2Col(geom) => {
-            let (oh, ow) = geom.output_size(name, x)?;
-            vec![x[0], oh * ow, x[1] * geom.kh * geom.kw]
-        }
+        Op::Im2Col(geom) => geom.patches_shape(name, x)?.to_vec(),
         Op::Col2Im(geom, image) => {
-            let (oh, ow) = geom.output_size(name, image)?;
-            let want = [image[0], oh * ow, image[1] * geom.kh * geom.kw];
+            let want = geom.patches_shape(name, image)?;
             if x != want {
                 return Err(mismatch(format!(
                     "patches {x:?} do not fit image {image:?} (expected {want:?})"
@@ -480,7 +476,8 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             axes.iter().map(|&a| x[a]).collect()
         }
         Op::Reshape(s) => {
-            if s.iter().product::<usize>() != x.iter().product::<usize>() {
+            // The target's product is checked: an overflow must not wrap onto x's count.
+            if crate::shape::checked_numel(name, s)? != x.iter().product::<usize>() {
                 return Err(mismatch(format!("cannot view {x:?} as {s:?}")));
             }
             s.clone()
@@ -529,7 +526,11 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
                         "cannot concat {x:?} with {other:?} on axis {axis}"
                     )));
                 }
-                s[*axis] += other[*axis];
+                s[*axis] = s[*axis].checked_add(other[*axis]).ok_or_else(|| {
+                    mismatch(format!(
+                        "concatenated axis {axis} overflows: {x:?} with {other:?}"
+                    ))
+                })?;
             }
             s
         }

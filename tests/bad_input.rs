@@ -1370,3 +1370,23 @@ fn element_count_overflow_is_an_error() {
     }));
     assert!(matches!(r, Ok(Err(_))), "graph compile: {r:?}");
 }
+
+/// Graph shape inference checks its products: a reshape target or a concatenated axis past
+/// usize wrapped (a view of 4 elements as (2^62 + 1, 4), whose product wraps to 4, was
+/// accepted; two (0, 2^63) concatenated on axis 1 made (0, 0)).
+#[test]
+fn graph_shape_products_are_checked() {
+    let g = Graph::new();
+    let x = g.input("x", &[4]);
+    let e = x.reshape(&[(1 << 62) + 1, 4]).unwrap_err();
+    assert!(matches!(&e, Error::Shape { op: "reshape", .. }), "{e}");
+    counted();
+    let a = g.input("a", &[0, 1 << 63]);
+    let e = Var::concat(&[&a, &a], 1).unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { op: "concat", detail } if detail.contains("overflows")),
+        "{e}"
+    );
+    counted();
+    report("graph_shape_products_are_checked");
+}

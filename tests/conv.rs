@@ -638,3 +638,126 @@ fn pointwise_conv2d_gradients_past_the_loop_cap() {
         );
     }
 }
+
+/// Huge windows, pads and strides (from a file or a caller) are typed errors naming the op:
+/// never an overflow panic, a wrapped size or a huge allocation.
+#[test]
+fn huge_geometry_is_a_typed_error_not_an_overflow() {
+    let x4 = [1, 1, 4, 4];
+    let big = usize::MAX / 2;
+    // The window's span dilation·(k − 1) + 1 and the padded size H + top + bottom overflowed.
+    for (what, geom) in [
+        ("dilation", Conv2d::new(3, 3).dilation(usize::MAX)),
+        ("kernel", Conv2d::new(usize::MAX, 1)),
+        ("pads", Conv2d::new(1, 1).pads(usize::MAX, 0, usize::MAX, 0)),
+    ] {
+        let r = std::panic::catch_unwind(|| geom.output_size("conv2d", &x4));
+        assert!(
+            matches!(&r, Ok(Err(Error::Shape { op: "conv2d", .. }))),
+            "{what}: {r:?}"
+        );
+    }
+    // Positions OH·OW past usize (2^41 each way): im2col's patch shape wrapped.
+    let pad = 1usize << 40;
+    let geom = Conv2d::new(1, 1).padding(pad);
+    assert!(
+        geom.output_size("im2col", &x4).is_ok(),
+        "the positions alone fit"
+    );
+    let x = Tensor::zeros(&Device::cpu(), &x4).unwrap();
+    let e = x.im2col(geom).unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { op: "im2col", detail } if detail.contains("more elements than can be addressed")),
+        "{e}"
+    );
+    let g = Graph::new();
+    let e = g.input("x", &x4).im2col(geom).unwrap_err();
+    assert!(matches!(&e, Error::Shape { op: "im2col", .. }), "{e}");
+    let e = g
+        .input("cols", &[1, 16, 1])
+        .col2im(Conv2d::new(1, 1).padding(big), &x4)
+        .unwrap_err();
+    assert!(matches!(&e, Error::Shape { op: "col2im", .. }), "{e}");
+    // Pooling: 2^40 padding makes 2^41 windows a side, whose tap tables were allocated
+    // (terabytes) before anything was checked.
+    let xv = g.input("p", &x4);
+    let e = xv
+        .max_pool2d_window(Conv2d::new(2, 2).padding(pad))
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { op: "max_pool2d", detail } if detail.contains("over the limit")),
+        "{e}"
+    );
+    let e = xv
+        .avg_pool2d_with(Conv2d::new(2, 2).stride(big).padding(big), true, false)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Shape {
+                op: "avg_pool2d",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // ceil_mode with a stride past the input: one window (the second would start in the
+    // padding), not an overflow.
+    let y = xv
+        .max_pool2d_with(Conv2d::new(2, 2).stride(usize::MAX), true)
+        .unwrap();
+    assert_eq!(y.shape(), [1, 1, 1, 1]);
+    // An empty image: every window is padding (the ceil_mode count went below zero).
+    let e = g
+        .input("e", &[1, 1, 0, 4])
+        .max_pool2d_with(Conv2d::new(1, 1).pads(0, 0, 1, 0), true)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Invalid {
+                op: "max_pool2d",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+/// A transposed convolution of an empty input (C = 0) allows any groups and filters by
+/// element count: F = Fg·G overflowed (and, wrapped, gave a small F).
+#[test]
+fn conv_transpose2d_filter_count_overflow_is_a_typed_error() {
+    let g = Graph::new();
+    let x = g.input("x", &[1, 0, 1, 1]);
+    let w = g.input("w", &[0, 1 << 40, 1, 1]);
+    let e = x
+        .conv_transpose2d(&w, Conv2d::new(1, 1).groups(1 << 30), [1, 1])
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { op: "conv_transpose2d", detail } if detail.contains("overflow")),
+        "{e}"
+    );
+}
+
+/// The GPU kernels hold the window in u32 and padded positions in i32: a padding of 2^32
+/// with a stride of 2^33 (one window, all padding: zeros on the CPU) wrapped to no padding
+/// and stride 0 there and read real pixels. It is an error naming the op on the GPU.
+#[test]
+fn gpu_geometry_past_32_bits_is_an_error_not_a_wrap() {
+    let geom = Conv2d::new(1, 1).pads(1 << 32, 0, 0, 0).strides(1 << 33, 1);
+    let cpu = Tensor::from_slice(&Device::cpu(), &[1.0f32; 16], &[1, 1, 4, 4]).unwrap();
+    let want = cpu.im2col(geom).unwrap();
+    assert_eq!(want.shape(), [1, 4, 1]);
+    assert_eq!(want.to_vec::<f32>().unwrap(), [0.0; 4]);
+    let Some(dev) = gpu() else { return };
+    let x = Tensor::from_slice(&dev, &[1.0f32; 16], &[1, 1, 4, 4]).unwrap();
+    let e = x.im2col(geom).unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { op: "im2col", detail } if detail.contains("32-bit")),
+        "{e}"
+    );
+    let cols = Tensor::zeros(&dev, &[1, 4, 1]).unwrap();
+    let e = cols.col2im(geom, &[1, 1, 4, 4]).unwrap_err();
+    assert!(matches!(&e, Error::Invalid { op: "col2im", .. }), "{e}");
+}

@@ -172,3 +172,21 @@ fn graph_build_errors_name_the_op_and_shapes() {
     let other = Graph::new().input("c", &[2, 3]);
     assert!(a.add(&other).is_err());
 }
+
+#[test]
+fn a_value_read_twice_is_freed_once_in_the_memory_plan() {
+    // a = exp(x) (4 floats) is read twice by a + a, its last use: a is freed once there.
+    // Counting it twice took the live bytes below zero a step later (an overflow, or a
+    // wrapped, huge peak without overflow checks).
+    let g = Graph::new();
+    let x = g.input("x", &[4]);
+    let a = x.exp().unwrap();
+    let b = a.add(&a).unwrap().sum().unwrap();
+    let c = b.exp().unwrap();
+    let exe = Device::cpu().compile(&g, &[&c], None).unwrap();
+    let plan = exe.plan();
+    // Live bytes per step: a 16; a + a 32, then a is freed: 16; its sum b 20, then a + a
+    // is freed: 4; exp(b) 8.
+    assert_eq!(plan.unplanned_bytes, 16 + 16 + 4 + 4, "{plan:?}");
+    assert_eq!(plan.peak_bytes, 32, "{plan:?}");
+}

@@ -487,3 +487,31 @@ fn batch_norm_of_any_rank_normalises_each_channel() {
         assert_eq!((mean.shape(), var.shape()), (&stat[..], &stat[..]));
     }
 }
+
+/// ceil_mode drops a last window that would start in the end padding; with end padding as
+/// wide as the window (pads 1, 1, 1, 3 for a 2x3 window on 6 columns) im2col still made the
+/// dropped column's patches, so the result had 8 columns, the last one zeros, where the
+/// window count said 7 (a debug assertion in debug builds). Values: onnxruntime's MaxPool
+/// with the end padding the 7 kept windows reach (pads 1, 1, 1, 2; onnxruntime refuses a
+/// pad as wide as the window), from tests/fixtures/onnx/gen_pool_dropped_window.py.
+#[test]
+fn ceil_mode_drops_a_window_lying_in_the_end_padding() {
+    let shape = [1, 2, 5, 6];
+    let x: Vec<f32> = (0..60).map(|i| (i * 7 % 11 - 5) as f32).collect();
+    let want: [f32; 84] = [
+        2., 2., 5., 5., 5., 1., -3., 4., 4., 5., 5., 5., 1., -3., 4., 5., 5., 5., 4., 4., 4., 2.,
+        5., 5., 5., 4., 4., 4., 5., 5., 5., 4., 4., 4., 2., 5., 5., 5., 4., 4., 4., 0., 3., 3., 3.,
+        2., 2., 2., -2., 5., 5., 4., 4., 4., 2., -2., 5., 5., 4., 4., 5., 5., 5., 3., 4., 4., 4.,
+        5., 5., 5., 1., 4., 4., 5., 5., 5., 3., -1., 2., 2., 5., 5., 5., 1.,
+    ];
+    let window = Conv2d::new(2, 3).pads(1, 1, 1, 3);
+    for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
+        let g = Graph::new();
+        let y = g.input("x", &shape).max_pool2d_with(window, true).unwrap();
+        assert_eq!(y.shape(), [1, 2, 6, 7]);
+        let exe = dev.compile(&g, &[&y], None).unwrap();
+        let xt = Tensor::from_slice(&dev, &x, &shape).unwrap();
+        let got: Vec<f32> = exe.run(&[("x", &xt)]).unwrap()[0].to_vec().unwrap();
+        assert_eq!(got, want, "{dev:?}");
+    }
+}

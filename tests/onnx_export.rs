@@ -505,7 +505,6 @@ fn conv_and_pool_round_trip() {
 }
 
 #[test]
-#[ignore = "needs Cast to BOOL and Where in the importer"]
 fn keep_where_round_trips() {
     round_trip("keep_where", keep_where, true);
 }

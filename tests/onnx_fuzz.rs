@@ -3,13 +3,19 @@
 //! names, element types, raw_data lengths, op types, opsets, external-data entries) through
 //! `Model::from_bytes_with_dir` → `import` → `compile` on the CPU reference. Each must be
 //! `Ok` or `Err`; a panic fails the test with its seed, so it can be replayed alone with
-//! `ONNX_FUZZ_SEED=<seed>`. ONNX_FUZZ_COUNT and ONNX_FUZZ_START pick another range of seeds,
-//! ONNX_FUZZ_FAMILIES=1 adds every op family's fixtures to the starting models. A longer
-//! hunt is best run with overflow checks on:
-//! `cargo test --release --config 'profile.release.package.wgrad.overflow-checks=true'`.
+//! `ONNX_FUZZ_SEED=<seed>`. ONNX_FUZZ_COUNT and ONNX_FUZZ_START pick another range of seeds.
+//! The starting models are the top folder's fixtures and every op family's (conv, gather,
+//! math, norm, shape). A single allocation over 1 GiB is refused and names its seed. A
+//! longer hunt is best run with overflow checks and debug assertions on:
+//! `ONNX_FUZZ_COUNT=200000 cargo test --release --test onnx_fuzz
+//! --config 'profile.release.package.wgrad.overflow-checks=true'
+//! --config 'profile.release.package.wgrad.debug-assertions=true'`.
+//! The regression tests at the end are models the hunt broke, each reduced by hand.
 
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use common::onnx::fixture_in;
@@ -21,9 +27,73 @@ use wgrad::onnx::proto::{
 use wgrad::onnx::{Model, Weights};
 use wgrad::{Device, Rng};
 
-/// The models mutations start from: the top folder's fixtures and external data, and with
-/// ONNX_FUZZ_FAMILIES set every model of the op families' folders (sorted, so a seed always
-/// means the same case).
+thread_local! {
+    /// The seed this thread is running (u64::MAX: none), for the allocation guard's
+    /// message; per thread, as the regression tests run beside the fuzz loop.
+    static SEED: Cell<u64> = const { Cell::new(u64::MAX) };
+}
+
+/// Largest single allocation a case may make: compiled graphs are capped at 2^24 elements
+/// below and import-time constants at 2^26, so anything near a gigabyte is a size computed
+/// from hostile input. Such a request is refused (the process aborts, as it would on a
+/// failed allocation) after naming the seed, which an abort would otherwise lose.
+const ALLOC_LIMIT: usize = 1 << 30;
+
+struct Guard;
+
+// SAFETY: every call is passed on to the system allocator unchanged, or refused with null.
+unsafe impl GlobalAlloc for Guard {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > ALLOC_LIMIT {
+            refuse(layout.size());
+            return std::ptr::null_mut();
+        }
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > ALLOC_LIMIT {
+            refuse(layout.size());
+            return std::ptr::null_mut();
+        }
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size > ALLOC_LIMIT {
+            refuse(new_size);
+            return std::ptr::null_mut();
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+/// Names the seed that asked for `bytes`, straight to stderr (the test harness's capture
+/// of `eprintln!` would be lost in the abort; formatting integers does not allocate).
+fn refuse(bytes: usize) {
+    use std::io::Write;
+    let seed = SEED.try_with(Cell::get).unwrap_or(u64::MAX);
+    let mut err = std::io::stderr();
+    let _ = if seed == u64::MAX {
+        writeln!(
+            err,
+            "onnx fuzz: a regression test asked for {bytes} bytes at once (limit {ALLOC_LIMIT})"
+        )
+    } else {
+        writeln!(
+            err,
+            "onnx fuzz: seed {seed} asked for {bytes} bytes at once (limit {ALLOC_LIMIT}); \
+             replay with ONNX_FUZZ_SEED={seed}"
+        )
+    };
+}
+
+#[global_allocator]
+static GUARD: Guard = Guard;
+
+/// The models mutations start from: the top folder's fixtures and external data, and every
+/// model of the op families' folders (sorted, so a seed always means the same case).
 fn bases() -> Vec<Vec<u8>> {
     let mut paths: Vec<std::path::PathBuf> = [
         ("", "mlp.onnx"),
@@ -37,15 +107,19 @@ fn bases() -> Vec<Vec<u8>> {
     .iter()
     .map(|(d, n)| fixture_in(d, n))
     .collect();
-    // The op families' models too with ONNX_FUZZ_FAMILIES=1: a hunt, not yet part of the
-    // default run, since it finds panics and an allocation abort in files outside the
-    // importer (reported, being fixed by their owners).
-    let families: &[&str] = if std::env::var_os("ONNX_FUZZ_FAMILIES").is_some() {
-        &["conv", "gather", "math", "norm", "shape"]
-    } else {
-        &[]
-    };
-    for &family in families {
+    // Every op family's models too, so the mutations reach each family's op functions,
+    // their constant folds and the graph code under them.
+    for family in [
+        "conv",
+        "gather",
+        "math",
+        "norm",
+        "shape",
+        "loss",
+        "index",
+        "attention",
+        "dtype",
+    ] {
         let Ok(dir) = std::fs::read_dir(fixture_in(family, "")) else {
             continue;
         };
@@ -62,7 +136,7 @@ fn bases() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Op types to swap in: every one the importer knows today, a few it does not.
+/// Op types to swap in: every one the importer knows, a few it does not.
 const OPS: &[&str] = &[
     "MatMul",
     "Gemm",
@@ -89,6 +163,15 @@ const OPS: &[&str] = &[
     "Constant",
     "Conv",
     "Gather",
+    "GatherElements",
+    "ScatterElements",
+    "ScatterND",
+    "NegativeLogLikelihoodLoss",
+    "SoftmaxCrossEntropyLoss",
+    "Trilu",
+    "CumSum",
+    "TopK",
+    "OneHot",
     "Shape",
     "Concat",
     "Unsqueeze",
@@ -102,6 +185,68 @@ const OPS: &[&str] = &[
     "Loop",
     "",
     "\u{0}",
+    // The op families' operators.
+    "And",
+    "ArgMax",
+    "ArgMin",
+    "AveragePool",
+    "Ceil",
+    "Celu",
+    "Clip",
+    "ConstantOfShape",
+    "ConvTranspose",
+    "Elu",
+    "Equal",
+    "Expand",
+    "Floor",
+    "Gelu",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Greater",
+    "GreaterOrEqual",
+    "GroupNormalization",
+    "HardSigmoid",
+    "HardSwish",
+    "Hardmax",
+    "InstanceNormalization",
+    "IsInf",
+    "IsNaN",
+    "LRN",
+    "Less",
+    "LessOrEqual",
+    "Max",
+    "MaxPool",
+    "Mean",
+    "Min",
+    "Mish",
+    "Mod",
+    "Not",
+    "Or",
+    "PRelu",
+    "Pad",
+    "Pow",
+    "Range",
+    "Reciprocal",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "Round",
+    "Selu",
+    "Shrink",
+    "Sign",
+    "Size",
+    "Softplus",
+    "Softsign",
+    "Split",
+    "Sum",
+    "ThresholdedRelu",
+    "Tile",
+    "Where",
+    "Xor",
 ];
 
 /// Attribute names the op functions read.
@@ -122,6 +267,43 @@ const ATTRS: &[&str] = &[
     "epsilon",
     "axes",
     "keepdims",
+    "ignore_index",
+    "exclusive",
+    "reverse",
+    "upper",
+    "largest",
+    // The op families' attributes.
+    "approximate",
+    "auto_pad",
+    "bias",
+    "ceil_mode",
+    "count_include_pad",
+    "detect_negative",
+    "detect_positive",
+    "dilations",
+    "end",
+    "fmod",
+    "gamma",
+    "group",
+    "is_test",
+    "kernel_shape",
+    "lambd",
+    "mode",
+    "noop_with_empty_axes",
+    "num_groups",
+    "num_outputs",
+    "output_padding",
+    "output_shape",
+    "pads",
+    "select_last_index",
+    "size",
+    "spatial",
+    "split",
+    "start",
+    "stash_type",
+    "storage_order",
+    "strides",
+    "training_mode",
 ];
 
 /// Integers that break careless code.
@@ -532,9 +714,13 @@ fn mutated_models_never_panic() {
             }
         }));
     }
-    let mut panics = Vec::new();
+    // Panics by where they happened: (message, first seeds, count), so one bug hit by a
+    // thousand seeds does not hide the next one.
+    let mut panics: std::collections::BTreeMap<String, (String, Vec<u64>, usize)> =
+        Default::default();
     let mut reached = [0usize; 4];
     for seed in start..start + count {
+        SEED.with(|s| s.set(seed));
         let bytes = case(&bases, seed);
         match catch_unwind(AssertUnwindSafe(|| exercise(&bytes, seed))) {
             Ok(r) => reached[r] += 1,
@@ -545,7 +731,11 @@ fn mutated_models_never_panic() {
                     .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
                 let at = WHERE.lock().map(|w| w.clone()).unwrap_or_default();
-                panics.push(format!("seed {seed}: {msg} at {at}"));
+                let e = panics.entry(at).or_insert((msg, Vec::new(), 0));
+                if e.1.len() < 3 {
+                    e.1.push(seed);
+                }
+                e.2 += 1;
             }
         }
     }
@@ -556,12 +746,12 @@ fn mutated_models_never_panic() {
     );
     assert!(
         panics.is_empty(),
-        "{} panics (replay one with ONNX_FUZZ_SEED=<seed>):\n{}",
+        "{} panics at {} places (replay one with ONNX_FUZZ_SEED=<seed>):\n{}",
+        panics.values().map(|e| e.2).sum::<usize>(),
         panics.len(),
         panics
             .iter()
-            .take(20)
-            .cloned()
+            .map(|(at, (msg, seeds, n))| format!("{at}: {msg} ({n} seeds, e.g. {seeds:?})"))
             .collect::<Vec<_>>()
             .join("\n")
     );
@@ -574,4 +764,353 @@ fn mutated_models_never_panic() {
             "{reached:?}"
         );
     }
+}
+
+// ------------------------------------------------------------------ regressions
+//
+// Hand-built models for what the hunt found: each must be a clear import error naming the
+// op, where it panicked on an overflow, wrapped to a wrong shape or asked for gigabytes.
+
+use wgrad::onnx::proto::{
+    GraphProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+
+/// A FLOAT value's declaration with `dims` (none: no shape).
+fn declared(name: &str, dims: Option<&[i64]>) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(DataType::Float as i32),
+                shape: dims.map(|d| TensorShapeProto {
+                    dim: d
+                        .iter()
+                        .map(|&n| wgrad::onnx::proto::tensor_shape_proto::Dimension {
+                            value: Some(dimension::Value::DimValue(n)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A node `op` from `inputs` to `outputs`, with `attrs`.
+fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(op.to_lowercase()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+fn string_attr(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::String as i32),
+        s: Some(v.as_bytes().to_vec()),
+        ..Default::default()
+    }
+}
+
+/// An INT64 initializer.
+fn int_init(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A FLOAT initializer.
+fn float_init(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(DataType::Float as i32),
+        float_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// The import error of a model at `opset` with float input `x` of `x_dims` (none: no graph
+/// input), `inits` and `nodes`, whose output is `y`.
+fn import_error(
+    opset: i64,
+    x_dims: Option<&[i64]>,
+    inits: Vec<TensorProto>,
+    nodes: Vec<NodeProto>,
+) -> String {
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        graph: Some(GraphProto {
+            node: nodes,
+            initializer: inits,
+            input: x_dims.map(|d| declared("x", Some(d))).into_iter().collect(),
+            output: vec![declared("y", None)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bytes = model.encode_to_vec();
+    let model = Model::from_bytes(&bytes).expect("decodes");
+    match catch_unwind(AssertUnwindSafe(|| model.import(&[], Weights::Constants))) {
+        Ok(Ok(i)) => panic!(
+            "the model must not import: {:?}",
+            i.outputs
+                .iter()
+                .map(|(n, v)| (n.clone(), v.shape().to_vec()))
+                .collect::<Vec<_>>()
+        ),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => panic!("import panicked"),
+    }
+}
+
+fn assert_names(msg: &str, wants: &[&str]) {
+    for w in wants {
+        assert!(msg.contains(w), "`{w}` missing from: {msg}");
+    }
+}
+
+/// 2^40: dims past it multiply past usize when an empty input holds them.
+const T40: i64 = 1 << 40;
+
+#[test]
+fn normalisations_of_empty_inputs_with_huge_dims_are_errors() {
+    // The spatial product 2^80 overflowed in InstanceNormalization (the last dim, 0, makes
+    // the input empty, so its element count is fine).
+    let inits = || vec![float_init("s", &[1], &[1.0]), float_init("b", &[1], &[0.0])];
+    let msg = import_error(
+        13,
+        Some(&[1, 1, T40, T40, 0]),
+        inits(),
+        vec![node(
+            "InstanceNormalization",
+            &["x", "s", "b"],
+            &["y"],
+            vec![],
+        )],
+    );
+    assert_names(
+        &msg,
+        &[
+            "InstanceNormalization",
+            "multiply past",
+            "[1, 1, 1099511627776, 1099511627776, 0]",
+        ],
+    );
+    // LayerNormalization's rows (the dims before the normalised one).
+    let msg = import_error(
+        17,
+        Some(&[T40, T40, 0]),
+        vec![float_init("s", &[1], &[1.0])],
+        vec![node("LayerNormalization", &["x", "s"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["LayerNormalization", "multiply past"]);
+    // GroupNormalization's per-group count.
+    let msg = import_error(
+        18,
+        Some(&[1, 1, T40, T40, 0]),
+        inits(),
+        vec![node(
+            "GroupNormalization",
+            &["x", "s", "b"],
+            &["y"],
+            vec![int_attr("num_groups", 1)],
+        )],
+    );
+    assert_names(&msg, &["GroupNormalization", "multiply past"]);
+}
+
+#[test]
+fn flattening_ops_on_empty_inputs_with_huge_dims_are_errors() {
+    let msg = import_error(
+        11,
+        Some(&[0, T40, T40]),
+        vec![],
+        vec![node("Hardmax", &["x"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["Hardmax", "multiply past"]);
+    let msg = import_error(
+        13,
+        Some(&[0, 1, T40, T40]),
+        vec![],
+        vec![node("GlobalAveragePool", &["x"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["GlobalAveragePool", "multiply past"]);
+}
+
+#[test]
+fn pooling_with_huge_pads_is_an_error_not_a_terabyte_table() {
+    // 2^32 − 1 padding on each side: ~2^33 windows per axis, whose tables were allocated.
+    let p = u32::MAX as i64;
+    for op in ["MaxPool", "AveragePool"] {
+        let msg = import_error(
+            13,
+            Some(&[1, 1, 4, 4]),
+            vec![],
+            vec![node(
+                op,
+                &["x"],
+                &["y"],
+                vec![
+                    ints_attr("kernel_shape", &[2, 2]),
+                    ints_attr("pads", &[p, p, p, p]),
+                ],
+            )],
+        );
+        assert_names(&msg, &[op, "tables of", "over the limit of 268435456"]);
+    }
+}
+
+#[test]
+fn conv_transpose_output_size_overflow_is_an_error() {
+    // stride 2^32 − 1 over 2^40 input positions: the output size overflows usize.
+    let msg = import_error(
+        13,
+        Some(&[1, 1, T40]),
+        vec![float_init("w", &[1, 1, 1], &[1.0])],
+        vec![node(
+            "ConvTranspose",
+            &["x", "w"],
+            &["y"],
+            vec![ints_attr("strides", &[u32::MAX as i64])],
+        )],
+    );
+    assert_names(
+        &msg,
+        &["ConvTranspose", "overflows", "[1, 1, 1099511627776]"],
+    );
+}
+
+#[test]
+fn tile_pad_and_size_overflows_are_errors() {
+    // Tile of a graph value: 2^40 · 2^40.
+    let msg = import_error(
+        13,
+        Some(&[T40]),
+        vec![int_init("r", &[1], &[T40])],
+        vec![node("Tile", &["x", "r"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["Tile", "overflow", "[1099511627776]"]);
+    // A pad of i64::MIN crops 2^63 elements: it negated with an overflow (and, wrapped,
+    // cropped nothing: the input came back unchanged).
+    let msg = import_error(
+        13,
+        Some(&[2]),
+        vec![int_init("p", &[2], &[i64::MIN, 0])],
+        vec![node("Pad", &["x", "p"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["Pad", "leave nothing of axis 0"]);
+    // Edge padding of an empty axis has no edge to repeat.
+    let msg = import_error(
+        13,
+        Some(&[0, 2]),
+        vec![int_init("p", &[4], &[1, 0, 0, 0])],
+        vec![node(
+            "Pad",
+            &["x", "p"],
+            &["y"],
+            vec![string_attr("mode", "edge")],
+        )],
+    );
+    assert_names(&msg, &["Pad", "mode `edge`", "[0, 2]"]);
+    // Size of an empty input whose dims multiply past usize.
+    let msg = import_error(
+        13,
+        Some(&[T40, T40, 0]),
+        vec![],
+        vec![node("Size", &["x"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["Size", "multiply past"]);
+}
+
+#[test]
+fn import_time_constants_are_bounded_before_they_are_allocated() {
+    // Tile of a 2-element constant 2^31 times: 2^32 index entries (32 GB) were built before
+    // the size check.
+    let msg = import_error(
+        13,
+        None,
+        vec![
+            int_init("c", &[2], &[1, 2]),
+            int_init("r", &[1], &[1 << 31]),
+        ],
+        vec![node("Tile", &["c", "r"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["Tile", "[4294967296]", "67108864 elements"]);
+    // An empty constant with huge dims: its per-axis index lists were built whole.
+    let msg = import_error(
+        13,
+        None,
+        vec![int_init("c", &[0, T40], &[])],
+        vec![node("Transpose", &["c"], &["y"], vec![])],
+    );
+    assert_names(
+        &msg,
+        &["Transpose", "[0, 1099511627776]", "67108864 elements"],
+    );
+    // Dropout's mask output is a constant of the input's size (2^40 here).
+    let msg = import_error(
+        13,
+        Some(&[1 << 20, 1 << 20]),
+        vec![],
+        vec![node("Dropout", &["x"], &["y", "mask"], vec![])],
+    );
+    assert_names(
+        &msg,
+        &["Dropout", "[1048576, 1048576]", "67108864 elements"],
+    );
+}
+
+#[test]
+fn index_ops_on_empty_inputs_with_huge_dims_are_errors() {
+    // An empty input whose other dims multiply past usize: the flat positions these ops
+    // list at import must not overflow computing its element count (found by the fuzzer).
+    let msg = import_error(
+        16,
+        Some(&[0, T40, T40]),
+        vec![int_init("i", &[0, 1], &[])],
+        vec![node("ScatterND", &["x", "i", "x"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["ScatterND", "multiply past"]);
+    let msg = import_error(
+        13,
+        Some(&[T40, T40, 0]),
+        vec![int_init("i", &[0, 1, 0], &[])],
+        vec![node("GatherElements", &["x", "i"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["GatherElements", "multiply past"]);
 }

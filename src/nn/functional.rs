@@ -130,7 +130,7 @@ impl Var {
             });
         };
         let geom = geom.groups(1);
-        geom.output_size(op, self.shape())?;
+        check_pool_geometry(op, &geom, self.shape(), ceil_mode)?;
         let [pt, pl, pb, pr] = geom.pads;
         let rows = PoolAxis::new(
             h,
@@ -165,14 +165,19 @@ impl Var {
                 ),
             });
         }
-        // ceil_mode's extra taps are more bottom/right padding for im2col.
-        let win = geom.pads(pt, pl, pb + rows.extra, pr + cols.extra);
+        // im2col's bottom/right padding is what the kept windows reach: more than given for
+        // ceil_mode's extra taps, less when ceil_mode drops a window lying in the padding.
+        let win = geom.pads(pt, pl, rows.end, cols.end);
         let (oh, ow) = win.output_size(op, self.shape())?;
         debug_assert_eq!((oh, ow), (rows.outs, cols.outs));
         let k = geom.kh * geom.kw;
         let cpu = crate::Device::cpu();
         // Channels as separate images: (N·C, 1, H, W) → (N·C, OH·OW, kh·kw) → reduce the window.
-        let patches = self.reshape(&[n * c, 1, h, w])?.im2col(win)?;
+        let images = n.checked_mul(c).ok_or_else(|| Error::Shape {
+            op,
+            detail: format!("N·C overflows for input {:?}", self.shape()),
+        })?;
+        let patches = self.reshape(&[images, 1, h, w])?.im2col(win)?;
         let pooled = if reduce == ReduceOp::Max {
             let mut mask = vec![0.0f32; oh * ow * k];
             for (oy, ry) in rows.inside.chunks(geom.kh).enumerate() {
@@ -362,13 +367,71 @@ pub(crate) struct BatchStats {
     pub var: Var,
 }
 
+/// Most entries of a pooling table built at record time (per-axis tap tables, the
+/// (OH·OW, KH·KW) max-pool mask): 2^28, a gigabyte of f32. Windows past it are refused
+/// rather than allocated.
+const POOL_TABLE_LIMIT: usize = 1 << 28;
+
+/// Checks a pooling window on x (N, C, H, W) before any table is built: the window fits
+/// (`output_size`), every tap position of every window (ceil_mode's last one included) is
+/// addressable, and the tables stay within [`POOL_TABLE_LIMIT`]. Huge kernels, strides or
+/// pads (from a file) are an error naming `op`, never an overflow or a huge allocation.
+fn check_pool_geometry(op: &'static str, geom: &Conv2d, x: &[usize], ceil: bool) -> Result<()> {
+    geom.output_size(op, x)?;
+    if x[2] == 0 || x[3] == 0 {
+        return Err(Error::Invalid {
+            op,
+            detail: format!("input {x:?} is empty: every window would hold only padding"),
+        });
+    }
+    let [pt, pl, pb, pr] = geom.pads;
+    // Per axis: (output positions, taps), or None if a tap position overflows. As in
+    // `PoolAxis::new`, ceil_mode drops a last window that would start in the end padding.
+    let axis = |len: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize| {
+        let span = d.checked_mul(k - 1)?.checked_add(1)?;
+        let room = len.checked_add(p0)?.checked_add(p1)?.checked_sub(span)?;
+        let mut outs = if ceil { room.div_ceil(s) } else { room / s }.checked_add(1)?;
+        if ceil && (outs - 1).checked_mul(s).is_none_or(|at| at >= len + p0) {
+            outs -= 1; // len > 0, so the first window starts inside: outs stays >= 1
+        }
+        // The last window's last tap.
+        (outs - 1).checked_mul(s)?.checked_add(span)?;
+        Some((outs, outs.checked_mul(k)?))
+    };
+    let rows = axis(x[2], geom.kh, geom.strides[0], geom.dilations[0], pt, pb);
+    let cols = axis(x[3], geom.kw, geom.strides[1], geom.dilations[1], pl, pr);
+    let entries = rows.zip(cols).and_then(|((oh, th), (ow, tw))| {
+        let mask = oh
+            .checked_mul(ow)?
+            .checked_mul(geom.kh)?
+            .checked_mul(geom.kw)?;
+        Some(mask.max(th).max(tw))
+    });
+    match entries {
+        Some(n) if n <= POOL_TABLE_LIMIT => Ok(()),
+        _ => Err(Error::Invalid {
+            op,
+            detail: format!(
+                "a {}x{} window (strides {:?}, dilations {:?}, {}) on input {x:?} needs tables of {} entries, over the limit of {POOL_TABLE_LIMIT}",
+                geom.kh,
+                geom.kw,
+                geom.strides,
+                geom.dilations,
+                geom.padding_text(),
+                entries.map_or("an unaddressable number of".to_string(), |n| n.to_string()),
+            ),
+        }),
+    }
+}
+
 /// One axis of a pooling window: how many windows fit and, for each, which taps read the
 /// input and how many lie inside the padded input.
 struct PoolAxis {
     /// Output positions.
     outs: usize,
-    /// Padding past the end that `ceil_mode`'s last window needs beyond the given padding.
-    extra: usize,
+    /// The end padding that gives exactly `outs` windows: the given padding plus what
+    /// `ceil_mode`'s last window needs beyond it, or less when a window is dropped.
+    end: usize,
     /// For each output position and tap (outs × k): whether it reads a real element.
     inside: Vec<bool>,
     /// For each output position: its taps reading real elements.
@@ -379,16 +442,16 @@ struct PoolAxis {
 
 impl PoolAxis {
     /// An axis of length `len` with a window of `k` taps, stride `s`, dilation `d` and
-    /// padding `[before, after]` (the caller has checked the window fits and `s`, `d` > 0).
+    /// padding `[before, after]` (the caller has checked the window with [`check_pool_geometry`]).
     fn new(len: usize, k: usize, s: usize, d: usize, [p0, p1]: [usize; 2], ceil: bool) -> PoolAxis {
         let span = d * (k - 1) + 1;
         let room = len + p0 + p1 - span;
         let mut outs = if ceil { room.div_ceil(s) } else { room / s } + 1;
         // A window may not start in the end padding (with ceil_mode only can it try).
-        if ceil && (outs - 1) * s >= len + p0 {
+        if ceil && (outs - 1).checked_mul(s).is_none_or(|at| at >= len + p0) {
             outs -= 1;
         }
-        let extra = ((outs - 1) * s + span).saturating_sub(len + p0 + p1);
+        let end = ((outs - 1) * s + span).saturating_sub(len + p0);
         let mut inside = Vec::with_capacity(outs * k);
         let (mut real, mut padded) = (Vec::with_capacity(outs), Vec::with_capacity(outs));
         for o in 0..outs {
@@ -406,7 +469,7 @@ impl PoolAxis {
         }
         PoolAxis {
             outs,
-            extra,
+            end,
             inside,
             real,
             padded,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::invalid;
 use super::model::{Dim, Model, TensorData};
 use super::ops::{self, Const, ConstData, Env, Value};
+use super::proto::tensor_proto::DataType;
 use crate::{Graph, Init, Result, Tensor, Var};
 
 /// What the file's FLOAT initializers become.
@@ -50,11 +51,16 @@ impl Model {
         for v in &self.inputs {
             // Integer inputs (token ids for Gather) are fed as i32 tensors; an INT64 feed's
             // values must fit (io::read_npy narrows `<i8` with that check).
+            // DOUBLE and the half types are fed (and computed) as f32.
             let integer = matches!(v.dtype.as_str(), "INT64" | "INT32");
-            if v.dtype != "FLOAT" && !integer {
+            let float = matches!(
+                v.dtype.as_str(),
+                "FLOAT" | "DOUBLE" | "FLOAT16" | "BFLOAT16"
+            );
+            if !float && !integer {
                 return Err(invalid(format!(
-                    "{origin}: input '{}' has element type {} (only FLOAT, INT64 and INT32 \
-                     inputs are supported)",
+                    "{origin}: input '{}' has element type {} (only FLOAT, DOUBLE, FLOAT16, \
+                     BFLOAT16 (computed in f32), INT64 and INT32 inputs are supported)",
                     v.name, v.dtype
                 )));
             }
@@ -90,7 +96,15 @@ impl Model {
                 false => g.input(&v.name, &shape),
             };
             env.values.insert(v.name.clone(), var.into());
+            if let Some(t) = DataType::from_str_name(&v.dtype) {
+                env.dtypes.insert(v.name.clone(), t);
+            }
             inputs.push(v.name.clone());
+        }
+        for t in &graph_proto.initializer {
+            if let Ok(dt) = DataType::try_from(t.data_type()) {
+                env.dtypes.insert(t.name().to_string(), dt);
+            }
         }
         let mut params = Vec::new();
         for init in &self.initializers {
@@ -124,9 +138,11 @@ impl Model {
                     node.op_type()
                 ))
             })?;
-            for (name, value) in node.output.iter().zip(outs) {
+            let types = ops::output_types(&env, node);
+            for ((name, value), t) in node.output.iter().zip(outs).zip(types) {
                 if !name.is_empty() {
                     env.values.insert(name.clone(), value);
+                    env.dtypes.insert(name.clone(), t);
                 }
             }
         }
@@ -139,14 +155,15 @@ impl Model {
                     // An output known at import is still a graph output: a constant.
                     Some(Value::Const(c)) => {
                         // Graph values are f32: an integer output (a shape, a mask) is carried
-                        // exactly up to 2^24 (as ArgMax's indices are) and refused beyond,
+                        // exactly where f32 holds it (every value up to 2^24, as ArgMax's
+                        // indices; beyond, the ones f32 represents, such as -2^31) and refused
                         // where f32 would round it silently.
                         let v = match &c.data {
                             ConstData::F32(v) => v.clone(),
                             ConstData::I64(v) => {
-                                if let Some(big) = v.iter().find(|x| x.unsigned_abs() > 1 << 24) {
+                                if let Some(big) = v.iter().find(|&&x| (x as f32) as i64 != x) {
                                     return Err(invalid(format!(
-                                        "{origin}: graph output '{}' is an integer value (dims {:?}) holding {big}, which f32 graph values cannot carry exactly (|v| <= 2^24)",
+                                        "{origin}: graph output '{}' is an integer value (dims {:?}) holding {big}, which f32 graph values cannot carry exactly (only every integer up to 2^24 and some beyond)",
                                         o.name, c.dims
                                     )));
                                 }
@@ -163,6 +180,16 @@ impl Model {
                             o.name
                         )))
                     }
+                };
+                // An output declared FLOAT16 or BFLOAT16 holds values of that type: the f32
+                // result is rounded to it (a no-op on values already half).
+                let var = match DataType::from_str_name(&o.dtype) {
+                    Some(t @ (DataType::Float16 | DataType::Bfloat16)) => {
+                        let from = env.dtypes.get(&o.name).copied();
+                        ops::cast_var(&var, from.filter(|&f| f != t), t)
+                            .map_err(|e| invalid(format!("{origin}: graph output '{}': {e}", o.name)))?
+                    }
+                    _ => var,
                 };
                 Ok((o.name.clone(), var))
             })

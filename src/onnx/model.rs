@@ -203,8 +203,9 @@ fn value_info(v: &proto::ValueInfoProto) -> ValueInfo {
     }
 }
 
-/// Decodes a TensorProto holding FLOAT, FLOAT16, BFLOAT16 or integer/BOOL data (raw
-/// little-endian bytes or the typed field; integers widen to INT64); anything else is refused
+/// Decodes a TensorProto holding FLOAT, DOUBLE (rounded to f32), FLOAT16, BFLOAT16 or
+/// integer/BOOL data (raw little-endian bytes or the typed field; integers widen to INT64,
+/// UINT64 checked to fit); anything else is refused
 /// with the tensor's name. Half-precision values widen to f32 exactly (`io::HalfFormat`, as
 /// safetensors checkpoints do). External data is refused (no directory to read it from; see
 /// [`initializer_in`]).
@@ -286,6 +287,24 @@ pub(crate) fn initializer_in(
             Some(r) => r.iter().map(|&b| b as i64).collect(),
             None => t.int32_data.iter().map(|&v| v as i64).collect(),
         }),
+        // DOUBLE is computed in f32 (as DOUBLE inputs are): rounded to f32 here.
+        DataType::Double => TensorData::F32(match raw {
+            Some(r) => le_words(r, |b| f64::from_le_bytes(b) as f32),
+            None => t.double_data.iter().map(|&v| v as f32).collect(),
+        }),
+        // UINT64 is held in INT64: a value above i64::MAX is refused, not wrapped.
+        DataType::Uint64 => TensorData::I64({
+            let v: Vec<u64> = match raw {
+                Some(r) => le_words(r, u64::from_le_bytes),
+                None => t.uint64_data.clone(),
+            };
+            v.iter()
+                .map(|&u| {
+                    i64::try_from(u)
+                        .map_err(|_| format!("tensor '{name}': UINT64 value {u} exceeds INT64"))
+                })
+                .collect::<std::result::Result<Vec<i64>, String>>()?
+        }),
         DataType::Uint32 => TensorData::I64(match raw {
             Some(r) => le_words(r, |b| u32::from_le_bytes(b) as i64),
             None => t.uint64_data.iter().map(|&v| v as i64).collect(),
@@ -311,14 +330,14 @@ fn raw_bytes(dtype: DataType) -> Option<usize> {
         DataType::Int8 | DataType::Uint8 | DataType::Bool => 1,
         DataType::Float16 | DataType::Bfloat16 | DataType::Int16 | DataType::Uint16 => 2,
         DataType::Float | DataType::Int32 | DataType::Uint32 => 4,
-        DataType::Int64 => 8,
+        DataType::Int64 | DataType::Uint64 | DataType::Double => 8,
         _ => return None,
     })
 }
 
 fn unsupported_type(name: &str, t: DataType) -> String {
     format!(
-        "tensor '{name}': element type {} is not supported (FLOAT, FLOAT16, BFLOAT16 and integer types up to INT64 are)",
+        "tensor '{name}': element type {} is not supported (FLOAT, DOUBLE (read as f32), FLOAT16, BFLOAT16, BOOL and the integer types are)",
         t.as_str_name()
     )
 }

@@ -111,11 +111,13 @@ impl Conv2d {
         self.kh == 1 && self.kw == 1 && self.strides == [1, 1] && self.pads == [0; 4]
     }
 
-    /// The extent of the window along rows and columns: `dilation·(k - 1) + 1`.
+    /// The extent of the window along rows and columns: `dilation·(k - 1) + 1`, saturating
+    /// at `usize::MAX` (wider than any padded input, so [`Conv2d::output_size`] refuses it).
     pub fn span(&self) -> [usize; 2] {
+        let span = |d: usize, k: usize| d.saturating_mul(k.saturating_sub(1)).saturating_add(1);
         [
-            self.dilations[0] * self.kh.saturating_sub(1) + 1,
-            self.dilations[1] * self.kw.saturating_sub(1) + 1,
+            span(self.dilations[0], self.kh),
+            span(self.dilations[1], self.kw),
         ]
     }
 
@@ -146,8 +148,17 @@ impl Conv2d {
         }
         let [t, l, b, r] = self.pads;
         let [span_h, span_w] = self.span();
-        let (ph, pw) = (h + t + b, w + l + r);
-        if span_h > ph || span_w > pw {
+        let padded = |n: usize, p0: usize, p1: usize| n.checked_add(p0)?.checked_add(p1);
+        let (Some(ph), Some(pw)) = (padded(*h, t, b), padded(*w, l, r)) else {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "input {x:?} with {} is larger than can be addressed",
+                    self.padding_text()
+                ),
+            });
+        };
+        if span_h > ph || span_w > pw || span_h == usize::MAX || span_w == usize::MAX {
             return Err(Error::Shape {
                 op,
                 detail: format!(
@@ -165,8 +176,47 @@ impl Conv2d {
         ))
     }
 
+    /// The patch matrix shape (N, OH·OW, C·KH·KW) of an image `x` (N, C, H, W), its
+    /// products checked: a huge padding or kernel is an error naming `op`, not a wrap.
+    pub fn patches_shape(&self, op: &'static str, x: &[usize]) -> Result<[usize; 3]> {
+        let (oh, ow) = self.output_size(op, x)?;
+        let cols = oh.checked_mul(ow);
+        let taps = x[1]
+            .checked_mul(self.kh)
+            .and_then(|t| t.checked_mul(self.kw));
+        let shape = match (cols, taps) {
+            (Some(cols), Some(taps)) => [x[0], cols, taps],
+            _ => [x[0], usize::MAX, usize::MAX],
+        };
+        crate::shape::checked_numel(op, &shape).map_err(|_| Error::Shape {
+            op,
+            detail: format!(
+                "the patches of {x:?} under a {}x{} window ({oh}x{ow} positions, {}) have more elements than can be addressed",
+                self.kh,
+                self.kw,
+                self.padding_text()
+            ),
+        })?;
+        Ok(shape)
+    }
+
     /// The kernels' params: the shape, the window, the output positions and the element count.
-    fn params(&self, x: &[usize], oh: usize, ow: usize, total: usize) -> [u32; 15] {
+    /// The kernels hold them in u32 and positions in the padded input in i32: a geometry past
+    /// that (huge pads or strides with few windows) is an error naming `op`, not a wrap.
+    fn params(
+        &self,
+        op: &'static str,
+        x: &[usize],
+        oh: usize,
+        ow: usize,
+        total: usize,
+    ) -> Result<[u32; 15]> {
+        let [t, l, b, r] = self.pads;
+        let fits = |n: usize, p0: usize, p1: usize| {
+            n.checked_add(p0)
+                .and_then(|v| v.checked_add(p1))
+                .is_some_and(|v| v <= i32::MAX as usize)
+        };
         let v = [
             x[0],
             x[1],
@@ -184,7 +234,16 @@ impl Conv2d {
             ow,
             total,
         ];
-        v.map(|d| d as u32)
+        if !fits(x[2], t, b) || !fits(x[3], l, r) || v.iter().any(|&d| d > u32::MAX as usize) {
+            return Err(Error::Invalid {
+                op,
+                detail: format!(
+                    "input {x:?} under {self:?} is past the GPU kernels' 32-bit positions (padded size at most {})",
+                    i32::MAX
+                ),
+            });
+        }
+        Ok(v.map(|d| d as u32))
     }
 }
 
@@ -218,10 +277,11 @@ fn for_each_tap(s: &[usize], g: &Conv2d, oh: usize, ow: usize, mut f: impl FnMut
 }
 
 /// The blocks `[(ki0, ki1), (kj0, kj1)]` of a kh×kw window that successive `im2col_forward`
-/// and `col2im_forward` dispatches walk. One invocation loops `(ki1 - ki0)·(1 + kj1 - kj0)` times at most (a row
-/// step, then its columns), so a block keeps that within [`crate::gpu::LOOP_BUDGET`]: a
-/// window of up to about 127×127 is one dispatch, a larger one several that add up (Mesa's
-/// lavapipe silently stops an invocation after 65535 iterations, leaving its output unset).
+/// and `col2im_forward` dispatches walk. One invocation loops `(ki1 - ki0)·(1 + kj1 - kj0)`
+/// times at most (a row step, then its columns), so a block keeps that within
+/// [`crate::gpu::LOOP_BUDGET`]: a window of up to about 127×127 is one dispatch, a larger one
+/// several (col2im's add up; Mesa's lavapipe silently stops an invocation after 65535
+/// iterations, leaving its output unset).
 fn col2im_blocks(kh: usize, kw: usize) -> impl Iterator<Item = [(usize, usize); 2]> {
     use crate::ops::chunk::windows;
     let budget = crate::gpu::LOOP_BUDGET;
@@ -252,7 +312,7 @@ impl Tensor {
         self.expect_f32(op)?;
         let (oh, ow) = geom.output_size(op, self.shape())?;
         let s = self.shape().to_vec();
-        let out_shape = [s[0], oh * ow, s[1] * geom.kh * geom.kw];
+        let out_shape = geom.patches_shape(op, &s)?;
         match &self.device().inner {
             DeviceInner::Cpu => {
                 let x = self.host_f64();
@@ -260,14 +320,17 @@ impl Tensor {
                 Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
-                let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
-                // One invocation per (image, channel, position), each writing its taps.
+                // Checked against the patch matrix's element count (every index fits 32 bits),
+                // then run with one invocation per (image, channel, position), each writing
+                // its taps.
+                let mut base = geom.params(op, &s, oh, ow, out_shape.iter().product())?;
                 let total = s[0] * oh * ow * s[1];
+                base[14] = total as u32;
+                let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
                 if out.numel() > 0 {
                     let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
-                    let base = geom.params(&s, oh, ow, total);
                     for [ki, kj] in col2im_blocks(geom.kh, geom.kw) {
                         let mut params = base.to_vec();
                         params.extend([ki.0, ki.1, kj.0, kj.1, 0].map(|v| v as u32));
@@ -293,7 +356,7 @@ impl Tensor {
         self.expect_f32(op)?;
         let (oh, ow) = geom.output_size(op, image_shape)?;
         let s = image_shape.to_vec();
-        let want = [s[0], oh * ow, s[1] * geom.kh * geom.kw];
+        let want = geom.patches_shape(op, &s)?;
         if self.shape() != want {
             return Err(Error::Shape {
                 op,
@@ -310,13 +373,13 @@ impl Tensor {
                 Ok(Tensor::cpu_from_f64(self.device(), &s, out))
             }
             DeviceInner::Gpu(ctx) => {
+                let base = geom.params(op, &s, oh, ow, s.iter().product())?;
                 let out = gpu_output(ctx, self.device(), op, &s, DType::F32)?;
                 let total = out.numel();
                 if total > 0 {
                     let (Some(c), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
-                    let base = geom.params(&s, oh, ow, total);
                     for (k, [ki, kj]) in col2im_blocks(geom.kh, geom.kw).enumerate() {
                         let mut params = base.to_vec();
                         params.extend([ki.0, ki.1, kj.0, kj.1, (k > 0) as usize].map(|v| v as u32));
@@ -471,7 +534,19 @@ pub(crate) fn check_conv_transpose2d(
             ),
         });
     }
-    let f = fg * g;
+    // With C = 0 (or N = 0) any groups, window and image size are allowed by the element
+    // counts, so F = Fg·G, the patch width F·KH·KW and H·W are checked.
+    let window = kh.checked_mul(kw);
+    let f = fg.checked_mul(g);
+    let fits = |f: usize| window.and_then(|k| f.max(1).checked_mul(k)).is_some();
+    let Some(f) = f.filter(|&f| fits(f) && h.checked_mul(wd).is_some()) else {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "{fg} filters per group, {g} groups, a {kh}x{kw} window and a {h}x{wd} image overflow (input {x:?}, filters {w:?})"
+            ),
+        });
+    };
     let back = geom.output_size(op, &[n, f, output[0], output[1]])?;
     if back != (h, wd) {
         return Err(Error::Shape {

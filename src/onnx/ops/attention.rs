@@ -193,7 +193,8 @@ fn masking(
         sq,
         t,
     ];
-    let mut data = Vec::with_capacity(dims.iter().product());
+    // Built on the host: bounded like every constant computed at import.
+    let mut data = Vec::with_capacity(super::host_numel(&dims)?);
     for bi in 0..dims[0] {
         let off = offsets[if offsets.len() > 1 { bi } else { 0 }];
         for hi in 0..dims[1] {

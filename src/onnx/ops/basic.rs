@@ -28,7 +28,6 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("Softmax", |e, n| softmax(e, n, Var::softmax)),
     ("LogSoftmax", |e, n| softmax(e, n, Var::log_softmax)),
     ("Identity", identity),
-    ("Cast", cast),
     ("Dropout", dropout),
     ("Flatten", flatten),
     ("Reshape", reshape),
@@ -106,19 +105,6 @@ fn identity(env: &Env, node: &NodeProto) -> OpResult {
     Ok(vec![super::value(env, node, 0)?.clone()])
 }
 
-/// Cast to FLOAT: every float value of an imported graph is already f32 (FLOAT16 and
-/// BFLOAT16 initializers widen exactly on import), so it is the identity; other targets
-/// would round or change the dtype, which the graph does not do, and are refused.
-fn cast(env: &Env, node: &NodeProto) -> OpResult {
-    let to = attr_int(node, "to", 0);
-    if to != crate::onnx::proto::tensor_proto::DataType::Float as i64 {
-        return Err(format!(
-            "Cast to element type {to} is not supported (only FLOAT, 1)"
-        ));
-    }
-    identity(env, node)
-}
-
 /// Dropout at inference is the identity, and its mask output (opset 7+) is all ones: it
 /// keeps every element. Training mode (opset 12's `training_mode` input true) is refused.
 fn dropout(env: &Env, node: &NodeProto) -> OpResult {
@@ -132,7 +118,7 @@ fn dropout(env: &Env, node: &NodeProto) -> OpResult {
     let mut outs = identity(env, node)?;
     if node.output.get(1).is_some_and(|m| !m.is_empty()) {
         let dims = super::input_dims(env, node, 0)?;
-        let n = dims.iter().product();
+        let n = super::host_numel(&dims)?;
         outs.push(Value::Const(Const::ints(dims, vec![1; n])));
     }
     Ok(outs)

@@ -1,5 +1,5 @@
-//! Convolution and pooling: Conv, ConvTranspose, MaxPool, AveragePool, GlobalAveragePool and
-//! GlobalMaxPool, on 1-D (N, C, L) and 2-D (N, C, H, W) inputs. A 1-D input runs as
+//! Convolution and pooling: Conv, ConvTranspose, MaxPool, AveragePool, LpPool,
+//! GlobalAveragePool and GlobalMaxPool, on 1-D (N, C, L) and 2-D (N, C, H, W) inputs. A 1-D input runs as
 //! (N, C, 1, L) with a 1×k window that neither pads nor strides along H. Every op maps onto
 //! [`Var::conv2d`], [`Var::conv_transpose2d`] (col2im of x·W) and the pooling compositions,
 //! so imported models differentiate like any graph.
@@ -28,6 +28,7 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("ConvTranspose", conv_transpose),
     ("MaxPool", max_pool),
     ("AveragePool", avg_pool),
+    ("LpPool", lp_pool),
     ("GlobalAveragePool", |e, n| {
         global_pool(e, n, ReduceOp::Mean)
     }),
@@ -287,12 +288,26 @@ fn conv_transpose(env: &Env, node: &NodeProto) -> OpResult {
     let (mut begins, mut ends) = explicit_pads(node, rank)?;
     let (mut out, mut window_ends) = (vec![0; rank], vec![0; rank]);
     for i in 0..rank {
-        let span = dilations[i] * (kernel[i] - 1) + 1;
-        let reach = strides[i] * (spatial[i].max(1) - 1) + span;
-        let full = reach + out_pad[i];
+        // Checked: the input's spatial dims may be huge (a zero dim elsewhere holds them).
+        let sizes = || {
+            let span = dilations[i]
+                .checked_mul(kernel[i].checked_sub(1)?)?
+                .checked_add(1)?;
+            let reach = strides[i]
+                .checked_mul(spatial[i].max(1) - 1)?
+                .checked_add(span)?;
+            let same = spatial[i].checked_mul(strides[i])?;
+            Some((reach, reach.checked_add(out_pad[i])?, same))
+        };
+        let Some((reach, full, same)) = sizes() else {
+            return Err(format!(
+                "the output size on spatial axis {i} overflows (input {:?}, kernel {kernel:?}, strides {strides:?}, dilations {dilations:?})",
+                x.shape()
+            ));
+        };
         let target = match (output_shape.as_ref(), auto) {
             (Some(o), _) => Some(o[i]),
-            (None, AutoPad::SameUpper | AutoPad::SameLower) => Some(spatial[i] * strides[i]),
+            (None, AutoPad::SameUpper | AutoPad::SameLower) => Some(same),
             (None, AutoPad::Valid) => {
                 (begins[i], ends[i]) = (0, 0);
                 None
@@ -425,6 +440,39 @@ fn avg_pool(env: &Env, node: &NodeProto) -> OpResult {
     one(from_2d(y, rank)?)
 }
 
+/// LpPool (opsets 2, 11, 18, 22): `(Σ_window |x|^p)^(1/p)`, padding counting as zeros: the
+/// include-pad average of `|x|^p` times the window's taps. `ceil_mode` 1 is refused (its
+/// partial windows have fewer taps).
+fn lp_pool(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let (rank, geom, ceil) = pool_window(node, &x)?;
+    if ceil {
+        return Err("ceil_mode 1 is not supported".into());
+    }
+    let p = attr_int(node, "p", 2);
+    if p < 1 {
+        return Err(format!("p = {p} must be >= 1"));
+    }
+    let p = p as f32;
+    let taps = (geom.kh * geom.kw) as f32;
+    let x = to_2d(&x)?;
+    let y = (|| {
+        let powed = match p {
+            1.0 => x.abs()?,
+            2.0 => x.square()?,
+            _ => x.abs()?.scalar(crate::BinaryOp::Pow, p, false)?,
+        };
+        let sum = powed.avg_pool2d_with(geom, false, true)?.mul_scalar(taps)?;
+        match p {
+            1.0 => Ok(sum),
+            2.0 => sum.sqrt(),
+            _ => sum.scalar(crate::BinaryOp::Pow, 1.0 / p, false),
+        }
+    })()
+    .map_err(err)?;
+    one(from_2d(y, rank)?)
+}
+
 /// GlobalAveragePool / GlobalMaxPool over every spatial dim of (N, C, …) (any spatial
 /// rank): (N, C, 1, …).
 fn global_pool(env: &Env, node: &NodeProto, op: ReduceOp) -> OpResult {
@@ -435,8 +483,9 @@ fn global_pool(env: &Env, node: &NodeProto, op: ReduceOp) -> OpResult {
     }
     let mut out = vec![1; s.len()];
     out[..2].copy_from_slice(&s[..2]);
+    let spatial = super::dims_product(&s[2..], &s)?;
     let y = x
-        .reshape(&[s[0], s[1], s[2..].iter().product()])
+        .reshape(&[s[0], s[1], spatial])
         .and_then(|f| f.reduce(op, 2, true))
         .and_then(|r| r.reshape(&out))
         .map_err(err)?;

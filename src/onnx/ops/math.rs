@@ -78,6 +78,7 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("ReduceSumSquare", |e, n| {
         reduce(e, n, Reduce::SumSquare, 18)
     }),
+    ("ReduceProd", |e, n| reduce(e, n, Reduce::Prod, 18)),
     ("ReduceL1", |e, n| reduce(e, n, Reduce::L1, 18)),
     ("ReduceL2", |e, n| reduce(e, n, Reduce::L2, 18)),
     ("ReduceLogSum", |e, n| reduce(e, n, Reduce::LogSum, 18)),
@@ -454,6 +455,7 @@ enum Reduce {
     L2,
     LogSum,
     LogSumExp,
+    Prod,
 }
 
 /// Reduce*: over `axes` (an attribute before opset `input_from`, then input 1), all axes
@@ -495,6 +497,7 @@ fn reduce(env: &Env, node: &NodeProto, kind: Reduce, input_from: i64) -> OpResul
         Reduce::L1 => (ReduceOp::Sum, Some(U::Abs)),
         Reduce::LogSum => (ReduceOp::Sum, None),
         Reduce::LogSumExp => return one(log_sum_exp(&x, &axes, keep).map_err(err)?),
+        Reduce::Prod => return one(prod_axes(&x, &axes, keep).map_err(err)?),
     };
     let y = pre
         .map_or(Ok(x.clone()), |u| x.unary(u))
@@ -531,6 +534,38 @@ fn reduce_axes(x: &Var, op: ReduceOp, axes: &[usize], keep: bool) -> crate::Resu
         y
     };
     y.reshape(if keep { &out } else { &dropped })
+}
+
+/// The product over the sorted, distinct `axes` (no product reduction among the graph
+/// ops): per axis, halves multiplied pairwise (an odd last slice carried along) until one
+/// slice is left, so log2(n) element-wise products; an empty axis gives 1.
+fn prod_axes(x: &Var, axes: &[usize], keep: bool) -> crate::Result<Var> {
+    let shape = x.shape().to_vec();
+    let mut y = x.clone();
+    for &a in axes {
+        let mut n = shape[a];
+        if n == 0 {
+            let mut one_shape = y.shape().to_vec();
+            one_shape[a] = 1;
+            y = x.graph().full(1.0, &one_shape);
+            continue;
+        }
+        while n > 1 {
+            let h = n / 2;
+            let a_ = a as isize;
+            let mut p = y.slice(a_, 0, h)?.mul(&y.slice(a_, h, 2 * h)?)?;
+            if n % 2 == 1 {
+                p = Var::concat(&[&p, &y.slice(a_, 2 * h, n)?], a_)?;
+            }
+            y = p;
+            n = h + n % 2;
+        }
+    }
+    let out: Vec<usize> = (0..shape.len())
+        .filter(|d| keep || !axes.contains(d))
+        .map(|d| if axes.contains(&d) { 1 } else { shape[d] })
+        .collect();
+    y.reshape(&out)
 }
 
 /// ArgMax / ArgMin along `axis` (default 0): the first index holding the extreme (the last
@@ -596,7 +631,8 @@ fn hardmax(env: &Env, node: &NodeProto) -> OpResult {
         (x, axis(attr_int(node, "axis", -1), shape.len(), false)?)
     } else {
         let a = axis(attr_int(node, "axis", 1), shape.len(), true)?;
-        let dims = [shape[..a].iter().product(), shape[a..].iter().product()];
+        let rows = super::dims_product(&shape[..a], &shape)?;
+        let dims = [rows, super::dims_product(&shape[a..], &shape)?];
         (x.reshape(&dims).map_err(err)?, 1)
     };
     let (idx, iota) = arg_index(&flat, a, ReduceOp::Max, false)?;

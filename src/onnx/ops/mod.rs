@@ -7,7 +7,12 @@
 //! - `shape.rs`: shape and layout ops, and folding of shape-computing subgraphs;
 //! - `math.rs`: activations, unary maths, comparison and selection, reductions;
 //! - `gather.rs`: Gather on runtime values (rows, as in embeddings);
-//! - `attention.rs`: Attention and RotaryEmbedding, as compositions.
+//! - `attention.rs`: Attention and RotaryEmbedding, as compositions;
+//! - `loss.rs`: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss;
+//! - `index.rs`: GatherElements, Scatter*, Trilu, CumSum, TopK, OneHot;
+//! - `dtype.rs`: element types (what each value is in the file) and Cast / CastLike;
+//! - `int.rs`: integer-only operators (bit shifts, bitwise logic), folded on constants;
+//! - `resize.rs`: Resize, one constant interpolation matrix (or gather) per axis.
 //!
 //! Values are either graph [`Var`]s or host constants ([`Const`]): INT64 initializers,
 //! `Constant` nodes, and anything computed only from constants. A node whose inputs are all
@@ -17,15 +22,20 @@
 mod attention;
 mod basic;
 mod conv;
+mod dtype;
 mod gather;
+mod index;
+mod int;
+mod loss;
 mod math;
 mod norm;
+mod resize;
 mod shape;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use super::proto::{attribute_proto::AttributeType, NodeProto};
+use super::proto::{attribute_proto::AttributeType, tensor_proto::DataType, NodeProto};
 use crate::{Graph, Tensor, Var};
 
 /// A value known at import time: dims and row-major data.
@@ -127,6 +137,9 @@ pub(crate) struct Env {
     pub opset: i64,
     /// Every value defined so far, by ONNX name.
     pub values: HashMap<String, Value>,
+    /// Every value's ONNX element type, by name, as the file has it (graph values are f32
+    /// whatever it says; integer folds and Cast need the declared width and signedness).
+    pub dtypes: HashMap<String, DataType>,
     /// Graph constants already made from float [`Const`]s, so each is uploaded once.
     materialized: RefCell<HashMap<String, Var>>,
 }
@@ -138,6 +151,7 @@ impl Env {
             graph,
             opset,
             values: HashMap::new(),
+            dtypes: HashMap::new(),
             materialized: RefCell::new(HashMap::new()),
         }
     }
@@ -151,8 +165,11 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 7] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 12] {
     [
+        dtype::OPS,
+        int::OPS,
+        resize::OPS,
         basic::OPS,
         conv::OPS,
         norm::OPS,
@@ -160,12 +177,17 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 7] {
         math::OPS,
         gather::OPS,
         attention::OPS,
+        loss::OPS,
+        index::OPS,
     ]
 }
 
 /// Every family's fold table.
-fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 7] {
+fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 12] {
     [
+        dtype::FOLDS,
+        int::FOLDS,
+        resize::FOLDS,
         basic::FOLDS,
         conv::FOLDS,
         norm::FOLDS,
@@ -173,6 +195,8 @@ fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 7] {
         math::FOLDS,
         gather::FOLDS,
         attention::FOLDS,
+        loss::FOLDS,
+        index::FOLDS,
     ]
 }
 
@@ -190,6 +214,17 @@ fn find_fold(op: &str) -> Option<FoldFn> {
         .flatten()
         .find(|(t, _)| *t == op)
         .map(|(_, f)| *f)
+}
+
+pub(crate) use dtype::{cast_var, output_types};
+
+/// The element type of input `i` as the file has it (`None` when absent or unknown).
+pub(crate) fn dtype_of(env: &Env, node: &NodeProto, i: usize) -> Option<DataType> {
+    node.input
+        .get(i)
+        .filter(|n| !n.is_empty())
+        .and_then(|n| env.dtypes.get(n))
+        .copied()
 }
 
 /// Whether `node` can be imported.
@@ -219,7 +254,20 @@ pub(crate) fn apply(env: &Env, node: &NodeProto) -> OpResult {
         }
     }
     let f = find_op(op).ok_or_else(|| {
-        "this operator is only supported on values known at import (constants)".to_string()
+        // Name the input that is not a constant, so a caller can bind it.
+        match node
+            .input
+            .iter()
+            .find(|n| matches!(env.values.get(n.as_str()), Some(Value::Var(_))))
+        {
+            Some(n) => format!(
+                "input '{n}' must be known at import: this operator is only supported on \
+                 values known at import (constants)"
+            ),
+            None => {
+                "this operator is only supported on values known at import (constants)".to_string()
+            }
+        }
     })?;
     f(env, node)
 }
@@ -240,12 +288,23 @@ pub(crate) fn value<'a>(
         .ok_or_else(|| format!("input '{name}' is not defined before this node"))
 }
 
-/// Input `i` as a graph value; a float constant becomes a graph constant (once per name).
+/// Ops whose graph form only selects, moves or compares elements, so an integer constant
+/// input (|x| <= 2^24) computes exactly in f32 and the output carries integers exactly.
+const EXACT_ON_INTEGERS: &[&str] = &["Pad", "MaxPool", "ReduceMax", "ReduceMin", "Clip"];
+
+/// Input `i` as a graph value; a float constant becomes a graph constant (once per name),
+/// an integer one too for the ops in [`EXACT_ON_INTEGERS`].
 pub(crate) fn input(env: &Env, node: &NodeProto, i: usize) -> std::result::Result<Var, String> {
     match value(env, node, i)? {
         Value::Var(v) => Ok(v.clone()),
         Value::Const(c) => {
             let name = &node.input[i];
+            let integer = matches!(c.data, ConstData::I64(_));
+            if integer && !EXACT_ON_INTEGERS.contains(&node.op_type()) {
+                return Err(format!(
+                    "input '{name}' is an integer constant where a float value is needed"
+                ));
+            }
             if let Some(v) = env.materialized.borrow().get(name) {
                 return Ok(v.clone());
             }
@@ -255,10 +314,18 @@ pub(crate) fn input(env: &Env, node: &NodeProto, i: usize) -> std::result::Resul
                     c.dims
                 ));
             }
-            let ConstData::F32(data) = &c.data else {
-                return Err(format!(
-                    "input '{name}' is an integer constant where a float value is needed"
-                ));
+            let ints;
+            let data = match &c.data {
+                ConstData::F32(data) => data,
+                ConstData::I64(v) => {
+                    if let Some(big) = v.iter().find(|x| x.unsigned_abs() > 1 << 24) {
+                        return Err(format!(
+                            "input '{name}': integer {big} is not exact as f32 (|x| > 2^24)"
+                        ));
+                    }
+                    ints = v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+                    &ints
+                }
             };
             let v = Tensor::from_slice(&crate::Device::cpu(), data, &c.dims)
                 .and_then(|t| env.graph.constant(&t))
@@ -374,4 +441,35 @@ pub(crate) fn axis(a: i64, rank: usize, inclusive: bool) -> std::result::Result<
 /// One graph output.
 pub(crate) fn one(v: Var) -> OpResult {
     Ok(vec![Value::Var(v)])
+}
+
+/// The product of `dims`, some dims of an input of shape `shape`, checked: an input with
+/// a zero dim holds no elements, so its other dims may multiply past any count.
+pub(crate) fn dims_product(dims: &[usize], shape: &[usize]) -> std::result::Result<usize, String> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= crate::shape::MAX_ELEMENTS)
+        .ok_or_else(|| {
+            format!("dims {dims:?} of input {shape:?} multiply past the addressable element count")
+        })
+}
+
+/// The largest constant computed at import (elements): bigger ones are refused with an
+/// error rather than exhausting host memory (a tiny model can ask for gigabytes).
+pub(crate) const HOST_LIMIT: usize = 1 << 26;
+
+/// The element count of a constant of `dims` computed at import, within [`HOST_LIMIT`],
+/// checked before anything is allocated. Zero dims count as 1 in the bound, so every
+/// partial product, stride and per-axis index list of the dims is bounded too (an empty
+/// constant of dims [0, 2^40] is refused, not iterated).
+pub(crate) fn host_numel(dims: &[usize]) -> std::result::Result<usize, String> {
+    let bound = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d.max(1)));
+    match bound {
+        Some(b) if b <= HOST_LIMIT => Ok(dims.iter().product()),
+        _ => Err(format!(
+            "a constant of dims {dims:?} is over the {HOST_LIMIT} elements computed at import"
+        )),
+    }
 }

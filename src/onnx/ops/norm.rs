@@ -1,4 +1,4 @@
-//! ONNX normalisation operators (batch, instance, layer, group, LRN), each composed from
+//! ONNX normalisation operators (batch, instance, layer, RMS, Lp, group, LRN), each composed from
 //! ordinary differentiable [`Var`] ops: reductions along one axis over a reshaped view and
 //! broadcasting arithmetic. Variances are `mean((x − mean)²)`, which does not cancel the way
 //! `mean(x²) − mean²` does.
@@ -13,6 +13,8 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("BatchNormalization", batch_norm),
     ("InstanceNormalization", instance_norm),
     ("LayerNormalization", layer_norm),
+    ("RMSNormalization", rms_norm),
+    ("LpNormalization", lp_norm),
     ("GroupNormalization", group_norm),
     ("LRN", lrn),
 ];
@@ -128,9 +130,10 @@ fn instance_norm(env: &Env, node: &NodeProto) -> OpResult {
     let to = channel_shape(&shape);
     let scale = per_channel(env, node, 1, "scale", &[c], &to)?;
     let bias = per_channel(env, node, 2, "B", &[c], &to)?;
-    let spatial: usize = shape[2..].iter().product();
+    let spatial = super::dims_product(&shape[2..], &shape)?;
+    let rows = super::dims_product(&[n, c], &shape)?;
     let y = (|| {
-        let (y, _, _) = normalize_rows(&x, n * c, spatial, eps)?;
+        let (y, _, _) = normalize_rows(&x, rows, spatial, eps)?;
         y.reshape(&shape)?.mul(&scale)?.add(&bias)
     })()
     .map_err(err)?;
@@ -180,8 +183,8 @@ fn layer_norm(env: &Env, node: &NodeProto) -> OpResult {
         }
         None => None,
     };
-    let rows: usize = shape[..a].iter().product();
-    let cols: usize = inner.iter().product();
+    let rows = super::dims_product(&shape[..a], &shape)?;
+    let cols = super::dims_product(inner, &shape)?;
     let mut stat_shape = shape.clone();
     stat_shape[a..].iter_mut().for_each(|d| *d = 1);
     let outs = (|| {
@@ -202,6 +205,60 @@ fn layer_norm(env: &Env, node: &NodeProto) -> OpResult {
     Ok(outs)
 }
 
+/// RMSNormalization (opset 23): `x / √(mean(x²) + eps) · scale`, the mean over dims
+/// `axis..`, Scale broadcast onto those dims (as LayerNormalization, without centring or
+/// bias).
+fn rms_norm(env: &Env, node: &NodeProto) -> OpResult {
+    check_stash_type(node)?;
+    let x = input(env, node, 0)?;
+    let shape = x.shape().to_vec();
+    let r = shape.len();
+    if r == 0 {
+        return Err("input X must have rank >= 1".into());
+    }
+    let a = axis(attr_int(node, "axis", -1), r, false)?;
+    let eps = attr_float(node, "epsilon", 1e-5);
+    let inner = &shape[a..];
+    let scale_dims = input_dims(env, node, 1)?;
+    if !broadcasts_onto(&scale_dims, inner) {
+        return Err(format!(
+            "scale {scale_dims:?} does not broadcast onto the normalised dims {inner:?} of X {shape:?}"
+        ));
+    }
+    let scale = input(env, node, 1)?;
+    let rows: usize = shape[..a].iter().product();
+    let cols: usize = inner.iter().product();
+    let y = (|| {
+        let xr = x.reshape(&[rows, cols])?;
+        let ms = xr.square()?.mean_axis(-1, true)?.add_scalar(eps)?;
+        xr.div(&ms.sqrt()?)?.reshape(&shape)?.mul(&scale)
+    })()
+    .map_err(err)?;
+    one(y)
+}
+
+/// LpNormalization (opsets 1, 22): `x / ‖x‖_p` along `axis` (default -1), p 1 or 2. A line
+/// of zeros gives 0 (ONNX's reference; not 0/0 = NaN).
+fn lp_norm(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let r = x.shape().len();
+    if r == 0 {
+        return Err("input must have rank >= 1".into());
+    }
+    let a = axis(attr_int(node, "axis", -1), r, false)? as isize;
+    let y = match attr_int(node, "p", 2) {
+        1 => x.abs().and_then(|v| v.sum_axis(a, true)),
+        2 => x
+            .square()
+            .and_then(|v| v.sum_axis(a, true))
+            .and_then(|v| v.sqrt()),
+        p => return Err(format!("p = {p} is not supported (1 or 2)")),
+    }
+    .and_then(|n| x.div(&n)?.binary(&n, crate::BinaryOp::KeepWhere))
+    .map_err(err)?;
+    one(y)
+}
+
 /// GroupNormalization: the channels of (N, C, …) split into `num_groups` groups, each
 /// (n, group) normalised over its channels and spatial dims. Scale and bias are per group
 /// (shape (num_groups)) in opset 18 and per channel (shape (C)) from opset 21.
@@ -218,20 +275,21 @@ fn group_norm(env: &Env, node: &NodeProto) -> OpResult {
     }
     let g = groups as usize;
     let eps = attr_float(node, "epsilon", 1e-5);
-    let per_group: usize = shape[1..].iter().product::<usize>() / g;
+    let per_group = super::dims_product(&shape[1..], &shape)? / g;
+    let rows = super::dims_product(&[n, g], &shape)?;
     let y = if env.opset >= 21 {
         let to = channel_shape(&shape);
         let scale = per_channel(env, node, 1, "scale", &[c], &to)?;
         let bias = per_channel(env, node, 2, "bias", &[c], &to)?;
         (|| {
-            let (y, _, _) = normalize_rows(&x, n * g, per_group, eps)?;
+            let (y, _, _) = normalize_rows(&x, rows, per_group, eps)?;
             y.reshape(&shape)?.mul(&scale)?.add(&bias)
         })()
     } else {
         let scale = per_channel(env, node, 1, "scale (opset 18: per group)", &[g], &[g, 1])?;
         let bias = per_channel(env, node, 2, "bias (opset 18: per group)", &[g], &[g, 1])?;
         (|| {
-            let (y, _, _) = normalize_rows(&x, n * g, per_group, eps)?;
+            let (y, _, _) = normalize_rows(&x, rows, per_group, eps)?;
             y.reshape(&[n, g, per_group])?
                 .mul(&scale)?
                 .add(&bias)?

@@ -14,7 +14,7 @@ use super::{
 use crate::onnx::proto::NodeProto;
 use crate::Var;
 
-pub(super) use fold::FOLDS;
+pub(super) use fold::{cast_const, FOLDS};
 
 /// This family's operators on graph values (constant inputs go through [`FOLDS`]).
 pub(super) const OPS: &[(&str, OpFn)] = &[
@@ -51,7 +51,8 @@ fn shape_of(env: &Env, node: &NodeProto) -> OpResult {
 
 /// `Size`: the element count, an INT64 scalar.
 fn size_of(env: &Env, node: &NodeProto) -> OpResult {
-    let n: usize = input_dims(env, node, 0)?.iter().product();
+    let dims = input_dims(env, node, 0)?;
+    let n = super::dims_product(&dims, &dims)?;
     Ok(vec![Const::ints(vec![], vec![n as i64]).into()])
 }
 
@@ -62,7 +63,8 @@ fn with_dims(v: &Value, dims: &[usize]) -> Res<Value> {
         Value::Var(x) if x.shape() == dims => Ok(Value::Var(x.clone())),
         Value::Var(x) => Ok(Value::Var(x.reshape(dims).map_err(err)?)),
         Value::Const(c) => {
-            if c.dims.iter().product::<usize>() != dims.iter().product::<usize>() {
+            let n = |d: &[usize]| d.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if n(&c.dims).is_none() || n(&c.dims) != n(dims) {
                 return Err(format!("cannot view {:?} as {dims:?}", c.dims));
             }
             Ok(Value::Const(Const {
@@ -477,10 +479,14 @@ fn tile(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
     let dims = x.shape().to_vec();
     let reps = repeats(env, node, &dims)?;
+    let out: Vec<usize> = dims
+        .iter()
+        .zip(&reps)
+        .map(|(d, r)| d.checked_mul(*r))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("repeats {reps:?} of shape {dims:?} overflow"))?;
     if reps.contains(&0) {
-        return Ok(vec![empty(
-            dims.iter().zip(&reps).map(|(d, r)| d * r).collect(),
-        )]);
+        return Ok(vec![empty(out)]);
     }
     if reps.iter().all(|&r| r == 1) {
         return one(x);
@@ -494,7 +500,6 @@ fn tile(env: &Env, node: &NodeProto) -> OpResult {
         grid.push(d);
         wide.push(d);
     }
-    let out: Vec<usize> = dims.iter().zip(&reps).map(|(d, r)| d * r).collect();
     one(x
         .reshape(&grid)
         .and_then(|y| y.broadcast_to(&wide))
@@ -552,8 +557,9 @@ fn pad_axis(x: &Var, a: usize, before: i64, after: i64, mode: &str, fill: f32) -
         if mode != "constant" {
             return Err(format!("negative pads with mode `{mode}`"));
         }
-        let (cut0, cut1) = ((-before).max(0) as usize, (-after).max(0) as usize);
-        if cut0 + cut1 >= d {
+        let cut = |p: i64| if p < 0 { p.unsigned_abs() as usize } else { 0 };
+        let (cut0, cut1) = (cut(before), cut(after));
+        if cut0.saturating_add(cut1) >= d {
             return Err(format!(
                 "pads {before}, {after} leave nothing of axis {a} (shape {shape:?})"
             ));
@@ -564,6 +570,11 @@ fn pad_axis(x: &Var, a: usize, before: i64, after: i64, mode: &str, fill: f32) -
     let (b, e) = (before as usize, after as usize);
     if b == 0 && e == 0 {
         return Ok(x.clone());
+    }
+    if d == 0 && mode != "constant" {
+        return Err(format!(
+            "mode `{mode}` has nothing to repeat on the empty axis {a} of shape {shape:?}"
+        ));
     }
     let limit = match mode {
         "reflect" => d - 1,

@@ -8,6 +8,7 @@
 use super::{broadcast, concat_axis, same_kind, shape_of, size_of, slice_plan, split_sizes};
 use super::{squeeze, unsqueeze, with_dims, Res};
 use crate::onnx::model::{initializer, TensorData};
+use crate::onnx::ops::host_numel;
 use crate::onnx::ops::{
     attr_int, attr_ints, axis, opt_const_input, Const, ConstData, Env, FoldFn, OpResult, Value,
 };
@@ -28,7 +29,6 @@ pub(in crate::onnx::ops) const FOLDS: &[(&str, FoldFn)] = &[
     ("Slice", |e, n, c| or_graph(e, n, c, slice)),
     ("Expand", |e, n, c| or_graph(e, n, c, expand)),
     ("Tile", |e, n, c| or_graph(e, n, c, tile)),
-    ("Cast", cast),
     ("Add", |e, n, c| {
         or_graph(e, n, c, |_, _, c| {
             arith(c, |a, b| Ok(a.wrapping_add(b)), |a, b| a + b)
@@ -113,10 +113,6 @@ fn or_graph(env: &Env, node: &NodeProto, c: &[Option<&Const>], fold: FoldFn) -> 
     }
 }
 
-/// The largest constant computed at import (elements): bigger ones are refused with an
-/// error rather than exhausting host memory.
-const HOST_LIMIT: usize = 1 << 26;
-
 /// A float `ConstantOfShape` above this many elements becomes a graph `full` node instead
 /// of host data (nothing to upload; attention masks and the like).
 const FULL_ABOVE: usize = 4096;
@@ -131,14 +127,6 @@ fn arg<'a>(c: &[Option<&'a Const>], i: usize) -> Res<&'a Const> {
         .copied()
         .flatten()
         .ok_or_else(|| format!("missing input {i}"))
-}
-
-/// The element count of `dims`, within [`HOST_LIMIT`].
-fn host_numel(dims: &[usize]) -> Res<usize> {
-    dims.iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n <= HOST_LIMIT)
-        .ok_or_else(|| format!("a constant of dims {dims:?} is too large to compute at import"))
 }
 
 fn strides(dims: &[usize]) -> Vec<usize> {
@@ -209,9 +197,11 @@ fn reshape_dims(dims: &[usize], target: &[i64], allowzero: bool) -> Res<Vec<usiz
             _ => return Err(format!("invalid shape {target:?}")),
         }
     }
-    let numel: usize = dims.iter().product();
+    // Checked: an empty input may have huge dims, the target holds any i64s.
+    let product = |d: &[usize]| d.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let numel = product(dims).ok_or_else(|| format!("input dims {dims:?} overflow"))?;
     if let Some(i) = infer {
-        let known: usize = out.iter().product();
+        let known = product(&out).ok_or_else(|| format!("shape {target:?} overflows"))?;
         if known == 0 || numel % known != 0 {
             return Err(format!(
                 "cannot infer -1 in {target:?} for input shape {dims:?}"
@@ -232,7 +222,10 @@ fn reshape(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
 fn flatten(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let x = arg(c, 0)?;
     let a = axis(attr_int(node, "axis", 1), x.dims.len(), true)?;
-    let dims = [x.dims[..a].iter().product(), x.dims[a..].iter().product()];
+    let dims = [
+        crate::onnx::ops::dims_product(&x.dims[..a], &x.dims)?,
+        crate::onnx::ops::dims_product(&x.dims[a..], &x.dims)?,
+    ];
     Ok(vec![with_dims(&Value::Const(x.clone()), &dims)?])
 }
 
@@ -247,6 +240,7 @@ fn transpose(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     if perm.len() != r || perm.iter().any(|&a| std::mem::replace(&mut seen[a], true)) {
         return Err(format!("perm {perm:?} is not a permutation of {r} axes"));
     }
+    host_numel(&x.dims)?;
     let s = strides(&x.dims);
     let st: Vec<usize> = perm.iter().map(|&a| s[a]).collect();
     let lists: Vec<Vec<usize>> = perm.iter().map(|&a| (0..x.dims[a]).collect()).collect();
@@ -259,6 +253,7 @@ fn gather(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let (data, idx) = (arg(c, 0)?, arg(c, 1)?);
     let r = data.dims.len();
     let a = axis(attr_int(node, "axis", 0), r, false)?;
+    host_numel(&data.dims)?;
     let d = data.dims[a] as i64;
     let ix = idx
         .as_i64()?
@@ -309,7 +304,7 @@ fn concat(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
                 first.dims, p.dims
             ));
         }
-        dims[a] += p.dims[a];
+        dims[a] = dims[a].saturating_add(p.dims[a]);
     }
     host_numel(&dims)?;
     let outer: usize = dims[..a].iter().product();
@@ -338,6 +333,7 @@ fn concat(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
 fn split(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let x = arg(c, 0)?;
     let a = axis(attr_int(node, "axis", 0), x.dims.len(), false)?;
+    host_numel(&x.dims)?;
     let mut start = 0;
     split_sizes(env, node, x.dims[a])?
         .into_iter()
@@ -359,6 +355,7 @@ fn split(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
 
 fn slice(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let x = arg(c, 0)?;
+    host_numel(&x.dims)?;
     let lists: Vec<Vec<usize>> = slice_plan(env, node, &x.dims)?
         .iter()
         .map(|s| s.indices())
@@ -375,6 +372,7 @@ fn expand(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     let out = broadcast(&x.dims, &shape)?;
     host_numel(&out)?;
+    host_numel(&x.dims)?;
     one(take(x, &broadcast_index(&x.dims, &out), out))
 }
 
@@ -384,6 +382,16 @@ fn tile(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     if reps.len() != x.dims.len() || reps.iter().any(|&r| r < 0) {
         return Err(format!("repeats {reps:?} for shape {:?}", x.dims));
     }
+    // The output's size is checked before its index lists (d·r entries per axis) exist.
+    let out: Option<Vec<usize>> = x
+        .dims
+        .iter()
+        .zip(&reps)
+        .map(|(&d, &r)| d.checked_mul(usize::try_from(r).ok()?))
+        .collect();
+    let out = out.ok_or_else(|| format!("repeats {reps:?} of shape {:?} overflow", x.dims))?;
+    host_numel(&out)?;
+    host_numel(&x.dims)?;
     let lists: Vec<Vec<usize>> = x
         .dims
         .iter()
@@ -393,13 +401,11 @@ fn tile(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     one(select(x, &lists)?)
 }
 
-/// `Cast`: floats stay f32 (FLOAT16/BFLOAT16 rounded to their precision), integer types
-/// truncate floats toward zero and wrap to their width as C casts do, BOOL is `x != 0`.
-fn cast(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+/// `Cast` of a constant: floats stay f32 (FLOAT16/BFLOAT16 rounded to their precision),
+/// integer types truncate floats toward zero and wrap to their width as C casts do, BOOL is
+/// `x != 0`. (The Cast and CastLike ops are in `dtype.rs`.)
+pub(in crate::onnx::ops) fn cast_const(x: &Const, dt: DataType) -> Res<Const> {
     use crate::io::HalfFormat;
-    let x = arg(c, 0)?;
-    let to = attr_int(node, "to", 0);
-    let dt = DataType::try_from(to as i32).unwrap_or(DataType::Undefined);
     let dims = x.dims.clone();
     let ints = || -> Vec<i64> {
         match &x.data {
@@ -409,7 +415,7 @@ fn cast(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
         }
     };
     let half = |f: HalfFormat| x.as_f32().iter().map(|&v| f.widen(f.narrow(v))).collect();
-    one(match dt {
+    Ok(match dt {
         DataType::Float => Const::floats(dims, x.as_f32()),
         DataType::Double => {
             if let ConstData::I64(v) = &x.data {
@@ -424,6 +430,14 @@ fn cast(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
         DataType::Float16 => Const::floats(dims, half(HalfFormat::F16)),
         DataType::Bfloat16 => Const::floats(dims, half(HalfFormat::BF16)),
         DataType::Int64 => Const::ints(dims, ints()),
+        // Held in i64: a value past i64::MAX is refused when the tensor is read.
+        DataType::Uint64 => {
+            let v = ints();
+            if let Some(bad) = v.iter().find(|&&i| i < 0) {
+                return Err(format!("Cast to UINT64 of {bad}: negative"));
+            }
+            Const::ints(dims, v)
+        }
         DataType::Int32 => Const::ints(dims, ints().iter().map(|&i| i as i32 as i64).collect()),
         DataType::Int16 => Const::ints(dims, ints().iter().map(|&i| i as i16 as i64).collect()),
         DataType::Int8 => Const::ints(dims, ints().iter().map(|&i| i as i8 as i64).collect()),
@@ -439,8 +453,9 @@ fn cast(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
         ),
         other => {
             return Err(format!(
-                "Cast to {} (element type {to}) is not supported",
-                other.as_str_name()
+                "Cast to {} (element type {}) is not supported",
+                other.as_str_name(),
+                other as i32
             ))
         }
     })
@@ -537,12 +552,12 @@ fn not(_: &Env, _: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     ))
 }
 
-/// `Mod`: integers take the divisor's sign (Python's %) unless `fmod` = 1, which, as for
-/// floats (where it is required), takes the dividend's (C's fmod).
-fn modulo(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+/// `Mod`: the divisor's sign (Python's %, NumPy's `mod`) unless `fmod` = 1, which takes
+/// the dividend's (C's fmod); floats need `fmod` = 1 before opset 28.
+fn modulo(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
     let fmod = attr_int(node, "fmod", 0) != 0;
-    if !fmod && matches!(arg(c, 0)?.data, ConstData::F32(_)) {
-        return Err("Mod of floats needs fmod = 1".into());
+    if !fmod && env.opset < 28 && matches!(arg(c, 0)?.data, ConstData::F32(_)) {
+        return Err("Mod of floats needs fmod = 1 before opset 28".into());
     }
     let int: IntOp = if fmod {
         |a, b| match b {
@@ -562,7 +577,19 @@ fn modulo(_: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
             }
         }
     };
-    arith(c, int, |a, b| a % b)
+    let float: fn(f32, f32) -> f32 = if fmod {
+        |a, b| a % b
+    } else {
+        |a, b| {
+            let r = a % b;
+            if r != 0.0 && (r < 0.0) != (b < 0.0) {
+                r + b
+            } else {
+                r
+            }
+        }
+    };
+    arith(c, int, float)
 }
 
 /// A broadcasting comparison (or logical op on BOOL): INT64 0/1.
@@ -710,6 +737,7 @@ fn reduce(
     ff: fn(f32, f32) -> f32,
 ) -> OpResult {
     let x = arg(c, 0)?;
+    host_numel(&x.dims)?;
     let r = x.dims.len();
     let axes = if env.opset >= since {
         opt_const_input(env, node, 1)?
