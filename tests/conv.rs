@@ -20,6 +20,12 @@ fn cases() -> Vec<([usize; 4], Conv2d)> {
         ([3, 2, 8, 8], Conv2d::new(3, 3).stride(2).padding(2)),
         ([2, 3, 9, 11], Conv2d::new(3, 3).dilation(2).padding(1)),
         ([2, 4, 6, 6], Conv2d::new(1, 1)),
+        // 1×1 as a plain product (no im2col): odd channels, H·W not a multiple of 4
+        ([1, 5, 3, 5], Conv2d::new(1, 1)),
+        ([3, 7, 1, 1], Conv2d::new(1, 1)),
+        // 1×1 with a stride or padding goes through im2col
+        ([2, 3, 7, 5], Conv2d::new(1, 1).stride(2)),
+        ([1, 3, 3, 2], Conv2d::new(1, 1).padding(1)),
         ([1, 3, 33, 17], Conv2d::new(5, 5).stride(3).padding(2)),
         // per-axis strides and dilations, four different pads
         (
@@ -88,7 +94,10 @@ fn direct_conv(x: &[f32], xs: [usize; 4], w: &[f32], f: usize, g: Conv2d) -> Vec
 #[test]
 fn im2col_and_col2im_match_reference() {
     let Some(dev) = gpu() else { return };
-    for (k, (xs, geom)) in cases().into_iter().enumerate() {
+    let mut all = cases();
+    // A window past the loop budget: im2col and col2im split it over dispatches.
+    all.push(([1, 2, 131, 132], Conv2d::new(130, 129).pads(0, 1, 0, 0)));
+    for (k, (xs, geom)) in all.into_iter().enumerate() {
         let n: usize = xs.iter().product();
         let (gx, cx) = pair(&dev, &uniform(k as u64, n, -1.0, 1.0), &xs);
         let label = format!("im2col {xs:?} {geom:?}");
@@ -278,6 +287,10 @@ fn conv2d_gradients_match_finite_differences_and_gpu() {
             4,
             Conv2d::new(2, 3).strides(1, 2).pads(0, 1, 1, 2).groups(2),
         ),
+        // 1×1 as a plain product: batch 1 and 3, odd channels, H·W of 15 and 1
+        ([1, 5, 3, 5], 7, Conv2d::new(1, 1)),
+        ([3, 3, 1, 1], 2, Conv2d::new(1, 1)),
+        ([2, 3, 5, 3], 5, Conv2d::new(1, 1).stride(2)),
     ] {
         let ws = [f, xs[1] / geom.groups, geom.kh, geom.kw];
         let g = Graph::new();
@@ -576,6 +589,54 @@ fn conv_transpose2d_bad_shapes_are_typed_errors() {
         .input("x3", &[4, 3, 3])
         .conv_transpose2d(&g.input("w4", &[4, 2, 3, 3]), Conv2d::new(3, 3), [5, 5])
         .is_err());
+}
+
+/// A 1×1 convolution over 90,000 positions: its weight gradient is a product reduced over
+/// K = H·W, past lavapipe's per-invocation loop cap; GPU against the CPU reference.
+#[test]
+fn pointwise_conv2d_gradients_past_the_loop_cap() {
+    let Some(dev) = gpu() else { return };
+    let (xs, ws) = ([1usize, 3, 300, 300], [5usize, 3, 1, 1]);
+    let g = Graph::new();
+    let x = g.input("x", &xs);
+    let w = g.input("w", &ws);
+    let y = x.conv2d(&w, Conv2d::new(1, 1)).unwrap();
+    let r = g
+        .constant(
+            &Tensor::from_slice(
+                &Device::cpu(),
+                &uniform(3, y.shape().iter().product(), 0.5, 1.5),
+                y.shape(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let loss = y.mul(&r).unwrap().sum().unwrap();
+    let grads = grad(&loss, &[&x, &w]).unwrap();
+    let xv = uniform(1, xs.iter().product(), -1.0, 1.0);
+    let wv = uniform(2, ws.iter().product(), -1.0, 1.0);
+    let run = |dev: &Device| -> Vec<Vec<f32>> {
+        let exe = dev.compile(&g, &[&y, &grads[0], &grads[1]], None).unwrap();
+        let (xt, wt) = (
+            Tensor::from_slice(dev, &xv, &xs).unwrap(),
+            Tensor::from_slice(dev, &wv, &ws).unwrap(),
+        );
+        exe.run(&[("x", &xt), ("w", &wt)])
+            .unwrap()
+            .iter()
+            .map(|t| t.to_vec::<f32>().unwrap())
+            .collect()
+    };
+    let (want, got) = (run(&Device::cpu()), run(&dev));
+    for (k, name) in ["y", "dx", "dw"].iter().enumerate() {
+        assert_close(
+            &format!("1x1 conv2d {xs:?} {name} GPU vs CPU"),
+            &got[k],
+            &want[k],
+            1e-4,
+            1e-4,
+        );
+    }
 }
 
 /// Huge windows, pads and strides (from a file or a caller) are typed errors naming the op:

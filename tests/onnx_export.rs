@@ -333,6 +333,9 @@ fn conv(n: usize) -> Case {
         "conv_grouped",
         x.conv2d(&wg, Conv2d::new(3, 2).groups(2).stride(2)),
     );
+    // 1×1, stride 1: recorded as a plain product (no im2col), still exported as one Conv.
+    let w1 = g.param("w1", &[5, 4, 1, 1], Init::KaimingNormal { seed: 14 });
+    c.output("conv_1x1", x.conv2d(&w1, Conv2d::new(1, 1)));
     c.output("max_pool", x.max_pool2d(2, 2));
     c.output(
         "max_pool_pad",
@@ -556,9 +559,9 @@ fn conv_and_pool_compositions_become_single_operators() {
     let bytes = conv(2).export(&ExportOptions::batch("N"));
     let ops = op_types(&bytes);
     let count = |op: &str| ops.iter().filter(|o| *o == op).count();
-    // Three convolutions, plus the one-hot convolutions of the bare im2col and of the
+    // Four convolutions, plus the one-hot convolutions of the bare im2col and of the
     // dilated average pool (AveragePool has no dilations at opset 17: taps + ReduceMean).
-    assert_eq!(count("Conv"), 5, "{ops:?}");
+    assert_eq!(count("Conv"), 6, "{ops:?}");
     assert_eq!(count("MaxPool"), 3, "{ops:?}");
     assert_eq!(count("AveragePool"), 1, "{ops:?}");
     assert_eq!(count("ReduceMean"), 1, "{ops:?}");

@@ -105,6 +105,12 @@ impl Conv2d {
         Conv2d { groups, ..self }
     }
 
+    /// A 1×1 window with stride 1 and no padding (dilation is moot): the convolution is a
+    /// plain product over the channels, with no patch matrix.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.strides == [1, 1] && self.pads == [0; 4]
+    }
+
     /// The extent of the window along rows and columns: `dilation·(k - 1) + 1`, saturating
     /// at `usize::MAX` (wider than any padded input, so [`Conv2d::output_size`] refuses it).
     pub fn span(&self) -> [usize; 2] {
@@ -270,11 +276,12 @@ fn for_each_tap(s: &[usize], g: &Conv2d, oh: usize, ow: usize, mut f: impl FnMut
     }
 }
 
-/// The blocks `[(ki0, ki1), (kj0, kj1)]` of a kh×kw window that successive `col2im_forward`
-/// dispatches walk. One invocation loops `(ki1 - ki0)·(1 + kj1 - kj0)` times at most (a row
-/// step, then its columns), so a block keeps that within [`crate::gpu::LOOP_BUDGET`]: a
-/// window of up to about 127×127 is one dispatch, a larger one several that add up (Mesa's
-/// lavapipe silently stops an invocation after 65535 iterations, leaving its output unset).
+/// The blocks `[(ki0, ki1), (kj0, kj1)]` of a kh×kw window that successive `im2col_forward`
+/// and `col2im_forward` dispatches walk. One invocation loops `(ki1 - ki0)·(1 + kj1 - kj0)`
+/// times at most (a row step, then its columns), so a block keeps that within
+/// [`crate::gpu::LOOP_BUDGET`]: a window of up to about 127×127 is one dispatch, a larger one
+/// several (col2im's add up; Mesa's lavapipe silently stops an invocation after 65535
+/// iterations, leaving its output unset).
 fn col2im_blocks(kh: usize, kw: usize) -> impl Iterator<Item = [(usize, usize); 2]> {
     use crate::ops::chunk::windows;
     let budget = crate::gpu::LOOP_BUDGET;
@@ -313,21 +320,29 @@ impl Tensor {
                 Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
             }
             DeviceInner::Gpu(ctx) => {
-                let params = geom.params(op, &s, oh, ow, out_shape.iter().product())?;
+                // Checked against the patch matrix's element count (every index fits 32 bits),
+                // then run with one invocation per (image, channel, position), each writing
+                // its taps.
+                let mut base = geom.params(op, &s, oh, ow, out_shape.iter().product())?;
+                let total = s[0] * oh * ow * s[1];
+                base[14] = total as u32;
                 let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
-                let total = out.numel();
-                if total > 0 {
+                if out.numel() > 0 {
                     let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
-                    ctx.dispatch(
-                        &SHADER,
-                        "im2col_forward",
-                        &[],
-                        &params,
-                        &[x, o],
-                        grid_1d(ctx, total),
-                    )?;
+                    for [ki, kj] in col2im_blocks(geom.kh, geom.kw) {
+                        let mut params = base.to_vec();
+                        params.extend([ki.0, ki.1, kj.0, kj.1, 0].map(|v| v as u32));
+                        ctx.dispatch(
+                            &SHADER,
+                            "im2col_forward",
+                            &[],
+                            &params,
+                            &[x, o],
+                            grid_1d(ctx, total),
+                        )?;
+                    }
                 }
                 Ok(out)
             }
@@ -384,52 +399,76 @@ impl Tensor {
     }
 
     /// 2-D convolution of x (N, C, H, W) with filters (F, C/groups, KH, KW), as
-    /// im2col · W_flatᵀ: gives (N, F, OH, OW). The window's `kh`/`kw` must match the filters.
+    /// W_flat · im2colᵀ (W · x for a 1×1 window, stride 1, no padding): gives (N, F, OH, OW).
+    /// The window's `kh`/`kw` must match the filters.
     pub fn conv2d(&self, weight: &Tensor, geom: Conv2d) -> Result<Tensor> {
         let (n, f) = check_conv2d(self.shape(), weight.shape(), geom)?;
         let (oh, ow) = geom.output_size("conv2d", self.shape())?;
-        let cols = self.im2col(geom.groups(1))?;
         let groups = geom.groups;
+        if groups == 1 && geom.is_pointwise() {
+            // (F, C) · (N, C, H·W) = (N, F, H·W): already NCHW, no patches, no copy.
+            let c = self.shape()[1];
+            return weight
+                .reshape(&[f, c])?
+                .matmul(&self.reshape(&[n, c, oh * ow])?)?
+                .reshape(&[n, f, oh, ow]);
+        }
+        let cols = self.im2col(geom.groups(1))?;
         if groups == 1 {
             let w_flat = weight.reshape(&[f, weight.numel() / f.max(1)])?;
-            // (N, L, CK) · (F, CK)ᵀ = (N, L, F) → (N, F, L) → (N, F, OH, OW)
-            return cols
-                .matmul_t(&w_flat, false, true)?
-                .permute(&[0, 2, 1])?
+            // (F, CK) · (N, L, CK)ᵀ = (N, F, L): the product writes NCHW, no permute copy.
+            return w_flat
+                .matmul_t(&cols, false, true)?
                 .reshape(&[n, f, oh, ow]);
         }
         let [l, cgk] = [oh * ow, weight.numel() / f.max(1)];
-        // (N, L, G, CgK) → (N, G, L, CgK) · (G, Fg, CgK)ᵀ = (N, G, L, Fg) → (N, G, Fg, L)
-        cols.reshape(&[n, l, groups, cgk])?
-            .permute(&[0, 2, 1, 3])?
-            .matmul_t(&weight.reshape(&[groups, f / groups, cgk])?, false, true)?
-            .permute(&[0, 1, 3, 2])?
+        // (G, Fg, CgK) · ((N, L, G, CgK) → (N, G, L, CgK))ᵀ = (N, G, Fg, L): already NCHW.
+        let split = cols.reshape(&[n, l, groups, cgk])?.permute(&[0, 2, 1, 3])?;
+        weight
+            .reshape(&[groups, f / groups, cgk])?
+            .matmul_t(&split, false, true)?
             .reshape(&[n, f, oh, ow])
     }
 }
 
 impl Var {
-    /// 2-D convolution with filters (F, C/groups, KH, KW) as im2col · W_flatᵀ: (N, F, OH, OW).
+    /// 2-D convolution with filters (F, C/groups, KH, KW) as W_flat · im2colᵀ: (N, F, OH, OW)
+    /// (a 1×1 window with stride 1 and no padding: W · x, with no im2col).
     /// Differentiable in both the input and the filters. With `geom.groups` G > 1 the
     /// channels split into G groups, each convolved with its own F/G filters.
     pub fn conv2d(&self, weight: &Var, geom: Conv2d) -> Result<Var> {
         let (n, f) = crate::ops::conv::check_conv2d(self.shape(), weight.shape(), geom)?;
         let (oh, ow) = geom.output_size("conv2d", self.shape())?;
         let cgk = weight.shape()[1..].iter().product::<usize>();
-        let cols = self.im2col(geom.groups(1))?;
         let groups = geom.groups;
-        if groups == 1 {
-            // (N, L, CK) · (F, CK)ᵀ = (N, L, F) → (N, F, L) → (N, F, OH, OW)
-            return cols
-                .matmul_t(&weight.reshape(&[f, cgk])?, false, true)?
-                .permute(&[0, 2, 1])?
+        if groups == 1 && geom.is_pointwise() {
+            // (F, C) · (N, C, H·W) = (N, F, H·W): already NCHW, so no im2col (on lavapipe it
+            // cost as much as the product: ResNet-50's 1×1 layers) and no permute copy.
+            // Gradients: dx = Wᵀ·g per image, dW = Σ_n g·xᵀ (the matmul rule, summed over
+            // the broadcast batch).
+            let c = self.shape()[1];
+            return weight
+                .reshape(&[f, c])?
+                .matmul(&self.reshape(&[n, c, oh * ow])?)?
                 .reshape(&[n, f, oh, ow]);
         }
-        // (N, L, G, CgK) → (N, G, L, CgK) · (G, Fg, CgK)ᵀ = (N, G, L, Fg) → (N, G, Fg, L)
-        cols.reshape(&[n, oh * ow, groups, cgk])?
-            .permute(&[0, 2, 1, 3])?
-            .matmul_t(&weight.reshape(&[groups, f / groups, cgk])?, false, true)?
-            .permute(&[0, 1, 3, 2])?
+        let cols = self.im2col(geom.groups(1))?;
+        if groups == 1 {
+            // (F, CK) · (N, L, CK)ᵀ = (N, F, L) → (N, F, OH, OW): the product writes NCHW,
+            // so no permute copy follows it.
+            return weight
+                .reshape(&[f, cgk])?
+                .matmul_t(&cols, false, true)?
+                .reshape(&[n, f, oh, ow]);
+        }
+        // (G, Fg, CgK) · ((N, L, G, CgK) → (N, G, L, CgK))ᵀ = (N, G, Fg, L): the product
+        // writes NCHW (the filters broadcast over the batch), so no permute follows it.
+        let split = cols
+            .reshape(&[n, oh * ow, groups, cgk])?
+            .permute(&[0, 2, 1, 3])?;
+        weight
+            .reshape(&[groups, f / groups, cgk])?
+            .matmul_t(&split, false, true)?
             .reshape(&[n, f, oh, ow])
     }
 }

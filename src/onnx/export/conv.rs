@@ -1,9 +1,10 @@
 //! Convolutions and pooling for the exporter. wgrad records them as compositions:
 //!
-//! - `Var::conv2d`: im2col → matmul_t(·, filters reshaped to (F, C·KH·KW), tb) →
-//!   permute (0, 2, 1) → reshape (N, F, OH, OW); grouped (G > 1): im2col → reshape
-//!   (N, L, G, CgK) → permute (0, 2, 1, 3) → matmul_t(·, filters as (G, F/G, CgK), tb) →
-//!   permute (0, 1, 3, 2) → reshape (N, F, OH, OW);
+//! - `Var::conv2d`: matmul_t(filters reshaped to (F, C·KH·KW), im2col, tb) → reshape
+//!   (N, F, OH, OW); a 1×1 window with stride 1 and no padding: matmul(filters reshaped to
+//!   (F, C), x reshaped to (N, C, H·W)) → reshape; grouped (G > 1): matmul_t(filters as
+//!   (G, F/G, CgK), im2col → reshape (N, L, G, CgK) → permute (0, 2, 1, 3), tb) → reshape
+//!   (N, F, OH, OW);
 //! - pooling: reshape (N·C, 1, H, W) → im2col → [+ the −∞ padding mask, max with padding] →
 //!   max or mean over the window axis → reshape (N, C, OH, OW).
 //!
@@ -154,57 +155,47 @@ fn match_conv(nodes: &[Node], id: NodeId) -> Option<Pattern> {
     let Op::Reshape(target) = &nodes[id].op else {
         return None;
     };
-    let perm = nodes[id].inputs[0];
-    let Op::Permute(axes) = &nodes[perm].op else {
+    let mm = nodes[id].inputs[0];
+    let Op::MatMul { ta: false, tb } = nodes[mm].op else {
         return None;
     };
-    let grouped = match axes.as_slice() {
-        [0, 2, 1] => false,
-        [0, 1, 3, 2] => true,
+    let (filters, right) = (nodes[mm].inputs[0], nodes[mm].inputs[1]);
+    let w = input_if(nodes, filters, |op| matches!(op, Op::Reshape(_)))?;
+    // The image and the window: im2col (dense), im2col → reshape → permute (grouped), or
+    // x reshaped to (N, C, H·W) (1×1, no im2col).
+    let (x, geom, groups) = match &nodes[right].op {
+        Op::Im2Col(geom) if tb => (nodes[right].inputs[0], *geom, 1),
+        Op::Permute(a) if tb && a == &[0, 2, 1, 3] => {
+            // right = permute(reshape(im2col(x)))
+            let reshaped = input_if(nodes, right, |op| matches!(op, Op::Permute(_)))?;
+            let im = input_if(nodes, reshaped, |op| matches!(op, Op::Reshape(_)))?;
+            let Op::Im2Col(geom) = &nodes[im].op else {
+                return None;
+            };
+            (nodes[im].inputs[0], *geom, *nodes[filters].shape.first()?)
+        }
+        Op::Reshape(_) if !tb => (nodes[right].inputs[0], Conv2d::new(1, 1), 1),
         _ => return None,
     };
-    let mm = nodes[perm].inputs[0];
-    if !matches!(
-        nodes[mm].op,
-        Op::MatMul {
-            ta: false,
-            tb: true
-        }
-    ) {
-        return None;
-    }
-    let (cols, filters) = (nodes[mm].inputs[0], nodes[mm].inputs[1]);
-    let im = if grouped {
-        let split = input_if(
-            nodes,
-            cols,
-            |op| matches!(op, Op::Permute(a) if a == &[0, 2, 1, 3]),
-        )?;
-        input_if(nodes, split, |op| matches!(op, Op::Reshape(_)))?
-    } else {
-        cols
-    };
-    let Op::Im2Col(geom) = &nodes[im].op else {
-        return None;
-    };
-    let x = nodes[im].inputs[0];
-    let w = input_if(nodes, filters, |op| matches!(op, Op::Reshape(_)))?;
     let (xs, ws) = (&nodes[x].shape, &nodes[w].shape);
-    let window = Window::of(geom);
-    let groups = if grouped { nodes[filters].shape[0] } else { 1 };
-    let [n, c, _, _] = xs[..] else { return None };
+    let window = Window::of(&geom);
+    let [n, c, h, wd] = xs[..] else { return None };
     let (oh, ow) = geom.output_size("conv2d", xs).ok()?;
     let f = *target.get(1)?;
-    let cgk = c / groups * window.kernel[0] * window.kernel[1];
-    let shapes_fit = c % groups == 0
-        && f % groups == 0
-        && *ws == [f, c / groups, window.kernel[0], window.kernel[1]]
+    if groups == 0 || c % groups != 0 || f % groups != 0 {
+        return None;
+    }
+    let (cg, fg) = (c / groups, f / groups);
+    let cgk = cg * window.kernel[0] * window.kernel[1];
+    let shapes_fit = *ws == [f, cg, window.kernel[0], window.kernel[1]]
         && *target == [n, f, oh, ow]
-        && if grouped {
-            nodes[filters].shape == [groups, f / groups, cgk]
-                && nodes[nodes[cols].inputs[0]].shape == [n, oh * ow, groups, cgk]
-        } else {
-            nodes[filters].shape == [f, cgk]
+        && match (groups, tb) {
+            (1, true) => nodes[filters].shape == [f, cgk],
+            (1, false) => nodes[filters].shape == [f, c] && nodes[right].shape == [n, c, h * wd],
+            _ => {
+                nodes[filters].shape == [groups, fg, cgk]
+                    && nodes[right].shape == [n, groups, oh * ow, cgk]
+            }
         };
     shapes_fit.then_some(Pattern::Conv {
         x,
