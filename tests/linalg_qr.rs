@@ -209,3 +209,51 @@ fn qr_bad_input_is_a_typed_error() {
         }
     }
 }
+
+/// The blocked GPU path (src/linalg/qr_blocked.rs, panels of 32 from 16 reflectors up):
+/// fewer rows than a panel, sizes that are not a multiple of it, one past it, tall, wide.
+#[test]
+fn qr_blocked_panel_edges() {
+    run_shapes(&[(20, 20), (16, 40), (33, 33), (70, 45), (45, 70), (65, 64)]);
+}
+
+#[test]
+fn qr_blocked_tall_and_wide() {
+    run_shapes(&[(1000, 37), (37, 300), (200, 130)]);
+}
+
+/// An identity and a tall matrix with more rows than one invocation may loop over
+/// (gpu::LOOP_BUDGET = 16,384), which only the blocked path accepts.
+#[test]
+fn qr_blocked_identity_and_past_the_loop_budget() {
+    let Some(dev) = gpu() else { return };
+    for (m, n, a) in [
+        (
+            100,
+            100,
+            (0..100 * 100)
+                .map(|k| if k % 101 == 0 { 1.0 } else { 0.0 })
+                .collect::<Vec<f64>>(),
+        ),
+        (
+            16_400,
+            20,
+            uniform(5, 16_400 * 20, -1.0, 1.0)
+                .iter()
+                .map(|&x| x as f64)
+                .collect(),
+        ),
+    ] {
+        let f: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+        let g = Tensor::from_slice(&dev, &f, &[m, n]).unwrap();
+        let (q, r) = linalg::qr(&g).unwrap();
+        check_qr(&format!("gpu {m}x{n}"), &a, m, n, QrMode::Reduced, &q, &r);
+        // R against the f64 reference (CPU device), entry-wise.
+        let c = Tensor::from_slice(&Device::cpu(), &f, &[m, n]).unwrap();
+        let (_, rr) = linalg::qr(&c).unwrap();
+        let scale = fro(&a);
+        for (x, y) in read_f64(&r).iter().zip(&read_f64(&rr)) {
+            assert!((x - y).abs() <= TOL * scale, "{m}x{n}: R {x} vs {y}");
+        }
+    }
+}
