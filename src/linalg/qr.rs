@@ -2,7 +2,10 @@
 //!
 //! CPU reference: Householder in f64 (`qr_reference`), also used on the host by
 //! [`Init::Orthogonal`](crate::Init::Orthogonal).
-//! GPU: per reflector j, `house_make` (one invocation) forms v and τ from column j, then
+//! GPU, from 8 reflectors up (every size measured): blocked Householder in compact-WY form,
+//! panels factored on the host in f64 and the trailing update and Q as matmul products
+//! (see `qr_blocked.rs`; O(n/b) read-backs and dispatches).
+//! GPU, fewer reflectors: per reflector j, `house_make` (one invocation) forms v and τ from column j, then
 //! `house_left_dots`/`house_left_update` apply `I − τvvᵀ` to the trailing columns (one
 //! invocation per column, then per element; no barriers). Q is accumulated backwards from the
 //! identity by the same two kernels. Everything stays on the GPU; nothing is read back except
@@ -83,11 +86,11 @@ pub fn qr_with(a: &Tensor, mode: QrMode) -> Result<(Tensor, Tensor)> {
         }
         DeviceInner::Gpu(ctx) => {
             // The blocked path has no loop over a whole column in one invocation (the
-            // products split K themselves), so only the columns are capped for it (by the
-            // NaN/Inf check, which walks a row per invocation).
+            // products split K themselves), so it takes any number of rows; the columns stay
+            // capped by the NaN/Inf check, which walks a row per invocation.
             let nref = n.min(m - 1);
             let blocked = nref >= qr_blocked::BLOCKED_MIN || m > MAX_GPU_DIM;
-            if n > MAX_GPU_DIM || (m > MAX_GPU_DIM && !blocked) {
+            if n > MAX_GPU_DIM {
                 return Err(too_large(op, a.shape()));
             }
             let Some((x, bytes)) = a.gpu_arg() else {

@@ -25,16 +25,19 @@ use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
 
-/// Panel width. Measured on lavapipe (qr 256/512/1024, `wgrad bench --filter qr`): 16 makes
-/// twice the read-backs and products too thin to fill the matmul tiles, 64 spends more in
-/// the host panel (O(m·b²) per panel, serial) and in the wasted rows of the products than it
-/// saves; 32 is the fastest of the three at every size measured (see the bench note in the
-/// commit that set it).
-pub(crate) const BLOCK: usize = 32;
+/// Panel width. Measured on lavapipe, `wgrad bench --filter qr`, GPU ms at 256 / 512 / 1024
+/// (two shared cores, noisy): b = 32: 35 / 182 / 803, b = 64: 24 / 94 / 455, b = 128: 28 /
+/// 112 / 2035. Thinner panels mean more device syncs (one read-back per panel) and products
+/// too thin to fill the matmul tiles; wider ones more serial host work per panel
+/// (O(m·b²)) and a T that costs more than it saves.
+pub(crate) const BLOCK: usize = 64;
 
-/// Below this many reflectors the unblocked kernels win: a panel read-back is a full device
-/// sync, and for a handful of columns the per-column kernels (no sync at all) are cheaper.
-pub(crate) const BLOCKED_MIN: usize = 16;
+/// Below this many reflectors the unblocked kernels keep the work: the blocked path wins
+/// wherever measured (16×16: 0.66 ms against 6.5 ms unblocked, 32×32: 0.75 against 8.5), but
+/// for a few columns both are a handful of dispatches and the unblocked one needs no
+/// read-back (no device sync) at all. It also keeps those kernels, which the Hessenberg
+/// reduction of `eig` shares, exercised by the small-shape QR tests.
+pub(crate) const BLOCKED_MIN: usize = 8;
 
 /// One factored panel: the first column `j`, its width, and on the device `Vᵀ`, `T Vᵀ`.
 struct Panel {
@@ -43,13 +46,12 @@ struct Panel {
     tvt: Tensor,
 }
 
-/// The host half of one panel, all `(jb, m)` row-major: the factored columns (R's entries
-/// above and on the diagonal, exact zeros below), `Vᵀ`, `(V T)ᵀ` and `T Vᵀ`.
+/// The host half of one panel, row-major: the factored columns `(jb, m)` (R's entries above
+/// and on the diagonal, exact zeros below), `Vᵀ (jb, m)` and `T (jb, jb)`.
 pub(crate) struct HostPanel {
     pub cols: Vec<f64>,
     pub vt: Vec<f64>,
-    pub vt_t: Vec<f64>,
-    pub t_vt: Vec<f64>,
+    pub t: Vec<f64>,
 }
 
 /// Factors the panel `p` (jb, m): row c is column `j + c` of A, already updated by the
@@ -76,14 +78,12 @@ pub(crate) fn factor_panel(p: &[f64], j: usize, jb: usize, m: usize) -> HostPane
     // T: T[i][i] = τᵢ, T[0..i, i] = −τᵢ T[0..i, 0..i] (Vᵀ vᵢ)[0..i].
     let mut t = vec![0.0; jb * jb];
     for i in 0..jb {
-        let vi = &vt[i * m..(i + 1) * m];
+        // vᵢ is zero before entry j + i.
+        let vi = &vt[i * m + j + i..(i + 1) * m];
         let z: Vec<f64> = (0..i)
             .map(|r| {
-                vt[r * m..(r + 1) * m]
-                    .iter()
-                    .zip(vi)
-                    .map(|(a, b)| a * b)
-                    .sum()
+                let vr = &vt[r * m + j + i..(r + 1) * m];
+                vr.iter().zip(vi).map(|(a, b)| a * b).sum()
             })
             .collect();
         for r in 0..i {
@@ -92,25 +92,7 @@ pub(crate) fn factor_panel(p: &[f64], j: usize, jb: usize, m: usize) -> HostPane
         }
         t[i * jb + i] = tau[i];
     }
-    // (V T)ᵀ row c = Σ_r T[r][c] Vᵀ[r]; (T Vᵀ) row c = Σ_r T[c][r] Vᵀ[r] (T upper).
-    let mut vt_t = vec![0.0; jb * m];
-    let mut t_vt = vec![0.0; jb * m];
-    for c in 0..jb {
-        for r in 0..jb {
-            let (a, b) = (t[r * jb + c], t[c * jb + r]);
-            let row = &vt[r * m..(r + 1) * m];
-            for l in j..m {
-                vt_t[c * m + l] += a * row[l];
-                t_vt[c * m + l] += b * row[l];
-            }
-        }
-    }
-    HostPanel {
-        cols,
-        vt,
-        vt_t,
-        t_vt,
-    }
+    HostPanel { cols, vt, t }
 }
 
 /// Blocked QR of the GPU matrix `a (m, n)` (finite, checked by the caller): `Q (m, qc)` and
@@ -135,9 +117,11 @@ pub(crate) fn qr_blocked(
         let cols = Tensor::from_f64(dev, &hp.cols, &[jb, m])?;
         ctx.copy(buf(&cols), 0, buf(&at), j as u64 * row, jb as u64 * row);
         let vt = Tensor::from_f64(dev, &hp.vt, &[jb, m])?;
-        let vt_t = Tensor::from_f64(dev, &hp.vt_t, &[jb, m])?;
-        update_rows(ctx, &at, j + jb, n, m, &vt_t, &vt)?;
-        let tvt = Tensor::from_f64(dev, &hp.t_vt, &[jb, m])?;
+        // (V T)ᵀ = Tᵀ Vᵀ and T Vᵀ: (jb, jb)·(jb, m) products, on the device rather than
+        // O(jb²·m) serial work on the host.
+        let t = Tensor::from_f64(dev, &hp.t, &[jb, jb])?;
+        update_rows(ctx, &at, j + jb, n, m, &t.matmul_tn(&vt)?, &vt)?;
+        let tvt = t.matmul(&vt)?;
         panels.push(Panel { j, vt, tvt });
     }
     let qt = gpu_output(ctx, dev, op, &[qc, m], DType::F32)?;
@@ -214,6 +198,16 @@ mod tests {
         let mut rng = crate::Rng::new(3);
         let p: Vec<f64> = (0..jb * m).map(|_| rng.normal()).collect();
         let hp = factor_panel(&p, j, jb, m);
+        // (V T)ᵀ = Tᵀ Vᵀ and T Vᵀ, as the device forms them.
+        let (mut vt_t, mut t_vt) = (vec![0.0; jb * m], vec![0.0; jb * m]);
+        for c in 0..jb {
+            for r in 0..jb {
+                for l in 0..m {
+                    vt_t[c * m + l] += hp.t[r * jb + c] * hp.vt[r * m + l];
+                    t_vt[c * m + l] += hp.t[c * jb + r] * hp.vt[r * m + l];
+                }
+            }
+        }
         // H₁…H_jb applied to e_l column by column, from the reflectors in hp.vt.
         for l in 0..m {
             let mut x = vec![0.0; m];
@@ -233,7 +227,7 @@ mod tests {
             for i in 0..m {
                 let mut y = if i == l { 1.0 } else { 0.0 };
                 for c in 0..jb {
-                    y -= hp.vt_t[c * m + i] * hp.vt[c * m + l];
+                    y -= vt_t[c * m + i] * hp.vt[c * m + l];
                 }
                 assert!((x[i] - y).abs() < 1e-12, "({i}, {l}): {} vs {y}", x[i]);
             }
@@ -241,8 +235,8 @@ mod tests {
         // T Vᵀ is (V Tᵀ)ᵀ: the transposed product, the same block transposed.
         for i in 0..m {
             for l in 0..m {
-                let a: f64 = (0..jb).map(|c| hp.vt_t[c * m + i] * hp.vt[c * m + l]).sum();
-                let b: f64 = (0..jb).map(|c| hp.t_vt[c * m + l] * hp.vt[c * m + i]).sum();
+                let a: f64 = (0..jb).map(|c| vt_t[c * m + i] * hp.vt[c * m + l]).sum();
+                let b: f64 = (0..jb).map(|c| t_vt[c * m + l] * hp.vt[c * m + i]).sum();
                 assert!((a - b).abs() < 1e-12);
             }
         }

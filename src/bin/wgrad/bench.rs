@@ -219,7 +219,7 @@ fn cases() -> Vec<Case> {
     }
     // Householder QR (issue 16 measures 256, 512 and 1024; NumPy's figures come from
     // scripts/bench_numpy_linalg.py).
-    for n in [128usize, 256, 512, 1024] {
+    for n in [16usize, 32, 128, 256, 512, 1024] {
         v.push((
             "qr",
             vec![n, n],
