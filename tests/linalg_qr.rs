@@ -209,3 +209,92 @@ fn qr_bad_input_is_a_typed_error() {
         }
     }
 }
+
+/// The blocked GPU path (src/linalg/qr_blocked.rs, panels of 64 from 8 reflectors up):
+/// fewer rows than a panel, sizes that are not a multiple of it, exactly one panel (65×64),
+/// tall, wide.
+#[test]
+fn qr_blocked_panel_edges() {
+    run_shapes(&[(9, 9), (20, 20), (16, 40), (70, 45), (45, 70), (65, 64)]);
+}
+
+/// Exactly two panels (129×129) and a last panel of one column (130×129). At these sizes
+/// the cond-1e4 case has diagonal entries of R whose sign f32 cannot settle (α = −sign(x₀)‖x‖
+/// with x₀ lost in rounding; the unblocked kernels flip them too), so R is compared with the
+/// f64 reference up to the sign of each row, on the rows whose diagonal is well away from
+/// zero (R is unique up to those signs); the identities are checked on every case.
+#[test]
+fn qr_blocked_two_panels() {
+    let Some(dev) = gpu() else { return };
+    for (m, n) in [(129, 129), (130, 129)] {
+        for (label, a) in cases(m, n) {
+            let f: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+            for mode in [QrMode::Reduced, QrMode::Complete] {
+                let g = Tensor::from_slice(&dev, &f, &[m, n]).unwrap();
+                let (q, r) = linalg::qr_with(&g, mode).unwrap();
+                let l = format!("gpu {label} {mode:?}");
+                check_qr(&l, &a, m, n, mode, &q, &r);
+                let c = Tensor::from_slice(&Device::cpu(), &f, &[m, n]).unwrap();
+                let (_, rr) = linalg::qr_with(&c, mode).unwrap();
+                let (rg, rc) = (read_f64(&r), read_f64(&rr));
+                let scale = fro(&a).max(1e-30);
+                for i in 0..m.min(n) {
+                    let d = rc[i * n + i];
+                    if d.abs() < 1e-2 * scale {
+                        continue;
+                    }
+                    let s = if (rg[i * n + i] > 0.0) == (d > 0.0) {
+                        1.0
+                    } else {
+                        -1.0
+                    };
+                    for j in 0..n {
+                        let (x, y) = (s * rg[i * n + j], rc[i * n + j]);
+                        assert!((x - y).abs() <= TOL * scale, "{l}: R[{i},{j}] {x} vs {y}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn qr_blocked_tall_and_wide() {
+    run_shapes(&[(1000, 37), (37, 300), (200, 130)]);
+}
+
+/// An identity and a tall matrix with more rows than one invocation may loop over
+/// (gpu::LOOP_BUDGET = 16,384), which only the blocked path accepts.
+#[test]
+fn qr_blocked_identity_and_past_the_loop_budget() {
+    let Some(dev) = gpu() else { return };
+    for (m, n, a) in [
+        (
+            100,
+            100,
+            (0..100 * 100)
+                .map(|k| if k % 101 == 0 { 1.0 } else { 0.0 })
+                .collect::<Vec<f64>>(),
+        ),
+        (
+            16_400,
+            20,
+            uniform(5, 16_400 * 20, -1.0, 1.0)
+                .iter()
+                .map(|&x| x as f64)
+                .collect(),
+        ),
+    ] {
+        let f: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+        let g = Tensor::from_slice(&dev, &f, &[m, n]).unwrap();
+        let (q, r) = linalg::qr(&g).unwrap();
+        check_qr(&format!("gpu {m}x{n}"), &a, m, n, QrMode::Reduced, &q, &r);
+        // R against the f64 reference (CPU device), entry-wise.
+        let c = Tensor::from_slice(&Device::cpu(), &f, &[m, n]).unwrap();
+        let (_, rr) = linalg::qr(&c).unwrap();
+        let scale = fro(&a);
+        for (x, y) in read_f64(&r).iter().zip(&read_f64(&rr)) {
+            assert!((x - y).abs() <= TOL * scale, "{m}x{n}: R {x} vs {y}");
+        }
+    }
+}

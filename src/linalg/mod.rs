@@ -31,6 +31,7 @@ mod eig;
 mod eigh;
 mod pca;
 pub(crate) mod qr;
+mod qr_blocked;
 pub(crate) mod reference;
 mod svd;
 

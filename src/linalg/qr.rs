@@ -2,7 +2,10 @@
 //!
 //! CPU reference: Householder in f64 (`qr_reference`), also used on the host by
 //! [`Init::Orthogonal`](crate::Init::Orthogonal).
-//! GPU: per reflector j, `house_make` (one invocation) forms v and τ from column j, then
+//! GPU, from 8 reflectors up (every size measured): blocked Householder in compact-WY form,
+//! panels factored on the host in f64 and the trailing update and Q as matmul products
+//! (see `qr_blocked.rs`; O(n/b) read-backs and dispatches).
+//! GPU, fewer reflectors: per reflector j, `house_make` (one invocation) forms v and τ from column j, then
 //! `house_left_dots`/`house_left_update` apply `I − τvvᵀ` to the trailing columns (one
 //! invocation per column, then per element; no barriers). Q is accumulated backwards from the
 //! identity by the same two kernels. Everything stays on the GPU; nothing is read back except
@@ -20,6 +23,8 @@ use crate::linalg::{check_matrix, check_nonempty, gpu_stats, non_finite_error};
 use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
+
+use super::qr_blocked;
 
 pub(crate) const SHADER: Kernel = Kernel {
     name: "linalg_qr",
@@ -80,7 +85,12 @@ pub fn qr_with(a: &Tensor, mode: QrMode) -> Result<(Tensor, Tensor)> {
             ))
         }
         DeviceInner::Gpu(ctx) => {
-            if m > MAX_GPU_DIM || n > MAX_GPU_DIM {
+            // The blocked path has no loop over a whole column in one invocation (the
+            // products split K themselves), so it takes any number of rows; the columns stay
+            // capped by the NaN/Inf check, which walks a row per invocation.
+            let nref = n.min(m - 1);
+            let blocked = nref >= qr_blocked::BLOCKED_MIN || m > MAX_GPU_DIM;
+            if n > MAX_GPU_DIM {
                 return Err(too_large(op, a.shape()));
             }
             let Some((x, bytes)) = a.gpu_arg() else {
@@ -90,13 +100,19 @@ pub fn qr_with(a: &Tensor, mode: QrMode) -> Result<(Tensor, Tensor)> {
             if stats.non_finite > 0 {
                 return Err(non_finite_error(op, a.shape(), stats.non_finite));
             }
+            if blocked {
+                let (q, r) = qr_blocked::qr_blocked(ctx, a, m, n, qc)?;
+                let r = if rr < m { r.narrow(0, 0, rr)? } else { r };
+                return Ok((q, r));
+            }
+            // Unblocked, one reflector at a time: for a few columns (nref < BLOCKED_MIN)
+            // this beats the blocked path, whose every panel costs a device sync.
             let r = gpu_output(ctx, a.device(), op, &[m, n], DType::F32)?;
             let q = gpu_output(ctx, a.device(), op, &[m, qc], DType::F32)?;
             let (Some(rb), Some(qb)) = (r.gpu_arg(), q.gpu_arg()) else {
                 unreachable!("GPU device holds GPU tensors")
             };
             ctx.copy(x, 0, rb.0, 0, bytes);
-            let nref = n.min(m - 1);
             let house = GpuHouse::new(ctx, nref, m, m.max(n));
             for j in 0..nref {
                 house.make(rb, m, n, j, j)?;
