@@ -172,7 +172,9 @@ fn cross_entropy_loss_and_gradient_past_the_cap() {
 }
 
 /// QR of a 16,384-row matrix: one invocation forming a reflector used to loop 4 · 16,384 - 1
-/// = 65,535 times; a reflector is now formed by a workgroup. Past 16,384 rows: an error.
+/// = 65,535 times; a reflector is now formed by a workgroup. Past 16,384 rows the blocked
+/// path runs it (its products split their K loop), checked against the reference; past
+/// 16,384 columns (the finiteness check walks a row per invocation): an error.
 #[test]
 fn qr_with_rows_at_the_limit() {
     let Some(dev) = gpu() else { return };
@@ -190,8 +192,18 @@ fn qr_with_rows_at_the_limit() {
     let want = cq.to_vec::<f32>().unwrap();
     assert_close("qr Q", &got, &want, 1e-4, 1e-3);
 
-    let tall = Tensor::zeros(&dev, &[70_000, 2]).unwrap();
-    let detail = invalid(linalg::qr(&tall).unwrap_err(), "qr");
+    let (m, n) = (70_000, 2);
+    let a = uniform(7, m * n, -1.0, 1.0);
+    let (ga, ca) = pair(&dev, &a, &[m, n]);
+    let (gq, gr) = linalg::qr(&ga).unwrap();
+    let (cq, cr) = linalg::qr(&ca).unwrap();
+    let (got, want) = (gr.to_vec::<f32>().unwrap(), cr.to_vec::<f32>().unwrap());
+    assert_close("qr R past 16,384 rows", &got, &want, 1e-3, 1e-3);
+    let (got, want) = (gq.to_vec::<f32>().unwrap(), cq.to_vec::<f32>().unwrap());
+    assert_close("qr Q past 16,384 rows", &got, &want, 1e-4, 1e-3);
+
+    let wide = Tensor::zeros(&dev, &[2, 70_000]).unwrap();
+    let detail = invalid(linalg::qr(&wide).unwrap_err(), "qr");
     assert!(detail.contains("16384"), "{detail}");
 }
 
