@@ -63,11 +63,12 @@ impl<const N: usize> From<[usize; N]> for Shape {
     }
 }
 
-/// Row-major strides of `dims`, in elements.
+/// Row-major strides of `dims`, in elements. Saturating: an empty shape's other dims may
+/// multiply past usize, and then no position is ever computed from the strides.
 pub fn contiguous_strides(dims: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; dims.len()];
+    let mut s = vec![1usize; dims.len()];
     for i in (0..dims.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * dims[i + 1];
+        s[i] = s[i + 1].saturating_mul(dims[i + 1]);
     }
     s
 }

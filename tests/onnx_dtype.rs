@@ -134,7 +134,7 @@ fn gradients_through_resize_and_reduce_prod_match_finite_differences() {
     // of differentiable graph ops: d(weighted sum of every output)/dx against f64 finite
     // differences, on the CPU reference in f64.
     use common::{check_finite_differences, uniform, Feed};
-    use wgrad::{autodiff::grad, Device, Tensor};
+    use wgrad::autodiff::grad;
     for (name, shape) in [
         ("resizes", [2usize, 3, 5, 6]),
         ("reduce_prod", [2, 3, 5, 7]),
@@ -151,22 +151,7 @@ fn gradients_through_resize_and_reduce_prod_match_finite_differences() {
             .position(|n| matches!(&n.op, wgrad::Op::Input(s) if s == "x"))
             .expect("input x");
         let x = g.var(id).unwrap();
-        let mut loss: Option<wgrad::Var> = None;
-        for (k, (_, y)) in imported.outputs.iter().enumerate() {
-            let n: usize = y.shape().iter().product();
-            let r = Tensor::from_slice(
-                &Device::cpu(),
-                &uniform(20 + k as u64, n, 0.5, 1.5),
-                y.shape(),
-            )
-            .unwrap();
-            let term = y.mul(&g.constant(&r).unwrap()).unwrap().sum().unwrap();
-            loss = Some(match loss {
-                Some(l) => l.add(&term).unwrap(),
-                None => term,
-            });
-        }
-        let loss = loss.unwrap();
+        let loss = common::onnx::weighted_output_loss(&g, &imported.outputs, 20);
         let grads = grad(&loss, &[&x]).unwrap();
         let n: usize = shape.iter().product();
         let xv = uniform(3, n, 0.5, 1.5);

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::onnx::weighted_output_loss;
 use common::{assert_close, check_finite_differences, gpu, uniform, Feed};
 use wgrad::autodiff::grad;
 use wgrad::onnx::{Model, Weights};
@@ -182,22 +183,7 @@ fn gradients_flow_through_pad_slice_tile_concat_split() {
     let imported = load("grads").import(&[], Weights::Params).expect("import");
     let g = imported.graph.clone();
     let x = input_var(&g, "x");
-    let mut loss: Option<Var> = None;
-    for (k, (_, y)) in imported.outputs.iter().enumerate() {
-        let n: usize = y.shape().iter().product();
-        let r = Tensor::from_slice(
-            &Device::cpu(),
-            &uniform(10 + k as u64, n, 0.5, 1.5),
-            y.shape(),
-        )
-        .unwrap();
-        let term = y.mul(&g.constant(&r).unwrap()).unwrap().sum().unwrap();
-        loss = Some(match loss {
-            Some(l) => l.add(&term).unwrap(),
-            None => term,
-        });
-    }
-    let loss = loss.unwrap();
+    let loss = weighted_output_loss(&g, &imported.outputs, 10);
     let grads = grad(&loss, &[&x]).unwrap();
     let xv = uniform(1, 12, -1.0, 1.0);
     let feeds = [("x".to_string(), Feed::real(&xv, &[4, 3]))];

@@ -72,3 +72,29 @@ pub fn check_fixture(
         }
     }
 }
+
+/// A scalar loss reaching every output of an imported graph: `Σ_k sum(y_k · r_k)` with
+/// fixed pseudo-random weights `r_k` in [0.5, 1.5) (seed `seed + k`), so a gradient check
+/// sees each output, and no two outputs' contributions cancel.
+pub fn weighted_output_loss(
+    graph: &wgrad::Graph,
+    outputs: &[(String, wgrad::Var)],
+    seed: u64,
+) -> wgrad::Var {
+    let mut loss: Option<wgrad::Var> = None;
+    for (k, (_, y)) in outputs.iter().enumerate() {
+        let n: usize = y.shape().iter().product();
+        let r = wgrad::Tensor::from_slice(
+            &Device::cpu(),
+            &super::uniform(seed + k as u64, n, 0.5, 1.5),
+            y.shape(),
+        )
+        .unwrap();
+        let term = y.mul(&graph.constant(&r).unwrap()).unwrap().sum().unwrap();
+        loss = Some(match loss {
+            Some(l) => l.add(&term).unwrap(),
+            None => term,
+        });
+    }
+    loss.expect("the graph has outputs")
+}

@@ -28,6 +28,7 @@ use super::{
 use crate::onnx::proto::NodeProto;
 use crate::ops::elementwise::BinaryOp as B;
 use crate::ops::reduce::ReduceOp;
+use crate::shape::contiguous_strides as strides;
 use crate::{Device, Tensor, Var};
 
 /// This family's operators.
@@ -71,16 +72,6 @@ fn folded<'a>(c: &[Option<&'a Const>], i: usize) -> Res<&'a Const> {
         .copied()
         .flatten()
         .ok_or_else(|| format!("missing input {i}"))
-}
-
-/// Row-major strides of `dims`. Saturating: an empty input's other dims may multiply past
-/// usize, and then no position is ever computed from the strides (it holds none).
-fn strides(dims: &[usize]) -> Vec<usize> {
-    let mut s = vec![1usize; dims.len()];
-    for d in (0..dims.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1].saturating_mul(dims[d + 1]);
-    }
-    s
 }
 
 /// The multi-index of flat position `p` in `dims`.

@@ -150,10 +150,20 @@ fn broadcasts_onto(p: &[usize], target: &[usize]) -> bool {
             .all(|(&a, &b)| a == b || a == 1)
 }
 
-/// LayerNormalization (opset 17): normalised over dims `axis..`, then `·Scale + B` with
-/// Scale and B broadcast onto those dims. The optional Mean and InvStdDev outputs have
-/// X's shape with dims `axis..` set to 1.
-fn layer_norm(env: &Env, node: &NodeProto) -> OpResult {
+/// What LayerNormalization and RMSNormalization share: X (rank >= 1), the first
+/// normalised axis, epsilon, X as (rows, cols) with cols the dims `axis..`, and the scale
+/// input (named `what` in errors), which must broadcast onto those dims.
+struct RowNorm {
+    x: Var,
+    shape: Vec<usize>,
+    a: usize,
+    eps: f32,
+    rows: usize,
+    cols: usize,
+    scale: Var,
+}
+
+fn row_norm_args(env: &Env, node: &NodeProto, what: &str) -> std::result::Result<RowNorm, String> {
     check_stash_type(node)?;
     let x = input(env, node, 0)?;
     let shape = x.shape().to_vec();
@@ -162,15 +172,38 @@ fn layer_norm(env: &Env, node: &NodeProto) -> OpResult {
         return Err("input X must have rank >= 1".into());
     }
     let a = axis(attr_int(node, "axis", -1), r, false)?;
-    let eps = attr_float(node, "epsilon", 1e-5);
     let inner = &shape[a..];
     let scale_dims = input_dims(env, node, 1)?;
     if !broadcasts_onto(&scale_dims, inner) {
         return Err(format!(
-            "Scale {scale_dims:?} does not broadcast onto the normalised dims {inner:?} of X {shape:?}"
+            "{what} {scale_dims:?} does not broadcast onto the normalised dims {inner:?} of X {shape:?}"
         ));
     }
-    let scale = input(env, node, 1)?;
+    Ok(RowNorm {
+        rows: super::dims_product(&shape[..a], &shape)?,
+        cols: super::dims_product(inner, &shape)?,
+        scale: input(env, node, 1)?,
+        eps: attr_float(node, "epsilon", 1e-5),
+        x,
+        shape,
+        a,
+    })
+}
+
+/// LayerNormalization (opset 17): normalised over dims `axis..`, then `·Scale + B` with
+/// Scale and B broadcast onto those dims. The optional Mean and InvStdDev outputs have
+/// X's shape with dims `axis..` set to 1.
+fn layer_norm(env: &Env, node: &NodeProto) -> OpResult {
+    let RowNorm {
+        x,
+        shape,
+        a,
+        eps,
+        rows,
+        cols,
+        scale,
+    } = row_norm_args(env, node, "Scale")?;
+    let inner = &shape[a..];
     let bias = match node.input.get(2).filter(|n| !n.is_empty()) {
         Some(_) => {
             let d = input_dims(env, node, 2)?;
@@ -183,8 +216,6 @@ fn layer_norm(env: &Env, node: &NodeProto) -> OpResult {
         }
         None => None,
     };
-    let rows = super::dims_product(&shape[..a], &shape)?;
-    let cols = super::dims_product(inner, &shape)?;
     let mut stat_shape = shape.clone();
     stat_shape[a..].iter_mut().for_each(|d| *d = 1);
     let outs = (|| {
@@ -209,25 +240,15 @@ fn layer_norm(env: &Env, node: &NodeProto) -> OpResult {
 /// `axis..`, Scale broadcast onto those dims (as LayerNormalization, without centring or
 /// bias).
 fn rms_norm(env: &Env, node: &NodeProto) -> OpResult {
-    check_stash_type(node)?;
-    let x = input(env, node, 0)?;
-    let shape = x.shape().to_vec();
-    let r = shape.len();
-    if r == 0 {
-        return Err("input X must have rank >= 1".into());
-    }
-    let a = axis(attr_int(node, "axis", -1), r, false)?;
-    let eps = attr_float(node, "epsilon", 1e-5);
-    let inner = &shape[a..];
-    let scale_dims = input_dims(env, node, 1)?;
-    if !broadcasts_onto(&scale_dims, inner) {
-        return Err(format!(
-            "scale {scale_dims:?} does not broadcast onto the normalised dims {inner:?} of X {shape:?}"
-        ));
-    }
-    let scale = input(env, node, 1)?;
-    let rows: usize = shape[..a].iter().product();
-    let cols: usize = inner.iter().product();
+    let RowNorm {
+        x,
+        shape,
+        eps,
+        rows,
+        cols,
+        scale,
+        ..
+    } = row_norm_args(env, node, "scale")?;
     let y = (|| {
         let xr = x.reshape(&[rows, cols])?;
         let ms = xr.square()?.mean_axis(-1, true)?.add_scalar(eps)?;

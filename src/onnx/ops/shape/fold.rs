@@ -13,6 +13,7 @@ use crate::onnx::ops::{
     attr_int, attr_ints, axis, opt_const_input, Const, ConstData, Env, FoldFn, OpResult, Value,
 };
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
+use crate::shape::contiguous_strides as strides;
 
 /// This family's folds, evaluated at import when every input is a constant.
 pub(in crate::onnx::ops) const FOLDS: &[(&str, FoldFn)] = &[
@@ -127,14 +128,6 @@ fn arg<'a>(c: &[Option<&'a Const>], i: usize) -> Res<&'a Const> {
         .copied()
         .flatten()
         .ok_or_else(|| format!("missing input {i}"))
-}
-
-fn strides(dims: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; dims.len()];
-    for k in (0..dims.len().saturating_sub(1)).rev() {
-        s[k] = s[k + 1] * dims[k + 1];
-    }
-    s
 }
 
 /// Flat source indices of the output whose axis `k` takes coordinates `lists[k]` of a source
