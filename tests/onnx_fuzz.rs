@@ -170,6 +170,8 @@ const OPS: &[&str] = &[
     "SoftmaxCrossEntropyLoss",
     "Trilu",
     "CumSum",
+    "CumProd",
+    "Einsum",
     "TopK",
     "OneHot",
     "GatherND",
@@ -256,6 +258,9 @@ const OPS: &[&str] = &[
 /// Attribute names the op functions read.
 const ATTRS: &[&str] = &[
     "axis",
+    "equation",
+    "exclusive",
+    "reverse",
     "perm",
     "transA",
     "transB",
@@ -381,11 +386,25 @@ fn random_attr(rng: &mut Rng) -> AttributeProto {
             a.r#type = Some(AttributeType::Floats as i32);
         }
         _ => {
-            a.s = Some(b"NOTSET".to_vec());
+            a.s = Some(random_text(rng));
             a.r#type = Some(rng.below(30) as i32);
         }
     }
     a
+}
+
+/// A string attribute: an auto_pad-like word, or an Einsum-like equation of labels,
+/// ellipses, commas, arrows and stray characters.
+fn random_text(rng: &mut Rng) -> Vec<u8> {
+    if rng.below(2) == 0 {
+        return b"NOTSET".to_vec();
+    }
+    const PIECES: &[&str] = &[
+        "i", "j", "k", "i", "...", ",", "->", "-", ">", ".", " ", "1", "Z",
+    ];
+    (0..rng.below(12))
+        .flat_map(|_| pick(rng, PIECES).bytes())
+        .collect()
 }
 
 /// One random structural change to `m`.

@@ -8,10 +8,6 @@
 //!   refused: they would need a per-element gather primitive.
 //! - Trilu: a constant 0/1 mask over the last two dims, applied with `KeepWhere` (which
 //!   leaves no `inf·0 = NaN`).
-//! - CumSum: a Hillis–Steele scan of shifted slices, `y ← y + shift(y, 2^s)` for
-//!   ⌈log2 L⌉ steps, so an axis of any length costs O(L log L) adds and no constant: a
-//!   triangular-matrix product would allocate L² floats, and would turn one ±inf in the
-//!   input into NaN everywhere after it (inf·0) where the sum is ±inf.
 //! - TopK: k rounds of (extreme, first index of it, mask it out), exact and differentiable
 //!   in the values; for the small k of the node cases (rounds are bounded, [`MAX_TOPK`]).
 //!
@@ -19,7 +15,7 @@
 //!   (float) indices one compare against the class numbers, and the off/on values select
 //!   with `KeepWhere`.
 //!
-//! Every one also folds on constants (integer data: the node cases' Trilu, CumSum, TopK).
+//! Every one also folds on constants (integer data: the node cases' Trilu, TopK).
 
 use super::{
     attr_int, attr_string, axis, const_input, dims_product, err, input, one, opt_const_input,
@@ -38,7 +34,6 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("Scatter", scatter_elements),
     ("ScatterND", scatter_nd),
     ("Trilu", trilu),
-    ("CumSum", cumsum),
     ("TopK", topk),
     ("OneHot", one_hot),
     ("GatherND", gather_nd),
@@ -47,7 +42,6 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
 /// This family's folds, evaluated at import when every input is a constant.
 pub(super) const FOLDS: &[(&str, FoldFn)] = &[
     ("Trilu", fold_trilu),
-    ("CumSum", fold_cumsum),
     ("TopK", fold_topk),
     ("OneHot", fold_one_hot),
     ("GatherND", fold_gather_nd),
@@ -484,110 +478,6 @@ fn fold_trilu(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
                 .map(|(e, &x)| if keep(e) { x } else { 0 })
                 .collect(),
         ),
-    };
-    Ok(vec![Const {
-        dims: x.dims.clone(),
-        data,
-    }
-    .into()])
-}
-
-/// CumSum's axis (input 1, a scalar known at import), `exclusive` and `reverse`.
-fn cumsum_args(env: &Env, node: &NodeProto, rank: usize) -> Res<(usize, bool, bool)> {
-    let a = match const_input(env, node, 1)?.as_i64()?.as_slice() {
-        [a] => axis(*a, rank, false)?,
-        v => return Err(format!("axis must be a scalar, got {} values", v.len())),
-    };
-    Ok((
-        a,
-        attr_int(node, "exclusive", 0) != 0,
-        attr_int(node, "reverse", 0) != 0,
-    ))
-}
-
-/// `y` moved `s` places along `a` towards the end (towards the start when `reverse`), zeros
-/// filling in: the scan's step.
-fn shift(y: &Var, a: usize, s: usize, reverse: bool) -> crate::Result<Var> {
-    let l = y.shape()[a];
-    let mut zshape = y.shape().to_vec();
-    zshape[a] = s;
-    let zeros = y.graph().full(0.0, &zshape);
-    if reverse {
-        Var::concat(&[&y.slice(a as isize, s, l)?, &zeros], a as isize)
-    } else {
-        Var::concat(&[&zeros, &y.slice(a as isize, 0, l - s)?], a as isize)
-    }
-}
-
-/// CumSum (opsets 11, 14): running sums along `axis`, `exclusive` leaving out the element
-/// itself, `reverse` running from the end. See the module comment for the scan.
-fn cumsum(env: &Env, node: &NodeProto) -> OpResult {
-    let x = input(env, node, 0)?;
-    if x.shape().is_empty() {
-        return Err("input must have rank >= 1".into());
-    }
-    let (a, exclusive, reverse) = cumsum_args(env, node, x.shape().len())?;
-    let l = x.shape()[a];
-    let y = (|| {
-        let mut y = if exclusive && l > 0 {
-            shift(&x, a, 1, reverse)?
-        } else {
-            x.clone()
-        };
-        let mut s = 1;
-        while s < l {
-            y = y.add(&shift(&y, a, s, reverse)?)?;
-            s *= 2;
-        }
-        Ok::<_, crate::Error>(y)
-    })()
-    .map_err(err)?;
-    one(y)
-}
-
-fn fold_cumsum(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
-    let x = folded(c, 0)?;
-    if x.dims.is_empty() {
-        return Err("input must have rank >= 1".into());
-    }
-    let (a, exclusive, reverse) = cumsum_args(env, node, x.dims.len())?;
-    let (l, inner) = (x.dims[a], dims_product(&x.dims[a + 1..], &x.dims)?);
-    let outer = dims_product(&x.dims[..a], &x.dims)?;
-    // Element (o, i, n) of the input's (outer, l, inner) view.
-    let order = |o: usize, i: usize| -> Vec<usize> {
-        let seq: Vec<usize> = if reverse {
-            (0..l).rev().collect()
-        } else {
-            (0..l).collect()
-        };
-        seq.into_iter().map(|t| (o * l + t) * inner + i).collect()
-    };
-    fn scan<T: Copy + std::ops::Add<Output = T>>(
-        v: &[T],
-        zero: T,
-        lines: impl Iterator<Item = Vec<usize>>,
-        exclusive: bool,
-    ) -> Vec<T> {
-        let mut out = v.to_vec();
-        for line in lines {
-            let mut acc = zero;
-            for &e in &line {
-                let x = v[e];
-                if exclusive {
-                    out[e] = acc;
-                    acc = acc + x;
-                } else {
-                    acc = acc + x;
-                    out[e] = acc;
-                }
-            }
-        }
-        out
-    }
-    let lines = || (0..outer).flat_map(move |o| (0..inner).map(move |i| order(o, i)));
-    let data = match &x.data {
-        ConstData::F32(v) => ConstData::F32(scan(v, 0.0, lines(), exclusive)),
-        ConstData::I64(v) => ConstData::I64(scan(v, 0, lines(), exclusive)),
     };
     Ok(vec![Const {
         dims: x.dims.clone(),

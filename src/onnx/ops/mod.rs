@@ -23,6 +23,7 @@ mod attention;
 mod basic;
 mod conv;
 mod dtype;
+mod einsum;
 mod gather;
 mod index;
 mod int;
@@ -30,6 +31,7 @@ mod loss;
 mod math;
 mod norm;
 mod resize;
+mod scan;
 mod shape;
 
 use std::cell::RefCell;
@@ -165,7 +167,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 12] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 14] {
     [
         dtype::OPS,
         int::OPS,
@@ -179,11 +181,13 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 12] {
         attention::OPS,
         loss::OPS,
         index::OPS,
+        scan::OPS,
+        einsum::OPS,
     ]
 }
 
 /// Every family's fold table.
-fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 12] {
+fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 13] {
     [
         dtype::FOLDS,
         int::FOLDS,
@@ -197,6 +201,7 @@ fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 12] {
         attention::FOLDS,
         loss::FOLDS,
         index::FOLDS,
+        scan::FOLDS,
     ]
 }
 
