@@ -121,6 +121,199 @@ fn tanh_f32(x: f32) -> f32 {
     return sign(x) * (1.0 - t) / (1.0 + t);
 }
 
+// ---- trigonometric and hyperbolic functions, accurate on every adapter: lavapipe's
+// builtin sin/cos are wrong for large arguments and its sinh/asinh/atanh lose all relative
+// accuracy near 0, so none of them is used. Polynomials on reduced ranges (the Cephes
+// single-precision forms, about 1-2 ulp).
+
+// 2/π in 224 bits, most significant word first (fdlibm's ipio2 table, regrouped).
+const TWO_OVER_PI = array<u32, 7>(0xa2f9836eu, 0x4e441529u, 0xfc2757d1u, 0xf534ddc0u,
+    0xdb629599u, 0x3c439041u, 0xfe5163abu);
+
+// The 64-bit product a·b as (low word, high word), from 16-bit halves.
+fn mul_wide(a: u32, b: u32) -> vec2<u32> {
+    let a0 = a & 0xffffu;
+    let a1 = a >> 16u;
+    let b0 = b & 0xffffu;
+    let b1 = b >> 16u;
+    let p00 = a0 * b0;
+    let p01 = a0 * b1;
+    let p10 = a1 * b0;
+    let mid = (p00 >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+    let lo = (p00 & 0xffffu) | (mid << 16u);
+    let hi = a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u);
+    return vec2<u32>(lo, hi);
+}
+
+// The 32 bits of p (least significant word first) from bit `pos` up; pos in 0..=224.
+fn bits32(p: ptr<function, array<u32, 8>>, pos: u32) -> u32 {
+    let w = pos >> 5u;
+    let s = pos & 31u;
+    let low = (*p)[w] >> s;
+    if (s == 0u) { return low; }
+    return low | ((*p)[w + 1u] << (32u - s));
+}
+
+// x = (4k + q)·π/2 + r with |r| <= ~π/4: returns (r, q). Payne–Hanek in integer
+// arithmetic for every |x| > π/4, so the reduction is exact at any magnitude and no
+// float reassociation (lavapipe folds some) can undo a Cody–Waite split.
+fn reduce_half_pi(x: f32) -> vec2<f32> {
+    let a = abs(x);
+    if (a <= 0.78539816) { return vec2<f32>(x, 0.0); }
+    let bits = bitcast<u32>(a);
+    let m = (bits & 0x7fffffu) | 0x800000u;       // a = m·2^e, m a 24-bit integer
+    let e = i32(bits >> 23u) - 150;               // -24 <= e <= 104 here
+    var p: array<u32, 8>;                          // m · (2/π · 2^224)
+    var carry = 0u;
+    for (var j = 0u; j < 7u; j++) {
+        let w = mul_wide(m, TWO_OVER_PI[6u - j]);
+        let lo = w.x + carry;
+        carry = w.y + select(0u, 1u, lo < w.x);
+        p[j] = lo;
+    }
+    p[7] = carry;
+    // a·2/π has its units bit at bit 224 - e of p: take 2 integer bits (the quadrant)
+    // and 62 fraction bits below them.
+    let top = u32(226 - e);
+    let hi = bits32(&p, top - 32u);
+    let lo = bits32(&p, top - 64u);
+    var q = hi >> 30u;
+    var f_hi = (hi << 2u) | (lo >> 30u);
+    var f_lo = lo << 2u;
+    var sign = 1.0;
+    if ((f_hi & 0x80000000u) != 0u) {             // fraction >= 1/2: the next quadrant, r < 0
+        q = q + 1u;
+        f_lo = ~f_lo + 1u;
+        f_hi = ~f_hi + select(0u, 1u, f_lo == 0u);
+        sign = -1.0;
+    }
+    let turns = f32(f_hi) * 2.3283064365386963e-10 + f32(f_lo) * 5.421010862427522e-20;
+    var r = sign * turns * 1.5707963267948966;
+    q = q & 3u;
+    if (x < 0.0) {
+        r = -r;
+        q = (4u - q) & 3u;
+    }
+    return vec2<f32>(r, f32(q));
+}
+
+fn sin_poly(r: f32) -> f32 {                      // |r| <= π/4
+    let z = r * r;
+    return r + r * z * (-1.6666654611e-1 + z * (8.3321608736e-3 + z * -1.9515295891e-4));
+}
+
+fn cos_poly(r: f32) -> f32 {                      // |r| <= π/4
+    let z = r * r;
+    return 1.0 - 0.5 * z
+        + z * z * (4.166664568298827e-2 + z * (-1.388731625493765e-3 + z * 2.443315711809948e-5));
+}
+
+// sin (which = 0), cos (1) or tan (2) of x.
+fn trig_f32(x: f32, which: u32) -> f32 {
+    if (is_nan(x) || is_inf(x)) { return nan(); }
+    let rq = reduce_half_pi(x);
+    let s = sin_poly(rq.x);
+    let c = cos_poly(rq.x);
+    let q = u32(rq.y);
+    if (which == 2u) {
+        return select(s / c, -c / s, (q & 1u) == 1u);
+    }
+    let k = (q + which) & 3u;                     // cos x = sin(x + π/2)
+    switch k {
+        case 0u: { return s; }
+        case 1u: { return c; }
+        case 2u: { return -s; }
+        default: { return -c; }
+    }
+}
+
+fn asin_f32(x: f32) -> f32 {
+    let a = abs(x);
+    if (is_nan(x) || a > 1.0) { return nan(); }
+    var z: f32;
+    var t: f32;
+    let big = a > 0.5;
+    if (big) {
+        z = 0.5 * (1.0 - a);                      // exact: 1 - a by Sterbenz
+        t = sqrt(z);
+    } else {
+        z = a * a;
+        t = a;
+    }
+    var y = t + t * z * (1.6666752422e-1 + z * (7.4953002686e-2 + z * (4.5470025998e-2
+        + z * (2.4181311049e-2 + z * 4.2163199048e-2))));
+    if (big) { y = 1.5707963267948966 - 2.0 * y; }
+    return select(y, -y, x < 0.0);
+}
+
+fn acos_f32(x: f32) -> f32 {
+    if (is_nan(x) || abs(x) > 1.0) { return nan(); }
+    if (x < -0.5) { return 3.141592653589793 - 2.0 * asin_f32(sqrt(0.5 * (1.0 + x))); }
+    if (x > 0.5) { return 2.0 * asin_f32(sqrt(0.5 * (1.0 - x))); }
+    return 1.5707963267948966 - asin_f32(x);
+}
+
+fn atan_f32(x: f32) -> f32 {
+    if (is_nan(x)) { return x; }
+    var a = abs(x);
+    var base = 0.0;
+    if (a > 2.414213562373095) {                  // tan 3π/8
+        base = 1.5707963267948966;
+        a = -1.0 / a;
+    } else if (a > 0.4142135623730950) {          // tan π/8
+        base = 0.7853981633974483;
+        a = (a - 1.0) / (a + 1.0);
+    }
+    let z = a * a;
+    let y = base + a + a * z * (-3.33329491539e-1 + z * (1.99777106478e-1
+        + z * (-1.38776856032e-1 + z * 8.05374449538e-2)));
+    return select(y, -y, x < 0.0);
+}
+
+// sinh (which = 0) or cosh (1): the series below 0.5 for sinh (no cancellation), else
+// e^(a - ln 2) ± e^(-a - ln 2), which overflows only where the result does.
+fn sinh_cosh_f32(x: f32, which: u32) -> f32 {
+    if (is_nan(x)) { return x; }
+    let a = abs(x);
+    if (which == 0u && a < 0.5) {
+        let z = x * x;
+        return x + x * z * (1.0 / 6.0 + z * (1.0 / 120.0 + z * (1.0 / 5040.0
+            + z * (1.0 / 362880.0 + z * (1.0 / 39916800.0)))));
+    }
+    let up = exp(a - 0.6931471805599453);
+    let down = exp(-a - 0.6931471805599453);
+    if (which == 1u) { return up + down; }
+    return select(up - down, down - up, x < 0.0);
+}
+
+fn asinh_f32(x: f32) -> f32 {
+    if (is_nan(x) || is_inf(x)) { return x; }
+    let a = abs(x);
+    var y: f32;
+    if (a > 4096.0) {
+        y = log(a) + 0.6931471805599453;          // √(a² + 1) = a in f32
+    } else {
+        y = log1p_f32(a + a * a / (1.0 + sqrt(1.0 + a * a)));
+    }
+    return select(y, -y, x < 0.0);
+}
+
+fn acosh_f32(x: f32) -> f32 {
+    if (is_nan(x) || x < 1.0) { return nan(); }
+    if (is_inf(x)) { return x; }
+    if (x > 4096.0) { return log(x) + 0.6931471805599453; }
+    let t = x - 1.0;                               // exact near 1 (Sterbenz)
+    return log1p_f32(t + sqrt(t * (x + 1.0)));
+}
+
+fn atanh_f32(x: f32) -> f32 {
+    let a = abs(x);
+    if (is_nan(x) || a > 1.0) { return nan(); }
+    if (a == 1.0) { return x * bitcast<f32>(0x7f800000u); }
+    let y = 0.5 * log1p_f32(2.0 * a / (1.0 - a));
+    return select(y, -y, x < 0.0);
+}
+
 fn unary_op(x: f32) -> f32 {
     switch OP {
         case 0u: { return -x; }                                  // neg
@@ -149,6 +342,17 @@ fn unary_op(x: f32) -> f32 {
         case 13u: { return ceil(x); }                            // ceil
         case 14u: { return log1p_f32(x); }                       // log1p
         case 15u: { return round(x); }                           // round (WGSL: halves to even)
+        case 16u: { return trig_f32(x, 0u); }                    // sin
+        case 17u: { return trig_f32(x, 1u); }                    // cos
+        case 18u: { return trig_f32(x, 2u); }                    // tan
+        case 19u: { return asin_f32(x); }                        // asin
+        case 20u: { return acos_f32(x); }                        // acos
+        case 21u: { return atan_f32(x); }                        // atan
+        case 22u: { return sinh_cosh_f32(x, 0u); }               // sinh
+        case 23u: { return sinh_cosh_f32(x, 1u); }               // cosh
+        case 24u: { return asinh_f32(x); }                       // asinh
+        case 25u: { return acosh_f32(x); }                       // acosh
+        case 26u: { return atanh_f32(x); }                       // atanh
         default: { return nan(); }
     }
 }

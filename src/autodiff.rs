@@ -208,6 +208,20 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
                 // piecewise constant: zero almost everywhere (no contribution)
                 U::Floor | U::Ceil | U::Round => Ok(vec![None]),
                 U::Log1p => one(g.div(&a.add_scalar(1.0)?)?), // g/(1+x)
+                U::Sin => one(g.mul(&a.unary(U::Cos)?)?),     // g·cos x
+                U::Cos => one(g.mul(&a.unary(U::Sin)?.neg()?)?), // -g·sin x
+                U::Tan => one(g.mul(&y.square()?.add_scalar(1.0)?)?), // g·(1 + y²)
+                U::Sinh => one(g.mul(&a.unary(U::Cosh)?)?),   // g·cosh x
+                U::Cosh => one(g.mul(&a.unary(U::Sinh)?)?),   // g·sinh x
+                U::Atan => one(g.div(&a.square()?.add_scalar(1.0)?)?), // g/(1 + x²)
+                U::Atanh => one(g.div(&a.square()?.scalar(B::Sub, 1.0, true)?)?), // g/(1 − x²)
+                // g/√(1 − x²), negated for acos
+                U::Asin => one(g.div(&a.square()?.scalar(B::Sub, 1.0, true)?.sqrt()?)?),
+                U::Acos => one(g
+                    .div(&a.square()?.scalar(B::Sub, 1.0, true)?.sqrt()?)?
+                    .neg()?),
+                U::Asinh => one(g.div(&a.square()?.add_scalar(1.0)?.sqrt()?)?), // g/√(x² + 1)
+                U::Acosh => one(g.div(&a.square()?.add_scalar(-1.0)?.sqrt()?)?), // g/√(x² − 1)
             }
         }
         Op::Binary(b) => {

@@ -13,6 +13,8 @@ fn domain(op: UnaryOp) -> (f32, f32) {
     match op {
         UnaryOp::Log | UnaryOp::Sqrt => (0.01, 50.0),
         UnaryOp::Log1p => (-0.99, 50.0),
+        UnaryOp::Asin | UnaryOp::Acos | UnaryOp::Atanh => (-0.999, 0.999),
+        UnaryOp::Acosh => (1.0, 50.0),
         UnaryOp::Exp => (-20.0, 20.0),
         _ => (-8.0, 8.0),
     }
@@ -459,6 +461,99 @@ fn select_gradients_match_finite_differences_past_a_minus_inf_side() {
             &on_cpu[k],
             1e-5,
             1e-5,
+        );
+    }
+}
+
+/// The trigonometric and hyperbolic kernels keep their relative accuracy where builtins
+/// lose it (lavapipe's sin/cos are wrong for large arguments; sinh, asinh, atanh computed
+/// from exp/log lose everything near 0): huge arguments (exact argument reduction up to
+/// f32's largest), arguments next to multiples of π/2, tiny ones, the edges of each
+/// domain, and infinities and NaN.
+#[test]
+fn trig_and_hyperbolic_accurate_at_huge_tiny_and_edge_arguments() {
+    let Some(dev) = gpu() else { return };
+    let huge = [
+        1e3f32,
+        -7.5e4,
+        1e5,
+        3.1415927e5,
+        1e10,
+        -1e20,
+        2.5e30,
+        3.4028235e38,
+        -1.7e38,
+        // f32 values next to multiples of π/2 (sin or cos of them is tiny)
+        1.5707964,
+        3.1415927,
+        4.712389,
+        6.2831855,
+        102_943.71,
+        1_647_099.4,
+        1e6 * 1.5707964,
+    ];
+    let tiny = [1e-30f32, -3e-20, 1e-8, 6e-5, -3e-3, 0.1, 0.0, -0.0];
+    let special = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+    // sinh and cosh of large arguments are e^|x|/2, as accurate as the adapter's exp (whose
+    // argument rounding gives it ~1e-6 relative error at |x| = 20 on lavapipe).
+    let large = [20.0f32, -88.0, 89.4, 90.0];
+    let cases: &[(UnaryOp, &[&[f32]], f32)] = &[
+        (UnaryOp::Sin, &[&huge, &tiny, &special], 4e-7),
+        (UnaryOp::Cos, &[&huge, &tiny, &special], 4e-7),
+        (UnaryOp::Tan, &[&huge, &tiny, &special], 4e-7),
+        (
+            UnaryOp::Asin,
+            &[
+                &tiny,
+                &[1.0, -1.0, 0.9999999, 0.5, -0.5000001, 1.0000001, 2.0],
+            ],
+            4e-7,
+        ),
+        (
+            UnaryOp::Acos,
+            &[&tiny, &[1.0, -1.0, 0.9999999, -0.9999999, 0.5, 1.0000001]],
+            4e-7,
+        ),
+        (UnaryOp::Atan, &[&tiny, &huge, &special], 4e-7),
+        (
+            UnaryOp::Sinh,
+            &[&tiny, &[0.49, 0.51, 3.0, -5.0], &special],
+            4e-7,
+        ),
+        (
+            UnaryOp::Cosh,
+            &[&tiny, &[0.49, 0.51, 3.0, -5.0], &special],
+            4e-7,
+        ),
+        (UnaryOp::Sinh, &[&large], 3e-6),
+        (UnaryOp::Cosh, &[&large], 3e-6),
+        (UnaryOp::Asinh, &[&tiny, &huge, &special], 4e-7),
+        (
+            UnaryOp::Acosh,
+            &[&[1.0, 1.0000001, 1.5, 4095.0, 4097.0, 3e38, 0.5], &special],
+            4e-7,
+        ),
+        (
+            UnaryOp::Atanh,
+            &[
+                &tiny,
+                &[0.9999999, -0.9999999, 1.0, -1.0, 0.5, 1.5],
+                &special,
+            ],
+            4e-7,
+        ),
+    ];
+    for &(op, groups, rtol) in cases {
+        let data: Vec<f32> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+        let (g, c) = pair(&dev, &data, &[data.len()]);
+        // No absolute slack: a tiny result must be right relative to itself (4e-7 is
+        // about 3 ulp).
+        assert_tensor_close(
+            &format!("{} at {data:?}", op.name()),
+            &g.unary(op).unwrap(),
+            &c.unary(op).unwrap(),
+            0.0,
+            rtol,
         );
     }
 }

@@ -56,6 +56,28 @@ pub enum UnaryOp {
     Log1p,
     /// The nearest integer, halves to even (ONNX Round, NumPy `round`).
     Round,
+    /// `sin x` (exact argument reduction at every magnitude).
+    Sin,
+    /// `cos x`.
+    Cos,
+    /// `tan x`.
+    Tan,
+    /// `arcsin x`, NaN outside [-1, 1].
+    Asin,
+    /// `arccos x`, NaN outside [-1, 1].
+    Acos,
+    /// `arctan x`.
+    Atan,
+    /// `sinh x`.
+    Sinh,
+    /// `cosh x`.
+    Cosh,
+    /// `arsinh x`.
+    Asinh,
+    /// `arcosh x`, NaN below 1.
+    Acosh,
+    /// `artanh x`, ±inf at ±1, NaN outside [-1, 1].
+    Atanh,
 }
 
 /// Element-wise functions of two arguments (comparisons give 1.0 or 0.0).
@@ -97,7 +119,7 @@ pub enum BinaryOp {
 
 impl UnaryOp {
     /// Every unary op, for tests and `wgrad check`.
-    pub const ALL: [UnaryOp; 16] = [
+    pub const ALL: [UnaryOp; 27] = [
         UnaryOp::Neg,
         UnaryOp::Abs,
         UnaryOp::Exp,
@@ -114,6 +136,17 @@ impl UnaryOp {
         UnaryOp::Ceil,
         UnaryOp::Log1p,
         UnaryOp::Round,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+        UnaryOp::Tan,
+        UnaryOp::Asin,
+        UnaryOp::Acos,
+        UnaryOp::Atan,
+        UnaryOp::Sinh,
+        UnaryOp::Cosh,
+        UnaryOp::Asinh,
+        UnaryOp::Acosh,
+        UnaryOp::Atanh,
     ];
 
     /// The op's name (as in the WGSL switch comments).
@@ -135,6 +168,17 @@ impl UnaryOp {
             UnaryOp::Ceil => "ceil",
             UnaryOp::Log1p => "log1p",
             UnaryOp::Round => "round",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Tan => "tan",
+            UnaryOp::Asin => "asin",
+            UnaryOp::Acos => "acos",
+            UnaryOp::Atan => "atan",
+            UnaryOp::Sinh => "sinh",
+            UnaryOp::Cosh => "cosh",
+            UnaryOp::Asinh => "asinh",
+            UnaryOp::Acosh => "acosh",
+            UnaryOp::Atanh => "atanh",
         }
     }
 
@@ -165,6 +209,17 @@ impl UnaryOp {
             UnaryOp::Ceil => x.ceil(),
             UnaryOp::Log1p => x.ln_1p(),
             UnaryOp::Round => x.round_ties_even(),
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
+            UnaryOp::Tan => x.tan(),
+            UnaryOp::Asin => x.asin(),
+            UnaryOp::Acos => x.acos(),
+            UnaryOp::Atan => x.atan(),
+            UnaryOp::Sinh => x.sinh(),
+            UnaryOp::Cosh => x.cosh(),
+            UnaryOp::Asinh => x.asinh(),
+            UnaryOp::Acosh => x.acosh(),
+            UnaryOp::Atanh => x.atanh(),
         }
     }
 }

@@ -180,11 +180,7 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
     let mut rows = Vec::new();
     let r = &mut rows;
     for op in UnaryOp::ALL {
-        let range = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Log1p) {
-            (0.01, 10.0)
-        } else {
-            (-6.0, 6.0)
-        };
+        let range = unary_range(op);
         for s in [&[1usize][..], &[257], &[33, 1000]] {
             kernel(r, gpu, op.name(), &[s], range, (1e-6, 2e-6), |x| {
                 x[0].unary(op)
@@ -518,10 +514,13 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
         Ok(wgrad::linalg::svd(&x[0])?.1)
     });
     for op in UnaryOp::ALL.into_iter().filter(|&u| u != UnaryOp::GeluGrad) {
-        let range = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Log1p) {
-            (0.5, 3.0)
-        } else {
-            (-2.0, 2.0)
+        let range = match op {
+            UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Log1p => (0.5, 3.0),
+            UnaryOp::Asin | UnaryOp::Acos | UnaryOp::Atanh => (-0.9, 0.9),
+            UnaryOp::Acosh => (1.1, 3.0),
+            // away from tan's poles, where finite differences lose their accuracy
+            UnaryOp::Tan => (-1.2, 1.2),
+            _ => (-2.0, 2.0),
         };
         gradient(r, gpu, op.name(), &[&[3, 5]], range, |x| x[0].unary(op));
     }
@@ -636,4 +635,14 @@ pub fn run(json: bool) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Inputs on which a unary op is real-valued and well conditioned.
+fn unary_range(op: UnaryOp) -> (f32, f32) {
+    match op {
+        UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Log1p => (0.01, 10.0),
+        UnaryOp::Asin | UnaryOp::Acos | UnaryOp::Atanh => (-0.999, 0.999),
+        UnaryOp::Acosh => (1.0, 10.0),
+        _ => (-6.0, 6.0),
+    }
 }
