@@ -484,13 +484,13 @@ fn trig_and_hyperbolic_accurate_at_huge_tiny_and_edge_arguments() {
         3.4028235e38,
         -1.7e38,
         // f32 values next to multiples of π/2 (sin or cos of them is tiny)
-        1.5707964,
-        3.1415927,
-        4.712389,
-        6.2831855,
+        std::f32::consts::FRAC_PI_2,
+        std::f32::consts::PI,
+        3.0 * std::f32::consts::FRAC_PI_2,
+        std::f32::consts::TAU,
         102_943.71,
         1_647_099.4,
-        1e6 * 1.5707964,
+        1e6 * std::f32::consts::FRAC_PI_2,
     ];
     let tiny = [1e-30f32, -3e-20, 1e-8, 6e-5, -3e-3, 0.1, 0.0, -0.0];
     let special = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
