@@ -279,6 +279,9 @@ pub(crate) fn output_types(env: &Env, node: &NodeProto) -> Vec<DataType> {
             all(attr_type("dtype").unwrap_or(same))
         }
         "RandomUniform" | "RandomNormal" => all(attr_type("dtype").unwrap_or(D::Float)),
+        "HannWindow" | "HammingWindow" | "BlackmanWindow" => {
+            all(attr_type("output_datatype").unwrap_or(D::Float))
+        }
         "TopK" | "MaxPool" => {
             let mut t = all(same);
             if n > 1 {

@@ -33,6 +33,7 @@ mod norm;
 mod resize;
 mod scan;
 mod shape;
+mod window;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -167,7 +168,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 14] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 15] {
     [
         dtype::OPS,
         int::OPS,
@@ -183,11 +184,12 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 14] {
         index::OPS,
         scan::OPS,
         einsum::OPS,
+        window::OPS,
     ]
 }
 
 /// Every family's fold table.
-fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 13] {
+fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 14] {
     [
         dtype::FOLDS,
         int::FOLDS,
@@ -202,6 +204,7 @@ fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 13] {
         loss::FOLDS,
         index::FOLDS,
         scan::FOLDS,
+        window::FOLDS,
     ]
 }
 
