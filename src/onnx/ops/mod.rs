@@ -31,6 +31,7 @@ mod loss;
 mod math;
 mod norm;
 mod resize;
+mod rnn;
 mod scan;
 mod shape;
 mod window;
@@ -168,7 +169,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 15] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 16] {
     [
         dtype::OPS,
         int::OPS,
@@ -185,6 +186,7 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 15] {
         scan::OPS,
         einsum::OPS,
         window::OPS,
+        rnn::OPS,
     ]
 }
 
