@@ -176,6 +176,7 @@ const OPS: &[&str] = &[
     "GRU",
     "RNN",
     "HannWindow",
+    "EyeLike",
     "BlackmanWindow",
     "Sin",
     "Acosh",

@@ -25,6 +25,7 @@ mod conv;
 mod dtype;
 mod einsum;
 mod gather;
+mod generator;
 mod index;
 mod int;
 mod loss;
@@ -34,7 +35,6 @@ mod resize;
 mod rnn;
 mod scan;
 mod shape;
-mod window;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -185,7 +185,7 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 16] {
         index::OPS,
         scan::OPS,
         einsum::OPS,
-        window::OPS,
+        generator::OPS,
         rnn::OPS,
     ]
 }
@@ -206,7 +206,7 @@ fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 14] {
         loss::FOLDS,
         index::FOLDS,
         scan::FOLDS,
-        window::FOLDS,
+        generator::FOLDS,
     ]
 }
 

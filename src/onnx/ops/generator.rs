@@ -1,15 +1,21 @@
-//! ONNX window generators (opset 17): HannWindow, HammingWindow, BlackmanWindow, the
+//! ONNX generators whose output is a constant known at import.
+//!
+//! EyeLike: ones on diagonal `k` of a 2-D tensor shaped like the input (only its shape is
+//! read, so a graph value works too), in `dtype` or the input's element type.
+//!
+//! Window generators (opset 17): HannWindow, HammingWindow, BlackmanWindow, the
 //! generalised cosine windows `w[n] = a0 − a1·cos(2πn/N) + a2·cos(4πn/N)` with N the size
 //! (periodic, the default) or size − 1 (symmetric). The output's length is the value of
 //! `size`, so it must be known at import: each window folds to a constant, computed in f64
 //! and cast to `output_datatype` (FLOAT by default).
 
 use super::shape::cast_const;
-use super::{attr_int, host_numel, Const, Env, FoldFn, OpFn, OpResult};
+use super::{attr_int, dtype_of, host_numel, input_dims, Const, Env, FoldFn, OpFn, OpResult};
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 
 /// This family's operators on graph values: only the import-time form exists.
 pub(super) const OPS: &[(&str, OpFn)] = &[
+    ("EyeLike", eye_like),
     ("HannWindow", runtime_size),
     ("HammingWindow", runtime_size),
     ("BlackmanWindow", runtime_size),
@@ -56,4 +62,36 @@ fn window(node: &NodeProto, c: &[Option<&Const>], [a0, a1, a2]: [f64; 3]) -> OpR
         })
         .collect();
     Ok(vec![cast_const(&Const::floats(vec![n], values), dt)?.into()])
+}
+
+/// EyeLike (opsets 9, 22): see the module comment.
+fn eye_like(env: &Env, node: &NodeProto) -> OpResult {
+    let dims = input_dims(env, node, 0)?;
+    let &[rows, cols] = dims.as_slice() else {
+        return Err(format!("input {dims:?} must be 2-D"));
+    };
+    host_numel(&dims)?;
+    let k = attr_int(node, "k", 0);
+    let dt = match node.attribute.iter().find(|a| a.name() == "dtype") {
+        Some(_) => {
+            let t = attr_int(node, "dtype", 0);
+            i32::try_from(t)
+                .ok()
+                .and_then(|t| DataType::try_from(t).ok())
+                .filter(|&t| t != DataType::Undefined)
+                .ok_or_else(|| format!("dtype {t} is not an element type"))?
+        }
+        None => dtype_of(env, node, 0).unwrap_or(DataType::Float),
+    };
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|e| {
+            let (i, j) = ((e / cols) as i64, (e % cols) as i64);
+            if j - i == k {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(vec![cast_const(&Const::floats(dims, values), dt)?.into()])
 }
