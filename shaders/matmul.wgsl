@@ -49,13 +49,13 @@ struct Params {
     tiles_m: u32,           // 64-high tiles along M
     batch_rank: u32,        // number of batch dims
     flags: u32,             // 1 = TA, 2 = TB (blocked, small; the others use overrides),
-                            // 4, 8, 16: the epilogue (all but the subgroup kernel)
+                            // 4, 8, 16, 64, 128, 256: the epilogue (EPI_*)
     lda: u32,               // elements between rows of the stored A (K, or M with TA)
     ldb: u32,               // elements between rows of the stored B (N, or K with TB)
     splits: u32,            // K chunks in this dispatch (1: the whole product)
     k_chunk: u32,           // length of every chunk but the last (K when splits = 1)
     split0: u32,            // index of this dispatch's first chunk
-    pad0: u32,
+    epi_rows: u32,          // rows of one output matrix for the epilogue's per-row operands
     pad1: u32,
     pad2: u32,
     batch_dims: array<vec4<u32>, 2>,  // output batch dims, outermost first
@@ -73,25 +73,40 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
 // every kernel: C, (batch, M, N); split into chunks, the partials (splits, batch, M, N)
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
-// tiled, blocked, small: the fused epilogue's operands, read only when params.flags asks (the
+// every kernel but pad: the fused epilogue's operands, read only when params.flags asks (the
 // caller binds A in their place otherwise)
-@group(0) @binding(4) var<storage, read> bias: array<f32>;  // (N), added to every row of C
-@group(0) @binding(5) var<storage, read> aux: array<f32>;   // like C: C · [aux > 0]
+@group(0) @binding(4) var<storage, read> bias: array<f32>;   // (N), added to every row of C
+@group(0) @binding(5) var<storage, read> aux: array<f32>;    // like C: the residual, or the mask
+@group(0) @binding(6) var<storage, read> scale: array<f32>;  // (epi_rows): C·scale[row]
+@group(0) @binding(7) var<storage, read> shift: array<f32>;  // (epi_rows): + shift[row]
 
-// The fused epilogue (flags 4, 8, 16), as the unfused element-wise kernels compute it:
-// C + bias along rows, then ReLU (max(x, 0)), then C · [aux > 0] (ReLU's gradient through
-// the layer's output). They are uniform branches in one pipeline, not specialisations: on
-// lavapipe each pipeline of these kernels costs 0.1-0.7 s of LLVM time at its first dispatch.
+// The fused epilogue, as the unfused element-wise kernels compute it, in this order:
+// C·scale[row] (64), + shift[row] (128) — a convolution's folded batch norm and bias, row being
+// the output channel —, + bias[col] (4), + aux (256, a residual), ReLU (8), · [aux > 0] (16,
+// ReLU's gradient through the layer's output). They are uniform branches in one pipeline, not
+// specialisations: on lavapipe each pipeline of these kernels costs 0.1-0.7 s of LLVM time at
+// its first dispatch. Any product kernel adopts it by calling `epilogue` as it stores.
 const EPI_BIAS: u32 = 4u;
 const EPI_RELU: u32 = 8u;
 const EPI_MASK: u32 = 16u;
+const EPI_SCALE: u32 = 64u;
+const EPI_SHIFT: u32 = 128u;
+const EPI_RESIDUAL: u32 = 256u;
+const EPI_ANY: u32 = 476u;  // every EPI_ bit
 
-// Element (m, n) of C at flat index o.
-fn epilogue(v: f32, o: u32, n: u32) -> f32 {
+// Element (m, n) of an output matrix of C, at flat index o of C.
+fn epilogue(v: f32, o: u32, m: u32, n: u32) -> f32 {
+    let f = params.flags;
     var r = v;
-    if ((params.flags & EPI_BIAS) != 0u) { r = r + bias[n]; }
-    if ((params.flags & EPI_RELU) != 0u) { r = max(r, 0.0); }
-    if ((params.flags & EPI_MASK) != 0u) { r = r * select(0.0, 1.0, aux[o] > 0.0); }
+    if ((f & (EPI_SCALE | EPI_SHIFT)) != 0u) {
+        let row = m % params.epi_rows;  // a batch folded into the kernel's rows repeats them
+        if ((f & EPI_SCALE) != 0u) { r = r * scale[row]; }
+        if ((f & EPI_SHIFT) != 0u) { r = r + shift[row]; }
+    }
+    if ((f & EPI_BIAS) != 0u) { r = r + bias[n]; }
+    if ((f & EPI_RESIDUAL) != 0u) { r = r + aux[o]; }
+    if ((f & EPI_RELU) != 0u) { r = max(r, 0.0); }
+    if ((f & EPI_MASK) != 0u) { r = r * select(0.0, 1.0, aux[o] > 0.0); }
     return r;
 }
 
@@ -105,7 +120,7 @@ fn epilogue_block(c_off: u32, m0: u32, n0: u32, size: u32) {
     for (var r = 0u; r < rows; r++) {
         let o = c_off + (m0 + r) * params.n + n0;
         for (var j = 0u; j < cols; j++) {
-            c[o + j] = epilogue(c[o + j], o + j, n0 + j);
+            c[o + j] = epilogue(c[o + j], o + j, m0 + r, n0 + j);
         }
     }
 }
@@ -231,14 +246,14 @@ fn matmul_forward_tiled(@builtin(workgroup_id) wg: vec3<u32>,
             if (m < M && n < N) { c[t.c_off + m * N + n] = acc[i][j]; }
         }
     }
-    if (params.flags >= EPI_BIAS) {
+    if ((params.flags & EPI_ANY) != 0u) {
         // As epilogue_block: trip counts unknown to the compiler, one copy of the epilogue.
         for (var i = 0u; i < min(4u, M); i++) {
             let m = m_base + lid.y + 16u * i;
             for (var j = 0u; j < min(4u, N); j++) {
                 let n = n_base + lid.x + 16u * j;
                 let o = t.c_off + m * N + n;
-                if (m < M && n < N) { c[o] = epilogue(c[o], o, n); }
+                if (m < M && n < N) { c[o] = epilogue(c[o], o, m, n); }
             }
         }
     }
@@ -391,7 +406,7 @@ fn matmul_forward_blocked(@builtin(workgroup_id) wg: vec3<u32>,
     let m0 = t.tile_m * 64u + lid.y * 8u;
     let n0 = t.tile_n * 64u + lid.x * 8u;
     store_block(t.c_off, m0, n0, own_block(t, m0, n0));
-    if (params.flags >= EPI_BIAS && m0 < params.m && n0 < params.n) {
+    if ((params.flags & EPI_ANY) != 0u && m0 < params.m && n0 < params.n) {
         epilogue_block(t.c_off, m0, n0, 8u);
     }
 }
@@ -491,7 +506,7 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
         let v = select(select(select(acc0, acc1, r == 1u), acc2, r == 2u), acc3, r == 3u);
         let o = t.c_off + (m0 + r) * N + n0;
         for (var j = 0u; j < min(4u, N - n0); j++) {
-            c[o + j] = epilogue(v[j], o + j, n0 + j);
+            c[o + j] = epilogue(v[j], o + j, m0 + r, n0 + j);
         }
     }
 }
@@ -563,7 +578,7 @@ fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>,
         v = pending[d - 1u] + v;
     }
     if ((params.flags & SPLIT_PRIOR) != 0u) { v = v + prior[i]; }
-    c[i] = epilogue(v, i, i % params.n);
+    c[i] = epilogue(v, i, (i / params.n) % params.m, i % params.n);
 }
 
 // ---- subgroup kernels: compiled as a separate module, only on devices with subgroups ----
@@ -786,4 +801,7 @@ fn matmul_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>,
         fma_panels16(&acc, pa, pb);
     }
     store_block16(t.c_off, m0, n0, &acc);
+    if ((params.flags & EPI_ANY) != 0u && m0 < params.m && n0 < params.n) {
+        epilogue_block(t.c_off, m0, n0, 16u);
+    }
 }
