@@ -94,15 +94,24 @@ const EPI_SHIFT: u32 = 128u;
 const EPI_RESIDUAL: u32 = 256u;
 const EPI_ANY: u32 = 476u;  // every EPI_ bit
 
-// Element (m, n) of an output matrix of C, at flat index o of C.
-fn epilogue(v: f32, o: u32, m: u32, n: u32) -> f32 {
+// The per-row factors of row m of an output matrix: (scale, shift), read once per row.
+fn epi_row(m: u32) -> vec2<f32> {
     let f = params.flags;
-    var r = v;
+    var st = vec2<f32>(1.0, 0.0);
     if ((f & (EPI_SCALE | EPI_SHIFT)) != 0u) {
         let row = m % params.epi_rows;  // a batch folded into the kernel's rows repeats them
-        if ((f & EPI_SCALE) != 0u) { r = r * scale[row]; }
-        if ((f & EPI_SHIFT) != 0u) { r = r + shift[row]; }
+        if ((f & EPI_SCALE) != 0u) { st.x = scale[row]; }
+        if ((f & EPI_SHIFT) != 0u) { st.y = shift[row]; }
     }
+    return st;
+}
+
+// Element (m, n) of an output matrix of C, at flat index o of C, with st = epi_row(m).
+fn epilogue_at(v: f32, o: u32, st: vec2<f32>, n: u32) -> f32 {
+    let f = params.flags;
+    var r = v;
+    if ((f & EPI_SCALE) != 0u) { r = r * st.x; }
+    if ((f & EPI_SHIFT) != 0u) { r = r + st.y; }
     if ((f & EPI_BIAS) != 0u) { r = r + bias[n]; }
     if ((f & EPI_RESIDUAL) != 0u) { r = r + aux[o]; }
     if ((f & EPI_RELU) != 0u) { r = max(r, 0.0); }
@@ -110,19 +119,31 @@ fn epilogue(v: f32, o: u32, m: u32, n: u32) -> f32 {
     return r;
 }
 
-// Applies the epilogue to the size x size block of C at (m0, n0) that this invocation has just
-// stored (its own writes, so no barrier). Re-reading C costs one load and store per element;
-// the loops' trip counts are left unknown so that LLVM keeps one copy of the epilogue instead
-// of size² (for the blocked kernel that doubled its compile time on lavapipe).
-fn epilogue_block(c_off: u32, m0: u32, n0: u32, size: u32) {
-    let rows = min(size, params.m - m0);
-    let cols = min(size, params.n - n0);
-    for (var r = 0u; r < rows; r++) {
-        let o = c_off + (m0 + r) * params.n + n0;
-        for (var j = 0u; j < cols; j++) {
-            c[o + j] = epilogue(c[o + j], o + j, m0 + r, n0 + j);
-        }
+fn epilogue(v: f32, o: u32, m: u32, n: u32) -> f32 {
+    return epilogue_at(v, o, epi_row(m), n);
+}
+
+// The epilogue of the 4 consecutive elements (m, n .. n + 4) at flat index o, in registers as
+// the register-blocked and subgroup kernels store them (store_row), with st = epi_row(m): the
+// same f32 operations per component as `epilogue_at`. Applied before the store rather than by
+// re-reading the stored block: on lavapipe every load of C is a gather across the lanes, and the
+// re-read cost as much as a separate element-wise pass (1×1 conv 64 -> 256 at 56×56).
+fn epilogue4(v: vec4<f32>, o: u32, st: vec2<f32>, n: u32) -> vec4<f32> {
+    let f = params.flags;
+    var r = v;
+    if ((f & EPI_SCALE) != 0u) { r = r * st.x; }
+    if ((f & EPI_SHIFT) != 0u) { r = r + st.y; }
+    if ((f & EPI_BIAS) != 0u) {
+        r = r + vec4<f32>(bias[n], bias[n + 1u], bias[n + 2u], bias[n + 3u]);
     }
+    var x = vec4<f32>(0.0);
+    if ((f & (EPI_RESIDUAL | EPI_MASK)) != 0u) {
+        x = vec4<f32>(aux[o], aux[o + 1u], aux[o + 2u], aux[o + 3u]);
+    }
+    if ((f & EPI_RESIDUAL) != 0u) { r = r + x; }
+    if ((f & EPI_RELU) != 0u) { r = max(r, vec4<f32>(0.0)); }
+    if ((f & EPI_MASK) != 0u) { r = r * select(vec4<f32>(0.0), vec4<f32>(1.0), x > vec4<f32>(0.0)); }
+    return r;
 }
 
 // One workgroup's job: which K chunk, output matrix and tile, and where its operands start.
@@ -247,7 +268,7 @@ fn matmul_forward_tiled(@builtin(workgroup_id) wg: vec3<u32>,
         }
     }
     if ((params.flags & EPI_ANY) != 0u) {
-        // As epilogue_block: trip counts unknown to the compiler, one copy of the epilogue.
+        // Trip counts unknown to the compiler: one copy of the epilogue, not 16.
         for (var i = 0u; i < min(4u, M); i++) {
             let m = m_base + lid.y + 16u * i;
             for (var j = 0u; j < min(4u, N); j++) {
@@ -358,16 +379,24 @@ fn store_row(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>) {
     let N = params.n;
     if (m >= params.m || n0 >= N) { return; }
     let o = c_off + m * N + n0;
+    let epi = (params.flags & EPI_ANY) != 0u;
+    let st = epi_row(m);
     if (n0 + 8u <= N) {
-        c[o] = v0.x; c[o + 1u] = v0.y; c[o + 2u] = v0.z; c[o + 3u] = v0.w;
-        c[o + 4u] = v1.x; c[o + 5u] = v1.y; c[o + 6u] = v1.z; c[o + 7u] = v1.w;
+        var w0 = v0;
+        var w1 = v1;
+        if (epi) {
+            w0 = epilogue4(v0, o, st, n0);
+            w1 = epilogue4(v1, o + 4u, st, n0 + 4u);
+        }
+        c[o] = w0.x; c[o + 1u] = w0.y; c[o + 2u] = w0.z; c[o + 3u] = w0.w;
+        c[o + 4u] = w1.x; c[o + 5u] = w1.y; c[o + 6u] = w1.z; c[o + 7u] = w1.w;
         return;
     }
     // The right edge: a loop whose trip count the compiler cannot know, over vector lanes
     // (selects, not a local array): one small copy per row. A local array here cost 0.4 s of
     // LLVM time on lavapipe, straight-line guarded stores 0.25 s.
     for (var i = 0u; i < min(8u, N - n0); i++) {
-        c[o + i] = select(v1[i & 3u], v0[i & 3u], i < 4u);
+        c[o + i] = epilogue_at(select(v1[i & 3u], v0[i & 3u], i < 4u), o + i, st, n0 + i);
     }
 }
 
@@ -405,10 +434,7 @@ fn matmul_forward_blocked(@builtin(workgroup_id) wg: vec3<u32>,
     if (!t.valid) { return; }
     let m0 = t.tile_m * 64u + lid.y * 8u;
     let n0 = t.tile_n * 64u + lid.x * 8u;
-    store_block(t.c_off, m0, n0, own_block(t, m0, n0));
-    if ((params.flags & EPI_ANY) != 0u && m0 < params.m && n0 < params.n) {
-        epilogue_block(t.c_off, m0, n0, 8u);
-    }
+    store_block(t.c_off, m0, n0, own_block(t, m0, n0));  // with the epilogue
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -505,8 +531,9 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
     for (var r = 0u; r < min(4u, M - m0); r++) {
         let v = select(select(select(acc0, acc1, r == 1u), acc2, r == 2u), acc3, r == 3u);
         let o = t.c_off + (m0 + r) * N + n0;
+        let st = epi_row(m0 + r);
         for (var j = 0u; j < min(4u, N - n0); j++) {
-            c[o + j] = epilogue(v[j], o + j, m0 + r, n0 + j);
+            c[o + j] = epilogue_at(v[j], o + j, st, n0 + j);
         }
     }
 }
@@ -800,8 +827,5 @@ fn matmul_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>,
         mask_panels16(&pa, &pb, K - full);
         fma_panels16(&acc, pa, pb);
     }
-    store_block16(t.c_off, m0, n0, &acc);
-    if ((params.flags & EPI_ANY) != 0u && m0 < params.m && n0 < params.n) {
-        epilogue_block(t.c_off, m0, n0, 16u);
-    }
+    store_block16(t.c_off, m0, n0, &acc);  // with the epilogue
 }

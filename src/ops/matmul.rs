@@ -914,6 +914,99 @@ mod tests {
             .expect("base part validates without subgroups");
     }
 
+    /// Every kernel (and the split-K sum) applies every epilogue part as the separate
+    /// element-wise ops on the CPU reference compute them: ragged shapes (edges of every
+    /// tile and vec4), a batched B under an unbatched A (a convolution's product), a batched
+    /// A folded into the kernel's rows (the per-row operands repeat every M rows).
+    #[test]
+    fn every_kernel_applies_the_epilogue() {
+        let Ok(dev) = Device::gpu() else { return };
+        let cpu = Device::cpu();
+        let t = |seed: u64, shape: &[usize]| {
+            let n = shape.iter().product();
+            let v = crate::Rng::new(seed).vec_uniform(n, -1.0, 1.0);
+            (
+                Tensor::from_slice(&dev, &v, shape).unwrap(),
+                Tensor::from_slice(&cpu, &v, shape).unwrap(),
+            )
+        };
+        // (A stored, B stored, ta, tb)
+        let cases: [(&[usize], &[usize], bool, bool); 5] = [
+            (&[13, 29], &[2, 37, 29], false, true), // (F, CK)·(N, L, CK)ᵀ: a 3×3 conv
+            (&[9, 300], &[2, 300, 19], false, false), // K past the small kernel's: blocked
+            (&[7, 5], &[3, 5, 21], false, false),   // (F, C)·(N, C, L): a 1×1 conv
+            (&[70, 64], &[64, 130], false, false),  // past a 64-tile both ways
+            (&[2, 9, 6], &[6, 11], false, false),   // batch folded into the rows
+        ];
+        for (i, &(sa, sb, ta, tb)) in cases.iter().enumerate() {
+            let plan = MatmulPlan::new(sa, sb, ta, tb).unwrap();
+            let out: usize = plan.out_shape.iter().product();
+            let seed = 10 * i as u64;
+            let (a, a_cpu) = t(seed, sa);
+            let (b, b_cpu) = t(seed + 1, sb);
+            let (scale, scale_cpu) = t(seed + 2, &[plan.m, 1]);
+            let (shift, shift_cpu) = t(seed + 3, &[plan.m]);
+            let (bias, bias_cpu) = t(seed + 4, &[plan.n]);
+            let (res, res_cpu) = t(seed + 5, &[out]);
+            for parts in 0..3 {
+                // 0: scale, shift, residual, relu (a ResNet block's end); 1: shift, bias,
+                // relu, mask; 2: scale, residual.
+                fn make<'t>(
+                    parts: usize,
+                    [s, sh, bi, r]: [&'t Tensor; 4],
+                ) -> Epilogue<'t> {
+                    Epilogue {
+                        scale: (parts != 1).then_some(s),
+                        shift: (parts != 2).then_some(sh),
+                        bias: (parts == 1).then_some(bi),
+                        residual: (parts != 1).then_some(r),
+                        relu: parts != 2,
+                        mask: (parts == 1).then_some(r),
+                    }
+                }
+                let want = a_cpu
+                    .matmul_epilogue(
+                        &b_cpu,
+                        (ta, tb),
+                        MatmulVariant::Auto,
+                        make(parts, [&scale_cpu, &shift_cpu, &bias_cpu, &res_cpu]),
+                    )
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap();
+                for variant in MatmulVariant::KERNELS {
+                    for chunk in [None, Some(16)] {
+                        let run = || {
+                            a.matmul_epilogue(
+                                &b,
+                                (ta, tb),
+                                variant,
+                                make(parts, [&scale, &shift, &bias, &res]),
+                            )
+                        };
+                        let got = match chunk {
+                            None => run(),
+                            Some(c) => with_k_chunk(c, run),
+                        };
+                        let Ok(got) = got else {
+                            assert_eq!(variant, MatmulVariant::Subgroup, "{variant:?}");
+                            continue; // no 8-wide subgroups on this adapter
+                        };
+                        assert_eq!(got.shape(), plan.out_shape.as_slice());
+                        let got = got.to_vec::<f32>().unwrap();
+                        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - w).abs() <= 1e-4 + 1e-4 * w.abs(),
+                                "case {i} parts {parts} {variant:?} chunk {chunk:?}: \
+                                 element {k}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn env_names_parse() {
         assert_eq!(parse_env("").unwrap(), MatmulVariant::Auto);
