@@ -213,7 +213,9 @@ fn grow(
                 ) && inner(q, u)
                     && !taken(q);
                 match nodes[q].inputs.first().copied() {
-                    Some(y) if is_mask && nodes[y].dtype == DType::F32 && nodes[y].shape == view => {
+                    Some(y)
+                        if is_mask && nodes[y].dtype == DType::F32 && nodes[y].shape == view =>
+                    {
                         (epi.mask, ops[4], stage) = (true, Some(y), 5);
                         extra_members.push(q);
                     }

@@ -24,8 +24,8 @@ use crate::graph::{Node, NodeId, Op};
 use crate::ops::elementwise::SHADER as ELEMENTWISE;
 use crate::ops::matmul::{Epilogue, MatmulVariant};
 
-pub(crate) use crate::fused::{Fused, FusedKind};
 use crate::fused::ProductOp;
+pub(crate) use crate::fused::{Fused, FusedKind};
 use crate::ops::{gpu_output, grid_1d};
 use crate::shape::{broadcast_strides, contiguous_strides};
 use crate::tensor::Tensor;

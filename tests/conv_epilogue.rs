@@ -108,12 +108,48 @@ fn conv_batch_norm_residual_relu_is_one_product() {
     ];
     let t = true;
     let all_parts = [
-        Parts { rank3: false, scale: t, shift: t, residual: false, relu: t },
-        Parts { rank3: t, scale: t, shift: t, residual: false, relu: false },
-        Parts { rank3: false, scale: t, shift: t, residual: t, relu: t },
-        Parts { rank3: t, scale: false, shift: t, residual: false, relu: t },
-        Parts { rank3: false, scale: t, shift: false, residual: t, relu: false },
-        Parts { rank3: false, scale: false, shift: false, residual: t, relu: t },
+        Parts {
+            rank3: false,
+            scale: t,
+            shift: t,
+            residual: false,
+            relu: t,
+        },
+        Parts {
+            rank3: t,
+            scale: t,
+            shift: t,
+            residual: false,
+            relu: false,
+        },
+        Parts {
+            rank3: false,
+            scale: t,
+            shift: t,
+            residual: t,
+            relu: t,
+        },
+        Parts {
+            rank3: t,
+            scale: false,
+            shift: t,
+            residual: false,
+            relu: t,
+        },
+        Parts {
+            rank3: false,
+            scale: t,
+            shift: false,
+            residual: t,
+            relu: false,
+        },
+        Parts {
+            rank3: false,
+            scale: false,
+            shift: false,
+            residual: t,
+            relu: t,
+        },
     ];
     for (x, f, geom) in layers {
         for parts in all_parts {
@@ -135,7 +171,13 @@ fn conv_batch_norm_residual_relu_is_one_product() {
 fn shared_values_and_grouped_convolutions_are_not_folded() {
     let Some(dev) = gpu() else { return };
     let cpu = Device::cpu();
-    let parts = Parts { rank3: false, scale: true, shift: true, residual: false, relu: true };
+    let parts = Parts {
+        rank3: false,
+        scale: true,
+        shift: true,
+        residual: false,
+        relu: true,
+    };
     // The batch-normed value is also an output: the ReLU runs after the product alone.
     let g = Graph::new();
     let (y, feeds) = block(&g, [1, 5, 9, 7], 7, Conv2d::new(1, 1), parts);
@@ -165,9 +207,21 @@ fn shared_values_and_grouped_convolutions_are_not_folded() {
 fn training_through_a_fused_block_matches_the_reference() {
     let Some(dev) = gpu() else { return };
     let cpu = Device::cpu();
-    let parts = Parts { rank3: true, scale: true, shift: true, residual: true, relu: true };
+    let parts = Parts {
+        rank3: true,
+        scale: true,
+        shift: true,
+        residual: true,
+        relu: true,
+    };
     let g = Graph::new();
-    let (y, feeds) = block(&g, [2, 3, 7, 7], 5, Conv2d::new(3, 3).stride(2).padding(1), parts);
+    let (y, feeds) = block(
+        &g,
+        [2, 3, 7, 7],
+        5,
+        Conv2d::new(3, 3).stride(2).padding(1),
+        parts,
+    );
     let loss = y.square().unwrap().mean().unwrap();
     let inputs: Vec<Var> = ["x", "w", "a", "c", "r"]
         .iter()

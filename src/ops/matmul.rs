@@ -571,7 +571,10 @@ impl Tensor {
             DeviceInner::Cpu => {
                 let (a, b) = (self.host_f64(), other.host_f64());
                 let out = matmul_forward(&a, &b, &plan);
-                epi.apply(Tensor::cpu_from_f64(self.device(), &plan.out_shape, out), &plan)
+                epi.apply(
+                    Tensor::cpu_from_f64(self.device(), &plan.out_shape, out),
+                    &plan,
+                )
             }
             DeviceInner::Gpu(ctx) => {
                 let requested = variant;
@@ -605,7 +608,9 @@ impl Tensor {
                 };
                 // Per-row operands repeat every M rows, also where the kernel folds a
                 // batch into its rows.
-                let fused = epi.fits_kernel(&plan, self.device()).then_some((epi, plan.m));
+                let fused = epi
+                    .fits_kernel(&plan, self.device())
+                    .then_some((epi, plan.m));
                 if matmul_dispatch(ctx, &plan.for_gpu(), variant, (a, b, c), fused)? {
                     Ok(out)
                 } else {
@@ -951,10 +956,7 @@ mod tests {
             for parts in 0..3 {
                 // 0: scale, shift, residual, relu (a ResNet block's end); 1: shift, bias,
                 // relu, mask; 2: scale, residual.
-                fn make<'t>(
-                    parts: usize,
-                    [s, sh, bi, r]: [&'t Tensor; 4],
-                ) -> Epilogue<'t> {
+                fn make<'t>(parts: usize, [s, sh, bi, r]: [&'t Tensor; 4]) -> Epilogue<'t> {
                     Epilogue {
                         scale: (parts != 1).then_some(s),
                         shift: (parts != 2).then_some(sh),

@@ -141,7 +141,8 @@ fn batch_norm(env: &Env, node: &NodeProto) -> OpResult {
         (Some(st), Some(bias)) => {
             let (a, shift) = fold_constants(&st, bias.as_deref(), eps);
             let constant = |v: &[f32]| {
-                Tensor::from_slice(&crate::Device::cpu(), v, &to).and_then(|t| x.graph().constant(&t))
+                Tensor::from_slice(&crate::Device::cpu(), v, &to)
+                    .and_then(|t| x.graph().constant(&t))
             };
             (|| x.mul(&constant(&a)?)?.add(&constant(&shift)?))()
         }
