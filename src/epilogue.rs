@@ -305,8 +305,7 @@ mod tests {
         }
         assert_eq!(along(&[6, 1], &[2, 6, 15], f, l), Some(Along::Row));
         assert_eq!(along(&[6, 3, 1], &view, f, l), None); // per channel and row of pixels
-        // Per pixel: one value per column of the product (L = OH·OW), a column bias.
-        assert_eq!(along(&[3, 5], &view, f, l), Some(Along::Col));
+        assert_eq!(along(&[3, 5], &view, f, l), Some(Along::Col)); // per pixel: a column bias
         assert_eq!(along(&[1, 6, 1, 5], &view, f, l), None);
         assert_eq!(along(&[2, 6, 1, 1], &view, f, l), None); // per image and channel
         assert_eq!(along(&[1, 1, 1, 1], &view, f, l), None);
