@@ -49,13 +49,13 @@ struct Params {
     tiles_m: u32,           // 64-high tiles along M
     batch_rank: u32,        // number of batch dims
     flags: u32,             // 1 = TA, 2 = TB (blocked, small; the others use overrides),
-                            // 4, 8, 16: the epilogue (all but the subgroup kernel)
+                            // 4, 8, 16, 64, 128, 256: the epilogue (EPI_*)
     lda: u32,               // elements between rows of the stored A (K, or M with TA)
     ldb: u32,               // elements between rows of the stored B (N, or K with TB)
     splits: u32,            // K chunks in this dispatch (1: the whole product)
     k_chunk: u32,           // length of every chunk but the last (K when splits = 1)
     split0: u32,            // index of this dispatch's first chunk
-    pad0: u32,
+    epi_rows: u32,          // rows of one output matrix for the epilogue's per-row operands
     pad1: u32,
     pad2: u32,
     batch_dims: array<vec4<u32>, 2>,  // output batch dims, outermost first
@@ -73,41 +73,77 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
 // every kernel: C, (batch, M, N); split into chunks, the partials (splits, batch, M, N)
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
-// tiled, blocked, small: the fused epilogue's operands, read only when params.flags asks (the
+// every kernel but pad: the fused epilogue's operands, read only when params.flags asks (the
 // caller binds A in their place otherwise)
-@group(0) @binding(4) var<storage, read> bias: array<f32>;  // (N), added to every row of C
-@group(0) @binding(5) var<storage, read> aux: array<f32>;   // like C: C · [aux > 0]
+@group(0) @binding(4) var<storage, read> bias: array<f32>;   // (N), added to every row of C
+@group(0) @binding(5) var<storage, read> aux: array<f32>;    // like C: the residual, or the mask
+@group(0) @binding(6) var<storage, read> scale: array<f32>;  // (epi_rows): C·scale[row]
+@group(0) @binding(7) var<storage, read> shift: array<f32>;  // (epi_rows): + shift[row]
 
-// The fused epilogue (flags 4, 8, 16), as the unfused element-wise kernels compute it:
-// C + bias along rows, then ReLU (max(x, 0)), then C · [aux > 0] (ReLU's gradient through
-// the layer's output). They are uniform branches in one pipeline, not specialisations: on
-// lavapipe each pipeline of these kernels costs 0.1-0.7 s of LLVM time at its first dispatch.
+// The fused epilogue, as the unfused element-wise kernels compute it, in this order:
+// C·scale[row] (64), + shift[row] (128) — a convolution's folded batch norm and bias, row being
+// the output channel —, + bias[col] (4), + aux (256, a residual), ReLU (8), · [aux > 0] (16,
+// ReLU's gradient through the layer's output). They are uniform branches in one pipeline, not
+// specialisations: on lavapipe each pipeline of these kernels costs 0.1-0.7 s of LLVM time at
+// its first dispatch. Any product kernel adopts it by calling `epilogue` as it stores.
 const EPI_BIAS: u32 = 4u;
 const EPI_RELU: u32 = 8u;
 const EPI_MASK: u32 = 16u;
+const EPI_SCALE: u32 = 64u;
+const EPI_SHIFT: u32 = 128u;
+const EPI_RESIDUAL: u32 = 256u;
+const EPI_ANY: u32 = 476u;  // every EPI_ bit
 
-// Element (m, n) of C at flat index o.
-fn epilogue(v: f32, o: u32, n: u32) -> f32 {
+// The per-row factors of row m of an output matrix: (scale, shift), read once per row.
+fn epi_row(m: u32) -> vec2<f32> {
+    let f = params.flags;
+    var st = vec2<f32>(1.0, 0.0);
+    if ((f & (EPI_SCALE | EPI_SHIFT)) != 0u) {
+        let row = m % params.epi_rows;  // a batch folded into the kernel's rows repeats them
+        if ((f & EPI_SCALE) != 0u) { st.x = scale[row]; }
+        if ((f & EPI_SHIFT) != 0u) { st.y = shift[row]; }
+    }
+    return st;
+}
+
+// Element (m, n) of an output matrix of C, at flat index o of C, with st = epi_row(m).
+fn epilogue_at(v: f32, o: u32, st: vec2<f32>, n: u32) -> f32 {
+    let f = params.flags;
     var r = v;
-    if ((params.flags & EPI_BIAS) != 0u) { r = r + bias[n]; }
-    if ((params.flags & EPI_RELU) != 0u) { r = max(r, 0.0); }
-    if ((params.flags & EPI_MASK) != 0u) { r = r * select(0.0, 1.0, aux[o] > 0.0); }
+    if ((f & EPI_SCALE) != 0u) { r = r * st.x; }
+    if ((f & EPI_SHIFT) != 0u) { r = r + st.y; }
+    if ((f & EPI_BIAS) != 0u) { r = r + bias[n]; }
+    if ((f & EPI_RESIDUAL) != 0u) { r = r + aux[o]; }
+    if ((f & EPI_RELU) != 0u) { r = max(r, 0.0); }
+    if ((f & EPI_MASK) != 0u) { r = r * select(0.0, 1.0, aux[o] > 0.0); }
     return r;
 }
 
-// Applies the epilogue to the size x size block of C at (m0, n0) that this invocation has just
-// stored (its own writes, so no barrier). Re-reading C costs one load and store per element;
-// the loops' trip counts are left unknown so that LLVM keeps one copy of the epilogue instead
-// of size² (for the blocked kernel that doubled its compile time on lavapipe).
-fn epilogue_block(c_off: u32, m0: u32, n0: u32, size: u32) {
-    let rows = min(size, params.m - m0);
-    let cols = min(size, params.n - n0);
-    for (var r = 0u; r < rows; r++) {
-        let o = c_off + (m0 + r) * params.n + n0;
-        for (var j = 0u; j < cols; j++) {
-            c[o + j] = epilogue(c[o + j], o + j, n0 + j);
-        }
+fn epilogue(v: f32, o: u32, m: u32, n: u32) -> f32 {
+    return epilogue_at(v, o, epi_row(m), n);
+}
+
+// The epilogue of the 4 consecutive elements (m, n .. n + 4) at flat index o, in registers as
+// the register-blocked and subgroup kernels store them (store_row), with st = epi_row(m): the
+// same f32 operations per component as `epilogue_at`. Applied before the store rather than by
+// re-reading the stored block: on lavapipe every load of C is a gather across the lanes, and the
+// re-read cost as much as a separate element-wise pass (1×1 conv 64 -> 256 at 56×56).
+fn epilogue4(v: vec4<f32>, o: u32, st: vec2<f32>, n: u32) -> vec4<f32> {
+    let f = params.flags;
+    var r = v;
+    if ((f & EPI_SCALE) != 0u) { r = r * st.x; }
+    if ((f & EPI_SHIFT) != 0u) { r = r + st.y; }
+    if ((f & EPI_BIAS) != 0u) {
+        r = r + vec4<f32>(bias[n], bias[n + 1u], bias[n + 2u], bias[n + 3u]);
     }
+    var x = vec4<f32>(0.0);
+    if ((f & (EPI_RESIDUAL | EPI_MASK)) != 0u) {
+        x = vec4<f32>(aux[o], aux[o + 1u], aux[o + 2u], aux[o + 3u]);
+    }
+    if ((f & EPI_RESIDUAL) != 0u) { r = r + x; }
+    if ((f & EPI_RELU) != 0u) { r = max(r, vec4<f32>(0.0)); }
+    if ((f & EPI_MASK) != 0u) { r = r * select(vec4<f32>(0.0), vec4<f32>(1.0), x > vec4<f32>(0.0)); }
+    return r;
 }
 
 // One workgroup's job: which K chunk, output matrix and tile, and where its operands start.
@@ -231,14 +267,14 @@ fn matmul_forward_tiled(@builtin(workgroup_id) wg: vec3<u32>,
             if (m < M && n < N) { c[t.c_off + m * N + n] = acc[i][j]; }
         }
     }
-    if (params.flags >= EPI_BIAS) {
-        // As epilogue_block: trip counts unknown to the compiler, one copy of the epilogue.
+    if ((params.flags & EPI_ANY) != 0u) {
+        // Trip counts unknown to the compiler: one copy of the epilogue, not 16.
         for (var i = 0u; i < min(4u, M); i++) {
             let m = m_base + lid.y + 16u * i;
             for (var j = 0u; j < min(4u, N); j++) {
                 let n = n_base + lid.x + 16u * j;
                 let o = t.c_off + m * N + n;
-                if (m < M && n < N) { c[o] = epilogue(c[o], o, n); }
+                if (m < M && n < N) { c[o] = epilogue(c[o], o, m, n); }
             }
         }
     }
@@ -343,16 +379,24 @@ fn store_row(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>) {
     let N = params.n;
     if (m >= params.m || n0 >= N) { return; }
     let o = c_off + m * N + n0;
+    let epi = (params.flags & EPI_ANY) != 0u;
+    let st = epi_row(m);
     if (n0 + 8u <= N) {
-        c[o] = v0.x; c[o + 1u] = v0.y; c[o + 2u] = v0.z; c[o + 3u] = v0.w;
-        c[o + 4u] = v1.x; c[o + 5u] = v1.y; c[o + 6u] = v1.z; c[o + 7u] = v1.w;
+        var w0 = v0;
+        var w1 = v1;
+        if (epi) {
+            w0 = epilogue4(v0, o, st, n0);
+            w1 = epilogue4(v1, o + 4u, st, n0 + 4u);
+        }
+        c[o] = w0.x; c[o + 1u] = w0.y; c[o + 2u] = w0.z; c[o + 3u] = w0.w;
+        c[o + 4u] = w1.x; c[o + 5u] = w1.y; c[o + 6u] = w1.z; c[o + 7u] = w1.w;
         return;
     }
     // The right edge: a loop whose trip count the compiler cannot know, over vector lanes
     // (selects, not a local array): one small copy per row. A local array here cost 0.4 s of
     // LLVM time on lavapipe, straight-line guarded stores 0.25 s.
     for (var i = 0u; i < min(8u, N - n0); i++) {
-        c[o + i] = select(v1[i & 3u], v0[i & 3u], i < 4u);
+        c[o + i] = epilogue_at(select(v1[i & 3u], v0[i & 3u], i < 4u), o + i, st, n0 + i);
     }
 }
 
@@ -390,10 +434,7 @@ fn matmul_forward_blocked(@builtin(workgroup_id) wg: vec3<u32>,
     if (!t.valid) { return; }
     let m0 = t.tile_m * 64u + lid.y * 8u;
     let n0 = t.tile_n * 64u + lid.x * 8u;
-    store_block(t.c_off, m0, n0, own_block(t, m0, n0));
-    if (params.flags >= EPI_BIAS && m0 < params.m && n0 < params.n) {
-        epilogue_block(t.c_off, m0, n0, 8u);
-    }
+    store_block(t.c_off, m0, n0, own_block(t, m0, n0));  // with the epilogue
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -490,8 +531,9 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
     for (var r = 0u; r < min(4u, M - m0); r++) {
         let v = select(select(select(acc0, acc1, r == 1u), acc2, r == 2u), acc3, r == 3u);
         let o = t.c_off + (m0 + r) * N + n0;
+        let st = epi_row(m0 + r);
         for (var j = 0u; j < min(4u, N - n0); j++) {
-            c[o + j] = epilogue(v[j], o + j, n0 + j);
+            c[o + j] = epilogue_at(v[j], o + j, st, n0 + j);
         }
     }
 }
@@ -563,7 +605,7 @@ fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>,
         v = pending[d - 1u] + v;
     }
     if ((params.flags & SPLIT_PRIOR) != 0u) { v = v + prior[i]; }
-    c[i] = epilogue(v, i, i % params.n);
+    c[i] = epilogue(v, i, (i / params.n) % params.m, i % params.n);
 }
 
 // ---- subgroup kernels: compiled as a separate module, only on devices with subgroups ----
@@ -785,5 +827,5 @@ fn matmul_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>,
         mask_panels16(&pa, &pb, K - full);
         fma_panels16(&acc, pa, pb);
     }
-    store_block16(t.c_off, m0, n0, &acc);
+    store_block16(t.c_off, m0, n0, &acc);  // with the epilogue
 }

@@ -1,30 +1,41 @@
 //! Fusion of an op with the op that consumes it, in a compiled graph: element-wise
-//! epilogues into the matmul kernels, and a loss's mean into the loss kernel.
+//! epilogues into the product kernels, and a loss's mean into the loss kernel.
 //!
-//! Three patterns after a product `C = op(A)·op(B)` whose only user is the pattern, each
-//! computed by one matmul dispatch that applies the ops as it stores C (matmul.wgsl's
-//! `epilogue`, the same f32 ops the element-wise kernels run):
-//! - `C + bias`, bias along C's last dim (`[N]` or `[1, .., 1, N]`): a linear layer;
-//! - `relu(C + bias)`: a layer with its activation;
-//! - `C · [y > 0]` with `y` shaped like C: ReLU's gradient through the layer's output `y`,
-//!   as `autodiff` writes it.
+//! After a product `C = op(A)·op(B)` whose only user is the pattern, seen through reshapes
+//! (which keep the element order: a convolution's (N, F, L) viewed as (N, F, OH, OW)), the
+//! pattern `relu?(C·a + c + bias + residual)` is computed by one product dispatch that applies
+//! the ops as it stores C (matmul.wgsl's `epilogue`, the same f32 ops the element-wise kernels
+//! run, in the same order). Each part is optional, in that order:
+//! - `· a` with `a` one value per row of the product (per output channel of a convolution:
+//!   `[F, 1, 1]`, `[1, F, 1, 1]`): a folded batch norm's factor;
+//! - `+ c` per row (a folded batch norm's shift, a convolution's bias), or `+ bias` along the
+//!   last dim of a plain product (`[N]` or `[1, .., 1, N]`: a linear layer);
+//! - `+ residual`, a tensor shaped like the result (a residual connection);
+//! - ReLU;
 //!
+//! and, directly after the product, `C · [y > 0]` with `y` shaped like C: ReLU's gradient
+//! through the layer's output `y`, as `autodiff` writes it.
 //!
 //! And `cross_entropy(x, labels).mean()` (or `.sum()`), a training step's loss, is one
 //! dispatch of [`Tensor::cross_entropy_reduced`](crate::Tensor::cross_entropy_reduced),
 //! which also computes the loss's gradient when the graph asks for it with an upstream
 //! known from the start (the mean's constant `1/rows`).
 //!
-//! Inner nodes (the product, the bias add, the `[y > 0]` mask, the per-row losses) must
-//! not be outputs of the run and must have no other user; then they never run and never
-//! get a buffer.
+//! Inner nodes (the product, the reshapes, all but the last op, the `[y > 0]` mask, the
+//! per-row losses) must not be outputs of the run and must have no other user; then they
+//! never run and never get a buffer. A training graph's forward values have other users
+//! (their gradients read them), so there the pattern stops where it must.
+//!
+//! A product-like op other than `MatMul` joins by giving its `(rows, cols)` in
+//! [`product_of`] and a [`ProductOp`] that `fusion::run` dispatches with the epilogue.
 
 use std::collections::HashMap;
 
 use crate::dtype::DType;
-use crate::fusion::{Fused, FusedKind};
+use crate::fused::{EpiParts, Fused, FusedKind, ProductOp};
 use crate::graph::{Node, NodeId, Op};
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
+use crate::ops::matmul::MatmulPlan;
 use crate::ops::reduce::ReduceOp;
 
 /// The epilogue fusions among the live nodes: the fused op of every root, and the
@@ -82,112 +93,223 @@ pub(crate) fn plan(
             }
             continue;
         }
-        let Op::MatMul { ta, tb } = nodes[m].op else {
+        let Some((op, rows, cols)) = product_of(nodes, m) else {
             continue;
         };
-        if !f32_node(m) || users[m].len() != 1 || !inner(m, users[m][0]) {
+        if !f32_node(m) {
             continue;
         }
-        let shape = &nodes[m].shape;
-        let e = users[m][0];
-        if nodes[e].shape != *shape {
-            continue; // the product itself is broadcast: not an epilogue
-        }
-        let other = |e: NodeId| -> Option<NodeId> {
-            let ins = &nodes[e].inputs;
-            match ins.as_slice() {
-                [x, y] if *x == m && *y != m => Some(*y),
-                [x, y] if *y == m && *x != m => Some(*x),
-                _ => None,
-            }
-        };
-        let kind = |bias, relu, mask| FusedKind::Matmul {
-            ta,
-            tb,
-            bias,
-            relu,
-            mask,
-        };
-        let (root, members, extra, kind) = match nodes[e].op {
-            Op::Binary(BinaryOp::Add) => {
-                let Some(b) =
-                    other(e).filter(|&b| f32_node(b) && is_row_bias(&nodes[b].shape, shape))
-                else {
-                    continue;
-                };
-                // relu(C + bias) when the sum has no other use.
-                let relu = users[e].len() == 1
-                    && inner(e, users[e][0])
-                    && matches!(nodes[users[e][0]].op, Op::Unary(UnaryOp::Relu));
-                if relu {
-                    let r = users[e][0];
-                    (r, vec![m, e], vec![b], kind(true, true, false))
-                } else {
-                    (e, vec![m], vec![b], kind(true, false, false))
-                }
-            }
-            Op::Binary(BinaryOp::Mul) => {
-                let Some(q) = other(e) else { continue };
-                let is_mask = matches!(
-                    nodes[q].op,
-                    Op::Scalar { op: BinaryOp::Gt, value, lhs: false } if value == 0.0
-                ) && inner(q, e);
-                let y = nodes[q].inputs.first().copied();
-                match y {
-                    Some(y) if is_mask && f32_node(y) && nodes[y].shape == *shape => {
-                        (e, vec![m, q], vec![y], kind(false, false, true))
-                    }
-                    _ => continue,
-                }
-            }
-            _ => continue,
-        };
-        if members.iter().any(|&j| absorbed[j]) || roots.contains_key(&root) {
+        let taken = |j: NodeId| absorbed[j] || roots.contains_key(&j);
+        let Some(found) = grow(nodes, users, &inner, &taken, m, (rows, cols)) else {
             continue;
-        }
+        };
         let mut inputs = nodes[m].inputs.clone();
-        inputs.extend(extra);
-        for &j in &members {
+        inputs.extend(found.operands);
+        for &j in &found.members {
             absorbed[j] = true;
         }
         roots.insert(
-            root,
+            found.root,
             Fused {
                 inputs,
                 outputs: Vec::new(),
-                shape: nodes[root].shape.clone(),
+                shape: nodes[found.root].shape.clone(),
                 source: String::new(),
-                members: members.len() + 1,
-                kind,
+                members: found.members.len() + 1,
+                kind: FusedKind::Product { op, epi: found.epi },
             },
         );
     }
     (roots, absorbed)
 }
 
-/// Whether `bias` adds one value per column of a product shaped `out`: `[N]` or
-/// `[1, .., 1, N]` with N the product's last dim.
-fn is_row_bias(bias: &[usize], out: &[usize]) -> bool {
-    match (bias.split_last(), out.last()) {
-        (Some((&n, lead)), Some(&cols)) => {
-            n == cols && lead.len() < out.len() && lead.iter().all(|&d| d == 1)
+/// The product a node computes, with the rows and columns of its output matrices (its
+/// elements are (batch, rows, cols) in that order), if it can take an epilogue.
+fn product_of(nodes: &[Node], m: NodeId) -> Option<(ProductOp, usize, usize)> {
+    let Op::MatMul { ta, tb } = nodes[m].op else {
+        return None;
+    };
+    let [a, b] = nodes[m].inputs[..] else {
+        return None;
+    };
+    let plan = MatmulPlan::new(&nodes[a].shape, &nodes[b].shape, ta, tb).ok()?;
+    Some((ProductOp::MatMul { ta, tb }, plan.m, plan.n))
+}
+
+/// An epilogue found after a product.
+struct Found {
+    /// The last node it computes.
+    root: NodeId,
+    /// The nodes it absorbs (the product included, the root not).
+    members: Vec<NodeId>,
+    /// The parts, and their operands in [`EpiParts`] order.
+    epi: EpiParts,
+    operands: Vec<NodeId>,
+}
+
+/// Grows the epilogue of product `m` through its single users, in the order the kernel
+/// applies the parts (see the module doc); `None` when no part follows it. `inner(j, by)`:
+/// `j` is computed, not asked for, and read by `by` alone; `taken(j)`: `j` already belongs
+/// to another fusion.
+fn grow(
+    nodes: &[Node],
+    users: &[Vec<NodeId>],
+    inner: &dyn Fn(NodeId, NodeId) -> bool,
+    taken: &dyn Fn(NodeId) -> bool,
+    m: NodeId,
+    (rows, cols): (usize, usize),
+) -> Option<Found> {
+    // Stages: 0 reshapes, 1 scale, 2 shift or bias, 3 residual, 4 relu, 5 mask (last).
+    let mut stage = 0;
+    let mut epi = EpiParts::default();
+    let mut ops: [Option<NodeId>; 5] = [None; 5]; // scale, shift, bias, residual, y
+    let mut chain = vec![m];
+    let mut extra_members = Vec::new();
+    let mut view = nodes[m].shape.clone();
+    loop {
+        let cur = chain[chain.len() - 1];
+        let [u] = users[cur][..] else { break };
+        if !inner(cur, u) || taken(u) || nodes[u].dtype != DType::F32 {
+            break;
         }
-        _ => false,
+        // The operand of binary `u` that is not `cur`.
+        let other = match nodes[u].inputs[..] {
+            [x, y] if x == cur && y != cur => Some(y),
+            [x, y] if y == cur && x != cur => Some(x),
+            _ => None,
+        }
+        .filter(|&q| nodes[q].dtype == DType::F32);
+        let axis = other.and_then(|q| along(&nodes[q].shape, &view, rows, cols));
+        match nodes[u].op {
+            Op::Reshape(_) if stage == 0 => {
+                view = nodes[u].shape.clone();
+                chain.push(u);
+                continue;
+            }
+            _ if nodes[u].shape != view => break,
+            Op::Binary(BinaryOp::Mul) if stage < 1 && axis == Some(Along::Row) => {
+                (epi.scale, ops[0], stage) = (true, other, 1);
+            }
+            Op::Binary(BinaryOp::Add) if stage < 2 && axis == Some(Along::Row) => {
+                (epi.shift, ops[1], stage) = (true, other, 2);
+            }
+            Op::Binary(BinaryOp::Add) if stage < 2 && axis == Some(Along::Col) => {
+                (epi.bias, ops[2], stage) = (true, other, 2);
+            }
+            Op::Binary(BinaryOp::Add)
+                if stage < 3 && other.is_some_and(|q| nodes[q].shape == view) =>
+            {
+                (epi.residual, ops[3], stage) = (true, other, 3);
+            }
+            Op::Unary(UnaryOp::Relu) if stage < 4 => {
+                (epi.relu, stage) = (true, 4);
+            }
+            // C · [y > 0], directly after the product: ReLU's gradient.
+            Op::Binary(BinaryOp::Mul) if chain.len() == 1 => {
+                let Some(q) = other else { break };
+                let is_mask = matches!(
+                    nodes[q].op,
+                    Op::Scalar { op: BinaryOp::Gt, value, lhs: false } if value == 0.0
+                ) && inner(q, u)
+                    && !taken(q);
+                match nodes[q].inputs.first().copied() {
+                    Some(y)
+                        if is_mask && nodes[y].dtype == DType::F32 && nodes[y].shape == view =>
+                    {
+                        (epi.mask, ops[4], stage) = (true, Some(y), 5);
+                        extra_members.push(q);
+                    }
+                    _ => break,
+                }
+            }
+            _ => break,
+        }
+        chain.push(u);
+    }
+    // Trailing reshapes stay outside: the root is the last part.
+    while chain.len() > 1 && matches!(nodes[chain[chain.len() - 1]].op, Op::Reshape(_)) {
+        chain.pop();
+    }
+    if stage == 0 {
+        return None;
+    }
+    let root = chain.pop()?;
+    chain.extend(extra_members);
+    Some(Found {
+        root,
+        members: chain,
+        epi,
+        operands: ops.into_iter().flatten().collect(),
+    })
+}
+
+/// Which index of a product's elements an operand follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Along {
+    /// One value per row of each output matrix (an output channel).
+    Row,
+    /// One value per column (a linear layer's bias).
+    Col,
+}
+
+/// How `operand`, broadcast against `view` (the shape the graph gives the product's
+/// (batch, rows, cols) elements), is indexed: one value per row, one per column, or
+/// neither (`None`). Its dims other than 1 must be whole dims of `view` that together span
+/// exactly the rows (with the columns inside them) or exactly the columns.
+fn along(operand: &[usize], view: &[usize], rows: usize, cols: usize) -> Option<Along> {
+    if operand.len() > view.len() {
+        return None;
+    }
+    let pad = view.len() - operand.len();
+    let at = |d: usize| if d < pad { 1 } else { operand[d - pad] };
+    let spread: Vec<usize> = (0..view.len()).filter(|&d| at(d) != 1).collect();
+    let (Some(&first), Some(&last)) = (spread.first(), spread.last()) else {
+        // One value for everything: a column bias of a one-column product.
+        return (cols == 1).then_some(Along::Col);
+    };
+    if (first..=last).any(|d| at(d) != view[d]) {
+        return None;
+    }
+    let span: usize = view[first..=last].iter().product();
+    let inside: usize = view[last + 1..].iter().product();
+    match (span, inside) {
+        (s, 1) if s == cols => Some(Along::Col),
+        (s, i) if s == rows && i == cols => Some(Along::Row),
+        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_row_bias;
+    use super::{along, Along};
 
     #[test]
-    fn row_bias_shapes() {
-        assert!(is_row_bias(&[10], &[256, 10]));
-        assert!(is_row_bias(&[1, 10], &[256, 10]));
-        assert!(is_row_bias(&[1, 1, 10], &[4, 256, 10]));
-        assert!(!is_row_bias(&[256, 1], &[256, 10])); // along columns
-        assert!(!is_row_bias(&[256, 10], &[256, 10])); // not a broadcast row
-        assert!(!is_row_bias(&[1, 1, 10], &[256, 10])); // would broadcast C itself
-        assert!(!is_row_bias(&[], &[10]));
+    fn column_bias_shapes() {
+        let col = |b: &[usize], out: &[usize], rows, cols| along(b, out, rows, cols);
+        assert_eq!(col(&[10], &[256, 10], 256, 10), Some(Along::Col));
+        assert_eq!(col(&[1, 10], &[256, 10], 256, 10), Some(Along::Col));
+        assert_eq!(col(&[1, 1, 10], &[4, 256, 10], 256, 10), Some(Along::Col));
+        assert_eq!(col(&[256, 1], &[256, 10], 256, 10), Some(Along::Row)); // along columns
+        assert_eq!(col(&[256, 10], &[256, 10], 256, 10), None); // not a broadcast row
+        assert_eq!(col(&[1, 1, 10], &[256, 10], 256, 10), None); // would broadcast C itself
+        assert_eq!(col(&[], &[10], 1, 10), None);
+        assert_eq!(col(&[1], &[7, 1], 7, 1), Some(Along::Col));
+    }
+
+    #[test]
+    fn channel_shapes_of_a_convolution() {
+        // A convolution's (N, F, L) product viewed as (N, F, OH, OW).
+        let (view, f, l) = ([2, 6, 3, 5], 6, 15);
+        for ch in [&[6, 1, 1][..], &[1, 6, 1, 1]] {
+            assert_eq!(along(ch, &view, f, l), Some(Along::Row), "{ch:?}");
+        }
+        assert_eq!(along(&[6, 1], &[2, 6, 15], f, l), Some(Along::Row));
+        assert_eq!(along(&[6, 3, 1], &view, f, l), None); // per channel and row of pixels
+        assert_eq!(along(&[3, 5], &view, f, l), Some(Along::Col)); // per pixel: a column bias
+        assert_eq!(along(&[1, 6, 1, 5], &view, f, l), None);
+        assert_eq!(along(&[2, 6, 1, 1], &view, f, l), None); // per image and channel
+        assert_eq!(along(&[1, 1, 1, 1], &view, f, l), None);
+        // A batch of images folded into rows: (N·F) rows per matrix of one image each.
+        assert_eq!(along(&[6, 1, 1], &[1, 6, 3, 5], 6, 15), Some(Along::Row));
     }
 }

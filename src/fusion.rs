@@ -23,6 +23,9 @@ use crate::gpu::Kernel;
 use crate::graph::{Node, NodeId, Op};
 use crate::ops::elementwise::SHADER as ELEMENTWISE;
 use crate::ops::matmul::{Epilogue, MatmulVariant};
+
+use crate::fused::ProductOp;
+pub(crate) use crate::fused::{Fused, FusedKind};
 use crate::ops::{gpu_output, grid_1d};
 use crate::shape::{broadcast_strides, contiguous_strides};
 use crate::tensor::Tensor;
@@ -30,47 +33,6 @@ use crate::tensor::Tensor;
 /// Most tensors a fused kernel reads and writes besides its root's output
 /// (within the 8 storage buffers per stage every adapter allows).
 const MAX_INPUTS: usize = 6;
-
-/// One generated kernel: the fused expression of a chain ending at its root.
-#[derive(Clone, Debug)]
-pub(crate) struct Fused {
-    /// The nodes outside the chain it reads, in binding order.
-    pub(crate) inputs: Vec<NodeId>,
-    /// Chain values also used outside it (or asked for): written beside the root.
-    pub(crate) outputs: Vec<NodeId>,
-    /// Output shape.
-    pub(crate) shape: Vec<usize>,
-    /// The generated WGSL (entry point `fused`).
-    pub(crate) source: String,
-    /// Nodes fused (root included).
-    pub(crate) members: usize,
-    /// What computes it.
-    pub(crate) kind: FusedKind,
-}
-
-/// The kernel of a fused node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FusedKind {
-    /// The generated element-wise kernel in `source`.
-    Chain,
-    /// A matmul applying an epilogue as it stores (src/epilogue.rs): inputs are A, B,
-    /// then the bias if `bias`, then the mask's `y` if `mask`.
-    Matmul {
-        ta: bool,
-        tb: bool,
-        bias: bool,
-        relu: bool,
-        mask: bool,
-    },
-    /// `cross_entropy(x, labels)` and its mean (or sum) over rows in one kernel; inputs
-    /// are the logits and the labels, then the upstream of the loss's gradient when that
-    /// gradient (the one output) is computed by the same kernel.
-    /// `mean` divides by all rows (the graph's `.mean()`), ignored ones included.
-    CrossEntropyReduced {
-        mean: bool,
-        opts: crate::ops::loss::CrossEntropyOptions,
-    },
-}
 
 fn fusable(n: &Node) -> bool {
     n.dtype == DType::F32 && matches!(n.op, Op::Unary(_) | Op::Binary(_) | Op::Scalar { .. })
@@ -315,22 +277,26 @@ fn kernel(source: &str) -> Kernel {
 ///
 /// Returns the root's value and those of the chain values written beside it.
 pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(NodeId, Tensor)>> {
-    if let FusedKind::Matmul {
-        ta,
-        tb,
-        bias,
-        relu,
-        mask,
-    } = f.kind
-    {
-        let mut extra = args.iter().skip(2).copied();
-        let epi = Epilogue {
-            bias: if bias { extra.next() } else { None },
-            relu,
-            mask: if mask { extra.next() } else { None },
+    if let FusedKind::Product { op, epi } = f.kind {
+        // The epilogue's operands follow the product's, in `EpiParts` order.
+        let operands = &args[args.len() - epi.operands()..];
+        let mut next = operands.iter().copied();
+        let mut take = |present: bool| if present { next.next() } else { None };
+        let epilogue = Epilogue {
+            scale: take(epi.scale),
+            shift: take(epi.shift),
+            bias: take(epi.bias),
+            residual: take(epi.residual),
+            relu: epi.relu,
+            mask: take(epi.mask),
         };
-        let c = args[0].matmul_epilogue(args[1], (ta, tb), MatmulVariant::Auto, epi)?;
-        return Ok(vec![(root, c)]);
+        let c = match op {
+            ProductOp::MatMul { ta, tb } => {
+                args[0].matmul_epilogue(args[1], (ta, tb), MatmulVariant::Auto, epilogue)?
+            }
+        };
+        // The product's elements in the order the graph's view of them has (a reshape).
+        return Ok(vec![(root, c.reshape(&f.shape)?)]);
     }
     if let FusedKind::CrossEntropyReduced { mean, opts } = f.kind {
         use crate::ops::loss::Divide;

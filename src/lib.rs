@@ -53,6 +53,7 @@ pub mod dtype;
 pub(crate) mod epilogue;
 pub mod error;
 pub mod executor;
+pub(crate) mod fused;
 pub(crate) mod fusion;
 pub(crate) mod gpu;
 pub mod graph;

@@ -116,50 +116,114 @@ fn k_chunk(entry: &str) -> usize {
 }
 
 /// Element-wise ops applied to a product as it is stored, fused by the graph executor
-/// into the tiled, register-blocked and small kernels (see matmul.wgsl's `epilogue`):
-/// `C + bias` (bias along the last dim), then ReLU, then `C · [mask > 0]`. The subgroup
-/// kernel, products past one binding and operands the kernels cannot take get them as
+/// into the product kernels (see matmul.wgsl's `epilogue`), in this order:
+/// `C·scale[row] + shift[row]` (per row of C: a convolution's output channel, as a folded
+/// batch norm and a convolution's bias), `+ bias[col]` (a linear layer's bias), `+ residual`,
+/// then ReLU, then `· [mask > 0]` (ReLU's gradient through the layer's output). Each part is
+/// optional. Products past one binding and operands the kernels cannot take get them as
 /// ordinary element-wise ops afterwards, which computes the same values.
+///
+/// Another product-like op adopts it by binding the same five operands after its output
+/// (bindings 4-7, see matmul.wgsl) and calling the shader's `epilogue(v, o, m, n)` as it
+/// stores element (m, n) at flat index o, with `params.flags` and `params.epi_rows` set by
+/// [`Epilogue::flags`].
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Epilogue<'a> {
-    /// (N): added to every row of C.
+    /// (M) values, any shape: multiplies row m of every output matrix.
+    pub scale: Option<&'a Tensor>,
+    /// (M) values, any shape: added to row m of every output matrix, after the scale.
+    pub shift: Option<&'a Tensor>,
+    /// (N) values, any shape: added to every row of C.
     pub bias: Option<&'a Tensor>,
-    /// `max(C, 0)` after the bias.
+    /// As many elements as C, in C's order: added after the biases (a residual connection).
+    pub residual: Option<&'a Tensor>,
+    /// `max(C, 0)` after the additions.
     pub relu: bool,
-    /// Shaped like C: `C · [mask > 0]` (ReLU's gradient through the layer's output).
+    /// As many elements as C: `C · [mask > 0]` (ReLU's gradient through the layer's output).
+    /// Bound in the residual's place, so not both.
     pub mask: Option<&'a Tensor>,
 }
 
 impl Epilogue<'_> {
-    /// Flag bits of matmul.wgsl's `params.flags` (4, 8, 16).
-    fn flags(&self) -> u32 {
+    /// Flag bits of matmul.wgsl's `params.flags` (4, 8, 16, 64, 128, 256).
+    pub(crate) fn flags(&self) -> u32 {
         (self.bias.is_some() as u32) << 2
             | (self.relu as u32) << 3
             | (self.mask.is_some() as u32) << 4
+            | (self.scale.is_some() as u32) << 6
+            | (self.shift.is_some() as u32) << 7
+            | (self.residual.is_some() as u32) << 8
     }
 
-    /// The same ops as separate element-wise ops on a computed product.
-    fn apply(&self, c: Tensor) -> Result<Tensor> {
-        let mut c = c;
+    /// The same ops as separate element-wise ops on a computed product `c` of `plan`,
+    /// returned in the product's shape.
+    fn apply(&self, c: Tensor, plan: &MatmulPlan) -> Result<Tensor> {
+        if self.flags() == 0 {
+            return Ok(c);
+        }
+        let (m, n) = (plan.m, plan.n);
+        let shape = c.shape().to_vec();
+        // (matrices, M, N): the per-row operands broadcast as (M, 1), the others as given.
+        let mats = c.numel() / (m * n).max(1);
+        let mut c = c.reshape(&[mats, m, n])?;
+        if let Some(a) = self.scale {
+            c = c.mul(&a.reshape(&[m, 1])?)?;
+        }
+        if let Some(s) = self.shift {
+            c = c.add(&s.reshape(&[m, 1])?)?;
+        }
         if let Some(b) = self.bias {
-            c = c.add(b)?;
+            c = c.add(&b.reshape(&[n])?)?;
+        }
+        if let Some(r) = self.residual {
+            c = c.add(&r.reshape(&[mats, m, n])?)?;
         }
         if self.relu {
             c = c.relu()?;
         }
         if let Some(y) = self.mask {
+            let y = y.reshape(&[mats, m, n])?;
             c = c.mul(&y.binary_scalar(crate::ops::elementwise::BinaryOp::Gt, 0.0, false)?)?;
         }
-        Ok(c)
+        c.reshape(&shape)
     }
 
     /// Whether a kernel can apply it to `op(A)·op(B)` of `plan` as it stores C.
     fn fits_kernel(&self, plan: &MatmulPlan, device: &Device) -> bool {
         let on = |t: &Tensor| t.device().same(device) && t.dtype() == DType::F32;
-        self.bias.is_none_or(|b| on(b) && b.numel() == plan.n)
-            && self
-                .mask
-                .is_none_or(|y| on(y) && y.shape() == plan.out_shape.as_slice())
+        let sized = |t: Option<&Tensor>, len: usize| t.is_none_or(|t| on(t) && t.numel() == len);
+        let out: usize = plan.out_shape.iter().product();
+        sized(self.scale, plan.m)
+            && sized(self.shift, plan.m)
+            && sized(self.bias, plan.n)
+            && sized(self.residual, out)
+            && sized(self.mask, out)
+            && !(self.residual.is_some() && self.mask.is_some())
+    }
+
+    /// Whether `apply` can take it on a product of `plan`: every operand of its size.
+    fn check(&self, plan: &MatmulPlan) -> Result<()> {
+        let out: usize = plan.out_shape.iter().product();
+        let parts = [
+            ("scale", self.scale, plan.m),
+            ("shift", self.shift, plan.m),
+            ("bias", self.bias, plan.n),
+            ("residual", self.residual, out),
+            ("mask", self.mask, out),
+        ];
+        for (what, t, len) in parts {
+            if let Some(t) = t.filter(|t| t.numel() != len) {
+                return Err(Error::Shape {
+                    op: "matmul",
+                    detail: format!(
+                        "epilogue {what} {:?} needs {len} elements for a product {:?}",
+                        t.shape(),
+                        plan.out_shape
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -494,37 +558,37 @@ impl Tensor {
         variant: MatmulVariant,
         epi: Epilogue<'_>,
     ) -> Result<Tensor> {
+        let plan = MatmulPlan::new(self.shape(), other.shape(), transpose_a, transpose_b)?;
+        epi.check(&plan)?;
         if self.dtype() == DType::F16 || other.dtype() == DType::F16 {
-            return epi.apply(crate::ops::half::matmul(
-                self,
-                other,
-                transpose_a,
-                transpose_b,
-            )?);
+            let c = crate::ops::half::matmul(self, other, transpose_a, transpose_b)?;
+            return epi.apply(c, &plan);
         }
         self.expect_f32("matmul")?;
         other.expect_f32("matmul")?;
         self.expect_same_device("matmul", other)?;
-        let plan = MatmulPlan::new(self.shape(), other.shape(), transpose_a, transpose_b)?;
         match &self.device().inner {
             DeviceInner::Cpu => {
                 let (a, b) = (self.host_f64(), other.host_f64());
                 let out = matmul_forward(&a, &b, &plan);
-                epi.apply(Tensor::cpu_from_f64(self.device(), &plan.out_shape, out))
+                epi.apply(
+                    Tensor::cpu_from_f64(self.device(), &plan.out_shape, out),
+                    &plan,
+                )
             }
             DeviceInner::Gpu(ctx) => {
                 let requested = variant;
                 let variant = resolve(ctx, variant)?;
                 if plan.k == 0 {
-                    return epi.apply(Tensor::zeros(self.device(), &plan.out_shape)?);
+                    return epi.apply(Tensor::zeros(self.device(), &plan.out_shape)?, &plan);
                 }
                 let big = |elems: usize| !crate::ops::chunk::fits(ctx, elems);
                 if big(self.numel()) || big(other.numel()) || big(plan.out_shape.iter().product()) {
-                    return epi.apply(matmul_big(ctx, self, other, &plan, variant)?);
+                    return epi.apply(matmul_big(ctx, self, other, &plan, variant)?, &plan);
                 }
                 let out = gpu_output(ctx, self.device(), "matmul", &plan.out_shape, DType::F32)?;
                 if out.numel() == 0 {
-                    return epi.apply(out);
+                    return epi.apply(out, &plan);
                 }
                 // `Auto`: the kernel tuned for this shape class on this adapter (once the
                 // product is known to be valid, so a bad one queues and allocates nothing).
@@ -542,11 +606,15 @@ impl Tensor {
                 else {
                     unreachable!("GPU device holds GPU tensors")
                 };
-                let fused = epi.fits_kernel(&plan, self.device()).then_some(epi);
+                // Per-row operands repeat every M rows, also where the kernel folds a
+                // batch into its rows.
+                let fused = epi
+                    .fits_kernel(&plan, self.device())
+                    .then_some((epi, plan.m));
                 if matmul_dispatch(ctx, &plan.for_gpu(), variant, (a, b, c), fused)? {
                     Ok(out)
                 } else {
-                    epi.apply(out)
+                    epi.apply(out, &plan)
                 }
             }
         }
@@ -663,14 +731,14 @@ fn padded_rows(ctx: &GpuContext, arg: BufArg<'_>, ld: usize) -> Result<(GpuBuffe
     Ok((copy, bytes, ld4))
 }
 
-/// Records `C = op(A)·op(B)`, with `epi` applied as C is stored by every kernel but the
-/// subgroup one, or by the split-K sum for any kernel: returns whether it was.
-fn matmul_dispatch(
+/// Records `C = op(A)·op(B)`, with `epi` applied as C is stored (by the split-K sum when K
+/// is split), its per-row operands repeating every `rows` rows: returns whether it was.
+fn matmul_dispatch<'a>(
     ctx: &GpuContext,
     p: &MatmulPlan,
     variant: MatmulVariant,
-    (a, b, c): (BufArg<'_>, BufArg<'_>, BufArg<'_>),
-    epi: Option<Epilogue<'_>>,
+    (a, b, c): (BufArg<'a>, BufArg<'a>, BufArg<'a>),
+    epi: Option<(Epilogue<'a>, usize)>,
 ) -> Result<bool> {
     // Stored row lengths: A is (M, K) or (K, M), B is (K, N) or (N, K).
     let lda = if p.ta { p.m } else { p.k };
@@ -702,19 +770,26 @@ fn matmul_dispatch(
     // A K past the kernel's loop budget runs in chunks (split-K, see `k_chunk_limit`).
     let chunk = k_chunk(entry);
     let chunks = p.k.div_ceil(chunk);
-    // The subgroup kernel has no epilogue: the caller applies it after (the split-K sum
-    // applies it for every kernel).
-    let epi = epi.filter(|_| entry != "matmul_forward_subgroup" || chunks > 1);
+    // Every kernel applies the epilogue as it stores C (or the split-K sum does).
+    let (epi, epi_rows) = match epi {
+        Some((e, rows)) => (Some(e), rows),
+        None => (None, 0),
+    };
     let epilogue_flags = epi.map_or(0, |e| e.flags());
-    // The epilogue's operands, or A in their place (bound, never read).
-    let bias = epi
-        .and_then(|e| e.bias)
-        .and_then(Tensor::gpu_arg)
-        .unwrap_or(a);
-    let aux = epi
-        .and_then(|e| e.mask)
-        .and_then(Tensor::gpu_arg)
-        .unwrap_or(a);
+    // The epilogue's operands, or A in their place (bound, never read): the column bias, the
+    // residual or the mask (one binding), the row scale and the row shift.
+    let (bias, aux, scale, shift) = match &epi {
+        Some(e) => {
+            let operand = |t: Option<&'a Tensor>| t.and_then(Tensor::gpu_arg).unwrap_or(a);
+            (
+                operand(e.bias),
+                operand(e.residual.or(e.mask)),
+                operand(e.scale),
+                operand(e.shift),
+            )
+        }
+        None => (a, a, a, a),
+    };
     let pad = |arg, ld: usize| -> Result<Option<(GpuBuffer, u64, usize)>> {
         if !vec4_loads || ld % 4 == 0 {
             Ok(None)
@@ -749,7 +824,7 @@ fn matmul_dispatch(
             splits as u32,
             chunk as u32,
             split0 as u32,
-            0,
+            epi_rows as u32,
             0,
             0,
         ];
@@ -775,15 +850,10 @@ fn matmul_dispatch(
     let tiles = tiles_m * tiles_n * p.batch();
     // Chunks `split0 ..` (`splits` of them) of the product into `out`.
     let product = |flags: u32, splits: usize, chunk: usize, split0: usize, out: BufArg<'_>| {
-        let all = [a, b, out, bias, aux];
-        let buffers = if entry == "matmul_forward_subgroup" {
-            &all[..3]
-        } else {
-            &all[..]
-        };
+        let buffers = [a, b, out, bias, aux, scale, shift];
         let grid = ctx.grid((tiles * splits) as u64);
         let params = params(flags, splits, chunk, split0);
-        ctx.dispatch(&kernel, entry, constants, &params, buffers, grid)
+        ctx.dispatch(&kernel, entry, constants, &params, &buffers, grid)
     };
     if chunks <= 1 {
         product(transposes | epilogue_flags, 1, p.k, 0, c)?;
@@ -821,7 +891,7 @@ fn matmul_dispatch(
             "matmul_sum_splits",
             &[],
             &params(flags, splits, chunk, split0),
-            &[parts, prior_arg, dst, bias, aux],
+            &[parts, prior_arg, dst, bias, aux, scale, shift],
             grid_1d(ctx, out_elems),
         )?;
         prior = total;
@@ -847,6 +917,96 @@ mod tests {
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
             .validate(&module)
             .expect("base part validates without subgroups");
+    }
+
+    /// Every kernel (and the split-K sum) applies every epilogue part as the separate
+    /// element-wise ops on the CPU reference compute them: ragged shapes (edges of every
+    /// tile and vec4), a batched B under an unbatched A (a convolution's product), a batched
+    /// A folded into the kernel's rows (the per-row operands repeat every M rows).
+    #[test]
+    fn every_kernel_applies_the_epilogue() {
+        let Ok(dev) = Device::gpu() else { return };
+        let cpu = Device::cpu();
+        let t = |seed: u64, shape: &[usize]| {
+            let n = shape.iter().product();
+            let v = crate::Rng::new(seed).vec_uniform(n, -1.0, 1.0);
+            (
+                Tensor::from_slice(&dev, &v, shape).unwrap(),
+                Tensor::from_slice(&cpu, &v, shape).unwrap(),
+            )
+        };
+        // (A stored, B stored, ta, tb)
+        let cases: [(&[usize], &[usize], bool, bool); 5] = [
+            (&[13, 29], &[2, 37, 29], false, true), // (F, CK)·(N, L, CK)ᵀ: a 3×3 conv
+            (&[9, 300], &[2, 300, 19], false, false), // K past the small kernel's: blocked
+            (&[7, 5], &[3, 5, 21], false, false),   // (F, C)·(N, C, L): a 1×1 conv
+            (&[70, 64], &[64, 130], false, false),  // past a 64-tile both ways
+            (&[2, 9, 6], &[6, 11], false, false),   // batch folded into the rows
+        ];
+        for (i, &(sa, sb, ta, tb)) in cases.iter().enumerate() {
+            let plan = MatmulPlan::new(sa, sb, ta, tb).unwrap();
+            let out: usize = plan.out_shape.iter().product();
+            let seed = 10 * i as u64;
+            let (a, a_cpu) = t(seed, sa);
+            let (b, b_cpu) = t(seed + 1, sb);
+            let (scale, scale_cpu) = t(seed + 2, &[plan.m, 1]);
+            let (shift, shift_cpu) = t(seed + 3, &[plan.m]);
+            let (bias, bias_cpu) = t(seed + 4, &[plan.n]);
+            let (res, res_cpu) = t(seed + 5, &[out]);
+            for parts in 0..3 {
+                // 0: scale, shift, residual, relu (a ResNet block's end); 1: shift, bias,
+                // relu, mask; 2: scale, residual.
+                fn make<'t>(parts: usize, [s, sh, bi, r]: [&'t Tensor; 4]) -> Epilogue<'t> {
+                    Epilogue {
+                        scale: (parts != 1).then_some(s),
+                        shift: (parts != 2).then_some(sh),
+                        bias: (parts == 1).then_some(bi),
+                        residual: (parts != 1).then_some(r),
+                        relu: parts != 2,
+                        mask: (parts == 1).then_some(r),
+                    }
+                }
+                let want = a_cpu
+                    .matmul_epilogue(
+                        &b_cpu,
+                        (ta, tb),
+                        MatmulVariant::Auto,
+                        make(parts, [&scale_cpu, &shift_cpu, &bias_cpu, &res_cpu]),
+                    )
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap();
+                for variant in MatmulVariant::KERNELS {
+                    for chunk in [None, Some(16)] {
+                        let run = || {
+                            a.matmul_epilogue(
+                                &b,
+                                (ta, tb),
+                                variant,
+                                make(parts, [&scale, &shift, &bias, &res]),
+                            )
+                        };
+                        let got = match chunk {
+                            None => run(),
+                            Some(c) => with_k_chunk(c, run),
+                        };
+                        let Ok(got) = got else {
+                            assert_eq!(variant, MatmulVariant::Subgroup, "{variant:?}");
+                            continue; // no 8-wide subgroups on this adapter
+                        };
+                        assert_eq!(got.shape(), plan.out_shape.as_slice());
+                        let got = got.to_vec::<f32>().unwrap();
+                        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - w).abs() <= 1e-4 + 1e-4 * w.abs(),
+                                "case {i} parts {parts} {variant:?} chunk {chunk:?}: \
+                                 element {k}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

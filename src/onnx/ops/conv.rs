@@ -203,7 +203,13 @@ fn add_bias(env: &Env, node: &NodeProto, y: Var) -> Res<Var> {
     }
     let mut shape = vec![1; y.shape().len()];
     shape[1] = m;
-    y.add(&b.reshape(&shape).map_err(err)?).map_err(err)
+    let out = y.add(&b.reshape(&shape).map_err(err)?).map_err(err)?;
+    // A BatchNormalization reading `out` folds the bias into its own shift (norm.rs), so the
+    // product's epilogue applies both; this add then runs only if something else reads it.
+    env.conv_bias
+        .borrow_mut()
+        .insert(out.id(), (y, b, node.input[2].clone()));
+    Ok(out)
 }
 
 /// `group`, at least 1.

@@ -146,6 +146,10 @@ pub(crate) struct Env {
     pub dtypes: HashMap<String, DataType>,
     /// Graph constants already made from float [`Const`]s, so each is uploaded once.
     materialized: RefCell<HashMap<String, Var>>,
+    /// A convolution's output with its bias added, by node id: the output before the bias,
+    /// the bias (C) and its name, so a BatchNormalization after it folds the bias into its
+    /// shift.
+    pub conv_bias: RefCell<HashMap<crate::graph::NodeId, (Var, Var, String)>>,
 }
 
 impl Env {
@@ -157,6 +161,7 @@ impl Env {
             values: HashMap::new(),
             dtypes: HashMap::new(),
             materialized: RefCell::new(HashMap::new()),
+            conv_bias: RefCell::new(HashMap::new()),
         }
     }
 }

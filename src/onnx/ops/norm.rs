@@ -4,9 +4,9 @@
 //! `mean(x²) − mean²` does.
 
 use super::{attr_float, attr_int, axis, err, input, input_dims, one, FoldFn, OpFn, OpResult};
-use super::{Env, Value};
+use super::{ConstData, Env, Value};
 use crate::onnx::proto::NodeProto;
-use crate::Var;
+use crate::{Tensor, Var};
 
 /// This family's operators.
 pub(super) const OPS: &[(&str, OpFn)] = &[
@@ -86,7 +86,12 @@ fn normalize_rows(x: &Var, rows: usize, cols: usize, eps: f32) -> crate::Result<
 }
 
 /// BatchNormalization at inference: `(x − mean)·scale/√(var + eps) + B` per channel of
-/// (N, C, …). Training mode (opset 14+ `training_mode=1`, opset ≤ 6 `is_test=0`), the
+/// (N, C, …), computed as one per-channel `x·a + c` with `a = scale/√(var + eps)` and
+/// `c = B − mean·a`, which a compiled graph applies in the epilogue of the product before it
+/// (src/epilogue.rs). A convolution's bias just before folds into `c` (`+ bias·a`). With all
+/// four statistics known at import (`Weights::Constants`) `a` and `c` are computed there in
+/// f64; as parameters they are graph ops on (C) values, so fine-tuning trains them as the
+/// file's names. Training mode (opset 14+ `training_mode=1`, opset ≤ 6 `is_test=0`), the
 /// running-statistics outputs and opset 7's per-activation form (`spatial=0`) are refused.
 fn batch_norm(env: &Env, node: &NodeProto) -> OpResult {
     if attr_int(node, "training_mode", 0) != 0 {
@@ -107,17 +112,73 @@ fn batch_norm(env: &Env, node: &NodeProto) -> OpResult {
     let eps = attr_float(node, "epsilon", 1e-5);
     let c = x.shape()[1];
     let to = channel_shape(x.shape());
-    let scale = per_channel(env, node, 1, "scale", &[c], &to)?;
-    let bias = per_channel(env, node, 2, "B", &[c], &to)?;
-    let mean = per_channel(env, node, 3, "input_mean", &[c], &to)?;
-    let var = per_channel(env, node, 4, "input_var", &[c], &to)?;
-    // One per-channel factor, so the tensor-sized work is a subtract, a multiply, an add.
-    let y = (|| {
-        let factor = scale.div(&var.add_scalar(eps)?.sqrt()?)?;
-        x.sub(&mean)?.mul(&factor)?.add(&bias)
-    })()
+    let names = ["scale", "B", "input_mean", "input_var"];
+    for (i, what) in (1..5).zip(names) {
+        let dims = input_dims(env, node, i)?;
+        if dims != [c] {
+            return Err(format!("{what} has shape {dims:?}, expected {:?}", [c]));
+        }
+    }
+    // A convolution's output with its bias added: normalise the output before the bias and
+    // fold the bias into the shift.
+    let conv = env.conv_bias.borrow().get(&x.id()).cloned();
+    let (x, conv_bias) = match conv {
+        Some((pre, bias, name)) => (pre, Some((bias, env.values.get(&name)))),
+        None => (x, None),
+    };
+    let floats = |v: Option<&Value>| match v {
+        Some(Value::Const(k)) if matches!(k.data, ConstData::F32(_)) => Some(k.as_f32()),
+        _ => None,
+    };
+    let stats: Option<Vec<Vec<f32>>> = (1..5)
+        .map(|i| floats(node.input.get(i).and_then(|n| env.values.get(n))))
+        .collect();
+    let known_bias = match &conv_bias {
+        None => Some(None),
+        Some((_, v)) => floats(*v).map(Some),
+    };
+    let y = match (stats, known_bias) {
+        (Some(st), Some(bias)) => {
+            let (a, shift) = fold_constants(&st, bias.as_deref(), eps);
+            let constant = |v: &[f32]| {
+                Tensor::from_slice(&crate::Device::cpu(), v, &to)
+                    .and_then(|t| x.graph().constant(&t))
+            };
+            (|| x.mul(&constant(&a)?)?.add(&constant(&shift)?))()
+        }
+        _ => {
+            let scale = per_channel(env, node, 1, "scale", &[c], &to)?;
+            let b = per_channel(env, node, 2, "B", &[c], &to)?;
+            let mean = per_channel(env, node, 3, "input_mean", &[c], &to)?;
+            let var = per_channel(env, node, 4, "input_var", &[c], &to)?;
+            let bias = conv_bias.map(|(v, _)| v);
+            (|| {
+                let a = scale.div(&var.add_scalar(eps)?.sqrt()?)?;
+                let mut shift = b.sub(&mean.mul(&a)?)?;
+                if let Some(bias) = bias {
+                    shift = shift.add(&bias.reshape(&to)?.mul(&a)?)?;
+                }
+                x.mul(&a)?.add(&shift)
+            })()
+        }
+    }
     .map_err(err)?;
     one(y)
+}
+
+/// `a = scale/√(var + eps)` and `c = B − mean·a (+ bias·a)` in f64, rounded to f32 once, from
+/// the statistics [scale, B, mean, var] and a convolution's bias.
+fn fold_constants(stats: &[Vec<f32>], bias: Option<&[f32]>, eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let [scale, b, mean, var] = [0, 1, 2, 3].map(|i| &stats[i]);
+    let mut a = Vec::with_capacity(scale.len());
+    let mut shift = Vec::with_capacity(scale.len());
+    for i in 0..scale.len() {
+        let ai = scale[i] as f64 / (var[i] as f64 + eps as f64).sqrt();
+        let pre = bias.map_or(0.0, |bias| bias[i] as f64);
+        a.push(ai as f32);
+        shift.push((b[i] as f64 + (pre - mean[i] as f64) * ai) as f32);
+    }
+    (a, shift)
 }
 
 /// InstanceNormalization: each (n, c) slice normalised over its spatial dims, then

@@ -1,0 +1,73 @@
+//! What a fused node of a compiled graph is: the shared description that the planners
+//! (`fusion` for element-wise chains, `epilogue` for products and losses) produce and
+//! `fusion::run`, the executor and the recorded plan consume. It sits below both planners
+//! so that neither imports the other's types.
+
+use crate::graph::NodeId;
+
+/// One fused node: a chain of graph nodes computed by one kernel, ending at its root.
+#[derive(Clone, Debug)]
+pub(crate) struct Fused {
+    /// The nodes outside the chain it reads, in binding order.
+    pub(crate) inputs: Vec<NodeId>,
+    /// Chain values also used outside it (or asked for): written beside the root.
+    pub(crate) outputs: Vec<NodeId>,
+    /// Output shape.
+    pub(crate) shape: Vec<usize>,
+    /// The generated WGSL (entry point `fused`) of a [`FusedKind::Chain`].
+    pub(crate) source: String,
+    /// Nodes fused (root included).
+    pub(crate) members: usize,
+    /// What computes it.
+    pub(crate) kind: FusedKind,
+}
+
+/// The kernel of a fused node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FusedKind {
+    /// The generated element-wise kernel in `source`.
+    Chain,
+    /// A product applying an epilogue as it stores (src/epilogue.rs): inputs are the
+    /// product's operands, then the epilogue's operands in [`EpiParts`] order.
+    Product { op: ProductOp, epi: EpiParts },
+    /// `cross_entropy(x, labels)` and its mean (or sum) over rows in one kernel; inputs
+    /// are the logits and the labels, then the upstream of the loss's gradient when that
+    /// gradient (the one output) is computed by the same kernel.
+    /// `mean` divides by all rows (the graph's `.mean()`), ignored ones included.
+    CrossEntropyReduced {
+        mean: bool,
+        opts: crate::ops::loss::CrossEntropyOptions,
+    },
+}
+
+/// The product under an epilogue. Its result has `(batch, rows, cols)` elements in that
+/// order, whatever shape the graph views it as; the epilogue's per-row operands follow
+/// `rows` (a convolution's output channels), the column bias `cols`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProductOp {
+    /// `op(A)·op(B)` (`Op::MatMul`).
+    MatMul { ta: bool, tb: bool },
+}
+
+/// Which parts of `relu?(C·scale[row] + shift[row] + bias[col] + residual) · [y > 0]?` a
+/// fused product applies, each optional; the operands present are inputs in this order:
+/// scale, shift, bias, residual, the mask's `y`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EpiParts {
+    pub(crate) scale: bool,
+    pub(crate) shift: bool,
+    pub(crate) bias: bool,
+    pub(crate) residual: bool,
+    pub(crate) relu: bool,
+    pub(crate) mask: bool,
+}
+
+impl EpiParts {
+    /// How many operands (graph inputs) the parts read.
+    pub(crate) fn operands(&self) -> usize {
+        [self.scale, self.shift, self.bias, self.residual, self.mask]
+            .iter()
+            .filter(|&&b| b)
+            .count()
+    }
+}

@@ -1,0 +1,284 @@
+//! Convolution epilogues (src/epilogue.rs): on a GPU, a convolution's product applies
+//! `relu?(C·a[channel] + c[channel] + residual)` as it stores its output — a batch norm
+//! folded to one per-channel `x·a + c`, a convolution's bias, a residual connection, a ReLU —
+//! so the whole block is one product dispatch. Checked against the CPU reference (which
+//! runs every node by itself) on awkward shapes, and against onnxruntime for imported
+//! conv → BatchNormalization (→ Add) (→ Relu) blocks (tests/fixtures/onnx/gen_conv_bn.py),
+//! with the weights as constants and as trainable parameters.
+
+mod common;
+
+use common::{assert_close, gpu, run_compiled, uniform};
+use wgrad::onnx::{Model, Weights};
+use wgrad::{Conv2d, Device, Graph, Tensor, Var};
+
+/// The element-wise kernels a run dispatches (none when every op went into an epilogue).
+fn elementwise(entries: &[String]) -> Vec<&String> {
+    entries
+        .iter()
+        .filter(|e| {
+            e.starts_with("fused")
+                || e.starts_with("unary")
+                || e.starts_with("scalar")
+                || e.starts_with("binary")
+        })
+        .collect()
+}
+
+fn products(entries: &[String]) -> usize {
+    entries
+        .iter()
+        .filter(|e| e.starts_with("matmul_forward"))
+        .count()
+}
+
+/// One conv layer's epilogue parts.
+#[derive(Clone, Copy, Debug)]
+struct Parts {
+    /// `[F, 1, 1]` (wgrad::nn's shape) rather than `[1, F, 1, 1]` (the ONNX importer's).
+    rank3: bool,
+    scale: bool,
+    shift: bool,
+    residual: bool,
+    relu: bool,
+}
+
+/// x (N, C, H, W) ⊛ w (F, C, k, k) then the parts; returns the output and its feeds.
+fn block(
+    g: &Graph,
+    x: [usize; 4],
+    f: usize,
+    geom: Conv2d,
+    parts: Parts,
+) -> (Var, Vec<(String, Tensor)>) {
+    let cpu = Device::cpu();
+    let [n, c, _, _] = x;
+    let w_shape = [f, c / geom.groups, geom.kh, geom.kw];
+    let mut feeds = Vec::new();
+    let mut feed = |name: &str, shape: &[usize], lo: f32, hi: f32| -> Var {
+        let seed = feeds.len() as u64 * 7 + 3;
+        let numel = shape.iter().product();
+        let t = Tensor::from_slice(&cpu, &uniform(seed, numel, lo, hi), shape).unwrap();
+        feeds.push((name.to_string(), t));
+        g.input(name, shape)
+    };
+    let xv = feed("x", &x, -1.0, 1.0);
+    let wv = feed("w", &w_shape, -0.5, 0.5);
+    let mut y = xv.conv2d(&wv, geom).unwrap();
+    let ch: Vec<usize> = if parts.rank3 {
+        vec![f, 1, 1]
+    } else {
+        vec![1, f, 1, 1]
+    };
+    if parts.scale {
+        y = y.mul(&feed("a", &ch, 0.5, 1.5)).unwrap();
+    }
+    if parts.shift {
+        y = y.add(&feed("c", &ch, -1.0, 1.0)).unwrap();
+    }
+    if parts.residual {
+        let shape = y.shape().to_vec();
+        y = y.add(&feed("r", &shape, -1.0, 1.0)).unwrap();
+    }
+    if parts.relu {
+        y = y.relu().unwrap();
+    }
+    assert_eq!(y.shape()[0], n);
+    (y, feeds)
+}
+
+fn run(dev: &Device, g: &Graph, y: &Var, feeds: &[(String, Tensor)]) -> (Vec<f32>, Vec<String>) {
+    let named: Vec<(&str, &Tensor)> = feeds.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let (mut got, exe) = run_compiled(dev, g, &[y], &named);
+    (got.remove(0), exe.dispatch_entries())
+}
+
+#[test]
+fn conv_batch_norm_residual_relu_is_one_product() {
+    let Some(dev) = gpu() else { return };
+    let cpu = Device::cpu();
+    // (x, filters, window): batch 1 and 2, odd channel counts, channels not a multiple of 4,
+    // 1×1 (a plain W·x product), 3×3 stride 2 on odd sizes, 3×3 stride 1 padded, 7×7 stride 2.
+    let layers: [([usize; 4], usize, Conv2d); 5] = [
+        ([1, 5, 9, 7], 7, Conv2d::new(1, 1)),
+        ([2, 3, 7, 7], 13, Conv2d::new(1, 1)),
+        ([1, 6, 11, 9], 9, Conv2d::new(3, 3).stride(2).padding(1)),
+        ([2, 4, 6, 6], 5, Conv2d::new(3, 3).padding(1)),
+        ([1, 3, 15, 15], 6, Conv2d::new(7, 7).stride(2).padding(3)),
+    ];
+    let t = true;
+    let all_parts = [
+        Parts {
+            rank3: false,
+            scale: t,
+            shift: t,
+            residual: false,
+            relu: t,
+        },
+        Parts {
+            rank3: t,
+            scale: t,
+            shift: t,
+            residual: false,
+            relu: false,
+        },
+        Parts {
+            rank3: false,
+            scale: t,
+            shift: t,
+            residual: t,
+            relu: t,
+        },
+        Parts {
+            rank3: t,
+            scale: false,
+            shift: t,
+            residual: false,
+            relu: t,
+        },
+        Parts {
+            rank3: false,
+            scale: t,
+            shift: false,
+            residual: t,
+            relu: false,
+        },
+        Parts {
+            rank3: false,
+            scale: false,
+            shift: false,
+            residual: t,
+            relu: t,
+        },
+    ];
+    for (x, f, geom) in layers {
+        for parts in all_parts {
+            let g = Graph::new();
+            let (y, feeds) = block(&g, x, f, geom, parts);
+            let label = format!("x {x:?}, {f} filters {}x{}, {parts:?}", geom.kh, geom.kw);
+            let (got, entries) = run(&dev, &g, &y, &feeds);
+            assert!(elementwise(&entries).is_empty(), "{label}: {entries:?}");
+            assert_eq!(products(&entries), 1, "{label}: {entries:?}");
+            let (want, _) = run(&cpu, &g, &y, &feeds);
+            assert_close(&label, &got, &want, 1e-4, 1e-4);
+        }
+    }
+}
+
+/// Values used twice or asked for stay computed, grouped convolutions (whose per-row
+/// operands do not follow the product's rows) stay unfused, and the results stay right.
+#[test]
+fn shared_values_and_grouped_convolutions_are_not_folded() {
+    let Some(dev) = gpu() else { return };
+    let cpu = Device::cpu();
+    let parts = Parts {
+        rank3: false,
+        scale: true,
+        shift: true,
+        residual: false,
+        relu: true,
+    };
+    // The batch-normed value is also an output: the ReLU runs after the product alone.
+    let g = Graph::new();
+    let (y, feeds) = block(&g, [1, 5, 9, 7], 7, Conv2d::new(1, 1), parts);
+    let pre = g.var(g.nodes()[y.id()].inputs[0]).unwrap(); // the shift's add, ReLU's input
+    let named: Vec<(&str, &Tensor)> = feeds.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let (got, exe) = run_compiled(&dev, &g, &[&y, &pre], &named);
+    let (want, _) = run_compiled(&cpu, &g, &[&y, &pre], &named);
+    let entries = exe.dispatch_entries();
+    assert_eq!(products(&entries), 1, "{entries:?}");
+    assert_eq!(elementwise(&entries).len(), 1, "{entries:?}");
+    for k in 0..2 {
+        assert_close(&format!("output {k}"), &got[k], &want[k], 1e-4, 1e-4);
+    }
+    // Grouped: (G, F/G, ·) products, one per group; the per-channel ops run after them.
+    let g = Graph::new();
+    let geom = Conv2d::new(3, 3).padding(1).groups(2);
+    let (y, feeds) = block(&g, [2, 6, 5, 5], 4, geom, parts);
+    let (got, entries) = run(&dev, &g, &y, &feeds);
+    assert!(!elementwise(&entries).is_empty(), "{entries:?}");
+    let (want, _) = run(&cpu, &g, &y, &feeds);
+    assert_close("groups 2", &got, &want, 1e-4, 1e-4);
+}
+
+/// A training step through conv → bn → relu: the forward values have other users (the
+/// gradients), so only what may fuse does, and the gradients match the CPU reference.
+#[test]
+fn training_through_a_fused_block_matches_the_reference() {
+    let Some(dev) = gpu() else { return };
+    let cpu = Device::cpu();
+    let parts = Parts {
+        rank3: true,
+        scale: true,
+        shift: true,
+        residual: true,
+        relu: true,
+    };
+    let g = Graph::new();
+    let (y, feeds) = block(
+        &g,
+        [2, 3, 7, 7],
+        5,
+        Conv2d::new(3, 3).stride(2).padding(1),
+        parts,
+    );
+    let loss = y.square().unwrap().mean().unwrap();
+    let inputs: Vec<Var> = ["x", "w", "a", "c", "r"]
+        .iter()
+        .map(|name| g.var(input_id(&g, name)).unwrap())
+        .collect();
+    let refs: Vec<&Var> = inputs.iter().collect();
+    let grads = wgrad::autodiff::grad(&loss, &refs).unwrap();
+    let mut outs: Vec<&Var> = vec![&loss];
+    outs.extend(grads.iter());
+    let named: Vec<(&str, &Tensor)> = feeds.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let (got, _) = run_compiled(&dev, &g, &outs, &named);
+    let (want, _) = run_compiled(&cpu, &g, &outs, &named);
+    for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("output {k}"), a, b, 1e-4, 1e-3);
+    }
+}
+
+/// The node id of input `name` of `g`.
+fn input_id(g: &Graph, name: &str) -> usize {
+    g.nodes()
+        .iter()
+        .position(|n| matches!(&n.op, wgrad::Op::Input(s) if s == name))
+        .expect("input")
+}
+
+/// Imported conv → BatchNormalization (→ Add) (→ Relu) blocks match onnxruntime, with the
+/// weights as constants (the statistics folded at import in f64) and as parameters (folded
+/// by graph ops, still trainable), and each conv block is one product on the GPU.
+#[test]
+fn imported_conv_batch_norm_blocks_match_onnxruntime() {
+    // (fixture, products per run: one per conv)
+    let cases = [
+        ("pw_bn_relu", 1),
+        ("pw_bias_bn", 1),
+        ("k3s2_bias_bn_relu", 1),
+        ("k3s1_bn", 1),
+        ("res_identity", 2),
+        ("res_project", 3),
+    ];
+    for (name, convs) in cases {
+        for weights in [Weights::Constants, Weights::Params] {
+            common::onnx::check_fixture("conv_bn", name, &[], weights, 2e-5, 2e-4);
+        }
+        let Some(dev) = gpu() else { continue };
+        let path = common::onnx::fixture_in("conv_bn", &format!("{name}.onnx"));
+        let model = Model::load(path).expect("load");
+        let imported = model.import(&[], Weights::Constants).expect("import");
+        let outs: Vec<&Var> = imported.outputs.iter().map(|(_, v)| v).collect();
+        let exe = dev.compile(&imported.graph, &outs, None).expect("compile");
+        let x = wgrad::io::read_npy(
+            common::onnx::fixture_in("conv_bn", &format!("{name}.in.x.npy")),
+            &dev,
+        )
+        .unwrap();
+        exe.run(&[("x", &x)]).expect("run");
+        let entries = exe.dispatch_entries();
+        assert!(elementwise(&entries).is_empty(), "{name}: {entries:?}");
+        assert_eq!(products(&entries), convs, "{name}: {entries:?}");
+    }
+}
