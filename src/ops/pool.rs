@@ -59,14 +59,25 @@ fn axis_count(base: usize, lo: usize, hi: usize, k: usize, d: usize) -> usize {
     if base >= hi {
         return 0;
     }
-    let first = if base < lo { (lo - base).div_ceil(d) } else { 0 };
+    let first = if base < lo {
+        (lo - base).div_ceil(d)
+    } else {
+        0
+    };
     let end = k.min((hi - 1 - base) / d + 1);
     end.saturating_sub(first)
 }
 
 /// One axis: output positions for length `len`, `k` taps, stride `s`, dilation `d`, padding
 /// `p0`/`p1`, or None when a position overflows.
-fn axis_outs(len: usize, k: usize, s: usize, d: usize, [p0, p1]: [usize; 2], ceil: bool) -> Option<usize> {
+fn axis_outs(
+    len: usize,
+    k: usize,
+    s: usize,
+    d: usize,
+    [p0, p1]: [usize; 2],
+    ceil: bool,
+) -> Option<usize> {
     let span = d.checked_mul(k - 1)?.checked_add(1)?;
     let room = len.checked_add(p0)?.checked_add(p1)?.checked_sub(span)?;
     let mut outs = if ceil { room.div_ceil(s) } else { room / s }.checked_add(1)?;
@@ -101,7 +112,9 @@ impl Pool2d {
         let op = self.name();
         let g = &self.window;
         g.output_size(op, x)?;
-        let [n, c, h, w] = x[..] else { unreachable!("output_size checks the rank") };
+        let [n, c, h, w] = x[..] else {
+            unreachable!("output_size checks the rank")
+        };
         if h == 0 || w == 0 {
             return Err(Error::Invalid {
                 op,
@@ -109,8 +122,22 @@ impl Pool2d {
             });
         }
         let [pt, pl, pb, pr] = g.pads;
-        let rows = axis_outs(h, g.kh, g.strides[0], g.dilations[0], [pt, pb], self.ceil_mode);
-        let cols = axis_outs(w, g.kw, g.strides[1], g.dilations[1], [pl, pr], self.ceil_mode);
+        let rows = axis_outs(
+            h,
+            g.kh,
+            g.strides[0],
+            g.dilations[0],
+            [pt, pb],
+            self.ceil_mode,
+        );
+        let cols = axis_outs(
+            w,
+            g.kw,
+            g.strides[1],
+            g.dilations[1],
+            [pl, pr],
+            self.ceil_mode,
+        );
         let (Some(oh), Some(ow)) = (rows, cols) else {
             return Err(Error::Shape {
                 op,
@@ -148,7 +175,9 @@ impl Pool2d {
         if !(small && numel_ok && padded(h, pt, pb) && padded(w, pl, pr)) {
             return Err(Error::Invalid {
                 op,
-                detail: format!("input {x:?} under {g:?} is past the GPU kernels' 32-bit positions"),
+                detail: format!(
+                    "input {x:?} under {g:?} is past the GPU kernels' 32-bit positions"
+                ),
             });
         }
         if !self.fits_loop_budget() {
@@ -175,7 +204,10 @@ impl Pool2d {
             ((outs - 1) * s + span).saturating_sub(len + p0)
         };
         let [pt, pl, _, _] = g.pads;
-        let (eb, er) = (end(oh, g.strides[0], span_h, x[2], pt), end(ow, g.strides[1], span_w, x[3], pl));
+        let (eb, er) = (
+            end(oh, g.strides[0], span_h, x[2], pt),
+            end(ow, g.strides[1], span_w, x[3], pl),
+        );
         Ok(Pool2d {
             window: g.pads(pt, pl, eb, er),
             ceil_mode: false,
@@ -198,8 +230,17 @@ impl Pool2d {
     fn avg_count(&self, [h, w]: [usize; 2], oy: usize, ox: usize) -> f64 {
         let g = &self.window;
         let [pt, pl, pb, pr] = g.pads;
-        let include = matches!(self.kind, PoolKind::Avg { count_include_pad: true });
-        let (ry, rx) = if include { ((0, pt + h + pb), (0, pl + w + pr)) } else { ((pt, pt + h), (pl, pl + w)) };
+        let include = matches!(
+            self.kind,
+            PoolKind::Avg {
+                count_include_pad: true
+            }
+        );
+        let (ry, rx) = if include {
+            ((0, pt + h + pb), (0, pl + w + pr))
+        } else {
+            ((pt, pt + h), (pl, pl + w))
+        };
         let rows = axis_count(oy * g.strides[0], ry.0, ry.1, g.kh, g.dilations[0]);
         let cols = axis_count(ox * g.strides[1], rx.0, rx.1, g.kw, g.dilations[1]);
         (rows * cols) as f64
@@ -215,11 +256,17 @@ impl Pool2d {
                 for ox in 0..ow {
                     let o = (i * oh + oy) * ow + ox;
                     for ki in 0..g.kh {
-                        let Some(iy) = (oy * g.strides[0] + ki * g.dilations[0]).checked_sub(g.pads[0]).filter(|&v| v < h) else {
+                        let Some(iy) = (oy * g.strides[0] + ki * g.dilations[0])
+                            .checked_sub(g.pads[0])
+                            .filter(|&v| v < h)
+                        else {
                             continue;
                         };
                         for kj in 0..g.kw {
-                            if let Some(ix) = (ox * g.strides[1] + kj * g.dilations[1]).checked_sub(g.pads[1]).filter(|&v| v < w) {
+                            if let Some(ix) = (ox * g.strides[1] + kj * g.dilations[1])
+                                .checked_sub(g.pads[1])
+                                .filter(|&v| v < w)
+                            {
                                 f(o, (i * h + iy) * w + ix);
                             }
                         }
@@ -250,7 +297,14 @@ impl Pool2d {
     }
 
     /// CPU reference of the gradient, in f64: max shares g among the taps equal to y.
-    fn backward_reference(&self, x: &[f64], y: &[f64], g: &[f64], s: &[usize], out: [usize; 4]) -> Vec<f64> {
+    fn backward_reference(
+        &self,
+        x: &[f64],
+        y: &[f64],
+        g: &[f64],
+        s: &[usize],
+        out: [usize; 4],
+    ) -> Vec<f64> {
         let size = [out[2], out[3]];
         let mut dx = vec![0.0; s.iter().product()];
         match self.kind {
@@ -275,11 +329,31 @@ impl Pool2d {
     /// The kernels' params for x (sizes checked by [`Pool2d::output_shape`]).
     fn params(&self, x: &[usize], out: [usize; 4], total: usize) -> Vec<u32> {
         let g = &self.window;
-        let include = matches!(self.kind, PoolKind::Avg { count_include_pad: true });
+        let include = matches!(
+            self.kind,
+            PoolKind::Avg {
+                count_include_pad: true
+            }
+        );
         let [pt, pl, pb, pr] = g.pads;
         [
-            x[0] * x[1], x[2], x[3], out[2], out[3], g.kh, g.kw, g.strides[0], g.strides[1],
-            g.dilations[0], g.dilations[1], pt, pl, pb, pr, total, include as usize,
+            x[0] * x[1],
+            x[2],
+            x[3],
+            out[2],
+            out[3],
+            g.kh,
+            g.kw,
+            g.strides[0],
+            g.strides[1],
+            g.dilations[0],
+            g.dilations[1],
+            pt,
+            pl,
+            pb,
+            pr,
+            total,
+            include as usize,
         ]
         .map(|v| v as u32)
         .to_vec()
@@ -319,7 +393,12 @@ impl Tensor {
     /// The gradient of [`Tensor::pool2d`] with respect to its input, from the upstream
     /// gradient `self` (N, C, OH, OW). Max needs the input `x` and the forward output `y`;
     /// average needs only the input's shape.
-    pub fn pool2d_backward(&self, pool: Pool2d, x_shape: &[usize], xy: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    pub fn pool2d_backward(
+        &self,
+        pool: Pool2d,
+        x_shape: &[usize],
+        xy: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
         let op = "pool2d_backward";
         self.expect_f32(op)?;
         let out = pool.output_shape(x_shape)?;
@@ -335,9 +414,17 @@ impl Tensor {
                 detail: format!(
                     "{} of input {x_shape:?} needs upstream {out:?}{}, got {:?}{}",
                     pool.name(),
-                    if pool.kind == PoolKind::Max { " with x and y" } else { "" },
+                    if pool.kind == PoolKind::Max {
+                        " with x and y"
+                    } else {
+                        ""
+                    },
                     self.shape(),
-                    xy.map_or(String::new(), |(x, y)| format!(", x {:?}, y {:?}", x.shape(), y.shape())),
+                    xy.map_or(String::new(), |(x, y)| format!(
+                        ", x {:?}, y {:?}",
+                        x.shape(),
+                        y.shape()
+                    )),
                 ),
             });
         }
@@ -345,7 +432,9 @@ impl Tensor {
             DeviceInner::Cpu => {
                 let g = self.host_f64();
                 let dx = match xy {
-                    Some((x, y)) => pool.backward_reference(&x.host_f64(), &y.host_f64(), &g, x_shape, out),
+                    Some((x, y)) => {
+                        pool.backward_reference(&x.host_f64(), &y.host_f64(), &g, x_shape, out)
+                    }
                     None => pool.backward_reference(&[], &[], &g, x_shape, out),
                 };
                 Ok(Tensor::cpu_from_f64(self.device(), x_shape, dx))
@@ -361,7 +450,14 @@ impl Tensor {
                 };
                 let params = pool.params(x_shape, out, n);
                 let Some((x, y)) = xy else {
-                    ctx.dispatch(&SHADER, "pool_avg_backward", &[], &params, &[ga, da], grid_1d(ctx, n))?;
+                    ctx.dispatch(
+                        &SHADER,
+                        "pool_avg_backward",
+                        &[],
+                        &params,
+                        &[ga, da],
+                        grid_1d(ctx, n),
+                    )?;
                     return Ok(dx);
                 };
                 let (Some(xa), Some(ya)) = (x.gpu_arg(), y.gpu_arg()) else {
@@ -370,11 +466,27 @@ impl Tensor {
                 // Each window's share of its gradient, g / ties, then the gather.
                 let outs = self.numel();
                 let share = gpu_output(ctx, self.device(), op, &out, DType::F32)?;
-                let Some(sa) = share.gpu_arg() else { unreachable!("GPU tensor") };
+                let Some(sa) = share.gpu_arg() else {
+                    unreachable!("GPU tensor")
+                };
                 let mut p = pool.params(x_shape, out, outs);
-                ctx.dispatch(&SHADER, "pool_max_share", &[], &p, &[xa, ya, ga, sa], grid_1d(ctx, outs))?;
+                ctx.dispatch(
+                    &SHADER,
+                    "pool_max_share",
+                    &[],
+                    &p,
+                    &[xa, ya, ga, sa],
+                    grid_1d(ctx, outs),
+                )?;
                 p[15] = n as u32;
-                ctx.dispatch(&SHADER, "pool_max_backward", &[], &p, &[xa, ya, sa, da], grid_1d(ctx, n))?;
+                ctx.dispatch(
+                    &SHADER,
+                    "pool_max_backward",
+                    &[],
+                    &p,
+                    &[xa, ya, sa, da],
+                    grid_1d(ctx, n),
+                )?;
                 Ok(dx)
             }
         }

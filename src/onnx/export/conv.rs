@@ -346,7 +346,12 @@ pub(super) fn emit_pattern(e: &mut Emitter, p: &Pattern, out: &str) -> Result<()
 /// into the end padding (exact: the same windows), or, where opset 17's AveragePool
 /// cannot say it (dilations, ceil_mode's divisors), as [`general_pool`]'s sum of taps times
 /// 1/count.
-pub(super) fn emit_pool(e: &mut Emitter, p: &Pool2d, (x, xid): (&str, NodeId), out: &str) -> Result<()> {
+pub(super) fn emit_pool(
+    e: &mut Emitter,
+    p: &Pool2d,
+    (x, xid): (&str, NodeId),
+    out: &str,
+) -> Result<()> {
     let xs = e.nodes[xid].shape.clone();
     let floor = p.floor_form(&xs)?;
     let window = Window::of(&floor.window);
@@ -358,7 +363,9 @@ pub(super) fn emit_pool(e: &mut Emitter, p: &Pool2d, (x, xid): (&str, NodeId), o
                 let mut attrs = window.attrs(false);
                 attrs.push(attr_int("count_include_pad", count_include_pad as i64));
                 e.node_to("AveragePool", &[x], attrs, out);
-            } else if divisors.iter().all(|&d| d == divisors[0]) && divisors[0] == window.taps_count() {
+            } else if divisors.iter().all(|&d| d == divisors[0])
+                && divisors[0] == window.taps_count()
+            {
                 general_pool(e, &window, ReduceOp::Mean, (x, xid), None, None, out)?;
             } else {
                 let inv: Vec<f32> = divisors.iter().map(|&d| (1.0 / d) as f32).collect();
