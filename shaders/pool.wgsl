@@ -13,10 +13,12 @@
 //   pool_max_share      s[o] = g[o] / #(real taps equal to y[o])         (one invocation per o)
 //   pool_max_backward   dx[i] = Σ over windows o reading i with x[i] == y[o] of s[o]
 //   pool_avg_backward   dx[i] = Σ over windows o reading i of g[o] / count(o)
-// The backward entries are gathers (one invocation per input element) walking the kh×kw
-// taps that could reach it. Every invocation loops at most kh·(kw + 1) times; the host
-// refuses a window past gpu::LOOP_BUDGET (lavapipe silently stops an invocation after
-// 65535 iterations).
+// The backward entries are gathers (one invocation per input element) walking the windows
+// that cover it: ceil(span/stride) per axis. No integer division inside the loops (lavapipe
+// scalarises them; dividing per tap made the gradients 7-10x slower than the forward).
+// Every invocation loops at most max(kh, wh)·(max(kw, ww) + 1) times (wh, ww: windows over
+// one position); the host refuses a window past gpu::LOOP_BUDGET (lavapipe silently stops
+// an invocation after 65535 iterations).
 
 struct Params {
     images: u32, h: u32, w: u32,       // x is (images, h, w)
@@ -35,6 +37,13 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<f32>; // share: g; max_backward: s
 @group(0) @binding(4) var<storage, read_write> d: array<f32>; // share: s; max_backward: dx
 
+// t / d as a shift when d is a power of two (strides and dilations mostly are 1 or 2):
+// lavapipe scalarises integer division by a run-time value, but not shifts.
+fn div_by(t: u32, dl: u32) -> u32 {
+    if ((dl & (dl - 1u)) == 0u) { return t >> countTrailingZeros(dl); }
+    return t / dl;
+}
+
 fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
 }
@@ -44,33 +53,38 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 fn axis_count(base: u32, lo: u32, hi: u32, k: u32, dl: u32) -> u32 {
     if (base >= hi) { return 0u; }
     var first = 0u;
-    if (base < lo) { first = (lo - base + dl - 1u) / dl; }
-    let end = min(k, (hi - 1u - base) / dl + 1u);
+    if (base < lo) { first = div_by(lo - base + dl - 1u, dl); }
+    let end = min(k, div_by(hi - 1u - base, dl) + 1u);
     if (end <= first) { return 0u; }
     return end - first;
 }
 
+// The taps of a window starting at padded position `base` that its divisor counts, along
+// rows or columns.
+fn axis_counts(base: u32, rows: bool) -> u32 {
+    var len = params.w; var p0 = params.pl; var p1 = params.pr; var k = params.kw; var dl = params.dw;
+    if (rows) { len = params.h; p0 = params.pt; p1 = params.pb; k = params.kh; dl = params.dh; }
+    if (params.include_pad != 0u) { return axis_count(base, 0u, p0 + len + p1, k, dl); }
+    return axis_count(base, p0, p0 + len, k, dl);
+}
+
 // The divisor of average window (oy, ox).
 fn avg_count(oy: u32, ox: u32) -> f32 {
-    let y0 = oy * params.sh;
-    let x0 = ox * params.sw;
-    var rows = 0u;
-    var cols = 0u;
-    if (params.include_pad != 0u) {
-        rows = axis_count(y0, 0u, params.pt + params.h + params.pb, params.kh, params.dh);
-        cols = axis_count(x0, 0u, params.pl + params.w + params.pr, params.kw, params.dw);
-    } else {
-        rows = axis_count(y0, params.pt, params.pt + params.h, params.kh, params.dh);
-        cols = axis_count(x0, params.pl, params.pl + params.w, params.kw, params.dw);
-    }
-    return f32(rows * cols);
+    return f32(axis_counts(oy * params.sh, true) * axis_counts(ox * params.sw, false));
 }
 
 // Output o as (image, oy, ox).
 fn out_pos(o: u32) -> vec3<u32> {
-    let ox = o % params.ow;
-    let oy = (o / params.ow) % params.oh;
-    return vec3<u32>(o / (params.ow * params.oh), oy, ox);
+    let row = o / params.ow;          // two divisions, not four
+    let img = row / params.oh;
+    return vec3<u32>(img, row - img * params.oh, o - row * params.ow);
+}
+
+// Input element i as (image, iy, ix).
+fn in_pos(i: u32) -> vec3<u32> {
+    let row = i / params.w;
+    let img = row / params.h;
+    return vec3<u32>(img, row - img * params.h, i - row * params.w);
 }
 
 // The maximum over window o's real taps (-inf if it has none; the host refuses those).
@@ -152,69 +166,76 @@ fn pool_max_share(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     d[o] = c[o] / ties;
 }
 
-// The output position t / s when stride s divides t; else 0xffffffff (no position).
-fn position(t: u32, s: u32) -> u32 {
-    if (s == 1u) { return t; }
-    if (t % s != 0u) { return 0xffffffffu; }
-    return t / s;
+
+// The windows [lo, hi) along one axis whose span covers padded position p: o·s <= p and
+// p - o·s <= (k - 1)·d, o < outs. Two divisions per axis, none per window.
+fn windows_over(p: u32, k: u32, s: u32, dl: u32, outs: u32) -> vec2<u32> {
+    let reach = (k - 1u) * dl;
+    var lo = 0u;
+    if (p > reach) { lo = div_by(p - reach + s - 1u, s); }
+    return vec2<u32>(lo, min(outs, div_by(p, s) + 1u));
 }
 
-// The gathers walk the taps (ki, kj) whose window could contain input i = (image, iy, ix):
-// padded row iy + pt - ki·dh must be a multiple of sh below oh·sh (columns alike).
+// Whether window o's tap grid (stride dl from o·s) hits padded position p (p >= o·s).
+fn on_tap(p: u32, start: u32, dl: u32) -> bool {
+    return dl == 1u || (p - start) - div_by(p - start, dl) * dl == 0u;
+}
+
+// The gathers walk the windows (oy, ox) whose taps read input i = (image, iy, ix).
 // Max: the sum of s[o] over the windows whose maximum equals x[i].
 @compute @workgroup_size(256)
 fn pool_max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
-    let ix = i % params.w;
-    let iy = (i / params.w) % params.h;
-    let out_plane = (i / (params.w * params.h)) * params.oh * params.ow;
+    let q = in_pos(i);
+    let out_plane = q.x * params.oh * params.ow;
+    let iy = q.y;
+    let ix = q.z;
     let xi = a[i];
     let py = iy + params.pt;
     let px = ix + params.pl;
+    let ry = windows_over(py, params.kh, params.sh, params.dh, params.oh);
+    let rx = windows_over(px, params.kw, params.sw, params.dw, params.ow);
     var sum = 0.0;
-    for (var ki = 0u; ki < params.kh; ki = ki + 1u) {
-        let tap_y = ki * params.dh;
-        if (tap_y > py) { break; }
-        let oy = position(py - tap_y, params.sh);
-        if (oy >= params.oh) { continue; }
-        for (var kj = 0u; kj < params.kw; kj = kj + 1u) {
-            let tap_x = kj * params.dw;
-            if (tap_x > px) { break; }
-            let ox = position(px - tap_x, params.sw);
-            if (ox >= params.ow) { continue; }
-            let o = out_plane + oy * params.ow + ox;
-            if (xi == b[o]) { sum = sum + c[o]; }
+    for (var oy = ry.x; oy < ry.y; oy = oy + 1u) {
+        if (!on_tap(py, oy * params.sh, params.dh)) { continue; }
+        let row = out_plane + oy * params.ow;
+        for (var ox = rx.x; ox < rx.y; ox = ox + 1u) {
+            if (on_tap(px, ox * params.sw, params.dw) && xi == b[row + ox]) {
+                sum = sum + c[row + ox];
+            }
         }
     }
     d[i] = sum;
 }
 
-// Average: the sum of g[o] / count(o) over the windows reading x[i].
+// Average: the sum of g[o] / count(o) over the windows reading x[i]; the count is rows(oy)
+// times columns(ox), each worked out once per window row or column.
 @compute @workgroup_size(256)
 fn pool_avg_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
-    let ix = i % params.w;
-    let iy = (i / params.w) % params.h;
-    let out_plane = (i / (params.w * params.h)) * params.oh * params.ow;
+    let q = in_pos(i);
+    let out_plane = q.x * params.oh * params.ow;
+    let iy = q.y;
+    let ix = q.z;
     let py = iy + params.pt;
     let px = ix + params.pl;
+    let ry = windows_over(py, params.kh, params.sh, params.dh, params.oh);
+    let rx = windows_over(px, params.kw, params.sw, params.dw, params.ow);
     var sum = 0.0;
-    for (var ki = 0u; ki < params.kh; ki = ki + 1u) {
-        let tap_y = ki * params.dh;
-        if (tap_y > py) { break; }
-        let oy = position(py - tap_y, params.sh);
-        if (oy >= params.oh) { continue; }
-        for (var kj = 0u; kj < params.kw; kj = kj + 1u) {
-            let tap_x = kj * params.dw;
-            if (tap_x > px) { break; }
-            let ox = position(px - tap_x, params.sw);
-            if (ox >= params.ow) { continue; }
-            sum = sum + a[out_plane + oy * params.ow + ox] / avg_count(oy, ox);
+    for (var oy = ry.x; oy < ry.y; oy = oy + 1u) {
+        if (!on_tap(py, oy * params.sh, params.dh)) { continue; }
+        let row = out_plane + oy * params.ow;
+        var part = 0.0;
+        for (var ox = rx.x; ox < rx.y; ox = ox + 1u) {
+            if (on_tap(px, ox * params.sw, params.dw)) {
+                part = part + a[row + ox] / f32(axis_counts(ox * params.sw, false));
+            }
         }
+        sum = sum + part / f32(axis_counts(oy * params.sh, true));
     }
     b[i] = sum;
 }

@@ -12,7 +12,8 @@
 //! its maximum, shared equally among ties (the reduction's rule).
 //! CPU reference: loops in f64. GPU: `shaders/pool.wgsl` (one dispatch forward, one for an
 //! average's gradient, two for max's: per-window share g/ties, then a gather per input).
-//! Loop cap: an invocation loops up to kh·(kw + 1) times, so a window past
+//! Loop cap: an invocation loops up to kh·(kw + 1) times (a gradient: the windows covering
+//! one position, ceil(span/stride) per axis, if more), so a window past
 //! [`crate::gpu::LOOP_BUDGET`] is refused here; `Var`'s pooling takes the composition then.
 //! Gradient: d pool2d = [`Op::Pool2dGrad`] (inputs x, y, g for max; g for average), whose
 //! own gradient is not implemented.
@@ -98,10 +99,14 @@ impl Pool2d {
         }
     }
 
-    /// Whether one invocation's walk over the window stays within the loop cap.
+    /// Whether one invocation's walk stays within the loop cap: the forward walks the kh×kw
+    /// taps, a gradient the windows covering one position (ceil(span/stride) per axis).
     pub fn fits_loop_budget(&self) -> bool {
         let g = &self.window;
-        g.kh.checked_mul(g.kw.saturating_add(1))
+        let [span_h, span_w] = g.span();
+        let rows = g.kh.max(span_h.div_ceil(g.strides[0].max(1)));
+        let cols = g.kw.max(span_w.div_ceil(g.strides[1].max(1)));
+        rows.checked_mul(cols.saturating_add(1))
             .is_some_and(|n| n <= LOOP_BUDGET)
     }
 
