@@ -374,6 +374,20 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             op: "grad",
             detail: "second derivative of pooling is not implemented".into(),
         }),
+        // d depthwise: dx gathers g·w over the windows covering each pixel, dw sums g·x(tap)
+        Op::DepthwiseConv2d(geom) => {
+            let graph = g.graph();
+            let dx = Op::DepthwiseGradX(*geom, x[0].shape().to_vec());
+            let dw = Op::DepthwiseGradW(*geom, x[1].shape().to_vec());
+            Ok(vec![
+                Some(graph.push(dx, &[g, &x[1]])?),
+                Some(graph.push(dw, &[&x[0], g])?),
+            ])
+        }
+        Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => Err(Error::Invalid {
+            op: "grad",
+            detail: "second derivative of depthwise convolution is not implemented".into(),
+        }),
         // gather and scatter-add are each other's adjoint; indices get no gradient
         Op::Gather(axis) => Ok(vec![
             Some(g.scatter_add(&x[1], *axis as isize, x[0].shape()[*axis])?),

@@ -118,6 +118,12 @@ pub enum Op {
     /// Its gradient, an image batch of the given (N, C, H, W) shape; inputs (x, y, upstream)
     /// for max pooling, (upstream) for average pooling.
     Pool2dGrad(Pool2d, Vec<usize>),
+    /// Depthwise convolution (inputs x, filters), groups = channels (`crate::ops::depthwise`).
+    DepthwiseConv2d(Conv2d),
+    /// Its data gradient (inputs upstream, filters) → x of the given shape.
+    DepthwiseGradX(Conv2d, Vec<usize>),
+    /// Its filter gradient (inputs x, upstream) → filters of the given shape.
+    DepthwiseGradW(Conv2d, Vec<usize>),
     /// Slices along the axis selected by i32 indices (inputs: data, indices):
     /// `data[..axis] ++ indices ++ data[axis+1..]` (see `crate::ops::gather`).
     Gather(usize),
@@ -162,6 +168,8 @@ impl Op {
             Op::Col2Im(..) => "col2im",
             Op::Pool2d(p) => p.name(),
             Op::Pool2dGrad(..) => "pool2d_backward",
+            Op::DepthwiseConv2d(_) => "depthwise_conv2d",
+            Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => "depthwise_conv2d_backward",
             Op::Gather(_) => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
         }
@@ -394,6 +402,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
         Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => 0,
         Op::Binary(_) | Op::MatMul { .. } | Op::CrossEntropy(_) | Op::Assign => 2,
         Op::Dropout { .. } | Op::Gather(_) | Op::ScatterAdd { .. } => 2,
+        Op::DepthwiseConv2d(_) | Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => 2,
         Op::CrossEntropyGrad(_) => 3,
         Op::Pool2dGrad(p, _) if p.kind == PoolKind::Max => 3,
         Op::Concat(_) => shapes.len().max(1),
@@ -457,6 +466,33 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             image.clone()
         }
         Op::Pool2d(p) => p.output_shape(x)?.to_vec(),
+        Op::DepthwiseConv2d(_) | Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => {
+            let (xs, ws, g) = match op {
+                Op::DepthwiseConv2d(g) => (x, shapes[1], g),
+                Op::DepthwiseGradX(g, xs) => (xs.as_slice(), shapes[1], g),
+                Op::DepthwiseGradW(g, ws) => (x, ws.as_slice(), g),
+                _ => unreachable!("matched above"),
+            };
+            let y = crate::ops::depthwise::output_shape(xs, ws, g)?;
+            let upstream = match op {
+                Op::DepthwiseGradX(..) => Some(x),
+                Op::DepthwiseGradW(..) => Some(shapes[1]),
+                _ => None,
+            };
+            if upstream.is_some_and(|u| u != y) {
+                return Err(mismatch(format!("upstream {upstream:?} must be {y:?}")));
+            }
+            match op {
+                Op::DepthwiseConv2d(_) => y.to_vec(),
+                _ => {
+                    if matches!(op, Op::DepthwiseGradX(..)) {
+                        xs.to_vec()
+                    } else {
+                        ws.to_vec()
+                    }
+                }
+            }
+        }
         Op::Pool2dGrad(p, image) => {
             let want = p.output_shape(image)?;
             let (g, xy) = match shapes {

@@ -142,7 +142,9 @@ fn training_only(op: &Op) -> Option<&'static str> {
         }
         Op::Gather(..) => "gather takes integer indices, which exported graphs do not carry yet",
         Op::ScatterAdd { .. } => "scatter-add is the gradient of gather",
-        Op::Pool2dGrad(..) => "a pooling gradient only appears in gradients",
+        Op::Pool2dGrad(..) | Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => {
+            "a pooling or depthwise convolution gradient only appears in gradients"
+        }
         Op::Unary(UnaryOp::GeluGrad) => "GELU's derivative only appears in gradients",
         _ => return None,
     })
@@ -588,6 +590,10 @@ impl<'a> Emitter<'a> {
                 self.node_to("Concat", &ins, vec![attr_int("axis", *axis as i64)], &out);
                 batched
             }
+            Op::DepthwiseConv2d(geom) => {
+                conv::emit_depthwise(self, geom, &ins, &out);
+                in_batched(0)
+            }
             Op::Pool2d(p) => {
                 conv::emit_pool(self, p, (ins[0], node.inputs[0]), &out)?;
                 in_batched(0)
@@ -603,6 +609,8 @@ impl<'a> Emitter<'a> {
             | Op::Gather(..)
             | Op::ScatterAdd { .. }
             | Op::Pool2dGrad(..)
+            | Op::DepthwiseGradX(..)
+            | Op::DepthwiseGradW(..)
             | Op::Col2Im(..) => {
                 let why = training_only(&node.op).unwrap_or("a training op");
                 return Err(unexportable(id, node, why));

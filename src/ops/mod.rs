@@ -3,6 +3,7 @@
 
 pub(crate) mod chunk;
 pub mod conv;
+pub mod depthwise;
 pub mod dropout;
 pub mod elementwise;
 pub mod gather;

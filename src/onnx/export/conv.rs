@@ -342,6 +342,13 @@ pub(super) fn emit_pattern(e: &mut Emitter, p: &Pattern, out: &str) -> Result<()
     Ok(())
 }
 
+/// A depthwise convolution ([`Op::DepthwiseConv2d`], inputs x and filters) as one `Conv`.
+pub(super) fn emit_depthwise(e: &mut Emitter, geom: &Conv2d, ins: &[&str], out: &str) {
+    let mut attrs = Window::of(geom).attrs(true);
+    attrs.push(attr_int("group", geom.groups as i64));
+    e.node_to("Conv", &ins[..2], attrs, out);
+}
+
 /// A direct pooling ([`Op::Pool2d`]) as `MaxPool` or `AveragePool` with ceil_mode folded
 /// into the end padding (exact: the same windows), or, where opset 17's AveragePool
 /// cannot say it (dilations, ceil_mode's divisors), as [`general_pool`]'s sum of taps times
