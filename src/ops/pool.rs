@@ -169,9 +169,11 @@ impl Pool2d {
         let out = [n, c, oh, ow];
         let images = crate::shape::checked_numel(op, &[n, c])?;
         let padded = |len: usize, p0: usize, p1: usize| len + p0 + p1 <= i32::MAX as usize;
+        // A stride along an axis with one window is never used (ceil_mode allows any).
+        let strides = self.strides_used(oh, ow);
         let small = [images, h, w, oh, ow, g.kh, g.kw]
             .into_iter()
-            .chain(g.strides)
+            .chain(strides)
             .chain(g.dilations)
             .chain(g.pads)
             .all(|v| v <= u32::MAX as usize);
@@ -213,8 +215,9 @@ impl Pool2d {
             end(oh, g.strides[0], span_h, x[2], pt),
             end(ow, g.strides[1], span_w, x[3], pl),
         );
+        let [sh, sw] = self.strides_used(oh, ow);
         Ok(Pool2d {
-            window: g.pads(pt, pl, eb, er),
+            window: g.pads(pt, pl, eb, er).strides(sh, sw),
             ceil_mode: false,
             ..*self
         })
@@ -229,6 +232,12 @@ impl Pool2d {
                 PoolKind::Avg { .. } => self.avg_count([x[2], x[3]], o / ow, o % ow),
             })
             .collect())
+    }
+
+    /// The strides, 1 along an axis with one window (where the stride is never used).
+    fn strides_used(&self, oh: usize, ow: usize) -> [usize; 2] {
+        let [sh, sw] = self.window.strides;
+        [if oh == 1 { 1 } else { sh }, if ow == 1 { 1 } else { sw }]
     }
 
     /// The divisor of average window (oy, ox).
@@ -341,6 +350,7 @@ impl Pool2d {
             }
         );
         let [pt, pl, pb, pr] = g.pads;
+        let [sh, sw] = self.strides_used(out[2], out[3]);
         [
             x[0] * x[1],
             x[2],
@@ -349,8 +359,8 @@ impl Pool2d {
             out[3],
             g.kh,
             g.kw,
-            g.strides[0],
-            g.strides[1],
+            sh,
+            sw,
             g.dilations[0],
             g.dilations[1],
             pt,
