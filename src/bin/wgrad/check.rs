@@ -242,6 +242,35 @@ fn pooling(r: &mut Vec<Row>, gpu: &Device) {
     }
 }
 
+/// The depthwise convolution kernels (groups = channels; multipliers 1 and 2; stride,
+/// dilation, padding, 1×1 and 7×7), forward and both gradients.
+fn depthwise(r: &mut Vec<Row>, gpu: &Device) {
+    use wgrad::Conv2d;
+    let w = Conv2d::new;
+    let cases = [
+        ("3x3 s2 p1", [1, 3, 7, 9], 1, w(3, 3).stride(2).padding(1)),
+        (
+            "3x2 d2 pads m2",
+            [2, 5, 8, 7],
+            2,
+            w(3, 2).dilation(2).pads(1, 0, 2, 1),
+        ),
+        ("7x7 p3", [1, 4, 6, 6], 1, w(7, 7).padding(3)),
+        ("1x1 s2", [3, 6, 5, 5], 1, w(1, 1).stride(2)),
+    ];
+    for (label, xs, m, geom) in cases {
+        let geom = geom.groups(xs[1]);
+        let ws = [xs[1] * m, 1, geom.kh, geom.kw];
+        let name = format!("depthwise_conv2d {label}");
+        kernel(r, gpu, &name, &[&xs, &ws], (-1.0, 1.0), (1e-5, 1e-4), |x| {
+            x[0].depthwise_conv2d(&x[1], geom)
+        });
+        gradient(r, gpu, &name, &[&xs, &ws], (-1.0, 1.0), |x| {
+            x[0].conv2d(&x[1], geom)
+        });
+    }
+}
+
 fn all_rows(gpu: &Device) -> Vec<Row> {
     let mut rows = Vec::new();
     let r = &mut rows;
@@ -629,6 +658,7 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
         x[0].softmax(-1)
     });
     pooling(r, gpu);
+    depthwise(r, gpu);
     gradient(r, gpu, "log_softmax", &[&[3, 5]], (-3.0, 3.0), |x| {
         x[0].log_softmax(-1)
     });
