@@ -376,6 +376,32 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             .graph()
             .push(Op::Col2Im(*geom, x[0].shape().to_vec()), &[g])?),
         Op::Col2Im(geom, _) => one(g.im2col(*geom)?),
+        // d pool: max routes g to the taps equal to the maximum, average spreads g / count
+        Op::Pool2d(p) => {
+            let grad = Op::Pool2dGrad(*p, x[0].shape().to_vec());
+            one(match p.kind {
+                crate::ops::pool::PoolKind::Max => g.graph().push(grad, &[&x[0], y, g])?,
+                crate::ops::pool::PoolKind::Avg { .. } => g.graph().push(grad, &[g])?,
+            })
+        }
+        Op::Pool2dGrad(..) => Err(Error::Invalid {
+            op: "grad",
+            detail: "second derivative of pooling is not implemented".into(),
+        }),
+        // d depthwise: dx gathers g·w over the windows covering each pixel, dw sums g·x(tap)
+        Op::DepthwiseConv2d(geom) => {
+            let graph = g.graph();
+            let dx = Op::DepthwiseGradX(*geom, x[0].shape().to_vec());
+            let dw = Op::DepthwiseGradW(*geom, x[1].shape().to_vec());
+            Ok(vec![
+                Some(graph.push(dx, &[g, &x[1]])?),
+                Some(graph.push(dw, &[&x[0], g])?),
+            ])
+        }
+        Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => Err(Error::Invalid {
+            op: "grad",
+            detail: "second derivative of depthwise convolution is not implemented".into(),
+        }),
         // gather and scatter-add are each other's adjoint; indices get no gradient
         Op::Gather(axis) => Ok(vec![
             Some(g.scatter_add(&x[1], *axis as isize, x[0].shape()[*axis])?),

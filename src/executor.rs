@@ -562,6 +562,11 @@ fn replayable(op: &Op) -> bool {
             | Op::CrossEntropyCount(_)
             | Op::Im2Col(_)
             | Op::Col2Im(..)
+            | Op::Pool2d(_)
+            | Op::Pool2dGrad(..)
+            | Op::DepthwiseConv2d(_)
+            | Op::DepthwiseGradX(..)
+            | Op::DepthwiseGradW(..)
             | Op::Gather(_)
             | Op::ScatterAdd { .. }
     )
@@ -654,6 +659,14 @@ fn eval(op: &Op, x: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Op::CrossEntropyCount(o) => crate::ops::loss_reduced::counted_rows(x[0], *o),
         Op::Im2Col(geom) => x[0].im2col(*geom),
         Op::Col2Im(geom, image) => x[0].col2im(*geom, image),
+        Op::Pool2d(p) => x[0].pool2d(*p),
+        Op::Pool2dGrad(p, image) => match x {
+            [x, y, g] => g.pool2d_backward(*p, image, Some((x, y))),
+            _ => x[0].pool2d_backward(*p, image, None),
+        },
+        Op::DepthwiseConv2d(geom) => x[0].depthwise_conv2d(x[1], *geom),
+        Op::DepthwiseGradX(geom, s) => x[0].depthwise_backward_data(x[1], *geom, s),
+        Op::DepthwiseGradW(geom, s) => x[0].depthwise_backward_filter(x[1], *geom, s),
         Op::Gather(axis) => x[0].gather(x[1], *axis as isize),
         Op::ScatterAdd { axis, size } => x[0].scatter_add(x[1], *axis as isize, *size),
         Op::Assign => Ok(x[1].clone()),

@@ -12,6 +12,7 @@ use crate::init::Init;
 use crate::ops::conv::Conv2d;
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use crate::ops::loss::CrossEntropyOptions;
+use crate::ops::pool::{Pool2d, PoolKind};
 use crate::ops::reduce::ReduceOp;
 use crate::shape::{broadcast_shapes, check_rank, normalize_axis};
 use crate::tensor::Tensor;
@@ -112,6 +113,17 @@ pub enum Op {
     Im2Col(Conv2d),
     /// Its adjoint: patches → an image batch of the given (N, C, H, W) shape.
     Col2Im(Conv2d, Vec<usize>),
+    /// Direct pooling of an NCHW batch: (N, C, H, W) → (N, C, OH, OW) (`crate::ops::pool`).
+    Pool2d(Pool2d),
+    /// Its gradient, an image batch of the given (N, C, H, W) shape; inputs (x, y, upstream)
+    /// for max pooling, (upstream) for average pooling.
+    Pool2dGrad(Pool2d, Vec<usize>),
+    /// Depthwise convolution (inputs x, filters), groups = channels (`crate::ops::depthwise`).
+    DepthwiseConv2d(Conv2d),
+    /// Its data gradient (inputs upstream, filters) → x of the given shape.
+    DepthwiseGradX(Conv2d, Vec<usize>),
+    /// Its filter gradient (inputs x, upstream) → filters of the given shape.
+    DepthwiseGradW(Conv2d, Vec<usize>),
     /// Slices along the axis selected by i32 indices (inputs: data, indices):
     /// `data[..axis] ++ indices ++ data[axis+1..]` (see `crate::ops::gather`).
     Gather(usize),
@@ -154,6 +166,10 @@ impl Op {
             Op::CrossEntropyCount(_) => "cross_entropy_count",
             Op::Im2Col(_) => "im2col",
             Op::Col2Im(..) => "col2im",
+            Op::Pool2d(p) => p.name(),
+            Op::Pool2dGrad(..) => "pool2d_backward",
+            Op::DepthwiseConv2d(_) => "depthwise_conv2d",
+            Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => "depthwise_conv2d_backward",
             Op::Gather(_) => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
         }
@@ -386,7 +402,9 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
         Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => 0,
         Op::Binary(_) | Op::MatMul { .. } | Op::CrossEntropy(_) | Op::Assign => 2,
         Op::Dropout { .. } | Op::Gather(_) | Op::ScatterAdd { .. } => 2,
+        Op::DepthwiseConv2d(_) | Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => 2,
         Op::CrossEntropyGrad(_) => 3,
+        Op::Pool2dGrad(p, _) if p.kind == PoolKind::Max => 3,
         Op::Concat(_) => shapes.len().max(1),
         _ => 1,
     };
@@ -443,6 +461,47 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             if x != want {
                 return Err(mismatch(format!(
                     "patches {x:?} do not fit image {image:?} (expected {want:?})"
+                )));
+            }
+            image.clone()
+        }
+        Op::Pool2d(p) => p.output_shape(x)?.to_vec(),
+        Op::DepthwiseConv2d(_) | Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => {
+            let (xs, ws, g) = match op {
+                Op::DepthwiseConv2d(g) => (x, shapes[1], g),
+                Op::DepthwiseGradX(g, xs) => (xs.as_slice(), shapes[1], g),
+                Op::DepthwiseGradW(g, ws) => (x, ws.as_slice(), g),
+                _ => unreachable!("matched above"),
+            };
+            let y = crate::ops::depthwise::output_shape(xs, ws, g)?;
+            let upstream = match op {
+                Op::DepthwiseGradX(..) => Some(x),
+                Op::DepthwiseGradW(..) => Some(shapes[1]),
+                _ => None,
+            };
+            if upstream.is_some_and(|u| u != y) {
+                return Err(mismatch(format!("upstream {upstream:?} must be {y:?}")));
+            }
+            match op {
+                Op::DepthwiseConv2d(_) => y.to_vec(),
+                _ => {
+                    if matches!(op, Op::DepthwiseGradX(..)) {
+                        xs.to_vec()
+                    } else {
+                        ws.to_vec()
+                    }
+                }
+            }
+        }
+        Op::Pool2dGrad(p, image) => {
+            let want = p.output_shape(image)?;
+            let (g, xy) = match shapes {
+                [x, y, g] => (*g, Some((*x, *y))),
+                _ => (x, None),
+            };
+            if g != want || xy.is_some_and(|(x, y)| x != image || y != want) {
+                return Err(mismatch(format!(
+                    "{shapes:?} do not fit image {image:?} (upstream {want:?})"
                 )));
             }
             image.clone()

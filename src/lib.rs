@@ -103,6 +103,8 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("optim.wgsl", optim::SHADER.source),
         ("loss.wgsl", ops::loss::SHADER.source),
         ("conv.wgsl", ops::conv::SHADER.source),
+        ("pool.wgsl", ops::pool::SHADER.source),
+        ("depthwise.wgsl", ops::depthwise::SHADER.source),
         ("dropout.wgsl", ops::dropout::SHADER.source),
         ("gather.wgsl", ops::gather::SHADER.source),
         ("linalg.wgsl", linalg::SHADER.source),

@@ -3,9 +3,10 @@
 //! gradients come from the ops they are built of. [`crate::nn`]'s layers call them.
 
 use crate::error::{Error, Result};
-use crate::graph::Var;
+use crate::graph::{Op, Var};
 use crate::ops::conv::Conv2d;
 use crate::ops::elementwise::BinaryOp;
+use crate::ops::pool::{Pool2d, PoolKind};
 use crate::ops::reduce::ReduceOp;
 use crate::shape::broadcast_shapes;
 use crate::tensor::Tensor;
@@ -68,8 +69,9 @@ impl Var {
         })
     }
 
-    /// Max pooling of (N, C, H, W) over k×k windows (no padding): im2col on each
-    /// channel, then a max over each window.
+    /// Max pooling of (N, C, H, W) over k×k windows (no padding). Pooling runs on direct
+    /// kernels ([`crate::ops::pool`]); a window past the loop cap (over 16,384 taps) is im2col
+    /// on each channel, then a reduction over each window.
     pub fn max_pool2d(&self, k: usize, stride: usize) -> Result<Var> {
         self.max_pool2d_window(Conv2d::new(k, k).stride(stride))
     }
@@ -164,6 +166,19 @@ impl Var {
                     self.shape()
                 ),
             });
+        }
+        // Direct kernels unless a window is too long for one invocation's loop (then the
+        // composition below, whose im2col and reduction split any window).
+        let direct = Pool2d {
+            window: geom,
+            kind: match reduce {
+                ReduceOp::Max => PoolKind::Max,
+                _ => PoolKind::Avg { count_include_pad },
+            },
+            ceil_mode,
+        };
+        if direct.fits_loop_budget() {
+            return self.graph().push(Op::Pool2d(direct), &[self]);
         }
         // im2col's bottom/right padding is what the kept windows reach: more than given for
         // ceil_mode's extra taps, less when ceil_mode drops a window lying in the padding.

@@ -142,6 +142,9 @@ fn training_only(op: &Op) -> Option<&'static str> {
         }
         Op::Gather(..) => "gather takes integer indices, which exported graphs do not carry yet",
         Op::ScatterAdd { .. } => "scatter-add is the gradient of gather",
+        Op::Pool2dGrad(..) | Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => {
+            "a pooling or depthwise convolution gradient only appears in gradients"
+        }
         Op::Unary(UnaryOp::GeluGrad) => "GELU's derivative only appears in gradients",
         _ => return None,
     })
@@ -587,6 +590,14 @@ impl<'a> Emitter<'a> {
                 self.node_to("Concat", &ins, vec![attr_int("axis", *axis as i64)], &out);
                 batched
             }
+            Op::DepthwiseConv2d(geom) => {
+                conv::emit_depthwise(self, geom, &ins, &out);
+                in_batched(0)
+            }
+            Op::Pool2d(p) => {
+                conv::emit_pool(self, p, (ins[0], node.inputs[0]), &out)?;
+                in_batched(0)
+            }
             Op::Im2Col(geom) => {
                 conv::emit_im2col(self, geom, ins[0], in_shape(0), in_batched(0), &out)?;
                 in_batched(0)
@@ -597,6 +608,9 @@ impl<'a> Emitter<'a> {
             | Op::CrossEntropyCount(_)
             | Op::Gather(..)
             | Op::ScatterAdd { .. }
+            | Op::Pool2dGrad(..)
+            | Op::DepthwiseGradX(..)
+            | Op::DepthwiseGradW(..)
             | Op::Col2Im(..) => {
                 let why = training_only(&node.op).unwrap_or("a training op");
                 return Err(unexportable(id, node, why));

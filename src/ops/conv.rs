@@ -441,6 +441,12 @@ impl Var {
         let (oh, ow) = geom.output_size("conv2d", self.shape())?;
         let cgk = weight.shape()[1..].iter().product::<usize>();
         let groups = geom.groups;
+        if crate::ops::depthwise::is_depthwise(self.shape(), weight.shape(), &geom) {
+            // groups = channels: the direct kernels of ops/depthwise.rs, no patch matrix.
+            return self
+                .graph()
+                .push(Op::DepthwiseConv2d(geom), &[self, weight]);
+        }
         if groups == 1 && geom.is_pointwise() {
             // (F, C) · (N, C, H·W) = (N, F, H·W): already NCHW, so no im2col (on lavapipe it
             // cost as much as the product: ResNet-50's 1×1 layers) and no permute copy.

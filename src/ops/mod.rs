@@ -3,6 +3,7 @@
 
 pub(crate) mod chunk;
 pub mod conv;
+pub mod depthwise;
 pub mod dropout;
 pub mod elementwise;
 pub mod gather;
@@ -12,6 +13,7 @@ pub mod loss;
 pub(crate) mod loss_reduced;
 pub(crate) mod loss_vocab;
 pub mod matmul;
+pub mod pool;
 pub mod reduce;
 pub mod softmax;
 

@@ -384,10 +384,11 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
     }
     // Whole steps through the graph executor, with their own extra fields.
     type Step = fn(&Device, &'static str, String) -> anyhow::Result<Figure>;
-    let steps: [(&str, Step); 6] = [
+    let steps: [(&str, Step); 7] = [
         ("mlp_step", mlp_step),
         ("cross_entropy_vocab", cross_entropy_vocab),
         ("conv2d_fwd_bwd", conv2d_step),
+        ("max_pool2d_fwd_bwd", max_pool_step),
         ("attention_fwd_bwd", attention_step),
         ("digits_epoch", digits_epoch),
         ("cold_start", cold_start),
@@ -399,6 +400,15 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
         for (device, dev, adapter) in &devices {
             print(f(dev, device, adapter.clone())?);
         }
+    }
+    // GPU only, and only when asked for by name (`--filter resnet`): seconds per step on a
+    // software adapter, and hours on the f64 CPU reference.
+    let named = |op: &str| filter.is_some_and(|flt| op.contains(flt));
+    if named("resnet50_infer") {
+        print(resnet50_infer(&gpu, adapter.clone())?);
+    }
+    if named("resnet50_train_step") {
+        print(resnet50_train_step(&gpu, adapter.clone())?);
     }
     // GPU only: the CPU reference would take minutes per step of 34 GFLOP products.
     if wanted("big_weight_step") {
@@ -549,6 +559,20 @@ fn cross_entropy_vocab(
         extra: vec![("dispatches_per_step", dispatches)],
         roof: None,
     })
+}
+
+/// ResNet-50's max pool forward + backward: 1×64×112×112, 3×3 stride 2 padding 1.
+fn max_pool_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Result<Figure> {
+    let window = wgrad::Conv2d::new(3, 3).stride(2).padding(1);
+    fwd_bwd(
+        dev,
+        "max_pool2d_fwd_bwd",
+        vec![1, 64, 112, 112],
+        device,
+        adapter,
+        &[("x", vec![1, 64, 112, 112])],
+        |x| x[0].max_pool2d_window(window),
+    )
 }
 
 /// Conv2d forward + backward: a 32x3x32x32 batch, 16 3x3 filters, padding 1.
@@ -743,6 +767,101 @@ fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Resu
             ("slot_bytes", plan.slot_bytes as f64),
             ("dispatches_unfused", unfused as f64),
             ("recorded", exe.is_recorded() as u8 as f64),
+        ],
+        roof: None,
+    })
+}
+
+/// onnxruntime's CPU time for ResNet-50 inference (batch 1, 224×224, 2 threads) on the
+/// machine the figures come from, measured separately (Python, not by this
+/// command); reported beside `resnet50_infer` for comparison.
+const ONNXRUNTIME_RESNET50_MS: f64 = 29.5;
+
+/// ResNet-50 ([`wgrad::nn::models::resnet50`], random weights) on a seeded random image
+/// batch of `batch`×3×224×224: (graph, the compiled outputs' handle, feeds).
+fn resnet50_graph(
+    batch: usize,
+    training: bool,
+) -> wgrad::Result<(wgrad::Graph, wgrad::Var, Vec<f32>, Vec<i32>)> {
+    use wgrad::nn::Module;
+    let g = wgrad::Graph::new();
+    let model = wgrad::nn::models::resnet50(&g, 1000, training)?;
+    let logits = model.forward(&g.input("x", &[batch, 3, 224, 224]))?;
+    let out = if training {
+        logits.cross_entropy(&g.input_i32("y", &[batch]))?.mean()?
+    } else {
+        logits
+    };
+    let mut rng = Rng::new(11);
+    let x = rng.vec_uniform(batch * 3 * 224 * 224, -1.0, 1.0);
+    let y = (0..batch).map(|_| rng.below(1000) as i32).collect();
+    Ok((g, out, x, y))
+}
+
+/// Bytes of the graph's parameters.
+fn param_bytes(g: &wgrad::Graph) -> f64 {
+    g.nodes()
+        .iter()
+        .filter(|n| matches!(n.op, wgrad::graph::Op::Param(..)))
+        .map(|n| n.shape.iter().product::<usize>() as f64 * 4.0)
+        .sum()
+}
+
+/// ResNet-50 inference, batch 1, 224×224 (evaluation mode: running statistics), reading
+/// back the logits; onnxruntime's figure beside it.
+fn resnet50_infer(dev: &Device, adapter: String) -> anyhow::Result<Figure> {
+    let (g, logits, x, _) = resnet50_graph(1, false)?;
+    let exe = dev.compile(&g, &[&logits], None)?;
+    let xt = Tensor::from_slice(dev, &x, &[1, 3, 224, 224])?;
+    let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt)])?[0].to_vec::<f32>()?[0]) };
+    let (ms, dispatches) = ms_per_step(dev, 3, step)?;
+    let plan = exe.plan();
+    Ok(Figure {
+        op: "resnet50_infer",
+        shape: vec![1, 3, 224, 224],
+        device: "gpu",
+        adapter,
+        ms,
+        rate: ("gflops", 4.1 / ms * 1e3),
+        extra: vec![
+            (
+                "onnxruntime_ms_measured_separately",
+                ONNXRUNTIME_RESNET50_MS,
+            ),
+            ("dispatches_per_run", dispatches),
+            ("planned_peak_bytes", plan.peak_bytes as f64),
+            ("param_bytes", param_bytes(&g)),
+        ],
+        roof: None,
+    })
+}
+
+/// One ResNet-50 training step, batch 8, 224×224, SGD (batch statistics, cross-entropy),
+/// reading back the loss: its time and the executor's memory plan (planned peak bytes of
+/// intermediates beside the sum of every intermediate, and the parameters' bytes).
+fn resnet50_train_step(dev: &Device, adapter: String) -> anyhow::Result<Figure> {
+    let batch = 8;
+    let (g, loss, x, y) = resnet50_graph(batch, true)?;
+    let exe = dev.compile(&g, &[&loss], wgrad::Sgd::new(0.01))?;
+    let xt = Tensor::from_slice(dev, &x, &[batch, 3, 224, 224])?;
+    let yt = Tensor::from_slice(dev, &y, &[batch])?;
+    let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?) };
+    let (ms, dispatches) = ms_per_step(dev, 1, step)?; // a minute per step on lavapipe
+    let plan = exe.plan();
+    Ok(Figure {
+        op: "resnet50_train_step",
+        shape: vec![batch, 3, 224, 224],
+        device: "gpu",
+        adapter,
+        ms,
+        rate: ("steps_per_s", 1e3 / ms),
+        extra: vec![
+            ("planned_peak_bytes", plan.peak_bytes as f64),
+            ("sum_of_intermediate_bytes", plan.unplanned_bytes as f64),
+            ("slot_bytes", plan.slot_bytes as f64),
+            ("param_bytes", param_bytes(&g)),
+            ("nodes", plan.nodes as f64),
+            ("dispatches_per_step", dispatches),
         ],
         roof: None,
     })

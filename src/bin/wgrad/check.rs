@@ -176,6 +176,101 @@ fn gradient(
     ));
 }
 
+/// The direct pooling kernels (max and average, padding, ceil_mode, dilation, 1×1 and 7×7
+/// windows), forward and gradients.
+fn pooling(r: &mut Vec<Row>, gpu: &Device) {
+    use wgrad::ops::pool::{Pool2d, PoolKind};
+    use wgrad::Conv2d;
+    let w = Conv2d::new;
+    let cases = [
+        (
+            "3x3 s2 p1",
+            [1, 3, 7, 9],
+            w(3, 3).stride(2).padding(1),
+            false,
+        ),
+        (
+            "2x3 s(2,1) d2 ceil",
+            [2, 5, 8, 7],
+            w(2, 3).strides(2, 1).dilation(2).pads(1, 0, 0, 1),
+            true,
+        ),
+        ("7x7 p3", [1, 2, 6, 6], w(7, 7).padding(3), false),
+        ("1x1 s2", [3, 2, 5, 5], w(1, 1).stride(2), false),
+        (
+            "3x3 s2 p1 ceil",
+            [2, 3, 9, 10],
+            w(3, 3).stride(2).padding(1),
+            true,
+        ),
+    ];
+    for (label, shape, window, ceil_mode) in cases {
+        for kind in [
+            PoolKind::Max,
+            PoolKind::Avg {
+                count_include_pad: true,
+            },
+            PoolKind::Avg {
+                count_include_pad: false,
+            },
+        ] {
+            let p = Pool2d {
+                window,
+                kind,
+                ceil_mode,
+            };
+            let name = format!(
+                "{} {label}{}",
+                p.name(),
+                match kind {
+                    PoolKind::Avg {
+                        count_include_pad: false,
+                    } => " exclude pad",
+                    _ => "",
+                }
+            );
+            kernel(r, gpu, &name, &[&shape], (-2.0, 2.0), (1e-6, 1e-5), |x| {
+                x[0].pool2d(p)
+            });
+            gradient(r, gpu, &name, &[&shape], (-2.0, 2.0), |x| match kind {
+                PoolKind::Max => x[0].max_pool2d_with(window, ceil_mode),
+                PoolKind::Avg { count_include_pad } => {
+                    x[0].avg_pool2d_with(window, ceil_mode, count_include_pad)
+                }
+            });
+        }
+    }
+}
+
+/// The depthwise convolution kernels (groups = channels; multipliers 1 and 2; stride,
+/// dilation, padding, 1×1 and 7×7), forward and both gradients.
+fn depthwise(r: &mut Vec<Row>, gpu: &Device) {
+    use wgrad::Conv2d;
+    let w = Conv2d::new;
+    let cases = [
+        ("3x3 s2 p1", [1, 3, 7, 9], 1, w(3, 3).stride(2).padding(1)),
+        (
+            "3x2 d2 pads m2",
+            [2, 5, 8, 7],
+            2,
+            w(3, 2).dilation(2).pads(1, 0, 2, 1),
+        ),
+        ("7x7 p3", [1, 4, 6, 6], 1, w(7, 7).padding(3)),
+        ("1x1 s2", [3, 6, 5, 5], 1, w(1, 1).stride(2)),
+    ];
+    for (label, xs, m, geom) in cases {
+        let geom = geom.groups(xs[1]);
+        let ws = [xs[1] * m, 1, geom.kh, geom.kw];
+        let name = format!("depthwise_conv2d {label}");
+        kernel(r, gpu, &name, &[&xs, &ws], (-1.0, 1.0), (1e-5, 1e-4), |x| {
+            x[0].depthwise_conv2d(&x[1], geom)
+        });
+        gradient(r, gpu, &name, &[&xs, &ws], (-1.0, 1.0), |x| {
+            x[0].conv2d(&x[1], geom)
+        });
+    }
+}
+
 fn all_rows(gpu: &Device) -> Vec<Row> {
     let mut rows = Vec::new();
     let r = &mut rows;
@@ -561,6 +656,8 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
     gradient(r, gpu, "softmax", &[&[3, 5]], (-3.0, 3.0), |x| {
         x[0].softmax(-1)
     });
+    pooling(r, gpu);
+    depthwise(r, gpu);
     gradient(r, gpu, "log_softmax", &[&[3, 5]], (-3.0, 3.0), |x| {
         x[0].log_softmax(-1)
     });

@@ -22,6 +22,7 @@ use crate::graph::{Node, NodeId, Op};
 use crate::onnx::proto::AttributeProto;
 use crate::ops::conv::Conv2d;
 use crate::ops::elementwise::BinaryOp;
+use crate::ops::pool::{Pool2d, PoolKind};
 use crate::ops::reduce::ReduceOp;
 use crate::{Device, Tensor};
 
@@ -44,6 +45,11 @@ impl Window {
             dilations: g.dilations,
             pads: g.pads,
         }
+    }
+
+    /// Taps per window, kh·kw.
+    fn taps_count(&self) -> f64 {
+        (self.kernel[0] * self.kernel[1]) as f64
     }
 
     fn dilated(&self) -> bool {
@@ -330,6 +336,48 @@ pub(super) fn emit_pattern(e: &mut Emitter, p: &Pattern, out: &str) -> Result<()
                     let scale = scale.map(|m| e.name(m)).transpose()?;
                     general_pool(e, window, *reduce, (&x, *xid), mask, scale, out)?;
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A depthwise convolution ([`Op::DepthwiseConv2d`], inputs x and filters) as one `Conv`.
+pub(super) fn emit_depthwise(e: &mut Emitter, geom: &Conv2d, ins: &[&str], out: &str) {
+    let mut attrs = Window::of(geom).attrs(true);
+    attrs.push(attr_int("group", geom.groups as i64));
+    e.node_to("Conv", &ins[..2], attrs, out);
+}
+
+/// A direct pooling ([`Op::Pool2d`]) as `MaxPool` or `AveragePool` with ceil_mode folded
+/// into the end padding (exact: the same windows), or, where opset 17's AveragePool
+/// cannot say it (dilations, ceil_mode's divisors), as [`general_pool`]'s sum of taps times
+/// 1/count.
+pub(super) fn emit_pool(
+    e: &mut Emitter,
+    p: &Pool2d,
+    (x, xid): (&str, NodeId),
+    out: &str,
+) -> Result<()> {
+    let xs = e.nodes[xid].shape.clone();
+    let floor = p.floor_form(&xs)?;
+    let window = Window::of(&floor.window);
+    match p.kind {
+        PoolKind::Max => e.node_to("MaxPool", &[x], window.attrs(true), out),
+        PoolKind::Avg { count_include_pad } => {
+            let divisors = p.divisors(&xs)?;
+            if !window.dilated() && floor.divisors(&xs)? == divisors {
+                let mut attrs = window.attrs(false);
+                attrs.push(attr_int("count_include_pad", count_include_pad as i64));
+                e.node_to("AveragePool", &[x], attrs, out);
+            } else if divisors.iter().all(|&d| d == divisors[0])
+                && divisors[0] == window.taps_count()
+            {
+                general_pool(e, &window, ReduceOp::Mean, (x, xid), None, None, out)?;
+            } else {
+                let inv: Vec<f32> = divisors.iter().map(|&d| (1.0 / d) as f32).collect();
+                let scale = e.constant(&[inv.len()], &inv);
+                general_pool(e, &window, ReduceOp::Sum, (x, xid), None, Some(scale), out)?;
             }
         }
     }

@@ -1,0 +1,241 @@
+// pool.wgsl — direct 2-D max and average pooling and their gradients, no patch matrix.
+//
+// x is (I, H, W) with I = N·C images (channels pool independently); y and g are
+// (I, OH, OW). A window at output (oy, ox) covers padded-input rows oy·sh + ki·dh and
+// columns ox·sw + kj·dw (ki < kh, kj < kw); padded position p reads x at p - pt (rows) or
+// p - pl (columns) when that lies inside the image. Padding is never a max candidate; an
+// average divides by the taps inside the padded input (count_include_pad, but never the
+// taps past pb/pr that ceil_mode's last window reaches) or inside the image only.
+//
+// Entry points (workgroup size 256, no barriers, no atomics, grid split over x/y/z):
+//   pool_max_forward    y[o] = max over the window's real taps          (one invocation per o)
+//   pool_avg_forward    y[o] = Σ real taps / count(o)                   (one invocation per o)
+//   pool_max_share      s[o] = g[o] / #(real taps equal to y[o])         (one invocation per o)
+//   pool_max_backward   dx[i] = Σ over windows o reading i with x[i] == y[o] of s[o]
+//   pool_avg_backward   dx[i] = Σ over windows o reading i of g[o] / count(o)
+// The backward entries are gathers (one invocation per input element) walking the windows
+// that cover it: ceil(span/stride) per axis. No integer division inside the loops (lavapipe
+// scalarises them; dividing per tap made the gradients 7-10x slower than the forward).
+// Every invocation loops at most max(kh, wh)·(max(kw, ww) + 1) times (wh, ww: windows over
+// one position); the host refuses a window past gpu::LOOP_BUDGET (lavapipe silently stops
+// an invocation after 65535 iterations).
+
+struct Params {
+    images: u32, h: u32, w: u32,       // x is (images, h, w)
+    oh: u32, ow: u32,                  // output positions
+    kh: u32, kw: u32,                  // window taps
+    sh: u32, sw: u32,                  // strides (rows, columns)
+    dh: u32, dw: u32,                  // dilations (rows, columns)
+    pt: u32, pl: u32, pb: u32, pr: u32, // padding: top, left, bottom, right
+    total: u32,                        // invocations that write: outputs or input elements
+    include_pad: u32,                  // average: count the padding's taps
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;   // x (I, H, W); avg_backward: g (I, OH, OW)
+@group(0) @binding(2) var<storage, read_write> b: array<f32>; // forward: y; avg_backward: dx; else y (read)
+@group(0) @binding(3) var<storage, read_write> c: array<f32>; // share: g; max_backward: s
+@group(0) @binding(4) var<storage, read_write> d: array<f32>; // share: s; max_backward: dx
+
+// t / d as a shift when d is a power of two (strides and dilations mostly are 1 or 2):
+// lavapipe scalarises integer division by a run-time value, but not shifts.
+fn div_by(t: u32, dl: u32) -> u32 {
+    if ((dl & (dl - 1u)) == 0u) { return t >> countTrailingZeros(dl); }
+    return t / dl;
+}
+
+fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
+}
+
+// How many of the k taps base + t·dl (t < k) lie in [lo, hi), in closed form (two
+// divisions instead of a loop over the taps).
+fn axis_count(base: u32, lo: u32, hi: u32, k: u32, dl: u32) -> u32 {
+    if (base >= hi) { return 0u; }
+    var first = 0u;
+    if (base < lo) { first = div_by(lo - base + dl - 1u, dl); }
+    let end = min(k, div_by(hi - 1u - base, dl) + 1u);
+    if (end <= first) { return 0u; }
+    return end - first;
+}
+
+// The taps of a window starting at padded position `base` that its divisor counts, along
+// rows or columns.
+fn axis_counts(base: u32, rows: bool) -> u32 {
+    var len = params.w; var p0 = params.pl; var p1 = params.pr; var k = params.kw; var dl = params.dw;
+    if (rows) { len = params.h; p0 = params.pt; p1 = params.pb; k = params.kh; dl = params.dh; }
+    if (params.include_pad != 0u) { return axis_count(base, 0u, p0 + len + p1, k, dl); }
+    return axis_count(base, p0, p0 + len, k, dl);
+}
+
+// The divisor of average window (oy, ox).
+fn avg_count(oy: u32, ox: u32) -> f32 {
+    return f32(axis_counts(oy * params.sh, true) * axis_counts(ox * params.sw, false));
+}
+
+// Output o as (image, oy, ox).
+fn out_pos(o: u32) -> vec3<u32> {
+    let row = o / params.ow;          // two divisions, not four
+    let img = row / params.oh;
+    return vec3<u32>(img, row - img * params.oh, o - row * params.ow);
+}
+
+// Input element i as (image, iy, ix).
+fn in_pos(i: u32) -> vec3<u32> {
+    let row = i / params.w;
+    let img = row / params.h;
+    return vec3<u32>(img, row - img * params.h, i - row * params.w);
+}
+
+// The maximum over window o's real taps (-inf if it has none; the host refuses those).
+fn window_max(o: u32) -> f32 {
+    let p = out_pos(o);
+    let plane = p.x * params.h * params.w;
+    let y0 = i32(p.y * params.sh) - i32(params.pt);
+    let x0 = i32(p.z * params.sw) - i32(params.pl);
+    var m = -bitcast<f32>(0x7f800000u);
+    for (var ki = 0u; ki < params.kh; ki = ki + 1u) {
+        let iy = y0 + i32(ki * params.dh);
+        if (iy < 0 || u32(iy) >= params.h) { continue; }
+        let row = plane + u32(iy) * params.w;
+        for (var kj = 0u; kj < params.kw; kj = kj + 1u) {
+            let ix = x0 + i32(kj * params.dw);
+            if (ix >= 0 && u32(ix) < params.w) {
+                m = max(m, a[row + u32(ix)]);
+            }
+        }
+    }
+    return m;
+}
+
+@compute @workgroup_size(256)
+fn pool_max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wg, nwg, lid);
+    if (o >= params.total) { return; }
+    b[o] = window_max(o);
+}
+
+@compute @workgroup_size(256)
+fn pool_avg_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wg, nwg, lid);
+    if (o >= params.total) { return; }
+    let p = out_pos(o);
+    let plane = p.x * params.h * params.w;
+    let y0 = i32(p.y * params.sh) - i32(params.pt);
+    let x0 = i32(p.z * params.sw) - i32(params.pl);
+    var s = 0.0;
+    for (var ki = 0u; ki < params.kh; ki = ki + 1u) {
+        let iy = y0 + i32(ki * params.dh);
+        if (iy < 0 || u32(iy) >= params.h) { continue; }
+        let row = plane + u32(iy) * params.w;
+        for (var kj = 0u; kj < params.kw; kj = kj + 1u) {
+            let ix = x0 + i32(kj * params.dw);
+            if (ix >= 0 && u32(ix) < params.w) {
+                s = s + a[row + u32(ix)];
+            }
+        }
+    }
+    b[o] = s / avg_count(p.y, p.z);
+}
+
+@compute @workgroup_size(256)
+fn pool_max_share(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wg, nwg, lid);
+    if (o >= params.total) { return; }
+    let p = out_pos(o);
+    let plane = p.x * params.h * params.w;
+    let y0 = i32(p.y * params.sh) - i32(params.pt);
+    let x0 = i32(p.z * params.sw) - i32(params.pl);
+    let m = b[o];
+    var ties = 0.0;
+    for (var ki = 0u; ki < params.kh; ki = ki + 1u) {
+        let iy = y0 + i32(ki * params.dh);
+        if (iy < 0 || u32(iy) >= params.h) { continue; }
+        let row = plane + u32(iy) * params.w;
+        for (var kj = 0u; kj < params.kw; kj = kj + 1u) {
+            let ix = x0 + i32(kj * params.dw);
+            if (ix >= 0 && u32(ix) < params.w && a[row + u32(ix)] == m) {
+                ties = ties + 1.0;
+            }
+        }
+    }
+    // The gradient is shared by the taps equal to the maximum (as the reduction's rule).
+    d[o] = c[o] / ties;
+}
+
+
+// The windows [lo, hi) along one axis whose span covers padded position p: o·s <= p and
+// p - o·s <= (k - 1)·d, o < outs. Two divisions per axis, none per window.
+fn windows_over(p: u32, k: u32, s: u32, dl: u32, outs: u32) -> vec2<u32> {
+    let reach = (k - 1u) * dl;
+    var lo = 0u;
+    if (p > reach) { lo = div_by(p - reach + s - 1u, s); }
+    return vec2<u32>(lo, min(outs, div_by(p, s) + 1u));
+}
+
+// Whether window o's tap grid (stride dl from o·s) hits padded position p (p >= o·s).
+fn on_tap(p: u32, start: u32, dl: u32) -> bool {
+    return dl == 1u || (p - start) - div_by(p - start, dl) * dl == 0u;
+}
+
+// The gathers walk the windows (oy, ox) whose taps read input i = (image, iy, ix).
+// Max: the sum of s[o] over the windows whose maximum equals x[i].
+@compute @workgroup_size(256)
+fn pool_max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let q = in_pos(i);
+    let out_plane = q.x * params.oh * params.ow;
+    let iy = q.y;
+    let ix = q.z;
+    let xi = a[i];
+    let py = iy + params.pt;
+    let px = ix + params.pl;
+    let ry = windows_over(py, params.kh, params.sh, params.dh, params.oh);
+    let rx = windows_over(px, params.kw, params.sw, params.dw, params.ow);
+    var sum = 0.0;
+    for (var oy = ry.x; oy < ry.y; oy = oy + 1u) {
+        if (!on_tap(py, oy * params.sh, params.dh)) { continue; }
+        let row = out_plane + oy * params.ow;
+        for (var ox = rx.x; ox < rx.y; ox = ox + 1u) {
+            if (on_tap(px, ox * params.sw, params.dw) && xi == b[row + ox]) {
+                sum = sum + c[row + ox];
+            }
+        }
+    }
+    d[i] = sum;
+}
+
+// Average: the sum of g[o] / count(o) over the windows reading x[i]; the count is rows(oy)
+// times columns(ox), each worked out once per window row or column.
+@compute @workgroup_size(256)
+fn pool_avg_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let q = in_pos(i);
+    let out_plane = q.x * params.oh * params.ow;
+    let iy = q.y;
+    let ix = q.z;
+    let py = iy + params.pt;
+    let px = ix + params.pl;
+    let ry = windows_over(py, params.kh, params.sh, params.dh, params.oh);
+    let rx = windows_over(px, params.kw, params.sw, params.dw, params.ow);
+    var sum = 0.0;
+    for (var oy = ry.x; oy < ry.y; oy = oy + 1u) {
+        if (!on_tap(py, oy * params.sh, params.dh)) { continue; }
+        let row = out_plane + oy * params.ow;
+        var part = 0.0;
+        for (var ox = rx.x; ox < rx.y; ox = ox + 1u) {
+            if (on_tap(px, ox * params.sw, params.dw)) {
+                part = part + a[row + ox] / f32(axis_counts(ox * params.sw, false));
+            }
+        }
+        sum = sum + part / f32(axis_counts(oy * params.sh, true));
+    }
+    b[i] = sum;
+}
