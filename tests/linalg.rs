@@ -539,18 +539,9 @@ fn bad_input_is_a_typed_error() {
         assert!(matches!(linalg::eigh(&i32s), Err(Error::DType { .. })));
         // A sweep cap that cannot be met is reported, not looped on.
         let (g, _) = pair(dev, &uniform(5, 64, -1.0, 1.0), &[8, 8]);
-        let sym = g.add(&g.transpose().unwrap()).unwrap();
+        // (eigh on the GPU is no longer Jacobi: its sweep options are unused, and QL's
+        // iteration cap is not reachable from a finite input of the sizes tested here.)
         if dev.is_gpu() {
-            let opts = EighOptions {
-                max_sweeps: 1,
-                tol: 1e-9,
-                ..Default::default()
-            };
-            let e = linalg::eigh_with(&sym, &opts);
-            assert!(
-                matches!(&e, Err(Error::Invalid { detail, .. }) if detail.contains("converge")),
-                "{e:?}"
-            );
             let so = linalg::SvdOptions {
                 max_sweeps: 1,
                 tol: 1e-9,
