@@ -1,8 +1,9 @@
-"""NumPy/LAPACK reference figures for `wgrad bench --filter qr` (issue 16).
+"""NumPy/LAPACK reference figures for `wgrad bench --filter qr|eigh` (issue 16).
 
 Times numpy.linalg.qr (reduced: Q and R, as wgrad returns) on the same f32 uniform(-1, 1)
-square inputs and sizes as the bench, median of several runs after a warm-up. Run by hand
-(CI runs Rust only):  python scripts/bench_numpy_linalg.py [sizes...]
+square inputs and sizes as the bench, and numpy.linalg.eigh (values and vectors) on the
+symmetric A + Aᵀ of such inputs, median of several runs after a warm-up. Run by hand
+(CI runs Rust only):  python scripts/bench_numpy_linalg.py [qr|eigh] [sizes...]
 """
 import sys
 import time
@@ -25,11 +26,22 @@ def time_ms(f, min_s=0.5, max_reps=50):
 
 
 def main():
-    sizes = [int(s) for s in sys.argv[1:]] or [256, 512, 1024]
+    args = sys.argv[1:]
+    ops = [a for a in args if a in ("qr", "eigh")] or ["qr", "eigh"]
+    sizes = [int(s) for s in args if s not in ops] or [256, 512, 1024]
     rng = np.random.default_rng(8)
     print(f"numpy {np.__version__}")
     for n in sizes:
         a = rng.uniform(-1.0, 1.0, (n, n)).astype(np.float32)
+        if "eigh" in ops:
+            s = a + a.T
+            ms = time_ms(lambda: np.linalg.eigh(s))
+            print(f"eigh {n}x{n} f32: {ms:.2f} ms")
+            s64 = s.astype(np.float64)
+            ms = time_ms(lambda: np.linalg.eigh(s64))
+            print(f"eigh {n}x{n} f64: {ms:.2f} ms")
+        if "qr" not in ops:
+            continue
         ms = time_ms(lambda: np.linalg.qr(a))
         print(f"qr {n}x{n} f32: {ms:.2f} ms")
         a64 = a.astype(np.float64)

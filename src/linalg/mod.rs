@@ -29,11 +29,13 @@
 
 mod eig;
 mod eigh;
+mod eigh_blocked;
 mod pca;
 pub(crate) mod qr;
 mod qr_blocked;
 pub(crate) mod reference;
 mod svd;
+mod tridiag;
 
 use std::sync::Arc;
 

@@ -140,12 +140,12 @@ pub(crate) fn qr_blocked(
     Ok((qt.transpose()?, at.transpose()?))
 }
 
-fn buf(t: &Tensor) -> &wgpu::Buffer {
+pub(crate) fn buf(t: &Tensor) -> &wgpu::Buffer {
     t.gpu_arg().expect("GPU device holds GPU tensors").0
 }
 
 /// Rows `r0..r0+len` of the GPU matrix `mat (_, width)` as a new `(len, width)` tensor.
-fn rows_of(
+pub(crate) fn rows_of(
     ctx: &Arc<GpuContext>,
     mat: &Tensor,
     r0: usize,
