@@ -562,6 +562,7 @@ fn replayable(op: &Op) -> bool {
             | Op::CrossEntropyCount(_)
             | Op::Im2Col(_)
             | Op::Col2Im(..)
+            | Op::Conv(..)
             | Op::Gather(_)
             | Op::ScatterAdd { .. }
     )
@@ -654,6 +655,7 @@ fn eval(op: &Op, x: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Op::CrossEntropyCount(o) => crate::ops::loss_reduced::counted_rows(x[0], *o),
         Op::Im2Col(geom) => x[0].im2col(*geom),
         Op::Col2Im(geom, image) => x[0].col2im(*geom, image),
+        Op::Conv(pass, geom) => x[0].conv2d_pass(x[1], *pass, *geom),
         Op::Gather(axis) => x[0].gather(x[1], *axis as isize),
         Op::ScatterAdd { axis, size } => x[0].scatter_add(x[1], *axis as isize, *size),
         Op::Assign => Ok(x[1].clone()),

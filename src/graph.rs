@@ -10,6 +10,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::init::Init;
 use crate::ops::conv::Conv2d;
+use crate::ops::conv_gemm::ConvPass;
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use crate::ops::loss::CrossEntropyOptions;
 use crate::ops::reduce::ReduceOp;
@@ -112,6 +113,9 @@ pub enum Op {
     Im2Col(Conv2d),
     /// Its adjoint: patches → an image batch of the given (N, C, H, W) shape.
     Col2Im(Conv2d, Vec<usize>),
+    /// A convolution product by implicit GEMM (no patch matrix): the forward (x, w) → y or
+    /// one of its gradients (see `crate::ops::conv_gemm`).
+    Conv(ConvPass, Conv2d),
     /// Slices along the axis selected by i32 indices (inputs: data, indices):
     /// `data[..axis] ++ indices ++ data[axis+1..]` (see `crate::ops::gather`).
     Gather(usize),
@@ -154,6 +158,7 @@ impl Op {
             Op::CrossEntropyCount(_) => "cross_entropy_count",
             Op::Im2Col(_) => "im2col",
             Op::Col2Im(..) => "col2im",
+            Op::Conv(pass, _) => pass.name(),
             Op::Gather(_) => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
         }
@@ -385,7 +390,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
     let arity = match op {
         Op::Input(_) | Op::Param(..) | Op::State(..) | Op::Const(_) | Op::Full(_) => 0,
         Op::Binary(_) | Op::MatMul { .. } | Op::CrossEntropy(_) | Op::Assign => 2,
-        Op::Dropout { .. } | Op::Gather(_) | Op::ScatterAdd { .. } => 2,
+        Op::Dropout { .. } | Op::Gather(_) | Op::ScatterAdd { .. } | Op::Conv(..) => 2,
         Op::CrossEntropyGrad(_) => 3,
         Op::Concat(_) => shapes.len().max(1),
         _ => 1,
@@ -438,6 +443,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
         }
         Op::ReduceAll(_) | Op::CrossEntropyCount(_) => vec![],
         Op::Im2Col(geom) => geom.patches_shape(name, x)?.to_vec(),
+        Op::Conv(pass, geom) => crate::ops::conv_gemm::pass_shape(*pass, geom, x, shapes[1])?,
         Op::Col2Im(geom, image) => {
             let want = geom.patches_shape(name, image)?;
             if x != want {

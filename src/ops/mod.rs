@@ -3,6 +3,7 @@
 
 pub(crate) mod chunk;
 pub mod conv;
+pub mod conv_gemm;
 pub mod dropout;
 pub mod elementwise;
 pub mod gather;
