@@ -8,15 +8,17 @@
 //
 // Entry points (workgroup size 64, no barriers, no workgroup memory: on lavapipe register
 // blocking beats tiling; grid split over x/y/z past 65535 workgroups):
-//   conv_forward      y[n, f, l]  (+)= Σ_{k in k0..k1} w[f, k] · x[n, g·Cg + c(k), tap(l, k)]
-//                     — one invocation per 4 filters × 4 consecutive positions (16 sums).
+//   conv_weight_pack  the filters packed (G, K, Fg rounded up to 16) for the forward, which
+//                     lives in conv_gemm_fwd.wgsl (it binds them as vec4s).
 //   conv_grad_input   gx[n, c, p] (+)= Σ_{t in k0..k1} w[f(t), c, ki, kj] · gy[n, f, o(p, ki, kj)]
 //                     over t = (f, ki, kj) of the group, the windows that read pixel p —
 //                     one invocation per 4 channels × 4 consecutive pixels (a gather: no atomics).
 //   conv_grad_weight  part[s, f, k] = Σ_{q in chunk s} gy[n, f, l] · x[n, g·Cg + c(k), tap(l, k)]
 //                     over positions q = (n, l) of chunk s — one invocation per 4 filters × 4
 //                     consecutive k; the host sums the chunks.
-// Inner loops step their indices incrementally (no integer division per tap: lavapipe
+// Every per-lane block lives in vec4 values, never in function-scope arrays: an array that
+// a loop indexes is placed in memory by lavapipe (the first version of this file, with
+// arrays, ran ~5x slower). Inner loops step their indices incrementally (no integer division per tap: lavapipe
 // scalarises it), and the host bounds every loop by gpu::LOOP_BUDGET (lavapipe silently stops
 // an invocation after 65535 iterations): K and Fg·KH·KW are split over accumulating
 // dispatches, positions over chunks.
@@ -40,110 +42,61 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 64u + lid;
 }
 
-// The one place the forward writes y: an epilogue (bias, batch norm, activation) fused
-// later would apply here, per output element (n, filter f, position l).
-fn store_output(n: u32, f: u32, l: u32, v: f32) {
-    let i = (n * params.f + f) * params.oh * params.ow + l;
-    if (params.accumulate != 0u) {
-        out[i] = out[i] + v;
-    } else {
-        out[i] = v;
-    }
+// x at 4 positions (plane + iy·W + ix), 0 in the padding (loads there clamp to index 0).
+fn x_at4(plane: vec4<u32>, iy: vec4<i32>, ix: vec4<i32>) -> vec4<f32> {
+    let inside = (iy >= vec4<i32>(0)) & (ix >= vec4<i32>(0))
+        & (iy < vec4<i32>(i32(params.h))) & (ix < vec4<i32>(i32(params.w)));
+    let idx = select(vec4<u32>(0u), plane + vec4<u32>(iy) * params.w + vec4<u32>(ix), inside);
+    return select(vec4<f32>(0.0), vec4<f32>(a[idx.x], a[idx.y], a[idx.z], a[idx.w]), inside);
 }
 
-// x[plane + iy·W + ix], or 0 in the padding (the load is clamped to index 0 there).
-fn x_at(plane: u32, iy: i32, ix: i32) -> f32 {
-    let inside = iy >= 0 && ix >= 0 && iy < i32(params.h) && ix < i32(params.w);
-    let idx = select(0u, plane + u32(iy) * params.w + u32(ix), inside);
-    return select(0.0, a[idx], inside);
-}
+const LANES = vec4<u32>(0u, 1u, 2u, 3u);
 
+
+// conv_weight_pack: wp[(g·K + k)·Fgp + f] = w[g·Fg + f, k] for f < Fg, else 0 — the filters
+// as conv_gemm_fwd.wgsl reads them (Fgp = Fg rounded up to 16, in `blocks`). One invocation
+// per element of wp; a is w, out is wp (b, bound to w too, is unused).
 @compute @workgroup_size(64)
-fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_index) lid: u32) {
+fn conv_weight_pack(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    _ = b[0];
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
-    // i = ((n·G + g)·FB + fb)·LB + lb: positions fastest, so a workgroup shares its filters.
-    let l_count = params.oh * params.ow;
-    let lb_count = (l_count + 3u) / 4u;
-    let fb_count = (params.fg + 3u) / 4u;
-    let lb = i % lb_count;
-    let fb = (i / lb_count) % fb_count;
-    let ng = i / (lb_count * fb_count);
-    let g = ng % params.groups;
-    let n = ng / params.groups;
-    let khw = params.kh * params.kw;
-    let k_count = params.cg * khw;
-    // Window origins of the 4 positions (divisions once per invocation).
-    var iy0: array<i32, 4>;
-    var ix0: array<i32, 4>;
-    for (var j = 0u; j < 4u; j++) {
-        let l = min(lb * 4u + j, l_count - 1u);
-        iy0[j] = i32((l / params.ow) * params.sh) - i32(params.pt);
-        ix0[j] = i32((l % params.ow) * params.sw) - i32(params.pl);
-    }
-    // Filter rows (clamped: the sums of filters past Fg are computed but never stored).
-    var wrow: array<u32, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        wrow[r] = (g * params.fg + min(fb * 4u + r, params.fg - 1u)) * k_count;
-    }
-    var acc: array<vec4<f32>, 4>;   // acc[r][j]: filter fb·4 + r, position lb·4 + j
-    // Tap of k0, then stepped: kj, then ki, then the channel.
-    var c = params.k0 / khw;
-    var ki = (params.k0 % khw) / params.kw;
-    var kj = params.k0 % params.kw;
+    let fgp = params.blocks;
+    let k_count = params.cg * params.kh * params.kw;
+    let f = i % fgp;
+    let gk = i / fgp;
+    let k = gk % k_count;
+    let g = gk / k_count;
+    var v = 0.0;
+    if (f < params.fg) { v = a[(g * params.fg + f) * k_count + k]; }
+    out[i] = v;
+}
+
+// One axis of "which window position o reads input coordinate p through tap t", for 4
+// pixels: p + pad - t·d = o·s must hold with 0 <= o < count. The quotient q and remainder r
+// of p + pad by s are kept and stepped by -d (as -(d/s), -(d%s) with a borrow), so the loop
+// never divides.
+fn axis_step(q: ptr<function, vec4<i32>>, r: ptr<function, vec4<i32>>, dq: i32, dr: i32, s: i32) {
+    let rr = *r - dr;
+    let borrow = rr < vec4<i32>(0);
+    *r = select(rr, rr + s, borrow);
+    *q = select(*q - dq, *q - dq - 1, borrow);
+}
+
+// Writes channel c's gradient at pixels p0..p0+4 (those below H·W).
+fn store_grad_input(n: u32, c: u32, p0: u32, v: vec4<f32>) {
     let hw = params.h * params.w;
-    var plane = (n * params.c + g * params.cg + c) * hw;
-    var dy = i32(ki * params.dh);
-    var dx = i32(kj * params.dw);
-    for (var k = params.k0; k < params.k1; k++) {
-        let xv = vec4<f32>(x_at(plane, iy0[0] + dy, ix0[0] + dx), x_at(plane, iy0[1] + dy, ix0[1] + dx),
-                           x_at(plane, iy0[2] + dy, ix0[2] + dx), x_at(plane, iy0[3] + dy, ix0[3] + dx));
-        acc[0] += b[wrow[0] + k] * xv;
-        acc[1] += b[wrow[1] + k] * xv;
-        acc[2] += b[wrow[2] + k] * xv;
-        acc[3] += b[wrow[3] + k] * xv;
-        kj += 1u;
-        dx += i32(params.dw);
-        if (kj == params.kw) {
-            kj = 0u;
-            dx = 0;
-            ki += 1u;
-            dy += i32(params.dh);
-            if (ki == params.kh) {
-                ki = 0u;
-                dy = 0;
-                plane += hw;
-            }
-        }
-    }
-    for (var r = 0u; r < 4u; r++) {
-        let f = fb * 4u + r;
-        if (f >= params.fg) { break; }
-        for (var j = 0u; j < 4u; j++) {
-            let l = lb * 4u + j;
-            if (l < l_count) {
-                store_output(n, g * params.fg + f, l, acc[r][j]);
-            }
-        }
-    }
+    let base = (n * params.c + c) * hw + p0;
+    if (p0 < hw) { store_add(base, v.x); }
+    if (p0 + 1u < hw) { store_add(base + 1u, v.y); }
+    if (p0 + 2u < hw) { store_add(base + 2u, v.z); }
+    if (p0 + 3u < hw) { store_add(base + 3u, v.w); }
 }
 
-// One axis of "which window position o reads input coordinate p through tap t": p + pad -
-// t·d = o·s must hold with 0 <= o < count. The quotient and remainder of p + pad by s are
-// kept and stepped by -d (as -(d/s), -(d%s) with a borrow), so the loop never divides.
-struct Axis { q: i32, r: i32 }
-
-fn axis_start(p: u32, pad: u32, s: u32) -> Axis {
-    let v = p + pad;
-    return Axis(i32(v / s), i32(v % s));
-}
-
-fn axis_step(a: Axis, dq: i32, dr: i32, s: i32) -> Axis {
-    var r = a.r - dr;
-    var q = a.q - dq;
-    if (r < 0) { r += s; q -= 1; }
-    return Axis(q, r);
+// out[o] = v, or += v when this dispatch adds to an earlier part of the reduction.
+fn store_add(o: u32, v: f32) {
+    if (params.accumulate != 0u) { out[o] = out[o] + v; } else { out[o] = v; }
 }
 
 @compute @workgroup_size(64)
@@ -170,80 +123,83 @@ fn conv_grad_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     let dxq = i32(params.dw / params.sw);
     let dxr = i32(params.dw % params.sw);
     // Per pixel: its row and column axes at tap (ki, kj) = (0, 0).
-    var row0: array<Axis, 4>;
-    var col0: array<Axis, 4>;
-    for (var j = 0u; j < 4u; j++) {
-        let p = min(pb * 4u + j, hw - 1u);
-        row0[j] = axis_start(p / params.w, params.pt, params.sh);
-        col0[j] = axis_start(p % params.w, params.pl, params.sw);
-    }
+    let p4 = min(vec4<u32>(pb * 4u) + LANES, vec4<u32>(hw - 1u));
+    let vy = p4 / params.w + params.pt;
+    let vx = p4 % params.w + params.pl;
+    let rq0 = vec4<i32>(vy / params.sh);
+    let rr0 = vec4<i32>(vy % params.sh);
+    let cq0 = vec4<i32>(vx / params.sw);
+    let cr0 = vec4<i32>(vx % params.sw);
     // Filter taps w[f, c, ki, kj]: channel offsets (clamped; sums past Cg are not stored).
-    var coff: array<u32, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        coff[r] = min(cb * 4u + r, params.cg - 1u) * khw;
-    }
+    let c0 = cb * 4u;
+    let cmax = params.cg - 1u;
+    let o0 = min(c0, cmax) * khw;
+    let o1 = min(c0 + 1u, cmax) * khw;
+    let o2 = min(c0 + 2u, cmax) * khw;
+    let o3 = min(c0 + 3u, cmax) * khw;
     // t = (fi, ki, kj) within the group, from k0.
     let t_khw = params.k0 % khw;
     var fi = params.k0 / khw;
     var ki = t_khw / params.kw;
     var kj = t_khw % params.kw;
-    var row: array<Axis, 4>;
-    var col: array<Axis, 4>;
-    for (var j = 0u; j < 4u; j++) {
-        row[j] = row0[j];
-        for (var s = 0u; s < ki; s++) { row[j] = axis_step(row[j], dyq, dyr, sh); }
-        col[j] = col0[j];
-        for (var s = 0u; s < kj; s++) { col[j] = axis_step(col[j], dxq, dxr, sw); }
-    }
+    var rq = rq0;
+    var rr = rr0;
+    var cq = cq0;
+    var cr = cr0;
+    for (var s = 0u; s < ki; s++) { axis_step(&rq, &rr, dyq, dyr, sh); }
+    for (var s = 0u; s < kj; s++) { axis_step(&cq, &cr, dxq, dxr, sw); }
     var wbase = (g * params.fg + fi) * k_count + ki * params.kw + kj;
     var gplane = (n * params.f + g * params.fg + fi) * l_count;
-    var acc: array<vec4<f32>, 4>;   // acc[r][j]: channel cb·4 + r, pixel pb·4 + j
+    var acc0 = vec4<f32>(0.0);   // channel c0 + 0 at the 4 pixels
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    let oh = vec4<i32>(i32(params.oh));
+    let ow = vec4<i32>(i32(params.ow));
+    let zero = vec4<i32>(0);
     for (var t = params.k0; t < params.k1; t++) {
-        var gv: vec4<f32>;
-        for (var j = 0u; j < 4u; j++) {
-            let ok = row[j].r == 0 && col[j].r == 0 && row[j].q >= 0 && col[j].q >= 0
-                && row[j].q < i32(params.oh) && col[j].q < i32(params.ow);
-            let idx = select(0u, gplane + u32(row[j].q) * params.ow + u32(col[j].q), ok);
-            gv[j] = select(0.0, a[idx], ok);
-        }
-        acc[0] += b[wbase + coff[0]] * gv;
-        acc[1] += b[wbase + coff[1]] * gv;
-        acc[2] += b[wbase + coff[2]] * gv;
-        acc[3] += b[wbase + coff[3]] * gv;
+        let ok = (rr == zero) & (cr == zero) & (rq >= zero) & (cq >= zero) & (rq < oh) & (cq < ow);
+        let idx = select(vec4<u32>(0u), gplane + vec4<u32>(rq) * params.ow + vec4<u32>(cq), ok);
+        let gv = select(vec4<f32>(0.0), vec4<f32>(a[idx.x], a[idx.y], a[idx.z], a[idx.w]), ok);
+        acc0 += b[wbase + o0] * gv;
+        acc1 += b[wbase + o1] * gv;
+        acc2 += b[wbase + o2] * gv;
+        acc3 += b[wbase + o3] * gv;
         kj += 1u;
         wbase += 1u;
-        for (var j = 0u; j < 4u; j++) { col[j] = axis_step(col[j], dxq, dxr, sw); }
+        axis_step(&cq, &cr, dxq, dxr, sw);
         if (kj == params.kw) {
             kj = 0u;
             ki += 1u;
-            for (var j = 0u; j < 4u; j++) {
-                col[j] = col0[j];
-                row[j] = axis_step(row[j], dyq, dyr, sh);
-            }
+            cq = cq0;
+            cr = cr0;
+            axis_step(&rq, &rr, dyq, dyr, sh);
             if (ki == params.kh) {
                 ki = 0u;
                 fi += 1u;
                 wbase = (g * params.fg + fi) * k_count;
                 gplane += l_count;
-                for (var j = 0u; j < 4u; j++) { row[j] = row0[j]; }
+                rq = rq0;
+                rr = rr0;
             }
         }
     }
-    for (var r = 0u; r < 4u; r++) {
-        let c = cb * 4u + r;
-        if (c >= params.cg) { break; }
-        for (var j = 0u; j < 4u; j++) {
-            let p = pb * 4u + j;
-            if (p < hw) {
-                let o = (n * params.c + g * params.cg + c) * hw + p;
-                if (params.accumulate != 0u) {
-                    out[o] = out[o] + acc[r][j];
-                } else {
-                    out[o] = acc[r][j];
-                }
-            }
-        }
-    }
+    let co = g * params.cg + c0;
+    let p0 = pb * 4u;
+    store_grad_input(n, co, p0, acc0);
+    if (c0 + 1u < params.cg) { store_grad_input(n, co + 1u, p0, acc1); }
+    if (c0 + 2u < params.cg) { store_grad_input(n, co + 2u, p0, acc2); }
+    if (c0 + 3u < params.cg) { store_grad_input(n, co + 3u, p0, acc3); }
+}
+
+// Writes filter f's partial sums for k0..k0+4 (those below K) of chunk s.
+fn store_grad_weight(s: u32, f: u32, k0: u32, v: vec4<f32>) {
+    let k_count = params.cg * params.kh * params.kw;
+    let base = (s * params.f + f) * k_count;
+    if (k0 < k_count) { out[base + k0] = v.x; }
+    if (k0 + 1u < k_count) { out[base + k0 + 1u] = v.y; }
+    if (k0 + 2u < k_count) { out[base + k0 + 2u] = v.z; }
+    if (k0 + 3u < k_count) { out[base + k0 + 3u] = v.w; }
 }
 
 @compute @workgroup_size(64)
@@ -264,42 +220,38 @@ fn conv_grad_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
     let l_count = params.oh * params.ow;
     let hw = params.h * params.w;
     // The 4 taps: their channel plane (within an image) and window offsets.
-    var tplane: array<u32, 4>;
-    var ty: array<i32, 4>;
-    var tx: array<i32, 4>;
-    for (var j = 0u; j < 4u; j++) {
-        let k = min(kb * 4u + j, k_count - 1u);
-        let r = k % khw;
-        tplane[j] = (g * params.cg + k / khw) * hw;
-        ty[j] = i32((r / params.kw) * params.dh) - i32(params.pt);
-        tx[j] = i32((r % params.kw) * params.dw) - i32(params.pl);
-    }
-    var frow: array<u32, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        frow[r] = (g * params.fg + min(fb * 4u + r, params.fg - 1u)) * l_count;
-    }
+    let k4 = min(vec4<u32>(kb * 4u) + LANES, vec4<u32>(k_count - 1u));
+    let r4 = k4 % khw;
+    let tplane = (g * params.cg + k4 / khw) * hw;
+    let ty = vec4<i32>((r4 / params.kw) * params.dh) - i32(params.pt);
+    let tx = vec4<i32>((r4 % params.kw) * params.dw) - i32(params.pl);
+    let f0 = fb * 4u;
+    let fmax = params.fg - 1u;
+    let g0 = (g * params.fg + min(f0, fmax)) * l_count;
+    let g1 = (g * params.fg + min(f0 + 1u, fmax)) * l_count;
+    let g2 = (g * params.fg + min(f0 + 2u, fmax)) * l_count;
+    let g3 = (g * params.fg + min(f0 + 3u, fmax)) * l_count;
     // Positions q = n·L + oy·OW + ox of this chunk, stepped without division.
     let q0 = s * params.chunk;
     let q1 = min(q0 + params.chunk, params.n * l_count);
-    var n = q0 / l_count;
     var l = q0 % l_count;
     var oy = l / params.ow;
     var ox = l % params.ow;
-    var ximg = n * params.c * hw;
-    var gimg = n * params.f * l_count;
-    var acc: array<vec4<f32>, 4>;   // acc[r][j]: filter fb·4 + r, k = kb·4 + j
+    var ximg = (q0 / l_count) * params.c * hw;
+    var gimg = (q0 / l_count) * params.f * l_count;
+    var acc0 = vec4<f32>(0.0);   // filter f0 + 0 at the 4 taps
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var q = q0; q < q1; q++) {
         let by = i32(oy * params.sh);
         let bx = i32(ox * params.sw);
-        let xv = vec4<f32>(x_at(ximg + tplane[0], by + ty[0], bx + tx[0]),
-                           x_at(ximg + tplane[1], by + ty[1], bx + tx[1]),
-                           x_at(ximg + tplane[2], by + ty[2], bx + tx[2]),
-                           x_at(ximg + tplane[3], by + ty[3], bx + tx[3]));
+        let xv = x_at4(ximg + tplane, ty + by, tx + bx);
         let gl = gimg + l;
-        acc[0] += b[gl + frow[0]] * xv;
-        acc[1] += b[gl + frow[1]] * xv;
-        acc[2] += b[gl + frow[2]] * xv;
-        acc[3] += b[gl + frow[3]] * xv;
+        acc0 += a_g(gl + g0) * xv;
+        acc1 += a_g(gl + g1) * xv;
+        acc2 += a_g(gl + g2) * xv;
+        acc3 += a_g(gl + g3) * xv;
         l += 1u;
         ox += 1u;
         if (ox == params.ow) {
@@ -313,14 +265,15 @@ fn conv_grad_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
             }
         }
     }
-    for (var r = 0u; r < 4u; r++) {
-        let f = fb * 4u + r;
-        if (f >= params.fg) { break; }
-        for (var j = 0u; j < 4u; j++) {
-            let k = kb * 4u + j;
-            if (k < k_count) {
-                out[(s * params.f + g * params.fg + f) * k_count + k] = acc[r][j];
-            }
-        }
-    }
+    let fo = g * params.fg + f0;
+    let k0 = kb * 4u;
+    store_grad_weight(s, fo, k0, acc0);
+    if (f0 + 1u < params.fg) { store_grad_weight(s, fo + 1u, k0, acc1); }
+    if (f0 + 2u < params.fg) { store_grad_weight(s, fo + 2u, k0, acc2); }
+    if (f0 + 3u < params.fg) { store_grad_weight(s, fo + 3u, k0, acc3); }
+}
+
+// grad_weight's gy operand (binding b).
+fn a_g(i: u32) -> f32 {
+    return b[i];
 }

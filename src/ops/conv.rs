@@ -446,9 +446,10 @@ impl Var {
         let groups = geom.groups;
         if crate::ops::conv_gemm::prefer_implicit(self.shape(), weight.shape(), &geom) {
             // Implicit GEMM: no patch matrix (see ops::conv_gemm for when it wins).
-            return self
-                .graph()
-                .push(Op::Conv(crate::ops::conv_gemm::ConvPass::Forward, geom), &[self, weight]);
+            return self.graph().push(
+                Op::Conv(crate::ops::conv_gemm::ConvPass::Forward, geom),
+                &[self, weight],
+            );
         }
         if groups == 1 && geom.is_pointwise() {
             // (F, C) · (N, C, H·W) = (N, F, H·W): already NCHW, so no im2col (on lavapipe it

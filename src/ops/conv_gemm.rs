@@ -26,6 +26,15 @@ pub(crate) const SHADER: Kernel = Kernel {
     source: include_str!("../../shaders/conv_gemm.wgsl"),
 };
 
+/// The forward's kernel (its filters bound as vec4s, so a module of its own).
+pub(crate) const FORWARD: Kernel = Kernel {
+    name: "conv_gemm_fwd",
+    source: include_str!("../../shaders/conv_gemm_fwd.wgsl"),
+};
+
+/// Filters per forward invocation (the packed filters' padding unit).
+const FILTER_BLOCK: usize = 16;
+
 /// Which product of a convolution a node computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConvPass {
@@ -166,6 +175,7 @@ fn params(
     chunk: usize,
     accumulate: bool,
     total: usize,
+    fgp: usize,
 ) -> Result<Vec<u32>> {
     // The im2col params carry the 32-bit and padded-size checks; reuse them.
     geom.params(op, x, oh, ow, 0)?;
@@ -194,12 +204,14 @@ fn params(
         chunk,
         accumulate as usize,
         total,
-        0,
+        fgp,
     ];
     if v.iter().any(|&d| d > u32::MAX as usize) {
         return Err(Error::Invalid {
             op,
-            detail: format!("input {x:?} with {f} filters under {geom:?} is past the kernel's 32-bit indices"),
+            detail: format!(
+                "input {x:?} with {f} filters under {geom:?} is past the kernel's 32-bit indices"
+            ),
         });
     }
     Ok(v.iter().map(|&d| d as u32).collect())
@@ -268,33 +280,58 @@ impl Tensor {
                 let (f, cg, fg) = (ws[0], ws[1], ws[0] / g);
                 let (oh, ow) = (ys[2], ys[3]);
                 let khw = geom.kh * geom.kw;
-                let run = |entry: &str, o: crate::gpu::BufArg<'_>, k, chunk, acc, total| {
-                    let p = params(op, &geom, &xs, f, oh, ow, k, chunk, acc, total)?;
+                let fgp = fg.div_ceil(FILTER_BLOCK) * FILTER_BLOCK;
+                let run = |kernel: &Kernel,
+                           entry: &str,
+                           bufs: [crate::gpu::BufArg<'_>; 3],
+                           k,
+                           chunk,
+                           acc,
+                           total| {
+                    let p = params(op, &geom, &xs, f, oh, ow, k, chunk, acc, total, fgp)?;
                     ctx.dispatch(
-                        &SHADER,
+                        kernel,
                         entry,
                         &[],
                         &p,
-                        &[a, b, o],
+                        &bufs,
                         ctx.grid((total as u64).div_ceil(64)),
                     )
                 };
                 match pass {
                     ConvPass::Forward | ConvPass::GradInput(_) => {
-                        let out = gpu_output(ctx, self.device(), op, &out_shape, crate::DType::F32)?;
+                        let out =
+                            gpu_output(ctx, self.device(), op, &out_shape, crate::DType::F32)?;
                         if out.numel() == 0 {
                             return Ok(out);
                         }
                         let o = out.gpu_arg().expect("GPU output");
-                        let (entry, total, reduce) = if pass == ConvPass::Forward {
-                            ("conv_forward", blocks(fg, oh * ow, xs[0] * g), cg * khw)
-                        } else {
-                            ("conv_grad_input", blocks(cg, xs[2] * xs[3], xs[0] * g), fg * khw)
-                        };
                         // The reduction split so that no invocation loops past the budget;
                         // later parts add to the first.
-                        for (i, k) in budget_ranges(reduce).into_iter().enumerate() {
-                            run(entry, o, k, 0, i > 0, total)?;
+                        if pass == ConvPass::Forward {
+                            let packed = [g, cg * khw, fgp];
+                            let wp =
+                                gpu_output(ctx, self.device(), op, &packed, crate::DType::F32)?;
+                            let wpa = wp.gpu_arg().expect("GPU output");
+                            let n_packed = wp.numel();
+                            run(
+                                &SHADER,
+                                "conv_weight_pack",
+                                [b, b, wpa],
+                                (0, 0),
+                                0,
+                                false,
+                                n_packed,
+                            )?;
+                            let total = (fgp / FILTER_BLOCK) * (oh * ow).div_ceil(4) * xs[0] * g;
+                            for (i, k) in budget_ranges(cg * khw).into_iter().enumerate() {
+                                run(&FORWARD, "conv_forward", [a, wpa, o], k, 0, i > 0, total)?;
+                            }
+                        } else {
+                            let total = blocks(cg, xs[2] * xs[3], xs[0] * g);
+                            for (i, k) in budget_ranges(fg * khw).into_iter().enumerate() {
+                                run(&SHADER, "conv_grad_input", [a, b, o], k, 0, i > 0, total)?;
+                            }
                         }
                         Ok(out)
                     }
@@ -310,7 +347,15 @@ impl Tensor {
                             return part.reshape(&out_shape);
                         }
                         let o = part.gpu_arg().expect("GPU output");
-                        run("conv_grad_weight", o, (0, 0), chunk, false, per_chunk * s)?;
+                        run(
+                            &SHADER,
+                            "conv_grad_weight",
+                            [a, b, o],
+                            (0, 0),
+                            chunk,
+                            false,
+                            per_chunk * s,
+                        )?;
                         if s == 1 {
                             part.reshape(&out_shape)
                         } else {
@@ -325,9 +370,36 @@ impl Tensor {
 
 /// Whether [`crate::graph::Var::conv2d`] takes the implicit kernel for x (N, C, H, W) and
 /// filters (F, C/G, KH, KW) rather than im2col and a matmul.
+/// `WGRAD_CONV=implicit` or `WGRAD_CONV=im2col` forces one path (for measuring both).
 pub(crate) fn prefer_implicit(x: &[usize], w: &[usize], geom: &Conv2d) -> bool {
-    let _ = (x, w, geom);
-    true
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = FORCED.get_or_init(|| match std::env::var("WGRAD_CONV").as_deref() {
+        Ok("implicit") => Some(true),
+        Ok("im2col") => Some(false),
+        _ => None,
+    });
+    if let Some(f) = *forced {
+        return f;
+    }
+    // Measured on lavapipe (2 shared cores, load ~2, ms, `examples/conv_gemm.rs`):
+    //   shape (x, filters)                     im2col+product   implicit
+    //   32x3x32x32, 16 3x3 p1   fwd / fwd+bwd   35.3 / 62.5      7.6 / 43.0
+    //   1x3x224x224, 64 7x7/2 (ResNet stem)     37.3             61.3
+    //   1x64x56x56, 64 3x3                      42.3             54.6
+    //   1x128x28x28 .. 1x512x7x7, 3x3           15-18            59-130
+    //   8x64x112x112, 64 3x3 p1 fwd             refused (231 MB patches)  1482
+    // So: the implicit kernel where the reduction C/G·KH·KW is short (the patch matrix is
+    // then mostly overhead: few multiply-adds per patch value) and where the patch matrix
+    // would pass 64 MiB (im2col cannot allocate it past the 128 MiB binding limit); the
+    // subgroup matmul over im2col elsewhere (it runs ~4x more FLOP/s on long reductions).
+    let [n, c, ..] = x else { return false };
+    let k = w[1..].iter().product::<usize>();
+    let Ok([_, l, ck]) = geom.groups(1).patches_shape("conv2d", x) else {
+        return false;
+    };
+    let patch_bytes = n.saturating_mul(l).saturating_mul(ck).saturating_mul(4);
+    let _ = c;
+    k <= 64 || patch_bytes > 64 << 20
 }
 
 #[cfg(test)]
