@@ -12,7 +12,9 @@ use wgrad::autodiff::grad;
 use wgrad::{Conv2d, Device, Graph, Rng, Tensor};
 
 /// (name, x (N, C, H, W), filters F, window, stride, padding, backward too).
-const SHAPES: &[(&str, [usize; 4], usize, usize, usize, usize, bool)] = &[
+type Shape = (&'static str, [usize; 4], usize, usize, usize, usize, bool);
+
+const SHAPES: &[Shape] = &[
     (
         "bench 32x3x32x32 f16 3x3 p1",
         [32, 3, 32, 32],

@@ -83,7 +83,7 @@ fn operand_shapes(
         ConvPass::Forward => (s0.to_vec(), s1.to_vec()),
         ConvPass::GradInput([h, wd]) => (vec![s0[0], s1[1] * g, h, wd], s1.to_vec()),
         ConvPass::GradWeight => {
-            let cg = if g == 0 { 0 } else { s0[1] / g };
+            let cg = s0[1].checked_div(g).unwrap_or(0);
             (s0.to_vec(), vec![s1[1], cg, geom.kh, geom.kw])
         }
     };
@@ -392,13 +392,12 @@ pub(crate) fn prefer_implicit(x: &[usize], w: &[usize], geom: &Conv2d) -> bool {
     // then mostly overhead: few multiply-adds per patch value) and where the patch matrix
     // would pass 64 MiB (im2col cannot allocate it past the 128 MiB binding limit); the
     // subgroup matmul over im2col elsewhere (it runs ~4x more FLOP/s on long reductions).
-    let [n, c, ..] = x else { return false };
+    let [n, ..] = x else { return false };
     let k = w[1..].iter().product::<usize>();
     let Ok([_, l, ck]) = geom.groups(1).patches_shape("conv2d", x) else {
         return false;
     };
     let patch_bytes = n.saturating_mul(l).saturating_mul(ck).saturating_mul(4);
-    let _ = c;
     k <= 64 || patch_bytes > 64 << 20
 }
 
@@ -421,7 +420,7 @@ mod tests {
     fn grad_weight_chunks_stay_within_the_budget() {
         for (positions, per) in [(1, 1), (32_768, 28), (100_352, 2304), (1 << 24, 1)] {
             let c = grad_weight_chunk(positions, per);
-            assert!(c <= LOOP_BUDGET && c >= 1, "{positions} {per}: {c}");
+            assert!((1..=LOOP_BUDGET).contains(&c), "{positions} {per}: {c}");
         }
     }
 }
