@@ -398,7 +398,10 @@ pub(crate) fn prefer_implicit(x: &[usize], w: &[usize], geom: &Conv2d) -> bool {
         return false;
     };
     let patch_bytes = n.saturating_mul(l).saturating_mul(ck).saturating_mul(4);
-    k <= 64 || patch_bytes > 64 << 20
+    // A dense 1×1 stride-1 convolution is a plain product with no patches: kept (ResNet's
+    // 64-channel 1×1 layers would otherwise fall under the short-reduction rule).
+    let pointwise = geom.groups == 1 && geom.is_pointwise();
+    (k <= 64 && !pointwise) || patch_bytes > 64 << 20
 }
 
 #[cfg(test)]
