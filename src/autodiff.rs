@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::graph::{Node, NodeId, Op, Var};
+use crate::ops::conv::Conv2d;
+use crate::ops::conv_gemm::ConvPass;
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use crate::ops::reduce::ReduceOp;
 
@@ -402,6 +404,8 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             op: "grad",
             detail: "second derivative of depthwise convolution is not implemented".into(),
         }),
+        // every convolution pass is bilinear; its adjoints are the other two passes
+        Op::Conv(pass, geom) => conv_grad(*pass, *geom, x, g),
         // gather and scatter-add are each other's adjoint; indices get no gradient
         Op::Gather(axis) => Ok(vec![
             Some(g.scatter_add(&x[1], *axis as isize, x[0].shape()[*axis])?),
@@ -420,4 +424,29 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
                 .collect()
         }
     }
+}
+
+/// Adjoints of a convolution pass (each is bilinear, so they are the other passes):
+/// y = fwd(x, w): dx = grad_input(g, w), dw = grad_weight(x, g);
+/// gx = grad_input(gy, w): dgy = fwd(g, w), dw = grad_weight(g, gy);
+/// gw = grad_weight(x, gy): dx = grad_input(gy, g), dgy = fwd(x, g).
+fn conv_grad(pass: ConvPass, geom: Conv2d, x: &[Var], g: &Var) -> Result<Vec<Option<Var>>> {
+    let graph = g.graph();
+    let conv = |p: ConvPass, a: &Var, b: &Var| graph.push(Op::Conv(p, geom), &[a, b]);
+    let hw = |s: &[usize]| [s[2], s[3]];
+    let (d0, d1) = match pass {
+        ConvPass::Forward => (
+            conv(ConvPass::GradInput(hw(x[0].shape())), g, &x[1])?,
+            conv(ConvPass::GradWeight, &x[0], g)?,
+        ),
+        ConvPass::GradInput(_) => (
+            conv(ConvPass::Forward, g, &x[1])?,
+            conv(ConvPass::GradWeight, g, &x[0])?,
+        ),
+        ConvPass::GradWeight => (
+            conv(ConvPass::GradInput(hw(x[0].shape())), &x[1], g)?,
+            conv(ConvPass::Forward, &x[0], g)?,
+        ),
+    };
+    Ok(vec![Some(d0), Some(d1)])
 }

@@ -567,6 +567,7 @@ fn replayable(op: &Op) -> bool {
             | Op::DepthwiseConv2d(_)
             | Op::DepthwiseGradX(..)
             | Op::DepthwiseGradW(..)
+            | Op::Conv(..)
             | Op::Gather(_)
             | Op::ScatterAdd { .. }
     )
@@ -667,6 +668,7 @@ fn eval(op: &Op, x: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Op::DepthwiseConv2d(geom) => x[0].depthwise_conv2d(x[1], *geom),
         Op::DepthwiseGradX(geom, s) => x[0].depthwise_backward_data(x[1], *geom, s),
         Op::DepthwiseGradW(geom, s) => x[0].depthwise_backward_filter(x[1], *geom, s),
+        Op::Conv(pass, geom) => x[0].conv2d_pass(x[1], *pass, *geom),
         Op::Gather(axis) => x[0].gather(x[1], *axis as isize),
         Op::ScatterAdd { axis, size } => x[0].scatter_add(x[1], *axis as isize, *size),
         Op::Assign => Ok(x[1].clone()),

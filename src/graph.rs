@@ -10,6 +10,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::init::Init;
 use crate::ops::conv::Conv2d;
+use crate::ops::conv_gemm::ConvPass;
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use crate::ops::loss::CrossEntropyOptions;
 use crate::ops::pool::{Pool2d, PoolKind};
@@ -124,6 +125,9 @@ pub enum Op {
     DepthwiseGradX(Conv2d, Vec<usize>),
     /// Its filter gradient (inputs x, upstream) → filters of the given shape.
     DepthwiseGradW(Conv2d, Vec<usize>),
+    /// A convolution product by implicit GEMM (no patch matrix): the forward (x, w) → y or
+    /// one of its gradients (see `crate::ops::conv_gemm`).
+    Conv(ConvPass, Conv2d),
     /// Slices along the axis selected by i32 indices (inputs: data, indices):
     /// `data[..axis] ++ indices ++ data[axis+1..]` (see `crate::ops::gather`).
     Gather(usize),
@@ -170,6 +174,7 @@ impl Op {
             Op::Pool2dGrad(..) => "pool2d_backward",
             Op::DepthwiseConv2d(_) => "depthwise_conv2d",
             Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => "depthwise_conv2d_backward",
+            Op::Conv(pass, _) => pass.name(),
             Op::Gather(_) => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
         }
@@ -403,6 +408,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
         Op::Binary(_) | Op::MatMul { .. } | Op::CrossEntropy(_) | Op::Assign => 2,
         Op::Dropout { .. } | Op::Gather(_) | Op::ScatterAdd { .. } => 2,
         Op::DepthwiseConv2d(_) | Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => 2,
+        Op::Conv(..) => 2,
         Op::CrossEntropyGrad(_) => 3,
         Op::Pool2dGrad(p, _) if p.kind == PoolKind::Max => 3,
         Op::Concat(_) => shapes.len().max(1),
@@ -456,6 +462,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
         }
         Op::ReduceAll(_) | Op::CrossEntropyCount(_) => vec![],
         Op::Im2Col(geom) => geom.patches_shape(name, x)?.to_vec(),
+        Op::Conv(pass, geom) => crate::ops::conv_gemm::pass_shape(*pass, geom, x, shapes[1])?,
         Op::Col2Im(geom, image) => {
             let want = geom.patches_shape(name, image)?;
             if x != want {

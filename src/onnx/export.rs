@@ -137,6 +137,9 @@ fn training_only(op: &Op) -> Option<&'static str> {
             "softmax cross-entropy is a training loss; export the logits (or their softmax) \
              instead"
         }
+        Op::Conv(pass, _) if *pass != crate::ops::conv_gemm::ConvPass::Forward => {
+            "a convolution's gradient passes only appear in gradients"
+        }
         Op::Col2Im(..) => {
             "col2im (a transposed convolution or im2col's gradient) has no export yet"
         }
@@ -611,6 +614,7 @@ impl<'a> Emitter<'a> {
             | Op::Pool2dGrad(..)
             | Op::DepthwiseGradX(..)
             | Op::DepthwiseGradW(..)
+            | Op::Conv(..)
             | Op::Col2Im(..) => {
                 let why = training_only(&node.op).unwrap_or("a training op");
                 return Err(unexportable(id, node, why));

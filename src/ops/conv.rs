@@ -203,7 +203,7 @@ impl Conv2d {
     /// The kernels' params: the shape, the window, the output positions and the element count.
     /// The kernels hold them in u32 and positions in the padded input in i32: a geometry past
     /// that (huge pads or strides with few windows) is an error naming `op`, not a wrap.
-    fn params(
+    pub(crate) fn params(
         &self,
         op: &'static str,
         x: &[usize],
@@ -405,6 +405,9 @@ impl Tensor {
         let (n, f) = check_conv2d(self.shape(), weight.shape(), geom)?;
         let (oh, ow) = geom.output_size("conv2d", self.shape())?;
         let groups = geom.groups;
+        if crate::ops::conv_gemm::prefer_implicit(self.shape(), weight.shape(), &geom) {
+            return self.conv2d_implicit(weight, geom);
+        }
         if groups == 1 && geom.is_pointwise() {
             // (F, C) · (N, C, H·W) = (N, F, H·W): already NCHW, no patches, no copy.
             let c = self.shape()[1];
@@ -446,6 +449,13 @@ impl Var {
             return self
                 .graph()
                 .push(Op::DepthwiseConv2d(geom), &[self, weight]);
+        }
+        if crate::ops::conv_gemm::prefer_implicit(self.shape(), weight.shape(), &geom) {
+            // Implicit GEMM: no patch matrix (see ops::conv_gemm for when it wins).
+            return self.graph().push(
+                Op::Conv(crate::ops::conv_gemm::ConvPass::Forward, geom),
+                &[self, weight],
+            );
         }
         if groups == 1 && geom.is_pointwise() {
             // (F, C) · (N, C, H·W) = (N, F, H·W): already NCHW, so no im2col (on lavapipe it

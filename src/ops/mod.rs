@@ -3,6 +3,7 @@
 
 pub(crate) mod chunk;
 pub mod conv;
+pub mod conv_gemm;
 pub mod depthwise;
 pub mod dropout;
 pub mod elementwise;

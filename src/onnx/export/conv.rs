@@ -158,6 +158,15 @@ fn input_if(nodes: &[Node], id: NodeId, want: impl Fn(&Op) -> bool) -> Option<No
 }
 
 fn match_conv(nodes: &[Node], id: NodeId) -> Option<Pattern> {
+    // The implicit-GEMM forward is a Conv as it stands.
+    if let Op::Conv(crate::ops::conv_gemm::ConvPass::Forward, geom) = &nodes[id].op {
+        return Some(Pattern::Conv {
+            x: nodes[id].inputs[0],
+            w: nodes[id].inputs[1],
+            window: Window::of(geom),
+            groups: geom.groups,
+        });
+    }
     let Op::Reshape(target) = &nodes[id].op else {
         return None;
     };

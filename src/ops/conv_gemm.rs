@@ -1,0 +1,429 @@
+//! Implicit-GEMM convolution: the product reads its patch operand through the
+//! convolution's index map, so the patch matrix of [`Tensor::im2col`] never exists.
+//!
+//! Three passes share one geometry ([`Conv2d`], with groups) and one sum of products:
+//! every term w[f, c, ki, kj] · x[n, g·Cg + c, oy·sh - pt + ki·dh, ox·sw - pl + kj·dw]
+//! feeds y[n, f, oy, ox]. The forward sums it into y; the data gradient sums
+//! w · gy into gx (a transposed convolution, as a gather); the weight gradient sums
+//! gy · x into gw over the N·OH·OW positions.
+//! CPU reference: one f64 walk over those terms ([`for_each_term`]). GPU:
+//! `shaders/conv_gemm.wgsl`. Gradients (each pass is linear in both inputs, so the three
+//! close under differentiation): d forward = (grad_input, grad_weight);
+//! d grad_input(gy, w) = (forward(u, w), grad_weight(u, gy));
+//! d grad_weight(x, gy) = (grad_input(gy, u), forward(x, u)).
+
+use crate::device::DeviceInner;
+use crate::error::{Error, Result};
+use crate::gpu::{Kernel, LOOP_BUDGET};
+use crate::ops::chunk::windows;
+use crate::ops::conv::Conv2d;
+use crate::ops::gpu_output;
+use crate::ops::reduce::ReduceOp;
+use crate::tensor::Tensor;
+
+pub(crate) const SHADER: Kernel = Kernel {
+    name: "conv_gemm",
+    source: include_str!("../../shaders/conv_gemm.wgsl"),
+};
+
+/// The forward's kernel (its filters bound as vec4s, so a module of its own).
+pub(crate) const FORWARD: Kernel = Kernel {
+    name: "conv_gemm_fwd",
+    source: include_str!("../../shaders/conv_gemm_fwd.wgsl"),
+};
+
+/// Filters per forward invocation (the packed filters' padding unit).
+const FILTER_BLOCK: usize = 16;
+
+/// Which product of a convolution a node computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvPass {
+    /// (x (N, C, H, W), w (F, C/G, KH, KW)) → y (N, F, OH, OW).
+    Forward,
+    /// (gy (N, F, OH, OW), w) → gx (N, C, H, W) for the input size [H, W].
+    GradInput([usize; 2]),
+    /// (x, gy) → gw (F, C/G, KH, KW).
+    GradWeight,
+}
+
+impl ConvPass {
+    /// The name of the pass in errors and plans.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConvPass::Forward => "conv2d",
+            ConvPass::GradInput(_) => "conv2d_grad_input",
+            ConvPass::GradWeight => "conv2d_grad_weight",
+        }
+    }
+}
+
+/// The three shapes (x, w, y) of a pass from its two input shapes, checked; `op` names
+/// the pass in errors.
+fn operand_shapes(
+    pass: ConvPass,
+    geom: &Conv2d,
+    s0: &[usize],
+    s1: &[usize],
+) -> Result<[Vec<usize>; 3]> {
+    let op = pass.name();
+    let four = |s: &[usize], what: &str| -> Result<()> {
+        if s.len() == 4 {
+            Ok(())
+        } else {
+            Err(Error::Shape {
+                op,
+                detail: format!("{what} must have rank 4, got {s:?} (inputs {s0:?} and {s1:?})"),
+            })
+        }
+    };
+    four(s0, "the first input")?;
+    four(s1, "the second input")?;
+    let g = geom.groups;
+    let (x, w) = match pass {
+        ConvPass::Forward => (s0.to_vec(), s1.to_vec()),
+        ConvPass::GradInput([h, wd]) => (vec![s0[0], s1[1] * g, h, wd], s1.to_vec()),
+        ConvPass::GradWeight => {
+            let cg = s0[1].checked_div(g).unwrap_or(0);
+            (s0.to_vec(), vec![s1[1], cg, geom.kh, geom.kw])
+        }
+    };
+    let (n, f) = crate::ops::conv::check_conv2d(&x, &w, *geom).map_err(|e| match e {
+        Error::Shape { detail, .. } => Error::Shape { op, detail },
+        other => other,
+    })?;
+    let (oh, ow) = geom.output_size(op, &x)?;
+    let y = vec![n, f, oh, ow];
+    let got_y = match pass {
+        ConvPass::Forward => &y,
+        ConvPass::GradInput(_) => &s0.to_vec(),
+        ConvPass::GradWeight => &s1.to_vec(),
+    };
+    if *got_y != y {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "the output gradient {got_y:?} does not match the convolution's output {y:?} (input {x:?}, filters {w:?}, {geom:?})"
+            ),
+        });
+    }
+    Ok([x, w, y])
+}
+
+/// The output shape of a pass on inputs of shapes `s0`, `s1`.
+pub(crate) fn pass_shape(
+    pass: ConvPass,
+    geom: &Conv2d,
+    s0: &[usize],
+    s1: &[usize],
+) -> Result<Vec<usize>> {
+    let [x, w, y] = operand_shapes(pass, geom, s0, s1)?;
+    Ok(match pass {
+        ConvPass::Forward => y,
+        ConvPass::GradInput(_) => x,
+        ConvPass::GradWeight => w,
+    })
+}
+
+/// Calls `f(xi, wi, yi)` for every product term w[wi]·x[xi] that feeds y[yi] (terms in
+/// the padding read nothing). The reference of all three passes walks these.
+fn for_each_term(x: &[usize], w: &[usize], geom: &Conv2d, mut f: impl FnMut(usize, usize, usize)) {
+    let [n, c, h, wd] = [x[0], x[1], x[2], x[3]];
+    let [fs, cg, kh, kw] = [w[0], w[1], w[2], w[3]];
+    let (oh, ow) = geom.output_size("conv2d", x).unwrap_or((0, 0));
+    let fg = fs / geom.groups.max(1);
+    for b in 0..n {
+        for fi in 0..fs {
+            let g = fi / fg.max(1);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let yi = ((b * fs + fi) * oh + oy) * ow + ox;
+                    for ci in 0..cg {
+                        let ch = g * cg + ci;
+                        for ki in 0..kh {
+                            let iy = (oy * geom.strides[0] + ki * geom.dilations[0]) as isize
+                                - geom.pads[0] as isize;
+                            if iy < 0 || iy as usize >= h {
+                                continue;
+                            }
+                            for kj in 0..kw {
+                                let ix = (ox * geom.strides[1] + kj * geom.dilations[1]) as isize
+                                    - geom.pads[1] as isize;
+                                if ix >= 0 && (ix as usize) < wd {
+                                    let xi = ((b * c + ch) * h + iy as usize) * wd + ix as usize;
+                                    let wi = ((fi * cg + ci) * kh + ki) * kw + kj;
+                                    f(xi, wi, yi);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The kernel's params: shape, window, groups, the reduction range and the invocations.
+#[allow(clippy::too_many_arguments)]
+fn params(
+    op: &'static str,
+    geom: &Conv2d,
+    x: &[usize],
+    f: usize,
+    oh: usize,
+    ow: usize,
+    k: (usize, usize),
+    chunk: usize,
+    accumulate: bool,
+    total: usize,
+    fgp: usize,
+) -> Result<Vec<u32>> {
+    // The im2col params carry the 32-bit and padded-size checks; reuse them.
+    geom.params(op, x, oh, ow, 0)?;
+    let g = geom.groups;
+    let v = [
+        x[0],
+        x[1],
+        x[2],
+        x[3],
+        f,
+        geom.kh,
+        geom.kw,
+        g,
+        geom.strides[0],
+        geom.strides[1],
+        geom.pads[0],
+        geom.pads[1],
+        geom.dilations[0],
+        geom.dilations[1],
+        oh,
+        ow,
+        x[1] / g,
+        f / g,
+        k.0,
+        k.1,
+        chunk,
+        accumulate as usize,
+        total,
+        fgp,
+    ];
+    if v.iter().any(|&d| d > u32::MAX as usize) {
+        return Err(Error::Invalid {
+            op,
+            detail: format!(
+                "input {x:?} with {f} filters under {geom:?} is past the kernel's 32-bit indices"
+            ),
+        });
+    }
+    Ok(v.iter().map(|&d| d as u32).collect())
+}
+
+/// Invocations per block of 4×4 outputs: `a` and `b` rounded up to 4, times `rest`.
+fn blocks(a: usize, b: usize, rest: usize) -> usize {
+    a.div_ceil(4) * b.div_ceil(4) * rest
+}
+
+/// Half-open ranges of `0..n` of at most the loop budget each; one empty range when n = 0
+/// (so an empty reduction still writes its zeros).
+fn budget_ranges(n: usize) -> Vec<(usize, usize)> {
+    if n == 0 {
+        return vec![(0, 0)];
+    }
+    windows(n, LOOP_BUDGET)
+        .map(|(s, len)| (s, s + len))
+        .collect()
+}
+
+/// Positions per chunk of the weight gradient: at most the loop budget, and small enough
+/// that the chunks give the adapter's cores some `target` invocations to share.
+fn grad_weight_chunk(positions: usize, per_chunk: usize) -> usize {
+    const TARGET: usize = 2048;
+    let chunks = TARGET.div_ceil(per_chunk.max(1)).max(1);
+    positions.div_ceil(chunks).clamp(256, LOOP_BUDGET)
+}
+
+impl Tensor {
+    /// 2-D convolution of x (N, C, H, W) with filters (F, C/groups, KH, KW) by implicit
+    /// GEMM (no patch matrix): (N, F, OH, OW). Same result as [`Tensor::conv2d`].
+    pub fn conv2d_implicit(&self, weight: &Tensor, geom: Conv2d) -> Result<Tensor> {
+        self.conv2d_pass(weight, ConvPass::Forward, geom)
+    }
+
+    /// One pass of a convolution (see [`ConvPass`]) on `self` and `other`.
+    pub fn conv2d_pass(&self, other: &Tensor, pass: ConvPass, geom: Conv2d) -> Result<Tensor> {
+        let op = pass.name();
+        self.expect_f32(op)?;
+        other.expect_f32(op)?;
+        let [xs, ws, ys] = operand_shapes(pass, &geom, self.shape(), other.shape())?;
+        let out_shape = pass_shape(pass, &geom, self.shape(), other.shape())?;
+        match &self.device().inner {
+            DeviceInner::Cpu => {
+                let (a, b) = (self.host_f64(), other.host_f64());
+                let mut out = vec![0.0f64; out_shape.iter().product()];
+                match pass {
+                    ConvPass::Forward => {
+                        for_each_term(&xs, &ws, &geom, |xi, wi, yi| out[yi] += b[wi] * a[xi])
+                    }
+                    ConvPass::GradInput(_) => {
+                        for_each_term(&xs, &ws, &geom, |xi, wi, yi| out[xi] += b[wi] * a[yi])
+                    }
+                    ConvPass::GradWeight => {
+                        for_each_term(&xs, &ws, &geom, |xi, wi, yi| out[wi] += b[yi] * a[xi])
+                    }
+                }
+                Ok(Tensor::cpu_from_f64(self.device(), &out_shape, out))
+            }
+            DeviceInner::Gpu(ctx) => {
+                let (Some(a), Some(b)) = (self.gpu_arg(), other.gpu_arg()) else {
+                    unreachable!("GPU device holds GPU tensors")
+                };
+                let g = geom.groups;
+                let (f, cg, fg) = (ws[0], ws[1], ws[0] / g);
+                let (oh, ow) = (ys[2], ys[3]);
+                let khw = geom.kh * geom.kw;
+                let fgp = fg.div_ceil(FILTER_BLOCK) * FILTER_BLOCK;
+                let run = |kernel: &Kernel,
+                           entry: &str,
+                           bufs: [crate::gpu::BufArg<'_>; 3],
+                           k,
+                           chunk,
+                           acc,
+                           total| {
+                    let p = params(op, &geom, &xs, f, oh, ow, k, chunk, acc, total, fgp)?;
+                    ctx.dispatch(
+                        kernel,
+                        entry,
+                        &[],
+                        &p,
+                        &bufs,
+                        ctx.grid((total as u64).div_ceil(64)),
+                    )
+                };
+                match pass {
+                    ConvPass::Forward | ConvPass::GradInput(_) => {
+                        let out =
+                            gpu_output(ctx, self.device(), op, &out_shape, crate::DType::F32)?;
+                        if out.numel() == 0 {
+                            return Ok(out);
+                        }
+                        let o = out.gpu_arg().expect("GPU output");
+                        // The reduction split so that no invocation loops past the budget;
+                        // later parts add to the first.
+                        if pass == ConvPass::Forward {
+                            let packed = [g, cg * khw, fgp];
+                            let wp =
+                                gpu_output(ctx, self.device(), op, &packed, crate::DType::F32)?;
+                            let wpa = wp.gpu_arg().expect("GPU output");
+                            let n_packed = wp.numel();
+                            run(
+                                &SHADER,
+                                "conv_weight_pack",
+                                [b, b, wpa],
+                                (0, 0),
+                                0,
+                                false,
+                                n_packed,
+                            )?;
+                            let total = (fgp / FILTER_BLOCK) * (oh * ow).div_ceil(4) * xs[0] * g;
+                            for (i, k) in budget_ranges(cg * khw).into_iter().enumerate() {
+                                run(&FORWARD, "conv_forward", [a, wpa, o], k, 0, i > 0, total)?;
+                            }
+                        } else {
+                            let total = blocks(cg, xs[2] * xs[3], xs[0] * g);
+                            for (i, k) in budget_ranges(fg * khw).into_iter().enumerate() {
+                                run(&SHADER, "conv_grad_input", [a, b, o], k, 0, i > 0, total)?;
+                            }
+                        }
+                        Ok(out)
+                    }
+                    ConvPass::GradWeight => {
+                        let positions = xs[0] * oh * ow;
+                        let per_chunk = blocks(fg, cg * khw, g);
+                        let chunk = grad_weight_chunk(positions, per_chunk);
+                        let s = positions.div_ceil(chunk).max(1);
+                        let part_shape = [s, f, cg * khw];
+                        let part =
+                            gpu_output(ctx, self.device(), op, &part_shape, crate::DType::F32)?;
+                        if part.numel() == 0 {
+                            return part.reshape(&out_shape);
+                        }
+                        let o = part.gpu_arg().expect("GPU output");
+                        run(
+                            &SHADER,
+                            "conv_grad_weight",
+                            [a, b, o],
+                            (0, 0),
+                            chunk,
+                            false,
+                            per_chunk * s,
+                        )?;
+                        if s == 1 {
+                            part.reshape(&out_shape)
+                        } else {
+                            part.reduce(ReduceOp::Sum, 0, false)?.reshape(&out_shape)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether [`crate::graph::Var::conv2d`] takes the implicit kernel for x (N, C, H, W) and
+/// filters (F, C/G, KH, KW) rather than im2col and a matmul.
+/// `WGRAD_CONV=implicit` or `WGRAD_CONV=im2col` forces one path (for measuring both).
+pub(crate) fn prefer_implicit(x: &[usize], w: &[usize], geom: &Conv2d) -> bool {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = FORCED.get_or_init(|| match std::env::var("WGRAD_CONV").as_deref() {
+        Ok("implicit") => Some(true),
+        Ok("im2col") => Some(false),
+        _ => None,
+    });
+    if let Some(f) = *forced {
+        return f;
+    }
+    // Measured on lavapipe (2 shared cores, load ~2, ms, `examples/conv_gemm.rs`):
+    //   shape (x, filters)                     im2col+product   implicit
+    //   32x3x32x32, 16 3x3 p1   fwd / fwd+bwd   35.3 / 62.5      7.6 / 43.0
+    //   1x3x224x224, 64 7x7/2 (ResNet stem)     37.3             61.3
+    //   1x64x56x56, 64 3x3                      42.3             54.6
+    //   1x128x28x28 .. 1x512x7x7, 3x3           15-18            59-130
+    //   8x64x112x112, 64 3x3 p1 fwd             refused (231 MB patches)  1482
+    // So: the implicit kernel where the reduction C/G·KH·KW is short (the patch matrix is
+    // then mostly overhead: few multiply-adds per patch value) and where the patch matrix
+    // would pass 64 MiB (im2col cannot allocate it past the 128 MiB binding limit); the
+    // subgroup matmul over im2col elsewhere (it runs ~4x more FLOP/s on long reductions).
+    let [n, ..] = x else { return false };
+    let k = w[1..].iter().product::<usize>();
+    let Ok([_, l, ck]) = geom.groups(1).patches_shape("conv2d", x) else {
+        return false;
+    };
+    let patch_bytes = n.saturating_mul(l).saturating_mul(ck).saturating_mul(4);
+    // A dense 1×1 stride-1 convolution is a plain product with no patches: kept (ResNet's
+    // 64-channel 1×1 layers would otherwise fall under the short-reduction rule).
+    let pointwise = geom.groups == 1 && geom.is_pointwise();
+    (k <= 64 && !pointwise) || patch_bytes > 64 << 20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_ranges_cover_within_the_budget() {
+        for n in [0, 1, 16_383, 16_384, 16_385, 100_000] {
+            let r = budget_ranges(n);
+            assert_eq!(r.first().unwrap().0, 0);
+            assert_eq!(r.last().unwrap().1, n);
+            assert!(r.windows(2).all(|p| p[0].1 == p[1].0));
+            assert!(r.iter().all(|(a, b)| b - a <= LOOP_BUDGET));
+        }
+    }
+
+    #[test]
+    fn grad_weight_chunks_stay_within_the_budget() {
+        for (positions, per) in [(1, 1), (32_768, 28), (100_352, 2304), (1 << 24, 1)] {
+            let c = grad_weight_chunk(positions, per);
+            assert!((1..=LOOP_BUDGET).contains(&c), "{positions} {per}: {c}");
+        }
+    }
+}
