@@ -286,7 +286,13 @@ fn imported_conv_batch_norm_blocks_match_onnxruntime() {
 /// does not take the epilogue yet) an implicit-GEMM forward followed by at most one fused
 /// element-wise kernel.
 fn assert_fused(label: &str, entries: &[String], convs: usize) {
-    let implicit = entries.iter().filter(|e| e.as_str() == "conv_forward").count();
+    let implicit = entries
+        .iter()
+        .filter(|e| e.as_str() == "conv_forward")
+        .count();
     assert_eq!(products(entries) + implicit, convs, "{label}: {entries:?}");
-    assert!(elementwise(entries).len() <= implicit, "{label}: {entries:?}");
+    assert!(
+        elementwise(entries).len() <= implicit,
+        "{label}: {entries:?}"
+    );
 }
