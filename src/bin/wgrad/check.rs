@@ -271,6 +271,44 @@ fn depthwise(r: &mut Vec<Row>, gpu: &Device) {
     }
 }
 
+/// The implicit-GEMM convolution passes (forward, data and filter gradients) on awkward
+/// geometries: stride 2 on odd sizes, dilation, uneven pads, groups, 7×7.
+fn implicit_conv(r: &mut Vec<Row>, gpu: &Device) {
+    use wgrad::ops::conv_gemm::ConvPass;
+    use wgrad::Conv2d;
+    let w = Conv2d::new;
+    let cases = [
+        ("3x3 s2 p1", [1, 3, 9, 7], 5, w(3, 3).stride(2).padding(1)),
+        (
+            "3x2 d2 pads",
+            [2, 5, 8, 7],
+            6,
+            w(3, 2).dilation(2).pads(1, 0, 2, 1),
+        ),
+        ("3x3 g2", [2, 4, 6, 6], 6, w(3, 3).padding(1).groups(2)),
+        ("7x7 s2 p3", [1, 3, 11, 11], 4, w(7, 7).stride(2).padding(3)),
+    ];
+    for (label, xs, f, geom) in cases {
+        let ws = [f, xs[1] / geom.groups, geom.kh, geom.kw];
+        let (oh, ow) = geom.output_size("check", &xs).expect("geometry");
+        let ys = [xs[0], f, oh, ow];
+        let image = [xs[2], xs[3]];
+        let tol = (1e-5, 1e-4);
+        let name = format!("conv2d_implicit {label}");
+        kernel(r, gpu, &name, &[&xs, &ws], (-1.0, 1.0), tol, |x| {
+            x[0].conv2d_implicit(&x[1], geom)
+        });
+        let name = format!("conv2d_grad_input {label}");
+        kernel(r, gpu, &name, &[&ys, &ws], (-1.0, 1.0), tol, |x| {
+            x[0].conv2d_pass(&x[1], ConvPass::GradInput(image), geom)
+        });
+        let name = format!("conv2d_grad_weight {label}");
+        kernel(r, gpu, &name, &[&xs, &ys], (-1.0, 1.0), tol, |x| {
+            x[0].conv2d_pass(&x[1], ConvPass::GradWeight, geom)
+        });
+    }
+}
+
 fn all_rows(gpu: &Device) -> Vec<Row> {
     let mut rows = Vec::new();
     let r = &mut rows;
@@ -658,6 +696,7 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
     });
     pooling(r, gpu);
     depthwise(r, gpu);
+    implicit_conv(r, gpu);
     gradient(r, gpu, "log_softmax", &[&[3, 5]], (-3.0, 3.0), |x| {
         x[0].log_softmax(-1)
     });
