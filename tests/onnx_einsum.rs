@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::onnx::{check_fixture, fixture_in, weighted_output_loss};
+use common::onnx::{check_fixture, fixture_in, input_var, weighted_output_loss};
 use common::{assert_close, check_finite_differences, gpu, uniform, Feed};
 use wgrad::autodiff::grad;
 use wgrad::onnx::{Model, Weights};
-use wgrad::{Op, Tensor, Var};
+use wgrad::{Tensor, Var};
 
 const EQUATIONS: &[&str] = &[
     "chain3",
@@ -40,15 +40,6 @@ fn cumprod_with_zeros_and_negatives_matches_numpy() {
     // Exclusive × reverse on an axis of 37 (the scan's last step is partial); products of
     // up to 37 factors in [0.5, 1.5) agree with NumPy's f64 within f32 rounding.
     check_fixture("einsum", "cumprod", &[], Weights::Constants, 1e-6, 1e-5);
-}
-
-fn input_var(g: &wgrad::Graph, name: &str) -> Var {
-    let id = g
-        .nodes()
-        .iter()
-        .position(|n| matches!(&n.op, Op::Input(i) if i == name))
-        .expect("input node");
-    g.var(id).expect("var")
 }
 
 /// Gradients of a weighted sum of the model's outputs with respect to every input, against

@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::onnx::{check_fixture, fixture_in, weighted_output_loss};
+use common::onnx::{check_fixture, fixture_in, input_var, weighted_output_loss};
 use common::{assert_close, check_finite_differences, gpu, uniform, Feed};
 use wgrad::autodiff::grad;
 use wgrad::onnx::{Model, Weights};
-use wgrad::{Op, Tensor, Var};
+use wgrad::{Tensor, Var};
 
 const MODELS: &[&str] = &[
     "lstm_seq_lens",
@@ -26,15 +26,6 @@ fn recurrent_layers_match_onnxruntime() {
             check_fixture("rnn", name, &[], weights, 1e-5, 1e-4);
         }
     }
-}
-
-fn input_var(g: &wgrad::Graph, name: &str) -> Var {
-    let id = g
-        .nodes()
-        .iter()
-        .position(|n| matches!(&n.op, Op::Input(i) if i == name))
-        .expect("input node");
-    g.var(id).expect("var")
 }
 
 #[test]

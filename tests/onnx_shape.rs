@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::onnx::weighted_output_loss;
+use common::onnx::{input_var, weighted_output_loss};
 use common::{assert_close, check_finite_differences, gpu, uniform, Feed};
 use wgrad::autodiff::grad;
 use wgrad::onnx::{Model, Weights};
-use wgrad::{Device, Graph, Op, Tensor, Var};
+use wgrad::{Device, Graph, Tensor};
 
 /// `name` in tests/fixtures/onnx/shape against onnxruntime. Every op here moves or copies
 /// values (or folds integers), so the match is exact.
@@ -163,16 +163,6 @@ fn folded_subgraphs_leave_no_graph_nodes() {
     let shapes: Vec<&[usize]> = imported.outputs.iter().map(|(_, v)| v.shape()).collect();
     assert_eq!(shapes[9], &[] as &[usize]);
     assert_eq!(shapes[6], &[3, 2, 3, 4]);
-}
-
-/// The graph input named `name` of an imported graph.
-fn input_var(g: &Graph, name: &str) -> Var {
-    let id = g
-        .nodes()
-        .iter()
-        .position(|n| matches!(&n.op, Op::Input(i) if i == name))
-        .expect("input node");
-    g.var(id).expect("var")
 }
 
 #[test]

@@ -98,3 +98,13 @@ pub fn weighted_output_loss(
     }
     loss.expect("the graph has outputs")
 }
+
+/// The input node named `name` of an imported graph, as a value to differentiate by.
+pub fn input_var(g: &wgrad::Graph, name: &str) -> wgrad::Var {
+    let id = g
+        .nodes()
+        .iter()
+        .position(|n| matches!(&n.op, wgrad::Op::Input(i) if i == name))
+        .unwrap_or_else(|| panic!("no input {name}"));
+    g.var(id).expect("var")
+}
