@@ -5,7 +5,7 @@
 //! `Ok` or `Err`; a panic fails the test with its seed, so it can be replayed alone with
 //! `ONNX_FUZZ_SEED=<seed>`. ONNX_FUZZ_COUNT and ONNX_FUZZ_START pick another range of seeds.
 //! The starting models are the top folder's fixtures and every op family's (conv, gather,
-//! math, norm, shape). A single allocation over 1 GiB is refused and names its seed. A
+//! math, norm, shape, fft...). A single allocation over 1 GiB is refused and names its seed. A
 //! longer hunt is best run with overflow checks and debug assertions on:
 //! `ONNX_FUZZ_COUNT=200000 cargo test --release --test onnx_fuzz
 //! --config 'profile.release.package.wgrad.overflow-checks=true'
@@ -119,6 +119,7 @@ fn bases() -> Vec<Vec<u8>> {
         "index",
         "attention",
         "dtype",
+        "fft",
     ] {
         let Ok(dir) = std::fs::read_dir(fixture_in(family, "")) else {
             continue;
@@ -172,6 +173,8 @@ const OPS: &[&str] = &[
     "CumSum",
     "CumProd",
     "Einsum",
+    "DFT",
+    "STFT",
     "LSTM",
     "GRU",
     "RNN",

@@ -4,10 +4,11 @@
 
 use std::path::PathBuf;
 
+use wgrad::autodiff::grad;
 use wgrad::onnx::{Model, Weights};
-use wgrad::{io::read_npy, Device};
+use wgrad::{io::read_npy, Device, Tensor, Var};
 
-use super::{assert_close, devices};
+use super::{assert_close, check_finite_differences, devices, gpu, uniform, Feed};
 
 /// The path of fixture `name` in tests/fixtures/onnx/`dir` (`""` for the folder itself).
 pub fn fixture_in(dir: &str, name: &str) -> PathBuf {
@@ -107,4 +108,59 @@ pub fn input_var(g: &wgrad::Graph, name: &str) -> wgrad::Var {
         .position(|n| matches!(&n.op, wgrad::Op::Input(i) if i == name))
         .unwrap_or_else(|| panic!("no input {name}"));
     g.var(id).expect("var")
+}
+/// Gradients of a weighted sum of fixture `dir/name`'s outputs with respect to every input, against
+/// central finite differences on the f64 reference, and the GPU's against those.
+pub fn check_input_gradients(dir: &str, name: &str) {
+    let imported = Model::load(fixture_in(dir, &format!("{name}.onnx")))
+        .expect("load")
+        .import(&[], Weights::Params)
+        .expect("import");
+    let g = imported.graph.clone();
+    let xs: Vec<Var> = imported.inputs.iter().map(|i| input_var(&g, i)).collect();
+    let loss = weighted_output_loss(&g, &imported.outputs, 3);
+    let grads = grad(&loss, &xs.iter().collect::<Vec<_>>()).expect("grad");
+    let values: Vec<Vec<f32>> = xs
+        .iter()
+        .enumerate()
+        .map(|(k, x)| uniform(40 + k as u64, x.shape().iter().product(), -1.5, 1.5))
+        .collect();
+    let feeds: Vec<(String, Feed)> = imported
+        .inputs
+        .iter()
+        .zip(&xs)
+        .zip(&values)
+        .map(|((n, x), v)| (n.clone(), Feed::real(v, x.shape())))
+        .collect();
+    let analytic = check_finite_differences(name, &g, &loss, &grads, &feeds);
+    for (k, a) in analytic.iter().enumerate() {
+        assert!(a.iter().any(|&d| d.abs() > 1e-3), "{name}: d{k} vanishes");
+    }
+    if let Some(dev) = gpu() {
+        let exe = dev
+            .compile(&g, &grads.iter().collect::<Vec<_>>(), None)
+            .expect("compile");
+        let tensors: Vec<Tensor> = xs
+            .iter()
+            .zip(&values)
+            .map(|(x, v)| Tensor::from_slice(&dev, v, x.shape()).expect("feed"))
+            .collect();
+        let feeds: Vec<(&str, &Tensor)> = imported
+            .inputs
+            .iter()
+            .map(String::as_str)
+            .zip(&tensors)
+            .collect();
+        let got = exe.run(&feeds).expect("run");
+        for (k, (t, a)) in got.iter().zip(&analytic).enumerate() {
+            let want: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+            assert_close(
+                &format!("{name} d{k}, GPU vs f64 CPU"),
+                &t.to_vec::<f32>().expect("read"),
+                &want,
+                1e-5,
+                1e-4,
+            );
+        }
+    }
 }

@@ -24,6 +24,7 @@ mod basic;
 mod conv;
 mod dtype;
 mod einsum;
+mod fft;
 mod gather;
 mod generator;
 mod index;
@@ -174,7 +175,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 16] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 17] {
     [
         dtype::OPS,
         int::OPS,
@@ -192,6 +193,7 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 16] {
         einsum::OPS,
         generator::OPS,
         rnn::OPS,
+        fft::OPS,
     ]
 }
 
