@@ -68,6 +68,7 @@ fn matrices(g: &crate::Graph, len: usize, n: usize, kind: Kind) -> Res<(Var, Var
         Kind::InverseReal => (n / 2 + 1, n, 1.0 / n as f64),
     };
     let rows = len.min(used);
+    super::host_numel(&[rows, out])?;
     let (mut c, mut s) = (vec![0f32; rows * out], vec![0f32; rows * out]);
     for j in 0..rows {
         // irfft: the bins other than 0 and n/2 stand for themselves and their conjugates.
