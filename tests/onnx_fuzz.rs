@@ -120,6 +120,7 @@ fn bases() -> Vec<Vec<u8>> {
         "attention",
         "dtype",
         "fft",
+        "select",
     ] {
         let Ok(dir) = std::fs::read_dir(fixture_in(family, "")) else {
             continue;
@@ -175,6 +176,11 @@ const OPS: &[&str] = &[
     "Einsum",
     "DFT",
     "STFT",
+    "ReverseSequence",
+    "Compress",
+    "CenterCropPad",
+    "Col2Im",
+    "SwiGLU",
     "LSTM",
     "GRU",
     "RNN",
@@ -1193,4 +1199,37 @@ fn block_and_gather_nd_misuse_names_the_op_and_shapes() {
         &msg,
         &["GatherND", "3 outside -3..3", "dim 1 of data [2, 3]"],
     );
+}
+
+#[test]
+fn fourier_and_selection_ops_on_huge_dims_are_errors() {
+    // DFT's n-point matrices for dft_length 2^40.
+    let msg = import_error(
+        20,
+        Some(&[1, 8, 1]),
+        vec![int_init("n", &[], &[T40]), int_init("a", &[], &[1])],
+        vec![node("DFT", &["x", "n", "a"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["DFT", "elements"]);
+    // STFT with a step of 1 over a signal of 2^40 samples: one slice per frame.
+    let msg = import_error(
+        17,
+        Some(&[1, T40, 1]),
+        vec![int_init("s", &[], &[1]), int_init("l", &[], &[4])],
+        vec![node("STFT", &["x", "s", "", "l"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["STFT", "frames"]);
+    // ReverseSequence's host list of positions, one per element.
+    let msg = import_error(
+        10,
+        Some(&[2, 3, T40]),
+        vec![int_init("l", &[2], &[1, 2])],
+        vec![node(
+            "ReverseSequence",
+            &["x", "l"],
+            &["y"],
+            vec![int_attr("batch_axis", 0), int_attr("time_axis", 1)],
+        )],
+    );
+    assert_names(&msg, &["ReverseSequence", "elements"]);
 }

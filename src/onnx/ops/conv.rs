@@ -16,7 +16,8 @@
 //! With explicit pads, ceil_mode follows both: a last window may run past the end padding
 //! (its taps there are ignored, never counted) but may not start in it.
 
-use super::{attr_int, attr_ints, attr_string, err, input, input_dims, one, opt_input};
+use super::opt_input;
+use super::{attr_int, attr_ints, attr_string, const_input, err, input, input_dims, one};
 use super::{Env, FoldFn, OpFn, OpResult};
 use crate::onnx::proto::NodeProto;
 use crate::ops::reduce::ReduceOp;
@@ -33,6 +34,7 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
         global_pool(e, n, ReduceOp::Mean)
     }),
     ("GlobalMaxPool", |e, n| global_pool(e, n, ReduceOp::Max)),
+    ("Col2Im", col2im),
 ];
 
 /// This family's folds, evaluated at import when every input is a constant.
@@ -496,4 +498,73 @@ fn global_pool(env: &Env, node: &NodeProto, op: ReduceOp) -> OpResult {
         .and_then(|r| r.reshape(&out))
         .map_err(err)?;
     one(y)
+}
+
+/// Col2Im (opset 18): blocks `(N, C·∏block, L)` summed back into an image `(N, C,
+/// image…)`, the adjoint of the patch extraction ([`Var::col2im`] on the transposed
+/// blocks). 1-D and 2-D images; `pads` are begins then ends, as for Conv.
+fn col2im(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let dims = x.shape().to_vec();
+    let &[n, cb, l] = dims.as_slice() else {
+        return Err(format!("input {dims:?} must be (N, C·block, L)"));
+    };
+    let sizes = |i: usize, what: &str| -> Res<Vec<usize>> {
+        let v = const_input(env, node, i)?.as_i64()?;
+        v.iter()
+            .map(|&d| {
+                usize::try_from(d)
+                    .ok()
+                    .filter(|&d| d > 0 && d <= u32::MAX as usize)
+                    .ok_or_else(|| format!("{what} {v:?} must be positive"))
+            })
+            .collect()
+    };
+    let (image, block) = (sizes(1, "image_shape")?, sizes(2, "block_shape")?);
+    let r = image.len();
+    if r != block.len() || !(1..=2).contains(&r) {
+        return Err(format!(
+            "image_shape {image:?} and block_shape {block:?} must both be 1-D or 2-D \
+             (3-D images are not supported)"
+        ));
+    }
+    let taps: usize = block.iter().product();
+    if cb % taps != 0 {
+        return Err(format!(
+            "dim 1 of input {dims:?} is not a multiple of the block's {taps} taps"
+        ));
+    }
+    let strides = per_axis(node, "strides", r, 1, 1)?;
+    let dilations = per_axis(node, "dilations", r, 1, 1)?;
+    let (begins, ends) = explicit_pads(node, r)?;
+    // A 1-D image is a 2-D one of height 1.
+    let two = |v: &[usize], one: usize| if r == 1 { [one, v[0]] } else { [v[0], v[1]] };
+    let [kh, kw] = two(&block, 1);
+    let geom = Conv2d {
+        kh,
+        kw,
+        strides: two(&strides, 1),
+        pads: {
+            let ([t, l0], [b, r0]) = (two(&begins, 0), two(&ends, 0));
+            [t, l0, b, r0]
+        },
+        dilations: two(&dilations, 1),
+        groups: 1,
+    };
+    let [h, w] = two(&image, 1);
+    let img = [n, cb / taps, h, w];
+    let want = geom.patches_shape("Col2Im", &img).map_err(err)?;
+    if want[1] != l {
+        return Err(format!(
+            "input {dims:?} holds {l} blocks where image {image:?} has {} (block {block:?})",
+            want[1]
+        ));
+    }
+    let mut out = image.clone();
+    out.splice(0..0, [n, cb / taps]);
+    one(x
+        .permute(&[0, 2, 1])
+        .and_then(|p| p.col2im(geom, &img))
+        .and_then(|y| y.reshape(&out))
+        .map_err(err)?)
 }

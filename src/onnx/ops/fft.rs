@@ -29,6 +29,9 @@ pub(super) const OPS: &[(&str, OpFn)] = &[("DFT", dft), ("STFT", stft)];
 
 type Res<T> = std::result::Result<T, String>;
 
+/// Most frames STFT unrolls (one slice each).
+const MAX_FRAMES: usize = 1 << 14;
+
 /// Which transform a matrix pair computes.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Kind {
@@ -270,6 +273,15 @@ fn stft(env: &Env, node: &NodeProto) -> OpResult {
         ));
     }
     let frames = 1 + (len - n) / step;
+    // Each frame is a slice node of the graph: a bound on the graph's size, and on the
+    // framed tensor's.
+    if frames > MAX_FRAMES {
+        return Err(format!(
+            "{frames} frames (signal {dims:?}, frame_step {step}, frame_length {n}) are over \
+             the {MAX_FRAMES} this import unrolls"
+        ));
+    }
+    super::host_numel(&[batch, frames, fw])?;
     let onesided = attr_int(node, "onesided", 1) != 0;
     let (re, im) = split_complex(&x)?;
     let frame_all = |v: &Var| -> crate::Result<Var> {

@@ -101,7 +101,7 @@ fn const_indices<'a>(env: &'a Env, node: &NodeProto, i: usize) -> Res<&'a Const>
     }
 }
 
-fn i32_const(env: &Env, dims: &[usize], v: &[usize]) -> Res<Var> {
+pub(super) fn i32_const(env: &Env, dims: &[usize], v: &[usize]) -> Res<Var> {
     let v: Vec<i32> = v
         .iter()
         .map(|&j| i32::try_from(j).map_err(|_| format!("position {j} does not fit i32")))

@@ -34,6 +34,7 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("Softsign", softsign),
     ("Mish", mish),
     ("Swish", swish),
+    ("SwiGLU", swiglu),
     ("ThresholdedRelu", thresholded_relu),
     ("Shrink", shrink),
     ("Gelu", gelu),
@@ -262,12 +263,27 @@ fn mish(env: &Env, node: &NodeProto) -> OpResult {
 /// Swish (opset 24): `x · sigmoid(alpha · x)`, alpha defaulting to 1 (SiLU).
 fn swish(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
+    one(swish_of(&x, attr_float(node, "alpha", 1.0)).map_err(err)?)
+}
+
+/// `x · sigmoid(alpha · x)`.
+fn swish_of(x: &Var, alpha: f32) -> crate::Result<Var> {
+    x.mul(&x.mul_scalar(alpha)?.sigmoid()?)
+}
+
+/// SwiGLU (opset 28): `Swish_alpha(a)·b` with `Swish_alpha(a) = a·σ(alpha·a)`; a and b
+/// must have the same shape (ONNX applies no broadcasting here).
+fn swiglu(env: &Env, node: &NodeProto) -> OpResult {
+    let (a, b) = (input(env, node, 0)?, input(env, node, 1)?);
+    if a.shape() != b.shape() {
+        return Err(format!(
+            "inputs {:?} and {:?} must have the same shape (no broadcasting)",
+            a.shape(),
+            b.shape()
+        ));
+    }
     let alpha = attr_float(node, "alpha", 1.0);
-    one(x
-        .mul_scalar(alpha)
-        .and_then(|a| a.sigmoid())
-        .and_then(|s| x.mul(&s))
-        .map_err(err)?)
+    one(swish_of(&a, alpha).and_then(|s| s.mul(&b)).map_err(err)?)
 }
 
 /// ThresholdedRelu: `x > alpha ? x : 0` (alpha defaults to 1).

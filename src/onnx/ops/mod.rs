@@ -35,6 +35,7 @@ mod norm;
 mod resize;
 mod rnn;
 mod scan;
+mod select;
 mod shape;
 
 use std::cell::RefCell;
@@ -175,7 +176,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 17] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 18] {
     [
         dtype::OPS,
         int::OPS,
@@ -194,6 +195,7 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 17] {
         generator::OPS,
         rnn::OPS,
         fft::OPS,
+        select::OPS,
     ]
 }
 
