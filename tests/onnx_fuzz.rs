@@ -121,6 +121,7 @@ fn bases() -> Vec<Vec<u8>> {
         "dtype",
         "fft",
         "select",
+        "training",
     ] {
         let Ok(dir) = std::fs::read_dir(fixture_in(family, "")) else {
             continue;

@@ -58,7 +58,6 @@ fn lrn_odd_even_wide_and_single() {
 #[test]
 fn refused_attributes_and_shapes_are_clear_errors() {
     let cases = [
-        ("bad_bn_training", "training_mode=1"),
         ("bad_bn_stats", "only output Y"),
         ("bad_bn_shape", "scale has shape [3], expected [4]"),
         ("bad_gn_groups", "num_groups 4"),

@@ -105,23 +105,55 @@ fn identity(env: &Env, node: &NodeProto) -> OpResult {
     Ok(vec![super::value(env, node, 0)?.clone()])
 }
 
-/// Dropout at inference is the identity, and its mask output (opset 7+) is all ones: it
-/// keeps every element. Training mode (opset 12's `training_mode` input true) is refused.
+/// Dropout (opsets 7–22). At inference it is the identity and its mask output is all ones.
+/// In training mode (opset 12's `training_mode` input, known at import, true) it is
+/// wgrad's seeded inverted dropout ([`Var::dropout`]) with probability `ratio` (input 1,
+/// known at import, default 0.5), the node's `seed` attribute (default 0) and a step
+/// counter of its own that advances every run, so each run draws a new mask; the mask
+/// output is the same draw (dropout of ones). The masks are wgrad's generator's, not
+/// NumPy's: only their distribution matches another runtime's.
 fn dropout(env: &Env, node: &NodeProto) -> OpResult {
-    if let Some(mode) = super::opt_const_input(env, node, 2)? {
-        if mode.as_i64()?.iter().any(|&m| m != 0) {
-            return Err("training_mode=true is not supported (inference only)".into());
+    let training = match super::opt_const_input(env, node, 2)? {
+        Some(mode) => mode.as_i64()?.iter().any(|&m| m != 0),
+        None if node.input.get(2).is_some_and(|n| !n.is_empty()) => {
+            return Err("training_mode must be known at import".into())
         }
-    } else if node.input.get(2).is_some_and(|n| !n.is_empty()) {
-        return Err("training_mode must be known at import".into());
+        None => false,
+    };
+    let wants_mask = node.output.get(1).is_some_and(|m| !m.is_empty());
+    if !training {
+        let mut outs = identity(env, node)?;
+        if wants_mask {
+            let dims = super::input_dims(env, node, 0)?;
+            let n = super::host_numel(&dims)?;
+            outs.push(Value::Const(Const::ints(dims, vec![1; n])));
+        }
+        return Ok(outs);
     }
-    let mut outs = identity(env, node)?;
-    if node.output.get(1).is_some_and(|m| !m.is_empty()) {
-        let dims = super::input_dims(env, node, 0)?;
-        let n = super::host_numel(&dims)?;
-        outs.push(Value::Const(Const::ints(dims, vec![1; n])));
-    }
-    Ok(outs)
+    let p = match super::opt_const_input(env, node, 1)? {
+        None => 0.5,
+        Some(r) => match r.as_f32().as_slice() {
+            [p] if (0.0..1.0).contains(p) => *p,
+            v => return Err(format!("ratio {v:?} must be one value in [0, 1)")),
+        },
+    };
+    let x = input(env, node, 0)?;
+    let seed = attr_int(node, "seed", 0) as u64;
+    let name = node.output.first().map_or("dropout", String::as_str);
+    let g = x.graph();
+    let (y, mask) = (|| {
+        let step = g.step_counter(&format!("{name}.dropout_step"))?;
+        let y = x.dropout(p, seed, &step)?;
+        let mask = if wants_mask {
+            let kept = g.full(1.0, x.shape()).dropout(p, seed, &step)?;
+            Some(kept.scalar(crate::ops::elementwise::BinaryOp::Gt, 0.0, false)?)
+        } else {
+            None
+        };
+        Ok::<_, crate::Error>((y, mask))
+    })()
+    .map_err(err)?;
+    Ok(std::iter::once(y).chain(mask).map(Value::Var).collect())
 }
 
 fn flatten(env: &Env, node: &NodeProto) -> OpResult {

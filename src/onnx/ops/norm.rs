@@ -91,11 +91,12 @@ fn normalize_rows(x: &Var, rows: usize, cols: usize, eps: f32) -> crate::Result<
 /// (src/epilogue.rs). A convolution's bias just before folds into `c` (`+ bias·a`). With all
 /// four statistics known at import (`Weights::Constants`) `a` and `c` are computed there in
 /// f64; as parameters they are graph ops on (C) values, so fine-tuning trains them as the
-/// file's names. Training mode (opset 14+ `training_mode=1`, opset ≤ 6 `is_test=0`), the
-/// running-statistics outputs and opset 7's per-activation form (`spatial=0`) are refused.
+/// file's names. Training mode (opset 14+ `training_mode=1`) is [`batch_norm_training`];
+/// opset ≤ 6's `is_test=0`, the saved-statistics outputs of opsets 9–13 and opset 7's
+/// per-activation form (`spatial=0`) are refused.
 fn batch_norm(env: &Env, node: &NodeProto) -> OpResult {
     if attr_int(node, "training_mode", 0) != 0 {
-        return Err("training_mode=1 is not supported (inference only)".into());
+        return batch_norm_training(env, node);
     }
     if env.opset <= 6 && attr_int(node, "is_test", 0) == 0 {
         return Err("is_test=0 (training) is not supported (inference only)".into());
@@ -164,6 +165,44 @@ fn batch_norm(env: &Env, node: &NodeProto) -> OpResult {
     }
     .map_err(err)?;
     one(y)
+}
+
+/// BatchNormalization in training mode (opsets 14, 15): normalised with the batch's own
+/// statistics over every axis but the channel's (biased variance), and the running
+/// statistics as outputs 1 and 2: `input·momentum + batch·(1 − momentum)` (momentum
+/// defaults to 0.9). A composition of reductions, so its gradient is autodiff's.
+fn batch_norm_training(env: &Env, node: &NodeProto) -> OpResult {
+    let x = nc_input(env, node, 2)?;
+    let shape = x.shape().to_vec();
+    let (n, c) = (shape[0], shape[1]);
+    let spatial = super::dims_product(&shape[2..], &shape)?;
+    let eps = attr_float(node, "epsilon", 1e-5);
+    let momentum = attr_float(node, "momentum", 0.9);
+    let [scale, b, mean_in, var_in] = [(1, "scale"), (2, "B"), (3, "input_mean"), (4, "input_var")]
+        .map(|(i, what)| per_channel(env, node, i, what, &[c], &[c]));
+    let (scale, b, mean_in, var_in) = (scale?, b?, mean_in?, var_in?);
+    let outs = (|| {
+        // (N, C, S): the mean over S then over N is the mean over both (equal counts).
+        let x3 = x.reshape(&[n, c, spatial])?;
+        let mean = x3.mean_axis(2, true)?.mean_axis(0, true)?;
+        let d = x3.sub(&mean)?;
+        let var = d.square()?.mean_axis(2, true)?.mean_axis(0, true)?;
+        let inv = var.add_scalar(eps)?.sqrt()?;
+        let y = d
+            .div(&inv)?
+            .mul(&scale.reshape(&[1, c, 1])?)?
+            .add(&b.reshape(&[1, c, 1])?)?
+            .reshape(&shape)?;
+        let running = |input: &Var, batch: &Var| -> crate::Result<Var> {
+            input
+                .mul_scalar(momentum)?
+                .add(&batch.reshape(&[c])?.mul_scalar(1.0 - momentum)?)
+        };
+        Ok::<_, crate::Error>(vec![y, running(&mean_in, &mean)?, running(&var_in, &var)?])
+    })()
+    .map_err(err)?;
+    // Unnamed outputs are dropped by the importer.
+    Ok(outs.into_iter().map(Value::Var).collect())
 }
 
 /// `a = scale/√(var + eps)` and `c = B − mean·a (+ bias·a)` in f64, rounded to f32 once, from
