@@ -122,6 +122,7 @@ fn bases() -> Vec<Vec<u8>> {
         "fft",
         "select",
         "training",
+        "grid",
     ] {
         let Ok(dir) = std::fs::read_dir(fixture_in(family, "")) else {
             continue;
@@ -182,6 +183,7 @@ const OPS: &[&str] = &[
     "CenterCropPad",
     "Col2Im",
     "SwiGLU",
+    "AffineGrid",
     "LSTM",
     "GRU",
     "RNN",

@@ -27,6 +27,7 @@ mod einsum;
 mod fft;
 mod gather;
 mod generator;
+mod grid;
 mod index;
 mod int;
 mod loss;
@@ -176,7 +177,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 18] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 19] {
     [
         dtype::OPS,
         int::OPS,
@@ -196,6 +197,7 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 18] {
         rnn::OPS,
         fft::OPS,
         select::OPS,
+        grid::OPS,
     ]
 }
 
