@@ -184,6 +184,7 @@ const OPS: &[&str] = &[
     "Col2Im",
     "SwiGLU",
     "AffineGrid",
+    "GridSample",
     "LSTM",
     "GRU",
     "RNN",
