@@ -530,6 +530,9 @@ fn reduce(env: &Env, node: &NodeProto, kind: Reduce, input_from: i64) -> OpResul
     if axes.is_empty() {
         axes = (0..rank).collect();
     }
+    if let Some(y) = empty_reduction(&x, kind, &axes, keep) {
+        return one(y.map_err(err)?);
+    }
     let (op, pre) = match kind {
         Reduce::Plain(op) => (op, None),
         Reduce::SumSquare | Reduce::L2 => (ReduceOp::Sum, Some(U::Square)),
@@ -548,6 +551,36 @@ fn reduce(env: &Env, node: &NodeProto, kind: Reduce, input_from: i64) -> OpResul
         })
         .map_err(err)?;
     one(y)
+}
+
+/// A reduction over an empty axis is its identity everywhere (NumPy's and onnxruntime's
+/// rule): 0 for the sums, 1 for the product, −inf for max and the log-sums, +inf for min,
+/// NaN for the mean (0/0). `None` when every reduced axis has elements.
+fn empty_reduction(
+    x: &Var,
+    kind: Reduce,
+    axes: &[usize],
+    keep: bool,
+) -> Option<crate::Result<Var>> {
+    let shape = x.shape();
+    if axes.iter().all(|&a| shape[a] > 0) {
+        return None;
+    }
+    let value = match kind {
+        Reduce::Plain(ReduceOp::Max) | Reduce::LogSum | Reduce::LogSumExp => f32::NEG_INFINITY,
+        Reduce::Plain(ReduceOp::Min) => f32::INFINITY,
+        Reduce::Plain(ReduceOp::Mean) => f32::NAN,
+        Reduce::Prod => 1.0,
+        _ => 0.0,
+    };
+    let out: Vec<usize> = (0..shape.len())
+        .filter_map(|d| match (axes.contains(&d), keep) {
+            (true, true) => Some(1),
+            (true, false) => None,
+            (false, _) => Some(shape[d]),
+        })
+        .collect();
+    Some(Ok(x.graph().full(value, &out)))
 }
 
 /// `op` over the sorted, distinct `axes` of `x`: one reduction over everything when every
