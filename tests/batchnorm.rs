@@ -1,0 +1,328 @@
+//! Batch-norm training primitives (ops/batchnorm.rs, shaders/batchnorm.wgsl): values against
+//! a naive f64 loop written here and against the existing composition `Var::batch_norm`,
+//! gradients against finite differences and against the composition's gradients, GPU
+//! against the CPU reference on awkward shapes (batch 1, odd C, HW = 1, constant channels, a
+//! channel past one invocation's loop), the running update, and bad input.
+
+mod common;
+
+use common::{assert_close, assert_close_f64, check_finite_differences, gpu, uniform, Feed};
+use wgrad::autodiff::grad;
+use wgrad::{Device, Error, Graph, Init, Tensor, Var};
+
+const EPS: f32 = 1e-5;
+
+/// y = γ·(x − mean)/√(var + eps) + β per channel of x (N, C, …), biased variance, in f64.
+fn naive(x: &[f32], shape: &[usize], gamma: &[f32], beta: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let (n, c) = (shape[0], shape[1]);
+    let hw: usize = shape[2..].iter().product();
+    let mut y = vec![0.0; x.len()];
+    let mut stats = vec![0.0; 3 * c];
+    for ch in 0..c {
+        let idx: Vec<usize> = (0..n)
+            .flat_map(|b| (0..hw).map(move |i| (b * c + ch) * hw + i))
+            .collect();
+        let m = idx.len() as f64;
+        let mean = idx.iter().map(|&i| x[i] as f64).sum::<f64>() / m;
+        let var = idx
+            .iter()
+            .map(|&i| (x[i] as f64 - mean).powi(2))
+            .sum::<f64>()
+            / m;
+        let s = 1.0 / (var + EPS as f64).sqrt();
+        for &i in &idx {
+            y[i] = gamma[ch] as f64 * (x[i] as f64 - mean) * s + beta[ch] as f64;
+        }
+        stats[ch] = mean;
+        stats[c + ch] = var;
+        stats[2 * c + ch] = s;
+    }
+    (y, stats)
+}
+
+/// The primitive's graph: y, stats and the gradients of Σ y·r for x, γ, β.
+fn primitive(shape: &[usize], r: &[f32]) -> (Graph, [Var; 6]) {
+    let g = Graph::new();
+    let c = shape[1];
+    let x = g.input("x", shape);
+    let gamma = g.input("gamma", &[c, 1, 1]);
+    let beta = g.input("beta", &[c]);
+    let (y, stats) = x.batch_norm_train(&gamma, &beta, EPS).unwrap();
+    let rt = Tensor::from_slice(&Device::cpu(), r, shape).unwrap();
+    let loss = y.mul(&g.constant(&rt).unwrap()).unwrap().sum().unwrap();
+    let gr = grad(&loss, &[&x, &gamma, &beta]).unwrap();
+    let [dx, dg, db] = [gr[0].clone(), gr[1].clone(), gr[2].clone()];
+    (g, [y, stats, dx, dg, db, loss])
+}
+
+/// The same through the existing composition (`Var::batch_norm`, ops written elsewhere).
+fn composition(shape: &[usize], r: &[f32]) -> (Graph, [Var; 4]) {
+    let g = Graph::new();
+    let c = shape[1];
+    let x = g.input("x", shape);
+    let gamma = g.input("gamma", &[c, 1, 1]);
+    let beta = g.input("beta", &[c]);
+    let mut bshape = vec![1; shape.len()];
+    bshape[1] = c;
+    let (xh, _, _) = x.batch_norm(EPS).unwrap();
+    let y = if shape.len() >= 3 {
+        let gm = gamma.reshape(&bshape).unwrap();
+        xh.mul(&gm)
+            .unwrap()
+            .add(&beta.reshape(&bshape).unwrap())
+            .unwrap()
+    } else {
+        let gm = gamma.reshape(&[c]).unwrap();
+        xh.mul(&gm).unwrap().add(&beta).unwrap()
+    };
+    let rt = Tensor::from_slice(&Device::cpu(), r, shape).unwrap();
+    let loss = y.mul(&g.constant(&rt).unwrap()).unwrap().sum().unwrap();
+    let gr = grad(&loss, &[&x, &gamma, &beta]).unwrap();
+    (g, [y, gr[0].clone(), gr[1].clone(), gr[2].clone()])
+}
+
+fn feeds(x: &[f32], shape: &[usize], gamma: &[f32], beta: &[f32]) -> Vec<(String, Feed)> {
+    let c = shape[1];
+    vec![
+        ("x".to_string(), Feed::real(x, shape)),
+        ("gamma".to_string(), Feed::real(gamma, &[c, 1, 1])),
+        ("beta".to_string(), Feed::real(beta, &[c])),
+    ]
+}
+
+fn run(dev: &Device, g: &Graph, outs: &[&Var], f: &[(String, Feed)]) -> Vec<Vec<f32>> {
+    common::run_graph(dev, g, outs, f)
+        .into_iter()
+        .map(|v| v.iter().map(|&e| e as f32).collect())
+        .collect()
+}
+
+fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&e| e as f32).collect()
+}
+
+/// Checks one shape: CPU against the naive loop and the composition, GPU against the CPU.
+fn check_shape(label: &str, shape: &[usize], x: &[f32], tol: f32) {
+    let c = shape[1];
+    let n: usize = shape.iter().product();
+    let gamma = uniform(2, c, 0.5, 1.5);
+    let beta = uniform(3, c, -1.0, 1.0);
+    let r = uniform(4, n, -1.0, 1.0);
+    let f = feeds(x, shape, &gamma, &beta);
+    let (g, [y, stats, dx, dg, db, _]) = primitive(shape, &r);
+    let outs = [&y, &stats, &dx, &dg, &db];
+    let cpu = run(&Device::cpu(), &g, &outs, &f);
+    let (want_y, want_stats) = naive(x, shape, &gamma, &beta);
+    assert_close(
+        &format!("{label} y vs naive"),
+        &cpu[0],
+        &to_f32(&want_y),
+        1e-5,
+        1e-5,
+    );
+    assert_close(
+        &format!("{label} stats vs naive"),
+        &cpu[1],
+        &to_f32(&want_stats),
+        1e-5,
+        1e-5,
+    );
+    let (gc, [yc, dxc, dgc, dbc]) = composition(shape, &r);
+    let comp = run(&Device::cpu_f64(), &gc, &[&yc, &dxc, &dgc, &dbc], &f);
+    for (k, what) in ["y", "dx", "dgamma", "dbeta"].iter().enumerate() {
+        let got = &cpu[if k == 0 { 0 } else { k + 1 }];
+        assert_close(
+            &format!("{label} {what} vs composition"),
+            got,
+            &comp[k],
+            1e-4,
+            1e-4,
+        );
+    }
+    if let Some(dev) = gpu() {
+        let got = run(&dev, &g, &outs, &f);
+        for (k, what) in ["y", "stats", "dx", "dgamma", "dbeta"].iter().enumerate() {
+            assert_close(
+                &format!("{label} {what} GPU vs CPU"),
+                &got[k],
+                &cpu[k],
+                tol,
+                tol,
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_norm_matches_references_on_awkward_shapes() {
+    let cases: [(&str, Vec<usize>); 7] = [
+        ("batch 1", vec![1, 5, 3, 3]),
+        ("odd C", vec![3, 7, 5, 5]),
+        ("C not a multiple of 4, W 1", vec![2, 6, 3, 1]),
+        ("H·W = 1", vec![9, 3, 1, 1]),
+        ("(N, C) 1-D", vec![17, 5]),
+        ("H·W not a power of two", vec![4, 3, 5, 7]),
+        ("digits layer", vec![64, 16, 8, 8]),
+    ];
+    for (label, shape) in cases {
+        let x = uniform(1, shape.iter().product(), -2.0, 3.0);
+        check_shape(label, &shape, &x, 1e-4);
+    }
+}
+
+#[test]
+fn constant_channels_have_zero_variance() {
+    let shape = [4, 3, 2, 5];
+    // channel 1 constant (σ² = 0): y = β there, and finite gradients
+    let mut x = uniform(5, 120, -1.0, 1.0);
+    for b in 0..4 {
+        for i in 0..10 {
+            x[(b * 3 + 1) * 10 + i] = 0.7;
+        }
+    }
+    check_shape("constant channel", &shape, &x, 1e-3);
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    for shape in [vec![2, 3, 2, 3], vec![5, 4], vec![1, 2, 3, 1]] {
+        let c = shape[1];
+        let n: usize = shape.iter().product();
+        let x = uniform(7, n, -1.0, 1.0);
+        let (gamma, beta) = (uniform(8, c, 0.5, 1.5), uniform(9, c, -1.0, 1.0));
+        let r = uniform(10, n, -1.0, 1.0);
+        let (g, [_, _, dx, dg, db, loss]) = primitive(&shape, &r);
+        check_finite_differences(
+            &format!("batch_norm {shape:?}"),
+            &g,
+            &loss,
+            &[dx, dg, db],
+            &feeds(&x, &shape, &gamma, &beta),
+        );
+    }
+}
+
+/// A channel of 2·512·520 = 532,480 values is past one reduction workgroup's part
+/// (64 invocations × LOOP_BUDGET/2 steps = 524,288), so the statistics and the gradient sums
+/// split into parts and merge them. The mean of 1000 with spread 1 would lose the variance
+/// to cancellation in E[x²] − E[x]² (f32); two passes keep it.
+#[test]
+fn a_channel_past_the_loop_cap_splits() {
+    let Some(dev) = gpu() else { return };
+    let shape = [2, 3, 512, 520];
+    let n: usize = shape.iter().product();
+    let x: Vec<f32> = uniform(11, n, -1.0, 1.0)
+        .iter()
+        .map(|v| v + 1000.0)
+        .collect();
+    let c = shape[1];
+    let gamma = uniform(2, c, 0.5, 1.5);
+    let beta = uniform(3, c, -1.0, 1.0);
+    let r = uniform(4, n, -1.0, 1.0);
+    let f = feeds(&x, &shape, &gamma, &beta);
+    let (g, [y, stats, dx, dg, db, _]) = primitive(&shape, &r);
+    let outs = [&y, &stats, &dx, &dg, &db];
+    let got = common::run_graph(&dev, &g, &outs, &f);
+    let (want_y, want_stats) = naive(&x, &shape, &gamma, &beta);
+    assert_close_f64("past cap: stats", &got[1], &want_stats, 1e-4, 1e-4);
+    // x − mean loses ~6e-5 of each value in f32 at 1000: y to 1e-3 (x̂ has spread ~1.7)
+    assert_close_f64("past cap: y", &got[0], &want_y, 2e-3, 1e-3);
+    let cpu = common::run_graph(&Device::cpu_f64(), &g, &outs[2..], &f);
+    assert_close_f64("past cap: dx", &got[2], &cpu[0], 1e-3, 1e-3);
+    let scale: f64 = n as f64 / c as f64;
+    // sums over 532,480 values: compare relative to the count
+    assert_close_f64("past cap: dgamma", &got[3], &cpu[1], 1e-5 * scale, 1e-4);
+    assert_close_f64("past cap: dbeta", &got[4], &cpu[2], 1e-5 * scale, 1e-4);
+}
+
+/// running ← (1 − m)·running + m·batch (mean), and m·n/(n − 1) for the unbiased variance:
+/// the layer's update against numbers computed here.
+#[test]
+fn running_statistics_follow_the_momentum_rule() {
+    let shape = [3, 2, 2, 2];
+    let x = uniform(12, 24, -1.0, 2.0);
+    let (_, stats) = naive(&x, &shape, &[1.0; 2], &[0.0; 2]);
+    for dev in common::devices() {
+        let g = Graph::new();
+        let xv = g.input("x", &shape);
+        let rm = g.state("rm", &[2], Init::Zeros);
+        let rv = g.state("rv", &[2], Init::Ones);
+        let gamma = g.param("gamma", &[2], Init::Ones);
+        let beta = g.param("beta", &[2], Init::Zeros);
+        let (_, s) = xv.batch_norm_train(&gamma, &beta, EPS).unwrap();
+        let m = 0.1f32;
+        let nm = rm.batch_norm_running(&s, 0, 1.0 - m, m).unwrap();
+        let nv = rv
+            .batch_norm_running(&s, 1, 1.0 - m, m * 12.0 / 11.0)
+            .unwrap();
+        let xt = Tensor::from_slice(&dev, &x, &shape).unwrap();
+        let (got, _) = common::run_compiled(&dev, &g, &[&nm, &nv], &[("x", &xt)]);
+        let want_m: Vec<f32> = (0..2).map(|c| (0.1 * stats[c]) as f32).collect();
+        let want_v: Vec<f32> = (0..2)
+            .map(|c| (0.9 + 0.1 * stats[2 + c] * 12.0 / 11.0) as f32)
+            .collect();
+        assert_close("running mean", &got[0], &want_m, 1e-6, 1e-5);
+        assert_close("running var", &got[1], &want_v, 1e-6, 1e-5);
+    }
+}
+
+#[test]
+fn bad_input_names_the_op_and_shapes() {
+    let g = Graph::new();
+    let x = g.input("x", &[2, 3, 4]);
+    let named = |e: Error, want: &str| {
+        let text = e.to_string();
+        assert!(
+            text.contains("batch_norm") && text.contains(want),
+            "{text} should name batch_norm and {want}"
+        );
+    };
+    let ones = |k: usize| g.param(&format!("p{k}"), &[k], Init::Ones);
+    named(
+        x.batch_norm_train(&ones(4), &ones(3), EPS).unwrap_err(),
+        "[4]",
+    );
+    named(
+        g.input("v", &[5])
+            .batch_norm_train(&ones(5), &ones(5), EPS)
+            .unwrap_err(),
+        "[5]",
+    );
+    named(
+        g.input("e", &[0, 3])
+            .batch_norm_train(&ones(3), &ones(3), EPS)
+            .unwrap_err(),
+        "[0, 3]",
+    );
+    named(
+        x.batch_norm_train(&ones(3), &ones(3), f32::NAN)
+            .unwrap_err(),
+        "eps",
+    );
+    let (_, s) = x.batch_norm_train(&ones(3), &ones(3), EPS).unwrap();
+    named(
+        ones(4).batch_norm_running(&s, 0, 0.9, 0.1).unwrap_err(),
+        "[3, 3]",
+    );
+    named(
+        ones(3).batch_norm_running(&s, 2, 0.9, 0.1).unwrap_err(),
+        "row 2",
+    );
+    // statistics of another tensor: the gradient refuses rather than answering wrongly
+    let other = g.input("o", &[2, 3, 4]);
+    let (_, so) = other.batch_norm_train(&ones(3), &ones(3), EPS).unwrap();
+    let y = g
+        .push(
+            wgrad::Op::BatchNorm(wgrad::ops::batchnorm::BatchNormPass::Apply),
+            &[&x, &so, &ones(3), &ones(3)],
+        )
+        .unwrap();
+    let e = grad(&y.sum().unwrap(), &[&x]).unwrap_err();
+    assert!(e.to_string().contains("batch_norm"), "{e}");
+    // the tensor API checks too
+    let cpu = Device::cpu();
+    let xt = Tensor::from_slice(&cpu, &[0.0f32; 24], &[2, 3, 4]).unwrap();
+    let bad = Tensor::from_slice(&cpu, &[0.0f32; 6], &[2, 3]).unwrap();
+    let c3 = Tensor::from_slice(&cpu, &[0.0f32; 3], &[3]).unwrap();
+    named(xt.batch_norm_apply(&bad, &c3, &c3).unwrap_err(), "[2, 3]");
+}
