@@ -10,28 +10,33 @@
 //                           the part's mean, then Σ(x − mean)² (no E[x²] − E[x]² cancellation);
 //                           writes stats when parts = 1, else partials (C, parts, 2): mean, M2
 //   batch_norm_stats_merge  one invocation per channel: Chan's merge of the parts → stats
-//   batch_norm_apply        y = (x − mean)·(γ·inv_std) + β                (one per element)
-//   batch_norm_running      r' = keep·r + take·stats[row]                  (one per channel)
+//   batch_norm_apply        y = (x − mean)·(γ·inv_std) + β, then max(y, 0) when params.relu
+//                           (one per element)
+//   batch_norm_running      new (2, C) = keep·(mean, var) + (take_mean·mean, take_var·var)
+//                           of the batch                                   (one per channel)
 //   batch_norm_grad_sums    one workgroup per (channel, part): Σg, Σg·x̂; writes sums when
 //                           parts = 1, else partials (C, parts, 2)
 //   batch_norm_sums_merge   one invocation per channel: the parts' sums → sums
 //   batch_norm_grad_x       dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M)          (one per element)
+//   *_relu                  the same for a normalisation with a ReLU after it: g masked by
+//                           the forward output z > 0 (z bound last)
 // Loops per invocation: stats 2·plen/64, grad sums plen/64, merges `parts`; the host keeps
 // each within gpu::LOOP_BUDGET (lavapipe silently stops an invocation after 65535).
 
 struct Params {
     c: u32, hw: u32, m: u32, total: u32,    // channels, H·W, N·H·W, elements N·C·H·W
     parts: u32, plen: u32, eps: f32, keep: f32, // parts per channel, values per part; running: 1 − momentum
-    take: f32, row: u32, pad0: u32, pad1: u32,  // running: momentum (· n/(n − 1)), stats row
+    take_mean: f32, take_var: f32, relu: u32, pad0: u32, // running: momentum, momentum·n/(n − 1); apply: ReLU
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;       // x; merges: partials; running: r; grads: g
-@group(0) @binding(2) var<storage, read_write> b: array<f32>; // stats: out; apply: stats; grads: x
-@group(0) @binding(3) var<storage, read_write> c: array<f32>; // apply: γ; running: out; grads: stats
-@group(0) @binding(4) var<storage, read_write> d: array<f32>; // apply: β; grad_sums: out; grad_x: γ
-@group(0) @binding(5) var<storage, read_write> e: array<f32>; // apply: y; grad_x: sums
+@group(0) @binding(1) var<storage, read> a: array<f32>;       // x; merges: partials; running: stats; grads: g
+@group(0) @binding(2) var<storage, read_write> b: array<f32>; // stats: out; apply: stats; running: mean; grads: x
+@group(0) @binding(3) var<storage, read_write> c: array<f32>; // apply: γ; running: var; grads: stats
+@group(0) @binding(4) var<storage, read_write> d: array<f32>; // apply: β; running, grad_sums: out; grad_x: γ
+@group(0) @binding(5) var<storage, read_write> e: array<f32>; // apply: y; grad_x: sums; grad_sums_relu: z
 @group(0) @binding(6) var<storage, read_write> f: array<f32>; // grad_x: dx
+@group(0) @binding(7) var<storage, read_write> z: array<f32>; // grad_x_relu: the forward output
 
 var<workgroup> red: array<f32, 64>;
 
@@ -137,7 +142,8 @@ fn batch_norm_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
     let o = workgroup_index(wg, nwg) * 256u + lid;
     if (o >= params.total) { return; }
     let ch = channel_of(o);
-    e[o] = (a[o] - b[ch]) * (c[ch] * b[2u * params.c + ch]) + d[ch];
+    let y = (a[o] - b[ch]) * (c[ch] * b[2u * params.c + ch]) + d[ch];
+    if (params.relu == 1u) { e[o] = max(y, 0.0); } else { e[o] = y; }
 }
 
 @compute @workgroup_size(256)
@@ -145,7 +151,8 @@ fn batch_norm_running(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
                       @builtin(local_invocation_index) lid: u32) {
     let ch = workgroup_index(wg, nwg) * 256u + lid;
     if (ch >= params.c) { return; }
-    c[ch] = a[ch] * params.keep + b[params.row * params.c + ch] * params.take;
+    d[ch] = b[ch] * params.keep + a[ch] * params.take_mean;
+    d[params.c + ch] = c[ch] * params.keep + a[params.c + ch] * params.take_var;
 }
 
 @compute @workgroup_size(64)
@@ -202,4 +209,47 @@ fn batch_norm_grad_x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let xh = (b[o] - c[ch]) * inv;
     let per = 1.0 / f32(params.m);
     f[o] = d[ch] * inv * (a[o] - e[ch] * per - xh * (e[params.c + ch] * per));
+}
+
+// The ReLU forms: upstream g (a) counts only where the forward output (e or z) is > 0.
+@compute @workgroup_size(64)
+fn batch_norm_grad_sums_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let slot = workgroup_index(wg, nwg);
+    if (slot >= params.c * params.parts) { return; }
+    let ch = slot / params.parts;
+    let r = part_range(slot - ch * params.parts);
+    let mean = c[ch];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var i = r.x + lid; i < r.y; i = i + 64u) {
+        let k = at(i, ch);
+        let gv = select(0.0, a[k], e[k] > 0.0);
+        sg = sg + gv;
+        sgx = sgx + gv * (b[k] - mean);
+    }
+    let tg = workgroup_sum(sg, lid);
+    let tgx = workgroup_sum(sgx, lid) * c[2u * params.c + ch];
+    if (lid == 0u) {
+        if (params.parts == 1u) {
+            d[ch] = tg;
+            d[params.c + ch] = tgx;
+        } else {
+            d[2u * slot] = tg;
+            d[2u * slot + 1u] = tgx;
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_grad_x_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let o = workgroup_index(wg, nwg) * 256u + lid;
+    if (o >= params.total) { return; }
+    let ch = channel_of(o);
+    let inv = c[2u * params.c + ch];
+    let xh = (b[o] - c[ch]) * inv;
+    let per = 1.0 / f32(params.m);
+    let gv = select(0.0, a[o], z[o] > 0.0);
+    f[o] = d[ch] * inv * (gv - e[ch] * per - xh * (e[params.c + ch] * per));
 }

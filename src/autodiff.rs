@@ -408,7 +408,7 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
         // d batch norm, y = apply(x, stats(x), γ, β) with x̂ = (x − mean)·inv_std over M values
         // per channel: dβ = Σg, dγ = Σg·x̂, dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M) (the
         // statistics' dependence on x is inside dx, so none flows to them)
-        Op::BatchNorm(BatchNormPass::Apply) => batch_norm_grad(x, g),
+        Op::BatchNorm(BatchNormPass::Apply { relu }) => batch_norm_grad(x, y, g, *relu),
         Op::BatchNorm(p) => Err(Error::Invalid {
             op: "grad",
             detail: format!(
@@ -466,7 +466,8 @@ fn conv_grad(pass: ConvPass, geom: Conv2d, x: &[Var], g: &Var) -> Result<Vec<Opt
 
 /// The gradients of a batch norm's normalisation (inputs x, stats, γ, β): one sums pass, then
 /// dx; dγ and dβ are the sums' rows. Only valid when stats are x's own batch statistics.
-fn batch_norm_grad(x: &[Var], g: &Var) -> Result<Vec<Option<Var>>> {
+/// With `relu` (a ReLU fused after it, output y), g counts where y > 0.
+fn batch_norm_grad(x: &[Var], y: &Var, g: &Var, relu: bool) -> Result<Vec<Option<Var>>> {
     let graph = g.graph();
     let own_stats = {
         let nodes = graph.lock();
@@ -483,8 +484,12 @@ fn batch_norm_grad(x: &[Var], g: &Var) -> Result<Vec<Option<Var>>> {
         });
     }
     let pass = |p: BatchNormPass, ins: &[&Var]| graph.push(Op::BatchNorm(p), ins);
-    let sums = pass(BatchNormPass::GradSums, &[g, &x[0], &x[1]])?;
-    let dx = pass(BatchNormPass::GradX, &[g, &x[0], &x[1], &x[2], &sums])?;
+    let mut ins = vec![g, &x[0], &x[1]];
+    ins.extend(relu.then_some(y));
+    let sums = pass(BatchNormPass::GradSums { relu }, &ins)?;
+    let mut ins = vec![g, &x[0], &x[1], &x[2], &sums];
+    ins.extend(relu.then_some(y));
+    let dx = pass(BatchNormPass::GradX { relu }, &ins)?;
     let row = |r: usize| sums.slice(0, r, r + 1)?.reshape(x[2].shape());
     Ok(vec![Some(dx), None, Some(row(1)?), Some(row(0)?)])
 }

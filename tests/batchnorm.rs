@@ -40,14 +40,20 @@ fn naive(x: &[f32], shape: &[usize], gamma: &[f32], beta: &[f32]) -> (Vec<f64>, 
     (y, stats)
 }
 
-/// The primitive's graph: y, stats and the gradients of Σ y·r for x, γ, β.
+/// The primitive's graph: y (then a ReLU with `relu`), stats and the gradients of Σ y·r for
+/// x, γ, β.
 fn primitive(shape: &[usize], r: &[f32]) -> (Graph, [Var; 6]) {
+    primitive_with(shape, r, false)
+}
+
+fn primitive_with(shape: &[usize], r: &[f32], relu: bool) -> (Graph, [Var; 6]) {
     let g = Graph::new();
     let c = shape[1];
     let x = g.input("x", shape);
     let gamma = g.input("gamma", &[c, 1, 1]);
     let beta = g.input("beta", &[c]);
     let (y, stats) = x.batch_norm_train(&gamma, &beta, EPS).unwrap();
+    let y = if relu { y.relu().unwrap() } else { y };
     let rt = Tensor::from_slice(&Device::cpu(), r, shape).unwrap();
     let loss = y.mul(&g.constant(&rt).unwrap()).unwrap().sum().unwrap();
     let gr = grad(&loss, &[&x, &gamma, &beta]).unwrap();
@@ -56,7 +62,7 @@ fn primitive(shape: &[usize], r: &[f32]) -> (Graph, [Var; 6]) {
 }
 
 /// The same through the existing composition (`Var::batch_norm`, ops written elsewhere).
-fn composition(shape: &[usize], r: &[f32]) -> (Graph, [Var; 4]) {
+fn composition(shape: &[usize], r: &[f32], relu: bool) -> (Graph, [Var; 4]) {
     let g = Graph::new();
     let c = shape[1];
     let x = g.input("x", shape);
@@ -75,6 +81,8 @@ fn composition(shape: &[usize], r: &[f32]) -> (Graph, [Var; 4]) {
         let gm = gamma.reshape(&[c]).unwrap();
         xh.mul(&gm).unwrap().add(&beta).unwrap()
     };
+    // the composition's ReLU is the plain element-wise op (its input is no normalisation)
+    let y = if relu { y.relu().unwrap() } else { y };
     let rt = Tensor::from_slice(&Device::cpu(), r, shape).unwrap();
     let loss = y.mul(&g.constant(&rt).unwrap()).unwrap().sum().unwrap();
     let gr = grad(&loss, &[&x, &gamma, &beta]).unwrap();
@@ -103,16 +111,24 @@ fn to_f32(v: &[f64]) -> Vec<f32> {
 
 /// Checks one shape: CPU against the naive loop and the composition, GPU against the CPU.
 fn check_shape(label: &str, shape: &[usize], x: &[f32], tol: f32) {
+    check_shape_with(label, shape, x, tol, false);
+    check_shape_with(&format!("{label} + relu"), shape, x, tol, true);
+}
+
+fn check_shape_with(label: &str, shape: &[usize], x: &[f32], tol: f32, relu: bool) {
     let c = shape[1];
     let n: usize = shape.iter().product();
     let gamma = uniform(2, c, 0.5, 1.5);
     let beta = uniform(3, c, -1.0, 1.0);
     let r = uniform(4, n, -1.0, 1.0);
     let f = feeds(x, shape, &gamma, &beta);
-    let (g, [y, stats, dx, dg, db, _]) = primitive(shape, &r);
+    let (g, [y, stats, dx, dg, db, _]) = primitive_with(shape, &r, relu);
     let outs = [&y, &stats, &dx, &dg, &db];
     let cpu = run(&Device::cpu(), &g, &outs, &f);
-    let (want_y, want_stats) = naive(x, shape, &gamma, &beta);
+    let (mut want_y, want_stats) = naive(x, shape, &gamma, &beta);
+    if relu {
+        want_y.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
     assert_close(
         &format!("{label} y vs naive"),
         &cpu[0],
@@ -127,7 +143,7 @@ fn check_shape(label: &str, shape: &[usize], x: &[f32], tol: f32) {
         1e-5,
         1e-5,
     );
-    let (gc, [yc, dxc, dgc, dbc]) = composition(shape, &r);
+    let (gc, [yc, dxc, dgc, dbc]) = composition(shape, &r, relu);
     let comp = run(&Device::cpu_f64(), &gc, &[&yc, &dxc, &dgc, &dbc], &f);
     for (k, what) in ["y", "dx", "dgamma", "dbeta"].iter().enumerate() {
         let got = &cpu[if k == 0 { 0 } else { k + 1 }];
@@ -191,48 +207,66 @@ fn gradients_match_finite_differences() {
         let x = uniform(7, n, -1.0, 1.0);
         let (gamma, beta) = (uniform(8, c, 0.5, 1.5), uniform(9, c, -1.0, 1.0));
         let r = uniform(10, n, -1.0, 1.0);
-        let (g, [_, _, dx, dg, db, loss]) = primitive(&shape, &r);
-        check_finite_differences(
-            &format!("batch_norm {shape:?}"),
-            &g,
-            &loss,
-            &[dx, dg, db],
-            &feeds(&x, &shape, &gamma, &beta),
-        );
+        for relu in [false, true] {
+            let (g, [_, _, dx, dg, db, loss]) = primitive_with(&shape, &r, relu);
+            check_finite_differences(
+                &format!("batch_norm {shape:?} relu {relu}"),
+                &g,
+                &loss,
+                &[dx, dg, db],
+                &feeds(&x, &shape, &gamma, &beta),
+            );
+        }
     }
 }
 
 /// A channel of 2·512·520 = 532,480 values is past one reduction workgroup's part
 /// (64 invocations × LOOP_BUDGET/2 steps = 524,288), so the statistics and the gradient sums
-/// split into parts and merge them. The mean of 1000 with spread 1 would lose the variance
-/// to cancellation in E[x²] − E[x]² (f32); two passes keep it.
+/// split into parts and merge them. Around 1000 with spread 1, E[x²] − E[x]² in f32 would
+/// lose the variance to cancellation; two passes keep it. With the fused ReLU (around 0,
+/// where f32 and f64 rarely disagree about the sign of y), dx is compared where |y| > 1e-4.
 #[test]
 fn a_channel_past_the_loop_cap_splits() {
     let Some(dev) = gpu() else { return };
-    let shape = [2, 3, 512, 520];
-    let n: usize = shape.iter().product();
-    let x: Vec<f32> = uniform(11, n, -1.0, 1.0)
-        .iter()
-        .map(|v| v + 1000.0)
-        .collect();
-    let c = shape[1];
-    let gamma = uniform(2, c, 0.5, 1.5);
-    let beta = uniform(3, c, -1.0, 1.0);
-    let r = uniform(4, n, -1.0, 1.0);
-    let f = feeds(&x, &shape, &gamma, &beta);
-    let (g, [y, stats, dx, dg, db, _]) = primitive(&shape, &r);
-    let outs = [&y, &stats, &dx, &dg, &db];
-    let got = common::run_graph(&dev, &g, &outs, &f);
-    let (want_y, want_stats) = naive(&x, &shape, &gamma, &beta);
-    assert_close_f64("past cap: stats", &got[1], &want_stats, 1e-4, 1e-4);
-    // x − mean loses ~6e-5 of each value in f32 at 1000: y to 1e-3 (x̂ has spread ~1.7)
-    assert_close_f64("past cap: y", &got[0], &want_y, 2e-3, 1e-3);
-    let cpu = common::run_graph(&Device::cpu_f64(), &g, &outs[2..], &f);
-    assert_close_f64("past cap: dx", &got[2], &cpu[0], 1e-3, 1e-3);
-    let scale: f64 = n as f64 / c as f64;
-    // sums over 532,480 values: compare relative to the count
-    assert_close_f64("past cap: dgamma", &got[3], &cpu[1], 1e-5 * scale, 1e-4);
-    assert_close_f64("past cap: dbeta", &got[4], &cpu[2], 1e-5 * scale, 1e-4);
+    for (offset, relu) in [(1000.0f32, false), (0.0, true)] {
+        let label = format!("past cap, offset {offset}, relu {relu}");
+        let shape = [2, 3, 512, 520];
+        let n: usize = shape.iter().product();
+        let x: Vec<f32> = uniform(11, n, -1.0, 1.0)
+            .iter()
+            .map(|v| v + offset)
+            .collect();
+        let c = shape[1];
+        let gamma = uniform(2, c, 0.5, 1.5);
+        let beta = uniform(3, c, -1.0, 1.0);
+        let r = uniform(4, n, -1.0, 1.0);
+        let f = feeds(&x, &shape, &gamma, &beta);
+        let (g, [y, stats, dx, dg, db, _]) = primitive_with(&shape, &r, relu);
+        let outs = [&y, &stats, &dx, &dg, &db];
+        let got = common::run_graph(&dev, &g, &outs, &f);
+        let (pre, want_stats) = naive(&x, &shape, &gamma, &beta);
+        let want_y: Vec<f64> = pre
+            .iter()
+            .map(|&v| if relu { v.max(0.0) } else { v })
+            .collect();
+        assert_close_f64(&format!("{label}: stats"), &got[1], &want_stats, 1e-4, 1e-4);
+        // x − mean loses ~6e-5 of each value in f32 at 1000: y to 2e-3 (x̂ spread ~1.7)
+        assert_close_f64(&format!("{label}: y"), &got[0], &want_y, 2e-3, 1e-3);
+        let cpu = common::run_graph(&Device::cpu_f64(), &g, &outs[2..], &f);
+        let clear: Vec<usize> = (0..n).filter(|&i| pre[i].abs() > 1e-4).collect();
+        let pick = |v: &[f64]| clear.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+        assert_close_f64(
+            &format!("{label}: dx"),
+            &pick(&got[2]),
+            &pick(&cpu[0]),
+            1e-3,
+            1e-3,
+        );
+        // sums over 532,480 values: an absolute error relative to the count
+        let atol = 1e-5 * (n / c) as f64;
+        assert_close_f64(&format!("{label}: dgamma"), &got[3], &cpu[1], atol, 1e-4);
+        assert_close_f64(&format!("{label}: dbeta"), &got[4], &cpu[2], atol, 1e-4);
+    }
 }
 
 /// running ← (1 − m)·running + m·batch (mean), and m·n/(n − 1) for the unbiased variance:
@@ -251,9 +285,8 @@ fn running_statistics_follow_the_momentum_rule() {
         let beta = g.param("beta", &[2], Init::Zeros);
         let (_, s) = xv.batch_norm_train(&gamma, &beta, EPS).unwrap();
         let m = 0.1f32;
-        let nm = rm.batch_norm_running(&s, 0, 1.0 - m, m).unwrap();
-        let nv = rv
-            .batch_norm_running(&s, 1, 1.0 - m, m * 12.0 / 11.0)
+        let (nm, nv) = s
+            .batch_norm_running(&rm, &rv, 1.0 - m, m, m * 12.0 / 11.0)
             .unwrap();
         let xt = Tensor::from_slice(&dev, &x, &shape).unwrap();
         let (got, _) = common::run_compiled(&dev, &g, &[&nm, &nv], &[("x", &xt)]);
@@ -301,19 +334,16 @@ fn bad_input_names_the_op_and_shapes() {
     );
     let (_, s) = x.batch_norm_train(&ones(3), &ones(3), EPS).unwrap();
     named(
-        ones(4).batch_norm_running(&s, 0, 0.9, 0.1).unwrap_err(),
-        "[3, 3]",
-    );
-    named(
-        ones(3).batch_norm_running(&s, 2, 0.9, 0.1).unwrap_err(),
-        "row 2",
+        s.batch_norm_running(&ones(4), &ones(3), 0.9, 0.1, 0.1)
+            .unwrap_err(),
+        "[4]",
     );
     // statistics of another tensor: the gradient refuses rather than answering wrongly
     let other = g.input("o", &[2, 3, 4]);
     let (_, so) = other.batch_norm_train(&ones(3), &ones(3), EPS).unwrap();
     let y = g
         .push(
-            wgrad::Op::BatchNorm(wgrad::ops::batchnorm::BatchNormPass::Apply),
+            wgrad::Op::BatchNorm(wgrad::ops::batchnorm::BatchNormPass::Apply { relu: false }),
             &[&x, &so, &ones(3), &ones(3)],
         )
         .unwrap();
@@ -324,5 +354,40 @@ fn bad_input_names_the_op_and_shapes() {
     let xt = Tensor::from_slice(&cpu, &[0.0f32; 24], &[2, 3, 4]).unwrap();
     let bad = Tensor::from_slice(&cpu, &[0.0f32; 6], &[2, 3]).unwrap();
     let c3 = Tensor::from_slice(&cpu, &[0.0f32; 3], &[3]).unwrap();
-    named(xt.batch_norm_apply(&bad, &c3, &c3).unwrap_err(), "[2, 3]");
+    named(
+        xt.batch_norm_apply(&bad, &c3, &c3, false).unwrap_err(),
+        "[2, 3]",
+    );
+}
+
+/// A ReLU after the normalisation joins it: one node, and the step of a conv → BN → ReLU
+/// layer runs the normalisation once.
+#[test]
+fn relu_after_the_normalisation_is_fused() {
+    let g = Graph::new();
+    let x = g.input("x", &[4, 3, 2, 2]);
+    let ones = g.param("gamma", &[3], Init::Ones);
+    let zeros = g.param("beta", &[3], Init::Zeros);
+    let (y, _) = x.batch_norm_train(&ones, &zeros, EPS).unwrap();
+    let z = y.relu().unwrap();
+    let node = &g.nodes()[z.id()];
+    assert!(
+        matches!(
+            node.op,
+            wgrad::Op::BatchNorm(wgrad::ops::batchnorm::BatchNormPass::Apply { relu: true })
+        ),
+        "{:?}",
+        node.op
+    );
+    let Some(dev) = gpu() else { return };
+    let exe = dev.compile(&g, &[&z], None).unwrap();
+    let xt = Tensor::from_slice(&dev, &uniform(1, 48, -1.0, 1.0), &[4, 3, 2, 2]).unwrap();
+    exe.run(&[("x", &xt)]).unwrap();
+    let d0 = dev.dispatch_count();
+    exe.run(&[("x", &xt)]).unwrap();
+    assert_eq!(
+        dev.dispatch_count() - d0,
+        2,
+        "statistics and normalisation with ReLU"
+    );
 }

@@ -62,20 +62,33 @@ impl Var {
         };
         let (gamma, beta) = (per_channel(gamma, "gamma")?, per_channel(beta, "beta")?);
         let y = self.graph().push(
-            Op::BatchNorm(BatchNormPass::Apply),
+            Op::BatchNorm(BatchNormPass::Apply { relu: false }),
             &[self, &stats, &gamma, &beta],
         )?;
         Ok((y, stats))
     }
 
-    /// A running statistic `self` (C) updated from batch statistics (3, C) of
-    /// [`Var::batch_norm_train`]: `keep·self + take·stats[row]` (row 0: mean, 1: biased
-    /// variance) in one dispatch.
-    pub fn batch_norm_running(&self, stats: &Var, row: usize, keep: f32, take: f32) -> Result<Var> {
-        self.graph().push(
-            Op::BatchNorm(BatchNormPass::Running { row, keep, take }),
-            &[self, stats],
-        )
+    /// Running mean and variance (C each) updated from batch statistics `self` (3, C) of
+    /// [`Var::batch_norm_train`] in one dispatch: `keep·running + take_mean·mean` and
+    /// `keep·running_var + take_var·var` (biased batch variance). Returns the new values.
+    pub fn batch_norm_running(
+        &self,
+        mean: &Var,
+        var: &Var,
+        keep: f32,
+        take_mean: f32,
+        take_var: f32,
+    ) -> Result<(Var, Var)> {
+        let pass = BatchNormPass::Running {
+            keep,
+            take_mean,
+            take_var,
+        };
+        let both = self.graph().push(Op::BatchNorm(pass), &[self, mean, var])?;
+        let c = both.shape()[1];
+        // each row is one contiguous run: a buffer copy, no dispatch
+        let row = |r: usize| both.slice(0, r, r + 1)?.reshape(&[c]);
+        Ok((row(0)?, row(1)?))
     }
 
     /// Batch norm's pieces for (N, C, …): statistics per channel over every other axis.

@@ -42,22 +42,34 @@ pub enum BatchNormPass {
         /// Added to the variance before the square root.
         eps: f32,
     },
-    /// (x, stats, γ (C), β (C)) → y = (x − mean)·γ·inv_std + β, x's shape.
-    Apply,
-    /// (running (C), stats) → `keep·running + take·stats[row]` (C): the running mean
-    /// (row 0) or variance (row 1) update.
-    Running {
-        /// The stats row read: 0 mean, 1 biased variance.
-        row: usize,
-        /// Factor of the old value (1 − momentum).
-        keep: f32,
-        /// Factor of the batch value (momentum, times n/(n − 1) for an unbiased variance).
-        take: f32,
+    /// (x, stats, γ (C), β (C)) → y = (x − mean)·γ·inv_std + β, x's shape; with `relu`,
+    /// max(y, 0) (a ReLU after the normalisation, in the same dispatch).
+    Apply {
+        /// Apply a ReLU to the result.
+        relu: bool,
     },
-    /// (g, x, stats) → sums (2, C): Σg, Σg·x̂ per channel.
-    GradSums,
-    /// (g, x, stats, γ (C), sums) → dx, x's shape.
-    GradX,
+    /// (stats, running mean (C), running variance (C)) → (2, C): the running statistics
+    /// updated from the batch's, `keep·running + take·batch` (row 0 mean, row 1 variance).
+    Running {
+        /// Factor of the old values (1 − momentum).
+        keep: f32,
+        /// Factor of the batch mean (momentum).
+        take_mean: f32,
+        /// Factor of the batch's biased variance (momentum·n/(n − 1) for PyTorch's rule).
+        take_var: f32,
+    },
+    /// (g, x, stats) → sums (2, C): Σg, Σg·x̂ per channel; with `relu`, a fourth input z
+    /// (the [`BatchNormPass::Apply`] output) and g counted only where z > 0.
+    GradSums {
+        /// The forward pass had a ReLU.
+        relu: bool,
+    },
+    /// (g, x, stats, γ (C), sums) → dx, x's shape; with `relu`, a sixth input z as in
+    /// [`BatchNormPass::GradSums`].
+    GradX {
+        /// The forward pass had a ReLU.
+        relu: bool,
+    },
 }
 
 impl BatchNormPass {
@@ -65,10 +77,10 @@ impl BatchNormPass {
     pub fn arity(&self) -> usize {
         match self {
             BatchNormPass::Stats { .. } => 1,
-            BatchNormPass::Apply => 4,
-            BatchNormPass::Running { .. } => 2,
-            BatchNormPass::GradSums => 3,
-            BatchNormPass::GradX => 5,
+            BatchNormPass::Apply { .. } => 4,
+            BatchNormPass::Running { .. } => 3,
+            BatchNormPass::GradSums { relu } => 3 + *relu as usize,
+            BatchNormPass::GradX { relu } => 5 + *relu as usize,
         }
     }
 
@@ -76,9 +88,9 @@ impl BatchNormPass {
     pub fn name(&self) -> &'static str {
         match self {
             BatchNormPass::Stats { .. } => "batch_norm_stats",
-            BatchNormPass::Apply => "batch_norm",
+            BatchNormPass::Apply { .. } => "batch_norm",
             BatchNormPass::Running { .. } => "batch_norm_running",
-            BatchNormPass::GradSums | BatchNormPass::GradX => "batch_norm_backward",
+            BatchNormPass::GradSums { .. } | BatchNormPass::GradX { .. } => "batch_norm_backward",
         }
     }
 
@@ -113,7 +125,7 @@ impl BatchNormPass {
                 }
                 Ok(vec![3, c])
             }
-            BatchNormPass::Apply => {
+            BatchNormPass::Apply { .. } => {
                 let x = shapes[0];
                 let (_, c, _) = dims(op, x)?;
                 check(shapes[1], &[3, c], "statistics")?;
@@ -121,34 +133,39 @@ impl BatchNormPass {
                 check(shapes[3], &[c], "beta")?;
                 Ok(x.to_vec())
             }
-            BatchNormPass::Running { row, .. } => {
-                let c = shapes[0].first().copied().unwrap_or(0);
-                if shapes[0].len() != 1 || *row > 1 {
+            BatchNormPass::Running { .. } => {
+                let c = shapes[0].get(1).copied().unwrap_or(0);
+                if shapes[0] != [3, c] || shapes[1] != [c] || shapes[2] != [c] {
                     return Err(Error::Shape {
                         op,
                         detail: format!(
-                            "running statistics {:?} must be (C) and the row 0 or 1, got row {row}",
-                            shapes[0]
+                            "statistics {:?} must be (3, C) with running mean and variance (C), got {:?} and {:?}",
+                            shapes[0], shapes[1], shapes[2]
                         ),
                     });
                 }
-                check(shapes[1], &[3, c], "statistics")?;
-                Ok(vec![c])
+                Ok(vec![2, c])
             }
-            BatchNormPass::GradSums => {
+            BatchNormPass::GradSums { relu } => {
                 let x = shapes[1];
                 let (_, c, _) = dims(op, x)?;
                 check(shapes[0], x, "upstream")?;
                 check(shapes[2], &[3, c], "statistics")?;
+                if *relu {
+                    check(shapes[3], x, "forward output")?;
+                }
                 Ok(vec![2, c])
             }
-            BatchNormPass::GradX => {
+            BatchNormPass::GradX { relu } => {
                 let x = shapes[1];
                 let (_, c, _) = dims(op, x)?;
                 check(shapes[0], x, "upstream")?;
                 check(shapes[2], &[3, c], "statistics")?;
                 check(shapes[3], &[c], "gamma")?;
                 check(shapes[4], &[2, c], "sums")?;
+                if *relu {
+                    check(shapes[5], x, "forward output")?;
+                }
                 Ok(x.to_vec())
             }
         }
@@ -176,10 +193,11 @@ fn dims(op: &'static str, x: &[usize]) -> Result<(usize, usize, usize)> {
     Ok((n, c, hw))
 }
 
-/// The uniform words: c, hw, m, total, parts, plen, eps, keep, take, row (padded to 12).
-fn params(x: &[usize], parts: usize, eps: f32, running: (f32, f32, usize)) -> Vec<u32> {
+/// The uniform words: c, hw, m, total, parts, plen, eps, keep, take_mean, take_var, relu
+/// (padded to 12); `extra` = (keep, take_mean, take_var, relu).
+fn params(x: &[usize], parts: usize, eps: f32, extra: (f32, f32, f32, bool)) -> Vec<u32> {
     let (n, c, hw) = (x[0], x[1], x[2..].iter().product::<usize>());
-    let (keep, take, row) = running;
+    let (keep, take_mean, take_var, relu) = extra;
     vec![
         c as u32,
         hw as u32,
@@ -189,17 +207,21 @@ fn params(x: &[usize], parts: usize, eps: f32, running: (f32, f32, usize)) -> Ve
         PART as u32,
         eps.to_bits(),
         keep.to_bits(),
-        take.to_bits(),
-        row as u32,
-        0,
+        take_mean.to_bits(),
+        take_var.to_bits(),
+        relu as u32,
         0,
     ]
 }
 
-/// Dispatches `entry` reading `inputs` into a new tensor of `shape`; `groups` workgroups.
+const PLAIN: (f32, f32, f32, bool) = (0.0, 0.0, 0.0, false);
+
+/// Dispatches `entry` reading `inputs` into a new tensor of `shape`, bound after the first
+/// `out_at` inputs (the shader's binding order); `groups` workgroups.
 fn launch(
     entry: &str,
     inputs: &[&Tensor],
+    out_at: usize,
     shape: &[usize],
     params: &[u32],
     groups: usize,
@@ -208,8 +230,9 @@ fn launch(
         unreachable!("called on the GPU only")
     };
     let out = gpu_output(ctx, inputs[0].device(), OP, shape, DType::F32)?;
+    let (before, after) = inputs.split_at(out_at);
     let mut args = Vec::with_capacity(inputs.len() + 1);
-    for t in inputs.iter().chain(std::iter::once(&&out)) {
+    for t in before.iter().chain(std::iter::once(&&out)).chain(after) {
         args.push(t.gpu_arg().ok_or_else(|| Error::Invalid {
             op: OP,
             detail: "operands must all be on the GPU".into(),
@@ -221,30 +244,32 @@ fn launch(
     Ok(out)
 }
 
-/// A per-channel reduction: `entry` over (channel, part) workgroups, then `merge` when a
-/// channel spans more than one part.
+/// A per-channel reduction: `entry` over (channel, part) workgroups, its output bound after
+/// the first `out_at` inputs, then `merge` when a channel spans more than one part.
 fn reduce(
-    entry: &str,
-    merge: &str,
+    entries: (&str, &str),
     inputs: &[&Tensor],
+    out_at: usize,
     x: &[usize],
     rows: usize,
     eps: f32,
 ) -> Result<Tensor> {
     let (n, c, hw) = (x[0], x[1], x[2..].iter().product::<usize>());
     let parts = (n * hw).div_ceil(PART);
+    let p = params(x, parts, eps, PLAIN);
     if parts == 1 {
-        return launch(
-            entry,
-            inputs,
-            &[rows, c],
-            &params(x, 1, eps, (0., 0., 0)),
-            c,
-        );
+        return launch(entries.0, inputs, out_at, &[rows, c], &p, c);
     }
-    let p = params(x, parts, eps, (0., 0., 0));
-    let partial = launch(entry, inputs, &[c, parts, 2], &p, c * parts)?;
-    launch(merge, &[&partial], &[rows, c], &p, c.div_ceil(WG))
+    let partial = launch(entries.0, inputs, out_at, &[c, parts, 2], &p, c * parts)?;
+    launch(entries.1, &[&partial], 1, &[rows, c], &p, c.div_ceil(WG))
+}
+
+/// The upstream gradient at element `o`, masked by a ReLU's output `z` when there is one.
+fn masked(g: &[f64], z: Option<&[f64]>, o: usize) -> f64 {
+    match z {
+        Some(z) if z[o] <= 0.0 => 0.0,
+        _ => g[o],
+    }
 }
 
 impl Tensor {
@@ -260,8 +285,7 @@ impl Tensor {
     /// Batch statistics of x `self` (N, C, …) per channel: (3, C) = mean, biased
     /// variance, 1/√(var + eps).
     pub fn batch_norm_stats(&self, eps: f32) -> Result<Tensor> {
-        let pass = BatchNormPass::Stats { eps };
-        let out = self.bn_check(pass, &[])?;
+        let out = self.bn_check(BatchNormPass::Stats { eps }, &[])?;
         if let DeviceInner::Cpu = self.device().inner {
             let (_, c, hw) = dims(OP, self.shape())?;
             let x = self.host_f64();
@@ -277,24 +301,20 @@ impl Tensor {
             }
             return Ok(Tensor::cpu_from_f64(self.device(), &out, s));
         }
-        reduce(
-            "batch_norm_stats",
-            "batch_norm_stats_merge",
-            &[self],
-            self.shape(),
-            3,
-            eps,
-        )
+        let entries = ("batch_norm_stats", "batch_norm_stats_merge");
+        reduce(entries, &[self], 1, self.shape(), 3, eps)
     }
 
-    /// `(x − mean)·γ·inv_std + β` per channel, x `self` with its `stats` (3, C) and γ, β (C).
+    /// `(x − mean)·γ·inv_std + β` per channel (then max(·, 0) with `relu`), x `self` with
+    /// its `stats` (3, C) and γ, β (C).
     pub fn batch_norm_apply(
         &self,
         stats: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
+        relu: bool,
     ) -> Result<Tensor> {
-        let out = self.bn_check(BatchNormPass::Apply, &[stats, gamma, beta])?;
+        let out = self.bn_check(BatchNormPass::Apply { relu }, &[stats, gamma, beta])?;
         let (_, c, hw) = dims(OP, self.shape())?;
         if let DeviceInner::Cpu = self.device().inner {
             let (x, s, g, b) = (
@@ -306,85 +326,111 @@ impl Tensor {
             let y = (0..x.len())
                 .map(|o| {
                     let ch = (o / hw) % c;
-                    (x[o] - s[ch]) * g[ch] * s[2 * c + ch] + b[ch]
+                    let y = (x[o] - s[ch]) * g[ch] * s[2 * c + ch] + b[ch];
+                    if relu {
+                        y.max(0.0)
+                    } else {
+                        y
+                    }
                 })
                 .collect();
             return Ok(Tensor::cpu_from_f64(self.device(), &out, y));
         }
-        let total = self.numel();
-        let p = params(self.shape(), 1, 0.0, (0., 0., 0));
-        launch(
-            "batch_norm_apply",
-            &[self, stats, gamma, beta],
-            &out,
-            &p,
-            total.div_ceil(256),
-        )
+        let p = params(self.shape(), 1, 0.0, (0.0, 0.0, 0.0, relu));
+        let inputs = [self, stats, gamma, beta];
+        let groups = self.numel().div_ceil(256);
+        launch("batch_norm_apply", &inputs, 4, &out, &p, groups)
     }
 
-    /// `keep·running + take·stats[row]`: running statistics `self` (C) updated from a
-    /// batch's `stats` (3, C).
+    /// Running mean and variance (C each) updated from a batch's `stats` (3, C) `self`:
+    /// (2, C) = `keep·running + (take_mean·mean, take_var·var)`.
     pub fn batch_norm_running(
         &self,
-        stats: &Tensor,
-        row: usize,
+        mean: &Tensor,
+        var: &Tensor,
         keep: f32,
-        take: f32,
+        take_mean: f32,
+        take_var: f32,
     ) -> Result<Tensor> {
-        let out = self.bn_check(BatchNormPass::Running { row, keep, take }, &[stats])?;
-        let c = out[0];
+        let pass = BatchNormPass::Running {
+            keep,
+            take_mean,
+            take_var,
+        };
+        let out = self.bn_check(pass, &[mean, var])?;
+        let c = out[1];
         if let DeviceInner::Cpu = self.device().inner {
-            let (r, s) = (self.host_f64(), stats.host_f64());
-            // f32 factors, as the GPU applies them
-            let v = (0..c)
-                .map(|ch| r[ch] * keep as f64 + s[row * c + ch] * take as f64)
+            let (s, m, v) = (self.host_f64(), mean.host_f64(), var.host_f64());
+            // the f32 factors, as the GPU applies them
+            let (k, tm, tv) = (keep as f64, take_mean as f64, take_var as f64);
+            let new = (0..c)
+                .map(|ch| m[ch] * k + s[ch] * tm)
+                .chain((0..c).map(|ch| v[ch] * k + s[c + ch] * tv))
                 .collect();
-            return Ok(Tensor::cpu_from_f64(self.device(), &out, v));
+            return Ok(Tensor::cpu_from_f64(self.device(), &out, new));
         }
-        let p = params(&[1, c], 1, 0.0, (keep, take, row));
+        let p = params(&[1, c], 1, 0.0, (keep, take_mean, take_var, false));
+        let groups = c.div_ceil(256);
         launch(
             "batch_norm_running",
-            &[self, stats],
+            &[self, mean, var],
+            3,
             &out,
             &p,
-            c.div_ceil(256),
+            groups,
         )
     }
 
-    /// Σg and Σg·x̂ per channel (2, C), upstream `self` for x with its `stats`.
-    pub fn batch_norm_grad_sums(&self, x: &Tensor, stats: &Tensor) -> Result<Tensor> {
-        self.bn_check(BatchNormPass::GradSums, &[x, stats])?;
+    /// Σg and Σg·x̂ per channel (2, C), upstream `self` for x with its `stats`; `z`, the
+    /// forward output of a normalisation with a ReLU, masks g where z ≤ 0.
+    pub fn batch_norm_grad_sums(
+        &self,
+        x: &Tensor,
+        stats: &Tensor,
+        z: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let pass = BatchNormPass::GradSums { relu: z.is_some() };
+        let mut others = vec![x, stats];
+        others.extend(z);
+        self.bn_check(pass, &others)?;
         let (_, c, hw) = dims(OP, x.shape())?;
         if let DeviceInner::Cpu = self.device().inner {
             let (g, xv, s) = (self.host_f64(), x.host_f64(), stats.host_f64());
+            let zv = z.map(|t| t.host_f64());
             let mut out = vec![0.0; 2 * c];
             for o in 0..g.len() {
                 let ch = (o / hw) % c;
-                out[ch] += g[o];
-                out[c + ch] += g[o] * (xv[o] - s[ch]) * s[2 * c + ch];
+                let gv = masked(&g, zv.as_deref(), o);
+                out[ch] += gv;
+                out[c + ch] += gv * (xv[o] - s[ch]) * s[2 * c + ch];
             }
             return Ok(Tensor::cpu_from_f64(self.device(), &[2, c], out));
         }
-        reduce(
-            "batch_norm_grad_sums",
-            "batch_norm_sums_merge",
-            &[self, x, stats],
-            x.shape(),
-            2,
-            0.0,
-        )
+        let mut inputs = vec![self, x, stats];
+        inputs.extend(z);
+        let entry = if z.is_some() {
+            "batch_norm_grad_sums_relu"
+        } else {
+            "batch_norm_grad_sums"
+        };
+        let entries = (entry, "batch_norm_sums_merge");
+        reduce(entries, &inputs, 3, x.shape(), 2, 0.0)
     }
 
     /// dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M), upstream `self` for x with its `stats`, γ
-    /// and the [`Tensor::batch_norm_grad_sums`].
+    /// and the [`Tensor::batch_norm_grad_sums`]; `z` as there.
     pub fn batch_norm_grad_x(
         &self,
         x: &Tensor,
         stats: &Tensor,
         gamma: &Tensor,
         sums: &Tensor,
+        z: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let out = self.bn_check(BatchNormPass::GradX, &[x, stats, gamma, sums])?;
+        let pass = BatchNormPass::GradX { relu: z.is_some() };
+        let mut others = vec![x, stats, gamma, sums];
+        others.extend(z);
+        let out = self.bn_check(pass, &others)?;
         let (n, c, hw) = dims(OP, x.shape())?;
         if let DeviceInner::Cpu = self.device().inner {
             let (g, xv, s, gm, su) = (
@@ -394,37 +440,52 @@ impl Tensor {
                 gamma.host_f64(),
                 sums.host_f64(),
             );
+            let zv = z.map(|t| t.host_f64());
             let m = (n * hw) as f64;
             let dx = (0..g.len())
                 .map(|o| {
                     let ch = (o / hw) % c;
                     let inv = s[2 * c + ch];
                     let xh = (xv[o] - s[ch]) * inv;
-                    gm[ch] * inv * (g[o] - su[ch] / m - xh * su[c + ch] / m)
+                    let gv = masked(&g, zv.as_deref(), o);
+                    gm[ch] * inv * (gv - su[ch] / m - xh * su[c + ch] / m)
                 })
                 .collect();
             return Ok(Tensor::cpu_from_f64(self.device(), &out, dx));
         }
-        let p = params(x.shape(), 1, 0.0, (0., 0., 0));
-        launch(
-            "batch_norm_grad_x",
-            &[self, x, stats, gamma, sums],
-            &out,
-            &p,
-            self.numel().div_ceil(256),
-        )
+        let p = params(x.shape(), 1, 0.0, PLAIN);
+        let mut inputs = vec![self, x, stats, gamma, sums];
+        inputs.extend(z);
+        let entry = if z.is_some() {
+            "batch_norm_grad_x_relu"
+        } else {
+            "batch_norm_grad_x"
+        };
+        launch(entry, &inputs, 5, &out, &p, self.numel().div_ceil(256))
     }
 
     /// Runs `pass` on its inputs (the executor's entry).
     pub(crate) fn batch_norm_pass(pass: BatchNormPass, x: &[&Tensor]) -> Result<Tensor> {
+        use BatchNormPass as P;
         match (pass, x) {
-            (BatchNormPass::Stats { eps }, [x]) => x.batch_norm_stats(eps),
-            (BatchNormPass::Apply, [x, s, g, b]) => x.batch_norm_apply(s, g, b),
-            (BatchNormPass::Running { row, keep, take }, [r, s]) => {
-                r.batch_norm_running(s, row, keep, take)
+            (P::Stats { eps }, [x]) => x.batch_norm_stats(eps),
+            (P::Apply { relu }, [x, s, g, b]) => x.batch_norm_apply(s, g, b, relu),
+            (
+                P::Running {
+                    keep,
+                    take_mean,
+                    take_var,
+                },
+                [s, m, v],
+            ) => s.batch_norm_running(m, v, keep, take_mean, take_var),
+            (P::GradSums { relu: false }, [g, x, s]) => g.batch_norm_grad_sums(x, s, None),
+            (P::GradSums { relu: true }, [g, x, s, z]) => g.batch_norm_grad_sums(x, s, Some(z)),
+            (P::GradX { relu: false }, [g, x, s, gm, su]) => {
+                g.batch_norm_grad_x(x, s, gm, su, None)
             }
-            (BatchNormPass::GradSums, [g, x, s]) => g.batch_norm_grad_sums(x, s),
-            (BatchNormPass::GradX, [g, x, s, gm, su]) => g.batch_norm_grad_x(x, s, gm, su),
+            (P::GradX { relu: true }, [g, x, s, gm, su, z]) => {
+                g.batch_norm_grad_x(x, s, gm, su, Some(z))
+            }
             _ => Err(Error::Invalid {
                 op: pass.name(),
                 detail: format!("expects {} inputs, got {}", pass.arity(), x.len()),

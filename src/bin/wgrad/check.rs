@@ -286,11 +286,15 @@ fn batch_norm(r: &mut Vec<Row>, gpu: &Device) {
             (1e-4, 1e-4),
             |x| {
                 let stats = x[0].batch_norm_stats(1e-5)?;
-                x[0].batch_norm_apply(&stats, &x[1], &x[2])
+                x[0].batch_norm_apply(&stats, &x[1], &x[2], false)
             },
         );
         gradient(r, gpu, &name, &[&xs, &[c], &[c]], (-1.0, 2.0), |x| {
             Ok(x[0].batch_norm_train(&x[1], &x[2], 1e-5)?.0)
+        });
+        let relu = format!("{name} + relu");
+        gradient(r, gpu, &relu, &[&xs, &[c], &[c]], (-1.0, 2.0), |x| {
+            x[0].batch_norm_train(&x[1], &x[2], 1e-5)?.0.relu()
         });
     }
 }
