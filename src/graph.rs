@@ -638,8 +638,31 @@ impl Var {
         self.graph.push(Op::Binary(op), &[self, other])
     }
 
-    /// Applies a unary op to every element.
+    /// Applies a unary op to every element. A ReLU after a batch norm's normalisation is
+    /// that normalisation with its ReLU (one dispatch, and the mask in its backward passes);
+    /// the plain normalisation then runs only if something else reads it.
     pub fn unary(&self, op: UnaryOp) -> Result<Var> {
+        if op == UnaryOp::Relu {
+            let inputs = {
+                let nodes = self.graph.lock();
+                let node = &nodes[self.id];
+                match node.op {
+                    Op::BatchNorm(BatchNormPass::Apply { relu: false }) => {
+                        Some(node.inputs.clone())
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(ids) = inputs {
+                let vars: Vec<Var> = ids
+                    .iter()
+                    .map(|&i| self.graph.var(i))
+                    .collect::<Result<_>>()?;
+                let refs: Vec<&Var> = vars.iter().collect();
+                let fused = Op::BatchNorm(BatchNormPass::Apply { relu: true });
+                return self.graph.push(fused, &refs);
+            }
+        }
         self.un(Op::Unary(op))
     }
     /// `-x`, element-wise.
@@ -662,27 +685,8 @@ impl Var {
     pub fn square(&self) -> Result<Var> {
         self.unary(UnaryOp::Square)
     }
-    /// `max(x, 0)`, element-wise. After a batch norm's normalisation it is that
-    /// normalisation with its ReLU (one dispatch, and the mask in its backward passes); the
-    /// plain normalisation then runs only if something else reads it.
+    /// `max(x, 0)`, element-wise.
     pub fn relu(&self) -> Result<Var> {
-        let inputs = {
-            let nodes = self.graph.lock();
-            let node = &nodes[self.id];
-            match node.op {
-                Op::BatchNorm(BatchNormPass::Apply { relu: false }) => Some(node.inputs.clone()),
-                _ => None,
-            }
-        };
-        if let Some(ids) = inputs {
-            let vars: Vec<Var> = ids
-                .iter()
-                .map(|&i| self.graph.var(i))
-                .collect::<Result<_>>()?;
-            let refs: Vec<&Var> = vars.iter().collect();
-            let fused = Op::BatchNorm(BatchNormPass::Apply { relu: true });
-            return self.graph.push(fused, &refs);
-        }
         self.unary(UnaryOp::Relu)
     }
     /// `1 / (1 + e^-x)`, element-wise.
