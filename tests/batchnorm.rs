@@ -42,10 +42,6 @@ fn naive(x: &[f32], shape: &[usize], gamma: &[f32], beta: &[f32]) -> (Vec<f64>, 
 
 /// The primitive's graph: y (then a ReLU with `relu`), stats and the gradients of Σ y·r for
 /// x, γ, β.
-fn primitive(shape: &[usize], r: &[f32]) -> (Graph, [Var; 6]) {
-    primitive_with(shape, r, false)
-}
-
 fn primitive_with(shape: &[usize], r: &[f32], relu: bool) -> (Graph, [Var; 6]) {
     let g = Graph::new();
     let c = shape[1];
