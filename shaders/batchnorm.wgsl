@@ -26,7 +26,8 @@
 struct Params {
     c: u32, hw: u32, m: u32, total: u32,    // channels, H·W, N·H·W, elements N·C·H·W
     parts: u32, plen: u32, eps: f32, keep: f32, // parts per channel, values per part; running: 1 − momentum
-    take_mean: f32, take_var: f32, relu: u32, pad0: u32, // running: momentum, momentum·n/(n − 1); apply: ReLU
+    take_mean: f32, take_var: f32, relu: u32, run: u32, // running: momentum, momentum·n/(n − 1); apply: ReLU;
+                                                        // element-wise entries: elements per invocation
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -139,11 +140,16 @@ fn batch_norm_stats_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
 @compute @workgroup_size(256)
 fn batch_norm_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let o = workgroup_index(wg, nwg) * 256u + lid;
-    if (o >= params.total) { return; }
-    let ch = channel_of(o);
-    let y = (a[o] - b[ch]) * (c[ch] * b[2u * params.c + ch]) + d[ch];
-    if (params.relu == 1u) { e[o] = max(y, 0.0); } else { e[o] = y; }
+    let first = (workgroup_index(wg, nwg) * 256u + lid) * params.run;
+    if (first >= params.total) { return; }
+    let ch = channel_of(first); // a run never straddles two channels (HW % run = 0)
+    let mean = b[ch];
+    let s = c[ch] * b[2u * params.c + ch];
+    let beta = d[ch];
+    for (var o = first; o < first + params.run; o = o + 1u) {
+        let y = (a[o] - mean) * s + beta;
+        if (params.relu == 1u) { e[o] = max(y, 0.0); } else { e[o] = y; }
+    }
 }
 
 @compute @workgroup_size(256)
@@ -202,13 +208,18 @@ fn batch_norm_sums_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
 @compute @workgroup_size(256)
 fn batch_norm_grad_x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
-    let o = workgroup_index(wg, nwg) * 256u + lid;
-    if (o >= params.total) { return; }
-    let ch = channel_of(o);
+    let first = (workgroup_index(wg, nwg) * 256u + lid) * params.run;
+    if (first >= params.total) { return; }
+    let ch = channel_of(first);
+    let mean = c[ch];
     let inv = c[2u * params.c + ch];
-    let xh = (b[o] - c[ch]) * inv;
     let per = 1.0 / f32(params.m);
-    f[o] = d[ch] * inv * (a[o] - e[ch] * per - xh * (e[params.c + ch] * per));
+    let sg = e[ch] * per;
+    let sgx = e[params.c + ch] * per;
+    let k = d[ch] * inv;
+    for (var o = first; o < first + params.run; o = o + 1u) {
+        f[o] = k * (a[o] - sg - (b[o] - mean) * inv * sgx);
+    }
 }
 
 // The ReLU forms: upstream g (a) counts only where the forward output (e or z) is > 0.
@@ -244,12 +255,17 @@ fn batch_norm_grad_sums_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_
 @compute @workgroup_size(256)
 fn batch_norm_grad_x_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
-    let o = workgroup_index(wg, nwg) * 256u + lid;
-    if (o >= params.total) { return; }
-    let ch = channel_of(o);
+    let first = (workgroup_index(wg, nwg) * 256u + lid) * params.run;
+    if (first >= params.total) { return; }
+    let ch = channel_of(first);
+    let mean = c[ch];
     let inv = c[2u * params.c + ch];
-    let xh = (b[o] - c[ch]) * inv;
     let per = 1.0 / f32(params.m);
-    let gv = select(0.0, a[o], z[o] > 0.0);
-    f[o] = d[ch] * inv * (gv - e[ch] * per - xh * (e[params.c + ch] * per));
+    let sg = e[ch] * per;
+    let sgx = e[params.c + ch] * per;
+    let k = d[ch] * inv;
+    for (var o = first; o < first + params.run; o = o + 1u) {
+        let gv = select(0.0, a[o], z[o] > 0.0);
+        f[o] = k * (gv - sg - (b[o] - mean) * inv * sgx);
+    }
 }

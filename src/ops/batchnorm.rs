@@ -210,8 +210,18 @@ fn params(x: &[usize], parts: usize, eps: f32, extra: (f32, f32, f32, bool)) -> 
         take_mean.to_bits(),
         take_var.to_bits(),
         relu as u32,
-        0,
+        run(hw) as u32,
     ]
+}
+
+/// Elements per invocation of the element-wise entries: 4 of one channel when rows of 4
+/// never straddle channels (fewer invocations, the per-channel values loaded once).
+fn run(hw: usize) -> usize {
+    if hw % 4 == 0 {
+        4
+    } else {
+        1
+    }
 }
 
 const PLAIN: (f32, f32, f32, bool) = (0.0, 0.0, 0.0, false);
@@ -338,7 +348,7 @@ impl Tensor {
         }
         let p = params(self.shape(), 1, 0.0, (0.0, 0.0, 0.0, relu));
         let inputs = [self, stats, gamma, beta];
-        let groups = self.numel().div_ceil(256);
+        let groups = (self.numel() / run(hw)).div_ceil(256);
         launch("batch_norm_apply", &inputs, 4, &out, &p, groups)
     }
 
@@ -461,7 +471,8 @@ impl Tensor {
         } else {
             "batch_norm_grad_x"
         };
-        launch(entry, &inputs, 5, &out, &p, self.numel().div_ceil(256))
+        let groups = (self.numel() / run(hw)).div_ceil(256);
+        launch(entry, &inputs, 5, &out, &p, groups)
     }
 
     /// Runs `pass` on its inputs (the executor's entry).
