@@ -387,3 +387,49 @@ fn relu_after_the_normalisation_is_fused() {
         "statistics and normalisation with ReLU"
     );
 }
+
+/// nn's BatchNorm2d in evaluation mode is `x·a + c` per channel: after a bias-free product
+/// (a 1×1 convolution) the product's epilogue takes it with the ReLU, so the layer is the two
+/// C-sized factors and one product dispatch; its values match the CPU reference.
+#[test]
+fn evaluation_form_fuses_into_a_product_epilogue() {
+    use wgrad::nn::{BatchNorm2d, Module};
+    let build = || {
+        let g = Graph::new();
+        let x = g.input("x", &[2, 8, 4, 4]);
+        let normal = Init::Normal {
+            mean: 0.0,
+            std: 1.0,
+            seed: 1,
+        };
+        let w = g.param("w", &[6, 8, 1, 1], normal);
+        let bn = BatchNorm2d::new(&g, "bn", 6, EPS);
+        bn.set_training(false);
+        let conv = x.conv2d(&w, wgrad::Conv2d::new(1, 1)).unwrap();
+        let y = bn.forward(&conv).unwrap().relu().unwrap();
+        (g, y)
+    };
+    let xv = uniform(3, 2 * 8 * 16, -1.0, 1.0);
+    let stats = |exe: &wgrad::Executor, dev: &Device| {
+        let t = |v: &[f32]| Tensor::from_slice(dev, v, &[6]).unwrap();
+        exe.set_param("bn.running_mean", &t(&uniform(4, 6, -0.5, 0.5)))
+            .unwrap();
+        exe.set_param("bn.running_var", &t(&uniform(5, 6, 0.5, 2.0)))
+            .unwrap();
+    };
+    let (g, y) = build();
+    let cpu = Device::cpu();
+    let exe = cpu.compile(&g, &[&y], None).unwrap();
+    stats(&exe, &cpu);
+    let xt = Tensor::from_slice(&cpu, &xv, &[2, 8, 4, 4]).unwrap();
+    let want = exe.run(&[("x", &xt)]).unwrap()[0].to_vec::<f32>().unwrap();
+    let Some(dev) = gpu() else { return };
+    let (g, y) = build();
+    let exe = dev.compile(&g, &[&y], None).unwrap();
+    stats(&exe, &dev);
+    let xt = Tensor::from_slice(&dev, &xv, &[2, 8, 4, 4]).unwrap();
+    let got = exe.run(&[("x", &xt)]).unwrap()[0].to_vec::<f32>().unwrap();
+    assert_close("eval bn after 1x1 conv", &got, &want, 1e-4, 1e-4);
+    let entries = exe.dispatch_entries();
+    assert_eq!(entries.len(), 3, "a, c and the product: {entries:?}");
+}
