@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::graph::{Node, NodeId, Op, Var};
+use crate::ops::batchnorm::BatchNormPass;
 use crate::ops::conv::Conv2d;
 use crate::ops::conv_gemm::ConvPass;
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
@@ -404,6 +405,18 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             op: "grad",
             detail: "second derivative of depthwise convolution is not implemented".into(),
         }),
+        // d batch norm, y = apply(x, stats(x), γ, β) with x̂ = (x − mean)·inv_std over M values
+        // per channel: dβ = Σg, dγ = Σg·x̂, dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M) (the
+        // statistics' dependence on x is inside dx, so none flows to them)
+        Op::BatchNorm(BatchNormPass::Apply { relu }) => batch_norm_grad(x, y, g, *relu),
+        Op::BatchNorm(p) => Err(Error::Invalid {
+            op: "grad",
+            detail: format!(
+                "{} has no gradient (batch statistics are differentiated through batch_norm's \
+                 output; its backward passes have no second derivative)",
+                p.name()
+            ),
+        }),
         // every convolution pass is bilinear; its adjoints are the other two passes
         Op::Conv(pass, geom) => conv_grad(*pass, *geom, x, g),
         // gather and scatter-add are each other's adjoint; indices get no gradient
@@ -449,4 +462,34 @@ fn conv_grad(pass: ConvPass, geom: Conv2d, x: &[Var], g: &Var) -> Result<Vec<Opt
         ),
     };
     Ok(vec![Some(d0), Some(d1)])
+}
+
+/// The gradients of a batch norm's normalisation (inputs x, stats, γ, β): one sums pass, then
+/// dx; dγ and dβ are the sums' rows. Only valid when stats are x's own batch statistics.
+/// With `relu` (a ReLU fused after it, output y), g counts where y > 0.
+fn batch_norm_grad(x: &[Var], y: &Var, g: &Var, relu: bool) -> Result<Vec<Option<Var>>> {
+    let graph = g.graph();
+    let own_stats = {
+        let nodes = graph.lock();
+        let s = &nodes[x[1].id()];
+        matches!(s.op, Op::BatchNorm(BatchNormPass::Stats { .. })) && s.inputs == [x[0].id()]
+    };
+    if !own_stats {
+        return Err(Error::Invalid {
+            op: "grad",
+            detail: format!(
+                "batch_norm of {:?} is differentiable only with the batch statistics of its own input (Var::batch_norm_train)",
+                x[0].shape()
+            ),
+        });
+    }
+    let pass = |p: BatchNormPass, ins: &[&Var]| graph.push(Op::BatchNorm(p), ins);
+    let mut ins = vec![g, &x[0], &x[1]];
+    ins.extend(relu.then_some(y));
+    let sums = pass(BatchNormPass::GradSums { relu }, &ins)?;
+    let mut ins = vec![g, &x[0], &x[1], &x[2], &sums];
+    ins.extend(relu.then_some(y));
+    let dx = pass(BatchNormPass::GradX { relu }, &ins)?;
+    let row = |r: usize| sums.slice(0, r, r + 1)?.reshape(x[2].shape());
+    Ok(vec![Some(dx), None, Some(row(1)?), Some(row(0)?)])
 }

@@ -568,6 +568,7 @@ fn replayable(op: &Op) -> bool {
             | Op::DepthwiseGradX(..)
             | Op::DepthwiseGradW(..)
             | Op::Conv(..)
+            | Op::BatchNorm(_)
             | Op::Gather(_)
             | Op::ScatterAdd { .. }
     )
@@ -669,6 +670,7 @@ fn eval(op: &Op, x: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Op::DepthwiseGradX(geom, s) => x[0].depthwise_backward_data(x[1], *geom, s),
         Op::DepthwiseGradW(geom, s) => x[0].depthwise_backward_filter(x[1], *geom, s),
         Op::Conv(pass, geom) => x[0].conv2d_pass(x[1], *pass, *geom),
+        Op::BatchNorm(p) => Tensor::batch_norm_pass(*p, x),
         Op::Gather(axis) => x[0].gather(x[1], *axis as isize),
         Op::ScatterAdd { axis, size } => x[0].scatter_add(x[1], *axis as isize, *size),
         Op::Assign => Ok(x[1].clone()),

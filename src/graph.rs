@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::init::Init;
+use crate::ops::batchnorm::BatchNormPass;
 use crate::ops::conv::Conv2d;
 use crate::ops::conv_gemm::ConvPass;
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
@@ -128,6 +129,9 @@ pub enum Op {
     /// A convolution product by implicit GEMM (no patch matrix): the forward (x, w) → y or
     /// one of its gradients (see `crate::ops::conv_gemm`).
     Conv(ConvPass, Conv2d),
+    /// A batch-norm training primitive: statistics, normalisation, running update or a
+    /// backward pass (see `crate::ops::batchnorm`).
+    BatchNorm(BatchNormPass),
     /// Slices along the axis selected by i32 indices (inputs: data, indices):
     /// `data[..axis] ++ indices ++ data[axis+1..]` (see `crate::ops::gather`).
     Gather(usize),
@@ -175,6 +179,7 @@ impl Op {
             Op::DepthwiseConv2d(_) => "depthwise_conv2d",
             Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => "depthwise_conv2d_backward",
             Op::Conv(pass, _) => pass.name(),
+            Op::BatchNorm(p) => p.name(),
             Op::Gather(_) => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
         }
@@ -409,6 +414,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
         Op::Dropout { .. } | Op::Gather(_) | Op::ScatterAdd { .. } => 2,
         Op::DepthwiseConv2d(_) | Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => 2,
         Op::Conv(..) => 2,
+        Op::BatchNorm(p) => p.arity(),
         Op::CrossEntropyGrad(_) => 3,
         Op::Pool2dGrad(p, _) if p.kind == PoolKind::Max => 3,
         Op::Concat(_) => shapes.len().max(1),
@@ -571,6 +577,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             s[*axis] = end - start;
             s
         }
+        Op::BatchNorm(p) => p.output_shape(shapes)?,
         Op::Gather(axis) => crate::ops::gather::gather_shape(x, shapes[1], *axis)?,
         Op::ScatterAdd { axis, size } => {
             crate::ops::gather::scatter_shape(x, shapes[1], *axis, *size)?
@@ -631,8 +638,31 @@ impl Var {
         self.graph.push(Op::Binary(op), &[self, other])
     }
 
-    /// Applies a unary op to every element.
+    /// Applies a unary op to every element. A ReLU after a batch norm's normalisation is
+    /// that normalisation with its ReLU (one dispatch, and the mask in its backward passes);
+    /// the plain normalisation then runs only if something else reads it.
     pub fn unary(&self, op: UnaryOp) -> Result<Var> {
+        if op == UnaryOp::Relu {
+            let inputs = {
+                let nodes = self.graph.lock();
+                let node = &nodes[self.id];
+                match node.op {
+                    Op::BatchNorm(BatchNormPass::Apply { relu: false }) => {
+                        Some(node.inputs.clone())
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(ids) = inputs {
+                let vars: Vec<Var> = ids
+                    .iter()
+                    .map(|&i| self.graph.var(i))
+                    .collect::<Result<_>>()?;
+                let refs: Vec<&Var> = vars.iter().collect();
+                let fused = Op::BatchNorm(BatchNormPass::Apply { relu: true });
+                return self.graph.push(fused, &refs);
+            }
+        }
         self.un(Op::Unary(op))
     }
     /// `-x`, element-wise.

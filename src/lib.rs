@@ -105,6 +105,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("conv.wgsl", ops::conv::SHADER.source),
         ("pool.wgsl", ops::pool::SHADER.source),
         ("depthwise.wgsl", ops::depthwise::SHADER.source),
+        ("batchnorm.wgsl", ops::batchnorm::SHADER.source),
         ("dropout.wgsl", ops::dropout::SHADER.source),
         ("gather.wgsl", ops::gather::SHADER.source),
         ("linalg.wgsl", linalg::SHADER.source),

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::{Op, Var};
+use crate::ops::batchnorm::BatchNormPass;
 use crate::ops::conv::Conv2d;
 use crate::ops::elementwise::BinaryOp;
 use crate::ops::pool::{Pool2d, PoolKind};
@@ -29,6 +30,65 @@ impl Var {
         let s = self.batch_stats(eps)?;
         let y = s.centred.mul(&s.inv_std)?;
         Ok((y, s.mean, s.var))
+    }
+
+    /// Batch normalisation in training mode for (N, C, …) on its own primitives
+    /// ([`crate::ops::batchnorm`]): `γ·(x − mean)/√(var + eps) + β` per channel with the
+    /// batch mean and biased variance over every other axis; γ and β hold C values (any
+    /// shape, e.g. (C, 1, 1)). Returns y and the statistics (3, C): mean, biased variance
+    /// and 1/√(var + eps), for [`Var::batch_norm_running`]. Differentiable in x, γ and β
+    /// (two dispatches forward, two backward); not through the returned statistics.
+    pub fn batch_norm_train(&self, gamma: &Var, beta: &Var, eps: f32) -> Result<(Var, Var)> {
+        let stats = self
+            .graph()
+            .push(Op::BatchNorm(BatchNormPass::Stats { eps }), &[self])?;
+        let c = stats.shape()[1];
+        let per_channel = |v: &Var, what: &str| -> Result<Var> {
+            match v.shape() {
+                [k] if *k == c => Ok(v.clone()),
+                s if s.iter().product::<usize>() == c
+                    && s.iter().filter(|&&d| d != 1).count() <= 1 =>
+                {
+                    v.reshape(&[c])
+                }
+                s => Err(Error::Shape {
+                    op: "batch_norm",
+                    detail: format!(
+                        "{what} {s:?} must hold {c} values for input {:?}",
+                        self.shape()
+                    ),
+                }),
+            }
+        };
+        let (gamma, beta) = (per_channel(gamma, "gamma")?, per_channel(beta, "beta")?);
+        let y = self.graph().push(
+            Op::BatchNorm(BatchNormPass::Apply { relu: false }),
+            &[self, &stats, &gamma, &beta],
+        )?;
+        Ok((y, stats))
+    }
+
+    /// Running mean and variance (C each) updated from batch statistics `self` (3, C) of
+    /// [`Var::batch_norm_train`] in one dispatch: `keep·running + take_mean·mean` and
+    /// `keep·running_var + take_var·var` (biased batch variance). Returns the new values.
+    pub fn batch_norm_running(
+        &self,
+        mean: &Var,
+        var: &Var,
+        keep: f32,
+        take_mean: f32,
+        take_var: f32,
+    ) -> Result<(Var, Var)> {
+        let pass = BatchNormPass::Running {
+            keep,
+            take_mean,
+            take_var,
+        };
+        let both = self.graph().push(Op::BatchNorm(pass), &[self, mean, var])?;
+        let c = both.shape()[1];
+        // each row is one contiguous run: a buffer copy, no dispatch
+        let row = |r: usize| both.slice(0, r, r + 1)?.reshape(&[c]);
+        Ok((row(0)?, row(1)?))
     }
 
     /// Batch norm's pieces for (N, C, …): statistics per channel over every other axis.

@@ -149,6 +149,9 @@ fn training_only(op: &Op) -> Option<&'static str> {
             "a pooling or depthwise convolution gradient only appears in gradients"
         }
         Op::Unary(UnaryOp::GeluGrad) => "GELU's derivative only appears in gradients",
+        Op::BatchNorm(_) => {
+            "batch norm in training mode (batch statistics); export the model in evaluation mode"
+        }
         _ => return None,
     })
 }
@@ -615,6 +618,7 @@ impl<'a> Emitter<'a> {
             | Op::DepthwiseGradX(..)
             | Op::DepthwiseGradW(..)
             | Op::Conv(..)
+            | Op::BatchNorm(_)
             | Op::Col2Im(..) => {
                 let why = training_only(&node.op).unwrap_or("a training op");
                 return Err(unexportable(id, node, why));

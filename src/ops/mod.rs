@@ -1,6 +1,7 @@
 //! Op families. Each file holds one family side by side: the shape rule, the
 //! CPU reference, the GPU dispatch (its WGSL lives in `shaders/<family>.wgsl`).
 
+pub mod batchnorm;
 pub(crate) mod chunk;
 pub mod conv;
 pub mod conv_gemm;

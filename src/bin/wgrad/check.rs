@@ -271,6 +271,34 @@ fn depthwise(r: &mut Vec<Row>, gpu: &Device) {
     }
 }
 
+/// The batch-norm training primitives: statistics and normalisation forward, the fused
+/// backward (dx, dγ, dβ), on odd channel counts, H·W = 1 and (N, C).
+fn batch_norm(r: &mut Vec<Row>, gpu: &Device) {
+    for xs in [vec![3usize, 5, 7, 3], vec![4, 6, 1, 1], vec![13, 7]] {
+        let c = xs[1];
+        let name = format!("batch_norm {xs:?}");
+        kernel(
+            r,
+            gpu,
+            &name,
+            &[&xs, &[c], &[c]],
+            (-1.0, 2.0),
+            (1e-4, 1e-4),
+            |x| {
+                let stats = x[0].batch_norm_stats(1e-5)?;
+                x[0].batch_norm_apply(&stats, &x[1], &x[2], false)
+            },
+        );
+        gradient(r, gpu, &name, &[&xs, &[c], &[c]], (-1.0, 2.0), |x| {
+            Ok(x[0].batch_norm_train(&x[1], &x[2], 1e-5)?.0)
+        });
+        let relu = format!("{name} + relu");
+        gradient(r, gpu, &relu, &[&xs, &[c], &[c]], (-1.0, 2.0), |x| {
+            x[0].batch_norm_train(&x[1], &x[2], 1e-5)?.0.relu()
+        });
+    }
+}
+
 /// The implicit-GEMM convolution passes (forward, data and filter gradients) on awkward
 /// geometries: stride 2 on odd sizes, dilation, uneven pads, groups, 7×7.
 fn implicit_conv(r: &mut Vec<Row>, gpu: &Device) {
@@ -697,6 +725,7 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
     pooling(r, gpu);
     depthwise(r, gpu);
     implicit_conv(r, gpu);
+    batch_norm(r, gpu);
     gradient(r, gpu, "log_softmax", &[&[3, 5]], (-3.0, 3.0), |x| {
         x[0].log_softmax(-1)
     });

@@ -1,0 +1,512 @@
+//! Batch normalisation in training mode as primitives: per-channel statistics of x (N, C, …)
+//! over every axis but C, the normalisation with a learned scale γ and shift β, the
+//! running-statistics update, and a fused backward.
+//!
+//! Shape rule ([`BatchNormPass::output_shape`]): x is (N, C, …) with M = N·H·W… ≥ 1 values per
+//! channel; stats (3, C) = batch mean, biased variance, 1/√(var + eps); sums (2, C) = Σg,
+//! Σg·x̂ (x̂ = (x − mean)·inv_std); γ, β and running statistics (C).
+//! CPU reference: loops in f64. GPU: `shaders/batchnorm.wgsl` — forward two dispatches
+//! (statistics, normalisation), backward two (sums, dx); each per-channel reduction is one
+//! workgroup per part of [`PART`] values, two-pass (mean, then Σ(x − mean)²), and a channel
+//! past one part takes one more dispatch that merges the parts (Chan's formula), so no
+//! invocation loops past [`crate::gpu::LOOP_BUDGET`].
+//! Gradient (in `crate::autodiff`): y = apply(x, stats(x), γ, β) gives dx =
+//! γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M), dγ = Σg·x̂, dβ = Σg from one sums pass.
+
+use crate::device::DeviceInner;
+use crate::error::{Error, Result};
+use crate::gpu::{Kernel, LOOP_BUDGET};
+use crate::ops::gpu_output;
+use crate::tensor::Tensor;
+use crate::DType;
+
+pub(crate) const SHADER: Kernel = Kernel {
+    name: "batchnorm",
+    source: include_str!("../../shaders/batchnorm.wgsl"),
+};
+
+/// Invocations of a reduction workgroup (the shader's `@workgroup_size(64)`).
+const WG: usize = 64;
+
+/// Values of one channel a reduction workgroup covers: each invocation walks PART/64 of
+/// them twice (the statistics' two passes), so within the loop budget.
+pub const PART: usize = WG * (LOOP_BUDGET / 2);
+
+const OP: &str = "batch_norm";
+
+/// One batch-norm training primitive (each an [`crate::graph::Op::BatchNorm`] node).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BatchNormPass {
+    /// x (N, C, …) → stats (3, C): mean, biased variance, 1/√(var + eps).
+    Stats {
+        /// Added to the variance before the square root.
+        eps: f32,
+    },
+    /// (x, stats, γ (C), β (C)) → y = (x − mean)·γ·inv_std + β, x's shape; with `relu`,
+    /// max(y, 0) (a ReLU after the normalisation, in the same dispatch).
+    Apply {
+        /// Apply a ReLU to the result.
+        relu: bool,
+    },
+    /// (stats, running mean (C), running variance (C)) → (2, C): the running statistics
+    /// updated from the batch's, `keep·running + take·batch` (row 0 mean, row 1 variance).
+    Running {
+        /// Factor of the old values (1 − momentum).
+        keep: f32,
+        /// Factor of the batch mean (momentum).
+        take_mean: f32,
+        /// Factor of the batch's biased variance (momentum·n/(n − 1) for PyTorch's rule).
+        take_var: f32,
+    },
+    /// (g, x, stats) → sums (2, C): Σg, Σg·x̂ per channel; with `relu`, a fourth input z
+    /// (the [`BatchNormPass::Apply`] output) and g counted only where z > 0.
+    GradSums {
+        /// The forward pass had a ReLU.
+        relu: bool,
+    },
+    /// (g, x, stats, γ (C), sums) → dx, x's shape; with `relu`, a sixth input z as in
+    /// [`BatchNormPass::GradSums`].
+    GradX {
+        /// The forward pass had a ReLU.
+        relu: bool,
+    },
+}
+
+impl BatchNormPass {
+    /// How many inputs the pass takes.
+    pub fn arity(&self) -> usize {
+        match self {
+            BatchNormPass::Stats { .. } => 1,
+            BatchNormPass::Apply { .. } => 4,
+            BatchNormPass::Running { .. } => 3,
+            BatchNormPass::GradSums { relu } => 3 + *relu as usize,
+            BatchNormPass::GradX { relu } => 5 + *relu as usize,
+        }
+    }
+
+    /// A short name for errors and plans.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BatchNormPass::Stats { .. } => "batch_norm_stats",
+            BatchNormPass::Apply { .. } => "batch_norm",
+            BatchNormPass::Running { .. } => "batch_norm_running",
+            BatchNormPass::GradSums { .. } | BatchNormPass::GradX { .. } => "batch_norm_backward",
+        }
+    }
+
+    /// The output shape for inputs of `shapes` (as many as [`BatchNormPass::arity`]), or
+    /// the error naming the op and the shapes.
+    pub fn output_shape(&self, shapes: &[&[usize]]) -> Result<Vec<usize>> {
+        let op = self.name();
+        if shapes.len() != self.arity() {
+            return Err(Error::Invalid {
+                op,
+                detail: format!("expects {} inputs, got {}", self.arity(), shapes.len()),
+            });
+        }
+        let bad = |what: &str, got: &[usize], want: &[usize]| Error::Shape {
+            op,
+            detail: format!("{what} {got:?} must be {want:?} for input {:?}", shapes[0]),
+        };
+        let check = |got: &[usize], want: &[usize], what: &str| -> Result<()> {
+            if got != want {
+                return Err(bad(what, got, want));
+            }
+            Ok(())
+        };
+        match self {
+            BatchNormPass::Stats { eps } => {
+                let (_, c, _) = dims(op, shapes[0])?;
+                if !(*eps >= 0.0 && eps.is_finite()) {
+                    return Err(Error::Invalid {
+                        op,
+                        detail: format!("eps must be finite and >= 0, got {eps}"),
+                    });
+                }
+                Ok(vec![3, c])
+            }
+            BatchNormPass::Apply { .. } => {
+                let x = shapes[0];
+                let (_, c, _) = dims(op, x)?;
+                check(shapes[1], &[3, c], "statistics")?;
+                check(shapes[2], &[c], "gamma")?;
+                check(shapes[3], &[c], "beta")?;
+                Ok(x.to_vec())
+            }
+            BatchNormPass::Running { .. } => {
+                let c = shapes[0].get(1).copied().unwrap_or(0);
+                if shapes[0] != [3, c] || shapes[1] != [c] || shapes[2] != [c] {
+                    return Err(Error::Shape {
+                        op,
+                        detail: format!(
+                            "statistics {:?} must be (3, C) with running mean and variance (C), got {:?} and {:?}",
+                            shapes[0], shapes[1], shapes[2]
+                        ),
+                    });
+                }
+                Ok(vec![2, c])
+            }
+            BatchNormPass::GradSums { relu } => {
+                let x = shapes[1];
+                let (_, c, _) = dims(op, x)?;
+                check(shapes[0], x, "upstream")?;
+                check(shapes[2], &[3, c], "statistics")?;
+                if *relu {
+                    check(shapes[3], x, "forward output")?;
+                }
+                Ok(vec![2, c])
+            }
+            BatchNormPass::GradX { relu } => {
+                let x = shapes[1];
+                let (_, c, _) = dims(op, x)?;
+                check(shapes[0], x, "upstream")?;
+                check(shapes[2], &[3, c], "statistics")?;
+                check(shapes[3], &[c], "gamma")?;
+                check(shapes[4], &[2, c], "sums")?;
+                if *relu {
+                    check(shapes[5], x, "forward output")?;
+                }
+                Ok(x.to_vec())
+            }
+        }
+    }
+}
+
+/// x (N, C, …) as (N, C, HW): at least one value per channel, 31-bit sizes.
+fn dims(op: &'static str, x: &[usize]) -> Result<(usize, usize, usize)> {
+    if x.len() < 2 {
+        return Err(Error::Shape {
+            op,
+            detail: format!("input must be (N, C, …), got {x:?}"),
+        });
+    }
+    let (n, c, hw) = (x[0], x[1], x[2..].iter().product::<usize>());
+    let numel = n.checked_mul(c).and_then(|v| v.checked_mul(hw));
+    if n * hw == 0 || c == 0 || numel.is_none_or(|v| v > i32::MAX as usize) {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "input {x:?} needs channels and at least one value per channel, under 2^31 elements"
+            ),
+        });
+    }
+    Ok((n, c, hw))
+}
+
+/// The uniform words: c, hw, m, total, parts, plen, eps, keep, take_mean, take_var, relu
+/// (padded to 12); `extra` = (keep, take_mean, take_var, relu).
+fn params(x: &[usize], parts: usize, eps: f32, extra: (f32, f32, f32, bool)) -> Vec<u32> {
+    let (n, c, hw) = (x[0], x[1], x[2..].iter().product::<usize>());
+    let (keep, take_mean, take_var, relu) = extra;
+    vec![
+        c as u32,
+        hw as u32,
+        (n * hw) as u32,
+        (n * c * hw) as u32,
+        parts as u32,
+        PART as u32,
+        eps.to_bits(),
+        keep.to_bits(),
+        take_mean.to_bits(),
+        take_var.to_bits(),
+        relu as u32,
+        run(hw) as u32,
+    ]
+}
+
+/// Elements per invocation of the element-wise entries: 4 of one channel when rows of 4
+/// never straddle channels (fewer invocations, the per-channel values loaded once).
+fn run(hw: usize) -> usize {
+    if hw % 4 == 0 {
+        4
+    } else {
+        1
+    }
+}
+
+const PLAIN: (f32, f32, f32, bool) = (0.0, 0.0, 0.0, false);
+
+/// Dispatches `entry` reading `inputs` into a new tensor of `shape`, bound after the first
+/// `out_at` inputs (the shader's binding order); `groups` workgroups.
+fn launch(
+    entry: &str,
+    inputs: &[&Tensor],
+    out_at: usize,
+    shape: &[usize],
+    params: &[u32],
+    groups: usize,
+) -> Result<Tensor> {
+    let DeviceInner::Gpu(ctx) = &inputs[0].device().inner else {
+        unreachable!("called on the GPU only")
+    };
+    let out = gpu_output(ctx, inputs[0].device(), OP, shape, DType::F32)?;
+    let (before, after) = inputs.split_at(out_at);
+    let mut args = Vec::with_capacity(inputs.len() + 1);
+    for t in before.iter().chain(std::iter::once(&&out)).chain(after) {
+        args.push(t.gpu_arg().ok_or_else(|| Error::Invalid {
+            op: OP,
+            detail: "operands must all be on the GPU".into(),
+        })?);
+    }
+    if groups > 0 {
+        ctx.dispatch(&SHADER, entry, &[], params, &args, ctx.grid(groups as u64))?;
+    }
+    Ok(out)
+}
+
+/// A per-channel reduction: `entry` over (channel, part) workgroups, its output bound after
+/// the first `out_at` inputs, then `merge` when a channel spans more than one part.
+fn reduce(
+    entries: (&str, &str),
+    inputs: &[&Tensor],
+    out_at: usize,
+    x: &[usize],
+    rows: usize,
+    eps: f32,
+) -> Result<Tensor> {
+    let (n, c, hw) = (x[0], x[1], x[2..].iter().product::<usize>());
+    let parts = (n * hw).div_ceil(PART);
+    let p = params(x, parts, eps, PLAIN);
+    if parts == 1 {
+        return launch(entries.0, inputs, out_at, &[rows, c], &p, c);
+    }
+    let partial = launch(entries.0, inputs, out_at, &[c, parts, 2], &p, c * parts)?;
+    launch(entries.1, &[&partial], 1, &[rows, c], &p, c.div_ceil(WG))
+}
+
+/// The upstream gradient at element `o`, masked by a ReLU's output `z` when there is one.
+fn masked(g: &[f64], z: Option<&[f64]>, o: usize) -> f64 {
+    match z {
+        Some(z) if z[o] <= 0.0 => 0.0,
+        _ => g[o],
+    }
+}
+
+impl Tensor {
+    fn bn_check(&self, pass: BatchNormPass, others: &[&Tensor]) -> Result<Vec<usize>> {
+        let mut shapes = vec![self.shape()];
+        shapes.extend(others.iter().map(|t| t.shape()));
+        for t in std::iter::once(self).chain(others.iter().copied()) {
+            t.expect_f32(pass.name())?;
+        }
+        pass.output_shape(&shapes)
+    }
+
+    /// Batch statistics of x `self` (N, C, …) per channel: (3, C) = mean, biased
+    /// variance, 1/√(var + eps).
+    pub fn batch_norm_stats(&self, eps: f32) -> Result<Tensor> {
+        let out = self.bn_check(BatchNormPass::Stats { eps }, &[])?;
+        if let DeviceInner::Cpu = self.device().inner {
+            let (_, c, hw) = dims(OP, self.shape())?;
+            let x = self.host_f64();
+            let mut s = vec![0.0; 3 * c];
+            for ch in 0..c {
+                let vals = || channel(&x, c, hw, ch);
+                let m = vals().count() as f64;
+                let mean = vals().sum::<f64>() / m;
+                let var = vals().map(|v| (v - mean) * (v - mean)).sum::<f64>() / m;
+                s[ch] = mean;
+                s[c + ch] = var;
+                s[2 * c + ch] = 1.0 / (var + eps as f64).sqrt();
+            }
+            return Ok(Tensor::cpu_from_f64(self.device(), &out, s));
+        }
+        let entries = ("batch_norm_stats", "batch_norm_stats_merge");
+        reduce(entries, &[self], 1, self.shape(), 3, eps)
+    }
+
+    /// `(x − mean)·γ·inv_std + β` per channel (then max(·, 0) with `relu`), x `self` with
+    /// its `stats` (3, C) and γ, β (C).
+    pub fn batch_norm_apply(
+        &self,
+        stats: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let out = self.bn_check(BatchNormPass::Apply { relu }, &[stats, gamma, beta])?;
+        let (_, c, hw) = dims(OP, self.shape())?;
+        if let DeviceInner::Cpu = self.device().inner {
+            let (x, s, g, b) = (
+                self.host_f64(),
+                stats.host_f64(),
+                gamma.host_f64(),
+                beta.host_f64(),
+            );
+            let y = (0..x.len())
+                .map(|o| {
+                    let ch = (o / hw) % c;
+                    let y = (x[o] - s[ch]) * g[ch] * s[2 * c + ch] + b[ch];
+                    if relu {
+                        y.max(0.0)
+                    } else {
+                        y
+                    }
+                })
+                .collect();
+            return Ok(Tensor::cpu_from_f64(self.device(), &out, y));
+        }
+        let p = params(self.shape(), 1, 0.0, (0.0, 0.0, 0.0, relu));
+        let inputs = [self, stats, gamma, beta];
+        let groups = (self.numel() / run(hw)).div_ceil(256);
+        launch("batch_norm_apply", &inputs, 4, &out, &p, groups)
+    }
+
+    /// Running mean and variance (C each) updated from a batch's `stats` (3, C) `self`:
+    /// (2, C) = `keep·running + (take_mean·mean, take_var·var)`.
+    pub fn batch_norm_running(
+        &self,
+        mean: &Tensor,
+        var: &Tensor,
+        keep: f32,
+        take_mean: f32,
+        take_var: f32,
+    ) -> Result<Tensor> {
+        let pass = BatchNormPass::Running {
+            keep,
+            take_mean,
+            take_var,
+        };
+        let out = self.bn_check(pass, &[mean, var])?;
+        let c = out[1];
+        if let DeviceInner::Cpu = self.device().inner {
+            let (s, m, v) = (self.host_f64(), mean.host_f64(), var.host_f64());
+            // the f32 factors, as the GPU applies them
+            let (k, tm, tv) = (keep as f64, take_mean as f64, take_var as f64);
+            let new = (0..c)
+                .map(|ch| m[ch] * k + s[ch] * tm)
+                .chain((0..c).map(|ch| v[ch] * k + s[c + ch] * tv))
+                .collect();
+            return Ok(Tensor::cpu_from_f64(self.device(), &out, new));
+        }
+        let p = params(&[1, c], 1, 0.0, (keep, take_mean, take_var, false));
+        let groups = c.div_ceil(256);
+        launch(
+            "batch_norm_running",
+            &[self, mean, var],
+            3,
+            &out,
+            &p,
+            groups,
+        )
+    }
+
+    /// Σg and Σg·x̂ per channel (2, C), upstream `self` for x with its `stats`; `z`, the
+    /// forward output of a normalisation with a ReLU, masks g where z ≤ 0.
+    pub fn batch_norm_grad_sums(
+        &self,
+        x: &Tensor,
+        stats: &Tensor,
+        z: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let pass = BatchNormPass::GradSums { relu: z.is_some() };
+        let mut others = vec![x, stats];
+        others.extend(z);
+        self.bn_check(pass, &others)?;
+        let (_, c, hw) = dims(OP, x.shape())?;
+        if let DeviceInner::Cpu = self.device().inner {
+            let (g, xv, s) = (self.host_f64(), x.host_f64(), stats.host_f64());
+            let zv = z.map(|t| t.host_f64());
+            let mut out = vec![0.0; 2 * c];
+            for o in 0..g.len() {
+                let ch = (o / hw) % c;
+                let gv = masked(&g, zv.as_deref(), o);
+                out[ch] += gv;
+                out[c + ch] += gv * (xv[o] - s[ch]) * s[2 * c + ch];
+            }
+            return Ok(Tensor::cpu_from_f64(self.device(), &[2, c], out));
+        }
+        let mut inputs = vec![self, x, stats];
+        inputs.extend(z);
+        let entry = if z.is_some() {
+            "batch_norm_grad_sums_relu"
+        } else {
+            "batch_norm_grad_sums"
+        };
+        let entries = (entry, "batch_norm_sums_merge");
+        reduce(entries, &inputs, 3, x.shape(), 2, 0.0)
+    }
+
+    /// dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M), upstream `self` for x with its `stats`, γ
+    /// and the [`Tensor::batch_norm_grad_sums`]; `z` as there.
+    pub fn batch_norm_grad_x(
+        &self,
+        x: &Tensor,
+        stats: &Tensor,
+        gamma: &Tensor,
+        sums: &Tensor,
+        z: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let pass = BatchNormPass::GradX { relu: z.is_some() };
+        let mut others = vec![x, stats, gamma, sums];
+        others.extend(z);
+        let out = self.bn_check(pass, &others)?;
+        let (n, c, hw) = dims(OP, x.shape())?;
+        if let DeviceInner::Cpu = self.device().inner {
+            let (g, xv, s, gm, su) = (
+                self.host_f64(),
+                x.host_f64(),
+                stats.host_f64(),
+                gamma.host_f64(),
+                sums.host_f64(),
+            );
+            let zv = z.map(|t| t.host_f64());
+            let m = (n * hw) as f64;
+            let dx = (0..g.len())
+                .map(|o| {
+                    let ch = (o / hw) % c;
+                    let inv = s[2 * c + ch];
+                    let xh = (xv[o] - s[ch]) * inv;
+                    let gv = masked(&g, zv.as_deref(), o);
+                    gm[ch] * inv * (gv - su[ch] / m - xh * su[c + ch] / m)
+                })
+                .collect();
+            return Ok(Tensor::cpu_from_f64(self.device(), &out, dx));
+        }
+        let p = params(x.shape(), 1, 0.0, PLAIN);
+        let mut inputs = vec![self, x, stats, gamma, sums];
+        inputs.extend(z);
+        let entry = if z.is_some() {
+            "batch_norm_grad_x_relu"
+        } else {
+            "batch_norm_grad_x"
+        };
+        let groups = (self.numel() / run(hw)).div_ceil(256);
+        launch(entry, &inputs, 5, &out, &p, groups)
+    }
+
+    /// Runs `pass` on its inputs (the executor's entry).
+    pub(crate) fn batch_norm_pass(pass: BatchNormPass, x: &[&Tensor]) -> Result<Tensor> {
+        use BatchNormPass as P;
+        match (pass, x) {
+            (P::Stats { eps }, [x]) => x.batch_norm_stats(eps),
+            (P::Apply { relu }, [x, s, g, b]) => x.batch_norm_apply(s, g, b, relu),
+            (
+                P::Running {
+                    keep,
+                    take_mean,
+                    take_var,
+                },
+                [s, m, v],
+            ) => s.batch_norm_running(m, v, keep, take_mean, take_var),
+            (P::GradSums { relu: false }, [g, x, s]) => g.batch_norm_grad_sums(x, s, None),
+            (P::GradSums { relu: true }, [g, x, s, z]) => g.batch_norm_grad_sums(x, s, Some(z)),
+            (P::GradX { relu: false }, [g, x, s, gm, su]) => {
+                g.batch_norm_grad_x(x, s, gm, su, None)
+            }
+            (P::GradX { relu: true }, [g, x, s, gm, su, z]) => {
+                g.batch_norm_grad_x(x, s, gm, su, Some(z))
+            }
+            _ => Err(Error::Invalid {
+                op: pass.name(),
+                detail: format!("expects {} inputs, got {}", pass.arity(), x.len()),
+            }),
+        }
+    }
+}
+
+/// The values of channel `ch` of x (N, C, HW) in f64.
+fn channel(x: &[f64], c: usize, hw: usize, ch: usize) -> impl Iterator<Item = f64> + '_ {
+    let n = x.len() / (c * hw);
+    (0..n).flat_map(move |b| x[(b * c + ch) * hw..(b * c + ch + 1) * hw].iter().copied())
+}
