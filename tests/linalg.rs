@@ -388,9 +388,10 @@ fn svd_1024x256() {
 }
 
 /// The blocked GPU SVD (issue 16) on the matrices that break blocked code: column counts
-/// below, at and past the panel width (32) and the host cut-over (128), none a multiple of
-/// 32; square, tall through the device band stage, tall through the QR-first path (m >= 2n
-/// past 128 columns), wide (the transpose) and small tall (host QR panel); rank-deficient,
+/// below, at and past the panel width (64) and the host cut-over (256), none a multiple of
+/// 64; square, tall through the device band stage (its last block reduced by a host QR
+/// panel), tall through the QR-first path (m >= 2n past 256 columns), wide (the transpose)
+/// and small tall (host QR panel); rank-deficient,
 /// zero, identity, repeated and clustered σ, condition 1e6. σ against the f64 Jacobi
 /// reference (CPU device), A = UΣVᵀ and the orthonormality of U and V, to 1e-5 (the issue's
 /// accuracy target).
@@ -403,9 +404,9 @@ fn svd_gpu_blocked_awkward_cases() {
         (20, 50),
         (130, 130),
         (201, 199),
-        (250, 150),
-        (400, 150),
-        (160, 210),
+        (300, 270),
+        (600, 280),
+        (280, 330),
     ] {
         let k = m.min(n);
         let rank: Vec<f64> = (0..k)

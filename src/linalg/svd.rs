@@ -23,7 +23,7 @@ use crate::tensor::Tensor;
 /// Column counts up to this skip the device's dense → band stage: the matrix is read back
 /// whole (a tall one reduced by a host QR panel applied to U on the device) and bidiagonalised
 /// on the host.
-const HOST_MAX: usize = 128;
+const HOST_MAX: usize = 256;
 
 /// From this many rows per column on (and past `HOST_MAX` columns) the blocked QR reduces A
 /// first and the SVD runs on the square R.

@@ -28,7 +28,7 @@ use crate::linalg::tridiag::eigenvectors;
 use crate::tensor::Tensor;
 
 /// Panel width, the band's width (see `svd.rs` for the measurements that chose it).
-pub(crate) const BAND: usize = 32;
+pub(crate) const BAND: usize = 64;
 
 /// One panel's reflectors, acting on the rows `r0..` of what they are applied to: `Vᵀ` and
 /// `TᵀVᵀ`, each `(w, rows − r0)`, and `T (w, w)`, so that `X[r0..] ← (I − V T Vᵀ) X[r0..]`.
@@ -62,6 +62,7 @@ pub(crate) fn svd_blocked(
 ) -> Result<(Tensor, Vec<f64>, Tensor)> {
     let dev = a.device();
     let b = BAND;
+
     let mut band = vec![0.0; n * n];
     let (mut left, mut right) = (Vec::new(), Vec::new());
     let mut cur = a.clone(); // the trailing matrix, (m − g, n − g)
