@@ -390,7 +390,8 @@ fn svd_1024x256() {
 /// The blocked GPU SVD (issue 16) on the matrices that break blocked code: column counts
 /// below, at and past the panel width (64) and the host cut-over (256), none a multiple of
 /// 64; square, tall through the device band stage (its last block reduced by a host QR
-/// panel), tall through the QR-first path (m >= 2n past 256 columns), wide (the transpose)
+/// panel), tall through the QR-first path (m >= 2n past 256 columns, m >= 8n below, the
+/// R then on the host path), wide (the transpose)
 /// and small tall (host QR panel); rank-deficient,
 /// zero, identity, repeated and clustered σ, condition 1e6. σ against the f64 Jacobi
 /// reference (CPU device), A = UΣVᵀ and the orthonormality of U and V, to 1e-5 (the issue's
@@ -406,6 +407,7 @@ fn svd_gpu_blocked_awkward_cases() {
         (201, 199),
         (300, 270),
         (600, 280),
+        (1100, 130),
         (280, 330),
     ] {
         let k = m.min(n);

@@ -5,8 +5,8 @@
 //! GPU: the blocked two-stage SVD of `svd_blocked` (issue 16): dense → upper band with
 //! device products, band → bidiagonal and the bidiagonal SVD (implicit-shift QR) on the host
 //! in f64, back-transformation with device products; O(n/b) dispatches. Tall matrices
-//! (`m >= TALL_RATIO·n`) are first reduced by the blocked QR, `U = Q·U_R`; a wide matrix
-//! (m < n) is decomposed as its transpose.
+//! (`m >= 2n` or `8n`, see [`TALL_RATIO_BAND`]) are first reduced by the blocked QR,
+//! `U = Q·U_R`; a wide matrix (m < n) is decomposed as its transpose.
 //!
 //! The GPU one-sided Jacobi it replaced lost at every size measured (`wgrad bench --filter
 //! svd`, lavapipe, ms, Jacobi → blocked: 128: 1150 → 10, 256: 4400 → 45, 512: 29000 → 250;
@@ -22,12 +22,20 @@ use crate::tensor::Tensor;
 
 /// Column counts up to this skip the device's dense → band stage: the matrix is read back
 /// whole (a tall one reduced by a host QR panel applied to U on the device) and bidiagonalised
-/// on the host.
+/// on the host. Measured (lavapipe, loaded, best of 2-3, ms, host whole → device band
+/// stage): 192: 36 → 41, 256: 62 → 120, 384: 164 → 226, 512: 512 → 421.
 const HOST_MAX: usize = 256;
 
-/// From this many rows per column on (and past `HOST_MAX` columns) the blocked QR reduces A
-/// first and the SVD runs on the square R.
-const TALL_RATIO: usize = 2;
+/// From this many rows per column on the blocked QR reduces A first and the SVD runs on the
+/// square R, `U = Q·U_R` (past 64 columns: below, the host QR panel is cheaper). Measured
+/// (lavapipe, loaded, best of 2-3, ms, QR first → without): past the host cut-over, with
+/// the band stage on A: 512×256: 126 → 152, 1024×256: 197 → 209, 2048×256: 206 → 401,
+/// 4096×256: 464 → 531 (cut-over 128 then); below it, with the host path on A: 512×128:
+/// 28 → 21, 512×256: 182 → 115, 1024×256: 220 → 228, 2048×128: 67 → 111, 4096×256:
+/// 572 → 753.
+const TALL_RATIO_BAND: usize = 2;
+/// See [`TALL_RATIO_BAND`].
+const TALL_RATIO_HOST: usize = 8;
 
 /// Options of [`svd_with`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,7 +96,12 @@ pub fn svd_with(a: &Tensor, opts: &SvdOptions) -> Result<(Tensor, Tensor, Tensor
             if stats.non_finite > 0 {
                 return Err(non_finite_error(op, a.shape(), stats.non_finite));
             }
-            let (u, s, vt) = if n > HOST_MAX && m >= TALL_RATIO * n {
+            let ratio = if n > HOST_MAX {
+                TALL_RATIO_BAND
+            } else {
+                TALL_RATIO_HOST
+            };
+            let (u, s, vt) = if n > 64 && m >= ratio * n {
                 let (q, r) = super::qr_blocked::qr_blocked(ctx, a, m, n, n)?;
                 let r = r.narrow(0, 0, n)?;
                 let (ur, s, vt) = svd_blocked(ctx, &r, n, n, HOST_MAX, opts.max_sweeps)?;
