@@ -6,6 +6,8 @@ symmetric A + Aᵀ of such inputs, and numpy.linalg.svd (thin: U, σ, Vᵀ, as w
 full_matrices=False) on such inputs, square and the bench's tall 4096x256, median of several
 runs after a warm-up. Run by hand (CI runs Rust only):
   python scripts/bench_numpy_linalg.py [qr|eigh|svd] [sizes...]
+On a loaded machine set OPENBLAS_NUM_THREADS=1: OpenBLAS's threads spin against the other
+work there (svd 128 took 1.5 s with two threads under a load of 7, 6 ms with one).
 """
 import sys
 import time
