@@ -5,7 +5,7 @@
 //! GPU: the blocked two-stage SVD of `svd_blocked` (issue 16): dense → upper band with
 //! device products, band → bidiagonal and the bidiagonal SVD (implicit-shift QR) on the host
 //! in f64, back-transformation with device products; O(n/b) dispatches. Tall matrices
-//! (`m >= 2n` or `8n`, see [`TALL_RATIO_BAND`]) are first reduced by the blocked QR,
+//! (`m >= 2n` or `8n`, see `TALL_RATIO_BAND`) are first reduced by the blocked QR,
 //! `U = Q·U_R`; a wide matrix (m < n) is decomposed as its transpose.
 //!
 //! The GPU one-sided Jacobi it replaced lost at every size measured (`wgrad bench --filter
