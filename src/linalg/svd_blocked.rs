@@ -67,7 +67,6 @@ pub(crate) fn svd_blocked(
 ) -> Result<(Tensor, Vec<f64>, Tensor)> {
     let dev = a.device();
     let b = BAND;
-
     let mut band = vec![0.0; n * n];
     let (mut left, mut right) = (Vec::new(), Vec::new());
     let mut cur = a.clone(); // the trailing matrix, (m − g, n − g)
