@@ -1,9 +1,13 @@
-"""NumPy/LAPACK reference figures for `wgrad bench --filter qr|eigh` (issue 16).
+"""NumPy/LAPACK reference figures for `wgrad bench --filter qr|eigh|svd` (issue 16).
 
 Times numpy.linalg.qr (reduced: Q and R, as wgrad returns) on the same f32 uniform(-1, 1)
-square inputs and sizes as the bench, and numpy.linalg.eigh (values and vectors) on the
-symmetric A + Aᵀ of such inputs, median of several runs after a warm-up. Run by hand
-(CI runs Rust only):  python scripts/bench_numpy_linalg.py [qr|eigh] [sizes...]
+square inputs and sizes as the bench, numpy.linalg.eigh (values and vectors) on the
+symmetric A + Aᵀ of such inputs, and numpy.linalg.svd (thin: U, σ, Vᵀ, as wgrad returns;
+full_matrices=False) on such inputs, square and the bench's tall 4096x256, median of several
+runs after a warm-up. Run by hand (CI runs Rust only):
+  python scripts/bench_numpy_linalg.py [qr|eigh|svd] [sizes...]
+On a loaded machine set OPENBLAS_NUM_THREADS=1: OpenBLAS's threads spin against the other
+work there (svd 128 took 1.5 s with two threads under a load of 7, 6 ms with one).
 """
 import sys
 import time
@@ -27,10 +31,12 @@ def time_ms(f, min_s=0.5, max_reps=50):
 
 def main():
     args = sys.argv[1:]
-    ops = [a for a in args if a in ("qr", "eigh")] or ["qr", "eigh"]
+    ops = [a for a in args if a in ("qr", "eigh", "svd")] or ["qr", "eigh"]
     sizes = [int(s) for s in args if s not in ops] or [256, 512, 1024]
     rng = np.random.default_rng(8)
     print(f"numpy {np.__version__}")
+    if "svd" in ops:
+        svd(sizes)
     for n in sizes:
         a = rng.uniform(-1.0, 1.0, (n, n)).astype(np.float32)
         if "eigh" in ops:
@@ -47,6 +53,18 @@ def main():
         a64 = a.astype(np.float64)
         ms = time_ms(lambda: np.linalg.qr(a64))
         print(f"qr {n}x{n} f64: {ms:.2f} ms")
+
+
+def svd(sizes):
+    """numpy.linalg.svd, thin, on the bench's shapes: the square sizes given and 4096x256."""
+    rng = np.random.default_rng(7)
+    shapes = [(n, n) for n in sizes] + [(4096, 256)]
+    for m, n in shapes:
+        a = rng.uniform(-1.0, 1.0, (m, n)).astype(np.float32)
+        for dtype in (np.float32, np.float64):
+            x = a.astype(dtype)
+            ms = time_ms(lambda: np.linalg.svd(x, full_matrices=False))
+            print(f"svd {m}x{n} {np.dtype(dtype).name}: {ms:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@
 //!
 //! Every function takes f32 tensors on either device and returns tensors on the same device.
 //! The CPU device runs the f64 references (cyclic Jacobi, one-sided Jacobi, Householder QR,
-//! Hessenberg + Francis QR). The GPU runs the Jacobi sweeps in `shaders/linalg.wgsl`
-//! (round-robin parallel ordering, one submit per sweep, only a convergence measure read back
-//! between sweeps; sorting the results and completing the null space of U happen on the host
-//! afterwards) and the Householder reflectors of [`qr`] and of [`eig`]'s Hessenberg reduction
-//! in `shaders/linalg_qr.wgsl` (see each function for what runs where).
+//! Hessenberg + Francis QR). The GPU runs blocked algorithms (issue 16): [`qr`], [`eigh`] and
+//! [`svd`] factor panels on the host in f64 and do the trailing updates and the
+//! back-transformations as device products; [`eig`]'s Hessenberg reduction and the small
+//! QRs use the reflector kernels of `shaders/linalg_qr.wgsl`; `shaders/linalg.wgsl` keeps
+//! the input checks and the diagonal (see each function for what runs where).
 //!
 //! Bad input is a typed error on both devices: non-matrix or non-square shapes
 //! ([`Error::Shape`]), empty matrices ([`Error::Empty`]), NaN/Inf entries, non-symmetric input
@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bidiag;
 mod eig;
 mod eigh;
 mod eigh_blocked;
@@ -35,6 +36,7 @@ pub(crate) mod qr;
 mod qr_blocked;
 pub(crate) mod reference;
 mod svd;
+mod svd_blocked;
 mod tridiag;
 
 use std::sync::Arc;
@@ -301,11 +303,6 @@ pub(crate) fn gpu_stats(
     s.off = s.off.sqrt();
     s.total = s.total.sqrt();
     Ok(s)
-}
-
-/// Workgroups for `n` invocations of the 32-wide per-pair kernels.
-pub(crate) fn grid_32(ctx: &GpuContext, n: usize) -> [u32; 3] {
-    ctx.grid((n as u64).div_ceil(32))
 }
 
 /// Reads `n` f32 values from the start of `buf` after all recorded work.

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 pub(crate) const MAX_SWEEPS_F64: usize = 60;
 
 /// Rotation `(c, s, t)` with `t = tan φ` zeroing the off-diagonal of `[[app, apq], [apq, aqq]]`
-/// under `JᵀAJ`, `J = [[c, s], [-s, c]]` (the stable small root, as in linalg.wgsl).
+/// under `JᵀAJ`, `J = [[c, s], [-s, c]]` (the stable small root).
 pub(crate) fn jacobi_angle(app: f64, aqq: f64, apq: f64) -> (f64, f64, f64) {
     if apq == 0.0 {
         return (1.0, 0.0, 0.0);
@@ -221,29 +221,6 @@ pub(crate) fn svd_reference(
     svd_jacobi_reference(&mut gt, &mut vt, m, n)?;
     let null_tol = 1e-13 * frobenius(a);
     Ok(finish_svd(&gt, &vt, m, n, null_tol))
-}
-
-/// One Newton–Schulz step `R ← (3I − RRᵀ)R/2` on an (n, n) matrix with nearly orthonormal
-/// rows: squares the orthogonality error (1e-5 → 1e-10), undoing f32 rounding accumulated
-/// over thousands of GPU rotations.
-pub(crate) fn reorthogonalize_rows(r: &[f64], n: usize) -> Vec<f64> {
-    let mut m = vec![0.0; n * n];
-    for i in 0..n {
-        for j in 0..n {
-            let d: f64 = (0..n).map(|k| r[i * n + k] * r[j * n + k]).sum();
-            m[i * n + j] = if i == j { 1.5 - 0.5 * d } else { -0.5 * d };
-        }
-    }
-    let mut out = vec![0.0; n * n];
-    for i in 0..n {
-        for k in 0..n {
-            let x = m[i * n + k];
-            for j in 0..n {
-                out[i * n + j] += x * r[k * n + j];
-            }
-        }
-    }
-    out
 }
 
 /// (rows, cols) row-major → (cols, rows).

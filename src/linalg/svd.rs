@@ -1,38 +1,52 @@
-//! Thin SVD `A = U Σ Vᵀ` by one-sided (Hestenes) Jacobi, and what it gives: numerical rank,
-//! pseudo-inverse, best rank-r approximation.
+//! Thin SVD `A = U Σ Vᵀ`, and what it gives: numerical rank, pseudo-inverse, best rank-r
+//! approximation.
 //!
-//! CPU reference: one-sided Jacobi in f64 (`svd_reference`).
-//! GPU: the columns of A are kept as the rows of `Gt = Aᵀ` (contiguous); per round-robin step
-//! `svd_rotations` computes the n/2 column dot products and rotations, `svd_apply` rotates
-//! those columns of G and of V. A sweep is one batch; the largest `|cos ∠(g_p, g_q)|` of the
-//! sweep is read back to test convergence. After the sweeps the host re-orthogonalises V in
-//! f64 (one Newton–Schulz step); σ_j = ‖g_j‖, U = G/σ, the descending sort and the completion
-//! of U's null columns run on the host (see `finish_svd`).
-//! A wide matrix (m < n) is decomposed as its transpose.
+//! CPU reference: one-sided (Hestenes) Jacobi in f64 (`svd_reference`).
+//! GPU: the blocked two-stage SVD of `svd_blocked` (issue 16): dense → upper band with
+//! device products, band → bidiagonal and the bidiagonal SVD (implicit-shift QR) on the host
+//! in f64, back-transformation with device products; O(n/b) dispatches. Tall matrices
+//! (`m >= 2n` or `8n`, see `TALL_RATIO_BAND`) are first reduced by the blocked QR,
+//! `U = Q·U_R`; a wide matrix (m < n) is decomposed as its transpose.
+//!
+//! The GPU one-sided Jacobi it replaced lost at every size measured (`wgrad bench --filter
+//! svd`, lavapipe, one sitting, two cores under a load of about 7, ms, Jacobi → blocked:
+//! 128: 878 → 9, 256: 4515 → 68, 512: 50565 → 699; the f64 CPU reference: 44, 351, 2925),
+//! so none is kept: small matrices take one read-back and the host path, where one Jacobi
+//! sweep alone is 2n dispatches. Blocked 1024: 3.6 s, 2048: 32 s, 4096×256: 0.62 s (NumPy,
+//! OpenBLAS on one thread in the same sitting: 1.17 s, 8.7 s, 0.20 s).
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
-use crate::linalg::reference::{finish_svd, not_converged, reorthogonalize_rows, svd_reference};
-use crate::linalg::{
-    check_matrix, check_nonempty, gpu_stats, grid_32, non_finite_error, read_f32, tensor_from_f64,
-    SHADER,
-};
-use crate::ops::grid_1d;
+use crate::linalg::reference::svd_reference;
+use crate::linalg::svd_blocked::svd_blocked;
+use crate::linalg::{check_matrix, check_nonempty, gpu_stats, non_finite_error, tensor_from_f64};
 use crate::tensor::Tensor;
 
-/// Most rows of the GPU SVD: `svd_rotations` forms a pair's column dot products in one
-/// invocation, 8 rows per loop step (the rest straight-line), so m rows take floor(m / 8)
-/// steps, kept within the loop budget (lavapipe silently stops an invocation after 65535).
-const MAX_GPU_ROWS: usize = 8 * crate::gpu::LOOP_BUDGET;
+/// Column counts up to this skip the device's dense → band stage: the matrix is read back
+/// whole (a tall one reduced by a host QR panel applied to U on the device) and bidiagonalised
+/// on the host. Measured (lavapipe, loaded, best of 2-3, ms, host whole → device band
+/// stage): 192: 36 → 41, 256: 62 → 120, 384: 164 → 226, 512: 512 → 421.
+const HOST_MAX: usize = 256;
+
+/// From this many rows per column on the blocked QR reduces A first and the SVD runs on the
+/// square R, `U = Q·U_R` (past 64 columns: below, the host QR panel is cheaper). Measured
+/// (lavapipe, loaded, best of 2-3, ms, QR first → without): past the host cut-over, with
+/// the band stage on A: 512×256: 126 → 152, 1024×256: 197 → 209, 2048×256: 206 → 401,
+/// 4096×256: 464 → 531 (cut-over 128 then); below it, with the host path on A: 512×128:
+/// 28 → 21, 512×256: 182 → 115, 1024×256: 220 → 228, 2048×128: 67 → 111, 4096×256:
+/// 572 → 753.
+const TALL_RATIO_BAND: usize = 2;
+/// See [`TALL_RATIO_BAND`].
+const TALL_RATIO_HOST: usize = 8;
 
 /// Options of [`svd_with`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SvdOptions {
-    /// GPU: converged when every pair of columns (both with norm above `1e-6·‖A‖_F`) has
-    /// `|cos ∠| <= tol`; a sweep that no longer halves the largest cosine once it is below
-    /// `10·tol` (the f32 rounding floor) also ends.
+    /// Unused since the GPU SVD is no longer Jacobi (kept so that callers still build): the
+    /// host bidiagonal QR uses LAPACK's relative convergence tests in f64.
     pub tol: f32,
-    /// GPU: sweeps before giving up with "did not converge" (the f64 reference stops at 60).
+    /// GPU: the bidiagonal QR stops with "did not converge" after `max_sweeps · min(m, n)`
+    /// implicit-shift sweeps in all (it typically needs about two per singular value).
     pub max_sweeps: usize,
 }
 
@@ -73,89 +87,31 @@ pub fn svd_with(a: &Tensor, opts: &SvdOptions) -> Result<(Tensor, Tensor, Tensor
             Ok((vt2.transpose()?, s, u2.transpose()?))
         }
         DeviceInner::Gpu(ctx) => {
-            if m > MAX_GPU_ROWS {
-                return Err(Error::Invalid {
-                    op,
-                    detail: format!(
-                        "shape {:?}: the GPU SVD supports at most {MAX_GPU_ROWS} rows \
-                         (one invocation loops over a whole column, within the GPU loop budget)",
-                        a.shape()
-                    ),
-                });
-            }
-            let Some((x, _)) = a.gpu_arg() else {
+            // No kernel here loops over a column (the products split their sums), so any
+            // number of rows goes; the NaN/Inf check walks a row per invocation, which caps
+            // the (shorter) side at the loop budget.
+            let Some((x, bytes)) = a.gpu_arg() else {
                 unreachable!("GPU device holds GPU tensors")
             };
+            ctx.check_binding(op, a.shape(), bytes)?;
             let stats = gpu_stats(ctx, op, x, m, n)?;
             if stats.non_finite > 0 {
                 return Err(non_finite_error(op, a.shape(), stats.non_finite));
             }
-            // Gt is a fresh tensor nobody else holds, so it is rotated in place.
-            let gt = a.transpose()?;
-            let Some(ga) = gt.gpu_arg() else {
-                unreachable!("GPU device holds GPU tensors")
+            let ratio = if n > HOST_MAX {
+                TALL_RATIO_BAND
+            } else {
+                TALL_RATIO_HOST
             };
-            let big_n = n + n % 2;
-            let half = big_n / 2;
-            let vbytes = (n * n * 4) as u64;
-            let vt = ctx.alloc(vbytes);
-            let rot = ctx.alloc((half * 16) as u64);
-            let conv = ctx.alloc((half * 4) as u64);
-            let va = (vt.raw(), vbytes);
-            let ra = (rot.raw(), (half * 16) as u64);
-            let ca = (conv.raw(), (half * 4) as u64);
-            let p = [n as u32, big_n as u32, 0, 0, 0];
-            ctx.dispatch(&SHADER, "svd_init", &[], &p, &[va], grid_1d(ctx, n * n))?;
-
-            let null_tol = 1e-6 * stats.total;
-            let tiny = (null_tol * null_tol).min(f32::MAX as f64) as f32;
-            let tol = opts.tol as f64;
-            let mut prev = f64::INFINITY;
-            let mut sweeps = 0;
-            loop {
-                if sweeps == opts.max_sweeps {
-                    return Err(not_converged(op, opts.max_sweeps));
-                }
-                for step in 0..big_n - 1 {
-                    let p = [
-                        n as u32,
-                        big_n as u32,
-                        step as u32,
-                        m as u32,
-                        tiny.to_bits(),
-                    ];
-                    let g = grid_32(ctx, half);
-                    ctx.dispatch(&SHADER, "svd_rotations", &[], &p, &[ga, ra, ca], g)?;
-                    let g = grid_1d(ctx, half * (m + n));
-                    ctx.dispatch(&SHADER, "svd_apply", &[], &p, &[ga, ra, va], g)?;
-                }
-                sweeps += 1;
-                let worst = read_f32(ctx, op, conv.raw(), half)?
-                    .iter()
-                    .fold(0.0f64, |w, &c| w.max(c as f64));
-                let floor = worst > 0.5 * prev && worst <= 10.0 * tol;
-                if worst <= tol || floor {
-                    break;
-                }
-                prev = worst;
-            }
-            // Host: σ_j = ‖g_j‖ and U = G/σ from the rotated G (not A·V, which would lose the
-            // small singular directions to f32 rounding); V gets one f64 Newton–Schulz step.
-            let g: Vec<f64> = read_f32(ctx, op, ga.0, n * m)?
-                .iter()
-                .map(|&x| x as f64)
-                .collect();
-            let v: Vec<f64> = read_f32(ctx, op, vt.raw(), n * n)?
-                .iter()
-                .map(|&x| x as f64)
-                .collect();
-            let v = reorthogonalize_rows(&v, n);
-            let (u, s, vt) = finish_svd(&g, &v, m, n, null_tol);
-            Ok((
-                tensor_from_f64(a, &u, &[m, n])?,
-                tensor_from_f64(a, &s, &[n])?,
-                tensor_from_f64(a, &vt, &[n, n])?,
-            ))
+            let (u, s, vt) = if n > 64 && m >= ratio * n {
+                let (q, r) = super::qr_blocked::qr_blocked(ctx, a, m, n, n)?;
+                let r = r.narrow(0, 0, n)?;
+                let (ur, s, vt) = svd_blocked(ctx, &r, n, n, HOST_MAX, opts.max_sweeps)?;
+                (q.matmul(&ur)?, s, vt)
+            } else {
+                svd_blocked(ctx, a, m, n, HOST_MAX, opts.max_sweeps)?
+            };
+            Ok((u, tensor_from_f64(a, &s, &[n])?, vt))
         }
     }
 }

@@ -7,6 +7,10 @@
 //! identity in column blocks that stay in cache, on every core. Applying each rotation to
 //! an n×n matrix as it came (EISPACK's `tql2`) streams the whole matrix through memory once
 //! per QL sweep, 2n sweeps in all.
+//!
+//! The SVD's host stages (`super::bidiag`) record the same [`Reflector`]s and [`Rotation`]s,
+//! one list for each side, and build U and V of the band matrix with the same
+//! [`eigenvectors`].
 
 use crate::error::Result;
 use crate::linalg::qr::householder;
@@ -14,17 +18,17 @@ use crate::linalg::reference::not_converged;
 
 /// `H = I − τvvᵀ` acting on the indices `r..r + v.len()`.
 pub(crate) struct Reflector {
-    r: usize,
-    tau: f64,
-    v: Vec<f64>,
+    pub r: usize,
+    pub tau: f64,
+    pub v: Vec<f64>,
 }
 
 /// A plane rotation of the indices `i, i + 1` (QL's convention, see [`apply_rotation`]).
 #[derive(Clone, Copy)]
 pub(crate) struct Rotation {
-    i: usize,
-    c: f64,
-    s: f64,
+    pub i: usize,
+    pub c: f64,
+    pub s: f64,
 }
 
 /// Reduces the symmetric band matrix `a` (dense row-major `(n, n)`, zero beyond `bw` off the
