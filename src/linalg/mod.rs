@@ -7,8 +7,8 @@
 //! Hessenberg + Francis QR). The GPU runs the Jacobi sweeps in `shaders/linalg.wgsl`
 //! (round-robin parallel ordering, one submit per sweep, only a convergence measure read back
 //! between sweeps; sorting the results and completing the null space of U happen on the host
-//! afterwards) and the Householder reflectors of [`qr`] and of [`eig`]'s Hessenberg reduction
-//! in `shaders/linalg_qr.wgsl` (see each function for what runs where).
+//! afterwards) and the Householder reflectors of [`qr`] in `shaders/linalg_qr.wgsl`; [`eig`]
+//! reduces with device products and host f64 stages (see each function for what runs where).
 //!
 //! Bad input is a typed error on both devices: non-matrix or non-square shapes
 //! ([`Error::Shape`]), empty matrices ([`Error::Empty`]), NaN/Inf entries, non-symmetric input
@@ -27,9 +27,11 @@
 //! # Ok(()) }
 //! ```
 
-mod eig;
+pub(crate) mod eig;
 mod eigh;
 mod eigh_blocked;
+mod hessenberg_blocked;
+mod hessenberg_chase;
 mod pca;
 pub(crate) mod qr;
 mod qr_blocked;
@@ -266,8 +268,8 @@ pub(crate) fn gpu_stats(
     cols: usize,
 ) -> Result<MatrixStats> {
     // One invocation walks a whole row: longer rows would pass the loop budget (lavapipe
-    // silently stops an invocation after 65535 iterations). QR and eig refuse such sizes
-    // earlier; this is eigh's limit, and the SVD's for its columns.
+    // silently stops an invocation after 65535 iterations). QR refuses such sizes
+    // earlier; this is eigh's and eig's limit, and the SVD's for its columns.
     if cols > crate::gpu::LOOP_BUDGET {
         return Err(Error::Invalid {
             op,

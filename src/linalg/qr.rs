@@ -228,27 +228,6 @@ impl<'a> GpuHouse<'a> {
         )
     }
 
-    /// `mat[c0.., r0..] ← mat[c0.., r0..] (I − τ_k v_k v_kᵀ)` (rows from `c0`).
-    pub(crate) fn right(
-        &self,
-        mat: Arg<'_>,
-        rows: usize,
-        cols: usize,
-        k: usize,
-        r0: usize,
-        c0: usize,
-    ) -> Result<()> {
-        let p = self.params(rows, cols, r0, c0, k);
-        let (lines, len) = (rows - c0, cols - r0); // a dot per row of the block
-        self.apply(
-            mat,
-            &p,
-            ("house_right_dots", "house_right_update"),
-            lines,
-            len,
-        )
-    }
-
     /// A reflector on `lines` lines of `len` elements: their dots with v, then the update.
     fn apply(
         &self,
