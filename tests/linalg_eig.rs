@@ -443,8 +443,11 @@ fn banded_with(d: &[f64]) -> Vec<f64> {
     t
 }
 
-/// The matrices that break blocked code, each with its spectrum when known by construction.
-fn awkward(n: usize) -> Vec<(String, Vec<f64>, Option<Vec<(f64, f64)>>)> {
+/// A labelled test matrix `(n, n)` and its spectrum `(re, im)` when known by construction.
+type Case = (String, Vec<f64>, Option<Vec<(f64, f64)>>);
+
+/// The matrices that break blocked code.
+fn awkward(n: usize) -> Vec<Case> {
     let mut cases = Vec::new();
     let random: Vec<f64> = uniform(n as u64 + 500, n * n, -1.0, 1.0)
         .iter()
