@@ -446,23 +446,41 @@ fn hqr(a: &mut [f64], n: usize, max_its: usize) -> Result<(Vec<f64>, Vec<f64>)> 
                 let (xk, yk, zk) = (p / s, q / s, r / s);
                 q /= p;
                 r /= p;
-                for j in k..=e {
-                    let mut pp = a[ix(k, j)] + q * a[ix(k + 1, j)];
-                    if k != e - 1 {
-                        pp += r * a[ix(k + 2, j)];
-                        a[ix(k + 2, j)] -= pp * zk;
+                // The rows k..k+2 (columns k..=e) and the columns k..k+2 (rows l..=k+3) as
+                // slices: one bounds check per row instead of per element, and the 2- or
+                // 3-row choice made once per step.
+                let (top, below) = a[k * n..].split_at_mut(n);
+                let (mid, below) = below.split_at_mut(n);
+                let (r0, r1) = (&mut top[k..=e], &mut mid[k..=e]);
+                if k != e - 1 {
+                    let r2 = &mut below[k..=e];
+                    for ((x0, x1), x2) in r0.iter_mut().zip(r1.iter_mut()).zip(r2.iter_mut()) {
+                        let pp = *x0 + q * *x1 + r * *x2;
+                        *x2 -= pp * zk;
+                        *x1 -= pp * yk;
+                        *x0 -= pp * xk;
                     }
-                    a[ix(k + 1, j)] -= pp * yk;
-                    a[ix(k, j)] -= pp * xk;
+                } else {
+                    for (x0, x1) in r0.iter_mut().zip(r1.iter_mut()) {
+                        let pp = *x0 + q * *x1;
+                        *x1 -= pp * yk;
+                        *x0 -= pp * xk;
+                    }
                 }
-                for i in l..=e.min(k + 3) {
-                    let mut pp = xk * a[ix(i, k)] + yk * a[ix(i, k + 1)];
+                let rows = e.min(k + 3) + 1 - l;
+                for row in a[l * n..].chunks_exact_mut(n).take(rows) {
                     if k != e - 1 {
-                        pp += zk * a[ix(i, k + 2)];
-                        a[ix(i, k + 2)] -= pp * r;
+                        let c = &mut row[k..k + 3];
+                        let pp = xk * c[0] + yk * c[1] + zk * c[2];
+                        c[2] -= pp * r;
+                        c[1] -= pp * q;
+                        c[0] -= pp;
+                    } else {
+                        let c = &mut row[k..k + 2];
+                        let pp = xk * c[0] + yk * c[1];
+                        c[1] -= pp * q;
+                        c[0] -= pp;
                     }
-                    a[ix(i, k + 1)] -= pp * q;
-                    a[ix(i, k)] -= pp;
                 }
             }
         }
