@@ -27,7 +27,7 @@
 //! # Ok(()) }
 //! ```
 
-pub(crate) mod eig;
+mod eig;
 mod eigh;
 mod eigh_blocked;
 mod hessenberg_blocked;
