@@ -67,5 +67,25 @@ def svd(sizes):
             print(f"svd {m}x{n} {np.dtype(dtype).name}: {ms:.2f} ms")
 
 
+# eig (issue 16 part 4), kept to its own block: figures for `wgrad bench --filter eig`.
+# numpy.linalg.eig (values and vectors) on f32 uniform(-1, 1) square inputs, the bench's
+# distribution and sizes (the bench's Rng seed 9 is not NumPy's generator; timings of a
+# random nonsymmetric matrix depend on its size, not its draw). Run:
+#   python scripts/bench_numpy_linalg.py eig [sizes...]
+def eig_main(sizes):
+    rng = np.random.default_rng(9)
+    print(f"numpy {np.__version__}")
+    for n in sizes or [128, 256, 512]:
+        a = rng.uniform(-1.0, 1.0, (n, n)).astype(np.float32)
+        ms = time_ms(lambda: np.linalg.eig(a))
+        print(f"eig {n}x{n} f32: {ms:.2f} ms")
+        a64 = a.astype(np.float64)
+        ms = time_ms(lambda: np.linalg.eig(a64))
+        print(f"eig {n}x{n} f64: {ms:.2f} ms")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["eig"]:
+        eig_main([int(s) for s in sys.argv[2:]])
+    else:
+        main()

@@ -1,11 +1,11 @@
-// linalg_qr.wgsl — Householder reflectors on the GPU: the QR factorisation, the Hessenberg
-// reduction of the general eigenproblem, and the accumulation of their orthogonal factors
-// (src/linalg/qr.rs, src/linalg/eig.rs).
+// linalg_qr.wgsl — Householder reflectors on the GPU for the unblocked QR of a few columns
+// and the accumulation of its orthogonal factor (src/linalg/qr.rs; the blocked QR, eigh,
+// svd and eig apply reflectors as products instead).
 //
 // A reflector H = I − τ v vᵀ is stored as row k of V (rows of length `len`, zero below r0)
-// and τ in tau[k]. Applying it is two barrier-free passes: one invocation per column (left)
-// or row (right) forms the scaled dot product w = τ vᵀx, then one invocation per element
-// subtracts v w. The dots loop rows − r0 (left) or cols − r0 (right) times per invocation,
+// and τ in tau[k]. Applying it (from the left) is two barrier-free passes: one invocation
+// per column forms the scaled dot product w = τ vᵀx, then one invocation per element
+// subtracts v w. The dots loop rows − r0 times per invocation,
 // house_make ceil(len / 256) per pass; the host keeps rows and cols <= gpu::LOOP_BUDGET
 // (qr::MAX_GPU_DIM), well below the 65535 loop iterations after which lavapipe silently
 // stops an invocation.
@@ -16,8 +16,6 @@
 //                      V[k, :], tau[k], and sets M[r0, k] = α, M[r0+1.., k] = 0
 //   house_left_dots    w[c] = τ_k Σ_{i>=r0} V[k, i] M[i, c],      c in c0..cols
 //   house_left_update  M[i, c] -= V[k, i] w[c],                   i in r0..rows, c in c0..cols
-//   house_right_dots   w[i] = τ_k Σ_{c>=r0} M[i, c] V[k, c],      i in c0..rows
-//   house_right_update M[i, c] -= w[i] V[k, c],                   i in c0..rows, c in r0..cols
 
 struct Params {
     rows: u32, // rows of M
@@ -135,28 +133,4 @@ fn house_left_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let i = params.r0 + idx / width;
     let c = params.c0 + idx % width;
     m[i * params.cols + c] -= v[params.k * params.len + i] * w[c];
-}
-
-@compute @workgroup_size(256)
-fn house_right_dots(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                    @builtin(local_invocation_index) lid: u32) {
-    let i = params.c0 + linear_index(wg, nwg, lid);
-    if (i >= params.rows) { return; }
-    let base = params.k * params.len;
-    var s = 0.0;
-    for (var c = params.r0; c < params.cols; c++) {
-        s += m[i * params.cols + c] * v[base + c];
-    }
-    w[i] = tau_r[params.k] * s;
-}
-
-@compute @workgroup_size(256)
-fn house_right_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_index) lid: u32) {
-    let width = params.cols - params.r0;
-    let idx = linear_index(wg, nwg, lid);
-    if (idx >= (params.rows - params.c0) * width) { return; }
-    let i = params.c0 + idx / width;
-    let c = params.r0 + idx % width;
-    m[i * params.cols + c] -= w[i] * v[params.k * params.len + c];
 }

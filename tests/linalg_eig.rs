@@ -316,7 +316,10 @@ fn eig_iteration_cap_is_an_error() {
         .map(|&x| x as f64)
         .collect();
     for dev in devices() {
-        let opts = EigOptions { max_iterations: 1 };
+        let opts = EigOptions {
+            max_iterations: 1,
+            ..EigOptions::default()
+        };
         let e = linalg::eig_with(&tensor(&dev, &a, 8), &opts);
         assert!(
             matches!(&e, Err(Error::Invalid { op: "eig", detail }) if detail.contains("converge")),
@@ -381,6 +384,191 @@ fn empty_matrices_are_an_empty_error_for_every_decomposition() {
                 matches!(&e, Some(Error::Empty { op: o, shape }) if *o == op && shape == &[0, 0]),
                 "{op}: {e:?}"
             );
+        }
+    }
+}
+
+// ----- the blocked GPU reduction (panels of 64 on the device, then the host chase) -----
+
+/// `a (n, n) · b (n, n)`, row-major f64.
+fn mul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
+    let mut c = vec![0.0; n * n];
+    for i in 0..n {
+        for k in 0..n {
+            let x = a[i * n + k];
+            if x != 0.0 {
+                for j in 0..n {
+                    c[i * n + j] += x * b[k * n + j];
+                }
+            }
+        }
+    }
+    c
+}
+
+/// Q T Qᵀ in O(n³) (`similar` is O(n⁴), too slow past a few dozen).
+fn similar_fast(seed: u64, t: &[f64], n: usize) -> Vec<f64> {
+    let q = orthogonal(seed, n);
+    let qt: Vec<f64> = (0..n * n).map(|k| q[(k % n) * n + k / n]).collect();
+    mul(&mul(&q, t, n), &qt, n)
+}
+
+/// Upper triangular with diagonal `d`, entries above it proportional to the gap between
+/// their two diagonal values (zero where equal: repeated values stay non-defective).
+fn triangular_with(d: &[f64]) -> Vec<f64> {
+    let n = d.len();
+    let mut t = vec![0.0; n * n];
+    for i in 0..n {
+        t[i * n + i] = d[i];
+        for j in i + 1..n {
+            t[i * n + j] = (d[i] - d[j]).abs() * (1 + (i * 7 + j * 3) % 5) as f64 / 5.0;
+        }
+    }
+    t
+}
+
+/// Upper triangular with diagonal `d` and two superdiagonals of a quarter of the gap between
+/// their diagonal values: non-normal, yet with eigenvectors well enough conditioned at any
+/// order that the f32 rounding of the input moves the eigenvalues little (a full triangle of
+/// such entries makes that condition grow exponentially with n).
+fn banded_with(d: &[f64]) -> Vec<f64> {
+    let n = d.len();
+    let mut t = vec![0.0; n * n];
+    for i in 0..n {
+        t[i * n + i] = d[i];
+        for j in i + 1..n.min(i + 3) {
+            t[i * n + j] = 0.25 * (d[i] - d[j]);
+        }
+    }
+    t
+}
+
+/// A labelled test matrix `(n, n)` and its spectrum `(re, im)` when known by construction.
+type Case = (String, Vec<f64>, Option<Vec<(f64, f64)>>);
+
+/// The matrices that break blocked code.
+fn awkward(n: usize) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let random: Vec<f64> = uniform(n as u64 + 500, n * n, -1.0, 1.0)
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    cases.push(("random (complex pairs)".to_string(), random, None));
+    // Rank n/3: a product of (n, r) and (r, n) factors.
+    let r = (n / 3).max(1);
+    let (f, g) = (uniform(7, n * r, -1.0, 1.0), uniform(8, r * n, -1.0, 1.0));
+    let mut low = vec![0.0; n * n];
+    for i in 0..n {
+        for k in 0..r {
+            for j in 0..n {
+                low[i * n + j] += f[i * r + k] as f64 * g[k * n + j] as f64;
+            }
+        }
+    }
+    cases.push((format!("rank {r}"), low, None));
+    cases.push((
+        "zero".to_string(),
+        vec![0.0; n * n],
+        Some(vec![(0.0, 0.0); n]),
+    ));
+    let mut eye = vec![0.0; n * n];
+    (0..n).for_each(|i| eye[i * n + i] = 1.0);
+    cases.push(("identity".to_string(), eye, Some(vec![(1.0, 0.0); n])));
+    let d: Vec<f64> = (0..n)
+        .map(|i| ((i * 37) % n) as f64 / n as f64 - 0.5)
+        .collect();
+    let mut diag = vec![0.0; n * n];
+    (0..n).for_each(|i| diag[i * n + i] = d[i]);
+    let want = d.iter().map(|&x| (x, 0.0)).collect();
+    cases.push(("diagonal".to_string(), diag, Some(want)));
+    // Already Hessenberg (triangular): the panels' reflectors are all τ = 0.
+    let t = triangular_with(&d);
+    let want: Vec<(f64, f64)> = d.iter().map(|&x| (x, 0.0)).collect();
+    cases.push(("triangular".to_string(), t, Some(want)));
+    // Repeated (three values) and clustered (1 + 1e-3·k) eigenvalues, hidden by a similarity.
+    // Sorted, so that no chain of couplings joins two equal values (which would make the
+    // matrix defective: [[2, a, 0], [0, b, c], [0, 0, 2]] has one eigenvector for 2).
+    let mut rep: Vec<f64> = (0..n)
+        .map(|i| {
+            if i % 4 == 3 {
+                1.0 + 1e-3 * i as f64 / n as f64
+            } else {
+                [2.0, -1.0, 0.5][i % 3]
+            }
+        })
+        .collect();
+    rep.sort_by(f64::total_cmp);
+    let want = rep.iter().map(|&x| (x, 0.0)).collect();
+    cases.push((
+        "repeated and clustered".to_string(),
+        similar_fast(31, &banded_with(&rep), n),
+        Some(want),
+    ));
+    // Condition 1e6: |λ| from 1 down to 1e-6, signs alternating.
+    let ill: Vec<f64> = (0..n)
+        .map(|i| {
+            let x = 1e6f64.powf(-(i as f64) / (n - 1).max(1) as f64);
+            if i % 2 == 0 {
+                x
+            } else {
+                -x
+            }
+        })
+        .collect();
+    let want = ill.iter().map(|&x| (x, 0.0)).collect();
+    cases.push((
+        "condition 1e6".to_string(),
+        similar_fast(32, &banded_with(&ill), n),
+        Some(want),
+    ));
+    // Known complex pairs: 2x2 rotation-scaling blocks a ± bi on a block diagonal.
+    let mut blocks = vec![0.0; n * n];
+    let mut want = Vec::new();
+    for k in 0..n / 2 {
+        let (re, im) = (0.1 * k as f64 - 1.0, 0.5 + 0.01 * k as f64);
+        let i = 2 * k;
+        blocks[i * n + i] = re;
+        blocks[i * n + i + 1] = im;
+        blocks[(i + 1) * n + i] = -im;
+        blocks[(i + 1) * n + i + 1] = re;
+        want.extend([(re, im), (re, -im)]);
+    }
+    if n % 2 == 1 {
+        blocks[n * n - 1] = 3.0;
+        want.push((3.0, 0.0));
+    }
+    cases.push((
+        "complex pairs".to_string(),
+        similar_fast(33, &blocks, n),
+        Some(want),
+    ));
+    cases
+}
+
+/// The GPU eig through the blocked device reduction (forced: `host_max: Some(0)`) and
+/// through the default choice, on orders below, at and past the panel width 64 and past two
+/// panels, none a multiple of it but one: eigenvalues against the f64 CPU reference (and the
+/// known spectrum where there is one), ‖Av − λv‖ for the real ones.
+#[test]
+fn eig_blocked_gpu_awkward_cases() {
+    let Some(dev) = gpu() else { return };
+    let forced = EigOptions {
+        host_max: Some(0),
+        ..EigOptions::default()
+    };
+    for n in [5, 64, 129, 200, 257] {
+        for (label, a, known) in awkward(n) {
+            let c = linalg::eig(&tensor(&Device::cpu(), &a, n)).unwrap();
+            let reference: Vec<(f64, f64)> =
+                read_f64(&c.re).into_iter().zip(read_f64(&c.im)).collect();
+            for (path, opts) in [("blocked", forced), ("default", EigOptions::default())] {
+                let g = linalg::eig_with(&tensor(&dev, &a, n), &opts).unwrap();
+                let label = format!("gpu {path} {label} n {n}");
+                check(&label, &a, n, &g, &reference);
+                if let Some(want) = &known {
+                    check(&format!("{label} (known)"), &a, n, &g, want);
+                }
+            }
         }
     }
 }

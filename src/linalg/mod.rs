@@ -6,9 +6,11 @@
 //! The CPU device runs the f64 references (cyclic Jacobi, one-sided Jacobi, Householder QR,
 //! Hessenberg + Francis QR). The GPU runs blocked algorithms (issue 16): [`qr`], [`eigh`] and
 //! [`svd`] factor panels on the host in f64 and do the trailing updates and the
-//! back-transformations as device products; [`eig`]'s Hessenberg reduction and the small
-//! QRs use the reflector kernels of `shaders/linalg_qr.wgsl`; `shaders/linalg.wgsl` keeps
-//! the input checks and the diagonal (see each function for what runs where).
+//! back-transformations as device products; [`eig`] reduces to Hessenberg form with device
+//! products and host f64 stages, or on the host where that is measured faster (software
+//! adapters), and the small QRs use the reflector kernels of `shaders/linalg_qr.wgsl`;
+//! `shaders/linalg.wgsl` keeps the input checks and the diagonal (see each function for
+//! what runs where).
 //!
 //! Bad input is a typed error on both devices: non-matrix or non-square shapes
 //! ([`Error::Shape`]), empty matrices ([`Error::Empty`]), NaN/Inf entries, non-symmetric input
@@ -31,6 +33,8 @@ mod bidiag;
 mod eig;
 mod eigh;
 mod eigh_blocked;
+mod hessenberg_blocked;
+mod hessenberg_chase;
 mod pca;
 pub(crate) mod qr;
 mod qr_blocked;
@@ -268,8 +272,8 @@ pub(crate) fn gpu_stats(
     cols: usize,
 ) -> Result<MatrixStats> {
     // One invocation walks a whole row: longer rows would pass the loop budget (lavapipe
-    // silently stops an invocation after 65535 iterations). QR and eig refuse such sizes
-    // earlier; this is eigh's limit, and the SVD's for its columns.
+    // silently stops an invocation after 65535 iterations). QR refuses such sizes
+    // earlier; this is eigh's and eig's limit, and the SVD's for its columns.
     if cols > crate::gpu::LOOP_BUDGET {
         return Err(Error::Invalid {
             op,

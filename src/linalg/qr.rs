@@ -31,8 +31,8 @@ pub(crate) const SHADER: Kernel = Kernel {
     source: include_str!("../../shaders/linalg_qr.wgsl"),
 };
 
-/// Largest row or column count of the GPU reflector kernels: `house_left_dots` and
-/// `house_right_dots` loop over a whole column or row in one invocation (`house_make`
+/// Largest row or column count of the GPU reflector kernels: `house_left_dots` loops over
+/// a whole column in one invocation (`house_make`
 /// spreads its column over a workgroup), so this is the per-invocation loop budget.
 pub(crate) const MAX_GPU_DIM: usize = crate::gpu::LOOP_BUDGET;
 
@@ -223,27 +223,6 @@ impl<'a> GpuHouse<'a> {
             mat,
             &p,
             ("house_left_dots", "house_left_update"),
-            lines,
-            len,
-        )
-    }
-
-    /// `mat[c0.., r0..] ← mat[c0.., r0..] (I − τ_k v_k v_kᵀ)` (rows from `c0`).
-    pub(crate) fn right(
-        &self,
-        mat: Arg<'_>,
-        rows: usize,
-        cols: usize,
-        k: usize,
-        r0: usize,
-        c0: usize,
-    ) -> Result<()> {
-        let p = self.params(rows, cols, r0, c0, k);
-        let (lines, len) = (rows - c0, cols - r0); // a dot per row of the block
-        self.apply(
-            mat,
-            &p,
-            ("house_right_dots", "house_right_update"),
             lines,
             len,
         )

@@ -258,18 +258,36 @@ fn cases() -> Vec<Case> {
             }),
         ));
     }
-    // The general eigenproblem (Hessenberg + Francis QR).
-    for n in [128usize, 256] {
-        v.push((
-            "eig",
-            vec![n, n],
-            Box::new(move |dev| {
-                let a =
-                    Tensor::from_slice(dev, &Rng::new(9).vec_uniform(n * n, -1.0, 1.0), &[n, n])?;
-                let ms = time_ms(dev, || Ok(wgrad::linalg::eig(&a)?.vectors))?;
-                Ok((ms, ("solves_per_s", 1e3 / ms)))
-            }),
-        ));
+    // The general eigenproblem (Hessenberg reduction + Francis QR; NumPy's figures come from
+    // scripts/bench_numpy_linalg.py). The figure is the dispatches of one solve. `eig` is the
+    // default choice (on a software adapter the host reduces up to 1024), `eig_blocked` the
+    // blocked device reduction forced (`host_max: Some(0)`), to keep the trade visible.
+    for (op, host_max) in [("eig", None), ("eig_blocked", Some(0))] {
+        for n in [128usize, 256, 512] {
+            v.push((
+                op,
+                vec![n, n],
+                Box::new(move |dev| {
+                    if host_max.is_some() && !dev.is_gpu() {
+                        return Ok((f64::NAN, ("dispatches", 0.0))); // the same reference
+                    }
+                    let a = Tensor::from_slice(
+                        dev,
+                        &Rng::new(9).vec_uniform(n * n, -1.0, 1.0),
+                        &[n, n],
+                    )?;
+                    let opts = wgrad::linalg::EigOptions {
+                        host_max,
+                        ..Default::default()
+                    };
+                    let before = dev.dispatch_count();
+                    drop(wgrad::linalg::eig_with(&a, &opts)?);
+                    let dispatches = (dev.dispatch_count() - before) as f64;
+                    let ms = time_ms(dev, || Ok(wgrad::linalg::eig_with(&a, &opts)?.vectors))?;
+                    Ok((ms, ("dispatches", dispatches)))
+                }),
+            ));
+        }
     }
     // Broadcasting adds: a bias per row and a per-channel (NCHW) bias. Bytes: both
     // operands read once and the output written.
