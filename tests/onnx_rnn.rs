@@ -5,11 +5,13 @@
 
 mod common;
 
-use common::onnx::{check_fixture, fixture_in, input_var, weighted_output_loss};
-use common::{assert_close, check_finite_differences, gpu, uniform, Feed};
+use common::onnx::{
+    assert_gpu_gradients, check_fixture, fixture_in, input_var, weighted_output_loss,
+};
+use common::{check_finite_differences, uniform, Feed};
 use wgrad::autodiff::grad;
 use wgrad::onnx::{Model, Weights};
-use wgrad::{Tensor, Var};
+use wgrad::Var;
 
 const MODELS: &[&str] = &[
     "lstm_seq_lens",
@@ -67,26 +69,5 @@ fn gradients_flow_through_a_masked_bidirectional_lstm() {
             );
         }
     }
-    if let Some(dev) = gpu() {
-        let exe = dev
-            .compile(&g, &grads.iter().collect::<Vec<_>>(), None)
-            .expect("compile");
-        let tensors: Vec<Tensor> = xs
-            .iter()
-            .zip(&values)
-            .map(|(x, v)| Tensor::from_slice(&dev, v, x.shape()).expect("feed"))
-            .collect();
-        let feeds: Vec<(&str, &Tensor)> = names.iter().copied().zip(&tensors).collect();
-        let got = exe.run(&feeds).expect("run");
-        for (k, (t, a)) in got.iter().zip(&analytic).enumerate() {
-            let want: Vec<f32> = a.iter().map(|&v| v as f32).collect();
-            assert_close(
-                &format!("masked LSTM d{}, GPU vs f64 CPU", names[k]),
-                &t.to_vec::<f32>().expect("read"),
-                &want,
-                1e-5,
-                1e-4,
-            );
-        }
-    }
+    assert_gpu_gradients("masked LSTM", &g, &grads, &names, &xs, &values, &analytic);
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::onnx::{check_fixture, check_input_gradients, fixture_in};
+use common::onnx::{check_fixture, check_input_gradients, fixture_in, import_error_with_ints};
 use prost::Message;
 use wgrad::onnx::{Model, Weights};
 
@@ -34,24 +34,6 @@ fn gradients_flow_through_the_selections() {
     }
 }
 
-/// The import error of fixture `name` with its integer initializer `init` replaced.
-fn error_with(name: &str, init: &str, values: &[i64]) -> String {
-    let mut p = Model::load(fixture_in("select", &format!("{name}.onnx")))
-        .expect("load")
-        .proto;
-    for t in &mut p.graph.as_mut().expect("graph").initializer {
-        if t.name() == init {
-            t.dims = vec![values.len() as i64];
-            t.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect());
-        }
-    }
-    let m = Model::from_bytes(&p.encode_to_vec()).expect("decode");
-    m.import(&[], Weights::Constants)
-        .err()
-        .expect("an error")
-        .to_string()
-}
-
 #[test]
 fn bad_sizes_are_import_errors_naming_the_op() {
     let cases = [
@@ -68,7 +50,7 @@ fn bad_sizes_are_import_errors_naming_the_op() {
         ("col2im_all_attrs", "block", vec![2, 2, 2], "3-D images"),
     ];
     for (name, init, values, want) in cases {
-        let msg = error_with(name, init, &values);
+        let msg = import_error_with_ints("select", name, init, &values);
         assert!(msg.contains(want), "{name}: {msg}");
     }
     // Bool conditions are stored as bytes, not int64: rebuild the condition by hand.

@@ -136,31 +136,61 @@ pub fn check_input_gradients(dir: &str, name: &str) {
     for (k, a) in analytic.iter().enumerate() {
         assert!(a.iter().any(|&d| d.abs() > 1e-3), "{name}: d{k} vanishes");
     }
-    if let Some(dev) = gpu() {
-        let exe = dev
-            .compile(&g, &grads.iter().collect::<Vec<_>>(), None)
-            .expect("compile");
-        let tensors: Vec<Tensor> = xs
-            .iter()
-            .zip(&values)
-            .map(|(x, v)| Tensor::from_slice(&dev, v, x.shape()).expect("feed"))
-            .collect();
-        let feeds: Vec<(&str, &Tensor)> = imported
-            .inputs
-            .iter()
-            .map(String::as_str)
-            .zip(&tensors)
-            .collect();
-        let got = exe.run(&feeds).expect("run");
-        for (k, (t, a)) in got.iter().zip(&analytic).enumerate() {
-            let want: Vec<f32> = a.iter().map(|&v| v as f32).collect();
-            assert_close(
-                &format!("{name} d{k}, GPU vs f64 CPU"),
-                &t.to_vec::<f32>().expect("read"),
-                &want,
-                1e-5,
-                1e-4,
-            );
+    let names: Vec<&str> = imported.inputs.iter().map(String::as_str).collect();
+    assert_gpu_gradients(name, &g, &grads, &names, &xs, &values, &analytic);
+}
+
+/// The gradients `grads` of graph `g` compiled for the GPU (when one is present) and run on
+/// the inputs `xs` (fed by `names`) at `values`, against the f64 reference's `analytic`.
+pub fn assert_gpu_gradients(
+    label: &str,
+    g: &wgrad::Graph,
+    grads: &[Var],
+    names: &[&str],
+    xs: &[Var],
+    values: &[Vec<f32>],
+    analytic: &[Vec<f64>],
+) {
+    let Some(dev) = gpu() else { return };
+    let exe = dev
+        .compile(g, &grads.iter().collect::<Vec<_>>(), None)
+        .expect("compile");
+    let tensors: Vec<Tensor> = xs
+        .iter()
+        .zip(values)
+        .map(|(x, v)| Tensor::from_slice(&dev, v, x.shape()).expect("feed"))
+        .collect();
+    let feeds: Vec<(&str, &Tensor)> = names.iter().copied().zip(&tensors).collect();
+    let got = exe.run(&feeds).expect("run");
+    for (k, (t, a)) in got.iter().zip(analytic).enumerate() {
+        let want: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+        assert_close(
+            &format!("{label} d{}, GPU vs f64 CPU", names[k]),
+            &t.to_vec::<f32>().expect("read"),
+            &want,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+/// The import error of fixture `dir/name` with its integer initializer `init` replaced by
+/// `values` (1-D).
+pub fn import_error_with_ints(dir: &str, name: &str, init: &str, values: &[i64]) -> String {
+    use prost::Message;
+    let mut p = Model::load(fixture_in(dir, &format!("{name}.onnx")))
+        .expect("load")
+        .proto;
+    for t in &mut p.graph.as_mut().expect("graph").initializer {
+        if t.name() == init {
+            t.dims = vec![values.len() as i64];
+            t.int64_data.clear();
+            t.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect());
         }
     }
+    let m = Model::from_bytes(&p.encode_to_vec()).expect("decode");
+    m.import(&[], Weights::Constants)
+        .err()
+        .expect("an error")
+        .to_string()
 }
