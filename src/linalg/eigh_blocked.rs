@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::linalg::qr_blocked::{buf, factor_panel, rows_of};
+use crate::linalg::qr_blocked::{apply_block_reflector, factor_panel, rows_of};
 use crate::linalg::tridiag::{band_to_tridiagonal, dense_to_band, eigenvectors, tridiagonal_ql};
 use crate::tensor::Tensor;
 use crate::BinaryOp;
@@ -128,19 +128,7 @@ pub(crate) fn eigh_blocked(
     }
     let x = Tensor::from_f64(dev, &z, &[n, n])?;
     for p in panels.iter().rev() {
-        apply_panel(ctx, &x, p, n)?;
+        apply_block_reflector(ctx, &x, p.r0, (n, n), &p.vt, &p.tvt)?;
     }
     Ok((values, x))
-}
-
-/// `X[r0..] ← (I − V T Vᵀ) X[r0..]` on the GPU matrix `x (n, n)`: `W = Vᵀ X[r0..]`, then
-/// `X[r0..] −= (TᵀVᵀ)ᵀ W`, written back in place.
-fn apply_panel(ctx: &Arc<GpuContext>, x: &Tensor, p: &Panel, n: usize) -> Result<()> {
-    let k = n - p.r0;
-    let sub = rows_of(ctx, x, p.r0, k, n)?;
-    let w = p.vt.matmul(&sub)?;
-    let new = sub.sub(&p.tvt.matmul_tn(&w)?)?;
-    let row = (n * 4) as u64;
-    ctx.copy(buf(&new), 0, buf(x), p.r0 as u64 * row, k as u64 * row);
-    Ok(())
 }

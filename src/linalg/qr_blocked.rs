@@ -158,6 +158,27 @@ pub(crate) fn rows_of(
     Ok(out)
 }
 
+/// `X[r0..rows] ← (I − V T Vᵀ) X[r0..rows]` on the GPU matrix `x (rows, cols)`, for a block
+/// reflector acting on rows `r0..` given as `Vᵀ` and `TᵀVᵀ` (each `(w, rows − r0)`):
+/// `W = Vᵀ X[r0..]`, then `X[r0..] −= (TᵀVᵀ)ᵀ W`, written back in place. The
+/// back-transformation step of the blocked eigh and SVD.
+pub(crate) fn apply_block_reflector(
+    ctx: &Arc<GpuContext>,
+    x: &Tensor,
+    r0: usize,
+    (rows, cols): (usize, usize),
+    vt: &Tensor,
+    tvt: &Tensor,
+) -> Result<()> {
+    let k = rows - r0;
+    let sub = rows_of(ctx, x, r0, k, cols)?;
+    let w = vt.matmul(&sub)?;
+    let new = sub.sub(&tvt.matmul_tn(&w)?)?;
+    let row = (cols * 4) as u64;
+    ctx.copy(buf(&new), 0, buf(x), r0 as u64 * row, k as u64 * row);
+    Ok(())
+}
+
 /// `mat[r0..rows] ← mat[r0..rows] − (mat[r0..rows] leftᵀ) vt` on the GPU matrix
 /// `mat (rows, m)`: two products and a subtraction, written back in place.
 fn update_rows(

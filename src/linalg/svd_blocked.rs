@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::linalg::bidiag::{band_to_bidiagonal, bidiagonal_qr, dense_to_upper_band};
-use crate::linalg::qr_blocked::{buf, factor_panel, rows_of};
+use crate::linalg::qr_blocked::{apply_block_reflector, factor_panel, rows_of};
 use crate::linalg::reference::transpose;
 use crate::linalg::tridiag::eigenvectors;
 use crate::tensor::Tensor;
@@ -150,29 +150,11 @@ pub(crate) fn svd_blocked(
     }
     let u = Tensor::from_f64(dev, &u, &[m, n])?;
     for p in left.iter().rev() {
-        apply_panel(ctx, &u, p, m, n)?;
+        apply_block_reflector(ctx, &u, p.r0, (m, n), &p.vt, &p.tvt)?;
     }
     let v = Tensor::from_f64(dev, &vts, &[n, n])?;
     for p in right.iter().rev() {
-        apply_panel(ctx, &v, p, n, n)?;
+        apply_block_reflector(ctx, &v, p.r0, (n, n), &p.vt, &p.tvt)?;
     }
     Ok((u, values, v.transpose()?))
-}
-
-/// `X[r0..] ← (I − V T Vᵀ) X[r0..]` on the GPU matrix `x (rows, cols)`: `W = Vᵀ X[r0..]`,
-/// then `X[r0..] −= (TᵀVᵀ)ᵀ W`, written back in place.
-fn apply_panel(
-    ctx: &Arc<GpuContext>,
-    x: &Tensor,
-    p: &Panel,
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    let k = rows - p.r0;
-    let sub = rows_of(ctx, x, p.r0, k, cols)?;
-    let w = p.vt.matmul(&sub)?;
-    let new = sub.sub(&p.tvt.matmul_tn(&w)?)?;
-    let row = (cols * 4) as u64;
-    ctx.copy(buf(&new), 0, buf(x), p.r0 as u64 * row, k as u64 * row);
-    Ok(())
 }
