@@ -5,10 +5,18 @@
 mod common;
 
 use common::{fro, gpu, read_f64, uniform};
-use wgrad::linalg::{self, QrMode};
+use wgrad::linalg::{self, QrMode, QrOptions};
 use wgrad::{Device, Error, Rng, Tensor};
 
 const TOL: f64 = 1e-4;
+
+/// The two GPU paths: `None` is the adapter's choice (on lavapipe, the blocked host QR for
+/// up to 1024 columns), `Some(0)` forces the device path (blocked from 8 reflectors up).
+const GPU_PATHS: [Option<usize>; 2] = [None, Some(0)];
+
+fn gpu_qr(g: &Tensor, mode: QrMode, host_max: Option<usize>) -> (Tensor, Tensor) {
+    linalg::qr_with_options(g, &QrOptions { mode, host_max }).unwrap()
+}
 
 fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
     let mut c = vec![0.0; m * n];
@@ -134,31 +142,33 @@ fn run_shapes(shapes: &[(usize, usize)]) {
                 check_qr(&format!("cpu {label} {mode:?}"), &a, m, n, mode, &rq, &rr);
                 let Some(dev) = &gpu else { continue };
                 let g = Tensor::from_slice(dev, &f, &[m, n]).unwrap();
-                let (q, r) = linalg::qr_with(&g, mode).unwrap();
-                let l = format!("gpu {label} {mode:?}");
-                check_qr(&l, &a, m, n, mode, &q, &r);
-                // GPU against the reference: R entry-wise to 1e-4·‖A‖; Q's column j only where
-                // R_jj is well away from zero (columns for a (near-)zero R_jj are any
-                // completion of the basis, so they legitimately differ).
-                let (rg, rc) = (read_f64(&r), read_f64(&rr));
-                let scale = fro(&a).max(1e-30);
-                for (i, (x, y)) in rg.iter().zip(&rc).enumerate() {
-                    assert!(
-                        (x - y).abs() <= TOL * scale,
-                        "{l}: R[{i}] {x} vs reference {y}"
-                    );
-                }
-                let (qg, qr) = (read_f64(&q), read_f64(&rq));
-                let qc = q.shape()[1];
-                for j in 0..qc.min(n) {
-                    let rjj = rc[j * n + j].abs();
-                    if rjj < 1e-2 * scale {
-                        continue;
+                for host_max in GPU_PATHS {
+                    let (q, r) = gpu_qr(&g, mode, host_max);
+                    let l = format!("gpu {label} {mode:?} host_max {host_max:?}");
+                    check_qr(&l, &a, m, n, mode, &q, &r);
+                    // GPU against the reference: R entry-wise to 1e-4·‖A‖; Q's column j only where
+                    // R_jj is well away from zero (columns for a (near-)zero R_jj are any
+                    // completion of the basis, so they legitimately differ).
+                    let (rg, rc) = (read_f64(&r), read_f64(&rr));
+                    let scale = fro(&a).max(1e-30);
+                    for (i, (x, y)) in rg.iter().zip(&rc).enumerate() {
+                        assert!(
+                            (x - y).abs() <= TOL * scale,
+                            "{l}: R[{i}] {x} vs reference {y}"
+                        );
                     }
-                    for i in 0..m {
-                        let (x, y) = (qg[i * qc + j], qr[i * qc + j]);
-                        let tol = TOL * scale / rjj;
-                        assert!((x - y).abs() <= tol, "{l}: Q[{i},{j}] {x} vs reference {y}");
+                    let (qg, qr) = (read_f64(&q), read_f64(&rq));
+                    let qc = q.shape()[1];
+                    for j in 0..qc.min(n) {
+                        let rjj = rc[j * n + j].abs();
+                        if rjj < 1e-2 * scale {
+                            continue;
+                        }
+                        for i in 0..m {
+                            let (x, y) = (qg[i * qc + j], qr[i * qc + j]);
+                            let tol = TOL * scale / rjj;
+                            assert!((x - y).abs() <= tol, "{l}: Q[{i},{j}] {x} vs reference {y}");
+                        }
                     }
                 }
             }
@@ -231,26 +241,28 @@ fn qr_blocked_two_panels() {
             let f: Vec<f32> = a.iter().map(|&x| x as f32).collect();
             for mode in [QrMode::Reduced, QrMode::Complete] {
                 let g = Tensor::from_slice(&dev, &f, &[m, n]).unwrap();
-                let (q, r) = linalg::qr_with(&g, mode).unwrap();
-                let l = format!("gpu {label} {mode:?}");
-                check_qr(&l, &a, m, n, mode, &q, &r);
-                let c = Tensor::from_slice(&Device::cpu(), &f, &[m, n]).unwrap();
-                let (_, rr) = linalg::qr_with(&c, mode).unwrap();
-                let (rg, rc) = (read_f64(&r), read_f64(&rr));
-                let scale = fro(&a).max(1e-30);
-                for i in 0..m.min(n) {
-                    let d = rc[i * n + i];
-                    if d.abs() < 1e-2 * scale {
-                        continue;
-                    }
-                    let s = if (rg[i * n + i] > 0.0) == (d > 0.0) {
-                        1.0
-                    } else {
-                        -1.0
-                    };
-                    for j in 0..n {
-                        let (x, y) = (s * rg[i * n + j], rc[i * n + j]);
-                        assert!((x - y).abs() <= TOL * scale, "{l}: R[{i},{j}] {x} vs {y}");
+                for host_max in GPU_PATHS {
+                    let (q, r) = gpu_qr(&g, mode, host_max);
+                    let l = format!("gpu {label} {mode:?} host_max {host_max:?}");
+                    check_qr(&l, &a, m, n, mode, &q, &r);
+                    let c = Tensor::from_slice(&Device::cpu(), &f, &[m, n]).unwrap();
+                    let (_, rr) = linalg::qr_with(&c, mode).unwrap();
+                    let (rg, rc) = (read_f64(&r), read_f64(&rr));
+                    let scale = fro(&a).max(1e-30);
+                    for i in 0..m.min(n) {
+                        let d = rc[i * n + i];
+                        if d.abs() < 1e-2 * scale {
+                            continue;
+                        }
+                        let s = if (rg[i * n + i] > 0.0) == (d > 0.0) {
+                            1.0
+                        } else {
+                            -1.0
+                        };
+                        for j in 0..n {
+                            let (x, y) = (s * rg[i * n + j], rc[i * n + j]);
+                            assert!((x - y).abs() <= TOL * scale, "{l}: R[{i},{j}] {x} vs {y}");
+                        }
                     }
                 }
             }
@@ -264,7 +276,7 @@ fn qr_blocked_tall_and_wide() {
 }
 
 /// An identity and a tall matrix with more rows than one invocation may loop over
-/// (gpu::LOOP_BUDGET = 16,384), which only the blocked path accepts.
+/// (gpu::LOOP_BUDGET = 16,384), which of the device paths only the blocked one accepts.
 #[test]
 fn qr_blocked_identity_and_past_the_loop_budget() {
     let Some(dev) = gpu() else { return };
@@ -287,14 +299,17 @@ fn qr_blocked_identity_and_past_the_loop_budget() {
     ] {
         let f: Vec<f32> = a.iter().map(|&x| x as f32).collect();
         let g = Tensor::from_slice(&dev, &f, &[m, n]).unwrap();
-        let (q, r) = linalg::qr(&g).unwrap();
-        check_qr(&format!("gpu {m}x{n}"), &a, m, n, QrMode::Reduced, &q, &r);
-        // R against the f64 reference (CPU device), entry-wise.
         let c = Tensor::from_slice(&Device::cpu(), &f, &[m, n]).unwrap();
         let (_, rr) = linalg::qr(&c).unwrap();
-        let scale = fro(&a);
-        for (x, y) in read_f64(&r).iter().zip(&read_f64(&rr)) {
-            assert!((x - y).abs() <= TOL * scale, "{m}x{n}: R {x} vs {y}");
+        for host_max in GPU_PATHS {
+            let (q, r) = gpu_qr(&g, QrMode::Reduced, host_max);
+            let l = format!("gpu {m}x{n} host_max {host_max:?}");
+            check_qr(&l, &a, m, n, QrMode::Reduced, &q, &r);
+            // R against the f64 reference (CPU device), entry-wise.
+            let scale = fro(&a);
+            for (x, y) in read_f64(&r).iter().zip(&read_f64(&rr)) {
+                assert!((x - y).abs() <= TOL * scale, "{l}: R {x} vs {y}");
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 //! the 10/3 n³ of the direct reduction plus the 4/3 n³ of forming Q, which the device's
 //! products take over.
 
+use crate::linalg::host_dot;
 use crate::linalg::qr::householder;
 
 /// `H = I − τvvᵀ` acting on the indices `r..r + v.len()`.
@@ -77,25 +78,6 @@ impl WyBlock {
     }
 }
 
-/// `Σ xᵢyᵢ` in four interleaved partial sums, so that the compiler may vectorise it (a
-/// single f64 accumulator must be summed in order).
-fn dot(x: &[f64], y: &[f64]) -> f64 {
-    let mut s = [0.0f64; 4];
-    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
-    let tail: f64 = xc
-        .remainder()
-        .iter()
-        .zip(yc.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in xc.zip(yc) {
-        for k in 0..4 {
-            s[k] += a[k] * b[k];
-        }
-    }
-    (s[0] + s[1]) + (s[2] + s[3]) + tail
-}
-
 /// `A ← H A H` on the row-major `a (n, n)`: from the left on the reflector's rows over the
 /// columns `lo..n` (the rows are zero before `lo`), from the right on its columns over the
 /// rows `0..hi` (the columns are zero from row `hi` on).
@@ -113,7 +95,7 @@ fn apply_two_sided(a: &mut [f64], n: usize, h: &Reflector, lo: usize, hi: usize)
     }
     for p in 0..hi {
         let row = &mut a[p * n + r..p * n + r + len];
-        let t = dot(row, &h.v) * h.tau;
+        let t = host_dot(row, &h.v) * h.tau;
         row.iter_mut().zip(&h.v).for_each(|(x, &v)| *x -= t * v);
     }
 }

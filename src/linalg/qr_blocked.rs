@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
+use crate::linalg::host_dot;
 use crate::linalg::qr::{householder, SHADER};
 use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
@@ -68,7 +69,7 @@ pub(crate) fn factor_panel(p: &[f64], j: usize, jb: usize, m: usize) -> HostPane
             cols[c * m + col + 1..(c + 1) * m].fill(0.0);
             for c2 in c + 1..jb {
                 let x = &mut cols[c2 * m + col..(c2 + 1) * m];
-                let d: f64 = x.iter().zip(&v).map(|(a, b)| a * b).sum();
+                let d = host_dot(x, &v);
                 x.iter_mut().zip(&v).for_each(|(a, b)| *a -= t * d * b);
             }
         }
@@ -81,10 +82,7 @@ pub(crate) fn factor_panel(p: &[f64], j: usize, jb: usize, m: usize) -> HostPane
         // vᵢ is zero before entry j + i.
         let vi = &vt[i * m + j + i..(i + 1) * m];
         let z: Vec<f64> = (0..i)
-            .map(|r| {
-                let vr = &vt[r * m + j + i..(r + 1) * m];
-                vr.iter().zip(vi).map(|(a, b)| a * b).sum()
-            })
+            .map(|r| host_dot(&vt[r * m + j + i..(r + 1) * m], vi))
             .collect();
         for r in 0..i {
             let s: f64 = (r..i).map(|q| t[r * jb + q] * z[q]).sum();

@@ -245,18 +245,36 @@ fn cases() -> Vec<Case> {
         ));
     }
     // Householder QR (issue 16 measures 256, 512 and 1024; NumPy's figures come from
-    // scripts/bench_numpy_linalg.py).
-    for n in [16usize, 32, 128, 256, 512, 1024] {
-        v.push((
-            "qr",
-            vec![n, n],
-            Box::new(move |dev| {
-                let a =
-                    Tensor::from_slice(dev, &Rng::new(8).vec_uniform(n * n, -1.0, 1.0), &[n, n])?;
-                let ms = time_ms(dev, || Ok(wgrad::linalg::qr(&a)?.1))?;
-                Ok((ms, ("solves_per_s", 1e3 / ms)))
-            }),
-        ));
+    // scripts/bench_numpy_linalg.py). `qr` is the default choice (on a software adapter the
+    // blocked host QR up to 1024 columns), `qr_device` the blocked device QR forced
+    // (`host_max: Some(0)`), to keep the trade visible. The figure is the dispatches of one
+    // solve.
+    for (op, host_max) in [("qr", None), ("qr_device", Some(0))] {
+        for n in [16usize, 32, 128, 256, 512, 1024] {
+            v.push((
+                op,
+                vec![n, n],
+                Box::new(move |dev| {
+                    if host_max.is_some() && !dev.is_gpu() {
+                        return Ok((f64::NAN, ("dispatches", 0.0))); // the same reference
+                    }
+                    let a = Tensor::from_slice(
+                        dev,
+                        &Rng::new(8).vec_uniform(n * n, -1.0, 1.0),
+                        &[n, n],
+                    )?;
+                    let opts = wgrad::linalg::QrOptions {
+                        host_max,
+                        ..Default::default()
+                    };
+                    let before = dev.dispatch_count();
+                    drop(wgrad::linalg::qr_with_options(&a, &opts)?);
+                    let dispatches = (dev.dispatch_count() - before) as f64;
+                    let ms = time_ms(dev, || Ok(wgrad::linalg::qr_with_options(&a, &opts)?.1))?;
+                    Ok((ms, ("dispatches", dispatches)))
+                }),
+            ));
+        }
     }
     // The general eigenproblem (Hessenberg reduction + Francis QR; NumPy's figures come from
     // scripts/bench_numpy_linalg.py). The figure is the dispatches of one solve. `eig` is the

@@ -1,0 +1,231 @@
+//! Blocked Householder QR on the host, in f64 on every core: the GPU path's choice for the
+//! sizes where a device round trip per panel costs more than the work (see [`host_max`]).
+//!
+//! The same compact-WY algorithm as `qr_blocked.rs`, with the same panels
+//! ([`factor_panel`]) and the same sign convention, but the trailing updates run as
+//! cache-friendly row kernels instead of device products. The matrix is held transposed,
+//! `Aᵀ (n, m)`, so that a column of A is a contiguous row, and every update is row-wise:
+//! a row `x` (a column of A, or of Q) takes `x ← x − ((x V) S) Vᵀ` with `S = T` for R and
+//! `S = Tᵀ` for Q. Rows are independent, so they are split between threads.
+//!
+//! Why it beats the unblocked reference (`qr_reference`, one reflector at a time over the
+//! whole trailing matrix): each panel reads the trailing rows twice instead of `2b` times,
+//! the panel's `V` stays in cache while it does, and the rows run on all cores.
+
+use super::qr_blocked::factor_panel;
+
+/// Panel width. Measured with `wgrad bench --filter qr` on lavapipe's host (two cores), ms at
+/// 128 / 256 / 512 / 1024: see the commit that set it; 32 keeps `V` (`32·m` f64) in L2 up
+/// to m = 1024 and the serial panel work (`O(m·b²)`) small.
+const BLOCK: usize = 32;
+
+/// Rows of trailing work below which a panel's update stays on the calling thread: a
+/// thread costs tens of microseconds to start, about the time of this many row updates
+/// of a 128-long panel.
+const PARALLEL_MIN_FLOPS: usize = 1 << 22;
+
+/// The factored panel in the layouts the row kernel reads: `Vᵀ (jb, m)` for the final
+/// axpys and `V (m, jb)` for the dot products (a row of V is the jb reflectors' entries at
+/// one position, so `x V` is an accumulation of short contiguous vectors, no reduction).
+struct Block {
+    j: usize,
+    jb: usize,
+    vt: Vec<f64>,
+    v: Vec<f64>,
+    t: Vec<f64>,
+}
+
+/// `Q (m, qc)` and `R (min(m, qc'), n)` of the row-major `a (m, n)`, in f64: `R` has `rr`
+/// rows (`min(m, n)` for the reduced factorisation, `m` for the complete one), `Q` has `qc`
+/// columns (the same choice). Reflectors as the reference's: `nref = min(n, m − 1)`.
+pub(crate) fn qr_host(a: &[f64], m: usize, n: usize, qc: usize, rr: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut at = transpose(a, m, n); // (n, m)
+    let nref = n.min(m.saturating_sub(1));
+    let mut blocks = Vec::with_capacity(nref.div_ceil(BLOCK));
+    for j in (0..nref).step_by(BLOCK) {
+        let jb = BLOCK.min(nref - j);
+        let hp = factor_panel(&at[j * m..(j + jb) * m], j, jb, m);
+        at[j * m..(j + jb) * m].copy_from_slice(&hp.cols);
+        let mut v = vec![0.0; m * jb];
+        for c in 0..jb {
+            for l in j..m {
+                v[l * jb + c] = hp.vt[c * m + l];
+            }
+        }
+        let block = Block {
+            j,
+            jb,
+            vt: hp.vt,
+            v,
+            t: hp.t,
+        };
+        update_rows(&mut at[(j + jb) * m..], m, &block, false);
+        blocks.push(block);
+    }
+    // Qᵀ (qc, m) from the identity, last block first; block b changes only rows j.. (the
+    // columns of Q its reflectors reach), and in those only entries j.. (the earlier
+    // columns of the identity are untouched by later reflectors).
+    let mut qt = vec![0.0; qc * m];
+    for i in 0..qc.min(m) {
+        qt[i * m + i] = 1.0;
+    }
+    for b in blocks.iter().rev() {
+        if b.j < qc {
+            update_rows(&mut qt[b.j * m..], m, b, true);
+        }
+    }
+    let q = transpose(&qt, qc, m); // (m, qc)
+    let mut r = vec![0.0; rr * n];
+    for (c, col) in at.chunks_exact(m).enumerate() {
+        for (i, &x) in col.iter().take(rr).enumerate() {
+            r[i * n + c] = x;
+        }
+    }
+    (q, r)
+}
+
+/// The row-major transpose of `x (rows, cols)`.
+fn transpose(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut out = vec![0.0; rows * cols];
+    for (i, row) in x.chunks_exact(cols).enumerate() {
+        for (k, &e) in row.iter().enumerate() {
+            out[k * rows + i] = e;
+        }
+    }
+    out
+}
+
+/// Every row `x` (length m) of `rows` takes `x ← x − ((x V) S) Vᵀ`, `S = Tᵀ` when
+/// `transposed_t` (Q's accumulation) else `T` (R's trailing update): three host matrix
+/// products over the entries `j..` (V is zero before row j), split by rows between threads
+/// when the work pays for them.
+fn update_rows(rows: &mut [f64], m: usize, b: &Block, transposed_t: bool) {
+    let count = rows.len() / m;
+    if count == 0 {
+        return;
+    }
+    let flops = 4 * count * b.jb * (m - b.j);
+    let threads = if flops < PARALLEL_MIN_FLOPS {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |t| t.get())
+    };
+    if threads <= 1 {
+        update_block(rows, m, b, transposed_t);
+        return;
+    }
+    let per = count.div_ceil(threads);
+    std::thread::scope(|s| {
+        for chunk in rows.chunks_mut(per * m) {
+            s.spawn(move || update_block(chunk, m, b, transposed_t));
+        }
+    });
+}
+
+/// [`update_rows`] on one thread: `W = X V`, `W ← W S`, `X −= W Vᵀ` with `X = rows[:, j..]`.
+fn update_block(rows: &mut [f64], m: usize, b: &Block, transposed_t: bool) {
+    let (j, jb) = (b.j, b.jb);
+    let (count, k) = (rows.len() / m, m - j);
+    let mut w = vec![0.0; count * jb];
+    let mut ws = vec![0.0; count * jb];
+    // T (jb, jb) row-major; Tᵀ is the same buffer with its strides swapped.
+    let (rst, cst) = if transposed_t {
+        (1, jb as isize)
+    } else {
+        (jb as isize, 1)
+    };
+    // SAFETY: every pointer and stride describes memory inside the slice it comes from:
+    // `rows` is (count, m) row-major and its sub-block starts at column j, `b.v` is (m, jb)
+    // from row j, `b.vt` is (jb, m) from column j, `b.t` is (jb, jb), `w`/`ws` are
+    // (count, jb); the output never aliases an input.
+    unsafe {
+        let x = rows.as_mut_ptr().add(j);
+        matrixmultiply::dgemm(
+            count,
+            k,
+            jb,
+            1.0,
+            x,
+            m as isize,
+            1,
+            b.v.as_ptr().add(j * jb),
+            jb as isize,
+            1,
+            0.0,
+            w.as_mut_ptr(),
+            jb as isize,
+            1,
+        );
+        matrixmultiply::dgemm(
+            count,
+            jb,
+            jb,
+            1.0,
+            w.as_ptr(),
+            jb as isize,
+            1,
+            b.t.as_ptr(),
+            rst,
+            cst,
+            0.0,
+            ws.as_mut_ptr(),
+            jb as isize,
+            1,
+        );
+        matrixmultiply::dgemm(
+            count,
+            jb,
+            k,
+            -1.0,
+            ws.as_ptr(),
+            jb as isize,
+            1,
+            b.vt.as_ptr().add(j),
+            m as isize,
+            1,
+            1.0,
+            x,
+            m as isize,
+            1,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linalg::qr::qr_reference;
+
+    /// The blocked host QR matches the unblocked reference to rounding (the same
+    /// reflectors, the same signs), reduced and complete, tall, wide, square, and across
+    /// several panels.
+    #[test]
+    fn host_blocked_qr_matches_the_reference() {
+        let mut rng = crate::Rng::new(11);
+        for &(m, n) in &[
+            (1, 1),
+            (5, 3),
+            (3, 5),
+            (70, 70),
+            (100, 37),
+            (37, 100),
+            (130, 65),
+        ] {
+            let a: Vec<f64> = (0..m * n).map(|_| rng.normal()).collect();
+            for complete in [false, true] {
+                let k = m.min(n);
+                let (qc, rr) = if complete { (m, m) } else { (k, k) };
+                let (q, r) = qr_host(&a, m, n, qc, rr);
+                let (q0, r0) = qr_reference(&a, m, n, complete);
+                let err = |x: &[f64], y: &[f64]| {
+                    x.iter()
+                        .zip(y)
+                        .fold(0.0f64, |e, (a, b)| e.max((a - b).abs()))
+                };
+                assert_eq!((q.len(), r.len()), (q0.len(), r0.len()), "{m}x{n}");
+                assert!(err(&q, &q0) < 1e-10, "Q {m}x{n}: {}", err(&q, &q0));
+                assert!(err(&r, &r0) < 1e-10, "R {m}x{n}: {}", err(&r, &r0));
+            }
+        }
+    }
+}
