@@ -38,7 +38,7 @@ mod hessenberg_chase;
 mod pca;
 pub(crate) mod qr;
 mod qr_blocked;
-mod qr_host;
+pub(crate) mod qr_host;
 pub(crate) mod reference;
 mod svd;
 mod svd_blocked;

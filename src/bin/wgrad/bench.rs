@@ -250,7 +250,7 @@ fn cases() -> Vec<Case> {
     // (`host_max: Some(0)`), to keep the trade visible. The figure is the dispatches of one
     // solve.
     for (op, host_max) in [("qr", None), ("qr_device", Some(0))] {
-        for n in [16usize, 32, 128, 256, 512, 1024] {
+        for n in [16usize, 32, 128, 256, 512, 1024, 2048] {
             v.push((
                 op,
                 vec![n, n],
