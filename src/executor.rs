@@ -310,6 +310,21 @@ impl Executor {
             .unwrap_or_default()
     }
 
+    /// A profile of a recorded GPU plan: each kernel dispatch of a run, in order, with its
+    /// wall milliseconds, measured by replaying it alone `reps` times (empty unless
+    /// recorded). Meant for a throwaway executable: the replays write every output again,
+    /// so parameters and optimizer state end up changed by `reps` extra updates. Run a step
+    /// first, so the buffers hold real data.
+    pub fn profile_dispatches(&self, reps: usize) -> Result<Vec<(String, f64)>> {
+        match (&self.recorded, self.device.gpu_ctx()) {
+            (Some(plan), Some(ctx)) => {
+                let _st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                plan.profile(ctx, reps)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// The device this graph runs on.
     pub fn device(&self) -> &Device {
         &self.device

@@ -344,6 +344,39 @@ impl RecordedPlan {
             .collect()
     }
 
+    /// Wall milliseconds per recorded dispatch, in run order: each dispatch replayed alone
+    /// `reps` times back to back in one compute pass, then waited for, less the cost of an
+    /// empty wait. Kernels run on whatever the buffers hold (the last run's data), and
+    /// every replay writes its outputs again: parameters and optimizer state included.
+    pub(crate) fn profile(&self, ctx: &Arc<GpuContext>, reps: usize) -> Result<Vec<(String, f64)>> {
+        let reps = reps.max(1);
+        let wait = |ctx: &Arc<GpuContext>| -> Result<f64> {
+            let t0 = std::time::Instant::now();
+            ctx.synchronize("profile")?;
+            Ok(t0.elapsed().as_secs_f64() * 1e3)
+        };
+        ctx.synchronize("profile")?;
+        let idle = (0..5).map(|_| wait(ctx)).collect::<Result<Vec<f64>>>()?;
+        let idle = idle.into_iter().fold(f64::INFINITY, f64::min);
+        let mut out = Vec::new();
+        let all = self
+            .commands
+            .iter()
+            .chain(&self.assigns)
+            .chain(&self.update);
+        for cmd in all {
+            let Command::Dispatch(r) = cmd else { continue };
+            let one = std::slice::from_ref(cmd);
+            let sections: Vec<&[Command]> = vec![one; reps];
+            let t0 = std::time::Instant::now();
+            ctx.replay("profile", &[], &sections)?;
+            ctx.synchronize("profile")?;
+            let ms = (t0.elapsed().as_secs_f64() * 1e3 - idle).max(0.0) / reps as f64;
+            out.push((r.entry.clone(), ms));
+        }
+        Ok(out)
+    }
+
     /// One run: feeds written into the fixed inputs, the recorded commands
     /// encoded, the outputs copied into fresh tensors; `step` counts from 1.
     pub(crate) fn run(

@@ -761,3 +761,115 @@ fn gpu_geometry_past_32_bits_is_an_error_not_a_wrap() {
     let e = cols.col2im(geom, &[1, 1, 4, 4]).unwrap_err();
     assert!(matches!(&e, Error::Invalid { op: "col2im", .. }), "{e}");
 }
+
+/// Few output positions per image and more than 64 patch columns: the graph's convolution
+/// folds the batch into one product, (N·L, CK)·(F, CK)ᵀ, then permutes to NCHW (see
+/// `folds` in src/ops/conv.rs), and `conv2d_bias` adds the bias to the product's columns.
+/// Forward against a direct convolution, gradients (input, filters, bias) against finite
+/// differences in f64, and the GPU against the CPU reference; the layer as the digits CNN
+/// uses it (3×3, stride 2, batch 64) included.
+#[test]
+fn folded_batch_conv2d_and_bias_match_direct_and_finite_differences() {
+    for (xs, f, geom, fd) in [
+        (
+            [3usize, 8, 5, 4],
+            5usize,
+            Conv2d::new(3, 3).padding(1),
+            true,
+        ),
+        (
+            [2, 9, 6, 7],
+            3,
+            Conv2d::new(3, 3).stride(2).pads(1, 0, 0, 2),
+            true,
+        ),
+        ([2, 11, 5, 5], 4, Conv2d::new(3, 2).dilations(2, 1), true),
+        (
+            [64, 16, 8, 8],
+            32,
+            Conv2d::new(3, 3).stride(2).padding(1),
+            false,
+        ),
+    ] {
+        let ws = [f, xs[1], geom.kh, geom.kw];
+        let g = Graph::new();
+        let x = g.input("x", &xs);
+        let w = g.input("w", &ws);
+        let b = g.input("b", &[f, 1, 1]);
+        let plain = x.conv2d(&w, geom).unwrap();
+        let y = x.conv2d_bias(&w, &b, geom).unwrap();
+        assert_eq!(plain.shape(), y.shape());
+        let r = Tensor::from_slice(
+            &Device::cpu(),
+            &uniform(3, y.shape().iter().product(), 0.5, 1.5),
+            y.shape(),
+        )
+        .unwrap();
+        let loss = y.mul(&g.constant(&r).unwrap()).unwrap().sum().unwrap();
+        let grads = grad(&loss, &[&x, &w, &b]).unwrap();
+        let xv = uniform(1, xs.iter().product(), -1.0, 1.0);
+        let wv = uniform(2, ws.iter().product(), -1.0, 1.0);
+        let bv = uniform(4, f, -1.0, 1.0);
+        let outs = [&plain, &y, &grads[0], &grads[1], &grads[2]];
+        let run = |dev: &Device| -> Vec<Vec<f32>> {
+            let exe = dev.compile(&g, &outs, None).unwrap();
+            let t = |v: &[f32], s: &[usize]| Tensor::from_slice(dev, v, s).unwrap();
+            exe.run(&[
+                ("x", &t(&xv, &xs)),
+                ("w", &t(&wv, &ws)),
+                ("b", &t(&bv, &[f, 1, 1])),
+            ])
+            .unwrap()
+            .iter()
+            .map(|t| t.to_vec::<f32>().unwrap())
+            .collect()
+        };
+        let label = format!("folded conv2d {xs:?} f={f} {geom:?}");
+        let direct = direct_conv(&xv, xs, &wv, f, geom);
+        let per = direct.len() / (xs[0] * f);
+        let with_bias: Vec<f32> = direct
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + bv[(i / per) % f])
+            .collect();
+        let cpu = run(&Device::cpu());
+        assert_close(&label, &cpu[0], &direct, 1e-5, 1e-5);
+        assert_close(&format!("{label} + bias"), &cpu[1], &with_bias, 1e-5, 1e-5);
+        if fd {
+            check_finite_differences(
+                &label,
+                &g,
+                &loss,
+                &grads,
+                &[
+                    ("x".to_string(), Feed::real(&xv, &xs)),
+                    ("w".to_string(), Feed::real(&wv, &ws)),
+                    ("b".to_string(), Feed::real(&bv, &[f, 1, 1])),
+                ],
+            );
+        }
+        if let Some(dev) = gpu() {
+            let on_gpu = run(&dev);
+            for (k, (got, want)) in on_gpu.iter().zip(&cpu).enumerate() {
+                assert_close(
+                    &format!("{label} output {k}: GPU vs CPU"),
+                    got,
+                    want,
+                    1e-4,
+                    1e-4,
+                );
+            }
+        }
+    }
+    // A bias of the wrong size is an error naming the op and the shapes.
+    let g = Graph::new();
+    let x = g.input("x", &[2, 8, 4, 4]);
+    let w = g.input("w", &[5, 8, 3, 3]);
+    let b = g.input("b", &[4]);
+    let e = x.conv2d_bias(&w, &b, Conv2d::new(3, 3)).unwrap_err();
+    let detail = format!("{e}");
+    assert!(
+        detail.contains("conv2d") && detail.contains("[4]"),
+        "{detail}"
+    );
+}

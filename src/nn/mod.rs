@@ -163,8 +163,7 @@ impl Module for Conv2dLayer {
             });
         }
         // The bias (out, 1, 1) broadcasts over y (N, out, H, W).
-        x.conv2d(&self.weight, self.geom)
-            .and_then(|y| y.add(&self.bias))
+        x.conv2d_bias(&self.weight, &self.bias, self.geom)
             .map_err(|e| in_layer(&self.name, e))
     }
 

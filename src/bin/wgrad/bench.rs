@@ -758,6 +758,17 @@ fn digits_epoch(dev: &Device, device: &'static str, adapter: String) -> anyhow::
     let yt = Tensor::from_slice(dev, &labels, &[batch])?;
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?) };
     step()?; // warm: pipelines compiled, pool filled
+    if std::env::var(wgrad::executor::PLAN_ENV).is_ok_and(|v| v.trim() == "profile") {
+        // Per-kernel wall times, on a separate executable (profiling changes its state).
+        let probe = dev.compile(&g, &[&loss], wgrad::Optimizer::adam(3e-3))?;
+        probe.run(&[("x", &xt), ("y", &yt)])?;
+        let prof = probe.profile_dispatches(20)?;
+        let total: f64 = prof.iter().map(|p| p.1).sum();
+        for (entry, ms) in &prof {
+            eprintln!("  {entry:<32} {ms:8.3} ms  {:5.1}%", 100.0 * ms / total);
+        }
+        eprintln!("  {:<32} {total:8.3} ms per step", "total");
+    }
     let (d0, t0) = (dev.dispatch_count(), Instant::now());
     for _ in 0..steps {
         step()?;
