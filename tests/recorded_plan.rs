@@ -169,3 +169,27 @@ fn batch_norm_and_dropout_steps_record_and_match_the_reference() {
         assert_close(name, &got, &want, 1e-4, 1e-3);
     }
 }
+
+/// `profile_dispatches` lists every dispatch of a run, in the order `dispatch_entries`
+/// gives, each with a finite, non-negative time; on the CPU reference (nothing recorded)
+/// it is empty. A run afterwards still works (the profile only replays recorded commands).
+#[test]
+fn profile_lists_every_dispatch_with_its_time() {
+    let (g, loss) = mlp(32);
+    let cpu = Device::cpu().compile(&g, &[&loss], Sgd::new(0.1)).unwrap();
+    assert!(cpu.profile_dispatches(3).unwrap().is_empty());
+    let Some(dev) = gpu() else { return };
+    let exe = dev.compile(&g, &[&loss], Sgd::new(0.1)).unwrap();
+    let (x, y) = feeds(&dev, 32, 4);
+    exe.run(&[("x", &x), ("y", &y)]).unwrap();
+    let prof = exe.profile_dispatches(3).unwrap();
+    let names: Vec<String> = prof.iter().map(|p| p.0.clone()).collect();
+    assert_eq!(names, exe.dispatch_entries());
+    assert!(!prof.is_empty());
+    assert!(
+        prof.iter().all(|p| p.1.is_finite() && p.1 >= 0.0),
+        "{prof:?}"
+    );
+    let loss = exe.run(&[("x", &x), ("y", &y)]).unwrap()[0].item().unwrap();
+    assert!(loss.is_finite());
+}
