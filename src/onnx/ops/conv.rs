@@ -266,7 +266,9 @@ pub(super) fn conv_of(node: &NodeProto, x: &Var, w: &Var) -> Res<Var> {
     let kernel = kernel_of(node, w.shape(), rank)?;
     let window = Window::read(node, kernel, &x.shape()[2..])?;
     let geom = window.geometry().groups(groups(node)?);
-    let y = to_2d(x)?.conv2d(&filters_2d(w.clone())?, geom).map_err(err)?;
+    let y = to_2d(x)?
+        .conv2d(&filters_2d(w.clone())?, geom)
+        .map_err(err)?;
     from_2d(y, rank)
 }
 

@@ -301,17 +301,13 @@ pub(crate) fn output_types(env: &Env, node: &NodeProto) -> Vec<DataType> {
             t[0] = same;
             t
         }
-        "DequantizeLinear" => all(
-            attr_type("output_dtype")
-                .filter(|&t| t != D::Undefined)
-                .or(dtype_of(env, node, 1))
-                .unwrap_or(D::Float),
-        ),
-        "QuantizeLinear" => all(
-            dtype_of(env, node, 2)
-                .or(attr_type("output_dtype").filter(|&t| t != D::Undefined))
-                .unwrap_or(D::Uint8),
-        ),
+        "DequantizeLinear" => all(attr_type("output_dtype")
+            .filter(|&t| t != D::Undefined)
+            .or(dtype_of(env, node, 1))
+            .unwrap_or(D::Float)),
+        "QuantizeLinear" => all(dtype_of(env, node, 2)
+            .or(attr_type("output_dtype").filter(|&t| t != D::Undefined))
+            .unwrap_or(D::Uint8)),
         "DynamicQuantizeLinear" => vec![D::Uint8, D::Float, D::Uint8][..n.min(3)].to_vec(),
         "MatMulInteger" | "ConvInteger" => all(D::Int32),
         "QLinearMatMul" | "QLinearConv" => all(dtype_of(env, node, 7).unwrap_or(same)),

@@ -12,6 +12,9 @@
 //!   type's lowest value (NumPy's reference and onnxruntime's x86 kernels both do). With a
 //!   half-precision scale (or `precision`), x and scale are rounded to it and so is the
 //!   quotient, as the spec's division in that type.
+//!   `x / scale` is the graph's division: correctly rounded on the CPU reference and on
+//!   lavapipe; Vulkan allows other adapters 2.5 ulp, which can move a result by one step
+//!   only where `x / scale` lies within that of a half.
 //! - DequantizeLinear: `(x - zero_point) · scale`, rounded to FLOAT16 / BFLOAT16 when that is
 //!   the output type.
 //! - Scale and zero point apply per tensor (one element), per axis (1-D along `axis`), or
@@ -36,8 +39,8 @@
 
 use super::conv::conv_of;
 use super::dtype::{cast_var, int_range};
-use super::{attr_int, axis, dtype_of, err, input, int_input, one, value, Env, OpFn, OpResult};
 use super::Value;
+use super::{attr_int, axis, dtype_of, err, input, int_input, one, value, Env, OpFn, OpResult};
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 use crate::ops::elementwise::{BinaryOp as B, UnaryOp as U};
 use crate::ops::reduce::ReduceOp;
@@ -271,9 +274,7 @@ fn quantize(env: &Env, node: &NodeProto) -> OpResult {
     };
     let s = input(env, node, 1)?;
     let s_type = float_type(env, node, 1, "y_scale")?;
-    let zp_type = present(node, 2)
-        .then(|| dtype_of(env, node, 2))
-        .flatten();
+    let zp_type = present(node, 2).then(|| dtype_of(env, node, 2)).flatten();
     let out_type = attr_type(node, "output_dtype")?;
     let ty = match (zp_type, out_type) {
         (Some(z), Some(o)) if z != o => {
