@@ -2,7 +2,7 @@
 //! node tests leave out: exact .5 ties of both signs, saturation at both ends (±inf, 1e30,
 //! 2^23 + 1), per axis with a negative axis, blocked with a short last block, a
 //! QLinearMatMul with broadcast batch dims and a grouped ConvInteger on values quantized by
-//! the graph, DynamicQuantizeLinear of all zeros. Gradients: DequantizeLinear's flow to its
+//! the graph, DynamicQuantizeLinear of all zeros, DequantizeLinear of constants (folded). Gradients: DequantizeLinear's flow to its
 //! scale (finite differences), QuantizeLinear's are zero. Bad input is an import error
 //! naming the op and the shapes or type.
 
@@ -47,6 +47,27 @@ fn float_outputs_match_onnxruntime() {
         1e-7,
     );
     check_fixture("quant", "dynamic_mixed", &[], Weights::Constants, 0.0, 1e-7);
+}
+
+/// DequantizeLinear of constants folds at import (the output is a graph constant) and
+/// matches onnxruntime: per axis, blocked with a short last block, INT32 past 2^24 (cast to
+/// f32 first, as the spec and onnxruntime do).
+#[test]
+fn dequantize_of_constants_folds() {
+    for name in [
+        "dequant_const_axis",
+        "dequant_const_blocked",
+        "dequant_const_int32",
+    ] {
+        check_fixture("quant", name, &[], Weights::Constants, 0.0, 0.0);
+        let imported = Model::load(fixture_in("quant", &format!("{name}.onnx")))
+            .expect("load")
+            .import(&[], Weights::Constants)
+            .expect("import");
+        let y = &imported.outputs[0].1;
+        let op = &imported.graph.nodes()[y.id()].op;
+        assert!(matches!(op, wgrad::Op::Const(_)), "{name}: {op:?}");
+    }
 }
 
 #[test]

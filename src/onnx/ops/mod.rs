@@ -205,7 +205,7 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 20] {
 }
 
 /// Every family's fold table.
-fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 14] {
+fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 15] {
     [
         dtype::FOLDS,
         int::FOLDS,
@@ -221,6 +221,7 @@ fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 14] {
         index::FOLDS,
         scan::FOLDS,
         generator::FOLDS,
+        quant::FOLDS,
     ]
 }
 

@@ -39,8 +39,8 @@
 
 use super::conv::conv_of;
 use super::dtype::{cast_var, int_range};
-use super::Value;
 use super::{attr_int, axis, dtype_of, err, input, int_input, one, value, Env, OpFn, OpResult};
+use super::{Const, FoldFn, Value};
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 use crate::ops::elementwise::{BinaryOp as B, UnaryOp as U};
 use crate::ops::reduce::ReduceOp;
@@ -56,6 +56,9 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     ("QLinearMatMul", qlinear_matmul),
     ("QLinearConv", qlinear_conv),
 ];
+
+/// This family's folds, evaluated at import when every input is a constant.
+pub(super) const FOLDS: &[(&str, FoldFn)] = &[("DequantizeLinear", dequantize_fold)];
 
 type Res<T> = std::result::Result<T, String>;
 
@@ -255,8 +258,7 @@ fn expand(v: &Var, x: &[usize], layout: Layout) -> Res<Var> {
 }
 
 /// A zero point's dims must be its scale's.
-fn check_zp(zp: &IntIn, scale: &[usize], what: &str) -> Res<()> {
-    let z = zp.var.shape();
+fn check_zp(z: &[usize], scale: &[usize], what: &str) -> Res<()> {
     let one = |d: &[usize]| d.iter().product::<usize>() == 1 && d.len() <= 1;
     if z == scale || (one(z) && one(scale)) {
         Ok(())
@@ -318,7 +320,7 @@ fn quantize(env: &Env, node: &NodeProto) -> OpResult {
     let r = m(q.unary(U::Round))?;
     let r = match opt_zp(env, node, 2, "y_zero_point", ty)? {
         Some(zp) => {
-            check_zp(&zp, s.shape(), "y_zero_point")?;
+            check_zp(zp.var.shape(), s.shape(), "y_zero_point")?;
             m(r.add(&expand(&zp.var, r.shape(), layout)?))?
         }
         // -0 (from rounding -0.3) becomes +0.
@@ -330,25 +332,14 @@ fn quantize(env: &Env, node: &NodeProto) -> OpResult {
 /// DequantizeLinear: `(x - zero_point) · scale`, in the output type (`output_dtype`, else
 /// the scale's).
 fn dequantize(env: &Env, node: &NodeProto) -> OpResult {
-    let types = [QUANT, &[D::Int32]].concat();
-    let x = int_in(env, node, 0, "x", &types)?;
+    let (x_ty, out) = dequantize_types(env, node)?;
+    let x = int_in(env, node, 0, "x", &[x_ty])?;
     let s = input(env, node, 1)?;
-    let s_type = float_type(env, node, 1, "x_scale")?;
-    let out = attr_type(node, "output_dtype")?.unwrap_or(s_type);
-    if !matches!(out, D::Float | D::Double | D::Float16 | D::Bfloat16) {
-        return Err(format!(
-            "output_dtype {} is not a float type",
-            out.as_str_name()
-        ));
-    }
     let layout = layout(node, x.var.shape(), s.shape())?;
     let mut d = x.var.clone();
     if let Some(zp) = opt_zp(env, node, 2, "x_zero_point", x.ty)? {
-        check_zp(&zp, s.shape(), "x_zero_point")?;
-        // INT32 x has no zero point (the spec's 0): x - zp could pass 2^24.
-        if x.ty == D::Int32 && zp.host.as_ref().is_none_or(|h| h.iter().any(|&v| v != 0)) {
-            return Err("an INT32 x takes no zero point (or one of 0)".into());
-        }
+        check_zp(zp.var.shape(), s.shape(), "x_zero_point")?;
+        check_int32_zp(x_ty, zp.host.as_deref())?;
         d = m(d.sub(&expand(&zp.var, d.shape(), layout)?))?;
     }
     let y = m(d.mul(&expand(&s, d.shape(), layout)?))?;
@@ -357,6 +348,96 @@ fn dequantize(env: &Env, node: &NodeProto) -> OpResult {
     } else {
         y
     })
+}
+
+/// DequantizeLinear's x type (checked, with its zero point's) and output type.
+fn dequantize_types(env: &Env, node: &NodeProto) -> Res<(D, D)> {
+    let types = [QUANT, &[D::Int32]].concat();
+    let x_ty = dtype_of(env, node, 0).unwrap_or(D::Undefined);
+    if !types.contains(&x_ty) {
+        return Err(format!(
+            "x '{}' has element type {}; DequantizeLinear takes {} here",
+            node.input[0],
+            x_ty.as_str_name(),
+            names(&types)
+        ));
+    }
+    if present(node, 2) && dtype_of(env, node, 2) != Some(x_ty) {
+        return Err(format!(
+            "x_zero_point has element type {}, x {}",
+            dtype_of(env, node, 2).unwrap_or(D::Undefined).as_str_name(),
+            x_ty.as_str_name()
+        ));
+    }
+    let s_type = float_type(env, node, 1, "x_scale")?;
+    let out = attr_type(node, "output_dtype")?.unwrap_or(s_type);
+    if !matches!(out, D::Float | D::Double | D::Float16 | D::Bfloat16) {
+        return Err(format!(
+            "output_dtype {} is not a float type",
+            out.as_str_name()
+        ));
+    }
+    Ok((x_ty, out))
+}
+
+/// An INT32 x has no zero point (the spec's 0): `x - zp` could pass 2^24.
+fn check_int32_zp(x_ty: D, zp: Option<&[i64]>) -> Res<()> {
+    if x_ty == D::Int32 && zp.is_none_or(|h| h.iter().any(|&v| v != 0)) {
+        return Err("an INT32 x takes no zero point (or one of 0)".into());
+    }
+    Ok(())
+}
+
+/// DequantizeLinear of constants (weights stored quantized) folds to a float constant, so
+/// later folds and Conv's bias folding see it: `((x - zp) as f32) · scale`, which is the
+/// graph's computation (and the reference's: an INT32 x past 2^24 rounds to f32 first, as
+/// the spec's cast does). A half output type goes to the graph, which rounds to it.
+fn dequantize_fold(env: &Env, node: &NodeProto, c: &[Option<&Const>]) -> OpResult {
+    let (x_ty, out) = dequantize_types(env, node)?;
+    if is_half(out) {
+        return dequantize(env, node);
+    }
+    let arg = |i: usize| c.get(i).copied().flatten();
+    let x = arg(0).ok_or("missing input 0")?;
+    let s = arg(1).ok_or("missing input 1")?;
+    let layout = layout(node, &x.dims, &s.dims)?;
+    super::host_numel(&x.dims)?;
+    let xv = x.as_i64().map_err(|e| format!("x: {e}"))?;
+    let sv = s.as_f32();
+    let zv = match arg(2) {
+        Some(z) => {
+            check_zp(&z.dims, &s.dims, "x_zero_point")?;
+            let v = z.as_i64().map_err(|e| format!("x_zero_point: {e}"))?;
+            check_int32_zp(x_ty, Some(&v))?;
+            v
+        }
+        None => vec![0; sv.len()],
+    };
+    let at = param_index(&x.dims, &s.dims, layout);
+    let y = (0..xv.len())
+        .map(|i| (xv[i] - zv[at(i)]) as f32 * sv[at(i)])
+        .collect();
+    Ok(vec![Const::floats(x.dims.clone(), y).into()])
+}
+
+/// The index into a scale of dims `s` (in `layout`) of x's element `flat` (x of dims `x`).
+fn param_index(x: &[usize], s: &[usize], layout: Layout) -> impl Fn(usize) -> usize {
+    let (x, s) = (x.to_vec(), s.to_vec());
+    move |flat| match layout {
+        Layout::Tensor => 0,
+        Layout::Axis(a) => flat / x[a + 1..].iter().product::<usize>() % x[a],
+        Layout::Blocked { axis: a, block } => {
+            // x's coordinates, the blocked one divided by the block, flattened in s's dims.
+            let (mut rest, mut at, mut stride) = (flat, 0, 1);
+            for k in (0..x.len()).rev() {
+                let coord = rest % x[k];
+                rest /= x[k];
+                at += if k == a { coord / block } else { coord } * stride;
+                stride *= s[k];
+            }
+            at
+        }
+    }
 }
 
 /// DynamicQuantizeLinear: UINT8 with the range of x (widened to hold 0) mapped onto 0..255:
