@@ -30,8 +30,11 @@ const EXACT: &[&str] = &[
 
 #[test]
 fn quantized_values_match_onnxruntime_exactly() {
+    // Float initializers (the scales) as constants, and as parameters (graph values).
     for name in EXACT {
-        check_fixture("quant", name, &[], Weights::Constants, 0.0, 0.0);
+        for weights in [Weights::Constants, Weights::Params] {
+            check_fixture("quant", name, &[], weights, 0.0, 0.0);
+        }
     }
 }
 
@@ -169,4 +172,18 @@ fn integer_sums_past_2_24_are_refused() {
         msg.contains("MatMulInteger") && msg.contains("[2, 300]") && msg.contains("2^24"),
         "{msg}"
     );
+    // The bound reads the weights' values: weights of 1 (sums up to 255·300) are accepted,
+    // which the UINT8 range alone (255·255·300) would refuse.
+    let mut p = Model::load(fixture_in("quant", "matmul_integer_wide.onnx"))
+        .expect("load")
+        .proto;
+    for t in &mut p.graph.as_mut().expect("graph").initializer {
+        if t.name() == "w" {
+            t.raw_data = Some(vec![1; 600]);
+        }
+    }
+    let m = Model::from_bytes(&p.encode_to_vec()).expect("decode");
+    if let Err(e) = m.import(&[], Weights::Constants) {
+        panic!("{e}");
+    }
 }

@@ -274,8 +274,8 @@ fn quantize(env: &Env, node: &NodeProto) -> OpResult {
         Some(D::Int32) => int_input(env, node, 0)?,
         _ => input(env, node, 0)?,
     };
-    let s = input(env, node, 1)?;
     let s_type = float_type(env, node, 1, "y_scale")?;
+    let s = input(env, node, 1)?;
     let zp_type = present(node, 2).then(|| dtype_of(env, node, 2)).flatten();
     let out_type = attr_type(node, "output_dtype")?;
     let ty = match (zp_type, out_type) {
@@ -512,25 +512,28 @@ fn col_zp(zp: &IntIn, b: &[usize]) -> Res<Var> {
     ))
 }
 
-/// The largest `Σ |b_i - zp|` over `groups` of element indices of b (B's columns, or
-/// each filter of a convolution), from b's values when known, else `len · max|b - zp|`.
-fn max_group_sum(b: &IntIn, zp: Option<&IntIn>, groups: &[Vec<usize>]) -> f64 {
+/// The largest `Σ |b_i - zp|` over the `groups` groups of b's elements (B's columns, or
+/// a convolution's filters; element `i` is in group `group_of(i)`), from b's values when
+/// known, else `(elements per group) · max|b - zp|`.
+fn max_group_sum(
+    b: &IntIn,
+    zp: Option<&IntIn>,
+    groups: usize,
+    group_of: impl Fn(usize) -> usize,
+) -> f64 {
     let z = zp.map_or((0.0, 0.0), IntIn::span);
     match &b.host {
-        Some(h) => groups
-            .iter()
-            .map(|g| {
-                g.iter()
-                    .map(|&i| {
-                        let v = h[i] as f64;
-                        (v - z.0).abs().max((z.1 - v).abs())
-                    })
-                    .sum::<f64>()
-            })
-            .fold(0.0, f64::max),
+        Some(h) => {
+            let mut sums = vec![0.0f64; groups];
+            for (i, &v) in h.iter().enumerate() {
+                let v = v as f64;
+                sums[group_of(i)] += (v - z.0).abs().max((z.1 - v).abs());
+            }
+            sums.into_iter().fold(0.0, f64::max)
+        }
         None => {
-            let len = groups.first().map_or(0, Vec::len) as f64;
-            len * max_dev(b.span(), zp)
+            let per = b.var.shape().iter().product::<usize>() / groups.max(1);
+            per as f64 * max_dev(b.span(), zp)
         }
     }
 }
@@ -568,10 +571,8 @@ fn integer_matmul(
         r => (bd[r - 2], bd[r - 1]),
     };
     let batches = bd.iter().product::<usize>() / (k * n).max(1);
-    let cols: Vec<Vec<usize>> = (0..batches)
-        .flat_map(|p| (0..n).map(move |j| (0..k).map(move |i| (p * k + i) * n + j).collect()))
-        .collect();
-    let bound = max_dev(a.span(), az.as_ref()) * max_group_sum(&b, bz.as_ref(), &cols);
+    let col = |i: usize| i / (k * n) * n + i % n;
+    let bound = max_dev(a.span(), az.as_ref()) * max_group_sum(&b, bz.as_ref(), batches * n, col);
     check_exact(&format!("A {ad:?} · B {bd:?}"), bound)?;
     m(a2.matmul(&b2))
 }
@@ -698,10 +699,8 @@ fn integer_conv(
     let x2 = centre(&x, x_zp, "x")?;
     let w2 = centre(&w, w_zp, "w")?;
     let per = wd.iter().product::<usize>() / mo.max(1);
-    let filters: Vec<Vec<usize>> = (0..mo)
-        .map(|f| (f * per..(f + 1) * per).collect())
-        .collect();
-    let mut bound = max_dev(x.span(), xz.as_ref()) * max_group_sum(&w, wz.as_ref(), &filters);
+    let filter = |i: usize| i / per.max(1);
+    let mut bound = max_dev(x.span(), xz.as_ref()) * max_group_sum(&w, wz.as_ref(), mo, filter);
     let mut y = conv_of(node, &x2, &w2)?;
     if let Some(bi) = bias_at.filter(|&i| present(node, i)) {
         let b = int_in(env, node, bi, "B", &[D::Int32])?;
@@ -711,8 +710,14 @@ fn integer_conv(
                 b.var.shape()
             ));
         }
-        // A bias computed by the graph has no bound known at import: 2^24 refuses it.
-        let (lo, hi) = b.host.as_ref().map_or((EXACT, EXACT), |_| b.span());
+        // The bias's values bound the sums with it; a graph value's are not known.
+        if b.host.is_none() {
+            return Err(format!(
+                "bias '{}' must be known at import (its values bound the integer sums)",
+                node.input[bi]
+            ));
+        }
+        let (lo, hi) = b.span();
         bound += lo.abs().max(hi.abs());
         let mut d = vec![1; y.shape().len()];
         d[1] = mo;
