@@ -255,14 +255,21 @@ fn filters_2d(w: Var) -> Res<Var> {
 /// Conv: x (N, C, …) with W (M, C/group, …) and an optional bias B (M).
 fn conv(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
+    let w = input(env, node, 1)?;
+    one(add_bias(env, node, conv_of(node, &x, &w)?)?)
+}
+
+/// The convolution of x (N, C, …) with filters w (M, C/group, …) under `node`'s window
+/// attributes (Conv's, also read by ConvInteger and QLinearConv in `quant.rs`), no bias.
+pub(super) fn conv_of(node: &NodeProto, x: &Var, w: &Var) -> Res<Var> {
     let rank = spatial_rank(x.shape())?;
-    let w_dims = input_dims(env, node, 1)?;
-    let kernel = kernel_of(node, &w_dims, rank)?;
+    let kernel = kernel_of(node, w.shape(), rank)?;
     let window = Window::read(node, kernel, &x.shape()[2..])?;
     let geom = window.geometry().groups(groups(node)?);
-    let w = filters_2d(input(env, node, 1)?)?;
-    let y = to_2d(&x)?.conv2d(&w, geom).map_err(err)?;
-    one(add_bias(env, node, from_2d(y, rank)?)?)
+    let y = to_2d(x)?
+        .conv2d(&filters_2d(w.clone())?, geom)
+        .map_err(err)?;
+    from_2d(y, rank)
 }
 
 /// ConvTranspose: x (N, C, …) with W (C, M/group, …), optional bias B (M). The output size

@@ -59,7 +59,7 @@ fn one_const(c: Const) -> OpResult {
 }
 
 /// The inclusive value range of an integer (or BOOL) type; `None` for float types.
-fn int_range(t: DataType) -> Option<(i64, i64)> {
+pub(crate) fn int_range(t: DataType) -> Option<(i64, i64)> {
     Some(match t {
         DataType::Bool => (0, 1),
         DataType::Int8 => (i8::MIN as i64, i8::MAX as i64),
@@ -301,8 +301,16 @@ pub(crate) fn output_types(env: &Env, node: &NodeProto) -> Vec<DataType> {
             t[0] = same;
             t
         }
-        "DequantizeLinear" => all(dtype_of(env, node, 1).unwrap_or(D::Float)),
-        "QuantizeLinear" => all(dtype_of(env, node, 2).unwrap_or(D::Uint8)),
+        "DequantizeLinear" => all(attr_type("output_dtype")
+            .filter(|&t| t != D::Undefined)
+            .or(dtype_of(env, node, 1))
+            .unwrap_or(D::Float)),
+        "QuantizeLinear" => all(dtype_of(env, node, 2)
+            .or(attr_type("output_dtype").filter(|&t| t != D::Undefined))
+            .unwrap_or(D::Uint8)),
+        "DynamicQuantizeLinear" => vec![D::Uint8, D::Float, D::Uint8][..n.min(3)].to_vec(),
+        "MatMulInteger" | "ConvInteger" => all(D::Int32),
+        "QLinearMatMul" | "QLinearConv" => all(dtype_of(env, node, 7).unwrap_or(same)),
         _ => all(same),
     }
 }

@@ -12,7 +12,8 @@
 //! - `index.rs`: GatherElements, Scatter*, Trilu, CumSum, TopK, OneHot;
 //! - `dtype.rs`: element types (what each value is in the file) and Cast / CastLike;
 //! - `int.rs`: integer-only operators (bit shifts, bitwise logic), folded on constants;
-//! - `resize.rs`: Resize, one constant interpolation matrix (or gather) per axis.
+//! - `resize.rs`: Resize, one constant interpolation matrix (or gather) per axis;
+//! - `quant.rs`: QuantizeLinear, DequantizeLinear and the integer / quantized products.
 //!
 //! Values are either graph [`Var`]s or host constants ([`Const`]): INT64 initializers,
 //! `Constant` nodes, and anything computed only from constants. A node whose inputs are all
@@ -33,6 +34,7 @@ mod int;
 mod loss;
 mod math;
 mod norm;
+mod quant;
 mod resize;
 mod rnn;
 mod scan;
@@ -177,7 +179,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 19] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 20] {
     [
         dtype::OPS,
         int::OPS,
@@ -198,11 +200,12 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 19] {
         fft::OPS,
         select::OPS,
         grid::OPS,
+        quant::OPS,
     ]
 }
 
 /// Every family's fold table.
-fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 14] {
+fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 15] {
     [
         dtype::FOLDS,
         int::FOLDS,
@@ -218,6 +221,7 @@ fn fold_tables() -> [&'static [(&'static str, FoldFn)]; 14] {
         index::FOLDS,
         scan::FOLDS,
         generator::FOLDS,
+        quant::FOLDS,
     ]
 }
 
@@ -316,12 +320,27 @@ const EXACT_ON_INTEGERS: &[&str] = &["Pad", "MaxPool", "ReduceMax", "ReduceMin",
 /// Input `i` as a graph value; a float constant becomes a graph constant (once per name),
 /// an integer one too for the ops in [`EXACT_ON_INTEGERS`].
 pub(crate) fn input(env: &Env, node: &NodeProto, i: usize) -> std::result::Result<Var, String> {
+    input_as(env, node, i, EXACT_ON_INTEGERS.contains(&node.op_type()))
+}
+
+/// Input `i` as a graph value, an integer constant too (refused past 2^24, where f32 stops
+/// holding every integer): for ops that keep integer values exact themselves (`quant.rs`).
+pub(crate) fn int_input(env: &Env, node: &NodeProto, i: usize) -> std::result::Result<Var, String> {
+    input_as(env, node, i, true)
+}
+
+fn input_as(
+    env: &Env,
+    node: &NodeProto,
+    i: usize,
+    integers: bool,
+) -> std::result::Result<Var, String> {
     match value(env, node, i)? {
         Value::Var(v) => Ok(v.clone()),
         Value::Const(c) => {
             let name = &node.input[i];
             let integer = matches!(c.data, ConstData::I64(_));
-            if integer && !EXACT_ON_INTEGERS.contains(&node.op_type()) {
+            if integer && !integers {
                 return Err(format!(
                     "input '{name}' is an integer constant where a float value is needed"
                 ));
