@@ -76,16 +76,35 @@ pub(crate) fn factor_panel(p: &[f64], j: usize, jb: usize, m: usize) -> HostPane
         vt[c * m + col..(c + 1) * m].copy_from_slice(&v);
         tau[c] = t;
     }
+    // Z = Vᵀ V (jb, jb), one host product over the entries j.. (V is zero before them).
+    let mut z = vec![0.0; jb * jb];
+    let k = m - j;
+    // SAFETY: Vᵀ is `vt` (jb, m) from column j, read as A (jb, k) and as B = V (k, jb);
+    // `z` is (jb, jb) and aliases neither.
+    unsafe {
+        let v0 = vt.as_ptr().add(j);
+        matrixmultiply::dgemm(
+            jb,
+            k,
+            jb,
+            1.0,
+            v0,
+            m as isize,
+            1,
+            v0,
+            1,
+            m as isize,
+            0.0,
+            z.as_mut_ptr(),
+            jb as isize,
+            1,
+        );
+    }
     // T: T[i][i] = τᵢ, T[0..i, i] = −τᵢ T[0..i, 0..i] (Vᵀ vᵢ)[0..i].
     let mut t = vec![0.0; jb * jb];
     for i in 0..jb {
-        // vᵢ is zero before entry j + i.
-        let vi = &vt[i * m + j + i..(i + 1) * m];
-        let z: Vec<f64> = (0..i)
-            .map(|r| host_dot(&vt[r * m + j + i..(r + 1) * m], vi))
-            .collect();
         for r in 0..i {
-            let s: f64 = (r..i).map(|q| t[r * jb + q] * z[q]).sum();
+            let s: f64 = (r..i).map(|q| t[r * jb + q] * z[q * jb + i]).sum();
             t[r * jb + i] = -tau[i] * s;
         }
         t[i * jb + i] = tau[i];
