@@ -11,7 +11,7 @@ use wgrad::{Device, Error, Rng, Tensor};
 const TOL: f64 = 1e-4;
 
 /// The two GPU paths: `None` is the adapter's choice (on lavapipe, the blocked host QR for
-/// up to 1024 columns), `Some(0)` forces the device path (blocked from 8 reflectors up).
+/// up to 4096 columns), `Some(0)` forces the device path (blocked from 8 reflectors up).
 const GPU_PATHS: [Option<usize>; 2] = [None, Some(0)];
 
 fn gpu_qr(g: &Tensor, mode: QrMode, host_max: Option<usize>) -> (Tensor, Tensor) {

@@ -2,7 +2,7 @@
 //!
 //! CPU reference: Householder in f64 (`qr_reference`), also used on the host by
 //! [`Init::Orthogonal`](crate::Init::Orthogonal).
-//! GPU, up to [`QrOptions::host_max`] columns (1024 on a software adapter, 128 on a hardware
+//! GPU, up to [`QrOptions::host_max`] columns (4096 on a software adapter, 128 on a hardware
 //! GPU): one read-back, then blocked Householder on the host in f64, with the trailing
 //! updates and Q as host matrix products on every core (`qr_host.rs`), and Q and R
 //! uploaded.
@@ -86,7 +86,7 @@ pub struct QrOptions {
     pub mode: QrMode,
     /// GPU device only: when the column count (and Q's, when complete) is at most this, the
     /// matrix is read back once and factored by the blocked host QR; above it, by the
-    /// blocked device QR. `None`: 1024 on a software adapter (where the device is the
+    /// blocked device QR. `None`: 4096 on a software adapter (where the device is the
     /// host's own cores), 128 on a hardware GPU.
     pub host_max: Option<usize>,
 }
@@ -175,13 +175,15 @@ pub fn qr_with_options(a: &Tensor, opts: &QrOptions) -> Result<(Tensor, Tensor)>
 /// Column counts (of R, and of Q when complete) up to this are factored on the host whole
 /// (one read-back), by adapter. On a software adapter (lavapipe) the device is the host's
 /// own cores, and the host QR (f64 products with AVX/FMA, no device round trip per panel)
-/// won at every size measured, in one run under load (ms, host against device): 128: 0.58
-/// against 7.5–12, 256: 5.6–6.5 against 47, 512: 47–49 against 66 (quiet, before), 1024:
-/// 314–326 against 1,095–1,166. On a hardware GPU the products are the cheap part, so only
-/// small matrices stay on the host (as eigh's and eig's; not measured there).
+/// won at every size measured, `wgrad bench --filter qr` (ms, host `qr` against
+/// `qr_device`, one run at load 2): 128: 0.73 against 7.0, 256: 4.1 against 28, 512: 22
+/// against 113, 1024: 146 against 586; 2048 (another run, load 4): 1,352 against 5,773.
+/// Past [`HOST_MAX_ELEMENTS`] the device path takes it. On a hardware GPU the products are
+/// the cheap part, so only small matrices stay on the host (as eigh's and eig's; not
+/// measured there).
 fn host_max(ctx: &GpuContext) -> usize {
     if ctx.info.device_type == wgpu::DeviceType::Cpu {
-        1024
+        4096
     } else {
         128
     }
@@ -189,7 +191,7 @@ fn host_max(ctx: &GpuContext) -> usize {
 
 /// The host path's size cap, in elements of the larger of A and Q: its f64 copies of `Aᵀ`
 /// and `Qᵀ` are a few times this many bytes.
-const HOST_MAX_ELEMENTS: usize = 1 << 22;
+const HOST_MAX_ELEMENTS: usize = 1 << 23;
 
 pub(crate) fn too_large(op: &'static str, shape: &[usize]) -> Error {
     Error::Invalid {

@@ -246,7 +246,7 @@ fn cases() -> Vec<Case> {
     }
     // Householder QR (issue 16 measures 256, 512 and 1024; NumPy's figures come from
     // scripts/bench_numpy_linalg.py). `qr` is the default choice (on a software adapter the
-    // blocked host QR up to 1024 columns), `qr_device` the blocked device QR forced
+    // blocked host QR up to 4096 columns), `qr_device` the blocked device QR forced
     // (`host_max: Some(0)`), to keep the trade visible. The figure is the dispatches of one
     // solve.
     for (op, host_max) in [("qr", None), ("qr_device", Some(0))] {
