@@ -440,12 +440,42 @@ fn clip(env: &Env, node: &NodeProto) -> OpResult {
 }
 
 /// Pow with broadcasting; a constant scalar exponent (often an INT64 2) is a scalar op.
+/// An integer base with a graph (float) exponent is [`int_pow`]'s.
 fn pow(env: &Env, node: &NodeProto) -> OpResult {
+    if let Some(t) = super::dtype_of(env, node, 0).filter(|&t| super::dtype::is_integer(t)) {
+        return int_pow(env, node, t);
+    }
     let x = input(env, node, 0)?;
     if let Some(e) = scalar_const(env, node, 1, x.shape().len()) {
         return one(x.scalar(B::Pow, e, false).map_err(err)?);
     }
     one(x.pow(&num_input(env, node, 1)?).map_err(err)?)
+}
+
+/// Pow of an integer base (a constant at import, converted exactly to f32, or an error past
+/// 2^24) to a float graph exponent, the result in the base's type, as onnxruntime computes
+/// it: the float power truncated toward zero. The f32 power is not exact (on the GPU it is
+/// `exp2(y·log2 x)`), so where the exponent is a non-negative integer, and the true power is
+/// therefore an integer, the result is rounded to the nearest integer first; truncating
+/// 728.9999 would give 728 for 3^6. Results past 2^24 are not exact in f32.
+fn int_pow(env: &Env, node: &NodeProto, t: crate::onnx::proto::tensor_proto::DataType) -> OpResult {
+    let x = num_input(env, node, 0)?;
+    let y = num_input(env, node, 1)?;
+    let r = (|| {
+        let p = x.pow(&y)?;
+        let whole = y
+            .unary(U::Floor)?
+            .binary(&y, B::Eq)?
+            .mul(&y.scalar(B::Ge, 0.0, false)?)?;
+        let whole = whole.broadcast_to(p.shape())?;
+        whole.select(&p.unary(U::Round)?, &p)
+    })()
+    .map_err(err)?;
+    one(super::cast_var(
+        &r,
+        Some(crate::onnx::proto::tensor_proto::DataType::Float),
+        t,
+    )?)
 }
 
 /// Max / Min / Sum / Mean of one or more inputs, broadcast together (opset >= 8; the

@@ -12,7 +12,9 @@
 //! - `index.rs`: GatherElements, Scatter*, Trilu, CumSum, TopK, OneHot;
 //! - `dtype.rs`: element types (what each value is in the file) and Cast / CastLike;
 //! - `int.rs`: integer-only operators (bit shifts, bitwise logic), folded on constants;
-//! - `resize.rs`: Resize, one constant interpolation matrix (or gather) per axis.
+//! - `resize.rs`: Resize, one constant interpolation matrix (or gather) per axis;
+//! - `det.rs`: Det, an LU factorisation unrolled into graph ops;
+//! - `vision.rs`: RoiAlign and DeformConv, bilinear sampling composed as products.
 //!
 //! Values are either graph [`Var`]s or host constants ([`Const`]): INT64 initializers,
 //! `Constant` nodes, and anything computed only from constants. A node whose inputs are all
@@ -22,6 +24,7 @@
 mod attention;
 mod basic;
 mod conv;
+mod det;
 mod dtype;
 mod einsum;
 mod fft;
@@ -38,6 +41,7 @@ mod rnn;
 mod scan;
 mod select;
 mod shape;
+mod vision;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -177,7 +181,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 19] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 21] {
     [
         dtype::OPS,
         int::OPS,
@@ -198,6 +202,8 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 19] {
         fft::OPS,
         select::OPS,
         grid::OPS,
+        det::OPS,
+        vision::OPS,
     ]
 }
 
