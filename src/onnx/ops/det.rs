@@ -5,9 +5,11 @@
 //! comparisons, as ArgMax is), swapped into the first row, the rows below eliminated, and
 //! `det = (−1)^swaps · Π pivots`. The `linalg` module factors concrete tensors, not graph
 //! values, so it cannot serve here. Every step is a differentiable op (the pivot choice is
-//! locally constant), so the gradient `det·A⁻ᵀ` comes out of the chain rule; at a
-//! singular matrix the elimination divides by a pivot replaced with 1 where it is 0, which
-//! gives det 0 and the gradient of the product taken through the remaining steps.
+//! locally constant), so the gradient `det·A⁻ᵀ` comes out of the chain rule. A pivot that
+//! is exactly 0 (a column that is zero on and below the diagonal) gives det 0, and the
+//! elimination then divides by 1 instead, so no NaN appears; the gradient there is not
+//! the adjugate `adj(A)ᵀ` in general (the entries below that pivot get 0), so at exactly
+//! singular matrices of that kind it is not to be trusted. Nearly singular ones are fine.
 //!
 //! The unrolled graph has O(n) nodes of O(n²) work each, so n is capped at [`MAX_N`]; a
 //! NaN or infinite entry makes the determinant NaN.

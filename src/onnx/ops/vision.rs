@@ -53,7 +53,7 @@ fn corners(c: &Var, size: usize) -> GResult<(Var, Var)> {
     let idx: Vec<f32> = (0..size).map(|i| i as f32).collect();
     let mut dims = vec![1; c.shape().len()];
     *dims.last_mut().expect("rank >= 1") = size;
-    let idx = constant(&c.graph(), &idx, &dims)?;
+    let idx = constant(c.graph(), &idx, &dims)?;
     let lo = c.unary(U::Floor)?;
     let t = c.sub(&lo)?;
     let at_lo = idx.binary(&lo, B::Eq)?;
@@ -145,7 +145,7 @@ fn roi_align(env: &Env, node: &NodeProto) -> OpResult {
                 return Err(format!("a roi of size {len} gives no sampling grid"));
             }
             // A roi of size <= 0 (half_pixel allows it) has no samples: its bins are 0.
-            Ok(g.max(0.0).min(1e9) as usize)
+            Ok(g.clamp(0.0, 1e9) as usize)
         };
         let mut gy = Vec::with_capacity(r);
         let mut gx = Vec::with_capacity(r);
@@ -204,10 +204,10 @@ fn roi_align(env: &Env, node: &NodeProto) -> OpResult {
     let y = (|| {
         let g = x.graph();
         let onehot = match select {
-            Some(d) => constant(&g, &d, &[r, n])?,
+            Some(d) => constant(g, &d, &[r, n])?,
             None => {
                 let iota: Vec<f32> = (0..n).map(|i| i as f32).collect();
-                let iota = constant(&g, &iota, &[1, n])?;
+                let iota = constant(g, &iota, &[1, n])?;
                 let b = batch.expect("graph batch_indices").reshape(&[r, 1])?;
                 iota.binary(&b, B::Eq)?
             }
@@ -243,8 +243,8 @@ fn roi_align(env: &Env, node: &NodeProto) -> OpResult {
                     }
                 }
             }
-            let coef = constant(&g, &coef, &[rows, out * gmax, 1])?;
-            let keep = constant(&g, &keep, &[rows, out * gmax, 1])?;
+            let coef = constant(g, &coef, &[rows, out * gmax, 1])?;
+            let keep = constant(g, &keep, &[rows, out * gmax, 1])?;
             let pos = start.add(&coef.mul(&bin)?)?; // (R, out·gmax, 1)
             let inside =
                 pos.scalar(B::Ge, -1.0, false)?
@@ -357,7 +357,7 @@ fn deform_conv(env: &Env, node: &NodeProto) -> OpResult {
     }
     let pair = |name: &str, default: i64, len: usize| -> Result<Vec<i64>, String> {
         let v = attr_ints(node, name).unwrap_or_else(|| vec![default; len]);
-        if v.len() != len || v.iter().any(|&d| d < 0 || d > 1 << 24) {
+        if v.len() != len || v.iter().any(|d| !(0..=1 << 24).contains(d)) {
             return Err(format!(
                 "{shapes}: {name} {v:?} must be {len} values in [0, 2^24]"
             ));
@@ -440,8 +440,8 @@ fn deform_conv(env: &Env, node: &NodeProto) -> OpResult {
                 }
             }
         }
-        let by = constant(&g, &by, &[1, 1, q, 1])?;
-        let bx = constant(&g, &bx, &[1, 1, q, 1])?;
+        let by = constant(g, &by, &[1, 1, q, 1])?;
+        let bx = constant(g, &bx, &[1, 1, q, 1])?;
         let o = off.reshape(&[n, og, k, 2, p])?;
         let oy = o.slice(3, 0, 1)?.reshape(&[n, og, q, 1])?;
         let ox = o.slice(3, 1, 2)?.reshape(&[n, og, q, 1])?;
