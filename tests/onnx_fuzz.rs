@@ -123,6 +123,7 @@ fn bases() -> Vec<Vec<u8>> {
         "select",
         "training",
         "grid",
+        "vision",
     ] {
         let Ok(dir) = std::fs::read_dir(fixture_in(family, "")) else {
             continue;
@@ -1236,4 +1237,81 @@ fn fourier_and_selection_ops_on_huge_dims_are_errors() {
         )],
     );
     assert_names(&msg, &["ReverseSequence", "elements"]);
+}
+
+#[test]
+fn vision_ops_on_huge_dims_are_errors() {
+    // RoiAlign's output grid times its samples per bin past any allocation.
+    let roi = |attrs: Vec<AttributeProto>, x: &[i64]| {
+        import_error(
+            16,
+            Some(x),
+            vec![
+                float_init("r", &[1, 4], &[0.0, 0.0, 2.0, 2.0]),
+                int_init("b", &[1], &[0]),
+            ],
+            vec![node("RoiAlign", &["x", "r", "b"], &["y"], attrs)],
+        )
+    };
+    let msg = roi(
+        vec![
+            int_attr("output_height", T40),
+            int_attr("sampling_ratio", T40),
+        ],
+        &[1, 1, 4, 4],
+    );
+    assert_names(&msg, &["RoiAlign"]);
+    let msg = roi(
+        vec![
+            int_attr("output_height", 1 << 20),
+            int_attr("output_width", 1 << 20),
+            int_attr("sampling_ratio", 2),
+        ],
+        &[1, 1, 4, 4],
+    );
+    assert_names(&msg, &["RoiAlign", "elements"]);
+    // A feature map of 2^40 pixels: the per-roi selection alone is a terabyte.
+    let msg = roi(
+        vec![int_attr("sampling_ratio", 1)],
+        &[1, 1, 1 << 20, 1 << 20],
+    );
+    assert_names(&msg, &["RoiAlign", "elements"]);
+    // DeformConv over a 2^20 x 2^20 map with a 1x1 kernel: 2^40 sampling positions.
+    let msg = import_error(
+        22,
+        Some(&[1, 1, 1 << 20, 1 << 20]),
+        vec![float_init("w", &[1, 1, 1, 1], &[1.0])],
+        vec![
+            node("Concat", &["x", "x"], &["o"], vec![int_attr("axis", 1)]),
+            node("DeformConv", &["x", "w", "o"], &["y"], vec![]),
+        ],
+    );
+    assert_names(&msg, &["DeformConv"]);
+    // Det of order 2^20: the unrolled factorisation is refused by its order.
+    let msg = import_error(
+        22,
+        Some(&[1 << 20, 1 << 20]),
+        vec![],
+        vec![node("Det", &["x"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["Det", "order 1048576"]);
+    // MelWeightMatrix of dft_length 2^40 (its bins are a host constant).
+    let msg = import_error(
+        17,
+        None,
+        vec![
+            int_init("m", &[], &[8]),
+            int_init("d", &[], &[T40]),
+            int_init("s", &[], &[16000]),
+            float_init("lo", &[], &[0.0]),
+            float_init("hi", &[], &[8000.0]),
+        ],
+        vec![node(
+            "MelWeightMatrix",
+            &["m", "d", "s", "lo", "hi"],
+            &["y"],
+            vec![],
+        )],
+    );
+    assert_names(&msg, &["MelWeightMatrix", "elements"]);
 }

@@ -153,3 +153,12 @@ fn bad_attributes_are_errors_naming_the_node() {
         assert!(msg.contains(want) && msg.contains(name), "{name}: {msg}");
     }
 }
+
+#[test]
+fn integer_base_to_a_float_exponent_truncates_as_onnxruntime() {
+    // 3^15 and 2^23 (exact in f32, just under 2^24), 9^0.5 and 27^(1/3) (an f32 power a
+    // hair under the integer must not truncate one below it), negative and zero bases,
+    // powers under 1 truncating to 0; for INT32 and INT64 bases.
+    check_fixture("math", "pow_int32_float", &[], Weights::Constants, 0.0, 0.0);
+    check_fixture("math", "pow_int64_float", &[], Weights::Constants, 0.0, 0.0);
+}

@@ -279,7 +279,7 @@ pub(crate) fn output_types(env: &Env, node: &NodeProto) -> Vec<DataType> {
             all(attr_type("dtype").unwrap_or(same))
         }
         "RandomUniform" | "RandomNormal" => all(attr_type("dtype").unwrap_or(D::Float)),
-        "HannWindow" | "HammingWindow" | "BlackmanWindow" => {
+        "HannWindow" | "HammingWindow" | "BlackmanWindow" | "MelWeightMatrix" => {
             all(attr_type("output_datatype").unwrap_or(D::Float))
         }
         "TopK" | "MaxPool" => {

@@ -440,12 +440,74 @@ fn clip(env: &Env, node: &NodeProto) -> OpResult {
 }
 
 /// Pow with broadcasting; a constant scalar exponent (often an INT64 2) is a scalar op.
+/// An integer base with a graph (float) exponent is [`int_pow`]'s.
 fn pow(env: &Env, node: &NodeProto) -> OpResult {
+    if let Some(t) = super::dtype_of(env, node, 0).filter(|&t| super::dtype::is_integer(t)) {
+        return int_pow(env, node, t);
+    }
     let x = input(env, node, 0)?;
     if let Some(e) = scalar_const(env, node, 1, x.shape().len()) {
         return one(x.scalar(B::Pow, e, false).map_err(err)?);
     }
     one(x.pow(&num_input(env, node, 1)?).map_err(err)?)
+}
+
+/// Pow of an integer base (a constant at import, converted exactly to f32, or an error past
+/// 2^24) to a float graph exponent, the result in the base's type, as onnxruntime computes
+/// it: the power (in f64 there) truncated toward zero.
+///
+/// The f32 power is not exact (on the GPU it is `exp2(y·log2 x)`, 3^15 off by 6), so a
+/// whole exponent `y >= 0` is done by squaring instead: `x^y = Π x^(2^k)` over the set bits
+/// of `y`, exact while the result fits f32's integers (2^24). Past 31 only `|x| <= 1` keeps
+/// a result that small, and for those `y`'s parity is all that counts, so the bits are
+/// taken of `30 + y mod 2` there. A negative whole exponent gives `±1`, `0` or `inf`, which
+/// the float power has exactly. A fractional one uses the float power, taken as the nearest
+/// integer where it lies within 2^-20 (relative) of one (9^0.5 may come out 2.9999998): a
+/// true power closer than that below an integer, which an integer base and an f32 exponent
+/// hardly ever give, comes out one more than onnxruntime's. Results past 2^24 are not
+/// exact in f32.
+fn int_pow(env: &Env, node: &NodeProto, t: crate::onnx::proto::tensor_proto::DataType) -> OpResult {
+    let x = num_input(env, node, 0)?;
+    let y = num_input(env, node, 1)?;
+    let r = (|| {
+        let p = x.pow(&y)?;
+        let near = p.unary(U::Round)?;
+        let close = p
+            .sub(&near)?
+            .abs()?
+            .binary(&near.abs()?.mul_scalar(1.0 / (1 << 20) as f32)?, B::Le)?;
+        let float = close.select(&near, &p)?;
+        // The exponent's bits, from y or, past 31, from 30 + y mod 2.
+        let floor_div = |v: &Var, d: f32| v.mul_scalar(1.0 / d)?.unary(U::Floor);
+        let parity = y.sub(&floor_div(&y, 2.0)?.mul_scalar(2.0)?)?;
+        let big = y.scalar(B::Gt, 31.0, false)?;
+        let e = big.select(&parity.add_scalar(30.0)?, &y)?;
+        let mut acc: Option<Var> = None;
+        let mut sq = x.clone();
+        for k in 0..5 {
+            let bit = floor_div(&e, (1u32 << k) as f32)?
+                .sub(&floor_div(&e, (2u32 << k) as f32)?.mul_scalar(2.0)?)?;
+            // x^(2^k) where the bit is set, else 1 (selected: sq may be inf by now).
+            let f = bit.select(&sq, &x.graph().full(1.0, &[1]))?;
+            acc = Some(match acc {
+                None => f,
+                Some(a) => a.mul(&f)?,
+            });
+            sq = sq.mul(&sq)?;
+        }
+        let exact = acc.expect("five bits");
+        let whole = y
+            .unary(U::Floor)?
+            .binary(&y, B::Eq)?
+            .mul(&y.scalar(B::Ge, 0.0, false)?)?;
+        whole.select(&exact, &float)
+    })()
+    .map_err(err)?;
+    one(super::cast_var(
+        &r,
+        Some(crate::onnx::proto::tensor_proto::DataType::Float),
+        t,
+    )?)
 }
 
 /// Max / Min / Sum / Mean of one or more inputs, broadcast together (opset >= 8; the

@@ -14,6 +14,8 @@
 //! - `int.rs`: integer-only operators (bit shifts, bitwise logic), folded on constants;
 //! - `resize.rs`: Resize, one constant interpolation matrix (or gather) per axis;
 //! - `quant.rs`: QuantizeLinear, DequantizeLinear and the integer / quantized products.
+//! - `det.rs`: Det, an LU factorisation unrolled into graph ops;
+//! - `vision.rs`: RoiAlign and DeformConv, bilinear sampling composed as products.
 //!
 //! Values are either graph [`Var`]s or host constants ([`Const`]): INT64 initializers,
 //! `Constant` nodes, and anything computed only from constants. A node whose inputs are all
@@ -23,6 +25,7 @@
 mod attention;
 mod basic;
 mod conv;
+mod det;
 mod dtype;
 mod einsum;
 mod fft;
@@ -40,6 +43,7 @@ mod rnn;
 mod scan;
 mod select;
 mod shape;
+mod vision;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -179,7 +183,7 @@ pub(crate) type OpFn = fn(&Env, &NodeProto) -> OpResult;
 pub(crate) type FoldFn = fn(&Env, &NodeProto, &[Option<&Const>]) -> OpResult;
 
 /// Every family's op table.
-fn op_tables() -> [&'static [(&'static str, OpFn)]; 20] {
+fn op_tables() -> [&'static [(&'static str, OpFn)]; 22] {
     [
         dtype::OPS,
         int::OPS,
@@ -201,6 +205,8 @@ fn op_tables() -> [&'static [(&'static str, OpFn)]; 20] {
         select::OPS,
         grid::OPS,
         quant::OPS,
+        det::OPS,
+        vision::OPS,
     ]
 }
 
