@@ -1,0 +1,254 @@
+//! MaxPool's Indices output and MaxUnpool, as compositions of comparisons, reductions and
+//! products (no scatter kernel takes runtime indices). Indices are integers carried as
+//! exact f32 values, so every index must stay below 2^24 (else an import error).
+//!
+//! Indices (1-D and 2-D pools): the flat position in the whole input, `(n·C + c)·H·W` plus
+//! `h·W + w` (storage_order 0) or `h + w·H` (1). Of a window's taps equal to its maximum the
+//! first in scan order wins (onnxruntime's strict `>` scan and the reference's argmax): the
+//! patches of x are compared with the pooled maximum, each matching tap scored by
+//! `H·W - (h·W + w)` (positive, largest for the first), and the best score picks one tap.
+//! A window whose maximum is NaN has no match and gets an unspecified index.
+//!
+//! MaxUnpool: `out[I[i]] = X[i]` in each (n, c) plane, the last of duplicate indices winning
+//! (as onnxruntime's and the reference's loops), as a one-hot product
+//! `X (NC, 1, L) · onehot (NC, L, P)`; the one-hot is L·P per plane, so its size is capped.
+//! Indices are flat positions in the spec's inferred output
+//! `(in - 1)·stride - pads + kernel`; an `output_shape` larger than that adds zeros at the
+//! end of each spatial axis (the reference's rule). Constant indices are checked at import;
+//! runtime ones (a MaxPool's Indices) outside their plane select nothing, so their outputs
+//! stay 0.
+
+use super::{to_2d, Window};
+use crate::onnx::ops::{
+    attr_ints, err, input, opt_const_input, value, ConstData, Env, OpResult, Value, HOST_LIMIT,
+};
+use crate::onnx::proto::NodeProto;
+use crate::ops::reduce::ReduceOp;
+use crate::{BinaryOp, Device, Graph, Tensor, Var};
+
+type Res<T> = std::result::Result<T, String>;
+
+/// Largest one-hot MaxUnpool builds (elements): 256 MiB of f32.
+const ONE_HOT_LIMIT: usize = 1 << 26;
+
+/// Integers past this are not exact in f32.
+const EXACT: usize = 1 << 24;
+
+fn constant(g: &Graph, dims: &[usize], v: &[f32]) -> Res<Var> {
+    let t = Tensor::from_slice(&Device::cpu(), v, dims).map_err(err)?;
+    g.constant(&t).map_err(err)
+}
+
+/// The Indices of a MaxPool of x (N, C, …) whose output is y, for a 1-D or 2-D `window`.
+pub(super) fn max_pool_indices(
+    x: &Var,
+    y: &Var,
+    rank: usize,
+    window: &Window,
+    col_major: bool,
+) -> Res<Var> {
+    if rank == 3 {
+        return Err(format!(
+            "the Indices output of a 3-D MaxPool (input {:?}) is not supported (1-D and 2-D are)",
+            x.shape()
+        ));
+    }
+    let x2 = to_2d(x)?;
+    let &[n, c, h, w] = x2.shape() else {
+        unreachable!("to_2d gives 4-D")
+    };
+    let (oh, ow) = match y.shape() {
+        &[_, _, ow] => (1, ow),
+        &[_, _, oh, ow] => (oh, ow),
+        s => return Err(format!("pooled output {s:?} is not (N, C, …)")),
+    };
+    let total = x.shape().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if total.is_none_or(|t| t > EXACT) {
+        return Err(format!(
+            "input {:?} has more than 2^24 elements: its Indices would not be exact as f32",
+            x.shape()
+        ));
+    }
+    let g = window.geometry();
+    let (l, k) = (oh * ow, g.kh * g.kw);
+    if l.checked_mul(k).is_none_or(|t| t > HOST_LIMIT) {
+        return Err(format!(
+            "{oh}x{ow} windows of {}x{} taps on input {:?}: more than {HOST_LIMIT} index entries",
+            g.kh,
+            g.kw,
+            x.shape()
+        ));
+    }
+    // The output size already says how ceil_mode rounded. The same windows without it: end padding set to what the kept windows reach, so
+    // im2col makes exactly oh × ow of them.
+    let [span_h, span_w] = g.span();
+    let [pt, pl, _, _] = g.pads;
+    let reach = |outs: usize, s: usize, span: usize, len: usize, p0: usize| {
+        ((outs - 1) * s + span).saturating_sub(len + p0)
+    };
+    let win = g.pads(
+        pt,
+        pl,
+        reach(oh, g.strides[0], span_h, h, pt),
+        reach(ow, g.strides[1], span_w, w, pl),
+    );
+    // Per (window, tap): its score (0 for padding) and its index within the plane.
+    let (mut score, mut index) = (vec![0f32; l * k], vec![0f32; l * k]);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    let iy = (oy * win.strides[0] + ki * g.dilations[0]).checked_sub(pt);
+                    let ix = (ox * win.strides[1] + kj * g.dilations[1]).checked_sub(pl);
+                    let (Some(iy), Some(ix)) = (iy, ix) else {
+                        continue;
+                    };
+                    if iy >= h || ix >= w {
+                        continue;
+                    }
+                    let at = (oy * ow + ox) * k + ki * g.kw + kj;
+                    score[at] = (h * w - (iy * w + ix)) as f32;
+                    index[at] = if col_major { ix * h + iy } else { iy * w + ix } as f32;
+                }
+            }
+        }
+    }
+    let graph = x.graph();
+    let planes = n * c;
+    let offsets: Vec<f32> = (0..planes).map(|p| (p * h * w) as f32).collect();
+    let score = constant(graph, &[l, k], &score)?;
+    let index = constant(graph, &[l, k], &index)?;
+    let offsets = constant(graph, &[planes, 1], &offsets)?;
+    (|| {
+        let patches = x2.reshape(&[planes, 1, h, w])?.im2col(win)?;
+        let top = y.reshape(&[planes, l, 1])?;
+        let scored = patches.binary(&top, BinaryOp::Eq)?.mul(&score)?;
+        let best = scored.reduce(ReduceOp::Max, 2, true)?;
+        let pick = scored.binary(&best, BinaryOp::Eq)?;
+        pick.mul(&index)?
+            .sum_axis(2, false)?
+            .add(&offsets)?
+            .reshape(y.shape())
+    })()
+    .map_err(err)
+}
+
+/// MaxUnpool (opsets 9, 11, 22): X (N, C, …), I (its indices), optional output_shape.
+pub(super) fn max_unpool(env: &Env, node: &NodeProto) -> OpResult {
+    let x = input(env, node, 0)?;
+    let s = x.shape().to_vec();
+    if s.len() < 3 {
+        return Err(format!("input X {s:?} must be (N, C, …) with a spatial dim"));
+    }
+    let rank = s.len() - 2;
+    let kernel = match attr_ints(node, "kernel_shape") {
+        Some(k) if k.len() == rank && k.iter().all(|&v| (1..=u32::MAX as i64).contains(&v)) => {
+            k.iter().map(|&v| v as usize).collect::<Vec<_>>()
+        }
+        Some(k) => return Err(format!("kernel_shape {k:?} must hold {rank} positive dims")),
+        None => return Err("kernel_shape is required".into()),
+    };
+    let strides = super::per_axis(node, "strides", rank, 1, 1)?;
+    let (begins, ends) = super::explicit_pads(node, rank)?;
+    // The spec's output: (in - 1)·stride - pads + kernel per axis.
+    let mut inferred = s[..2].to_vec();
+    for i in 0..rank {
+        let o = (s[i + 2].max(1) - 1)
+            .checked_mul(strides[i])
+            .and_then(|v| v.checked_add(kernel[i]))
+            .and_then(|v| v.checked_sub(begins[i] + ends[i]))
+            .filter(|&v| v > 0);
+        inferred.push(o.ok_or_else(|| {
+            format!(
+                "input X {s:?} with kernel {kernel:?}, strides {strides:?} and pads {begins:?}/{ends:?} has no output on spatial axis {i}"
+            )
+        })?);
+    }
+    let out = match opt_const_input(env, node, 2)? {
+        None => inferred.clone(),
+        Some(c) => {
+            let v = c.as_i64()?;
+            let ok = v.len() == s.len()
+                && v[..2].iter().zip(&s).all(|(&a, &b)| a as usize == b && a >= 0)
+                && v[2..].iter().zip(&inferred[2..]).all(|(&a, &b)| a >= b as i64);
+            if !ok {
+                return Err(format!(
+                    "output_shape {v:?} must be (N, C, …) of input X {s:?} and at least the inferred {inferred:?}"
+                ));
+            }
+            v.iter().map(|&d| d as usize).collect()
+        }
+    };
+    let planes = s[0] * s[1];
+    let lin: usize = s[2..].iter().product();
+    let size = |d: &[usize]| d.iter().try_fold(1usize, |a, &v| a.checked_mul(v));
+    let p = size(&inferred[2..]).filter(|_| size(&inferred).is_some_and(|t| t <= EXACT));
+    let Some(p) = p else {
+        return Err(format!(
+            "the output {inferred:?} has more than 2^24 elements: its indices would not be exact as f32"
+        ));
+    };
+    size(&out).filter(|&t| t <= crate::shape::MAX_ELEMENTS).ok_or_else(|| {
+        format!("output_shape {out:?} multiplies past the addressable element count")
+    })?;
+    let one_hot = size(&[planes, lin, p]).filter(|&t| t <= ONE_HOT_LIMIT);
+    if one_hot.is_none() {
+        return Err(format!(
+            "input X {s:?} unpooled to {inferred:?} needs a {planes}x{lin}x{p} one-hot: more than {ONE_HOT_LIMIT} elements"
+        ));
+    }
+    let graph = &env.graph;
+    let indices = match value(env, node, 1)? {
+        Value::Var(v) => v.clone(),
+        Value::Const(c) => {
+            let v = match &c.data {
+                ConstData::I64(v) => v.clone(),
+                ConstData::F32(_) => c.as_i64()?,
+            };
+            // Each index must lie in its own (n, c) plane of the inferred output.
+            if let Some((i, &j)) = v
+                .iter()
+                .enumerate()
+                .find(|&(i, &j)| lin == 0 || j < 0 || j as usize / p != i / lin)
+            {
+                return Err(format!(
+                    "index {j} (element {i}) is outside its plane of the output {inferred:?}"
+                ));
+            }
+            let f: Vec<f32> = v.iter().map(|&j| j as f32).collect();
+            constant(graph, &c.dims, &f)?
+        }
+    };
+    if indices.shape() != s.as_slice() {
+        return Err(format!(
+            "indices I {:?} must have the shape of X {s:?}",
+            indices.shape()
+        ));
+    }
+    let offsets: Vec<f32> = (0..planes).map(|q| (q * p) as f32).collect();
+    let positions: Vec<f32> = (0..p).map(|q| q as f32).collect();
+    let order: Vec<f32> = (1..=lin).map(|q| q as f32).collect();
+    let offsets = constant(graph, &[planes, 1, 1], &offsets)?;
+    let positions = constant(graph, &[1, 1, p], &positions)?;
+    let order = constant(graph, &[1, lin, 1], &order)?;
+    let y = (|| {
+        let local = indices.reshape(&[planes, lin, 1])?.sub(&offsets)?;
+        let hit = local.binary(&positions, BinaryOp::Eq)?;
+        // The last update to each position: the hit with the largest order.
+        let ranked = hit.mul(&order)?;
+        let last = ranked.reduce(ReduceOp::Max, 1, true)?;
+        let keep = hit.mul(&ranked.binary(&last, BinaryOp::Eq)?)?;
+        let mut y = x.reshape(&[planes, 1, lin])?.matmul(&keep)?.reshape(&inferred)?;
+        for axis in 2..s.len() {
+            let extra = out[axis] - inferred[axis];
+            if extra > 0 {
+                let mut zeros = y.shape().to_vec();
+                zeros[axis] = extra;
+                y = Var::concat(&[&y, &graph.full(0.0, &zeros)], axis as isize)?;
+            }
+        }
+        Ok::<_, crate::Error>(y)
+    })()
+    .map_err(err)?;
+    Ok(vec![y.into()])
+}
