@@ -1,8 +1,10 @@
 //! Convolution and pooling: Conv, ConvTranspose, MaxPool, AveragePool, LpPool,
-//! GlobalAveragePool and GlobalMaxPool, on 1-D (N, C, L) and 2-D (N, C, H, W) inputs. A 1-D input runs as
-//! (N, C, 1, L) with a 1×k window that neither pads nor strides along H. Every op maps onto
-//! [`Var::conv2d`], [`Var::conv_transpose2d`] (col2im of x·W) and the pooling compositions,
-//! so imported models differentiate like any graph.
+//! GlobalAveragePool, GlobalMaxPool, Col2Im and MaxUnpool, on 1-D (N, C, L), 2-D
+//! (N, C, H, W) and 3-D (N, C, D, H, W) inputs. A 1-D input runs as (N, C, 1, L) with a 1×k
+//! window that neither pads nor strides along H; a 3-D one as 2-D passes on reshaped views
+//! (`spatial3d.rs`). Every op maps onto [`Var::conv2d`], [`Var::conv_transpose2d`] (col2im
+//! of x·W) and the pooling compositions, so imported models differentiate like any graph.
+//! MaxPool's Indices output and MaxUnpool are compositions of comparisons (`argmax.rs`).
 //!
 //! `auto_pad` SAME_UPPER / SAME_LOWER: ceil(in/stride) outputs, the total padding split with
 //! the odd one at the end (UPPER) or the start (LOWER). Corners where onnxruntime and the
@@ -510,12 +512,16 @@ fn lp_pool(env: &Env, node: &NodeProto) -> OpResult {
     let powed = match p {
         1.0 => x.abs(),
         2.0 => x.square(),
-        _ => x.abs().and_then(|a| a.scalar(crate::BinaryOp::Pow, p, false)),
+        _ => x
+            .abs()
+            .and_then(|a| a.scalar(crate::BinaryOp::Pow, p, false)),
     }
     .map_err(err)?;
-    let sum = pool_nd(&powed, rank, &window, |v, g| v.avg_pool2d_with(g, false, true))?
-        .mul_scalar(taps)
-        .map_err(err)?;
+    let sum = pool_nd(&powed, rank, &window, |v, g| {
+        v.avg_pool2d_with(g, false, true)
+    })?
+    .mul_scalar(taps)
+    .map_err(err)?;
     one(match p {
         1.0 => Ok(sum),
         2.0 => sum.sqrt(),
@@ -570,7 +576,10 @@ fn col2im(env: &Env, node: &NodeProto) -> OpResult {
             "image_shape {image:?} and block_shape {block:?} must both be 1-D, 2-D or 3-D"
         ));
     }
-    let taps: usize = block.iter().product();
+    let taps = block
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .ok_or_else(|| format!("block_shape {block:?} multiplies past usize"))?;
     if cb % taps != 0 {
         return Err(format!(
             "dim 1 of input {dims:?} is not a multiple of the block's {taps} taps"

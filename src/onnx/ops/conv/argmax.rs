@@ -12,11 +12,15 @@
 //! MaxUnpool: `out[I[i]] = X[i]` in each (n, c) plane, the last of duplicate indices winning
 //! (as onnxruntime's and the reference's loops), as a one-hot product
 //! `X (NC, 1, L) · onehot (NC, L, P)`; the one-hot is L·P per plane, so its size is capped.
-//! Indices are flat positions in the spec's inferred output
-//! `(in - 1)·stride - pads + kernel`; an `output_shape` larger than that adds zeros at the
-//! end of each spatial axis (the reference's rule). Constant indices are checked at import;
-//! runtime ones (a MaxPool's Indices) outside their plane select nothing, so their outputs
-//! stay 0.
+//! The output is `output_shape` when given, else `(in - 1)·stride - pads + kernel` per axis,
+//! and indices are flat positions in that output: onnxruntime's rule (its PR #2193), the
+//! one under which MaxPool's Indices of an odd-sized input unpool into an `output_shape` of
+//! that input's size. The ONNX reference (and its node test
+//! `test_maxunpool_export_with_output_shape`) instead reads them in the inferred shape and
+//! pads the result; that scatters such indices to the wrong places, and ONNX's own review
+//! of the reference calls it inconsistent, so it is not followed. Constant indices are
+//! checked at import; runtime ones (a MaxPool's Indices) outside their plane select
+//! nothing, so those outputs stay 0.
 
 use super::{to_2d, Window};
 use crate::onnx::ops::{
@@ -62,7 +66,11 @@ pub(super) fn max_pool_indices(
         &[_, _, oh, ow] => (oh, ow),
         s => return Err(format!("pooled output {s:?} is not (N, C, …)")),
     };
-    let total = x.shape().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    // Every dim bounded (not only their product, which a zero dim makes 0).
+    let total = x
+        .shape()
+        .iter()
+        .try_fold(1usize, |a, &d| a.max(1).checked_mul(d.max(1)));
     if total.is_none_or(|t| t > EXACT) {
         return Err(format!(
             "input {:?} has more than 2^24 elements: its Indices would not be exact as f32",
@@ -70,7 +78,7 @@ pub(super) fn max_pool_indices(
         ));
     }
     let g = window.geometry();
-    let (l, k) = (oh * ow, g.kh * g.kw);
+    let (l, k) = (oh.saturating_mul(ow), g.kh.saturating_mul(g.kw));
     if l.checked_mul(k).is_none_or(|t| t > HOST_LIMIT) {
         return Err(format!(
             "{oh}x{ow} windows of {}x{} taps on input {:?}: more than {HOST_LIMIT} index entries",
@@ -138,7 +146,9 @@ pub(super) fn max_unpool(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
     let s = x.shape().to_vec();
     if s.len() < 3 {
-        return Err(format!("input X {s:?} must be (N, C, …) with a spatial dim"));
+        return Err(format!(
+            "input X {s:?} must be (N, C, …) with a spatial dim"
+        ));
     }
     let rank = s.len() - 2;
     let kernel = match attr_ints(node, "kernel_shape") {
@@ -164,37 +174,43 @@ pub(super) fn max_unpool(env: &Env, node: &NodeProto) -> OpResult {
             )
         })?);
     }
-    let out = match opt_const_input(env, node, 2)? {
-        None => inferred.clone(),
+    let out: Vec<usize> = match opt_const_input(env, node, 2)? {
+        None => inferred,
         Some(c) => {
             let v = c.as_i64()?;
             let ok = v.len() == s.len()
-                && v[..2].iter().zip(&s).all(|(&a, &b)| a as usize == b && a >= 0)
-                && v[2..].iter().zip(&inferred[2..]).all(|(&a, &b)| a >= b as i64);
+                && v[..2]
+                    .iter()
+                    .zip(&s)
+                    .all(|(&a, &b)| a >= 0 && a as usize == b)
+                && v[2..].iter().all(|&a| a > 0);
             if !ok {
                 return Err(format!(
-                    "output_shape {v:?} must be (N, C, …) of input X {s:?} and at least the inferred {inferred:?}"
+                    "output_shape {v:?} must be (N, C, …) of input X {s:?} with positive spatial dims"
                 ));
             }
             v.iter().map(|&d| d as usize).collect()
         }
     };
+    // Zero dims count as 1: every partial product is bounded too.
+    let size = |d: &[usize]| d.iter().try_fold(1usize, |a, &v| a.checked_mul(v.max(1)));
+    if size(&s).is_none_or(|t| t > EXACT) {
+        return Err(format!(
+            "input X {s:?} has more than 2^24 elements: its indices would not be exact as f32"
+        ));
+    }
     let planes = s[0] * s[1];
     let lin: usize = s[2..].iter().product();
-    let size = |d: &[usize]| d.iter().try_fold(1usize, |a, &v| a.checked_mul(v));
-    let p = size(&inferred[2..]).filter(|_| size(&inferred).is_some_and(|t| t <= EXACT));
+    let p = size(&out[2..]).filter(|_| size(&out).is_some_and(|t| t <= EXACT));
     let Some(p) = p else {
         return Err(format!(
-            "the output {inferred:?} has more than 2^24 elements: its indices would not be exact as f32"
+            "the output {out:?} has more than 2^24 elements: its indices would not be exact as f32"
         ));
     };
-    size(&out).filter(|&t| t <= crate::shape::MAX_ELEMENTS).ok_or_else(|| {
-        format!("output_shape {out:?} multiplies past the addressable element count")
-    })?;
     let one_hot = size(&[planes, lin, p]).filter(|&t| t <= ONE_HOT_LIMIT);
     if one_hot.is_none() {
         return Err(format!(
-            "input X {s:?} unpooled to {inferred:?} needs a {planes}x{lin}x{p} one-hot: more than {ONE_HOT_LIMIT} elements"
+            "input X {s:?} unpooled to {out:?} needs a {planes}x{lin}x{p} one-hot: more than {ONE_HOT_LIMIT} elements"
         ));
     }
     let graph = &env.graph;
@@ -212,7 +228,7 @@ pub(super) fn max_unpool(env: &Env, node: &NodeProto) -> OpResult {
                 .find(|&(i, &j)| lin == 0 || j < 0 || j as usize / p != i / lin)
             {
                 return Err(format!(
-                    "index {j} (element {i}) is outside its plane of the output {inferred:?}"
+                    "index {j} (element {i}) is outside its plane of the output {out:?}"
                 ));
             }
             let f: Vec<f32> = v.iter().map(|&j| j as f32).collect();
@@ -238,16 +254,7 @@ pub(super) fn max_unpool(env: &Env, node: &NodeProto) -> OpResult {
         let ranked = hit.mul(&order)?;
         let last = ranked.reduce(ReduceOp::Max, 1, true)?;
         let keep = hit.mul(&ranked.binary(&last, BinaryOp::Eq)?)?;
-        let mut y = x.reshape(&[planes, 1, lin])?.matmul(&keep)?.reshape(&inferred)?;
-        for axis in 2..s.len() {
-            let extra = out[axis] - inferred[axis];
-            if extra > 0 {
-                let mut zeros = y.shape().to_vec();
-                zeros[axis] = extra;
-                y = Var::concat(&[&y, &graph.full(0.0, &zeros)], axis as isize)?;
-            }
-        }
-        Ok::<_, crate::Error>(y)
+        x.reshape(&[planes, 1, lin])?.matmul(&keep)?.reshape(&out)
     })()
     .map_err(err)?;
     Ok(vec![y.into()])

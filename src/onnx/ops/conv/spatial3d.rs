@@ -30,7 +30,11 @@ fn product(dims: &[usize], what: &str, shape: &[usize]) -> Res<usize> {
     dims.iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&n| n <= crate::shape::MAX_ELEMENTS)
-        .ok_or_else(|| format!("{what} {dims:?} of input {shape:?} multiply past the addressable element count"))
+        .ok_or_else(|| {
+            format!(
+                "{what} {dims:?} of input {shape:?} multiply past the addressable element count"
+            )
+        })
 }
 
 /// The five dims of a 3-D input.
@@ -51,10 +55,15 @@ pub(super) fn pool3d(
     let s = x.shape().to_vec();
     let [n, c, d, h, w] = dims5(x)?;
     let planes = product(&[c, d], "dims C, D", &s)?;
-    let y = f(&x.reshape(&[n, planes, h, w]).map_err(err)?, window.plane(1, 2)).map_err(err)?;
+    let y = f(
+        &x.reshape(&[n, planes, h, w]).map_err(err)?,
+        window.plane(1, 2),
+    )
+    .map_err(err)?;
     let (oh, ow) = (y.shape()[2], y.shape()[3]);
+    let ohw = product(&[oh, ow], "output dims H, W", &s)?;
     let z = y
-        .reshape(&[n, c, d, oh * ow])
+        .reshape(&[n, c, d, ohw])
         .and_then(|v| f(&v, window.column(0)))
         .map_err(err)?;
     z.reshape(&[n, c, z.shape()[2], oh, ow]).map_err(err)
@@ -65,7 +74,10 @@ pub(super) fn conv3d(x: &Var, w: &Var, window: &Window, groups: usize) -> Res<Va
     let s = x.shape().to_vec();
     let [n, c, d, h, wd] = dims5(x)?;
     let &[m, cg, kd, kh, kw] = w.shape() else {
-        return Err(format!("filters W {:?} must be (M, C/group, KD, KH, KW)", w.shape()));
+        return Err(format!(
+            "filters W {:?} must be (M, C/group, KD, KH, KW)",
+            w.shape()
+        ));
     };
     if groups == 0 || c % groups != 0 || cg * groups != c || m % groups != 0 {
         return Err(format!(
@@ -109,7 +121,10 @@ pub(super) fn conv_transpose3d(
     let s = x.shape().to_vec();
     let [n, c, d, h, wd] = dims5(x)?;
     let &[wc, mg, kd, kh, kw] = w.shape() else {
-        return Err(format!("filters W {:?} must be (C, M/group, KD, KH, KW)", w.shape()));
+        return Err(format!(
+            "filters W {:?} must be (C, M/group, KD, KH, KW)",
+            w.shape()
+        ));
     };
     if wc != c || groups == 0 || c % groups != 0 {
         return Err(format!(
@@ -154,9 +169,7 @@ fn depth_col2im(
     let blocks = product(&[d, ohw], "depth and plane", shape)?;
     let image = [n, f, od, ohw];
     let geom = window.column(0);
-    let want = geom
-        .patches_shape("Col2Im", &image)
-        .map_err(err)?;
+    let want = geom.patches_shape("Col2Im", &image).map_err(err)?;
     if want[1] != blocks {
         return Err(format!(
             "the {d} input frames of {shape:?} do not match the {} depth windows of an output depth {od} (window {:?})",
