@@ -1255,7 +1255,10 @@ fn spatial_3d_pooling_conv_and_unpool_on_huge_dims_are_errors() {
                 vec![ints_attr("kernel_shape", &[1, 1, 1])],
             )],
         );
-        assert_names(&msg, &[op]);
+        assert_names(
+            &msg,
+            &[op, "unaddressable", "3-D input [0, 1, 1099511627776"],
+        );
     }
     let msg = import_error(
         13,

@@ -54,18 +54,25 @@ pub(super) fn pool3d(
 ) -> Res<Var> {
     let s = x.shape().to_vec();
     let [n, c, d, h, w] = dims5(x)?;
+    // The 2-D primitives' errors name their views; say which 3-D input they came from.
+    let context = |e: crate::Error| {
+        format!(
+            "{} (3-D input {s:?}: pooled over (H, W) of (N, C·D, H, W), then over D of (N, C, D, OH·OW))",
+            err(e)
+        )
+    };
     let planes = product(&[c, d], "dims C, D", &s)?;
     let y = f(
         &x.reshape(&[n, planes, h, w]).map_err(err)?,
         window.plane(1, 2),
     )
-    .map_err(err)?;
+    .map_err(context)?;
     let (oh, ow) = (y.shape()[2], y.shape()[3]);
     let ohw = product(&[oh, ow], "output dims H, W", &s)?;
     let z = y
         .reshape(&[n, c, d, ohw])
         .and_then(|v| f(&v, window.column(0)))
-        .map_err(err)?;
+        .map_err(context)?;
     z.reshape(&[n, c, z.shape()[2], oh, ow]).map_err(err)
 }
 
