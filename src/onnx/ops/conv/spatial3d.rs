@@ -95,11 +95,12 @@ pub(super) fn conv3d(x: &Var, w: &Var, window: &Window, groups: usize) -> Res<Va
     let hw = product(&[h, wd], "dims H, W", &s)?;
     product(&[c, kd], "channels and depth taps", &s)?;
     // (N, C, D, H·W) → patches (N, OD·H·W, C·KD): each depth window's taps as channels.
+    let depth = window.column(0);
+    let (od, _) = depth.output_size("Conv", &[n, c, d, hw]).map_err(err)?;
     let cols = x
         .reshape(&[n, c, d, hw])
-        .and_then(|v| v.im2col(window.column(0)))
+        .and_then(|v| v.im2col(depth))
         .map_err(err)?;
-    let od = cols.shape()[1] / hw.max(1);
     let frames = product(&[n, od], "batch and output depth", &s)?;
     let y = cols
         .reshape(&[n, od, h, wd, c * kd])
