@@ -460,7 +460,7 @@ fn pool_nd(
     from_2d(y, rank)
 }
 
-/// MaxPool, with its optional Indices output ([`argmax::max_pool_indices`]; 1-D and 2-D)
+/// MaxPool, with its optional Indices output ([`argmax::max_pool_indices`])
 /// in the order `storage_order` asks for (0 row major, 1 column major).
 fn max_pool(env: &Env, node: &NodeProto) -> OpResult {
     let order = match attr_int(node, "storage_order", 0) {

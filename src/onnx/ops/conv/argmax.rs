@@ -2,11 +2,13 @@
 //! products (no scatter kernel takes runtime indices). Indices are integers carried as
 //! exact f32 values, so every index must stay below 2^24 (else an import error).
 //!
-//! Indices (1-D and 2-D pools): the flat position in the whole input, `(n·C + c)·H·W` plus
-//! `h·W + w` (storage_order 0) or `h + w·H` (1). Of a window's taps equal to its maximum the
+//! Indices: the flat position in the whole input, `(n·C + c)·D·H·W` plus `(d·H + h)·W + w`
+//! (storage_order 0) or `d + h·D + w·D·H` (1: every axis reversed, as onnxruntime's 3-D pool
+//! writes it; `h + w·H` in 2-D). Of a window's taps equal to its maximum the
 //! first in scan order wins (onnxruntime's strict `>` scan and the reference's argmax): the
-//! patches of x are compared with the pooled maximum, each matching tap scored by
-//! `H·W - (h·W + w)` (positive, largest for the first), and the best score picks one tap.
+//! patches of x (for 3-D, depth windows and then the plane windows of each depth tap) are
+//! compared with the pooled maximum, each matching tap scored by the plane size minus its
+//! row-major position (positive, largest for the first), and the best score picks one tap.
 //! A window whose maximum is NaN has no match and gets an unspecified index.
 //!
 //! MaxUnpool: `out[I[i]] = X[i]` in each (n, c) plane, the last of duplicate indices winning
@@ -22,13 +24,13 @@
 //! checked at import; runtime ones (a MaxPool's Indices) outside their plane select
 //! nothing, so those outputs stay 0.
 
-use super::{to_2d, Window};
+use super::Window;
 use crate::onnx::ops::{
     attr_ints, err, input, opt_const_input, value, ConstData, Env, OpResult, Value, HOST_LIMIT,
 };
 use crate::onnx::proto::NodeProto;
 use crate::ops::reduce::ReduceOp;
-use crate::{BinaryOp, Device, Graph, Tensor, Var};
+use crate::{BinaryOp, Conv2d, Device, Graph, Tensor, Var};
 
 type Res<T> = std::result::Result<T, String>;
 
@@ -51,21 +53,6 @@ pub(super) fn max_pool_indices(
     window: &Window,
     col_major: bool,
 ) -> Res<Var> {
-    if rank == 3 {
-        return Err(format!(
-            "the Indices output of a 3-D MaxPool (input {:?}) is not supported (1-D and 2-D are)",
-            x.shape()
-        ));
-    }
-    let x2 = to_2d(x)?;
-    let &[n, c, h, w] = x2.shape() else {
-        unreachable!("to_2d gives 4-D")
-    };
-    let (oh, ow) = match y.shape() {
-        &[_, _, ow] => (1, ow),
-        &[_, _, oh, ow] => (oh, ow),
-        s => return Err(format!("pooled output {s:?} is not (N, C, …)")),
-    };
     // Every dim bounded (not only their product, which a zero dim makes 0).
     let total = x
         .shape()
@@ -77,58 +64,108 @@ pub(super) fn max_pool_indices(
             x.shape()
         ));
     }
-    let g = window.geometry();
-    let (l, k) = (oh.saturating_mul(ow), g.kh.saturating_mul(g.kw));
+    // Three spatial axes, a 1-D or 2-D pool led by axes of size 1 with a 1-tap window.
+    let lead = |v: &[usize], fill: usize| -> [usize; 3] {
+        let mut a = [fill; 3];
+        a[3 - rank..].copy_from_slice(v);
+        a
+    };
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    let size = lead(&x.shape()[2..], 1);
+    let outs = lead(&y.shape()[2..], 1);
+    let kernel = lead(&window.kernel, 1);
+    let strides = lead(&window.strides, 1);
+    let dilations = lead(&window.dilations, 1);
+    let begins = lead(&window.begins, 0);
+    let (l, k) = (
+        outs.iter().fold(1usize, |a, &o| a.saturating_mul(o)),
+        kernel.iter().fold(1usize, |a, &t| a.saturating_mul(t)),
+    );
     if l.checked_mul(k).is_none_or(|t| t > HOST_LIMIT) {
         return Err(format!(
-            "{oh}x{ow} windows of {}x{} taps on input {:?}: more than {HOST_LIMIT} index entries",
-            g.kh,
-            g.kw,
+            "{outs:?} windows of {kernel:?} taps on input {:?}: more than {HOST_LIMIT} index entries",
             x.shape()
         ));
     }
-    // The output size already says how ceil_mode rounded. The same windows without it: end padding set to what the kept windows reach, so
-    // im2col makes exactly oh × ow of them.
-    let [span_h, span_w] = g.span();
-    let [pt, pl, _, _] = g.pads;
-    let reach = |outs: usize, s: usize, span: usize, len: usize, p0: usize| {
-        ((outs - 1) * s + span).saturating_sub(len + p0)
-    };
-    let win = g.pads(
-        pt,
-        pl,
-        reach(oh, g.strides[0], span_h, h, pt),
-        reach(ow, g.strides[1], span_w, w, pl),
-    );
-    // Per (window, tap): its score (0 for padding) and its index within the plane.
+    // The output size already says how ceil_mode rounded. The same windows without it: end
+    // padding set to what the kept windows reach, so im2col makes exactly those windows.
+    let reach: Vec<usize> = (0..3)
+        .map(|i| {
+            let span = dilations[i] * (kernel[i] - 1) + 1;
+            ((outs[i] - 1) * strides[i] + span).saturating_sub(size[i] + begins[i])
+        })
+        .collect();
+    let plane = Conv2d::new(kernel[1], kernel[2])
+        .strides(strides[1], strides[2])
+        .dilations(dilations[1], dilations[2])
+        .pads(begins[1], begins[2], reach[1], reach[2]);
+    let depth = Conv2d::new(kernel[0], 1)
+        .strides(strides[0], 1)
+        .dilations(dilations[0], 1)
+        .pads(begins[0], 0, reach[0], 0);
+    // Per (window, tap), taps row-major over the window: the tap's score (0 for padding)
+    // and its index within the plane.
+    let [s0, s1, s2] = size;
+    let plane_size = s0 * s1 * s2;
     let (mut score, mut index) = (vec![0f32; l * k], vec![0f32; l * k]);
-    for oy in 0..oh {
-        for ox in 0..ow {
-            for ki in 0..g.kh {
-                for kj in 0..g.kw {
-                    let iy = (oy * win.strides[0] + ki * g.dilations[0]).checked_sub(pt);
-                    let ix = (ox * win.strides[1] + kj * g.dilations[1]).checked_sub(pl);
-                    let (Some(iy), Some(ix)) = (iy, ix) else {
-                        continue;
-                    };
-                    if iy >= h || ix >= w {
-                        continue;
-                    }
-                    let at = (oy * ow + ox) * k + ki * g.kw + kj;
-                    score[at] = (h * w - (iy * w + ix)) as f32;
-                    index[at] = if col_major { ix * h + iy } else { iy * w + ix } as f32;
-                }
-            }
+    let at_axis = |i: usize, o: usize, t: usize| {
+        (o * strides[i] + t * dilations[i])
+            .checked_sub(begins[i])
+            .filter(|&p| p < size[i])
+    };
+    for o in 0..l {
+        let o3 = [
+            o / (outs[1] * outs[2]),
+            (o / outs[2]) % outs[1],
+            o % outs[2],
+        ];
+        for t in 0..k {
+            let t3 = [
+                t / (kernel[1] * kernel[2]),
+                (t / kernel[2]) % kernel[1],
+                t % kernel[2],
+            ];
+            let (Some(p0), Some(p1), Some(p2)) = (
+                at_axis(0, o3[0], t3[0]),
+                at_axis(1, o3[1], t3[1]),
+                at_axis(2, o3[2], t3[2]),
+            ) else {
+                continue;
+            };
+            let row_major = (p0 * s1 + p1) * s2 + p2;
+            score[o * k + t] = (plane_size - row_major) as f32;
+            index[o * k + t] = if col_major {
+                p0 + p1 * s0 + p2 * s0 * s1
+            } else {
+                row_major
+            } as f32;
         }
     }
     let graph = x.graph();
     let planes = n * c;
-    let offsets: Vec<f32> = (0..planes).map(|p| (p * h * w) as f32).collect();
+    let offsets: Vec<f32> = (0..planes).map(|p| (p * plane_size) as f32).collect();
     let score = constant(graph, &[l, k], &score)?;
     let index = constant(graph, &[l, k], &index)?;
     let offsets = constant(graph, &[planes, 1], &offsets)?;
     (|| {
-        let patches = x2.reshape(&[planes, 1, h, w])?.im2col(win)?;
+        let patches = if rank == 3 {
+            // Depth windows first: (NC, 1, D, H·W) → (NC, OD·H·W, KD); then each depth
+            // tap's (H, W) frame through the plane windows.
+            let [od, kd] = [outs[0], kernel[0]];
+            let frames = x
+                .reshape(&[planes, 1, s0, s1 * s2])?
+                .im2col(depth)?
+                .reshape(&[planes, od, s1, s2, kd])?
+                .permute(&[0, 4, 1, 2, 3])?
+                .reshape(&[planes * kd * od, 1, s1, s2])?;
+            frames
+                .im2col(plane)?
+                .reshape(&[planes, kd, od, l / od, k / kd])?
+                .permute(&[0, 2, 3, 1, 4])?
+                .reshape(&[planes, l, k])?
+        } else {
+            x.reshape(&[planes, 1, s1, s2])?.im2col(plane)?
+        };
         let top = y.reshape(&[planes, l, 1])?;
         let scored = patches.binary(&top, BinaryOp::Eq)?.mul(&score)?;
         let best = scored.reduce(ReduceOp::Max, 2, true)?;
