@@ -19,8 +19,8 @@
 //! one under which MaxPool's Indices of an odd-sized input unpool into an `output_shape` of
 //! that input's size. The ONNX reference (and its node test
 //! `test_maxunpool_export_with_output_shape`) instead reads them in the inferred shape and
-//! pads the result; that scatters such indices to the wrong places, and ONNX's own review
-//! of the reference calls it inconsistent, so it is not followed. Constant indices are
+//! pads the result; that scatters such indices to the wrong places, and a review in ONNX
+//! (PR #8413) calls the reference inconsistent, so it is not followed. Constant indices are
 //! checked at import; runtime ones (a MaxPool's Indices) outside their plane select
 //! nothing, so those outputs stay 0.
 
@@ -45,7 +45,7 @@ fn constant(g: &Graph, dims: &[usize], v: &[f32]) -> Res<Var> {
     g.constant(&t).map_err(err)
 }
 
-/// The Indices of a MaxPool of x (N, C, …) whose output is y, for a 1-D or 2-D `window`.
+/// The Indices of a MaxPool of x (N, C, …) whose output is y, for a 1-D, 2-D or 3-D `window`.
 pub(super) fn max_pool_indices(
     x: &Var,
     y: &Var,
