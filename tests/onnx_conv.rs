@@ -205,9 +205,15 @@ fn refused(name: &str, parts: &[&str]) {
 
 #[test]
 fn unsupported_attributes_are_clear_errors() {
-    refused("conv3d", &["Conv", "3-D", "[1, 1, 3, 3, 3]"]);
-    refused("maxpool_indices", &["MaxPool", "Indices"]);
-    refused("maxpool_storage_order", &["storage_order 1"]);
+    refused(
+        "conv3d_bad_channels",
+        &["Conv", "[1, 2, 3, 3, 3]", "[1, 1, 2, 2, 2]", "group 1"],
+    );
+    refused(
+        "maxpool_indices",
+        &["MaxPool", "Indices", "2^24", "[1, 1, 4097, 4097]"],
+    );
+    refused("maxpool_storage_order", &["MaxPool", "storage_order 2"]);
     refused("conv_same_dilated", &["SAME_UPPER", "dilations [2, 2]"]);
     refused("avgpool_valid_ceil", &["AveragePool", "VALID", "ceil_mode"]);
     refused(

@@ -124,6 +124,7 @@ fn bases() -> Vec<Vec<u8>> {
         "training",
         "grid",
         "vision",
+        "spatial3d",
     ] {
         let Ok(dir) = std::fs::read_dir(fixture_in(family, "")) else {
             continue;
@@ -1314,4 +1315,85 @@ fn vision_ops_on_huge_dims_are_errors() {
         )],
     );
     assert_names(&msg, &["MelWeightMatrix", "elements"]);
+}
+
+#[test]
+fn spatial_3d_pooling_conv_and_unpool_on_huge_dims_are_errors() {
+    // Empty 5-D inputs whose other dims are 2^40: the (N, C·D, H, W) views and the
+    // OH·OW planes of the 3-D compositions multiply past usize.
+    for op in ["MaxPool", "AveragePool", "LpPool"] {
+        let msg = import_error(
+            18,
+            Some(&[0, 1, T40, T40, T40]),
+            vec![],
+            vec![node(
+                op,
+                &["x"],
+                &["y"],
+                vec![ints_attr("kernel_shape", &[1, 1, 1])],
+            )],
+        );
+        assert_names(
+            &msg,
+            &[op, "unaddressable", "3-D input [0, 1, 1099511627776"],
+        );
+    }
+    let msg = import_error(
+        13,
+        Some(&[0, 1, T40, T40, T40]),
+        vec![float_init("w", &[1, 1, 1, 1, 1], &[1.0])],
+        vec![node("Conv", &["x", "w"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["Conv", "multiply past"]);
+    let msg = import_error(
+        13,
+        Some(&[0, 1, T40, T40, T40]),
+        vec![float_init("w", &[1, 1, 1, 1, 1], &[1.0])],
+        vec![node("ConvTranspose", &["x", "w"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["ConvTranspose", "overflow", "1099511627776"]);
+    // MaxUnpool: a 2^40-element plane, and a one-hot of many small planes.
+    let msg = import_error(
+        11,
+        Some(&[0, 1, T40, T40]),
+        vec![int_init("i", &[1], &[0])],
+        vec![node(
+            "MaxUnpool",
+            &["x", "i"],
+            &["y"],
+            vec![ints_attr("kernel_shape", &[2, 2])],
+        )],
+    );
+    assert_names(&msg, &["MaxUnpool", "2^24"]);
+    let msg = import_error(
+        11,
+        Some(&[64, 64, 32, 32]),
+        vec![],
+        vec![
+            node(
+                "MaxPool",
+                &["x"],
+                &["p", "i"],
+                vec![ints_attr("kernel_shape", &[1, 1])],
+            ),
+            node(
+                "MaxUnpool",
+                &["p", "i"],
+                &["y"],
+                vec![ints_attr("kernel_shape", &[1, 1])],
+            ),
+        ],
+    );
+    assert_names(&msg, &["MaxUnpool", "one-hot", "[64, 64, 32, 32]"]);
+    // Col2Im of a 3-D image of 2^96 elements.
+    let msg = import_error(
+        18,
+        Some(&[1, 1, 1]),
+        vec![
+            int_init("image", &[3], &[u32::MAX as i64; 3]),
+            int_init("block", &[3], &[1, 1, 1]),
+        ],
+        vec![node("Col2Im", &["x", "image", "block"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["Col2Im", "multiply past"]);
 }

@@ -47,7 +47,12 @@ fn bad_sizes_are_import_errors_naming_the_op() {
         ("crop_pad_odd", "shape", vec![4, 0], "must be positive"),
         ("crop_pad_odd", "shape", vec![4], "1 entries for 2 axes"),
         ("col2im_all_attrs", "image", vec![9, 8], "blocks"),
-        ("col2im_all_attrs", "block", vec![2, 2, 2], "3-D images"),
+        (
+            "col2im_all_attrs",
+            "block",
+            vec![2, 2, 2],
+            "both be 1-D, 2-D or 3-D",
+        ),
     ];
     for (name, init, values, want) in cases {
         let msg = import_error_with_ints("select", name, init, &values);

@@ -61,12 +61,16 @@ fn dims(x: &[usize], wshape: &[usize], g: &Conv2d) -> Result<Dims> {
     let [span_h, span_w] = g.span();
     let rows = span_h.div_ceil(g.strides[0]);
     let cols = span_w.div_ceil(g.strides[1]);
-    let loops_ok = g.kh * (g.kw + 1) <= LOOP_BUDGET && m * rows * (cols + 1) <= LOOP_BUDGET;
+    // Saturating: an empty input (a zero dim) may hold huge other dims and windows, which
+    // must come out as "too big" here, not overflow.
+    let prod = |v: &[usize]| v.iter().fold(1usize, |a, &b| a.saturating_mul(b));
+    let loops_ok = prod(&[g.kh, g.kw.saturating_add(1)]) <= LOOP_BUDGET
+        && prod(&[m, rows, cols.saturating_add(1)]) <= LOOP_BUDGET;
     let big = [
-        n * c * h * w,
-        n * f * oh * ow,
-        h + g.pads[0] + g.pads[2],
-        w + g.pads[1] + g.pads[3],
+        prod(&[n, c, h, w]),
+        prod(&[n, f, oh, ow]),
+        h.saturating_add(g.pads[0]).saturating_add(g.pads[2]),
+        w.saturating_add(g.pads[1]).saturating_add(g.pads[3]),
     ];
     if g.groups != c
         || c < 2

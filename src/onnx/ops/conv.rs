@@ -1,8 +1,10 @@
 //! Convolution and pooling: Conv, ConvTranspose, MaxPool, AveragePool, LpPool,
-//! GlobalAveragePool and GlobalMaxPool, on 1-D (N, C, L) and 2-D (N, C, H, W) inputs. A 1-D input runs as
-//! (N, C, 1, L) with a 1×k window that neither pads nor strides along H. Every op maps onto
-//! [`Var::conv2d`], [`Var::conv_transpose2d`] (col2im of x·W) and the pooling compositions,
-//! so imported models differentiate like any graph.
+//! GlobalAveragePool, GlobalMaxPool, Col2Im and MaxUnpool, on 1-D (N, C, L), 2-D
+//! (N, C, H, W) and 3-D (N, C, D, H, W) inputs. A 1-D input runs as (N, C, 1, L) with a 1×k
+//! window that neither pads nor strides along H; a 3-D one as 2-D passes on reshaped views
+//! (`spatial3d.rs`). Every op maps onto [`Var::conv2d`], [`Var::conv_transpose2d`] (col2im
+//! of x·W) and the pooling compositions, so imported models differentiate like any graph.
+//! MaxPool's Indices output and MaxUnpool are compositions of comparisons (`argmax.rs`).
 //!
 //! `auto_pad` SAME_UPPER / SAME_LOWER: ceil(in/stride) outputs, the total padding split with
 //! the odd one at the end (UPPER) or the start (LOWER). Corners where onnxruntime and the
@@ -23,6 +25,9 @@ use crate::onnx::proto::NodeProto;
 use crate::ops::reduce::ReduceOp;
 use crate::{Conv2d, Var};
 
+mod argmax;
+mod spatial3d;
+
 /// This family's operators.
 pub(super) const OPS: &[(&str, OpFn)] = &[
     ("Conv", conv),
@@ -35,6 +40,7 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
     }),
     ("GlobalMaxPool", |e, n| global_pool(e, n, ReduceOp::Max)),
     ("Col2Im", col2im),
+    ("MaxUnpool", argmax::max_unpool),
 ];
 
 /// This family's folds, evaluated at import when every input is a constant.
@@ -42,14 +48,13 @@ pub(super) const FOLDS: &[(&str, FoldFn)] = &[];
 
 type Res<T> = std::result::Result<T, String>;
 
-/// The spatial rank (1 or 2) of an (N, C, …) input; anything else is an error naming it.
+/// The spatial rank (1, 2 or 3) of an (N, C, …) input; anything else is an error naming it.
 fn spatial_rank(dims: &[usize]) -> Res<usize> {
     match dims.len() {
-        3 | 4 => Ok(dims.len() - 2),
-        5 => Err(format!(
-            "3-D inputs {dims:?} are not supported (1-D (N, C, L) and 2-D (N, C, H, W) are)"
+        3..=5 => Ok(dims.len() - 2),
+        _ => Err(format!(
+            "input {dims:?} must be (N, C, L), (N, C, H, W) or (N, C, D, H, W)"
         )),
-        _ => Err(format!("input {dims:?} must be (N, C, L) or (N, C, H, W)")),
     }
 }
 
@@ -156,6 +161,22 @@ impl Window {
             begins,
             ends,
         })
+    }
+
+    /// The 2-D geometry of spatial axes `i` (as H) and `j` (as W).
+    fn plane(&self, i: usize, j: usize) -> Conv2d {
+        Conv2d::new(self.kernel[i], self.kernel[j])
+            .strides(self.strides[i], self.strides[j])
+            .dilations(self.dilations[i], self.dilations[j])
+            .pads(self.begins[i], self.begins[j], self.ends[i], self.ends[j])
+    }
+
+    /// Spatial axis `i` alone, as the H axis of a k×1 window (W: no padding, stride 1).
+    fn column(&self, i: usize) -> Conv2d {
+        Conv2d::new(self.kernel[i], 1)
+            .strides(self.strides[i], 1)
+            .dilations(self.dilations[i], 1)
+            .pads(self.begins[i], 0, self.ends[i], 0)
     }
 
     /// The 2-D geometry: a 1-D window becomes 1×k with no padding, stride or dilation on H.
@@ -265,6 +286,9 @@ pub(super) fn conv_of(node: &NodeProto, x: &Var, w: &Var) -> Res<Var> {
     let rank = spatial_rank(x.shape())?;
     let kernel = kernel_of(node, w.shape(), rank)?;
     let window = Window::read(node, kernel, &x.shape()[2..])?;
+    if rank == 3 {
+        return spatial3d::conv3d(x, w, &window, groups(node)?);
+    }
     let geom = window.geometry().groups(groups(node)?);
     let y = to_2d(x)?
         .conv2d(&filters_2d(w.clone())?, geom)
@@ -375,6 +399,11 @@ fn conv_transpose(env: &Env, node: &NodeProto) -> OpResult {
         begins,
         ends: window_ends,
     };
+    if rank == 3 {
+        let w = input(env, node, 1)?;
+        let y = spatial3d::conv_transpose3d(&x, &w, &window, groups(node)?, &out)?;
+        return one(add_bias(env, node, y)?);
+    }
     let geom = window.geometry().groups(groups(node)?);
     let out_hw = if rank == 1 {
         [1, out[0]]
@@ -392,7 +421,7 @@ fn conv_transpose(env: &Env, node: &NodeProto) -> OpResult {
 }
 
 /// The window of MaxPool / AveragePool: `kernel_shape` (required) and the shared attributes.
-fn pool_window(node: &NodeProto, x: &Var) -> Res<(usize, Conv2d, bool)> {
+fn pool_window(node: &NodeProto, x: &Var) -> Res<(usize, Window, bool)> {
     let rank = spatial_rank(x.shape())?;
     let kernel = match attr_ints(node, "kernel_shape") {
         Some(k) if k.len() == rank && k.iter().all(|&v| v >= 1 && v <= u32::MAX as i64) => {
@@ -418,41 +447,55 @@ fn pool_window(node: &NodeProto, x: &Var) -> Res<(usize, Conv2d, bool)> {
                 .into(),
         );
     }
-    Ok((rank, window.geometry(), ceil_mode))
+    Ok((rank, window, ceil_mode))
 }
 
-/// MaxPool; its optional Indices output and `storage_order` 1 (which only orders the
-/// indices) are refused.
+/// Pools x of any spatial rank with the 2-D pooling `f`: a 1-D or 2-D window directly, a
+/// 3-D one as two passes of it ([`spatial3d::pool3d`]).
+fn pool_nd(
+    x: &Var,
+    rank: usize,
+    window: &Window,
+    f: impl Fn(&Var, Conv2d) -> crate::Result<Var>,
+) -> Res<Var> {
+    if rank == 3 {
+        return spatial3d::pool3d(x, window, f);
+    }
+    let y = f(&to_2d(x)?, window.geometry()).map_err(err)?;
+    from_2d(y, rank)
+}
+
+/// MaxPool, with its optional Indices output ([`argmax::max_pool_indices`])
+/// in the order `storage_order` asks for (0 row major, 1 column major).
 fn max_pool(env: &Env, node: &NodeProto) -> OpResult {
-    if node.output.get(1).is_some_and(|o| !o.is_empty()) {
-        return Err("the Indices output is not supported".into());
-    }
-    let order = attr_int(node, "storage_order", 0);
-    if order != 0 {
-        return Err(format!(
-            "storage_order {order} is not supported (only 0, row major)"
-        ));
-    }
+    let order = match attr_int(node, "storage_order", 0) {
+        0 => false,
+        1 => true,
+        o => return Err(format!("storage_order {o} must be 0 or 1")),
+    };
     let x = input(env, node, 0)?;
-    let (rank, geom, ceil) = pool_window(node, &x)?;
-    let y = to_2d(&x)?.max_pool2d_with(geom, ceil).map_err(err)?;
-    one(from_2d(y, rank)?)
+    let (rank, window, ceil) = pool_window(node, &x)?;
+    let y = pool_nd(&x, rank, &window, |v, g| v.max_pool2d_with(g, ceil))?;
+    if node.output.get(1).is_none_or(|o| o.is_empty()) {
+        return one(y);
+    }
+    let indices = argmax::max_pool_indices(&x, &y, rank, &window, order)?;
+    Ok(vec![y.into(), indices.into()])
 }
 
 /// AveragePool: `count_include_pad` 0 (the default) divides each window by its real
 /// elements, 1 by its taps inside the padded input.
 fn avg_pool(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
-    let (rank, geom, ceil) = pool_window(node, &x)?;
+    let (rank, window, ceil) = pool_window(node, &x)?;
     let include = match attr_int(node, "count_include_pad", 0) {
         0 => false,
         1 => true,
         c => return Err(format!("count_include_pad {c} must be 0 or 1")),
     };
-    let y = to_2d(&x)?
-        .avg_pool2d_with(geom, ceil, include)
-        .map_err(err)?;
-    one(from_2d(y, rank)?)
+    one(pool_nd(&x, rank, &window, |v, g| {
+        v.avg_pool2d_with(g, ceil, include)
+    })?)
 }
 
 /// LpPool (opsets 2, 11, 18, 22): `(Σ_window |x|^p)^(1/p)`, padding counting as zeros: the
@@ -460,7 +503,7 @@ fn avg_pool(env: &Env, node: &NodeProto) -> OpResult {
 /// partial windows have fewer taps).
 fn lp_pool(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
-    let (rank, geom, ceil) = pool_window(node, &x)?;
+    let (rank, window, ceil) = pool_window(node, &x)?;
     if ceil {
         return Err("ceil_mode 1 is not supported".into());
     }
@@ -469,23 +512,27 @@ fn lp_pool(env: &Env, node: &NodeProto) -> OpResult {
         return Err(format!("p = {p} must be >= 1"));
     }
     let p = p as f32;
-    let taps = (geom.kh * geom.kw) as f32;
-    let x = to_2d(&x)?;
-    let y = (|| {
-        let powed = match p {
-            1.0 => x.abs()?,
-            2.0 => x.square()?,
-            _ => x.abs()?.scalar(crate::BinaryOp::Pow, p, false)?,
-        };
-        let sum = powed.avg_pool2d_with(geom, false, true)?.mul_scalar(taps)?;
-        match p {
-            1.0 => Ok(sum),
-            2.0 => sum.sqrt(),
-            _ => sum.scalar(crate::BinaryOp::Pow, 1.0 / p, false),
-        }
-    })()
+    // Each kernel dim is below 2^32 and the window fits the input, so this is exact enough.
+    let taps = window.kernel.iter().map(|&k| k as f32).product::<f32>();
+    let powed = match p {
+        1.0 => x.abs(),
+        2.0 => x.square(),
+        _ => x
+            .abs()
+            .and_then(|a| a.scalar(crate::BinaryOp::Pow, p, false)),
+    }
     .map_err(err)?;
-    one(from_2d(y, rank)?)
+    let sum = pool_nd(&powed, rank, &window, |v, g| {
+        v.avg_pool2d_with(g, false, true)
+    })?
+    .mul_scalar(taps)
+    .map_err(err)?;
+    one(match p {
+        1.0 => Ok(sum),
+        2.0 => sum.sqrt(),
+        _ => sum.scalar(crate::BinaryOp::Pow, 1.0 / p, false),
+    }
+    .map_err(err)?)
 }
 
 /// GlobalAveragePool / GlobalMaxPool over every spatial dim of (N, C, …) (any spatial
@@ -509,7 +556,7 @@ fn global_pool(env: &Env, node: &NodeProto, op: ReduceOp) -> OpResult {
 
 /// Col2Im (opset 18): blocks `(N, C·∏block, L)` summed back into an image `(N, C,
 /// image…)`, the adjoint of the patch extraction ([`Var::col2im`] on the transposed
-/// blocks). 1-D and 2-D images; `pads` are begins then ends, as for Conv.
+/// blocks). 1-D, 2-D and 3-D images; `pads` are begins then ends, as for Conv.
 fn col2im(env: &Env, node: &NodeProto) -> OpResult {
     let x = input(env, node, 0)?;
     let dims = x.shape().to_vec();
@@ -529,13 +576,15 @@ fn col2im(env: &Env, node: &NodeProto) -> OpResult {
     };
     let (image, block) = (sizes(1, "image_shape")?, sizes(2, "block_shape")?);
     let r = image.len();
-    if r != block.len() || !(1..=2).contains(&r) {
+    if r != block.len() || !(1..=3).contains(&r) {
         return Err(format!(
-            "image_shape {image:?} and block_shape {block:?} must both be 1-D or 2-D \
-             (3-D images are not supported)"
+            "image_shape {image:?} and block_shape {block:?} must both be 1-D, 2-D or 3-D"
         ));
     }
-    let taps: usize = block.iter().product();
+    let taps = block
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .ok_or_else(|| format!("block_shape {block:?} multiplies past usize"))?;
     if cb % taps != 0 {
         return Err(format!(
             "dim 1 of input {dims:?} is not a multiple of the block's {taps} taps"
@@ -544,6 +593,16 @@ fn col2im(env: &Env, node: &NodeProto) -> OpResult {
     let strides = per_axis(node, "strides", r, 1, 1)?;
     let dilations = per_axis(node, "dilations", r, 1, 1)?;
     let (begins, ends) = explicit_pads(node, r)?;
+    if r == 3 {
+        let window = Window {
+            kernel: block,
+            strides,
+            dilations,
+            begins,
+            ends,
+        };
+        return one(spatial3d::col2im3d(&x, &window, &image, cb / taps)?);
+    }
     // A 1-D image is a 2-D one of height 1.
     let two = |v: &[usize], one: usize| if r == 1 { [one, v[0]] } else { [v[0], v[1]] };
     let [kh, kw] = two(&block, 1);

@@ -414,7 +414,9 @@ fn clip(env: &Env, node: &NodeProto) -> OpResult {
                 }
                 let v = num_input(env, node, i)?;
                 // a scalar (or one element of a rank that leaves x's shape unchanged)
-                if v.shape().iter().product::<usize>() != 1 || v.shape().len() > rank {
+                // (checked: a declared input's dims may multiply past usize)
+                let one = v.shape().iter().try_fold(1usize, |a, &d| a.checked_mul(d)) == Some(1);
+                if !one || v.shape().len() > rank {
                     return Err(format!(
                         "Clip bound '{n}' must be a scalar, got shape {:?}",
                         v.shape()
