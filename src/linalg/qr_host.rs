@@ -14,10 +14,22 @@
 
 use super::qr_blocked::factor_panel;
 
-/// Panel width. Measured with `wgrad bench --filter qr` on lavapipe's host (two cores), ms at
-/// 128 / 256 / 512 / 1024: see the commit that set it; 32 keeps `V` (`32·m` f64) in L2 up
-/// to m = 1024 and the serial panel work (`O(m·b²)`) small.
+/// Widest panel. `V` (`32·m` f64) stays in L2 up to m = 1024, and the serial panel work
+/// (`O(m·b²)`) small.
 const BLOCK: usize = 32;
+
+/// Panel width for `n` columns. Measured on the host alone (two cores, load 1.3, ms per
+/// square QR at 64 / 128 / 256): b = 8: 0.062 / 0.61 / 3.43; 16: 0.067 / 0.56 / 3.40;
+/// 32: 0.090 / 0.58 / 3.75; 64: 0.16 / 0.90 / 4.18 (the reference: 0.095 / 0.74–0.81 /
+/// 5.7–6.0). Small matrices want narrow panels (less serial panel work for few trailing
+/// columns), large ones products wide enough to run near the FMA rate.
+fn block_width(n: usize) -> usize {
+    if n <= 256 {
+        16
+    } else {
+        BLOCK
+    }
+}
 
 /// Rows of trailing work below which a panel's update stays on the calling thread: a
 /// thread costs tens of microseconds to start, about the time of this many row updates
@@ -41,9 +53,10 @@ struct Block {
 pub(crate) fn qr_host(a: &[f64], m: usize, n: usize, qc: usize, rr: usize) -> (Vec<f64>, Vec<f64>) {
     let mut at = transpose(a, m, n); // (n, m)
     let nref = n.min(m.saturating_sub(1));
-    let mut blocks = Vec::with_capacity(nref.div_ceil(BLOCK));
-    for j in (0..nref).step_by(BLOCK) {
-        let jb = BLOCK.min(nref - j);
+    let block = block_width(n);
+    let mut blocks = Vec::with_capacity(nref.div_ceil(block));
+    for j in (0..nref).step_by(block) {
+        let jb = block.min(nref - j);
         let hp = factor_panel(&at[j * m..(j + jb) * m], j, jb, m);
         at[j * m..(j + jb) * m].copy_from_slice(&hp.cols);
         let mut v = vec![0.0; m * jb];
