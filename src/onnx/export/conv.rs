@@ -104,12 +104,14 @@ impl Window {
 /// A recognised composition, keyed by its last node.
 #[derive(Clone, Debug)]
 pub(super) enum Pattern {
-    /// `Conv(x, w)` with `groups` channel groups.
+    /// `Conv(x, w[, bias])` with `groups` channel groups; `bias` (F) where the composition
+    /// adds it inside (the batch-folded form of `Var::conv2d_bias`).
     Conv {
         x: NodeId,
         w: NodeId,
         window: Window,
         groups: usize,
+        bias: Option<NodeId>,
     },
     /// Pooling: the window's taps reduced by `reduce`, after adding `mask` (L, KH·KW) (max
     /// pooling's −∞ on padded taps) and before scaling by `scale` (L) (average pooling's
@@ -129,7 +131,10 @@ impl Pattern {
     /// The nodes it reads, the image first.
     pub(super) fn operands(&self) -> Vec<NodeId> {
         match self {
-            Pattern::Conv { x, w, .. } => vec![*x, *w],
+            Pattern::Conv { x, w, bias, .. } => std::iter::once(*x)
+                .chain(std::iter::once(*w))
+                .chain(*bias)
+                .collect(),
             // A native pool reads only the image; its mask is ONNX's own padding rule.
             Pattern::Pool {
                 x, native: true, ..
@@ -165,7 +170,11 @@ fn match_conv(nodes: &[Node], id: NodeId) -> Option<Pattern> {
             w: nodes[id].inputs[1],
             window: Window::of(geom),
             groups: geom.groups,
+            bias: None,
         });
+    }
+    if let Some(p) = match_folded_conv(nodes, id) {
+        return Some(p);
     }
     let Op::Reshape(target) = &nodes[id].op else {
         return None;
@@ -217,6 +226,63 @@ fn match_conv(nodes: &[Node], id: NodeId) -> Option<Pattern> {
         w,
         window,
         groups,
+        bias: None,
+    })
+}
+
+/// The batch-folded convolution (`Var::conv2d` and `Var::conv2d_bias` on images with few
+/// output positions): reshape (N, F, OH, OW) ← permute (0, 2, 1) ← reshape (N, L, F) ←
+/// [add the bias (F)] ← matmul_t(reshape (N·L, CK) of im2col(x), filters reshaped to
+/// (F, CK), tb).
+fn match_folded_conv(nodes: &[Node], id: NodeId) -> Option<Pattern> {
+    let Op::Reshape(target) = &nodes[id].op else {
+        return None;
+    };
+    let perm = nodes[id].inputs[0];
+    if !matches!(&nodes[perm].op, Op::Permute(a) if a == &[0, 2, 1]) {
+        return None;
+    }
+    let rows = input_if(nodes, perm, |_| true)?;
+    let mut below = input_if(nodes, rows, |op| matches!(op, Op::Reshape(_)))?;
+    let mut bias = None;
+    if let Op::Binary(BinaryOp::Add) = nodes[below].op {
+        bias = Some(nodes[below].inputs[1]);
+        below = nodes[below].inputs[0];
+    }
+    let Op::MatMul {
+        ta: false,
+        tb: true,
+    } = nodes[below].op
+    else {
+        return None;
+    };
+    let (patches, filters) = (nodes[below].inputs[0], nodes[below].inputs[1]);
+    let im = input_if(nodes, patches, |op| matches!(op, Op::Reshape(_)))?;
+    let w = input_if(nodes, filters, |op| matches!(op, Op::Reshape(_)))?;
+    let Op::Im2Col(geom) = &nodes[im].op else {
+        return None;
+    };
+    let x = nodes[im].inputs[0];
+    let [n, c, _, _] = nodes[x].shape[..] else {
+        return None;
+    };
+    let (oh, ow) = geom.output_size("conv2d", &nodes[x].shape).ok()?;
+    let window = Window::of(geom);
+    let ck = c * window.kernel[0] * window.kernel[1];
+    let f = *target.get(1)?;
+    let fits = geom.groups == 1
+        && *target == [n, f, oh, ow]
+        && nodes[w].shape == [f, c, window.kernel[0], window.kernel[1]]
+        && nodes[patches].shape == [n * oh * ow, ck]
+        && nodes[filters].shape == [f, ck]
+        && nodes[rows].shape == [n, oh * ow, f]
+        && bias.is_none_or(|b| nodes[b].shape == [f]);
+    fits.then_some(Pattern::Conv {
+        x,
+        w,
+        window,
+        groups: 1,
+        bias,
     })
 }
 
@@ -317,11 +383,18 @@ pub(super) fn emit_pattern(e: &mut Emitter, p: &Pattern, out: &str) -> Result<()
             w,
             window,
             groups,
+            bias,
         } => {
             let (x, w) = (e.name(*x)?, e.name(*w)?);
             let mut attrs = window.attrs(true);
             attrs.push(attr_int("group", *groups as i64));
-            e.node_to("Conv", &[&x, &w], attrs, out);
+            match bias {
+                Some(b) => {
+                    let b = e.name(*b)?;
+                    e.node_to("Conv", &[&x, &w, &b], attrs, out);
+                }
+                None => e.node_to("Conv", &[&x, &w], attrs, out),
+            }
         }
         Pattern::Pool {
             x: xid,
