@@ -1397,3 +1397,17 @@ fn spatial_3d_pooling_conv_and_unpool_on_huge_dims_are_errors() {
     );
     assert_names(&msg, &["Col2Im", "multiply past"]);
 }
+
+/// A declared graph input whose element count overflows usize is refused where it is
+/// declared, naming the input and its shape (it could never be fed, and downstream size
+/// arithmetic, such as Clip's bound count, would otherwise have to guard against it).
+#[test]
+fn declared_input_past_usize_is_an_error() {
+    let msg = import_error(
+        13,
+        Some(&[T40, T40, 4]),
+        vec![],
+        vec![node("Relu", &["x"], &["y"], vec![])],
+    );
+    assert_names(&msg, &["'x'", "1099511627776", "address"]);
+}

@@ -91,6 +91,21 @@ impl Model {
                     ))),
                 })
                 .collect::<Result<Vec<usize>>>()?;
+            // A declared shape whose element count overflows can never be fed, and every
+            // op's size arithmetic downstream would have to guard against it: refuse it here.
+            // (An empty one with huge other dims holds nothing and stays allowed.)
+            let overflows = !shape.contains(&0)
+                && shape
+                    .iter()
+                    .try_fold(1usize, |n, &d| n.checked_mul(d))
+                    .is_none();
+            if overflows {
+                return Err(invalid(format!(
+                    "{origin}: input '{}' of shape {shape:?} has more elements than this \
+                     machine can address",
+                    v.name
+                )));
+            }
             let var = match integer {
                 true => g.input_i32(&v.name, &shape),
                 false => g.input(&v.name, &shape),
