@@ -472,13 +472,7 @@ impl Var {
             // Few output positions per image: one product (N·L, CK) · (F, CK)ᵀ over the
             // whole batch fills whole tiles, where N products of (F, CK) · (CK, L) would
             // each fill a sliver of one; a permute copy then makes it NCHW.
-            return self
-                .im2col(geom)?
-                .reshape(&[n * oh * ow, cgk])?
-                .matmul_t(&weight.reshape(&[f, cgk])?, false, true)?
-                .reshape(&[n, oh * ow, f])?
-                .permute(&[0, 2, 1])?
-                .reshape(&[n, f, oh, ow]);
+            return self.conv2d_folded(weight, None, geom);
         }
         let cols = self.im2col(geom.groups(1))?;
         if groups == 1 {
@@ -507,7 +501,7 @@ impl Var {
     /// positions per image), the bias is added to the product's columns, before its permute
     /// to NCHW, so that it joins the product's epilogue instead of a dispatch of its own.
     pub fn conv2d_bias(&self, weight: &Var, bias: &Var, geom: Conv2d) -> Result<Var> {
-        let (n, f) = crate::ops::conv::check_conv2d(self.shape(), weight.shape(), geom)?;
+        let (_, f) = crate::ops::conv::check_conv2d(self.shape(), weight.shape(), geom)?;
         if bias.shape().iter().product::<usize>() != f {
             return Err(Error::Shape {
                 op: "conv2d",
@@ -518,20 +512,31 @@ impl Var {
                 ),
             });
         }
-        let (oh, ow) = geom.output_size("conv2d", self.shape())?;
         if folds(self.shape(), weight.shape(), &geom) {
-            let cgk = weight.shape()[1..].iter().product::<usize>();
-            return self
-                .im2col(geom)?
-                .reshape(&[n * oh * ow, cgk])?
-                .matmul_t(&weight.reshape(&[f, cgk])?, false, true)?
-                .add(&bias.reshape(&[f])?)?
-                .reshape(&[n, oh * ow, f])?
-                .permute(&[0, 2, 1])?
-                .reshape(&[n, f, oh, ow]);
+            return self.conv2d_folded(weight, Some(bias), geom);
         }
         self.conv2d(weight, geom)?
             .add(&bias.reshape(&[1, f, 1, 1])?)
+    }
+
+    /// The batch-folded convolution (see [`folds`]): one product (N·L, CK)·(F, CK)ᵀ over the
+    /// whole batch, the bias (if any) added to its columns so it joins the product's
+    /// epilogue, then a permute to NCHW. The exporter's `match_folded_conv` reads this chain.
+    fn conv2d_folded(&self, weight: &Var, bias: Option<&Var>, geom: Conv2d) -> Result<Var> {
+        let (n, f) = (self.shape()[0], weight.shape()[0]);
+        let (oh, ow) = geom.output_size("conv2d", self.shape())?;
+        let cgk = weight.shape()[1..].iter().product::<usize>();
+        let mut y = self.im2col(geom)?.reshape(&[n * oh * ow, cgk])?.matmul_t(
+            &weight.reshape(&[f, cgk])?,
+            false,
+            true,
+        )?;
+        if let Some(b) = bias {
+            y = y.add(&b.reshape(&[f])?)?;
+        }
+        y.reshape(&[n, oh * ow, f])?
+            .permute(&[0, 2, 1])?
+            .reshape(&[n, f, oh, ow])
     }
 
     /// Adds patches (N, OH·OW, C·KH·KW) back into an image batch of `image_shape`

@@ -104,6 +104,27 @@ fn time_ms(dev: &Device, mut f: impl FnMut() -> wgrad::Result<Tensor>) -> anyhow
     Ok(t0.elapsed().as_secs_f64() * 1e3 / reps as f64)
 }
 
+/// A decomposition of a seeded random (n, n) matrix: best milliseconds and the dispatches
+/// of one solve. A solve `forced` onto the device path has no CPU figure (the CPU device
+/// runs the same reference either way).
+fn timed_solve(
+    dev: &Device,
+    seed: u64,
+    n: usize,
+    forced: bool,
+    solve: impl Fn(&Tensor) -> wgrad::Result<Tensor>,
+) -> anyhow::Result<(f64, (&'static str, f64))> {
+    if forced && !dev.is_gpu() {
+        return Ok((f64::NAN, ("dispatches", 0.0)));
+    }
+    let a = Tensor::from_slice(dev, &Rng::new(seed).vec_uniform(n * n, -1.0, 1.0), &[n, n])?;
+    let before = dev.dispatch_count();
+    drop(solve(&a)?);
+    let dispatches = (dev.dispatch_count() - before) as f64;
+    let ms = time_ms(dev, || solve(&a))?;
+    Ok((ms, ("dispatches", dispatches)))
+}
+
 type Case = (
     &'static str,
     Vec<usize>,
@@ -255,23 +276,13 @@ fn cases() -> Vec<Case> {
                 op,
                 vec![n, n],
                 Box::new(move |dev| {
-                    if host_max.is_some() && !dev.is_gpu() {
-                        return Ok((f64::NAN, ("dispatches", 0.0))); // the same reference
-                    }
-                    let a = Tensor::from_slice(
-                        dev,
-                        &Rng::new(8).vec_uniform(n * n, -1.0, 1.0),
-                        &[n, n],
-                    )?;
                     let opts = wgrad::linalg::QrOptions {
                         host_max,
                         ..Default::default()
                     };
-                    let before = dev.dispatch_count();
-                    drop(wgrad::linalg::qr_with_options(&a, &opts)?);
-                    let dispatches = (dev.dispatch_count() - before) as f64;
-                    let ms = time_ms(dev, || Ok(wgrad::linalg::qr_with_options(&a, &opts)?.1))?;
-                    Ok((ms, ("dispatches", dispatches)))
+                    timed_solve(dev, 8, n, host_max.is_some(), |a| {
+                        Ok(wgrad::linalg::qr_with_options(a, &opts)?.1)
+                    })
                 }),
             ));
         }
@@ -286,23 +297,13 @@ fn cases() -> Vec<Case> {
                 op,
                 vec![n, n],
                 Box::new(move |dev| {
-                    if host_max.is_some() && !dev.is_gpu() {
-                        return Ok((f64::NAN, ("dispatches", 0.0))); // the same reference
-                    }
-                    let a = Tensor::from_slice(
-                        dev,
-                        &Rng::new(9).vec_uniform(n * n, -1.0, 1.0),
-                        &[n, n],
-                    )?;
                     let opts = wgrad::linalg::EigOptions {
                         host_max,
                         ..Default::default()
                     };
-                    let before = dev.dispatch_count();
-                    drop(wgrad::linalg::eig_with(&a, &opts)?);
-                    let dispatches = (dev.dispatch_count() - before) as f64;
-                    let ms = time_ms(dev, || Ok(wgrad::linalg::eig_with(&a, &opts)?.vectors))?;
-                    Ok((ms, ("dispatches", dispatches)))
+                    timed_solve(dev, 9, n, host_max.is_some(), |a| {
+                        Ok(wgrad::linalg::eig_with(a, &opts)?.vectors)
+                    })
                 }),
             ));
         }
