@@ -763,12 +763,7 @@ fn digits_epoch(dev: &Device, device: &'static str, adapter: String) -> anyhow::
         // Per-kernel wall times, on a separate executable (profiling changes its state).
         let probe = dev.compile(&g, &[&loss], wgrad::Optimizer::adam(3e-3))?;
         probe.run(&[("x", &xt), ("y", &yt)])?;
-        let prof = probe.profile_dispatches(20)?;
-        let total: f64 = prof.iter().map(|p| p.1).sum();
-        for (entry, ms) in &prof {
-            eprintln!("  {entry:<32} {ms:8.3} ms  {:5.1}%", 100.0 * ms / total);
-        }
-        eprintln!("  {:<32} {total:8.3} ms per step", "total");
+        print_profile(&probe, 20)?;
     }
     let (d0, t0) = (dev.dispatch_count(), Instant::now());
     for _ in 0..steps {
@@ -788,6 +783,18 @@ fn digits_epoch(dev: &Device, device: &'static str, adapter: String) -> anyhow::
         )],
         roof: None,
     })
+}
+
+/// Prints each recorded dispatch's wall time (`reps` replays each) and its share, to
+/// stderr (`WGRAD_PLAN=profile`).
+fn print_profile(exe: &wgrad::Executor, reps: usize) -> anyhow::Result<()> {
+    let prof = exe.profile_dispatches(reps)?;
+    let total: f64 = prof.iter().map(|p| p.1).sum();
+    for (entry, ms) in &prof {
+        eprintln!("  {entry:<32} {ms:8.3} ms  {:5.1}%", 100.0 * ms / total);
+    }
+    eprintln!("  {:<32} {total:8.3} ms per step", "total");
+    Ok(())
 }
 
 /// One training step of the benchmark MLP, SGD: forward, backward and update,
@@ -892,6 +899,10 @@ fn resnet50_infer(dev: &Device, adapter: String) -> anyhow::Result<Figure> {
     let exe = dev.compile(&g, &[&logits], None)?;
     let xt = Tensor::from_slice(dev, &x, &[1, 3, 224, 224])?;
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt)])?[0].to_vec::<f32>()?[0]) };
+    step()?;
+    if std::env::var(wgrad::executor::PLAN_ENV).is_ok_and(|v| v.trim() == "profile") {
+        print_profile(&exe, 3)?; // inference has no state for the replays to change
+    }
     let (ms, dispatches) = ms_per_step(dev, 3, step)?;
     let plan = exe.plan();
     Ok(Figure {
