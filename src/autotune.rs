@@ -24,7 +24,7 @@ use crate::tensor::Tensor;
 pub const BUDGET: Duration = Duration::from_millis(250);
 
 /// Multiply-adds up to which a product on a CPU adapter is "small" (see `matmul_variant`).
-const SMALL_PRODUCT: usize = 1 << 23;
+const SMALL_PRODUCT: usize = 1 << 21;
 
 /// Products whose first run takes longer than this keep the default kernel.
 const MAX_RUN: Duration = Duration::from_millis(40);

@@ -15,6 +15,7 @@ pub mod loss;
 pub(crate) mod loss_reduced;
 pub(crate) mod loss_vocab;
 pub mod matmul;
+pub mod nhwc;
 pub mod pool;
 pub mod reduce;
 pub mod softmax;

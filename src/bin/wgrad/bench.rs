@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use wgrad::{Device, Rng, Tensor};
 
+mod layout;
+
 /// One measured figure.
 struct Figure {
     op: &'static str,
@@ -474,6 +476,11 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
     if named("resnet50_infer") {
         print(resnet50_infer(&gpu, adapter.clone())?);
     }
+    if named("conv_layout") {
+        for figure in layout::conv_layout(&gpu, adapter.clone())? {
+            print(figure);
+        }
+    }
     if named("resnet50_train_step") {
         print(resnet50_train_step(&gpu, adapter.clone())?);
     }
@@ -883,6 +890,34 @@ fn resnet50_graph(
     Ok((g, out, x, y))
 }
 
+/// Multiply-adds of the graph's products (matmuls, implicit-GEMM and depthwise
+/// convolutions): 2 FLOPs each. ResNet-50's often-quoted "4.1 GFLOPs" are these, so a
+/// forward pass is ~8.2 GFLOP, not 4.1.
+fn graph_macs(g: &wgrad::Graph) -> f64 {
+    use wgrad::graph::Op;
+    let nodes = g.nodes();
+    nodes
+        .iter()
+        .map(|n| {
+            let out: usize = n.shape.iter().product();
+            let input = |i: usize| &nodes[n.inputs[i]].shape;
+            let reduced = match &n.op {
+                Op::MatMul { ta, .. } => {
+                    let a = input(0);
+                    let k = a.len().saturating_sub(if *ta { 2 } else { 1 });
+                    a.get(k).copied().unwrap_or(1)
+                }
+                Op::Conv(wgrad::ops::conv_gemm::ConvPass::Forward, geom) => {
+                    input(1)[1] * geom.kh * geom.kw
+                }
+                Op::DepthwiseConv2d(geom) => geom.kh * geom.kw,
+                _ => 0,
+            };
+            out as f64 * reduced as f64
+        })
+        .sum()
+}
+
 /// Bytes of the graph's parameters.
 fn param_bytes(g: &wgrad::Graph) -> f64 {
     g.nodes()
@@ -896,6 +931,7 @@ fn param_bytes(g: &wgrad::Graph) -> f64 {
 /// back the logits; onnxruntime's figure beside it.
 fn resnet50_infer(dev: &Device, adapter: String) -> anyhow::Result<Figure> {
     let (g, logits, x, _) = resnet50_graph(1, false)?;
+    let macs = graph_macs(&g);
     let exe = dev.compile(&g, &[&logits], None)?;
     let xt = Tensor::from_slice(dev, &x, &[1, 3, 224, 224])?;
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt)])?[0].to_vec::<f32>()?[0]) };
@@ -911,13 +947,14 @@ fn resnet50_infer(dev: &Device, adapter: String) -> anyhow::Result<Figure> {
         device: "gpu",
         adapter,
         ms,
-        rate: ("gflops", 4.1 / ms * 1e3),
+        rate: ("gflops", 2.0 * macs / (ms * 1e6)),
         extra: vec![
             (
                 "onnxruntime_ms_measured_separately",
                 ONNXRUNTIME_RESNET50_MS,
             ),
             ("dispatches_per_run", dispatches),
+            ("gmacs", macs / 1e9),
             ("planned_peak_bytes", plan.peak_bytes as f64),
             ("param_bytes", param_bytes(&g)),
         ],

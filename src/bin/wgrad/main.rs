@@ -45,7 +45,8 @@ enum Command {
         json: bool,
         /// Only ops whose name contains this text. The ResNet-50 entries (`resnet50_infer`,
         /// batch 1; `resnet50_train_step`, batch 8, SGD; GPU only, seconds each on a
-        /// software adapter) run only when named: `--filter resnet`.
+        /// software adapter) run only when named: `--filter resnet`; so does
+        /// `conv_layout` (NCHW against channels-last convolutions on ResNet-50's shapes).
         #[arg(long)]
         filter: Option<String>,
         /// Skip the CPU-reference figures (they are slow for large shapes).
