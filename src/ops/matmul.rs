@@ -59,6 +59,11 @@ const TILE: usize = 64;
 /// small network is what a user waits for.
 const SMALL_PRODUCT: usize = 1 << 21;
 
+/// Rows of op(A) up to which a product takes `matmul_forward_gemv` on the software-adapter
+/// kernels: ResNet-50's head (1×2048 · 2048×1000) went from 7-17 ms on the 64×64-tile
+/// kernels to about 1 ms (lavapipe).
+const GEMV_ROWS: usize = 4;
+
 /// Longest K the small kernel takes. Past it, few outputs and a long walk along K (a
 /// convolution's weight gradient: K = batch·H·W) ran 1.4x slower on it than on the 8x8
 /// kernel (digits CNN epoch 540 -> 750-790 ms on lavapipe).
@@ -761,9 +766,17 @@ fn matmul_dispatch<'a>(
         }
         _ => None,
     };
-    let (entry, a, b) = match small {
-        Some((wa, wb)) => ("matmul_forward_small", wa, wb),
-        None => (variant.entry(), a, b),
+    // At most GEMV_ROWS rows: one column of C per invocation (a 64-row tile would idle).
+    let gemv = match (whole_vec4s(a), whole_vec4s(b)) {
+        (Some(wa), Some(wb)) if variant != MatmulVariant::Tiled && p.m <= GEMV_ROWS => {
+            Some((wa, wb))
+        }
+        _ => None,
+    };
+    let (entry, a, b) = match (gemv, small) {
+        (Some((wa, wb)), _) => ("matmul_forward_gemv", wa, wb),
+        (None, Some((wa, wb))) => ("matmul_forward_small", wa, wb),
+        (None, None) => (variant.entry(), a, b),
     };
     // The vec4 kernels load aligned vec4s only.
     let vec4_loads = matches!(entry, "matmul_forward_blocked" | "matmul_forward_subgroup");
@@ -839,10 +852,10 @@ fn matmul_dispatch<'a>(
     // layout: see matmul.wgsl); the others are specialised by override constants.
     let specialised = [("TA", flag(p.ta)), ("TB", flag(p.tb))];
     let constants: &[(&str, f64)] = match entry {
-        "matmul_forward_blocked" | "matmul_forward_small" => &[],
+        "matmul_forward_blocked" | "matmul_forward_small" | "matmul_forward_gemv" => &[],
         _ => &specialised,
     };
-    let kernel = if variant == MatmulVariant::Subgroup {
+    let kernel = if entry == "matmul_forward_subgroup" {
         SHADER
     } else {
         base_kernel()
@@ -936,12 +949,15 @@ mod tests {
             )
         };
         // (A stored, B stored, ta, tb)
-        let cases: [(&[usize], &[usize], bool, bool); 5] = [
+        let cases: [(&[usize], &[usize], bool, bool); 8] = [
+            (&[1, 37], &[70, 37], false, true), // M = 1, B stored (N, K): gemv
+            (&[37, 3], &[37, 21], true, false), // M = 3, A stored (K, M): gemv
+            (&[4, 45], &[2, 45, 70], false, false), // M = 4, batched, N past 64: gemv
             (&[13, 29], &[2, 37, 29], false, true), // (F, CK)·(N, L, CK)ᵀ: a 3×3 conv
             (&[9, 300], &[2, 300, 19], false, false), // K past the small kernel's: blocked
-            (&[7, 5], &[3, 5, 21], false, false),   // (F, C)·(N, C, L): a 1×1 conv
-            (&[70, 64], &[64, 130], false, false),  // past a 64-tile both ways
-            (&[2, 9, 6], &[6, 11], false, false),   // batch folded into the rows
+            (&[7, 5], &[3, 5, 21], false, false), // (F, C)·(N, C, L): a 1×1 conv
+            (&[70, 64], &[64, 130], false, false), // past a 64-tile both ways
+            (&[2, 9, 6], &[6, 11], false, false), // batch folded into the rows
         ];
         for (i, &(sa, sb, ta, tb)) in cases.iter().enumerate() {
             let plan = MatmulPlan::new(sa, sb, ta, tb).unwrap();

@@ -414,6 +414,17 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
             (2e-2, 1e-4),
             |x| x[0].matmul_with_variant(&x[1], false, true, v),
         );
+        // Products of at most 4 rows take matmul_forward_gemv: this one keeps the variant's
+        // own kernel past the cap.
+        kernel(
+            r,
+            gpu,
+            &format!("matmul {} long K, 64 rows", v.name()),
+            &[&[64, 70_000], &[8, 70_000]],
+            (-1.0, 1.0),
+            (1e-2, 1e-4),
+            |x| x[0].matmul_with_variant(&x[1], false, true, v),
+        );
     }
     kernel(
         r,
