@@ -23,7 +23,11 @@ use crate::tensor::Tensor;
 /// Most time one shape class may spend being tuned.
 pub const BUDGET: Duration = Duration::from_millis(250);
 
-/// Multiply-adds up to which a product on a CPU adapter is "small" (see `matmul_variant`).
+/// Multiply-adds up to which a product on a CPU adapter is "small" (see `matmul_variant`):
+/// 2^21 keeps the benchmark MLP's products (256×64·64×128 is exactly 2^21) on the quickly
+/// compiled register-blocked kernels. It was 2^23, which also held the digits CNN's
+/// convolution products (4.7M multiply-adds: (1024×144)·(144×32)) there; tuned, they take the
+/// subgroup kernel at 1.0-1.2 ms against 1.7-2.0 ms each (lavapipe, same sitting).
 const SMALL_PRODUCT: usize = 1 << 21;
 
 /// Products whose first run takes longer than this keep the default kernel.
