@@ -776,10 +776,17 @@ fn matmul_dispatch<'a>(
     let (entry, a, b) = match (gemv, small) {
         (Some((wa, wb)), _) => ("matmul_forward_gemv", wa, wb),
         (None, Some((wa, wb))) => ("matmul_forward_small", wa, wb),
+        // C's rows a multiple of 4 long: stored as whole vec4s.
+        (None, None) if variant == MatmulVariant::Subgroup && p.n % 4 == 0 => {
+            ("matmul_forward_subgroup_v4", a, b)
+        }
         (None, None) => (variant.entry(), a, b),
     };
     // The vec4 kernels load aligned vec4s only.
-    let vec4_loads = matches!(entry, "matmul_forward_blocked" | "matmul_forward_subgroup");
+    let vec4_loads = matches!(
+        entry,
+        "matmul_forward_blocked" | "matmul_forward_subgroup" | "matmul_forward_subgroup_v4"
+    );
     // A K past the kernel's loop budget runs in chunks (split-K, see `k_chunk_limit`).
     let chunk = k_chunk(entry);
     let chunks = p.k.div_ceil(chunk);
@@ -855,7 +862,7 @@ fn matmul_dispatch<'a>(
         "matmul_forward_blocked" | "matmul_forward_small" | "matmul_forward_gemv" => &[],
         _ => &specialised,
     };
-    let kernel = if entry == "matmul_forward_subgroup" {
+    let kernel = if entry.starts_with("matmul_forward_subgroup") {
         SHADER
     } else {
         base_kernel()
@@ -949,7 +956,11 @@ mod tests {
             )
         };
         // (A stored, B stored, ta, tb)
-        let cases: [(&[usize], &[usize], bool, bool); 8] = [
+        let cases: [(&[usize], &[usize], bool, bool); 10] = [
+            // Rows of C a multiple of 4 (vec4 stores), N = 132 ends 4 into a tile: the
+            // subgroup kernel's _v4 entry, and its right edge.
+            (&[70, 36], &[2, 36, 132], false, false),
+            (&[36, 70], &[132, 36], true, true),
             (&[1, 37], &[70, 37], false, true), // M = 1, B stored (N, K): gemv
             (&[37, 3], &[37, 21], true, false), // M = 3, A stored (K, M): gemv
             (&[4, 45], &[2, 45, 70], false, false), // M = 4, batched, N past 64: gemv
