@@ -383,6 +383,7 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
                 (3, 17, 5),
                 (255, 257, 3),
                 (64, 1000, 65),
+                (70, 36, 132), // rows of C a multiple of 4: vec4 stores (subgroup)
             ] {
                 let a = if ta { [k, m] } else { [m, k] };
                 let b = if tb { [n, k] } else { [k, n] };
