@@ -27,15 +27,11 @@ fn kernel(vec4: bool) -> Kernel {
     static SOURCES: OnceLock<[String; 2]> = OnceLock::new();
     let [f32_src, vec4_src] = SOURCES.get_or_init(|| {
         let src = include_str!("../../shaders/im2col_nhwc.wgsl");
-        let make = |elem: &str, entry: &str, width: &str| {
-            src.replace("ELEM", elem)
-                .replace("ENTRY", entry)
-                .replace("WIDTH", width)
-        };
-        [
-            make("f32", "im2col_nhwc", "1u"),
-            make("vec4<f32>", "im2col_nhwc_vec4", "4u"),
-        ]
+        let vec4 = src
+            .replace("alias Elem = f32;", "alias Elem = vec4<f32>;")
+            .replace("const WIDTH: u32 = 1u;", "const WIDTH: u32 = 4u;")
+            .replace("fn im2col_nhwc(", "fn im2col_nhwc_vec4(");
+        [src.to_string(), vec4]
     });
     if vec4 {
         Kernel {
