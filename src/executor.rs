@@ -28,8 +28,7 @@ use crate::tensor::Tensor;
 /// Environment variable: `eager` runs compiled graphs op by op (no recorded plan).
 pub const PLAN_ENV: &str = "WGRAD_PLAN";
 
-/// Environment variable: `0` compiles element-wise chains unfused (for comparisons).
-pub const FUSION_ENV: &str = "WGRAD_FUSION";
+pub use crate::fusion::FUSION_ENV;
 
 /// The memory plan of a compiled graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
