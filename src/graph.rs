@@ -19,6 +19,12 @@ use crate::ops::reduce::ReduceOp;
 use crate::shape::{broadcast_shapes, check_rank, normalize_axis};
 use crate::tensor::Tensor;
 
+// The graph side of op families whose `Var` methods choose a composition or check more
+// than a shape (the primitives themselves are in ops/<family>.rs).
+mod conv;
+mod dropout;
+mod gather;
+
 /// Index of a node in its graph.
 pub type NodeId = usize;
 
