@@ -1,5 +1,6 @@
 //! Blocked Householder QR on the host, in f64 on every core: the GPU path's choice for the
-//! sizes where a device round trip per panel costs more than the work (see [`host_max`]).
+//! sizes where a device round trip per panel costs more than the work (see `host_max` in
+//! `linalg/qr.rs`).
 //!
 //! The same compact-WY algorithm as `qr_blocked.rs`, with the same panels
 //! ([`factor_panel`]) and the same sign convention, but the trailing updates run as

@@ -4,7 +4,8 @@
 //! A, and the trailing columns after it, are contiguous rows: one buffer copy each, no
 //! strided access. Per panel of columns `j..j+jb`:
 //! - the panel is read back and factored on the host in f64 with the reference's reflectors
-//!   ([`householder`], the same sign convention: `α = −sign(x₀)‖x‖`), then written back;
+//!   ([`householder`](crate::host_qr::householder), the same sign convention:
+//!   `α = −sign(x₀)‖x‖`), then written back;
 //! - the host forms `T` (upper triangular, LAPACK's `dlarft`, forward) with
 //!   `H₁H₂…H_jb = I − V T Vᵀ`, and uploads `Vᵀ`, `(V T)ᵀ` and `T Vᵀ` (each `(jb, m)`, zero
 //!   in the columns before `j`, so the rows above the panel are left exactly as they are);
