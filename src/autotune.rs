@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::Device;
 use crate::gpu::capture;
-use crate::ops::matmul::{MatmulVariant, MATMUL_ENV};
+use crate::ops::matmul_variant::{MatmulVariant, MATMUL_ENV};
 use crate::tensor::Tensor;
 
 /// Most time one shape class may spend being tuned.

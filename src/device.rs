@@ -145,6 +145,17 @@ impl Device {
             DeviceInner::Cpu => None,
         }
     }
+
+    /// Lowers the storage-binding size the ops plan for (bytes, at least 1 KiB,
+    /// never above the adapter's). Tests use it to run the chunked paths for
+    /// tensors past max_storage_buffer_binding_size with small tensors; no
+    /// effect on the CPU device.
+    #[doc(hidden)]
+    pub fn limit_bindings_for_testing(&self, bytes: u64) {
+        if let Some(g) = self.gpu_ctx() {
+            g.set_binding_limit(bytes);
+        }
+    }
 }
 
 impl std::fmt::Debug for Device {

@@ -35,7 +35,7 @@ use crate::dtype::DType;
 use crate::fused::{EpiParts, Fused, FusedKind, ProductOp};
 use crate::graph::{Node, NodeId, Op};
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
-use crate::ops::matmul::MatmulPlan;
+use crate::ops::matmul_plan::MatmulPlan;
 use crate::ops::reduce::ReduceOp;
 
 /// The epilogue fusions among the live nodes: the fused op of every root, and the

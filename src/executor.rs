@@ -28,8 +28,7 @@ use crate::tensor::Tensor;
 /// Environment variable: `eager` runs compiled graphs op by op (no recorded plan).
 pub const PLAN_ENV: &str = "WGRAD_PLAN";
 
-/// Environment variable: `0` compiles element-wise chains unfused (for comparisons).
-pub const FUSION_ENV: &str = "WGRAD_FUSION";
+pub use crate::fusion::FUSION_ENV;
 
 /// The memory plan of a compiled graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -673,7 +672,7 @@ fn eval(op: &Op, x: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Op::Concat(axis) => Tensor::concat(x, *axis as isize),
         Op::CrossEntropy(o) => x[0].cross_entropy_with(x[1], *o),
         Op::CrossEntropyGrad(o) => x[0].cross_entropy_backward_with(x[1], x[2], *o),
-        Op::CrossEntropyCount(o) => crate::ops::loss_reduced::counted_rows(x[0], *o),
+        Op::CrossEntropyCount(o) => crate::ops::loss::counted_rows(x[0], *o),
         Op::Im2Col(geom) => x[0].im2col(*geom),
         Op::Col2Im(geom, image) => x[0].col2im(*geom, image),
         Op::Pool2d(p) => x[0].pool2d(*p),

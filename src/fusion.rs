@@ -30,6 +30,9 @@ use crate::ops::{gpu_output, grid_1d};
 use crate::shape::{broadcast_strides, contiguous_strides};
 use crate::tensor::Tensor;
 
+/// Environment variable: `0` compiles element-wise chains unfused (for comparisons).
+pub const FUSION_ENV: &str = "WGRAD_FUSION";
+
 /// Most tensors a fused kernel reads and writes besides its root's output
 /// (within the 8 storage buffers per stage every adapter allows).
 const MAX_INPUTS: usize = 6;

@@ -19,6 +19,12 @@ use crate::ops::reduce::ReduceOp;
 use crate::shape::{broadcast_shapes, check_rank, normalize_axis};
 use crate::tensor::Tensor;
 
+// The graph side of op families whose `Var` methods choose a composition or check more
+// than a shape (the primitives themselves are in ops/<family>.rs).
+mod conv;
+mod dropout;
+mod gather;
+
 /// Index of a node in its graph.
 pub type NodeId = usize;
 
@@ -448,7 +454,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
         Op::Unary(_) | Op::Scalar { .. } | Op::Softmax(_) | Op::LogSoftmax(_) => x.to_vec(),
         Op::Binary(_) => broadcast_shapes(name, x, shapes[1])?,
         Op::MatMul { ta, tb } => {
-            crate::ops::matmul::MatmulPlan::new(x, shapes[1], *ta, *tb)?.out_shape
+            crate::ops::matmul_plan::MatmulPlan::new(x, shapes[1], *ta, *tb)?.out_shape
         }
         Op::Reduce { axis, keepdim, .. } => {
             if *axis >= x.len() {
@@ -769,7 +775,8 @@ impl Var {
         if !a1 && !b1 {
             return self.graph.push(Op::MatMul { ta, tb }, &[self, other]);
         }
-        let out = crate::ops::matmul::MatmulPlan::new(&self.shape, &other.shape, ta, tb)?.out_shape;
+        let out =
+            crate::ops::matmul_plan::MatmulPlan::new(&self.shape, &other.shape, ta, tb)?.out_shape;
         let a = if a1 {
             self.reshape(&[1, self.shape[0]])?
         } else {

@@ -1,7 +1,7 @@
 //! Parameter initialisers. Values are drawn on the host from a seeded
 //! [`Rng`], so the GPU and the CPU reference start from identical numbers.
 
-use crate::linalg::qr_host::qr_host;
+use crate::host_qr::qr_host;
 use crate::rng::Rng;
 
 /// How a parameter's first values are made.

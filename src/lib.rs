@@ -57,6 +57,7 @@ pub(crate) mod fused;
 pub(crate) mod fusion;
 pub(crate) mod gpu;
 pub mod graph;
+pub(crate) mod host_qr;
 pub mod init;
 pub mod io;
 pub mod linalg;

@@ -440,7 +440,7 @@ impl RecordedPlan {
 
 /// Whether updates may be fused (`WGRAD_FUSION=0` keeps one kernel per parameter).
 fn fuse_updates() -> bool {
-    !std::env::var(crate::executor::FUSION_ENV).is_ok_and(|v| v.trim() == "0")
+    !std::env::var(crate::fusion::FUSION_ENV).is_ok_and(|v| v.trim() == "0")
 }
 
 /// The command copying a tensor's `bytes` from `src` to `dst` (none when empty).

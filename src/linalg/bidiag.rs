@@ -40,7 +40,7 @@ fn house(x: &[f64]) -> (Vec<f64>, f64, f64) {
         v[0] = 1.0;
         return (v, 0.0, x[0]);
     }
-    crate::linalg::qr::householder(x)
+    crate::host_qr::householder(x)
 }
 
 /// `A ← H A` on the rows `r..r + v.len()` of the row-major `a (_, n)`, columns `lo..hi`.

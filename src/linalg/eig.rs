@@ -34,8 +34,9 @@
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::host_qr::householder;
 use crate::linalg::hessenberg_blocked;
-use crate::linalg::qr::{apply_left, apply_right, householder};
+use crate::linalg::qr::{apply_left, apply_right};
 use crate::linalg::{check_nonempty, check_square, gpu_stats, non_finite_error};
 use crate::rng::Rng;
 use crate::tensor::Tensor;

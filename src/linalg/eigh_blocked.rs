@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::linalg::qr_blocked::{apply_block_reflector, factor_panel, rows_of};
+use crate::host_qr::factor_panel;
+use crate::linalg::qr_blocked::{apply_block_reflector, rows_of};
 use crate::linalg::tridiag::{band_to_tridiagonal, dense_to_band, eigenvectors, tridiagonal_ql};
 use crate::tensor::Tensor;
 use crate::BinaryOp;

@@ -34,9 +34,10 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
+use crate::host_qr::factor_panel;
 use crate::linalg::hessenberg_chase::{apply_to_columns, band_to_hessenberg, tail_to_band};
 use crate::linalg::hessenberg_chase::{Reflector, WyBlock};
-use crate::linalg::qr_blocked::{buf, factor_panel, rows_of};
+use crate::linalg::qr_blocked::{buf, rows_of};
 use crate::ops::matmul::{Epilogue, MatmulVariant};
 use crate::tensor::Tensor;
 

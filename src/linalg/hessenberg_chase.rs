@@ -11,8 +11,7 @@
 //! the 10/3 n³ of the direct reduction plus the 4/3 n³ of forming Q, which the device's
 //! products take over.
 
-use crate::linalg::host_dot;
-use crate::linalg::qr::householder;
+use crate::host_qr::{host_dot, householder};
 
 /// `H = I − τvvᵀ` acting on the indices `r..r + v.len()`.
 pub(crate) struct Reflector {
@@ -405,7 +404,7 @@ mod tests {
         let (n, r0, w, cols) = (13, 5, 3, 4);
         let mut rng = crate::Rng::new(11);
         let p: Vec<f64> = (0..w * n).map(|_| rng.normal()).collect();
-        let hp = crate::linalg::qr_blocked::factor_panel(&p, r0, w, n);
+        let hp = crate::host_qr::factor_panel(&p, r0, w, n);
         let b = WyBlock::new(r0, n, &hp.vt, hp.t.clone());
         let z0: Vec<f64> = (0..n * cols).map(|_| rng.normal()).collect();
         let mut z = z0.clone();

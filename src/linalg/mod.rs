@@ -38,7 +38,6 @@ mod hessenberg_chase;
 mod pca;
 pub(crate) mod qr;
 mod qr_blocked;
-pub(crate) mod qr_host;
 pub(crate) mod reference;
 mod svd;
 mod svd_blocked;
@@ -49,7 +48,6 @@ use std::sync::Arc;
 pub use eig::{eig, eig_with, Eig, EigOptions};
 pub use eigh::{eigh, eigh_with, EighOptions};
 pub use pca::Pca;
-pub(crate) use qr::SHADER as QR_SHADER;
 pub use qr::{qr, qr_with, qr_with_options, QrMode, QrOptions};
 pub use svd::{low_rank, pinv, rank, svd, svd_with, LowRank, SvdOptions};
 
@@ -59,6 +57,13 @@ use crate::gpu::{GpuContext, Kernel};
 use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
+
+/// The Householder kernels (`shaders/linalg_qr.wgsl`), shared by the unblocked QR
+/// (`qr.rs`, also the Hessenberg reduction of `eig`) and the blocked one (`qr_blocked.rs`).
+pub(crate) const QR_SHADER: Kernel = Kernel {
+    name: "linalg_qr",
+    source: include_str!("../../shaders/linalg_qr.wgsl"),
+};
 
 pub(crate) const SHADER: Kernel = Kernel {
     name: "linalg",
@@ -223,25 +228,6 @@ pub(crate) struct MatrixStats {
     pub asym: f64,
     /// Number of NaN or infinite entries.
     pub non_finite: usize,
-}
-
-/// `Σ xᵢyᵢ` in four interleaved partial sums, so that the compiler may vectorise it (a
-/// single f64 accumulator must be summed in order).
-pub(crate) fn host_dot(x: &[f64], y: &[f64]) -> f64 {
-    let mut s = [0.0f64; 4];
-    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
-    let tail: f64 = xc
-        .remainder()
-        .iter()
-        .zip(yc.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in xc.zip(yc) {
-        for k in 0..4 {
-            s[k] += a[k] * b[k];
-        }
-    }
-    (s[0] + s[1]) + (s[2] + s[3]) + tail
 }
 
 /// The values of a CPU matrix (rows, cols) in f64, or the op's error when any is NaN or ±inf.

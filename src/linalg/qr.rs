@@ -4,7 +4,7 @@
 //! [`Init::Orthogonal`](crate::Init::Orthogonal).
 //! GPU, up to [`QrOptions::host_max`] columns (4096 on a software adapter, 128 on a hardware
 //! GPU): one read-back, then blocked Householder on the host in f64, with the trailing
-//! updates and Q as host matrix products on every core (`qr_host.rs`), and Q and R
+//! updates and Q as host matrix products on every core (`host_qr.rs`), and Q and R
 //! uploaded.
 //! GPU, above that, from 8 reflectors up: blocked Householder in compact-WY form,
 //! panels factored on the host in f64 and the trailing update and Q as device matmul
@@ -22,18 +22,14 @@ use std::sync::Arc;
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, Kernel};
+use crate::gpu::GpuContext;
 use crate::linalg::{check_matrix, check_nonempty, gpu_stats, non_finite_error};
 use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
 
-use super::{qr_blocked, qr_host};
-
-pub(crate) const SHADER: Kernel = Kernel {
-    name: "linalg_qr",
-    source: include_str!("../../shaders/linalg_qr.wgsl"),
-};
+use super::{qr_blocked, QR_SHADER as SHADER};
+use crate::host_qr::{self, householder};
 
 /// Largest row or column count of the GPU reflector kernels: `house_left_dots` loops over
 /// a whole column in one invocation (`house_make`
@@ -125,7 +121,7 @@ pub fn qr_with_options(a: &Tensor, opts: &QrOptions) -> Result<(Tensor, Tensor)>
                 if stats.non_finite > 0 {
                     return Err(non_finite_error(op, a.shape(), stats.non_finite));
                 }
-                let (q, r) = qr_host::qr_host(&x, m, n, qc, rr);
+                let (q, r) = host_qr::qr_host(&x, m, n, qc, rr);
                 return Ok((
                     super::tensor_from_f64(a, &q, &[m, qc])?,
                     super::tensor_from_f64(a, &r, &[rr, n])?,
@@ -311,21 +307,6 @@ impl<'a> GpuHouse<'a> {
 
 // ----- f64 reference -----
 
-/// The reflector of `x`: `(v, τ, α)` with `(I − τvvᵀ)x = α e₀`, `α = −sign(x₀)‖x‖`, v scaled
-/// by `1/max|x|` as on the GPU. A zero `x` gives `τ = 0`.
-pub(crate) fn householder(x: &[f64]) -> (Vec<f64>, f64, f64) {
-    let scale = x.iter().fold(0.0f64, |s, v| s.max(v.abs()));
-    if scale == 0.0 {
-        return (vec![0.0; x.len()], 0.0, 0.0);
-    }
-    let mut v: Vec<f64> = x.iter().map(|&e| e / scale).collect();
-    let norm = v.iter().map(|e| e * e).sum::<f64>().sqrt();
-    let x0 = v[0];
-    let alpha = if x0 >= 0.0 { -norm } else { norm };
-    v[0] = x0 - alpha;
-    (v, 1.0 / (norm * (norm + x0.abs())), alpha * scale)
-}
-
 /// `a[r0.., c0..] ← (I − τvvᵀ) a[r0.., c0..]` on a row-major (rows, cols) matrix, `v` of
 /// length `rows − r0`.
 pub(crate) fn apply_left(a: &mut [f64], cols: usize, r0: usize, c0: usize, v: &[f64], tau: f64) {
@@ -389,4 +370,43 @@ pub(crate) fn qr_reference(a: &[f64], m: usize, n: usize, complete: bool) -> (Ve
     }
     r.truncate(qc * n);
     (q, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::qr_reference;
+    use crate::host_qr::qr_host;
+
+    /// The blocked host QR matches the unblocked reference to rounding (the same
+    /// reflectors, the same signs), reduced and complete, tall, wide, square, and across
+    /// several panels.
+    #[test]
+    fn host_blocked_qr_matches_the_reference() {
+        let mut rng = crate::Rng::new(11);
+        for &(m, n) in &[
+            (1, 1),
+            (5, 3),
+            (3, 5),
+            (70, 70),
+            (100, 37),
+            (37, 100),
+            (130, 65),
+        ] {
+            let a: Vec<f64> = (0..m * n).map(|_| rng.normal()).collect();
+            for complete in [false, true] {
+                let k = m.min(n);
+                let (qc, rr) = if complete { (m, m) } else { (k, k) };
+                let (q, r) = qr_host(&a, m, n, qc, rr);
+                let (q0, r0) = qr_reference(&a, m, n, complete);
+                let err = |x: &[f64], y: &[f64]| {
+                    x.iter()
+                        .zip(y)
+                        .fold(0.0f64, |e, (a, b)| e.max((a - b).abs()))
+                };
+                assert_eq!((q.len(), r.len()), (q0.len(), r0.len()), "{m}x{n}");
+                assert!(err(&q, &q0) < 1e-10, "Q {m}x{n}: {}", err(&q, &q0));
+                assert!(err(&r, &r0) < 1e-10, "R {m}x{n}: {}", err(&r, &r0));
+            }
+        }
+    }
 }

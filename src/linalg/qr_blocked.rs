@@ -4,7 +4,8 @@
 //! A, and the trailing columns after it, are contiguous rows: one buffer copy each, no
 //! strided access. Per panel of columns `j..j+jb`:
 //! - the panel is read back and factored on the host in f64 with the reference's reflectors
-//!   ([`householder`], the same sign convention: `α = −sign(x₀)‖x‖`), then written back;
+//!   ([`householder`](crate::host_qr::householder), the same sign convention:
+//!   `α = −sign(x₀)‖x‖`), then written back;
 //! - the host forms `T` (upper triangular, LAPACK's `dlarft`, forward) with
 //!   `H₁H₂…H_jb = I − V T Vᵀ`, and uploads `Vᵀ`, `(V T)ᵀ` and `T Vᵀ` (each `(jb, m)`, zero
 //!   in the columns before `j`, so the rows above the panel are left exactly as they are);
@@ -20,8 +21,8 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::linalg::host_dot;
-use crate::linalg::qr::{householder, SHADER};
+use crate::host_qr::factor_panel;
+use crate::linalg::QR_SHADER as SHADER;
 use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -45,71 +46,6 @@ struct Panel {
     j: usize,
     vt: Tensor,
     tvt: Tensor,
-}
-
-/// The host half of one panel, row-major: the factored columns `(jb, m)` (R's entries above
-/// and on the diagonal, exact zeros below), `Vᵀ (jb, m)` and `T (jb, jb)`.
-pub(crate) struct HostPanel {
-    pub cols: Vec<f64>,
-    pub vt: Vec<f64>,
-    pub t: Vec<f64>,
-}
-
-/// Factors the panel `p` (jb, m): row c is column `j + c` of A, already updated by the
-/// earlier panels. Reflector c acts on entries `j + c..m`.
-pub(crate) fn factor_panel(p: &[f64], j: usize, jb: usize, m: usize) -> HostPanel {
-    let mut cols = p.to_vec();
-    let mut vt = vec![0.0; jb * m];
-    let mut tau = vec![0.0; jb];
-    for c in 0..jb {
-        let col = j + c;
-        let (v, t, alpha) = householder(&cols[c * m + col..(c + 1) * m]);
-        if t != 0.0 {
-            cols[c * m + col] = alpha;
-            cols[c * m + col + 1..(c + 1) * m].fill(0.0);
-            for c2 in c + 1..jb {
-                let x = &mut cols[c2 * m + col..(c2 + 1) * m];
-                let d = host_dot(x, &v);
-                x.iter_mut().zip(&v).for_each(|(a, b)| *a -= t * d * b);
-            }
-        }
-        vt[c * m + col..(c + 1) * m].copy_from_slice(&v);
-        tau[c] = t;
-    }
-    // Z = Vᵀ V (jb, jb), one host product over the entries j.. (V is zero before them).
-    let mut z = vec![0.0; jb * jb];
-    let k = m - j;
-    // SAFETY: Vᵀ is `vt` (jb, m) from column j, read as A (jb, k) and as B = V (k, jb);
-    // `z` is (jb, jb) and aliases neither.
-    unsafe {
-        let v0 = vt.as_ptr().add(j);
-        matrixmultiply::dgemm(
-            jb,
-            k,
-            jb,
-            1.0,
-            v0,
-            m as isize,
-            1,
-            v0,
-            1,
-            m as isize,
-            0.0,
-            z.as_mut_ptr(),
-            jb as isize,
-            1,
-        );
-    }
-    // T: T[i][i] = τᵢ, T[0..i, i] = −τᵢ T[0..i, 0..i] (Vᵀ vᵢ)[0..i].
-    let mut t = vec![0.0; jb * jb];
-    for i in 0..jb {
-        for r in 0..i {
-            let s: f64 = (r..i).map(|q| t[r * jb + q] * z[q * jb + i]).sum();
-            t[r * jb + i] = -tau[i] * s;
-        }
-        t[i * jb + i] = tau[i];
-    }
-    HostPanel { cols, vt, t }
 }
 
 /// Blocked QR of the GPU matrix `a (m, n)` (finite, checked by the caller): `Q (m, qc)` and

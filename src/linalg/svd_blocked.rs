@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
+use crate::host_qr::factor_panel;
 use crate::linalg::bidiag::{band_to_bidiagonal, bidiagonal_qr, dense_to_upper_band};
-use crate::linalg::qr_blocked::{apply_block_reflector, factor_panel, rows_of};
+use crate::linalg::qr_blocked::{apply_block_reflector, rows_of};
 use crate::linalg::reference::transpose;
 use crate::linalg::tridiag::eigenvectors;
 use crate::tensor::Tensor;

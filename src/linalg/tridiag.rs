@@ -13,7 +13,7 @@
 //! [`eigenvectors`].
 
 use crate::error::Result;
-use crate::linalg::qr::householder;
+use crate::host_qr::householder;
 use crate::linalg::reference::not_converged;
 
 /// `H = I − τvvᵀ` acting on the indices `r..r + v.len()`.

@@ -21,7 +21,6 @@
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Kernel, LOOP_BUDGET, STATUS_BYTES};
-use crate::graph::{Op, Var};
 use crate::ops::{gpu_output, grid_1d};
 use crate::shape::normalize_axis;
 use crate::tensor::Tensor;
@@ -85,7 +84,7 @@ pub(crate) fn scatter_shape(
 
 /// Scatter-add's axis, negative counting from the end of the output (whose rank is
 /// `rank(src) − rank(indices) + 1`).
-fn scatter_axis(src: &[usize], indices: &[usize], axis: isize) -> Result<usize> {
+pub(crate) fn scatter_axis(src: &[usize], indices: &[usize], axis: isize) -> Result<usize> {
     let bad = || Error::Shape {
         op: "scatter_add",
         detail: format!("values {src:?} cannot hold indices {indices:?} at axis {axis}"),
@@ -133,29 +132,8 @@ fn host_indices(
         .collect()
 }
 
-impl Var {
-    /// The slices of `self` along `axis` (negative counts from the end) selected by the i32
-    /// `indices` (see [`crate::Graph::input_i32`]), shaped
-    /// `self[..axis] ++ indices ++ self[axis+1..]`: `table.gather(&ids, 0)` looks up
-    /// embedding rows. A negative index counts from the end; one outside `-n..n` is an
-    /// error when the graph runs. Its gradient scatter-adds the upstream gradient back.
-    pub fn gather(&self, indices: &Var, axis: isize) -> Result<Var> {
-        let a = normalize_axis("gather", axis, self.shape())?;
-        self.graph().push(Op::Gather(a), &[self, indices])
-    }
-
-    /// The adjoint of [`Var::gather`]: a tensor with axis `axis` of length `size`, zero
-    /// except that each slice of `self` at index position p along `axis..axis+rank(indices)`
-    /// is added at `indices[p]`.
-    pub fn scatter_add(&self, indices: &Var, axis: isize, size: usize) -> Result<Var> {
-        let a = scatter_axis(self.shape(), indices.shape(), axis)?;
-        self.graph()
-            .push(Op::ScatterAdd { axis: a, size }, &[self, indices])
-    }
-}
-
 impl Tensor {
-    /// See [`Var::gather`]. On a GPU, a bad index gives 0 and the next readback is the error.
+    /// See [`crate::Var::gather`]. On a GPU, a bad index gives 0 and the next readback is the error.
     pub fn gather(&self, indices: &Tensor, axis: isize) -> Result<Tensor> {
         let op = "gather";
         self.expect_f32(op)?;
@@ -191,7 +169,7 @@ impl Tensor {
         }
     }
 
-    /// See [`Var::scatter_add`].
+    /// See [`crate::Var::scatter_add`].
     pub fn scatter_add(&self, indices: &Tensor, axis: isize, size: usize) -> Result<Tensor> {
         let op = "scatter_add";
         self.expect_f32(op)?;

@@ -20,7 +20,7 @@ use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Kernel};
 use crate::ops::elementwise::{binary_reference, merge_dims, BinaryOp, UnaryOp};
-use crate::ops::matmul::{matmul_forward, MatmulPlan};
+use crate::ops::matmul_plan::{matmul_forward, MatmulPlan};
 use crate::ops::{gpu_output, grid_1d, pack_dims};
 use crate::shape::{broadcast_shapes, broadcast_strides, check_rank};
 use crate::tensor::Tensor;

@@ -1,15 +1,15 @@
 //! Cross-entropy's mean and sum over rows: [`Tensor::cross_entropy_reduced`] (one dispatch of
 //! one workgroup for small problems, else the per-row losses and a reduction), the training
-//! step's loss and gradient together, and the count of rows a mean divides by. The per-row
-//! op, its options and its CPU reference are in `crate::ops::loss`.
+//! step's loss and gradient together. The per-row op, its options, its CPU reference and the
+//! count of rows a mean divides by (`counted_rows`) are in `crate::ops::loss`.
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::STATUS_BYTES;
 use crate::ops::gpu_output;
 use crate::ops::loss::{
-    arg, backward_from_lse, cross_entropy_shape, groups, losses_reference, words,
-    CrossEntropyOptions, Divide, MAX_CLASSES, SHADER, WG,
+    arg, backward_from_lse, cross_entropy_shape, losses_reference, words, CrossEntropyOptions,
+    Divide, MAX_CLASSES, SHADER, WG,
 };
 use crate::ops::loss_vocab;
 use crate::ops::reduce::ReduceOp;
@@ -199,36 +199,4 @@ impl Tensor {
             )),
         }
     }
-}
-
-/// How many of `labels` (…, i32) a mean over counted rows counts (those not ignored), as a
-/// rank-0 f32 tensor: the divisor of PyTorch's mean (`Var::cross_entropy_mean_with`).
-pub(crate) fn counted_rows(labels: &Tensor, opts: CrossEntropyOptions) -> Result<Tensor> {
-    labels.expect_i32("cross_entropy_count")?;
-    let rows = labels.numel();
-    let Some(ctx) = labels.device().gpu_ctx() else {
-        let l = labels.to_vec::<i32>()?;
-        let n = l.iter().filter(|&&v| !opts.ignores(v)).count();
-        return Ok(Tensor::cpu_from_f64(labels.device(), &[], vec![n as f64]));
-    };
-    let w = gpu_output(
-        ctx,
-        labels.device(),
-        "cross_entropy_count",
-        &[rows],
-        DType::F32,
-    )?;
-    if rows > 0 {
-        let params = words((rows, 1), Divide::One, opts, (0, 0));
-        let bufs = [arg(labels), arg(&w)];
-        ctx.dispatch(
-            &SHADER,
-            "cross_entropy_counted",
-            &[],
-            &params,
-            &bufs,
-            groups(ctx, rows),
-        )?;
-    }
-    w.reduce_all(ReduceOp::Sum)
 }

@@ -105,7 +105,7 @@ pub(crate) fn reduce_losses(
         Divide::Rows => losses.reduce_all(ReduceOp::Mean),
         Divide::Counted if opts.ignore_index.is_none() => losses.reduce_all(ReduceOp::Mean),
         Divide::Counted => {
-            let count = crate::ops::loss_reduced::counted_rows(labels, opts)?;
+            let count = crate::ops::loss::counted_rows(labels, opts)?;
             losses.reduce_all(ReduceOp::Sum)?.div(&count)
         }
     }

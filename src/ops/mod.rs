@@ -15,6 +15,8 @@ pub mod loss;
 pub(crate) mod loss_reduced;
 pub(crate) mod loss_vocab;
 pub mod matmul;
+pub(crate) mod matmul_plan;
+pub(crate) mod matmul_variant;
 pub mod nhwc;
 pub mod pool;
 pub mod reduce;

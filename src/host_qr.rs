@@ -1,5 +1,6 @@
 //! Blocked Householder QR on the host, in f64 on every core: the GPU path's choice for the
-//! sizes where a device round trip per panel costs more than the work (see [`host_max`]).
+//! sizes where a device round trip per panel costs more than the work (see `host_max` in
+//! `linalg/qr.rs`).
 //!
 //! The same compact-WY algorithm as `qr_blocked.rs`, with the same panels
 //! ([`factor_panel`]) and the same sign convention, but the trailing updates run as
@@ -11,8 +12,11 @@
 //! Why it beats the unblocked reference (`qr_reference`, one reflector at a time over the
 //! whole trailing matrix): each panel reads the trailing rows twice instead of `2b` times,
 //! the panel's `V` stays in cache while it does, and the rows run on all cores.
-
-use super::qr_blocked::factor_panel;
+//!
+//! It sits below the graph and `linalg` (it needs nothing of the crate), with the host
+//! Householder pieces it is built from ([`householder`], [`factor_panel`], [`host_dot`]):
+//! `linalg`'s QR, eigen and SVD paths use them, and so does `Init::Orthogonal`, which must
+//! not import `linalg` from the graph layer.
 
 /// Widest panel. `V` (`32·m` f64) stays in L2 up to m = 1024, and the serial panel work
 /// (`O(m·b²)`) small.
@@ -204,41 +208,101 @@ fn update_block(rows: &mut [f64], m: usize, b: &Block, transposed_t: bool) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::linalg::qr::qr_reference;
+/// The reflector of `x`: `(v, τ, α)` with `(I − τvvᵀ)x = α e₀`, `α = −sign(x₀)‖x‖`, v scaled
+/// by `1/max|x|` as on the GPU. A zero `x` gives `τ = 0`.
+pub(crate) fn householder(x: &[f64]) -> (Vec<f64>, f64, f64) {
+    let scale = x.iter().fold(0.0f64, |s, v| s.max(v.abs()));
+    if scale == 0.0 {
+        return (vec![0.0; x.len()], 0.0, 0.0);
+    }
+    let mut v: Vec<f64> = x.iter().map(|&e| e / scale).collect();
+    let norm = v.iter().map(|e| e * e).sum::<f64>().sqrt();
+    let x0 = v[0];
+    let alpha = if x0 >= 0.0 { -norm } else { norm };
+    v[0] = x0 - alpha;
+    (v, 1.0 / (norm * (norm + x0.abs())), alpha * scale)
+}
 
-    /// The blocked host QR matches the unblocked reference to rounding (the same
-    /// reflectors, the same signs), reduced and complete, tall, wide, square, and across
-    /// several panels.
-    #[test]
-    fn host_blocked_qr_matches_the_reference() {
-        let mut rng = crate::Rng::new(11);
-        for &(m, n) in &[
-            (1, 1),
-            (5, 3),
-            (3, 5),
-            (70, 70),
-            (100, 37),
-            (37, 100),
-            (130, 65),
-        ] {
-            let a: Vec<f64> = (0..m * n).map(|_| rng.normal()).collect();
-            for complete in [false, true] {
-                let k = m.min(n);
-                let (qc, rr) = if complete { (m, m) } else { (k, k) };
-                let (q, r) = qr_host(&a, m, n, qc, rr);
-                let (q0, r0) = qr_reference(&a, m, n, complete);
-                let err = |x: &[f64], y: &[f64]| {
-                    x.iter()
-                        .zip(y)
-                        .fold(0.0f64, |e, (a, b)| e.max((a - b).abs()))
-                };
-                assert_eq!((q.len(), r.len()), (q0.len(), r0.len()), "{m}x{n}");
-                assert!(err(&q, &q0) < 1e-10, "Q {m}x{n}: {}", err(&q, &q0));
-                assert!(err(&r, &r0) < 1e-10, "R {m}x{n}: {}", err(&r, &r0));
+/// The host half of one panel, row-major: the factored columns `(jb, m)` (R's entries above
+/// and on the diagonal, exact zeros below), `Vᵀ (jb, m)` and `T (jb, jb)`.
+pub(crate) struct HostPanel {
+    pub cols: Vec<f64>,
+    pub vt: Vec<f64>,
+    pub t: Vec<f64>,
+}
+
+/// Factors the panel `p` (jb, m): row c is column `j + c` of A, already updated by the
+/// earlier panels. Reflector c acts on entries `j + c..m`.
+pub(crate) fn factor_panel(p: &[f64], j: usize, jb: usize, m: usize) -> HostPanel {
+    let mut cols = p.to_vec();
+    let mut vt = vec![0.0; jb * m];
+    let mut tau = vec![0.0; jb];
+    for c in 0..jb {
+        let col = j + c;
+        let (v, t, alpha) = householder(&cols[c * m + col..(c + 1) * m]);
+        if t != 0.0 {
+            cols[c * m + col] = alpha;
+            cols[c * m + col + 1..(c + 1) * m].fill(0.0);
+            for c2 in c + 1..jb {
+                let x = &mut cols[c2 * m + col..(c2 + 1) * m];
+                let d = host_dot(x, &v);
+                x.iter_mut().zip(&v).for_each(|(a, b)| *a -= t * d * b);
             }
         }
+        vt[c * m + col..(c + 1) * m].copy_from_slice(&v);
+        tau[c] = t;
     }
+    // Z = Vᵀ V (jb, jb), one host product over the entries j.. (V is zero before them).
+    let mut z = vec![0.0; jb * jb];
+    let k = m - j;
+    // SAFETY: Vᵀ is `vt` (jb, m) from column j, read as A (jb, k) and as B = V (k, jb);
+    // `z` is (jb, jb) and aliases neither.
+    unsafe {
+        let v0 = vt.as_ptr().add(j);
+        matrixmultiply::dgemm(
+            jb,
+            k,
+            jb,
+            1.0,
+            v0,
+            m as isize,
+            1,
+            v0,
+            1,
+            m as isize,
+            0.0,
+            z.as_mut_ptr(),
+            jb as isize,
+            1,
+        );
+    }
+    // T: T[i][i] = τᵢ, T[0..i, i] = −τᵢ T[0..i, 0..i] (Vᵀ vᵢ)[0..i].
+    let mut t = vec![0.0; jb * jb];
+    for i in 0..jb {
+        for r in 0..i {
+            let s: f64 = (r..i).map(|q| t[r * jb + q] * z[q * jb + i]).sum();
+            t[r * jb + i] = -tau[i] * s;
+        }
+        t[i * jb + i] = tau[i];
+    }
+    HostPanel { cols, vt, t }
+}
+
+/// `Σ xᵢyᵢ` in four interleaved partial sums, so that the compiler may vectorise it (a
+/// single f64 accumulator must be summed in order).
+pub(crate) fn host_dot(x: &[f64], y: &[f64]) -> f64 {
+    let mut s = [0.0f64; 4];
+    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
+    let tail: f64 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in xc.zip(yc) {
+        for k in 0..4 {
+            s[k] += a[k] * b[k];
+        }
+    }
+    (s[0] + s[1]) + (s[2] + s[3]) + tail
 }

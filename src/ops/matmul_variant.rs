@@ -1,0 +1,138 @@
+//! Which GPU kernel computes a product (`MatmulVariant`), and how `Auto` and
+//! `WGRAD_MATMUL` resolve on an adapter. Below both `ops::matmul` (which dispatches the
+//! chosen kernel) and `autotune` (which times the kernels to choose one), so that neither
+//! imports the other's types.
+
+use crate::device::{Device, DeviceInner};
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+
+/// Environment variable that pins the kernel [`MatmulVariant::Auto`] picks.
+pub const MATMUL_ENV: &str = "WGRAD_MATMUL";
+
+/// Which GPU kernel computes a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// `WGRAD_MATMUL` if set (`tiled`, `blocked`, `subgroup`, `auto`), else by
+    /// adapter: [`Tiled`](Self::Tiled) on real GPUs; on software (CPU)
+    /// adapters [`Subgroup`](Self::Subgroup) where 8-wide subgroups exist,
+    /// else [`RegisterBlocked`](Self::RegisterBlocked).
+    Auto,
+    /// Workgroup-memory k-tiles, 4x4 outputs per invocation: for real GPUs.
+    Tiled,
+    /// 8x8 outputs per invocation, vec4 loads, no workgroup memory or
+    /// barriers (expensive on a CPU adapter).
+    RegisterBlocked,
+    /// 16x16 outputs per invocation; the 8 lanes of a subgroup share their
+    /// loads through `subgroupBroadcast`: the fastest on lavapipe. Needs
+    /// subgroups of exactly 8 lanes.
+    Subgroup,
+}
+
+impl MatmulVariant {
+    /// Every concrete kernel, for tests and `wgrad check`.
+    pub const KERNELS: [MatmulVariant; 3] = [
+        MatmulVariant::Tiled,
+        MatmulVariant::RegisterBlocked,
+        MatmulVariant::Subgroup,
+    ];
+
+    /// Short name, as accepted by `WGRAD_MATMUL`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulVariant::Auto => "auto",
+            MatmulVariant::Tiled => "tiled",
+            MatmulVariant::RegisterBlocked => "blocked",
+            MatmulVariant::Subgroup => "subgroup",
+        }
+    }
+
+    /// The kernel that runs on `device` for this choice (`Auto` resolved through
+    /// `WGRAD_MATMUL` and the adapter). On the CPU reference, `self` unchanged.
+    pub fn resolve(self, device: &Device) -> Result<MatmulVariant> {
+        match &device.inner {
+            DeviceInner::Cpu => Ok(self),
+            DeviceInner::Gpu(ctx) => resolve(ctx, self),
+        }
+    }
+
+    pub(crate) fn entry(self) -> &'static str {
+        match self {
+            MatmulVariant::Subgroup => "matmul_forward_subgroup",
+            MatmulVariant::RegisterBlocked => "matmul_forward_blocked",
+            _ => "matmul_forward_tiled",
+        }
+    }
+}
+
+/// Whether the subgroup kernel can run: subgroups enabled and always 8 lanes wide.
+fn subgroups_of_8(ctx: &GpuContext) -> bool {
+    ctx.device.features().contains(wgpu::Features::SUBGROUP)
+        && ctx.info.subgroup_min_size == 8
+        && ctx.info.subgroup_max_size == 8
+}
+
+/// The kernel `WGRAD_MATMUL` names (`Auto` when unset or empty).
+fn parse_env(value: &str) -> Result<MatmulVariant> {
+    match value.trim() {
+        "" | "auto" => Ok(MatmulVariant::Auto),
+        "tiled" => Ok(MatmulVariant::Tiled),
+        "blocked" => Ok(MatmulVariant::RegisterBlocked),
+        "subgroup" => Ok(MatmulVariant::Subgroup),
+        other => Err(Error::Invalid {
+            op: "matmul",
+            detail: format!("{MATMUL_ENV}={other}: expected auto, tiled, blocked or subgroup"),
+        }),
+    }
+}
+
+pub(crate) fn resolve(ctx: &GpuContext, v: MatmulVariant) -> Result<MatmulVariant> {
+    let v = match v {
+        MatmulVariant::Auto => parse_env(&std::env::var(MATMUL_ENV).unwrap_or_default())?,
+        v => v,
+    };
+    match v {
+        MatmulVariant::Auto if ctx.info.device_type == wgpu::DeviceType::Cpu => {
+            if subgroups_of_8(ctx) {
+                Ok(MatmulVariant::Subgroup)
+            } else {
+                Ok(MatmulVariant::RegisterBlocked)
+            }
+        }
+        MatmulVariant::Auto => Ok(MatmulVariant::Tiled),
+        MatmulVariant::Subgroup if !subgroups_of_8(ctx) => Err(Error::Invalid {
+            op: "matmul",
+            detail: format!(
+                "the subgroup kernel needs subgroups of exactly 8 lanes; adapter {} has {}..{}{}",
+                ctx.info.name,
+                ctx.info.subgroup_min_size,
+                ctx.info.subgroup_max_size,
+                if ctx.device.features().contains(wgpu::Features::SUBGROUP) {
+                    ""
+                } else {
+                    " (subgroups not enabled)"
+                }
+            ),
+        }),
+        v => Ok(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_parse() {
+        assert_eq!(parse_env("").unwrap(), MatmulVariant::Auto);
+        assert_eq!(
+            parse_env(" blocked\n").unwrap(),
+            MatmulVariant::RegisterBlocked
+        );
+        for v in MatmulVariant::KERNELS {
+            assert_eq!(parse_env(v.name()).unwrap(), v);
+        }
+        let e = parse_env("fast").unwrap_err();
+        assert!(e.to_string().contains("WGRAD_MATMUL=fast"), "{e}");
+    }
+}
