@@ -7,7 +7,7 @@
 //! Σg·x̂ (x̂ = (x − mean)·inv_std); γ, β and running statistics (C).
 //! CPU reference: loops in f64. GPU: `shaders/batchnorm.wgsl` — forward two dispatches
 //! (statistics, normalisation), backward two (sums, dx); each per-channel reduction is one
-//! invocation per part of [`part_len`] values (no workgroup memory, no barriers: both are
+//! invocation per part of `part_len` values (no workgroup memory, no barriers: both are
 //! dear on lavapipe), two-pass (mean, then Σ(x − mean)²), and a channel past one part takes
 //! one more dispatch that merges the parts (Chan's formula), so no invocation loops past
 //! [`crate::gpu::LOOP_BUDGET`]. When H·W is a multiple of 4 every entry loads vec4s.
@@ -35,8 +35,8 @@ const WG: usize = 64;
 
 /// Values of one channel a reduction invocation covers. It walks them twice (the
 /// statistics' two passes), one loop step per vec4 (HW % 4 = 0) or value, plus one step per
-/// image run: with vec4s at most 2·(plen/4 + plen/4 + 2) steps, else 2·(plen + plen + 2)/4…
-/// both within [`LOOP_BUDGET`] (plus a few).
+/// image run (at most plen/HW + 2): with vec4s 2·(plen/4 + plen/4 + 2) steps at most, else
+/// 2·(plen + plen + 2), so [`LOOP_BUDGET`] + 4 either way.
 pub(crate) fn part_len(hw: usize) -> usize {
     if hw % 4 == 0 {
         LOOP_BUDGET
