@@ -5,29 +5,37 @@
 // (n·C + ch)·HW + i. stats is (3, C): mean, biased variance, 1/√(var + eps); sums is (2, C):
 // Σg and Σg·x̂ with x̂ = (x − mean)·inv_std.
 //
+// Lavapipe runs 8 invocations as one SIMD group; a load at a per-lane address is a gather
+// done lane by lane, barriers are dear and integer division by a run-time value is
+// scalarised. So the reductions are one invocation per (channel, part of plen values) with
+// no workgroup memory and no barriers, walking the channel's runs of HW values image by
+// image (one division per invocation), and the `…4` entries (HW % 4 = 0) load a vec4 per
+// step: four values per gather. The digits CNN's statistics (C = 16, M = 4096) went from
+// 64-invocation workgroups with barrier trees (0.81 ms) to this.
+//
 // Entry points (no atomics; grid split over x/y/z):
-//   batch_norm_stats        one workgroup (64) per (channel, part of plen values): two passes,
-//                           the part's mean, then Σ(x − mean)² (no E[x²] − E[x]² cancellation);
-//                           writes stats when parts = 1, else partials (C, parts, 2): mean, M2
+//   batch_norm_stats[4]     one invocation per (channel, part): two passes, the part's mean,
+//                           then Σ(x − mean)² (no E[x²] − E[x]² cancellation); writes stats
+//                           when parts = 1, else partials (C, parts, 2): mean, M2
 //   batch_norm_stats_merge  one invocation per channel: Chan's merge of the parts → stats
-//   batch_norm_apply        y = (x − mean)·(γ·inv_std) + β, then max(y, 0) when params.relu
-//                           (one per element)
+//   batch_norm_apply[4]     y = (x − mean)·(γ·inv_std) + β, then max(y, 0) when params.relu
+//                           (`run` elements, or vec4s, of one channel per invocation)
 //   batch_norm_running      new (2, C) = keep·(mean, var) + (take_mean·mean, take_var·var)
 //                           of the batch                                   (one per channel)
-//   batch_norm_grad_sums    one workgroup per (channel, part): Σg, Σg·x̂; writes sums when
+//   batch_norm_grad_sums[4] one invocation per (channel, part): Σg, Σg·x̂; writes sums when
 //                           parts = 1, else partials (C, parts, 2)
 //   batch_norm_sums_merge   one invocation per channel: the parts' sums → sums
-//   batch_norm_grad_x       dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M)          (one per element)
-//   *_relu                  the same for a normalisation with a ReLU after it: g masked by
-//                           the forward output z > 0 (z bound last)
-// Loops per invocation: stats 2·plen/64, grad sums plen/64, merges `parts`; the host keeps
-// each within gpu::LOOP_BUDGET (lavapipe silently stops an invocation after 65535).
+//   batch_norm_grad_x[4]    dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M)    (`run` per invocation)
+// With params.relu the grad entries count g only where the forward output z > 0 (the host
+// binds x in z's place otherwise). Loops per invocation: stats ≤ 2·(plen/step + plen/HW + 2),
+// grad sums half that, merges `parts`; the host keeps each within gpu::LOOP_BUDGET
+// (lavapipe silently stops an invocation after 65535).
 
 struct Params {
     c: u32, hw: u32, m: u32, total: u32,    // channels, H·W, N·H·W, elements N·C·H·W
     parts: u32, plen: u32, eps: f32, keep: f32, // parts per channel, values per part; running: 1 − momentum
-    take_mean: f32, take_var: f32, relu: u32, run: u32, // running: momentum, momentum·n/(n − 1); apply: ReLU;
-                                                        // element-wise entries: elements per invocation
+    take_mean: f32, take_var: f32, relu: u32, run: u32, // running: momentum, momentum·n/(n − 1); ReLU;
+                                                        // element-wise entries: elements (or vec4s) per invocation
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -35,11 +43,22 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> b: array<f32>; // stats: out; apply: stats; running: mean; grads: x
 @group(0) @binding(3) var<storage, read_write> c: array<f32>; // apply: γ; running: var; grads: stats
 @group(0) @binding(4) var<storage, read_write> d: array<f32>; // apply: β; running, grad_sums: out; grad_x: γ
-@group(0) @binding(5) var<storage, read_write> e: array<f32>; // apply: y; grad_x: sums; grad_sums_relu: z
+@group(0) @binding(5) var<storage, read_write> e: array<f32>; // apply: y; grad_x: sums; grad_sums: z
 @group(0) @binding(6) var<storage, read_write> f: array<f32>; // grad_x: dx
-@group(0) @binding(7) var<storage, read_write> z: array<f32>; // grad_x_relu: the forward output
+// Read-only views for the grad entries: x, and z (the forward output) at 5 (sums) or 7 (dx).
+// Read-only, because without a ReLU the host binds x in z's place (two writable bindings of
+// one buffer would be refused).
+@group(0) @binding(2) var<storage, read> xr: array<f32>;
+@group(0) @binding(5) var<storage, read> zr5: array<f32>;
+@group(0) @binding(7) var<storage, read> zr7: array<f32>;
 
-var<workgroup> red: array<f32, 64>;
+// The same bindings seen as vec4s by the `…4` entries.
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;        // x; grads: g
+@group(0) @binding(2) var<storage, read> x4: array<vec4<f32>>;        // grads: x
+@group(0) @binding(5) var<storage, read_write> y4: array<vec4<f32>>;  // apply: y
+@group(0) @binding(5) var<storage, read> zs4: array<vec4<f32>>;       // grad_sums: z
+@group(0) @binding(6) var<storage, read_write> dx4: array<vec4<f32>>; // grad_x: dx
+@group(0) @binding(7) var<storage, read> zx4: array<vec4<f32>>;       // grad_x: z
 
 // t / d as a shift when d is a power of two (lavapipe scalarises integer division).
 fn div_by(t: u32, dl: u32) -> u32 {
@@ -47,14 +66,8 @@ fn div_by(t: u32, dl: u32) -> u32 {
     return t / dl;
 }
 
-fn workgroup_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y;
-}
-
-// Where value e (< M) of channel ch lives.
-fn at(e: u32, ch: u32) -> u32 {
-    let n = div_by(e, params.hw);
-    return (n * params.c + ch) * params.hw + (e - n * params.hw);
+fn linear(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, size: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * size + lid;
 }
 
 // The channel of element o of (N, C, HW).
@@ -63,23 +76,36 @@ fn channel_of(o: u32) -> u32 {
     return q - div_by(q, params.c) * params.c;
 }
 
-// Sum over the workgroup's 64 invocations (a tree: 6 barriers).
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier(); // every invocation has read red[0] before it is refilled
-    return r;
-}
-
 // The values part `part` of a channel covers: [start, end).
 fn part_range(part: u32) -> vec2<u32> {
     let start = part * params.plen;
     return vec2<u32>(start, min(start + params.plen, params.m));
+}
+
+// A reduction slot: (channel, its range of values), or ch = 0xffffffff past the last slot.
+struct Slot { ch: u32, r: vec2<u32>, }
+
+fn slot_of(slot: u32) -> Slot {
+    if (slot >= params.c * params.parts) { return Slot(0xffffffffu, vec2<u32>(0u)); }
+    let ch = div_by(slot, params.parts);
+    return Slot(ch, part_range(slot - ch * params.parts));
+}
+
+// A walk over a channel's values [r.x, r.y): its runs inside successive images.
+struct Walk { n: u32, i: u32, e: u32, }
+
+fn walk_start(r: vec2<u32>) -> Walk {
+    let n = div_by(r.x, params.hw);
+    return Walk(n, r.x - n * params.hw, r.x);
+}
+
+// The current run's first element and length.
+fn run_at(w: Walk, ch: u32, end: u32) -> vec2<u32> {
+    return vec2<u32>((w.n * params.c + ch) * params.hw + w.i, min(params.hw - w.i, end - w.e));
+}
+
+fn walk_next(w: Walk, len: u32) -> Walk {
+    return Walk(w.n + 1u, 0u, w.e + len);
 }
 
 fn write_stats(ch: u32, mean: f32, v: f32) {
@@ -88,37 +114,93 @@ fn write_stats(ch: u32, mean: f32, v: f32) {
     b[2u * params.c + ch] = 1.0 / sqrt(v + params.eps);
 }
 
-@compute @workgroup_size(64)
+// A slot's (mean, M2) of `count` values: the stats when parts = 1, else its partials (into b).
+fn write_moments(slot: u32, ch: u32, p: vec2<f32>, count: f32) {
+    if (params.parts == 1u) {
+        write_stats(ch, p.x, p.y / count);
+    } else {
+        b[2u * slot] = p.x;
+        b[2u * slot + 1u] = p.y;
+    }
+}
+
+// A slot's (Σg, Σg·x̂): the sums when parts = 1, else its partials (into d).
+fn write_sums(slot: u32, ch: u32, p: vec2<f32>) {
+    if (params.parts == 1u) {
+        d[ch] = p.x;
+        d[params.c + ch] = p.y;
+    } else {
+        d[2u * slot] = p.x;
+        d[2u * slot + 1u] = p.y;
+    }
+}
+
+fn hsum(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+// (Σ(x − shift), Σ(x − shift)²) over a slot's values, scalar loads.
+fn shifted_sums(s: Slot, shift: f32) -> vec2<f32> {
+    var s1 = 0.0;
+    var s2 = 0.0;
+    var w = walk_start(s.r);
+    loop {
+        if (w.e >= s.r.y) { break; }
+        let run = run_at(w, s.ch, s.r.y);
+        for (var j = run.x; j < run.x + run.y; j = j + 1u) {
+            let dv = a[j] - shift;
+            s1 = s1 + dv;
+            s2 = s2 + dv * dv;
+        }
+        w = walk_next(w, run.y);
+    }
+    return vec2<f32>(s1, s2);
+}
+
+// The same with vec4 loads (HW and plen multiples of 4).
+fn shifted_sums4(s: Slot, shift: f32) -> vec2<f32> {
+    var s1 = vec4<f32>(0.0);
+    var s2 = vec4<f32>(0.0);
+    var w = walk_start(s.r);
+    loop {
+        if (w.e >= s.r.y) { break; }
+        let run = run_at(w, s.ch, s.r.y) >> vec2<u32>(2u);
+        for (var j = run.x; j < run.x + run.y; j = j + 1u) {
+            let dv = a4[j] - shift;
+            s1 = s1 + dv;
+            s2 = s2 + dv * dv;
+        }
+        w = walk_next(w, run.y << 2u);
+    }
+    return vec2<f32>(hsum(s1), hsum(s2));
+}
+
+@compute @workgroup_size(8)
 fn batch_norm_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let slot = workgroup_index(wg, nwg); // ch·parts + part, uniform over the workgroup
-    if (slot >= params.c * params.parts) { return; }
-    let ch = slot / params.parts;
-    let r = part_range(slot - ch * params.parts);
-    let count = f32(r.y - r.x);
-    var s = 0.0;
-    for (var i = r.x + lid; i < r.y; i = i + 64u) { s = s + a[at(i, ch)]; }
-    let mean = workgroup_sum(s, lid) / count;
-    var q = 0.0;
-    for (var i = r.x + lid; i < r.y; i = i + 64u) {
-        let dv = a[at(i, ch)] - mean;
-        q = q + dv * dv;
-    }
-    let m2 = workgroup_sum(q, lid);
-    if (lid == 0u) {
-        if (params.parts == 1u) {
-            write_stats(ch, mean, m2 / count);
-        } else {
-            b[2u * slot] = mean;
-            b[2u * slot + 1u] = m2;
-        }
-    }
+    let slot = linear(wg, nwg, lid, 8u);
+    let s = slot_of(slot);
+    if (s.ch == 0xffffffffu) { return; }
+    let count = f32(s.r.y - s.r.x);
+    let mean = shifted_sums(s, 0.0).x / count;
+    write_moments(slot, s.ch, vec2<f32>(mean, shifted_sums(s, mean).y), count);
+}
+
+@compute @workgroup_size(8)
+fn batch_norm_stats4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let slot = linear(wg, nwg, lid, 8u);
+    let s = slot_of(slot);
+    if (s.ch == 0xffffffffu) { return; }
+    let count = f32(s.r.y - s.r.x);
+    let mean = shifted_sums4(s, 0.0).x / count;
+    write_moments(slot, s.ch, vec2<f32>(mean, shifted_sums4(s, mean).y), count);
 }
 
 @compute @workgroup_size(64)
 fn batch_norm_stats_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
-    let ch = workgroup_index(wg, nwg) * 64u + lid;
+    let ch = linear(wg, nwg, lid, 64u);
     if (ch >= params.c) { return; }
     // Chan et al.: merging (n, mean, M2) pairs keeps the two-pass accuracy.
     var n = 0.0;
@@ -137,10 +219,10 @@ fn batch_norm_stats_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
     write_stats(ch, mean, m2 / n);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn batch_norm_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let first = (workgroup_index(wg, nwg) * 256u + lid) * params.run;
+    let first = linear(wg, nwg, lid, 64u) * params.run;
     if (first >= params.total) { return; }
     let ch = channel_of(first); // a run never straddles two channels (HW % run = 0)
     let mean = b[ch];
@@ -152,47 +234,83 @@ fn batch_norm_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
     }
 }
 
-@compute @workgroup_size(256)
+// `run` vec4s (4·run values of one channel) per invocation.
+@compute @workgroup_size(64)
+fn batch_norm_apply4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let first = linear(wg, nwg, lid, 64u) * params.run;
+    if (first * 4u >= params.total) { return; }
+    let ch = channel_of(first * 4u);
+    let mean = b[ch];
+    let s = c[ch] * b[2u * params.c + ch];
+    let beta = d[ch];
+    for (var o = first; o < first + params.run; o = o + 1u) {
+        let y = (a4[o] - mean) * s + beta;
+        if (params.relu == 1u) { y4[o] = max(y, vec4<f32>(0.0)); } else { y4[o] = y; }
+    }
+}
+
+@compute @workgroup_size(64)
 fn batch_norm_running(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
-    let ch = workgroup_index(wg, nwg) * 256u + lid;
+    let ch = linear(wg, nwg, lid, 64u);
     if (ch >= params.c) { return; }
     d[ch] = b[ch] * params.keep + a[ch] * params.take_mean;
     d[params.c + ch] = c[ch] * params.keep + a[params.c + ch] * params.take_var;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(8)
 fn batch_norm_grad_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
-    let slot = workgroup_index(wg, nwg);
-    if (slot >= params.c * params.parts) { return; }
-    let ch = slot / params.parts;
-    let r = part_range(slot - ch * params.parts);
-    let mean = c[ch];
+    let slot = linear(wg, nwg, lid, 8u);
+    let s = slot_of(slot);
+    if (s.ch == 0xffffffffu) { return; }
+    let mean = c[s.ch];
     var sg = 0.0;
     var sgx = 0.0;
-    for (var i = r.x + lid; i < r.y; i = i + 64u) {
-        let k = at(i, ch);
-        sg = sg + a[k];
-        sgx = sgx + a[k] * (b[k] - mean);
-    }
-    let tg = workgroup_sum(sg, lid);
-    let tgx = workgroup_sum(sgx, lid) * c[2u * params.c + ch];
-    if (lid == 0u) {
-        if (params.parts == 1u) {
-            d[ch] = tg;
-            d[params.c + ch] = tgx;
-        } else {
-            d[2u * slot] = tg;
-            d[2u * slot + 1u] = tgx;
+    var w = walk_start(s.r);
+    loop {
+        if (w.e >= s.r.y) { break; }
+        let run = run_at(w, s.ch, s.r.y);
+        for (var k = run.x; k < run.x + run.y; k = k + 1u) {
+            var gv = a[k];
+            if (params.relu == 1u && !(zr5[k] > 0.0)) { gv = 0.0; }
+            sg = sg + gv;
+            sgx = sgx + gv * (xr[k] - mean);
         }
+        w = walk_next(w, run.y);
     }
+    write_sums(slot, s.ch, vec2<f32>(sg, sgx * c[2u * params.c + s.ch]));
+}
+
+@compute @workgroup_size(8)
+fn batch_norm_grad_sums4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let slot = linear(wg, nwg, lid, 8u);
+    let s = slot_of(slot);
+    if (s.ch == 0xffffffffu) { return; }
+    let mean = c[s.ch];
+    var sg = vec4<f32>(0.0);
+    var sgx = vec4<f32>(0.0);
+    var w = walk_start(s.r);
+    loop {
+        if (w.e >= s.r.y) { break; }
+        let run = run_at(w, s.ch, s.r.y) >> vec2<u32>(2u);
+        for (var k = run.x; k < run.x + run.y; k = k + 1u) {
+            var gv = a4[k];
+            if (params.relu == 1u) { gv = select(vec4<f32>(0.0), gv, zs4[k] > vec4<f32>(0.0)); }
+            sg = sg + gv;
+            sgx = sgx + gv * (x4[k] - mean);
+        }
+        w = walk_next(w, run.y << 2u);
+    }
+    write_sums(slot, s.ch, vec2<f32>(hsum(sg), hsum(sgx) * c[2u * params.c + s.ch]));
 }
 
 @compute @workgroup_size(64)
 fn batch_norm_sums_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
-    let ch = workgroup_index(wg, nwg) * 64u + lid;
+    let ch = linear(wg, nwg, lid, 64u);
     if (ch >= params.c) { return; }
     var sg = 0.0;
     var sgx = 0.0;
@@ -205,67 +323,37 @@ fn batch_norm_sums_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     b[params.c + ch] = sgx;
 }
 
-@compute @workgroup_size(256)
+// The per-channel factors of dx = k·(g − sg − (x − mean)·inv·sgx): (k, sg, sgx, mean, inv).
+struct GradX { k: f32, sg: f32, sgx: f32, mean: f32, inv: f32, }
+
+fn grad_x_factors(ch: u32) -> GradX {
+    let inv = c[2u * params.c + ch];
+    let per = 1.0 / f32(params.m);
+    return GradX(d[ch] * inv, e[ch] * per, e[params.c + ch] * per, c[ch], inv);
+}
+
+@compute @workgroup_size(64)
 fn batch_norm_grad_x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
-    let first = (workgroup_index(wg, nwg) * 256u + lid) * params.run;
+    let first = linear(wg, nwg, lid, 64u) * params.run;
     if (first >= params.total) { return; }
-    let ch = channel_of(first);
-    let mean = c[ch];
-    let inv = c[2u * params.c + ch];
-    let per = 1.0 / f32(params.m);
-    let sg = e[ch] * per;
-    let sgx = e[params.c + ch] * per;
-    let k = d[ch] * inv;
+    let q = grad_x_factors(channel_of(first));
     for (var o = first; o < first + params.run; o = o + 1u) {
-        f[o] = k * (a[o] - sg - (b[o] - mean) * inv * sgx);
+        var gv = a[o];
+        if (params.relu == 1u && !(zr7[o] > 0.0)) { gv = 0.0; }
+        f[o] = q.k * (gv - q.sg - (xr[o] - q.mean) * q.inv * q.sgx);
     }
 }
 
-// The ReLU forms: upstream g (a) counts only where the forward output (e or z) is > 0.
 @compute @workgroup_size(64)
-fn batch_norm_grad_sums_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                             @builtin(local_invocation_index) lid: u32) {
-    let slot = workgroup_index(wg, nwg);
-    if (slot >= params.c * params.parts) { return; }
-    let ch = slot / params.parts;
-    let r = part_range(slot - ch * params.parts);
-    let mean = c[ch];
-    var sg = 0.0;
-    var sgx = 0.0;
-    for (var i = r.x + lid; i < r.y; i = i + 64u) {
-        let k = at(i, ch);
-        let gv = select(0.0, a[k], e[k] > 0.0);
-        sg = sg + gv;
-        sgx = sgx + gv * (b[k] - mean);
-    }
-    let tg = workgroup_sum(sg, lid);
-    let tgx = workgroup_sum(sgx, lid) * c[2u * params.c + ch];
-    if (lid == 0u) {
-        if (params.parts == 1u) {
-            d[ch] = tg;
-            d[params.c + ch] = tgx;
-        } else {
-            d[2u * slot] = tg;
-            d[2u * slot + 1u] = tgx;
-        }
-    }
-}
-
-@compute @workgroup_size(256)
-fn batch_norm_grad_x_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                          @builtin(local_invocation_index) lid: u32) {
-    let first = (workgroup_index(wg, nwg) * 256u + lid) * params.run;
-    if (first >= params.total) { return; }
-    let ch = channel_of(first);
-    let mean = c[ch];
-    let inv = c[2u * params.c + ch];
-    let per = 1.0 / f32(params.m);
-    let sg = e[ch] * per;
-    let sgx = e[params.c + ch] * per;
-    let k = d[ch] * inv;
+fn batch_norm_grad_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let first = linear(wg, nwg, lid, 64u) * params.run;
+    if (first * 4u >= params.total) { return; }
+    let q = grad_x_factors(channel_of(first * 4u));
     for (var o = first; o < first + params.run; o = o + 1u) {
-        let gv = select(0.0, a[o], z[o] > 0.0);
-        f[o] = k * (gv - sg - (b[o] - mean) * inv * sgx);
+        var gv = a4[o];
+        if (params.relu == 1u) { gv = select(vec4<f32>(0.0), gv, zx4[o] > vec4<f32>(0.0)); }
+        dx4[o] = q.k * (gv - q.sg - (x4[o] - q.mean) * q.inv * q.sgx);
     }
 }

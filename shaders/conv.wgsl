@@ -11,9 +11,11 @@
 //   im2col_forward   cols[n, l, ck] = x[n, c, oy·sh - pt + ki·dh, ox·sw - pl + kj·dw]   (or 0)
 //                    — one invocation per (n, c, l), looping over the kernel rows ki0..ki1
 //                    and columns kj0..kj1 (the host splits a large window as for col2im).
+//   im2col_rows4     the same, one invocation per patch row (b, l), vec4 stores (see there).
 //   col2im_forward   x[n, c, ih, iw] = Σ over the (l, kh, kw) that read it of cols[n, l, ck]
 //                    — a gather (one invocation per output element), so no atomics.
-//                    It walks the kernel rows ki0..ki1 and columns kj0..kj1 only, adding to
+//                    It walks only the (tap, position) pairs that exist, per axis (see
+//                    `axis`), of the kernel rows ki0..ki1 and columns kj0..kj1, adding to
 //                    what x holds when `accumulate` is set: the host splits a large window
 //                    over several dispatches so that no invocation loops more than
 //                    gpu::LOOP_BUDGET times (lavapipe silently stops one after 65535).
@@ -47,19 +49,21 @@ fn im2col_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     // One invocation per (b, c, l): it writes channel c's taps of patch (b, l), the block
     // ki0..ki1 × kj0..kj1 of the window. The integer divisions below (scalarised on a CPU
     // adapter: one per tap made im2col ~20x slower than a copy on lavapipe) are paid once
-    // per channel. Neighbouring invocations are neighbouring positions, so their reads of
+    // per channel (and those in f32, see `div`). Neighbouring invocations are neighbouring positions, so their reads of
     // x are neighbours too (ResNet-50 on lavapipe 10% faster than channel-fastest).
     let l_count = params.oh * params.ow;
-    let l = i % l_count;
-    let c = (i / l_count) % params.c;
-    let b = i / (l_count * params.c);
+    let q = div(i, l_count);
+    let l = i - q * l_count;
+    let b = div(q, params.c);
+    let c = q - b * params.c;
     let bl = b * l_count + l;
     let k = params.kh * params.kw;
     let out = (bl * params.c + c) * k;      // cols[b, l, c·K]
     let plane = (b * params.c + c) * params.h * params.w;
     // i32 so that positions in the padding are negative, not wrapped.
-    let y0 = i32((l / params.ow) * params.sh) - i32(params.pt);
-    let x0 = i32((l % params.ow) * params.sw) - i32(params.pl);
+    let oy = div(l, params.ow);
+    let y0 = i32(oy * params.sh) - i32(params.pt);
+    let x0 = i32((l - oy * params.ow) * params.sw) - i32(params.pl);
     for (var ki = params.ki0; ki < params.ki1; ki = ki + 1u) {
         let iy = y0 + i32(ki * params.dh);
         let row_in = iy >= 0 && u32(iy) < params.h;
@@ -74,27 +78,131 @@ fn im2col_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     }
 }
 
-// t / d, skipping the division when d is 1 (strides and dilations mostly are): lavapipe
-// scalarises integer division by a run-time value, and col2im divides per tap.
-fn div_by(t: u32, d: u32) -> u32 {
-    if (d == 1u) { return t; }
-    return t / d;
+@group(0) @binding(2) var<storage, read_write> cols4: array<vec4<f32>>; // im2col_rows4: cols
+
+// One invocation per patch (b, l) writing its C·KH·KW values as vec4s (the host uses it
+// when C·KH·KW % 4 = 0 and (C·KH·KW)/4 ≤ gpu::LOOP_BUDGET): lavapipe stores one lane at a
+// time, so a vec4 store moves four values per lane step. The tap (c, ki, kj) advances by
+// counters, with no division per value; out-of-image taps load index 0 and select 0.
+@compute @workgroup_size(64)
+fn im2col_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 64u + lid; // b·L + l
+    if (i >= params.total) { return; }
+    let l_count = params.oh * params.ow;
+    let b = div(i, l_count);
+    let l = i - b * l_count;
+    let oy = div(l, params.ow);
+    let y0 = i32(oy * params.sh) - i32(params.pt);
+    let x0 = i32((l - oy * params.ow) * params.sw) - i32(params.pl);
+    let hw = params.h * params.w;
+    let n4 = params.c * params.kh * params.kw / 4u;
+    var plane = b * params.c * hw;
+    var ki = 0u;
+    var kj = 0u;
+    for (var v = 0u; v < n4; v = v + 1u) {
+        var out = vec4<f32>(0.0);
+        for (var u = 0u; u < 4u; u = u + 1u) {
+            let iy = y0 + i32(ki * params.dh);
+            let ix = x0 + i32(kj * params.dw);
+            let ok = iy >= 0 && u32(iy) < params.h && ix >= 0 && u32(ix) < params.w;
+            out[u] = select(0.0, src[select(0u, plane + u32(iy) * params.w + u32(ix), ok)], ok);
+            // next tap: kj, then ki, then the channel
+            let wrap_j = kj + 1u == params.kw;
+            let wrap_i = wrap_j && ki + 1u == params.kh;
+            kj = select(kj + 1u, 0u, wrap_j);
+            ki = select(ki + u32(wrap_j), 0u, wrap_i);
+            plane = plane + select(0u, hw, wrap_i);
+        }
+        cols4[i * n4 + v] = out;
+    }
 }
 
-// The output position t / s when stride s divides t; else 0xffffffff (no position).
-fn position(t: u32, s: u32) -> u32 {
-    if (s == 1u) { return t; }
-    if (t % s != 0u) { return 0xffffffffu; }
-    return t / s;
+// Lavapipe scalarises integer division by a run-time value (one lane at a time), so the
+// kernels divide in f32 when every dividend is below 2^24: the f32 quotient is then within
+// one of the true one (two roundings on 24-bit exact operands), and one remainder test
+// fixes it. Past that (the host sets EXACT) they divide exactly. EXACT is a pipeline
+// constant, not a uniform: lavapipe runs both sides of a branch on a uniform, and the
+// scalarised division on the untaken side cost as much as the rest of col2im.
+override EXACT: bool = false;
+
+fn div(t: u32, d: u32) -> u32 {
+    if (EXACT) { return t / d; }
+    let q = i32(f32(t) / f32(d));
+    let r = i32(t) - q * i32(d);
+    return u32(q + select(0, select(1, -1, r < 0), r < 0 || r >= i32(d)));
 }
 
-// The first kernel tap (row or column) whose window can cover input position `at`, with
-// `outs` output positions, padding `pad` before, stride `s` and dilation `d` along that axis:
-// ceil((at + pad - (outs-1)·s) / d), or 0.
-fn first_tap(at: u32, outs: u32, pad: u32, s: u32, d: u32) -> u32 {
-    let t = i32(at + pad) - i32((outs - 1u) * s);
-    if (t <= 0) { return 0u; }
-    return div_by(u32(t) + d - 1u, d);
+// The (tap, output position) pairs along one axis that reach input position `at`: taps k in
+// [k0, k1) and positions o < outs with o·s + k·dil = at + pad, as k = k_first + j·k_step,
+// o = o_first + j·o_step for j < count. With both s and dil past 1 the pairs are every k in
+// the range and `check` is set: o = (at + pad − k·dil)/s must then divide exactly.
+struct Axis { k_first: i32, k_step: i32, o_first: i32, o_step: i32, count: i32, check: bool, }
+
+// ceil(t / d) for t ≤ 0 is ≤ 0: callers clamp it up, so only t > 0 divides.
+fn ceil_div(t: i32, d: u32) -> i32 {
+    if (t <= 0) { return 0; }
+    return i32(div(u32(t) + d - 1u, d));
+}
+
+fn axis(at: u32, pad: u32, s: u32, dil: u32, k0: u32, k1: u32, outs: u32) -> Axis {
+    let t = i32(at + pad);
+    if (dil == 1u) {
+        // k = t − o·s in [k0, k1): o in [ceil((t − k1 + 1)/s), floor((t − k0)/s)]
+        if (t < i32(k0)) { return Axis(0, 0, 0, 0, 0, false); }
+        let o_lo = ceil_div(t - i32(k1) + 1, s);
+        let o_hi = min(i32(outs) - 1, i32(div(u32(t - i32(k0)), s)));
+        return Axis(t - o_lo * i32(s), -i32(s), o_lo, 1, o_hi - o_lo + 1, false);
+    }
+    // o = t − k·dil (s = 1) in [0, outs): k in [ceil((t − outs + 1)/dil), floor(t/dil)]
+    let k_lo = max(i32(k0), ceil_div(t - i32(outs) * i32(s) + 1, dil));
+    let k_hi = min(i32(k1) - 1, i32(div(u32(t), dil)));
+    return Axis(k_lo, 1, t - k_lo * i32(dil), -i32(dil), k_hi - k_lo + 1, s != 1u);
+}
+
+// The output position of pair j on axis `a` (t = at + pad), or -1 when there is none.
+fn out_at(a: Axis, j: i32, t: u32, s: u32, dil: u32, outs: u32) -> i32 {
+    if (!a.check) { return a.o_first + j * a.o_step; }
+    let r = t - u32(a.k_first + j) * dil;
+    let o = div(r, s);
+    if (o * s != r || o >= outs) { return -1; }
+    return i32(o);
+}
+
+// Σ of the patch values that image position (b, c, iy, ix) received, given its row pairs
+// `ay`: uniform trip counts (the most pairs any position has on each axis) and loads from a
+// clamped index, selected: on lavapipe faster than per-lane counts or guarded loads.
+fn col2im_sum(b: u32, c: u32, iy: u32, ix: u32, ay: Axis) -> f32 {
+    let k = params.kh * params.kw;
+    let ck = params.c * k;
+    let ax = axis(ix, params.pl, params.sw, params.dw, params.kj0, params.kj1, params.ow);
+    let base = b * params.oh * params.ow * ck + c * k;
+    let ny = i32(select(params.ki1 - params.ki0, div(params.ki1 - params.ki0 + params.sh - 1u, params.sh), params.dh == 1u));
+    let nx = i32(select(params.kj1 - params.kj0, div(params.kj1 - params.kj0 + params.sw - 1u, params.sw), params.dw == 1u));
+    var sum = 0.0;
+    for (var jy = 0; jy < ny; jy = jy + 1) {
+        let oy = select(-1, out_at(ay, jy, iy + params.pt, params.sh, params.dh, params.oh), jy < ay.count);
+        let row = base + u32(oy) * params.ow * ck + u32(ay.k_first + jy * ay.k_step) * params.kw;
+        for (var jx = 0; jx < nx; jx = jx + 1) {
+            let ox = select(-1, out_at(ax, jx, ix + params.pl, params.sw, params.dw, params.ow), jx < ax.count);
+            let ok = oy >= 0 && ox >= 0;
+            let at = select(0u, row + u32(ox) * ck + u32(ax.k_first + jx * ax.k_step), ok);
+            sum = sum + select(0.0, src[at], ok);
+        }
+    }
+    return sum;
+}
+
+// (b, c, iy, ix) of image element i.
+fn image_pos(i: u32) -> vec4<u32> {
+    let q1 = div(i, params.w);
+    let q2 = div(q1, params.h);
+    let b = div(q2, params.c);
+    return vec4<u32>(b, q2 - b * params.c, q1 - q2 * params.h, i - q1 * params.w);
+}
+
+fn row_axis(iy: u32) -> Axis {
+    return axis(iy, params.pt, params.sh, params.dh, params.ki0, params.ki1, params.oh);
 }
 
 @compute @workgroup_size(256)
@@ -102,35 +210,29 @@ fn col2im_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                   @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
-    let ix = i % params.w;
-    let iy = (i / params.w) % params.h;
-    let c = (i / (params.w * params.h)) % params.c;
-    let b = i / (params.w * params.h * params.c);
-    let k = params.kh * params.kw;
-    let ck = params.c * k;
-    let l_count = params.oh * params.ow;
-    var sum = 0.0;
-    if (params.accumulate != 0u) { sum = dst[i]; }
-    // Only the kernel rows and columns that can reach an output position: ki·dh lies in
-    // [iy + pt - (oh-1)·sh, iy + pt] (likewise kj), so a wide window with few outputs is cheap.
-    let ki_lo = max(params.ki0, first_tap(iy, params.oh, params.pt, params.sh, params.dh));
-    let ki_hi = min(params.ki1, div_by(iy + params.pt, params.dh) + 1u);
-    let kj_lo = max(params.kj0, first_tap(ix, params.ow, params.pl, params.sw, params.dw));
-    let kj_hi = min(params.kj1, div_by(ix + params.pl, params.dw) + 1u);
-    for (var ki = ki_lo; ki < ki_hi; ki = ki + 1u) {
-        // oy·sh = iy + pt - ki·dh must be a non-negative multiple of sh below oh·sh
-        let ty = i32(iy + params.pt) - i32(ki * params.dh);
-        if (ty < 0) { continue; }
-        let oy = position(u32(ty), params.sh);
-        if (oy >= params.oh) { continue; }
-        for (var kj = kj_lo; kj < kj_hi; kj = kj + 1u) {
-            let tx = i32(ix + params.pl) - i32(kj * params.dw);
-            if (tx < 0) { continue; }
-            let ox = position(u32(tx), params.sw);
-            if (ox >= params.ow) { continue; }
-            let l = oy * params.ow + ox;
-            sum = sum + src[(b * l_count + l) * ck + c * k + ki * params.kw + kj];
-        }
-    }
+    let p = image_pos(i);
+    var sum = col2im_sum(p.x, p.y, p.z, p.w, row_axis(p.z));
+    if (params.accumulate != 0u) { sum = sum + dst[i]; }
     dst[i] = sum;
+}
+
+@group(0) @binding(2) var<storage, read_write> dst4: array<vec4<f32>>; // col2im_forward4: x
+
+// Four neighbours of one image row per invocation (W % 4 = 0): the position and the row's
+// pairs found once, one vec4 store.
+@compute @workgroup_size(64)
+fn col2im_forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i4 = (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 64u + lid;
+    if (i4 * 4u >= params.total) { return; }
+    let p = image_pos(i4 * 4u);
+    let ay = row_axis(p.z);
+    var sum = vec4<f32>(
+        col2im_sum(p.x, p.y, p.z, p.w, ay),
+        col2im_sum(p.x, p.y, p.z, p.w + 1u, ay),
+        col2im_sum(p.x, p.y, p.z, p.w + 2u, ay),
+        col2im_sum(p.x, p.y, p.z, p.w + 3u, ay),
+    );
+    if (params.accumulate != 0u) { sum = sum + dst4[i4]; }
+    dst4[i4] = sum;
 }

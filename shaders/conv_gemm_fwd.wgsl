@@ -1,8 +1,8 @@
 // conv_gemm_fwd.wgsl — the implicit-GEMM convolution forward (see conv_gemm.wgsl for the
 // index map and the gradients): y[n, f, l] (+)= Σ_{k in k0..k1} w[f, k] · x[n, g·Cg + c(k), tap(l, k)].
 //
-// Entry point conv_forward (workgroup size 64, no barriers): one invocation per 16 filters ×
-// 4 consecutive output positions. The filters come packed by conv_weight_pack as
+// Entry points conv_forward and conv_forward4 (OH·OW % 4 = 0: vec4 stores), workgroup size
+// 64, no barriers: one invocation per 16 filters × 4 consecutive output positions. The filters come packed by conv_weight_pack as
 // wp (G, K, Fgp) with Fgp = Fg rounded up to 16 (zeros past Fg), so one step of k loads the
 // 16 filter values as 4 vec4s (the same for every lane of a workgroup) and the 4 patch values
 // as one gather: 5 loads per 64 multiply-adds (on lavapipe loads are what costs). The
@@ -52,27 +52,55 @@ fn x_at4(plane: vec4<u32>, iy: vec4<i32>, ix: vec4<i32>) -> vec4<f32> {
     return select(vec4<f32>(0.0), vec4<f32>(a[idx.x], a[idx.y], a[idx.z], a[idx.w]), inside);
 }
 
-@compute @workgroup_size(64)
-fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wg, nwg, lid);
-    if (i >= params.total) { return; }
+// Lavapipe scalarises integer division by a run-time value; below 2^24 (all dividends here:
+// the host sets EXACT otherwise, a pipeline constant so that the untaken side costs
+// nothing) an f32 quotient is within one of the true one and a remainder test fixes it.
+override EXACT: bool = false;
+
+fn div(t: u32, d: u32) -> u32 {
+    if (EXACT) { return t / d; }
+    let q = i32(f32(t) / f32(d));
+    let r = i32(t) - q * i32(d);
+    return u32(q + select(0, select(1, -1, r < 0), r < 0 || r >= i32(d)));
+}
+
+fn div4(t: vec4<u32>, d: u32) -> vec4<u32> {
+    if (EXACT) { return t / d; }
+    let q = vec4<i32>(vec4<f32>(t) / f32(d));
+    let r = vec4<i32>(t) - q * i32(d);
+    return vec4<u32>(q + select(vec4<i32>(0), select(vec4<i32>(1), vec4<i32>(-1), r < vec4<i32>(0)),
+                                (r < vec4<i32>(0)) | (r >= vec4<i32>(i32(d)))));
+}
+
+// One invocation's block: image n, its first filter fo (f0 within the group), its first
+// position l0, and the 16 filters' sums at the 4 positions.
+struct Block {
+    n: u32, fo: u32, f0: u32, l0: u32,
+    acc0: vec4<f32>, acc1: vec4<f32>, acc2: vec4<f32>, acc3: vec4<f32>,
+    acc4: vec4<f32>, acc5: vec4<f32>, acc6: vec4<f32>, acc7: vec4<f32>,
+    acc8: vec4<f32>, acc9: vec4<f32>, acc10: vec4<f32>, acc11: vec4<f32>,
+    acc12: vec4<f32>, acc13: vec4<f32>, acc14: vec4<f32>, acc15: vec4<f32>,
+}
+
+fn conv_block(i: u32) -> Block {
     // i = ((n·G + g)·FB + fb)·LB + lb: positions fastest, so a workgroup shares its filters.
     let fgp = params.blocks;
     let l_count = params.oh * params.ow;
     let lb_count = (l_count + 3u) / 4u;
     let fb_count = fgp / 16u;
-    let lb = i % lb_count;
-    let fb = (i / lb_count) % fb_count;
-    let ng = i / (lb_count * fb_count);
-    let g = ng % params.groups;
-    let n = ng / params.groups;
+    let q = div(i, lb_count);
+    let lb = i - q * lb_count;
+    let ng = div(q, fb_count);
+    let fb = q - ng * fb_count;
+    let n = div(ng, params.groups);
+    let g = ng - n * params.groups;
     let khw = params.kh * params.kw;
     let k_count = params.cg * khw;
     // Window origins of the 4 positions (divisions once per invocation).
     let l4 = min(vec4<u32>(lb * 4u) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(l_count - 1u));
-    let iy0 = vec4<i32>((l4 / params.ow) * params.sh) - i32(params.pt);
-    let ix0 = vec4<i32>((l4 % params.ow) * params.sw) - i32(params.pl);
+    let oy4 = div4(l4, params.ow);
+    let iy0 = vec4<i32>(oy4 * params.sh) - i32(params.pt);
+    let ix0 = vec4<i32>((l4 - oy4 * params.ow) * params.sw) - i32(params.pl);
     let f0 = fb * 16u;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
@@ -90,7 +118,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     var acc13 = vec4<f32>(0.0);
     var acc14 = vec4<f32>(0.0);
     var acc15 = vec4<f32>(0.0);
-    // Tap of k0, then stepped: kj, then ki, then the channel.
+    // Tap of k0, then stepped: kj, then ki, then the channel (uniform: exact division).
     var c = params.k0 / khw;
     var ki = (params.k0 % khw) / params.kw;
     var kj = params.k0 % params.kw;
@@ -137,22 +165,76 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
             }
         }
     }
-    let fo = g * params.fg + f0;
-    let l0 = lb * 4u;
-    store_row(n, fo, l0, acc0);
-    if (f0 + 1u < params.fg) { store_row(n, fo + 1u, l0, acc1); }
-    if (f0 + 2u < params.fg) { store_row(n, fo + 2u, l0, acc2); }
-    if (f0 + 3u < params.fg) { store_row(n, fo + 3u, l0, acc3); }
-    if (f0 + 4u < params.fg) { store_row(n, fo + 4u, l0, acc4); }
-    if (f0 + 5u < params.fg) { store_row(n, fo + 5u, l0, acc5); }
-    if (f0 + 6u < params.fg) { store_row(n, fo + 6u, l0, acc6); }
-    if (f0 + 7u < params.fg) { store_row(n, fo + 7u, l0, acc7); }
-    if (f0 + 8u < params.fg) { store_row(n, fo + 8u, l0, acc8); }
-    if (f0 + 9u < params.fg) { store_row(n, fo + 9u, l0, acc9); }
-    if (f0 + 10u < params.fg) { store_row(n, fo + 10u, l0, acc10); }
-    if (f0 + 11u < params.fg) { store_row(n, fo + 11u, l0, acc11); }
-    if (f0 + 12u < params.fg) { store_row(n, fo + 12u, l0, acc12); }
-    if (f0 + 13u < params.fg) { store_row(n, fo + 13u, l0, acc13); }
-    if (f0 + 14u < params.fg) { store_row(n, fo + 14u, l0, acc14); }
-    if (f0 + 15u < params.fg) { store_row(n, fo + 15u, l0, acc15); }
+    return Block(n, g * params.fg + f0, f0, lb * 4u, acc0, acc1, acc2, acc3, acc4, acc5, acc6,
+                 acc7, acc8, acc9, acc10, acc11, acc12, acc13, acc14, acc15);
+}
+
+@compute @workgroup_size(64)
+fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let b = conv_block(i);
+    let n = b.n;
+    let fo = b.fo;
+    let f0 = b.f0;
+    let l0 = b.l0;
+    store_row(n, fo, l0, b.acc0);
+    if (f0 + 1u < params.fg) { store_row(n, fo + 1u, l0, b.acc1); }
+    if (f0 + 2u < params.fg) { store_row(n, fo + 2u, l0, b.acc2); }
+    if (f0 + 3u < params.fg) { store_row(n, fo + 3u, l0, b.acc3); }
+    if (f0 + 4u < params.fg) { store_row(n, fo + 4u, l0, b.acc4); }
+    if (f0 + 5u < params.fg) { store_row(n, fo + 5u, l0, b.acc5); }
+    if (f0 + 6u < params.fg) { store_row(n, fo + 6u, l0, b.acc6); }
+    if (f0 + 7u < params.fg) { store_row(n, fo + 7u, l0, b.acc7); }
+    if (f0 + 8u < params.fg) { store_row(n, fo + 8u, l0, b.acc8); }
+    if (f0 + 9u < params.fg) { store_row(n, fo + 9u, l0, b.acc9); }
+    if (f0 + 10u < params.fg) { store_row(n, fo + 10u, l0, b.acc10); }
+    if (f0 + 11u < params.fg) { store_row(n, fo + 11u, l0, b.acc11); }
+    if (f0 + 12u < params.fg) { store_row(n, fo + 12u, l0, b.acc12); }
+    if (f0 + 13u < params.fg) { store_row(n, fo + 13u, l0, b.acc13); }
+    if (f0 + 14u < params.fg) { store_row(n, fo + 14u, l0, b.acc14); }
+    if (f0 + 15u < params.fg) { store_row(n, fo + 15u, l0, b.acc15); }
+}
+
+@group(0) @binding(3) var<storage, read_write> out4: array<vec4<f32>>; // conv_forward4: y
+
+// Filter f's 4 sums as one vec4 store (OH·OW % 4 = 0, so l0 starts a vec4 of y), added to
+// what y holds for a later part of a split reduction.
+fn store_row4(n: u32, f: u32, l0: u32, v: vec4<f32>) {
+    let o = ((n * params.f + f) * params.oh * params.ow + l0) / 4u;
+    var y = v;
+    if (params.accumulate != 0u) { y = y + out4[o]; }
+    out4[o] = y;
+}
+
+// conv_forward for OH·OW % 4 = 0: one vec4 store per filter instead of four scalar ones
+// behind bounds tests (on lavapipe a store is a per-lane step; the digits CNN's first
+// convolution spent most of its time storing).
+@compute @workgroup_size(64)
+fn conv_forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let b = conv_block(i);
+    let n = b.n;
+    let fo = b.fo;
+    let f0 = b.f0;
+    let l0 = b.l0;
+    store_row4(n, fo, l0, b.acc0);
+    if (f0 + 1u < params.fg) { store_row4(n, fo + 1u, l0, b.acc1); }
+    if (f0 + 2u < params.fg) { store_row4(n, fo + 2u, l0, b.acc2); }
+    if (f0 + 3u < params.fg) { store_row4(n, fo + 3u, l0, b.acc3); }
+    if (f0 + 4u < params.fg) { store_row4(n, fo + 4u, l0, b.acc4); }
+    if (f0 + 5u < params.fg) { store_row4(n, fo + 5u, l0, b.acc5); }
+    if (f0 + 6u < params.fg) { store_row4(n, fo + 6u, l0, b.acc6); }
+    if (f0 + 7u < params.fg) { store_row4(n, fo + 7u, l0, b.acc7); }
+    if (f0 + 8u < params.fg) { store_row4(n, fo + 8u, l0, b.acc8); }
+    if (f0 + 9u < params.fg) { store_row4(n, fo + 9u, l0, b.acc9); }
+    if (f0 + 10u < params.fg) { store_row4(n, fo + 10u, l0, b.acc10); }
+    if (f0 + 11u < params.fg) { store_row4(n, fo + 11u, l0, b.acc11); }
+    if (f0 + 12u < params.fg) { store_row4(n, fo + 12u, l0, b.acc12); }
+    if (f0 + 13u < params.fg) { store_row4(n, fo + 13u, l0, b.acc13); }
+    if (f0 + 14u < params.fg) { store_row4(n, fo + 14u, l0, b.acc14); }
+    if (f0 + 15u < params.fg) { store_row4(n, fo + 15u, l0, b.acc15); }
 }

@@ -4,9 +4,13 @@
 // step), so it needs no state, is recomputed by the backward pass, and equals the CPU
 // reference (src/ops/dropout.rs) bit for bit: u32 arithmetic wraps identically there.
 //
-// Entry point (workgroup size 256, one element per invocation, no barriers, grid split
-// over x/y/z past 65535 workgroups):
-//   dropout_forward   dst[i] = draw(i) >= threshold ? src[i] * scale : 0
+// Entry points (workgroup size 64, no barriers, grid split over x/y/z past 65535
+// workgroups):
+//   dropout_forward   dst[i] = draw(i) >= threshold ? src[i] * scale : 0, one element per
+//                     invocation
+//   dropout_forward4  the same for 16 elements (4 vec4s) per invocation, when total % 4 = 0:
+//                     lavapipe loads and stores one lane at a time, so a vec4 moves four
+//                     values per lane step, and the key is hashed once per 16 draws.
 
 struct Params {
     total: u32,       // elements
@@ -20,6 +24,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> src: array<f32>;        // x (total)
 @group(0) @binding(2) var<storage, read> step_buf: array<f32>;      // (1): the step, an integer
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;  // y (total)
+@group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;       // x as vec4s
+@group(0) @binding(3) var<storage, read_write> dst4: array<vec4<f32>>; // y as vec4s
 
 fn pcg_hash(v: u32) -> u32 {
     let state = v * 747796405u + 2891336453u;
@@ -28,15 +34,39 @@ fn pcg_hash(v: u32) -> u32 {
 }
 
 fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
+    return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 64u + lid;
 }
 
-@compute @workgroup_size(256)
+// The draw key of this step: the same for every element.
+fn step_key() -> u32 {
+    return pcg_hash(params.seed_lo ^ pcg_hash(params.seed_hi ^ pcg_hash(u32(step_buf[0]))));
+}
+
+fn pcg_hash4(v: vec4<u32>) -> vec4<u32> {
+    let state = v * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> vec4<u32>(28u)) + 4u)) ^ state) * 277803737u;
+    return (word >> vec4<u32>(22u)) ^ word;
+}
+
+@compute @workgroup_size(64)
 fn dropout_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
-    let key = pcg_hash(params.seed_lo ^ pcg_hash(params.seed_hi ^ pcg_hash(u32(step_buf[0]))));
-    let keep = pcg_hash(pcg_hash(i) ^ key) >= params.threshold;
+    let keep = pcg_hash(pcg_hash(i) ^ step_key()) >= params.threshold;
     dst[i] = select(0.0, src[i] * params.scale, keep);
+}
+
+@compute @workgroup_size(64)
+fn dropout_forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let first = linear_index(wg, nwg, lid) * 4u; // in vec4s
+    let n4 = params.total / 4u;
+    if (first >= n4) { return; }
+    let key = step_key();
+    for (var v = first; v < min(first + 4u, n4); v = v + 1u) {
+        let i = vec4<u32>(4u * v) + vec4<u32>(0u, 1u, 2u, 3u);
+        let keep = pcg_hash4(pcg_hash4(i) ^ vec4<u32>(key)) >= vec4<u32>(params.threshold);
+        dst4[v] = select(vec4<f32>(0.0), src4[v] * params.scale, keep);
+    }
 }

@@ -167,7 +167,7 @@ fn check_shape_with(label: &str, shape: &[usize], x: &[f32], tol: f32, relu: boo
 
 #[test]
 fn batch_norm_matches_references_on_awkward_shapes() {
-    let cases: [(&str, Vec<usize>); 7] = [
+    let cases: [(&str, Vec<usize>); 9] = [
         ("batch 1", vec![1, 5, 3, 3]),
         ("odd C", vec![3, 7, 5, 5]),
         ("C not a multiple of 4, W 1", vec![2, 6, 3, 1]),
@@ -175,6 +175,10 @@ fn batch_norm_matches_references_on_awkward_shapes() {
         ("(N, C) 1-D", vec![17, 5]),
         ("H·W not a power of two", vec![4, 3, 5, 7]),
         ("digits layer", vec![64, 16, 8, 8]),
+        // Two parts per channel, each spanning several images: the scalar kernels (H·W
+        // odd; parts of LOOP_BUDGET/4 values) and the vec4 ones (parts of LOOP_BUDGET).
+        ("H·W odd, parts across images", vec![3, 2, 45, 47]),
+        ("H·W 64, parts across images", vec![300, 2, 8, 8]),
     ];
     for (label, shape) in cases {
         let x = uniform(1, shape.iter().product(), -2.0, 3.0);

@@ -97,6 +97,26 @@ fn im2col_and_col2im_match_reference() {
     let mut all = cases();
     // A window past the loop budget: im2col and col2im split it over dispatches.
     all.push(([1, 2, 131, 132], Conv2d::new(130, 129).pads(0, 1, 0, 0)));
+    // C·KH·KW a multiple of 4: im2col writes whole patch rows as vec4s (batch 1, odd
+    // channels, stride 2 with odd sizes, dilation 2, per-axis geometry), and col2im four
+    // outputs per invocation where W % 4 = 0.
+    all.push(([2, 4, 7, 5], Conv2d::new(3, 3).stride(2).padding(1)));
+    all.push(([1, 5, 5, 4], Conv2d::new(2, 2).stride(2)));
+    all.push(([3, 4, 9, 8], Conv2d::new(3, 3).dilation(2).padding(2)));
+    all.push((
+        [2, 8, 5, 6],
+        Conv2d::new(2, 2).strides(2, 1).pads(1, 0, 0, 1),
+    ));
+    all.push(([64, 16, 8, 8], Conv2d::new(3, 3).stride(2).padding(1)));
+    // Patch rows past the loop budget in vec4s (4·129·128 values): the per-channel kernel.
+    all.push(([1, 4, 130, 129], Conv2d::new(129, 128)));
+    // Padding and stride of 2^22 rows: past the kernels' f32 division (dividends under
+    // 2^24), so they divide exactly; three windows, one of them on the image.
+    let far = 1 << 22;
+    all.push((
+        [1, 2, 3, 4],
+        Conv2d::new(3, 3).strides(far, 1).pads(far, 1, far, 1),
+    ));
     for (k, (xs, geom)) in all.into_iter().enumerate() {
         let n: usize = xs.iter().product();
         let (gx, cx) = pair(&dev, &uniform(k as u64, n, -1.0, 1.0), &xs);

@@ -288,7 +288,7 @@ fn imported_conv_batch_norm_blocks_match_onnxruntime() {
 fn assert_fused(label: &str, entries: &[String], convs: usize) {
     let implicit = entries
         .iter()
-        .filter(|e| e.as_str() == "conv_forward")
+        .filter(|e| e.as_str() == "conv_forward" || e.as_str() == "conv_forward4")
         .count();
     assert_eq!(products(entries) + implicit, convs, "{label}: {entries:?}");
     assert!(

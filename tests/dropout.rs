@@ -16,7 +16,14 @@ fn step(dev: &Device, s: f32) -> Tensor {
 
 #[test]
 fn gpu_mask_equals_cpu_mask_and_keeps_one_minus_p() {
-    let n = 100_003usize;
+    // 100,003: the one-value-per-invocation kernel; 100,004 (a multiple of 4, not of 16:
+    // the last vec4 invocation is partial) and 4,096: the vec4 kernel.
+    for n in [100_003usize, 100_004, 4096] {
+        mask_matches(n);
+    }
+}
+
+fn mask_matches(n: usize) {
     let x = uniform(1, n, 0.5, 1.5); // never 0: a zero output means dropped
     let cpu = Device::cpu();
     for (p, seed, s) in [(0.3f32, 7u64, 0.0f32), (0.5, 1 << 40, 12.0), (0.9, 3, 1.0)] {
@@ -53,7 +60,13 @@ fn gpu_mask_equals_cpu_mask_and_keeps_one_minus_p() {
                 .unwrap()
                 .to_vec()
                 .unwrap();
-            assert_close(&format!("dropout p={p} GPU vs CPU"), &got, &want, 0.0, 0.0);
+            assert_close(
+                &format!("dropout n={n} p={p} GPU vs CPU"),
+                &got,
+                &want,
+                0.0,
+                0.0,
+            );
         }
     }
 }

@@ -7,9 +7,10 @@
 //! Σg·x̂ (x̂ = (x − mean)·inv_std); γ, β and running statistics (C).
 //! CPU reference: loops in f64. GPU: `shaders/batchnorm.wgsl` — forward two dispatches
 //! (statistics, normalisation), backward two (sums, dx); each per-channel reduction is one
-//! workgroup per part of [`PART`] values, two-pass (mean, then Σ(x − mean)²), and a channel
-//! past one part takes one more dispatch that merges the parts (Chan's formula), so no
-//! invocation loops past [`crate::gpu::LOOP_BUDGET`].
+//! invocation per part of `part_len` values (no workgroup memory, no barriers: both are
+//! dear on lavapipe), two-pass (mean, then Σ(x − mean)²), and a channel past one part takes
+//! one more dispatch that merges the parts (Chan's formula), so no invocation loops past
+//! [`crate::gpu::LOOP_BUDGET`]. When H·W is a multiple of 4 every entry loads vec4s.
 //! Gradient (in `crate::autodiff`): y = apply(x, stats(x), γ, β) gives dx =
 //! γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M), dγ = Σg·x̂, dβ = Σg from one sums pass.
 
@@ -25,12 +26,24 @@ pub(crate) const SHADER: Kernel = Kernel {
     source: include_str!("../../shaders/batchnorm.wgsl"),
 };
 
-/// Invocations of a reduction workgroup (the shader's `@workgroup_size(64)`).
+/// Invocations of a reduction workgroup (the shader's `@workgroup_size(8)`: one SIMD group
+/// of lavapipe, so even a few channels spread over the cores).
+const WG_REDUCE: usize = 8;
+
+/// Invocations of the element-wise and per-channel workgroups (`@workgroup_size(64)`).
 const WG: usize = 64;
 
-/// Values of one channel a reduction workgroup covers: each invocation walks PART/64 of
-/// them twice (the statistics' two passes), so within the loop budget.
-pub const PART: usize = WG * (LOOP_BUDGET / 2);
+/// Values of one channel a reduction invocation covers. It walks them twice (the
+/// statistics' two passes), one loop step per vec4 (HW % 4 = 0) or value, plus one step per
+/// image run (at most plen/HW + 2): with vec4s 2·(plen/4 + plen/4 + 2) steps at most, else
+/// 2·(plen + plen + 2), so [`LOOP_BUDGET`] + 4 either way.
+pub(crate) fn part_len(hw: usize) -> usize {
+    if hw % 4 == 0 {
+        LOOP_BUDGET
+    } else {
+        LOOP_BUDGET / 4
+    }
+}
 
 const OP: &str = "batch_norm";
 
@@ -204,7 +217,7 @@ fn params(x: &[usize], parts: usize, eps: f32, extra: (f32, f32, f32, bool)) -> 
         (n * hw) as u32,
         (n * c * hw) as u32,
         parts as u32,
-        PART as u32,
+        part_len(hw) as u32,
         eps.to_bits(),
         keep.to_bits(),
         take_mean.to_bits(),
@@ -214,13 +227,30 @@ fn params(x: &[usize], parts: usize, eps: f32, extra: (f32, f32, f32, bool)) -> 
     ]
 }
 
-/// Elements per invocation of the element-wise entries: 4 of one channel when rows of 4
-/// never straddle channels (fewer invocations, the per-channel values loaded once).
+/// Elements per invocation of the scalar element-wise entries (HW % 4 ≠ 0): one; and of
+/// the vec4 entries, in vec4s: up to 4 of one channel (16 values: the per-channel factors
+/// loaded and the channel found once for them).
 fn run(hw: usize) -> usize {
-    if hw % 4 == 0 {
+    if hw % 16 == 0 {
         4
+    } else if hw % 8 == 0 {
+        2
     } else {
         1
+    }
+}
+
+/// The element-wise entry for H·W (vec4 when HW % 4 = 0) and its workgroup count.
+fn elementwise(
+    entry: &'static str,
+    entry4: &'static str,
+    numel: usize,
+    hw: usize,
+) -> (&'static str, usize) {
+    if hw % 4 == 0 {
+        (entry4, (numel / (4 * run(hw))).div_ceil(WG))
+    } else {
+        (entry, numel.div_ceil(WG))
     }
 }
 
@@ -254,23 +284,31 @@ fn launch(
     Ok(out)
 }
 
-/// A per-channel reduction: `entry` over (channel, part) workgroups, its output bound after
-/// the first `out_at` inputs, then `merge` when a channel spans more than one part.
+/// A per-channel reduction: `entries.0` (scalar, vec4) over (channel, part) invocations, its
+/// output bound after the first `out_at` inputs, then `entries.1` (the merge) when a channel
+/// spans more than one part.
 fn reduce(
-    entries: (&str, &str),
+    entries: ((&str, &str), &str),
     inputs: &[&Tensor],
     out_at: usize,
     x: &[usize],
     rows: usize,
     eps: f32,
+    extra: (f32, f32, f32, bool),
 ) -> Result<Tensor> {
     let (n, c, hw) = (x[0], x[1], x[2..].iter().product::<usize>());
-    let parts = (n * hw).div_ceil(PART);
-    let p = params(x, parts, eps, PLAIN);
+    let parts = (n * hw).div_ceil(part_len(hw));
+    let p = params(x, parts, eps, extra);
+    let entry = if hw % 4 == 0 {
+        entries.0 .1
+    } else {
+        entries.0 .0
+    };
+    let groups = (c * parts).div_ceil(WG_REDUCE);
     if parts == 1 {
-        return launch(entries.0, inputs, out_at, &[rows, c], &p, c);
+        return launch(entry, inputs, out_at, &[rows, c], &p, groups);
     }
-    let partial = launch(entries.0, inputs, out_at, &[c, parts, 2], &p, c * parts)?;
+    let partial = launch(entry, inputs, out_at, &[c, parts, 2], &p, groups)?;
     launch(entries.1, &[&partial], 1, &[rows, c], &p, c.div_ceil(WG))
 }
 
@@ -311,8 +349,11 @@ impl Tensor {
             }
             return Ok(Tensor::cpu_from_f64(self.device(), &out, s));
         }
-        let entries = ("batch_norm_stats", "batch_norm_stats_merge");
-        reduce(entries, &[self], 1, self.shape(), 3, eps)
+        let entries = (
+            ("batch_norm_stats", "batch_norm_stats4"),
+            "batch_norm_stats_merge",
+        );
+        reduce(entries, &[self], 1, self.shape(), 3, eps, PLAIN)
     }
 
     /// `(x − mean)·γ·inv_std + β` per channel (then max(·, 0) with `relu`), x `self` with
@@ -348,8 +389,9 @@ impl Tensor {
         }
         let p = params(self.shape(), 1, 0.0, (0.0, 0.0, 0.0, relu));
         let inputs = [self, stats, gamma, beta];
-        let groups = (self.numel() / run(hw)).div_ceil(256);
-        launch("batch_norm_apply", &inputs, 4, &out, &p, groups)
+        let (entry, groups) =
+            elementwise("batch_norm_apply", "batch_norm_apply4", self.numel(), hw);
+        launch(entry, &inputs, 4, &out, &p, groups)
     }
 
     /// Running mean and variance (C each) updated from a batch's `stats` (3, C) `self`:
@@ -380,7 +422,7 @@ impl Tensor {
             return Ok(Tensor::cpu_from_f64(self.device(), &out, new));
         }
         let p = params(&[1, c], 1, 0.0, (keep, take_mean, take_var, false));
-        let groups = c.div_ceil(256);
+        let groups = c.div_ceil(WG);
         launch(
             "batch_norm_running",
             &[self, mean, var],
@@ -416,15 +458,14 @@ impl Tensor {
             }
             return Ok(Tensor::cpu_from_f64(self.device(), &[2, c], out));
         }
-        let mut inputs = vec![self, x, stats];
-        inputs.extend(z);
-        let entry = if z.is_some() {
-            "batch_norm_grad_sums_relu"
-        } else {
-            "batch_norm_grad_sums"
-        };
-        let entries = (entry, "batch_norm_sums_merge");
-        reduce(entries, &inputs, 3, x.shape(), 2, 0.0)
+        // Without a ReLU, x stands in z's binding (the shader reads z only when told to).
+        let inputs = [self, x, stats, z.unwrap_or(x)];
+        let entries = (
+            ("batch_norm_grad_sums", "batch_norm_grad_sums4"),
+            "batch_norm_sums_merge",
+        );
+        let extra = (0.0, 0.0, 0.0, z.is_some());
+        reduce(entries, &inputs, 3, x.shape(), 2, 0.0, extra)
     }
 
     /// dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M), upstream `self` for x with its `stats`, γ
@@ -463,15 +504,11 @@ impl Tensor {
                 .collect();
             return Ok(Tensor::cpu_from_f64(self.device(), &out, dx));
         }
-        let p = params(x.shape(), 1, 0.0, PLAIN);
-        let mut inputs = vec![self, x, stats, gamma, sums];
-        inputs.extend(z);
-        let entry = if z.is_some() {
-            "batch_norm_grad_x_relu"
-        } else {
-            "batch_norm_grad_x"
-        };
-        let groups = (self.numel() / run(hw)).div_ceil(256);
+        let p = params(x.shape(), 1, 0.0, (0.0, 0.0, 0.0, z.is_some()));
+        // Without a ReLU, x stands in z's binding, as for the sums.
+        let inputs = [self, x, stats, gamma, sums, z.unwrap_or(x)];
+        let (entry, groups) =
+            elementwise("batch_norm_grad_x", "batch_norm_grad_x4", self.numel(), hw);
         launch(entry, &inputs, 5, &out, &p, groups)
     }
 

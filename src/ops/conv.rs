@@ -277,17 +277,33 @@ fn for_each_tap(s: &[usize], g: &Conv2d, oh: usize, ow: usize, mut f: impl FnMut
 
 /// The blocks `[(ki0, ki1), (kj0, kj1)]` of a kh×kw window that successive `im2col_forward`
 /// and `col2im_forward` dispatches walk. One invocation loops `(ki1 - ki0)·(1 + kj1 - kj0)`
-/// times at most (a row step, then its columns), so a block keeps that within
-/// [`crate::gpu::LOOP_BUDGET`]: a window of up to about 127×127 is one dispatch, a larger one
-/// several (col2im's add up; Mesa's lavapipe silently stops an invocation after 65535
-/// iterations, leaving its output unset).
-fn col2im_blocks(kh: usize, kw: usize) -> impl Iterator<Item = [(usize, usize); 2]> {
+/// times at most per output (a row step, then its columns), so a block keeps that within
+/// `budget` ([`crate::gpu::LOOP_BUDGET`], divided by the outputs per invocation): a window
+/// of up to about 127×127 is one dispatch, a larger one several (col2im's add up; Mesa's
+/// lavapipe silently stops an invocation after 65535 iterations, leaving its output unset).
+fn col2im_blocks(kh: usize, kw: usize, budget: usize) -> impl Iterator<Item = [(usize, usize); 2]> {
     use crate::ops::chunk::windows;
-    let budget = crate::gpu::LOOP_BUDGET;
     let cols = kw.min(budget / 2);
     let rows = (budget / (cols + 1)).max(1);
     let to_range = |(start, len): (usize, usize)| (start, start + len);
     windows(kh, rows).flat_map(move |r| windows(kw, cols).map(move |c| [to_range(r), to_range(c)]))
+}
+
+/// The kernels' pipeline constants for `params` ([`Conv2d::params`]): `EXACT` when some
+/// dividend can reach 2^24 (the element count, or an axis's size, padding, stride and
+/// dilation past 2^22 each), where the kernels' f32 division would not be exact.
+fn division(params: &[u32; 15]) -> &'static [(&'static str, f64)] {
+    let [_, _, h, w, _, _, sh, sw, pt, pl, dh, dw, oh, ow, total] = *params;
+    let part = 1 << 22;
+    let fast = total < 1 << 24
+        && [h, w, sh, sw, pt, pl, dh, dw, oh, ow]
+            .iter()
+            .all(|&v| v < part);
+    if fast {
+        &[]
+    } else {
+        &[("EXACT", 1.0)]
+    }
 }
 
 /// CPU reference of im2col: patches (N, OH·OW, C·KH·KW).
@@ -330,13 +346,31 @@ impl Tensor {
                     let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
-                    for [ki, kj] in col2im_blocks(geom.kh, geom.kw) {
+                    let ck = out_shape[2];
+                    if ck % 4 == 0 && ck / 4 <= crate::gpu::LOOP_BUDGET {
+                        // One invocation per patch row writing vec4s (see the shader).
+                        let rows = out_shape[0] * out_shape[1];
+                        let mut params = base.to_vec();
+                        params[14] = rows as u32;
+                        params.extend([0, geom.kh, 0, geom.kw, 0].map(|v| v as u32));
+                        ctx.dispatch(
+                            &SHADER,
+                            "im2col_rows4",
+                            division(&base),
+                            &params,
+                            &[x, o],
+                            ctx.grid(rows.div_ceil(64) as u64),
+                        )?;
+                        return Ok(out);
+                    }
+                    let budget = crate::gpu::LOOP_BUDGET;
+                    for [ki, kj] in col2im_blocks(geom.kh, geom.kw, budget) {
                         let mut params = base.to_vec();
                         params.extend([ki.0, ki.1, kj.0, kj.1, 0].map(|v| v as u32));
                         ctx.dispatch(
                             &SHADER,
                             "im2col_forward",
-                            &[],
+                            division(&base),
                             &params,
                             &[x, o],
                             grid_1d(ctx, total),
@@ -379,17 +413,22 @@ impl Tensor {
                     let (Some(c), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
-                    for (k, [ki, kj]) in col2im_blocks(geom.kh, geom.kw).enumerate() {
+                    // Four outputs of a row per invocation when rows are whole vec4s (so a
+                    // quarter of the loop budget per output), else one.
+                    let (entry, budget, grid) = if s[3] % 4 == 0 {
+                        let g = ctx.grid((total / 4).div_ceil(64) as u64);
+                        ("col2im_forward4", crate::gpu::LOOP_BUDGET / 4, g)
+                    } else {
+                        (
+                            "col2im_forward",
+                            crate::gpu::LOOP_BUDGET,
+                            grid_1d(ctx, total),
+                        )
+                    };
+                    for (k, [ki, kj]) in col2im_blocks(geom.kh, geom.kw, budget).enumerate() {
                         let mut params = base.to_vec();
                         params.extend([ki.0, ki.1, kj.0, kj.1, (k > 0) as usize].map(|v| v as u32));
-                        ctx.dispatch(
-                            &SHADER,
-                            "col2im_forward",
-                            &[],
-                            &params,
-                            &[c, o],
-                            grid_1d(ctx, total),
-                        )?;
+                        ctx.dispatch(&SHADER, entry, division(&base), &params, &[c, o], grid)?;
                     }
                 }
                 Ok(out)
@@ -538,7 +577,7 @@ mod tests {
             (1, 9000),
         ] {
             let mut seen = vec![0u8; kh * kw];
-            for [(r0, r1), (c0, c1)] in col2im_blocks(kh, kw) {
+            for [(r0, r1), (c0, c1)] in col2im_blocks(kh, kw, LOOP_BUDGET) {
                 assert!(
                     (r1 - r0) * (1 + c1 - c0) <= LOOP_BUDGET,
                     "{kh}x{kw}: {r0}..{r1} {c0}..{c1}"
@@ -551,6 +590,6 @@ mod tests {
             }
             assert!(seen.iter().all(|&n| n == 1), "{kh}x{kw}");
         }
-        assert_eq!(col2im_blocks(127, 127).count(), 1);
+        assert_eq!(col2im_blocks(127, 127, LOOP_BUDGET).count(), 1);
     }
 }

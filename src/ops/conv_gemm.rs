@@ -289,10 +289,15 @@ impl Tensor {
                            acc,
                            total| {
                     let p = params(op, &geom, &xs, f, oh, ow, k, chunk, acc, total, fgp)?;
+                    // The forward divides in f32, exact for dividends (invocations, output
+                    // positions) below 2^24; past that its pipeline constant EXACT.
+                    let exact =
+                        kernel.name == FORWARD.name && (total >= 1 << 24 || oh * ow >= 1 << 24);
+                    let consts: &[(&str, f64)] = if exact { &[("EXACT", 1.0)] } else { &[] };
                     ctx.dispatch(
                         kernel,
                         entry,
-                        &[],
+                        consts,
                         &p,
                         &bufs,
                         ctx.grid((total as u64).div_ceil(64)),
@@ -324,8 +329,14 @@ impl Tensor {
                                 n_packed,
                             )?;
                             let total = (fgp / FILTER_BLOCK) * (oh * ow).div_ceil(4) * xs[0] * g;
+                            // vec4 stores when each filter's plane is whole vec4s.
+                            let entry = if (oh * ow) % 4 == 0 {
+                                "conv_forward4"
+                            } else {
+                                "conv_forward"
+                            };
                             for (i, k) in budget_ranges(cg * khw).into_iter().enumerate() {
-                                run(&FORWARD, "conv_forward", [a, wpa, o], k, 0, i > 0, total)?;
+                                run(&FORWARD, entry, [a, wpa, o], k, 0, i > 0, total)?;
                             }
                         } else {
                             let total = blocks(cg, xs[2] * xs[3], xs[0] * g);

@@ -11,7 +11,7 @@
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::Kernel;
-use crate::ops::{gpu_output, grid_1d};
+use crate::ops::gpu_output;
 use crate::tensor::Tensor;
 use crate::DType;
 
@@ -110,13 +110,20 @@ impl Tensor {
                         threshold(p),
                         scale.to_bits(),
                     ];
+                    // 16 values per invocation as 4 vec4s when they tile the tensor, else one
+                    // each (see the shader); workgroups of 64.
+                    let (entry, invocations) = if total % 4 == 0 {
+                        ("dropout_forward4", total.div_ceil(16))
+                    } else {
+                        ("dropout_forward", total)
+                    };
                     ctx.dispatch(
                         &SHADER,
-                        "dropout_forward",
+                        entry,
                         &[],
                         &params,
                         &[x, s, o],
-                        grid_1d(ctx, total),
+                        ctx.grid(invocations.div_ceil(64) as u64),
                     )?;
                 }
                 Ok(out)
