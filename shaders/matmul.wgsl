@@ -470,17 +470,12 @@ fn load_b_any(i: u32) -> vec4<f32> {
     return shift4(lo, b4[i / 4u + 1u], i % 4u);
 }
 
-@compute @workgroup_size(16, 16)
-fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
-                         @builtin(num_workgroups) nwg: vec3<u32>,
-                         @builtin(local_invocation_id) lid: vec3<u32>) {
-    let t = job(wg, nwg);
-    if (!t.valid) { return; }
+// The 4x4 block of C at (m0, n0) (rows and columns past C are skipped), with the epilogue:
+// the body of matmul_forward_small and matmul_forward_gemv.
+fn small_tile(t: Job, m0: u32, n0: u32) {
     let M = params.m;
     let N = params.n;
     let K = t.k;
-    let m0 = t.tile_m * 64u + lid.y * 4u;
-    let n0 = t.tile_n * 64u + lid.x * 4u;
     if (m0 >= M || n0 >= N) { return; }
     let ta = (params.flags & 1u) != 0u;
     let tb = (params.flags & 2u) != 0u;
@@ -544,81 +539,29 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
     }
 }
 
+@compute @workgroup_size(16, 16)
+fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
+                         @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = job(wg, nwg);
+    if (!t.valid) { return; }
+    small_tile(t, t.tile_m * 64u + lid.y * 4u, t.tile_n * 64u + lid.x * 4u);
+}
+
 // ---------------------------------------------------------------------------------------------
 // matmul_forward_gemv: products with at most 4 rows (M <= 4: a batch-1 linear layer, a
 // classifier head). The 64x64-tile kernels leave 60 of every 64 rows idle there: ResNet-50's
 // 1×2048 · 2048×1000 head took 12-17 ms on lavapipe. This is matmul_forward_small's 4x4 block
-// walk with only the first row block: 16 invocations per workgroup, 4 columns of C each (one
-// 64-column tile, so `job` and the host's tiles hold), all the rows of op(A) at once, vec4
-// loads of any alignment (whole-vec4 bindings).
+// (small_tile) with only the first row block: 16 invocations per workgroup, 4 columns of C
+// each (one 64-column tile, so `job` and the host's tiles hold), vec4 loads of any alignment
+// (whole-vec4 bindings).
 @compute @workgroup_size(16)
 fn matmul_forward_gemv(@builtin(workgroup_id) wg: vec3<u32>,
                         @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
     let t = job(wg, nwg);
     if (!t.valid) { return; }
-    let M = params.m;
-    let N = params.n;
-    let K = t.k;
-    let n0 = t.tile_n * 64u + lid * 4u;
-    if (n0 >= N) { return; }
-    let ta = (params.flags & 1u) != 0u;
-    let tb = (params.flags & 2u) != 0u;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    let lane4 = vec4<u32>(0u, 1u, 2u, 3u);
-    let ra = min(lane4, vec4<u32>(M - 1u));
-    let rn = min(vec4<u32>(n0) + lane4, vec4<u32>(N - 1u));
-    for (var k0 = 0u; k0 < K; k0 += 4u) {
-        let rk = min(vec4<u32>(k0) + lane4, vec4<u32>(K - 1u));
-        // The same loads and panels as matmul_forward_small, for rows 0..4 of op(A).
-        let arow = select(ra, rk, vec4<bool>(ta));
-        let acol = select(k0, 0u, ta);
-        let qa0 = load_a_any(t.a_off + arow.x * params.lda + acol);
-        let qa1 = load_a_any(t.a_off + arow.y * params.lda + acol);
-        let qa2 = load_a_any(t.a_off + arow.z * params.lda + acol);
-        let qa3 = load_a_any(t.a_off + arow.w * params.lda + acol);
-        let brow = select(rk, rn, vec4<bool>(tb));
-        let bcol = select(n0, k0, tb);
-        let qb0 = load_b_any(t.b_off + brow.x * params.ldb + bcol);
-        let qb1 = load_b_any(t.b_off + brow.y * params.ldb + bcol);
-        let qb2 = load_b_any(t.b_off + brow.z * params.ldb + bcol);
-        let qb3 = load_b_any(t.b_off + brow.w * params.ldb + bcol);
-        var pa0 = qa0; var pa1 = qa1; var pa2 = qa2; var pa3 = qa3;
-        if (ta) {
-            pa0 = vec4<f32>(qa0.x, qa1.x, qa2.x, qa3.x);
-            pa1 = vec4<f32>(qa0.y, qa1.y, qa2.y, qa3.y);
-            pa2 = vec4<f32>(qa0.z, qa1.z, qa2.z, qa3.z);
-            pa3 = vec4<f32>(qa0.w, qa1.w, qa2.w, qa3.w);
-        }
-        var pb0 = qb0; var pb1 = qb1; var pb2 = qb2; var pb3 = qb3;
-        if (tb) {
-            pb0 = vec4<f32>(qb0.x, qb1.x, qb2.x, qb3.x);
-            pb1 = vec4<f32>(qb0.y, qb1.y, qb2.y, qb3.y);
-            pb2 = vec4<f32>(qb0.z, qb1.z, qb2.z, qb3.z);
-            pb3 = vec4<f32>(qb0.w, qb1.w, qb2.w, qb3.w);
-        }
-        // The K tail: k >= K is zero in both panels (what lies there may be any value).
-        let keep = lane4 < vec4<u32>(K - k0);
-        let z = vec4<f32>(0.0);
-        pa0 = select(z, pa0, keep); pa1 = select(z, pa1, keep);
-        pa2 = select(z, pa2, keep); pa3 = select(z, pa3, keep);
-        pb1 = select(z, pb1, keep.y); pb2 = select(z, pb2, keep.z); pb3 = select(z, pb3, keep.w);
-        acc0 += pa0.x * pb0 + pa0.y * pb1 + pa0.z * pb2 + pa0.w * pb3;
-        acc1 += pa1.x * pb0 + pa1.y * pb1 + pa1.z * pb2 + pa1.w * pb3;
-        acc2 += pa2.x * pb0 + pa2.y * pb1 + pa2.z * pb2 + pa2.w * pb3;
-        acc3 += pa3.x * pb0 + pa3.y * pb1 + pa3.z * pb2 + pa3.w * pb3;
-    }
-    for (var r = 0u; r < min(4u, M); r++) {
-        let v = select(select(select(acc0, acc1, r == 1u), acc2, r == 2u), acc3, r == 3u);
-        let o = t.c_off + r * N + n0;
-        let st = epi_row(r);
-        for (var j = 0u; j < min(4u, N - n0); j++) {
-            c[o + j] = epilogue_at(v[j], o + j, st, n0 + j);
-        }
-    }
+    small_tile(t, 0u, t.tile_n * 64u + lid * 4u);  // M <= 4: the first row block is all of C
 }
 
 // ---------------------------------------------------------------------------------------------
