@@ -12,7 +12,7 @@
 //! the recording cannot replay) runs op by op instead: intermediates are dropped
 //! right after their last use, so their pooled buffers are reused by later nodes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::autodiff;
@@ -46,9 +46,16 @@ pub struct MemoryPlan {
     pub dispatches: usize,
 }
 
+/// Most elements of a node folded at compile time from parameters (an inference
+/// executable's batch-norm scale and shift): larger ones (a reshaped or transposed weight)
+/// keep running, so that no weight is held twice.
+const PARAM_FOLD_ELEMS: usize = 1 << 16;
+
 struct State {
     /// Values of parameter, constant and fill nodes (kept across runs).
     leaves: HashMap<NodeId, Tensor>,
+    /// Values only the refolds read (see `Executor::refolds`).
+    held: HashMap<NodeId, Tensor>,
     slots: HashMap<NodeId, SlotState>,
     step: u64,
 }
@@ -72,6 +79,9 @@ pub struct Executor {
     plan: MemoryPlan,
     /// The commands recorded for a GPU, when the graph could be recorded.
     recorded: Option<RecordedPlan>,
+    /// Nodes folded at compile time from parameters or states (no optimizer), in
+    /// dependency order: `set_param` computes them again.
+    refolds: Vec<NodeId>,
     state: Mutex<State>,
 }
 
@@ -155,15 +165,31 @@ impl Executor {
             }
         }
         // Constant folding: a node computed from constants only (the loss's seed
-        // gradient, say) is computed once here and kept as a leaf.
+        // gradient, say) is computed once here and kept as a leaf. Without an optimizer,
+        // parameters and states not assigned by the graph change only through `set_param`,
+        // so small nodes computed from them (an eval-mode batch norm's per-channel scale
+        // and shift: 106 of ResNet-50's 189 dispatches per run) fold too, and `set_param`
+        // computes those again (`refolds`).
+        let assigned: HashSet<NodeId> = assigns.iter().map(|&(s, _)| s).collect();
+        let frozen = |j: NodeId| {
+            optimizer.is_none()
+                && matches!(nodes[j].op, Op::Param(..) | Op::State(..))
+                && !assigned.contains(&j)
+        };
+        let mut from_params = vec![false; nodes.len()];
+        let mut refolds = Vec::new();
         for &i in &order {
             let n = &nodes[i];
+            let source = |j: NodeId| from_params[j] || frozen(j);
+            let reads_params = n.inputs.iter().any(|&j| source(j));
             let foldable = !leaves.contains_key(&i)
                 && !matches!(n.op, Op::Input(_) | Op::Param(..) | Op::State(..))
                 && replayable(&n.op) // a pure function of its inputs
                 && !n.inputs.is_empty()
+                && (!reads_params || n.shape.iter().product::<usize>() <= PARAM_FOLD_ELEMS)
                 && n.inputs.iter().all(|&j| {
-                    leaves.contains_key(&j) && !matches!(nodes[j].op, Op::Param(..) | Op::State(..))
+                    leaves.contains_key(&j)
+                        && (!matches!(nodes[j].op, Op::Param(..) | Op::State(..)) || frozen(j))
                 });
             if foldable {
                 let args: Vec<&Tensor> = n.inputs.iter().map(|j| &leaves[j]).collect();
@@ -171,6 +197,10 @@ impl Executor {
                 if let Ok(v) = eval(&n.op, &args, &n.shape) {
                     leaves.insert(i, v);
                     inputs[i].clear();
+                    if reads_params {
+                        from_params[i] = true;
+                        refolds.push(i);
+                    }
                 }
             }
         }
@@ -179,7 +209,21 @@ impl Executor {
         for &i in &order {
             in_order[i] = true;
         }
-        leaves.retain(|&i, _| in_order[i]);
+        // Values the refolds read but the run does not (a parameter read only by folds, a
+        // fold feeding another) are held for `set_param`.
+        let mut read_by_refolds = vec![false; nodes.len()];
+        for &r in &refolds {
+            for &j in &nodes[r].inputs {
+                read_by_refolds[j] = true;
+            }
+        }
+        let mut held = HashMap::new();
+        leaves.retain(|&i, v| {
+            if !in_order[i] && read_by_refolds[i] {
+                held.insert(i, v.clone());
+            }
+            in_order[i]
+        });
         // Element-wise chains fuse on a GPU; the CPU reference runs every node.
         let mut fused = HashMap::new();
         if device.is_gpu() && !std::env::var(FUSION_ENV).is_ok_and(|v| v.trim() == "0") {
@@ -271,8 +315,10 @@ impl Executor {
             optimizer,
             plan,
             recorded,
+            refolds,
             state: Mutex::new(State {
                 leaves,
+                held,
                 slots,
                 step: 0,
             }),
@@ -338,10 +384,15 @@ impl Executor {
     pub fn param(&self, name: &str) -> Result<Tensor> {
         let id = self.param_id(name)?;
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let t = st.leaves.get(&id).cloned().ok_or_else(|| Error::Invalid {
-            op: "param",
-            detail: format!("parameter {name:?} is not used by the compiled outputs"),
-        })?;
+        let t = st
+            .leaves
+            .get(&id)
+            .or(st.held.get(&id))
+            .cloned()
+            .ok_or_else(|| Error::Invalid {
+                op: "param",
+                detail: format!("parameter {name:?} is not used by the compiled outputs"),
+            })?;
         match (&self.recorded, self.device.gpu_ctx()) {
             // The recorded plan updates its fixed buffer in place: hand out a copy.
             (Some(_), Some(ctx)) => {
@@ -385,14 +436,47 @@ impl Executor {
             }
         };
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match (&self.recorded, self.device.gpu_ctx(), st.leaves.get(&id)) {
-            // Recorded bind groups hold the fixed buffer: write into it, in order.
-            (Some(_), Some(ctx), Some(fixed)) => copy_tensor(ctx, &v, fixed),
-            _ => {
-                st.leaves.insert(id, v);
+        if st.held.contains_key(&id) {
+            st.held.insert(id, v.clone());
+        }
+        self.install(&mut st, id, v);
+        // Nodes folded from it at compile time, computed again in dependency order.
+        let mut changed: HashSet<NodeId> = HashSet::from([id]);
+        for &r in &self.refolds {
+            let n = &self.nodes[r];
+            if !n.inputs.iter().any(|j| changed.contains(j)) {
+                continue;
             }
+            let args: Vec<Tensor> = n
+                .inputs
+                .iter()
+                .map(|j| st.leaves.get(j).or(st.held.get(j)).cloned())
+                .collect::<Option<_>>()
+                .ok_or_else(|| Error::Invalid {
+                    op: "set_param",
+                    detail: format!("a value folded from {name:?} lost its inputs"),
+                })?;
+            let refs: Vec<&Tensor> = args.iter().collect();
+            let value = eval(&n.op, &refs, &n.shape)?;
+            if st.held.contains_key(&r) {
+                st.held.insert(r, value.clone());
+            }
+            self.install(&mut st, r, value);
+            changed.insert(r);
         }
         Ok(())
+    }
+
+    /// Makes `value` the leaf value of node `id` where the run reads it: written into the
+    /// fixed buffer that recorded bind groups hold, in order, or put in place of the old.
+    fn install(&self, st: &mut State, id: NodeId, value: Tensor) {
+        match (&self.recorded, self.device.gpu_ctx(), st.leaves.get(&id)) {
+            (Some(_), Some(ctx), Some(fixed)) => copy_tensor(ctx, &value, fixed),
+            (_, _, Some(_)) => {
+                st.leaves.insert(id, value);
+            }
+            _ => {} // not read by the run (held only)
+        }
     }
 
     fn param_id(&self, name: &str) -> Result<NodeId> {
