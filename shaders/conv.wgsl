@@ -1,4 +1,5 @@
 // conv.wgsl — convolution as matrix multiplication: im2col and its adjoint col2im.
+// Not a module on its own: exact_div.wgsl (div) is appended to it (src/ops/conv.rs).
 //
 // x is (N, C, H, W); a patch matrix is (N, L, CK) with L = OH·OW output positions and
 // CK = C·KH·KW values per patch (channel-major, then kernel row, then kernel column), so a
@@ -118,20 +119,7 @@ fn im2col_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
-// Lavapipe scalarises integer division by a run-time value (one lane at a time), so the
-// kernels divide in f32 when every dividend is below 2^24: the f32 quotient is then within
-// one of the true one (two roundings on 24-bit exact operands), and one remainder test
-// fixes it. Past that (the host sets EXACT) they divide exactly. EXACT is a pipeline
-// constant, not a uniform: lavapipe runs both sides of a branch on a uniform, and the
-// scalarised division on the untaken side cost as much as the rest of col2im.
-override EXACT: bool = false;
-
-fn div(t: u32, d: u32) -> u32 {
-    if (EXACT) { return t / d; }
-    let q = i32(f32(t) / f32(d));
-    let r = i32(t) - q * i32(d);
-    return u32(q + select(0, select(1, -1, r < 0), r < 0 || r >= i32(d)));
-}
+// div(t, d): integer division in f32 where exact (exact_div.wgsl, appended to this file).
 
 // The (tap, output position) pairs along one axis that reach input position `at`: taps k in
 // [k0, k1) and positions o < outs with o·s + k·dil = at + pad, as k = k_first + j·k_step,

@@ -1,5 +1,7 @@
 // conv_gemm_fwd.wgsl — the implicit-GEMM convolution forward (see conv_gemm.wgsl for the
-// index map and the gradients): y[n, f, l] (+)= Σ_{k in k0..k1} w[f, k] · x[n, g·Cg + c(k), tap(l, k)].
+// index map and the gradients). Not a module on its own: exact_div.wgsl (div, div4) is
+// appended to it (src/ops/conv_gemm.rs). It computes
+//   y[n, f, l] (+)= Σ_{k in k0..k1} w[f, k] · x[n, g·Cg + c(k), tap(l, k)].
 //
 // Entry points conv_forward and conv_forward4 (OH·OW % 4 = 0: vec4 stores), workgroup size
 // 64, no barriers: one invocation per 16 filters × 4 consecutive output positions. The filters come packed by conv_weight_pack as
@@ -50,26 +52,6 @@ fn x_at4(plane: vec4<u32>, iy: vec4<i32>, ix: vec4<i32>) -> vec4<f32> {
         & (iy < vec4<i32>(i32(params.h))) & (ix < vec4<i32>(i32(params.w)));
     let idx = select(vec4<u32>(0u), plane + vec4<u32>(iy) * params.w + vec4<u32>(ix), inside);
     return select(vec4<f32>(0.0), vec4<f32>(a[idx.x], a[idx.y], a[idx.z], a[idx.w]), inside);
-}
-
-// Lavapipe scalarises integer division by a run-time value; below 2^24 (all dividends here:
-// the host sets EXACT otherwise, a pipeline constant so that the untaken side costs
-// nothing) an f32 quotient is within one of the true one and a remainder test fixes it.
-override EXACT: bool = false;
-
-fn div(t: u32, d: u32) -> u32 {
-    if (EXACT) { return t / d; }
-    let q = i32(f32(t) / f32(d));
-    let r = i32(t) - q * i32(d);
-    return u32(q + select(0, select(1, -1, r < 0), r < 0 || r >= i32(d)));
-}
-
-fn div4(t: vec4<u32>, d: u32) -> vec4<u32> {
-    if (EXACT) { return t / d; }
-    let q = vec4<i32>(vec4<f32>(t) / f32(d));
-    let r = vec4<i32>(t) - q * i32(d);
-    return vec4<u32>(q + select(vec4<i32>(0), select(vec4<i32>(1), vec4<i32>(-1), r < vec4<i32>(0)),
-                                (r < vec4<i32>(0)) | (r >= vec4<i32>(i32(d)))));
 }
 
 // One invocation's block: image n, its first filter fo (f0 within the group), its first

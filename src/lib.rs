@@ -103,7 +103,6 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("layout.wgsl", ops::layout::SHADER.source),
         ("optim.wgsl", optim::SHADER.source),
         ("loss.wgsl", ops::loss::SHADER.source),
-        ("conv.wgsl", ops::conv::SHADER.source),
         ("pool.wgsl", ops::pool::SHADER.source),
         ("depthwise.wgsl", ops::depthwise::SHADER.source),
         ("batchnorm.wgsl", ops::batchnorm::SHADER.source),
@@ -119,7 +118,12 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
 /// The shader files that are parts of a composed module, each with the whole module it is
 /// compiled in (which must parse and validate; tests/shaders.rs).
 pub fn composed_shader_sources() -> Vec<(&'static str, &'static str)> {
-    vec![("elementwise_f16.wgsl", ops::half::elementwise_f16_source())]
+    vec![
+        ("elementwise_f16.wgsl", ops::half::elementwise_f16_source()),
+        ("conv.wgsl", ops::conv::SHADER.source),
+        ("exact_div.wgsl", ops::conv::SHADER.source),
+        ("conv_gemm_fwd.wgsl", ops::conv_gemm::FORWARD.source),
+    ]
 }
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.

@@ -23,7 +23,11 @@ use crate::DType;
 
 pub(crate) const SHADER: Kernel = Kernel {
     name: "conv",
-    source: include_str!("../../shaders/conv.wgsl"),
+    // exact_div.wgsl's division helpers, shared with the implicit-GEMM forward.
+    source: concat!(
+        include_str!("../../shaders/conv.wgsl"),
+        include_str!("../../shaders/exact_div.wgsl")
+    ),
 };
 
 /// Geometry of a 2-D convolution window: per-axis strides and dilations, and padding on

@@ -29,7 +29,10 @@ pub(crate) const SHADER: Kernel = Kernel {
 /// The forward's kernel (its filters bound as vec4s, so a module of its own).
 pub(crate) const FORWARD: Kernel = Kernel {
     name: "conv_gemm_fwd",
-    source: include_str!("../../shaders/conv_gemm_fwd.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/conv_gemm_fwd.wgsl"),
+        include_str!("../../shaders/exact_div.wgsl")
+    ),
 };
 
 /// Filters per forward invocation (the packed filters' padding unit).
