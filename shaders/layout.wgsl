@@ -17,6 +17,10 @@
 //                              where the cost per invocation and barriers dominate: each
 //                              invocation reads and writes whole 128-byte rows.
 //   transpose_blocked4_forward the same with vec4 loads and stores (M, N multiples of 4).
+//   transpose_small4_forward   one 4x4 sub-block per invocation, numbered across the whole
+//                              batch; workgroup 64. For CPU adapters when the matrices are
+//                              small (a side under 256): there the blocked kernels leave
+//                              most of a workgroup idle and one lane walks a whole matrix.
 // Strided copies (permute, broadcast_to, slice, concat):
 //   strided_copy_forward       out[out_offset + sum c_d*out_stride_d] =
 //                                in[in_offset + sum c_d*in_stride_d] for every coordinate c
@@ -170,6 +174,31 @@ fn transpose_blocked4_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num
             dst4[base4 + (bj * 4u + 3u) * m4 + bi] = vec4<u32>(a0.w, a1.w, a2.w, a3.w);
         }
     }
+}
+
+@compute @workgroup_size(64)
+fn transpose_small4_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
+    let i = group_id(wg, nwg) * 64u + lid;
+    let m4 = tp.m / 4u;
+    let n4 = tp.n / 4u;
+    let per_matrix = m4 * n4;
+    let b = i / per_matrix;
+    if (b >= tp.batch) { return; }
+    // Neighbouring invocations take neighbouring sub-blocks down the input rows, so their
+    // stores land side by side in the output rows.
+    let r = i - b * per_matrix;
+    let bj = r / m4;
+    let bi = r - bj * m4;
+    let base4 = b * per_matrix * 4u;  // first vec4 of matrix b
+    let a0 = src4[base4 + (bi * 4u + 0u) * n4 + bj];
+    let a1 = src4[base4 + (bi * 4u + 1u) * n4 + bj];
+    let a2 = src4[base4 + (bi * 4u + 2u) * n4 + bj];
+    let a3 = src4[base4 + (bi * 4u + 3u) * n4 + bj];
+    dst4[base4 + (bj * 4u + 0u) * m4 + bi] = vec4<u32>(a0.x, a1.x, a2.x, a3.x);
+    dst4[base4 + (bj * 4u + 1u) * m4 + bi] = vec4<u32>(a0.y, a1.y, a2.y, a3.y);
+    dst4[base4 + (bj * 4u + 2u) * m4 + bi] = vec4<u32>(a0.z, a1.z, a2.z, a3.z);
+    dst4[base4 + (bj * 4u + 3u) * m4 + bi] = vec4<u32>(a0.w, a1.w, a2.w, a3.w);
 }
 
 // Start of run `e`: the input and output positions of its first element, and the

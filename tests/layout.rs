@@ -100,7 +100,7 @@ fn cpu_reference_transposes_by_hand() {
 fn transpose_matches_reference_with_every_kernel() {
     let Some(dev) = gpu() else { return };
     // Aligned shapes (multiples of 4) take the vec4 path of the blocked kernel.
-    let shapes: [&[usize]; 14] = [
+    let shapes: [&[usize]; 17] = [
         &[1, 1],
         &[1, 257],
         &[3, 17],
@@ -116,6 +116,11 @@ fn transpose_matches_reference_with_every_kernel() {
         // 70000 one-tile matrices: more workgroups than one grid dimension holds.
         &[70000, 2, 3],
         &[70000, 4, 4],
+        // Small aligned matrices (the vec4 kernel's one-sub-block-per-lane form on CPU
+        // adapters): a batch of the digits CNN's permute, and the largest such matrix.
+        &[64, 16, 32],
+        &[3, 128, 128],
+        &[2, 132, 128],
     ];
     for (s, shape) in shapes.iter().enumerate() {
         let (g, c) = data_pair(&dev, s as u64, shape);
