@@ -2,7 +2,8 @@
 //
 // op(A) is (M, K) and op(B) is (K, N); with the override TA the stored A is (K, M) and op(A)
 // is its transpose (likewise TB: B stored (N, K)), so backward passes need no transpose copies.
-// C is (batch, M, N) row-major. Every workgroup computes one 64x64 tile of one output matrix.
+// C is (batch, M, N) row-major. Every workgroup computes one 64x64 tile of one output matrix
+// (the subgroup kernels: 32x64, see there).
 //
 // Entry points (the grid is linear over batch x tiles_m x tiles_n, split over x/y/z):
 //   matmul_forward_tiled     16x16 invocations, 4x4 outputs each, workgroup-memory k-tiles of 16.
@@ -14,8 +15,8 @@
 //                            pipeline with LLVM at its first dispatch, 0.4-0.5 s for this one).
 //                            The host sends products of at most 2^21 multiply-adds to
 //                            matmul_forward_small instead.
-//   matmul_forward_subgroup  16 invocations (2 subgroups of exactly 8 lanes: the caller checks the
-//                            adapter's subgroup size), 16x16 outputs each; the lanes of a subgroup
+//   matmul_forward_subgroup  8 invocations (one subgroup of exactly 8 lanes: the caller checks the
+//                            adapter's subgroup size), 16x16 outputs each, a 32x64 tile; the lanes
 //                            share their loads through subgroupBroadcast. 2.5-3x
 //                            matmul_forward_blocked on lavapipe, where every load is a loop over
 //                            the SIMD lanes. It sits after the marker line below and is compiled
@@ -637,10 +638,11 @@ fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>,
 // ---- subgroup kernels: compiled as a separate module, only on devices with subgroups ----
 //
 // matmul_forward_subgroup: a lane owns a 16x16 block of C, acc[4r + h] = C(m0 + r, n0 + 4h .. +4);
-// the 8 lanes of a subgroup (2 down, 4 across) own a 32x64 tile, the 2 subgroups of a workgroup
-// 64x64. Per step of 4 along k a lane loads 12 vec4s of its subgroup's panels and receives the
-// 32 it needs by subgroupBroadcast. On lavapipe loads are ~75% of the time, so fewer loads per
-// FMA is what pays (the accumulators spill to the stack either way).
+// the 8 lanes of a subgroup (2 down, 4 across) own a 32x64 tile, and a workgroup is that one
+// subgroup (params.tiles_m counts 32-row tiles): two subgroups per 64x64 tile ran no faster on
+// large products and idled half of every tile on products 32 rows high. Per step of 4 along k
+// a lane loads 12 vec4s of its subgroup's panels and receives the 32 it needs by
+// subgroupBroadcast. On lavapipe loads are ~75% of the time, so fewer loads per FMA is what pays (the accumulators spill to the stack either way).
 // Panels: pa[r] = op(A)(m0 + r, k0 .. k0 + 4), pb[4j + h] = op(B)(k0 + j, n0 + 4h .. + 4).
 // Loops longer than 8 are written out: lavapipe does not unroll them, and an accumulator
 // indexed at run time lives in memory (4x slower).
@@ -826,12 +828,11 @@ fn store_block16(c_off: u32, m0: u32, n0: u32, acc: ptr<function, array<vec4<f32
 }
 
 // The lane's 16x16 block of C, accumulated over its job's K chunk: (m0, n0) of the block.
-// Subgroup s owns rows 32s .. 32s + 32 of the workgroup's tile; lane = 4mi + ni its 16x16
-// block at (16mi, 16ni) in the subgroup's 32x64.
-fn subgroup_block(t: Job, s: u32, lane: u32, acc: ptr<function, array<vec4<f32>, 64>>) -> vec2<u32> {
+// The subgroup owns the 32x64 tile at rows sm0 ..; lane = 4mi + ni its 16x16 block at
+// (16mi, 16ni) in it.
+fn subgroup_block(t: Job, sm0: u32, lane: u32, acc: ptr<function, array<vec4<f32>, 64>>) -> vec2<u32> {
     let mi = lane / 4u;
     let ni = lane % 4u;
-    let sm0 = t.tile_m * 64u + 32u * s;
     let sn0 = t.tile_n * 64u;
     let K = t.k;
     let full = K / 4u * 4u;
@@ -848,15 +849,14 @@ fn subgroup_block(t: Job, s: u32, lane: u32, acc: ptr<function, array<vec4<f32>,
     return vec2<u32>(sm0 + 16u * mi, sn0 + 16u * ni);
 }
 
-@compute @workgroup_size(16)
+@compute @workgroup_size(8)
 fn matmul_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>,
                            @builtin(num_workgroups) nwg: vec3<u32>,
-                           @builtin(subgroup_id) s: u32,
                            @builtin(subgroup_invocation_id) lane: u32) {
     let t = job(wg, nwg);
     if (!t.valid) { return; }
     var acc: array<vec4<f32>, 64>;
-    let at = subgroup_block(t, s, lane, &acc);
+    let at = subgroup_block(t, t.tile_m * 32u, lane, &acc);
     store_block16(t.c_off, at.x, at.y, &acc);  // with the epilogue
 }
 
@@ -923,14 +923,14 @@ fn store_block16_v4(c_off: u32, m0: u32, n0: u32, acc: ptr<function, array<vec4<
 // same block, stored as vec4s. On lavapipe a scalar store is a scatter across the lanes, and
 // for a short K the stores were most of the time: ResNet-50's 1×1 64 -> 256 convolutions
 // (K = 64) took about as long as the same product with K = 128.
-@compute @workgroup_size(16)
+@compute @workgroup_size(8)
 fn matmul_forward_subgroup_v4(@builtin(workgroup_id) wg: vec3<u32>,
                               @builtin(num_workgroups) nwg: vec3<u32>,
-                              @builtin(subgroup_id) s: u32,
                               @builtin(subgroup_invocation_id) lane: u32) {
     let t = job(wg, nwg);
     if (!t.valid) { return; }
     var acc: array<vec4<f32>, 64>;
-    let at = subgroup_block(t, s, lane, &acc);
+    let at = subgroup_block(t, t.tile_m * 32u, lane, &acc);
     store_block16_v4(t.c_off, at.x, at.y, &acc);  // with the epilogue
 }
+

@@ -50,8 +50,16 @@ fn base_kernel() -> Kernel {
     }
 }
 
-/// Output tile of one workgroup, in every kernel.
+/// Output tile of one workgroup (TILE × TILE), in every kernel but the subgroup ones.
 const TILE: usize = 64;
+
+/// Rows of the subgroup kernels' output tile (SUBGROUP_TILE_M × TILE): one subgroup of 8
+/// lanes per workgroup. Two subgroups per 64×64 tile ran the same on large products
+/// (1024³ 59-62 ms against 59 ms, 2048³ 557 against 519-558, lavapipe, alternated) and
+/// wasted half of each tile on products 32 rows high, which the digits CNN and small
+/// batches are made of: its weight gradient (1024×32)ᵀ·(1024×144) took 1.03 ms against
+/// 0.59 ms; 64×4096×64 (one tile) 2.0-2.7 ms against 0.93-0.96.
+const SUBGROUP_TILE_M: usize = 32;
 
 /// Multiply-adds up to which a product the register-blocked variant runs takes
 /// `matmul_forward_small` (4x4 outputs per invocation, loads of any alignment, so no padded
@@ -545,7 +553,12 @@ fn matmul_dispatch<'a>(
     let (b, ldb4) = b_copy
         .as_ref()
         .map_or((b, ldb), |(g, bytes, ld)| ((g.raw(), *bytes), *ld));
-    let (tiles_m, tiles_n) = (p.m.div_ceil(TILE), p.n.div_ceil(TILE));
+    let tile_m = if entry.starts_with("matmul_forward_subgroup") {
+        SUBGROUP_TILE_M
+    } else {
+        TILE
+    };
+    let (tiles_m, tiles_n) = (p.m.div_ceil(tile_m), p.n.div_ceil(TILE));
     // Batch strides are whole matrices: rescale them to the padded row length.
     let a_strides: Vec<usize> = p.a_strides.iter().map(|s| s / lda * lda4).collect();
     let b_strides: Vec<usize> = p.b_strides.iter().map(|s| s / ldb * ldb4).collect();
