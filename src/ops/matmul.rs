@@ -74,10 +74,7 @@ const SMALL_PRODUCT: usize = 1 << 21;
 /// kernels to about 1 ms (lavapipe).
 const GEMV_ROWS: usize = 4;
 
-/// Longest K the small kernel takes. Past it, few outputs and a long walk along K (a
-/// convolution's weight gradient: K = batch·H·W) ran 1.4x slower on it than on the 8x8
-/// kernel (digits CNN epoch 540 -> 750-790 ms on lavapipe).
-const SMALL_K: usize = 256;
+use crate::ops::matmul_variant::SMALL_K;
 
 /// Lavapipe silently ends an invocation after 65,535 loop iterations (see
 /// [`crate::gpu::LOOP_BUDGET`]), and every product kernel walks K inside one invocation, so a
@@ -330,7 +327,7 @@ impl Tensor {
                     self,
                     other,
                     (transpose_a, transpose_b),
-                    plan.batch() * plan.m * plan.n * plan.k,
+                    (plan.batch() * plan.m * plan.n * plan.k, plan.k),
                     requested,
                 ) {
                     MatmulVariant::Auto => variant,

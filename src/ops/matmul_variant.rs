@@ -10,6 +10,13 @@ use crate::gpu::GpuContext;
 /// Environment variable that pins the kernel [`MatmulVariant::Auto`] picks.
 pub const MATMUL_ENV: &str = "WGRAD_MATMUL";
 
+/// Longest K the small kernel (`matmul_forward_small`) takes. Past it, few outputs and a
+/// long walk along K (a convolution's weight gradient: K = batch·H·W) ran 1.4x slower on it
+/// than on the 8x8 kernel (digits CNN epoch 540 -> 750-790 ms on lavapipe), and the digits
+/// CNN's classifier (64×512·512×10) 0.72 ms on the 8x8 kernel against 0.28 ms on the
+/// subgroup kernel.
+pub(crate) const SMALL_K: usize = 256;
+
 /// Which GPU kernel computes a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatmulVariant {
