@@ -18,8 +18,9 @@
 //                              invocation reads and writes whole 128-byte rows.
 //   transpose_blocked4_forward the same with vec4 loads and stores (M, N multiples of 4).
 //   transpose_small4_forward   one 4x4 sub-block per invocation, numbered across the whole
-//                              batch; workgroup 64. For CPU adapters when the matrices are
-//                              small (a side under 256): there the blocked kernels leave
+//                              batch; workgroup 64. Where the blocked kernel is chosen and
+//                              the matrices are small (M, N multiples of 4, M·N at most
+//                              128·128, src/ops/layout.rs): there the blocked kernels leave
 //                              most of a workgroup idle and one lane walks a whole matrix.
 // Strided copies (permute, broadcast_to, slice, concat):
 //   strided_copy_forward       out[out_offset + sum c_d*out_stride_d] =
@@ -143,6 +144,19 @@ fn transpose_blocked_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_
     }
 }
 
+// The 4x4 sub-block (bi, bj), in vec4 units, of the (M, N) matrix whose first vec4 is base4:
+// its four input rows written back as its four output columns.
+fn transpose_sub4(base4: u32, bi: u32, bj: u32, m4: u32, n4: u32) {
+    let a0 = src4[base4 + (bi * 4u + 0u) * n4 + bj];
+    let a1 = src4[base4 + (bi * 4u + 1u) * n4 + bj];
+    let a2 = src4[base4 + (bi * 4u + 2u) * n4 + bj];
+    let a3 = src4[base4 + (bi * 4u + 3u) * n4 + bj];
+    dst4[base4 + (bj * 4u + 0u) * m4 + bi] = vec4<u32>(a0.x, a1.x, a2.x, a3.x);
+    dst4[base4 + (bj * 4u + 1u) * m4 + bi] = vec4<u32>(a0.y, a1.y, a2.y, a3.y);
+    dst4[base4 + (bj * 4u + 2u) * m4 + bi] = vec4<u32>(a0.z, a1.z, a2.z, a3.z);
+    dst4[base4 + (bj * 4u + 3u) * m4 + bi] = vec4<u32>(a0.w, a1.w, a2.w, a3.w);
+}
+
 @compute @workgroup_size(8, 8)
 fn transpose_blocked4_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                               @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -163,15 +177,7 @@ fn transpose_blocked4_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num
         for (var q = 0u; q < SUB; q = q + 1u) {
             let bj = bj0 + q;
             if (bj >= n4) { break; }
-            // Four input rows of one 4x4 sub-block, written back as its four columns.
-            let a0 = src4[base4 + (bi * 4u + 0u) * n4 + bj];
-            let a1 = src4[base4 + (bi * 4u + 1u) * n4 + bj];
-            let a2 = src4[base4 + (bi * 4u + 2u) * n4 + bj];
-            let a3 = src4[base4 + (bi * 4u + 3u) * n4 + bj];
-            dst4[base4 + (bj * 4u + 0u) * m4 + bi] = vec4<u32>(a0.x, a1.x, a2.x, a3.x);
-            dst4[base4 + (bj * 4u + 1u) * m4 + bi] = vec4<u32>(a0.y, a1.y, a2.y, a3.y);
-            dst4[base4 + (bj * 4u + 2u) * m4 + bi] = vec4<u32>(a0.z, a1.z, a2.z, a3.z);
-            dst4[base4 + (bj * 4u + 3u) * m4 + bi] = vec4<u32>(a0.w, a1.w, a2.w, a3.w);
+            transpose_sub4(base4, bi, bj, m4, n4);
         }
     }
 }
@@ -190,15 +196,7 @@ fn transpose_small4_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
     let r = i - b * per_matrix;
     let bj = r / m4;
     let bi = r - bj * m4;
-    let base4 = b * per_matrix * 4u;  // first vec4 of matrix b
-    let a0 = src4[base4 + (bi * 4u + 0u) * n4 + bj];
-    let a1 = src4[base4 + (bi * 4u + 1u) * n4 + bj];
-    let a2 = src4[base4 + (bi * 4u + 2u) * n4 + bj];
-    let a3 = src4[base4 + (bi * 4u + 3u) * n4 + bj];
-    dst4[base4 + (bj * 4u + 0u) * m4 + bi] = vec4<u32>(a0.x, a1.x, a2.x, a3.x);
-    dst4[base4 + (bj * 4u + 1u) * m4 + bi] = vec4<u32>(a0.y, a1.y, a2.y, a3.y);
-    dst4[base4 + (bj * 4u + 2u) * m4 + bi] = vec4<u32>(a0.z, a1.z, a2.z, a3.z);
-    dst4[base4 + (bj * 4u + 3u) * m4 + bi] = vec4<u32>(a0.w, a1.w, a2.w, a3.w);
+    transpose_sub4(b * per_matrix * 4u, bi, bj, m4, n4);  // from the first vec4 of matrix b
 }
 
 // Start of run `e`: the input and output positions of its first element, and the
