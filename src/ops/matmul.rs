@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::gpu::pool::GpuBuffer;
 use crate::gpu::{BufArg, GpuContext, Kernel};
 use crate::ops::matmul_plan::{matmul_forward, MatmulPlan};
-use crate::ops::matmul_variant::resolve;
+use crate::ops::matmul_variant::{resolve, SMALL_K};
 pub use crate::ops::matmul_variant::{MatmulVariant, MATMUL_ENV};
 use crate::ops::{gpu_output, grid_1d, pack_dims};
 use crate::tensor::Tensor;
@@ -54,10 +54,10 @@ fn base_kernel() -> Kernel {
 const TILE: usize = 64;
 
 /// Rows of the subgroup kernels' output tile (SUBGROUP_TILE_M × TILE): one subgroup of 8
-/// lanes per workgroup. Two subgroups per 64×64 tile ran the same on large products
-/// (1024³ 59-62 ms against 59 ms, 2048³ 557 against 519-558, lavapipe, alternated) and
-/// wasted half of each tile on products 32 rows high, which the digits CNN and small
-/// batches are made of: its weight gradient (1024×32)ᵀ·(1024×144) took 1.03 ms against
+/// lanes per workgroup. Two subgroups per 64×64 tile ran level on large products within a
+/// noisy host's spread (1024³ 59-98 ms against 59-75, ResNet-50 inference 360-456 ms
+/// against 364-417, lavapipe, alternated) and wasted half of each tile on products 32 rows
+/// high, which the digits CNN and small batches are made of: its weight gradient (1024×32)ᵀ·(1024×144) took 1.03 ms against
 /// 0.59 ms; 64×4096×64 (one tile) 2.0-2.7 ms against 0.93-0.96.
 const SUBGROUP_TILE_M: usize = 32;
 
@@ -73,8 +73,6 @@ const SMALL_PRODUCT: usize = 1 << 21;
 /// kernels: ResNet-50's head (1×2048 · 2048×1000) went from 7-17 ms on the 64×64-tile
 /// kernels to about 1 ms (lavapipe).
 const GEMV_ROWS: usize = 4;
-
-use crate::ops::matmul_variant::SMALL_K;
 
 /// Lavapipe silently ends an invocation after 65,535 loop iterations (see
 /// [`crate::gpu::LOOP_BUDGET`]), and every product kernel walks K inside one invocation, so a
