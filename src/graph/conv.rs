@@ -93,23 +93,27 @@ impl Var {
             .add(&bias.reshape(&[1, f, 1, 1])?)
     }
 
-    /// The batch-folded convolution (see [`folds`]): one product (N·L, CK)·(F, CK)ᵀ over the
-    /// whole batch, the bias (if any) added to its columns so it joins the product's
-    /// epilogue, then a permute to NCHW. The exporter's `match_folded_conv` reads this chain.
+    /// The batch-folded convolution (see [`folds`]): one product (F, CK)·(N·L, CK)ᵀ over the
+    /// whole batch, the bias (if any) added to its rows so it joins the product's epilogue,
+    /// then a permute (F, N, L) → (N, F, L). F is short (32 in the digits CNN): as the
+    /// product's rows it fills the 32-row tiles of the subgroup kernel, where as its columns
+    /// it idled half of every 64-wide tile. Measured on lavapipe, per dispatch, digits conv2:
+    /// 0.36-0.65 ms against 1.13-1.65 ms. The exporter's `match_folded_conv` reads this chain.
     fn conv2d_folded(&self, weight: &Var, bias: Option<&Var>, geom: Conv2d) -> Result<Var> {
         let (n, f) = (self.shape()[0], weight.shape()[0]);
         let (oh, ow) = geom.output_size("conv2d", self.shape())?;
         let cgk = weight.shape()[1..].iter().product::<usize>();
-        let mut y = self.im2col(geom)?.reshape(&[n * oh * ow, cgk])?.matmul_t(
-            &weight.reshape(&[f, cgk])?,
+        let mut y = weight.reshape(&[f, cgk])?.matmul_t(
+            &self.im2col(geom)?.reshape(&[n * oh * ow, cgk])?,
             false,
             true,
         )?;
         if let Some(b) = bias {
-            y = y.add(&b.reshape(&[f])?)?;
+            // Through (F) so that the exporter finds the bias as ONNX's Conv wants it.
+            y = y.add(&b.reshape(&[f])?.reshape(&[f, 1])?)?;
         }
-        y.reshape(&[n, oh * ow, f])?
-            .permute(&[0, 2, 1])?
+        y.reshape(&[f, n, oh * ow])?
+            .permute(&[1, 0, 2])?
             .reshape(&[n, f, oh, ow])
     }
 

@@ -231,22 +231,25 @@ fn match_conv(nodes: &[Node], id: NodeId) -> Option<Pattern> {
 }
 
 /// The batch-folded convolution (`Var::conv2d` and `Var::conv2d_bias` on images with few
-/// output positions): reshape (N, F, OH, OW) ← permute (0, 2, 1) ← reshape (N, L, F) ←
-/// [add the bias (F)] ← matmul_t(reshape (N·L, CK) of im2col(x), filters reshaped to
-/// (F, CK), tb).
+/// output positions): reshape (N, F, OH, OW) ← permute (1, 0, 2) ← reshape (F, N, L) ←
+/// [add the bias, (F) reshaped to (F, 1)] ← matmul_t(filters reshaped to (F, CK), reshape (N·L, CK) of
+/// im2col(x), tb).
 fn match_folded_conv(nodes: &[Node], id: NodeId) -> Option<Pattern> {
     let Op::Reshape(target) = &nodes[id].op else {
         return None;
     };
     let perm = nodes[id].inputs[0];
-    if !matches!(&nodes[perm].op, Op::Permute(a) if a == &[0, 2, 1]) {
+    if !matches!(&nodes[perm].op, Op::Permute(a) if a == &[1, 0, 2]) {
         return None;
     }
     let rows = input_if(nodes, perm, |_| true)?;
     let mut below = input_if(nodes, rows, |op| matches!(op, Op::Reshape(_)))?;
     let mut bias = None;
     if let Op::Binary(BinaryOp::Add) = nodes[below].op {
-        bias = Some(nodes[below].inputs[1]);
+        // The bias as (F), under its reshape to the product's rows (F, 1).
+        bias = Some(input_if(nodes, nodes[below].inputs[1], |op| {
+            matches!(op, Op::Reshape(_))
+        })?);
         below = nodes[below].inputs[0];
     }
     let Op::MatMul {
@@ -256,7 +259,7 @@ fn match_folded_conv(nodes: &[Node], id: NodeId) -> Option<Pattern> {
     else {
         return None;
     };
-    let (patches, filters) = (nodes[below].inputs[0], nodes[below].inputs[1]);
+    let (filters, patches) = (nodes[below].inputs[0], nodes[below].inputs[1]);
     let im = input_if(nodes, patches, |op| matches!(op, Op::Reshape(_)))?;
     let w = input_if(nodes, filters, |op| matches!(op, Op::Reshape(_)))?;
     let Op::Im2Col(geom) = &nodes[im].op else {
@@ -275,7 +278,7 @@ fn match_folded_conv(nodes: &[Node], id: NodeId) -> Option<Pattern> {
         && nodes[w].shape == [f, c, window.kernel[0], window.kernel[1]]
         && nodes[patches].shape == [n * oh * ow, ck]
         && nodes[filters].shape == [f, ck]
-        && nodes[rows].shape == [n, oh * ow, f]
+        && nodes[rows].shape == [f, n, oh * ow]
         && bias.is_none_or(|b| nodes[b].shape == [f]);
     fits.then_some(Pattern::Conv {
         x,
