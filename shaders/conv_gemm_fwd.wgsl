@@ -19,22 +19,46 @@ struct Params {
     cg: u32, fg: u32, k0: u32, k1: u32,   // channels and filters per group; reduction range
     chunk: u32, accumulate: u32, total: u32, blocks: u32, // grad_weight: positions per chunk;
                                            // whether to add to out; invocations; (see entries)
+    epi: u32,                              // the epilogue's parts: matmul.wgsl's EPI_* bits
+    pad0: u32, pad1: u32, pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;          // x (N, C, H, W)
 @group(0) @binding(2) var<storage, read> wp: array<vec4<f32>>;   // packed filters (G, K, Fgp)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;  // y (N, F, OH, OW)
+// The epilogue's per-filter operands (F values each; any buffer when that part is off).
+@group(0) @binding(4) var<storage, read> epi_scale: array<f32>;
+@group(0) @binding(5) var<storage, read> epi_shift: array<f32>;
+
+// The epilogue, applied to a filter's finished sums (the last part of a split reduction):
+// relu?(v·scale[f] + shift[f]), in the order and with the f32 ops of the element-wise
+// kernels it replaces (a convolution's bias, a folded batch norm, a ReLU). The bits are
+// matmul.wgsl's EPI_RELU, EPI_SCALE and EPI_SHIFT (src/ops/matmul.rs: Epilogue::flags).
+const CONV_EPI_RELU: u32 = 8u;
+const CONV_EPI_SCALE: u32 = 64u;
+const CONV_EPI_SHIFT: u32 = 128u;
+
+fn conv_epilogue(f: u32, v: vec4<f32>) -> vec4<f32> {
+    let e = params.epi;
+    var r = v;
+    if ((e & CONV_EPI_SCALE) != 0u) { r = r * epi_scale[f]; }
+    if ((e & CONV_EPI_SHIFT) != 0u) { r = r + epi_shift[f]; }
+    if ((e & CONV_EPI_RELU) != 0u) { r = max(r, vec4<f32>(0.0)); }
+    return r;
+}
 
 fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 64u + lid;
 }
 
-// The one place the forward writes y: an epilogue (bias, batch norm, activation) fused
-// later would apply here, per output element (n, filter f, position l).
+// The one place conv_forward writes y, per output element (n, filter f, position l).
 fn store_output(n: u32, f: u32, l: u32, v: f32) {
     let o = (n * params.f + f) * params.oh * params.ow + l;
-    if (params.accumulate != 0u) { out[o] = out[o] + v; } else { out[o] = v; }
+    var y = v;
+    if (params.accumulate != 0u) { y = y + out[o]; }
+    if (params.epi != 0u) { y = conv_epilogue(f, vec4<f32>(y)).x; }
+    out[o] = y;
 }
 
 // Filter f's sums at positions l0..l0+4 (those below L).
@@ -187,6 +211,7 @@ fn store_row4(n: u32, f: u32, l0: u32, v: vec4<f32>) {
     let o = ((n * params.f + f) * params.oh * params.ow + l0) / 4u;
     var y = v;
     if (params.accumulate != 0u) { y = y + out4[o]; }
+    if (params.epi != 0u) { y = conv_epilogue(f, y); }
     out4[o] = y;
 }
 

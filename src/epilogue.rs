@@ -100,7 +100,7 @@ pub(crate) fn plan(
             continue;
         }
         let taken = |j: NodeId| absorbed[j] || roots.contains_key(&j);
-        let Some(found) = grow(nodes, users, &inner, &taken, m, (rows, cols)) else {
+        let Some(found) = grow(nodes, users, &inner, &taken, m, (rows, cols), &op) else {
             continue;
         };
         let mut inputs = nodes[m].inputs.clone();
@@ -126,6 +126,13 @@ pub(crate) fn plan(
 /// The product a node computes, with the rows and columns of its output matrices (its
 /// elements are (batch, rows, cols) in that order), if it can take an epilogue.
 fn product_of(nodes: &[Node], m: NodeId) -> Option<(ProductOp, usize, usize)> {
+    if let Op::Conv(crate::ops::conv_gemm::ConvPass::Forward, geom) = nodes[m].op {
+        // (N, F, OH, OW): N matrices of F rows (the output channels), OH·OW columns.
+        let [_, f, oh, ow] = nodes[m].shape[..] else {
+            return None;
+        };
+        return Some((ProductOp::Conv(geom), f, oh * ow));
+    }
     let Op::MatMul { ta, tb } = nodes[m].op else {
         return None;
     };
@@ -158,6 +165,7 @@ fn grow(
     taken: &dyn Fn(NodeId) -> bool,
     m: NodeId,
     (rows, cols): (usize, usize),
+    op: &ProductOp,
 ) -> Option<Found> {
     // Stages: 0 reshapes, 1 scale, 2 shift or bias, 3 residual, 4 relu, 5 mask (last).
     let mut stage = 0;
@@ -180,6 +188,19 @@ fn grow(
         }
         .filter(|&q| nodes[q].dtype == DType::F32);
         let axis = other.and_then(|q| along(&nodes[q].shape, &view, rows, cols));
+        // The parts so far plus the one `u` would add must be ones the kernel takes.
+        let mut next = epi;
+        match nodes[u].op {
+            Op::Binary(BinaryOp::Mul) if chain.len() == 1 && axis != Some(Along::Row) => {
+                next.mask = true
+            }
+            Op::Binary(BinaryOp::Add) if axis == Some(Along::Col) => next.bias = true,
+            Op::Binary(BinaryOp::Add) if axis != Some(Along::Row) => next.residual = true,
+            _ => {}
+        }
+        if !op.takes(&next) {
+            break;
+        }
         match nodes[u].op {
             Op::Reshape(_) if stage == 0 => {
                 view = nodes[u].shape.clone();

@@ -47,6 +47,21 @@ pub(crate) enum FusedKind {
 pub(crate) enum ProductOp {
     /// `op(A)·op(B)` (`Op::MatMul`).
     MatMul { ta: bool, tb: bool },
+    /// The implicit-GEMM convolution forward (`Op::Conv(ConvPass::Forward, geom)`): output
+    /// (N, F, OH, OW) as N matrices of F rows and OH·OW columns. Takes the per-row parts
+    /// (scale, shift) and the ReLU only.
+    Conv(crate::ops::conv::Conv2d),
+}
+
+impl ProductOp {
+    /// Whether the product's kernel applies epilogue `epi` (the convolution kernels take
+    /// the per-row parts and the ReLU, not a column bias, a residual or a mask).
+    pub(crate) fn takes(&self, epi: &EpiParts) -> bool {
+        match self {
+            ProductOp::MatMul { .. } => true,
+            ProductOp::Conv(_) => !(epi.bias || epi.residual || epi.mask),
+        }
+    }
 }
 
 /// Which parts of `relu?(C·scale[row] + shift[row] + bias[col] + residual) · [y > 0]?` a

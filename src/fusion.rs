@@ -297,6 +297,7 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
             ProductOp::MatMul { ta, tb } => {
                 args[0].matmul_epilogue(args[1], (ta, tb), MatmulVariant::Auto, epilogue)?
             }
+            ProductOp::Conv(geom) => args[0].conv2d_implicit_epilogue(args[1], geom, epilogue)?,
         };
         // The product's elements in the order the graph's view of them has (a reshape).
         return Ok(vec![(root, c.reshape(&f.shape)?)]);

@@ -190,14 +190,24 @@ fn shared_values_and_grouped_convolutions_are_not_folded() {
     for k in 0..2 {
         assert_close(&format!("output {k}"), &got[k], &want[k], 1e-4, 1e-4);
     }
-    // Grouped: (G, F/G, ·) products, one per group; the per-channel ops run after them.
+    // Grouped through im2col (C/G·KH·KW = 72, past the implicit kernel's short
+    // reductions): (G, F/G, ·) products, one per group; the per-channel ops run after them.
     let g = Graph::new();
     let geom = Conv2d::new(3, 3).padding(1).groups(2);
-    let (y, feeds) = block(&g, [2, 6, 5, 5], 4, geom, parts);
+    let (y, feeds) = block(&g, [2, 16, 8, 8], 4, geom, parts);
     let (got, entries) = run(&dev, &g, &y, &feeds);
+    assert!(products(&entries) > 0, "{entries:?}");
     assert!(!elementwise(&entries).is_empty(), "{entries:?}");
     let (want, _) = run(&cpu, &g, &y, &feeds);
-    assert_close("groups 2", &got, &want, 1e-4, 1e-4);
+    assert_close("groups 2 (im2col)", &got, &want, 1e-4, 1e-4);
+    // Grouped through the implicit-GEMM kernel (C/G·KH·KW = 27): its output channels are
+    // the global filter index, so the per-channel ops join its store.
+    let g = Graph::new();
+    let (y, feeds) = block(&g, [2, 6, 5, 5], 4, geom, parts);
+    let (got, entries) = run(&dev, &g, &y, &feeds);
+    assert!(elementwise(&entries).is_empty(), "{entries:?}");
+    let (want, _) = run(&cpu, &g, &y, &feeds);
+    assert_close("groups 2 (implicit)", &got, &want, 1e-4, 1e-4);
 }
 
 /// A training step through conv → bn → relu: the forward values have other users (the

@@ -18,6 +18,7 @@ use crate::gpu::{Kernel, LOOP_BUDGET};
 use crate::ops::chunk::windows;
 use crate::ops::conv::Conv2d;
 use crate::ops::gpu_output;
+use crate::ops::matmul::Epilogue;
 use crate::ops::reduce::ReduceOp;
 use crate::tensor::Tensor;
 
@@ -208,6 +209,10 @@ fn params(
         accumulate as usize,
         total,
         fgp,
+        0, // epi: the forward's epilogue bits, set by its caller
+        0,
+        0,
+        0,
     ];
     if v.iter().any(|&d| d > u32::MAX as usize) {
         return Err(Error::Invalid {
@@ -251,8 +256,77 @@ impl Tensor {
         self.conv2d_pass(weight, ConvPass::Forward, geom)
     }
 
+    /// [`Tensor::conv2d_implicit`] with an epilogue applied as the kernel stores y:
+    /// `relu?(y·scale[f] + shift[f])` per output channel f (a convolution's bias, a folded
+    /// batch norm, a ReLU; src/epilogue.rs fuses them in compiled graphs). The column bias,
+    /// residual and mask parts are not taken by the convolution kernels: an error.
+    pub(crate) fn conv2d_implicit_epilogue(
+        &self,
+        weight: &Tensor,
+        geom: Conv2d,
+        epi: Epilogue<'_>,
+    ) -> Result<Tensor> {
+        let op = "conv2d";
+        if epi.bias.is_some() || epi.residual.is_some() || epi.mask.is_some() {
+            return Err(Error::Invalid {
+                op,
+                detail:
+                    "a convolution's epilogue takes a per-channel scale and shift and a ReLU only"
+                        .into(),
+            });
+        }
+        let f = weight.shape().first().copied().unwrap_or(0);
+        for (part, t) in [("scale", epi.scale), ("shift", epi.shift)] {
+            if let Some(t) = t {
+                if t.numel() != f || t.dtype() != crate::DType::F32 {
+                    return Err(Error::Shape {
+                        op,
+                        detail: format!(
+                            "epilogue {part} of shape {:?} ({:?}) for {f} filters (weights {:?}): it needs {f} f32 values",
+                            t.shape(),
+                            t.dtype(),
+                            weight.shape()
+                        ),
+                    });
+                }
+                self.expect_same_device(op, t)?;
+            }
+        }
+        match &self.device().inner {
+            DeviceInner::Gpu(_) if epi.flags() != 0 => {
+                self.conv2d_pass_with(weight, ConvPass::Forward, geom, epi)
+            }
+            _ => {
+                // The same ops one by one (the CPU reference, or no epilogue at all).
+                let y = self.conv2d_pass(weight, ConvPass::Forward, geom)?;
+                let per_channel = [1, f, 1, 1];
+                let mut y = y;
+                if let Some(a) = epi.scale {
+                    y = y.mul(&a.reshape(&per_channel)?)?;
+                }
+                if let Some(c) = epi.shift {
+                    y = y.add(&c.reshape(&per_channel)?)?;
+                }
+                if epi.relu {
+                    y = y.relu()?;
+                }
+                Ok(y)
+            }
+        }
+    }
+
     /// One pass of a convolution (see [`ConvPass`]) on `self` and `other`.
     pub fn conv2d_pass(&self, other: &Tensor, pass: ConvPass, geom: Conv2d) -> Result<Tensor> {
+        self.conv2d_pass_with(other, pass, geom, Epilogue::default())
+    }
+
+    fn conv2d_pass_with(
+        &self,
+        other: &Tensor,
+        pass: ConvPass,
+        geom: Conv2d,
+        epi: Epilogue<'_>,
+    ) -> Result<Tensor> {
         let op = pass.name();
         self.expect_f32(op)?;
         other.expect_f32(op)?;
@@ -338,8 +412,27 @@ impl Tensor {
                             } else {
                                 "conv_forward"
                             };
-                            for (i, k) in budget_ranges(cg * khw).into_iter().enumerate() {
-                                run(&FORWARD, entry, [a, wpa, o], k, 0, i > 0, total)?;
+                            // The epilogue on the last part of the reduction (the earlier
+                            // ones store partial sums); an absent operand binds wp.
+                            let scale = epi.scale.and_then(|t| t.gpu_arg()).unwrap_or(wpa);
+                            let shift = epi.shift.and_then(|t| t.gpu_arg()).unwrap_or(wpa);
+                            let ranges = budget_ranges(cg * khw);
+                            let last = ranges.len().saturating_sub(1);
+                            for (i, k) in ranges.into_iter().enumerate() {
+                                let mut p =
+                                    params(op, &geom, &xs, f, oh, ow, k, 0, i > 0, total, fgp)?;
+                                p[24] = if i == last { epi.flags() } else { 0 };
+                                let exact = total >= 1 << 24 || oh * ow >= 1 << 24;
+                                let consts: &[(&str, f64)] =
+                                    if exact { &[("EXACT", 1.0)] } else { &[] };
+                                ctx.dispatch(
+                                    &FORWARD,
+                                    entry,
+                                    consts,
+                                    &p,
+                                    &[a, wpa, o, scale, shift],
+                                    ctx.grid((total as u64).div_ceil(64)),
+                                )?;
                             }
                         } else {
                             let total = blocks(cg, xs[2] * xs[3], xs[0] * g);
@@ -431,6 +524,114 @@ mod tests {
             assert!(r.windows(2).all(|p| p[0].1 == p[1].0));
             assert!(r.iter().all(|(a, b)| b - a <= LOOP_BUDGET));
         }
+    }
+
+    /// Both forward entries apply every per-channel epilogue part as the CPU reference's
+    /// separate element-wise ops compute them: positions not a multiple of 4 (conv_forward)
+    /// and a multiple (conv_forward4), filters past one block of 16 and not a multiple of
+    /// 4, groups, stride 2 with odd sizes, and a reduction past the loop budget (split into
+    /// parts: the epilogue only on the last). Bad operands are errors naming the op.
+    #[test]
+    fn the_implicit_forward_applies_the_epilogue() {
+        let Ok(dev) = crate::Device::gpu() else {
+            return;
+        };
+        let cpu = crate::Device::cpu();
+        let t = |seed: u64, shape: &[usize]| {
+            let n = shape.iter().product();
+            let v = crate::Rng::new(seed).vec_uniform(n, -1.0, 1.0);
+            (
+                Tensor::from_slice(&dev, &v, shape).unwrap(),
+                Tensor::from_slice(&cpu, &v, shape).unwrap(),
+            )
+        };
+        let cases: [([usize; 4], usize, Conv2d); 4] = [
+            ([2, 3, 5, 7], 5, Conv2d::new(3, 3).padding(1)), // 35 positions
+            ([1, 4, 6, 6], 18, Conv2d::new(3, 3).padding(1)), // 36 positions, 2 blocks
+            (
+                [3, 6, 9, 7],
+                4,
+                Conv2d::new(3, 3).stride(2).padding(1).groups(2),
+            ),
+            ([1, 1900, 3, 3], 3, Conv2d::new(3, 3).padding(1)), // K = 17,100 > budget
+        ];
+        for (i, (xs, f, geom)) in cases.into_iter().enumerate() {
+            let seed = 10 * i as u64;
+            let (x, x_cpu) = t(seed, &xs);
+            let (w, w_cpu) = t(seed + 1, &[f, xs[1] / geom.groups, geom.kh, geom.kw]);
+            let (scale, scale_cpu) = t(seed + 2, &[f]);
+            let (shift, shift_cpu) = t(seed + 3, &[f, 1, 1]);
+            for parts in 0..3 {
+                // 0: scale, shift, relu (a folded batch norm and its ReLU); 1: shift (a
+                // bias); 2: scale, relu.
+                fn make<'t>(parts: usize, s: &'t Tensor, sh: &'t Tensor) -> Epilogue<'t> {
+                    Epilogue {
+                        scale: (parts != 1).then_some(s),
+                        shift: (parts != 2).then_some(sh),
+                        relu: parts != 1,
+                        ..Epilogue::default()
+                    }
+                }
+                let label = format!("{xs:?} f={f} {geom:?} parts {parts}");
+                let want = x_cpu
+                    .conv2d_implicit_epilogue(&w_cpu, geom, make(parts, &scale_cpu, &shift_cpu))
+                    .unwrap();
+                // The reference composes the ops one by one: check it against them.
+                let mut plain = x_cpu.conv2d_implicit(&w_cpu, geom).unwrap();
+                let per_channel = [1, f, 1, 1];
+                if parts != 1 {
+                    plain = plain
+                        .mul(&scale_cpu.reshape(&per_channel).unwrap())
+                        .unwrap();
+                }
+                if parts != 2 {
+                    plain = plain
+                        .add(&shift_cpu.reshape(&per_channel).unwrap())
+                        .unwrap();
+                }
+                if parts != 1 {
+                    plain = plain.relu().unwrap();
+                }
+                let want = want.to_vec::<f32>().unwrap();
+                assert_eq!(want, plain.to_vec::<f32>().unwrap(), "{label}");
+                let got = x
+                    .conv2d_implicit_epilogue(&w, geom, make(parts, &scale, &shift))
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap();
+                for (k, (g, r)) in got.iter().zip(&want).enumerate() {
+                    let tol = 1e-4 * (1.0 + r.abs()) * if i == 3 { 10.0 } else { 1.0 };
+                    assert!((g - r).abs() <= tol, "{label}: element {k}: {g} vs {r}");
+                }
+            }
+        }
+        // A column bias is not a convolution epilogue; a scale of the wrong length is a
+        // shape error naming the op.
+        let (x, _) = t(1, &[1, 2, 4, 4]);
+        let (w, _) = t(2, &[3, 2, 3, 3]);
+        let (bad, _) = t(3, &[4]);
+        let e = x
+            .conv2d_implicit_epilogue(
+                &w,
+                Conv2d::new(3, 3),
+                Epilogue {
+                    bias: Some(&bad),
+                    ..Epilogue::default()
+                },
+            )
+            .unwrap_err();
+        assert!(format!("{e}").contains("conv2d"), "{e}");
+        let e = x
+            .conv2d_implicit_epilogue(
+                &w,
+                Conv2d::new(3, 3),
+                Epilogue {
+                    scale: Some(&bad),
+                    ..Epilogue::default()
+                },
+            )
+            .unwrap_err();
+        assert!(format!("{e}").contains("[4]"), "{e}");
     }
 
     #[test]
