@@ -610,28 +610,20 @@ mod tests {
         let (x, _) = t(1, &[1, 2, 4, 4]);
         let (w, _) = t(2, &[3, 2, 3, 3]);
         let (bad, _) = t(3, &[4]);
-        let e = x
-            .conv2d_implicit_epilogue(
-                &w,
-                Conv2d::new(3, 3),
-                Epilogue {
-                    bias: Some(&bad),
-                    ..Epilogue::default()
-                },
-            )
-            .unwrap_err();
-        assert!(format!("{e}").contains("conv2d"), "{e}");
-        let e = x
-            .conv2d_implicit_epilogue(
-                &w,
-                Conv2d::new(3, 3),
-                Epilogue {
-                    scale: Some(&bad),
-                    ..Epilogue::default()
-                },
-            )
-            .unwrap_err();
-        assert!(format!("{e}").contains("[4]"), "{e}");
+        let refuse = |epi: Epilogue<'_>| {
+            let e = x.conv2d_implicit_epilogue(&w, Conv2d::new(3, 3), epi);
+            e.unwrap_err().to_string()
+        };
+        let e = refuse(Epilogue {
+            bias: Some(&bad),
+            ..Epilogue::default()
+        });
+        assert!(e.contains("conv2d"), "{e}");
+        let e = refuse(Epilogue {
+            scale: Some(&bad),
+            ..Epilogue::default()
+        });
+        assert!(e.contains("[4]"), "{e}");
     }
 
     #[test]
