@@ -162,6 +162,9 @@ fn batch_norm_and_dropout_steps_record_and_match_the_reference() {
         "bn1.running_mean",
         "bn2.running_var",
         "conv1.weight",
+        "conv1.bias", // added in conv1's store (the conv epilogue)
+        "conv2.weight",
+        "conv2.bias", // added in the batch-folded product's store
         "fc.bias",
     ] {
         let got = exe.param(name).unwrap().to_vec::<f32>().unwrap();
