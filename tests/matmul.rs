@@ -51,10 +51,15 @@ fn check_product(
     let (gb, cb) = pair(dev, &b, &sb);
     let want = ca.matmul_t(&cb, ta, tb).unwrap();
     let (atol, rtol) = tol(k);
+    // Every result stays alive until all are checked: a dropped one's buffer would go back
+    // to the pool and be the next kernel's output, whose unwritten elements would then
+    // hold right answers.
+    let mut kept = Vec::new();
     for v in runnable(dev) {
         let label = format!("{} {sa:?} ta={ta} x {sb:?} tb={tb}", v.name());
         let got = ga.matmul_with_variant(&gb, ta, tb, v).unwrap();
         assert_tensor_close(&label, &got, &want, atol, rtol);
+        kept.push(got);
     }
 }
 
@@ -75,6 +80,11 @@ fn every_kernel_and_transpose_matches_reference() {
         (255, 257, 3),
         (1000, 3, 257),
         (7, 1000, 9),
+        // At most 16 columns on the small kernel (its invocations then run along M):
+        // a classifier's weight gradient, and the 16-column edge.
+        (70, 37, 10),
+        (130, 64, 16),
+        (45, 9, 17),
         // Past the small kernel's 2^21 multiply-adds (src/ops/matmul.rs SMALL_PRODUCT): the
         // register-blocked 8x8 kernel, its rows padded.
         (129, 130, 131),
