@@ -546,7 +546,13 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
                          @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = job(wg, nwg);
     if (!t.valid) { return; }
-    small_tile(t, t.tile_m * 64u + lid.y * 4u, t.tile_n * 64u + lid.x * 4u);
+    // Neighbouring invocations (the lanes of one SIMD group on a CPU adapter) run along N,
+    // unless C is at most 16 columns wide: then along M, so that a group's lanes all hold
+    // rows of C, where along N 5 of its 8 lanes idled past column 12 (a classifier's
+    // weight gradient, 512x10) and still cost a lane step at every load and store.
+    var sub = lid.xy;
+    if (params.n <= 16u) { sub = lid.yx; }
+    small_tile(t, t.tile_m * 64u + sub.y * 4u, t.tile_n * 64u + sub.x * 4u);
 }
 
 // ---------------------------------------------------------------------------------------------
