@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{gpu, pair, uniform};
+use common::{gpu, keep_alive, pair, uniform};
 use wgrad::ops::layout::{TransposeKernel, TRANSPOSE_ENV};
 use wgrad::{DType, Device, Error, Rng, Tensor};
 
@@ -127,7 +127,9 @@ fn transpose_matches_reference_with_every_kernel() {
         let want = c.transpose().unwrap();
         for k in TransposeKernel::ALL {
             let label = format!("transpose {} {shape:?}", k.name());
-            assert_exact(&label, &g.transpose_using(k).unwrap(), &want);
+            let got = g.transpose_using(k).unwrap();
+            assert_exact(&label, &got, &want);
+            keep_alive(got); // the next kernel must not get this answer as its output
         }
         assert_exact(
             &format!("transpose default {shape:?}"),

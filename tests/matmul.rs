@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, assert_tensor_close, gpu, pair, uniform};
+use common::{assert_close, assert_tensor_close, gpu, keep_alive, pair, uniform};
 use wgrad::ops::matmul::MatmulVariant;
 use wgrad::{Device, Error, Tensor};
 
@@ -51,15 +51,11 @@ fn check_product(
     let (gb, cb) = pair(dev, &b, &sb);
     let want = ca.matmul_t(&cb, ta, tb).unwrap();
     let (atol, rtol) = tol(k);
-    // Every result stays alive until all are checked: a dropped one's buffer would go back
-    // to the pool and be the next kernel's output, whose unwritten elements would then
-    // hold right answers.
-    let mut kept = Vec::new();
     for v in runnable(dev) {
         let label = format!("{} {sa:?} ta={ta} x {sb:?} tb={tb}", v.name());
         let got = ga.matmul_with_variant(&gb, ta, tb, v).unwrap();
         assert_tensor_close(&label, &got, &want, atol, rtol);
-        kept.push(got);
+        keep_alive(got); // see there: no later kernel gets this answer as its output
     }
 }
 
@@ -199,6 +195,7 @@ fn values_past_a_matrix_never_leak() {
                 );
                 let got = ga.matmul_with_variant(&gb, ta, tb, v).unwrap();
                 assert_tensor_close(&label, &got, &want, atol, rtol);
+                keep_alive(got);
             }
         }
     }

@@ -8,6 +8,19 @@ use std::sync::OnceLock;
 
 use wgrad::{Device, Graph, Rng, Tensor, Var};
 
+thread_local! {
+    static KEPT: std::cell::RefCell<Vec<Tensor>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps a kernel's result alive until the test's thread ends. A dropped result's buffer
+/// goes back to the device's pool and can become the next kernel's output, and then the
+/// elements that kernel never wrote (a loop stopped at lavapipe's cap, a missing block)
+/// still hold this right answer and compare equal. Tests that run several kernels on the
+/// same inputs keep every result.
+pub fn keep_alive(t: Tensor) {
+    KEPT.with(|k| k.borrow_mut().push(t));
+}
+
 /// Sizes every family is tested on: 1, odd, around the tile/workgroup, large.
 pub const SIZES: [usize; 7] = [1, 3, 17, 64, 255, 257, 1000];
 
