@@ -188,19 +188,9 @@ fn grow(
         }
         .filter(|&q| nodes[q].dtype == DType::F32);
         let axis = other.and_then(|q| along(&nodes[q].shape, &view, rows, cols));
-        // The parts so far plus the one `u` would add must be ones the kernel takes.
-        let mut next = epi;
-        match nodes[u].op {
-            Op::Binary(BinaryOp::Mul) if chain.len() == 1 && axis != Some(Along::Row) => {
-                next.mask = true
-            }
-            Op::Binary(BinaryOp::Add) if axis == Some(Along::Col) => next.bias = true,
-            Op::Binary(BinaryOp::Add) if axis != Some(Along::Row) => next.residual = true,
-            _ => {}
-        }
-        if !op.takes(&next) {
-            break;
-        }
+        // What the parts were before `u`: restored when its part is one the kernel does not
+        // take (ProductOp::takes), which ends the pattern there.
+        let before = (epi, ops, stage, extra_members.len());
         match nodes[u].op {
             Op::Reshape(_) if stage == 0 => {
                 view = nodes[u].shape.clone();
@@ -244,6 +234,11 @@ fn grow(
                 }
             }
             _ => break,
+        }
+        if !op.takes(&epi) {
+            (epi, ops, stage) = (before.0, before.1, before.2);
+            extra_members.truncate(before.3);
+            break;
         }
         chain.push(u);
     }

@@ -209,7 +209,7 @@ fn params(
         accumulate as usize,
         total,
         fgp,
-        0, // epi: the forward's epilogue bits, set by its caller
+        0, // epi: the forward's epilogue bits, set by `run`
         0,
         0,
         0,
@@ -298,9 +298,8 @@ impl Tensor {
             }
             _ => {
                 // The same ops one by one (the CPU reference, or no epilogue at all).
-                let y = self.conv2d_pass(weight, ConvPass::Forward, geom)?;
+                let mut y = self.conv2d_pass(weight, ConvPass::Forward, geom)?;
                 let per_channel = [1, f, 1, 1];
-                let mut y = y;
                 if let Some(a) = epi.scale {
                     y = y.mul(&a.reshape(&per_channel)?)?;
                 }
@@ -358,14 +357,17 @@ impl Tensor {
                 let (oh, ow) = (ys[2], ys[3]);
                 let khw = geom.kh * geom.kw;
                 let fgp = fg.div_ceil(FILTER_BLOCK) * FILTER_BLOCK;
+                // `epi`: the forward's epilogue bits (EPI_* of matmul.wgsl), 0 elsewhere.
                 let run = |kernel: &Kernel,
                            entry: &str,
-                           bufs: [crate::gpu::BufArg<'_>; 3],
+                           bufs: &[crate::gpu::BufArg<'_>],
                            k,
                            chunk,
                            acc,
-                           total| {
-                    let p = params(op, &geom, &xs, f, oh, ow, k, chunk, acc, total, fgp)?;
+                           total,
+                           epi: u32| {
+                    let mut p = params(op, &geom, &xs, f, oh, ow, k, chunk, acc, total, fgp)?;
+                    p[24] = epi;
                     // The forward divides in f32, exact for dividends (invocations, output
                     // positions) below 2^24; past that its pipeline constant EXACT.
                     let exact =
@@ -376,7 +378,7 @@ impl Tensor {
                         entry,
                         consts,
                         &p,
-                        &bufs,
+                        bufs,
                         ctx.grid((total as u64).div_ceil(64)),
                     )
                 };
@@ -399,11 +401,12 @@ impl Tensor {
                             run(
                                 &SHADER,
                                 "conv_weight_pack",
-                                [b, b, wpa],
+                                &[b, b, wpa],
                                 (0, 0),
                                 0,
                                 false,
                                 n_packed,
+                                0,
                             )?;
                             let total = (fgp / FILTER_BLOCK) * (oh * ow).div_ceil(4) * xs[0] * g;
                             // vec4 stores when each filter's plane is whole vec4s.
@@ -419,25 +422,15 @@ impl Tensor {
                             let ranges = budget_ranges(cg * khw);
                             let last = ranges.len().saturating_sub(1);
                             for (i, k) in ranges.into_iter().enumerate() {
-                                let mut p =
-                                    params(op, &geom, &xs, f, oh, ow, k, 0, i > 0, total, fgp)?;
-                                p[24] = if i == last { epi.flags() } else { 0 };
-                                let exact = total >= 1 << 24 || oh * ow >= 1 << 24;
-                                let consts: &[(&str, f64)] =
-                                    if exact { &[("EXACT", 1.0)] } else { &[] };
-                                ctx.dispatch(
-                                    &FORWARD,
-                                    entry,
-                                    consts,
-                                    &p,
-                                    &[a, wpa, o, scale, shift],
-                                    ctx.grid((total as u64).div_ceil(64)),
-                                )?;
+                                let bits = if i == last { epi.flags() } else { 0 };
+                                let bufs = [a, wpa, o, scale, shift];
+                                run(&FORWARD, entry, &bufs, k, 0, i > 0, total, bits)?;
                             }
                         } else {
                             let total = blocks(cg, xs[2] * xs[3], xs[0] * g);
                             for (i, k) in budget_ranges(fg * khw).into_iter().enumerate() {
-                                run(&SHADER, "conv_grad_input", [a, b, o], k, 0, i > 0, total)?;
+                                let bufs = [a, b, o];
+                                run(&SHADER, "conv_grad_input", &bufs, k, 0, i > 0, total, 0)?;
                             }
                         }
                         Ok(out)
@@ -457,11 +450,12 @@ impl Tensor {
                         run(
                             &SHADER,
                             "conv_grad_weight",
-                            [a, b, o],
+                            &[a, b, o],
                             (0, 0),
                             chunk,
                             false,
                             per_chunk * s,
+                            0,
                         )?;
                         if s == 1 {
                             part.reshape(&out_shape)
