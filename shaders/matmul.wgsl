@@ -59,7 +59,7 @@ struct Params {
     k_chunk: u32,           // length of every chunk but the last (K when splits = 1)
     split0: u32,            // index of this dispatch's first chunk
     epi_rows: u32,          // rows of one output matrix for the epilogue's per-row operands
-    pad1: u32,
+    c_group: u32,           // 0, or C stored in column groups of this many (see c_index)
     pad2: u32,
     batch_dims: array<vec4<u32>, 2>,  // output batch dims, outermost first
     a_strides: array<vec4<u32>, 2>,   // elements between A's matrices per batch dim (0 = broadcast)
@@ -100,6 +100,19 @@ const EPI_SCALE: u32 = 64u;
 const EPI_SHIFT: u32 = 128u;
 const EPI_RESIDUAL: u32 = 256u;
 const EPI_ANY: u32 = 476u;  // every EPI_ bit
+
+// Flat index of element (m, n) of the output matrix at c_off: row-major, or, with
+// params.c_group = g > 0, C's columns in groups of g stored as (N/g, M, g): a batch-folded
+// convolution's product (F, N·L) written straight as (N, F, L), its permute done by the
+// stores. Only store_row, store_row_v4 and matmul_forward_small take it (the host checks: one
+// output matrix, no split K, g a multiple of 4 so a vec4 of columns stays contiguous, no
+// residual or mask).
+fn c_index(c_off: u32, m: u32, n: u32) -> u32 {
+    let g = params.c_group;
+    if (g == 0u) { return c_off + m * params.n + n; }
+    let q = n / g;
+    return c_off + (q * params.m + m) * g + (n - q * g);
+}
 
 // The per-row factors of row m of an output matrix: (scale, shift), read once per row.
 fn epi_row(m: u32) -> vec2<f32> {
@@ -385,25 +398,27 @@ fn fma_panels(acc: ptr<function, array<vec4<f32>, 16>>, pa: array<vec4<f32>, 8>,
 fn store_row(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>) {
     let N = params.n;
     if (m >= params.m || n0 >= N) { return; }
-    let o = c_off + m * N + n0;
+    let o = c_index(c_off, m, n0);
     let epi = (params.flags & EPI_ANY) != 0u;
     let st = epi_row(m);
     if (n0 + 8u <= N) {
+        let o1 = c_index(c_off, m, n0 + 4u);
         var w0 = v0;
         var w1 = v1;
         if (epi) {
             w0 = epilogue4(v0, o, st, n0);
-            w1 = epilogue4(v1, o + 4u, st, n0 + 4u);
+            w1 = epilogue4(v1, o1, st, n0 + 4u);
         }
         c[o] = w0.x; c[o + 1u] = w0.y; c[o + 2u] = w0.z; c[o + 3u] = w0.w;
-        c[o + 4u] = w1.x; c[o + 5u] = w1.y; c[o + 6u] = w1.z; c[o + 7u] = w1.w;
+        c[o1] = w1.x; c[o1 + 1u] = w1.y; c[o1 + 2u] = w1.z; c[o1 + 3u] = w1.w;
         return;
     }
     // The right edge: a loop whose trip count the compiler cannot know, over vector lanes
     // (selects, not a local array): one small copy per row. A local array here cost 0.4 s of
     // LLVM time on lavapipe, straight-line guarded stores 0.25 s.
     for (var i = 0u; i < min(8u, N - n0); i++) {
-        c[o + i] = epilogue_at(select(v1[i & 3u], v0[i & 3u], i < 4u), o + i, st, n0 + i);
+        let oi = c_index(c_off, m, n0 + i);
+        c[oi] = epilogue_at(select(v1[i & 3u], v0[i & 3u], i < 4u), oi, st, n0 + i);
     }
 }
 
@@ -532,7 +547,7 @@ fn small_tile(t: Job, m0: u32, n0: u32) {
     }
     for (var r = 0u; r < min(4u, M - m0); r++) {
         let v = select(select(select(acc0, acc1, r == 1u), acc2, r == 2u), acc3, r == 3u);
-        let o = t.c_off + (m0 + r) * N + n0;
+        let o = c_index(t.c_off, m0 + r, n0);  // n0 % 4 = 0: 4 columns in one group
         let st = epi_row(m0 + r);
         for (var j = 0u; j < min(4u, N - n0); j++) {
             c[o + j] = epilogue_at(v[j], o + j, st, n0 + j);
@@ -888,16 +903,17 @@ fn epilogue4_v4(v: vec4<f32>, o: u32, st: vec2<f32>, n: u32) -> vec4<f32> {
 fn store_row_v4(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>) {
     let N = params.n;
     if (m >= params.m || n0 >= N) { return; }
-    let o = c_off + m * N + n0;
+    let o = c_index(c_off, m, n0);
     let epi = (params.flags & EPI_ANY) != 0u;
     let st = epi_row(m);
     var w0 = v0;
     if (epi) { w0 = epilogue4_v4(v0, o, st, n0); }
     c4[o / 4u] = w0;
     if (n0 + 8u <= N) {
+        let o1 = c_index(c_off, m, n0 + 4u);
         var w1 = v1;
-        if (epi) { w1 = epilogue4_v4(v1, o + 4u, st, n0 + 4u); }
-        c4[o / 4u + 1u] = w1;
+        if (epi) { w1 = epilogue4_v4(v1, o1, st, n0 + 4u); }
+        c4[o1 / 4u] = w1;
     }
 }
 

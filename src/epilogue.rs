@@ -188,6 +188,25 @@ fn grow(
         }
         .filter(|&q| nodes[q].dtype == DType::F32);
         let axis = other.and_then(|q| along(&nodes[q].shape, &view, rows, cols));
+        // A permute of the columns' groups ends the pattern: the product's stores do it.
+        // One output matrix whose (rows, cols) the permute sees as (rows, cols / g, g), g a
+        // multiple of 4 (the stores move vec4s of columns); not with a residual or a mask,
+        // which the kernel would read in the permuted order.
+        if let Some(([r, q, g], permute)) = column_groups(nodes, users, inner, taken, u, &view) {
+            let grouped = EpiParts { group: g, ..epi };
+            let one_matrix = view.iter().product::<usize>() == rows * cols;
+            if one_matrix
+                && (r, q * g) == (rows, cols)
+                && g % 4 == 0
+                && !epi.residual
+                && !epi.mask
+                && op.takes(&grouped)
+            {
+                epi = grouped;
+                chain.extend(permute);
+            }
+            break;
+        }
         // What the parts were before `u`: restored when its part is one the kernel does not
         // take (ProductOp::takes), which ends the pattern there.
         let before = (epi, ops, stage, extra_members.len());
@@ -246,7 +265,7 @@ fn grow(
     while chain.len() > 1 && matches!(nodes[chain[chain.len() - 1]].op, Op::Reshape(_)) {
         chain.pop();
     }
-    if stage == 0 {
+    if stage == 0 && epi.group == 0 {
         return None;
     }
     let root = chain.pop()?;
@@ -257,6 +276,30 @@ fn grow(
         epi,
         operands: ops.into_iter().flatten().collect(),
     })
+}
+
+/// The permute (R, Q, G) → (Q, R, G) at `u`, of the product's elements viewed as
+/// (R, Q, G) by a reshape at `u` or already: ([R, Q, G], the nodes it takes: the reshape,
+/// if any, and the permute). A batch-folded convolution's last step.
+fn column_groups(
+    nodes: &[Node],
+    users: &[Vec<NodeId>],
+    inner: &dyn Fn(NodeId, NodeId) -> bool,
+    taken: &dyn Fn(NodeId) -> bool,
+    u: NodeId,
+    view: &[usize],
+) -> Option<([usize; 3], Vec<NodeId>)> {
+    let permutes = |j: NodeId| matches!(&nodes[j].op, Op::Permute(axes) if axes[..] == [1, 0, 2]);
+    let (grouped, members) = match nodes[u].op {
+        Op::Reshape(_) => match users[u][..] {
+            [p] if permutes(p) && inner(u, p) && !taken(p) => (&nodes[u].shape[..], vec![u, p]),
+            _ => return None,
+        },
+        _ if permutes(u) => (view, vec![u]),
+        _ => return None,
+    };
+    let [r, q, g] = grouped[..] else { return None };
+    Some(([r, q, g], members))
 }
 
 /// Which index of a product's elements an operand follows.

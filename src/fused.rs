@@ -59,13 +59,13 @@ impl ProductOp {
     pub(crate) fn takes(&self, epi: &EpiParts) -> bool {
         match self {
             ProductOp::MatMul { .. } => true,
-            ProductOp::Conv(_) => !(epi.bias || epi.residual || epi.mask),
+            ProductOp::Conv(_) => !(epi.bias || epi.residual || epi.mask || epi.group > 0),
         }
     }
 }
 
 /// Which parts of `relu?(C·scale[row] + shift[row] + bias[col] + residual) · [y > 0]?` a
-/// fused product applies, each optional; the operands present are inputs in this order:
+/// fused product applies, each optional, and the order it stores them in; the operands present are inputs in this order:
 /// scale, shift, bias, residual, the mask's `y`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct EpiParts {
@@ -75,6 +75,10 @@ pub(crate) struct EpiParts {
     pub(crate) residual: bool,
     pub(crate) relu: bool,
     pub(crate) mask: bool,
+    /// 0, or the permute (rows, cols/group, group) → (cols/group, rows, group) that ends the
+    /// pattern, done by the product's stores (`Epilogue::group`): a batch-folded
+    /// convolution's (F, N·L) product written as (N, F, L).
+    pub(crate) group: usize,
 }
 
 impl EpiParts {

@@ -292,6 +292,7 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
             residual: take(epi.residual),
             relu: epi.relu,
             mask: take(epi.mask),
+            group: epi.group,
         };
         let c = match op {
             ProductOp::MatMul { ta, tb } => {

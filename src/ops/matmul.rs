@@ -152,6 +152,11 @@ pub(crate) struct Epilogue<'a> {
     /// As many elements as C: `C · [mask > 0]` (ReLU's gradient through the layer's output).
     /// Bound in the residual's place, so not both.
     pub mask: Option<&'a Tensor>,
+    /// 0, or C's columns in groups of `group` come out as (N/group, M, group): a
+    /// batch-folded convolution's product (F, N·L) as (N, F, L), the permute after it
+    /// done by the kernel's stores. One output matrix only, and neither a residual nor a
+    /// mask (they would be read in C's own order).
+    pub group: usize,
 }
 
 impl Epilogue<'_> {
@@ -168,7 +173,7 @@ impl Epilogue<'_> {
     /// The same ops as separate element-wise ops on a computed product `c` of `plan`,
     /// returned in the product's shape.
     fn apply(&self, c: Tensor, plan: &MatmulPlan) -> Result<Tensor> {
-        if self.flags() == 0 {
+        if self.flags() == 0 && self.group == 0 {
             return Ok(c);
         }
         let (m, n) = (plan.m, plan.n);
@@ -195,7 +200,19 @@ impl Epilogue<'_> {
             let y = y.reshape(&[mats, m, n])?;
             c = c.mul(&y.binary_scalar(crate::ops::elementwise::BinaryOp::Gt, 0.0, false)?)?;
         }
+        if self.group > 0 {
+            let g = self.group;
+            return c.reshape(&[m, n / g, g])?.permute(&[1, 0, 2]);
+        }
         c.reshape(&shape)
+    }
+
+    /// The result's shape: the product's, or (N/group, M, group) under a column group.
+    fn out_shape(&self, plan: &MatmulPlan) -> Vec<usize> {
+        match self.group {
+            0 => plan.out_shape.clone(),
+            g => vec![plan.n / g, plan.m, g],
+        }
     }
 
     /// Whether a kernel can apply it to `op(A)·op(B)` of `plan` as it stores C.
@@ -209,6 +226,8 @@ impl Epilogue<'_> {
             && sized(self.residual, out)
             && sized(self.mask, out)
             && !(self.residual.is_some() && self.mask.is_some())
+            && (self.group == 0
+                || (self.group % 4 == 0 && self.residual.is_none() && self.mask.is_none()))
     }
 
     /// Whether `apply` can take it on a product of `plan`: every operand of its size.
@@ -221,6 +240,15 @@ impl Epilogue<'_> {
             ("residual", self.residual, out),
             ("mask", self.mask, out),
         ];
+        if self.group > 0 && (plan.batch() != 1 || plan.n % self.group != 0) {
+            return Err(Error::Shape {
+                op: "matmul",
+                detail: format!(
+                    "epilogue column groups of {} need one output matrix with whole groups, not {:?}",
+                    self.group, plan.out_shape
+                ),
+            });
+        }
         for (what, t, len) in parts {
             if let Some(t) = t.filter(|t| t.numel() != len) {
                 return Err(Error::Shape {
@@ -340,11 +368,16 @@ impl Tensor {
                 let fused = epi
                     .fits_kernel(&plan, self.device())
                     .then_some((epi, plan.m));
-                if matmul_dispatch(ctx, &plan.for_gpu(), variant, (a, b, c), fused)? {
-                    Ok(out)
-                } else {
-                    epi.apply(out, &plan)
-                }
+                let group = matmul_dispatch(ctx, &plan.for_gpu(), variant, (a, b, c), fused)?;
+                // What the kernel left: all of `epi`, its column group, or nothing.
+                let left = match fused {
+                    Some(_) => Epilogue {
+                        group,
+                        ..Epilogue::default()
+                    },
+                    None => epi,
+                };
+                left.apply(out, &plan)?.reshape(&epi.out_shape(&plan))
             }
         }
     }
@@ -461,14 +494,15 @@ fn padded_rows(ctx: &GpuContext, arg: BufArg<'_>, ld: usize) -> Result<(GpuBuffe
 }
 
 /// Records `C = op(A)·op(B)`, with `epi` applied as C is stored (by the split-K sum when K
-/// is split), its per-row operands repeating every `rows` rows: returns whether it was.
+/// is split), its per-row operands repeating every `rows` rows: returns the column group the
+/// kernel left for the caller to apply (`Epilogue::group`; 0 when its stores took it).
 fn matmul_dispatch<'a>(
     ctx: &GpuContext,
     p: &MatmulPlan,
     variant: MatmulVariant,
     (a, b, c): (BufArg<'a>, BufArg<'a>, BufArg<'a>),
     epi: Option<(Epilogue<'a>, usize)>,
-) -> Result<bool> {
+) -> Result<usize> {
     // Stored row lengths: A is (M, K) or (K, M), B is (K, N) or (N, K).
     let lda = if p.ta { p.m } else { p.k };
     let ldb = if p.tb { p.k } else { p.n };
@@ -514,6 +548,17 @@ fn matmul_dispatch<'a>(
     // A K past the kernel's loop budget runs in chunks (split-K, see `k_chunk_limit`).
     let chunk = k_chunk(entry);
     let chunks = p.k.div_ceil(chunk);
+    // Column groups are stored by every kernel but the tiled one and gemv, on an unsplit K;
+    // elsewhere the caller permutes after the product.
+    let grouped_stores =
+        !matches!(entry, "matmul_forward_tiled" | "matmul_forward_gemv") && chunks <= 1;
+    let (epi, left) = match epi {
+        Some((e, rows)) if e.group > 0 && !grouped_stores => {
+            (Some((Epilogue { group: 0, ..e }, rows)), e.group)
+        }
+        epi => (epi, 0),
+    };
+    let c_group = epi.map_or(0, |(e, _)| e.group);
     // Every kernel applies the epilogue as it stores C (or the split-K sum does).
     let (epi, epi_rows) = match epi {
         Some((e, rows)) => (Some(e), rows),
@@ -574,7 +619,7 @@ fn matmul_dispatch<'a>(
             chunk as u32,
             split0 as u32,
             epi_rows as u32,
-            0,
+            c_group as u32,
             0,
         ];
         w.extend(pack_dims(&p.batch_dims));
@@ -606,7 +651,7 @@ fn matmul_dispatch<'a>(
     };
     if chunks <= 1 {
         product(transposes | epilogue_flags, 1, p.k, 0, c)?;
-        return Ok(epi.is_some());
+        return Ok(left);
     }
     // Split-K: groups of chunks computed side by side into `parts`, each group summed into C,
     // or into a running total that the next group adds (only when C times the chunks passes
@@ -645,7 +690,7 @@ fn matmul_dispatch<'a>(
         )?;
         prior = total;
     }
-    Ok(epi.is_some())
+    Ok(left)
 }
 
 /// matmul.wgsl's flag for `matmul_sum_splits`: add the total of the earlier groups of chunks.
@@ -720,6 +765,7 @@ mod tests {
                         residual: (parts != 1).then_some(r),
                         relu: parts != 2,
                         mask: (parts == 1).then_some(r),
+                        group: 0,
                     }
                 }
                 let want = a_cpu
@@ -762,6 +808,121 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// `Epilogue::group`: the product (M, Q·G) stored as (Q, M, G), on every kernel, with
+    /// and without split K (which leaves the permute to a copy after the product), against
+    /// the CPU reference's product and epilogue permuted here by index.
+    #[test]
+    fn column_groups_store_the_permute() {
+        let Ok(dev) = Device::gpu() else { return };
+        let cpu = Device::cpu();
+        let t = |seed: u64, shape: &[usize]| {
+            let n = shape.iter().product();
+            let v = crate::Rng::new(seed).vec_uniform(n, -1.0, 1.0);
+            (
+                Tensor::from_slice(&dev, &v, shape).unwrap(),
+                Tensor::from_slice(&cpu, &v, shape).unwrap(),
+            )
+        };
+        // (A stored, B stored, ta, tb, G): the folded convolution's (F, CK)·(N·L, CK)ᵀ with
+        // L = 16 (digits), 4, 12 and 20 (groups that straddle the kernels' 8-column stores),
+        // M past one 32-row tile, N past a 64-wide tile and ending inside one; gemv (M ≤ 4)
+        // and the small kernel take the permute after the product.
+        type Case = (&'static [usize], &'static [usize], bool, bool, usize);
+        let cases: [Case; 7] = [
+            (&[32, 144], &[1024, 144], false, true, 16),
+            (&[33, 20], &[100, 20], false, true, 4),
+            (&[40, 13], &[13, 132], false, false, 12),
+            (&[70, 300], &[300, 140], false, false, 20),
+            (&[37, 9], &[37, 96], true, false, 8),
+            (&[3, 37], &[37, 48], false, false, 16),
+            (&[5, 8], &[24, 8], false, true, 4),
+        ];
+        let mut results = Vec::new(); // kept: no kernel's output is another's recycled buffer
+        for (i, &(sa, sb, ta, tb, g)) in cases.iter().enumerate() {
+            let plan = MatmulPlan::new(sa, sb, ta, tb).unwrap();
+            let (m, n) = (plan.m, plan.n);
+            let seed = 20 * i as u64;
+            let (a, a_cpu) = t(seed, sa);
+            let (b, b_cpu) = t(seed + 1, sb);
+            let (scale, scale_cpu) = t(seed + 2, &[m]);
+            let (shift, shift_cpu) = t(seed + 3, &[m]);
+            let (bias, bias_cpu) = t(seed + 4, &[n]);
+            fn make(t: [&Tensor; 3], parts: usize, group: usize) -> Epilogue<'_> {
+                Epilogue {
+                    scale: (parts == 0).then_some(t[0]),
+                    shift: (parts == 0).then_some(t[1]),
+                    bias: (parts == 1).then_some(t[2]),
+                    relu: parts != 2,
+                    group,
+                    ..Epilogue::default()
+                }
+            }
+            for parts in 0..3 {
+                let plain = a_cpu
+                    .matmul_epilogue(
+                        &b_cpu,
+                        (ta, tb),
+                        MatmulVariant::Auto,
+                        make([&scale_cpu, &shift_cpu, &bias_cpu], parts, 0),
+                    )
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap();
+                // (M, Q, G) → (Q, M, G)
+                let mut want = vec![0.0; m * n];
+                for (k, w) in want.iter_mut().enumerate() {
+                    let (q, r, j) = (k / (m * g), k / g % m, k % g);
+                    *w = plain[r * n + q * g + j];
+                }
+                for variant in MatmulVariant::KERNELS {
+                    for chunk in [None, Some(16)] {
+                        let run = || {
+                            a.matmul_epilogue(
+                                &b,
+                                (ta, tb),
+                                variant,
+                                make([&scale, &shift, &bias], parts, g),
+                            )
+                        };
+                        let got = match chunk {
+                            None => run(),
+                            Some(c) => with_k_chunk(c, run),
+                        };
+                        let Ok(got) = got else {
+                            assert_eq!(variant, MatmulVariant::Subgroup, "{variant:?}");
+                            continue; // no 8-wide subgroups on this adapter
+                        };
+                        assert_eq!(got.shape(), [n / g, m, g], "case {i}");
+                        let v = got.to_vec::<f32>().unwrap();
+                        for (k, (x, w)) in v.iter().zip(&want).enumerate() {
+                            assert!(
+                                (x - w).abs() <= 1e-4 + 1e-4 * w.abs(),
+                                "case {i} parts {parts} {variant:?} chunk {chunk:?}: \
+                                 element {k}: {x} vs {w}"
+                            );
+                        }
+                        results.push(got);
+                    }
+                }
+            }
+        }
+        // A batch of output matrices, or a group that does not divide the columns: refused.
+        for (sa, sb) in [(&[2, 5, 6][..], &[6, 8][..]), (&[6, 6], &[6, 6])] {
+            let bad = Epilogue {
+                group: 4,
+                ..Epilogue::default()
+            };
+            let r =
+                t(1, sa)
+                    .0
+                    .matmul_epilogue(&t(2, sb).0, (false, false), MatmulVariant::Auto, bad);
+            assert!(
+                matches!(r, Err(Error::Shape { op: "matmul", .. })),
+                "{sa:?} {sb:?}"
+            );
         }
     }
 }
