@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::Device;
 use crate::gpu::capture;
-use crate::ops::matmul_variant::{MatmulVariant, MATMUL_ENV, SMALL_K};
+use crate::ops::matmul_variant::{small_takes, MatmulVariant, MATMUL_ENV};
 use crate::tensor::Tensor;
 
 /// Most time one shape class may spend being tuned.
@@ -98,14 +98,15 @@ fn class(a: &[usize], b: &[usize], ta: bool, tb: bool) -> String {
     )
 }
 
-/// The kernel for this product of `macs` multiply-adds along a reduction of `k`:
+/// The kernel for this product of `macs` multiply-adds into C of `n` columns along a
+/// reduction of `k`:
 /// `requested` unless it is `Auto` and `WGRAD_MATMUL` is unset (or `auto`), in which case
 /// the tuned one.
 pub(crate) fn matmul_variant(
     a: &Tensor,
     b: &Tensor,
     (ta, tb): (bool, bool),
-    (macs, k): (usize, usize),
+    (macs, n, k): (usize, usize, usize),
     requested: MatmulVariant,
 ) -> MatmulVariant {
     let pinned = std::env::var(MATMUL_ENV).is_ok_and(|v| !matches!(v.trim(), "" | "auto"));
@@ -120,14 +121,15 @@ pub(crate) fn matmul_variant(
     // 2^21 multiply-adds) and ~0.45 s (8x8) on lavapipe, where the subgroup kernel's take
     // ~3.5 s each cold (LLVM unrolling 16x16 outputs per lane); at this size they run
     // within noise of each other. This is what keeps a cold first training step under a
-    // second (~0.63 s for the MLP 64-128-10). Past the small kernel's K the register-blocked
-    // variant would run its 8x8 kernel, which the adapter's default (untuned) beats: the
-    // digits CNN's classifier, 64×512·512×10, 0.72 ms against 0.28 ms on the subgroup kernel.
+    // second (~0.63 s for the MLP 64-128-10). Past the small kernel's K (`small_takes`) the
+    // register-blocked variant would run its 8x8 kernel, which the adapter's default
+    // (untuned) beats: 0.72 ms against 0.28 ms on the subgroup kernel for 64×512·512×10, a
+    // product the small kernel now takes (C has 10 columns).
     if ctx.info.device_type == wgpu::DeviceType::Cpu
         && macs <= SMALL_PRODUCT
         && MatmulVariant::RegisterBlocked.resolve(a.device()).is_ok()
     {
-        return if k <= SMALL_K {
+        return if small_takes(n, k) {
             MatmulVariant::RegisterBlocked
         } else {
             MatmulVariant::Auto

@@ -81,6 +81,11 @@ fn every_kernel_and_transpose_matches_reference() {
         (70, 37, 10),
         (130, 64, 16),
         (45, 9, 17),
+        // ... and its K up to 1024 there (src/ops/matmul_variant.rs small_takes): the
+        // digits CNN's classifier, the last K it takes, and the first it does not.
+        (64, 512, 10),
+        (33, 1024, 16),
+        (9, 1025, 12),
         // Past the small kernel's 2^21 multiply-adds (src/ops/matmul.rs SMALL_PRODUCT): the
         // register-blocked 8x8 kernel, its rows padded.
         (129, 130, 131),

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::gpu::pool::GpuBuffer;
 use crate::gpu::{BufArg, GpuContext, Kernel};
 use crate::ops::matmul_plan::{matmul_forward, MatmulPlan};
-use crate::ops::matmul_variant::{resolve, SMALL_K};
+use crate::ops::matmul_variant::{resolve, small_takes};
 pub use crate::ops::matmul_variant::{MatmulVariant, MATMUL_ENV};
 use crate::ops::{gpu_output, grid_1d, pack_dims};
 use crate::tensor::Tensor;
@@ -353,7 +353,7 @@ impl Tensor {
                     self,
                     other,
                     (transpose_a, transpose_b),
-                    (plan.batch() * plan.m * plan.n * plan.k, plan.k),
+                    (plan.batch() * plan.m * plan.n * plan.k, plan.n, plan.k),
                     requested,
                 ) {
                     MatmulVariant::Auto => variant,
@@ -518,7 +518,7 @@ fn matmul_dispatch<'a>(
         (Some(wa), Some(wb))
             if variant == MatmulVariant::RegisterBlocked
                 && p.m * p.n * p.k <= SMALL_PRODUCT
-                && p.k <= SMALL_K =>
+                && small_takes(p.n, p.k) =>
         {
             Some((wa, wb))
         }

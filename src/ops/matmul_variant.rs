@@ -15,7 +15,17 @@ pub const MATMUL_ENV: &str = "WGRAD_MATMUL";
 /// than on the 8x8 kernel (digits CNN epoch 540 -> 750-790 ms on lavapipe), and the digits
 /// CNN's classifier (64×512·512×10) 0.72 ms on the 8x8 kernel against 0.28 ms on the
 /// subgroup kernel.
-pub(crate) const SMALL_K: usize = 256;
+const SMALL_K: usize = 256;
+
+/// Whether the small kernel takes a product of C (M, N) over K: K up to [`SMALL_K`], or up
+/// to 4x that when C has at most 16 columns (its invocations then walk along M, and the
+/// 64-wide tiles of the other kernels would idle 3/4 of their lanes, after a padded copy of
+/// B when N is not a multiple of 4). The digits CNN's classifier, 64×512·512×10, per
+/// dispatch on lavapipe (noisy host, 3 profile runs): 0.29-0.45 ms against 0.38-0.58 ms
+/// for the subgroup kernel and its padded copy, one dispatch fewer.
+pub(crate) fn small_takes(n: usize, k: usize) -> bool {
+    k <= SMALL_K || (n <= 16 && k <= 4 * SMALL_K)
+}
 
 /// Which GPU kernel computes a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
