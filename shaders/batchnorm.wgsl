@@ -36,6 +36,8 @@ struct Params {
     parts: u32, plen: u32, eps: f32, keep: f32, // parts per channel, values per part; running: 1 − momentum
     take_mean: f32, take_var: f32, relu: u32, run: u32, // running: momentum, momentum·n/(n − 1); ReLU;
                                                         // element-wise entries: elements (or vec4s) per invocation
+    channels_first: u32,                    // grad_x: store dx as (C, N, HW) (see grad_x_at)
+    pad0: u32, pad1: u32, pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -332,6 +334,17 @@ fn grad_x_factors(ch: u32) -> GradX {
     return GradX(d[ch] * inv, e[ch] * per, e[params.c + ch] * per, c[ch], inv);
 }
 
+// Where grad_x stores element o of (N, C, HW): at o, or with params.channels_first at its
+// place in (C, N, HW) — the permute that a batch-folded convolution's gradient runs next
+// (src/graph/conv.rs), done by these stores instead of a copy after them.
+fn grad_x_at(o: u32) -> u32 {
+    if (params.channels_first == 0u) { return o; }
+    let q = div_by(o, params.hw);  // n·C + channel
+    let n = div_by(q, params.c);
+    let ch = q - n * params.c;
+    return (ch * div_by(params.m, params.hw) + n) * params.hw + (o - q * params.hw);
+}
+
 @compute @workgroup_size(64)
 fn batch_norm_grad_x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
@@ -341,7 +354,7 @@ fn batch_norm_grad_x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     for (var o = first; o < first + params.run; o = o + 1u) {
         var gv = a[o];
         if (params.relu == 1u && !(zr7[o] > 0.0)) { gv = 0.0; }
-        f[o] = q.k * (gv - q.sg - (xr[o] - q.mean) * q.inv * q.sgx);
+        f[grad_x_at(o)] = q.k * (gv - q.sg - (xr[o] - q.mean) * q.inv * q.sgx);
     }
 }
 
@@ -351,9 +364,12 @@ fn batch_norm_grad_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let first = linear(wg, nwg, lid, 64u) * params.run;
     if (first * 4u >= params.total) { return; }
     let q = grad_x_factors(channel_of(first * 4u));
+    // A run lies inside one (image, channel) block of HW values: it is stored contiguously
+    // in either layout.
+    let at = grad_x_at(first * 4u) / 4u;
     for (var o = first; o < first + params.run; o = o + 1u) {
         var gv = a4[o];
         if (params.relu == 1u) { gv = select(vec4<f32>(0.0), gv, zx4[o] > vec4<f32>(0.0)); }
-        dx4[o] = q.k * (gv - q.sg - (x4[o] - q.mean) * q.inv * q.sgx);
+        dx4[at + (o - first)] = q.k * (gv - q.sg - (x4[o] - q.mean) * q.inv * q.sgx);
     }
 }

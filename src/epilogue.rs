@@ -93,6 +93,23 @@ pub(crate) fn plan(
             }
             continue;
         }
+        if let Some((members, root)) = grad_x_channels_first(nodes, users, &inner, m) {
+            for j in members {
+                absorbed[j] = true;
+            }
+            roots.insert(
+                root,
+                Fused {
+                    inputs: nodes[m].inputs.clone(),
+                    outputs: Vec::new(),
+                    shape: nodes[root].shape.clone(),
+                    source: String::new(),
+                    members: 3,
+                    kind: FusedKind::BatchNormGradXChannelsFirst,
+                },
+            );
+            continue;
+        }
         let Some((op, rows, cols)) = product_of(nodes, m) else {
             continue;
         };
@@ -121,6 +138,34 @@ pub(crate) fn plan(
         );
     }
     (roots, absorbed)
+}
+
+/// A batch norm's input gradient at `m` (x (N, C, …)) whose one user is a reshape to
+/// (N, C, L) and a permute to (C, N, L): the gradient a batch-folded convolution
+/// (src/graph/conv.rs) reads, stored in that order by the gradient's kernel. Returns the
+/// nodes it absorbs (the gradient, the reshape) and the permute, the root.
+fn grad_x_channels_first(
+    nodes: &[Node],
+    users: &[Vec<NodeId>],
+    inner: &dyn Fn(NodeId, NodeId) -> bool,
+    m: NodeId,
+) -> Option<(Vec<NodeId>, NodeId)> {
+    use crate::ops::batchnorm::BatchNormPass;
+    let Op::BatchNorm(BatchNormPass::GradX { .. }) = nodes[m].op else {
+        return None;
+    };
+    let x = &nodes[m].shape;
+    let [r] = users[m][..] else { return None };
+    let [p] = users.get(r)?[..] else { return None };
+    let grouped = [x[0], x[1], x[2..].iter().product()];
+    let permutes = matches!(&nodes[p].op, Op::Permute(axes) if axes[..] == [1, 0, 2]);
+    let fits = matches!(nodes[r].op, Op::Reshape(_))
+        && nodes[r].shape == grouped
+        && permutes
+        && inner(m, r)
+        && inner(r, p)
+        && nodes[p].dtype == DType::F32;
+    fits.then_some((vec![m, r], p))
 }
 
 /// The product a node computes, with the rows and columns of its output matrices (its

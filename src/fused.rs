@@ -1,5 +1,5 @@
 //! What a fused node of a compiled graph is: the shared description that the planners
-//! (`fusion` for element-wise chains, `epilogue` for products and losses) produce and
+//! (`fusion` for element-wise chains, `epilogue` for products, losses and layouts) produce and
 //! `fusion::run`, the executor and the recorded plan consume. It sits below both planners
 //! so that neither imports the other's types.
 
@@ -38,6 +38,10 @@ pub(crate) enum FusedKind {
         mean: bool,
         opts: crate::ops::loss::CrossEntropyOptions,
     },
+    /// A batch norm's input gradient (`BatchNormPass::GradX`) and the permute
+    /// (N, C, L) → (C, N, L) after it, stored channels first by the one kernel: a
+    /// batch-folded convolution's gradient. Inputs are the gradient pass's.
+    BatchNormGradXChannelsFirst,
 }
 
 /// The product under an epilogue. Its result has `(batch, rows, cols)` elements in that

@@ -303,6 +303,15 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
         // The product's elements in the order the graph's view of them has (a reshape).
         return Ok(vec![(root, c.reshape(&f.shape)?)]);
     }
+    if f.kind == FusedKind::BatchNormGradXChannelsFirst {
+        let (z, [g, x, stats, gamma, sums]) = match args {
+            [g, x, s, gm, su] => (None, [g, x, s, gm, su]),
+            [g, x, s, gm, su, z] => (Some(*z), [g, x, s, gm, su]),
+            _ => unreachable!("planned with a GradX pass's inputs"),
+        };
+        let dx = g.batch_norm_grad_x_channels_first(x, stats, gamma, sums, z)?;
+        return Ok(vec![(root, dx.reshape(&f.shape)?)]);
+    }
     if let FusedKind::CrossEntropyReduced { mean, opts } = f.kind {
         use crate::ops::loss::Divide;
         let divide = if mean { Divide::Rows } else { Divide::One };

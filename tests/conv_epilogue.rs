@@ -385,3 +385,73 @@ fn a_folded_convolution_stores_its_own_permute() {
         }
     }
 }
+
+/// A batch norm after a batch-folded convolution: its input gradient (N, C, L) is what
+/// the convolution's products read as (C, N, L), and the gradient's kernel stores it in
+/// that order (no copy after it). Every element-wise entry of the kernel (H·W a multiple
+/// of 16, 8, 4, or odd), with and without the ReLU, batch 1, odd channel counts; the
+/// gradients of p, γ and β against the CPU reference.
+#[test]
+fn a_batch_norm_gradient_is_stored_channels_first_for_a_folded_convolution() {
+    let Some(dev) = gpu() else { return };
+    let cpu = Device::cpu();
+    let cases: [([usize; 4], bool); 5] = [
+        ([64, 32, 4, 4], true), // the digits CNN's conv2 and bn2
+        ([3, 5, 2, 4], false),
+        ([1, 7, 2, 2], true),
+        ([2, 3, 3, 3], true),
+        ([4, 6, 4, 4], false),
+    ];
+    for ([n, c, h, w], relu) in cases {
+        let label = format!("{:?} relu={relu}", [n, c, h, w]);
+        let l = h * w;
+        let g = Graph::new();
+        let p = g.input("p", &[c, n, l]);
+        let (gamma, beta) = (g.input("gamma", &[c]), g.input("beta", &[c]));
+        let x = p
+            .permute(&[1, 0, 2])
+            .unwrap()
+            .reshape(&[n, c, h, w])
+            .unwrap();
+        let (mut y, _) = x.batch_norm_train(&gamma, &beta, 1e-5).unwrap();
+        if relu {
+            y = y.relu().unwrap();
+        }
+        let r = g.input("r", &[n, c, h, w]);
+        let loss = y.mul(&r).unwrap().sum().unwrap();
+        let grads = wgrad::autodiff::grad(&loss, &[&p, &gamma, &beta]).unwrap();
+        let outs: Vec<&Var> = grads.iter().collect();
+        let shapes: [(&str, Vec<usize>, f32); 4] = [
+            ("p", vec![c, n, l], 1.0),
+            ("gamma", vec![c], 1.0),
+            ("beta", vec![c], 0.5),
+            ("r", vec![n, c, h, w], 1.0),
+        ];
+        let feeds: Vec<(String, Tensor)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(k, (name, shape, span))| {
+                let numel = shape.iter().product();
+                let v = uniform(31 + k as u64, numel, -*span, *span);
+                (
+                    name.to_string(),
+                    Tensor::from_slice(&cpu, &v, shape).unwrap(),
+                )
+            })
+            .collect();
+        let named: Vec<(&str, &Tensor)> = feeds.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        let (got, exe) = run_compiled(&dev, &g, &outs, &named);
+        let (want, _) = run_compiled(&cpu, &g, &outs, &named);
+        for (k, (gv, wv)) in got.iter().zip(&want).enumerate() {
+            assert_close(&format!("{label} gradient {k}"), gv, wv, 1e-4, 1e-4);
+        }
+        // The forward permute is a copy (none for one image: a reshape); the gradient's is
+        // not.
+        let entries = exe.dispatch_entries();
+        let copies = entries
+            .iter()
+            .filter(|e| e.starts_with("strided_copy") || e.starts_with("transpose"))
+            .count();
+        assert_eq!(copies, usize::from(n > 1), "{label}: {entries:?}");
+    }
+}

@@ -206,8 +206,8 @@ fn dims(op: &'static str, x: &[usize]) -> Result<(usize, usize, usize)> {
     Ok((n, c, hw))
 }
 
-/// The uniform words: c, hw, m, total, parts, plen, eps, keep, take_mean, take_var, relu
-/// (padded to 12); `extra` = (keep, take_mean, take_var, relu).
+/// The uniform words: c, hw, m, total, parts, plen, eps, keep, take_mean, take_var, relu,
+/// run, channels_first (0) and 3 of padding; `extra` = (keep, take_mean, take_var, relu).
 fn params(x: &[usize], parts: usize, eps: f32, extra: (f32, f32, f32, bool)) -> Vec<u32> {
     let (n, c, hw) = (x[0], x[1], x[2..].iter().product::<usize>());
     let (keep, take_mean, take_var, relu) = extra;
@@ -224,6 +224,10 @@ fn params(x: &[usize], parts: usize, eps: f32, extra: (f32, f32, f32, bool)) -> 
         take_var.to_bits(),
         relu as u32,
         run(hw) as u32,
+        0, // channels_first: set by grad_x's caller
+        0,
+        0,
+        0,
     ]
 }
 
@@ -478,11 +482,38 @@ impl Tensor {
         sums: &Tensor,
         z: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.batch_norm_grad_x_in(x, stats, gamma, sums, z, false)
+    }
+
+    /// [`Tensor::batch_norm_grad_x`] stored channels first, (C, N, H·W): with the permute
+    /// (N, C, L) → (C, N, L) that a batch-folded convolution's gradient runs next done by
+    /// the kernel's stores (src/epilogue.rs).
+    pub(crate) fn batch_norm_grad_x_channels_first(
+        &self,
+        x: &Tensor,
+        stats: &Tensor,
+        gamma: &Tensor,
+        sums: &Tensor,
+        z: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.batch_norm_grad_x_in(x, stats, gamma, sums, z, true)
+    }
+
+    fn batch_norm_grad_x_in(
+        &self,
+        x: &Tensor,
+        stats: &Tensor,
+        gamma: &Tensor,
+        sums: &Tensor,
+        z: Option<&Tensor>,
+        channels_first: bool,
+    ) -> Result<Tensor> {
         let pass = BatchNormPass::GradX { relu: z.is_some() };
         let mut others = vec![x, stats, gamma, sums];
         others.extend(z);
         let out = self.bn_check(pass, &others)?;
         let (n, c, hw) = dims(OP, x.shape())?;
+        let out = if channels_first { vec![c, n, hw] } else { out };
         if let DeviceInner::Cpu = self.device().inner {
             let (g, xv, s, gm, su) = (
                 self.host_f64(),
@@ -502,9 +533,14 @@ impl Tensor {
                     gm[ch] * inv * (gv - su[ch] / m - xh * su[c + ch] / m)
                 })
                 .collect();
-            return Ok(Tensor::cpu_from_f64(self.device(), &out, dx));
+            let dx = Tensor::cpu_from_f64(self.device(), x.shape(), dx);
+            return match channels_first {
+                true => dx.reshape(&[n, c, hw])?.permute(&[1, 0, 2]),
+                false => Ok(dx),
+            };
         }
-        let p = params(x.shape(), 1, 0.0, (0.0, 0.0, 0.0, z.is_some()));
+        let mut p = params(x.shape(), 1, 0.0, (0.0, 0.0, 0.0, z.is_some()));
+        p[12] = channels_first as u32;
         // Without a ReLU, x stands in z's binding, as for the sums.
         let inputs = [self, x, stats, gamma, sums, z.unwrap_or(x)];
         let (entry, groups) =
