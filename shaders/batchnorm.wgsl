@@ -199,6 +199,37 @@ fn batch_norm_stats4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     write_moments(slot, s.ch, vec2<f32>(mean, shifted_sums4(s, mean).y), count);
 }
 
+// batch_norm_stats(4) with the running statistics' update (batch_norm_running) in the same
+// dispatch, for a channel of one part: a = x, b = stats, c = running mean, d = the updated
+// (2, C), e = running variance. The same f32 operations on the same stored mean and variance.
+fn write_stats_running(ch: u32, mean: f32, v: f32) {
+    write_stats(ch, mean, v);
+    d[ch] = c[ch] * params.keep + mean * params.take_mean;
+    d[params.c + ch] = e[ch] * params.keep + v * params.take_var;
+}
+
+@compute @workgroup_size(8)
+fn batch_norm_stats_running(@builtin(workgroup_id) wg: vec3<u32>,
+                            @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
+    let s = slot_of(linear(wg, nwg, lid, 8u));
+    if (s.ch == 0xffffffffu) { return; }
+    let count = f32(s.r.y - s.r.x);
+    let mean = shifted_sums(s, 0.0).x / count;
+    write_stats_running(s.ch, mean, shifted_sums(s, mean).y / count);
+}
+
+@compute @workgroup_size(8)
+fn batch_norm_stats_running4(@builtin(workgroup_id) wg: vec3<u32>,
+                             @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let s = slot_of(linear(wg, nwg, lid, 8u));
+    if (s.ch == 0xffffffffu) { return; }
+    let count = f32(s.r.y - s.r.x);
+    let mean = shifted_sums4(s, 0.0).x / count;
+    write_stats_running(s.ch, mean, shifted_sums4(s, mean).y / count);
+}
+
 @compute @workgroup_size(64)
 fn batch_norm_stats_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {

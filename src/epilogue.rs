@@ -93,6 +93,11 @@ pub(crate) fn plan(
             }
             continue;
         }
+        if let Some(fused) = stats_and_running(nodes, users, leaf, &absorbed, m) {
+            absorbed[fused.outputs[0]] = true;
+            roots.insert(m, fused);
+            continue;
+        }
         if let Some((members, root)) = grad_x_channels_first(nodes, users, &inner, m) {
             for j in members {
                 absorbed[j] = true;
@@ -138,6 +143,46 @@ pub(crate) fn plan(
         );
     }
     (roots, absorbed)
+}
+
+/// A batch norm's statistics at `m` and the running statistics' update that reads them,
+/// when the running mean and variance it also reads are values from the start (state): one
+/// kernel, the update written beside the statistics.
+fn stats_and_running(
+    nodes: &[Node],
+    users: &[Vec<NodeId>],
+    leaf: &[bool],
+    absorbed: &[bool],
+    m: NodeId,
+) -> Option<Fused> {
+    use crate::ops::batchnorm::BatchNormPass;
+    let Op::BatchNorm(BatchNormPass::Stats { eps }) = nodes[m].op else {
+        return None;
+    };
+    users[m].iter().find_map(|&j| {
+        let Op::BatchNorm(BatchNormPass::Running {
+            keep,
+            take_mean,
+            take_var,
+        }) = nodes[j].op
+        else {
+            return None;
+        };
+        let [s, mean, var] = nodes[j].inputs[..] else {
+            return None;
+        };
+        (s == m && leaf[mean] && leaf[var] && !absorbed[j]).then(|| Fused {
+            inputs: vec![nodes[m].inputs[0], mean, var],
+            outputs: vec![j],
+            shape: nodes[m].shape.clone(),
+            source: String::new(),
+            members: 2,
+            kind: FusedKind::BatchNormStatsRunning {
+                eps,
+                update: (keep, take_mean, take_var),
+            },
+        })
+    })
 }
 
 /// A batch norm's input gradient at `m` (x (N, C, …)) whose one user is a reshape to

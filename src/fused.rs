@@ -23,7 +23,7 @@ pub(crate) struct Fused {
 }
 
 /// The kernel of a fused node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum FusedKind {
     /// The generated element-wise kernel in `source`.
     Chain,
@@ -42,6 +42,14 @@ pub(crate) enum FusedKind {
     /// (N, C, L) → (C, N, L) after it, stored channels first by the one kernel: a
     /// batch-folded convolution's gradient. Inputs are the gradient pass's.
     BatchNormGradXChannelsFirst,
+    /// A batch norm's statistics (`BatchNormPass::Stats`, the root) and the running
+    /// statistics' update from them (`BatchNormPass::Running`, the one output beside it)
+    /// in one kernel. Inputs are x, then the running mean and variance.
+    BatchNormStatsRunning {
+        eps: f32,
+        /// (keep, take_mean, take_var) of the update.
+        update: (f32, f32, f32),
+    },
 }
 
 /// The product under an epilogue. Its result has `(batch, rows, cols)` elements in that

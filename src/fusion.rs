@@ -312,6 +312,13 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
         let dx = g.batch_norm_grad_x_channels_first(x, stats, gamma, sums, z)?;
         return Ok(vec![(root, dx.reshape(&f.shape)?)]);
     }
+    if let FusedKind::BatchNormStatsRunning { eps, update } = f.kind {
+        let [x, mean, var] = args else {
+            unreachable!("planned with x and the running statistics")
+        };
+        let (stats, running) = x.batch_norm_stats_running(eps, (mean, var), update)?;
+        return Ok(vec![(root, stats), (f.outputs[0], running)]);
+    }
     if let FusedKind::CrossEntropyReduced { mean, opts } = f.kind {
         use crate::ops::loss::Divide;
         let divide = if mean { Divide::Rows } else { Divide::One };

@@ -30,8 +30,10 @@ fn to_f32(v: &[f64]) -> Vec<f32> {
 
 #[test]
 fn running_statistics_follow_the_momentum_recurrence() {
-    // Odd channels, non-square images, batch 1 and > 1.
-    for shape in [[3usize, 5, 3, 4], [1, 3, 2, 3]] {
+    // Odd channels, non-square images, batch 1 and > 1: on a GPU, the statistics and the
+    // update in one dispatch (H·W a multiple of 4 or not); and channels of more values
+    // than one reduction part takes (2·200·200), where the update runs after the merge.
+    for shape in [[3usize, 5, 3, 4], [1, 3, 2, 3], [2, 3, 200, 200]] {
         let [n, c, h, w] = shape;
         let count = (n * h * w) as f64;
         for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {
@@ -39,12 +41,24 @@ fn running_statistics_follow_the_momentum_recurrence() {
             let bn = BatchNorm2d::new(&g, "bn", c, 1e-5).with_momentum(0.2);
             let y = bn.forward(&g.input("x", &shape)).unwrap();
             let exe = dev.compile(&g, &[&y], None).unwrap();
+
             let (mut rm, mut rv) = (vec![0.0f64; c], vec![1.0f64; c]);
             for step in 0..4u64 {
                 // A different batch each step, shifted so the statistics move.
                 let x = uniform(step + 1, shape.iter().product(), -1.0, 3.0);
                 let xt = Tensor::from_slice(&dev, &x, &shape).unwrap();
                 exe.run(&[("x", &xt)]).unwrap();
+                let entries = exe.dispatch_entries();
+                if dev.is_gpu() {
+                    // One reduction part covers 16,384 values (a multiple of 4 per image).
+                    let one_part = n * h * w <= 16_384;
+                    let fused = entries
+                        .iter()
+                        .any(|e| e.starts_with("batch_norm_stats_running"));
+                    assert_eq!(fused, one_part, "{shape:?}: {entries:?}");
+                    let update = entries.iter().any(|e| e == "batch_norm_running");
+                    assert_eq!(update, !one_part, "{shape:?}: {entries:?}");
+                }
                 for (ch, (m, v)) in channel_stats(&x, shape).into_iter().enumerate() {
                     rm[ch] = 0.8 * rm[ch] + 0.2 * m;
                     rv[ch] = 0.8 * rv[ch] + 0.2 * v * count / (count - 1.0);

@@ -437,6 +437,60 @@ impl Tensor {
         )
     }
 
+    /// [`Tensor::batch_norm_stats`] and [`Tensor::batch_norm_running`] on them: (stats,
+    /// updated running statistics). One dispatch when every channel is one reduction part
+    /// (`batch_norm_stats_running(4)`), where the update would be a dispatch of its own for
+    /// 2·C values; else the two passes.
+    pub(crate) fn batch_norm_stats_running(
+        &self,
+        eps: f32,
+        (mean, var): (&Tensor, &Tensor),
+        (keep, take_mean, take_var): (f32, f32, f32),
+    ) -> Result<(Tensor, Tensor)> {
+        let out = self.bn_check(BatchNormPass::Stats { eps }, &[])?;
+        let (n, c, hw) = dims(OP, self.shape())?;
+        let separate = || -> Result<(Tensor, Tensor)> {
+            let stats = self.batch_norm_stats(eps)?;
+            let running = stats.batch_norm_running(mean, var, keep, take_mean, take_var)?;
+            Ok((stats, running))
+        };
+        let DeviceInner::Gpu(ctx) = &self.device().inner else {
+            return separate();
+        };
+        if (n * hw).div_ceil(part_len(hw)) > 1 {
+            return separate();
+        }
+        let pass = BatchNormPass::Running {
+            keep,
+            take_mean,
+            take_var,
+        };
+        let running_shape = pass.output_shape(&[&out, mean.shape(), var.shape()])?;
+        for t in [mean, var] {
+            t.expect_f32(pass.name())?;
+        }
+        let stats = gpu_output(ctx, self.device(), OP, &out, DType::F32)?;
+        let running = gpu_output(ctx, self.device(), OP, &running_shape, DType::F32)?;
+        let p = params(self.shape(), 1, eps, (keep, take_mean, take_var, false));
+        let entry = if hw % 4 == 0 {
+            "batch_norm_stats_running4"
+        } else {
+            "batch_norm_stats_running"
+        };
+        let args: Vec<_> = [self, &stats, mean, &running, var]
+            .iter()
+            .map(|t| {
+                t.gpu_arg().ok_or_else(|| Error::Invalid {
+                    op: OP,
+                    detail: "operands must all be on the GPU".into(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let groups = c.div_ceil(WG_REDUCE) as u64;
+        ctx.dispatch(&SHADER, entry, &[], &p, &args, ctx.grid(groups))?;
+        Ok((stats, running))
+    }
+
     /// Σg and Σg·x̂ per channel (2, C), upstream `self` for x with its `stats`; `z`, the
     /// forward output of a normalisation with a ReLU, masks g where z ≤ 0.
     pub fn batch_norm_grad_sums(
