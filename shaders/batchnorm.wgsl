@@ -1,5 +1,6 @@
 // batchnorm.wgsl — batch normalisation in training mode: per-channel statistics over N·H·W,
 // the normalisation, the running-statistics update and the fused backward.
+// Not a module on its own: dropout_hash.wgsl is appended to it (batch_norm_apply_dropout4).
 //
 // x, y, g, dx are (N, C, HW) (HW = 1 for (N, C)); channel ch's M = N·HW values sit at
 // (n·C + ch)·HW + i. stats is (3, C): mean, biased variance, 1/√(var + eps); sums is (2, C):
@@ -22,6 +23,9 @@
 //                           (`run` elements, or vec4s, of one channel per invocation)
 //   batch_norm_running      new (2, C) = keep·(mean, var) + (take_mean·mean, take_var·var)
 //                           of the batch                                   (one per channel)
+//   batch_norm_stats_running[4]  batch_norm_stats[4] and batch_norm_running in one, when every
+//                           channel is one part
+//   batch_norm_apply_dropout4  batch_norm_apply4, then dropout.wgsl's dropout of y, in one
 //   batch_norm_grad_sums[4] one invocation per (channel, part): Σg, Σg·x̂; writes sums when
 //                           parts = 1, else partials (C, parts, 2)
 //   batch_norm_sums_merge   one invocation per channel: the parts' sums → sums
@@ -38,6 +42,8 @@ struct Params {
                                                         // element-wise entries: elements (or vec4s) per invocation
     channels_first: u32,                    // grad_x: store dx as (C, N, HW) (see grad_x_at)
     pad0: u32, pad1: u32, pad2: u32,
+    drop_seed_lo: u32, drop_seed_hi: u32,   // apply_dropout4: dropout.wgsl's seed, threshold
+    drop_threshold: u32, drop_scale: f32,   // and scale
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -280,6 +286,31 @@ fn batch_norm_apply4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     for (var o = first; o < first + params.run; o = o + 1u) {
         let y = (a4[o] - mean) * s + beta;
         if (params.relu == 1u) { y4[o] = max(y, vec4<f32>(0.0)); } else { y4[o] = y; }
+    }
+}
+
+// batch_norm_apply4 (its y at binding 5) and then dropout_forward4 of y (binding 6) at the
+// step in binding 7, in one pass: the same f32 operations, the same mask (dropout_hash.wgsl).
+@group(0) @binding(6) var<storage, read_write> dropped4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> drop_step: array<f32>;
+
+@compute @workgroup_size(64)
+fn batch_norm_apply_dropout4(@builtin(workgroup_id) wg: vec3<u32>,
+                             @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let first = linear(wg, nwg, lid, 64u) * params.run;
+    if (first * 4u >= params.total) { return; }
+    let ch = channel_of(first * 4u);
+    let mean = b[ch];
+    let s = c[ch] * b[2u * params.c + ch];
+    let beta = d[ch];
+    let key = dropout_key(params.drop_seed_lo, params.drop_seed_hi, drop_step[0]);
+    for (var o = first; o < first + params.run; o = o + 1u) {
+        var y = (a4[o] - mean) * s + beta;
+        if (params.relu == 1u) { y = max(y, vec4<f32>(0.0)); }
+        y4[o] = y;
+        let keep = dropout_keep4(4u * o, key, params.drop_threshold);
+        dropped4[o] = select(vec4<f32>(0.0), y * params.drop_scale, keep);
     }
 }
 

@@ -1,8 +1,5 @@
 // dropout.wgsl — seeded inverted dropout: y = x / (1 - p) where kept, 0 elsewhere.
-//
-// The mask is a counter-based draw, pcg(pcg(index) ^ key) with key = a hash of (seed,
-// step), so it needs no state, is recomputed by the backward pass, and equals the CPU
-// reference (src/ops/dropout.rs) bit for bit: u32 arithmetic wraps identically there.
+// Not a module on its own: dropout_hash.wgsl (the mask's draw) is appended to it.
 //
 // Entry points (workgroup size 64, no barriers, grid split over x/y/z past 65535
 // workgroups):
@@ -27,25 +24,13 @@ struct Params {
 @group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;       // x as vec4s
 @group(0) @binding(3) var<storage, read_write> dst4: array<vec4<f32>>; // y as vec4s
 
-fn pcg_hash(v: u32) -> u32 {
-    let state = v * 747796405u + 2891336453u;
-    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
-    return (word >> 22u) ^ word;
-}
-
 fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 64u + lid;
 }
 
 // The draw key of this step: the same for every element.
 fn step_key() -> u32 {
-    return pcg_hash(params.seed_lo ^ pcg_hash(params.seed_hi ^ pcg_hash(u32(step_buf[0]))));
-}
-
-fn pcg_hash4(v: vec4<u32>) -> vec4<u32> {
-    let state = v * 747796405u + 2891336453u;
-    let word = ((state >> ((state >> vec4<u32>(28u)) + 4u)) ^ state) * 277803737u;
-    return (word >> vec4<u32>(22u)) ^ word;
+    return dropout_key(params.seed_lo, params.seed_hi, step_buf[0]);
 }
 
 @compute @workgroup_size(64)
@@ -65,8 +50,7 @@ fn dropout_forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
     if (first >= n4) { return; }
     let key = step_key();
     for (var v = first; v < min(first + 4u, n4); v = v + 1u) {
-        let i = vec4<u32>(4u * v) + vec4<u32>(0u, 1u, 2u, 3u);
-        let keep = pcg_hash4(pcg_hash4(i) ^ vec4<u32>(key)) >= vec4<u32>(params.threshold);
+        let keep = dropout_keep4(4u * v, key, params.threshold);
         dst4[v] = select(vec4<f32>(0.0), src4[v] * params.scale, keep);
     }
 }

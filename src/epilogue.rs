@@ -93,6 +93,15 @@ pub(crate) fn plan(
             }
             continue;
         }
+        if let Some((fused, reshapes)) = apply_and_dropout(nodes, order, users, keep, &absorbed, m)
+        {
+            for j in reshapes {
+                absorbed[j] = true;
+            }
+            absorbed[fused.outputs[0]] = true;
+            roots.insert(m, fused);
+            continue;
+        }
         if let Some(fused) = stats_and_running(nodes, users, leaf, &absorbed, m) {
             absorbed[fused.outputs[0]] = true;
             roots.insert(m, fused);
@@ -143,6 +152,61 @@ pub(crate) fn plan(
         );
     }
     (roots, absorbed)
+}
+
+/// A dropout at `m` of a batch norm's normalisation, seen through reshapes (a flatten)
+/// that nothing else reads: one kernel writes both, the normalisation beside the dropout.
+/// Only when every other reader of the normalisation runs after the dropout (a training
+/// graph's backward pass), which is where the kernel makes its value. Returns the fused
+/// node and the reshapes it absorbs.
+fn apply_and_dropout(
+    nodes: &[Node],
+    order: &[NodeId],
+    users: &[Vec<NodeId>],
+    keep: &[bool],
+    absorbed: &[bool],
+    m: NodeId,
+) -> Option<(Fused, Vec<NodeId>)> {
+    use crate::ops::batchnorm::BatchNormPass;
+    let Op::Dropout { p, seed } = nodes[m].op else {
+        return None;
+    };
+    let [mut v, step] = nodes[m].inputs[..] else {
+        return None;
+    };
+    let mut reshapes = Vec::new();
+    let mut reader = m;
+    while let Op::Reshape(_) = nodes[v].op {
+        if keep[v] || users[v] != [reader] || absorbed[v] {
+            return None;
+        }
+        reshapes.push(v);
+        reader = v;
+        v = nodes[v].inputs[0];
+    }
+    let Op::BatchNorm(BatchNormPass::Apply { relu }) = nodes[v].op else {
+        return None;
+    };
+    let at = |j: NodeId| order.iter().position(|&o| o == j);
+    let dropout_at = at(m)?;
+    let later = users[v]
+        .iter()
+        .all(|&u| u == reader || at(u).is_some_and(|k| k > dropout_at));
+    // The step is read where the dropout runs; the normalisation's inputs come before it.
+    if !later || absorbed[v] || nodes[v].dtype != DType::F32 {
+        return None;
+    }
+    let mut inputs = nodes[v].inputs.clone();
+    inputs.push(step);
+    let fused = Fused {
+        inputs,
+        outputs: vec![v],
+        shape: nodes[m].shape.clone(),
+        source: String::new(),
+        members: 2 + reshapes.len(),
+        kind: FusedKind::BatchNormApplyDropout { relu, p, seed },
+    };
+    Some((fused, reshapes))
 }
 
 /// A batch norm's statistics at `m` and the running statistics' update that reads them,

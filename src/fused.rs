@@ -45,6 +45,10 @@ pub(crate) enum FusedKind {
     /// A batch norm's statistics (`BatchNormPass::Stats`, the root) and the running
     /// statistics' update from them (`BatchNormPass::Running`, the one output beside it)
     /// in one kernel. Inputs are x, then the running mean and variance.
+    /// A batch norm's normalisation (`BatchNormPass::Apply`, written beside the root) and a
+    /// dropout of it (the root, seen through reshapes) in one kernel. Inputs are the
+    /// normalisation's (x, stats, γ, β), then the dropout's step.
+    BatchNormApplyDropout { relu: bool, p: f32, seed: u64 },
     BatchNormStatsRunning {
         eps: f32,
         /// (keep, take_mean, take_var) of the update.

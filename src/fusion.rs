@@ -312,6 +312,14 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
         let dx = g.batch_norm_grad_x_channels_first(x, stats, gamma, sums, z)?;
         return Ok(vec![(root, dx.reshape(&f.shape)?)]);
     }
+    if let FusedKind::BatchNormApplyDropout { relu, p, seed } = f.kind {
+        let [x, stats, gamma, beta, step] = args else {
+            unreachable!("planned with the normalisation's inputs and the step")
+        };
+        let (y, dropped) =
+            x.batch_norm_apply_dropout((stats, gamma, beta, relu), (p, seed, step))?;
+        return Ok(vec![(root, dropped.reshape(&f.shape)?), (f.outputs[0], y)]);
+    }
     if let FusedKind::BatchNormStatsRunning { eps, update } = f.kind {
         let [x, mean, var] = args else {
             unreachable!("planned with x and the running statistics")

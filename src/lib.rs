@@ -105,8 +105,6 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("loss.wgsl", ops::loss::SHADER.source),
         ("pool.wgsl", ops::pool::SHADER.source),
         ("depthwise.wgsl", ops::depthwise::SHADER.source),
-        ("batchnorm.wgsl", ops::batchnorm::SHADER.source),
-        ("dropout.wgsl", ops::dropout::SHADER.source),
         ("gather.wgsl", ops::gather::SHADER.source),
         ("linalg.wgsl", linalg::SHADER.source),
         ("matmul_f16.wgsl", ops::half::MATMUL_F16.source),
@@ -123,6 +121,9 @@ pub fn composed_shader_sources() -> Vec<(&'static str, &'static str)> {
         ("conv.wgsl", ops::conv::SHADER.source),
         ("exact_div.wgsl", ops::conv::SHADER.source),
         ("conv_gemm_fwd.wgsl", ops::conv_gemm::FORWARD.source),
+        ("dropout.wgsl", ops::dropout::SHADER.source),
+        ("dropout_hash.wgsl", ops::dropout::SHADER.source),
+        ("batchnorm.wgsl", ops::batchnorm::SHADER.source),
     ]
 }
 

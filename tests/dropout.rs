@@ -193,3 +193,90 @@ fn bad_probabilities_and_steps_are_typed_errors() {
         Error::Invalid { op: "dropout", .. }
     ));
 }
+
+/// A dropout of a batch norm's normalisation (through a flatten, as in the digits CNN) runs
+/// in the normalisation's own pass on a GPU when H·W is a multiple of 4
+/// (`batch_norm_apply_dropout4`), else as the two kernels. The dropped values, the loss and
+/// the gradients of x, γ and β over three steps (a new mask each) against the CPU
+/// reference, with and without the ReLU, batch 1, odd channels.
+#[test]
+fn a_dropout_after_a_batch_norm_runs_in_its_pass() {
+    let Some(dev) = gpu() else { return };
+    let cpu = Device::cpu();
+    let cases: [([usize; 4], bool); 4] = [
+        ([64, 32, 4, 4], true), // the digits CNN's bn2, ReLU, flatten, dropout
+        ([3, 5, 2, 4], false),
+        ([1, 7, 4, 4], true),
+        ([2, 3, 3, 3], true), // H·W = 9: two kernels
+    ];
+    for ([n, c, h, w], relu) in cases {
+        let label = format!("{:?} relu={relu}", [n, c, h, w]);
+        let g = Graph::new();
+        let x = g.input("x", &[n, c, h, w]);
+        let (gamma, beta) = (g.input("gamma", &[c]), g.input("beta", &[c]));
+        let (mut y, _) = x.batch_norm_train(&gamma, &beta, 1e-5).unwrap();
+        if relu {
+            y = y.relu().unwrap();
+        }
+        let counter = g.step_counter("drop.step").unwrap();
+        let dropped = y
+            .reshape(&[n, c * h * w])
+            .unwrap()
+            .dropout(0.3, 11, &counter)
+            .unwrap();
+        let r = g.input("r", &[n, c * h * w]);
+        let loss = dropped.mul(&r).unwrap().sum().unwrap();
+        let grads = grad(&loss, &[&x, &gamma, &beta]).unwrap();
+        let mut outs = vec![&dropped, &loss];
+        outs.extend(grads.iter());
+        let feeds: Vec<(&str, Vec<usize>, f32)> = vec![
+            ("x", vec![n, c, h, w], 1.0),
+            ("gamma", vec![c], 1.0),
+            ("beta", vec![c], 0.5),
+            ("r", vec![n, c * h * w], 1.0),
+        ];
+        let tensors: Vec<(Tensor, Tensor)> = feeds
+            .iter()
+            .enumerate()
+            .map(|(k, (_, shape, span))| {
+                let v = uniform(41 + k as u64, shape.iter().product(), -*span, *span);
+                (
+                    Tensor::from_slice(&dev, &v, shape).unwrap(),
+                    Tensor::from_slice(&cpu, &v, shape).unwrap(),
+                )
+            })
+            .collect();
+        let gpu_exe = dev.compile(&g, &outs, None).unwrap();
+        let cpu_exe = cpu.compile(&g, &outs, None).unwrap();
+        for s in 0..3 {
+            let named = |gpu_side: bool| -> Vec<(&str, &Tensor)> {
+                feeds
+                    .iter()
+                    .zip(&tensors)
+                    .map(|((name, _, _), (gt, ct))| (*name, if gpu_side { gt } else { ct }))
+                    .collect()
+            };
+            let got = gpu_exe.run(&named(true)).unwrap();
+            let want = cpu_exe.run(&named(false)).unwrap();
+            for (k, (gv, wv)) in got.iter().zip(&want).enumerate() {
+                let (gv, wv) = (gv.to_vec::<f32>().unwrap(), wv.to_vec::<f32>().unwrap());
+                assert_close(
+                    &format!("{label} step {s} output {k}"),
+                    &gv,
+                    &wv,
+                    1e-4,
+                    1e-4,
+                );
+            }
+        }
+        let entries = gpu_exe.dispatch_entries();
+        let fused = entries.iter().any(|e| e == "batch_norm_apply_dropout4");
+        assert_eq!(fused, (h * w) % 4 == 0, "{label}: {entries:?}");
+        // The backward pass's dropout (the same mask on the gradient) stays its own kernel.
+        let dropouts = entries
+            .iter()
+            .filter(|e| e.starts_with("dropout_forward"))
+            .count();
+        assert_eq!(dropouts, if fused { 1 } else { 2 }, "{label}: {entries:?}");
+    }
+}

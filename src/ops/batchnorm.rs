@@ -23,7 +23,10 @@ use crate::DType;
 
 pub(crate) const SHADER: Kernel = Kernel {
     name: "batchnorm",
-    source: include_str!("../../shaders/batchnorm.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/batchnorm.wgsl"),
+        include_str!("../../shaders/dropout_hash.wgsl")
+    ),
 };
 
 /// Invocations of a reduction workgroup (the shader's `@workgroup_size(8)`: one SIMD group
@@ -207,7 +210,8 @@ fn dims(op: &'static str, x: &[usize]) -> Result<(usize, usize, usize)> {
 }
 
 /// The uniform words: c, hw, m, total, parts, plen, eps, keep, take_mean, take_var, relu,
-/// run, channels_first (0) and 3 of padding; `extra` = (keep, take_mean, take_var, relu).
+/// run, channels_first (0), 3 of padding and dropout's 4 (0); `extra` = (keep, take_mean,
+/// take_var, relu).
 fn params(x: &[usize], parts: usize, eps: f32, extra: (f32, f32, f32, bool)) -> Vec<u32> {
     let (n, c, hw) = (x[0], x[1], x[2..].iter().product::<usize>());
     let (keep, take_mean, take_var, relu) = extra;
@@ -225,6 +229,10 @@ fn params(x: &[usize], parts: usize, eps: f32, extra: (f32, f32, f32, bool)) -> 
         relu as u32,
         run(hw) as u32,
         0, // channels_first: set by grad_x's caller
+        0,
+        0,
+        0,
+        0, // dropout's seed (2 words), threshold and scale: set by apply_dropout's caller
         0,
         0,
         0,
@@ -396,6 +404,57 @@ impl Tensor {
         let (entry, groups) =
             elementwise("batch_norm_apply", "batch_norm_apply4", self.numel(), hw);
         launch(entry, &inputs, 4, &out, &p, groups)
+    }
+
+    /// [`Tensor::batch_norm_apply`] and [`Tensor::dropout`] of its result, `(y, dropped)`
+    /// (`p`, `seed`, `step` as there): one pass over x on a GPU when H·W is a multiple of 4
+    /// (`batch_norm_apply_dropout4`), where the dropout would read y back in a dispatch of
+    /// its own; else the two.
+    pub(crate) fn batch_norm_apply_dropout(
+        &self,
+        (stats, gamma, beta, relu): (&Tensor, &Tensor, &Tensor, bool),
+        (p, seed, step): (f32, u64, &Tensor),
+    ) -> Result<(Tensor, Tensor)> {
+        let out = self.bn_check(BatchNormPass::Apply { relu }, &[stats, gamma, beta])?;
+        let (_, _, hw) = dims(OP, self.shape())?;
+        let separate = || -> Result<(Tensor, Tensor)> {
+            let y = self.batch_norm_apply(stats, gamma, beta, relu)?;
+            let dropped = y.dropout(p, seed, step)?;
+            Ok((y, dropped))
+        };
+        let DeviceInner::Gpu(ctx) = &self.device().inner else {
+            return separate();
+        };
+        if hw % 4 != 0 {
+            return separate();
+        }
+        step.expect_f32("dropout")?;
+        self.expect_same_device("dropout", step)?;
+        crate::ops::dropout::check_dropout(p, step.shape())?;
+        let y = gpu_output(ctx, self.device(), OP, &out, DType::F32)?;
+        let dropped = gpu_output(ctx, self.device(), "dropout", &out, DType::F32)?;
+        let mut params = params(self.shape(), 1, 0.0, (0.0, 0.0, 0.0, relu));
+        // As `Tensor::dropout` sets them: the scale computed once in f32.
+        params[16..].copy_from_slice(&[
+            seed as u32,
+            (seed >> 32) as u32,
+            crate::ops::dropout::threshold(p),
+            (1.0f32 / (1.0 - p)).to_bits(),
+        ]);
+        let args: Vec<_> = [self, stats, gamma, beta, &y, &dropped, step]
+            .iter()
+            .map(|t| {
+                t.gpu_arg().ok_or_else(|| Error::Invalid {
+                    op: OP,
+                    detail: "operands must all be on the GPU".into(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (entry, groups) = elementwise("", "batch_norm_apply_dropout4", self.numel(), hw);
+        if groups > 0 {
+            ctx.dispatch(&SHADER, entry, &[], &params, &args, ctx.grid(groups as u64))?;
+        }
+        Ok((y, dropped))
     }
 
     /// Running mean and variance (C each) updated from a batch's `stats` (3, C) `self`:

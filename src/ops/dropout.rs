@@ -17,7 +17,10 @@ use crate::DType;
 
 pub(crate) const SHADER: Kernel = Kernel {
     name: "dropout",
-    source: include_str!("../../shaders/dropout.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/dropout.wgsl"),
+        include_str!("../../shaders/dropout_hash.wgsl")
+    ),
 };
 
 /// The PCG hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020): a
