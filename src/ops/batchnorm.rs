@@ -283,17 +283,30 @@ fn launch(
     };
     let out = gpu_output(ctx, inputs[0].device(), OP, shape, DType::F32)?;
     let (before, after) = inputs.split_at(out_at);
-    let mut args = Vec::with_capacity(inputs.len() + 1);
-    for t in before.iter().chain(std::iter::once(&&out)).chain(after) {
-        args.push(t.gpu_arg().ok_or_else(|| Error::Invalid {
-            op: OP,
-            detail: "operands must all be on the GPU".into(),
-        })?);
-    }
+    let bound: Vec<&Tensor> = before
+        .iter()
+        .copied()
+        .chain([&out])
+        .chain(after.iter().copied())
+        .collect();
+    let args = gpu_args(&bound)?;
     if groups > 0 {
         ctx.dispatch(&SHADER, entry, &[], params, &args, ctx.grid(groups as u64))?;
     }
     Ok(out)
+}
+
+/// The buffers of `tensors`, in binding order.
+fn gpu_args<'t>(tensors: &[&'t Tensor]) -> Result<Vec<crate::gpu::BufArg<'t>>> {
+    tensors
+        .iter()
+        .map(|t| {
+            t.gpu_arg().ok_or_else(|| Error::Invalid {
+                op: OP,
+                detail: "operands must all be on the GPU".into(),
+            })
+        })
+        .collect()
 }
 
 /// A per-channel reduction: `entries.0` (scalar, vec4) over (channel, part) invocations, its
@@ -441,15 +454,7 @@ impl Tensor {
             crate::ops::dropout::threshold(p),
             (1.0f32 / (1.0 - p)).to_bits(),
         ]);
-        let args: Vec<_> = [self, stats, gamma, beta, &y, &dropped, step]
-            .iter()
-            .map(|t| {
-                t.gpu_arg().ok_or_else(|| Error::Invalid {
-                    op: OP,
-                    detail: "operands must all be on the GPU".into(),
-                })
-            })
-            .collect::<Result<_>>()?;
+        let args = gpu_args(&[self, stats, gamma, beta, &y, &dropped, step])?;
         let (entry, groups) = elementwise("", "batch_norm_apply_dropout4", self.numel(), hw);
         if groups > 0 {
             ctx.dispatch(&SHADER, entry, &[], &params, &args, ctx.grid(groups as u64))?;
@@ -536,15 +541,7 @@ impl Tensor {
         } else {
             "batch_norm_stats_running"
         };
-        let args: Vec<_> = [self, &stats, mean, &running, var]
-            .iter()
-            .map(|t| {
-                t.gpu_arg().ok_or_else(|| Error::Invalid {
-                    op: OP,
-                    detail: "operands must all be on the GPU".into(),
-                })
-            })
-            .collect::<Result<_>>()?;
+        let args = gpu_args(&[self, &stats, mean, &running, var])?;
         let groups = c.div_ceil(WG_REDUCE) as u64;
         ctx.dispatch(&SHADER, entry, &[], &p, &args, ctx.grid(groups))?;
         Ok((stats, running))

@@ -713,6 +713,15 @@ mod tests {
             .expect("base part validates without subgroups");
     }
 
+    /// The same seeded values in [-1, 1) on the GPU and the CPU reference.
+    fn seeded_pair((dev, cpu): (&Device, &Device), seed: u64, shape: &[usize]) -> (Tensor, Tensor) {
+        let v = crate::Rng::new(seed).vec_uniform(shape.iter().product(), -1.0, 1.0);
+        (
+            Tensor::from_slice(dev, &v, shape).unwrap(),
+            Tensor::from_slice(cpu, &v, shape).unwrap(),
+        )
+    }
+
     /// Every kernel (and the split-K sum) applies every epilogue part as the separate
     /// element-wise ops on the CPU reference compute them: ragged shapes (edges of every
     /// tile and vec4), a batched B under an unbatched A (a convolution's product), a batched
@@ -721,14 +730,7 @@ mod tests {
     fn every_kernel_applies_the_epilogue() {
         let Ok(dev) = Device::gpu() else { return };
         let cpu = Device::cpu();
-        let t = |seed: u64, shape: &[usize]| {
-            let n = shape.iter().product();
-            let v = crate::Rng::new(seed).vec_uniform(n, -1.0, 1.0);
-            (
-                Tensor::from_slice(&dev, &v, shape).unwrap(),
-                Tensor::from_slice(&cpu, &v, shape).unwrap(),
-            )
-        };
+        let t = |seed: u64, shape: &[usize]| seeded_pair((&dev, &cpu), seed, shape);
         // (A stored, B stored, ta, tb)
         let cases: [(&[usize], &[usize], bool, bool); 10] = [
             // Rows of C a multiple of 4 (vec4 stores), N = 132 ends 4 into a tile: the
@@ -818,14 +820,7 @@ mod tests {
     fn column_groups_store_the_permute() {
         let Ok(dev) = Device::gpu() else { return };
         let cpu = Device::cpu();
-        let t = |seed: u64, shape: &[usize]| {
-            let n = shape.iter().product();
-            let v = crate::Rng::new(seed).vec_uniform(n, -1.0, 1.0);
-            (
-                Tensor::from_slice(&dev, &v, shape).unwrap(),
-                Tensor::from_slice(&cpu, &v, shape).unwrap(),
-            )
-        };
+        let t = |seed: u64, shape: &[usize]| seeded_pair((&dev, &cpu), seed, shape);
         // (A stored, B stored, ta, tb, G): the folded convolution's (F, CK)·(N·L, CK)ᵀ with
         // L = 16 (digits), 4, 12 and 20 (groups that straddle the kernels' 8-column stores),
         // M past one 32-row tile, N past a 64-wide tile and ending inside one; gemv (M ≤ 4)
