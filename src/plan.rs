@@ -316,7 +316,8 @@ impl RecordedPlan {
                     });
                 }
                 let adam = matches!(opt, Optimizer::Adam { .. });
-                for group in slots.chunks(crate::fusion::STATEFUL_PER_DISPATCH) {
+                let buffers = crate::fusion::stateful_buffers(adam);
+                for group in slots.chunks(crate::fusion::params_per_dispatch(ctx, buffers)) {
                     let at = capture::position(ctx);
                     // Recorded at step 1; Adam's bias corrections are rewritten per run.
                     if let Some(n) = crate::fusion::stateful_update(opt, group, 1)? {

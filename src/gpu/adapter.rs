@@ -23,6 +23,8 @@ pub struct AdapterSummary {
     pub max_workgroup_storage: u32,
     /// Workgroups per dispatch dimension.
     pub max_workgroups_per_dimension: u32,
+    /// Storage buffers one shader stage may bind (WebGPU's default 8; lavapipe 32).
+    pub max_storage_buffers_per_stage: u32,
     /// Whether subgroup operations are enabled on the device.
     pub subgroups: bool,
     /// Whether f16 in shaders is enabled on the device.

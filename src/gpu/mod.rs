@@ -208,6 +208,7 @@ impl GpuContext {
             max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             reason,

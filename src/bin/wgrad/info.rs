@@ -47,6 +47,10 @@ pub fn run(brief: bool) -> anyhow::Result<()> {
         a.max_workgroups_per_dimension
     );
     println!(
+        "  max_storage_buffers_per_shader_stage: {}",
+        a.max_storage_buffers_per_stage
+    );
+    println!(
         "  features: subgroups={} shader_f16={}",
         a.subgroups, a.shader_f16
     );
