@@ -60,7 +60,7 @@ struct Params {
     split0: u32,            // index of this dispatch's first chunk
     epi_rows: u32,          // rows of one output matrix for the epilogue's per-row operands
     c_group: u32,           // 0, or C stored in column groups of this many (see c_index)
-    pad2: u32,
+    small_rows: u32,        // matmul_forward_small: 32 for its narrow tiles, else 64
     batch_dims: array<vec4<u32>, 2>,  // output batch dims, outermost first
     a_strides: array<vec4<u32>, 2>,   // elements between A's matrices per batch dim (0 = broadcast)
     b_strides: array<vec4<u32>, 2>,   // same for B
@@ -565,9 +565,15 @@ fn matmul_forward_small(@builtin(workgroup_id) wg: vec3<u32>,
     // unless C is at most 16 columns wide: then along M, so that a group's lanes all hold
     // rows of C, where along N 5 of its 8 lanes idled past column 12 (a classifier's
     // weight gradient, 512x10) and still cost a lane step at every load and store.
+    // The host may make such a tile 32 rows high (params.small_rows; see
+    // SMALL_NARROW_TILE_M): only the first 32 invocations hold a block then.
     var sub = lid.xy;
     if (params.n <= 16u) { sub = lid.yx; }
-    small_tile(t, t.tile_m * 64u + sub.y * 4u, t.tile_n * 64u + sub.x * 4u);
+    if (params.small_rows == 32u) {
+        let li = lid.y * 16u + lid.x;
+        sub = vec2<u32>(li / 8u, li % 8u);  // (column block, row block)
+    }
+    small_tile(t, t.tile_m * params.small_rows + sub.y * 4u, t.tile_n * 64u + sub.x * 4u);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -77,7 +77,8 @@ fn every_kernel_and_transpose_matches_reference() {
         (1000, 3, 257),
         (7, 1000, 9),
         // At most 16 columns on the small kernel (its invocations then run along M):
-        // a classifier's weight gradient, and the 16-column edge.
+        // a classifier's weight gradient, and the 16-column edge. Below 4 tiles of 64
+        // rows its tiles are 32 rows high (70 and 130 rows cross them; 255 does not).
         (70, 37, 10),
         (130, 64, 16),
         (45, 9, 17),
@@ -110,7 +111,7 @@ fn batched_products_broadcast_leading_dims() {
     let Some(dev) = gpu() else { return };
     // (A's batch dims, B's batch dims, (M, K, N))
     type Case = (&'static [usize], &'static [usize], (usize, usize, usize));
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         (&[3], &[], (17, 9, 12)),   // (B, M, K) x (K, N): folded into one product
         (&[], &[4], (5, 8, 70)),    // (M, K) x (B, K, N)
         (&[5], &[5], (65, 4, 3)),   // paired batches
@@ -118,6 +119,8 @@ fn batched_products_broadcast_leading_dims() {
         (&[1], &[4], (3, 5, 2)),    // a batch of 1 stretched
         (&[2, 1, 3], &[1, 2, 1], (9, 13, 11)),
         (&[4], &[1], (64, 64, 64)), // B's batch of 1: folded
+        // Two narrow products (N <= 16) of 40 rows: the small kernel's 32-row tiles.
+        (&[2], &[2], (40, 9, 7)),
     ];
     for (i, (ab, bb, mkn)) in cases.into_iter().enumerate() {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {

@@ -61,6 +61,15 @@ const TILE: usize = 64;
 /// 0.59 ms; 64×4096×64 (one tile) 2.0-2.7 ms against 0.93-0.96.
 const SUBGROUP_TILE_M: usize = 32;
 
+/// `matmul_forward_small`'s tile for C at most [`SMALL_NARROW_N`] columns wide when 64-row
+/// tiles would make fewer than [`SMALL_NARROW_BELOW`] workgroups: 32 rows (params word 15).
+/// One workgroup runs on one core: a classifier's 64×512 · 512×10 was one workgroup,
+/// 0.24-0.25 ms on lavapipe's 2 cores, and is 0.16 ms as two. With 8 workgroups already
+/// (512×64 · 64×10), 32-row tiles were slower: 0.28 ms against 0.22-0.23.
+const SMALL_NARROW_N: usize = 16;
+const SMALL_NARROW_TILE_M: usize = 32;
+const SMALL_NARROW_BELOW: usize = 4;
+
 /// Multiply-adds up to which a product the register-blocked variant runs takes
 /// `matmul_forward_small` (4x4 outputs per invocation, loads of any alignment, so no padded
 /// copies). On lavapipe its pipeline compiles in ~0.26 s at the first dispatch against
@@ -595,6 +604,11 @@ fn matmul_dispatch<'a>(
         .map_or((b, ldb), |(g, bytes, ld)| ((g.raw(), *bytes), *ld));
     let tile_m = if entry.starts_with("matmul_forward_subgroup") {
         SUBGROUP_TILE_M
+    } else if entry == "matmul_forward_small"
+        && p.n <= SMALL_NARROW_N
+        && p.m.div_ceil(TILE) * p.batch() < SMALL_NARROW_BELOW
+    {
+        SMALL_NARROW_TILE_M
     } else {
         TILE
     };
@@ -620,7 +634,7 @@ fn matmul_dispatch<'a>(
             split0 as u32,
             epi_rows as u32,
             c_group as u32,
-            0,
+            tile_m as u32,
         ];
         w.extend(pack_dims(&p.batch_dims));
         w.extend(pack_dims(&a_strides));
