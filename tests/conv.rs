@@ -108,6 +108,17 @@ fn im2col_and_col2im_match_reference() {
         Conv2d::new(2, 2).strides(2, 1).pads(1, 0, 0, 1),
     ));
     all.push(([64, 16, 8, 8], Conv2d::new(3, 3).stride(2).padding(1)));
+    // col2im by row phases (dilation 1, W % 4 = 0, a column stride of 1, 2 or 4): odd
+    // heights (uneven phases), stride 1, column stride 4 with row stride 3, windows
+    // smaller than the stride (phases no kernel row reaches), padding past the stride.
+    all.push(([2, 3, 7, 8], Conv2d::new(3, 3).stride(2).padding(1)));
+    all.push(([1, 5, 6, 8], Conv2d::new(3, 3).padding(1)));
+    all.push((
+        [1, 2, 11, 16],
+        Conv2d::new(5, 5).strides(3, 4).pads(2, 1, 1, 3),
+    ));
+    all.push(([3, 4, 6, 8], Conv2d::new(1, 1).stride(2)));
+    all.push(([1, 3, 9, 12], Conv2d::new(3, 5).stride(2).pads(3, 5, 0, 1)));
     // Patch rows past the loop budget in vec4s (4·129·128 values): the per-channel kernel.
     all.push(([1, 4, 130, 129], Conv2d::new(129, 128)));
     // Padding and stride of 2^22 rows: past the kernels' f32 division (dividends under

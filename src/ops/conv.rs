@@ -293,6 +293,35 @@ fn col2im_blocks(kh: usize, kw: usize, budget: usize) -> impl Iterator<Item = [(
     windows(kh, rows).flat_map(move |r| windows(kw, cols).map(move |c| [to_range(r), to_range(c)]))
 }
 
+/// The invocations of `col2im_phase4` for an image batch of shape `s` (N, C, H, W), if it
+/// takes the window: dilation 1 on both axes, rows of whole vec4s, a column stride that
+/// divides 4 (so every vec4 of a row has the same column phases), a row stride of at
+/// most 4 (each phase of rows holds about H/sh rows: a far larger stride would launch
+/// invocations for rows no phase has) and one invocation's pairs within the loop budget.
+/// col2im_forward4 walks every kernel row and column a stride can reach (for 3×3 and
+/// stride 2, 4 pairs per pixel, of which 2.25 exist). Lavapipe, best of 5×10 per
+/// dispatch, alternated: digits conv2's data gradient (3×3, stride 2, (64, 16, 8, 8))
+/// 0.71-1.15 -> 0.63-0.97 ms (3 of 4 rounds faster); the same at stride 1 1.17-2.18 ->
+/// 1.03-1.72; (8, 64, 56, 56) at stride 1 35-38 -> 31-33 ms, at stride 2 level (17-19
+/// against 16-21). The loads fell by 44% and the time by ~15%: the per-pair index work
+/// costs about as much as the load.
+fn phase_invocations(s: &[usize], g: &Conv2d) -> Option<usize> {
+    let &[n, c, h, w] = s else { return None };
+    let ([sh, sw], [dh, dw]) = (g.strides, g.dilations);
+    let pairs = g.kh.div_ceil(sh.max(1)) * (1 + 4 * g.kw.div_ceil(sw.max(1)));
+    let fits = dh == 1
+        && dw == 1
+        && w % 4 == 0
+        && matches!(sw, 1 | 2 | 4)
+        && (1..=4).contains(&sh)
+        && pairs <= crate::gpu::LOOP_BUDGET;
+    if !fits {
+        return None;
+    }
+    let invocations = sh.checked_mul(n * c)?.checked_mul(h.div_ceil(sh))? * (w / 4);
+    u32::try_from(invocations).ok().map(|_| invocations)
+}
+
 /// The kernels' pipeline constants for `params` ([`Conv2d::params`]): `EXACT` when some
 /// dividend can reach 2^24 (the element count, or an axis's size, padding, stride and
 /// dilation past 2^22 each), where the kernels' f32 division would not be exact.
@@ -417,6 +446,18 @@ impl Tensor {
                     let (Some(c), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
+                    if let Some(invocations) = phase_invocations(&s, &geom) {
+                        // By row phases: only the (tap, position) pairs that exist.
+                        let mut params = base.to_vec();
+                        params[14] = invocations as u32;
+                        let mut divided = base;
+                        divided[14] = base[14].max(invocations as u32);
+                        params.extend([0, geom.kh, 0, geom.kw, 0].map(|v| v as u32));
+                        let grid = ctx.grid(invocations.div_ceil(64) as u64);
+                        let constants = division(&divided);
+                        ctx.dispatch(&SHADER, "col2im_phase4", constants, &params, &[c, o], grid)?;
+                        return Ok(out);
+                    }
                     // Four outputs of a row per invocation when rows are whole vec4s (so a
                     // quarter of the loop budget per output), else one.
                     let (entry, budget, grid) = if s[3] % 4 == 0 {
