@@ -22,6 +22,9 @@
 //   cross_entropy_reduced_backward
 //                           the same, and dx as cross_entropy_backward computes it (upstream
 //                           g_up): a training step's loss and its gradient in one dispatch
+//   cross_entropy_reduced_backward_sums
+//                           the same, and dx's column sums Σ_i dx[i, c] (the gradient of a
+//                           bias added to the logits), summed once the rows are written
 // Rows too long for one invocation's loop budget (a vocabulary), or few long rows, are split
 // into parts of at most part_len classes (src/ops/loss_vocab.rs plans them):
 //   cross_entropy_partials  (max, sum of e^(x - max)) of each part, one part per invocation
@@ -57,6 +60,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> status: array<atomic<u32>, 4>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;      // backward: (rows, classes)
 @group(0) @binding(6) var<storage, read> g_up: array<f32>;          // reduced_backward: (rows)
+@group(0) @binding(7) var<storage, read_write> col_sums: array<f32>; // reduced_backward_sums: (classes)
 // Split rows: the (max, sum) of each part, (rows, parts), written by cross_entropy_partials and
 // read by cross_entropy_merge, which writes the loss (binding 3) and lse_rows.
 @group(0) @binding(2) var<storage, read_write> part_out: array<vec2<f32>>;
@@ -289,6 +293,27 @@ fn cross_entropy_reduced(@builtin(local_invocation_index) lid: u32) {
 fn cross_entropy_reduced_backward(@builtin(local_invocation_index) lid: u32) {
     for (var i = lid; i < params.rows; i = i + 64u) {
         grad_row(i, g_up[i]);
+    }
+    store_total(lid, reduced_partial(lid));
+}
+
+// cross_entropy_reduced_backward, then invocation lid sums dx over the rows for classes lid,
+// lid + 64, …: the bias gradient of a linear layer that made the logits, where a separate
+// reduction was a dispatch of its own. The storage barrier makes every invocation's rows
+// visible to the others (one workgroup). The host keeps ceil(classes / 64) · rows more steps
+// within the walk's budget.
+@compute @workgroup_size(64)
+fn cross_entropy_reduced_backward_sums(@builtin(local_invocation_index) lid: u32) {
+    for (var i = lid; i < params.rows; i = i + 64u) {
+        grad_row(i, g_up[i]);
+    }
+    storageBarrier();
+    for (var c = lid; c < params.classes; c = c + 64u) {
+        var s = 0.0;
+        for (var i = 0u; i < params.rows; i = i + 1u) {
+            s = s + dx[i * params.classes + c];
+        }
+        col_sums[c] = s;
     }
     store_total(lid, reduced_partial(lid));
 }

@@ -68,11 +68,22 @@ pub(crate) fn plan(
                         && leaf[nodes[j].inputs[2]]
                         && !absorbed[j]
                 });
+                let mut sums = None;
                 let outputs = match grad {
                     Some(j) => {
                         absorbed[j] = true;
                         inputs.push(nodes[j].inputs[2]);
-                        vec![j]
+                        // The gradient's sum over rows (a bias's gradient): the same kernel.
+                        match column_sums(nodes, users, &absorbed, j) {
+                            Some(r) => {
+                                absorbed[r] = true;
+                                if let Op::Reduce { keepdim, .. } = nodes[r].op {
+                                    sums = Some(keepdim);
+                                }
+                                vec![j, r]
+                            }
+                            None => vec![j],
+                        }
                     }
                     None => Vec::new(),
                 };
@@ -87,6 +98,7 @@ pub(crate) fn plan(
                         kind: FusedKind::CrossEntropyReduced {
                             mean: op == ReduceOp::Mean,
                             opts,
+                            sums,
                         },
                     },
                 );
@@ -152,6 +164,39 @@ pub(crate) fn plan(
         );
     }
     (roots, absorbed)
+}
+
+/// A sum over the rows of the 2-D gradient `j`, read directly or through reshapes to the
+/// same shape (`sum_back_to` in src/autodiff.rs writes one before it reduces): the
+/// gradient of a bias added to logits, which the loss's gradient kernel can sum.
+fn column_sums(
+    nodes: &[Node],
+    users: &[Vec<NodeId>],
+    absorbed: &[bool],
+    j: NodeId,
+) -> Option<NodeId> {
+    let shape = &nodes[j].shape;
+    if shape.len() != 2 {
+        return None;
+    }
+    let mut readers: Vec<NodeId> = users[j].clone();
+    for &v in &users[j] {
+        if matches!(&nodes[v].op, Op::Reshape(s) if s == shape) {
+            readers.extend(&users[v]);
+        }
+    }
+    readers.into_iter().find(|&r| {
+        let rows = matches!(
+            nodes[r].op,
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                axis: 0,
+                ..
+            }
+        );
+        let from = nodes[r].inputs[0];
+        rows && nodes[from].shape == *shape && nodes[r].dtype == DType::F32 && !absorbed[r]
+    })
 }
 
 /// A dropout at `m` of a batch norm's normalisation, seen through reshapes (a flatten)

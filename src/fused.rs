@@ -34,9 +34,12 @@ pub(crate) enum FusedKind {
     /// are the logits and the labels, then the upstream of the loss's gradient when that
     /// gradient (the one output) is computed by the same kernel.
     /// `mean` divides by all rows (the graph's `.mean()`), ignored ones included.
+    /// `sums`: the gradient's column sums (a reduction over rows, keeping that axis or not:
+    /// the gradient of a bias added to the logits) are a second output, made by the kernel.
     CrossEntropyReduced {
         mean: bool,
         opts: crate::ops::loss::CrossEntropyOptions,
+        sums: Option<bool>,
     },
     /// A batch norm's input gradient (`BatchNormPass::GradX`) and the permute
     /// (N, C, L) → (C, N, L) after it, stored channels first by the one kernel: a

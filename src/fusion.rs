@@ -327,11 +327,16 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
         let (stats, running) = x.batch_norm_stats_running(eps, (mean, var), update)?;
         return Ok(vec![(root, stats), (f.outputs[0], running)]);
     }
-    if let FusedKind::CrossEntropyReduced { mean, opts } = f.kind {
+    if let FusedKind::CrossEntropyReduced { mean, opts, sums } = f.kind {
         use crate::ops::loss::Divide;
         let divide = if mean { Divide::Rows } else { Divide::One };
-        return match (f.outputs.first(), args.get(2)) {
-            (Some(&grad), Some(g)) => {
+        return match (&f.outputs[..], args.get(2), sums) {
+            (&[grad, r], Some(g), Some(keepdim)) => {
+                let (loss, dx, s) = args[0]
+                    .cross_entropy_reduced_backward_sums(args[1], divide, g, opts, keepdim)?;
+                Ok(vec![(root, loss), (grad, dx), (r, s)])
+            }
+            (&[grad, ..], Some(g), _) => {
                 let (loss, dx) =
                     args[0].cross_entropy_reduced_backward(args[1], divide, g, opts)?;
                 Ok(vec![(root, loss), (grad, dx)])

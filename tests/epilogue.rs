@@ -349,6 +349,72 @@ fn a_loss_and_its_gradient_are_one_dispatch() {
     }
 }
 
+/// The gradient of a bias added to the logits (the gradient's sum over rows) comes out of
+/// the loss's gradient kernel, `cross_entropy_reduced_backward_sums`, with no reduction of
+/// its own, while the walk fits (then a reduction sums it). Values against the reference:
+/// a bias of (classes) and of (1, classes), several classes per invocation (100), and a
+/// walk past the budget.
+#[test]
+fn a_bias_gradient_comes_from_the_loss_gradient_kernel() {
+    let Some(dev) = gpu() else { return };
+    let cpu = Device::cpu();
+    for (rows, classes, keep_row) in [
+        (256usize, 10usize, false),
+        (65, 3, true),
+        (64, 64, false),
+        (129, 100, true),
+        (300, 1000, false), // 15,010 steps + 16 · 300 for the sums: past the walk
+    ] {
+        let x = uniform(rows as u64 + 7, rows * classes, -4.0, 4.0);
+        let x = Tensor::from_slice(&cpu, &x, &[rows, classes]).unwrap();
+        let bias_shape = if keep_row {
+            vec![1, classes]
+        } else {
+            vec![classes]
+        };
+        let b = uniform(classes as u64, classes, -1.0, 1.0);
+        let b = Tensor::from_slice(&cpu, &b, &bias_shape).unwrap();
+        let labels: Vec<i32> = (0..rows).map(|i| ((i * 5) % classes) as i32).collect();
+        let y = Tensor::from_slice(&cpu, &labels, &[rows]).unwrap();
+        let g = Graph::new();
+        let xv = g.input("x", &[rows, classes]);
+        let bv = g.input("b", &bias_shape);
+        let loss = xv
+            .add(&bv)
+            .unwrap()
+            .cross_entropy(&g.input_i32("y", &[rows]))
+            .unwrap()
+            .mean()
+            .unwrap();
+        let grads = wgrad::autodiff::grad(&loss, &[&xv, &bv]).unwrap();
+        let label = format!("{rows}x{classes} bias {bias_shape:?}");
+        let outs = |dev: &Device| -> (Vec<Vec<f32>>, Vec<String>) {
+            let exe = dev
+                .compile(&g, &[&loss, &grads[0], &grads[1]], None)
+                .unwrap();
+            let feeds = [x.to_device(dev).unwrap(), b.to_device(dev).unwrap()];
+            let yd = y.to_device(dev).unwrap();
+            let got = exe
+                .run(&[("x", &feeds[0]), ("b", &feeds[1]), ("y", &yd)])
+                .unwrap();
+            let got = got.iter().map(|t| t.to_vec::<f32>().unwrap()).collect();
+            (got, exe.dispatch_entries())
+        };
+        let (got, entries) = outs(&dev);
+        let walk = rows.div_ceil(64) * (3 * classes + 2) + classes.div_ceil(64) * rows;
+        let summed = entries
+            .iter()
+            .any(|e| e == "cross_entropy_reduced_backward_sums");
+        assert_eq!(summed, walk <= 16384, "{label}: {entries:?}");
+        let reductions = entries.iter().filter(|e| e.starts_with("reduce")).count();
+        assert_eq!(reductions == 0, summed, "{label}: {entries:?}");
+        let (want, _) = outs(&cpu);
+        assert_close(&format!("loss {label}"), &got[0], &want[0], 1e-5, 1e-5);
+        assert_close(&format!("dx {label}"), &got[1], &want[1], 1e-5, 1e-5);
+        assert_close(&format!("db {label}"), &got[2], &want[2], 1e-5, 1e-5);
+    }
+}
+
 #[test]
 fn a_bad_label_through_the_fused_loss_and_gradient_is_an_error() {
     let Some(dev) = gpu() else { return };

@@ -35,6 +35,93 @@ fn reduced_steps(rows: usize, classes: usize, gradient: bool) -> usize {
 }
 
 impl Tensor {
+    /// The GPU context, rows and classes when logits `self`, `labels` and the upstream `g`
+    /// are what `cross_entropy` and its gradient accept and the logits fit one binding:
+    /// the one-workgroup kernels may take them if their walk is short enough.
+    fn one_workgroup<'a>(
+        &'a self,
+        labels: &Tensor,
+        g: &Tensor,
+    ) -> Option<(&'a std::sync::Arc<crate::gpu::GpuContext>, usize, usize)> {
+        let same = |t: &Tensor| t.device().same(self.device());
+        match (
+            self.device().gpu_ctx(),
+            cross_entropy_shape("cross_entropy", self.shape(), labels.shape()),
+        ) {
+            (Some(ctx), Ok((rows, classes)))
+                if (self.dtype(), labels.dtype(), g.dtype())
+                    == (DType::F32, DType::I32, DType::F32)
+                    && same(labels)
+                    && same(g)
+                    && g.shape() == labels.shape()
+                    && rows > 0
+                    && crate::ops::chunk::fits(ctx, rows * classes) =>
+            {
+                Some((ctx, rows, classes))
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Tensor::cross_entropy_reduced_backward`] of 2-D logits (rows, classes) and the
+    /// gradient's column sums, Σ over rows (shape (classes), or (1, classes) with
+    /// `keepdim`): the gradient of a bias added to the logits, in the same dispatch
+    /// (`cross_entropy_reduced_backward_sums`) where the one-workgroup walk stays within
+    /// its budget, else summed by a reduction.
+    pub(crate) fn cross_entropy_reduced_backward_sums(
+        &self,
+        labels: &Tensor,
+        divide: Divide,
+        g: &Tensor,
+        opts: CrossEntropyOptions,
+        keepdim: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let op = "cross_entropy";
+        match self.one_workgroup(labels, g) {
+            Some((ctx, rows, classes))
+                if self.shape().len() == 2
+                    && classes <= MAX_CLASSES
+                    && reduced_steps(rows, classes, true)
+                        + classes.div_ceil(WG as usize) * rows
+                        <= REDUCED_WALK =>
+            {
+                let total = gpu_output(ctx, self.device(), op, &[], DType::F32)?;
+                let dx = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;
+                let sums_shape = if keepdim {
+                    vec![1, classes]
+                } else {
+                    vec![classes]
+                };
+                let sums = gpu_output(ctx, self.device(), op, &sums_shape, DType::F32)?;
+                let params = words((rows, classes), divide, opts, (0, 0));
+                let status = ctx.status_buffer();
+                let bufs = [
+                    arg(self),
+                    arg(labels),
+                    arg(&total),
+                    (&status, STATUS_BYTES),
+                    arg(&dx),
+                    arg(g),
+                    arg(&sums),
+                ];
+                ctx.dispatch(
+                    &SHADER,
+                    "cross_entropy_reduced_backward_sums",
+                    &[],
+                    &params,
+                    &bufs,
+                    [1, 1, 1],
+                )?;
+                Ok((total, dx, sums))
+            }
+            _ => {
+                let (total, dx) = self.cross_entropy_reduced_backward(labels, divide, g, opts)?;
+                let sums = dx.reduce(ReduceOp::Sum, 0, keepdim)?;
+                Ok((total, dx, sums))
+            }
+        }
+    }
+
     /// The mean (`mean` true) or the sum over rows of [`Tensor::cross_entropy`], as a rank-0
     /// tensor (shape `[]`, as [`Tensor::mean`] and [`Tensor::sum`] give). The mean divides by
     /// the rows counted, as PyTorch's does: every row unless a label is -100 (see
@@ -136,29 +223,8 @@ impl Tensor {
         g: &Tensor,
         opts: CrossEntropyOptions,
     ) -> Result<(Tensor, Tensor)> {
-        // One workgroup walks every row twice (its gradient, then its loss): only while
-        // that walk is short, the logits fit one binding and the inputs are what
-        // `cross_entropy` and its gradient accept; otherwise the two ops check and run.
-        let same = |t: &Tensor| t.device().same(self.device());
-        let checked = match (
-            self.device().gpu_ctx(),
-            cross_entropy_shape("cross_entropy", self.shape(), labels.shape()),
-        ) {
-            (Some(ctx), Ok((rows, classes)))
-                if (self.dtype(), labels.dtype(), g.dtype())
-                    == (DType::F32, DType::I32, DType::F32)
-                    && same(labels)
-                    && same(g)
-                    && g.shape() == labels.shape()
-                    && rows > 0
-                    && crate::ops::chunk::fits(ctx, rows * classes) =>
-            {
-                Some((ctx, rows, classes))
-            }
-            _ => None,
-        };
         let op = "cross_entropy";
-        match checked {
+        match self.one_workgroup(labels, g) {
             Some((ctx, rows, classes))
                 if classes <= MAX_CLASSES && reduced_steps(rows, classes, true) <= REDUCED_WALK =>
             {
