@@ -63,6 +63,39 @@ impl Tensor {
         }
     }
 
+    /// The one-workgroup loss and gradient kernel on logits `self` (rows, classes), and the
+    /// gradient's column sums into `sums` when given: (total, dx).
+    fn reduced_backward_in(
+        &self,
+        ctx: &std::sync::Arc<crate::gpu::GpuContext>,
+        labels: &Tensor,
+        g: &Tensor,
+        (rows, classes): (usize, usize),
+        (divide, opts): (Divide, CrossEntropyOptions),
+        sums: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let op = "cross_entropy";
+        let total = gpu_output(ctx, self.device(), op, &[], DType::F32)?;
+        let dx = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;
+        let params = words((rows, classes), divide, opts, (0, 0));
+        let status = ctx.status_buffer();
+        let mut bufs = vec![
+            arg(self),
+            arg(labels),
+            arg(&total),
+            (&status, STATUS_BYTES),
+            arg(&dx),
+            arg(g),
+        ];
+        bufs.extend(sums.map(arg));
+        let entry = match sums {
+            Some(_) => "cross_entropy_reduced_backward_sums",
+            None => "cross_entropy_reduced_backward",
+        };
+        ctx.dispatch(&SHADER, entry, &[], &params, &bufs, [1, 1, 1])?;
+        Ok((total, dx))
+    }
+
     /// [`Tensor::cross_entropy_reduced_backward`] of 2-D logits (rows, classes) and the
     /// gradient's column sums, Σ over rows (shape (classes), or (1, classes) with
     /// `keepdim`): the gradient of a bias added to the logits, in the same dispatch
@@ -85,32 +118,19 @@ impl Tensor {
                         + classes.div_ceil(WG as usize) * rows
                         <= REDUCED_WALK =>
             {
-                let total = gpu_output(ctx, self.device(), op, &[], DType::F32)?;
-                let dx = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;
                 let sums_shape = if keepdim {
                     vec![1, classes]
                 } else {
                     vec![classes]
                 };
                 let sums = gpu_output(ctx, self.device(), op, &sums_shape, DType::F32)?;
-                let params = words((rows, classes), divide, opts, (0, 0));
-                let status = ctx.status_buffer();
-                let bufs = [
-                    arg(self),
-                    arg(labels),
-                    arg(&total),
-                    (&status, STATUS_BYTES),
-                    arg(&dx),
-                    arg(g),
-                    arg(&sums),
-                ];
-                ctx.dispatch(
-                    &SHADER,
-                    "cross_entropy_reduced_backward_sums",
-                    &[],
-                    &params,
-                    &bufs,
-                    [1, 1, 1],
+                let (total, dx) = self.reduced_backward_in(
+                    ctx,
+                    labels,
+                    g,
+                    (rows, classes),
+                    (divide, opts),
+                    Some(&sums),
                 )?;
                 Ok((total, dx, sums))
             }
@@ -228,27 +248,7 @@ impl Tensor {
             Some((ctx, rows, classes))
                 if classes <= MAX_CLASSES && reduced_steps(rows, classes, true) <= REDUCED_WALK =>
             {
-                let total = gpu_output(ctx, self.device(), op, &[], DType::F32)?;
-                let dx = gpu_output(ctx, self.device(), op, self.shape(), DType::F32)?;
-                let params = words((rows, classes), divide, opts, (0, 0));
-                let status = ctx.status_buffer();
-                let bufs = [
-                    arg(self),
-                    arg(labels),
-                    arg(&total),
-                    (&status, STATUS_BYTES),
-                    arg(&dx),
-                    arg(g),
-                ];
-                ctx.dispatch(
-                    &SHADER,
-                    "cross_entropy_reduced_backward",
-                    &[],
-                    &params,
-                    &bufs,
-                    [1, 1, 1],
-                )?;
-                Ok((total, dx))
+                self.reduced_backward_in(ctx, labels, g, (rows, classes), (divide, opts), None)
             }
             Some((ctx, rows, classes)) if loss_vocab::split(rows, classes) => {
                 let losses = gpu_output(ctx, self.device(), op, labels.shape(), DType::F32)?;
