@@ -41,7 +41,8 @@ struct Params {
     take_mean: f32, take_var: f32, relu: u32, run: u32, // running: momentum, momentum·n/(n − 1); ReLU;
                                                         // element-wise entries: elements (or vec4s) per invocation
     channels_first: u32,                    // grad_x: store dx as (C, N, HW) (see grad_x_at)
-    pad0: u32, pad1: u32, pad2: u32,
+    grad_drop: u32,                         // grad entries: g came through a dropout (drop_*)
+    pad1: u32, pad2: u32,
     drop_seed_lo: u32, drop_seed_hi: u32,   // apply_dropout4: dropout.wgsl's seed, threshold
     drop_threshold: u32, drop_scale: f32,   // and scale
 }
@@ -323,6 +324,32 @@ fn batch_norm_running(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     d[params.c + ch] = c[ch] * params.keep + a[params.c + ch] * params.take_var;
 }
 
+// With params.grad_drop the upstream g came through a dropout (the backward of a dropout of
+// this normalisation's output, seen through reshapes): the grad entries apply its mask and
+// scale as they read g, dropout.wgsl's same f32 operations on the same draw
+// (dropout_hash.wgsl), instead of a dispatch of its own before them. The step is bound at
+// the first binding after the entry's own (the host binds x there without a dropout).
+@group(0) @binding(6) var<storage, read> sums_step: array<f32>;    // grad_sums: the step
+@group(0) @binding(8) var<storage, read> grad_x_step: array<f32>;  // grad_x: the step
+
+fn grad_drop_key(step: f32) -> u32 {
+    if (params.grad_drop == 0u) { return 0u; }
+    return dropout_key(params.drop_seed_lo, params.drop_seed_hi, step);
+}
+
+// Element i of g as the dropout left it (params.grad_drop), else g.
+fn grad_dropped(g: f32, i: u32, key: u32) -> f32 {
+    if (params.grad_drop == 0u) { return g; }
+    let keep = pcg_hash(pcg_hash(i) ^ key) >= params.drop_threshold;
+    return select(0.0, g * params.drop_scale, keep);
+}
+
+fn grad_dropped4(g: vec4<f32>, first: u32, key: u32) -> vec4<f32> {
+    if (params.grad_drop == 0u) { return g; }
+    return select(vec4<f32>(0.0), g * params.drop_scale,
+                  dropout_keep4(first, key, params.drop_threshold));
+}
+
 @compute @workgroup_size(8)
 fn batch_norm_grad_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
@@ -332,12 +359,13 @@ fn batch_norm_grad_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workg
     let mean = c[s.ch];
     var sg = 0.0;
     var sgx = 0.0;
+    let key = grad_drop_key(sums_step[0]);
     var w = walk_start(s.r);
     loop {
         if (w.e >= s.r.y) { break; }
         let run = run_at(w, s.ch, s.r.y);
         for (var k = run.x; k < run.x + run.y; k = k + 1u) {
-            var gv = a[k];
+            var gv = grad_dropped(a[k], k, key);
             if (params.relu == 1u && !(zr5[k] > 0.0)) { gv = 0.0; }
             sg = sg + gv;
             sgx = sgx + gv * (xr[k] - mean);
@@ -356,12 +384,13 @@ fn batch_norm_grad_sums4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     let mean = c[s.ch];
     var sg = vec4<f32>(0.0);
     var sgx = vec4<f32>(0.0);
+    let key = grad_drop_key(sums_step[0]);
     var w = walk_start(s.r);
     loop {
         if (w.e >= s.r.y) { break; }
         let run = run_at(w, s.ch, s.r.y) >> vec2<u32>(2u);
         for (var k = run.x; k < run.x + run.y; k = k + 1u) {
-            var gv = a4[k];
+            var gv = grad_dropped4(a4[k], 4u * k, key);
             if (params.relu == 1u) { gv = select(vec4<f32>(0.0), gv, zs4[k] > vec4<f32>(0.0)); }
             sg = sg + gv;
             sgx = sgx + gv * (x4[k] - mean);
@@ -413,8 +442,9 @@ fn batch_norm_grad_x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let first = linear(wg, nwg, lid, 64u) * params.run;
     if (first >= params.total) { return; }
     let q = grad_x_factors(channel_of(first));
+    let key = grad_drop_key(grad_x_step[0]);
     for (var o = first; o < first + params.run; o = o + 1u) {
-        var gv = a[o];
+        var gv = grad_dropped(a[o], o, key);
         if (params.relu == 1u && !(zr7[o] > 0.0)) { gv = 0.0; }
         f[grad_x_at(o)] = q.k * (gv - q.sg - (xr[o] - q.mean) * q.inv * q.sgx);
     }
@@ -429,8 +459,9 @@ fn batch_norm_grad_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     // A run lies inside one (image, channel) block of HW values: it is stored contiguously
     // in either layout.
     let at = grad_x_at(first * 4u) / 4u;
+    let key = grad_drop_key(grad_x_step[0]);
     for (var o = first; o < first + params.run; o = o + 1u) {
-        var gv = a4[o];
+        var gv = grad_dropped4(a4[o], 4u * o, key);
         if (params.relu == 1u) { gv = select(vec4<f32>(0.0), gv, zx4[o] > vec4<f32>(0.0)); }
         dx4[at + (o - first)] = q.k * (gv - q.sg - (x4[o] - q.mean) * q.inv * q.sgx);
     }

@@ -34,6 +34,7 @@ use std::collections::HashMap;
 use crate::dtype::DType;
 use crate::fused::{EpiParts, Fused, FusedKind, ProductOp};
 use crate::graph::{Node, NodeId, Op};
+use crate::ops::batchnorm::BatchNormPass;
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use crate::ops::matmul_plan::MatmulPlan;
 use crate::ops::reduce::ReduceOp;
@@ -50,6 +51,8 @@ pub(crate) fn plan(
 ) -> (HashMap<NodeId, Fused>, Vec<bool>) {
     let mut roots = HashMap::new();
     let mut absorbed = vec![false; nodes.len()];
+    // Dropouts whose backward the batch norm gradient passes reading them apply.
+    let mut dropped: Vec<NodeId> = Vec::new();
     // An inner node: computed, not asked for, read by `by` alone.
     let inner = |j: NodeId, by: NodeId| !keep[j] && !leaf[j] && users[j] == [by];
     let f32_node = |j: NodeId| nodes[j].dtype == DType::F32;
@@ -119,22 +122,70 @@ pub(crate) fn plan(
             roots.insert(m, fused);
             continue;
         }
+        if let Some(absorbs) = dropped_gradient(nodes, users, keep, &absorbed, m) {
+            for j in absorbs {
+                absorbed[j] = true;
+            }
+            dropped.push(m);
+            continue;
+        }
+        // A batch norm gradient pass reading the dropout (through reshapes) absorbed above:
+        // its upstream before the dropout, and the dropout's step, instead.
+        let from_dropout = |m: NodeId| {
+            let mut g = nodes[m].inputs[0];
+            while let Op::Reshape(_) = nodes[g].op {
+                g = nodes[g].inputs[0];
+            }
+            let Op::Dropout { p, seed } = nodes[g].op else {
+                return None;
+            };
+            dropped.contains(&g).then(|| {
+                let mut inputs = nodes[m].inputs.clone();
+                inputs[0] = nodes[g].inputs[0];
+                inputs.push(nodes[g].inputs[1]);
+                (inputs, (p, seed))
+            })
+        };
         if let Some((members, root)) = grad_x_channels_first(nodes, users, &inner, m) {
             for j in members {
                 absorbed[j] = true;
             }
+            let (inputs, drop) = match from_dropout(m) {
+                Some((inputs, drop)) => (inputs, Some(drop)),
+                None => (nodes[m].inputs.clone(), None),
+            };
             roots.insert(
                 root,
                 Fused {
-                    inputs: nodes[m].inputs.clone(),
+                    inputs,
                     outputs: Vec::new(),
                     shape: nodes[root].shape.clone(),
                     source: String::new(),
                     members: 3,
-                    kind: FusedKind::BatchNormGradXChannelsFirst,
+                    kind: FusedKind::BatchNormGradXChannelsFirst { drop },
                 },
             );
             continue;
+        }
+        if let Op::BatchNorm(
+            pass @ (BatchNormPass::GradSums { .. } | BatchNormPass::GradX { .. }),
+        ) = nodes[m].op
+        {
+            if let Some((inputs, (p, seed))) = from_dropout(m) {
+                let sums = matches!(pass, BatchNormPass::GradSums { .. });
+                roots.insert(
+                    m,
+                    Fused {
+                        inputs,
+                        outputs: Vec::new(),
+                        shape: nodes[m].shape.clone(),
+                        source: String::new(),
+                        members: 1,
+                        kind: FusedKind::BatchNormGradDropped { sums, p, seed },
+                    },
+                );
+                continue;
+            }
         }
         let Some((op, rows, cols)) = product_of(nodes, m) else {
             continue;
@@ -164,6 +215,46 @@ pub(crate) fn plan(
         );
     }
     (roots, absorbed)
+}
+
+/// A dropout at `m` (the backward of a dropout of a batch norm's output) whose value
+/// only batch norm gradient passes read, as their upstream g, directly or through
+/// reshapes that nothing else reads: those passes can apply it as they read g (see
+/// `FusedKind::BatchNormGradDropped`). Returns the nodes it absorbs: the dropout and the
+/// reshapes.
+fn dropped_gradient(
+    nodes: &[Node],
+    users: &[Vec<NodeId>],
+    keep: &[bool],
+    absorbed: &[bool],
+    m: NodeId,
+) -> Option<Vec<NodeId>> {
+    let Op::Dropout { .. } = nodes[m].op else {
+        return None;
+    };
+    let mut absorbs = vec![m];
+    let mut passes = Vec::new();
+    let mut at = vec![m];
+    while let Some(v) = at.pop() {
+        if keep[v] || absorbed[v] || nodes[v].dtype != DType::F32 || users[v].is_empty() {
+            return None;
+        }
+        for &u in &users[v] {
+            match nodes[u].op {
+                Op::Reshape(_) => {
+                    absorbs.push(u);
+                    at.push(u);
+                }
+                Op::BatchNorm(BatchNormPass::GradSums { .. } | BatchNormPass::GradX { .. })
+                    if nodes[u].inputs[0] == v && !nodes[u].inputs[1..].contains(&v) =>
+                {
+                    passes.push(u)
+                }
+                _ => return None,
+            }
+        }
+    }
+    (!passes.is_empty()).then_some(absorbs)
 }
 
 /// A sum over the rows of the 2-D gradient `j`, read directly or through reshapes to the
@@ -212,7 +303,6 @@ fn apply_and_dropout(
     absorbed: &[bool],
     m: NodeId,
 ) -> Option<(Fused, Vec<NodeId>)> {
-    use crate::ops::batchnorm::BatchNormPass;
     let Op::Dropout { p, seed } = nodes[m].op else {
         return None;
     };
@@ -264,7 +354,6 @@ fn stats_and_running(
     absorbed: &[bool],
     m: NodeId,
 ) -> Option<Fused> {
-    use crate::ops::batchnorm::BatchNormPass;
     let Op::BatchNorm(BatchNormPass::Stats { eps }) = nodes[m].op else {
         return None;
     };
@@ -304,7 +393,6 @@ fn grad_x_channels_first(
     inner: &dyn Fn(NodeId, NodeId) -> bool,
     m: NodeId,
 ) -> Option<(Vec<NodeId>, NodeId)> {
-    use crate::ops::batchnorm::BatchNormPass;
     let Op::BatchNorm(BatchNormPass::GradX { .. }) = nodes[m].op else {
         return None;
     };

@@ -43,8 +43,14 @@ pub(crate) enum FusedKind {
     },
     /// A batch norm's input gradient (`BatchNormPass::GradX`) and the permute
     /// (N, C, L) → (C, N, L) after it, stored channels first by the one kernel: a
-    /// batch-folded convolution's gradient. Inputs are the gradient pass's.
-    BatchNormGradXChannelsFirst,
+    /// batch-folded convolution's gradient. Inputs are the gradient pass's; with `drop`,
+    /// as in [`FusedKind::BatchNormGradDropped`].
+    BatchNormGradXChannelsFirst { drop: Option<(f32, u64)> },
+    /// A batch norm's gradient sums (`sums`) or input gradient whose upstream is the
+    /// backward of a dropout (p, seed) of the normalisation's output, seen through
+    /// reshapes: the kernel applies the dropout as it reads the upstream. Inputs are the
+    /// pass's, the upstream taken before the dropout, then the dropout's step.
+    BatchNormGradDropped { sums: bool, p: f32, seed: u64 },
     /// A batch norm's statistics (`BatchNormPass::Stats`, the root) and the running
     /// statistics' update from them (`BatchNormPass::Running`, the one output beside it)
     /// in one kernel. Inputs are x, then the running mean and variance.

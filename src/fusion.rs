@@ -279,6 +279,20 @@ fn kernel(source: &str) -> Kernel {
 /// chain's nodes one by one, which is what the fused kernel is checked against).
 ///
 /// Returns the root's value and those of the chain values written beside it.
+///
+/// (A batch norm gradient's inputs may end with a dropout's step: see `split_step`.)
+/// The inputs of a fused batch norm gradient without the dropout's step that ends them
+/// when there is a dropout (p, seed), and the dropout.
+fn split_step<'a, 't>(
+    args: &'a [&'t Tensor],
+    drop: Option<(f32, u64)>,
+) -> (&'a [&'t Tensor], Option<crate::ops::batchnorm::Dropped<'t>>) {
+    match (drop, args.split_last()) {
+        (Some((p, seed)), Some((step, rest))) => (rest, Some((p, seed, *step))),
+        _ => (args, None),
+    }
+}
+
 pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(NodeId, Tensor)>> {
     if let FusedKind::Product { op, epi } = f.kind {
         // The epilogue's operands follow the product's, in `EpiParts` order.
@@ -303,14 +317,31 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
         // The product's elements in the order the graph's view of them has (a reshape).
         return Ok(vec![(root, c.reshape(&f.shape)?)]);
     }
-    if f.kind == FusedKind::BatchNormGradXChannelsFirst {
+    if let FusedKind::BatchNormGradXChannelsFirst { drop } = f.kind {
+        let (args, drop) = split_step(args, drop);
         let (z, [g, x, stats, gamma, sums]) = match args {
             [g, x, s, gm, su] => (None, [g, x, s, gm, su]),
             [g, x, s, gm, su, z] => (Some(*z), [g, x, s, gm, su]),
             _ => unreachable!("planned with a GradX pass's inputs"),
         };
-        let dx = g.batch_norm_grad_x_channels_first(x, stats, gamma, sums, z)?;
+        let dx = g.batch_norm_grad_x_channels_first(x, stats, gamma, sums, z, drop)?;
         return Ok(vec![(root, dx.reshape(&f.shape)?)]);
+    }
+    if let FusedKind::BatchNormGradDropped { sums, p, seed } = f.kind {
+        let (args, drop) = split_step(args, Some((p, seed)));
+        let drop = drop.expect("a step follows the pass's inputs");
+        let out = match (sums, args) {
+            (true, [g, x, s]) => g.batch_norm_grad_sums_dropped(x, s, None, drop)?,
+            (true, [g, x, s, z]) => g.batch_norm_grad_sums_dropped(x, s, Some(z), drop)?,
+            (false, [g, x, s, gm, su]) => {
+                g.batch_norm_grad_x_dropped(x, (s, gm, su), None, drop)?
+            }
+            (false, [g, x, s, gm, su, z]) => {
+                g.batch_norm_grad_x_dropped(x, (s, gm, su), Some(z), drop)?
+            }
+            _ => unreachable!("planned with a gradient pass's inputs"),
+        };
+        return Ok(vec![(root, out)]);
     }
     if let FusedKind::BatchNormApplyDropout { relu, p, seed } = f.kind {
         let [x, stats, gamma, beta, step] = args else {

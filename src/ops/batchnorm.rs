@@ -239,6 +239,29 @@ fn params(x: &[usize], parts: usize, eps: f32, extra: (f32, f32, f32, bool)) -> 
     ]
 }
 
+/// Params words 16-19: a dropout's seed, threshold and scale, as `Tensor::dropout` sets
+/// them (the scale computed once in f32).
+fn set_dropout(params: &mut [u32], p: f32, seed: u64) {
+    params[16..20].copy_from_slice(&[
+        seed as u32,
+        (seed >> 32) as u32,
+        crate::ops::dropout::threshold(p),
+        (1.0f32 / (1.0 - p)).to_bits(),
+    ]);
+}
+
+/// Params word 13 (`grad_drop`) and the dropout's words, for a gradient entry whose
+/// upstream came through `drop` = (p, seed, step).
+fn set_grad_dropout(params: &mut [u32], drop: Option<(f32, u64, &Tensor)>) {
+    if let Some((p, seed, _)) = drop {
+        params[13] = 1;
+        set_dropout(params, p, seed);
+    }
+}
+
+/// A dropout's (probability, seed, step) that a gradient came through.
+pub(crate) type Dropped<'a> = (f32, u64, &'a Tensor);
+
 /// Elements per invocation of the scalar element-wise entries (HW % 4 ≠ 0): one; and of
 /// the vec4 entries, in vec4s: up to 4 of one channel (16 values: the per-channel factors
 /// loaded and the channel found once for them).
@@ -319,11 +342,12 @@ fn reduce(
     x: &[usize],
     rows: usize,
     eps: f32,
-    extra: (f32, f32, f32, bool),
+    (extra, drop): ((f32, f32, f32, bool), Option<Dropped<'_>>),
 ) -> Result<Tensor> {
     let (n, c, hw) = (x[0], x[1], x[2..].iter().product::<usize>());
     let parts = (n * hw).div_ceil(part_len(hw));
-    let p = params(x, parts, eps, extra);
+    let mut p = params(x, parts, eps, extra);
+    set_grad_dropout(&mut p, drop);
     let entry = if hw % 4 == 0 {
         entries.0 .1
     } else {
@@ -378,7 +402,7 @@ impl Tensor {
             ("batch_norm_stats", "batch_norm_stats4"),
             "batch_norm_stats_merge",
         );
-        reduce(entries, &[self], 1, self.shape(), 3, eps, PLAIN)
+        reduce(entries, &[self], 1, self.shape(), 3, eps, (PLAIN, None))
     }
 
     /// `(x − mean)·γ·inv_std + β` per channel (then max(·, 0) with `relu`), x `self` with
@@ -419,6 +443,29 @@ impl Tensor {
         launch(entry, &inputs, 4, &out, &p, groups)
     }
 
+    /// On the CPU reference, the upstream `self` after the dropout `drop`, in x's shape (the
+    /// plain pass then runs on it); `None` on a GPU or without a dropout.
+    fn dropped_on_cpu(&self, x: &Tensor, drop: Option<Dropped<'_>>) -> Result<Option<Tensor>> {
+        match (drop, &self.device().inner) {
+            (Some((p, seed, step)), DeviceInner::Cpu) => {
+                Ok(Some(self.dropout(p, seed, step)?.reshape(x.shape())?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The upstream a GPU gradient entry reads: `self`, viewed in x's shape when it comes
+    /// before a dropout `drop` (whose step is checked as [`Tensor::dropout`] checks it).
+    fn dropped_view(&self, x: &Tensor, drop: Option<Dropped<'_>>) -> Result<Tensor> {
+        let Some((p, _, step)) = drop else {
+            return Ok(self.clone());
+        };
+        step.expect_f32("dropout")?;
+        self.expect_same_device("dropout", step)?;
+        crate::ops::dropout::check_dropout(p, step.shape())?;
+        self.reshape(x.shape())
+    }
+
     /// [`Tensor::batch_norm_apply`] and [`Tensor::dropout`] of its result, `(y, dropped)`
     /// (`p`, `seed`, `step` as there): one pass over x on a GPU when H·W is a multiple of 4
     /// (`batch_norm_apply_dropout4`), where the dropout would read y back in a dispatch of
@@ -447,13 +494,7 @@ impl Tensor {
         let y = gpu_output(ctx, self.device(), OP, &out, DType::F32)?;
         let dropped = gpu_output(ctx, self.device(), "dropout", &out, DType::F32)?;
         let mut params = params(self.shape(), 1, 0.0, (0.0, 0.0, 0.0, relu));
-        // As `Tensor::dropout` sets them: the scale computed once in f32.
-        params[16..].copy_from_slice(&[
-            seed as u32,
-            (seed >> 32) as u32,
-            crate::ops::dropout::threshold(p),
-            (1.0f32 / (1.0 - p)).to_bits(),
-        ]);
+        set_dropout(&mut params, p, seed);
         let args = gpu_args(&[self, stats, gamma, beta, &y, &dropped, step])?;
         let (entry, groups) = elementwise("", "batch_norm_apply_dropout4", self.numel(), hw);
         if groups > 0 {
@@ -555,13 +596,40 @@ impl Tensor {
         stats: &Tensor,
         z: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.batch_norm_grad_sums_in(x, stats, z, None)
+    }
+
+    /// [`Tensor::batch_norm_grad_sums`] of the upstream `self` after a dropout `drop` (the
+    /// backward of a dropout of the normalisation's output), applied as the kernel reads
+    /// it: `self` is the gradient before the dropout, of x's element count.
+    pub(crate) fn batch_norm_grad_sums_dropped(
+        &self,
+        x: &Tensor,
+        stats: &Tensor,
+        z: Option<&Tensor>,
+        drop: Dropped<'_>,
+    ) -> Result<Tensor> {
+        self.batch_norm_grad_sums_in(x, stats, z, Some(drop))
+    }
+
+    fn batch_norm_grad_sums_in(
+        &self,
+        x: &Tensor,
+        stats: &Tensor,
+        z: Option<&Tensor>,
+        drop: Option<Dropped<'_>>,
+    ) -> Result<Tensor> {
+        if let Some(g) = self.dropped_on_cpu(x, drop)? {
+            return g.batch_norm_grad_sums(x, stats, z);
+        }
+        let g = self.dropped_view(x, drop)?;
         let pass = BatchNormPass::GradSums { relu: z.is_some() };
         let mut others = vec![x, stats];
         others.extend(z);
-        self.bn_check(pass, &others)?;
+        g.bn_check(pass, &others)?;
         let (_, c, hw) = dims(OP, x.shape())?;
         if let DeviceInner::Cpu = self.device().inner {
-            let (g, xv, s) = (self.host_f64(), x.host_f64(), stats.host_f64());
+            let (g, xv, s) = (g.host_f64(), x.host_f64(), stats.host_f64());
             let zv = z.map(|t| t.host_f64());
             let mut out = vec![0.0; 2 * c];
             for o in 0..g.len() {
@@ -573,13 +641,15 @@ impl Tensor {
             return Ok(Tensor::cpu_from_f64(self.device(), &[2, c], out));
         }
         // Without a ReLU, x stands in z's binding (the shader reads z only when told to).
-        let inputs = [self, x, stats, z.unwrap_or(x)];
+        // The step follows z (or x in its place without a dropout).
+        let step = drop.map_or(x, |d| d.2);
+        let inputs = [&g, x, stats, z.unwrap_or(x), step];
         let entries = (
             ("batch_norm_grad_sums", "batch_norm_grad_sums4"),
             "batch_norm_sums_merge",
         );
         let extra = (0.0, 0.0, 0.0, z.is_some());
-        reduce(entries, &inputs, 3, x.shape(), 2, 0.0, extra)
+        reduce(entries, &inputs, 3, x.shape(), 2, 0.0, (extra, drop))
     }
 
     /// dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M), upstream `self` for x with its `stats`, γ
@@ -592,7 +662,7 @@ impl Tensor {
         sums: &Tensor,
         z: Option<&Tensor>,
     ) -> Result<Tensor> {
-        self.batch_norm_grad_x_in(x, stats, gamma, sums, z, false)
+        self.batch_norm_grad_x_in(x, stats, gamma, sums, z, (false, None))
     }
 
     /// [`Tensor::batch_norm_grad_x`] stored channels first, (C, N, H·W): with the permute
@@ -605,8 +675,21 @@ impl Tensor {
         gamma: &Tensor,
         sums: &Tensor,
         z: Option<&Tensor>,
+        drop: Option<Dropped<'_>>,
     ) -> Result<Tensor> {
-        self.batch_norm_grad_x_in(x, stats, gamma, sums, z, true)
+        self.batch_norm_grad_x_in(x, stats, gamma, sums, z, (true, drop))
+    }
+
+    /// [`Tensor::batch_norm_grad_x`] of the upstream `self` after a dropout `drop`, as
+    /// [`Tensor::batch_norm_grad_sums_dropped`] reads it.
+    pub(crate) fn batch_norm_grad_x_dropped(
+        &self,
+        x: &Tensor,
+        (stats, gamma, sums): (&Tensor, &Tensor, &Tensor),
+        z: Option<&Tensor>,
+        drop: Dropped<'_>,
+    ) -> Result<Tensor> {
+        self.batch_norm_grad_x_in(x, stats, gamma, sums, z, (false, Some(drop)))
     }
 
     fn batch_norm_grad_x_in(
@@ -616,12 +699,16 @@ impl Tensor {
         gamma: &Tensor,
         sums: &Tensor,
         z: Option<&Tensor>,
-        channels_first: bool,
+        (channels_first, drop): (bool, Option<Dropped<'_>>),
     ) -> Result<Tensor> {
+        if let Some(g) = self.dropped_on_cpu(x, drop)? {
+            return g.batch_norm_grad_x_in(x, stats, gamma, sums, z, (channels_first, None));
+        }
+        let g = self.dropped_view(x, drop)?;
         let pass = BatchNormPass::GradX { relu: z.is_some() };
         let mut others = vec![x, stats, gamma, sums];
         others.extend(z);
-        let out = self.bn_check(pass, &others)?;
+        let out = g.bn_check(pass, &others)?;
         let (n, c, hw) = dims(OP, x.shape())?;
         let out = if channels_first { vec![c, n, hw] } else { out };
         if let DeviceInner::Cpu = self.device().inner {
@@ -651,10 +738,11 @@ impl Tensor {
         }
         let mut p = params(x.shape(), 1, 0.0, (0.0, 0.0, 0.0, z.is_some()));
         p[12] = channels_first as u32;
-        // Without a ReLU, x stands in z's binding, as for the sums.
-        let inputs = [self, x, stats, gamma, sums, z.unwrap_or(x)];
-        let (entry, groups) =
-            elementwise("batch_norm_grad_x", "batch_norm_grad_x4", self.numel(), hw);
+        set_grad_dropout(&mut p, drop);
+        // Without a ReLU, x stands in z's binding, as for the sums; the step follows.
+        let step = drop.map_or(x, |d| d.2);
+        let inputs = [&g, x, stats, gamma, sums, z.unwrap_or(x), step];
+        let (entry, groups) = elementwise("batch_norm_grad_x", "batch_norm_grad_x4", g.numel(), hw);
         launch(entry, &inputs, 5, &out, &p, groups)
     }
 
