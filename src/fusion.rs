@@ -275,12 +275,6 @@ fn kernel(source: &str) -> Kernel {
     Kernel { name, source }
 }
 
-/// Runs a fused chain on its input values (GPU only: the CPU reference runs the
-/// chain's nodes one by one, which is what the fused kernel is checked against).
-///
-/// Returns the root's value and those of the chain values written beside it.
-///
-/// (A batch norm gradient's inputs may end with a dropout's step: see `split_step`.)
 /// The inputs of a fused batch norm gradient without the dropout's step that ends them
 /// when there is a dropout (p, seed), and the dropout.
 fn split_step<'a, 't>(
@@ -293,6 +287,11 @@ fn split_step<'a, 't>(
     }
 }
 
+/// Runs a fused chain on its input values (GPU only: the CPU reference runs the
+/// chain's nodes one by one, which is what the fused kernel is checked against).
+///
+/// Returns the root's value and those of the chain values written beside it. (A batch
+/// norm gradient's inputs may end with a dropout's step: see `split_step`.)
 pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(NodeId, Tensor)>> {
     if let FusedKind::Product { op, epi } = f.kind {
         // The epilogue's operands follow the product's, in `EpiParts` order.
@@ -422,6 +421,9 @@ pub(crate) fn params_per_dispatch(ctx: &GpuContext, buffers: usize) -> usize {
 /// Longest if-chain a generated update kernel walks per element.
 const MAX_FUSED_PARAMS: usize = 16;
 
+/// Storage buffers plain SGD binds per parameter: the parameter (in place), its gradient.
+const SGD_BUFFERS: usize = 2;
+
 /// The WGSL of one in-place SGD step over parameters of `sizes` elements,
 /// concatenated along one index: `p -= lr·(g + wd·p)`, as optim.wgsl's `sgd_update`.
 pub(crate) fn sgd_source(sizes: &[usize], lr: f32, weight_decay: f32) -> String {
@@ -487,7 +489,7 @@ pub(crate) fn sgd_update_all(
             detail: "fused updates run on a GPU device".into(),
         });
     };
-    for chunk in pairs.chunks(params_per_dispatch(ctx, 2)) {
+    for chunk in pairs.chunks(params_per_dispatch(ctx, SGD_BUFFERS)) {
         let sizes: Vec<usize> = chunk.iter().map(|(p, _)| p.numel()).collect();
         let total: usize = sizes.iter().sum();
         let source = sgd_source(&sizes, lr, weight_decay);

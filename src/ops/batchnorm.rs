@@ -252,7 +252,7 @@ fn set_dropout(params: &mut [u32], p: f32, seed: u64) {
 
 /// Params word 13 (`grad_drop`) and the dropout's words, for a gradient entry whose
 /// upstream came through `drop` = (p, seed, step).
-fn set_grad_dropout(params: &mut [u32], drop: Option<(f32, u64, &Tensor)>) {
+fn set_grad_dropout(params: &mut [u32], drop: Option<Dropped<'_>>) {
     if let Some((p, seed, _)) = drop {
         params[13] = 1;
         set_dropout(params, p, seed);
