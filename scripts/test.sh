@@ -24,7 +24,7 @@ if ensure_gl_adapter; then
     WGPU_BACKEND=gl cargo test --release \
         --test matmul --test matmul_long_k --test epilogue --test recorded_plan \
         --test fusion --test fused_optim --test elementwise --test reduce --test softmax \
-        --test layout --test loss --test loop_budget --test conv --test big_tensors \
+        --test layout --test loss --test loop_budget --test conv --test conv_phase --test big_tensors \
         --test big_compiled \
         -- --skip past_the_binding_limit --test-threads=1
     echo "wgrad: GL pass took $(($(date +%s) - gl_start)) s"

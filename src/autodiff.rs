@@ -100,6 +100,41 @@ pub fn vjp(output: &Var, upstream: &Var, wrt: &[&Var]) -> Result<Vec<Var>> {
         .collect()
 }
 
+/// The gradient of x through `cols = im2col(x)`, given cols' gradient `g`: col2im(g), or,
+/// where g is the patch gradients of a convolution, gᵀ·W_flat of an upstream gradient
+/// stored channels first (the batch-folded convolution's), the same sum by phases
+/// (`ops::conv_phase`), which needs no col2im. The product that made g is then left
+/// unused, and the executor skips it.
+fn im2col_grad(geom: Conv2d, x: &Var, g: &Var) -> Result<Var> {
+    let graph = g.graph();
+    let nodes = graph.nodes();
+    let mut at = g.id();
+    while let Op::Reshape(_) = nodes[at].op {
+        at = nodes[at].inputs[0];
+    }
+    if let (
+        Op::MatMul {
+            ta: true,
+            tb: false,
+        },
+        [gy, w],
+    ) = (&nodes[at].op, &nodes[at].inputs[..])
+    {
+        let (gs, ws) = (&nodes[*gy].shape, &nodes[*w].shape);
+        let patches = geom.patches_shape("im2col", x.shape())?;
+        let [rows, ck] = [patches[0] * patches[1], patches[2]];
+        let fits = gs.len() == 2 && ws.len() == 2 && gs[1] == rows && ws[1] == ck;
+        if fits
+            && ws[0] == gs[0]
+            && crate::ops::conv_phase::PhaseGeom::new(&geom, x.shape(), gs[0]).is_some()
+        {
+            let op = Op::ConvGradInputPhased(geom, x.shape().to_vec());
+            return graph.push(op, &[&graph.var(*gy)?, &graph.var(*w)?]);
+        }
+    }
+    graph.push(Op::Col2Im(geom, x.shape().to_vec()), &[g])
+}
+
 /// `g` summed back to `shape` when an op broadcast its input.
 fn unbroadcast(g: Var, shape: &[usize]) -> Result<Var> {
     if g.shape() == shape {
@@ -374,11 +409,15 @@ fn backward(node: &Node, x: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>
             op: "grad",
             detail: "second derivative of cross_entropy is not implemented".into(),
         }),
-        // im2col and col2im are each other's transpose
-        Op::Im2Col(geom) => one(g
-            .graph()
-            .push(Op::Col2Im(*geom, x[0].shape().to_vec()), &[g])?),
+        // im2col and col2im are each other's transpose (by phases where that pays)
+        Op::Im2Col(geom) => one(im2col_grad(*geom, &x[0], g)?),
         Op::Col2Im(geom, _) => one(g.im2col(*geom)?),
+        Op::ConvGradInputPhased(..) => Err(Error::Invalid {
+            op: "grad",
+            detail: "second derivative of a convolution's data gradient by phases is not \
+                     implemented"
+                .into(),
+        }),
         // d pool: max routes g to the taps equal to the maximum, average spreads g / count
         Op::Pool2d(p) => {
             let grad = Op::Pool2dGrad(*p, x[0].shape().to_vec());

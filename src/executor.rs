@@ -660,6 +660,7 @@ fn replayable(op: &Op) -> bool {
             | Op::CrossEntropyCount(_)
             | Op::Im2Col(_)
             | Op::Col2Im(..)
+            | Op::ConvGradInputPhased(..)
             | Op::Pool2d(_)
             | Op::Pool2dGrad(..)
             | Op::DepthwiseConv2d(_)
@@ -759,6 +760,7 @@ fn eval(op: &Op, x: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Op::CrossEntropyCount(o) => crate::ops::loss::counted_rows(x[0], *o),
         Op::Im2Col(geom) => x[0].im2col(*geom),
         Op::Col2Im(geom, image) => x[0].col2im(*geom, image),
+        Op::ConvGradInputPhased(geom, image) => x[0].conv2d_grad_input_phased(x[1], *geom, image),
         Op::Pool2d(p) => x[0].pool2d(*p),
         Op::Pool2dGrad(p, image) => match x {
             [x, y, g] => g.pool2d_backward(*p, image, Some((x, y))),

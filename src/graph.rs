@@ -121,6 +121,10 @@ pub enum Op {
     Im2Col(Conv2d),
     /// Its adjoint: patches → an image batch of the given (N, C, H, W) shape.
     Col2Im(Conv2d, Vec<usize>),
+    /// A convolution's data gradient by phases (`crate::ops::conv_phase`): (upstream
+    /// gradient channels first (F, N·OH·OW), flattened filters (F, C·KH·KW)) → the input's
+    /// (N, C, H, W) shape given. Autodiff makes it from im2col's gradient.
+    ConvGradInputPhased(Conv2d, Vec<usize>),
     /// Direct pooling of an NCHW batch: (N, C, H, W) → (N, C, OH, OW) (`crate::ops::pool`).
     Pool2d(Pool2d),
     /// Its gradient, an image batch of the given (N, C, H, W) shape; inputs (x, y, upstream)
@@ -180,6 +184,7 @@ impl Op {
             Op::CrossEntropyCount(_) => "cross_entropy_count",
             Op::Im2Col(_) => "im2col",
             Op::Col2Im(..) => "col2im",
+            Op::ConvGradInputPhased(..) => "conv2d_grad_input_phased",
             Op::Pool2d(p) => p.name(),
             Op::Pool2dGrad(..) => "pool2d_backward",
             Op::DepthwiseConv2d(_) => "depthwise_conv2d",
@@ -419,7 +424,7 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
         Op::Binary(_) | Op::MatMul { .. } | Op::CrossEntropy(_) | Op::Assign => 2,
         Op::Dropout { .. } | Op::Gather(_) | Op::ScatterAdd { .. } => 2,
         Op::DepthwiseConv2d(_) | Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => 2,
-        Op::Conv(..) => 2,
+        Op::Conv(..) | Op::ConvGradInputPhased(..) => 2,
         Op::BatchNorm(p) => p.arity(),
         Op::CrossEntropyGrad(_) => 3,
         Op::Pool2dGrad(p, _) if p.kind == PoolKind::Max => 3,
@@ -480,6 +485,20 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             if x != want {
                 return Err(mismatch(format!(
                     "patches {x:?} do not fit image {image:?} (expected {want:?})"
+                )));
+            }
+            image.clone()
+        }
+        Op::ConvGradInputPhased(geom, image) => {
+            let (oh, ow) = geom.output_size(name, image)?;
+            let f = shapes[1].first().copied().unwrap_or(0);
+            let ck = image[1] * geom.kh * geom.kw;
+            if x != [f, image[0] * oh * ow] || shapes[1] != [f, ck] {
+                return Err(mismatch(format!(
+                    "upstream gradient {x:?} and filters {:?} do not fit image {image:?} \
+                     (expected ({f}, {}) and ({f}, {ck}))",
+                    shapes[1],
+                    image[0] * oh * ow
                 )));
             }
             image.clone()

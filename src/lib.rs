@@ -121,6 +121,7 @@ pub fn composed_shader_sources() -> Vec<(&'static str, &'static str)> {
         ("conv.wgsl", ops::conv::SHADER.source),
         ("exact_div.wgsl", ops::conv::SHADER.source),
         ("conv_gemm_fwd.wgsl", ops::conv_gemm::FORWARD.source),
+        ("conv_phase.wgsl", ops::conv_phase::SHADER.source),
         ("dropout.wgsl", ops::dropout::SHADER.source),
         ("dropout_hash.wgsl", ops::dropout::SHADER.source),
         ("batchnorm.wgsl", ops::batchnorm::SHADER.source),

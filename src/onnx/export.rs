@@ -145,8 +145,11 @@ fn training_only(op: &Op) -> Option<&'static str> {
         }
         Op::Gather(..) => "gather takes integer indices, which exported graphs do not carry yet",
         Op::ScatterAdd { .. } => "scatter-add is the gradient of gather",
-        Op::Pool2dGrad(..) | Op::DepthwiseGradX(..) | Op::DepthwiseGradW(..) => {
-            "a pooling or depthwise convolution gradient only appears in gradients"
+        Op::Pool2dGrad(..)
+        | Op::DepthwiseGradX(..)
+        | Op::DepthwiseGradW(..)
+        | Op::ConvGradInputPhased(..) => {
+            "a pooling or convolution gradient only appears in gradients"
         }
         Op::Unary(UnaryOp::GeluGrad) => "GELU's derivative only appears in gradients",
         Op::BatchNorm(_) => {
@@ -619,7 +622,8 @@ impl<'a> Emitter<'a> {
             | Op::DepthwiseGradW(..)
             | Op::Conv(..)
             | Op::BatchNorm(_)
-            | Op::Col2Im(..) => {
+            | Op::Col2Im(..)
+            | Op::ConvGradInputPhased(..) => {
                 let why = training_only(&node.op).unwrap_or("a training op");
                 return Err(unexportable(id, node, why));
             }

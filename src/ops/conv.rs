@@ -7,7 +7,9 @@
 //! the column stride, left and right padding and column dilation); patches are
 //! (N, OH·OW, C·KH·KW). Bottom and right padding only decide how many windows fit.
 //! CPU reference: plain loops. GPU: `shaders/conv.wgsl`.
-//! Gradient: d im2col = col2im, d col2im = im2col (each is the other's transpose).
+//! Gradient: d im2col = col2im, d col2im = im2col (each is the other's transpose); where
+//! im2col's gradient is a convolution's patch gradients, autodiff computes the same sum by
+//! phases instead (`ops::conv_phase`), with no col2im.
 //!
 //! Grouped convolution (`groups` G > 1; depthwise when G = C) reuses the same patch
 //! matrix: its columns are channel-major, so group g owns one contiguous block of

@@ -337,6 +337,38 @@ fn implicit_conv(r: &mut Vec<Row>, gpu: &Device) {
     }
 }
 
+/// A convolution's data gradient by phases (`ops::conv_phase`): strides 2 and 3, odd sizes,
+/// uneven pads, rows of whole vec4s and not.
+fn phased_conv(r: &mut Vec<Row>, gpu: &Device) {
+    use wgrad::Conv2d;
+    let w = Conv2d::new;
+    let cases = [
+        ("3x3 s2 p1", [2, 3, 7, 9], 4, w(3, 3).stride(2).padding(1)),
+        (
+            "3x3 s2 p1 w8",
+            [3, 5, 8, 8],
+            8,
+            w(3, 3).stride(2).padding(1),
+        ),
+        ("5x5 s2 p2", [1, 7, 11, 10], 4, w(5, 5).stride(2).padding(2)),
+        (
+            "3x3 s3 pads",
+            [2, 3, 10, 9],
+            4,
+            w(3, 3).stride(3).pads(1, 0, 0, 1),
+        ),
+    ];
+    for (label, xs, f, geom) in cases {
+        let (oh, ow) = geom.output_size("check", &xs).expect("geometry");
+        let gy = [f, xs[0] * oh * ow];
+        let ws = [f, xs[1] * geom.kh * geom.kw];
+        let name = format!("conv2d_grad_input_phased {label}");
+        kernel(r, gpu, &name, &[&gy, &ws], (-1.0, 1.0), (1e-5, 1e-4), |x| {
+            x[0].conv2d_grad_input_phased(&x[1], geom, &xs)
+        });
+    }
+}
+
 fn all_rows(gpu: &Device) -> Vec<Row> {
     let mut rows = Vec::new();
     let r = &mut rows;
@@ -737,6 +769,7 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
     pooling(r, gpu);
     depthwise(r, gpu);
     implicit_conv(r, gpu);
+    phased_conv(r, gpu);
     batch_norm(r, gpu);
     gradient(r, gpu, "log_softmax", &[&[3, 5]], (-3.0, 3.0), |x| {
         x[0].log_softmax(-1)
