@@ -14,8 +14,9 @@
 //
 // Entry points (workgroup size 64, no barriers, no loop past gpu::LOOP_BUDGET: the host checks):
 //   conv_phase_weight    Wp (F·th·tw, sh·sw·C) from W (F, C·KH·KW), one invocation per row.
-//   conv_phase_patches4  P (N·ah·aw, F·th·tw) from the upstream gradient stored channels first,
-//                        (F, N, OH, OW); one invocation per row writing vec4s ((F·th·tw) % 4 = 0).
+//   conv_phase_patches4  P (N·ah·aw, F·th·tw) from the upstream gradient, stored channels first
+//                        (F, N, OH, OW) or NCHW (plane strides in params); one invocation per
+//                        row writing vec4s ((F·th·tw) % 4 = 0).
 //   conv_phase_scatter   dx (N, C, H, W) from the product (N·ah·aw, sh·sw·C), one invocation per
 //                        row of dx (n, c, ih) walking its W columns; conv_phase_scatter4 the
 //                        same storing vec4s (W % 4 = 0).
@@ -30,6 +31,9 @@ struct Params {
     off_h: u32, off_w: u32,            // kernel row (column) of phase 0 at shift index 0
     ah: u32, aw: u32,                  // phase rows and columns: ceil(H / sh), ceil(W / sw)
     total: u32,                        // invocations that write
+    // conv_phase_patches4: elements between the upstream gradient's images and between its
+    // channels (F·OH·OW and OH·OW for NCHW; OH·OW and N·OH·OW channels first)
+    image_stride: u32, channel_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -85,8 +89,7 @@ fn conv_phase_patches4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     let x0 = i32(l - a * params.aw) - i32(params.p0w);
     let hw = params.oh * params.ow;
     let n4 = params.f * params.th * params.tw / 4u;
-    // Channels first: channel f of image n is plane f·N + n.
-    var plane = n * hw;
+    var plane = n * params.image_stride;
     var ti = 0u;
     var tj = 0u;
     for (var v = 0u; v < n4; v = v + 1u) {
@@ -101,7 +104,7 @@ fn conv_phase_patches4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
             let wrap_i = wrap_j && ti + 1u == params.th;
             tj = select(tj + 1u, 0u, wrap_j);
             ti = select(ti + u32(wrap_j), 0u, wrap_i);
-            plane = plane + select(0u, params.n * hw, wrap_i);
+            plane = plane + select(0u, params.channel_stride, wrap_i);
         }
         dst4[i * n4 + v] = out;
     }

@@ -101,8 +101,8 @@ pub fn vjp(output: &Var, upstream: &Var, wrt: &[&Var]) -> Result<Vec<Var>> {
 }
 
 /// The gradient of x through `cols = im2col(x)`, given cols' gradient `g`: col2im(g), or,
-/// where g is the patch gradients of a convolution, gᵀ·W_flat of an upstream gradient
-/// stored channels first (the batch-folded convolution's), the same sum by phases
+/// where g is the patch gradients of a convolution, gyᵀ·W_flat of an upstream gradient
+/// stored channels first (the batch-folded convolution's) or per image, the same sum by phases
 /// (`ops::conv_phase`), which needs no col2im. The product that made g is then left
 /// unused, and the executor skips it.
 fn im2col_grad(geom: Conv2d, x: &Var, g: &Var) -> Result<Var> {
@@ -120,14 +120,20 @@ fn im2col_grad(geom: Conv2d, x: &Var, g: &Var) -> Result<Var> {
         [gy, w],
     ) = (&nodes[at].op, &nodes[at].inputs[..])
     {
-        let (gs, ws) = (&nodes[*gy].shape, &nodes[*w].shape);
+        let (gs, ws) = (&nodes[*gy].shape[..], &nodes[*w].shape[..]);
         let patches = geom.patches_shape("im2col", x.shape())?;
-        let [rows, ck] = [patches[0] * patches[1], patches[2]];
-        let fits = gs.len() == 2 && ws.len() == 2 && gs[1] == rows && ws[1] == ck;
-        if fits
-            && ws[0] == gs[0]
-            && crate::ops::conv_phase::PhaseGeom::new(&geom, x.shape(), gs[0]).is_some()
-        {
+        let [n, l, ck] = patches;
+        // gy channels first (F, N·L) (the batch-folded convolution) or (N, F, L) per image
+        let layout = match (ws, gs) {
+            (&[f, k], &[f2, r]) if k == ck && f2 == f && r == n * l => Some((f, true)),
+            (&[f, k], &[n2, f2, l2]) if k == ck && [n2, f2, l2] == [n, f, l] => Some((f, false)),
+            _ => None,
+        };
+        let phased = layout.is_some_and(|(f, first)| {
+            crate::ops::conv_phase::PhaseGeom::new(&geom, x.shape(), f)
+                .is_some_and(|p| p.pays(first))
+        });
+        if phased {
             let op = Op::ConvGradInputPhased(geom, x.shape().to_vec());
             return graph.push(op, &[&graph.var(*gy)?, &graph.var(*w)?]);
         }

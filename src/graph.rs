@@ -122,8 +122,9 @@ pub enum Op {
     /// Its adjoint: patches → an image batch of the given (N, C, H, W) shape.
     Col2Im(Conv2d, Vec<usize>),
     /// A convolution's data gradient by phases (`crate::ops::conv_phase`): (upstream
-    /// gradient channels first (F, N·OH·OW), flattened filters (F, C·KH·KW)) → the input's
-    /// (N, C, H, W) shape given. Autodiff makes it from im2col's gradient.
+    /// gradient channels first (F, N·OH·OW) or (N, F, OH·OW), flattened filters
+    /// (F, C·KH·KW)) → the input's (N, C, H, W) shape given. Autodiff makes it from
+    /// im2col's gradient.
     ConvGradInputPhased(Conv2d, Vec<usize>),
     /// Direct pooling of an NCHW batch: (N, C, H, W) → (N, C, OH, OW) (`crate::ops::pool`).
     Pool2d(Pool2d),
@@ -493,12 +494,13 @@ pub fn infer_shape(op: &Op, shapes: &[&[usize]]) -> Result<Vec<usize>> {
             let (oh, ow) = geom.output_size(name, image)?;
             let f = shapes[1].first().copied().unwrap_or(0);
             let ck = image[1] * geom.kh * geom.kw;
-            if x != [f, image[0] * oh * ow] || shapes[1] != [f, ck] {
+            let (n, l) = (image[0], oh * ow);
+            if (x != [f, n * l] && x != [n, f, l]) || shapes[1] != [f, ck] {
                 return Err(mismatch(format!(
                     "upstream gradient {x:?} and filters {:?} do not fit image {image:?} \
-                     (expected ({f}, {}) and ({f}, {ck}))",
+                     (expected ({f}, {}) or ({n}, {f}, {l}), and ({f}, {ck}))",
                     shapes[1],
-                    image[0] * oh * ow
+                    n * l
                 )));
             }
             image.clone()

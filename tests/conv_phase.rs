@@ -28,6 +28,9 @@ fn cases() -> Vec<([usize; 4], usize, Conv2d)> {
             Conv2d::new(4, 4).stride(2).pads(0, 2, 1, 0),
         ),
         ([3, 5, 10, 9], 4, Conv2d::new(3, 3).stride(3)),
+        // three shifts per phase, two taps each: 9/4 the multiply-adds (the graph would keep
+        // col2im; the kernels take it)
+        ([2, 2, 8, 12], 4, Conv2d::new(4, 4).stride(2).padding(1)),
         (
             [2, 3, 9, 8],
             2,
@@ -55,12 +58,26 @@ fn phased_data_gradient_matches_col2im_of_the_patch_gradients() {
         let (w_gpu, w_cpu) = pair(&dev, &w, &w_shape);
         let got = g_gpu.conv2d_grad_input_phased(&w_gpu, geom, &x).unwrap();
         let want = g_cpu.conv2d_grad_input_phased(&w_cpu, geom, &x).unwrap();
+        let label = format!("case {i}: {x:?} {f} {geom:?}");
+        assert_tensor_close(&label, &got, &want, 1e-4, 1e-4);
+        // The same gradient stored per image, (N, F, L): the channels-first data permuted.
+        let l = gy_shape[1] / x[0];
+        let mut per_image = vec![0.0f32; gy.len()];
+        for (k, v) in gy.iter().enumerate() {
+            let (ch, rest) = (k / (x[0] * l), k % (x[0] * l));
+            let (img, pos) = (rest / l, rest % l);
+            per_image[(img * f + ch) * l + pos] = *v;
+        }
+        let (p_gpu, p_cpu) = pair(&dev, &per_image, &[x[0], f, l]);
+        let got = p_gpu.conv2d_grad_input_phased(&w_gpu, geom, &x).unwrap();
+        assert_tensor_close(&format!("{label} per image"), &got, &want, 1e-4, 1e-4);
+        let from_cpu = p_cpu.conv2d_grad_input_phased(&w_cpu, geom, &x).unwrap();
         assert_tensor_close(
-            &format!("case {i}: {x:?} {f} {geom:?}"),
-            &got,
+            &format!("{label} per image, CPU"),
+            &from_cpu,
             &want,
-            1e-4,
-            1e-4,
+            1e-6,
+            1e-6,
         );
     }
 }
@@ -101,8 +118,9 @@ fn the_reference_sums_every_tap_into_its_pixel() {
     let _ = f;
 }
 
-/// The batch-folded convolution's input gradient takes the phase kernels (no col2im) and
-/// still matches the CPU reference; a geometry outside the phase split keeps col2im.
+/// A convolution's input gradient takes the phase kernels (no col2im), batch-folded or per
+/// image, and still matches the CPU reference; a geometry outside the phase split keeps
+/// col2im.
 #[test]
 fn the_folded_convolution_takes_the_phase_kernels_where_they_apply() {
     let Some(dev) = gpu() else { return };
@@ -125,6 +143,15 @@ fn the_folded_convolution_takes_the_phase_kernels_where_they_apply() {
             [4, 8, 9, 9],
             4,
             Conv2d::new(3, 3).dilation(2).stride(2),
+            false,
+        ),
+        // 100 output positions per image: one product per image, gy (N, F, L); at stride 2
+        // the phase product's 16/9 the multiply-adds cost more than col2im saves there
+        ([2, 8, 10, 10], 4, Conv2d::new(3, 3).padding(1), true),
+        (
+            [2, 8, 17, 18],
+            8,
+            Conv2d::new(3, 3).stride(2).padding(1),
             false,
         ),
         // a 1×1 window with stride 2: the phase product would do 4x the multiply-adds

@@ -17,7 +17,8 @@
 //! (K = F) and col2im sums many taps: the digits CNN's 3×3 stride-2 convolution (F = 32,
 //! C·KH·KW = 144), measured on lavapipe per dispatch, best of 8x20:
 //! product 0.72-0.77 + col2im 0.61-0.65 ms against patches 0.22-0.26 + product 0.60-0.63 ms
-//! (plus the two small kernels here).
+//! (plus the two small kernels here). Autodiff takes it where [`PhaseGeom::pays`]: see
+//! [`MAX_OVERHEAD`] for the measurements behind that choice.
 //!
 //! Shape rule: upstream gradient channels first, (F, N·OH·OW) — the batch-folded
 //! convolution's layout (`graph/conv.rs`) — and the flattened filters (F, C·KH·KW) give
@@ -47,8 +48,15 @@ pub(crate) const SHADER: Kernel = Kernel {
 pub const PHASED_ENV: &str = "WGRAD_PHASED";
 
 /// Most multiply-adds the phase product may do per multiply-add of the patch-gradient
-/// product (a 3×3 window with stride 2 does 16/9; a 1×1 window with stride 2 would do 4).
-const MAX_OVERHEAD: f64 = 2.0;
+/// product (a 3×3 window with stride 2 does 16/9; a 1×1 window with stride 2 would do 4),
+/// for an upstream gradient stored channels first and per image. Channels first is the
+/// batch-folded convolution of few output positions, where the patch-gradient product is
+/// short (K = F) and its stores cost more than the extra multiply-adds (digits, above).
+/// Per image the layers are large and the products dominate; measured on lavapipe, data
+/// gradient per layer at batch 8, best of 3x3 (product + col2im against the phase kernels):
+/// 3×3 stride 1 on 64×56×56: 111.7 -> 75.0 ms; 128×28×28: 76.8 -> 61.0 ms; 256×14×14:
+/// 70.3 -> 53.5 ms; but 3×3 stride 2 on 128×56×56: 95.4 -> 101.2 ms (16/9 the work).
+const MAX_OVERHEAD: [f64; 2] = [2.0, 1.0];
 
 /// One axis of the phase split: shifts per phase, the first shift's negation (the
 /// patches' leading padding), the kernel index of phase 0 at shift index 0, and the phase
@@ -82,17 +90,18 @@ fn axis(size: usize, k: usize, s: usize, p: usize) -> Option<Axis> {
 
 /// Where the phase product applies to a convolution of x (N, C, H, W) with F filters and
 /// `geom`: its two axes, or `None`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct PhaseGeom {
     rows: Axis,
     cols: Axis,
+    /// Multiply-adds of the phase product per multiply-add of the patch-gradient product.
+    overhead: f64,
 }
 
 impl PhaseGeom {
-    /// The phase split, when it applies: one group, dilation 1, padding inside the window,
-    /// at most [`MAX_OVERHEAD`] times the multiply-adds, F·th·tw a multiple of 4 (the
-    /// patches are stored as vec4s), loops within the budget and indices within 32 bits.
-    /// `WGRAD_PHASED=0` turns it off.
+    /// The phase split, when the kernels take it: one group, dilation 1, padding inside the
+    /// window, F·th·tw a multiple of 4 (the patches are stored as vec4s), loops within the
+    /// budget and indices within 32 bits. `WGRAD_PHASED=0` turns it off.
     pub(crate) fn new(geom: &Conv2d, x: &[usize], filters: usize) -> Option<PhaseGeom> {
         if std::env::var(PHASED_ENV).is_ok_and(|v| v.trim() == "0") {
             return None;
@@ -103,9 +112,13 @@ impl PhaseGeom {
         }
         let rows = axis(h, geom.kh, geom.strides[0], geom.pads[0])?;
         let cols = axis(w, geom.kw, geom.strides[1], geom.pads[1])?;
-        let phase = PhaseGeom { rows, cols };
         let k = filters * rows.taps * cols.taps;
-        let macs = (geom.strides[0] * rows.taps * geom.strides[1] * cols.taps) as f64;
+        let macs = geom.strides[0] * rows.taps * geom.strides[1] * cols.taps;
+        let phase = PhaseGeom {
+            rows,
+            cols,
+            overhead: macs as f64 / (geom.kh * geom.kw) as f64,
+        };
         let (oh, ow) = geom.output_size("conv2d", x).ok()?;
         let largest = [
             n * rows.count * cols.count * k,
@@ -113,13 +126,18 @@ impl PhaseGeom {
             n * c * h * w,
             filters * n * oh * ow,
         ];
-        (macs <= MAX_OVERHEAD * (geom.kh * geom.kw) as f64
-            && k % 4 == 0
+        (k % 4 == 0
             && k / 4 <= LOOP_BUDGET
             && w <= LOOP_BUDGET
             && c <= LOOP_BUDGET
             && largest.iter().all(|&e| e < u32::MAX as usize))
         .then_some(phase)
+    }
+
+    /// Whether the phase kernels beat the patch-gradient product and col2im, for an upstream
+    /// gradient stored `channels_first` or per image (see [`MAX_OVERHEAD`]).
+    pub(crate) fn pays(&self, channels_first: bool) -> bool {
+        self.overhead <= MAX_OVERHEAD[usize::from(!channels_first)]
     }
 
     /// Columns of the product: (sh, sw, C).
@@ -128,46 +146,45 @@ impl PhaseGeom {
     }
 
     /// conv_phase.wgsl's Params for dx `x`, `f` filters, outputs (oh, ow), `total` invocations.
+    /// `strides`: elements between the upstream gradient's images and between its channels.
     fn params(
         &self,
         geom: &Conv2d,
         x: &[usize],
-        f: usize,
-        (oh, ow): (usize, usize),
+        (f, oh, ow): (usize, usize, usize),
+        strides: [usize; 2],
         total: usize,
-    ) -> [u32; 20] {
+    ) -> [u32; 22] {
         let (r, c) = (self.rows, self.cols);
-        [
-            x[0],
-            x[1],
-            x[2],
-            x[3],
-            f,
-            oh,
-            ow,
-            geom.kh,
-            geom.kw,
-            geom.strides[0],
-            geom.strides[1],
-            r.taps,
-            c.taps,
-            r.p0,
-            c.p0,
-            r.off,
-            c.off,
-            r.count,
-            c.count,
-            total,
-        ]
-        .map(|v| v as u32)
+        let words = [
+            [x[0], x[1], x[2], x[3], f, oh, ow, geom.kh, geom.kw],
+            [
+                geom.strides[0],
+                geom.strides[1],
+                r.taps,
+                c.taps,
+                r.p0,
+                c.p0,
+                r.off,
+                c.off,
+                r.count,
+            ],
+        ];
+        let last = [c.count, total, strides[0], strides[1]];
+        let mut out = [0u32; 22];
+        for (o, v) in out.iter_mut().zip(words.iter().flatten().chain(&last)) {
+            *o = *v as u32;
+        }
+        out
     }
 }
 
 impl Tensor {
     /// The data gradient (N, C, H, W) = `x_shape` of a convolution with flattened filters
-    /// `weight` (F, C·KH·KW), from its upstream gradient stored channels first, `self`
-    /// (F, N·OH·OW): col2im(selfᵀ · weight), computed by phases (see the module doc).
-    /// An error where [`PhaseGeom::new`] refuses the geometry.
+    /// `weight` (F, C·KH·KW), from its upstream gradient `self`, stored channels first
+    /// (F, N·OH·OW) or NCHW as (N, F, OH·OW): col2im of the patch gradients selfᵀ · weight
+    /// (per image for NCHW), computed by phases (see the module doc). An error where
+    /// [`PhaseGeom::new`] refuses the geometry.
     pub fn conv2d_grad_input_phased(
         &self,
         weight: &Tensor,
@@ -182,16 +199,17 @@ impl Tensor {
             unreachable!("output_size checks the rank")
         };
         let f = weight.shape().first().copied().unwrap_or(0);
-        let ck = c * geom.kh * geom.kw;
-        if self.shape() != [f, n * oh * ow] || weight.shape() != [f, ck] {
+        let (ck, l) = (c * geom.kh * geom.kw, oh * ow);
+        let channels_first = self.shape() == [f, n * l];
+        if !(channels_first || self.shape() == [n, f, l]) || weight.shape() != [f, ck] {
             return Err(Error::Shape {
                 op,
                 detail: format!(
                     "upstream gradient {:?} and filters {:?} for an input {x_shape:?} under \
-                     {geom:?}: expected ({f}, {}) and ({f}, {ck})",
+                     {geom:?}: expected ({f}, {}) or ({n}, {f}, {l}), and ({f}, {ck})",
                     self.shape(),
                     weight.shape(),
-                    n * oh * ow
+                    n * l
                 ),
             });
         }
@@ -200,7 +218,7 @@ impl Tensor {
                 // The definition: patch gradients, summed back by col2im.
                 return self
                     .matmul_t(weight, true, false)?
-                    .reshape(&[n, oh * ow, ck])?
+                    .reshape(&[n, l, ck])?
                     .col2im(geom, x_shape);
             }
             DeviceInner::Gpu(ctx) => ctx,
@@ -222,7 +240,12 @@ impl Tensor {
             let (Some(s), Some(d)) = (src.gpu_arg(), dst.gpu_arg()) else {
                 unreachable!("GPU device holds GPU tensors")
             };
-            let params = phase.params(&geom, x_shape, f, (oh, ow), total);
+            let strides = if channels_first {
+                [l, n * l]
+            } else {
+                [f * l, l]
+            };
+            let params = phase.params(&geom, x_shape, (f, oh, ow), strides, total);
             let grid = ctx.grid(total.div_ceil(64) as u64);
             // div() in f32 holds for dividends below 2^24 (exact_div.wgsl).
             let exact: &[(&str, f64)] = if total < 1 << 24 {
