@@ -38,6 +38,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst4: array<vec4<f32>>;
 
@@ -160,5 +161,46 @@ fn conv_phase_scatter4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
             rw = select(rw + 1u, 0u, wrap);
         }
         dst4[out + v] = quad;
+    }
+}
+
+// The same scatter by rows of the product ((sh·sw·C) % 4 = 0): one invocation per product row
+// (n, a, b), reading its sh·sw·C values as vec4s and storing each at its pixel
+// (n, c, sh·a + rh, sw·b + rw), those past the image's last row or column dropped. Eight
+// times fewer invocations than one per row of dx for a 3×3 stride-2 window.
+@compute @workgroup_size(64)
+fn conv_phase_scatter_rows4(@builtin(workgroup_id) wg: vec3<u32>,
+                            @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
+    let i = invocation(wg, nwg, lid);  // the product row (n, a, b)
+    if (i >= params.total) { return; }
+    let grid = params.ah * params.aw;
+    let n = div(i, grid);
+    let l = i - n * grid;
+    let a = div(l, params.aw);
+    let ih0 = params.sh * a;
+    let iw0 = params.sw * (l - a * params.aw);
+    let hw = params.h * params.w;
+    let n4 = params.sh * params.sw * params.c / 4u;
+    // dx index of column (rh, rw, c), kept by counters as the columns advance
+    var o = n * params.c * hw + ih0 * params.w + iw0;
+    var c = 0u;
+    var rh = 0u;
+    var rw = 0u;
+    for (var v = 0u; v < n4; v = v + 1u) {
+        let q = src4[i * n4 + v];
+        for (var u = 0u; u < 4u; u = u + 1u) {
+            if (ih0 + rh < params.h && iw0 + rw < params.w) {
+                dst[o] = q[u];
+            }
+            // next column: the channel, then rw, then rh
+            let wrap_c = c + 1u == params.c;
+            let wrap_w = wrap_c && rw + 1u == params.sw;
+            c = select(c + 1u, 0u, wrap_c);
+            o = select(o + hw, o - (params.c - 1u) * hw + select(1u, 0u, wrap_w), wrap_c);
+            o = select(o, o + params.w - (params.sw - 1u), wrap_w);
+            rw = select(rw + u32(wrap_c), 0u, wrap_w);
+            rh = rh + u32(wrap_w);
+        }
     }
 }

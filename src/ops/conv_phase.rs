@@ -260,12 +260,13 @@ impl Tensor {
         let patches = gpu_output(ctx, self.device(), op, &[rows, f * taps], DType::F32)?;
         run("conv_phase_patches4", self, &patches, rows)?;
         let product = patches.matmul(&wp)?;
-        let scatter = if x_shape[3] % 4 == 0 {
-            "conv_phase_scatter4"
+        if width % 4 == 0 && width / 4 <= LOOP_BUDGET {
+            run("conv_phase_scatter_rows4", &product, &dx, rows)?;
+        } else if x_shape[3] % 4 == 0 {
+            run("conv_phase_scatter4", &product, &dx, n * c * h)?;
         } else {
-            "conv_phase_scatter"
-        };
-        run(scatter, &product, &dx, n * c * h)?;
+            run("conv_phase_scatter", &product, &dx, n * c * h)?;
+        }
         Ok(dx)
     }
 }
