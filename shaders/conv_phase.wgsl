@@ -18,8 +18,8 @@
 //                        (F, N, OH, OW) or NCHW (plane strides in params); one invocation per
 //                        row writing vec4s ((F·th·tw) % 4 = 0).
 //   conv_phase_scatter   dx (N, C, H, W) from the product (N·ah·aw, sh·sw·C), one invocation per
-//                        row of dx (n, c, ih) walking its W columns; conv_phase_scatter4 the
-//                        same storing vec4s (W % 4 = 0).
+//                        row of dx (n, c, ih) walking its W columns; conv_phase_scatter_rows4
+//                        the same by rows of the product ((sh·sw·C) % 4 = 0).
 
 struct Params {
     n: u32, c: u32, h: u32, w: u32,    // the data gradient's shape
@@ -133,34 +133,6 @@ fn conv_phase_scatter(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
         let wrap = rw + 1u == params.sw;
         at = select(at + params.c, at + cols - (params.sw - 1u) * params.c, wrap);
         rw = select(rw + 1u, 0u, wrap);
-    }
-}
-
-// conv_phase_scatter for rows of whole vec4s (W % 4 = 0): the same walk, stored as vec4s.
-@compute @workgroup_size(64)
-fn conv_phase_scatter4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                       @builtin(local_invocation_index) lid: u32) {
-    let i = invocation(wg, nwg, lid);  // the row (n, c, ih) of dx
-    if (i >= params.total) { return; }
-    let q = div(i, params.h);
-    let ih = i - q * params.h;
-    let n = div(q, params.c);
-    let c = q - n * params.c;
-    let a = div(ih, params.sh);
-    let rh = ih - a * params.sh;
-    let cols = params.sh * params.sw * params.c;
-    var at = (n * params.ah + a) * params.aw * cols + rh * params.sw * params.c + c;
-    var rw = 0u;
-    let out = i * params.w / 4u;
-    for (var v = 0u; v < params.w / 4u; v = v + 1u) {
-        var quad = vec4<f32>(0.0);
-        for (var u = 0u; u < 4u; u = u + 1u) {
-            quad[u] = src[at];
-            let wrap = rw + 1u == params.sw;
-            at = select(at + params.c, at + cols - (params.sw - 1u) * params.c, wrap);
-            rw = select(rw + 1u, 0u, wrap);
-        }
-        dst4[out + v] = quad;
     }
 }
 

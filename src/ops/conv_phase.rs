@@ -262,8 +262,6 @@ impl Tensor {
         let product = patches.matmul(&wp)?;
         if width % 4 == 0 && width / 4 <= LOOP_BUDGET {
             run("conv_phase_scatter_rows4", &product, &dx, rows)?;
-        } else if x_shape[3] % 4 == 0 {
-            run("conv_phase_scatter4", &product, &dx, n * c * h)?;
         } else {
             run("conv_phase_scatter", &product, &dx, n * c * h)?;
         }
