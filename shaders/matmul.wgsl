@@ -595,28 +595,42 @@ fn matmul_forward_gemv(@builtin(workgroup_id) wg: vec3<u32>,
 // ---------------------------------------------------------------------------------------------
 // matmul_pad_rows: copies an operand whose rows are not a multiple of 4 long into rows of `ld`
 // (a multiple of 4), zero-filled, so the register-blocked kernels only make aligned vec4 loads.
-// Workgroup 256, one output element per invocation.
+// Workgroup 256, one invocation per (row, segment of up to PAD_SEGMENT vec4s of the copy),
+// storing vec4s: lavapipe stores one lane at a time, and scalarises the integer division by
+// a run-time row length, so one element per invocation (a division and a scalar store each)
+// copied ResNet-50's stem patches (12544 x 147 -> 148) in 7.4-9.3 ms.
 
 struct PadParams {
-    n: u32,     // output elements, rows * ld
-    cols: u32,  // row length of the source
-    ld: u32,    // row length of the copy
-    pad: u32,
+    n: u32,         // invocations, rows * segments
+    cols: u32,      // row length of the source
+    ld: u32,        // row length of the copy
+    segments: u32,  // segments per row of the copy
 }
 
+const PAD_SEGMENT: u32 = 64u;
+
 @group(0) @binding(0) var<uniform> pad_params: PadParams;
-@group(0) @binding(2) var<storage, read_write> padded: array<f32>;  // (rows, ld); source is `a`
+@group(0) @binding(2) var<storage, read_write> padded: array<vec4<f32>>;  // (rows, ld); source is `a`
 
 @compute @workgroup_size(256)
 fn matmul_pad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
     let i = (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
     if (i >= pad_params.n) { return; }
-    let r = i / pad_params.ld;
-    let col = i % pad_params.ld;
-    var v = 0.0;
-    if (col < pad_params.cols) { v = a[r * pad_params.cols + col]; }
-    padded[i] = v;
+    let r = i / pad_params.segments;
+    let v0 = (i - r * pad_params.segments) * PAD_SEGMENT;
+    let ld4 = pad_params.ld / 4u;
+    let v1 = min(v0 + PAD_SEGMENT, ld4);
+    let cols = pad_params.cols;
+    let src = r * cols;
+    for (var v = v0; v < v1; v = v + 1u) {
+        let c = vec4<u32>(v * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+        let inside = c < vec4<u32>(cols);
+        // Reads past the row are clamped to its start and their values dropped.
+        let at = select(vec4<u32>(src), vec4<u32>(src) + c, inside);
+        let x = vec4<f32>(a[at.x], a[at.y], a[at.z], a[at.w]);
+        padded[r * ld4 + v] = select(vec4<f32>(0.0), x, inside);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -480,16 +480,21 @@ fn matmul_big(
     Ok(out)
 }
 
+/// Vec4s of a padded row one `matmul_pad_rows` invocation stores (as in matmul.wgsl).
+const PAD_SEGMENT: usize = 64;
+
 /// A zero-padded copy of an operand whose rows of `ld` elements are not a multiple of 4 long
 /// (`matmul_pad_rows`), so the register-blocked kernels' vec4 loads stay aligned: the copy
 /// (kept alive until its dispatches are recorded), its bytes, and its row length.
 fn padded_rows(ctx: &GpuContext, arg: BufArg<'_>, ld: usize) -> Result<(GpuBuffer, u64, usize)> {
     let (rows, ld4) = (arg.1 as usize / 4 / ld, ld.div_ceil(4) * 4);
-    let n = rows * ld4;
-    let bytes = (n * 4) as u64;
+    let bytes = (rows * ld4 * 4) as u64;
     ctx.check_binding("matmul", &[rows, ld4], bytes)?;
     let copy = ctx.alloc(bytes);
-    let params = [n as u32, ld as u32, ld4 as u32, 0];
+    // One invocation per row segment of up to PAD_SEGMENT (matmul.wgsl) vec4s.
+    let segments = (ld4 / 4).div_ceil(PAD_SEGMENT);
+    let n = rows * segments;
+    let params = [n as u32, ld as u32, ld4 as u32, segments as u32];
     let dst = (copy.raw(), bytes);
     ctx.dispatch(
         &base_kernel(),
