@@ -877,10 +877,12 @@ fn mlp_step(dev: &Device, device: &'static str, adapter: String) -> anyhow::Resu
     })
 }
 
-/// onnxruntime's CPU time for ResNet-50 inference (batch 1, 224×224, 2 threads) on the
-/// machine the figures come from, measured separately (Python, not by this
-/// command); reported beside `resnet50_infer` for comparison.
-const ONNXRUNTIME_RESNET50_MS: f64 = 29.5;
+/// onnxruntime's CPU time for ResNet-50 inference (batch 1, 224×224, 2 threads), measured
+/// separately by `scripts/onnxruntime_resnet50.py` (Python, not by this command) on the
+/// 2-core AMD EPYC machines wgrad's lavapipe figures come from: median of 30 runs 38.8 and
+/// 40.6 ms in two runs (minimum 38.4 ms; onnxruntime 1.32.0, 2026-12-05). Reported beside
+/// `resnet50_infer` for comparison. (It was 29.5, from a machine of unknown make.)
+const ONNXRUNTIME_RESNET50_MS: f64 = 38.8;
 
 /// ResNet-50 ([`wgrad::nn::models::resnet50`], random weights) on a seeded random image
 /// batch of `batch`×3×224×224: (graph, the compiled outputs' handle, feeds).
