@@ -10,6 +10,7 @@
 // Entry points (workgroup size 256, no barriers, no atomics, grid split over x/y/z):
 //   pool_max_forward    y[o] = max over the window's real taps          (one invocation per o)
 //   pool_avg_forward    y[o] = Σ real taps / count(o)                   (one invocation per o)
+//   pool_max_forward4, pool_avg_forward4: the same, four outputs of a row per invocation
 //   pool_max_share      s[o] = g[o] / #(real taps equal to y[o])         (one invocation per o)
 //   pool_max_backward   dx[i] = Σ over windows o reading i with x[i] == y[o] of s[o]
 //   pool_avg_backward   dx[i] = Σ over windows o reading i of g[o] / count(o)
@@ -87,9 +88,9 @@ fn in_pos(i: u32) -> vec3<u32> {
     return vec3<u32>(img, row - img * params.h, i - row * params.w);
 }
 
-// The maximum over window o's real taps (-inf if it has none; the host refuses those).
-fn window_max(o: u32) -> f32 {
-    let p = out_pos(o);
+// The maximum over the real taps of the window at p = (image, oy, ox) (-inf if it has none;
+// the host refuses those).
+fn window_max(p: vec3<u32>) -> f32 {
     let plane = p.x * params.h * params.w;
     let y0 = i32(p.y * params.sh) - i32(params.pt);
     let x0 = i32(p.z * params.sw) - i32(params.pl);
@@ -113,15 +114,11 @@ fn pool_max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
                     @builtin(local_invocation_index) lid: u32) {
     let o = linear_index(wg, nwg, lid);
     if (o >= params.total) { return; }
-    b[o] = window_max(o);
+    b[o] = window_max(out_pos(o));
 }
 
-@compute @workgroup_size(256)
-fn pool_avg_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                    @builtin(local_invocation_index) lid: u32) {
-    let o = linear_index(wg, nwg, lid);
-    if (o >= params.total) { return; }
-    let p = out_pos(o);
+// The average of the window at p = (image, oy, ox).
+fn window_avg(p: vec3<u32>) -> f32 {
     let plane = p.x * params.h * params.w;
     let y0 = i32(p.y * params.sh) - i32(params.pt);
     let x0 = i32(p.z * params.sw) - i32(params.pl);
@@ -137,7 +134,41 @@ fn pool_avg_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
             }
         }
     }
-    b[o] = s / avg_count(p.y, p.z);
+    return s / avg_count(p.y, p.z);
+}
+
+@compute @workgroup_size(256)
+fn pool_avg_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wg, nwg, lid);
+    if (o >= params.total) { return; }
+    b[o] = window_avg(out_pos(o));
+}
+
+// The forward passes four outputs of one row at a time where OW % 4 = 0 (params.total counts
+// quads): out_pos's two divisions by run-time sizes (lane by lane on lavapipe) are paid once
+// per quad, and the quad is one vec4 store. ResNet-50's max pool (64x112x112 -> 56x56),
+// per dispatch on lavapipe: 4.0 ms one output per invocation.
+@group(0) @binding(2) var<storage, read_write> b4: array<vec4<f32>>; // forward4: y
+
+@compute @workgroup_size(256)
+fn pool_max_forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wg, nwg, lid);
+    if (q >= params.total) { return; }
+    let p = out_pos(4u * q);
+    b4[q] = vec4<f32>(window_max(p), window_max(p + vec3<u32>(0u, 0u, 1u)),
+                      window_max(p + vec3<u32>(0u, 0u, 2u)), window_max(p + vec3<u32>(0u, 0u, 3u)));
+}
+
+@compute @workgroup_size(256)
+fn pool_avg_forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wg, nwg, lid);
+    if (q >= params.total) { return; }
+    let p = out_pos(4u * q);
+    b4[q] = vec4<f32>(window_avg(p), window_avg(p + vec3<u32>(0u, 0u, 1u)),
+                      window_avg(p + vec3<u32>(0u, 0u, 2u)), window_avg(p + vec3<u32>(0u, 0u, 3u)));
 }
 
 @compute @workgroup_size(256)

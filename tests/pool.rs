@@ -262,6 +262,18 @@ fn pooling_on_awkward_shapes() {
             vec![1, 5, 9, 7],
             pool(AVG_IN, w(3, 3).dilation(2).pads(2, 1, 0, 2), false),
         ),
+        // Output rows a multiple of 4 long run four outputs per invocation
+        // (pool_*_forward4; "1x1 max" and "7x7 pad 3 avg exclude" above do too).
+        (
+            "resnet-like 3x3 s2 p1 max, rows of 8",
+            vec![2, 3, 11, 16],
+            pool(MAX, w(3, 3).stride(2).padding(1), false),
+        ),
+        (
+            "3x3 s2 p1 ceil avg include, rows of 8",
+            vec![1, 2, 6, 15],
+            pool(AVG_IN, w(3, 3).stride(2).padding(1), true),
+        ),
         (
             "ceil drops a window in the end padding",
             vec![1, 2, 5, 5],

@@ -393,12 +393,18 @@ impl Tensor {
                     let (Some(xa), Some(ya)) = (self.gpu_arg(), y.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
-                    let entry = match pool.kind {
-                        PoolKind::Max => "pool_max_forward",
-                        PoolKind::Avg { .. } => "pool_avg_forward",
+                    // Rows a multiple of 4 long: four outputs per invocation (see the shader).
+                    let quads = out[3] % 4 == 0;
+                    let entry = match (pool.kind, quads) {
+                        (PoolKind::Max, false) => "pool_max_forward",
+                        (PoolKind::Avg { .. }, false) => "pool_avg_forward",
+                        (PoolKind::Max, true) => "pool_max_forward4",
+                        (PoolKind::Avg { .. }, true) => "pool_avg_forward4",
                     };
-                    let params = pool.params(self.shape(), out, n);
-                    ctx.dispatch(&SHADER, entry, &[], &params, &[xa, ya], grid_1d(ctx, n))?;
+                    let invocations = if quads { n / 4 } else { n };
+                    let params = pool.params(self.shape(), out, invocations);
+                    let grid = grid_1d(ctx, invocations);
+                    ctx.dispatch(&SHADER, entry, &[], &params, &[xa, ya], grid)?;
                 }
                 Ok(y)
             }
