@@ -119,6 +119,12 @@ fn im2col_and_col2im_match_reference() {
     ));
     all.push(([3, 4, 6, 8], Conv2d::new(1, 1).stride(2)));
     all.push(([1, 3, 9, 12], Conv2d::new(3, 5).stride(2).pads(3, 5, 0, 1)));
+    // C·KH·KW not a multiple of 4, patch rows a multiple of 4: four rows per invocation
+    // (ResNet's stem, 3x7x7 at stride 2; 9 positions per image, so quads cross images);
+    // 9 rows in all: the per-channel kernel.
+    all.push(([2, 3, 15, 13], Conv2d::new(7, 7).stride(2).padding(3)));
+    all.push(([4, 3, 7, 7], Conv2d::new(3, 3).stride(2)));
+    all.push(([1, 3, 7, 7], Conv2d::new(3, 3).stride(2)));
     // Patch rows past the loop budget in vec4s (4·129·128 values): the per-channel kernel.
     all.push(([1, 4, 130, 129], Conv2d::new(129, 128)));
     // Padding and stride of 2^22 rows: past the kernels' f32 division (dividends under

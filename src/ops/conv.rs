@@ -382,19 +382,26 @@ impl Tensor {
                         unreachable!("GPU device holds GPU tensors")
                     };
                     let ck = out_shape[2];
-                    if ck % 4 == 0 && ck / 4 <= crate::gpu::LOOP_BUDGET {
-                        // One invocation per patch row writing vec4s (see the shader).
-                        let rows = out_shape[0] * out_shape[1];
+                    let rows = out_shape[0] * out_shape[1];
+                    // Patch rows per invocation of the vec4 kernel (see the shader): one
+                    // where a row is whole vec4s, else four (which always are).
+                    let per_call = match ck % 4 {
+                        0 if ck / 4 <= crate::gpu::LOOP_BUDGET => Some(1),
+                        _ if rows % 4 == 0 && ck <= crate::gpu::LOOP_BUDGET => Some(4),
+                        _ => None,
+                    };
+                    if let Some(per_call) = per_call {
+                        let calls = rows / per_call;
                         let mut params = base.to_vec();
-                        params[14] = rows as u32;
-                        params.extend([0, geom.kh, 0, geom.kw, 0].map(|v| v as u32));
+                        params[14] = calls as u32;
+                        params.extend([0, geom.kh, 0, geom.kw, per_call].map(|v| v as u32));
                         ctx.dispatch(
                             &SHADER,
                             "im2col_rows4",
                             division(&base),
                             &params,
                             &[x, o],
-                            ctx.grid(rows.div_ceil(64) as u64),
+                            ctx.grid(calls.div_ceil(64) as u64),
                         )?;
                         return Ok(out);
                     }
