@@ -486,6 +486,12 @@ fn load_b_any(i: u32) -> vec4<f32> {
     return shift4(lo, b4[i / 4u + 1u], i % 4u);
 }
 
+// C has one row and A is stored (M, K) (a batch-1 linear layer on the gemv kernel): the block's
+// other three rows, clamped copies of row 0, are neither loaded nor accumulated. A pipeline
+// constant, not the uniform M: lavapipe runs both sides of a branch on a uniform. ResNet-50's
+// head (1x2048 . 2048x1000) computed all four.
+override ONE_ROW: bool = false;
+
 // The 4x4 block of C at (m0, n0) (rows and columns past C are skipped), with the epilogue:
 // the body of matmul_forward_small and matmul_forward_gemv.
 fn small_tile(t: Job, m0: u32, n0: u32) {
@@ -509,9 +515,12 @@ fn small_tile(t: Job, m0: u32, n0: u32) {
         let arow = select(ra, rk, vec4<bool>(ta));
         let acol = select(k0, m0, ta);
         let qa0 = load_a_any(t.a_off + arow.x * params.lda + acol);
-        let qa1 = load_a_any(t.a_off + arow.y * params.lda + acol);
-        let qa2 = load_a_any(t.a_off + arow.z * params.lda + acol);
-        let qa3 = load_a_any(t.a_off + arow.w * params.lda + acol);
+        var qa1 = qa0; var qa2 = qa0; var qa3 = qa0;
+        if (!ONE_ROW) {
+            qa1 = load_a_any(t.a_off + arow.y * params.lda + acol);
+            qa2 = load_a_any(t.a_off + arow.z * params.lda + acol);
+            qa3 = load_a_any(t.a_off + arow.w * params.lda + acol);
+        }
         // B: stored (K, N): qb_j = op(B)(k0 + j, n0 .. +4); stored (N, K): op(B)(k0 .. +4, n0 + j).
         let brow = select(rk, rn, vec4<bool>(tb));
         let bcol = select(n0, k0, tb);
@@ -541,9 +550,11 @@ fn small_tile(t: Job, m0: u32, n0: u32) {
         pa2 = select(z, pa2, keep); pa3 = select(z, pa3, keep);
         pb1 = select(z, pb1, keep.y); pb2 = select(z, pb2, keep.z); pb3 = select(z, pb3, keep.w);
         acc0 += pa0.x * pb0 + pa0.y * pb1 + pa0.z * pb2 + pa0.w * pb3;
-        acc1 += pa1.x * pb0 + pa1.y * pb1 + pa1.z * pb2 + pa1.w * pb3;
-        acc2 += pa2.x * pb0 + pa2.y * pb1 + pa2.z * pb2 + pa2.w * pb3;
-        acc3 += pa3.x * pb0 + pa3.y * pb1 + pa3.z * pb2 + pa3.w * pb3;
+        if (!ONE_ROW) {
+            acc1 += pa1.x * pb0 + pa1.y * pb1 + pa1.z * pb2 + pa1.w * pb3;
+            acc2 += pa2.x * pb0 + pa2.y * pb1 + pa2.z * pb2 + pa2.w * pb3;
+            acc3 += pa3.x * pb0 + pa3.y * pb1 + pa3.z * pb2 + pa3.w * pb3;
+        }
     }
     for (var r = 0u; r < min(4u, M - m0); r++) {
         let v = select(select(select(acc0, acc1, r == 1u), acc2, r == 2u), acc3, r == 3u);

@@ -651,7 +651,10 @@ fn matmul_dispatch<'a>(
     // The register-blocked kernel reads the transposes from `flags` (one pipeline for every
     // layout: see matmul.wgsl); the others are specialised by override constants.
     let specialised = [("TA", flag(p.ta)), ("TB", flag(p.tb))];
+    // gemv on one row of C from A stored (M, K): row 0 only (ONE_ROW, see the shader).
+    let one_row = [("ONE_ROW", 1.0)];
     let constants: &[(&str, f64)] = match entry {
+        "matmul_forward_gemv" if p.m == 1 && !p.ta => &one_row,
         "matmul_forward_blocked" | "matmul_forward_small" | "matmul_forward_gemv" => &[],
         _ => &specialised,
     };
