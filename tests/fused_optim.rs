@@ -180,6 +180,69 @@ fn fused_momentum_sgd_matches_the_cpu_reference() {
     }
 }
 
+/// Plain SGD with L2 decay (`sgd_fused`: a chunk of 16 elements of one parameter per
+/// invocation, as vec4s where its length is a multiple of 4) over parameters of every
+/// length class: under one chunk, one, several with a partial last one, vec4s or single
+/// elements. loss = Σ_k Σ x_k·p_k², so each gradient depends on the parameter.
+#[test]
+fn fused_plain_sgd_matches_the_cpu_reference() {
+    if gpu().is_none() {
+        return;
+    }
+    let dev = Device::gpu().unwrap();
+    let cpu = Device::cpu();
+    let sizes = [1usize, 3, 4, 16, 17, 20, 36, 1000, 4099, 8192, 5, 64];
+    let g = Graph::new();
+    let mut terms = vec![];
+    let mut names = vec![];
+    for (k, &n) in sizes.iter().enumerate() {
+        let name = format!("p{k}");
+        let p = g.param(&name, &[n], Init::Constant(0.5 + 0.1 * k as f32));
+        let x = g.input(&format!("x{k}"), &[n]);
+        terms.push(x.mul(&p).unwrap().mul(&p).unwrap().sum().unwrap());
+        names.push(name);
+    }
+    let loss = terms
+        .iter()
+        .skip(1)
+        .fold(terms[0].clone(), |acc, t| acc.add(t).unwrap());
+    let opt = Optimizer::Sgd {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.01,
+    };
+    let exe = dev.compile(&g, &[&loss], opt.clone()).unwrap();
+    let reference = cpu.compile(&g, &[&loss], opt).unwrap();
+    let entries = exe.dispatch_entries();
+    assert!(entries.iter().any(|e| e == "sgd_fused"), "{entries:?}");
+    assert!(!entries.iter().any(|e| e == "sgd_update"), "{entries:?}");
+    let xs: Vec<(String, Tensor)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            let t = Tensor::from_slice(&cpu, &uniform(40 + k as u64, n, -1.0, 1.0), &[n]);
+            (format!("x{k}"), t.unwrap())
+        })
+        .collect();
+    let feeds: Vec<(&str, &Tensor)> = xs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    for step in 0..4 {
+        let got = exe.run(&feeds).unwrap()[0].item().unwrap();
+        let want = reference.run(&feeds).unwrap()[0].item().unwrap();
+        assert_close(
+            &format!("plain sgd loss step {step}"),
+            &[got],
+            &[want],
+            1e-4,
+            1e-4,
+        );
+    }
+    for name in &names {
+        let got = exe.param(name).unwrap().to_vec::<f32>().unwrap();
+        let want = reference.param(name).unwrap().to_vec::<f32>().unwrap();
+        assert_close(&format!("plain sgd {name}"), &got, &want, 1e-5, 1e-5);
+    }
+}
+
 /// `param` hands out snapshots of the buffers updated in place, and `set_param`
 /// writes into them: the next step starts from the value set (checked against a CPU
 /// reference given the same value) with the moments accumulated so far.
