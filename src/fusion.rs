@@ -424,18 +424,19 @@ const MAX_FUSED_PARAMS: usize = 16;
 /// Storage buffers plain SGD binds per parameter: the parameter (in place), its gradient.
 const SGD_BUFFERS: usize = 2;
 
-/// Elements of one parameter an invocation of `sgd_fused` updates.
-const SGD_CHUNK: usize = 16;
+/// Elements of one parameter an invocation of a fused update (`sgd_fused`, `adam_fused`,
+/// `momentum_fused`) updates.
+const UPDATE_CHUNK: usize = 16;
 
-/// Invocations `sgd_fused` runs for parameters of `sizes` elements: one per chunk of
-/// [`SGD_CHUNK`] elements of each.
-fn sgd_invocations(sizes: &[usize]) -> usize {
-    sizes.iter().map(|n| n.div_ceil(SGD_CHUNK)).sum()
+/// Invocations a fused update runs for parameters of `sizes` elements: one per chunk of
+/// [`UPDATE_CHUNK`] elements of each.
+fn update_invocations(sizes: &[usize]) -> usize {
+    sizes.iter().map(|n| n.div_ceil(UPDATE_CHUNK)).sum()
 }
 
 /// The WGSL of one in-place SGD step over parameters of `sizes` elements,
 /// concatenated along one index: `p -= lr·(g + wd·p)`, as optim.wgsl's `sgd_update`.
-/// One invocation per chunk of [`SGD_CHUNK`] elements of a parameter, as four vec4s where
+/// One invocation per chunk of [`UPDATE_CHUNK`] elements of a parameter, as four vec4s where
 /// its length is a multiple of 4 (else one element at a time): lavapipe pays per
 /// workgroup and per lane step, and one element per invocation took 545 ms to update
 /// ResNet-50's 25.6M parameters (11 dispatches, batch-8 training step).
@@ -445,7 +446,7 @@ pub(crate) fn sgd_source(sizes: &[usize], lr: f32, weight_decay: f32) -> String 
     let _ = writeln!(
         s,
         "// sgd_fused.wgsl (generated) — in-place SGD of {} parameters ({total} elements),\n\
-         // {SGD_CHUNK} elements of one parameter per invocation, workgroup size 256.",
+         // {UPDATE_CHUNK} elements of one parameter per invocation, workgroup size 256.",
         sizes.len()
     );
     s.push_str("struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }\n");
@@ -470,12 +471,12 @@ pub(crate) fn sgd_source(sizes: &[usize], lr: f32, weight_decay: f32) -> String 
     );
     let mut start = 0;
     for (k, n) in sizes.iter().enumerate() {
-        let chunks = n.div_ceil(SGD_CHUNK);
+        let chunks = n.div_ceil(UPDATE_CHUNK);
         // Values per chunk and their count in this parameter: vec4s or elements.
         let (per, len) = if n % 4 == 0 {
-            (SGD_CHUNK / 4, n / 4)
+            (UPDATE_CHUNK / 4, n / 4)
         } else {
-            (SGD_CHUNK, *n)
+            (UPDATE_CHUNK, *n)
         };
         let _ = writeln!(
             s,
@@ -516,7 +517,7 @@ pub(crate) fn sgd_update_all(
     };
     for chunk in pairs.chunks(params_per_dispatch(ctx, SGD_BUFFERS)) {
         let sizes: Vec<usize> = chunk.iter().map(|(p, _)| p.numel()).collect();
-        let total = sgd_invocations(&sizes);
+        let total = update_invocations(&sizes);
         let source = sgd_source(&sizes, lr, weight_decay);
         let mut bufs = Vec::with_capacity(2 * chunk.len());
         for (p, g) in chunk {
@@ -578,7 +579,7 @@ fn stateful_source(entry: &str, sizes: &[usize], adam: bool) -> String {
     let _ = writeln!(
         s,
         "// {entry}.wgsl (generated) — in-place update of {} parameters ({total} elements),\n\
-         // one element per invocation, workgroup size 256.",
+         // {UPDATE_CHUNK} elements of one parameter per invocation, workgroup size 256.",
         sizes.len()
     );
     s.push_str(optim_rules());
@@ -609,14 +610,16 @@ fn stateful_source(entry: &str, sizes: &[usize], adam: bool) -> String {
          fn {entry}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,\n\
          \x20          @builtin(local_invocation_index) lid: u32) {{\n\
          \x20   let i = (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;\n\
-         \x20   if (i >= params.n) {{ return; }} // n = {total}"
+         \x20   if (i >= {chunks}u) {{ return; }} // chunks of {UPDATE_CHUNK} (params.n = {total} elements)",
+        chunks = update_invocations(sizes)
     );
     let mut start = 0;
     for (k, n) in sizes.iter().enumerate() {
+        let chunks = n.div_ceil(UPDATE_CHUNK);
         let (call, store_v) = if adam {
             (
                 format!("adam_rule(p{k}[j], g{k}[j], m{k}[j], v{k}[j])"),
-                format!("\n        v{k}[j] = r.v;"),
+                format!("\n                v{k}[j] = r.v;"),
             )
         } else {
             (
@@ -627,14 +630,18 @@ fn stateful_source(entry: &str, sizes: &[usize], adam: bool) -> String {
         let _ = writeln!(
             s,
             "    if (i >= {start}u && i < {}u) {{\n\
-             \x20       let j = i - {start}u;\n\
-             \x20       let r = {call};\n\
-             \x20       m{k}[j] = r.m;{store_v}\n\
-             \x20       p{k}[j] = r.p;\n\
+             \x20       for (var u = 0u; u < {UPDATE_CHUNK}u; u = u + 1u) {{\n\
+             \x20           let j = (i - {start}u) * {UPDATE_CHUNK}u + u;\n\
+             \x20           if (j < {n}u) {{\n\
+             \x20               let r = {call};\n\
+             \x20               m{k}[j] = r.m;{store_v}\n\
+             \x20               p{k}[j] = r.p;\n\
+             \x20           }}\n\
+             \x20       }}\n\
              \x20   }}",
-            start + n
+            start + chunks
         );
-        start += n;
+        start += chunks;
     }
     s.push_str("}\n");
     s
@@ -718,7 +725,7 @@ pub(crate) fn stateful_update(
         &[],
         &words,
         &bufs,
-        grid_1d(ctx, total),
+        grid_1d(ctx, update_invocations(&sizes)),
     )?;
     Ok(Some(total))
 }
