@@ -1,4 +1,5 @@
 // pool.wgsl — direct 2-D max and average pooling and their gradients, no patch matrix.
+// Not a module on its own: exact_div.wgsl (div) is appended to it (src/ops/pool.rs).
 //
 // x is (I, H, W) with I = N·C images (channels pool independently); y and g are
 // (I, OH, OW). A window at output (oy, ox) covers padded-input rows oy·sh + ki·dh and
@@ -38,11 +39,13 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<f32>; // share: g; max_backward: s
 @group(0) @binding(4) var<storage, read_write> d: array<f32>; // share: s; max_backward: dx
 
-// t / d as a shift when d is a power of two (strides and dilations mostly are 1 or 2):
-// lavapipe scalarises integer division by a run-time value, but not shifts.
+// t / dl through exact_div.wgsl's `div` (appended to this file by src/ops/pool.rs): in f32
+// where every dividend is below 2^24, else (pipeline constant EXACT) exactly. Lavapipe
+// scalarises integer division by a run-time value, and runs both sides of a branch on a
+// uniform, so a shift for powers of two beside `t / dl` still paid the division: max pool's
+// gradient at ResNet-50's size (8x64x112x112) took 144-176 ms for ~7 divisions per element.
 fn div_by(t: u32, dl: u32) -> u32 {
-    if ((dl & (dl - 1u)) == 0u) { return t >> countTrailingZeros(dl); }
-    return t / dl;
+    return div(t, dl);
 }
 
 fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
@@ -76,15 +79,15 @@ fn avg_count(oy: u32, ox: u32) -> f32 {
 
 // Output o as (image, oy, ox).
 fn out_pos(o: u32) -> vec3<u32> {
-    let row = o / params.ow;          // two divisions, not four
-    let img = row / params.oh;
+    let row = div(o, params.ow);      // two divisions, not four
+    let img = div(row, params.oh);
     return vec3<u32>(img, row - img * params.oh, o - row * params.ow);
 }
 
 // Input element i as (image, iy, ix).
 fn in_pos(i: u32) -> vec3<u32> {
-    let row = i / params.w;
-    let img = row / params.h;
+    let row = div(i, params.w);
+    let img = div(row, params.h);
     return vec3<u32>(img, row - img * params.h, i - row * params.w);
 }
 

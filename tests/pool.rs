@@ -274,6 +274,34 @@ fn pooling_on_awkward_shapes() {
             vec![1, 2, 6, 15],
             pool(AVG_IN, w(3, 3).stride(2).padding(1), true),
         ),
+        // A row dilation, stride and bottom padding of 2^22: past the f32 division's bound
+        // (src/ops/pool.rs `division`), so the kernels divide exactly; each window's first
+        // row is on the image, its second in the padding (and the gradient walks two
+        // windows per position, within the loop budget).
+        (
+            "dilation, stride and pads past 2^22, exact division",
+            vec![2, 2, 3, 4],
+            pool(
+                AVG_IN,
+                w(2, 3)
+                    .dilations(1 << 22, 1)
+                    .strides(1 << 22, 1)
+                    .pads(0, 1, 1 << 22, 1),
+                false,
+            ),
+        ),
+        (
+            "dilation, stride and pads past 2^22, exact division, max",
+            vec![1, 2, 3, 4],
+            pool(
+                MAX,
+                w(2, 2)
+                    .dilations(1 << 22, 1)
+                    .strides(1 << 22, 1)
+                    .pads(0, 1, 1 << 22, 0),
+                false,
+            ),
+        ),
         (
             "ceil drops a window in the end padding",
             vec![1, 2, 5, 5],

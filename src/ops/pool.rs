@@ -28,7 +28,11 @@ use crate::DType;
 
 pub(crate) const SHADER: Kernel = Kernel {
     name: "pool",
-    source: include_str!("../../shaders/pool.wgsl"),
+    // exact_div.wgsl's division (see `division`).
+    source: concat!(
+        include_str!("../../shaders/pool.wgsl"),
+        include_str!("../../shaders/exact_div.wgsl")
+    ),
 };
 
 /// Max or average.
@@ -340,6 +344,34 @@ impl Pool2d {
         dx
     }
 
+    /// The pipeline constants for the kernels' divisions (exact_div.wgsl): none where every
+    /// dividend stays below 2^24 (element indices of x and y, padded positions: sizes,
+    /// padding, strides and dilated windows each under 2^22), so the f32 division is exact;
+    /// else EXACT (integer division).
+    fn division(&self, x: &[usize], out: [usize; 4]) -> &'static [(&'static str, f64)] {
+        let g = &self.window;
+        let small = |v: usize| v < 1 << 22;
+        let fast = x.iter().product::<usize>() < 1 << 24
+            && out.iter().product::<usize>() < 1 << 24
+            && [
+                x[2],
+                x[3],
+                out[2],
+                out[3],
+                g.kh * g.dilations[0],
+                g.kw * g.dilations[1],
+            ]
+            .into_iter()
+            .chain(g.pads)
+            .chain(g.strides)
+            .all(small);
+        if fast {
+            &[]
+        } else {
+            &[("EXACT", 1.0)]
+        }
+    }
+
     /// The kernels' params for x (sizes checked by [`Pool2d::output_shape`]).
     fn params(&self, x: &[usize], out: [usize; 4], total: usize) -> Vec<u32> {
         let g = &self.window;
@@ -404,7 +436,8 @@ impl Tensor {
                     let invocations = if quads { n / 4 } else { n };
                     let params = pool.params(self.shape(), out, invocations);
                     let grid = grid_1d(ctx, invocations);
-                    ctx.dispatch(&SHADER, entry, &[], &params, &[xa, ya], grid)?;
+                    let division = pool.division(self.shape(), out);
+                    ctx.dispatch(&SHADER, entry, division, &params, &[xa, ya], grid)?;
                 }
                 Ok(y)
             }
@@ -470,11 +503,12 @@ impl Tensor {
                     unreachable!("GPU device holds GPU tensors")
                 };
                 let params = pool.params(x_shape, out, n);
+                let division = pool.division(x_shape, out);
                 let Some((x, y)) = xy else {
                     ctx.dispatch(
                         &SHADER,
                         "pool_avg_backward",
-                        &[],
+                        division,
                         &params,
                         &[ga, da],
                         grid_1d(ctx, n),
@@ -494,7 +528,7 @@ impl Tensor {
                 ctx.dispatch(
                     &SHADER,
                     "pool_max_share",
-                    &[],
+                    division,
                     &p,
                     &[xa, ya, ga, sa],
                     grid_1d(ctx, outs),
@@ -503,7 +537,7 @@ impl Tensor {
                 ctx.dispatch(
                     &SHADER,
                     "pool_max_backward",
-                    &[],
+                    division,
                     &p,
                     &[xa, ya, sa, da],
                     grid_1d(ctx, n),
