@@ -203,6 +203,13 @@ fn pooling(r: &mut Vec<Row>, gpu: &Device) {
             w(3, 3).stride(2).padding(1),
             true,
         ),
+        // Output rows of 8: four outputs per invocation (pool_*_forward4).
+        (
+            "3x3 s2 p1 rows of 8",
+            [2, 3, 11, 16],
+            w(3, 3).stride(2).padding(1),
+            false,
+        ),
     ];
     for (label, shape, window, ceil_mode) in cases {
         for kind in [
