@@ -85,12 +85,17 @@ fn im2col_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 
 // One invocation per patch row (b, l) writing its C·KH·KW values as vec4s (the host uses it
 // when C·KH·KW % 4 = 0 and (C·KH·KW)/4 ≤ gpu::LOOP_BUDGET), or per four consecutive patch
-// rows (params.accumulate = 4: C·KH·KW % 4 ≠ 0, the rows a multiple of 4, C·KH·KW ≤
+// rows (PATCH_ROWS = 4: C·KH·KW % 4 ≠ 0, the rows a multiple of 4, C·KH·KW ≤
 // LOOP_BUDGET; four rows start on a vec4 boundary whatever their length): lavapipe stores one
 // lane at a time, so a vec4 store moves four values per lane step. The tap (c, ki, kj)
 // advances by counters, with no division per value (two per patch row); out-of-image taps
 // load index 0 and select 0. ResNet-50's stem (3x7x7 patches, 147 values) took 6.8-9.4 ms
 // per dispatch on lavapipe with one invocation per (b, c, l) and scalar stores.
+// Patch rows per invocation of im2col_rows4: 1 or 4. A pipeline constant, so that the row
+// change compiles out where rows are whole vec4s (as a uniform it cost the digits CNN's
+// im2col 0.23 -> 0.35 ms).
+override PATCH_ROWS: u32 = 1u;
+
 struct PatchOrigin { plane: u32, y0: i32, x0: i32, }
 
 fn patch_origin(r: u32) -> PatchOrigin {
@@ -108,7 +113,7 @@ fn im2col_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
                 @builtin(local_invocation_index) lid: u32) {
     let i = (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 64u + lid;
     if (i >= params.total) { return; }
-    let rows = max(params.accumulate, 1u);  // patch rows per invocation: 1 or 4
+    let rows = PATCH_ROWS;
     let hw = params.h * params.w;
     let ck = params.c * params.kh * params.kw;
     let n4 = rows * ck / 4u;

@@ -394,11 +394,13 @@ impl Tensor {
                         let calls = rows / per_call;
                         let mut params = base.to_vec();
                         params[14] = calls as u32;
-                        params.extend([0, geom.kh, 0, geom.kw, per_call].map(|v| v as u32));
+                        params.extend([0, geom.kh, 0, geom.kw, 0].map(|v| v as u32));
+                        let mut constants = division(&base).to_vec();
+                        constants.push(("PATCH_ROWS", per_call as f64));
                         ctx.dispatch(
                             &SHADER,
                             "im2col_rows4",
-                            division(&base),
+                            &constants,
                             &params,
                             &[x, o],
                             ctx.grid(calls.div_ceil(64) as u64),
