@@ -72,10 +72,22 @@ fn train_and_compare(
             1e-4,
         );
     }
+    assert_params_match(label, exe, reference, names, 1e-4);
+}
+
+/// Every parameter of `names` in `exe` against `reference`, within `tol` (absolute and
+/// relative).
+fn assert_params_match(
+    label: &str,
+    exe: &Executor,
+    reference: &Executor,
+    names: &[String],
+    tol: f32,
+) {
     for name in names {
         let got = exe.param(name).unwrap().to_vec::<f32>().unwrap();
         let want = reference.param(name).unwrap().to_vec::<f32>().unwrap();
-        assert_close(&format!("{label} {name}"), &got, &want, 1e-4, 1e-4);
+        assert_close(&format!("{label} {name}"), &got, &want, tol, tol);
     }
 }
 
@@ -236,11 +248,7 @@ fn fused_plain_sgd_matches_the_cpu_reference() {
             1e-4,
         );
     }
-    for name in &names {
-        let got = exe.param(name).unwrap().to_vec::<f32>().unwrap();
-        let want = reference.param(name).unwrap().to_vec::<f32>().unwrap();
-        assert_close(&format!("plain sgd {name}"), &got, &want, 1e-5, 1e-5);
-    }
+    assert_params_match("plain sgd", &exe, &reference, &names, 1e-5);
 }
 
 /// `param` hands out snapshots of the buffers updated in place, and `set_param`
@@ -290,9 +298,5 @@ fn adam_params_are_snapshots_and_set_param_takes_effect() {
             1e-4,
         );
     }
-    for name in &names {
-        let got = exe.param(name).unwrap().to_vec::<f32>().unwrap();
-        let want = reference.param(name).unwrap().to_vec::<f32>().unwrap();
-        assert_close(name, &got, &want, 1e-4, 1e-4);
-    }
+    assert_params_match("after set_param", &exe, &reference, &names, 1e-4);
 }
