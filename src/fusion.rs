@@ -434,6 +434,29 @@ fn update_invocations(sizes: &[usize]) -> usize {
     sizes.iter().map(|n| n.div_ceil(UPDATE_CHUNK)).sum()
 }
 
+/// Appends one parameter's part of a fused update: invocations `start .. start + chunks`
+/// each run `body` (WGSL statements on index `j`) for `per` consecutive values `j` of the
+/// parameter's `len` (elements, or vec4s where it binds them so).
+fn chunk_block(
+    s: &mut String,
+    (start, chunks): (usize, usize),
+    (per, len): (usize, usize),
+    body: &[String],
+) {
+    let _ = writeln!(
+        s,
+        "    if (i >= {start}u && i < {}u) {{\n\
+         \x20       for (var u = 0u; u < {per}u; u = u + 1u) {{\n\
+         \x20           let j = (i - {start}u) * {per}u + u;\n\
+         \x20           if (j < {len}u) {{",
+        start + chunks
+    );
+    for line in body {
+        let _ = writeln!(s, "                {line}");
+    }
+    s.push_str("            }\n        }\n    }\n");
+}
+
 /// The WGSL of one in-place SGD step over parameters of `sizes` elements,
 /// concatenated along one index: `p -= lr·(g + wd·p)`, as optim.wgsl's `sgd_update`.
 /// One invocation per chunk of [`UPDATE_CHUNK`] elements of a parameter, as four vec4s where
@@ -478,19 +501,11 @@ pub(crate) fn sgd_source(sizes: &[usize], lr: f32, weight_decay: f32) -> String 
         } else {
             (UPDATE_CHUNK, *n)
         };
-        let _ = writeln!(
-            s,
-            "    if (i >= {start}u && i < {}u) {{\n\
-             \x20       for (var u = 0u; u < {per}u; u = u + 1u) {{\n\
-             \x20           let j = (i - {start}u) * {per}u + u;\n\
-             \x20           if (j < {len}u) {{\n\
-             \x20               let grad = g{k}[j] + {wd} * p{k}[j];\n\
-             \x20               p{k}[j] = p{k}[j] - {lr} * grad;\n\
-             \x20           }}\n\
-             \x20       }}\n\
-             \x20   }}",
-            start + chunks
-        );
+        let body = [
+            format!("let grad = g{k}[j] + {wd} * p{k}[j];"),
+            format!("p{k}[j] = p{k}[j] - {lr} * grad;"),
+        ];
+        chunk_block(&mut s, (start, chunks), (per, len), &body);
         start += chunks;
     }
     s.push_str("}\n");
@@ -616,31 +631,21 @@ fn stateful_source(entry: &str, sizes: &[usize], adam: bool) -> String {
     let mut start = 0;
     for (k, n) in sizes.iter().enumerate() {
         let chunks = n.div_ceil(UPDATE_CHUNK);
-        let (call, store_v) = if adam {
-            (
-                format!("adam_rule(p{k}[j], g{k}[j], m{k}[j], v{k}[j])"),
-                format!("\n                v{k}[j] = r.v;"),
-            )
+        let body = if adam {
+            vec![
+                format!("let r = adam_rule(p{k}[j], g{k}[j], m{k}[j], v{k}[j]);"),
+                format!("m{k}[j] = r.m;"),
+                format!("v{k}[j] = r.v;"),
+                format!("p{k}[j] = r.p;"),
+            ]
         } else {
-            (
-                format!("momentum_rule(p{k}[j], g{k}[j], m{k}[j])"),
-                String::new(),
-            )
+            vec![
+                format!("let r = momentum_rule(p{k}[j], g{k}[j], m{k}[j]);"),
+                format!("m{k}[j] = r.m;"),
+                format!("p{k}[j] = r.p;"),
+            ]
         };
-        let _ = writeln!(
-            s,
-            "    if (i >= {start}u && i < {}u) {{\n\
-             \x20       for (var u = 0u; u < {UPDATE_CHUNK}u; u = u + 1u) {{\n\
-             \x20           let j = (i - {start}u) * {UPDATE_CHUNK}u + u;\n\
-             \x20           if (j < {n}u) {{\n\
-             \x20               let r = {call};\n\
-             \x20               m{k}[j] = r.m;{store_v}\n\
-             \x20               p{k}[j] = r.p;\n\
-             \x20           }}\n\
-             \x20       }}\n\
-             \x20   }}",
-            start + chunks
-        );
+        chunk_block(&mut s, (start, chunks), (UPDATE_CHUNK, *n), &body);
         start += chunks;
     }
     s.push_str("}\n");

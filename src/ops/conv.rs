@@ -334,11 +334,7 @@ fn division(params: &[u32; 15]) -> &'static [(&'static str, f64)] {
         && [h, w, sh, sw, pt, pl, dh, dw, oh, ow]
             .iter()
             .all(|&v| v < part);
-    if fast {
-        &[]
-    } else {
-        &[("EXACT", 1.0)]
-    }
+    super::exact_div_constants(fast)
 }
 
 /// CPU reference of im2col: patches (N, OH·OW, C·KH·KW).

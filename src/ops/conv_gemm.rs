@@ -375,7 +375,7 @@ impl Tensor {
                     // positions) below 2^24; past that its pipeline constant EXACT.
                     let exact =
                         kernel.name == FORWARD.name && (total >= 1 << 24 || oh * ow >= 1 << 24);
-                    let consts: &[(&str, f64)] = if exact { &[("EXACT", 1.0)] } else { &[] };
+                    let consts = super::exact_div_constants(!exact);
                     ctx.dispatch(
                         kernel,
                         entry,

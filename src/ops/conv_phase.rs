@@ -248,11 +248,7 @@ impl Tensor {
             let params = phase.params(&geom, x_shape, (f, oh, ow), strides, total);
             let grid = ctx.grid(total.div_ceil(64) as u64);
             // div() in f32 holds for dividends below 2^24 (exact_div.wgsl).
-            let exact: &[(&str, f64)] = if total < 1 << 24 {
-                &[]
-            } else {
-                &[("EXACT", 1.0)]
-            };
+            let exact = super::exact_div_constants(total < 1 << 24);
             ctx.dispatch(&SHADER, entry, exact, &params, &[s, d], grid)
         };
         let wp = gpu_output(ctx, self.device(), op, &[f * taps, width], DType::F32)?;

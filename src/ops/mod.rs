@@ -78,6 +78,17 @@ fn output(
     ))
 }
 
+/// Pipeline constants for the kernels with exact_div.wgsl appended: none where every dividend
+/// stays below 2^24 (`fast`, the f32 division is exact there), else `EXACT` (integer
+/// division). Each op says when its dividends are that small.
+pub(crate) fn exact_div_constants(fast: bool) -> &'static [(&'static str, f64)] {
+    if fast {
+        &[]
+    } else {
+        &[("EXACT", 1.0)]
+    }
+}
+
 /// Workgroups for `n` invocations of a 1-D kernel, split to fit the adapter.
 pub(crate) fn grid_1d(ctx: &GpuContext, n: usize) -> [u32; 3] {
     ctx.grid((n as u64).div_ceil(WG_1D as u64))

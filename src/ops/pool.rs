@@ -365,11 +365,7 @@ impl Pool2d {
             .chain(g.pads)
             .chain(g.strides)
             .all(small);
-        if fast {
-            &[]
-        } else {
-            &[("EXACT", 1.0)]
-        }
+        super::exact_div_constants(fast)
     }
 
     /// The kernels' params for x (sizes checked by [`Pool2d::output_shape`]).
