@@ -1,6 +1,6 @@
 // exact_div.wgsl — integer division for the convolution and pooling kernels. Not a module on
-// its own: it is appended to conv.wgsl, conv_gemm_fwd.wgsl, conv_phase.wgsl and pool.wgsl
-// (src/ops/conv.rs, conv_gemm.rs, conv_phase.rs, pool.rs).
+// its own: it is appended to conv.wgsl, conv_gemm_fwd.wgsl, conv_phase.wgsl, pool.wgsl and
+// winograd.wgsl (src/ops/conv.rs, conv_gemm.rs, conv_phase.rs, pool.rs, winograd.rs).
 //
 // Lavapipe scalarises integer division by a run-time value (one lane at a time), so the
 // kernels divide in f32 when every dividend is below 2^24: the f32 quotient is then within

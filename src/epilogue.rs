@@ -193,11 +193,31 @@ pub(crate) fn plan(
         if !f32_node(m) {
             continue;
         }
+        // A product of im2col patches that nothing else reads: Winograd where it pays.
+        let winograd = winograd_of(nodes, m).filter(|&(cols, _)| inner(cols, m));
+        let op = match winograd {
+            Some((_, geom)) => ProductOp::Winograd(geom),
+            None => op,
+        };
         let taken = |j: NodeId| absorbed[j] || roots.contains_key(&j);
-        let Some(found) = grow(nodes, users, &inner, &taken, m, (rows, cols), &op) else {
-            continue;
+        let found = grow(nodes, users, &inner, &taken, m, (rows, cols), &op);
+        // Winograd replaces the product and im2col even with no epilogue after them.
+        let found = match (found, winograd) {
+            (Some(f), _) => f,
+            (None, Some(_)) => Found {
+                root: m,
+                members: Vec::new(),
+                epi: EpiParts::default(),
+                operands: Vec::new(),
+            },
+            (None, None) => continue,
         };
         let mut inputs = nodes[m].inputs.clone();
+        if let Some((cols, _)) = winograd {
+            // The image in place of its patches, which are never made.
+            inputs[1] = nodes[cols].inputs[0];
+            absorbed[cols] = true;
+        }
         inputs.extend(found.operands);
         for &j in &found.members {
             absorbed[j] = true;
@@ -428,6 +448,35 @@ fn product_of(nodes: &[Node], m: NodeId) -> Option<(ProductOp, usize, usize)> {
     };
     let plan = MatmulPlan::new(&nodes[a].shape, &nodes[b].shape, ta, tb).ok()?;
     Some((ProductOp::MatMul { ta, tb }, plan.m, plan.n))
+}
+
+/// The im2col node and its window when product `m` is `(F, 9C)·im2col(x)ᵀ` of a
+/// convolution Winograd computes and where it pays (`ops::winograd::prefer_winograd`): the
+/// product `Var::conv2d` records for a dense convolution.
+fn winograd_of(nodes: &[Node], m: NodeId) -> Option<(NodeId, crate::ops::conv::Conv2d)> {
+    let Op::MatMul {
+        ta: false,
+        tb: true,
+    } = nodes[m].op
+    else {
+        return None;
+    };
+    let [a, cols] = nodes[m].inputs[..] else {
+        return None;
+    };
+    let Op::Im2Col(geom) = nodes[cols].op else {
+        return None;
+    };
+    let x = &nodes[nodes[cols].inputs[0]];
+    let (&[f, k], &[_, c, _, _]) = (&nodes[a].shape[..], &x.shape[..]) else {
+        return None;
+    };
+    let filters = [f, c, 3, 3];
+    let fits = k == 9 * c
+        && x.dtype == DType::F32
+        && nodes[a].dtype == DType::F32
+        && crate::ops::winograd::prefer_winograd(&x.shape, &filters, &geom);
+    fits.then_some((cols, geom))
 }
 
 /// An epilogue found after a product.

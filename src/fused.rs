@@ -76,6 +76,11 @@ pub(crate) enum ProductOp {
     /// (N, F, OH, OW) as N matrices of F rows and OH·OW columns. Takes the per-row parts
     /// (scale, shift) and the ReLU only.
     Conv(crate::ops::conv::Conv2d),
+    /// `im2col(x)` and the product `(F, 9C)·colsᵀ` after it, computed from x by Winograd
+    /// F(2×2, 3×3) (`Tensor::conv2d_winograd_epilogue`): inputs (filters as (F, 9C), x),
+    /// output (N, F, OH·OW). Only where nothing else reads the patches (inference).
+    /// Takes the per-row parts, a residual and the ReLU.
+    Winograd(crate::ops::conv::Conv2d),
 }
 
 impl ProductOp {
@@ -85,6 +90,7 @@ impl ProductOp {
         match self {
             ProductOp::MatMul { .. } => true,
             ProductOp::Conv(_) => !(epi.bias || epi.residual || epi.mask || epi.group > 0),
+            ProductOp::Winograd(_) => !(epi.bias || epi.mask || epi.group > 0),
         }
     }
 }

@@ -312,6 +312,12 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
                 args[0].matmul_epilogue(args[1], (ta, tb), MatmulVariant::Auto, epilogue)?
             }
             ProductOp::Conv(geom) => args[0].conv2d_implicit_epilogue(args[1], geom, epilogue)?,
+            ProductOp::Winograd(geom) => {
+                // The filters come as the product's (F, 9C) operand.
+                let (x, w) = (args[1], args[0]);
+                let filters = w.reshape(&[w.shape()[0], x.shape()[1], 3, 3])?;
+                x.conv2d_winograd_epilogue(&filters, geom, epilogue)?
+            }
         };
         // The product's elements in the order the graph's view of them has (a reshape).
         return Ok(vec![(root, c.reshape(&f.shape)?)]);

@@ -1,0 +1,181 @@
+// winograd.wgsl — 3×3 stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3)
+// (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015).
+// Not a module on its own: exact_div.wgsl (div) is appended to it (src/ops/winograd.rs).
+//
+// The output is cut into 2×2 tiles; tile t of image n reads the 4×4 input patch d at padded
+// rows 2·ty .. 2·ty + 4 and columns 2·tx .. 2·tx + 4 (zero outside the image). Per tile and
+// per pair (filter f, channel c) the 2×2 output is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A, so the
+// convolution is 16 products, one per position ξ of the 4×4 transformed tile:
+//   M[ξ] (F, T) = U[ξ] (F, C) · V[ξ] (C, T),  U[ξ] = (G g Gᵀ)[ξ],  V[ξ] = (Bᵀ d B)[ξ],
+// 16·F·C·T multiply-adds against 36·F·C·T direct (2.25x fewer). The host runs them as one
+// batched matmul (the subgroup kernel on lavapipe); these entries are its three transforms:
+//   winograd_filter  w (F, C, 3, 3) → U (16, F, C4)      one invocation per (f, c < C4)
+//   winograd_input   x (N, C, H, W) → V (16, C4, T4)     one invocation per (c < C4, t < T4)
+//   winograd_output  M (16, F, T4)  → y (N, F, OH, OW)   one invocation per (f, t < T)
+// C4 and T4 are C and T = N·TH·TW rounded up to 4, the padding zero, so the product's
+// operands have rows of whole vec4s (no padded copies) and its reduction adds zeros.
+// The output transform applies the epilogue matmul.wgsl's flags name, in its order:
+// y·scale[f] (64), + shift[f] (128), + residual (256, shaped like y), ReLU (8).
+//
+// Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1],
+// Aᵀ = [1 1 1 0; 0 1 -1 -1]. Every invocation runs a fixed number of steps (no loops over
+// sizes), so lavapipe's per-invocation loop cap never applies.
+
+struct Params {
+    n: u32, c: u32, h: u32, w: u32,      // x
+    f: u32, oh: u32, ow: u32, pt: u32,   // filters, output size, top padding
+    pl: u32, th: u32, tw: u32, c4: u32,  // left padding, tiles per column and row, C4
+    t4: u32, total: u32, flags: u32, tiles: u32,  // T4, invocations, epilogue, T
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;           // w, x or M
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;     // U, V or y
+@group(0) @binding(3) var<storage, read> scale: array<f32>;         // output: (F), or any buffer
+@group(0) @binding(4) var<storage, read> shift: array<f32>;         // output: (F), or any buffer
+@group(0) @binding(5) var<storage, read> residual: array<f32>;      // output: like y, or any buffer
+
+const EPI_RELU: u32 = 8u;
+const EPI_SCALE: u32 = 64u;
+const EPI_SHIFT: u32 = 128u;
+const EPI_RESIDUAL: u32 = 256u;
+
+fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
+}
+
+// v·B for a row v of 4 (B's columns): the input transform's second half.
+fn times_b(v: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(v.x - v.z, v.y + v.z, v.z - v.y, v.y - v.w);
+}
+
+// v·Gᵀ for a row v of 3.
+fn times_gt(v: vec3<f32>) -> vec4<f32> {
+    return vec4<f32>(v.x, 0.5 * (v.x + v.y + v.z), 0.5 * (v.x - v.y + v.z), v.z);
+}
+
+// v·A for a row v of 4.
+fn times_a(v: vec4<f32>) -> vec2<f32> {
+    return vec2<f32>(v.x + v.y + v.z, v.y - v.z - v.w);
+}
+
+@compute @workgroup_size(256)
+fn winograd_filter(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let f = div(i, params.c4);
+    let c = i - f * params.c4;
+    var u: array<vec4<f32>, 4>;  // rows of G g Gᵀ; zero for the padding channels
+    if (c < params.c) {
+        let o = (f * params.c + c) * 9u;
+        let g0 = vec3<f32>(src[o], src[o + 1u], src[o + 2u]);
+        let g1 = vec3<f32>(src[o + 3u], src[o + 4u], src[o + 5u]);
+        let g2 = vec3<f32>(src[o + 6u], src[o + 7u], src[o + 8u]);
+        u[0] = times_gt(g0);
+        u[1] = times_gt(0.5 * (g0 + g1 + g2));
+        u[2] = times_gt(0.5 * (g0 - g1 + g2));
+        u[3] = times_gt(g2);
+    }
+    let plane = params.f * params.c4;  // U[ξ] is (F, C4)
+    let at = f * params.c4 + c;
+    for (var r = 0u; r < 4u; r++) {
+        let base = 4u * r * plane + at;
+        dst[base] = u[r].x;
+        dst[base + plane] = u[r].y;
+        dst[base + 2u * plane] = u[r].z;
+        dst[base + 3u * plane] = u[r].w;
+    }
+}
+
+// Row `row` of padded columns x0 .. x0 + 4 of channel plane `base`, zero outside the image.
+fn input_row(base: u32, row: i32, x0: i32) -> vec4<f32> {
+    if (row < 0 || row >= i32(params.h)) { return vec4<f32>(0.0); }
+    let cols = vec4<i32>(x0) + vec4<i32>(0, 1, 2, 3);
+    let inside = (cols >= vec4<i32>(0)) & (cols < vec4<i32>(i32(params.w)));
+    // Reads outside are clamped to the row's start and their values dropped.
+    let at = vec4<u32>(select(vec4<i32>(0), cols, inside)) + vec4<u32>(base + u32(row) * params.w);
+    let v = vec4<f32>(src[at.x], src[at.y], src[at.z], src[at.w]);
+    return select(vec4<f32>(0.0), v, inside);
+}
+
+@compute @workgroup_size(256)
+fn winograd_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let c = div(i, params.t4);
+    let t = i - c * params.t4;
+    var v: array<vec4<f32>, 4>;  // rows of Bᵀ d B; zero for padding channels and tiles
+    if (c < params.c && t < params.tiles) {
+        let per_image = params.th * params.tw;
+        let n = div(t, per_image);
+        let r = t - n * per_image;
+        let ty = div(r, params.tw);
+        let tx = r - ty * params.tw;
+        let base = (n * params.c + c) * params.h * params.w;
+        let y0 = i32(2u * ty) - i32(params.pt);
+        let x0 = i32(2u * tx) - i32(params.pl);
+        let d0 = input_row(base, y0, x0);
+        let d1 = input_row(base, y0 + 1, x0);
+        let d2 = input_row(base, y0 + 2, x0);
+        let d3 = input_row(base, y0 + 3, x0);
+        v[0] = times_b(d0 - d2);
+        v[1] = times_b(d1 + d2);
+        v[2] = times_b(d2 - d1);
+        v[3] = times_b(d1 - d3);
+    }
+    let plane = params.c4 * params.t4;  // V[ξ] is (C4, T4)
+    for (var r = 0u; r < 4u; r++) {
+        let base = 4u * r * plane + i;
+        dst[base] = v[r].x;
+        dst[base + plane] = v[r].y;
+        dst[base + 2u * plane] = v[r].z;
+        dst[base + 3u * plane] = v[r].w;
+    }
+}
+
+// Element (f, oy, ox) of image n with the epilogue, stored if inside the output.
+fn store_output(n: u32, f: u32, oy: u32, ox: u32, v: f32, st: vec2<f32>) {
+    if (oy >= params.oh || ox >= params.ow) { return; }
+    let o = ((n * params.f + f) * params.oh + oy) * params.ow + ox;
+    var r = v;
+    if ((params.flags & EPI_SCALE) != 0u) { r = r * st.x; }
+    if ((params.flags & EPI_SHIFT) != 0u) { r = r + st.y; }
+    if ((params.flags & EPI_RESIDUAL) != 0u) { r = r + residual[o]; }
+    if ((params.flags & EPI_RELU) != 0u) { r = max(r, 0.0); }
+    dst[o] = r;
+}
+
+@compute @workgroup_size(256)
+fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let f = div(i, params.tiles);
+    let t = i - f * params.tiles;
+    let plane = params.f * params.t4;  // M[ξ] is (F, T4)
+    let at = f * params.t4 + t;
+    var m: array<vec4<f32>, 4>;  // rows of M's 4×4 tile
+    for (var r = 0u; r < 4u; r++) {
+        let base = 4u * r * plane + at;
+        m[r] = vec4<f32>(src[base], src[base + plane], src[base + 2u * plane],
+                         src[base + 3u * plane]);
+    }
+    let y0 = times_a(m[0] + m[1] + m[2]);
+    let y1 = times_a(m[1] - m[2] - m[3]);
+    var st = vec2<f32>(1.0, 0.0);
+    if ((params.flags & EPI_SCALE) != 0u) { st.x = scale[f]; }
+    if ((params.flags & EPI_SHIFT) != 0u) { st.y = shift[f]; }
+    let per_image = params.th * params.tw;
+    let n = div(t, per_image);
+    let r = t - n * per_image;
+    let ty = div(r, params.tw);
+    let tx = r - ty * params.tw;
+    let oy = 2u * ty;
+    let ox = 2u * tx;
+    store_output(n, f, oy, ox, y0.x, st);
+    store_output(n, f, oy, ox + 1u, y0.y, st);
+    store_output(n, f, oy + 1u, ox, y1.x, st);
+    store_output(n, f, oy + 1u, ox + 1u, y1.y, st);
+}

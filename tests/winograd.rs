@@ -1,0 +1,212 @@
+//! Winograd F(2×2, 3×3) convolution (`Tensor::conv2d_winograd`, src/ops/winograd.rs) against
+//! the direct convolution's f64 CPU reference (`Tensor::conv2d` on the CPU device: im2col and
+//! a product, no transforms), on awkward shapes: batch 1, odd and non-multiple-of-4 channel
+//! counts, odd output sizes (tiles cut by the edge), tile counts not a multiple of 4, every
+//! padding from 0 to 2 and asymmetric pads. Also its epilogue, and compiled inference plans:
+//! a 3×3 convolution with a folded batch norm and a ReLU runs as the three transforms and one
+//! product, with no im2col; a training graph keeps im2col (its weight gradient reads the
+//! patches).
+
+mod common;
+
+use common::{assert_close, gpu, run_compiled, uniform};
+use wgrad::autodiff::grad;
+use wgrad::{Conv2d, Device, Graph, Init, Tensor};
+
+/// (x (N, C, H, W), filters F, window) cases.
+fn cases() -> Vec<([usize; 4], usize, Conv2d)> {
+    let g = Conv2d::new(3, 3);
+    vec![
+        ([1, 1, 3, 3], 1, g),                    // one output, one tile cut to 1x1
+        ([1, 3, 5, 7], 5, g.padding(1)),         // odd output 5x7
+        ([2, 5, 9, 6], 7, g),                    // no padding, 7x4 outputs
+        ([1, 6, 8, 8], 4, g.padding(2)),         // output 10x10
+        ([3, 7, 11, 10], 9, g.pads(1, 0, 2, 1)), // asymmetric pads
+        ([1, 17, 13, 15], 33, g.padding(1)),     // 13x15: 56 tiles
+        ([2, 64, 14, 14], 64, g.padding(1)),     // ResNet-like, T = 98
+        ([1, 130, 9, 9], 3, g.padding(1)),       // C past 128, F = 3
+    ]
+}
+
+fn direct(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], geom: Conv2d) -> Vec<f32> {
+    let cpu = Device::cpu();
+    let xt = Tensor::from_slice(&cpu, x, &xs).unwrap();
+    let wt = Tensor::from_slice(&cpu, w, &ws).unwrap();
+    xt.conv2d(&wt, geom).unwrap().to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn cpu_reference_matches_the_direct_convolution() {
+    let cpu = Device::cpu();
+    for (i, (xs, f, geom)) in cases().into_iter().enumerate() {
+        let ws = [f, xs[1], 3, 3];
+        let x = uniform(10 + i as u64, xs.iter().product(), -1.0, 1.0);
+        let w = uniform(50 + i as u64, ws.iter().product(), -1.0, 1.0);
+        let got = Tensor::from_slice(&cpu, &x, &xs)
+            .unwrap()
+            .conv2d_winograd(&Tensor::from_slice(&cpu, &w, &ws).unwrap(), geom)
+            .unwrap();
+        assert_close(
+            &format!("cpu winograd {xs:?} {f} {geom:?}"),
+            &got.to_vec::<f32>().unwrap(),
+            &direct(&x, xs, &w, ws, geom),
+            1e-6,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn gpu_matches_the_direct_convolution() {
+    let Some(dev) = gpu() else { return };
+    for (i, (xs, f, geom)) in cases().into_iter().enumerate() {
+        let ws = [f, xs[1], 3, 3];
+        let x = uniform(10 + i as u64, xs.iter().product(), -1.0, 1.0);
+        let w = uniform(50 + i as u64, ws.iter().product(), -1.0, 1.0);
+        let got = Tensor::from_slice(&dev, &x, &xs)
+            .unwrap()
+            .conv2d_winograd(&Tensor::from_slice(&dev, &w, &ws).unwrap(), geom)
+            .unwrap();
+        assert_eq!(got.shape(), geom_out(xs, f, geom), "{xs:?} {geom:?}");
+        // Sums of 9C products of values in [-1, 1), through the transforms' ±½ factors.
+        let c = xs[1] as f32;
+        assert_close(
+            &format!("gpu winograd {xs:?} {f} {geom:?}"),
+            &got.to_vec::<f32>().unwrap(),
+            &direct(&x, xs, &w, ws, geom),
+            2e-6 * 9.0 * c,
+            1e-4,
+        );
+    }
+}
+
+fn geom_out(xs: [usize; 4], f: usize, g: Conv2d) -> Vec<usize> {
+    let (oh, ow) = g.output_size("test", &xs).unwrap();
+    vec![xs[0], f, oh, ow]
+}
+
+#[test]
+fn other_geometries_and_bad_shapes_are_errors_naming_the_op() {
+    let cpu = Device::cpu();
+    let x = Tensor::zeros(&cpu, &[1, 4, 8, 8]).unwrap();
+    let w = Tensor::zeros(&cpu, &[2, 4, 3, 3]).unwrap();
+    for g in [
+        Conv2d::new(3, 3).stride(2),
+        Conv2d::new(3, 3).dilation(2),
+        Conv2d::new(5, 5),
+        Conv2d::new(3, 3).groups(2),
+    ] {
+        let e = x.conv2d_winograd(&w, g).unwrap_err().to_string();
+        assert!(e.contains("conv2d_winograd"), "{e}");
+    }
+    let e = x
+        .conv2d_winograd(
+            &Tensor::zeros(&cpu, &[2, 3, 3, 3]).unwrap(),
+            Conv2d::new(3, 3),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("[1, 4, 8, 8]") && e.contains("[2, 3, 3, 3]"),
+        "{e}"
+    );
+}
+
+/// conv3x3 → ·a[channel] → +c[channel] (→ + residual) → ReLU, compiled for inference.
+fn block(dev: &Device, xs: [usize; 4], f: usize, residual: bool) -> (Vec<f32>, Vec<String>) {
+    let g = Graph::new();
+    let x = g.input("x", &xs);
+    let w = g.input("w", &[f, xs[1], 3, 3]);
+    let a = g.input("a", &[1, f, 1, 1]);
+    let c = g.input("c", &[1, f, 1, 1]);
+    let mut y = x
+        .conv2d(&w, Conv2d::new(3, 3).padding(1))
+        .unwrap()
+        .mul(&a)
+        .unwrap()
+        .add(&c)
+        .unwrap();
+    let ys = [xs[0], f, xs[2], xs[3]];
+    let r = g.input("r", &ys);
+    if residual {
+        y = y.add(&r).unwrap();
+    }
+    let y = y.relu().unwrap();
+    let cpu = Device::cpu();
+    let t = |seed: u64, s: &[usize], lo: f32| {
+        Tensor::from_slice(&cpu, &uniform(seed, s.iter().product(), lo, 1.0), s).unwrap()
+    };
+    let feeds = [
+        ("x", t(1, &xs, -1.0)),
+        ("w", t(2, &[f, xs[1], 3, 3], -1.0)),
+        ("a", t(3, &[1, f, 1, 1], 0.5)),
+        ("c", t(4, &[1, f, 1, 1], -1.0)),
+        ("r", t(5, &ys, -1.0)),
+    ];
+    let named: Vec<(&str, &Tensor)> = feeds
+        .iter()
+        .filter(|(n, _)| residual || *n != "r")
+        .map(|(n, t)| (*n, t))
+        .collect();
+    let (mut got, exe) = run_compiled(dev, &g, &[&y], &named);
+    (got.remove(0), exe.dispatch_entries())
+}
+
+#[test]
+fn compiled_inference_runs_winograd_with_the_epilogue() {
+    let Some(dev) = gpu() else { return };
+    for (xs, f, residual) in [([1, 12, 15, 13], 10, false), ([2, 8, 9, 9], 6, true)] {
+        let (want, _) = block(&Device::cpu(), xs, f, residual);
+        let (got, entries) = block(&dev, xs, f, residual);
+        let label = format!("{xs:?} {f} residual {residual}");
+        assert_close(&label, &got, &want, 1e-4, 1e-4);
+        for e in ["winograd_filter", "winograd_input", "winograd_output"] {
+            assert_eq!(
+                entries.iter().filter(|x| *x == e).count(),
+                1,
+                "{label}: {entries:?}"
+            );
+        }
+        assert!(
+            !entries.iter().any(|e| e.contains("im2col")),
+            "{label}: {entries:?}"
+        );
+        // The epilogue is in the output transform: nothing element-wise runs.
+        assert!(
+            !entries.iter().any(|e| e.starts_with("binary")
+                || e.starts_with("unary")
+                || e.starts_with("fused")),
+            "{label}: {entries:?}"
+        );
+    }
+}
+
+#[test]
+fn compiled_training_keeps_im2col() {
+    let Some(dev) = gpu() else { return };
+    let g = Graph::new();
+    let x = g.input("x", &[1, 8, 12, 12]);
+    let w = g.param("w", &[4, 8, 3, 3], Init::Zeros);
+    let loss = x
+        .conv2d(&w, Conv2d::new(3, 3).padding(1))
+        .unwrap()
+        .relu()
+        .unwrap()
+        .sum()
+        .unwrap();
+    let gw = grad(&loss, &[&w]).unwrap().remove(0);
+    let exe = dev.compile(&g, &[&loss, &gw], None).unwrap();
+    let xt = Tensor::from_slice(&dev, &uniform(7, 8 * 144, -1.0, 1.0), &[1, 8, 12, 12]).unwrap();
+    exe.set_param(
+        "w",
+        &Tensor::from_slice(&dev, &uniform(8, 288, -1.0, 1.0), &[4, 8, 3, 3]).unwrap(),
+    )
+    .unwrap();
+    exe.run(&[("x", &xt)]).unwrap();
+    let entries = exe.dispatch_entries();
+    assert!(
+        !entries.iter().any(|e| e.starts_with("winograd")),
+        "{entries:?}"
+    );
+    assert!(entries.iter().any(|e| e.contains("im2col")), "{entries:?}");
+}
