@@ -344,6 +344,25 @@ fn implicit_conv(r: &mut Vec<Row>, gpu: &Device) {
     }
 }
 
+/// Winograd F(2x2, 3x3) (`ops::winograd`): odd channels, edge tiles cut by odd output
+/// sizes, no padding, asymmetric pads, a tile count not a multiple of 4.
+fn winograd_conv(r: &mut Vec<Row>, gpu: &Device) {
+    use wgrad::Conv2d;
+    let g = Conv2d::new(3, 3);
+    let cases = [
+        ("p1", [1, 3, 7, 5], 5, g.padding(1)),
+        ("p0", [2, 5, 9, 6], 7, g),
+        ("pads", [3, 7, 11, 10], 9, g.pads(1, 0, 2, 1)),
+    ];
+    for (label, xs, f, geom) in cases {
+        let ws = [f, xs[1], 3, 3];
+        let name = format!("conv2d_winograd {label}");
+        kernel(r, gpu, &name, &[&xs, &ws], (-1.0, 1.0), (1e-5, 1e-4), |x| {
+            x[0].conv2d_winograd(&x[1], geom)
+        });
+    }
+}
+
 /// A convolution's data gradient by phases (`ops::conv_phase`): strides 2 and 3, odd sizes,
 /// uneven pads, rows of whole vec4s and not.
 fn phased_conv(r: &mut Vec<Row>, gpu: &Device) {
@@ -776,6 +795,7 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
     pooling(r, gpu);
     depthwise(r, gpu);
     implicit_conv(r, gpu);
+    winograd_conv(r, gpu);
     phased_conv(r, gpu);
     batch_norm(r, gpu);
     gradient(r, gpu, "log_softmax", &[&[3, 5]], (-3.0, 3.0), |x| {
