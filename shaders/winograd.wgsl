@@ -59,6 +59,26 @@ fn times_a(v: vec4<f32>) -> vec2<f32> {
     return vec2<f32>(v.x + v.y + v.z, v.y - v.z - v.w);
 }
 
+// Tile t's image and its (ty, tx) among the TH x TW tiles of one image.
+fn tile_at(t: u32) -> vec3<u32> {
+    let per_image = params.th * params.tw;
+    let n = div(t, per_image);
+    let r = t - n * per_image;
+    let ty = div(r, params.tw);
+    return vec3<u32>(n, ty, r - ty * params.tw);
+}
+
+// Stores the 4x4 tile `v` (rows) as element `at` of the 16 planes of `plane` values each.
+fn store_planes(at: u32, plane: u32, v: array<vec4<f32>, 4>) {
+    for (var r = 0u; r < 4u; r++) {
+        let base = 4u * r * plane + at;
+        dst[base] = v[r].x;
+        dst[base + plane] = v[r].y;
+        dst[base + 2u * plane] = v[r].z;
+        dst[base + 3u * plane] = v[r].w;
+    }
+}
+
 @compute @workgroup_size(256)
 fn winograd_filter(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
@@ -77,15 +97,7 @@ fn winograd_filter(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
         u[2] = times_gt(0.5 * (g0 - g1 + g2));
         u[3] = times_gt(g2);
     }
-    let plane = params.f * params.c4;  // U[ξ] is (F, C4)
-    let at = f * params.c4 + c;
-    for (var r = 0u; r < 4u; r++) {
-        let base = 4u * r * plane + at;
-        dst[base] = u[r].x;
-        dst[base + plane] = u[r].y;
-        dst[base + 2u * plane] = u[r].z;
-        dst[base + 3u * plane] = u[r].w;
-    }
+    store_planes(f * params.c4 + c, params.f * params.c4, u);  // U[ξ] is (F, C4)
 }
 
 // Row `row` of padded columns x0 .. x0 + 4 of channel plane `base`, zero outside the image.
@@ -108,14 +120,10 @@ fn winograd_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let t = i - c * params.t4;
     var v: array<vec4<f32>, 4>;  // rows of Bᵀ d B; zero for padding channels and tiles
     if (c < params.c && t < params.tiles) {
-        let per_image = params.th * params.tw;
-        let n = div(t, per_image);
-        let r = t - n * per_image;
-        let ty = div(r, params.tw);
-        let tx = r - ty * params.tw;
-        let base = (n * params.c + c) * params.h * params.w;
-        let y0 = i32(2u * ty) - i32(params.pt);
-        let x0 = i32(2u * tx) - i32(params.pl);
+        let at = tile_at(t);
+        let base = (at.x * params.c + c) * params.h * params.w;
+        let y0 = i32(2u * at.y) - i32(params.pt);
+        let x0 = i32(2u * at.z) - i32(params.pl);
         let d0 = input_row(base, y0, x0);
         let d1 = input_row(base, y0 + 1, x0);
         let d2 = input_row(base, y0 + 2, x0);
@@ -125,14 +133,7 @@ fn winograd_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         v[2] = times_b(d2 - d1);
         v[3] = times_b(d1 - d3);
     }
-    let plane = params.c4 * params.t4;  // V[ξ] is (C4, T4)
-    for (var r = 0u; r < 4u; r++) {
-        let base = 4u * r * plane + i;
-        dst[base] = v[r].x;
-        dst[base + plane] = v[r].y;
-        dst[base + 2u * plane] = v[r].z;
-        dst[base + 3u * plane] = v[r].w;
-    }
+    store_planes(i, params.c4 * params.t4, v);  // V[ξ] is (C4, T4)
 }
 
 // Element (f, oy, ox) of image n with the epilogue, stored if inside the output.
@@ -167,13 +168,10 @@ fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     var st = vec2<f32>(1.0, 0.0);
     if ((params.flags & EPI_SCALE) != 0u) { st.x = scale[f]; }
     if ((params.flags & EPI_SHIFT) != 0u) { st.y = shift[f]; }
-    let per_image = params.th * params.tw;
-    let n = div(t, per_image);
-    let r = t - n * per_image;
-    let ty = div(r, params.tw);
-    let tx = r - ty * params.tw;
-    let oy = 2u * ty;
-    let ox = 2u * tx;
+    let tile = tile_at(t);
+    let n = tile.x;
+    let oy = 2u * tile.y;
+    let ox = 2u * tile.z;
     store_output(n, f, oy, ox, y0.x, st);
     store_output(n, f, oy, ox + 1u, y0.y, st);
     store_output(n, f, oy + 1u, ox, y1.x, st);

@@ -68,6 +68,12 @@ impl Dims {
         self.n * self.th * self.tw
     }
 
+    /// Tile t's image and its (ty, tx) in that image (as winograd.wgsl's `tile_at`).
+    fn tile_at(&self, t: usize) -> (usize, usize, usize) {
+        let per_image = self.th * self.tw;
+        (t / per_image, t % per_image / self.tw, t % self.tw)
+    }
+
     /// The largest transformed operand, in bytes: U (16, F, C4), V (16, C4, T4) or
     /// M (16, F, T4).
     fn operand_bytes(&self) -> usize {
@@ -180,10 +186,9 @@ fn winograd_reference(x: &[f64], w: &[f64], d: &Dims, pads: [usize; 4]) -> Vec<f
     }
     // V[ξ][c][t] = (Bᵀ d B)[ξ]
     let mut v = vec![0.0; 16 * c * t];
-    let per_image = d.th * d.tw;
     for ch in 0..c {
         for tile in 0..t {
-            let (n, ty, tx) = (tile / per_image, tile % per_image / d.tw, tile % d.tw);
+            let (n, ty, tx) = d.tile_at(tile);
             let at = |r: usize, k: usize| -> f64 {
                 let (iy, ix) = (
                     (2 * ty + r) as isize - pads[0] as isize,
@@ -223,7 +228,7 @@ fn winograd_reference(x: &[f64], w: &[f64], d: &Dims, pads: [usize; 4]) -> Vec<f
             });
             let top = times_a(add(add(m[0], m[1], 1.0), m[2], 1.0));
             let bottom = times_a(add(add(m[1], m[2], -1.0), m[3], -1.0));
-            let (n, ty, tx) = (tile / per_image, tile % per_image / d.tw, tile % d.tw);
+            let (n, ty, tx) = d.tile_at(tile);
             for (dy, row) in [top, bottom].iter().enumerate() {
                 for (dx, val) in row.iter().enumerate() {
                     let (oy, ox) = (2 * ty + dy, 2 * tx + dx);
