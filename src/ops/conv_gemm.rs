@@ -301,18 +301,9 @@ impl Tensor {
             }
             _ => {
                 // The same ops one by one (the CPU reference, or no epilogue at all).
-                let mut y = self.conv2d_pass(weight, ConvPass::Forward, geom)?;
-                let per_channel = [1, f, 1, 1];
-                if let Some(a) = epi.scale {
-                    y = y.mul(&a.reshape(&per_channel)?)?;
-                }
-                if let Some(c) = epi.shift {
-                    y = y.add(&c.reshape(&per_channel)?)?;
-                }
-                if epi.relu {
-                    y = y.relu()?;
-                }
-                Ok(y)
+                let y = self.conv2d_pass(weight, ConvPass::Forward, geom)?;
+                let positions = y.shape()[2..].iter().product();
+                epi.apply_rows(y, (f, positions))
             }
         }
     }

@@ -182,10 +182,16 @@ impl Epilogue<'_> {
     /// The same ops as separate element-wise ops on a computed product `c` of `plan`,
     /// returned in the product's shape.
     fn apply(&self, c: Tensor, plan: &MatmulPlan) -> Result<Tensor> {
+        self.apply_rows(c, (plan.m, plan.n))
+    }
+
+    /// [`Epilogue::apply`] on `c` seen as matrices of `m` rows and `n` columns (a
+    /// convolution's (N, F, OH, OW): F rows of OH·OW), returned in `c`'s shape: the CPU
+    /// reference of the convolution kernels' epilogues.
+    pub(crate) fn apply_rows(&self, c: Tensor, (m, n): (usize, usize)) -> Result<Tensor> {
         if self.flags() == 0 && self.group == 0 {
             return Ok(c);
         }
-        let (m, n) = (plan.m, plan.n);
         let shape = c.shape().to_vec();
         // (matrices, M, N): the per-row operands broadcast as (M, 1), the others as given.
         let mats = c.numel() / (m * n).max(1);

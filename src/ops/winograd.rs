@@ -340,18 +340,8 @@ impl Tensor {
         let DeviceInner::Gpu(ctx) = &self.device().inner else {
             // The CPU reference, then the epilogue's ops one by one.
             let y = winograd_reference(&self.host_f64(), &weight.host_f64(), &d, geom.pads);
-            let mut y = Tensor::cpu_from_f64(self.device(), &out_shape, y);
-            let per_channel = [1, d.f, 1, 1];
-            if let Some(a) = epi.scale {
-                y = y.mul(&a.reshape(&per_channel)?)?;
-            }
-            if let Some(c) = epi.shift {
-                y = y.add(&c.reshape(&per_channel)?)?;
-            }
-            if let Some(r) = epi.residual {
-                y = y.add(&r.reshape(&out_shape)?)?;
-            }
-            return if epi.relu { y.relu() } else { Ok(y) };
+            let y = Tensor::cpu_from_f64(self.device(), &out_shape, y);
+            return epi.apply_rows(y, (d.f, d.oh * d.ow));
         };
         let out = gpu_output(ctx, self.device(), op, &out_shape, DType::F32)?;
         if out.numel() == 0 {
