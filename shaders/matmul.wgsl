@@ -42,6 +42,14 @@
 
 override TA: bool = false;  // A stored (K, M): op(A) = Aᵀ
 override TB: bool = false;  // B stored (N, K): op(B) = Bᵀ
+// What a dispatch of the subgroup kernels can need, set by the host per dispatch: EPI, the
+// epilogue bits it may use (the code of the others is compiled out), and K_TAIL, whether a K
+// chunk may end in a partial step of 4. On lavapipe 22.3 an `if` only masks its lanes and a
+// loop runs its body at least once: every branch's code runs, taken or not, so an epilogue
+// step or a K tail that a product does not use cost as much as one it does (a 1x1
+// convolution with K = 64: 20% of its time). Every other kernel keeps the defaults.
+override EPI: u32 = 476u;  // EPI_ANY
+override K_TAIL: bool = true;
 
 struct Params {
     m: u32,                 // rows of op(A) and C
@@ -116,7 +124,7 @@ fn c_index(c_off: u32, m: u32, n: u32) -> u32 {
 
 // The per-row factors of row m of an output matrix: (scale, shift), read once per row.
 fn epi_row(m: u32) -> vec2<f32> {
-    let f = params.flags;
+    let f = params.flags & EPI;
     var st = vec2<f32>(1.0, 0.0);
     if ((f & (EPI_SCALE | EPI_SHIFT)) != 0u) {
         let row = m % params.epi_rows;  // a batch folded into the kernel's rows repeats them
@@ -128,7 +136,7 @@ fn epi_row(m: u32) -> vec2<f32> {
 
 // Element (m, n) of an output matrix of C, at flat index o of C, with st = epi_row(m).
 fn epilogue_at(v: f32, o: u32, st: vec2<f32>, n: u32) -> f32 {
-    let f = params.flags;
+    let f = params.flags & EPI;
     var r = v;
     if ((f & EPI_SCALE) != 0u) { r = r * st.x; }
     if ((f & EPI_SHIFT) != 0u) { r = r + st.y; }
@@ -149,7 +157,7 @@ fn epilogue(v: f32, o: u32, m: u32, n: u32) -> f32 {
 // re-reading the stored block: on lavapipe every load of C is a gather across the lanes, and the
 // re-read cost as much as a separate element-wise pass (1×1 conv 64 -> 256 at 56×56).
 fn epilogue4(v: vec4<f32>, o: u32, st: vec2<f32>, n: u32) -> vec4<f32> {
-    let f = params.flags;
+    let f = params.flags & EPI;
     var r = v;
     if ((f & EPI_SCALE) != 0u) { r = r * st.x; }
     if ((f & EPI_SHIFT) != 0u) { r = r + st.y; }
@@ -395,12 +403,11 @@ fn fma_panels(acc: ptr<function, array<vec4<f32>, 16>>, pa: array<vec4<f32>, 8>,
 
 // Row m of C, columns n0..n0+8 (only those inside C). Written out so that acc is never indexed
 // by a loop variable there: on lavapipe that alone demoted acc to memory and cost 25%.
-fn store_row(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>) {
+fn store_row(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>, st: vec2<f32>) {
     let N = params.n;
     if (m >= params.m || n0 >= N) { return; }
     let o = c_index(c_off, m, n0);
-    let epi = (params.flags & EPI_ANY) != 0u;
-    let st = epi_row(m);
+    let epi = (params.flags & EPI & EPI_ANY) != 0u;
     if (n0 + 8u <= N) {
         let o1 = c_index(c_off, m, n0 + 4u);
         var w0 = v0;
@@ -423,14 +430,14 @@ fn store_row(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>) {
 }
 
 fn store_block(c_off: u32, m0: u32, n0: u32, acc: array<vec4<f32>, 16>) {
-    store_row(c_off, m0, n0, acc[0], acc[1]);
-    store_row(c_off, m0 + 1u, n0, acc[2], acc[3]);
-    store_row(c_off, m0 + 2u, n0, acc[4], acc[5]);
-    store_row(c_off, m0 + 3u, n0, acc[6], acc[7]);
-    store_row(c_off, m0 + 4u, n0, acc[8], acc[9]);
-    store_row(c_off, m0 + 5u, n0, acc[10], acc[11]);
-    store_row(c_off, m0 + 6u, n0, acc[12], acc[13]);
-    store_row(c_off, m0 + 7u, n0, acc[14], acc[15]);
+    store_row(c_off, m0, n0, acc[0], acc[1], epi_row(m0));
+    store_row(c_off, m0 + 1u, n0, acc[2], acc[3], epi_row(m0 + 1u));
+    store_row(c_off, m0 + 2u, n0, acc[4], acc[5], epi_row(m0 + 2u));
+    store_row(c_off, m0 + 3u, n0, acc[6], acc[7], epi_row(m0 + 3u));
+    store_row(c_off, m0 + 4u, n0, acc[8], acc[9], epi_row(m0 + 4u));
+    store_row(c_off, m0 + 5u, n0, acc[10], acc[11], epi_row(m0 + 5u));
+    store_row(c_off, m0 + 6u, n0, acc[12], acc[13], epi_row(m0 + 6u));
+    store_row(c_off, m0 + 7u, n0, acc[14], acc[15], epi_row(m0 + 7u));
 }
 
 // C block from this invocation's own panels.
@@ -856,8 +863,9 @@ fn fma_panels16(acc: ptr<function, array<vec4<f32>, 64>>, pa: array<vec4<f32>, 1
 }
 
 fn store_row16(c_off: u32, m: u32, n0: u32, acc: ptr<function, array<vec4<f32>, 64>>, r: u32) {
-    store_row(c_off, m, n0, (*acc)[4u * r], (*acc)[4u * r + 1u]);
-    store_row(c_off, m, n0 + 8u, (*acc)[4u * r + 2u], (*acc)[4u * r + 3u]);
+    let st = epi_row(m);  // once per row
+    store_row(c_off, m, n0, (*acc)[4u * r], (*acc)[4u * r + 1u], st);
+    store_row(c_off, m, n0 + 8u, (*acc)[4u * r + 2u], (*acc)[4u * r + 3u], st);
 }
 
 fn store_block16(c_off: u32, m0: u32, n0: u32, acc: ptr<function, array<vec4<f32>, 64>>) {
@@ -892,7 +900,7 @@ fn subgroup_block(t: Job, sm0: u32, lane: u32, acc: ptr<function, array<vec4<f32
         fma_panels16(acc, shared_panel_a(t.a_off, sm0, k0, K, lane, mi),
                      shared_panel_b(t.b_off, sn0, k0, K, lane, ni));
     }
-    if (full < K) {
+    if (K_TAIL && full < K) {
         var pa = shared_panel_a(t.a_off, sm0, full, K, lane, mi);
         var pb = shared_panel_b(t.b_off, sn0, full, K, lane, ni);
         mask_panels16(&pa, &pb, K - full);
@@ -914,7 +922,7 @@ fn matmul_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>,
 
 // The epilogue4 of whole aligned vec4s, the residual or mask read as one vec4.
 fn epilogue4_v4(v: vec4<f32>, o: u32, st: vec2<f32>, n: u32) -> vec4<f32> {
-    let f = params.flags;
+    let f = params.flags & EPI;
     var r = v;
     if ((f & EPI_SCALE) != 0u) { r = r * st.x; }
     if ((f & EPI_SHIFT) != 0u) { r = r + st.y; }
@@ -931,12 +939,11 @@ fn epilogue4_v4(v: vec4<f32>, o: u32, st: vec2<f32>, n: u32) -> vec4<f32> {
 
 // store_row for C rows a multiple of 4 long: (m, n0 .. n0 + 8) as whole vec4s; at the right
 // edge only the first vec4 lies inside C (N - n0 is then 4).
-fn store_row_v4(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>) {
+fn store_row_v4(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>, st: vec2<f32>) {
     let N = params.n;
     if (m >= params.m || n0 >= N) { return; }
     let o = c_index(c_off, m, n0);
-    let epi = (params.flags & EPI_ANY) != 0u;
-    let st = epi_row(m);
+    let epi = (params.flags & EPI & EPI_ANY) != 0u;
     var w0 = v0;
     if (epi) { w0 = epilogue4_v4(v0, o, st, n0); }
     c4[o / 4u] = w0;
@@ -949,8 +956,9 @@ fn store_row_v4(c_off: u32, m: u32, n0: u32, v0: vec4<f32>, v1: vec4<f32>) {
 }
 
 fn store_row16_v4(c_off: u32, m: u32, n0: u32, acc: ptr<function, array<vec4<f32>, 64>>, r: u32) {
-    store_row_v4(c_off, m, n0, (*acc)[4u * r], (*acc)[4u * r + 1u]);
-    store_row_v4(c_off, m, n0 + 8u, (*acc)[4u * r + 2u], (*acc)[4u * r + 3u]);
+    let st = epi_row(m);  // once per row
+    store_row_v4(c_off, m, n0, (*acc)[4u * r], (*acc)[4u * r + 1u], st);
+    store_row_v4(c_off, m, n0 + 8u, (*acc)[4u * r + 2u], (*acc)[4u * r + 3u], st);
 }
 
 fn store_block16_v4(c_off: u32, m0: u32, n0: u32, acc: ptr<function, array<vec4<f32>, 64>>) {

@@ -168,6 +168,9 @@ pub(crate) struct Epilogue<'a> {
     pub group: usize,
 }
 
+/// Every flag bit of the epilogue in matmul.wgsl's `params.flags` (its `EPI_ANY`).
+const EPILOGUE_BITS: u32 = 4 | 8 | 16 | 64 | 128 | 256;
+
 impl Epilogue<'_> {
     /// Flag bits of matmul.wgsl's `params.flags` (4, 8, 16, 64, 128, 256).
     pub(crate) fn flags(&self) -> u32 {
@@ -664,18 +667,23 @@ fn matmul_dispatch<'a>(
         "matmul_forward_blocked" | "matmul_forward_small" | "matmul_forward_gemv" => &[],
         _ => &specialised,
     };
-    let kernel = if entry.starts_with("matmul_forward_subgroup") {
-        SHADER
-    } else {
-        base_kernel()
-    };
+    let subgroup = entry.starts_with("matmul_forward_subgroup");
+    let kernel = if subgroup { SHADER } else { base_kernel() };
     let tiles = tiles_m * tiles_n * p.batch();
     // Chunks `split0 ..` (`splits` of them) of the product into `out`.
     let product = |flags: u32, splits: usize, chunk: usize, split0: usize, out: BufArg<'_>| {
         let buffers = [a, b, out, bias, aux, scale, shift];
         let grid = ctx.grid((tiles * splits) as u64);
         let params = params(flags, splits, chunk, split0);
-        ctx.dispatch(&kernel, entry, constants, &params, &buffers, grid)
+        // The subgroup kernels compile only the epilogue steps and the K tail this dispatch
+        // uses (EPI, K_TAIL: see matmul.wgsl). Every chunk but the last is a multiple of 4
+        // long, so a tail exists only where K itself is not.
+        let mut constants = constants.to_vec();
+        if subgroup {
+            constants.push(("EPI", (flags & EPILOGUE_BITS) as f64));
+            constants.push(("K_TAIL", flag(p.k % 4 != 0)));
+        }
+        ctx.dispatch(&kernel, entry, &constants, &params, &buffers, grid)
     };
     if chunks <= 1 {
         product(transposes | epilogue_flags, 1, p.k, 0, c)?;
