@@ -700,8 +700,11 @@ fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>,
 // the 8 lanes of a subgroup (2 down, 4 across) own a 32x64 tile, and a workgroup is that one
 // subgroup (params.tiles_m counts 32-row tiles): two subgroups per 64x64 tile ran no faster on
 // large products and idled half of every tile on products 32 rows high. Per step of 4 along k
-// a lane loads 12 vec4s of its subgroup's panels and receives the 32 it needs by
-// subgroupBroadcast. On lavapipe loads are ~75% of the time, so fewer loads per FMA is what pays (the accumulators spill to the stack either way).
+// a lane loads 12 vec4s of its subgroup's panels and receives the 32 it needs from the other
+// lanes: by subgroupShuffle from the one lane that holds each (untransposed operands: 16 + 32
+// shuffles and 16 selects), or by subgroupBroadcast of every lane's loads and selects
+// (transposed ones: 96 broadcasts and 64 selects; on lavapipe the shuffles were 14-18% faster
+// per product). On lavapipe loads are ~75% of the time, so fewer loads per FMA is what pays (the accumulators spill to the stack either way).
 // Panels: pa[r] = op(A)(m0 + r, k0 .. k0 + 4), pb[4j + h] = op(B)(k0 + j, n0 + 4h .. + 4).
 // Loops longer than 8 are written out: lavapipe does not unroll them, and an accumulator
 // indexed at run time lives in memory (4x slower).
@@ -766,14 +769,18 @@ fn shared_panel_a(off: u32, sm0: u32, k0: u32, K: u32, lane: u32, mi: u32)
         }
         p = short_from_long16(q);
     } else {
-        // Lane l holds row sm0 + l + 8s in slot s.
-        var x: array<array<vec4<f32>, 8>, 4>;
+        // Lane l holds row sm0 + 16(l%2) + l/2 + 4s in slot s: row 16mi + r of the subgroup's
+        // rows is slot r/4 of lane 2(r%4) + mi, fetched by one shuffle.
+        var raw: array<vec4<f32>, 4>;
         for (var s = 0u; s < 4u; s++) {
-            x[s] = bcast8(load_a(off + min(sm0 + lane + 8u * s, M - 1u) * params.lda + k0));
+            let row = min(sm0 + 16u * (lane % 2u) + lane / 2u + 4u * s, M - 1u);
+            raw[s] = load_a(off + row * params.lda + k0);
         }
-        for (var r = 0u; r < 8u; r++) {
-            p[r] = pick2(x[0][r], x[2][r], mi);
-            p[r + 8u] = pick2(x[1][r], x[3][r], mi);
+        for (var q = 0u; q < 4u; q++) {
+            p[4u * q] = subgroupShuffle(raw[q], mi);
+            p[4u * q + 1u] = subgroupShuffle(raw[q], 2u + mi);
+            p[4u * q + 2u] = subgroupShuffle(raw[q], 4u + mi);
+            p[4u * q + 3u] = subgroupShuffle(raw[q], 6u + mi);
         }
     }
     return p;
@@ -799,17 +806,21 @@ fn shared_panel_b(off: u32, sn0: u32, k0: u32, K: u32, lane: u32, ni: u32)
     } else {
         // Lane l holds op(B)(k0 + l/2, sn0 + 32(l%2) + 4s .. + 4) in slot s.
         let i = off + min(k0 + lane / 2u, K - 1u) * params.ldb + sn0 + 32u * (lane % 2u);
-        var y: array<array<vec4<f32>, 8>, 8>;
+        // Block ni's (k0 + j, 16ni + 4h ..) is slot 4(ni%2) + h of lane 2j + ni/2: two
+        // shuffles from that lane and a select, where broadcasting every lane's 8 slots cost
+        // 64 broadcasts and 48 selects per step (a 256x256x3136 product 11.1 -> 9.1 ms on
+        // lavapipe with the A panel done likewise).
+        var raw: array<vec4<f32>, 8>;
         for (var s = 0u; s < 8u; s++) {
-            y[s] = bcast8(load_b(i + 4u * s));
+            raw[s] = load_b(i + 4u * s);
         }
+        let odd = (ni % 2u) == 1u;
         for (var j = 0u; j < 4u; j++) {
-            let l0 = 2u * j;
-            let l1 = l0 + 1u;
-            p[4u * j] = pick4(y[0][l0], y[4][l0], y[0][l1], y[4][l1], ni);
-            p[4u * j + 1u] = pick4(y[1][l0], y[5][l0], y[1][l1], y[5][l1], ni);
-            p[4u * j + 2u] = pick4(y[2][l0], y[6][l0], y[2][l1], y[6][l1], ni);
-            p[4u * j + 3u] = pick4(y[3][l0], y[7][l0], y[3][l1], y[7][l1], ni);
+            let src = 2u * j + ni / 2u;
+            p[4u * j] = select(subgroupShuffle(raw[0], src), subgroupShuffle(raw[4], src), odd);
+            p[4u * j + 1u] = select(subgroupShuffle(raw[1], src), subgroupShuffle(raw[5], src), odd);
+            p[4u * j + 2u] = select(subgroupShuffle(raw[2], src), subgroupShuffle(raw[6], src), odd);
+            p[4u * j + 3u] = select(subgroupShuffle(raw[3], src), subgroupShuffle(raw[7], src), odd);
         }
     }
     return p;
