@@ -700,29 +700,14 @@ fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>,
 // the 8 lanes of a subgroup (2 down, 4 across) own a 32x64 tile, and a workgroup is that one
 // subgroup (params.tiles_m counts 32-row tiles): two subgroups per 64x64 tile ran no faster on
 // large products and idled half of every tile on products 32 rows high. Per step of 4 along k
-// a lane loads 12 vec4s of its subgroup's panels and receives the 32 it needs from the other
-// lanes: by subgroupShuffle from the one lane that holds each (untransposed operands: 16 + 32
-// shuffles and 16 selects), or by subgroupBroadcast of every lane's loads and selects
-// (transposed ones: 96 broadcasts and 64 selects; on lavapipe the shuffles were 14-18% faster
-// per product). On lavapipe loads are ~75% of the time, so fewer loads per FMA is what pays (the accumulators spill to the stack either way).
+// a lane loads 12 vec4s of its subgroup's panels and receives the 32 it needs by one
+// subgroupShuffle each, from the lane that loaded it: the loads are grouped so that a lane's
+// vec4 sits in the same slot of its source lane for every lane, so no select is needed.
+// Broadcasting every lane's loads and picking a lane's share by selects (96 broadcasts, 64
+// selects per step) was 14-18% slower per product on lavapipe. On lavapipe loads are ~75% of the time, so fewer loads per FMA is what pays (the accumulators spill to the stack either way).
 // Panels: pa[r] = op(A)(m0 + r, k0 .. k0 + 4), pb[4j + h] = op(B)(k0 + j, n0 + 4h .. + 4).
 // Loops longer than 8 are written out: lavapipe does not unroll them, and an accumulator
 // indexed at run time lives in memory (4x slower).
-
-fn bcast8(v: vec4<f32>) -> array<vec4<f32>, 8> {
-    return array<vec4<f32>, 8>(
-        subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u),
-        subgroupBroadcast(v, 3u), subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
-        subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
-}
-
-fn pick2(v0: vec4<f32>, v1: vec4<f32>, i: u32) -> vec4<f32> {
-    return select(v0, v1, i == 1u);
-}
-
-fn pick4(v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>, i: u32) -> vec4<f32> {
-    return select(select(v0, v1, i == 1u), select(v2, v3, i == 3u), i >= 2u);
-}
 
 // A 16x4 panel as 16 vec4s along its short side (p[r][j]) or as 4x4 vec4s along its long side
 // (q[4j + s][c] = element (4s + c, j)); these convert between the two.
@@ -754,18 +739,19 @@ fn shared_panel_a(off: u32, sm0: u32, k0: u32, K: u32, lane: u32, mi: u32)
     let M = params.m;
     var p: array<vec4<f32>, 16>;
     if (TA) {
-        // Lane l holds op(A)(sm0 + 16(l%2) + 4s .. + 4, k0 + l/2) in slot s.
-        let i = off + min(k0 + lane / 2u, K - 1u) * params.lda + sm0 + 16u * (lane % 2u);
-        var y: array<array<vec4<f32>, 8>, 4>;
+        // Lane l holds op(A)(sm0 + 16(l%2) + 4(l/2) .. + 4, k0 + s) in slot s: rows
+        // 16mi + 4h .. + 4 at k0 + j are slot j of lane 2h + mi.
+        let rows = sm0 + 16u * (lane % 2u) + 4u * (lane / 2u);
+        var raw: array<vec4<f32>, 4>;
         for (var s = 0u; s < 4u; s++) {
-            y[s] = bcast8(load_a(i + 4u * s));
+            raw[s] = load_a(off + min(k0 + s, K - 1u) * params.lda + rows);
         }
         var q: array<vec4<f32>, 16>;
         for (var j = 0u; j < 4u; j++) {
-            q[4u * j] = pick2(y[0][2u * j], y[0][2u * j + 1u], mi);
-            q[4u * j + 1u] = pick2(y[1][2u * j], y[1][2u * j + 1u], mi);
-            q[4u * j + 2u] = pick2(y[2][2u * j], y[2][2u * j + 1u], mi);
-            q[4u * j + 3u] = pick2(y[3][2u * j], y[3][2u * j + 1u], mi);
+            q[4u * j] = subgroupShuffle(raw[j], mi);
+            q[4u * j + 1u] = subgroupShuffle(raw[j], 2u + mi);
+            q[4u * j + 2u] = subgroupShuffle(raw[j], 4u + mi);
+            q[4u * j + 3u] = subgroupShuffle(raw[j], 6u + mi);
         }
         p = short_from_long16(q);
     } else {
@@ -792,35 +778,32 @@ fn shared_panel_b(off: u32, sn0: u32, k0: u32, K: u32, lane: u32, ni: u32)
     let N = params.n;
     var p: array<vec4<f32>, 16>;
     if (TB) {
-        // Lane l holds op(B)(k0 .. k0 + 4, sn0 + l + 8s) in slot s.
-        var z: array<array<vec4<f32>, 8>, 8>;
+        // Lane l holds op(B)(k0 .. k0 + 4, sn0 + 16(l%4) + 2s + l/4) in slot s: column
+        // 16ni + c is slot c/2 of lane 4(c%2) + ni.
+        let col = sn0 + 16u * (lane % 4u) + lane / 4u;
+        var raw: array<vec4<f32>, 8>;
         for (var s = 0u; s < 8u; s++) {
-            z[s] = bcast8(load_b(off + min(sn0 + lane + 8u * s, N - 1u) * params.ldb + k0));
+            raw[s] = load_b(off + min(col + 2u * s, N - 1u) * params.ldb + k0);
         }
         var q: array<vec4<f32>, 16>;
-        for (var c = 0u; c < 8u; c++) {
-            q[c] = pick4(z[0][c], z[2][c], z[4][c], z[6][c], ni);
-            q[c + 8u] = pick4(z[1][c], z[3][c], z[5][c], z[7][c], ni);
+        for (var s = 0u; s < 8u; s++) {
+            q[2u * s] = subgroupShuffle(raw[s], ni);
+            q[2u * s + 1u] = subgroupShuffle(raw[s], 4u + ni);
         }
         p = long_from_short16(q);
     } else {
-        // Lane l holds op(B)(k0 + l/2, sn0 + 32(l%2) + 4s .. + 4) in slot s.
-        let i = off + min(k0 + lane / 2u, K - 1u) * params.ldb + sn0 + 32u * (lane % 2u);
-        // Block ni's (k0 + j, 16ni + 4h ..) is slot 4(ni%2) + h of lane 2j + ni/2: two
-        // shuffles from that lane and a select, where broadcasting every lane's 8 slots cost
-        // 64 broadcasts and 48 selects per step (a 256x256x3136 product 11.1 -> 9.1 ms on
-        // lavapipe with the A panel done likewise).
+        // Lane l holds op(B)(k0 + s/2, sn0 + 16(l%4) + 8(s%2) + 4(l/4) .. + 4) in slot s:
+        // block ni's (k0 + j, 16ni + 4h ..) is slot 2j + h/2 of lane 4(h%2) + ni.
+        let col = sn0 + 16u * (lane % 4u) + 4u * (lane / 4u);
         var raw: array<vec4<f32>, 8>;
         for (var s = 0u; s < 8u; s++) {
-            raw[s] = load_b(i + 4u * s);
+            raw[s] = load_b(off + min(k0 + s / 2u, K - 1u) * params.ldb + col + 8u * (s % 2u));
         }
-        let odd = (ni % 2u) == 1u;
         for (var j = 0u; j < 4u; j++) {
-            let src = 2u * j + ni / 2u;
-            p[4u * j] = select(subgroupShuffle(raw[0], src), subgroupShuffle(raw[4], src), odd);
-            p[4u * j + 1u] = select(subgroupShuffle(raw[1], src), subgroupShuffle(raw[5], src), odd);
-            p[4u * j + 2u] = select(subgroupShuffle(raw[2], src), subgroupShuffle(raw[6], src), odd);
-            p[4u * j + 3u] = select(subgroupShuffle(raw[3], src), subgroupShuffle(raw[7], src), odd);
+            p[4u * j] = subgroupShuffle(raw[2u * j], ni);
+            p[4u * j + 1u] = subgroupShuffle(raw[2u * j], 4u + ni);
+            p[4u * j + 2u] = subgroupShuffle(raw[2u * j + 1u], ni);
+            p[4u * j + 3u] = subgroupShuffle(raw[2u * j + 1u], 4u + ni);
         }
     }
     return p;
