@@ -292,7 +292,15 @@ fn split_step<'a, 't>(
 ///
 /// Returns the root's value and those of the chain values written beside it. (A batch
 /// norm gradient's inputs may end with a dropout's step: see `split_step`.)
-pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(NodeId, Tensor)>> {
+///
+/// `filters`: a Winograd product's transformed filters, when the plan holds them
+/// (`Tensor::winograd_filters`); otherwise they are transformed from the weights here.
+pub(crate) fn run(
+    f: &Fused,
+    root: NodeId,
+    args: &[&Tensor],
+    filters: Option<&Tensor>,
+) -> Result<Vec<(NodeId, Tensor)>> {
     if let FusedKind::Product { op, epi } = f.kind {
         // The epilogue's operands follow the product's, in `EpiParts` order.
         let operands = &args[args.len() - epi.operands()..];
@@ -315,8 +323,8 @@ pub(crate) fn run(f: &Fused, root: NodeId, args: &[&Tensor]) -> Result<Vec<(Node
             ProductOp::Winograd(geom) => {
                 // The filters come as the product's (F, 9C) operand.
                 let (x, w) = (args[1], args[0]);
-                let filters = w.reshape(&[w.shape()[0], x.shape()[1], 3, 3])?;
-                x.conv2d_winograd_epilogue(&filters, geom, epilogue)?
+                let w4 = w.reshape(&[w.shape()[0], x.shape()[1], 3, 3])?;
+                x.conv2d_winograd_epilogue(&w4, filters, geom, epilogue)?
             }
         };
         // The product's elements in the order the graph's view of them has (a reshape).

@@ -4,8 +4,9 @@
 //! counts, odd output sizes (tiles cut by the edge), tile counts not a multiple of 4, every
 //! padding from 0 to 2 and asymmetric pads. Also its epilogue, and compiled inference plans:
 //! a 3×3 convolution with a folded batch norm and a ReLU runs as the three transforms and one
-//! product, with no im2col; a training graph keeps im2col (its weight gradient reads the
-//! patches).
+//! product, with no im2col; an inference plan transforms a parameter's filters once and again
+//! after `set_param`, never running on stale ones; a training graph keeps im2col (its weight
+//! gradient reads the patches).
 
 mod common;
 
@@ -178,6 +179,43 @@ fn compiled_inference_runs_winograd_with_the_epilogue() {
                 || e.starts_with("fused")),
             "{label}: {entries:?}"
         );
+    }
+}
+
+/// An inference plan holds a parameter's transformed filters (no `winograd_filter` per run)
+/// and transforms them again when `set_param` replaces the weights: each run after a
+/// `set_param` must match the direct convolution with the new weights, recorded or not.
+#[test]
+fn compiled_inference_transforms_filters_again_after_set_param() {
+    let Some(dev) = gpu() else { return };
+    let (xs, ws) = ([1, 9, 14, 13], [5, 9, 3, 3]); // 7x7 = 49 tiles; 81 > 64 patch columns (not the implicit kernel)
+    let geom = Conv2d::new(3, 3).padding(1);
+    let g = Graph::new();
+    let x = g.input("x", &xs);
+    let w = g.param("w", &ws, Init::Zeros);
+    let y = x.conv2d(&w, geom).unwrap();
+    let exe = dev.compile(&g, &[&y], None).unwrap();
+    let entries = exe.dispatch_entries();
+    if exe.is_recorded() {
+        assert!(entries.iter().any(|e| e == "winograd_input"), "{entries:?}");
+        assert!(
+            !entries.iter().any(|e| e == "winograd_filter"),
+            "{entries:?}"
+        );
+    }
+    let xv = uniform(1, xs.iter().product(), -1.0, 1.0);
+    let xt = Tensor::from_slice(&dev, &xv, &xs).unwrap();
+    let zeros = exe.run(&[("x", &xt)]).unwrap()[0].to_vec::<f32>().unwrap();
+    assert!(zeros.iter().all(|&v| v == 0.0), "zero weights");
+    for seed in [2, 3] {
+        let wv = uniform(seed, ws.iter().product(), -1.0, 1.0);
+        exe.set_param("w", &Tensor::from_slice(&dev, &wv, &ws).unwrap())
+            .unwrap();
+        for run in 0..2 {
+            let got = exe.run(&[("x", &xt)]).unwrap()[0].to_vec::<f32>().unwrap();
+            let label = format!("weights {seed}, run {run}");
+            assert_close(&label, &got, &direct(&xv, xs, &wv, ws, geom), 1e-4, 1e-4);
+        }
     }
 }
 

@@ -295,14 +295,49 @@ impl Tensor {
     /// f32 rounding. Not differentiable (graphs record [`crate::Var::conv2d`]; compiled
     /// inference plans take this where it pays).
     pub fn conv2d_winograd(&self, weight: &Tensor, geom: Conv2d) -> Result<Tensor> {
-        self.conv2d_winograd_epilogue(weight, geom, Epilogue::default())
+        self.conv2d_winograd_epilogue(weight, None, geom, Epilogue::default())
+    }
+
+    /// The transformed filters `U = G·g·Gᵀ` of `weight` (F, C, 3, 3) as
+    /// [`Tensor::conv2d_winograd_epilogue`] computes them for images of shape `x`: (16, F, C4),
+    /// C4 being C rounded up to 4 (zero channels). They depend on the weights alone, so a
+    /// compiled inference plan computes them once (and again when `set_param` changes them).
+    pub(crate) fn winograd_filters(&self, x: &[usize], geom: Conv2d) -> Result<Tensor> {
+        let op = "conv2d_winograd";
+        self.expect_f32(op)?;
+        let d = dims(op, x, self.shape(), &geom)?;
+        let DeviceInner::Gpu(ctx) = &self.device().inner else {
+            return Err(Error::Invalid {
+                op,
+                detail:
+                    "transformed filters are a GPU plan's (the CPU reference convolves directly)"
+                        .into(),
+            });
+        };
+        let u = gpu_output(ctx, self.device(), op, &[16, d.f, d.c4], DType::F32)?;
+        if u.numel() > 0 {
+            let fast = (d.f * d.c4).max(d.c4 * d.t4).max(d.f * d.t4) < 1 << 24;
+            let p = params(&d, geom.pads, d.f * d.c4, 0);
+            dispatch(
+                ctx,
+                "winograd_filter",
+                exact_div_constants(fast),
+                &p,
+                &[self, &u],
+                d.f * d.c4,
+            )?;
+        }
+        Ok(u)
     }
 
     /// [`Tensor::conv2d_winograd`] with `relu?(y·scale[f] + shift[f] + residual)` applied as
-    /// the output transform stores y. A column bias or a mask is an error.
+    /// the output transform stores y. A column bias or a mask is an error. `filters`, when
+    /// given, are `weight`'s transformed filters ([`Tensor::winograd_filters`]), used in place
+    /// of transforming them again (the GPU's; the CPU reference convolves `weight`).
     pub(crate) fn conv2d_winograd_epilogue(
         &self,
         weight: &Tensor,
+        filters: Option<&Tensor>,
         geom: Conv2d,
         epi: Epilogue<'_>,
     ) -> Result<Tensor> {
@@ -354,9 +389,27 @@ impl Tensor {
             let p = params(&d, geom.pads, total, epi.flags());
             dispatch(ctx, entry, constants, &p, tensors, total)
         };
-        let u = gpu_output(ctx, self.device(), op, &[16, d.f, d.c4], DType::F32)?;
+        let u = match filters {
+            Some(u) if u.shape() == [16, d.f, d.c4] && u.dtype() == DType::F32 => {
+                self.expect_same_device(op, u)?;
+                u.clone()
+            }
+            Some(u) => {
+                return Err(Error::Shape {
+                    op,
+                    detail: format!(
+                        "transformed filters of shape {:?} ({:?}) for weight {:?}: they need [16, {}, {}] f32",
+                        u.shape(),
+                        u.dtype(),
+                        weight.shape(),
+                        d.f,
+                        d.c4
+                    ),
+                })
+            }
+            None => weight.winograd_filters(self.shape(), geom)?,
+        };
         let v = gpu_output(ctx, self.device(), op, &[16, d.c4, d.t4], DType::F32)?;
-        run("winograd_filter", &[weight, &u], d.f * d.c4)?;
         run("winograd_input", &[self, &v], d.c4 * d.t4)?;
         let m = u.matmul(&v)?;
         drop((u, v));
