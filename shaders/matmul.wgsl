@@ -827,33 +827,36 @@ fn mask_panels16(pa: ptr<function, array<vec4<f32>, 16>>, pb: ptr<function, arra
     }
 }
 
-// acc[4r + h] += sum_j x[j] * pb[4j + h]
-fn fma_row(acc: ptr<function, array<vec4<f32>, 64>>, r: u32, x: vec4<f32>,
-           pb: array<vec4<f32>, 16>) {
-    (*acc)[4u * r] += x.x * pb[0] + x.y * pb[4] + x.z * pb[8] + x.w * pb[12];
-    (*acc)[4u * r + 1u] += x.x * pb[1] + x.y * pb[5] + x.z * pb[9] + x.w * pb[13];
-    (*acc)[4u * r + 2u] += x.x * pb[2] + x.y * pb[6] + x.z * pb[10] + x.w * pb[14];
-    (*acc)[4u * r + 3u] += x.x * pb[3] + x.y * pb[7] + x.z * pb[11] + x.w * pb[15];
+// acc[4r + h] += sum_j pa[r][j] * pb[4j + h] for every row r of column block h: the four B
+// vec4s of the block stay in registers while the 16 rows stream past (row by row, all 16 of
+// B's vec4s were reloaded from the stack for each row: lavapipe spills the panels).
+struct ColB { x: vec4<f32>, y: vec4<f32>, z: vec4<f32>, w: vec4<f32> }
+
+fn fma_col(acc: ptr<function, array<vec4<f32>, 64>>, h: u32, pa: array<vec4<f32>, 16>, b: ColB) {
+    (*acc)[0u + h] += pa[0].x * b.x + pa[0].y * b.y + pa[0].z * b.z + pa[0].w * b.w;
+    (*acc)[4u + h] += pa[1].x * b.x + pa[1].y * b.y + pa[1].z * b.z + pa[1].w * b.w;
+    (*acc)[8u + h] += pa[2].x * b.x + pa[2].y * b.y + pa[2].z * b.z + pa[2].w * b.w;
+    (*acc)[12u + h] += pa[3].x * b.x + pa[3].y * b.y + pa[3].z * b.z + pa[3].w * b.w;
+    (*acc)[16u + h] += pa[4].x * b.x + pa[4].y * b.y + pa[4].z * b.z + pa[4].w * b.w;
+    (*acc)[20u + h] += pa[5].x * b.x + pa[5].y * b.y + pa[5].z * b.z + pa[5].w * b.w;
+    (*acc)[24u + h] += pa[6].x * b.x + pa[6].y * b.y + pa[6].z * b.z + pa[6].w * b.w;
+    (*acc)[28u + h] += pa[7].x * b.x + pa[7].y * b.y + pa[7].z * b.z + pa[7].w * b.w;
+    (*acc)[32u + h] += pa[8].x * b.x + pa[8].y * b.y + pa[8].z * b.z + pa[8].w * b.w;
+    (*acc)[36u + h] += pa[9].x * b.x + pa[9].y * b.y + pa[9].z * b.z + pa[9].w * b.w;
+    (*acc)[40u + h] += pa[10].x * b.x + pa[10].y * b.y + pa[10].z * b.z + pa[10].w * b.w;
+    (*acc)[44u + h] += pa[11].x * b.x + pa[11].y * b.y + pa[11].z * b.z + pa[11].w * b.w;
+    (*acc)[48u + h] += pa[12].x * b.x + pa[12].y * b.y + pa[12].z * b.z + pa[12].w * b.w;
+    (*acc)[52u + h] += pa[13].x * b.x + pa[13].y * b.y + pa[13].z * b.z + pa[13].w * b.w;
+    (*acc)[56u + h] += pa[14].x * b.x + pa[14].y * b.y + pa[14].z * b.z + pa[14].w * b.w;
+    (*acc)[60u + h] += pa[15].x * b.x + pa[15].y * b.y + pa[15].z * b.z + pa[15].w * b.w;
 }
 
 fn fma_panels16(acc: ptr<function, array<vec4<f32>, 64>>, pa: array<vec4<f32>, 16>,
                 pb: array<vec4<f32>, 16>) {
-    fma_row(acc, 0u, pa[0], pb);
-    fma_row(acc, 1u, pa[1], pb);
-    fma_row(acc, 2u, pa[2], pb);
-    fma_row(acc, 3u, pa[3], pb);
-    fma_row(acc, 4u, pa[4], pb);
-    fma_row(acc, 5u, pa[5], pb);
-    fma_row(acc, 6u, pa[6], pb);
-    fma_row(acc, 7u, pa[7], pb);
-    fma_row(acc, 8u, pa[8], pb);
-    fma_row(acc, 9u, pa[9], pb);
-    fma_row(acc, 10u, pa[10], pb);
-    fma_row(acc, 11u, pa[11], pb);
-    fma_row(acc, 12u, pa[12], pb);
-    fma_row(acc, 13u, pa[13], pb);
-    fma_row(acc, 14u, pa[14], pb);
-    fma_row(acc, 15u, pa[15], pb);
+    fma_col(acc, 0u, pa, ColB(pb[0], pb[4], pb[8], pb[12]));
+    fma_col(acc, 1u, pa, ColB(pb[1], pb[5], pb[9], pb[13]));
+    fma_col(acc, 2u, pa, ColB(pb[2], pb[6], pb[10], pb[14]));
+    fma_col(acc, 3u, pa, ColB(pb[3], pb[7], pb[11], pb[15]));
 }
 
 fn store_row16(c_off: u32, m: u32, n0: u32, acc: ptr<function, array<vec4<f32>, 64>>, r: u32) {
