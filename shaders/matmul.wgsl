@@ -704,7 +704,9 @@ fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>,
 // subgroupShuffle each, from the lane that loaded it: the loads are grouped so that a lane's
 // vec4 sits in the same slot of its source lane for every lane, so no select is needed.
 // Broadcasting every lane's loads and picking a lane's share by selects (96 broadcasts, 64
-// selects per step) was 14-18% slower per product on lavapipe. On lavapipe loads are ~75% of the time, so fewer loads per FMA is what pays (the accumulators spill to the stack either way).
+// selects per step) was 14-18% slower per product on lavapipe. There the loads and exchanges
+// are about 55-60% of a step (every storage load is a loop over the lanes), so fewer of them
+// per multiply-add is what pays; the accumulators spill to the stack either way.
 // Panels: pa[r] = op(A)(m0 + r, k0 .. k0 + 4), pb[4j + h] = op(B)(k0 + j, n0 + 4h .. + 4).
 // Loops longer than 8 are written out: lavapipe does not unroll them, and an accumulator
 // indexed at run time lives in memory (4x slower).

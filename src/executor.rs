@@ -501,9 +501,7 @@ impl Executor {
             _ => {} // not read by the run (held only)
         }
         for h in st.filters.values_mut().filter(|h| h.leaf == id) {
-            let f = value.shape()[0];
-            let w = value.reshape(&[f, h.x[1], 3, 3])?;
-            let u = w.winograd_filters(&h.x, h.geom)?;
+            let u = transform_filters(&value, &h.x, h.geom)?;
             match (&self.recorded, self.device.gpu_ctx()) {
                 // The recorded product binds the held buffer: write into it.
                 (Some(_), Some(ctx)) => copy_tensor(ctx, &u, &h.u),
@@ -665,9 +663,6 @@ impl Executor {
     }
 }
 
-/// Whether an op's recorded dispatches (params uniforms, bind groups) stay right
-/// for every later run: true for the ops whose kernels depend only on shapes and
-/// values in their input buffers. New ops run op by op until listed here.
 /// The Winograd products of an inference plan whose filters are a leaf's value (through
 /// reshapes) that only `set_param` changes, with their transformed filters. One that
 /// fails to transform here transforms on every run, as before, and reports any error there.
@@ -694,16 +689,23 @@ fn held_filters(
         let Some(w) = leaves.get(&leaf).filter(|_| !assigned.contains(&leaf)) else {
             continue;
         };
-        let u = w
-            .reshape(&[w.shape()[0], x[1], 3, 3])
-            .and_then(|w| w.winograd_filters(&x, geom));
-        if let Ok(u) = u {
+        if let Ok(u) = transform_filters(w, &x, geom) {
             held.insert(root, HeldFilters { leaf, x, geom, u });
         }
     }
     held
 }
 
+/// The transformed Winograd filters of `w`, a leaf holding (F, C, 3, 3) filters in any
+/// shape (the product reads them as (F, 9C)), for images of shape `x`.
+fn transform_filters(w: &Tensor, x: &[usize], geom: crate::ops::conv::Conv2d) -> Result<Tensor> {
+    w.reshape(&[w.shape()[0], x[1], 3, 3])?
+        .winograd_filters(x, geom)
+}
+
+/// Whether an op's recorded dispatches (params uniforms, bind groups) stay right
+/// for every later run: true for the ops whose kernels depend only on shapes and
+/// values in their input buffers. New ops run op by op until listed here.
 fn replayable(op: &Op) -> bool {
     matches!(
         op,

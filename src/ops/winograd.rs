@@ -74,13 +74,23 @@ impl Dims {
         (t / per_image, t % per_image / self.tw, t % self.tw)
     }
 
-    /// The largest transformed operand, in bytes: U (16, F, C4), V (16, C4, T4) or
-    /// M (16, F, T4).
+    /// The largest plane of a transformed operand, in elements: U (16, F, C4), V (16, C4, T4)
+    /// or M (16, F, T4).
+    fn plane_elems(&self) -> usize {
+        (self.f * self.c4)
+            .max(self.c4 * self.t4)
+            .max(self.f * self.t4)
+    }
+
+    /// The largest transformed operand, in bytes.
     fn operand_bytes(&self) -> usize {
-        16 * 4
-            * (self.f * self.c4)
-                .max(self.c4 * self.t4)
-                .max(self.f * self.t4)
+        16 * 4 * self.plane_elems()
+    }
+
+    /// The kernels' pipeline constants: their dividends (invocation indices, tiles) below
+    /// 2^24 divide in f32 (exact_div.wgsl).
+    fn div_constants(&self) -> &'static [(&'static str, f64)] {
+        exact_div_constants(self.plane_elems() < 1 << 24)
     }
 }
 
@@ -316,12 +326,11 @@ impl Tensor {
         };
         let u = gpu_output(ctx, self.device(), op, &[16, d.f, d.c4], DType::F32)?;
         if u.numel() > 0 {
-            let fast = (d.f * d.c4).max(d.c4 * d.t4).max(d.f * d.t4) < 1 << 24;
             let p = params(&d, geom.pads, d.f * d.c4, 0);
             dispatch(
                 ctx,
                 "winograd_filter",
-                exact_div_constants(fast),
+                d.div_constants(),
                 &p,
                 &[self, &u],
                 d.f * d.c4,
@@ -382,9 +391,7 @@ impl Tensor {
         if out.numel() == 0 {
             return Ok(out);
         }
-        // Dividends (invocation indices, tiles) below 2^24 divide in f32 (exact_div.wgsl).
-        let fast = (d.f * d.c4).max(d.c4 * d.t4).max(d.f * d.t4) < 1 << 24;
-        let constants = exact_div_constants(fast);
+        let constants = d.div_constants();
         let run = |entry: &str, tensors: &[&Tensor], total: usize| {
             let p = params(&d, geom.pads, total, epi.flags());
             dispatch(ctx, entry, constants, &p, tensors, total)
