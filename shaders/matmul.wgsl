@@ -704,8 +704,11 @@ fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>,
 // subgroupShuffle each, from the lane that loaded it: the loads are grouped so that a lane's
 // vec4 sits in the same slot of its source lane for every lane, so no select is needed.
 // Broadcasting every lane's loads and picking a lane's share by selects (96 broadcasts, 64
-// selects per step) was 14-18% slower per product on lavapipe. There the loads and exchanges
-// are about 55-60% of a step (every storage load is a loop over the lanes), so fewer of them
+// selects per step) was 14-18% slower per product on lavapipe (an AVX-512 host; 5-15% on an
+// AVX2-only one). There the loads and exchanges are about 55-60% of a step on AVX-512 hosts and
+// over 90% on AVX2-only ones (every storage load is a loop over the lanes that inserts each
+// lane's value at a run-time index, a failed store-to-load forward per lane without AVX-512;
+// examples/texture_operands.rs measures texture reads as the way round it), so fewer of them
 // per multiply-add is what pays; the accumulators spill to the stack either way.
 // Panels: pa[r] = op(A)(m0 + r, k0 .. k0 + 4), pb[4j + h] = op(B)(k0 + j, n0 + 4h .. + 4).
 // Loops longer than 8 are written out: lavapipe does not unroll them, and an accumulator
