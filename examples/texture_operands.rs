@@ -6,7 +6,7 @@
 //! (as the library does today), once as `rgba32float` textures through `textureLoad`, the
 //! flat vec4 index j at texel (j mod 1024, j / 1024). The texture form pays a
 //! `copy_buffer_to_texture` of both operands inside the timed submit. Both results are
-//! checked against an f64 product on the CPU.
+//! checked against wgrad's f64 CPU reference product.
 //!
 //!   cargo run --release --example texture_operands [-- M,K,N ...]
 //!
@@ -36,6 +36,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
+use wgrad::{Device, Tensor};
 
 /// Texels per texture row; the flat vec4 index j sits at (j mod TEX_W, j / TEX_W).
 const TEX_W: u32 = 1024;
@@ -283,16 +284,11 @@ fn measure(gpu: &Gpu, m: usize, k: usize, n: usize) -> anyhow::Result<()> {
     let b: Vec<f32> = (0..k * n)
         .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
         .collect();
-    let mut reference = vec![0f64; m * n];
-    for i in 0..m {
-        for kk in 0..k {
-            let x = a[i * k + kk] as f64;
-            let row = &mut reference[i * n..(i + 1) * n];
-            for (r, y) in row.iter_mut().zip(&b[kk * n..(kk + 1) * n]) {
-                *r += x * *y as f64;
-            }
-        }
-    }
+    // wgrad's own f64 CPU reference, the one every kernel is checked against.
+    let reference_device = Device::cpu_f64();
+    let reference = Tensor::from_slice(&reference_device, &a, &[m, k])?
+        .matmul(&Tensor::from_slice(&reference_device, &b, &[k, n])?)?
+        .to_vec_f64()?;
     let (oa, ob) = (Operand::new(gpu, &a)?, Operand::new(gpu, &b)?);
     let c = gpu.buffer(m * n * 4, U::STORAGE | U::COPY_SRC);
     let params = gpu.buffer(16, U::UNIFORM | U::COPY_DST);
