@@ -20,7 +20,10 @@
 //                            share their loads through subgroupBroadcast. 2.5-3x
 //                            matmul_forward_blocked on lavapipe, where every load is a loop over
 //                            the SIMD lanes. It sits after the marker line below and is compiled
-//                            as its own module (it needs subgroups).
+//                            as its own module (it needs subgroups). A second module,
+//                            matmul.texture, replaces the panel reads at the file's end with
+//                            matmul_texture_reads.wgsl: the same kernels with A and B bound as
+//                            rgba32float textures (the default on software adapters).
 //   matmul_forward_small     16x16 invocations, 4x4 outputs each, vec4 loads of any alignment:
 //                            small products (any layout, any row length, no padded copies).
 //   matmul_forward_gemv      16 invocations, 4 columns of C each, all of its (at most 4) rows:
@@ -749,7 +752,7 @@ fn shared_panel_a(off: u32, sm0: u32, k0: u32, K: u32, lane: u32, mi: u32)
         let rows = sm0 + 16u * (lane % 2u) + 4u * (lane / 2u);
         var raw: array<vec4<f32>, 4>;
         for (var s = 0u; s < 4u; s++) {
-            raw[s] = load_a(off + min(k0 + s, K - 1u) * params.lda + rows);
+            raw[s] = panel_load_a(off + min(k0 + s, K - 1u) * params.lda + rows);
         }
         var q: array<vec4<f32>, 16>;
         for (var j = 0u; j < 4u; j++) {
@@ -765,7 +768,7 @@ fn shared_panel_a(off: u32, sm0: u32, k0: u32, K: u32, lane: u32, mi: u32)
         var raw: array<vec4<f32>, 4>;
         for (var s = 0u; s < 4u; s++) {
             let row = min(sm0 + 16u * (lane % 2u) + lane / 2u + 4u * s, M - 1u);
-            raw[s] = load_a(off + row * params.lda + k0);
+            raw[s] = panel_load_a(off + row * params.lda + k0);
         }
         for (var q = 0u; q < 4u; q++) {
             p[4u * q] = subgroupShuffle(raw[q], mi);
@@ -788,7 +791,7 @@ fn shared_panel_b(off: u32, sn0: u32, k0: u32, K: u32, lane: u32, ni: u32)
         let col = sn0 + 16u * (lane % 4u) + lane / 4u;
         var raw: array<vec4<f32>, 8>;
         for (var s = 0u; s < 8u; s++) {
-            raw[s] = load_b(off + min(col + 2u * s, N - 1u) * params.ldb + k0);
+            raw[s] = panel_load_b(off + min(col + 2u * s, N - 1u) * params.ldb + k0);
         }
         var q: array<vec4<f32>, 16>;
         for (var s = 0u; s < 8u; s++) {
@@ -802,7 +805,7 @@ fn shared_panel_b(off: u32, sn0: u32, k0: u32, K: u32, lane: u32, ni: u32)
         let col = sn0 + 16u * (lane % 4u) + 4u * (lane / 4u);
         var raw: array<vec4<f32>, 8>;
         for (var s = 0u; s < 8u; s++) {
-            raw[s] = load_b(off + min(k0 + s / 2u, K - 1u) * params.ldb + col + 8u * (s % 2u));
+            raw[s] = panel_load_b(off + min(k0 + s / 2u, K - 1u) * params.ldb + col + 8u * (s % 2u));
         }
         for (var j = 0u; j < 4u; j++) {
             p[4u * j] = subgroupShuffle(raw[2u * j], ni);
@@ -997,3 +1000,13 @@ fn matmul_forward_subgroup_v4(@builtin(workgroup_id) wg: vec3<u32>,
     store_block16_v4(t.c_off, at.x, at.y, &acc);  // with the epilogue
 }
 
+// ---- panel reads: the subgroup kernels' operand loads, from the storage buffers a4 and b4 ----
+// src/ops/matmul.rs compiles a second module with this tail replaced by
+// matmul_texture_reads.wgsl, which reads the same vec4s from rgba32float textures.
+fn panel_load_a(i: u32) -> vec4<f32> {
+    return load_a(i);
+}
+
+fn panel_load_b(i: u32) -> vec4<f32> {
+    return load_b(i);
+}

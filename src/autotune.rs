@@ -135,10 +135,11 @@ pub(crate) fn matmul_variant(
             MatmulVariant::Auto
         };
     }
-    // "v3": choices stored by the earlier tuners (v1: no margin, not round-robin; v2: a
-    // challenger's win not confirmed) are ignored.
+    // "v4": choices stored by the earlier tuners (v1: no margin, not round-robin; v2: a
+    // challenger's win not confirmed; v3: before the texture-read subgroup kernel) are
+    // ignored.
     let key = format!(
-        "v3\t{}\t{}\t{}",
+        "v4\t{}\t{}\t{}",
         ctx.summary.name,
         ctx.summary.driver,
         class(a.shape(), b.shape(), ta, tb)

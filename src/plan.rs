@@ -340,13 +340,14 @@ impl RecordedPlan {
             .chain(&self.update)
             .filter_map(|c| match c {
                 Command::Dispatch(r) => Some(r.entry.clone()),
-                Command::Copy { .. } => None,
+                Command::Copy { .. } | Command::TextureCopy(_) => None,
             })
             .collect()
     }
 
-    /// Wall milliseconds per recorded dispatch, in run order: each dispatch replayed alone
-    /// `reps` times back to back in one compute pass, then waited for, less the cost of an
+    /// Wall milliseconds per recorded dispatch, in run order: each dispatch (with the texture
+    /// copies that fill its operands) replayed alone `reps` times back to back, then waited
+    /// for, less the cost of an
     /// empty wait. Kernels run on whatever the buffers hold (the last run's data), and
     /// every replay writes its outputs again: parameters and optimizer state included.
     pub(crate) fn profile(&self, ctx: &Arc<GpuContext>, reps: usize) -> Result<Vec<(String, f64)>> {
@@ -360,14 +361,17 @@ impl RecordedPlan {
         let idle = (0..5).map(|_| wait(ctx)).collect::<Result<Vec<f64>>>()?;
         let idle = idle.into_iter().fold(f64::INFINITY, f64::min);
         let mut out = Vec::new();
-        let all = self
-            .commands
-            .iter()
-            .chain(&self.assigns)
-            .chain(&self.update);
-        for cmd in all {
-            let Command::Dispatch(r) = cmd else { continue };
-            let one = std::slice::from_ref(cmd);
+        let lists = [&self.commands, &self.assigns, &self.update];
+        for (list, i) in lists.iter().flat_map(|l| (0..l.len()).map(move |i| (l, i))) {
+            let Command::Dispatch(r) = &list[i] else {
+                continue;
+            };
+            // With the texture copies that fill its operands (kept right before it).
+            let first = list[..i]
+                .iter()
+                .rposition(|c| !matches!(c, Command::TextureCopy(_)))
+                .map_or(0, |p| p + 1);
+            let one = &list[first..=i];
             let sections: Vec<&[Command]> = vec![one; reps];
             let t0 = std::time::Instant::now();
             ctx.replay("profile", &[], &sections)?;

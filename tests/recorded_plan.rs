@@ -7,7 +7,7 @@
 mod common;
 
 use common::{assert_close, gpu, two_layer, uniform};
-use wgrad::{Device, Graph, Init, Sgd, Tensor, Var};
+use wgrad::{Device, Graph, Init, MatmulVariant, Sgd, Tensor, Var};
 
 /// The benchmark's MLP 64-128-10 (ReLU), cross-entropy, at batch `batch`.
 fn mlp(batch: usize) -> (Graph, Var) {
@@ -195,4 +195,40 @@ fn profile_lists_every_dispatch_with_its_time() {
     );
     let loss = exe.run(&[("x", &x), ("y", &y)]).unwrap()[0].item().unwrap();
     assert!(loss.is_finite());
+}
+
+/// A recorded plan whose products read their operands through textures keeps working after
+/// the context's operand textures are replaced by larger ones (an eager product past their
+/// size, on the texture-read kernel, which a software adapter takes by default): the plan
+/// copies into the textures it recorded. Checked against the CPU reference before and after.
+#[test]
+fn recorded_texture_products_survive_the_textures_growing() {
+    let Some(dev) = gpu() else { return };
+    let cpu = Device::cpu();
+    let g = Graph::new();
+    // 3.1M multiply-adds: past the 2^21 up to which a software adapter takes the small
+    // register-blocked kernel untuned.
+    let x = g.input("x", &[128, 256]);
+    let w = g.param("w", &[256, 96], Init::XavierUniform { seed: 3 });
+    let y = x.matmul(&w).unwrap().relu().unwrap();
+    let exe = dev.compile(&g, &[&y], None).unwrap();
+    let reference = cpu.compile(&g, &[&y], None).unwrap();
+    let data = uniform(5, 128 * 256, -1.0, 1.0);
+    let run = |e: &wgrad::Executor, d: &Device| {
+        let xt = Tensor::from_slice(d, &data, &[128, 256]).unwrap();
+        e.run(&[("x", &xt)]).unwrap()[0].to_vec::<f32>().unwrap()
+    };
+    // The default kernel on a software adapter with 8-wide subgroups. Autotune keeps it: the
+    // product's first run compiles its pipeline, past the tuner's 40 ms.
+    if MatmulVariant::Auto.resolve(&dev).unwrap() == MatmulVariant::SubgroupTextures {
+        let entries = exe.dispatch_entries();
+        assert!(entries.iter().any(|e| e.ends_with(".tex")), "{entries:?}");
+    }
+    let want = run(&reference, &cpu);
+    assert_close("before", &run(&exe, &dev), &want, 1e-4, 1e-4);
+    // 4 MiB operands: 256 texture rows, past the plan's (8 rows).
+    let big = Tensor::from_slice(&dev, &uniform(6, 1024 * 1024, -1.0, 1.0), &[1024, 1024]).unwrap();
+    let bb = big.matmul(&big).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(bb.len(), 1024 * 1024);
+    assert_close("after", &run(&exe, &dev), &want, 1e-4, 1e-4);
 }

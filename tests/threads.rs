@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use common::{assert_close, gpu, uniform};
-use wgrad::{Device, Error, Executor, Graph, Init, Tensor, Var};
+use wgrad::{Device, Error, Executor, Graph, Init, MatmulVariant, Tensor, Var};
 
 /// Fails to compile unless `T` can be sent to and shared between threads.
 fn assert_send_sync<T: Send + Sync + 'static>() {}
@@ -218,5 +218,54 @@ fn eager_ops_from_many_threads_on_one_device() {
             1e-4,
             1e-4,
         );
+    }
+}
+
+/// Products on the texture-read kernel from several threads at once: the threads share the
+/// context's two operand textures, so each product's copies into them and its dispatch must
+/// be recorded together (a copy from another thread landing in between would multiply that
+/// thread's operands instead). Distinct shapes per thread, checked against the CPU reference.
+#[test]
+fn texture_products_from_many_threads_on_one_device() {
+    let Some(dev) = gpu() else { return };
+    let variant = MatmulVariant::SubgroupTextures;
+    if variant.resolve(&dev).is_err() {
+        return; // no 8-wide subgroups on this adapter
+    }
+    let handles: Vec<_> = (0..4usize)
+        .map(|t| {
+            let dev = dev.clone();
+            thread::spawn(move || {
+                let (m, k, n) = (40 + 8 * t, 36 + 4 * t, 68 + 12 * t);
+                let a = uniform(10 + t as u64, m * k, -1.0, 1.0);
+                let b = uniform(20 + t as u64, k * n, -1.0, 1.0);
+                let (ga, gb) = (
+                    Tensor::from_slice(&dev, &a, &[m, k]).unwrap(),
+                    Tensor::from_slice(&dev, &b, &[k, n]).unwrap(),
+                );
+                let got: Vec<Vec<f32>> = (0..20)
+                    .map(|_| {
+                        ga.matmul_with_variant(&gb, false, false, variant)
+                            .unwrap()
+                            .to_vec::<f32>()
+                            .unwrap()
+                    })
+                    .collect();
+                (a, b, (m, k, n), got)
+            })
+        })
+        .collect();
+    for (t, h) in handles.into_iter().enumerate() {
+        let (a, b, (m, k, n), got) = h.join().expect("thread did not panic");
+        let cpu = Device::cpu();
+        let want = Tensor::from_slice(&cpu, &a, &[m, k])
+            .unwrap()
+            .matmul(&Tensor::from_slice(&cpu, &b, &[k, n]).unwrap())
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        for (i, g) in got.iter().enumerate() {
+            assert_close(&format!("thread {t} product {i}"), g, &want, 1e-4, 1e-4);
+        }
     }
 }

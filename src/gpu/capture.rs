@@ -17,6 +17,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::pool::{GpuBuffer, Pool, STORAGE_USAGE};
+use super::texture::TextureCopy;
 use super::{lock, GpuContext};
 use crate::error::{Error, Result};
 
@@ -36,6 +37,9 @@ pub(crate) struct Recorded {
 pub(crate) enum Command {
     /// A kernel dispatch.
     Dispatch(Recorded),
+    /// A buffer range into an operand texture (see [`super::texture`]), kept right before
+    /// the dispatch that reads it.
+    TextureCopy(TextureCopy),
     /// `copy_buffer_to_buffer`.
     Copy {
         src: wgpu::Buffer,
@@ -158,16 +162,20 @@ impl GpuContext {
         Some(Ok(GpuBuffer::unpooled(buf)))
     }
 
-    /// During a capture: keeps a dispatch instead of encoding it (`true` if kept).
+    /// During a capture: keeps a dispatch, after the texture copies it reads, instead of
+    /// encoding them (`true` if kept).
     pub(crate) fn capture_dispatch(
         &self,
         entry: &str,
         pipeline: &wgpu::ComputePipeline,
         bind_group: &wgpu::BindGroup,
         uniform: &wgpu::Buffer,
+        copies: &[TextureCopy],
         groups: [u32; 3],
     ) -> bool {
         with_active(self, |a| {
+            a.commands
+                .extend(copies.iter().cloned().map(Command::TextureCopy));
             a.commands.push(Command::Dispatch(Recorded {
                 pipeline: pipeline.clone(),
                 bind_group: bind_group.clone(),
@@ -267,6 +275,10 @@ impl GpuContext {
                     p.set_bind_group(0, &r.bind_group, &[]);
                     p.dispatch_workgroups(r.groups[0], r.groups[1], r.groups[2]);
                     dispatched += 1;
+                }
+                Command::TextureCopy(copy) => {
+                    drop(pass.take());
+                    copy.encode(encoder);
                 }
                 Command::Copy {
                     src,

@@ -10,6 +10,7 @@ pub(crate) mod capture;
 #[cfg(test)]
 mod fault_tests;
 pub(crate) mod pool;
+pub(crate) mod texture;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +73,13 @@ pub(crate) type BufArg<'a> = (&'a wgpu::Buffer, u64);
 /// A storage buffer argument bound at a byte offset: buffer, offset, bytes.
 /// The offset must be a multiple of [`GpuContext::offset_alignment`].
 pub(crate) type BufAt<'a> = (&'a wgpu::Buffer, u64, u64);
+
+/// One binding of a dispatch after the params uniform: a buffer range, or a texture
+/// (an operand copied by a [`texture::TextureCopy`] encoded with the dispatch).
+pub(crate) enum Binding<'a> {
+    Buffer(BufAt<'a>),
+    Texture(&'a wgpu::TextureView),
+}
 
 /// Workgroup size used by the one-dimensional kernels (WebGPU's guaranteed maximum).
 pub(crate) const WG_1D: u32 = 256;
@@ -155,6 +163,8 @@ pub(crate) struct GpuContext {
     binding_limit: AtomicU64,
     /// Each thread's status words (see [`STATUS_BYTES`]), made on first use.
     status: Mutex<HashMap<std::thread::ThreadId, wgpu::Buffer>>,
+    /// The operand textures of textured dispatches, one per slot (see [`texture`]).
+    operand_textures: Mutex<[Option<texture::SlotTexture>; texture::SLOTS]>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -233,6 +243,7 @@ impl GpuContext {
             lost,
             binding_limit,
             status: Mutex::default(),
+            operand_textures: Mutex::default(),
         })
     }
 
@@ -526,11 +537,33 @@ impl GpuContext {
         buffers: &[BufAt<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
+        let bindings: Vec<Binding<'_>> = buffers.iter().map(|&b| Binding::Buffer(b)).collect();
+        self.dispatch_bound(kernel, entry, constants, params, &bindings, &[], groups)
+    }
+
+    /// [`GpuContext::dispatch_at`] with textures among the bindings: `copies` fill them and
+    /// are encoded right before the dispatch, under the same lock (or kept next to it in a
+    /// recorded plan), so no other dispatch can refill a shared operand texture in between.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dispatch_bound(
+        &self,
+        kernel: &Kernel,
+        entry: &str,
+        constants: &[(&str, f64)],
+        params: &[u32],
+        bindings: &[Binding<'_>],
+        copies: &[texture::TextureCopy],
+        groups: [u32; 3],
+    ) -> Result<()> {
         // A failed allocation, an earlier validation error or a lost device stops
         // here, before anything more is recorded.
         self.check_errors(kernel.name)?;
         let limit = self.binding_limit();
-        if let Some(&(_, _, bytes)) = buffers.iter().find(|b| b.2 > limit) {
+        let too_large = bindings.iter().find_map(|b| match b {
+            Binding::Buffer((_, _, bytes)) if *bytes > limit => Some(*bytes),
+            _ => None,
+        });
+        if let Some(bytes) = too_large {
             return Err(Error::TooLarge {
                 op: kernel.name,
                 shape: vec![(bytes / 4) as usize],
@@ -557,17 +590,25 @@ impl GpuContext {
             binding: 0,
             resource: uniform.as_entire_binding(),
         }];
-        for (i, (buf, offset, bytes)) in buffers.iter().enumerate() {
-            // At least 16 bytes: one vec4, the smallest binding an `array<vec4<f32>>`
-            // accepts (an empty tensor still binds its pooled buffer, >= 16 bytes).
-            let size = (*bytes).max(16).div_ceil(4) * 4;
+        for (i, binding) in bindings.iter().enumerate() {
+            let resource = match binding {
+                Binding::Buffer((buf, offset, bytes)) => {
+                    // At least 16 bytes: one vec4, the smallest binding an `array<vec4<f32>>`
+                    // accepts (an empty tensor still binds its pooled buffer, >= 16 bytes).
+                    let size = (*bytes).max(16).div_ceil(4) * 4;
+                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: buf,
+                        offset: *offset,
+                        size: std::num::NonZeroU64::new(
+                            size.min(buf.size().saturating_sub(*offset)),
+                        ),
+                    })
+                }
+                Binding::Texture(view) => wgpu::BindingResource::TextureView(view),
+            };
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: buf,
-                    offset: *offset,
-                    size: std::num::NonZeroU64::new(size.min(buf.size().saturating_sub(*offset))),
-                }),
+                resource,
             });
         }
         // Buffers that do not match the entry point's bindings are a validation error:
@@ -584,7 +625,13 @@ impl GpuContext {
                 detail: format!("{entry}: {e}"),
             });
         }
-        if self.capture_dispatch(entry, &pipeline, &bind_group, &uniform, groups) {
+        // A recorded plan lists a dispatch that reads textures as `entry.tex`.
+        let label = if copies.is_empty() {
+            std::borrow::Cow::Borrowed(entry)
+        } else {
+            std::borrow::Cow::Owned(format!("{entry}.tex"))
+        };
+        if self.capture_dispatch(&label, &pipeline, &bind_group, &uniform, copies, groups) {
             return Ok(());
         }
         let mut pending = lock(&self.pending);
@@ -594,6 +641,9 @@ impl GpuContext {
                     label: Some("wgrad.eager"),
                 })
         });
+        for copy in copies {
+            copy.encode(encoder);
+        }
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(entry),

@@ -8,7 +8,7 @@
 //! `op` transposes the last two dims of the stored tensor when asked (a 1-D
 //! operand is the same vector either way). K = 0 gives zeros, as in NumPy.
 //! CPU reference: `matmul_forward`, accumulated in f64.
-//! GPU: `shaders/matmul.wgsl`, one of three kernels per adapter (`MatmulVariant`).
+//! GPU: `shaders/matmul.wgsl`, one of four kernels per adapter (`MatmulVariant`).
 //! The register-blocked kernels load aligned vec4s only: an operand whose
 //! stored rows are not a multiple of 4 long is first copied into padded rows.
 //!
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::device::{Device, DeviceInner};
 use crate::error::{Error, Result};
 use crate::gpu::pool::GpuBuffer;
-use crate::gpu::{BufArg, GpuContext, Kernel};
+use crate::gpu::{Binding, BufArg, GpuContext, Kernel};
 use crate::ops::matmul_plan::{matmul_forward, MatmulPlan};
 use crate::ops::matmul_variant::{resolve, small_takes};
 pub use crate::ops::matmul_variant::{MatmulVariant, MATMUL_ENV};
@@ -46,6 +46,31 @@ fn base_kernel() -> Kernel {
         .unwrap_or(SHADER.source);
     Kernel {
         name: "matmul.base",
+        source,
+    }
+}
+
+/// Where the subgroup kernels' panel reads start (the file's tail), which the texture module
+/// replaces.
+const PANEL_READS_MARKER: &str = "// ---- panel reads";
+
+/// The subgroup kernels' panel reads from textures (`MatmulVariant::SubgroupTextures`).
+const TEXTURE_READS: &str = include_str!("../../shaders/matmul_texture_reads.wgsl");
+
+/// The whole file with its storage panel reads replaced by [`TEXTURE_READS`]: the
+/// `subgroup_tex` kernels (the same entry points, A and B bound as textures).
+pub(crate) fn texture_kernel() -> Kernel {
+    static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let source = SOURCE.get_or_init(|| {
+        let head = SHADER
+            .source
+            .split(PANEL_READS_MARKER)
+            .next()
+            .unwrap_or(SHADER.source);
+        format!("{head}{TEXTURE_READS}")
+    });
+    Kernel {
+        name: "matmul.texture",
         source,
     }
 }
@@ -558,7 +583,7 @@ fn matmul_dispatch<'a>(
         (Some((wa, wb)), _) => ("matmul_forward_gemv", wa, wb),
         (None, Some((wa, wb))) => ("matmul_forward_small", wa, wb),
         // C's rows a multiple of 4 long: stored as whole vec4s.
-        (None, None) if variant == MatmulVariant::Subgroup && p.n % 4 == 0 => {
+        (None, None) if variant.entry() == "matmul_forward_subgroup" && p.n % 4 == 0 => {
             ("matmul_forward_subgroup_v4", a, b)
         }
         (None, None) => (variant.entry(), a, b),
@@ -669,6 +694,14 @@ fn matmul_dispatch<'a>(
     };
     let subgroup = entry.starts_with("matmul_forward_subgroup");
     let kernel = if subgroup { SHADER } else { base_kernel() };
+    // The subgroup kernels read A and B through textures where asked and where both fit one
+    // (`texture::rows_for`); else from the storage buffers, which computes the same values.
+    let textures = match (subgroup, variant) {
+        (true, MatmulVariant::SubgroupTextures) => {
+            ctx.operand_texture(0, a).zip(ctx.operand_texture(1, b))
+        }
+        _ => None,
+    };
     let tiles = tiles_m * tiles_n * p.batch();
     // Chunks `split0 ..` (`splits` of them) of the product into `out`.
     let product = |flags: u32, splits: usize, chunk: usize, split0: usize, out: BufArg<'_>| {
@@ -683,7 +716,25 @@ fn matmul_dispatch<'a>(
             constants.push(("EPI", (flags & EPILOGUE_BITS) as f64));
             constants.push(("K_TAIL", flag(p.k % 4 != 0)));
         }
-        ctx.dispatch(&kernel, entry, &constants, &params, &buffers, grid)
+        let Some(((copy_a, view_a), (copy_b, view_b))) = &textures else {
+            return ctx.dispatch(&kernel, entry, &constants, &params, &buffers, grid);
+        };
+        let mut bindings = vec![Binding::Texture(view_a), Binding::Texture(view_b)];
+        bindings.extend(
+            buffers[2..]
+                .iter()
+                .map(|&(buf, bytes)| Binding::Buffer((buf, 0, bytes))),
+        );
+        let copies = [copy_a.clone(), copy_b.clone()];
+        ctx.dispatch_bound(
+            &texture_kernel(),
+            entry,
+            &constants,
+            &params,
+            &bindings,
+            &copies,
+            grid,
+        )
     };
     if chunks <= 1 {
         product(transposes | epilogue_flags, 1, p.k, 0, c)?;
@@ -831,7 +882,13 @@ mod tests {
                             Some(c) => with_k_chunk(c, run),
                         };
                         let Ok(got) = got else {
-                            assert_eq!(variant, MatmulVariant::Subgroup, "{variant:?}");
+                            assert!(
+                                matches!(
+                                    variant,
+                                    MatmulVariant::Subgroup | MatmulVariant::SubgroupTextures
+                                ),
+                                "{variant:?}"
+                            );
                             continue; // no 8-wide subgroups on this adapter
                         };
                         assert_eq!(got.shape(), plan.out_shape.as_slice());
@@ -923,7 +980,13 @@ mod tests {
                             Some(c) => with_k_chunk(c, run),
                         };
                         let Ok(got) = got else {
-                            assert_eq!(variant, MatmulVariant::Subgroup, "{variant:?}");
+                            assert!(
+                                matches!(
+                                    variant,
+                                    MatmulVariant::Subgroup | MatmulVariant::SubgroupTextures
+                                ),
+                                "{variant:?}"
+                            );
                             continue; // no 8-wide subgroups on this adapter
                         };
                         assert_eq!(got.shape(), [n / g, m, g], "case {i}");

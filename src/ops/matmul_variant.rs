@@ -30,9 +30,9 @@ pub(crate) fn small_takes(n: usize, k: usize) -> bool {
 /// Which GPU kernel computes a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatmulVariant {
-    /// `WGRAD_MATMUL` if set (`tiled`, `blocked`, `subgroup`, `auto`), else by
+    /// `WGRAD_MATMUL` if set (`tiled`, `blocked`, `subgroup`, `subgroup_tex`, `auto`), else by
     /// adapter: [`Tiled`](Self::Tiled) on real GPUs; on software (CPU)
-    /// adapters [`Subgroup`](Self::Subgroup) where 8-wide subgroups exist,
+    /// adapters [`SubgroupTextures`](Self::SubgroupTextures) where 8-wide subgroups exist,
     /// else [`RegisterBlocked`](Self::RegisterBlocked).
     Auto,
     /// Workgroup-memory k-tiles, 4x4 outputs per invocation: for real GPUs.
@@ -44,14 +44,19 @@ pub enum MatmulVariant {
     /// loads through `subgroupBroadcast`: the fastest on lavapipe. Needs
     /// subgroups of exactly 8 lanes.
     Subgroup,
+    /// [`Subgroup`](Self::Subgroup) reading its operands through textures (each copied into
+    /// an `rgba32float` texture right before the product): on lavapipe every storage load is
+    /// a loop over the SIMD lanes, a texel fetch is not. The default on software adapters.
+    SubgroupTextures,
 }
 
 impl MatmulVariant {
     /// Every concrete kernel, for tests and `wgrad check`.
-    pub const KERNELS: [MatmulVariant; 3] = [
+    pub const KERNELS: [MatmulVariant; 4] = [
         MatmulVariant::Tiled,
         MatmulVariant::RegisterBlocked,
         MatmulVariant::Subgroup,
+        MatmulVariant::SubgroupTextures,
     ];
 
     /// Short name, as accepted by `WGRAD_MATMUL`.
@@ -61,6 +66,7 @@ impl MatmulVariant {
             MatmulVariant::Tiled => "tiled",
             MatmulVariant::RegisterBlocked => "blocked",
             MatmulVariant::Subgroup => "subgroup",
+            MatmulVariant::SubgroupTextures => "subgroup_tex",
         }
     }
 
@@ -75,7 +81,7 @@ impl MatmulVariant {
 
     pub(crate) fn entry(self) -> &'static str {
         match self {
-            MatmulVariant::Subgroup => "matmul_forward_subgroup",
+            MatmulVariant::Subgroup | MatmulVariant::SubgroupTextures => "matmul_forward_subgroup",
             MatmulVariant::RegisterBlocked => "matmul_forward_blocked",
             _ => "matmul_forward_tiled",
         }
@@ -96,9 +102,12 @@ fn parse_env(value: &str) -> Result<MatmulVariant> {
         "tiled" => Ok(MatmulVariant::Tiled),
         "blocked" => Ok(MatmulVariant::RegisterBlocked),
         "subgroup" => Ok(MatmulVariant::Subgroup),
+        "subgroup_tex" => Ok(MatmulVariant::SubgroupTextures),
         other => Err(Error::Invalid {
             op: "matmul",
-            detail: format!("{MATMUL_ENV}={other}: expected auto, tiled, blocked or subgroup"),
+            detail: format!(
+                "{MATMUL_ENV}={other}: expected auto, tiled, blocked, subgroup or subgroup_tex"
+            ),
         }),
     }
 }
@@ -110,16 +119,20 @@ pub(crate) fn resolve(ctx: &GpuContext, v: MatmulVariant) -> Result<MatmulVarian
     };
     match v {
         MatmulVariant::Auto if ctx.info.device_type == wgpu::DeviceType::Cpu => {
+            // Texture reads: ResNet-50 inference on lavapipe (Mesa 22.3, AMD EPYC with
+            // AVX-512), best of 5 runs alternated, 258 -> 209 ms; single products 1.1-1.4x
+            // (src/gpu/texture.rs says why).
             if subgroups_of_8(ctx) {
-                Ok(MatmulVariant::Subgroup)
+                Ok(MatmulVariant::SubgroupTextures)
             } else {
                 Ok(MatmulVariant::RegisterBlocked)
             }
         }
         MatmulVariant::Auto => Ok(MatmulVariant::Tiled),
-        MatmulVariant::Subgroup if !subgroups_of_8(ctx) => Err(Error::Invalid {
-            op: "matmul",
-            detail: format!(
+        MatmulVariant::Subgroup | MatmulVariant::SubgroupTextures if !subgroups_of_8(ctx) => {
+            Err(Error::Invalid {
+                op: "matmul",
+                detail: format!(
                 "the subgroup kernel needs subgroups of exactly 8 lanes; adapter {} has {}..{}{}",
                 ctx.info.name,
                 ctx.info.subgroup_min_size,
@@ -130,7 +143,8 @@ pub(crate) fn resolve(ctx: &GpuContext, v: MatmulVariant) -> Result<MatmulVarian
                     " (subgroups not enabled)"
                 }
             ),
-        }),
+            })
+        }
         v => Ok(v),
     }
 }

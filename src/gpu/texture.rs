@@ -1,0 +1,154 @@
+//! Operands read through textures: a buffer range copied into an `rgba32float` texture right
+//! before the dispatch that reads it (the `subgroup_tex` product kernels,
+//! shaders/matmul_texture_reads.wgsl).
+//!
+//! Why: lavapipe 22.3 turns every storage-buffer load into a loop over the SIMD lanes that
+//! inserts each lane's value into a vector at a run-time index, which LLVM lowers through the
+//! stack (a failed store-to-load forward per lane); a texel fetch gathers with fixed lane
+//! indices. examples/texture_operands.rs measures the two.
+//!
+//! Layout: the flat vec4 index j of the range is texel (j mod [`TEXELS_PER_ROW`],
+//! j / [`TEXELS_PER_ROW`]); the last row may be partial. A context keeps one texture per
+//! operand slot, grown on demand and shared by every textured dispatch: each dispatch's
+//! copies are encoded right before it, under the same lock (or kept next to it in a recorded
+//! plan), and the queue runs commands in order, so a later copy into the same texture never
+//! overtakes the dispatch that reads the earlier one. A plan keeps the texture it recorded
+//! (its bind group holds it) even after the context grows a larger one.
+
+use super::{lock, BufArg, GpuContext};
+
+/// Texels per texture row: rows of 16 KiB, a multiple of wgpu's 256-byte copy row alignment
+/// (matmul_texture_reads.wgsl has the same constant).
+pub(crate) const TEXELS_PER_ROW: u32 = 1024;
+
+/// Bytes of one texel (four f32).
+const TEXEL_BYTES: u64 = 16;
+
+/// Bytes of one full texture row.
+const ROW_BYTES: u64 = TEXELS_PER_ROW as u64 * TEXEL_BYTES;
+
+/// Operand slots: the textures a context keeps (one per operand of a textured kernel).
+pub(crate) const SLOTS: usize = 2;
+
+/// One operand slot's texture and its view.
+#[derive(Clone)]
+pub(crate) struct SlotTexture {
+    texture: wgpu::Texture,
+    view: wgpu::TextureView,
+}
+
+/// A copy of a buffer range into an operand texture, encoded before the dispatch reading it.
+#[derive(Clone)]
+pub(crate) struct TextureCopy {
+    src: wgpu::Buffer,
+    bytes: u64,
+    texture: wgpu::Texture,
+}
+
+impl TextureCopy {
+    /// Records the copy: the full texture rows in one copy, a partial last row in a second.
+    pub(crate) fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let full = (self.bytes / ROW_BYTES) as u32;
+        let tail = ((self.bytes % ROW_BYTES) / TEXEL_BYTES) as u32;
+        let mut copy = |offset: u64, y: u32, width: u32, height: u32| {
+            encoder.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &self.src,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset,
+                        bytes_per_row: Some(ROW_BYTES as u32),
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &self.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d {
+                    width,
+                    height,
+                    depth_or_array_layers: 1,
+                },
+            )
+        };
+        if full > 0 {
+            copy(0, 0, TEXELS_PER_ROW, full);
+        }
+        if tail > 0 {
+            copy(full as u64 * ROW_BYTES, full, tail, 1);
+        }
+    }
+}
+
+/// Texture rows a range of `bytes` takes, if it can be read through a texture on an adapter
+/// whose textures are at most `max_rows` high: whole texels only, and not empty.
+pub(crate) fn rows_for(bytes: u64, max_rows: u32) -> Option<u32> {
+    if bytes == 0 || bytes % TEXEL_BYTES != 0 {
+        return None;
+    }
+    let rows = bytes.div_ceil(ROW_BYTES);
+    (rows <= max_rows as u64).then_some(rows as u32)
+}
+
+impl GpuContext {
+    /// Operand `slot`'s texture holding the start of `arg` (copied by the returned copy, which
+    /// the caller encodes right before its dispatch: see [`GpuContext::dispatch_bound`]), or
+    /// `None` when `arg` cannot be read through a texture here (see [`rows_for`]).
+    pub(crate) fn operand_texture(
+        &self,
+        slot: usize,
+        (src, bytes): BufArg<'_>,
+    ) -> Option<(TextureCopy, wgpu::TextureView)> {
+        let max_rows = self.limits.max_texture_dimension_2d;
+        let rows = rows_for(bytes, max_rows)?;
+        let mut slots = lock(&self.operand_textures);
+        let held = slots.get_mut(slot)?;
+        if held.as_ref().is_none_or(|t| t.texture.height() < rows) {
+            // Grown to a power of two of rows: few regrowths as products get larger.
+            let height = rows.next_power_of_two().min(max_rows);
+            let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+                label: Some("wgrad.operand"),
+                size: wgpu::Extent3d {
+                    width: TEXELS_PER_ROW,
+                    height,
+                    depth_or_array_layers: 1,
+                },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba32Float,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                view_formats: &[],
+            });
+            let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+            *held = Some(SlotTexture { texture, view });
+        }
+        let t = held.as_ref()?;
+        Some((
+            TextureCopy {
+                src: src.clone(),
+                bytes,
+                texture: t.texture.clone(),
+            },
+            t.view.clone(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_take_whole_rows_and_whole_texels() {
+        assert_eq!(rows_for(16, 8), Some(1));
+        assert_eq!(rows_for(ROW_BYTES, 8), Some(1));
+        assert_eq!(rows_for(ROW_BYTES + 16, 8), Some(2));
+        assert_eq!(rows_for(8 * ROW_BYTES, 8), Some(8));
+        assert_eq!(rows_for(8 * ROW_BYTES + 16, 8), None);
+        assert_eq!(rows_for(0, 8), None);
+        assert_eq!(rows_for(20, 8), None);
+    }
+}
