@@ -711,8 +711,9 @@ fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>,
 // AVX2-only one). There the loads and exchanges are about 55-60% of a step on AVX-512 hosts and
 // over 90% on AVX2-only ones (every storage load is a loop over the lanes that inserts each
 // lane's value at a run-time index, a failed store-to-load forward per lane without AVX-512;
-// examples/texture_operands.rs measures texture reads as the way round it), so fewer of them
-// per multiply-add is what pays; the accumulators spill to the stack either way.
+// the matmul.texture module reads the panels from textures instead, see
+// matmul_texture_reads.wgsl), so fewer of them per multiply-add is what pays; the
+// accumulators spill to the stack either way.
 // Panels: pa[r] = op(A)(m0 + r, k0 .. k0 + 4), pb[4j + h] = op(B)(k0 + j, n0 + 4h .. + 4).
 // Loops longer than 8 are written out: lavapipe does not unroll them, and an accumulator
 // indexed at run time lives in memory (4x slower).
