@@ -347,8 +347,7 @@ impl RecordedPlan {
 
     /// Wall milliseconds per recorded dispatch, in run order: each dispatch (with the texture
     /// copies that fill its operands) replayed alone `reps` times back to back, then waited
-    /// for, less the cost of an
-    /// empty wait. Kernels run on whatever the buffers hold (the last run's data), and
+    /// for, less the cost of an empty wait. Kernels run on whatever the buffers hold (the last run's data), and
     /// every replay writes its outputs again: parameters and optimizer state included.
     pub(crate) fn profile(&self, ctx: &Arc<GpuContext>, reps: usize) -> Result<Vec<(String, f64)>> {
         let reps = reps.max(1);

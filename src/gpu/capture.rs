@@ -163,7 +163,8 @@ impl GpuContext {
     }
 
     /// During a capture: keeps a dispatch, after the texture copies it reads, instead of
-    /// encoding them (`true` if kept).
+    /// encoding them (`true` if kept). A dispatch that reads textures is listed as
+    /// `entry.tex`.
     pub(crate) fn capture_dispatch(
         &self,
         entry: &str,
@@ -181,7 +182,11 @@ impl GpuContext {
                 bind_group: bind_group.clone(),
                 uniform: uniform.clone(),
                 groups,
-                entry: entry.to_string(),
+                entry: if copies.is_empty() {
+                    entry.to_string()
+                } else {
+                    format!("{entry}.tex")
+                },
             }))
         })
         .is_some()

@@ -625,13 +625,7 @@ impl GpuContext {
                 detail: format!("{entry}: {e}"),
             });
         }
-        // A recorded plan lists a dispatch that reads textures as `entry.tex`.
-        let label = if copies.is_empty() {
-            std::borrow::Cow::Borrowed(entry)
-        } else {
-            std::borrow::Cow::Owned(format!("{entry}.tex"))
-        };
-        if self.capture_dispatch(&label, &pipeline, &bind_group, &uniform, copies, groups) {
+        if self.capture_dispatch(entry, &pipeline, &bind_group, &uniform, copies, groups) {
             return Ok(());
         }
         let mut pending = lock(&self.pending);

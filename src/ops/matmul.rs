@@ -583,7 +583,12 @@ fn matmul_dispatch<'a>(
         (Some((wa, wb)), _) => ("matmul_forward_gemv", wa, wb),
         (None, Some((wa, wb))) => ("matmul_forward_small", wa, wb),
         // C's rows a multiple of 4 long: stored as whole vec4s.
-        (None, None) if variant.entry() == "matmul_forward_subgroup" && p.n % 4 == 0 => {
+        (None, None)
+            if matches!(
+                variant,
+                MatmulVariant::Subgroup | MatmulVariant::SubgroupTextures
+            ) && p.n % 4 == 0 =>
+        {
             ("matmul_forward_subgroup_v4", a, b)
         }
         (None, None) => (variant.entry(), a, b),

@@ -41,7 +41,7 @@ pub enum MatmulVariant {
     /// barriers (expensive on a CPU adapter).
     RegisterBlocked,
     /// 16x16 outputs per invocation; the 8 lanes of a subgroup share their
-    /// loads through `subgroupBroadcast`: the fastest on lavapipe. Needs
+    /// loads through `subgroupShuffle`, reading A and B from storage buffers. Needs
     /// subgroups of exactly 8 lanes.
     Subgroup,
     /// [`Subgroup`](Self::Subgroup) reading its operands through textures (each copied into
