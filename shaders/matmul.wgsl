@@ -23,7 +23,8 @@
 //                            as its own module (it needs subgroups). A second module,
 //                            matmul.texture, replaces the panel reads at the file's end with
 //                            matmul_texture_reads.wgsl: the same kernels with A and B bound as
-//                            rgba32float textures (the default on software adapters).
+//                            rgba32float textures (the default on software adapters); its
+//                            matmul_forward_gemv reads textures too.
 //   matmul_forward_small     16x16 invocations, 4x4 outputs each, vec4 loads of any alignment:
 //                            small products (any layout, any row length, no padded copies).
 //   matmul_forward_gemv      16 invocations, 4 columns of C each, all of its (at most 4) rows:
@@ -484,6 +485,9 @@ fn shift4(lo: vec4<f32>, hi: vec4<f32>, r: u32) -> vec4<f32> {
     return select(select(select(lo, v1, r == 1u), v2, r == 2u), v3, r == 3u);
 }
 
+// ---- any-alignment reads: matmul_forward_small's and gemv's operand loads, from storage.
+// The texture module (src/ops/matmul.rs) cuts this block out and matmul_texture_reads.wgsl
+// defines the same two functions over textures, so gemv reads textures there.
 fn load_a_any(i: u32) -> vec4<f32> {
     let lo = a4[i / 4u];
     if (i % 4u == 0u) { return lo; }
@@ -495,6 +499,7 @@ fn load_b_any(i: u32) -> vec4<f32> {
     if (i % 4u == 0u) { return lo; }
     return shift4(lo, b4[i / 4u + 1u], i % 4u);
 }
+// ---- end of any-alignment reads
 
 // C has one row and A is stored (M, K) (a batch-1 linear layer on the gemv kernel): the block's
 // other three rows, clamped copies of row 0, are neither loaded nor accumulated. A pipeline

@@ -1,6 +1,7 @@
-// matmul_texture_reads.wgsl — the subgroup kernels' panel reads from textures. Not a module on
-// its own: src/ops/matmul.rs puts it in place of matmul.wgsl's storage panel reads (everything
-// after its "---- panel reads" marker) to make the `subgroup_tex` kernels.
+// matmul_texture_reads.wgsl — the subgroup kernels' panel reads and gemv's any-alignment reads
+// from textures. Not a module on its own: src/ops/matmul.rs puts it in place of matmul.wgsl's
+// storage panel reads (everything after its "---- panel reads" marker), and cuts out its
+// storage any-alignment reads, to make the `subgroup_tex` kernels.
 //
 // The host copies each operand's bound range into an rgba32float texture right before the
 // dispatch (src/gpu/texture.rs): the flat vec4 index j of the buffer is texel
@@ -28,4 +29,20 @@ fn panel_load_a(i: u32) -> vec4<f32> {
 
 fn panel_load_b(i: u32) -> vec4<f32> {
     return textureLoad(b_tex, texel(i), 0);
+}
+
+// matmul_forward_gemv's (and matmul_forward_small's) vec4 of any alignment: two texels and a
+// shift (shift4, matmul.wgsl) where i is not a multiple of 4. The second texel may lie past the
+// copied range; its values then only reach lanes the K tail masks, or columns not stored.
+// ResNet-50's head (1×2048 · 2048×1000) on lavapipe, AVX2 host: 9-11 ms from storage.
+fn load_a_any(i: u32) -> vec4<f32> {
+    let lo = textureLoad(a_tex, texel(i), 0);
+    if (i % 4u == 0u) { return lo; }
+    return shift4(lo, textureLoad(a_tex, texel(i + 4u), 0), i % 4u);
+}
+
+fn load_b_any(i: u32) -> vec4<f32> {
+    let lo = textureLoad(b_tex, texel(i), 0);
+    if (i % 4u == 0u) { return lo; }
+    return shift4(lo, textureLoad(b_tex, texel(i + 4u), 0), i % 4u);
 }

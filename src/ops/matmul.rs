@@ -57,8 +57,17 @@ const PANEL_READS_MARKER: &str = "// ---- panel reads";
 /// The subgroup kernels' panel reads from textures (`MatmulVariant::SubgroupTextures`).
 const TEXTURE_READS: &str = include_str!("../../shaders/matmul_texture_reads.wgsl");
 
-/// The whole file with its storage panel reads replaced by [`TEXTURE_READS`]: the
-/// `subgroup_tex` kernels (the same entry points, A and B bound as textures).
+/// The block of storage reads of any alignment (`load_a_any`, `load_b_any`: gemv's and
+/// matmul_forward_small's) that the texture module cuts out, [`TEXTURE_READS`] defining
+/// both over textures.
+const ANY_READS_MARKERS: [&str; 2] = [
+    "// ---- any-alignment reads",
+    "// ---- end of any-alignment reads",
+];
+
+/// The whole file with its storage panel reads replaced by [`TEXTURE_READS`] and its storage
+/// any-alignment reads cut out: the `subgroup_tex` kernels and gemv (the same entry points,
+/// A and B bound as textures).
 pub(crate) fn texture_kernel() -> Kernel {
     static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let source = SOURCE.get_or_init(|| {
@@ -67,7 +76,10 @@ pub(crate) fn texture_kernel() -> Kernel {
             .split(PANEL_READS_MARKER)
             .next()
             .unwrap_or(SHADER.source);
-        format!("{head}{TEXTURE_READS}")
+        let [start, end] = ANY_READS_MARKERS;
+        let (before, rest) = head.split_once(start).unwrap_or((head, ""));
+        let after = rest.split_once(end).map_or("", |(_, after)| after);
+        format!("{before}{after}{TEXTURE_READS}")
     });
     Kernel {
         name: "matmul.texture",
@@ -699,9 +711,12 @@ fn matmul_dispatch<'a>(
     };
     let subgroup = entry.starts_with("matmul_forward_subgroup");
     let kernel = if subgroup { SHADER } else { base_kernel() };
-    // The subgroup kernels read A and B through textures where asked and where both fit one
-    // (`texture::rows_for`); else from the storage buffers, which computes the same values.
-    let textures = match (subgroup, variant) {
+    // The subgroup kernels and gemv read A and B through textures where asked and where both
+    // fit one (`texture::rows_for`); else from the storage buffers, which computes the same
+    // values. gemv from storage took ResNet-50's head (1×2048 · 2048×1000) 9-11 ms on lavapipe
+    // on an AVX2 host (every storage load a loop over the lanes).
+    let textured_entry = subgroup || entry == "matmul_forward_gemv";
+    let textures = match (textured_entry, variant) {
         (true, MatmulVariant::SubgroupTextures) => {
             ctx.operand_texture(0, a).zip(ctx.operand_texture(1, b))
         }
@@ -803,6 +818,31 @@ mod tests {
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
             .validate(&module)
             .expect("base part validates without subgroups");
+    }
+
+    /// The texture module defines gemv's any-alignment reads once, over the textures: the
+    /// storage block is cut out (else WGSL's duplicate definitions, or storage reads).
+    #[test]
+    fn texture_module_reads_gemv_operands_from_textures() {
+        let source = texture_kernel().source;
+        let body = |name: &str| {
+            let at = source.find(&format!("fn {name}(")).expect("defined");
+            assert_eq!(source.matches(&format!("fn {name}(")).count(), 1, "{name}");
+            source[at..]
+                .split("\n}")
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        for (name, texture) in [("load_a_any", "a_tex"), ("load_b_any", "b_tex")] {
+            let f = body(name);
+            assert!(
+                f.contains(texture) && !f.contains("a4[") && !f.contains("b4["),
+                "{f}"
+            );
+        }
+        assert!(source.contains("fn matmul_forward_gemv("));
+        naga::front::wgsl::parse_str(source).expect("texture module parses");
     }
 
     /// The same seeded values in [-1, 1) on the GPU and the CPU reference.
