@@ -107,7 +107,7 @@ fn input_row(base: u32, row: i32, x0: i32) -> vec4<f32> {
     let inside = (cols >= vec4<i32>(0)) & (cols < vec4<i32>(i32(params.w)));
     // Reads outside are clamped to the row's start and their values dropped.
     let at = vec4<u32>(select(vec4<i32>(0), cols, inside)) + vec4<u32>(base + u32(row) * params.w);
-    let v = vec4<f32>(src[at.x], src[at.y], src[at.z], src[at.w]);
+    let v = vec4<f32>(src_at(at.x), src_at(at.y), src_at(at.z), src_at(at.w));
     return select(vec4<f32>(0.0), v, inside);
 }
 
@@ -160,8 +160,8 @@ fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     var m: array<vec4<f32>, 4>;  // rows of M's 4×4 tile
     for (var r = 0u; r < 4u; r++) {
         let base = 4u * r * plane + at;
-        m[r] = vec4<f32>(src[base], src[base + plane], src[base + 2u * plane],
-                         src[base + 3u * plane]);
+        m[r] = vec4<f32>(src_at(base), src_at(base + plane),
+                         src_at(base + 2u * plane), src_at(base + 3u * plane));
     }
     let y0 = times_a(m[0] + m[1] + m[2]);
     let y1 = times_a(m[1] - m[2] - m[3]);
@@ -177,3 +177,12 @@ fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     store_output(n, f, oy + 1u, ox, y1.x, st);
     store_output(n, f, oy + 1u, ox + 1u, y1.y, st);
 }
+
+// ---- source reads: winograd_input's loads of x and winograd_output's of M, from the storage
+// buffer `src`. src/ops/winograd.rs compiles a second module, winograd.texture, with this block
+// replaced by reads from an rgba32float texture (the layout of src/gpu/texture.rs): on lavapipe
+// every storage load is a loop over the SIMD lanes, a texel fetch is not.
+fn src_at(i: u32) -> f32 {
+    return src[i];
+}
+// ---- end of source reads

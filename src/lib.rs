@@ -126,6 +126,7 @@ pub fn composed_shader_sources() -> Vec<(&'static str, &'static str)> {
         ("dropout_hash.wgsl", ops::dropout::SHADER.source),
         ("batchnorm.wgsl", ops::batchnorm::SHADER.source),
         ("winograd.wgsl", ops::winograd::SHADER.source),
+        ("winograd.wgsl", ops::winograd::texture_kernel().source),
         (
             "matmul_texture_reads.wgsl",
             ops::matmul::texture_kernel().source,

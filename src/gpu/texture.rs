@@ -137,6 +137,16 @@ impl GpuContext {
     }
 }
 
+/// `source` with the block from the line `start` through the line `end` (both markers
+/// included) replaced by `reads`: a shader's storage reads swapped for texture reads, the
+/// rest of the module shared. Where a marker is missing, `reads` is appended (WGSL then
+/// reports the duplicate definitions at the module's creation).
+pub(crate) fn replace_block(source: &str, [start, end]: [&str; 2], reads: &str) -> String {
+    let (before, rest) = source.split_once(start).unwrap_or((source, ""));
+    let after = rest.split_once(end).map_or("", |(_, after)| after);
+    format!("{before}{reads}{after}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +160,16 @@ mod tests {
         assert_eq!(rows_for(8 * ROW_BYTES + 16, 8), None);
         assert_eq!(rows_for(0, 8), None);
         assert_eq!(rows_for(20, 8), None);
+    }
+
+    #[test]
+    fn a_marked_block_is_replaced_whole() {
+        let source = "head\n// ---- reads: from storage\nfn r() {}\n// ---- end of reads\ntail\n";
+        let markers = ["// ---- reads", "// ---- end of reads"];
+        assert_eq!(
+            replace_block(source, markers, "fn r2() {}"),
+            "head\nfn r2() {}\ntail\n"
+        );
+        assert_eq!(replace_block("head\n", markers, "x"), "head\nx");
     }
 }

@@ -76,10 +76,8 @@ pub(crate) fn texture_kernel() -> Kernel {
             .split(PANEL_READS_MARKER)
             .next()
             .unwrap_or(SHADER.source);
-        let [start, end] = ANY_READS_MARKERS;
-        let (before, rest) = head.split_once(start).unwrap_or((head, ""));
-        let after = rest.split_once(end).map_or("", |(_, after)| after);
-        format!("{before}{after}{TEXTURE_READS}")
+        let head = crate::gpu::texture::replace_block(head, ANY_READS_MARKERS, "");
+        format!("{head}{TEXTURE_READS}")
     });
     Kernel {
         name: "matmul.texture",
