@@ -129,7 +129,7 @@ fn im2col_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
             let iy = o.y0 + i32(ki * params.dh);
             let ix = o.x0 + i32(kj * params.dw);
             let ok = iy >= 0 && u32(iy) < params.h && ix >= 0 && u32(ix) < params.w;
-            out[u] = select(0.0, src[select(0u, plane + u32(iy) * params.w + u32(ix), ok)], ok);
+            out[u] = select(0.0, src_at(select(0u, plane + u32(iy) * params.w + u32(ix), ok)), ok);
             // next tap: kj, then ki, then the channel, then (four rows a call) the row
             let wrap_j = kj + 1u == params.kw;
             let wrap_i = wrap_j && ki + 1u == params.kh;
@@ -147,6 +147,14 @@ fn im2col_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         cols4[i * n4 + v] = out;
     }
 }
+
+// ---- source reads: im2col_rows4's loads of x, from the storage buffer `src`. A second
+// module, conv.texture, has this block replaced by reads from an rgba32float texture
+// (src/ops/texture_reads.rs says why and when).
+fn src_at(i: u32) -> f32 {
+    return src[i];
+}
+// ---- end of source reads
 
 // div(t, d): integer division in f32 where exact (exact_div.wgsl, appended to this file).
 

@@ -105,7 +105,7 @@ fn window_max(p: vec3<u32>) -> f32 {
         for (var kj = 0u; kj < params.kw; kj = kj + 1u) {
             let ix = x0 + i32(kj * params.dw);
             if (ix >= 0 && u32(ix) < params.w) {
-                m = max(m, a[row + u32(ix)]);
+                m = max(m, x_at(row + u32(ix)));
             }
         }
     }
@@ -133,7 +133,7 @@ fn window_avg(p: vec3<u32>) -> f32 {
         for (var kj = 0u; kj < params.kw; kj = kj + 1u) {
             let ix = x0 + i32(kj * params.dw);
             if (ix >= 0 && u32(ix) < params.w) {
-                s = s + a[row + u32(ix)];
+                s = s + x_at(row + u32(ix));
             }
         }
     }
@@ -273,3 +273,11 @@ fn pool_avg_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     }
     b[i] = sum;
 }
+
+// ---- source reads: the forward entries' loads of x (window_max, window_avg), from the storage
+// buffer `a`. A second module, pool.texture, has this block replaced by reads from an
+// rgba32float texture (src/ops/texture_reads.rs says why and when).
+fn x_at(i: u32) -> f32 {
+    return a[i];
+}
+// ---- end of source reads

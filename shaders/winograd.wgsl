@@ -179,9 +179,8 @@ fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 }
 
 // ---- source reads: winograd_input's loads of x and winograd_output's of M, from the storage
-// buffer `src`. src/ops/winograd.rs compiles a second module, winograd.texture, with this block
-// replaced by reads from an rgba32float texture (the layout of src/gpu/texture.rs): on lavapipe
-// every storage load is a loop over the SIMD lanes, a texel fetch is not.
+// buffer `src`. A second module, winograd.texture, has this block replaced by reads from an
+// rgba32float texture (src/ops/texture_reads.rs says why and when).
 fn src_at(i: u32) -> f32 {
     return src[i];
 }

@@ -127,6 +127,8 @@ pub fn composed_shader_sources() -> Vec<(&'static str, &'static str)> {
         ("batchnorm.wgsl", ops::batchnorm::SHADER.source),
         ("winograd.wgsl", ops::winograd::SHADER.source),
         ("winograd.wgsl", ops::winograd::texture_kernel().source),
+        ("conv.wgsl", ops::conv::texture_kernel().source),
+        ("pool.wgsl", ops::pool::texture_kernel().source),
         (
             "matmul_texture_reads.wgsl",
             ops::matmul::texture_kernel().source,

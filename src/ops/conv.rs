@@ -19,6 +19,7 @@
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::Kernel;
+use crate::ops::texture_reads::{dispatch_reading_source, texture_module};
 use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -31,6 +32,15 @@ pub(crate) const SHADER: Kernel = Kernel {
         include_str!("../../shaders/exact_div.wgsl")
     ),
 };
+
+/// conv.wgsl with im2col_rows4 reading x through a texture (src/ops/texture_reads.rs).
+pub(crate) fn texture_kernel() -> Kernel {
+    static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    Kernel {
+        name: "conv.texture",
+        source: SOURCE.get_or_init(|| texture_module(SHADER.source, "src_at")),
+    }
+}
 
 /// Geometry of a 2-D convolution window: per-axis strides and dilations, and padding on
 /// each of the four sides (ONNX's `pads` with `auto_pad` SAME_UPPER can differ top and
@@ -393,8 +403,10 @@ impl Tensor {
                         params.extend([0, geom.kh, 0, geom.kw, 0].map(|v| v as u32));
                         let mut constants = division(&base).to_vec();
                         constants.push(("PATCH_ROWS", per_call as f64));
-                        ctx.dispatch(
-                            &SHADER,
+                        // x through a texture where products read theirs through textures.
+                        dispatch_reading_source(
+                            ctx,
+                            (&SHADER, &texture_kernel()),
                             "im2col_rows4",
                             &constants,
                             &params,

@@ -112,13 +112,6 @@ fn parse_env(value: &str) -> Result<MatmulVariant> {
     }
 }
 
-/// Whether products on `ctx` read their operands through textures by default
-/// ([`MatmulVariant::SubgroupTextures`]): then the load-bound kernels around them that have a
-/// texture form (winograd_output) take it too, for the same reason (lavapipe's storage loads).
-pub(crate) fn reads_textures(ctx: &GpuContext) -> bool {
-    resolve(ctx, MatmulVariant::Auto).is_ok_and(|v| v == MatmulVariant::SubgroupTextures)
-}
-
 pub(crate) fn resolve(ctx: &GpuContext, v: MatmulVariant) -> Result<MatmulVariant> {
     let v = match v {
         MatmulVariant::Auto => parse_env(&std::env::var(MATMUL_ENV).unwrap_or_default())?,

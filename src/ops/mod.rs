@@ -22,6 +22,7 @@ pub mod nhwc;
 pub mod pool;
 pub mod reduce;
 pub mod softmax;
+pub(crate) mod texture_reads;
 pub mod winograd;
 
 use std::sync::Arc;

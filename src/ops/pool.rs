@@ -22,6 +22,7 @@ use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::{Kernel, LOOP_BUDGET};
 use crate::ops::conv::Conv2d;
+use crate::ops::texture_reads::{dispatch_reading_source, texture_module};
 use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -34,6 +35,15 @@ pub(crate) const SHADER: Kernel = Kernel {
         include_str!("../../shaders/exact_div.wgsl")
     ),
 };
+
+/// pool.wgsl with the forward entries reading x through a texture (src/ops/texture_reads.rs).
+pub(crate) fn texture_kernel() -> Kernel {
+    static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    Kernel {
+        name: "pool.texture",
+        source: SOURCE.get_or_init(|| texture_module(SHADER.source, "x_at")),
+    }
+}
 
 /// Max or average.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -433,7 +443,10 @@ impl Tensor {
                     let params = pool.params(self.shape(), out, invocations);
                     let grid = grid_1d(ctx, invocations);
                     let division = pool.division(self.shape(), out);
-                    ctx.dispatch(&SHADER, entry, division, &params, &[xa, ya], grid)?;
+                    // x through a texture where products read theirs through textures.
+                    let kernels = (&SHADER, &texture_kernel());
+                    let args = [xa, ya];
+                    dispatch_reading_source(ctx, kernels, entry, division, &params, &args, grid)?;
                 }
                 Ok(y)
             }

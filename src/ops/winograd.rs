@@ -19,9 +19,10 @@
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, GpuContext, Kernel};
+use crate::gpu::{GpuContext, Kernel};
 use crate::ops::conv::Conv2d;
 use crate::ops::matmul::Epilogue;
+use crate::ops::texture_reads::{self, texture_module};
 use crate::ops::{exact_div_constants, gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -34,38 +35,13 @@ pub(crate) const SHADER: Kernel = Kernel {
     ),
 };
 
-/// The reads of M that [`texture_kernel`] puts in place of winograd.wgsl's storage ones.
-const TEXTURE_READS: &str = "\
-@group(0) @binding(1) var m_tex: texture_2d<f32>;
-
-// Element i of x or M: component i mod 4 of texel i / 4 (src/gpu/texture.rs's layout).
-fn src_at(i: u32) -> f32 {
-    let j = i / 4u;
-    let row = j / TEXELS_PER_ROW;
-    return textureLoad(m_tex, vec2<u32>(j - row * TEXELS_PER_ROW, row), 0)[i % 4u];
-}
-";
-
-/// winograd.wgsl with winograd_input and winograd_output reading their source (x, M) through a
-/// texture bound at binding 1: used where products read textures
-/// ([`crate::MatmulVariant::SubgroupTextures`]), whose reason holds for these load-bound
-/// kernels.
+/// winograd.wgsl with winograd_input and winograd_output reading their source (x, M) through
+/// a texture (src/ops/texture_reads.rs).
 pub(crate) fn texture_kernel() -> Kernel {
     static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let source = SOURCE.get_or_init(|| {
-        let reads = format!(
-            "const TEXELS_PER_ROW: u32 = {}u;\n{TEXTURE_READS}",
-            crate::gpu::texture::TEXELS_PER_ROW
-        );
-        crate::gpu::texture::replace_block(
-            SHADER.source,
-            ["// ---- source reads", "// ---- end of source reads"],
-            &reads,
-        )
-    });
     Kernel {
         name: "winograd.texture",
-        source,
+        source: SOURCE.get_or_init(|| texture_module(SHADER.source, "src_at")),
     }
 }
 
@@ -335,10 +311,9 @@ fn dispatch(
 }
 
 /// [`dispatch`], reading `tensors[0]` (winograd_input's x, winograd_output's M) through an
-/// operand texture where products read theirs through textures
-/// ([`crate::ops::matmul_variant::reads_textures`]) and it fits one. On lavapipe, AVX2 host,
-/// ResNet-50's 16 winograd_output dispatches, sum of minima of 3 alternated profile runs:
-/// 23.9 -> 16.5 ms.
+/// operand texture where products read theirs through textures (src/ops/texture_reads.rs).
+/// On lavapipe, AVX2 host, ResNet-50 inference, sum of per-dispatch minima of 3 alternated
+/// profile runs: winograd_input 23.0 -> 15.7 ms, winograd_output 22.9 -> 15.5 ms.
 fn dispatch_reading_source(
     ctx: &GpuContext,
     entry: &str,
@@ -351,28 +326,9 @@ fn dispatch_reading_source(
         .iter()
         .map(|t| t.gpu_arg().expect("GPU device holds GPU tensors"))
         .collect();
-    let texture = match crate::ops::matmul_variant::reads_textures(ctx) {
-        true => ctx.operand_texture(0, args[0]),
-        false => None,
-    };
-    let Some((copy, view)) = texture else {
-        return dispatch(ctx, entry, constants, params, tensors, total);
-    };
-    let mut bindings = vec![Binding::Texture(&view)];
-    bindings.extend(
-        args[1..]
-            .iter()
-            .map(|&(buf, bytes)| Binding::Buffer((buf, 0, bytes))),
-    );
-    ctx.dispatch_bound(
-        &texture_kernel(),
-        entry,
-        constants,
-        params,
-        &bindings,
-        &[copy],
-        grid_1d(ctx, total),
-    )
+    let kernels = (&SHADER, &texture_kernel());
+    let grid = grid_1d(ctx, total);
+    texture_reads::dispatch_reading_source(ctx, kernels, entry, constants, params, &args, grid)
 }
 
 impl Tensor {
