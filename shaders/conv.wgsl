@@ -34,6 +34,9 @@ struct Params {
     // The block of the window this dispatch walks; col2im: whether it adds to dst.
     ki0: u32, ki1: u32, kj0: u32, kj1: u32,
     accumulate: u32,
+    // im2col_rows4: the patch rows' length in cols, C·KH·KW or (PATCH_ROWS = 1) more, the
+    // values past C·KH·KW zero (rows the vec4 product kernels read unpadded).
+    ld: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -116,7 +119,7 @@ fn im2col_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let rows = PATCH_ROWS;
     let hw = params.h * params.w;
     let ck = params.c * params.kh * params.kw;
-    let n4 = rows * ck / 4u;
+    let n4 = rows * params.ld / 4u;
     var r = i * rows;
     var o = patch_origin(r);
     var plane = o.plane;
@@ -128,7 +131,7 @@ fn im2col_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         for (var u = 0u; u < 4u; u = u + 1u) {
             let iy = o.y0 + i32(ki * params.dh);
             let ix = o.x0 + i32(kj * params.dw);
-            let ok = iy >= 0 && u32(iy) < params.h && ix >= 0 && u32(ix) < params.w;
+            let ok = t < ck && iy >= 0 && u32(iy) < params.h && ix >= 0 && u32(ix) < params.w;
             out[u] = select(0.0, src_at(select(0u, plane + u32(iy) * params.w + u32(ix), ok)), ok);
             // next tap: kj, then ki, then the channel, then (four rows a call) the row
             let wrap_j = kj + 1u == params.kw;

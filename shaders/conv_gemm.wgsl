@@ -47,7 +47,7 @@ fn x_at4(plane: vec4<u32>, iy: vec4<i32>, ix: vec4<i32>) -> vec4<f32> {
     let inside = (iy >= vec4<i32>(0)) & (ix >= vec4<i32>(0))
         & (iy < vec4<i32>(i32(params.h))) & (ix < vec4<i32>(i32(params.w)));
     let idx = select(vec4<u32>(0u), plane + vec4<u32>(iy) * params.w + vec4<u32>(ix), inside);
-    return select(vec4<f32>(0.0), vec4<f32>(a[idx.x], a[idx.y], a[idx.z], a[idx.w]), inside);
+    return select(vec4<f32>(0.0), vec4<f32>(a_at(idx.x), a_at(idx.y), a_at(idx.z), a_at(idx.w)), inside);
 }
 
 const LANES = vec4<u32>(0u, 1u, 2u, 3u);
@@ -160,11 +160,11 @@ fn conv_grad_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     for (var t = params.k0; t < params.k1; t++) {
         let ok = (rr == zero) & (cr == zero) & (rq >= zero) & (cq >= zero) & (rq < oh) & (cq < ow);
         let idx = select(vec4<u32>(0u), gplane + vec4<u32>(rq) * params.ow + vec4<u32>(cq), ok);
-        let gv = select(vec4<f32>(0.0), vec4<f32>(a[idx.x], a[idx.y], a[idx.z], a[idx.w]), ok);
-        acc0 += b[wbase + o0] * gv;
-        acc1 += b[wbase + o1] * gv;
-        acc2 += b[wbase + o2] * gv;
-        acc3 += b[wbase + o3] * gv;
+        let gv = select(vec4<f32>(0.0), vec4<f32>(a_at(idx.x), a_at(idx.y), a_at(idx.z), a_at(idx.w)), ok);
+        acc0 += b_at(wbase + o0) * gv;
+        acc1 += b_at(wbase + o1) * gv;
+        acc2 += b_at(wbase + o2) * gv;
+        acc3 += b_at(wbase + o3) * gv;
         kj += 1u;
         wbase += 1u;
         axis_step(&cq, &cr, dxq, dxr, sw);
@@ -275,5 +275,17 @@ fn conv_grad_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 
 // grad_weight's gy operand (binding b).
 fn a_g(i: u32) -> f32 {
+    return b_at(i);
+}
+
+// ---- source reads: conv_grad_input's and conv_grad_weight's loads of a and b (and x_at4's),
+// from the storage buffers. A second module, conv_gemm.texture, has this block replaced by
+// reads from rgba32float textures (src/ops/texture_reads.rs says why and when).
+fn a_at(i: u32) -> f32 {
+    return a[i];
+}
+
+fn b_at(i: u32) -> f32 {
     return b[i];
 }
+// ---- end of source reads

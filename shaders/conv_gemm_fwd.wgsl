@@ -75,7 +75,7 @@ fn x_at4(plane: vec4<u32>, iy: vec4<i32>, ix: vec4<i32>) -> vec4<f32> {
     let inside = (iy >= vec4<i32>(0)) & (ix >= vec4<i32>(0))
         & (iy < vec4<i32>(i32(params.h))) & (ix < vec4<i32>(i32(params.w)));
     let idx = select(vec4<u32>(0u), plane + vec4<u32>(iy) * params.w + vec4<u32>(ix), inside);
-    return select(vec4<f32>(0.0), vec4<f32>(a[idx.x], a[idx.y], a[idx.z], a[idx.w]), inside);
+    return select(vec4<f32>(0.0), vec4<f32>(a_at(idx.x), a_at(idx.y), a_at(idx.z), a_at(idx.w)), inside);
 }
 
 // One invocation's block: image n, its first filter fo (f0 within the group), its first
@@ -136,10 +136,10 @@ fn conv_block(i: u32) -> Block {
     var wi = ((g * k_count + params.k0) * fgp + f0) / 4u;
     for (var k = params.k0; k < params.k1; k++) {
         let xv = x_at4(vec4<u32>(plane), iy0 + dy, ix0 + dx);
-        let w0 = wp[wi];
-        let w1 = wp[wi + 1u];
-        let w2 = wp[wi + 2u];
-        let w3 = wp[wi + 3u];
+        let w0 = wp_at(wi);
+        let w1 = wp_at(wi + 1u);
+        let w2 = wp_at(wi + 2u);
+        let w3 = wp_at(wi + 3u);
         acc0 += w0.x * xv;
         acc1 += w0.y * xv;
         acc2 += w0.z * xv;
@@ -245,3 +245,15 @@ fn conv_forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     if (f0 + 14u < params.fg) { store_row4(n, fo + 14u, l0, b.acc14); }
     if (f0 + 15u < params.fg) { store_row4(n, fo + 15u, l0, b.acc15); }
 }
+
+// ---- source reads: the forward's loads of x (x_at4) and of the packed filters, from the
+// storage buffers `a` and `wp`. A second module, conv_gemm_fwd.texture, has this block replaced
+// by reads from rgba32float textures (src/ops/texture_reads.rs says why and when).
+fn a_at(i: u32) -> f32 {
+    return a[i];
+}
+
+fn wp_at(j: u32) -> vec4<f32> {
+    return wp[j];
+}
+// ---- end of source reads

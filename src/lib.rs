@@ -129,6 +129,8 @@ pub fn composed_shader_sources() -> Vec<(&'static str, &'static str)> {
         ("winograd.wgsl", ops::winograd::texture_kernel().source),
         ("conv.wgsl", ops::conv::texture_kernel().source),
         ("pool.wgsl", ops::pool::texture_kernel().source),
+        ("conv_gemm.wgsl", ops::conv_gemm::texture_sources()[0]),
+        ("conv_gemm_fwd.wgsl", ops::conv_gemm::texture_sources()[1]),
         (
             "matmul_texture_reads.wgsl",
             ops::matmul::texture_kernel().source,

@@ -203,6 +203,28 @@ fn conv2d_matches_a_direct_convolution() {
     }
 }
 
+/// Past GEMV_ROWS (4) filters with C·KH·KW not a multiple of 4, the subgroup kernels' product
+/// reads patch rows that im2col padded to whole vec4s and weights padded to match (see
+/// `pads_patch_rows` in src/ops/conv.rs): the same values as the direct convolution.
+#[test]
+fn conv2d_with_more_filters_than_gemv_rows_matches_a_direct_convolution() {
+    let Some(dev) = gpu() else { return };
+    let mut cases = cases();
+    // ResNet-50's stem window (3×7×7 = 147 taps), stride 2, padding 3, odd sizes.
+    cases.push(([1, 3, 23, 21], Conv2d::new(7, 7).stride(2).padding(3)));
+    for (k, (xs, geom)) in cases.into_iter().enumerate() {
+        let f = 5 + k % 7;
+        let x = uniform(k as u64 + 50, xs.iter().product(), -1.0, 1.0);
+        let w = uniform(k as u64 + 57, f * xs[1] * geom.kh * geom.kw, -1.0, 1.0);
+        let xt = Tensor::from_slice(&dev, &x, &xs).unwrap();
+        let wt = Tensor::from_slice(&dev, &w, &[f, xs[1], geom.kh, geom.kw]).unwrap();
+        let got = xt.conv2d(&wt, geom).unwrap();
+        let want = direct_conv(&x, xs, &w, f, geom);
+        let label = format!("conv2d {xs:?} f={f} {geom:?} on {}", dev.name());
+        assert_close(&label, &got.to_vec::<f32>().unwrap(), &want, 1e-5, 1e-5);
+    }
+}
+
 #[test]
 fn bad_geometry_is_a_typed_error() {
     for dev in [Some(Device::cpu()), gpu()].into_iter().flatten() {

@@ -20,6 +20,7 @@ use crate::ops::conv::Conv2d;
 use crate::ops::gpu_output;
 use crate::ops::matmul::Epilogue;
 use crate::ops::reduce::ReduceOp;
+use crate::ops::texture_reads::{dispatch_reading_sources, texture_module, Read};
 use crate::tensor::Tensor;
 
 pub(crate) const SHADER: Kernel = Kernel {
@@ -35,6 +36,36 @@ pub(crate) const FORWARD: Kernel = Kernel {
         include_str!("../../shaders/exact_div.wgsl")
     ),
 };
+
+/// [`SHADER`] and [`FORWARD`] reading their operands through textures
+/// (src/ops/texture_reads.rs): conv_gemm's a and b, the forward's x and packed filters.
+fn texture_kernel(kernel: &Kernel) -> Kernel {
+    static GEMM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static FWD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if kernel.name == FORWARD.name {
+        Kernel {
+            name: "conv_gemm_fwd.texture",
+            source: FWD.get_or_init(|| {
+                texture_module(FORWARD.source, &[Read::Scalar("a_at"), Read::Vec4("wp_at")])
+            }),
+        }
+    } else {
+        Kernel {
+            name: "conv_gemm.texture",
+            source: GEMM.get_or_init(|| {
+                texture_module(SHADER.source, &[Read::Scalar("a_at"), Read::Scalar("b_at")])
+            }),
+        }
+    }
+}
+
+/// [`texture_kernel`]'s sources, for tests/shaders.rs.
+pub(crate) fn texture_sources() -> [&'static str; 2] {
+    [
+        texture_kernel(&SHADER).source,
+        texture_kernel(&FORWARD).source,
+    ]
+}
 
 /// Filters per forward invocation (the packed filters' padding unit).
 const FILTER_BLOCK: usize = 16;
@@ -367,14 +398,19 @@ impl Tensor {
                     let exact =
                         kernel.name == FORWARD.name && (total >= 1 << 24 || oh * ow >= 1 << 24);
                     let consts = super::exact_div_constants(!exact);
-                    ctx.dispatch(
-                        kernel,
-                        entry,
-                        consts,
-                        &p,
-                        bufs,
-                        ctx.grid((total as u64).div_ceil(64)),
-                    )
+                    // The operands through textures where products read theirs so (all but
+                    // the weight packing, which runs once per plan).
+                    let sources = match entry {
+                        "conv_forward" | "conv_forward4" | "conv_grad_input"
+                        | "conv_grad_weight" => 2,
+                        _ => 0,
+                    };
+                    let grid = ctx.grid((total as u64).div_ceil(64));
+                    if sources == 0 {
+                        return ctx.dispatch(kernel, entry, consts, &p, bufs, grid);
+                    }
+                    let kernels = (kernel, &texture_kernel(kernel));
+                    dispatch_reading_sources(ctx, kernels, sources, entry, consts, &p, bufs, grid)
                 };
                 match pass {
                     ConvPass::Forward | ConvPass::GradInput(_) => {

@@ -116,7 +116,7 @@ const SMALL_PRODUCT: usize = 1 << 21;
 /// Rows of op(A) up to which a product takes `matmul_forward_gemv` on the software-adapter
 /// kernels: ResNet-50's head (1×2048 · 2048×1000) went from 7-17 ms on the 64×64-tile
 /// kernels to about 1 ms (lavapipe).
-const GEMV_ROWS: usize = 4;
+pub(crate) const GEMV_ROWS: usize = 4;
 
 /// Lavapipe silently ends an invocation after 65,535 loop iterations (see
 /// [`crate::gpu::LOOP_BUDGET`]), and every product kernel walks K inside one invocation, so a
@@ -535,20 +535,61 @@ fn padded_rows(ctx: &GpuContext, arg: BufArg<'_>, ld: usize) -> Result<(GpuBuffe
     let bytes = (rows * ld4 * 4) as u64;
     ctx.check_binding("matmul", &[rows, ld4], bytes)?;
     let copy = ctx.alloc(bytes);
+    pad_rows_into(ctx, arg, ld, (copy.raw(), bytes))?;
+    Ok((copy, bytes, ld4))
+}
+
+/// Records `matmul_pad_rows`: the rows of `ld` elements of `src` into `dst`, each zero-filled
+/// to `ld` rounded up to a multiple of 4.
+fn pad_rows_into(ctx: &GpuContext, src: BufArg<'_>, ld: usize, dst: BufArg<'_>) -> Result<()> {
+    let (rows, ld4) = (src.1 as usize / 4 / ld, ld.div_ceil(4) * 4);
     // One invocation per row segment of up to PAD_SEGMENT (matmul.wgsl) vec4s.
     let segments = (ld4 / 4).div_ceil(PAD_SEGMENT);
     let n = rows * segments;
     let params = [n as u32, ld as u32, ld4 as u32, segments as u32];
-    let dst = (copy.raw(), bytes);
     ctx.dispatch(
         &base_kernel(),
         "matmul_pad_rows",
         &[],
         &params,
-        &[arg, dst],
+        &[src, dst],
         grid_1d(ctx, n),
-    )?;
-    Ok((copy, bytes, ld4))
+    )
+}
+
+impl Tensor {
+    /// A matrix (R, C) as (R, C4), C4 = C rounded up to a multiple of 4, the new columns zero:
+    /// an operand the vec4 product kernels read without padding it themselves. GPU tensors
+    /// only (the caller's choice: on the CPU reference nothing needs it).
+    pub(crate) fn zero_pad_columns(&self, op: &'static str) -> Result<Tensor> {
+        let &[rows, cols] = self.shape() else {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "padding the columns of {:?}: a matrix expected",
+                    self.shape()
+                ),
+            });
+        };
+        let DeviceInner::Gpu(ctx) = &self.device().inner else {
+            return Err(Error::Invalid {
+                op,
+                detail: "padding columns is a GPU step".into(),
+            });
+        };
+        let out = gpu_output(
+            ctx,
+            self.device(),
+            op,
+            &[rows, cols.div_ceil(4) * 4],
+            DType::F32,
+        )?;
+        self.expect_f32(op)?;
+        if let (Some(src), Some(dst), true) = (self.gpu_arg(), out.gpu_arg(), self.numel() > 0) {
+            pad_rows_into(ctx, src, cols, dst)?;
+        }
+        Ok(out)
+    }
 }
 
 /// Records `C = op(A)·op(B)`, with `epi` applied as C is stored (by the split-K sum when K

@@ -22,7 +22,7 @@ use crate::device::DeviceInner;
 use crate::error::{Error, Result};
 use crate::gpu::{Kernel, LOOP_BUDGET};
 use crate::ops::conv::Conv2d;
-use crate::ops::texture_reads::{dispatch_reading_source, texture_module};
+use crate::ops::texture_reads::{dispatch_reading_source, texture_module, Read};
 use crate::ops::{gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -41,7 +41,7 @@ pub(crate) fn texture_kernel() -> Kernel {
     static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     Kernel {
         name: "pool.texture",
-        source: SOURCE.get_or_init(|| texture_module(SHADER.source, "x_at")),
+        source: SOURCE.get_or_init(|| texture_module(SHADER.source, &[Read::Scalar("x_at")])),
     }
 }
 

@@ -7,8 +7,8 @@
 //! textures there ([`MatmulVariant::SubgroupTextures`]); the kernels around them that mostly
 //! load (the Winograd transforms, im2col, pooling) gain from the same.
 //!
-//! A shader takes part by reading its source (binding 1) only through one function, defined
-//! over the storage buffer inside a marked block:
+//! A shader takes part by reading its sources (bindings 1, 2, ...) only through functions,
+//! defined over the storage buffers inside a marked block:
 //!
 //! ```wgsl
 //! // ---- source reads: ...
@@ -18,10 +18,10 @@
 //! // ---- end of source reads
 //! ```
 //!
-//! [`texture_module`] makes a second module with that block replaced by the same function over
-//! an `rgba32float` texture at binding 1 (element i is component i mod 4 of texel i / 4, the
-//! layout of src/gpu/texture.rs), and [`dispatch_reading_source`] copies the source into the
-//! context's operand texture and binds it there. Both modules compute the same values.
+//! [`texture_module`] makes a second module with that block replaced by the same functions over
+//! `rgba32float` textures at the same bindings (element i is component i mod 4 of texel i / 4,
+//! the layout of src/gpu/texture.rs), and [`dispatch_reading_sources`] copies the sources into
+//! the context's operand textures and binds them there. Both modules compute the same values.
 
 use crate::error::Result;
 use crate::gpu::texture::{replace_block, TEXELS_PER_ROW};
@@ -31,63 +31,100 @@ use crate::ops::matmul_variant::{resolve, MatmulVariant};
 /// The marker lines around a shader's storage source reads.
 pub(crate) const SOURCE_READS: [&str; 2] = ["// ---- source reads", "// ---- end of source reads"];
 
-/// `source` with its marked storage reads (`fn {read}(i: u32) -> f32`) replaced by reads of the
-/// texture bound at binding 1.
-pub(crate) fn texture_module(source: &str, read: &str) -> String {
-    let reads = format!(
-        "@group(0) @binding(1) var source_texture: texture_2d<f32>;
+/// One source read that [`texture_module`] defines over a texture: `fn name(i: u32) -> f32`
+/// (element i), or `fn name(j: u32) -> vec4<f32>` (the j-th vec4, for sources bound as
+/// `array<vec4<f32>>`).
+#[derive(Clone, Copy)]
+pub(crate) enum Read {
+    Scalar(&'static str),
+    Vec4(&'static str),
+}
 
-// Element i of the source: component i mod 4 of texel i / 4 (src/gpu/texture.rs's layout).
-fn {read}(i: u32) -> f32 {{
-    let j = i / 4u;
-    let row = j / {TEXELS_PER_ROW}u;
-    return textureLoad(source_texture, vec2<u32>(j - row * {TEXELS_PER_ROW}u, row), 0)[i % 4u];
-}}
-"
-    );
-    replace_block(source, SOURCE_READS, &reads)
+/// `source` with its marked storage reads (one per `reads`, in binding order) replaced by reads
+/// of textures bound at bindings 1, 2, ...
+pub(crate) fn texture_module(source: &str, reads: &[Read]) -> String {
+    let mut block = String::new();
+    for (slot, read) in reads.iter().enumerate() {
+        let binding = slot + 1;
+        block +=
+            &format!("@group(0) @binding({binding}) var source_texture_{slot}: texture_2d<f32>;\n");
+        // Vec4 j of the source is texel j (src/gpu/texture.rs's layout); element i is
+        // component i mod 4 of texel i / 4.
+        let texel = |j: &str| {
+            format!(
+                "textureLoad(source_texture_{slot}, vec2<u32>({j} % {TEXELS_PER_ROW}u, {j} / {TEXELS_PER_ROW}u), 0)"
+            )
+        };
+        block += &match *read {
+            Read::Scalar(name) => format!(
+                "fn {name}(i: u32) -> f32 {{\n    let j = i / 4u;\n    return {}[i % 4u];\n}}\n",
+                texel("j")
+            ),
+            Read::Vec4(name) => format!(
+                "fn {name}(j: u32) -> vec4<f32> {{\n    return {};\n}}\n",
+                texel("j")
+            ),
+        };
+    }
+    replace_block(source, SOURCE_READS, &block)
 }
 
 /// Whether products on `ctx` read their operands through textures by default
-/// ([`MatmulVariant::SubgroupTextures`]): then the kernels here read theirs through one too.
+/// ([`MatmulVariant::SubgroupTextures`]): then the kernels here read theirs through textures too.
 pub(crate) fn reads_textures(ctx: &GpuContext) -> bool {
     resolve(ctx, MatmulVariant::Auto).is_ok_and(|v| v == MatmulVariant::SubgroupTextures)
 }
 
 /// Dispatches `entry` with `args` bound from binding 1 in order: from `textured` (the
-/// [`texture_module`] of `kernel`) with `args[0]` copied into the context's operand texture
-/// where [`reads_textures`] holds and it fits one, else from `kernel` with storage buffers.
-pub(crate) fn dispatch_reading_source(
+/// [`texture_module`] of `kernel` with `sources` reads) with `args[..sources]` copied into the
+/// context's operand textures where [`reads_textures`] holds and they fit them, else from
+/// `kernel` with storage buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dispatch_reading_sources(
     ctx: &GpuContext,
     (kernel, textured): (&Kernel, &Kernel),
+    sources: usize,
     entry: &str,
     constants: &[(&str, f64)],
     params: &[u32],
     args: &[BufArg<'_>],
     groups: [u32; 3],
 ) -> Result<()> {
-    let texture = match reads_textures(ctx) {
-        true => ctx.operand_texture(0, args[0]),
+    let textures: Option<Vec<_>> = match reads_textures(ctx) {
+        true => (0..sources)
+            .map(|slot| ctx.operand_texture(slot, args[slot]))
+            .collect(),
         false => None,
     };
-    let Some((copy, view)) = texture else {
+    let Some(textures) = textures else {
         return ctx.dispatch(kernel, entry, constants, params, args, groups);
     };
-    let mut bindings = vec![Binding::Texture(&view)];
+    let mut bindings: Vec<_> = textures
+        .iter()
+        .map(|(_, view)| Binding::Texture(view))
+        .collect();
     bindings.extend(
-        args[1..]
+        args[sources..]
             .iter()
             .map(|&(buf, bytes)| Binding::Buffer((buf, 0, bytes))),
     );
+    let copies: Vec<_> = textures.iter().map(|(copy, _)| copy.clone()).collect();
     ctx.dispatch_bound(
-        textured,
-        entry,
-        constants,
-        params,
-        &bindings,
-        &[copy],
-        groups,
+        textured, entry, constants, params, &bindings, &copies, groups,
     )
+}
+
+/// [`dispatch_reading_sources`] of one source (`args[0]`).
+pub(crate) fn dispatch_reading_source(
+    ctx: &GpuContext,
+    kernels: (&Kernel, &Kernel),
+    entry: &str,
+    constants: &[(&str, f64)],
+    params: &[u32],
+    args: &[BufArg<'_>],
+    groups: [u32; 3],
+) -> Result<()> {
+    dispatch_reading_sources(ctx, kernels, 1, entry, constants, params, args, groups)
 }
 
 #[cfg(test)]
@@ -103,9 +140,9 @@ fn src_at(i: u32) -> f32 {
 }
 // ---- end of source reads
 ";
-        let module = texture_module(source, "src_at");
+        let module = texture_module(source, &[Read::Scalar("src_at")]);
         assert_eq!(module.matches("fn src_at(").count(), 1);
-        assert!(module.contains("textureLoad(source_texture") && !module.contains("src[i]"));
+        assert!(module.contains("textureLoad(source_texture_0") && !module.contains("src[i]"));
         naga::front::wgsl::parse_str(&module).expect("texture module parses");
     }
 }

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Kernel};
 use crate::ops::conv::Conv2d;
 use crate::ops::matmul::Epilogue;
-use crate::ops::texture_reads::{self, texture_module};
+use crate::ops::texture_reads::{self, texture_module, Read};
 use crate::ops::{exact_div_constants, gpu_output, grid_1d};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -41,7 +41,7 @@ pub(crate) fn texture_kernel() -> Kernel {
     static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     Kernel {
         name: "winograd.texture",
-        source: SOURCE.get_or_init(|| texture_module(SHADER.source, "src_at")),
+        source: SOURCE.get_or_init(|| texture_module(SHADER.source, &[Read::Scalar("src_at")])),
     }
 }
 

@@ -584,6 +584,12 @@ fn fwd_bwd(
         .map(|(_, s)| Tensor::from_slice(dev, &rng.vec_uniform(s.iter().product(), -1.0, 1.0), s))
         .collect::<wgrad::Result<_>>()?;
     let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, _)| *n).zip(feeds.iter()).collect();
+    if std::env::var(wgrad::executor::PLAN_ENV).is_ok_and(|v| v.trim() == "profile") {
+        // Per-kernel wall times, on a separate executable (profiling changes its state).
+        let probe = dev.compile(&g, &outs, None)?;
+        probe.run(&named)?;
+        print_profile(&probe, 20)?;
+    }
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&named)?[0].item()?) };
     let (ms, dispatches) = ms_per_step(dev, if dev.is_gpu() { 10 } else { 3 }, step)?;
     Ok(Figure {
