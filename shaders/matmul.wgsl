@@ -24,7 +24,7 @@
 //                            matmul.texture, replaces the panel reads at the file's end with
 //                            matmul_texture_reads.wgsl: the same kernels with A and B bound as
 //                            rgba32float textures (the default on software adapters); its
-//                            matmul_forward_gemv reads textures too.
+//                            matmul_forward_gemv and matmul_forward_small read textures too.
 //   matmul_forward_small     16x16 invocations, 4x4 outputs each, vec4 loads of any alignment:
 //                            small products (any layout, any row length, no padded copies).
 //   matmul_forward_gemv      16 invocations, 4 columns of C each, all of its (at most 4) rows:

@@ -24,6 +24,7 @@ use crate::gpu::{Binding, BufArg, GpuContext, Kernel};
 use crate::ops::matmul_plan::{matmul_forward, MatmulPlan};
 use crate::ops::matmul_variant::{resolve, small_takes};
 pub use crate::ops::matmul_variant::{MatmulVariant, MATMUL_ENV};
+use crate::ops::texture_reads::reads_textures;
 use crate::ops::{gpu_output, grid_1d, pack_dims};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -754,12 +755,22 @@ fn matmul_dispatch<'a>(
     // fit one (`texture::rows_for`); else from the storage buffers, which computes the same
     // values. gemv from storage took ResNet-50's head (1×2048 · 2048×1000) 9-11 ms on lavapipe
     // on an AVX2 host (every storage load a loop over the lanes).
-    let textured_entry = subgroup || entry == "matmul_forward_gemv";
-    let textures = match (textured_entry, variant) {
-        (true, MatmulVariant::SubgroupTextures) => {
-            ctx.operand_texture(0, a).zip(ctx.operand_texture(1, b))
+    // The register-blocked variant's small kernels (matmul_forward_small, gemv) read textures
+    // too where products default to them (`reads_textures`): the autotuner gives that variant
+    // every product of up to 2^21 multiply-adds on a CPU adapter, for its quick pipeline
+    // compile (src/autotune.rs). The storage form stays under test on adapters without
+    // subgroups (the GL pass).
+    let gemv = entry == "matmul_forward_gemv";
+    let textured = match variant {
+        MatmulVariant::SubgroupTextures => subgroup || gemv,
+        MatmulVariant::RegisterBlocked => {
+            (gemv || entry == "matmul_forward_small") && reads_textures(ctx)
         }
-        _ => None,
+        _ => false,
+    };
+    let textures = match textured {
+        true => ctx.operand_texture(0, a).zip(ctx.operand_texture(1, b)),
+        false => None,
     };
     let tiles = tiles_m * tiles_n * p.batch();
     // Chunks `split0 ..` (`splits` of them) of the product into `out`.
