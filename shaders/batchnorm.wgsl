@@ -175,7 +175,7 @@ fn shifted_sums4(s: Slot, shift: f32) -> vec2<f32> {
         if (w.e >= s.r.y) { break; }
         let run = run_at(w, s.ch, s.r.y) >> vec2<u32>(2u);
         for (var j = run.x; j < run.x + run.y; j = j + 1u) {
-            let dv = a4[j] - shift;
+            let dv = a4_at(j) - shift;
             s1 = s1 + dv;
             s2 = s2 + dv * dv;
         }
@@ -285,7 +285,7 @@ fn batch_norm_apply4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let s = c[ch] * b[2u * params.c + ch];
     let beta = d[ch];
     for (var o = first; o < first + params.run; o = o + 1u) {
-        let y = (a4[o] - mean) * s + beta;
+        let y = (a4_at(o) - mean) * s + beta;
         if (params.relu == 1u) { y4[o] = max(y, vec4<f32>(0.0)); } else { y4[o] = y; }
     }
 }
@@ -307,7 +307,7 @@ fn batch_norm_apply_dropout4(@builtin(workgroup_id) wg: vec3<u32>,
     let beta = d[ch];
     let key = dropout_key(params.drop_seed_lo, params.drop_seed_hi, drop_step[0]);
     for (var o = first; o < first + params.run; o = o + 1u) {
-        var y = (a4[o] - mean) * s + beta;
+        var y = (a4_at(o) - mean) * s + beta;
         if (params.relu == 1u) { y = max(y, vec4<f32>(0.0)); }
         y4[o] = y;
         let keep = dropout_keep4(4u * o, key, params.drop_threshold);
@@ -390,7 +390,7 @@ fn batch_norm_grad_sums4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
         if (w.e >= s.r.y) { break; }
         let run = run_at(w, s.ch, s.r.y) >> vec2<u32>(2u);
         for (var k = run.x; k < run.x + run.y; k = k + 1u) {
-            var gv = grad_dropped4(a4[k], 4u * k, key);
+            var gv = grad_dropped4(a4_at(k), 4u * k, key);
             if (params.relu == 1u) { gv = select(vec4<f32>(0.0), gv, zs4[k] > vec4<f32>(0.0)); }
             sg = sg + gv;
             sgx = sgx + gv * (x4[k] - mean);
@@ -461,8 +461,16 @@ fn batch_norm_grad_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let at = grad_x_at(first * 4u) / 4u;
     let key = grad_drop_key(grad_x_step[0]);
     for (var o = first; o < first + params.run; o = o + 1u) {
-        var gv = grad_dropped4(a4[o], 4u * o, key);
+        var gv = grad_dropped4(a4_at(o), 4u * o, key);
         if (params.relu == 1u) { gv = select(vec4<f32>(0.0), gv, zx4[o] > vec4<f32>(0.0)); }
         dx4[at + (o - first)] = q.k * (gv - q.sg - (x4[o] - q.mean) * q.inv * q.sgx);
     }
 }
+
+// ---- source reads: the vec4 entries' loads of binding 1 (x, or the upstream gradient g),
+// from the storage buffer `a4`. A second module, batchnorm.texture, has this block replaced by
+// reads from an rgba32float texture (src/ops/texture_reads.rs says why and when).
+fn a4_at(j: u32) -> vec4<f32> {
+    return a4[j];
+}
+// ---- end of source reads

@@ -125,6 +125,7 @@ pub fn composed_shader_sources() -> Vec<(&'static str, &'static str)> {
         ("dropout.wgsl", ops::dropout::SHADER.source),
         ("dropout_hash.wgsl", ops::dropout::SHADER.source),
         ("batchnorm.wgsl", ops::batchnorm::SHADER.source),
+        ("batchnorm.wgsl", ops::batchnorm::texture_kernel().source),
         ("winograd.wgsl", ops::winograd::SHADER.source),
         ("winograd.wgsl", ops::winograd::texture_kernel().source),
         ("conv.wgsl", ops::conv::texture_kernel().source),

@@ -298,7 +298,8 @@ fn imported_conv_batch_norm_blocks_match_onnxruntime() {
 fn assert_fused(label: &str, entries: &[String], convs: usize) {
     let implicit = entries
         .iter()
-        .filter(|e| e.as_str() == "conv_forward" || e.as_str() == "conv_forward4")
+        // (Listed `….tex` where the kernel reads its operands through textures: lavapipe.)
+        .filter(|e| matches!(e.trim_end_matches(".tex"), "conv_forward" | "conv_forward4"))
         .count();
     assert_eq!(products(entries) + implicit, convs, "{label}: {entries:?}");
     assert!(

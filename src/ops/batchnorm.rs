@@ -16,8 +16,9 @@
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, LOOP_BUDGET};
+use crate::gpu::{BufArg, GpuContext, Kernel, LOOP_BUDGET};
 use crate::ops::gpu_output;
+use crate::ops::texture_reads::{dispatch_reading_source, texture_module, Read};
 use crate::tensor::Tensor;
 use crate::DType;
 
@@ -28,6 +29,34 @@ pub(crate) const SHADER: Kernel = Kernel {
         include_str!("../../shaders/dropout_hash.wgsl")
     ),
 };
+
+/// batchnorm.wgsl with the vec4 entries reading binding 1 through a texture
+/// (src/ops/texture_reads.rs).
+pub(crate) fn texture_kernel() -> Kernel {
+    static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    Kernel {
+        name: "batchnorm.texture",
+        source: SOURCE.get_or_init(|| texture_module(SHADER.source, &[Read::Vec4("a4_at")])),
+    }
+}
+
+/// Dispatches `entry`: the vec4 entries (`…4`) read their first binding (x, or the upstream
+/// gradient) through a texture where products read theirs through textures.
+fn dispatch(
+    ctx: &GpuContext,
+    entry: &str,
+    params: &[u32],
+    args: &[BufArg<'_>],
+    groups: u64,
+) -> Result<()> {
+    let grid = ctx.grid(groups);
+    if entry.ends_with('4') {
+        let kernels = (&SHADER, &texture_kernel());
+        dispatch_reading_source(ctx, kernels, entry, &[], params, args, grid)
+    } else {
+        ctx.dispatch(&SHADER, entry, &[], params, args, grid)
+    }
+}
 
 /// Invocations of a reduction workgroup (the shader's `@workgroup_size(8)`: one SIMD group
 /// of lavapipe, so even a few channels spread over the cores).
@@ -314,7 +343,7 @@ fn launch(
         .collect();
     let args = gpu_args(&bound)?;
     if groups > 0 {
-        ctx.dispatch(&SHADER, entry, &[], params, &args, ctx.grid(groups as u64))?;
+        dispatch(ctx, entry, params, &args, groups as u64)?;
     }
     Ok(out)
 }
@@ -498,7 +527,7 @@ impl Tensor {
         let args = gpu_args(&[self, stats, gamma, beta, &y, &dropped, step])?;
         let (entry, groups) = elementwise("", "batch_norm_apply_dropout4", self.numel(), hw);
         if groups > 0 {
-            ctx.dispatch(&SHADER, entry, &[], &params, &args, ctx.grid(groups as u64))?;
+            dispatch(ctx, entry, &params, &args, groups as u64)?;
         }
         Ok((y, dropped))
     }
@@ -584,7 +613,7 @@ impl Tensor {
         };
         let args = gpu_args(&[self, &stats, mean, &running, var])?;
         let groups = c.div_ceil(WG_REDUCE) as u64;
-        ctx.dispatch(&SHADER, entry, &[], &p, &args, ctx.grid(groups))?;
+        dispatch(ctx, entry, &p, &args, groups)?;
         Ok((stats, running))
     }
 
