@@ -120,8 +120,10 @@ pub(crate) fn resolve(ctx: &GpuContext, v: MatmulVariant) -> Result<MatmulVarian
     match v {
         MatmulVariant::Auto if ctx.info.device_type == wgpu::DeviceType::Cpu => {
             // Texture reads: ResNet-50 inference on lavapipe (Mesa 22.3, AMD EPYC with
-            // AVX-512), best of 5 runs alternated, 258 -> 209 ms; single products 1.1-1.4x
-            // (src/gpu/texture.rs says why).
+            // AVX-512), best of 5 runs alternated, 258 -> 209 ms; single products 1.1-1.4x.
+            // On an AVX2-only AMD EPYC host single products gain 3.1-3.5x (256×3136·3136×256
+            // 40.4 -> 12.0 ms, 1024³ 202 -> 57 ms) and ResNet-50 inference 917-944 ->
+            // 394-431 ms (src/gpu/texture.rs says why).
             if subgroups_of_8(ctx) {
                 Ok(MatmulVariant::SubgroupTextures)
             } else {

@@ -5,7 +5,11 @@
 //! a texel fetch is a gather with fixed lane indices (src/gpu/texture.rs, and
 //! examples/texture_operands.rs, which measures the two). Products read their operands through
 //! textures there ([`MatmulVariant::SubgroupTextures`]); the kernels around them that mostly
-//! load (the Winograd transforms, im2col, pooling) gain from the same.
+//! load gain from the same: the Winograd transforms, im2col, pooling, the implicit-GEMM
+//! convolutions and batch norm's vec4 entries. On an AVX2-only host (lavapipe 22.3) that took
+//! ResNet-50 inference's kernels other than the big products (its gemv head included) from
+//! 106 to 68 ms (per-dispatch minima), conv2d_fwd_bwd from 90-95 to 33-43 ms and a digits CNN
+//! epoch from 379-533 to 258-334 ms.
 //!
 //! A shader takes part by reading its sources (bindings 1, 2, ...) only through functions,
 //! defined over the storage buffers inside a marked block:
