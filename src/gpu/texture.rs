@@ -15,7 +15,7 @@
 //! overtakes the dispatch that reads the earlier one. A plan keeps the texture it recorded
 //! (its bind group holds it) even after the context grows a larger one.
 
-use super::{lock, BufArg, GpuContext};
+use super::{lock, Binding, BufArg, GpuContext, Kernel};
 
 /// Texels per texture row: rows of 16 KiB, a multiple of wgpu's 256-byte copy row alignment
 /// (matmul_texture_reads.wgsl has the same constant).
@@ -93,6 +93,28 @@ pub(crate) fn rows_for(bytes: u64, max_rows: u32) -> Option<u32> {
 }
 
 impl GpuContext {
+    /// Records `entry` of `kernel` with `textures` (from [`GpuContext::operand_texture`]) bound
+    /// from binding 1, then `buffers`, each texture's copy encoded right before the dispatch.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dispatch_textured(
+        &self,
+        kernel: &Kernel,
+        entry: &str,
+        constants: &[(&str, f64)],
+        params: &[u32],
+        textures: &[(TextureCopy, wgpu::TextureView)],
+        buffers: &[BufArg<'_>],
+        groups: [u32; 3],
+    ) -> crate::error::Result<()> {
+        let views = textures.iter().map(|(_, view)| Binding::Texture(view));
+        let rest = buffers
+            .iter()
+            .map(|&(buf, bytes)| Binding::Buffer((buf, 0, bytes)));
+        let bindings: Vec<_> = views.chain(rest).collect();
+        let copies: Vec<_> = textures.iter().map(|(copy, _)| copy.clone()).collect();
+        self.dispatch_bound(kernel, entry, constants, params, &bindings, &copies, groups)
+    }
+
     /// Operand `slot`'s texture holding the start of `arg` (copied by the returned copy, which
     /// the caller encodes right before its dispatch: see [`GpuContext::dispatch_bound`]), or
     /// `None` when `arg` cannot be read through a texture here (see [`rows_for`]).

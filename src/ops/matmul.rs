@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::device::{Device, DeviceInner};
 use crate::error::{Error, Result};
 use crate::gpu::pool::GpuBuffer;
-use crate::gpu::{Binding, BufArg, GpuContext, Kernel};
+use crate::gpu::{BufArg, GpuContext, Kernel};
 use crate::ops::matmul_plan::{matmul_forward, MatmulPlan};
 use crate::ops::matmul_variant::{resolve, small_takes};
 pub use crate::ops::matmul_variant::{MatmulVariant, MATMUL_ENV};
@@ -769,7 +769,10 @@ fn matmul_dispatch<'a>(
         _ => false,
     };
     let textures = match textured {
-        true => ctx.operand_texture(0, a).zip(ctx.operand_texture(1, b)),
+        true => ctx
+            .operand_texture(0, a)
+            .zip(ctx.operand_texture(1, b))
+            .map(|(ta, tb)| [ta, tb]),
         false => None,
     };
     let tiles = tiles_m * tiles_n * p.batch();
@@ -786,23 +789,17 @@ fn matmul_dispatch<'a>(
             constants.push(("EPI", (flags & EPILOGUE_BITS) as f64));
             constants.push(("K_TAIL", flag(p.k % 4 != 0)));
         }
-        let Some(((copy_a, view_a), (copy_b, view_b))) = &textures else {
+        let Some(textures) = &textures else {
             return ctx.dispatch(&kernel, entry, &constants, &params, &buffers, grid);
         };
-        let mut bindings = vec![Binding::Texture(view_a), Binding::Texture(view_b)];
-        bindings.extend(
-            buffers[2..]
-                .iter()
-                .map(|&(buf, bytes)| Binding::Buffer((buf, 0, bytes))),
-        );
-        let copies = [copy_a.clone(), copy_b.clone()];
-        ctx.dispatch_bound(
+        let rest = &buffers[2..];
+        ctx.dispatch_textured(
             &texture_kernel(),
             entry,
             &constants,
             &params,
-            &bindings,
-            &copies,
+            textures,
+            rest,
             grid,
         )
     };

@@ -29,7 +29,7 @@
 
 use crate::error::Result;
 use crate::gpu::texture::{replace_block, TEXELS_PER_ROW};
-use crate::gpu::{Binding, BufArg, GpuContext, Kernel};
+use crate::gpu::{BufArg, GpuContext, Kernel};
 use crate::ops::matmul_variant::{resolve, MatmulVariant};
 
 /// The marker lines around a shader's storage source reads.
@@ -103,19 +103,8 @@ pub(crate) fn dispatch_reading_sources(
     let Some(textures) = textures else {
         return ctx.dispatch(kernel, entry, constants, params, args, groups);
     };
-    let mut bindings: Vec<_> = textures
-        .iter()
-        .map(|(_, view)| Binding::Texture(view))
-        .collect();
-    bindings.extend(
-        args[sources..]
-            .iter()
-            .map(|&(buf, bytes)| Binding::Buffer((buf, 0, bytes))),
-    );
-    let copies: Vec<_> = textures.iter().map(|(copy, _)| copy.clone()).collect();
-    ctx.dispatch_bound(
-        textured, entry, constants, params, &bindings, &copies, groups,
-    )
+    let rest = &args[sources..];
+    ctx.dispatch_textured(textured, entry, constants, params, &textures, rest, groups)
 }
 
 /// [`dispatch_reading_sources`] of one source (`args[0]`).

@@ -287,47 +287,28 @@ fn params(d: &Dims, pads: [usize; 4], total: usize, flags: u32) -> [u32; 16] {
 }
 
 /// Dispatches `entry` over `total` invocations, binding `tensors` in order from binding 1
-/// (each entry binds what it reads: the pipeline layouts come from the entries).
+/// (each entry binds what it reads: the pipeline layouts come from the entries). With
+/// `source_texture`, `tensors[0]` (winograd_input's x, winograd_output's M) is read through an
+/// operand texture where products read theirs through textures (src/ops/texture_reads.rs).
+/// On lavapipe, AVX2 host, ResNet-50 inference, sum of per-dispatch minima of 3 alternated
+/// profile runs: winograd_input 23.0 -> 15.7 ms, winograd_output 22.9 -> 15.5 ms.
 fn dispatch(
     ctx: &GpuContext,
     entry: &str,
     constants: &[(&str, f64)],
     params: &[u32],
-    tensors: &[&Tensor],
+    (tensors, source_texture): (&[&Tensor], bool),
     total: usize,
 ) -> Result<()> {
     let args: Vec<_> = tensors
         .iter()
         .map(|t| t.gpu_arg().expect("GPU device holds GPU tensors"))
         .collect();
-    ctx.dispatch(
-        &SHADER,
-        entry,
-        constants,
-        params,
-        &args,
-        grid_1d(ctx, total),
-    )
-}
-
-/// [`dispatch`], reading `tensors[0]` (winograd_input's x, winograd_output's M) through an
-/// operand texture where products read theirs through textures (src/ops/texture_reads.rs).
-/// On lavapipe, AVX2 host, ResNet-50 inference, sum of per-dispatch minima of 3 alternated
-/// profile runs: winograd_input 23.0 -> 15.7 ms, winograd_output 22.9 -> 15.5 ms.
-fn dispatch_reading_source(
-    ctx: &GpuContext,
-    entry: &str,
-    constants: &[(&str, f64)],
-    params: &[u32],
-    tensors: &[&Tensor],
-    total: usize,
-) -> Result<()> {
-    let args: Vec<_> = tensors
-        .iter()
-        .map(|t| t.gpu_arg().expect("GPU device holds GPU tensors"))
-        .collect();
-    let kernels = (&SHADER, &texture_kernel());
     let grid = grid_1d(ctx, total);
+    if !source_texture {
+        return ctx.dispatch(&SHADER, entry, constants, params, &args, grid);
+    }
+    let kernels = (&SHADER, &texture_kernel());
     texture_reads::dispatch_reading_source(ctx, kernels, entry, constants, params, &args, grid)
 }
 
@@ -364,7 +345,7 @@ impl Tensor {
                 "winograd_filter",
                 d.div_constants(),
                 &p,
-                &[self, &u],
+                (&[self, &u], false),
                 d.f * d.c4,
             )?;
         }
@@ -427,7 +408,7 @@ impl Tensor {
         // The transforms read their source (x, M) through a texture where products do.
         let run = |entry: &str, tensors: &[&Tensor], total: usize| {
             let p = params(&d, geom.pads, total, epi.flags());
-            dispatch_reading_source(ctx, entry, constants, &p, tensors, total)
+            dispatch(ctx, entry, constants, &p, (tensors, true), total)
         };
         let u = match filters {
             Some(u) if u.shape() == [16, d.f, d.c4] && u.dtype() == DType::F32 => {
