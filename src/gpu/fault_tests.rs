@@ -126,10 +126,17 @@ fn an_allocation_over_max_buffer_size_is_an_error_before_any_work() {
 
 /// Runs in a child process under `ulimit -v` (a software adapter's device
 /// memory is host memory, so the limit makes buffer creation fail for real).
+///
+/// The limit is the child's own address space once it holds a device, plus
+/// 4 GiB, measured by a first child run. (Measuring the parent instead made
+/// the limit depend on whatever the tests running beside it had reserved at
+/// that moment, and a large one let all 64 buffers fit.)
 #[test]
 fn out_of_memory_is_an_error_not_an_abort() {
-    if std::env::var("WGRAD_OOM_CHILD").is_ok() {
-        return oom_child();
+    match std::env::var("WGRAD_OOM_CHILD").as_deref() {
+        Ok("measure") => return oom_child_measure(),
+        Ok(_) => return oom_child(),
+        Err(_) => {}
     }
     let Some(ctx) = context() else { return };
     if ctx.info.device_type != wgpu::DeviceType::Cpu {
@@ -139,43 +146,55 @@ fn out_of_memory_is_an_error_not_an_abort() {
         return;
     }
     drop(ctx);
-    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+    if std::fs::metadata("/proc/self/statm").is_err() {
         return eprintln!("skipping: no /proc");
+    }
+    let Some(measured) = run_oom_child("measure", None) else {
+        return eprintln!("skipping: no sh to set ulimit");
     };
-    let vm_kib: u64 = statm
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 4;
-    let exe = std::env::current_exe().unwrap();
+    let vm_kib: u64 = measured
+        .lines()
+        .find_map(|l| l.strip_prefix("oom child vm_kib: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the measuring child printed no size:\n{measured}"));
+    let log = run_oom_child("allocate", Some(vm_kib + (4 << 20))).expect("sh ran once already");
+    assert!(log.contains("oom child: out of memory after"), "{log}");
+}
+
+/// Runs this test again in a child process with `WGRAD_OOM_CHILD=mode`, under
+/// `ulimit -v limit_kib` when given; returns its output (None: no `sh`).
+fn run_oom_child(mode: &str, limit_kib: Option<u64>) -> Option<String> {
+    let limit = limit_kib.map_or(String::new(), |kib| format!("ulimit -v {kib} && "));
     let out = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "ulimit -v {} && exec \"$0\" \"$@\"",
-            vm_kib + (4 << 20)
-        ))
-        .arg(exe)
+        .arg(format!("{limit}exec \"$0\" \"$@\""))
+        .arg(std::env::current_exe().unwrap())
         .args([
             "gpu::fault_tests::out_of_memory_is_an_error_not_an_abort",
             "--exact",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("WGRAD_OOM_CHILD", "1")
-        .output();
-    let Ok(out) = out else {
-        return eprintln!("skipping: no sh to set ulimit");
-    };
+        .env("WGRAD_OOM_CHILD", mode)
+        .output()
+        .ok()?;
     let log = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     eprintln!("{log}");
     assert!(
         out.status.success(),
-        "child failed ({:?}):\n{log}",
+        "{mode} child failed ({:?}):\n{log}",
         out.status
     );
-    assert!(log.contains("oom child: out of memory after"), "{log}");
+    Some(log.into_owned())
+}
+
+/// Prints the address space of a process that holds a device (KiB).
+fn oom_child_measure() {
+    let ctx = GpuContext::new().expect("a device");
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
+    eprintln!("oom child vm_kib: {}", pages * 4);
+    drop(ctx);
 }
 
 /// Allocates ~2 GiB buffers until the driver says out of memory, then checks the
