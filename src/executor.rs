@@ -42,6 +42,9 @@ pub struct MemoryPlan {
     /// Bytes of the slot buffers a recorded GPU plan allocated for intermediates
     /// and kernel temporaries (best-fit reuse; 0 when the graph runs op by op).
     pub slot_bytes: u64,
+    /// Bytes of the textures a recorded GPU inference plan holds its weights in, where the
+    /// adapter reads products' operands through textures (0 elsewhere): see `capture::pin`.
+    pub pinned_texture_bytes: u64,
     /// Kernel dispatches per run of a recorded GPU plan (0 when not recorded).
     pub dispatches: usize,
 }
@@ -287,6 +290,19 @@ impl Executor {
             replayable(&nodes[i].op)
                 || matches!(nodes[i].op, Op::State(..) | Op::Assign | Op::Dropout { .. })
         });
+        // An inference plan's weights (and the Winograd filters transformed from them)
+        // change only through `set_param`: read through textures, they get textures of their
+        // own, filled at compile time and by `set_param` (`capture::pin`), not on every run.
+        let pinnable: Vec<wgpu::Buffer> = match optimizer {
+            Some(_) => Vec::new(),
+            None => leaves
+                .iter()
+                .filter(|(i, _)| !assigned.contains(i))
+                .map(|(_, t)| t)
+                .chain(filters.values().map(|h| &h.u))
+                .filter_map(|t| t.gpu_arg().map(|(buf, _)| buf.clone()))
+                .collect(),
+        };
         let recorded = match device.gpu_ctx() {
             Some(ctx) if !eager && replayable => {
                 let eval = |i: NodeId, args: &[&Tensor]| match fused.get(&i) {
@@ -303,6 +319,7 @@ impl Executor {
                     assigns: &assigns,
                     optimizer: optimizer.as_ref(),
                     leaves: &leaves,
+                    pinnable: &pinnable,
                     eval: &eval,
                 };
                 // A graph that cannot be recorded (or fails to) runs op by op, where
@@ -321,6 +338,7 @@ impl Executor {
         };
         if let Some(r) = &recorded {
             plan.slot_bytes = r.slot_bytes;
+            plan.pinned_texture_bytes = r.pinned_bytes;
             plan.dispatches = r.dispatches;
         }
         Ok(Executor {
@@ -493,8 +511,18 @@ impl Executor {
     /// fixed buffer that recorded bind groups hold, in order, or put in place of the old.
     /// Transformed filters held from it are computed again.
     fn install(&self, st: &mut State, id: NodeId, value: Tensor) -> Result<()> {
+        // A recorded plan binds fixed buffers (and textures pinned from them): write into
+        // those, then fill their textures again.
+        let write_fixed =
+            |ctx: &crate::gpu::GpuContext, plan: &RecordedPlan, value: &Tensor, fixed: &Tensor| {
+                copy_tensor(ctx, value, fixed);
+                match fixed.gpu_arg() {
+                    Some((buf, _)) => plan.refill_pin(ctx, buf),
+                    None => Ok(()),
+                }
+            };
         match (&self.recorded, self.device.gpu_ctx(), st.leaves.get(&id)) {
-            (Some(_), Some(ctx), Some(fixed)) => copy_tensor(ctx, &value, fixed),
+            (Some(plan), Some(ctx), Some(fixed)) => write_fixed(ctx, plan, &value, fixed)?,
             (_, _, Some(_)) => {
                 st.leaves.insert(id, value.clone());
             }
@@ -503,8 +531,7 @@ impl Executor {
         for h in st.filters.values_mut().filter(|h| h.leaf == id) {
             let u = transform_filters(&value, &h.x, h.geom)?;
             match (&self.recorded, self.device.gpu_ctx()) {
-                // The recorded product binds the held buffer: write into it.
-                (Some(_), Some(ctx)) => copy_tensor(ctx, &u, &h.u),
+                (Some(plan), Some(ctx)) => write_fixed(ctx, plan, &u, &h.u)?,
                 _ => h.u = u,
             }
         }
@@ -797,6 +824,7 @@ fn plan_memory(
         unplanned_bytes: total,
         peak_bytes: peak,
         slot_bytes: 0,
+        pinned_texture_bytes: 0,
         dispatches: 0,
     }
 }

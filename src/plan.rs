@@ -42,6 +42,11 @@ pub(crate) struct RecordedPlan {
     /// State updates: copies of the assigned values into the states' fixed buffers,
     /// after the outputs are copied out (an output may be a state's old value).
     assigns: Vec<Command>,
+    /// The copies filling the plan's pinned textures (`capture::pin`), one per buffer:
+    /// encoded at compile time and again when `set_param` writes their buffer.
+    pins: Vec<Command>,
+    /// Bytes of those textures.
+    pub(crate) pinned_bytes: u64,
     /// Bytes of the slot buffers the plan allocated for intermediates.
     pub(crate) slot_bytes: u64,
     /// Dispatches per run.
@@ -66,6 +71,9 @@ pub(crate) struct Graphed<'a> {
     pub(crate) optimizer: Option<&'a Optimizer>,
     /// Values of parameter, constant and fill nodes (fixed buffers).
     pub(crate) leaves: &'a HashMap<NodeId, Tensor>,
+    /// Buffers that change only through `set_param` (an inference plan's weights): read
+    /// through textures, they are read through textures of the plan's own (`capture::pin`).
+    pub(crate) pinnable: &'a [wgpu::Buffer],
     /// Runs one op node (the executor's `eval`).
     /// Runs one node (the executor's `eval`, or a fused chain).
     pub(crate) eval: EvalNode<'a>,
@@ -105,6 +113,7 @@ impl RecordedPlan {
             }
         }
         capture::begin(ctx);
+        capture::pin(ctx, g.pinnable.iter().cloned());
         let recorded = Self::record_ops(ctx, g, &fixed_inputs, &moments);
         let (outputs, split, assign_at, per_step) = match recorded {
             Ok(r) => r,
@@ -127,6 +136,13 @@ impl RecordedPlan {
         for (p, (m, v)) in moments {
             state.insert(p, SlotState::with(m, v));
         }
+        let pinned_bytes = captured.pins.iter().map(|c| c.texture_bytes()).sum();
+        let pins: Vec<Command> = captured
+            .pins
+            .into_iter()
+            .map(Command::TextureCopy)
+            .collect();
+        ctx.replay("compile", &[], &[&pins])?;
         Ok(RecordedPlan {
             inputs,
             commands,
@@ -134,6 +150,8 @@ impl RecordedPlan {
             update,
             per_step,
             assigns,
+            pins,
+            pinned_bytes,
             slot_bytes: stats.live_bytes + stats.free_bytes,
             dispatches,
         })
@@ -343,6 +361,19 @@ impl RecordedPlan {
                 Command::Copy { .. } | Command::TextureCopy(_) => None,
             })
             .collect()
+    }
+
+    /// Fills the pinned texture of `buffer` again (after `set_param` wrote new values into
+    /// it), in order with the commands encoded before; nothing if the plan pinned none.
+    pub(crate) fn refill_pin(&self, ctx: &GpuContext, buffer: &wgpu::Buffer) -> Result<()> {
+        let pin = self
+            .pins
+            .iter()
+            .find(|c| matches!(c, Command::TextureCopy(t) if t.src() == buffer));
+        match pin {
+            Some(pin) => ctx.replay("set_param", &[], &[std::slice::from_ref(pin)]),
+            None => Ok(()),
+        }
     }
 
     /// Wall milliseconds per recorded dispatch, in run order: each dispatch (with the texture

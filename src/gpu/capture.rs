@@ -14,6 +14,7 @@
 //! capture is marked unusable and the executor runs that graph eagerly.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::pool::{GpuBuffer, Pool, STORAGE_USAGE};
@@ -57,6 +58,10 @@ struct Active {
     commands: Vec<Command>,
     /// Set when an op did something a replay cannot reproduce.
     unusable: Option<String>,
+    /// Buffers whose contents only the plan's owner changes (see [`pin`]).
+    pinnable: HashSet<wgpu::Buffer>,
+    /// The textures of the pinned buffers read so far, with the copies that fill them.
+    pins: Vec<(TextureCopy, wgpu::TextureView)>,
 }
 
 thread_local! {
@@ -78,6 +83,9 @@ pub(crate) struct Captured {
     pub(crate) commands: Vec<Command>,
     /// The slot pool (its buffers are referenced by the commands).
     pub(crate) slots: Arc<Pool>,
+    /// The copies that fill the pinned textures the commands read (see [`pin`]): encoded
+    /// once before the first run, and again whenever their buffer's contents change.
+    pub(crate) pins: Vec<TextureCopy>,
 }
 
 /// Starts recording what this thread does on `ctx`.
@@ -88,8 +96,18 @@ pub(crate) fn begin(ctx: &GpuContext) {
             slots: Arc::new(Pool::slots()),
             commands: Vec::new(),
             unusable: None,
+            pinnable: HashSet::new(),
+            pins: Vec::new(),
         })
     });
+}
+
+/// Lets the capture on `ctx` read `buffers` through textures of the plan's own, filled by
+/// the copies [`Captured::pins`] lists instead of a copy before every dispatch. Only for
+/// buffers nothing writes between those fills: an inference plan's weights, which only
+/// `set_param` changes (it fills the textures again).
+pub(crate) fn pin(ctx: &GpuContext, buffers: impl IntoIterator<Item = wgpu::Buffer>) {
+    with_active(ctx, |a| a.pinnable.extend(buffers));
 }
 
 /// Number of commands recorded so far (to mark where a section starts).
@@ -115,6 +133,7 @@ pub(crate) fn end(ctx: &GpuContext) -> Result<Captured> {
     Ok(Captured {
         commands: a.commands,
         slots: a.slots,
+        pins: a.pins.into_iter().map(|(copy, _)| copy).collect(),
     })
 }
 
@@ -163,15 +182,13 @@ impl GpuContext {
     }
 
     /// During a capture: keeps a dispatch, after the texture copies it reads, instead of
-    /// encoding them (`true` if kept). A dispatch that reads textures is listed as
-    /// `entry.tex`.
+    /// encoding it (`true` if kept). A dispatch that reads textures (copied or pinned) is
+    /// listed as `entry.tex`.
     pub(crate) fn capture_dispatch(
         &self,
         entry: &str,
-        pipeline: &wgpu::ComputePipeline,
-        bind_group: &wgpu::BindGroup,
-        uniform: &wgpu::Buffer,
-        copies: &[TextureCopy],
+        (pipeline, bind_group, uniform): (&wgpu::ComputePipeline, &wgpu::BindGroup, &wgpu::Buffer),
+        (copies, textured): (&[TextureCopy], bool),
         groups: [u32; 3],
     ) -> bool {
         with_active(self, |a| {
@@ -182,14 +199,36 @@ impl GpuContext {
                 bind_group: bind_group.clone(),
                 uniform: uniform.clone(),
                 groups,
-                entry: if copies.is_empty() {
-                    entry.to_string()
-                } else {
+                entry: if textured {
                     format!("{entry}.tex")
+                } else {
+                    entry.to_string()
                 },
             }))
         })
         .is_some()
+    }
+
+    /// During a capture: the texture of `src`'s first `bytes` when [`pin`] pinned `src`
+    /// (created at its first read), or `None` (not pinned, or not readable as a texture).
+    pub(crate) fn capture_pinned(
+        &self,
+        src: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Option<wgpu::TextureView> {
+        with_active(self, |a| {
+            if !a.pinnable.contains(src) {
+                return None;
+            }
+            if let Some((copy, view)) = a.pins.iter().find(|(c, _)| c.src() == src) {
+                // A longer read than the first falls back to the shared textures.
+                return (copy.bytes() >= bytes).then(|| view.clone());
+            }
+            let (copy, view) = self.pinned_texture((src, bytes))?;
+            a.pins.push((copy, view.clone()));
+            Some(view)
+        })
+        .flatten()
     }
 
     /// During a capture: keeps a copy instead of encoding it (`true` if kept).

@@ -625,7 +625,9 @@ impl GpuContext {
                 detail: format!("{entry}: {e}"),
             });
         }
-        if self.capture_dispatch(entry, &pipeline, &bind_group, &uniform, copies, groups) {
+        let textured = bindings.iter().any(|b| matches!(b, Binding::Texture(_)));
+        let recorded = (&pipeline, &bind_group, &uniform);
+        if self.capture_dispatch(entry, recorded, (copies, textured), groups) {
             return Ok(());
         }
         let mut pending = lock(&self.pending);

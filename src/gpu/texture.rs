@@ -14,6 +14,12 @@
 //! plan), and the queue runs commands in order, so a later copy into the same texture never
 //! overtakes the dispatch that reads the earlier one. A plan keeps the texture it recorded
 //! (its bind group holds it) even after the context grows a larger one.
+//!
+//! Pinned textures: an inference plan's weights change only by `set_param`, so a plan
+//! being recorded may hand buffers to [`super::capture::pin`]; a dispatch reading one of them
+//! then binds a texture of the plan's own, filled once at compile time and again after each
+//! `set_param` ([`GpuContext::operand_texture`] returns no copy for it), instead of copying
+//! the weights on every run.
 
 use super::{lock, Binding, BufArg, GpuContext, Kernel};
 
@@ -46,6 +52,21 @@ pub(crate) struct TextureCopy {
 }
 
 impl TextureCopy {
+    /// The buffer copied from.
+    pub(crate) fn src(&self) -> &wgpu::Buffer {
+        &self.src
+    }
+
+    /// Bytes copied (from the buffer's start).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Bytes of the texture copied into.
+    pub(crate) fn texture_bytes(&self) -> u64 {
+        self.texture.height() as u64 * ROW_BYTES
+    }
+
     /// Records the copy: the full texture rows in one copy, a partial last row in a second.
     pub(crate) fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
         let full = (self.bytes / ROW_BYTES) as u32;
@@ -102,7 +123,7 @@ impl GpuContext {
         entry: &str,
         constants: &[(&str, f64)],
         params: &[u32],
-        textures: &[(TextureCopy, wgpu::TextureView)],
+        textures: &[(Option<TextureCopy>, wgpu::TextureView)],
         buffers: &[BufArg<'_>],
         groups: [u32; 3],
     ) -> crate::error::Result<()> {
@@ -111,51 +132,76 @@ impl GpuContext {
             .iter()
             .map(|&(buf, bytes)| Binding::Buffer((buf, 0, bytes)));
         let bindings: Vec<_> = views.chain(rest).collect();
-        let copies: Vec<_> = textures.iter().map(|(copy, _)| copy.clone()).collect();
+        let copies: Vec<_> = textures
+            .iter()
+            .filter_map(|(copy, _)| copy.clone())
+            .collect();
         self.dispatch_bound(kernel, entry, constants, params, &bindings, &copies, groups)
     }
 
     /// Operand `slot`'s texture holding the start of `arg` (copied by the returned copy, which
     /// the caller encodes right before its dispatch: see [`GpuContext::dispatch_bound`]), or
-    /// `None` when `arg` cannot be read through a texture here (see [`rows_for`]).
+    /// `None` when `arg` cannot be read through a texture here (see [`rows_for`]). Where the
+    /// plan being recorded pinned `arg`'s buffer, its own texture, with no copy.
     pub(crate) fn operand_texture(
         &self,
         slot: usize,
         (src, bytes): BufArg<'_>,
-    ) -> Option<(TextureCopy, wgpu::TextureView)> {
+    ) -> Option<(Option<TextureCopy>, wgpu::TextureView)> {
+        if let Some(view) = self.capture_pinned(src, bytes) {
+            return Some((None, view));
+        }
         let max_rows = self.limits.max_texture_dimension_2d;
         let rows = rows_for(bytes, max_rows)?;
         let mut slots = lock(&self.operand_textures);
         let held = slots.get_mut(slot)?;
         if held.as_ref().is_none_or(|t| t.texture.height() < rows) {
             // Grown to a power of two of rows: few regrowths as products get larger.
-            let height = rows.next_power_of_two().min(max_rows);
-            let texture = self.device.create_texture(&wgpu::TextureDescriptor {
-                label: Some("wgrad.operand"),
-                size: wgpu::Extent3d {
-                    width: TEXELS_PER_ROW,
-                    height,
-                    depth_or_array_layers: 1,
-                },
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format: wgpu::TextureFormat::Rgba32Float,
-                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-                view_formats: &[],
-            });
-            let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
-            *held = Some(SlotTexture { texture, view });
+            *held = Some(self.operand_texture_of(rows.next_power_of_two().min(max_rows)));
         }
         let t = held.as_ref()?;
-        Some((
-            TextureCopy {
-                src: src.clone(),
-                bytes,
-                texture: t.texture.clone(),
+        let copy = TextureCopy {
+            src: src.clone(),
+            bytes,
+            texture: t.texture.clone(),
+        };
+        Some((Some(copy), t.view.clone()))
+    }
+
+    /// A texture of its own for the start of `arg` (a pinned buffer) and the copy that fills
+    /// it, or `None` when `arg` cannot be read through a texture here.
+    pub(crate) fn pinned_texture(
+        &self,
+        (src, bytes): BufArg<'_>,
+    ) -> Option<(TextureCopy, wgpu::TextureView)> {
+        let rows = rows_for(bytes, self.limits.max_texture_dimension_2d)?;
+        let t = self.operand_texture_of(rows);
+        let copy = TextureCopy {
+            src: src.clone(),
+            bytes,
+            texture: t.texture,
+        };
+        Some((copy, t.view))
+    }
+
+    /// A new operand texture of `height` rows.
+    fn operand_texture_of(&self, height: u32) -> SlotTexture {
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("wgrad.operand"),
+            size: wgpu::Extent3d {
+                width: TEXELS_PER_ROW,
+                height,
+                depth_or_array_layers: 1,
             },
-            t.view.clone(),
-        ))
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+        SlotTexture { texture, view }
     }
 }
 

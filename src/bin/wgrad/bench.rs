@@ -978,6 +978,7 @@ fn resnet50_infer(dev: &Device, adapter: String) -> anyhow::Result<Figure> {
             ("gmacs", macs / 1e9),
             ("planned_peak_bytes", plan.peak_bytes as f64),
             ("param_bytes", param_bytes(&g)),
+            ("pinned_texture_bytes", plan.pinned_texture_bytes as f64),
         ],
         roof: None,
     })
