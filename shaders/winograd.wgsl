@@ -10,8 +10,11 @@
 // 16·F·C·T multiply-adds against 36·F·C·T direct (2.25x fewer). The host runs them as one
 // batched matmul (the subgroup kernel on lavapipe); these entries are its three transforms:
 //   winograd_filter  w (F, C, 3, 3) → U (16, F, C4)      one invocation per (f, c < C4)
-//   winograd_input   x (N, C, H, W) → V (16, C4, T4)     one invocation per (c < C4, t < T4)
-//   winograd_output  M (16, F, T4)  → y (N, F, OH, OW)   one invocation per (f, t < T)
+//   winograd_input   x (N, C, H, W) → V (16, C4, T4)     one invocation per (c < C4, quad of T4)
+//   winograd_output  M (16, F, T4)  → y (N, F, OH, OW)   one invocation per (f, quad of T4)
+// The input and output transforms take four consecutive tiles t = 4q .. 4q + 4 per invocation,
+// so that V is stored and M loaded as whole vec4s (16 per invocation, not 64 scalars): on
+// lavapipe each scalar store is a scatter across the lanes.
 // C4 and T4 are C and T = N·TH·TW rounded up to 4, the padding zero, so the product's
 // operands have rows of whole vec4s (no padded copies) and its reduction adds zeros.
 // The output transform applies the epilogue matmul.wgsl's flags name, in its order:
@@ -31,6 +34,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;           // w, x or M
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;     // U, V or y
+@group(0) @binding(2) var<storage, read_write> dst4: array<vec4<f32>>;  // V (winograd_input)
 @group(0) @binding(3) var<storage, read> scale: array<f32>;         // output: (F), or any buffer
 @group(0) @binding(4) var<storage, read> shift: array<f32>;         // output: (F), or any buffer
 @group(0) @binding(5) var<storage, read> residual: array<f32>;      // output: like y, or any buffer
@@ -111,14 +115,9 @@ fn input_row(base: u32, row: i32, x0: i32) -> vec4<f32> {
     return select(vec4<f32>(0.0), v, inside);
 }
 
-@compute @workgroup_size(256)
-fn winograd_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wg, nwg, lid);
-    if (i >= params.total) { return; }
-    let c = div(i, params.t4);
-    let t = i - c * params.t4;
-    var v: array<vec4<f32>, 4>;  // rows of Bᵀ d B; zero for padding channels and tiles
+// Rows of Bᵀ d B for tile t of channel c: zero for padding channels and tiles.
+fn input_tile(c: u32, t: u32) -> array<vec4<f32>, 4> {
+    var v: array<vec4<f32>, 4>;
     if (c < params.c && t < params.tiles) {
         let at = tile_at(t);
         let base = (at.x * params.c + c) * params.h * params.w;
@@ -133,7 +132,31 @@ fn winograd_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         v[2] = times_b(d2 - d1);
         v[3] = times_b(d1 - d3);
     }
-    store_planes(i, params.c4 * params.t4, v);  // V[ξ] is (C4, T4)
+    return v;
+}
+
+@compute @workgroup_size(256)
+fn winograd_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let quads = params.t4 / 4u;
+    let c = div(i, quads);
+    let t = 4u * (i - c * quads);
+    let v0 = input_tile(c, t);
+    let v1 = input_tile(c, t + 1u);
+    let v2 = input_tile(c, t + 2u);
+    let v3 = input_tile(c, t + 3u);
+    // V[ξ] is (C4, T4): the quad's element ξ = 4r + k of each tile is one vec4 of plane ξ.
+    let plane = params.c4 * params.t4 / 4u;
+    let at = i;  // (c·T4 + t) / 4
+    for (var r = 0u; r < 4u; r++) {
+        let base = 4u * r * plane + at;
+        dst4[base] = vec4<f32>(v0[r].x, v1[r].x, v2[r].x, v3[r].x);
+        dst4[base + plane] = vec4<f32>(v0[r].y, v1[r].y, v2[r].y, v3[r].y);
+        dst4[base + 2u * plane] = vec4<f32>(v0[r].z, v1[r].z, v2[r].z, v3[r].z);
+        dst4[base + 3u * plane] = vec4<f32>(v0[r].w, v1[r].w, v2[r].w, v3[r].w);
+    }
 }
 
 // Element (f, oy, ox) of image n with the epilogue, stored if inside the output.
@@ -148,26 +171,11 @@ fn store_output(n: u32, f: u32, oy: u32, ox: u32, v: f32, st: vec2<f32>) {
     dst[o] = r;
 }
 
-@compute @workgroup_size(256)
-fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                   @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wg, nwg, lid);
-    if (i >= params.total) { return; }
-    let f = div(i, params.tiles);
-    let t = i - f * params.tiles;
-    let plane = params.f * params.t4;  // M[ξ] is (F, T4)
-    let at = f * params.t4 + t;
-    var m: array<vec4<f32>, 4>;  // rows of M's 4×4 tile
-    for (var r = 0u; r < 4u; r++) {
-        let base = 4u * r * plane + at;
-        m[r] = vec4<f32>(src_at(base), src_at(base + plane),
-                         src_at(base + 2u * plane), src_at(base + 3u * plane));
-    }
+// The 2×2 output of tile t (of image n at tile row ty, column tx) from its 4×4 M tile `m`
+// (rows), with the epilogue.
+fn output_tile(f: u32, t: u32, m: array<vec4<f32>, 4>, st: vec2<f32>) {
     let y0 = times_a(m[0] + m[1] + m[2]);
     let y1 = times_a(m[1] - m[2] - m[3]);
-    var st = vec2<f32>(1.0, 0.0);
-    if ((params.flags & EPI_SCALE) != 0u) { st.x = scale[f]; }
-    if ((params.flags & EPI_SHIFT) != 0u) { st.y = shift[f]; }
     let tile = tile_at(t);
     let n = tile.x;
     let oy = 2u * tile.y;
@@ -178,10 +186,44 @@ fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     store_output(n, f, oy + 1u, ox + 1u, y1.y, st);
 }
 
-// ---- source reads: winograd_input's loads of x and winograd_output's of M, from the storage
-// buffer `src`. A second module, winograd.texture, has this block replaced by reads from an
-// rgba32float texture (src/ops/texture_reads.rs says why and when).
+@compute @workgroup_size(256)
+fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let quads = params.t4 / 4u;
+    let f = div(i, quads);
+    let t = 4u * (i - f * quads);
+    // M[ξ] is (F, T4): element ξ = 4r + k of the quad's four tiles is one vec4 of plane ξ.
+    let plane = params.f * params.t4 / 4u;
+    let at = i;  // (f·T4 + t) / 4
+    var m: array<array<vec4<f32>, 4>, 4>;  // [tile][row of its 4×4 M tile]
+    for (var r = 0u; r < 4u; r++) {
+        let base = 4u * r * plane + at;
+        let e0 = src4_at(base);
+        let e1 = src4_at(base + plane);
+        let e2 = src4_at(base + 2u * plane);
+        let e3 = src4_at(base + 3u * plane);
+        m[0][r] = vec4<f32>(e0.x, e1.x, e2.x, e3.x);
+        m[1][r] = vec4<f32>(e0.y, e1.y, e2.y, e3.y);
+        m[2][r] = vec4<f32>(e0.z, e1.z, e2.z, e3.z);
+        m[3][r] = vec4<f32>(e0.w, e1.w, e2.w, e3.w);
+    }
+    var st = vec2<f32>(1.0, 0.0);
+    if ((params.flags & EPI_SCALE) != 0u) { st.x = scale[f]; }
+    if ((params.flags & EPI_SHIFT) != 0u) { st.y = shift[f]; }
+    for (var k = 0u; k < 4u; k++) {
+        if (t + k < params.tiles) { output_tile(f, t + k, m[k], st); }
+    }
+}
+
+// ---- source reads: winograd_input's loads of x (elements) and winograd_output's of M (vec4s),
+// from the storage buffer `src`. A second module, winograd.texture, has this block replaced by
+// reads from an rgba32float texture (src/ops/texture_reads.rs says why and when).
 fn src_at(i: u32) -> f32 {
     return src[i];
+}
+fn src4_at(j: u32) -> vec4<f32> {
+    return vec4<f32>(src[4u * j], src[4u * j + 1u], src[4u * j + 2u], src[4u * j + 3u]);
 }
 // ---- end of source reads

@@ -42,6 +42,8 @@ pub(crate) const SOURCE_READS: [&str; 2] = ["// ---- source reads", "// ---- end
 pub(crate) enum Read {
     Scalar(&'static str),
     Vec4(&'static str),
+    /// Both reads of one source: (the element read, the vec4 read).
+    ScalarAndVec4(&'static str, &'static str),
 }
 
 /// `source` with its marked storage reads (one per `reads`, in binding order) replaced by reads
@@ -59,15 +61,22 @@ pub(crate) fn texture_module(source: &str, reads: &[Read]) -> String {
                 "textureLoad(source_texture_{slot}, vec2<u32>({j} % {TEXELS_PER_ROW}u, {j} / {TEXELS_PER_ROW}u), 0)"
             )
         };
-        block += &match *read {
-            Read::Scalar(name) => format!(
+        let scalar = |name: &str| {
+            format!(
                 "fn {name}(i: u32) -> f32 {{\n    let j = i / 4u;\n    return {}[i % 4u];\n}}\n",
                 texel("j")
-            ),
-            Read::Vec4(name) => format!(
+            )
+        };
+        let vec4 = |name: &str| {
+            format!(
                 "fn {name}(j: u32) -> vec4<f32> {{\n    return {};\n}}\n",
                 texel("j")
-            ),
+            )
+        };
+        block += &match *read {
+            Read::Scalar(name) => scalar(name),
+            Read::Vec4(name) => vec4(name),
+            Read::ScalarAndVec4(s, v) => scalar(s) + &vec4(v),
         };
     }
     replace_block(source, SOURCE_READS, &block)
