@@ -13,6 +13,9 @@
 //   conv_grad_input   gx[n, c, p] (+)= Σ_{t in k0..k1} w[f(t), c, ki, kj] · gy[n, f, o(p, ki, kj)]
 //                     over t = (f, ki, kj) of the group, the windows that read pixel p —
 //                     one invocation per 4 channels × 4 consecutive pixels (a gather: no atomics).
+//   conv_grad_input_s1  the same for stride 1 and dilation 1, one invocation per 4 channels ×
+//                     8 consecutive pixels of one image row: the row's bounds are checked
+//                     once per (f, ki) and each filter tap is loaded once for 8 pixels.
 //   conv_grad_weight  part[s, f, k] = Σ_{q in chunk s} gy[n, f, l] · x[n, g·Cg + c(k), tap(l, k)]
 //                     over positions q = (n, l) of chunk s — one invocation per 4 filters × 4
 //                     consecutive k; the host sums the chunks.
@@ -190,6 +193,115 @@ fn conv_grad_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     if (c0 + 1u < params.cg) { store_grad_input(n, co + 1u, p0, acc1); }
     if (c0 + 2u < params.cg) { store_grad_input(n, co + 2u, p0, acc2); }
     if (c0 + 3u < params.cg) { store_grad_input(n, co + 3u, p0, acc3); }
+}
+
+// Writes channel c's gradient at pixels (y, x0 .. x0 + 8) (those inside the row).
+fn store_grad_input_row8(n: u32, c: u32, y: u32, x0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let base = ((n * params.c + c) * params.h + y) * params.w + x0;
+    let w = params.w;
+    if (x0 < w) { store_add(base, lo.x); }
+    if (x0 + 1u < w) { store_add(base + 1u, lo.y); }
+    if (x0 + 2u < w) { store_add(base + 2u, lo.z); }
+    if (x0 + 3u < w) { store_add(base + 3u, lo.w); }
+    if (x0 + 4u < w) { store_add(base + 4u, hi.x); }
+    if (x0 + 5u < w) { store_add(base + 5u, hi.y); }
+    if (x0 + 6u < w) { store_add(base + 6u, hi.z); }
+    if (x0 + 7u < w) { store_add(base + 7u, hi.w); }
+}
+
+// gy at row `row` (already checked) and columns `cols`, 0 where a column lies outside.
+fn gy_cols(row: u32, cols: vec4<i32>) -> vec4<f32> {
+    let ok = (cols >= vec4<i32>(0)) & (cols < vec4<i32>(i32(params.ow)));
+    let idx = select(vec4<u32>(0u), vec4<u32>(row) + vec4<u32>(cols), ok);
+    return select(vec4<f32>(0.0), vec4<f32>(a_at(idx.x), a_at(idx.y), a_at(idx.z), a_at(idx.w)), ok);
+}
+
+// conv_grad_input with stride 1 and dilation 1: pixel (y, x) reads gy at (y + pt - ki,
+// x + pl - kj), so the 8 pixels of a row segment share the row and step their columns
+// together. i = ((n·G + g)·CB + cb)·(H·W8) + y·W8 + xb over 4 channels × 8 pixels.
+@compute @workgroup_size(64)
+fn conv_grad_input_s1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let w8 = (params.w + 7u) / 8u;
+    let pb_count = params.h * w8;
+    let cb_count = (params.cg + 3u) / 4u;
+    let pb = i % pb_count;
+    let cb = (i / pb_count) % cb_count;
+    let ng = i / (pb_count * cb_count);
+    let g = ng % params.groups;
+    let n = ng / params.groups;
+    let y = pb / w8;
+    let x0 = (pb % w8) * 8u;
+    let khw = params.kh * params.kw;
+    let k_count = params.cg * khw;
+    let l_count = params.oh * params.ow;
+    let c0 = cb * 4u;
+    let cmax = params.cg - 1u;
+    let o0 = min(c0, cmax) * khw;
+    let o1 = min(c0 + 1u, cmax) * khw;
+    let o2 = min(c0 + 2u, cmax) * khw;
+    let o3 = min(c0 + 3u, cmax) * khw;
+    // t = (fi, ki, kj) within the group, from k0; gy's row and columns at that tap.
+    let t_khw = params.k0 % khw;
+    var fi = params.k0 / khw;
+    var ki = t_khw / params.kw;
+    var kj = t_khw % params.kw;
+    let oy0 = i32(y + params.pt);
+    var oy = oy0 - i32(ki);
+    let cols0 = vec4<i32>(vec4<u32>(x0 + params.pl) + LANES);
+    var cols = cols0 - vec4<i32>(i32(kj));
+    var wbase = (g * params.fg + fi) * k_count + ki * params.kw + kj;
+    var gplane = (n * params.f + g * params.fg + fi) * l_count;
+    var acc0 = vec4<f32>(0.0);   // channel c0 + 0 at pixels x0 .. x0 + 4
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0);   // channel c0 + 0 at pixels x0 + 4 .. x0 + 8
+    var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0);
+    var acc7 = vec4<f32>(0.0);
+    for (var t = params.k0; t < params.k1; t++) {
+        if (oy >= 0 && oy < i32(params.oh)) {
+            let row = gplane + u32(oy) * params.ow;
+            let lo = gy_cols(row, cols);
+            let hi = gy_cols(row, cols + vec4<i32>(4));
+            let w0 = b_at(wbase + o0);
+            let w1 = b_at(wbase + o1);
+            let w2 = b_at(wbase + o2);
+            let w3 = b_at(wbase + o3);
+            acc0 += w0 * lo;
+            acc1 += w1 * lo;
+            acc2 += w2 * lo;
+            acc3 += w3 * lo;
+            acc4 += w0 * hi;
+            acc5 += w1 * hi;
+            acc6 += w2 * hi;
+            acc7 += w3 * hi;
+        }
+        kj += 1u;
+        wbase += 1u;
+        cols -= vec4<i32>(1);
+        if (kj == params.kw) {
+            kj = 0u;
+            ki += 1u;
+            cols = cols0;
+            oy -= 1;
+            if (ki == params.kh) {
+                ki = 0u;
+                fi += 1u;
+                wbase = (g * params.fg + fi) * k_count;
+                gplane += l_count;
+                oy = oy0;
+            }
+        }
+    }
+    let co = g * params.cg + c0;
+    store_grad_input_row8(n, co, y, x0, acc0, acc4);
+    if (c0 + 1u < params.cg) { store_grad_input_row8(n, co + 1u, y, x0, acc1, acc5); }
+    if (c0 + 2u < params.cg) { store_grad_input_row8(n, co + 2u, y, x0, acc2, acc6); }
+    if (c0 + 3u < params.cg) { store_grad_input_row8(n, co + 3u, y, x0, acc3, acc7); }
 }
 
 // Writes filter f's partial sums for k0..k0+4 (those below K) of chunk s.

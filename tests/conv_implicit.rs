@@ -70,6 +70,9 @@ fn cases() -> Vec<([usize; 4], usize, Conv2d)> {
                 .pads(1, 0, 2, 1)
                 .dilations(1, 2),
         ),
+        // Stride 1, dilation 1 (conv_grad_input_s1's 8-pixel row segments): a row of 13 (one
+        // whole segment and a part), a 3x5 window, uneven padding, 5 channels (a part block)
+        ([2, 5, 6, 13], 3, Conv2d::new(3, 5).pads(2, 1, 0, 3)),
         // K = C·KH·KW = 18,000 past the loop budget (16,384): the forward splits it
         ([1, 2000, 3, 4], 3, Conv2d::new(3, 3).padding(1)),
         // Fg·KH·KW = 18,000 past the budget: the data gradient splits it

@@ -402,7 +402,7 @@ impl Tensor {
                     // the weight packing, which runs once per plan).
                     let sources = match entry {
                         "conv_forward" | "conv_forward4" | "conv_grad_input"
-                        | "conv_grad_weight" => 2,
+                        | "conv_grad_input_s1" | "conv_grad_weight" => 2,
                         _ => 0,
                     };
                     let grid = ctx.grid((total as u64).div_ceil(64));
@@ -457,10 +457,19 @@ impl Tensor {
                                 run(&FORWARD, entry, &bufs, k, 0, i > 0, total, bits)?;
                             }
                         } else {
-                            let total = blocks(cg, xs[2] * xs[3], xs[0] * g);
+                            // Stride 1, dilation 1: 8 pixels of a row per invocation (the
+                            // row checked once per filter row, each tap loaded once for 8).
+                            let unit = geom.strides == [1, 1] && geom.dilations == [1, 1];
+                            let (entry, total) = match unit {
+                                true => {
+                                    let rows = xs[2] * xs[3].div_ceil(8);
+                                    ("conv_grad_input_s1", cg.div_ceil(4) * rows * xs[0] * g)
+                                }
+                                false => ("conv_grad_input", blocks(cg, xs[2] * xs[3], xs[0] * g)),
+                            };
                             for (i, k) in budget_ranges(fg * khw).into_iter().enumerate() {
                                 let bufs = [a, b, o];
-                                run(&SHADER, "conv_grad_input", &bufs, k, 0, i > 0, total, 0)?;
+                                run(&SHADER, entry, &bufs, k, 0, i > 0, total, 0)?;
                             }
                         }
                         Ok(out)
