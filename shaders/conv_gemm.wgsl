@@ -19,6 +19,7 @@
 //   conv_grad_weight  part[s, f, k] = Σ_{q in chunk s} gy[n, f, l] · x[n, g·Cg + c(k), tap(l, k)]
 //                     over positions q = (n, l) of chunk s — one invocation per 4 filters × 4
 //                     consecutive k; the host sums the chunks.
+//   conv_grad_weight8 the same for Fg a multiple of 8, 8 filters × 4 k per invocation.
 // Every per-lane block lives in vec4 values, never in function-scope arrays: an array that
 // a loop indexes is placed in memory by lavapipe (the first version of this file, with
 // arrays, ran ~5x slower). Inner loops step their indices incrementally (no integer division per tap: lavapipe
@@ -383,6 +384,85 @@ fn conv_grad_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
     if (f0 + 1u < params.fg) { store_grad_weight(s, fo + 1u, k0, acc1); }
     if (f0 + 2u < params.fg) { store_grad_weight(s, fo + 2u, k0, acc2); }
     if (f0 + 3u < params.fg) { store_grad_weight(s, fo + 3u, k0, acc3); }
+}
+
+// conv_grad_weight for Fg a multiple of 8: one invocation per 8 filters × 4 consecutive k,
+// so each x load (with its padding checks) serves 8 filters, not 4.
+// i = ((s·G + g)·FB8 + fb)·KB + kb.
+@compute @workgroup_size(64)
+fn conv_grad_weight8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let khw = params.kh * params.kw;
+    let k_count = params.cg * khw;
+    let kb_count = (k_count + 3u) / 4u;
+    let fb_count = params.fg / 8u;
+    let kb = i % kb_count;
+    let fb = (i / kb_count) % fb_count;
+    let sg = i / (kb_count * fb_count);
+    let g = sg % params.groups;
+    let s = sg / params.groups;
+    let l_count = params.oh * params.ow;
+    let hw = params.h * params.w;
+    let k4 = min(vec4<u32>(kb * 4u) + LANES, vec4<u32>(k_count - 1u));
+    let r4 = k4 % khw;
+    let tplane = (g * params.cg + k4 / khw) * hw;
+    let ty = vec4<i32>((r4 / params.kw) * params.dh) - i32(params.pt);
+    let tx = vec4<i32>((r4 % params.kw) * params.dw) - i32(params.pl);
+    let f0 = fb * 8u;
+    let g0 = (g * params.fg + f0) * l_count;
+    let q0 = s * params.chunk;
+    let q1 = min(q0 + params.chunk, params.n * l_count);
+    var l = q0 % l_count;
+    var oy = l / params.ow;
+    var ox = l % params.ow;
+    var ximg = (q0 / l_count) * params.c * hw;
+    var gimg = (q0 / l_count) * params.f * l_count;
+    var acc0 = vec4<f32>(0.0);   // filter f0 + 0 at the 4 taps
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0);
+    var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0);
+    var acc7 = vec4<f32>(0.0);
+    for (var q = q0; q < q1; q++) {
+        let by = i32(oy * params.sh);
+        let bx = i32(ox * params.sw);
+        let xv = x_at4(ximg + tplane, ty + by, tx + bx);
+        let gl = gimg + l + g0;
+        acc0 += a_g(gl) * xv;
+        acc1 += a_g(gl + l_count) * xv;
+        acc2 += a_g(gl + 2u * l_count) * xv;
+        acc3 += a_g(gl + 3u * l_count) * xv;
+        acc4 += a_g(gl + 4u * l_count) * xv;
+        acc5 += a_g(gl + 5u * l_count) * xv;
+        acc6 += a_g(gl + 6u * l_count) * xv;
+        acc7 += a_g(gl + 7u * l_count) * xv;
+        l += 1u;
+        ox += 1u;
+        if (ox == params.ow) {
+            ox = 0u;
+            oy += 1u;
+            if (oy == params.oh) {
+                oy = 0u;
+                l = 0u;
+                ximg += params.c * hw;
+                gimg += params.f * l_count;
+            }
+        }
+    }
+    let fo = g * params.fg + f0;
+    let k0 = kb * 4u;
+    store_grad_weight(s, fo, k0, acc0);
+    store_grad_weight(s, fo + 1u, k0, acc1);
+    store_grad_weight(s, fo + 2u, k0, acc2);
+    store_grad_weight(s, fo + 3u, k0, acc3);
+    store_grad_weight(s, fo + 4u, k0, acc4);
+    store_grad_weight(s, fo + 5u, k0, acc5);
+    store_grad_weight(s, fo + 6u, k0, acc6);
+    store_grad_weight(s, fo + 7u, k0, acc7);
 }
 
 // grad_weight's gy operand (binding b).

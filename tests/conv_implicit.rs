@@ -73,6 +73,8 @@ fn cases() -> Vec<([usize; 4], usize, Conv2d)> {
         // Stride 1, dilation 1 (conv_grad_input_s1's 8-pixel row segments): a row of 13 (one
         // whole segment and a part), a 3x5 window, uneven padding, 5 channels (a part block)
         ([2, 5, 6, 13], 3, Conv2d::new(3, 5).pads(2, 1, 0, 3)),
+        // Fg = 8 per group (conv_grad_weight8), two images, two groups
+        ([2, 6, 9, 10], 16, Conv2d::new(3, 3).padding(1).groups(2)),
         // K = C·KH·KW = 18,000 past the loop budget (16,384): the forward splits it
         ([1, 2000, 3, 4], 3, Conv2d::new(3, 3).padding(1)),
         // Fg·KH·KW = 18,000 past the budget: the data gradient splits it

@@ -402,7 +402,7 @@ impl Tensor {
                     // the weight packing, which runs once per plan).
                     let sources = match entry {
                         "conv_forward" | "conv_forward4" | "conv_grad_input"
-                        | "conv_grad_input_s1" | "conv_grad_weight" => 2,
+                        | "conv_grad_input_s1" | "conv_grad_weight" | "conv_grad_weight8" => 2,
                         _ => 0,
                     };
                     let grid = ctx.grid((total as u64).div_ceil(64));
@@ -476,7 +476,12 @@ impl Tensor {
                     }
                     ConvPass::GradWeight => {
                         let positions = xs[0] * oh * ow;
-                        let per_chunk = blocks(fg, cg * khw, g);
+                        // 8 filters per invocation where they divide Fg (each x load, with
+                        // its padding checks, then serves 8).
+                        let (entry, per_chunk) = match fg % 8 {
+                            0 => ("conv_grad_weight8", fg / 8 * (cg * khw).div_ceil(4) * g),
+                            _ => ("conv_grad_weight", blocks(fg, cg * khw, g)),
+                        };
                         let chunk = grad_weight_chunk(positions, per_chunk);
                         let s = positions.div_ceil(chunk).max(1);
                         let part_shape = [s, f, cg * khw];
@@ -488,7 +493,7 @@ impl Tensor {
                         let o = part.gpu_arg().expect("GPU output");
                         run(
                             &SHADER,
-                            "conv_grad_weight",
+                            entry,
                             &[a, b, o],
                             (0, 0),
                             chunk,
