@@ -307,7 +307,8 @@ fn batch_norm(r: &mut Vec<Row>, gpu: &Device) {
 }
 
 /// The implicit-GEMM convolution passes (forward, data and filter gradients) on awkward
-/// geometries: stride 2 on odd sizes, dilation, uneven pads, groups, 7×7.
+/// geometries: stride 2 on odd sizes, dilation, uneven pads, groups, 7×7, and stride 1 with
+/// 16 filters (the 8-pixel and 8-filter kernels).
 fn implicit_conv(r: &mut Vec<Row>, gpu: &Device) {
     use wgrad::ops::conv_gemm::ConvPass;
     use wgrad::Conv2d;
@@ -322,6 +323,9 @@ fn implicit_conv(r: &mut Vec<Row>, gpu: &Device) {
         ),
         ("3x3 g2", [2, 4, 6, 6], 6, w(3, 3).padding(1).groups(2)),
         ("7x7 s2 p3", [1, 3, 11, 11], 4, w(7, 7).stride(2).padding(3)),
+        // Stride 1 (the data gradient's 8-pixel rows) 13 wide; 16 filters (the filter
+        // gradient's 8-filter blocks)
+        ("3x3 p1 f16", [2, 5, 6, 13], 16, w(3, 3).padding(1)),
     ];
     for (label, xs, f, geom) in cases {
         let ws = [f, xs[1] / geom.groups, geom.kh, geom.kw];
