@@ -151,17 +151,42 @@ fn pool_avg_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 // The forward passes four outputs of one row at a time where OW % 4 = 0 (params.total counts
 // quads): out_pos's two divisions by run-time sizes (lane by lane on lavapipe) are paid once
 // per quad, and the quad is one vec4 store. ResNet-50's max pool (64x112x112 -> 56x56),
-// per dispatch on lavapipe: 4.0 ms one output per invocation.
+// per dispatch on lavapipe: 4.0 ms one output per invocation. window_max4 (the four windows in
+// one pass over the taps), AVX-512 host, 6 alternated profile runs: min 4.76 -> 3.41 ms,
+// median 6.3 -> 4.0 ms.
 @group(0) @binding(2) var<storage, read_write> b4: array<vec4<f32>>; // forward4: y
+
+// The maxima of the four windows at p, p + (0, 0, 1), .., p + (0, 0, 3), taken in one pass
+// over the taps with the four columns side by side: the loops, the row checks and the column
+// arithmetic are paid once for four outputs (window_max four times paid them four times).
+fn window_max4(p: vec3<u32>) -> vec4<f32> {
+    let plane = p.x * params.h * params.w;
+    let y0 = i32(p.y * params.sh) - i32(params.pt);
+    let x0 = vec4<i32>((vec4<u32>(p.z) + vec4<u32>(0u, 1u, 2u, 3u)) * params.sw) - vec4<i32>(i32(params.pl));
+    let w = vec4<i32>(i32(params.w));
+    var m = vec4<f32>(-bitcast<f32>(0x7f800000u));
+    for (var ki = 0u; ki < params.kh; ki = ki + 1u) {
+        let iy = y0 + i32(ki * params.dh);
+        if (iy < 0 || u32(iy) >= params.h) { continue; }
+        let row = vec4<u32>(plane + u32(iy) * params.w);
+        for (var kj = 0u; kj < params.kw; kj = kj + 1u) {
+            let ix = x0 + vec4<i32>(i32(kj * params.dw));
+            let inside = (ix >= vec4<i32>(0)) & (ix < w);
+            // Columns outside read the row's start; their values are dropped.
+            let at = row + vec4<u32>(select(vec4<i32>(0), ix, inside));
+            let v = vec4<f32>(x_at(at.x), x_at(at.y), x_at(at.z), x_at(at.w));
+            m = select(m, max(m, v), inside);
+        }
+    }
+    return m;
+}
 
 @compute @workgroup_size(256)
 fn pool_max_forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
     let q = linear_index(wg, nwg, lid);
     if (q >= params.total) { return; }
-    let p = out_pos(4u * q);
-    b4[q] = vec4<f32>(window_max(p), window_max(p + vec3<u32>(0u, 0u, 1u)),
-                      window_max(p + vec3<u32>(0u, 0u, 2u)), window_max(p + vec3<u32>(0u, 0u, 3u)));
+    b4[q] = window_max4(out_pos(4u * q));
 }
 
 @compute @workgroup_size(256)

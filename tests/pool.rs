@@ -303,6 +303,15 @@ fn pooling_on_awkward_shapes() {
             ),
         ),
         (
+            "four columns side by side: column stride 3, dilation 2, uneven pads, max",
+            vec![2, 3, 6, 13],
+            pool(
+                MAX,
+                w(2, 3).strides(1, 3).dilations(1, 2).pads(0, 2, 1, 1),
+                false,
+            ),
+        ),
+        (
             "ceil drops a window in the end padding",
             vec![1, 2, 5, 5],
             pool(MAX, w(2, 2).stride(2).padding(1), true),
