@@ -30,6 +30,10 @@ pub const PLAN_ENV: &str = "WGRAD_PLAN";
 
 pub use crate::fusion::FUSION_ENV;
 
+/// Environment variable: `0` keeps an inference plan's weights out of textures of their own
+/// (copied before each dispatch that reads them instead; for measuring both).
+pub const PIN_ENV: &str = "WGRAD_PIN";
+
 /// The memory plan of a compiled graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryPlan {
@@ -293,8 +297,10 @@ impl Executor {
         // An inference plan's weights (and the Winograd filters transformed from them)
         // change only through `set_param`: read through textures, they get textures of their
         // own, filled at compile time and by `set_param` (`capture::pin`), not on every run.
+        let unpinned = std::env::var(PIN_ENV).is_ok_and(|v| v.trim() == "0");
         let pinnable: Vec<wgpu::Buffer> = match optimizer {
             Some(_) => Vec::new(),
+            None if unpinned => Vec::new(),
             None => leaves
                 .iter()
                 .filter(|(i, _)| !assigned.contains(i))
