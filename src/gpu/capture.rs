@@ -102,6 +102,16 @@ pub(crate) fn begin(ctx: &GpuContext) {
     });
 }
 
+/// Most bytes of pinned textures one plan holds: they duplicate the weights, so a model
+/// near the device's memory would otherwise fail to compile where it ran before. Past it,
+/// weights are copied into the shared textures before each dispatch, as without pinning.
+const PIN_BUDGET: u64 = 1 << 30;
+
+/// Whether a plan holding `held` bytes of pinned textures may pin `bytes` more.
+fn within_pin_budget(held: u64, bytes: u64) -> bool {
+    held.saturating_add(bytes) <= PIN_BUDGET
+}
+
 /// Lets the capture on `ctx` read `buffers` through textures of the plan's own, filled by
 /// the copies [`Captured::pins`] lists instead of a copy before every dispatch. Only for
 /// buffers nothing writes between those fills: an inference plan's weights, which only
@@ -224,6 +234,10 @@ impl GpuContext {
                 // A longer read than the first falls back to the shared textures.
                 return (copy.bytes() >= bytes).then(|| view.clone());
             }
+            let held: u64 = a.pins.iter().map(|(c, _)| c.bytes()).sum();
+            if !within_pin_budget(held, bytes) {
+                return None; // copied before each dispatch, as without pinning
+            }
             let (copy, view) = self.pinned_texture((src, bytes))?;
             a.pins.push((copy, view.clone()));
             Some(view)
@@ -340,5 +354,18 @@ impl GpuContext {
         pending.dispatches += dispatched;
         pending.dispatches_total += dispatched as u64;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_stops_at_the_budget() {
+        assert!(within_pin_budget(0, PIN_BUDGET));
+        assert!(within_pin_budget(PIN_BUDGET - 16, 16));
+        assert!(!within_pin_budget(PIN_BUDGET - 16, 32));
+        assert!(!within_pin_budget(u64::MAX, 16));
     }
 }
