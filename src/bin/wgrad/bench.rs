@@ -995,6 +995,11 @@ fn resnet50_train_step(dev: &Device, adapter: String) -> anyhow::Result<Figure> 
     let yt = Tensor::from_slice(dev, &y, &[batch])?;
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?) };
     let (ms, dispatches) = ms_per_step(dev, 1, step)?; // a minute per step on lavapipe
+    if std::env::var(wgrad::executor::PLAN_ENV).is_ok_and(|v| v.trim() == "profile") {
+        // One replay per dispatch (602 of them: a step's time again). The replays apply the
+        // SGD update once more, after the timed step.
+        print_profile(&exe, 1)?;
+    }
     let plan = exe.plan();
     Ok(Figure {
         op: "resnet50_train_step",
