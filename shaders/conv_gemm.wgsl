@@ -315,110 +315,114 @@ fn store_grad_weight(s: u32, f: u32, k0: u32, v: vec4<f32>) {
     if (k0 + 3u < k_count) { out[base + k0 + 3u] = v.w; }
 }
 
+// One weight-gradient invocation's block: chunk s, group g, filters f0 .. f0 + `filters`
+// (a block of 4 or 8), taps k0 .. k0 + 4 with their channel planes and window offsets.
+struct WeightBlock {
+    s: u32, g: u32, f0: u32, k0: u32,
+    tplane: vec4<u32>, ty: vec4<i32>, tx: vec4<i32>,
+}
+
+// i = ((s·G + g)·FB + fb)·KB + kb over blocks of `filters` filters × 4 consecutive k.
+fn weight_block(i: u32, filters: u32) -> WeightBlock {
+    let khw = params.kh * params.kw;
+    let k_count = params.cg * khw;
+    let kb_count = (k_count + 3u) / 4u;
+    let fb_count = (params.fg + filters - 1u) / filters;
+    let kb = i % kb_count;
+    let fb = (i / kb_count) % fb_count;
+    let sg = i / (kb_count * fb_count);
+    let k4 = min(vec4<u32>(kb * 4u) + LANES, vec4<u32>(k_count - 1u));
+    let r4 = k4 % khw;
+    let g = sg % params.groups;
+    return WeightBlock(
+        sg / params.groups, g, fb * filters, kb * 4u,
+        (g * params.cg + k4 / khw) * params.h * params.w,
+        vec4<i32>((r4 / params.kw) * params.dh) - i32(params.pt),
+        vec4<i32>((r4 % params.kw) * params.dw) - i32(params.pl));
+}
+
+// The walk over chunk s's positions q = n·L + oy·OW + ox, stepped without division:
+// x's image offset, gy's, and l = oy·OW + ox.
+struct Positions {
+    q: u32, q1: u32, l: u32, oy: u32, ox: u32, ximg: u32, gimg: u32,
+}
+
+fn positions(s: u32) -> Positions {
+    let l_count = params.oh * params.ow;
+    let q0 = s * params.chunk;
+    let l = q0 % l_count;
+    let img = q0 / l_count;
+    return Positions(q0, min(q0 + params.chunk, params.n * l_count), l, l / params.ow,
+                     l % params.ow, img * params.c * params.h * params.w, img * params.f * l_count);
+}
+
+// x at the block's 4 taps for the current position.
+fn taps_at(b: WeightBlock, p: Positions) -> vec4<f32> {
+    let by = i32(p.oy * params.sh);
+    let bx = i32(p.ox * params.sw);
+    return x_at4(vec4<u32>(p.ximg) + b.tplane, b.ty + by, b.tx + bx);
+}
+
+fn next_position(p: ptr<function, Positions>) {
+    (*p).q += 1u;
+    (*p).l += 1u;
+    (*p).ox += 1u;
+    if ((*p).ox == params.ow) {
+        (*p).ox = 0u;
+        (*p).oy += 1u;
+        if ((*p).oy == params.oh) {
+            (*p).oy = 0u;
+            (*p).l = 0u;
+            (*p).ximg += params.c * params.h * params.w;
+            (*p).gimg += params.f * params.oh * params.ow;
+        }
+    }
+}
+
 @compute @workgroup_size(64)
 fn conv_grad_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
-    // i = ((s·G + g)·FB + fb)·KB + kb over 4 filters × 4 consecutive k of chunk s.
-    let khw = params.kh * params.kw;
-    let k_count = params.cg * khw;
-    let kb_count = (k_count + 3u) / 4u;
-    let fb_count = (params.fg + 3u) / 4u;
-    let kb = i % kb_count;
-    let fb = (i / kb_count) % fb_count;
-    let sg = i / (kb_count * fb_count);
-    let g = sg % params.groups;
-    let s = sg / params.groups;
+    let b = weight_block(i, 4u);
     let l_count = params.oh * params.ow;
-    let hw = params.h * params.w;
-    // The 4 taps: their channel plane (within an image) and window offsets.
-    let k4 = min(vec4<u32>(kb * 4u) + LANES, vec4<u32>(k_count - 1u));
-    let r4 = k4 % khw;
-    let tplane = (g * params.cg + k4 / khw) * hw;
-    let ty = vec4<i32>((r4 / params.kw) * params.dh) - i32(params.pt);
-    let tx = vec4<i32>((r4 % params.kw) * params.dw) - i32(params.pl);
-    let f0 = fb * 4u;
+    // Filters past Fg are clamped (their sums are not stored).
     let fmax = params.fg - 1u;
-    let g0 = (g * params.fg + min(f0, fmax)) * l_count;
-    let g1 = (g * params.fg + min(f0 + 1u, fmax)) * l_count;
-    let g2 = (g * params.fg + min(f0 + 2u, fmax)) * l_count;
-    let g3 = (g * params.fg + min(f0 + 3u, fmax)) * l_count;
-    // Positions q = n·L + oy·OW + ox of this chunk, stepped without division.
-    let q0 = s * params.chunk;
-    let q1 = min(q0 + params.chunk, params.n * l_count);
-    var l = q0 % l_count;
-    var oy = l / params.ow;
-    var ox = l % params.ow;
-    var ximg = (q0 / l_count) * params.c * hw;
-    var gimg = (q0 / l_count) * params.f * l_count;
+    let g0 = (b.g * params.fg + min(b.f0, fmax)) * l_count;
+    let g1 = (b.g * params.fg + min(b.f0 + 1u, fmax)) * l_count;
+    let g2 = (b.g * params.fg + min(b.f0 + 2u, fmax)) * l_count;
+    let g3 = (b.g * params.fg + min(b.f0 + 3u, fmax)) * l_count;
     var acc0 = vec4<f32>(0.0);   // filter f0 + 0 at the 4 taps
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var q = q0; q < q1; q++) {
-        let by = i32(oy * params.sh);
-        let bx = i32(ox * params.sw);
-        let xv = x_at4(ximg + tplane, ty + by, tx + bx);
-        let gl = gimg + l;
+    var p = positions(b.s);
+    while (p.q < p.q1) {
+        let xv = taps_at(b, p);
+        let gl = p.gimg + p.l;
         acc0 += a_g(gl + g0) * xv;
         acc1 += a_g(gl + g1) * xv;
         acc2 += a_g(gl + g2) * xv;
         acc3 += a_g(gl + g3) * xv;
-        l += 1u;
-        ox += 1u;
-        if (ox == params.ow) {
-            ox = 0u;
-            oy += 1u;
-            if (oy == params.oh) {
-                oy = 0u;
-                l = 0u;
-                ximg += params.c * hw;
-                gimg += params.f * l_count;
-            }
-        }
+        next_position(&p);
     }
-    let fo = g * params.fg + f0;
-    let k0 = kb * 4u;
-    store_grad_weight(s, fo, k0, acc0);
-    if (f0 + 1u < params.fg) { store_grad_weight(s, fo + 1u, k0, acc1); }
-    if (f0 + 2u < params.fg) { store_grad_weight(s, fo + 2u, k0, acc2); }
-    if (f0 + 3u < params.fg) { store_grad_weight(s, fo + 3u, k0, acc3); }
+    let fo = b.g * params.fg + b.f0;
+    store_grad_weight(b.s, fo, b.k0, acc0);
+    if (b.f0 + 1u < params.fg) { store_grad_weight(b.s, fo + 1u, b.k0, acc1); }
+    if (b.f0 + 2u < params.fg) { store_grad_weight(b.s, fo + 2u, b.k0, acc2); }
+    if (b.f0 + 3u < params.fg) { store_grad_weight(b.s, fo + 3u, b.k0, acc3); }
 }
 
 // conv_grad_weight for Fg a multiple of 8: one invocation per 8 filters × 4 consecutive k,
 // so each x load (with its padding checks) serves 8 filters, not 4.
-// i = ((s·G + g)·FB8 + fb)·KB + kb.
 @compute @workgroup_size(64)
 fn conv_grad_weight8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
-    let khw = params.kh * params.kw;
-    let k_count = params.cg * khw;
-    let kb_count = (k_count + 3u) / 4u;
-    let fb_count = params.fg / 8u;
-    let kb = i % kb_count;
-    let fb = (i / kb_count) % fb_count;
-    let sg = i / (kb_count * fb_count);
-    let g = sg % params.groups;
-    let s = sg / params.groups;
+    let b = weight_block(i, 8u);
     let l_count = params.oh * params.ow;
-    let hw = params.h * params.w;
-    let k4 = min(vec4<u32>(kb * 4u) + LANES, vec4<u32>(k_count - 1u));
-    let r4 = k4 % khw;
-    let tplane = (g * params.cg + k4 / khw) * hw;
-    let ty = vec4<i32>((r4 / params.kw) * params.dh) - i32(params.pt);
-    let tx = vec4<i32>((r4 % params.kw) * params.dw) - i32(params.pl);
-    let f0 = fb * 8u;
-    let g0 = (g * params.fg + f0) * l_count;
-    let q0 = s * params.chunk;
-    let q1 = min(q0 + params.chunk, params.n * l_count);
-    var l = q0 % l_count;
-    var oy = l / params.ow;
-    var ox = l % params.ow;
-    var ximg = (q0 / l_count) * params.c * hw;
-    var gimg = (q0 / l_count) * params.f * l_count;
+    let g0 = (b.g * params.fg + b.f0) * l_count;
     var acc0 = vec4<f32>(0.0);   // filter f0 + 0 at the 4 taps
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -427,11 +431,10 @@ fn conv_grad_weight8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     var acc5 = vec4<f32>(0.0);
     var acc6 = vec4<f32>(0.0);
     var acc7 = vec4<f32>(0.0);
-    for (var q = q0; q < q1; q++) {
-        let by = i32(oy * params.sh);
-        let bx = i32(ox * params.sw);
-        let xv = x_at4(ximg + tplane, ty + by, tx + bx);
-        let gl = gimg + l + g0;
+    var p = positions(b.s);
+    while (p.q < p.q1) {
+        let xv = taps_at(b, p);
+        let gl = p.gimg + p.l + g0;
         acc0 += a_g(gl) * xv;
         acc1 += a_g(gl + l_count) * xv;
         acc2 += a_g(gl + 2u * l_count) * xv;
@@ -440,29 +443,17 @@ fn conv_grad_weight8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         acc5 += a_g(gl + 5u * l_count) * xv;
         acc6 += a_g(gl + 6u * l_count) * xv;
         acc7 += a_g(gl + 7u * l_count) * xv;
-        l += 1u;
-        ox += 1u;
-        if (ox == params.ow) {
-            ox = 0u;
-            oy += 1u;
-            if (oy == params.oh) {
-                oy = 0u;
-                l = 0u;
-                ximg += params.c * hw;
-                gimg += params.f * l_count;
-            }
-        }
+        next_position(&p);
     }
-    let fo = g * params.fg + f0;
-    let k0 = kb * 4u;
-    store_grad_weight(s, fo, k0, acc0);
-    store_grad_weight(s, fo + 1u, k0, acc1);
-    store_grad_weight(s, fo + 2u, k0, acc2);
-    store_grad_weight(s, fo + 3u, k0, acc3);
-    store_grad_weight(s, fo + 4u, k0, acc4);
-    store_grad_weight(s, fo + 5u, k0, acc5);
-    store_grad_weight(s, fo + 6u, k0, acc6);
-    store_grad_weight(s, fo + 7u, k0, acc7);
+    let fo = b.g * params.fg + b.f0;
+    store_grad_weight(b.s, fo, b.k0, acc0);
+    store_grad_weight(b.s, fo + 1u, b.k0, acc1);
+    store_grad_weight(b.s, fo + 2u, b.k0, acc2);
+    store_grad_weight(b.s, fo + 3u, b.k0, acc3);
+    store_grad_weight(b.s, fo + 4u, b.k0, acc4);
+    store_grad_weight(b.s, fo + 5u, b.k0, acc5);
+    store_grad_weight(b.s, fo + 6u, b.k0, acc6);
+    store_grad_weight(b.s, fo + 7u, b.k0, acc7);
 }
 
 // grad_weight's gy operand (binding b).
