@@ -193,16 +193,17 @@ pub(crate) fn plan(
         if !f32_node(m) {
             continue;
         }
-        // A product of im2col patches that nothing else reads: Winograd where it pays.
-        let winograd = winograd_of(nodes, m).filter(|&(cols, _)| inner(cols, m));
-        let op = match winograd {
-            Some((_, geom)) => ProductOp::Winograd(geom),
+        // A product of im2col patches that nothing else reads: Winograd where it pays, else
+        // patches made the adapter's cheapest way where that differs from im2col's.
+        let patches = patches_of(nodes, m).filter(|&(cols, _)| inner(cols, m));
+        let op = match patches {
+            Some((_, op)) => op,
             None => op,
         };
         let taken = |j: NodeId| absorbed[j] || roots.contains_key(&j);
         let found = grow(nodes, users, &inner, &taken, m, (rows, cols), &op);
-        // Winograd replaces the product and im2col even with no epilogue after them.
-        let found = match (found, winograd) {
+        // Both replace the product and im2col even with no epilogue after them.
+        let found = match (found, patches) {
             (Some(f), _) => f,
             (None, Some(_)) => Found {
                 root: m,
@@ -213,7 +214,7 @@ pub(crate) fn plan(
             (None, None) => continue,
         };
         let mut inputs = nodes[m].inputs.clone();
-        if let Some((cols, _)) = winograd {
+        if let Some((cols, _)) = patches {
             // The image in place of its patches, which are never made.
             inputs[1] = nodes[cols].inputs[0];
             absorbed[cols] = true;
@@ -450,10 +451,12 @@ fn product_of(nodes: &[Node], m: NodeId) -> Option<(ProductOp, usize, usize)> {
     Some((ProductOp::MatMul { ta, tb }, plan.m, plan.n))
 }
 
-/// The im2col node and its window when product `m` is `(F, 9C)·im2col(x)ᵀ` of a
-/// convolution Winograd computes and where it pays (`ops::winograd::prefer_winograd`): the
-/// product `Var::conv2d` records for a dense convolution.
-fn winograd_of(nodes: &[Node], m: NodeId) -> Option<(NodeId, crate::ops::conv::Conv2d)> {
+/// The im2col node of product `m`, when `m` is `(F, CK)·im2col(x)ᵀ` (the product
+/// `Var::conv2d` records for a dense convolution), and what computes the two from x:
+/// Winograd where it computes the convolution and pays (`ops::winograd::prefer_winograd`),
+/// else `ProductOp::Patches` where the patch rows are not a multiple of 4 (the product would
+/// copy them into padded rows). `None`: the product stays as it is.
+fn patches_of(nodes: &[Node], m: NodeId) -> Option<(NodeId, ProductOp)> {
     let Op::MatMul {
         ta: false,
         tb: true,
@@ -471,12 +474,15 @@ fn winograd_of(nodes: &[Node], m: NodeId) -> Option<(NodeId, crate::ops::conv::C
     let (&[f, k], &[_, c, _, _]) = (&nodes[a].shape[..], &x.shape[..]) else {
         return None;
     };
-    let filters = [f, c, 3, 3];
-    let fits = k == 9 * c
-        && x.dtype == DType::F32
-        && nodes[a].dtype == DType::F32
-        && crate::ops::winograd::prefer_winograd(&x.shape, &filters, &geom);
-    fits.then_some((cols, geom))
+    let dense = k == c * geom.kh * geom.kw && x.dtype == DType::F32 && nodes[a].dtype == DType::F32;
+    if !dense {
+        return None;
+    }
+    if k == 9 * c && crate::ops::winograd::prefer_winograd(&x.shape, &[f, c, 3, 3], &geom) {
+        return Some((cols, ProductOp::Winograd(geom)));
+    }
+    let wanted = k % 4 != 0 && crate::ops::conv::patches_routes_on();
+    wanted.then_some((cols, ProductOp::Patches(geom)))
 }
 
 /// An epilogue found after a product.

@@ -81,6 +81,12 @@ pub(crate) enum ProductOp {
     /// output (N, F, OH·OW). Only where nothing else reads the patches (inference).
     /// Takes the per-row parts, a residual and the ReLU.
     Winograd(crate::ops::conv::Conv2d),
+    /// `im2col(x)` of a dense convolution whose patch rows CK are not a multiple of 4 and
+    /// the product `(F, CK)·colsᵀ` after it, where nothing else reads the patches
+    /// (inference): im2col writes the rows padded where the product would copy them padded
+    /// (`Tensor::conv2d_patches_epilogue`). Inputs (filters as (F, CK), x), output
+    /// (N, F, OH·OW). Takes every part a matmul takes.
+    Patches(crate::ops::conv::Conv2d),
 }
 
 impl ProductOp {
@@ -88,7 +94,7 @@ impl ProductOp {
     /// the per-row parts and the ReLU, not a column bias, a residual or a mask).
     pub(crate) fn takes(&self, epi: &EpiParts) -> bool {
         match self {
-            ProductOp::MatMul { .. } => true,
+            ProductOp::MatMul { .. } | ProductOp::Patches(_) => true,
             ProductOp::Conv(_) => !(epi.bias || epi.residual || epi.mask || epi.group > 0),
             ProductOp::Winograd(_) => !(epi.bias || epi.mask || epi.group > 0),
         }

@@ -326,6 +326,7 @@ pub(crate) fn run(
                 let w4 = w.reshape(&[w.shape()[0], x.shape()[1], 3, 3])?;
                 x.conv2d_winograd_epilogue(&w4, filters, geom, epilogue)?
             }
+            ProductOp::Patches(geom) => args[1].conv2d_patches_epilogue(args[0], geom, epilogue)?,
         };
         // The product's elements in the order the graph's view of them has (a reshape).
         return Ok(vec![(root, c.reshape(&f.shape)?)]);

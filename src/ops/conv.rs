@@ -575,6 +575,57 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// The dense convolution `w_flat · im2col(x)ᵀ` of x (self, (N, C, H, W)) with filters
+    /// flattened to (F, C·KH·KW), with a product epilogue: (N, F, OH·OW). What a compiled
+    /// inference plan runs in place of an `im2col` node whose rows C·KH·KW are not a
+    /// multiple of 4 and the product that alone reads it (`ProductOp::Patches`,
+    /// src/epilogue.rs). Where the product would copy both operands into padded rows
+    /// ([`pads_patch_rows`]), im2col writes padded rows and the small filter matrix is
+    /// padded, as [`Tensor::conv2d`] does eagerly; otherwise im2col and the product run as
+    /// the graph recorded them. ResNet-50's stem (12544 × 147 patches) on lavapipe, per
+    /// dispatch, one alternated sitting: im2col + patch copy + product 7.96 + 2.98 + 8.49 ms
+    /// recorded, 5.60 + 7.15 ms (and 0.13 ms for the filters) padded.
+    pub(crate) fn conv2d_patches_epilogue(
+        &self,
+        w_flat: &Tensor,
+        geom: Conv2d,
+        epi: crate::ops::matmul::Epilogue<'_>,
+    ) -> Result<Tensor> {
+        let op = "conv2d";
+        let (&[f, ck], Some(&c)) = (w_flat.shape(), self.shape().get(1)) else {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "filters flattened to (F, C·KH·KW) and x (N, C, H, W) expected, got {:?} and {:?}",
+                    w_flat.shape(),
+                    self.shape()
+                ),
+            });
+        };
+        let w = w_flat.reshape(&[f, c, geom.kh, geom.kw])?;
+        check_conv2d(self.shape(), w.shape(), geom.groups(1))?;
+        let auto = crate::MatmulVariant::Auto;
+        if pads_patch_rows(self.device(), f, ck)? {
+            let w_pad = w_flat.zero_pad_columns(op)?;
+            let cols = self.im2col_vec4_rows(geom.groups(1))?;
+            return w_pad.matmul_epilogue(&cols, (false, true), auto, epi);
+        }
+        w_flat.matmul_epilogue(&self.im2col(geom.groups(1))?, (false, true), auto, epi)
+    }
+}
+
+/// `WGRAD_PATCHES=0` keeps compiled inference plans' im2col products as recorded, without
+/// [`Tensor::conv2d_patches_epilogue`] (for measuring both).
+pub const PATCHES_ENV: &str = "WGRAD_PATCHES";
+
+/// Whether compiled inference plans take [`Tensor::conv2d_patches_epilogue`]
+/// (`WGRAD_PATCHES` is not `0`).
+pub(crate) fn patches_routes_on() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*OFF.get_or_init(|| std::env::var(PATCHES_ENV).is_ok_and(|v| v == "0"))
+}
+
 /// Whether [`Tensor::conv2d`]'s product (F, CK) · (N, L, CK)ᵀ on `device` would copy both
 /// operands into rows padded to a multiple of 4: the subgroup kernels load aligned vec4s only,
 /// and at most GEMV_ROWS filters take gemv (any alignment). The convolution then makes its
