@@ -25,7 +25,7 @@ if ensure_gl_adapter; then
         --test matmul --test matmul_long_k --test epilogue --test recorded_plan \
         --test fusion --test fused_optim --test elementwise --test reduce --test softmax \
         --test layout --test loss --test loop_budget --test conv --test conv_phase --test big_tensors \
-        --test big_compiled --test winograd \
+        --test big_compiled --test winograd --test conv_patches \
         -- --skip past_the_binding_limit --test-threads=1
     echo "wgrad: GL pass took $(($(date +%s) - gl_start)) s"
 fi

@@ -1,5 +1,7 @@
 // winograd.wgsl — 3×3 stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3)
-// (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015).
+// and, in the entries named winograd4_* further down, F(4×4, 3×3) (Lavin & Gray, "Fast
+// Algorithms for Convolutional Neural Networks", 2015). The host picks one per layer
+// (src/ops/winograd.rs).
 // Not a module on its own: exact_div.wgsl (div) is appended to it (src/ops/winograd.rs).
 //
 // The output is cut into 2×2 tiles; tile t of image n reads the 4×4 input patch d at padded
@@ -34,10 +36,11 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;           // w, x or M
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;     // U, V or y
-@group(0) @binding(2) var<storage, read_write> dst4: array<vec4<f32>>;  // V (winograd_input)
+@group(0) @binding(2) var<storage, read_write> dst4: array<vec4<f32>>;  // V (the inputs), y (winograd4_output_v4)
 @group(0) @binding(3) var<storage, read> scale: array<f32>;         // output: (F), or any buffer
 @group(0) @binding(4) var<storage, read> shift: array<f32>;         // output: (F), or any buffer
 @group(0) @binding(5) var<storage, read> residual: array<f32>;      // output: like y, or any buffer
+@group(0) @binding(5) var<storage, read> residual4: array<vec4<f32>>;  // the same (winograd4_output_v4)
 
 const EPI_RELU: u32 = 8u;
 const EPI_SCALE: u32 = 64u;
@@ -215,6 +218,244 @@ fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     for (var k = 0u; k < 4u; k++) {
         if (t + k < params.tiles) { output_tile(f, t + k, m[k], st); }
     }
+}
+
+// ---- F(4×4, 3×3): 4×4 output tiles from 6×6 input patches, 36 products of (F, C)·(C, T)
+// over a quarter of F(2×2)'s tiles. Multiply-adds per output pixel and (filter, channel)
+// pair: 36/16 = 2.25, against F(2×2)'s 16/4 = 4 and the direct 9. Points 0, ±1, ±2 and ∞
+// (Lavin & Gray):
+//   Bᵀ = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+//   G = [¼ 0 0; -⅙ -⅙ -⅙; -⅙ ⅙ -⅙; 1/24 1/12 ⅙; 1/24 -1/12 ⅙; 0 0 1]
+//   Aᵀ = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+// Entries, as F(2×2)'s with 36 planes: winograd4_filter, winograd4_input (four tiles per
+// invocation) and winograd4_output (four tiles per invocation; winograd4_output_v4 stores
+// whole output rows as vec4s where OW % 4 = 0). The input and output transforms compute
+// the quad's four tiles side by side, one per vec4 lane, so V is stored and M loaded as
+// whole vec4s with no shuffling, and every array index is a constant: a first version that
+// filled 36-element arrays in loops ran 3x slower than F(2×2)'s input transform on lavapipe
+// (10 against 3.3 ms at 56×56), most likely from arrays indexed at run time.
+
+// Bᵀ·v for six values v (each a vec4: four tiles, or four columns of a row).
+fn bt6(v: array<vec4<f32>, 6>) -> array<vec4<f32>, 6> {
+    return array<vec4<f32>, 6>(
+        4.0 * v[0] - 5.0 * v[2] + v[4],
+        -4.0 * (v[1] + v[2]) + v[3] + v[4],
+        4.0 * (v[1] - v[2]) - v[3] + v[4],
+        2.0 * (v[3] - v[1]) - v[2] + v[4],
+        2.0 * (v[1] - v[3]) - v[2] + v[4],
+        4.0 * v[1] - 5.0 * v[3] + v[5]);
+}
+
+// Aᵀ·v for six values v (each a vec4): four.
+fn at6(v: array<vec4<f32>, 6>) -> array<vec4<f32>, 4> {
+    let s1 = v[1] + v[2];
+    let s2 = v[3] + v[4];
+    let d1 = v[1] - v[2];
+    let d2 = v[3] - v[4];
+    return array<vec4<f32>, 4>(v[0] + s1 + s2, d1 + 2.0 * d2, s1 + 4.0 * s2, d1 + 8.0 * d2 + v[5]);
+}
+
+// G·v for three values: six.
+fn g6(v: vec3<f32>) -> array<f32, 6> {
+    let e = v.x + v.z;
+    return array<f32, 6>(0.25 * v.x, -(e + v.y) / 6.0, (v.y - e) / 6.0,
+                         v.x / 24.0 + v.y / 12.0 + v.z / 6.0, v.x / 24.0 - v.y / 12.0 + v.z / 6.0, v.z);
+}
+
+@compute @workgroup_size(256)
+fn winograd4_filter(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let f = div(i, params.c4);
+    let c = i - f * params.c4;
+    var u: array<f32, 36>;  // G g Gᵀ, row-major; zero for the padding channels
+    if (c < params.c) {
+        let o = (f * params.c + c) * 9u;
+        // G·g column by column, then each of its six rows by Gᵀ.
+        let c0 = g6(vec3<f32>(src[o], src[o + 3u], src[o + 6u]));
+        let c1 = g6(vec3<f32>(src[o + 1u], src[o + 4u], src[o + 7u]));
+        let c2 = g6(vec3<f32>(src[o + 2u], src[o + 5u], src[o + 8u]));
+        for (var r = 0u; r < 6u; r++) {
+            let row = g6(vec3<f32>(c0[r], c1[r], c2[r]));
+            for (var k = 0u; k < 6u; k++) { u[6u * r + k] = row[k]; }
+        }
+    }
+    // Once per weight update (inference plans hold U), so scalar stores are fine here.
+    let plane = params.f * params.c4;  // U[ξ] is (F, C4)
+    for (var xi = 0u; xi < 36u; xi++) { dst[xi * plane + f * params.c4 + c] = u[xi]; }
+}
+
+// Four tiles t .. t + 4 of channel c, one per lane: their patches' plane offsets, top rows
+// and left columns (padded coordinates), and which are real tiles of a real channel.
+struct Quad { base: vec4<u32>, y0: vec4<i32>, x0: vec4<i32>, live: vec4<bool>, }
+
+fn quad_of(c: u32, t: u32) -> Quad {
+    let ts = vec4<u32>(t) + vec4<u32>(0u, 1u, 2u, 3u);
+    let n = div4(ts, params.th * params.tw);
+    let r = ts - n * (params.th * params.tw);
+    let ty = div4(r, params.tw);
+    let tx = r - ty * params.tw;
+    let live = (ts < vec4<u32>(params.tiles)) & vec4<bool>(c < params.c);
+    return Quad((n * params.c + c) * (params.h * params.w),
+                vec4<i32>(4u * ty) - vec4<i32>(i32(params.pt)),
+                vec4<i32>(4u * tx) - vec4<i32>(i32(params.pl)), live);
+}
+
+// Element (r, k) of the four patches, zero outside the image and for dead tiles.
+fn quad_at(q: Quad, r: i32, k: i32) -> vec4<f32> {
+    let iy = q.y0 + vec4<i32>(r);
+    let ix = q.x0 + vec4<i32>(k);
+    let inside = q.live & (iy >= vec4<i32>(0)) & (iy < vec4<i32>(i32(params.h)))
+        & (ix >= vec4<i32>(0)) & (ix < vec4<i32>(i32(params.w)));
+    // Reads outside load index 0 and their values are dropped.
+    let at = select(vec4<u32>(0u), q.base + vec4<u32>(iy) * params.w + vec4<u32>(ix), inside);
+    let v = vec4<f32>(src_at(at.x), src_at(at.y), src_at(at.z), src_at(at.w));
+    return select(vec4<f32>(0.0), v, inside);
+}
+
+// Row r of the four patches times B: (d B)[r][0 .. 6].
+fn quad_row(q: Quad, r: i32) -> array<vec4<f32>, 6> {
+    return bt6(array<vec4<f32>, 6>(quad_at(q, r, 0), quad_at(q, r, 1), quad_at(q, r, 2),
+                                   quad_at(q, r, 3), quad_at(q, r, 4), quad_at(q, r, 5)));
+}
+
+// Column j of the quad's Bᵀ d B (rows 0 .. 6): element ξ = 6·row + j of plane ξ.
+fn store_column(at: u32, plane: u32, j: u32, v: array<vec4<f32>, 6>) {
+    dst4[j * plane + at] = v[0];
+    dst4[(6u + j) * plane + at] = v[1];
+    dst4[(12u + j) * plane + at] = v[2];
+    dst4[(18u + j) * plane + at] = v[3];
+    dst4[(24u + j) * plane + at] = v[4];
+    dst4[(30u + j) * plane + at] = v[5];
+}
+
+@compute @workgroup_size(256)
+fn winograd4_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let quads = params.t4 / 4u;
+    let c = div(i, quads);
+    let q = quad_of(c, 4u * (i - c * quads));
+    let w0 = quad_row(q, 0);
+    let w1 = quad_row(q, 1);
+    let w2 = quad_row(q, 2);
+    let w3 = quad_row(q, 3);
+    let w4 = quad_row(q, 4);
+    let w5 = quad_row(q, 5);
+    // V[ξ] is (C4, T4): element ξ of the quad's four tiles is one vec4 of plane ξ, at i.
+    let plane = params.c4 * params.t4 / 4u;
+    store_column(i, plane, 0u, bt6(array<vec4<f32>, 6>(w0[0], w1[0], w2[0], w3[0], w4[0], w5[0])));
+    store_column(i, plane, 1u, bt6(array<vec4<f32>, 6>(w0[1], w1[1], w2[1], w3[1], w4[1], w5[1])));
+    store_column(i, plane, 2u, bt6(array<vec4<f32>, 6>(w0[2], w1[2], w2[2], w3[2], w4[2], w5[2])));
+    store_column(i, plane, 3u, bt6(array<vec4<f32>, 6>(w0[3], w1[3], w2[3], w3[3], w4[3], w5[3])));
+    store_column(i, plane, 4u, bt6(array<vec4<f32>, 6>(w0[4], w1[4], w2[4], w3[4], w4[4], w5[4])));
+    store_column(i, plane, 5u, bt6(array<vec4<f32>, 6>(w0[5], w1[5], w2[5], w3[5], w4[5], w5[5])));
+}
+
+// Row r of the quad's M tiles (element ξ = 6r + k of the four tiles per vec4) times A.
+fn m_row(at: u32, plane: u32, r: u32) -> array<vec4<f32>, 4> {
+    let b = 6u * r * plane + at;
+    return at6(array<vec4<f32>, 6>(src4_at(b), src4_at(b + plane), src4_at(b + 2u * plane),
+                                   src4_at(b + 3u * plane), src4_at(b + 4u * plane),
+                                   src4_at(b + 5u * plane)));
+}
+
+// The quad's Aᵀ M A by output column: [x][y] = pixel (y, x) of the four tiles.
+fn output_columns(at: u32) -> array<array<vec4<f32>, 4>, 4> {
+    let plane = params.f * params.t4 / 4u;  // M[ξ] is (F, T4)
+    let a0 = m_row(at, plane, 0u);
+    let a1 = m_row(at, plane, 1u);
+    let a2 = m_row(at, plane, 2u);
+    let a3 = m_row(at, plane, 3u);
+    let a4 = m_row(at, plane, 4u);
+    let a5 = m_row(at, plane, 5u);
+    return array<array<vec4<f32>, 4>, 4>(
+        at6(array<vec4<f32>, 6>(a0[0], a1[0], a2[0], a3[0], a4[0], a5[0])),
+        at6(array<vec4<f32>, 6>(a0[1], a1[1], a2[1], a3[1], a4[1], a5[1])),
+        at6(array<vec4<f32>, 6>(a0[2], a1[2], a2[2], a3[2], a4[2], a5[2])),
+        at6(array<vec4<f32>, 6>(a0[3], a1[3], a2[3], a3[3], a4[3], a5[3])));
+}
+
+// Row y of lane k's tile: its four pixels.
+fn tile_row(c: array<array<vec4<f32>, 4>, 4>, y: u32, k: u32) -> vec4<f32> {
+    return vec4<f32>(c[0][y][k], c[1][y][k], c[2][y][k], c[3][y][k]);
+}
+
+// The epilogue's scale and shift of filter f.
+fn filter_epilogue(f: u32) -> vec2<f32> {
+    var st = vec2<f32>(1.0, 0.0);
+    if ((params.flags & EPI_SCALE) != 0u) { st.x = scale[f]; }
+    if ((params.flags & EPI_SHIFT) != 0u) { st.y = shift[f]; }
+    return st;
+}
+
+// Lane k's tile (tile t + k) stored pixel by pixel, with the epilogue.
+fn store_tile(f: u32, t: u32, k: u32, c: array<array<vec4<f32>, 4>, 4>, st: vec2<f32>) {
+    if (t + k >= params.tiles) { return; }
+    let tile = tile_at(t + k);
+    for (var y = 0u; y < 4u; y++) {
+        let row = tile_row(c, y, k);
+        let oy = 4u * tile.y + y;
+        let ox = 4u * tile.z;
+        store_output(tile.x, f, oy, ox, row.x, st);
+        store_output(tile.x, f, oy, ox + 1u, row.y, st);
+        store_output(tile.x, f, oy, ox + 2u, row.z, st);
+        store_output(tile.x, f, oy, ox + 3u, row.w, st);
+    }
+}
+
+@compute @workgroup_size(256)
+fn winograd4_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let quads = params.t4 / 4u;
+    let f = div(i, quads);
+    let t = 4u * (i - f * quads);
+    let st = filter_epilogue(f);
+    let c = output_columns(i);
+    store_tile(f, t, 0u, c, st);
+    store_tile(f, t, 1u, c, st);
+    store_tile(f, t, 2u, c, st);
+    store_tile(f, t, 3u, c, st);
+}
+
+// Lane k's tile stored as four whole vec4 rows (OW % 4 = 0), with the epilogue.
+fn store_tile_v4(f: u32, t: u32, k: u32, c: array<array<vec4<f32>, 4>, 4>, st: vec2<f32>) {
+    if (t + k >= params.tiles) { return; }
+    let tile = tile_at(t + k);
+    for (var y = 0u; y < 4u; y++) {
+        let oy = 4u * tile.y + y;
+        if (oy >= params.oh) { return; }
+        let o = (((tile.x * params.f + f) * params.oh + oy) * params.ow + 4u * tile.z) / 4u;
+        var v = tile_row(c, y, k);
+        if ((params.flags & EPI_SCALE) != 0u) { v = v * st.x; }
+        if ((params.flags & EPI_SHIFT) != 0u) { v = v + st.y; }
+        if ((params.flags & EPI_RESIDUAL) != 0u) { v = v + residual4[o]; }
+        if ((params.flags & EPI_RELU) != 0u) { v = max(v, vec4<f32>(0.0)); }
+        dst4[o] = v;
+    }
+}
+
+// winograd4_output for OW % 4 = 0 (the host checks): every tile's rows are whole aligned
+// vec4s of y, stored (and their residual read) as such. On lavapipe a scalar store is a
+// scatter across the lanes.
+@compute @workgroup_size(256)
+fn winograd4_output_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let quads = params.t4 / 4u;
+    let f = div(i, quads);
+    let t = 4u * (i - f * quads);
+    let st = filter_epilogue(f);
+    let c = output_columns(i);
+    store_tile_v4(f, t, 0u, c, st);
+    store_tile_v4(f, t, 1u, c, st);
+    store_tile_v4(f, t, 2u, c, st);
+    store_tile_v4(f, t, 3u, c, st);
 }
 
 // ---- source reads: winograd_input's loads of x (elements) and winograd_output's of M (vec4s),

@@ -88,6 +88,7 @@ pub use ops::layout::TransposeKernel;
 pub use ops::loss::CrossEntropyOptions;
 pub use ops::matmul::MatmulVariant;
 pub use ops::reduce::ReduceOp;
+pub use ops::winograd::WinogradTile;
 pub use optim::{Optimizer, Sgd};
 pub use rng::Rng;
 pub use shape::Shape;

@@ -1,4 +1,5 @@
-//! Winograd F(2×2, 3×3) convolution (`Tensor::conv2d_winograd`, src/ops/winograd.rs) against
+//! Winograd F(2×2, 3×3) and F(4×4, 3×3) convolution (`Tensor::conv2d_winograd_with`,
+//! src/ops/winograd.rs), each, against
 //! the direct convolution's f64 CPU reference (`Tensor::conv2d` on the CPU device: im2col and
 //! a product, no transforms), on awkward shapes: batch 1, odd and non-multiple-of-4 channel
 //! counts, odd output sizes (tiles cut by the edge), tile counts not a multiple of 4, every
@@ -12,7 +13,7 @@ mod common;
 
 use common::{assert_close, gpu, run_compiled, uniform};
 use wgrad::autodiff::grad;
-use wgrad::{Conv2d, Device, Graph, Init, MatmulVariant, Tensor};
+use wgrad::{Conv2d, Device, Graph, Init, MatmulVariant, Tensor, WinogradTile};
 
 /// (x (N, C, H, W), filters F, window) cases.
 fn cases() -> Vec<([usize; 4], usize, Conv2d)> {
@@ -36,48 +37,64 @@ fn direct(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], geom: Conv2d) ->
     xt.conv2d(&wt, geom).unwrap().to_vec::<f32>().unwrap()
 }
 
+const TILES: [WinogradTile; 2] = [WinogradTile::F2x2, WinogradTile::F4x4];
+
 #[test]
 fn cpu_reference_matches_the_direct_convolution() {
     let cpu = Device::cpu();
-    for (i, (xs, f, geom)) in cases().into_iter().enumerate() {
-        let ws = [f, xs[1], 3, 3];
-        let x = uniform(10 + i as u64, xs.iter().product(), -1.0, 1.0);
-        let w = uniform(50 + i as u64, ws.iter().product(), -1.0, 1.0);
-        let got = Tensor::from_slice(&cpu, &x, &xs)
-            .unwrap()
-            .conv2d_winograd(&Tensor::from_slice(&cpu, &w, &ws).unwrap(), geom)
-            .unwrap();
-        assert_close(
-            &format!("cpu winograd {xs:?} {f} {geom:?}"),
-            &got.to_vec::<f32>().unwrap(),
-            &direct(&x, xs, &w, ws, geom),
-            1e-6,
-            1e-6,
-        );
+    for tile in TILES {
+        for (i, (xs, f, geom)) in cases().into_iter().enumerate() {
+            let ws = [f, xs[1], 3, 3];
+            let x = uniform(10 + i as u64, xs.iter().product(), -1.0, 1.0);
+            let w = uniform(50 + i as u64, ws.iter().product(), -1.0, 1.0);
+            let got = Tensor::from_slice(&cpu, &x, &xs)
+                .unwrap()
+                .conv2d_winograd_with(&Tensor::from_slice(&cpu, &w, &ws).unwrap(), geom, tile)
+                .unwrap();
+            assert_close(
+                &format!("cpu winograd {tile:?} {xs:?} {f} {geom:?}"),
+                &got.to_vec::<f32>().unwrap(),
+                &direct(&x, xs, &w, ws, geom),
+                1e-6,
+                1e-6,
+            );
+        }
     }
+}
+
+/// The absolute tolerance of a GPU Winograd convolution over C channels of values in
+/// [-1, 1): sums of 9C products, f32 rounding amplified by the transforms' constants (±½ for
+/// F(2×2); up to 5 in Bᵀ and 8 in Aᵀ for F(4×4), whose error is known to be about 10x
+/// larger).
+fn gpu_tolerance(tile: WinogradTile, c: usize) -> f32 {
+    let per_channel = match tile {
+        WinogradTile::F2x2 => 2e-6,
+        WinogradTile::F4x4 => 2e-5,
+    };
+    per_channel * 9.0 * c as f32
 }
 
 #[test]
 fn gpu_matches_the_direct_convolution() {
     let Some(dev) = gpu() else { return };
-    for (i, (xs, f, geom)) in cases().into_iter().enumerate() {
-        let ws = [f, xs[1], 3, 3];
-        let x = uniform(10 + i as u64, xs.iter().product(), -1.0, 1.0);
-        let w = uniform(50 + i as u64, ws.iter().product(), -1.0, 1.0);
-        let got = Tensor::from_slice(&dev, &x, &xs)
-            .unwrap()
-            .conv2d_winograd(&Tensor::from_slice(&dev, &w, &ws).unwrap(), geom)
-            .unwrap();
-        assert_eq!(got.shape(), geom_out(xs, f, geom), "{xs:?} {geom:?}");
-        // Sums of 9C products of values in [-1, 1), through the transforms' ±½ factors.
-        let c = xs[1] as f32;
-        assert_close(
-            &format!("gpu winograd {xs:?} {f} {geom:?}"),
-            &got.to_vec::<f32>().unwrap(),
-            &direct(&x, xs, &w, ws, geom),
-            2e-6 * 9.0 * c,
-            1e-4,
-        );
+    for tile in TILES {
+        for (i, (xs, f, geom)) in cases().into_iter().enumerate() {
+            let ws = [f, xs[1], 3, 3];
+            let x = uniform(10 + i as u64, xs.iter().product(), -1.0, 1.0);
+            let w = uniform(50 + i as u64, ws.iter().product(), -1.0, 1.0);
+            let got = Tensor::from_slice(&dev, &x, &xs)
+                .unwrap()
+                .conv2d_winograd_with(&Tensor::from_slice(&dev, &w, &ws).unwrap(), geom, tile)
+                .unwrap();
+            assert_eq!(got.shape(), geom_out(xs, f, geom), "{xs:?} {geom:?}");
+            assert_close(
+                &format!("gpu winograd {tile:?} {xs:?} {f} {geom:?}"),
+                &got.to_vec::<f32>().unwrap(),
+                &direct(&x, xs, &w, ws, geom),
+                gpu_tolerance(tile, xs[1]),
+                1e-4,
+            );
+        }
     }
 }
 
@@ -156,17 +173,33 @@ fn block(dev: &Device, xs: [usize; 4], f: usize, residual: bool) -> (Vec<f32>, V
 #[test]
 fn compiled_inference_runs_winograd_with_the_epilogue() {
     let Some(dev) = gpu() else { return };
-    for (xs, f, residual) in [([1, 12, 15, 13], 10, false), ([2, 8, 9, 9], 6, true)] {
+    let [f2, f4] = [
+        ["winograd_filter", "winograd_input", "winograd_output"],
+        ["winograd4_filter", "winograd4_input", "winograd4_output"],
+    ];
+    for (xs, f, residual, want_entries) in [
+        ([1, 12, 15, 13], 10, false, f2),
+        ([2, 8, 9, 9], 6, true, f2),
+        // 24x24: 36 F(4x4) tiles (36 x 64 product columns against 16 x 192), rows of
+        // whole vec4s (the _v4 output); 30x30: 64 tiles, rows cut by the edge.
+        ([1, 8, 24, 24], 6, true, f4),
+        ([1, 8, 30, 30], 5, true, f4),
+    ] {
         let (want, _) = block(&Device::cpu(), xs, f, residual);
         let (got, entries) = block(&dev, xs, f, residual);
         let label = format!("{xs:?} {f} residual {residual}");
-        assert_close(&label, &got, &want, 1e-4, 1e-4);
+        let tol = gpu_tolerance(WinogradTile::F4x4, xs[1]);
+        assert_close(&label, &got, &want, tol, 1e-4);
         // A transform that reads its source through a texture is listed as `entry.tex`: the
         // default where products read textures (lavapipe), storage reads elsewhere.
         let textures =
             MatmulVariant::Auto.resolve(&dev).unwrap() == MatmulVariant::SubgroupTextures;
-        for e in ["winograd_filter", "winograd_input", "winograd_output"] {
-            let textured = textures && e != "winograd_filter";
+        for e in want_entries {
+            let e = match e {
+                "winograd4_output" if xs[3] % 4 == 0 => "winograd4_output_v4",
+                e => e,
+            };
+            let textured = textures && !e.ends_with("filter");
             let listed = if textured {
                 format!("{e}.tex")
             } else {
@@ -198,38 +231,47 @@ fn compiled_inference_runs_winograd_with_the_epilogue() {
 #[test]
 fn compiled_inference_transforms_filters_again_after_set_param() {
     let Some(dev) = gpu() else { return };
-    let (xs, ws) = ([1, 9, 14, 13], [5, 9, 3, 3]); // 7x7 = 49 tiles; 81 > 64 patch columns (not the implicit kernel)
-    let geom = Conv2d::new(3, 3).padding(1);
-    let g = Graph::new();
-    let x = g.input("x", &xs);
-    let w = g.param("w", &ws, Init::Zeros);
-    let y = x.conv2d(&w, geom).unwrap();
-    let exe = dev.compile(&g, &[&y], None).unwrap();
-    let entries = exe.dispatch_entries();
-    if exe.is_recorded() {
-        assert!(
-            entries
-                .iter()
-                .any(|e| e.trim_end_matches(".tex") == "winograd_input"),
-            "{entries:?}"
-        );
-        assert!(
-            !entries.iter().any(|e| e == "winograd_filter"),
-            "{entries:?}"
-        );
-    }
-    let xv = uniform(1, xs.iter().product(), -1.0, 1.0);
-    let xt = Tensor::from_slice(&dev, &xv, &xs).unwrap();
-    let zeros = exe.run(&[("x", &xt)]).unwrap()[0].to_vec::<f32>().unwrap();
-    assert!(zeros.iter().all(|&v| v == 0.0), "zero weights");
-    for seed in [2, 3] {
-        let wv = uniform(seed, ws.iter().product(), -1.0, 1.0);
-        exe.set_param("w", &Tensor::from_slice(&dev, &wv, &ws).unwrap())
-            .unwrap();
-        for run in 0..2 {
-            let got = exe.run(&[("x", &xt)]).unwrap()[0].to_vec::<f32>().unwrap();
-            let label = format!("weights {seed}, run {run}");
-            assert_close(&label, &got, &direct(&xv, xs, &wv, ws, geom), 1e-4, 1e-4);
+    // 14x13: 49 F(2x2) tiles; 24x24: 36 F(4x4) tiles (its products fill fewer columns).
+    // 81 > 64 patch columns, so not the implicit kernel.
+    for (xs, input, filter) in [
+        ([1, 9, 14, 13], "winograd_input", "winograd_filter"),
+        ([1, 9, 24, 24], "winograd4_input", "winograd4_filter"),
+    ] {
+        let ws = [5, 9, 3, 3];
+        let geom = Conv2d::new(3, 3).padding(1);
+        let g = Graph::new();
+        let x = g.input("x", &xs);
+        let w = g.param("w", &ws, Init::Zeros);
+        let y = x.conv2d(&w, geom).unwrap();
+        let exe = dev.compile(&g, &[&y], None).unwrap();
+        let entries = exe.dispatch_entries();
+        if exe.is_recorded() {
+            assert!(
+                entries.iter().any(|e| e.trim_end_matches(".tex") == input),
+                "{entries:?}"
+            );
+            assert!(!entries.iter().any(|e| e == filter), "{entries:?}");
+        }
+        let xv = uniform(1, xs.iter().product(), -1.0, 1.0);
+        let xt = Tensor::from_slice(&dev, &xv, &xs).unwrap();
+        let zeros = exe.run(&[("x", &xt)]).unwrap()[0].to_vec::<f32>().unwrap();
+        assert!(zeros.iter().all(|&v| v == 0.0), "zero weights");
+        for seed in [2, 3] {
+            let wv = uniform(seed, ws.iter().product(), -1.0, 1.0);
+            exe.set_param("w", &Tensor::from_slice(&dev, &wv, &ws).unwrap())
+                .unwrap();
+            for run in 0..2 {
+                let got = exe.run(&[("x", &xt)]).unwrap()[0].to_vec::<f32>().unwrap();
+                let label = format!("{xs:?} weights {seed}, run {run}");
+                let want = direct(&xv, xs, &wv, ws, geom);
+                assert_close(
+                    &label,
+                    &got,
+                    &want,
+                    gpu_tolerance(WinogradTile::F4x4, 9),
+                    1e-4,
+                );
+            }
         }
     }
 }

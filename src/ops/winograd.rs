@@ -1,21 +1,23 @@
-//! 3×3 stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3): 16 products of
-//! (F, C)·(C, T) over the 2×2 output tiles T, 2.25x fewer multiply-adds than the direct
-//! (im2col) product. Used for inference only: a compiled graph's fusion plan
-//! (src/epilogue.rs) swaps it in for `im2col` + product where nothing else reads the patch
-//! matrix (a training graph's weight gradient reads it, so training keeps im2col).
+//! 3×3 stride-1 convolution by Winograd's minimal filtering: F(2×2, 3×3), 16 products of
+//! (F, C)·(C, T) over the 2×2 output tiles T (2.25x fewer multiply-adds than the direct
+//! (im2col) product), or F(4×4, 3×3), 36 products over the 4×4 tiles (4x fewer). Used for
+//! inference only: a compiled graph's fusion plan (src/epilogue.rs) swaps it in for
+//! `im2col` + product where nothing else reads the patch matrix (a training graph's weight
+//! gradient reads it, so training keeps im2col).
 //!
 //! Shape rule: as [`Tensor::conv2d`] for x (N, C, H, W) and filters (F, C, 3, 3) with stride
 //! 1, dilation 1, one group, any padding ([`geometry_fits`]). CPU reference: the same three
-//! transforms and 16 products in f64 ([`winograd_reference`]); tests check it and the GPU
-//! against the direct convolution. GPU: `shaders/winograd.wgsl` for the transforms, the
-//! batched matmul (autotuned, split-K) for the products. No gradient: the fused op exists only
-//! in compiled inference plans, after differentiation.
+//! transforms and products in f64 from the transform matrices ([`winograd_reference`]); tests
+//! check it and the GPU against the direct convolution. GPU: `shaders/winograd.wgsl` for the
+//! transforms, the batched matmul (autotuned, split-K) for the products. No gradient: the
+//! fused op exists only in compiled inference plans, after differentiation.
 //!
 //! When it pays, measured on lavapipe (2 cores), per dispatch, product alone, ResNet-50's
 //! 3×3 layers at batch 1 (direct (F, 9C)·(9C, L) against 16 × (F, C)·(C, T4)):
 //! 64 ch 56×56 6.3 → 4.4 ms, 128 ch 28×28 6.5 → 4.5 ms, 256 ch 14×14 7.4 → 3.8 ms, but
 //! 512 ch 7×7 (T = 16 tiles: a quarter of a 64-column tile) 7.5 → 8.0-14.2 ms. So it is taken
-//! from [`MIN_TILES`] tiles up.
+//! from [`MIN_TILES`] tiles of F(2×2) up, and F(4×4) where its products fill fewer 64-column
+//! tiles ([`choose_tile`]): at 56×56 and 28×28, not at 14×14 (16 tiles).
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
@@ -74,6 +76,7 @@ struct Dims {
     /// C and T = N·TH·TW rounded up to 4: the rows of the products' operands.
     c4: usize,
     t4: usize,
+    tile: WinogradTile,
 }
 
 impl Dims {
@@ -87,8 +90,8 @@ impl Dims {
         (t / per_image, t % per_image / self.tw, t % self.tw)
     }
 
-    /// The largest plane of a transformed operand, in elements: U (16, F, C4), V (16, C4, T4)
-    /// or M (16, F, T4).
+    /// The largest plane of a transformed operand, in elements: U (P, F, C4), V (P, C4, T4)
+    /// or M (P, F, T4), P being the tile's planes.
     fn plane_elems(&self) -> usize {
         (self.f * self.c4)
             .max(self.c4 * self.t4)
@@ -97,7 +100,7 @@ impl Dims {
 
     /// The largest transformed operand, in bytes.
     fn operand_bytes(&self) -> usize {
-        16 * 4 * self.plane_elems()
+        self.tile.planes() * 4 * self.plane_elems()
     }
 
     /// The kernels' pipeline constants: their dividends (invocation indices, tiles) below
@@ -107,7 +110,107 @@ impl Dims {
     }
 }
 
-/// Whether the geometry is one F(2×2, 3×3) computes: a 3×3 window, stride 1, dilation 1,
+/// Which Winograd algorithm: the output tile each transformed tile gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WinogradTile {
+    /// F(2×2, 3×3): 4×4 transformed tiles, 16 products, 2.25x fewer multiply-adds than the
+    /// direct convolution.
+    F2x2,
+    /// F(4×4, 3×3): 6×6 transformed tiles, 36 products over a quarter of the tiles, 4x fewer.
+    /// Its transforms' larger constants cost some f32 accuracy (tests/winograd bounds it).
+    F4x4,
+}
+
+impl WinogradTile {
+    /// Output pixels per tile side (m of F(m×m, 3×3)).
+    fn m(self) -> usize {
+        match self {
+            WinogradTile::F2x2 => 2,
+            WinogradTile::F4x4 => 4,
+        }
+    }
+
+    /// Transformed values per tile, (m + 2)²: the number of products.
+    fn planes(self) -> usize {
+        (self.m() + 2) * (self.m() + 2)
+    }
+
+    /// The shader's filter, input and output entries.
+    fn entries(self) -> [&'static str; 3] {
+        match self {
+            WinogradTile::F2x2 => ["winograd_filter", "winograd_input", "winograd_output"],
+            WinogradTile::F4x4 => ["winograd4_filter", "winograd4_input", "winograd4_output"],
+        }
+    }
+
+    /// Bᵀ (α×α), G (α×3) and Aᵀ (m×α), α = m + 2, as winograd.wgsl lists them.
+    fn matrices(self) -> [Vec<Vec<f64>>; 3] {
+        let rows = |r: &[&[f64]]| r.iter().map(|x| x.to_vec()).collect::<Vec<_>>();
+        match self {
+            WinogradTile::F2x2 => [
+                rows(&[
+                    &[1., 0., -1., 0.],
+                    &[0., 1., 1., 0.],
+                    &[0., -1., 1., 0.],
+                    &[0., 1., 0., -1.],
+                ]),
+                rows(&[
+                    &[1., 0., 0.],
+                    &[0.5, 0.5, 0.5],
+                    &[0.5, -0.5, 0.5],
+                    &[0., 0., 1.],
+                ]),
+                rows(&[&[1., 1., 1., 0.], &[0., 1., -1., -1.]]),
+            ],
+            WinogradTile::F4x4 => [
+                rows(&[
+                    &[4., 0., -5., 0., 1., 0.],
+                    &[0., -4., -4., 1., 1., 0.],
+                    &[0., 4., -4., -1., 1., 0.],
+                    &[0., -2., -1., 2., 1., 0.],
+                    &[0., 2., -1., -2., 1., 0.],
+                    &[0., 4., 0., -5., 0., 1.],
+                ]),
+                rows(&[
+                    &[0.25, 0., 0.],
+                    &[-1. / 6., -1. / 6., -1. / 6.],
+                    &[-1. / 6., 1. / 6., -1. / 6.],
+                    &[1. / 24., 1. / 12., 1. / 6.],
+                    &[1. / 24., -1. / 12., 1. / 6.],
+                    &[0., 0., 1.],
+                ]),
+                rows(&[
+                    &[1., 1., 1., 1., 1., 0.],
+                    &[0., 1., -1., 2., -2., 0.],
+                    &[0., 1., 1., 4., 4., 0.],
+                    &[0., 1., -1., 8., -8., 1.],
+                ]),
+            ],
+        }
+    }
+}
+
+/// The tile whose products fill fewer 64-column product tiles (the subgroup kernel's width):
+/// planes × T4 rounded up to 64. ResNet-50 at batch 1: F(4×4) at 56×56 (36 × 832 against
+/// 16 × 3136) and 28×28 (36 × 64 against 16 × 256), F(2×2) at 14×14 (16 × 64 against
+/// 36 × 64). `WGRAD_WINOGRAD=2` keeps F(2×2) everywhere.
+fn choose_tile(x: &[usize], w: &[usize], geom: &Conv2d) -> WinogradTile {
+    static ONLY_2X2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ONLY_2X2.get_or_init(|| std::env::var(WINOGRAD_ENV).is_ok_and(|v| v == "2")) {
+        return WinogradTile::F2x2;
+    }
+    let cost = |tile: WinogradTile| {
+        dims("conv2d_winograd", x, w, geom, tile)
+            .map_or(usize::MAX, |d| tile.planes() * d.t4.next_multiple_of(64))
+    };
+    if cost(WinogradTile::F4x4) < cost(WinogradTile::F2x2) {
+        WinogradTile::F4x4
+    } else {
+        WinogradTile::F2x2
+    }
+}
+
+/// Whether the geometry is one F(2×2, 3×3) and F(4×4, 3×3) compute: a 3×3 window, stride 1, dilation 1,
 /// one group.
 pub fn geometry_fits(geom: &Conv2d) -> bool {
     geom.kh == 3
@@ -117,18 +220,24 @@ pub fn geometry_fits(geom: &Conv2d) -> bool {
         && geom.groups == 1
 }
 
-fn dims(op: &'static str, x: &[usize], w: &[usize], geom: &Conv2d) -> Result<Dims> {
+fn dims(
+    op: &'static str,
+    x: &[usize],
+    w: &[usize],
+    geom: &Conv2d,
+    tile: WinogradTile,
+) -> Result<Dims> {
     if !geometry_fits(geom) {
         return Err(Error::Invalid {
             op,
             detail: format!(
-                "Winograd F(2x2, 3x3) takes a 3x3 window with stride 1, dilation 1 and one group, got {geom:?} (x {x:?}, filters {w:?})"
+                "Winograd convolution takes a 3x3 window with stride 1, dilation 1 and one group, got {geom:?} (x {x:?}, filters {w:?})"
             ),
         });
     }
     let (n, f) = crate::ops::conv::check_conv2d(x, w, *geom)?;
     let (oh, ow) = geom.output_size(op, x)?;
-    let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+    let (th, tw) = (oh.div_ceil(tile.m()), ow.div_ceil(tile.m()));
     let d = Dims {
         n,
         c: x[1],
@@ -141,120 +250,103 @@ fn dims(op: &'static str, x: &[usize], w: &[usize], geom: &Conv2d) -> Result<Dim
         tw,
         c4: x[1].next_multiple_of(4),
         t4: (n * th * tw).next_multiple_of(4),
+        tile,
     };
     Ok(d)
 }
 
 /// Whether a compiled plan computes this convolution by Winograd: the geometry fits, there
-/// are at least [`MIN_TILES`] output tiles, every transformed operand stays under 64 MiB,
-/// and `WGRAD_WINOGRAD` is not `0`.
+/// are at least [`MIN_TILES`] F(2×2) output tiles, every transformed operand of the tile
+/// [`choose_tile`] takes stays under 64 MiB, and `WGRAD_WINOGRAD` is not `0`.
 pub(crate) fn prefer_winograd(x: &[usize], w: &[usize], geom: &Conv2d) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *OFF.get_or_init(|| std::env::var(WINOGRAD_ENV).is_ok_and(|v| v == "0")) {
         return false;
     }
-    let Ok(d) = dims("conv2d_winograd", x, w, geom) else {
+    let op = "conv2d_winograd";
+    let Ok(d2) = dims(op, x, w, geom, WinogradTile::F2x2) else {
         return false;
     };
-    d.tiles() >= MIN_TILES && d.operand_bytes() <= MAX_OPERAND_BYTES
+    let chosen = dims(op, x, w, geom, choose_tile(x, w, geom));
+    d2.tiles() >= MIN_TILES && chosen.is_ok_and(|d| d.operand_bytes() <= MAX_OPERAND_BYTES)
 }
 
-/// Gᵀ-side transform of one 3-vector: v·Gᵀ.
-fn times_gt(v: [f64; 3]) -> [f64; 4] {
-    [
-        v[0],
-        0.5 * (v[0] + v[1] + v[2]),
-        0.5 * (v[0] - v[1] + v[2]),
-        v[2],
-    ]
+/// L·X·Lᵀ for L (r×k) and X (k×k), row-major: (r×r).
+fn sandwich(l: &[Vec<f64>], x: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let lx: Vec<Vec<f64>> = l
+        .iter()
+        .map(|row| {
+            (0..x[0].len())
+                .map(|j| row.iter().zip(x).map(|(a, xr)| a * xr[j]).sum())
+                .collect()
+        })
+        .collect();
+    lx.iter()
+        .map(|row| {
+            l.iter()
+                .map(|lr| row.iter().zip(lr).map(|(a, b)| a * b).sum())
+                .collect()
+        })
+        .collect()
 }
 
-/// v·B for a 4-vector.
-fn times_b(v: [f64; 4]) -> [f64; 4] {
-    [v[0] - v[2], v[1] + v[2], v[2] - v[1], v[1] - v[3]]
-}
-
-/// v·A for a 4-vector.
-fn times_a(v: [f64; 4]) -> [f64; 2] {
-    [v[0] + v[1] + v[2], v[1] - v[2] - v[3]]
-}
-
-fn add<const K: usize>(a: [f64; K], b: [f64; K], s: f64) -> [f64; K] {
-    std::array::from_fn(|i| a[i] + s * b[i])
-}
-
-/// CPU reference in f64: the filter and input transforms, the 16 products and the output
-/// transform, as the GPU runs them (without the padding to C4 and T4). y (N, F, OH, OW).
+/// CPU reference in f64: the filter transform G g Gᵀ, the input transform Bᵀ d B, the
+/// products per position ξ and the output transform Aᵀ M A, from the tile's matrices
+/// (without the GPU's padding to C4 and T4). y (N, F, OH, OW).
 fn winograd_reference(x: &[f64], w: &[f64], d: &Dims, pads: [usize; 4]) -> Vec<f64> {
+    let [bt, g, at] = d.tile.matrices();
+    let (m, alpha) = (d.tile.m(), d.tile.m() + 2);
     let (c, t) = (d.c, d.tiles());
-    // U[ξ][f][c] = (G g Gᵀ)[ξ]
-    let mut u = vec![0.0; 16 * d.f * c];
-    for f in 0..d.f {
-        for ch in 0..c {
-            let o = (f * c + ch) * 9;
-            let g: [[f64; 3]; 3] =
-                std::array::from_fn(|r| std::array::from_fn(|k| w[o + 3 * r + k]));
-            let rows = [
-                g[0],
-                add(add(g[0], g[1], 1.0), g[2], 1.0).map(|v| 0.5 * v),
-                add(add(g[0], g[1], -1.0), g[2], 1.0).map(|v| 0.5 * v),
-                g[2],
-            ];
-            for (r, row) in rows.iter().enumerate() {
-                for (k, v) in times_gt(*row).into_iter().enumerate() {
-                    u[((4 * r + k) * d.f + f) * c + ch] = v;
-                }
-            }
-        }
-    }
-    // V[ξ][c][t] = (Bᵀ d B)[ξ]
-    let mut v = vec![0.0; 16 * c * t];
-    for ch in 0..c {
-        for tile in 0..t {
+    // u[f·C + c] = G g Gᵀ (α×α)
+    let u: Vec<Vec<Vec<f64>>> = (0..d.f * c)
+        .map(|fc| {
+            let gm: Vec<Vec<f64>> = (0..3).map(|r| w[9 * fc + 3 * r..][..3].to_vec()).collect();
+            sandwich(&g, &gm)
+        })
+        .collect();
+    // v[c·T + t] = Bᵀ d B (α×α), d the tile's α×α input patch (zero outside the image)
+    let v: Vec<Vec<Vec<f64>>> = (0..c * t)
+        .map(|ct| {
+            let (ch, tile) = (ct / t, ct % t);
             let (n, ty, tx) = d.tile_at(tile);
-            let at = |r: usize, k: usize| -> f64 {
-                let (iy, ix) = (
-                    (2 * ty + r) as isize - pads[0] as isize,
-                    (2 * tx + k) as isize - pads[1] as isize,
-                );
-                if iy < 0 || ix < 0 || iy as usize >= d.h || ix as usize >= d.w {
-                    0.0
-                } else {
-                    x[((n * c + ch) * d.h + iy as usize) * d.w + ix as usize]
-                }
-            };
-            let p: [[f64; 4]; 4] = std::array::from_fn(|r| std::array::from_fn(|k| at(r, k)));
-            let rows = [
-                add(p[0], p[2], -1.0),
-                add(p[1], p[2], 1.0),
-                add(p[2], p[1], -1.0),
-                add(p[1], p[3], -1.0),
-            ];
-            for (r, row) in rows.iter().enumerate() {
-                for (k, val) in times_b(*row).into_iter().enumerate() {
-                    v[((4 * r + k) * c + ch) * t + tile] = val;
-                }
-            }
-        }
-    }
-    // M[ξ] = U[ξ]·V[ξ], then y = Aᵀ M A per tile.
+            let patch: Vec<Vec<f64>> = (0..alpha)
+                .map(|r| {
+                    (0..alpha)
+                        .map(|k| {
+                            let iy = (m * ty + r) as isize - pads[0] as isize;
+                            let ix = (m * tx + k) as isize - pads[1] as isize;
+                            if iy < 0 || ix < 0 || iy as usize >= d.h || ix as usize >= d.w {
+                                0.0
+                            } else {
+                                x[((n * c + ch) * d.h + iy as usize) * d.w + ix as usize]
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            sandwich(&bt, &patch)
+        })
+        .collect();
     let mut y = vec![0.0; d.n * d.f * d.oh * d.ow];
     for f in 0..d.f {
         for tile in 0..t {
-            let m: [[f64; 4]; 4] = std::array::from_fn(|r| {
-                std::array::from_fn(|k| {
-                    let xi = 4 * r + k;
-                    (0..c)
-                        .map(|ch| u[(xi * d.f + f) * c + ch] * v[(xi * c + ch) * t + tile])
-                        .sum()
+            // M[ξ] = Σ_c U[ξ][f][c]·V[ξ][c][t], then Aᵀ M A.
+            let mm: Vec<Vec<f64>> = (0..alpha)
+                .map(|r| {
+                    (0..alpha)
+                        .map(|k| {
+                            (0..c)
+                                .map(|ch| u[f * c + ch][r][k] * v[ch * t + tile][r][k])
+                                .sum()
+                        })
+                        .collect()
                 })
-            });
-            let top = times_a(add(add(m[0], m[1], 1.0), m[2], 1.0));
-            let bottom = times_a(add(add(m[1], m[2], -1.0), m[3], -1.0));
+                .collect();
+            let out = sandwich(&at, &mm);
             let (n, ty, tx) = d.tile_at(tile);
-            for (dy, row) in [top, bottom].iter().enumerate() {
+            for (dy, row) in out.iter().enumerate() {
                 for (dx, val) in row.iter().enumerate() {
-                    let (oy, ox) = (2 * ty + dy, 2 * tx + dx);
+                    let (oy, ox) = (m * ty + dy, m * tx + dx);
                     if oy < d.oh && ox < d.ow {
                         y[((n * d.f + f) * d.oh + oy) * d.ow + ox] = *val;
                     }
@@ -318,21 +410,42 @@ fn dispatch(
 
 impl Tensor {
     /// 2-D convolution of x (N, C, H, W) with 3×3 filters (F, C, 3, 3), stride 1, by
-    /// Winograd F(2×2, 3×3): (N, F, OH, OW), the same result as [`Tensor::conv2d`] within
-    /// f32 rounding. Not differentiable (graphs record [`crate::Var::conv2d`]; compiled
-    /// inference plans take this where it pays).
+    /// Winograd minimal filtering, F(2×2, 3×3) or F(4×4, 3×3), whichever compiled plans take
+    /// for these shapes: (N, F, OH, OW), the same result as [`Tensor::conv2d`] within f32
+    /// rounding. Not differentiable (graphs record [`crate::Var::conv2d`]; compiled inference
+    /// plans take this where it pays).
     pub fn conv2d_winograd(&self, weight: &Tensor, geom: Conv2d) -> Result<Tensor> {
         self.conv2d_winograd_epilogue(weight, None, geom, Epilogue::default())
     }
 
+    /// [`Tensor::conv2d_winograd`] by the given algorithm.
+    pub fn conv2d_winograd_with(
+        &self,
+        weight: &Tensor,
+        geom: Conv2d,
+        tile: WinogradTile,
+    ) -> Result<Tensor> {
+        self.winograd_run(weight, (None, tile), geom, Epilogue::default())
+    }
+
     /// The transformed filters `U = G·g·Gᵀ` of `weight` (F, C, 3, 3) as
-    /// [`Tensor::conv2d_winograd_epilogue`] computes them for images of shape `x`: (16, F, C4),
-    /// C4 being C rounded up to 4 (zero channels). They depend on the weights alone, so a
-    /// compiled inference plan computes them once (and again when `set_param` changes them).
+    /// [`Tensor::conv2d_winograd_epilogue`] computes them for images of shape `x`: (P, F, C4),
+    /// P being the chosen tile's planes (16 or 36) and C4 C rounded up to 4 (zero channels).
+    /// They depend on the weights alone, so a compiled inference plan computes them once (and
+    /// again when `set_param` changes them).
     pub(crate) fn winograd_filters(&self, x: &[usize], geom: Conv2d) -> Result<Tensor> {
+        self.winograd_filters_with(x, geom, choose_tile(x, self.shape(), &geom))
+    }
+
+    fn winograd_filters_with(
+        &self,
+        x: &[usize],
+        geom: Conv2d,
+        tile: WinogradTile,
+    ) -> Result<Tensor> {
         let op = "conv2d_winograd";
         self.expect_f32(op)?;
-        let d = dims(op, x, self.shape(), &geom)?;
+        let d = dims(op, x, self.shape(), &geom, tile)?;
         let DeviceInner::Gpu(ctx) = &self.device().inner else {
             return Err(Error::Invalid {
                 op,
@@ -341,12 +454,18 @@ impl Tensor {
                         .into(),
             });
         };
-        let u = gpu_output(ctx, self.device(), op, &[16, d.f, d.c4], DType::F32)?;
+        let u = gpu_output(
+            ctx,
+            self.device(),
+            op,
+            &[tile.planes(), d.f, d.c4],
+            DType::F32,
+        )?;
         if u.numel() > 0 {
             let p = params(&d, geom.pads, d.f * d.c4, 0);
             dispatch(
                 ctx,
-                "winograd_filter",
+                tile.entries()[0],
                 d.div_constants(),
                 &p,
                 (&[self, &u], false),
@@ -367,11 +486,23 @@ impl Tensor {
         geom: Conv2d,
         epi: Epilogue<'_>,
     ) -> Result<Tensor> {
+        let tile = choose_tile(self.shape(), weight.shape(), &geom);
+        self.winograd_run(weight, (filters, tile), geom, epi)
+    }
+
+    /// [`Tensor::conv2d_winograd_epilogue`] by the given algorithm (`filters` must be its).
+    fn winograd_run(
+        &self,
+        weight: &Tensor,
+        (filters, tile): (Option<&Tensor>, WinogradTile),
+        geom: Conv2d,
+        epi: Epilogue<'_>,
+    ) -> Result<Tensor> {
         let op = "conv2d_winograd";
         self.expect_f32(op)?;
         weight.expect_f32(op)?;
         self.expect_same_device(op, weight)?;
-        let d = dims(op, self.shape(), weight.shape(), &geom)?;
+        let d = dims(op, self.shape(), weight.shape(), &geom, tile)?;
         if epi.bias.is_some() || epi.mask.is_some() || epi.group > 0 {
             return Err(Error::Invalid {
                 op,
@@ -414,8 +545,9 @@ impl Tensor {
             let p = params(&d, geom.pads, total, epi.flags());
             dispatch(ctx, entry, constants, &p, (tensors, true), total)
         };
+        let planes = tile.planes();
         let u = match filters {
-            Some(u) if u.shape() == [16, d.f, d.c4] && u.dtype() == DType::F32 => {
+            Some(u) if u.shape() == [planes, d.f, d.c4] && u.dtype() == DType::F32 => {
                 self.expect_same_device(op, u)?;
                 u.clone()
             }
@@ -423,7 +555,7 @@ impl Tensor {
                 return Err(Error::Shape {
                     op,
                     detail: format!(
-                        "transformed filters of shape {:?} ({:?}) for weight {:?}: they need [16, {}, {}] f32",
+                        "transformed filters of shape {:?} ({:?}) for weight {:?}: they need [{planes}, {}, {}] f32",
                         u.shape(),
                         u.dtype(),
                         weight.shape(),
@@ -432,11 +564,12 @@ impl Tensor {
                     ),
                 })
             }
-            None => weight.winograd_filters(self.shape(), geom)?,
+            None => weight.winograd_filters_with(self.shape(), geom, tile)?,
         };
-        let v = gpu_output(ctx, self.device(), op, &[16, d.c4, d.t4], DType::F32)?;
+        let [_, input, output] = tile.entries();
+        let v = gpu_output(ctx, self.device(), op, &[planes, d.c4, d.t4], DType::F32)?;
         // Four tiles per invocation (T4 is a multiple of 4).
-        run("winograd_input", &[self, &v], d.c4 * d.t4 / 4)?;
+        run(input, &[self, &v], d.c4 * d.t4 / 4)?;
         let m = u.matmul(&v)?;
         drop((u, v));
         // Parts not applied bind the source (read-only, never the destination).
@@ -447,7 +580,12 @@ impl Tensor {
             epi.shift.unwrap_or(&m),
             epi.residual.unwrap_or(&m),
         ];
-        run("winograd_output", &bound, d.f * d.t4 / 4)?;
+        // F(4×4) stores whole output rows as vec4s where they are (4 | OW).
+        let output = match tile {
+            WinogradTile::F4x4 if d.ow % 4 == 0 => "winograd4_output_v4",
+            _ => output,
+        };
+        run(output, &bound, d.f * d.t4 / 4)?;
         Ok(out)
     }
 }
@@ -463,6 +601,7 @@ mod tests {
             &[2, 5, 7, 6],
             &[3, 5, 3, 3],
             &Conv2d::new(3, 3).padding(1),
+            WinogradTile::F2x2,
         )
         .unwrap();
         let p = params(&d, [1, 1, 1, 1], 99, 8 | 64);
@@ -482,5 +621,50 @@ mod tests {
         // 7x7 at batch 1: 16 tiles, under MIN_TILES; 14x14: 49 tiles.
         assert!(!prefer_winograd(&[1, 512, 7, 7], &[512, 512, 3, 3], &g));
         assert!(prefer_winograd(&[1, 256, 14, 14], &[256, 256, 3, 3], &g));
+    }
+
+    #[test]
+    fn f4x4_is_chosen_where_its_products_fill_fewer_tiles() {
+        let g = Conv2d::new(3, 3).padding(1);
+        let tile = |c: usize, hw: usize| choose_tile(&[1, c, hw, hw], &[c, c, 3, 3], &g);
+        assert_eq!(tile(64, 56), WinogradTile::F4x4); // 36 x 832 against 16 x 3136
+        assert_eq!(tile(128, 28), WinogradTile::F4x4); // 36 x 64 against 16 x 256
+        assert_eq!(tile(256, 14), WinogradTile::F2x2); // 36 x 64 against 16 x 64
+    }
+
+    #[test]
+    fn transform_matrices_reproduce_the_direct_correlation() {
+        // Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A of one tile against the 3×3 correlation of d with g.
+        for tile in [WinogradTile::F2x2, WinogradTile::F4x4] {
+            let (m, alpha) = (tile.m(), tile.m() + 2);
+            let [bt, g, at] = tile.matrices();
+            let d: Vec<Vec<f64>> = (0..alpha)
+                .map(|r| {
+                    (0..alpha)
+                        .map(|k| ((7 * r + 3 * k) % 11) as f64 - 5.0)
+                        .collect()
+                })
+                .collect();
+            let w: Vec<Vec<f64>> = (0..3)
+                .map(|r| (0..3).map(|k| ((5 * r + 2 * k) % 7) as f64 - 3.0).collect())
+                .collect();
+            let (u, v) = (sandwich(&g, &w), sandwich(&bt, &d));
+            let prod: Vec<Vec<f64>> = (0..alpha)
+                .map(|r| (0..alpha).map(|k| u[r][k] * v[r][k]).collect())
+                .collect();
+            let y = sandwich(&at, &prod);
+            for (i, row) in y.iter().enumerate().take(m) {
+                for (j, got) in row.iter().enumerate() {
+                    let want: f64 = (0..3)
+                        .flat_map(|a| (0..3).map(move |b| (a, b)))
+                        .map(|(a, b)| d[i + a][j + b] * w[a][b])
+                        .sum();
+                    assert!(
+                        (got - want).abs() < 1e-9,
+                        "{tile:?} ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -348,22 +348,31 @@ fn implicit_conv(r: &mut Vec<Row>, gpu: &Device) {
     }
 }
 
-/// Winograd F(2x2, 3x3) (`ops::winograd`): odd channels, edge tiles cut by odd output
-/// sizes, no padding, asymmetric pads, a tile count not a multiple of 4.
+/// Winograd F(2x2, 3x3) and F(4x4, 3x3) (`ops::winograd`): odd channels, edge tiles cut by
+/// odd output sizes, no padding, asymmetric pads, a tile count not a multiple of 4, and (the
+/// F(4x4) output's vec4 rows) an output 8 wide.
 fn winograd_conv(r: &mut Vec<Row>, gpu: &Device) {
-    use wgrad::Conv2d;
+    use wgrad::{Conv2d, WinogradTile};
     let g = Conv2d::new(3, 3);
     let cases = [
         ("p1", [1, 3, 7, 5], 5, g.padding(1)),
         ("p0", [2, 5, 9, 6], 7, g),
         ("pads", [3, 7, 11, 10], 9, g.pads(1, 0, 2, 1)),
+        ("w8", [1, 6, 9, 8], 4, g.padding(1)),
     ];
-    for (label, xs, f, geom) in cases {
-        let ws = [f, xs[1], 3, 3];
-        let name = format!("conv2d_winograd {label}");
-        kernel(r, gpu, &name, &[&xs, &ws], (-1.0, 1.0), (1e-5, 1e-4), |x| {
-            x[0].conv2d_winograd(&x[1], geom)
-        });
+    for tile in [WinogradTile::F2x2, WinogradTile::F4x4] {
+        // F(4x4)'s transforms scale values by up to 8 (Aᵀ) and 5 (Bᵀ): ~10x F(2x2)'s error.
+        let tol = match tile {
+            WinogradTile::F2x2 => (1e-5, 1e-4),
+            WinogradTile::F4x4 => (1e-4, 1e-4),
+        };
+        for (label, xs, f, geom) in cases {
+            let ws = [f, xs[1], 3, 3];
+            let name = format!("conv2d_winograd {tile:?} {label}");
+            kernel(r, gpu, &name, &[&xs, &ws], (-1.0, 1.0), tol, |x| {
+                x[0].conv2d_winograd_with(&x[1], geom, tile)
+            });
+        }
     }
 }
 
