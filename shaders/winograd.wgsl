@@ -15,8 +15,9 @@
 //   winograd_input   x (N, C, H, W) → V (16, C4, T4)     one invocation per (c < C4, quad of T4)
 //   winograd_output  M (16, F, T4)  → y (N, F, OH, OW)   one invocation per (f, quad of T4)
 // The input and output transforms take four consecutive tiles t = 4q .. 4q + 4 per invocation,
-// so that V is stored and M loaded as whole vec4s (16 per invocation, not 64 scalars): on
-// lavapipe each scalar store is a scatter across the lanes.
+// side by side, one per vec4 lane, so that V is stored and M loaded as whole vec4s (16 per
+// invocation, not 64 scalars; on lavapipe each scalar store is a scatter across the lanes)
+// and no array is indexed at run time.
 // C4 and T4 are C and T = N·TH·TW rounded up to 4, the padding zero, so the product's
 // operands have rows of whole vec4s (no padded copies) and its reduction adds zeros.
 // The output transform applies the epilogue matmul.wgsl's flags name, in its order:
@@ -51,19 +52,9 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
 }
 
-// v·B for a row v of 4 (B's columns): the input transform's second half.
-fn times_b(v: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(v.x - v.z, v.y + v.z, v.z - v.y, v.y - v.w);
-}
-
 // v·Gᵀ for a row v of 3.
 fn times_gt(v: vec3<f32>) -> vec4<f32> {
     return vec4<f32>(v.x, 0.5 * (v.x + v.y + v.z), 0.5 * (v.x - v.y + v.z), v.z);
-}
-
-// v·A for a row v of 4.
-fn times_a(v: vec4<f32>) -> vec2<f32> {
-    return vec2<f32>(v.x + v.y + v.z, v.y - v.z - v.w);
 }
 
 // Tile t's image and its (ty, tx) among the TH x TW tiles of one image.
@@ -73,6 +64,44 @@ fn tile_at(t: u32) -> vec3<u32> {
     let r = t - n * per_image;
     let ty = div(r, params.tw);
     return vec3<u32>(n, ty, r - ty * params.tw);
+}
+
+// Four tiles t .. t + 4 of channel c, one per lane, with m×m outputs each: their patches'
+// plane offsets, top rows and left columns (padded coordinates), and which are real tiles of
+// a real channel. The input transforms compute a quad's four tiles side by side this way,
+// so V is stored as whole vec4s with no shuffling and every array index is a constant.
+struct Quad { base: vec4<u32>, y0: vec4<i32>, x0: vec4<i32>, live: vec4<bool>, }
+
+fn quad_of(c: u32, t: u32, m: u32) -> Quad {
+    let ts = vec4<u32>(t) + vec4<u32>(0u, 1u, 2u, 3u);
+    let n = div4(ts, params.th * params.tw);
+    let r = ts - n * (params.th * params.tw);
+    let ty = div4(r, params.tw);
+    let tx = r - ty * params.tw;
+    let live = (ts < vec4<u32>(params.tiles)) & vec4<bool>(c < params.c);
+    return Quad((n * params.c + c) * (params.h * params.w),
+                vec4<i32>(m * ty) - vec4<i32>(i32(params.pt)),
+                vec4<i32>(m * tx) - vec4<i32>(i32(params.pl)), live);
+}
+
+// Element (r, k) of the four patches, zero outside the image and for dead tiles.
+fn quad_at(q: Quad, r: i32, k: i32) -> vec4<f32> {
+    let iy = q.y0 + vec4<i32>(r);
+    let ix = q.x0 + vec4<i32>(k);
+    let inside = q.live & (iy >= vec4<i32>(0)) & (iy < vec4<i32>(i32(params.h)))
+        & (ix >= vec4<i32>(0)) & (ix < vec4<i32>(i32(params.w)));
+    // Reads outside load index 0 and their values are dropped.
+    let at = select(vec4<u32>(0u), q.base + vec4<u32>(iy) * params.w + vec4<u32>(ix), inside);
+    let v = vec4<f32>(src_at(at.x), src_at(at.y), src_at(at.z), src_at(at.w));
+    return select(vec4<f32>(0.0), v, inside);
+}
+
+// The epilogue's scale and shift of filter f.
+fn filter_epilogue(f: u32) -> vec2<f32> {
+    var st = vec2<f32>(1.0, 0.0);
+    if ((params.flags & EPI_SCALE) != 0u) { st.x = scale[f]; }
+    if ((params.flags & EPI_SHIFT) != 0u) { st.y = shift[f]; }
+    return st;
 }
 
 // Stores the 4x4 tile `v` (rows) as element `at` of the 16 planes of `plane` values each.
@@ -107,35 +136,28 @@ fn winograd_filter(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     store_planes(f * params.c4 + c, params.f * params.c4, u);  // U[ξ] is (F, C4)
 }
 
-// Row `row` of padded columns x0 .. x0 + 4 of channel plane `base`, zero outside the image.
-fn input_row(base: u32, row: i32, x0: i32) -> vec4<f32> {
-    if (row < 0 || row >= i32(params.h)) { return vec4<f32>(0.0); }
-    let cols = vec4<i32>(x0) + vec4<i32>(0, 1, 2, 3);
-    let inside = (cols >= vec4<i32>(0)) & (cols < vec4<i32>(i32(params.w)));
-    // Reads outside are clamped to the row's start and their values dropped.
-    let at = vec4<u32>(select(vec4<i32>(0), cols, inside)) + vec4<u32>(base + u32(row) * params.w);
-    let v = vec4<f32>(src_at(at.x), src_at(at.y), src_at(at.z), src_at(at.w));
-    return select(vec4<f32>(0.0), v, inside);
+// Bᵀ·v for four values v (each a vec4: four tiles).
+fn bt4(v: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(v[0] - v[2], v[1] + v[2], v[2] - v[1], v[1] - v[3]);
 }
 
-// Rows of Bᵀ d B for tile t of channel c: zero for padding channels and tiles.
-fn input_tile(c: u32, t: u32) -> array<vec4<f32>, 4> {
-    var v: array<vec4<f32>, 4>;
-    if (c < params.c && t < params.tiles) {
-        let at = tile_at(t);
-        let base = (at.x * params.c + c) * params.h * params.w;
-        let y0 = i32(2u * at.y) - i32(params.pt);
-        let x0 = i32(2u * at.z) - i32(params.pl);
-        let d0 = input_row(base, y0, x0);
-        let d1 = input_row(base, y0 + 1, x0);
-        let d2 = input_row(base, y0 + 2, x0);
-        let d3 = input_row(base, y0 + 3, x0);
-        v[0] = times_b(d0 - d2);
-        v[1] = times_b(d1 + d2);
-        v[2] = times_b(d2 - d1);
-        v[3] = times_b(d1 - d3);
-    }
-    return v;
+// Aᵀ·v for four values: two.
+fn at4(v: array<vec4<f32>, 4>) -> array<vec4<f32>, 2> {
+    return array<vec4<f32>, 2>(v[0] + v[1] + v[2], v[1] - v[2] - v[3]);
+}
+
+// Row r of the four 4×4 patches times B: (d B)[r][0 .. 4].
+fn quad_row4(q: Quad, r: i32) -> array<vec4<f32>, 4> {
+    return bt4(array<vec4<f32>, 4>(quad_at(q, r, 0), quad_at(q, r, 1), quad_at(q, r, 2),
+                                   quad_at(q, r, 3)));
+}
+
+// Column j of the quad's Bᵀ d B (rows 0 .. 4): element ξ = 4·row + j of plane ξ.
+fn store_column4(at: u32, plane: u32, j: u32, v: array<vec4<f32>, 4>) {
+    dst4[j * plane + at] = v[0];
+    dst4[(4u + j) * plane + at] = v[1];
+    dst4[(8u + j) * plane + at] = v[2];
+    dst4[(12u + j) * plane + at] = v[3];
 }
 
 @compute @workgroup_size(256)
@@ -145,21 +167,17 @@ fn winograd_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     if (i >= params.total) { return; }
     let quads = params.t4 / 4u;
     let c = div(i, quads);
-    let t = 4u * (i - c * quads);
-    let v0 = input_tile(c, t);
-    let v1 = input_tile(c, t + 1u);
-    let v2 = input_tile(c, t + 2u);
-    let v3 = input_tile(c, t + 3u);
-    // V[ξ] is (C4, T4): the quad's element ξ = 4r + k of each tile is one vec4 of plane ξ.
+    let q = quad_of(c, 4u * (i - c * quads), 2u);
+    let w0 = quad_row4(q, 0);
+    let w1 = quad_row4(q, 1);
+    let w2 = quad_row4(q, 2);
+    let w3 = quad_row4(q, 3);
+    // V[ξ] is (C4, T4): element ξ of the quad's four tiles is one vec4 of plane ξ, at i.
     let plane = params.c4 * params.t4 / 4u;
-    let at = i;  // (c·T4 + t) / 4
-    for (var r = 0u; r < 4u; r++) {
-        let base = 4u * r * plane + at;
-        dst4[base] = vec4<f32>(v0[r].x, v1[r].x, v2[r].x, v3[r].x);
-        dst4[base + plane] = vec4<f32>(v0[r].y, v1[r].y, v2[r].y, v3[r].y);
-        dst4[base + 2u * plane] = vec4<f32>(v0[r].z, v1[r].z, v2[r].z, v3[r].z);
-        dst4[base + 3u * plane] = vec4<f32>(v0[r].w, v1[r].w, v2[r].w, v3[r].w);
-    }
+    store_column4(i, plane, 0u, bt4(array<vec4<f32>, 4>(w0[0], w1[0], w2[0], w3[0])));
+    store_column4(i, plane, 1u, bt4(array<vec4<f32>, 4>(w0[1], w1[1], w2[1], w3[1])));
+    store_column4(i, plane, 2u, bt4(array<vec4<f32>, 4>(w0[2], w1[2], w2[2], w3[2])));
+    store_column4(i, plane, 3u, bt4(array<vec4<f32>, 4>(w0[3], w1[3], w2[3], w3[3])));
 }
 
 // Element (f, oy, ox) of image n with the epilogue, stored if inside the output.
@@ -174,19 +192,24 @@ fn store_output(n: u32, f: u32, oy: u32, ox: u32, v: f32, st: vec2<f32>) {
     dst[o] = r;
 }
 
-// The 2×2 output of tile t (of image n at tile row ty, column tx) from its 4×4 M tile `m`
-// (rows), with the epilogue.
-fn output_tile(f: u32, t: u32, m: array<vec4<f32>, 4>, st: vec2<f32>) {
-    let y0 = times_a(m[0] + m[1] + m[2]);
-    let y1 = times_a(m[1] - m[2] - m[3]);
-    let tile = tile_at(t);
-    let n = tile.x;
+// Row r of the quad's 4×4 M tiles (element ξ = 4r + k of the four tiles per vec4) times A.
+fn m_row4(at: u32, plane: u32, r: u32) -> array<vec4<f32>, 2> {
+    let b = 4u * r * plane + at;
+    return at4(array<vec4<f32>, 4>(src4_at(b), src4_at(b + plane), src4_at(b + 2u * plane),
+                                   src4_at(b + 3u * plane)));
+}
+
+// Lane k's tile (tile t + k): its 2×2 pixels from output columns c0 and c1 (rows 0, 1).
+fn store_tile2(f: u32, t: u32, k: u32, c0: array<vec4<f32>, 2>, c1: array<vec4<f32>, 2>,
+               st: vec2<f32>) {
+    if (t + k >= params.tiles) { return; }
+    let tile = tile_at(t + k);
     let oy = 2u * tile.y;
     let ox = 2u * tile.z;
-    store_output(n, f, oy, ox, y0.x, st);
-    store_output(n, f, oy, ox + 1u, y0.y, st);
-    store_output(n, f, oy + 1u, ox, y1.x, st);
-    store_output(n, f, oy + 1u, ox + 1u, y1.y, st);
+    store_output(tile.x, f, oy, ox, c0[0][k], st);
+    store_output(tile.x, f, oy, ox + 1u, c1[0][k], st);
+    store_output(tile.x, f, oy + 1u, ox, c0[1][k], st);
+    store_output(tile.x, f, oy + 1u, ox + 1u, c1[1][k], st);
 }
 
 @compute @workgroup_size(256)
@@ -197,27 +220,19 @@ fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     let quads = params.t4 / 4u;
     let f = div(i, quads);
     let t = 4u * (i - f * quads);
-    // M[ξ] is (F, T4): element ξ = 4r + k of the quad's four tiles is one vec4 of plane ξ.
+    let st = filter_epilogue(f);
+    // M[ξ] is (F, T4): element ξ of the quad's four tiles is one vec4 of plane ξ, at i.
     let plane = params.f * params.t4 / 4u;
-    let at = i;  // (f·T4 + t) / 4
-    var m: array<array<vec4<f32>, 4>, 4>;  // [tile][row of its 4×4 M tile]
-    for (var r = 0u; r < 4u; r++) {
-        let base = 4u * r * plane + at;
-        let e0 = src4_at(base);
-        let e1 = src4_at(base + plane);
-        let e2 = src4_at(base + 2u * plane);
-        let e3 = src4_at(base + 3u * plane);
-        m[0][r] = vec4<f32>(e0.x, e1.x, e2.x, e3.x);
-        m[1][r] = vec4<f32>(e0.y, e1.y, e2.y, e3.y);
-        m[2][r] = vec4<f32>(e0.z, e1.z, e2.z, e3.z);
-        m[3][r] = vec4<f32>(e0.w, e1.w, e2.w, e3.w);
-    }
-    var st = vec2<f32>(1.0, 0.0);
-    if ((params.flags & EPI_SCALE) != 0u) { st.x = scale[f]; }
-    if ((params.flags & EPI_SHIFT) != 0u) { st.y = shift[f]; }
-    for (var k = 0u; k < 4u; k++) {
-        if (t + k < params.tiles) { output_tile(f, t + k, m[k], st); }
-    }
+    let a0 = m_row4(i, plane, 0u);
+    let a1 = m_row4(i, plane, 1u);
+    let a2 = m_row4(i, plane, 2u);
+    let a3 = m_row4(i, plane, 3u);
+    let c0 = at4(array<vec4<f32>, 4>(a0[0], a1[0], a2[0], a3[0]));  // output column 0
+    let c1 = at4(array<vec4<f32>, 4>(a0[1], a1[1], a2[1], a3[1]));  // output column 1
+    store_tile2(f, t, 0u, c0, c1, st);
+    store_tile2(f, t, 1u, c0, c1, st);
+    store_tile2(f, t, 2u, c0, c1, st);
+    store_tile2(f, t, 3u, c0, c1, st);
 }
 
 // ---- F(4×4, 3×3): 4×4 output tiles from 6×6 input patches, 36 products of (F, C)·(C, T)
@@ -229,11 +244,11 @@ fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 //   Aᵀ = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
 // Entries, as F(2×2)'s with 36 planes: winograd4_filter, winograd4_input (four tiles per
 // invocation) and winograd4_output (four tiles per invocation; winograd4_output_v4 stores
-// whole output rows as vec4s where OW % 4 = 0). The input and output transforms compute
-// the quad's four tiles side by side, one per vec4 lane, so V is stored and M loaded as
-// whole vec4s with no shuffling, and every array index is a constant: a first version that
-// filled 36-element arrays in loops ran 3x slower than F(2×2)'s input transform on lavapipe
-// (10 against 3.3 ms at 56×56), most likely from arrays indexed at run time.
+// whole output rows as vec4s where OW % 4 = 0). Like F(2×2)'s, the input and output
+// transforms compute the quad's four tiles side by side, one per vec4 lane (see `Quad`): a
+// first version that filled 36-element arrays in loops ran 3x slower than F(2×2)'s input
+// transform on lavapipe (10 against 3.3 ms at 56×56), most likely from arrays indexed at
+// run time.
 
 // Bᵀ·v for six values v (each a vec4: four tiles, or four columns of a row).
 fn bt6(v: array<vec4<f32>, 6>) -> array<vec4<f32>, 6> {
@@ -286,34 +301,6 @@ fn winograd4_filter(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
     for (var xi = 0u; xi < 36u; xi++) { dst[xi * plane + f * params.c4 + c] = u[xi]; }
 }
 
-// Four tiles t .. t + 4 of channel c, one per lane: their patches' plane offsets, top rows
-// and left columns (padded coordinates), and which are real tiles of a real channel.
-struct Quad { base: vec4<u32>, y0: vec4<i32>, x0: vec4<i32>, live: vec4<bool>, }
-
-fn quad_of(c: u32, t: u32) -> Quad {
-    let ts = vec4<u32>(t) + vec4<u32>(0u, 1u, 2u, 3u);
-    let n = div4(ts, params.th * params.tw);
-    let r = ts - n * (params.th * params.tw);
-    let ty = div4(r, params.tw);
-    let tx = r - ty * params.tw;
-    let live = (ts < vec4<u32>(params.tiles)) & vec4<bool>(c < params.c);
-    return Quad((n * params.c + c) * (params.h * params.w),
-                vec4<i32>(4u * ty) - vec4<i32>(i32(params.pt)),
-                vec4<i32>(4u * tx) - vec4<i32>(i32(params.pl)), live);
-}
-
-// Element (r, k) of the four patches, zero outside the image and for dead tiles.
-fn quad_at(q: Quad, r: i32, k: i32) -> vec4<f32> {
-    let iy = q.y0 + vec4<i32>(r);
-    let ix = q.x0 + vec4<i32>(k);
-    let inside = q.live & (iy >= vec4<i32>(0)) & (iy < vec4<i32>(i32(params.h)))
-        & (ix >= vec4<i32>(0)) & (ix < vec4<i32>(i32(params.w)));
-    // Reads outside load index 0 and their values are dropped.
-    let at = select(vec4<u32>(0u), q.base + vec4<u32>(iy) * params.w + vec4<u32>(ix), inside);
-    let v = vec4<f32>(src_at(at.x), src_at(at.y), src_at(at.z), src_at(at.w));
-    return select(vec4<f32>(0.0), v, inside);
-}
-
 // Row r of the four patches times B: (d B)[r][0 .. 6].
 fn quad_row(q: Quad, r: i32) -> array<vec4<f32>, 6> {
     return bt6(array<vec4<f32>, 6>(quad_at(q, r, 0), quad_at(q, r, 1), quad_at(q, r, 2),
@@ -337,7 +324,7 @@ fn winograd4_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     if (i >= params.total) { return; }
     let quads = params.t4 / 4u;
     let c = div(i, quads);
-    let q = quad_of(c, 4u * (i - c * quads));
+    let q = quad_of(c, 4u * (i - c * quads), 4u);
     let w0 = quad_row(q, 0);
     let w1 = quad_row(q, 1);
     let w2 = quad_row(q, 2);
@@ -381,14 +368,6 @@ fn output_columns(at: u32) -> array<array<vec4<f32>, 4>, 4> {
 // Row y of lane k's tile: its four pixels.
 fn tile_row(c: array<array<vec4<f32>, 4>, 4>, y: u32, k: u32) -> vec4<f32> {
     return vec4<f32>(c[0][y][k], c[1][y][k], c[2][y][k], c[3][y][k]);
-}
-
-// The epilogue's scale and shift of filter f.
-fn filter_epilogue(f: u32) -> vec2<f32> {
-    var st = vec2<f32>(1.0, 0.0);
-    if ((params.flags & EPI_SCALE) != 0u) { st.x = scale[f]; }
-    if ((params.flags & EPI_SHIFT) != 0u) { st.y = shift[f]; }
-    return st;
 }
 
 // Lane k's tile (tile t + k) stored pixel by pixel, with the epilogue.
