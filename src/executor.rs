@@ -68,7 +68,8 @@ struct HeldFilters {
     /// Its image operand's shape (the transform pads channels for it).
     x: Vec<usize>,
     geom: crate::ops::conv::Conv2d,
-    /// (16, F, C4): what the run's Winograd product reads.
+    /// (P, F, C4), P = 16 or 36 planes (the tile `Tensor::winograd_filters` takes for x):
+    /// what the run's Winograd product reads.
     u: Tensor,
 }
 
