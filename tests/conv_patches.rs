@@ -11,57 +11,8 @@
 
 mod common;
 
-use common::{assert_close, gpu, run_compiled, uniform};
-use wgrad::{Conv2d, Device, Graph, MatmulVariant, Tensor};
-
-/// conv → ·a[channel] → +c[channel] (→ + residual) → ReLU, compiled for inference: its
-/// output and the plan's dispatch entries.
-fn block(
-    dev: &Device,
-    xs: [usize; 4],
-    ws: [usize; 4],
-    geom: Conv2d,
-    residual: bool,
-) -> (Vec<f32>, Vec<String>) {
-    let f = ws[0];
-    let (oh, ow) = geom.output_size("test", &xs).unwrap();
-    let ys = [xs[0], f, oh, ow];
-    let g = Graph::new();
-    let x = g.input("x", &xs);
-    let w = g.input("w", &ws);
-    let a = g.input("a", &[1, f, 1, 1]);
-    let c = g.input("c", &[1, f, 1, 1]);
-    let r = g.input("r", &ys);
-    let mut y = x
-        .conv2d(&w, geom)
-        .unwrap()
-        .mul(&a)
-        .unwrap()
-        .add(&c)
-        .unwrap();
-    if residual {
-        y = y.add(&r).unwrap();
-    }
-    let y = y.relu().unwrap();
-    let cpu = Device::cpu();
-    let t = |seed: u64, s: &[usize], lo: f32| {
-        Tensor::from_slice(&cpu, &uniform(seed, s.iter().product(), lo, 1.0), s).unwrap()
-    };
-    let feeds = [
-        ("x", t(1, &xs, -1.0)),
-        ("w", t(2, &ws, -1.0)),
-        ("a", t(3, &[1, f, 1, 1], 0.5)),
-        ("c", t(4, &[1, f, 1, 1], -1.0)),
-        ("r", t(5, &ys, -1.0)),
-    ];
-    let named: Vec<(&str, &Tensor)> = feeds
-        .iter()
-        .filter(|(n, _)| residual || *n != "r")
-        .map(|(n, t)| (*n, t))
-        .collect();
-    let (mut got, exe) = run_compiled(dev, &g, &[&y], &named);
-    (got.remove(0), exe.dispatch_entries())
-}
+use common::{assert_close, conv_block, gpu};
+use wgrad::{Conv2d, Device, MatmulVariant};
 
 fn count(entries: &[String], entry: &str) -> usize {
     entries
@@ -86,8 +37,8 @@ fn patch_rows_not_a_multiple_of_4_are_written_padded() {
     ] {
         let ws = [f, xs[1], geom.kh, geom.kw];
         let label = format!("{xs:?} {f} {geom:?} residual {residual}");
-        let (want, _) = block(&Device::cpu(), xs, ws, geom, residual);
-        let (got, entries) = block(&dev, xs, ws, geom, residual);
+        let (want, _) = conv_block(&Device::cpu(), xs, ws, geom, residual);
+        let (got, entries) = conv_block(&dev, xs, ws, geom, residual);
         let ck = (xs[1] * geom.kh * geom.kw) as f32;
         assert_close(&label, &got, &want, 1e-5 * ck, 1e-4);
         if pads {

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{assert_close, gpu, run_compiled, uniform};
+use common::{assert_close, conv_block, gpu, uniform};
 use wgrad::autodiff::grad;
 use wgrad::{Conv2d, Device, Graph, Init, MatmulVariant, Tensor, WinogradTile};
 
@@ -130,44 +130,11 @@ fn other_geometries_and_bad_shapes_are_errors_naming_the_op() {
     );
 }
 
-/// conv3x3 → ·a[channel] → +c[channel] (→ + residual) → ReLU, compiled for inference.
+/// conv3x3 (padding 1) → ·a[channel] → +c[channel] (→ + residual) → ReLU, compiled for
+/// inference (`common::conv_block`).
 fn block(dev: &Device, xs: [usize; 4], f: usize, residual: bool) -> (Vec<f32>, Vec<String>) {
-    let g = Graph::new();
-    let x = g.input("x", &xs);
-    let w = g.input("w", &[f, xs[1], 3, 3]);
-    let a = g.input("a", &[1, f, 1, 1]);
-    let c = g.input("c", &[1, f, 1, 1]);
-    let mut y = x
-        .conv2d(&w, Conv2d::new(3, 3).padding(1))
-        .unwrap()
-        .mul(&a)
-        .unwrap()
-        .add(&c)
-        .unwrap();
-    let ys = [xs[0], f, xs[2], xs[3]];
-    let r = g.input("r", &ys);
-    if residual {
-        y = y.add(&r).unwrap();
-    }
-    let y = y.relu().unwrap();
-    let cpu = Device::cpu();
-    let t = |seed: u64, s: &[usize], lo: f32| {
-        Tensor::from_slice(&cpu, &uniform(seed, s.iter().product(), lo, 1.0), s).unwrap()
-    };
-    let feeds = [
-        ("x", t(1, &xs, -1.0)),
-        ("w", t(2, &[f, xs[1], 3, 3], -1.0)),
-        ("a", t(3, &[1, f, 1, 1], 0.5)),
-        ("c", t(4, &[1, f, 1, 1], -1.0)),
-        ("r", t(5, &ys, -1.0)),
-    ];
-    let named: Vec<(&str, &Tensor)> = feeds
-        .iter()
-        .filter(|(n, _)| residual || *n != "r")
-        .map(|(n, t)| (*n, t))
-        .collect();
-    let (mut got, exe) = run_compiled(dev, &g, &[&y], &named);
-    (got.remove(0), exe.dispatch_entries())
+    let geom = Conv2d::new(3, 3).padding(1);
+    conv_block(dev, xs, [f, xs[1], 3, 3], geom, residual)
 }
 
 #[test]

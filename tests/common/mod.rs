@@ -289,3 +289,54 @@ pub fn two_layer(x: &Var, w1: &Var, b1: &Var, w2: &Var, b2: &Var) -> Var {
         .add(b2)
         .unwrap()
 }
+
+/// conv(x, w) → ·a[channel] → +c[channel] (→ + residual r) → ReLU, compiled for inference
+/// on `dev` from seeded uniform feeds (x, w, c and r in [-1, 1), a in [0.5, 1)): its output
+/// and the plan's dispatch entries. The block a folded batch norm leaves after a convolution
+/// (tests/winograd, tests/conv_patches).
+pub fn conv_block(
+    dev: &Device,
+    xs: [usize; 4],
+    ws: [usize; 4],
+    geom: wgrad::Conv2d,
+    residual: bool,
+) -> (Vec<f32>, Vec<String>) {
+    let f = ws[0];
+    let (oh, ow) = geom.output_size("test", &xs).unwrap();
+    let ys = [xs[0], f, oh, ow];
+    let g = Graph::new();
+    let x = g.input("x", &xs);
+    let w = g.input("w", &ws);
+    let a = g.input("a", &[1, f, 1, 1]);
+    let c = g.input("c", &[1, f, 1, 1]);
+    let r = g.input("r", &ys);
+    let mut y = x
+        .conv2d(&w, geom)
+        .unwrap()
+        .mul(&a)
+        .unwrap()
+        .add(&c)
+        .unwrap();
+    if residual {
+        y = y.add(&r).unwrap();
+    }
+    let y = y.relu().unwrap();
+    let cpu = Device::cpu();
+    let t = |seed: u64, s: &[usize], lo: f32| {
+        Tensor::from_slice(&cpu, &uniform(seed, s.iter().product(), lo, 1.0), s).unwrap()
+    };
+    let feeds = [
+        ("x", t(1, &xs, -1.0)),
+        ("w", t(2, &ws, -1.0)),
+        ("a", t(3, &[1, f, 1, 1], 0.5)),
+        ("c", t(4, &[1, f, 1, 1], -1.0)),
+        ("r", t(5, &ys, -1.0)),
+    ];
+    let named: Vec<(&str, &Tensor)> = feeds
+        .iter()
+        .filter(|(n, _)| residual || *n != "r")
+        .map(|(n, t)| (*n, t))
+        .collect();
+    let (mut got, exe) = run_compiled(dev, &g, &[&y], &named);
+    (got.remove(0), exe.dispatch_entries())
+}
