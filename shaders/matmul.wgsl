@@ -719,6 +719,13 @@ fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>,
 // the matmul.texture module reads the panels from textures instead, see
 // matmul_texture_reads.wgsl), so fewer of them per multiply-add is what pays; the
 // accumulators spill to the stack either way.
+// Also tried, not kept (2026-12-07): each lane owning all 32 rows at 8 columns, B loaded per
+// lane with no exchange and A's panel (4 vec4s loaded per lane) handed out by 32
+// subgroupBroadcasts from constant lanes (an extract and a splat on lavapipe). A standalone
+// harness had it 25% ahead of a simplified copy of this kernel, but in the library it was
+// level: 1024^3 90-92 ms before and 90 ms after (`wgrad bench`, alternated), and ResNet-50's
+// subgroup dispatches summed to 330 ms before and 322 ms after (minima of 2-3 alternated
+// profile runs; the single dispatches moved more than that between runs).
 // Panels: pa[r] = op(A)(m0 + r, k0 .. k0 + 4), pb[4j + h] = op(B)(k0 + j, n0 + 4h .. + 4).
 // Loops longer than 8 are written out: lavapipe does not unroll them, and an accumulator
 // indexed at run time lives in memory (4x slower).

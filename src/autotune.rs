@@ -119,9 +119,15 @@ pub(crate) fn matmul_variant(
     // Small products on CPU adapters take the register-blocked variant untuned: its
     // pipelines serve every layout and compile in ~0.26 s (the 4x4 kernel it runs up to
     // 2^21 multiply-adds) and ~0.45 s (8x8) on lavapipe, where the subgroup kernel's take
-    // ~3.5 s each cold (LLVM unrolling 16x16 outputs per lane); at this size they run
-    // within noise of each other. This is what keeps a cold first training step under a
-    // second (~0.63 s for the MLP 64-128-10). Past the small kernel's K (`small_takes`) the
+    // ~3.5 s each cold (LLVM unrolling 16x16 outputs per lane). Warm, the subgroup kernel is
+    // faster at this size, but not by enough to pay for that: the digits classifier's three
+    // products (64×512·512×10, its Xᵀ·dY and dY·Wᵀ) took 0.58-1.25 ms each on the small
+    // kernel and 0.42-0.73 ms on the subgroup kernel with texture reads (Intel Xeon host,
+    // 3 rounds, best of 50), ~1.5 ms a step; the subgroup kernel's three layouts cost
+    // 2.2 + 2.7 + 1.7 s to compile with Mesa's shader cache off (0.4 s each from it),
+    // against 0.37 s for the one small pipeline. 30 digits epochs would win back ~1 s.
+    // This is what keeps a cold first training step under a second (~0.63 s for the MLP
+    // 64-128-10). Past the small kernel's K (`small_takes`) the
     // register-blocked variant would run its 8x8 kernel, which the adapter's default
     // (untuned) beats: 0.72 ms against 0.28 ms on the subgroup kernel for 64×512·512×10, a
     // product the small kernel now takes (C has 10 columns).
