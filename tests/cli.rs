@@ -89,3 +89,56 @@ fn bench_prints_json_lines() {
         assert!(line.contains(field), "{field} missing in {line}");
     }
 }
+
+/// The digits benchmark step's dispatch entries (`WGRAD_PLAN=verbose`) with `WGRAD_TEXTURES`
+/// set to `textures`.
+fn digits_step_entries(textures: &str) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_wgrad"))
+        .args(["bench", "--json", "--no-cpu", "--filter", "digits_epoch"])
+        .env("WGRAD_PLAN", "verbose")
+        .env("WGRAD_TEXTURES", textures)
+        .output()
+        .expect("run wgrad");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("digits_epoch dispatches: "))
+        .unwrap_or_else(|| panic!("no dispatch list in {stderr}"));
+    line.trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .map(|e| e.trim_matches('"').to_string())
+        .collect()
+}
+
+/// `WGRAD_TEXTURES=0` runs every kernel that reads its operands through textures in its
+/// storage-buffer form instead: the same dispatches, none textured, and every check passes.
+#[test]
+fn texture_reads_turn_off() {
+    let Some(dev) = common::gpu() else { return };
+    let on = digits_step_entries("1");
+    let off = digits_step_entries("0");
+    assert!(off.iter().all(|e| !e.ends_with(".tex")), "{off:?}");
+    let untextured: Vec<&str> = on.iter().map(|e| e.trim_end_matches(".tex")).collect();
+    assert_eq!(untextured, off, "textures on: {on:?}");
+    // Lavapipe's Vulkan adapter (8-wide subgroups) reads textures by default, so there the
+    // switch has something to turn off.
+    let info = dev.adapter().unwrap();
+    if info.name.contains("llvmpipe") && info.backend.contains("Vulkan") {
+        assert!(on.iter().any(|e| e.ends_with(".tex")), "{on:?}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_wgrad"))
+        .args(["check", "--json"])
+        .env("WGRAD_TEXTURES", "0")
+        .output()
+        .expect("run wgrad");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("\"pass\":true"))
+        .collect();
+    assert!(
+        out.status.success() && failed.is_empty() && text.lines().count() > 150,
+        "failed checks:\n{failed:?}"
+    );
+}

@@ -23,6 +23,25 @@
 
 use super::{lock, Binding, BufArg, GpuContext, Kernel};
 
+/// `WGRAD_TEXTURES=0`: no operand is read through a texture; every kernel that would reads
+/// the storage buffers instead (the form adapters without subgroups run, computing the same
+/// values), and no copies into textures are made. Whether textures pay depends on the host CPU
+/// under lavapipe and on the workload. On an AVX2-only host they took a digits CNN epoch from
+/// 379-533 to 258-334 ms (src/ops/texture_reads.rs). On an Intel Xeon with AVX-512, without
+/// them, the digits epoch ran in 286 and 238 ms against 337 and 304 ms with them (medians of
+/// two sets of 12 alternated rounds, faster in 11 of 12 in each) and conv2d_fwd_bwd in 31.8
+/// against 36.5 ms (7 of 8 rounds), but ResNet-50 inference, whose weights stay in pinned
+/// textures with no copy per run, in 338 against 312 ms (slower in 6 of 8). A training step
+/// copies every textured operand on every run (about 25 copies a digits step), which is the
+/// likely difference; it is not measured apart.
+pub const TEXTURES_ENV: &str = "WGRAD_TEXTURES";
+
+/// Whether [`TEXTURES_ENV`] turns texture reads off (read once).
+fn textures_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var(TEXTURES_ENV).is_ok_and(|v| v.trim() == "0"))
+}
+
 /// Texels per texture row: rows of 16 KiB, a multiple of wgpu's 256-byte copy row alignment
 /// (matmul_texture_reads.wgsl has the same constant).
 pub(crate) const TEXELS_PER_ROW: u32 = 1024;
@@ -141,13 +160,17 @@ impl GpuContext {
 
     /// Operand `slot`'s texture holding the start of `arg` (copied by the returned copy, which
     /// the caller encodes right before its dispatch: see [`GpuContext::dispatch_bound`]), or
-    /// `None` when `arg` cannot be read through a texture here (see [`rows_for`]). Where the
-    /// plan being recorded pinned `arg`'s buffer, its own texture, with no copy.
+    /// `None` when `arg` cannot be read through a texture here (see [`rows_for`]) or
+    /// [`TEXTURES_ENV`] turns textures off. Where the plan being recorded pinned `arg`'s
+    /// buffer, its own texture, with no copy.
     pub(crate) fn operand_texture(
         &self,
         slot: usize,
         (src, bytes): BufArg<'_>,
     ) -> Option<(Option<TextureCopy>, wgpu::TextureView)> {
+        if textures_off() {
+            return None;
+        }
         if let Some(view) = self.capture_pinned(src, bytes) {
             return Some((None, view));
         }
