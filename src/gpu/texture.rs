@@ -29,11 +29,14 @@ use super::{lock, Binding, BufArg, GpuContext, Kernel};
 /// under lavapipe and on the workload. On an AVX2-only host they took a digits CNN epoch from
 /// 379-533 to 258-334 ms (src/ops/texture_reads.rs). On an Intel Xeon with AVX-512, without
 /// them, the digits epoch ran in 286 and 238 ms against 337 and 304 ms with them (medians of
-/// two sets of 12 alternated rounds, faster in 11 of 12 in each) and conv2d_fwd_bwd in 31.8
-/// against 36.5 ms (7 of 8 rounds), but ResNet-50 inference, whose weights stay in pinned
-/// textures with no copy per run, in 338 against 312 ms (slower in 6 of 8). A training step
-/// copies every textured operand on every run (about 25 copies a digits step), which is the
-/// likely difference; it is not measured apart.
+/// two sets of 12 alternated rounds, faster in 11 of 12 in each), conv2d_fwd_bwd in 31.8
+/// against 36.5 ms (7 of 8 rounds) and a ResNet-50 training step (batch 8) in 11.0 against
+/// 13.1 s (medians, faster in 4 of 4 rounds), but ResNet-50 inference, whose weights stay in
+/// pinned textures with no copy per run, in 338 against 312 ms (slower in 6 of 8). A training
+/// step copies every textured operand on every run (about 25 copies a digits step), each
+/// right after the dispatch that wrote its source: the likely difference, not measured apart
+/// (`WGRAD_PLAN=profile` replays each dispatch with its copies back to back, and there the
+/// digits step's textured dispatches summed to less than the same from buffers).
 pub const TEXTURES_ENV: &str = "WGRAD_TEXTURES";
 
 /// Whether [`TEXTURES_ENV`] turns texture reads off (read once).
