@@ -5,10 +5,34 @@ mod common;
 use std::process::Command;
 
 fn wgrad(args: &[&str]) -> std::process::Output {
+    wgrad_with(args, &[])
+}
+
+/// `wgrad args` with the environment variables `envs` set.
+fn wgrad_with(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_wgrad"))
         .args(args)
+        .envs(envs.iter().copied())
         .output()
         .expect("run wgrad")
+}
+
+/// `wgrad check --json` with `envs` set: asserts that it succeeds, that every check passes
+/// and that more than 150 ran, and returns its output.
+fn check_passes(envs: &[(&str, &str)]) -> String {
+    let out = wgrad_with(&["check", "--json"], envs);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let failed: Vec<&&str> = lines
+        .iter()
+        .filter(|l| !l.contains("\"pass\":true"))
+        .collect();
+    assert!(
+        out.status.success() && failed.is_empty(),
+        "failed checks ({envs:?}):\n{failed:?}"
+    );
+    assert!(lines.len() > 150, "only {} checks ran", lines.len());
+    text
 }
 
 #[test]
@@ -30,18 +54,7 @@ fn check_passes_every_kernel_and_gradient() {
     if common::gpu().is_none() {
         return;
     }
-    let out = wgrad(&["check", "--json"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    let failed: Vec<&&str> = lines
-        .iter()
-        .filter(|l| !l.contains("\"pass\":true"))
-        .collect();
-    assert!(
-        out.status.success() && failed.is_empty(),
-        "failed checks:\n{failed:?}"
-    );
-    assert!(lines.len() > 150, "only {} checks ran", lines.len());
+    let text = check_passes(&[]);
     for op in [
         "\"op\":\"gelu\"",
         "\"op\":\"matmul",
@@ -93,12 +106,10 @@ fn bench_prints_json_lines() {
 /// The digits benchmark step's dispatch entries (`WGRAD_PLAN=verbose`) with `WGRAD_TEXTURES`
 /// set to `textures`.
 fn digits_step_entries(textures: &str) -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_wgrad"))
-        .args(["bench", "--json", "--no-cpu", "--filter", "digits_epoch"])
-        .env("WGRAD_PLAN", "verbose")
-        .env("WGRAD_TEXTURES", textures)
-        .output()
-        .expect("run wgrad");
+    let out = wgrad_with(
+        &["bench", "--json", "--no-cpu", "--filter", "digits_epoch"],
+        &[("WGRAD_PLAN", "verbose"), ("WGRAD_TEXTURES", textures)],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let line = stderr
@@ -127,18 +138,5 @@ fn texture_reads_turn_off() {
     if info.name.contains("llvmpipe") && info.backend.contains("Vulkan") {
         assert!(on.iter().any(|e| e.ends_with(".tex")), "{on:?}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_wgrad"))
-        .args(["check", "--json"])
-        .env("WGRAD_TEXTURES", "0")
-        .output()
-        .expect("run wgrad");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let failed: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.contains("\"pass\":true"))
-        .collect();
-    assert!(
-        out.status.success() && failed.is_empty() && text.lines().count() > 150,
-        "failed checks:\n{failed:?}"
-    );
+    check_passes(&[("WGRAD_TEXTURES", "0")]);
 }

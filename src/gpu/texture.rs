@@ -37,7 +37,7 @@ use super::{lock, Binding, BufArg, GpuContext, Kernel};
 /// right after the dispatch that wrote its source: the likely difference, not measured apart
 /// (`WGRAD_PLAN=profile` replays each dispatch with its copies back to back, and there the
 /// digits step's textured dispatches summed to less than the same from buffers).
-pub const TEXTURES_ENV: &str = "WGRAD_TEXTURES";
+pub(crate) const TEXTURES_ENV: &str = "WGRAD_TEXTURES";
 
 /// Whether [`TEXTURES_ENV`] turns texture reads off (read once).
 fn textures_off() -> bool {
