@@ -51,6 +51,20 @@ pub struct MemoryPlan {
     pub pinned_texture_bytes: u64,
     /// Kernel dispatches per run of a recorded GPU plan (0 when not recorded).
     pub dispatches: usize,
+    /// Whether a recorded GPU plan reads some operand through a texture: the form kept
+    /// where both were timed at compile ([`Executor::read_timing`]).
+    pub reads_textures: bool,
+}
+
+pub use crate::plan_reads::ReadTiming;
+
+/// Runs `f` (a compile, typically) with texture reads forced on or off on this thread, as
+/// `WGRAD_TEXTURES=1` or `0` does for the whole process: a plan compiled inside keeps the
+/// form asked for, untimed ([`Executor::read_timing`] is `None`), and with `false` no op
+/// run inside reads an operand through a texture. For measuring the two forms and for
+/// tests of one of them; by default a plan is recorded both ways and keeps the faster.
+pub fn with_texture_reads<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    crate::gpu::texture::with_texture_reads(on, f)
 }
 
 /// Most elements of a node folded at compile time from parameters (an inference
@@ -328,6 +342,7 @@ impl Executor {
                     leaves: &leaves,
                     pinnable: &pinnable,
                     eval: &eval,
+                    verbose: std::env::var(PLAN_ENV).is_ok_and(|v| v.trim() == "verbose"),
                 };
                 // A graph that cannot be recorded (or fails to) runs op by op, where
                 // any error surfaces at run time as it always did.
@@ -347,6 +362,7 @@ impl Executor {
             plan.slot_bytes = r.slot_bytes;
             plan.pinned_texture_bytes = r.pinned_bytes;
             plan.dispatches = r.dispatches;
+            plan.reads_textures = r.reads.textures;
         }
         Ok(Executor {
             device: device.clone(),
@@ -400,6 +416,13 @@ impl Executor {
             .as_ref()
             .map(RecordedPlan::entries)
             .unwrap_or_default()
+    }
+
+    /// Where a recorded GPU plan was recorded both reading operands through textures and
+    /// from storage buffers, the two timed at compile (the faster was kept: see
+    /// [`MemoryPlan::reads_textures`]); `None` where one form only was recorded or timed.
+    pub fn read_timing(&self) -> Option<ReadTiming> {
+        self.recorded.as_ref().and_then(|r| r.reads.timing)
     }
 
     /// A profile of a recorded GPU plan: each kernel dispatch of a run, in order, with its
@@ -832,6 +855,7 @@ fn plan_memory(
         peak_bytes: peak,
         slot_bytes: 0,
         pinned_texture_bytes: 0,
+        reads_textures: false,
         dispatches: 0,
     }
 }

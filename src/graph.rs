@@ -24,6 +24,7 @@ use crate::tensor::Tensor;
 mod conv;
 mod dropout;
 mod gather;
+pub mod work;
 
 /// Index of a node in its graph.
 pub type NodeId = usize;

@@ -67,6 +67,7 @@ pub mod onnx;
 pub mod ops;
 pub mod optim;
 pub(crate) mod plan;
+pub(crate) mod plan_reads;
 pub mod rng;
 pub mod roofline;
 pub mod shape;
@@ -75,7 +76,7 @@ pub mod tensor;
 pub use device::{list_adapters, Device};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use executor::{Executor, MemoryPlan};
+pub use executor::{Executor, MemoryPlan, ReadTiming};
 pub use gpu::{AdapterSummary, PoolStats};
 pub use graph::{Graph, Op, Var};
 /// The f16 element type (from the `half` crate), for f16 tensors.

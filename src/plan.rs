@@ -19,6 +19,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::capture::{self, Command};
+use crate::gpu::pool::Pool;
 use crate::gpu::GpuContext;
 use crate::graph::{Node, NodeId, Op};
 use crate::optim::{params_words, state_needs, update, update_windows, Optimizer, SlotState};
@@ -51,6 +52,17 @@ pub(crate) struct RecordedPlan {
     pub(crate) slot_bytes: u64,
     /// Dispatches per run.
     pub(crate) dispatches: usize,
+    /// How its operands are read, and what timing chose it.
+    pub(crate) reads: crate::plan_reads::Reads,
+}
+
+/// What one recording of a plan shares with the other: the graph, and the fixed input and
+/// optimizer-moment buffers made once for both.
+struct Form<'a> {
+    g: &'a Graphed<'a>,
+    inputs: &'a [(String, Tensor)],
+    fixed_inputs: &'a HashMap<NodeId, Tensor>,
+    moments: &'a HashMap<NodeId, (Option<Tensor>, Option<Tensor>)>,
 }
 
 /// Runs one node: the values it makes (a fused chain's root also makes the
@@ -74,9 +86,10 @@ pub(crate) struct Graphed<'a> {
     /// Buffers that change only through `set_param` (an inference plan's weights): read
     /// through textures, they are read through textures of the plan's own (`capture::pin`).
     pub(crate) pinnable: &'a [wgpu::Buffer],
-    /// Runs one op node (the executor's `eval`).
     /// Runs one node (the executor's `eval`, or a fused chain).
     pub(crate) eval: EvalNode<'a>,
+    /// `WGRAD_PLAN=verbose`: say which form of the plan was kept (`crate::plan_reads`).
+    pub(crate) verbose: bool,
 }
 
 /// A tensor on a fixed buffer of the shared pool, owned by the plan for its life.
@@ -85,7 +98,10 @@ fn fixed(ctx: &Arc<GpuContext>, device: &Device, shape: &[usize], dtype: DType) 
 }
 
 impl RecordedPlan {
-    /// Records `g` on `ctx`; `state` receives the optimizer's fixed moment buffers.
+    /// Records `g` on `ctx`; `state` receives the optimizer's fixed moment buffers. A plan
+    /// that reads operands through textures is recorded a second time reading storage
+    /// buffers, and the faster of the two is kept where the host can time both
+    /// (`crate::plan_reads`).
     pub(crate) fn record(
         ctx: &Arc<GpuContext>,
         device: &Device,
@@ -112,9 +128,32 @@ impl RecordedPlan {
                 moments.insert(p, (zeros(needs_m)?, zeros(needs_v)?));
             }
         }
-        capture::begin(ctx);
+        let form = Form {
+            g,
+            inputs: &inputs,
+            fixed_inputs: &fixed_inputs,
+            moments: &moments,
+        };
+        let plan = crate::plan_reads::record_faster(ctx, g.nodes, g.verbose, |slots| {
+            Self::record_form(ctx, &form, slots)
+        })?;
+        for (p, (m, v)) in moments {
+            state.insert(p, SlotState::with(m, v));
+        }
+        Ok(plan)
+    }
+
+    /// Records one form of the plan on `slots` (a new pool when `None`), with its pinned
+    /// textures filled: the slot pool is returned for a second form to share.
+    fn record_form(
+        ctx: &Arc<GpuContext>,
+        form: &Form<'_>,
+        slots: Option<Arc<Pool>>,
+    ) -> Result<(RecordedPlan, Arc<Pool>)> {
+        let g = form.g;
+        capture::begin(ctx, slots.unwrap_or_else(|| Arc::new(Pool::slots())));
         capture::pin(ctx, g.pinnable.iter().cloned());
-        let recorded = Self::record_ops(ctx, g, &fixed_inputs, &moments);
+        let recorded = Self::record_ops(ctx, g, form.fixed_inputs, form.moments);
         let (outputs, split, assign_at, per_step) = match recorded {
             Ok(r) => r,
             Err(e) => {
@@ -133,9 +172,6 @@ impl RecordedPlan {
             .chain(&assigns)
             .filter(|c| matches!(c, Command::Dispatch(_)))
             .count();
-        for (p, (m, v)) in moments {
-            state.insert(p, SlotState::with(m, v));
-        }
         let pinned_bytes = captured.pins.iter().map(|c| c.texture_bytes()).sum();
         let pins: Vec<Command> = captured
             .pins
@@ -143,8 +179,8 @@ impl RecordedPlan {
             .map(Command::TextureCopy)
             .collect();
         ctx.replay("compile", &[], &[&pins])?;
-        Ok(RecordedPlan {
-            inputs,
+        let plan = RecordedPlan {
+            inputs: form.inputs.to_vec(),
             commands,
             outputs,
             update,
@@ -154,7 +190,9 @@ impl RecordedPlan {
             pinned_bytes,
             slot_bytes: stats.live_bytes + stats.free_bytes,
             dispatches,
-        })
+            reads: crate::plan_reads::Reads::default(),
+        };
+        Ok((plan, captured.slots))
     }
 
     /// Runs the ops under the capture: (outputs, where the update section starts,
@@ -470,6 +508,42 @@ impl RecordedPlan {
             ],
         )?;
         Ok(results)
+    }
+}
+
+impl crate::plan_reads::PlanForm for RecordedPlan {
+    /// Whether any dispatch of a run reads an operand through a texture (copied or pinned).
+    fn reads_textures(&self) -> bool {
+        self.pinned_bytes > 0
+            || self
+                .commands
+                .iter()
+                .chain(&self.update)
+                .chain(&self.assigns)
+                .any(|c| matches!(c, Command::TextureCopy(_)))
+    }
+
+    /// Encodes the forward and backward commands alone: no feeds, no outputs copied out, no
+    /// optimizer update and no state assignment. They write the plan's slots only, so
+    /// replaying them changes nothing a run reads (`crate::plan_reads` times these).
+    fn replay_forward_backward(&self, ctx: &GpuContext) -> Result<()> {
+        ctx.replay("compile", &[], &[&self.commands])
+    }
+
+    fn zero_inputs(&self, ctx: &GpuContext) -> Result<()> {
+        let zeros: Vec<(&wgpu::Buffer, Vec<u8>)> = self
+            .inputs
+            .iter()
+            .filter_map(|(_, t)| t.gpu_arg())
+            .map(|(buf, bytes)| (buf, vec![0u8; bytes as usize]))
+            .collect();
+        let writes: Vec<(&wgpu::Buffer, &[u8])> =
+            zeros.iter().map(|(b, d)| (*b, d.as_slice())).collect();
+        ctx.replay("compile", &writes, &[])
+    }
+
+    fn reads_mut(&mut self) -> &mut crate::plan_reads::Reads {
+        &mut self.reads
     }
 }
 

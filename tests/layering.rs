@@ -35,7 +35,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("graph, autodiff", &["graph", "autodiff", "init"]),
     (
         "executor, plan, fusion",
-        &["executor", "plan", "fusion", "epilogue", "fused"],
+        &[
+            "executor",
+            "plan",
+            "plan_reads",
+            "fusion",
+            "epilogue",
+            "fused",
+        ],
     ),
     ("nn, linalg, onnx", &["nn", "linalg", "onnx"]),
 ];

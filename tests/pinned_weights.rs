@@ -9,6 +9,7 @@
 mod common;
 
 use common::{assert_close, gpu, uniform};
+use wgrad::executor::with_texture_reads;
 use wgrad::{Conv2d, Graph, Init, Sgd, Tensor};
 
 /// relu(x·w + b) in f64: x (m, k), w (k, n), b (n).
@@ -81,7 +82,8 @@ fn an_inference_plan_computes_with_the_weights_set_param_gave() {
     let w = g.param("w", &[k, n], Init::Zeros);
     let b = g.param("b", &[n], Init::Zeros);
     let y = x.matmul(&w).unwrap().add(&b).unwrap().relu().unwrap();
-    let exe = dev.compile(&g, &[&y], None).unwrap();
+    // The textured form (pinned weights), which the faster form might not be.
+    let exe = with_texture_reads(true, || dev.compile(&g, &[&y], None)).unwrap();
     let xv = uniform(1, m * k, -1.0, 1.0);
     let xt = Tensor::from_slice(&dev, &xv, &[m, k]).unwrap();
     let zeros = exe.run(&[("x", &xt)]).unwrap()[0].to_vec::<f32>().unwrap();
@@ -128,7 +130,8 @@ fn an_inference_convolution_follows_set_param() {
     let y = x
         .conv2d(&w, Conv2d::new(3, 3).padding(1).stride(2))
         .unwrap();
-    let exe = dev.compile(&g, &[&y], None).unwrap();
+    // The textured form (pinned weights), which the faster form might not be.
+    let exe = with_texture_reads(true, || dev.compile(&g, &[&y], None)).unwrap();
     let xv = uniform(5, xs.iter().product(), -1.0, 1.0);
     let xt = Tensor::from_slice(&dev, &xv, &xs).unwrap();
     for seed in [6, 7] {

@@ -211,7 +211,8 @@ fn recorded_texture_products_survive_the_textures_growing() {
     let x = g.input("x", &[128, 256]);
     let w = g.param("w", &[256, 96], Init::XavierUniform { seed: 3 });
     let y = x.matmul(&w).unwrap().relu().unwrap();
-    let exe = dev.compile(&g, &[&y], None).unwrap();
+    // The textured form, which the faster of the two forms might not be.
+    let exe = wgrad::executor::with_texture_reads(true, || dev.compile(&g, &[&y], None)).unwrap();
     let reference = cpu.compile(&g, &[&y], None).unwrap();
     let data = uniform(5, 128 * 256, -1.0, 1.0);
     let run = |e: &wgrad::Executor, d: &Device| {

@@ -88,12 +88,15 @@ pub(crate) struct Captured {
     pub(crate) pins: Vec<TextureCopy>,
 }
 
-/// Starts recording what this thread does on `ctx`.
-pub(crate) fn begin(ctx: &GpuContext) {
+/// Starts recording what this thread does on `ctx`, taking slots from `slots`: a new
+/// [`Pool::slots`], or another recording's pool where only one of the two plans will run
+/// (a plan's slots hold nothing from one run to the next), so the second reuses the first
+/// one's buffers.
+pub(crate) fn begin(ctx: &GpuContext, slots: Arc<Pool>) {
     ACTIVE.with(|a| {
         *a.borrow_mut() = Some(Active {
             ctx: ctx as *const GpuContext as usize,
-            slots: Arc::new(Pool::slots()),
+            slots,
             commands: Vec::new(),
             unusable: None,
             pinnable: HashSet::new(),

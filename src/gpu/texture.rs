@@ -23,26 +23,64 @@
 
 use super::{lock, Binding, BufArg, GpuContext, Kernel};
 
-/// `WGRAD_TEXTURES=0`: no operand is read through a texture; every kernel that would reads
-/// the storage buffers instead (the form adapters without subgroups run, computing the same
-/// values), and no copies into textures are made. Whether textures pay depends on the host CPU
-/// under lavapipe and on the workload. On an AVX2-only host they took a digits CNN epoch from
-/// 379-533 to 258-334 ms (src/ops/texture_reads.rs). On an Intel Xeon with AVX-512, without
-/// them, the digits epoch ran in 286 and 238 ms against 337 and 304 ms with them (medians of
-/// two sets of 12 alternated rounds, faster in 11 of 12 in each), conv2d_fwd_bwd in 31.8
-/// against 36.5 ms (7 of 8 rounds) and a ResNet-50 training step (batch 8) in 11.0 against
-/// 13.1 s (medians, faster in 4 of 4 rounds), but ResNet-50 inference, whose weights stay in
-/// pinned textures with no copy per run, in 338 against 312 ms (slower in 6 of 8). A training
-/// step copies every textured operand on every run (about 25 copies a digits step), each
-/// right after the dispatch that wrote its source: the likely difference, not measured apart
-/// (`WGRAD_PLAN=profile` replays each dispatch with its copies back to back, and there the
-/// digits step's textured dispatches summed to less than the same from buffers).
+/// `WGRAD_TEXTURES`: `0` reads no operand through a texture (every kernel that would reads
+/// the storage buffers instead, the form adapters without subgroups run, computing the same
+/// values, and no copies into textures are made); `1` reads them through textures wherever
+/// they fit. Unset, ops run one by one read through textures, and a compiled plan that does
+/// is recorded both ways and keeps the faster (`crate::plan_reads`): whether textures pay
+/// depends on the host CPU under lavapipe and on the workload. On an AVX2-only host they took
+/// a digits CNN epoch from 379-533 to 258-334 ms (src/ops/texture_reads.rs). On an Intel Xeon
+/// with AVX-512, without them, the digits epoch ran in 286 and 238 ms against 337 and 304 ms
+/// with them (medians of two sets of 12 alternated rounds, faster in 11 of 12 in each),
+/// conv2d_fwd_bwd in 31.8 against 36.5 ms (7 of 8 rounds) and a ResNet-50 training step
+/// (batch 8) in 11.0 against 13.1 s (medians, faster in 4 of 4 rounds), but ResNet-50
+/// inference, whose weights stay in pinned textures with no copy per run, in 338 against
+/// 312 ms (slower in 6 of 8). A training step copies every textured operand on every run
+/// (about 25 copies a digits step), each right after the dispatch that wrote its source: the
+/// likely difference, not measured apart (`WGRAD_PLAN=profile` replays each dispatch with its
+/// copies back to back, and there the digits step's textured dispatches summed to less than
+/// the same from buffers).
 pub(crate) const TEXTURES_ENV: &str = "WGRAD_TEXTURES";
 
-/// Whether [`TEXTURES_ENV`] turns texture reads off (read once).
+/// Whether texture reads are forced on this thread: by [`with_texture_reads`], else by
+/// [`TEXTURES_ENV`] (read once): `Some(false)` for `0`, `Some(true)` for `1`, `None`
+/// (measured per compiled plan) otherwise.
+pub(crate) fn textures_forced() -> Option<bool> {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    HERE.with(|h| h.get()).or_else(|| {
+        *FORCED.get_or_init(
+            || match std::env::var(TEXTURES_ENV).as_deref().map(str::trim) {
+                Ok("0") => Some(false),
+                Ok("1") => Some(true),
+                _ => None,
+            },
+        )
+    })
+}
+
+thread_local! {
+    /// Set by [`with_texture_reads`] on this thread.
+    static HERE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with texture reads forced on or off on this thread, as `WGRAD_TEXTURES=1` or
+/// `0` would: off, what `f` records or encodes reads the storage buffers; on, a plan it
+/// compiles keeps its textured form untimed (`crate::plan_reads`).
+pub(crate) fn with_texture_reads<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            HERE.with(|h| h.set(self.0));
+        }
+    }
+    let _restore = Restore(HERE.with(|h| h.replace(Some(on))));
+    f()
+}
+
+/// Whether operands are read from storage buffers here and now (`WGRAD_TEXTURES=0`, or
+/// inside [`with_texture_reads`] off).
 fn textures_off() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| std::env::var(TEXTURES_ENV).is_ok_and(|v| v.trim() == "0"))
+    textures_forced() == Some(false)
 }
 
 /// Texels per texture row: rows of 16 KiB, a multiple of wgpu's 256-byte copy row alignment
@@ -164,7 +202,7 @@ impl GpuContext {
     /// Operand `slot`'s texture holding the start of `arg` (copied by the returned copy, which
     /// the caller encodes right before its dispatch: see [`GpuContext::dispatch_bound`]), or
     /// `None` when `arg` cannot be read through a texture here (see [`rows_for`]) or
-    /// [`TEXTURES_ENV`] turns textures off. Where the plan being recorded pinned `arg`'s
+    /// textures are off ([`TEXTURES_ENV`], [`with_texture_reads`]). Where the plan being recorded pinned `arg`'s
     /// buffer, its own texture, with no copy.
     pub(crate) fn operand_texture(
         &self,

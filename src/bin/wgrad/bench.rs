@@ -911,34 +911,6 @@ fn resnet50_graph(
     Ok((g, out, x, y))
 }
 
-/// Multiply-adds of the graph's products (matmuls, implicit-GEMM and depthwise
-/// convolutions): 2 FLOPs each. ResNet-50's often-quoted "4.1 GFLOPs" are these, so a
-/// forward pass is ~8.2 GFLOP, not 4.1.
-fn graph_macs(g: &wgrad::Graph) -> f64 {
-    use wgrad::graph::Op;
-    let nodes = g.nodes();
-    nodes
-        .iter()
-        .map(|n| {
-            let out: usize = n.shape.iter().product();
-            let input = |i: usize| &nodes[n.inputs[i]].shape;
-            let reduced = match &n.op {
-                Op::MatMul { ta, .. } => {
-                    let a = input(0);
-                    let k = a.len().saturating_sub(if *ta { 2 } else { 1 });
-                    a.get(k).copied().unwrap_or(1)
-                }
-                Op::Conv(wgrad::ops::conv_gemm::ConvPass::Forward, geom) => {
-                    input(1)[1] * geom.kh * geom.kw
-                }
-                Op::DepthwiseConv2d(geom) => geom.kh * geom.kw,
-                _ => 0,
-            };
-            out as f64 * reduced as f64
-        })
-        .sum()
-}
-
 /// Bytes of the graph's parameters.
 fn param_bytes(g: &wgrad::Graph) -> f64 {
     g.nodes()
@@ -952,7 +924,7 @@ fn param_bytes(g: &wgrad::Graph) -> f64 {
 /// back the logits; onnxruntime's figure beside it.
 fn resnet50_infer(dev: &Device, adapter: String) -> anyhow::Result<Figure> {
     let (g, logits, x, _) = resnet50_graph(1, false)?;
-    let macs = graph_macs(&g);
+    let macs = wgrad::graph::work::multiply_adds(&g.nodes());
     let exe = dev.compile(&g, &[&logits], None)?;
     let xt = Tensor::from_slice(dev, &x, &[1, 3, 224, 224])?;
     let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt)])?[0].to_vec::<f32>()?[0]) };
