@@ -9,16 +9,18 @@
 //! on the same slot pool (no second set of intermediates), and the two are timed at compile:
 //! the faster is kept, the other dropped.
 //!
-//! What is timed: the forward and backward commands alone, replayed on whatever the plan's
-//! buffers hold. They write the plan's slots and nothing else (no parameter, optimizer
-//! moment or graph state), so the replays change nothing a run reads. One untimed replay of
-//! each first (pipeline compiles, first touches of new buffers), then alternated rounds of
-//! samples, as many as fit [`BUDGET_MS`]; the form with the fastest sample wins, textures on
-//! a tie. The fastest, not the median: on the AVX-512 Xeon the digits step's samples fell in
-//! two bands (textures 5.5-6.0 or 8-10 ms, buffers 4.6-5.0 or 7.3-8.2 ms, 9 rounds), and
-//! medians picked buffers in 4 of 6 compiles, the fastest samples in every one. A plan too
-//! big to time within the budget keeps textures, the form the shipped figures were measured
-//! with.
+//! What is timed: the forward and backward commands alone, replayed on zero inputs. They
+//! write the plan's slots and nothing else (no parameter, optimizer moment or graph state),
+//! so the replays change nothing a run reads. The textured form is replayed first, once
+//! untimed (pipeline compiles, first touches of new buffers) and once timed: a plan faster
+//! than [`MIN_TIMED_MS`], or too slow for [`MIN_ROUNDS`] of both forms to fit [`BUDGET_MS`],
+//! keeps textures, untimed, with no second recording. Otherwise the storage form is recorded
+//! and replayed once untimed, then both are sampled in alternated rounds, as many as fit the
+//! budget; the form with the fastest sample wins, textures on a tie. The fastest, not the
+//! median: on the AVX-512 Xeon the digits step's samples fell in two bands (textures 5.5-6.0
+//! or 8-10 ms, buffers 4.6-5.0 or 7.3-8.2 ms, 9 rounds), and medians picked buffers in 4 of
+//! 6 compiles, the fastest samples in every one. Plans kept textured untimed keep the form
+//! the shipped figures were measured with.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,7 +38,12 @@ const BUDGET_MS: f64 = 1000.0;
 const MIN_ROUNDS: usize = 3;
 
 /// Most alternated rounds.
-const MAX_ROUNDS: usize = 9;
+const MAX_ROUNDS: usize = 7;
+
+/// A plan whose textured forward and backward replays in less (milliseconds) keeps
+/// textures untimed: a second recording (mostly pipeline creation, ~0.3 s for the digits
+/// step on lavapipe) would cost more than the runs could win back for a long while.
+const MIN_TIMED_MS: f64 = 0.5;
 
 /// Milliseconds a sample of both forms aims at: small plans are replayed several times back
 /// to back per sample (at most [`MAX_REPS`]).
@@ -95,40 +102,49 @@ pub(crate) fn record_faster<P: PlanForm>(
 ) -> Result<P> {
     let (mut textured, slots) = record(None)?;
     textured.reads_mut().textures = textured.reads_textures();
-    let timed = textures_forced().is_none()
-        && textured.reads_mut().textures
-        && crate::graph::work::multiply_adds(nodes) <= MAX_TIMED_MULTIPLY_ADDS;
-    if !timed {
+    if textures_forced().is_some()
+        || !textured.reads_mut().textures
+        || crate::graph::work::multiply_adds(nodes) > MAX_TIMED_MULTIPLY_ADDS
+    {
         return Ok(textured);
     }
+    let untimed = |why: String| {
+        if verbose {
+            eprintln!("wgrad: plan reads operands through textures, untimed: {why}");
+        }
+    };
+    // Whatever was recorded before the compile reports its own faults, here, as it would
+    // at the next read back; from here on a fault comes from the replays below, on zero
+    // inputs (none is known to fault): then no choice is made, and no error raised, as a
+    // run on real inputs may well be fine.
+    ctx.synchronize("compile")?;
+    let textured_ms = match textured
+        .zero_inputs(ctx)
+        .and_then(|()| probe(ctx, &textured))
+    {
+        Ok(ms) if ms < MIN_TIMED_MS => {
+            untimed(format!("{ms:.3} ms a replay, under {MIN_TIMED_MS} ms"));
+            return Ok(textured);
+        }
+        Ok(ms) if 2.0 * ms * MIN_ROUNDS as f64 > BUDGET_MS => {
+            untimed(format!("{ms:.1} ms a replay: {MIN_ROUNDS} rounds of both forms would take over {BUDGET_MS} ms"));
+            return Ok(textured);
+        }
+        Ok(ms) => ms,
+        Err(e) => {
+            untimed(e.to_string());
+            return Ok(textured);
+        }
+    };
     // A storage form that cannot be recorded (none is known) leaves the textured one.
     let Ok((mut plain, _)) = with_texture_reads(false, || record(Some(slots))) else {
         return Ok(textured);
     };
     plain.reads_mut().textures = plain.reads_textures();
-    // Whatever was recorded before the compile reports its own faults, here, as it would
-    // at the next read back; from here on a fault comes from the replays below.
-    ctx.synchronize("compile")?;
-    let timed = textured
-        .zero_inputs(ctx)
-        .and_then(|()| time_both(ctx, &textured, &plain));
-    let timing = match timed {
-        Ok(Ok(timing)) => timing,
-        Ok(Err(first_ms)) => {
-            if verbose {
-                eprintln!(
-                    "wgrad: plan reads operands through textures, untimed: a second replay of \
-                     both forms took {first_ms:.1} ms, over a third of the {BUDGET_MS} ms budget"
-                );
-            }
-            return Ok(textured);
-        }
-        // A replay on zero inputs faulted (none is known to): no choice, and no error, as
-        // a run on real inputs may well be fine.
+    let timing = match time_both(ctx, &textured, &plain, textured_ms) {
+        Ok(timing) => timing,
         Err(e) => {
-            if verbose {
-                eprintln!("wgrad: plan reads operands through textures, untimed: {e}");
-            }
+            untimed(e.to_string());
             return Ok(textured);
         }
     };
@@ -148,51 +164,56 @@ pub(crate) fn record_faster<P: PlanForm>(
     Ok(kept)
 }
 
-/// The fastest of alternated samples of both forms' forward and backward (after one
-/// untimed replay of each), or the milliseconds of a first timed replay of both where
-/// [`MIN_ROUNDS`] do not fit [`BUDGET_MS`].
+/// Milliseconds per replay of `reps` replays of `plan`'s forward and backward back to back
+/// (as a run follows the last), waited for.
+fn sample<P: PlanForm>(ctx: &GpuContext, plan: &P, reps: usize) -> Result<f64> {
+    ctx.synchronize("compile")?;
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        plan.replay_forward_backward(ctx)?;
+    }
+    ctx.synchronize("compile")?;
+    Ok(t0.elapsed().as_secs_f64() * 1e3 / reps as f64)
+}
+
+/// One timed replay of `plan`, after an untimed one: lavapipe compiles a pipeline at its
+/// first dispatch (3.6 s for the digits step's two forms with Mesa's shader cache off,
+/// against ~10 ms warm), which the plan's first run would pay anyway.
+fn probe<P: PlanForm>(ctx: &GpuContext, plan: &P) -> Result<f64> {
+    sample(ctx, plan, 1)?;
+    sample(ctx, plan, 1)
+}
+
+/// The fastest of alternated samples of both forms' forward and backward, after an untimed
+/// replay of the storage form, as many rounds as fit [`BUDGET_MS`] at `textured_ms` a
+/// replay of the textured form (and at least [`MIN_ROUNDS`]).
 fn time_both<P: PlanForm>(
     ctx: &GpuContext,
     textured: &P,
     plain: &P,
-) -> Result<std::result::Result<ReadTiming, f64>> {
-    // Milliseconds per replay of `reps` replays back to back, as a run follows the last.
-    let sample = |plan: &P, reps: usize| -> Result<f64> {
-        ctx.synchronize("compile")?;
-        let t0 = Instant::now();
-        for _ in 0..reps {
-            plan.replay_forward_backward(ctx)?;
-        }
-        ctx.synchronize("compile")?;
-        Ok(t0.elapsed().as_secs_f64() * 1e3 / reps as f64)
-    };
-    // Lavapipe compiles a pipeline at its first dispatch (3.6 s for the digits step's two
-    // forms with Mesa's shader cache off, against ~10 ms warm): untimed.
-    sample(textured, 1)?;
-    sample(plain, 1)?;
-    let first = sample(textured, 1)? + sample(plain, 1)?;
-    let reps = ((SAMPLE_MS / first.max(1e-3)).ceil() as usize).clamp(1, MAX_REPS);
-    let rounds = ((BUDGET_MS / (first * reps as f64).max(1e-3)) as usize).min(MAX_ROUNDS);
-    if rounds < MIN_ROUNDS {
-        return Ok(Err(first));
-    }
+    textured_ms: f64,
+) -> Result<ReadTiming> {
+    sample(ctx, plain, 1)?;
+    let pair = 2.0 * textured_ms;
+    let reps = ((SAMPLE_MS / pair).ceil() as usize).clamp(1, MAX_REPS);
+    let rounds = ((BUDGET_MS / (pair * reps as f64)) as usize).clamp(MIN_ROUNDS, MAX_ROUNDS);
     let (mut tex, mut buf) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     for r in 0..rounds {
         // Each form goes first in every other round: neither always follows the other.
         if r % 2 == 0 {
-            tex.push(sample(textured, reps)?);
-            buf.push(sample(plain, reps)?);
+            tex.push(sample(ctx, textured, reps)?);
+            buf.push(sample(ctx, plain, reps)?);
         } else {
-            buf.push(sample(plain, reps)?);
-            tex.push(sample(textured, reps)?);
+            buf.push(sample(ctx, plain, reps)?);
+            tex.push(sample(ctx, textured, reps)?);
         }
     }
     let fastest = |xs: &[f64]| xs.iter().copied().fold(f64::INFINITY, f64::min);
-    Ok(Ok(ReadTiming {
+    Ok(ReadTiming {
         textures_ms: fastest(&tex),
         buffers_ms: fastest(&buf),
         rounds,
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -215,22 +236,32 @@ mod tests {
         (info.name.contains("llvmpipe") && info.backend.contains("Vulkan")).then_some(dev)
     }
 
+    /// Batch, channels in, filters, image side, classes of [`compiled_step`]: a few
+    /// milliseconds a step on lavapipe, well past [`super::MIN_TIMED_MS`].
+    const N: usize = 16;
+    const C: usize = 3;
+    const F: usize = 8;
+    const SIDE: usize = 18;
+    const CLASSES: usize = 10;
+    /// Features after the 3×3 convolution (no padding).
+    const FEATURES: usize = F * (SIDE - 2) * (SIDE - 2);
+
     /// A small convolutional classifier's training step (convolution, ReLU, product,
     /// cross-entropy; SGD) compiled on `dev`, with its parameters set from a seeded RNG.
     fn compiled_step(dev: &Device) -> Executor {
         let g = Graph::new();
-        let x = g.input("x", &[4, 3, 9, 9]);
-        let y = g.input_i32("y", &[4]);
-        let w = g.param("w", &[5, 3, 3, 3], Init::Zeros);
-        let v = g.param("v", &[5 * 7 * 7, 6], Init::Zeros);
+        let x = g.input("x", &[N, C, SIDE, SIDE]);
+        let y = g.input_i32("y", &[N]);
+        let w = g.param("w", &[F, C, 3, 3], Init::Zeros);
+        let v = g.param("v", &[FEATURES, CLASSES], Init::Zeros);
         let h = x.conv2d(&w, Conv2d::new(3, 3)).unwrap().relu().unwrap();
-        let logits = h.reshape(&[4, 5 * 7 * 7]).unwrap().matmul(&v).unwrap();
+        let logits = h.reshape(&[N, FEATURES]).unwrap().matmul(&v).unwrap();
         let loss = logits.cross_entropy(&y).unwrap().mean().unwrap();
         let exe = dev.compile(&g, &[&loss], Sgd::new(0.1)).unwrap();
         let mut rng = Rng::new(5);
-        for (name, shape) in [("w", vec![5, 3, 3, 3]), ("v", vec![5 * 7 * 7, 6])] {
+        for (name, shape) in [("w", vec![F, C, 3, 3]), ("v", vec![FEATURES, CLASSES])] {
             let n = shape.iter().product();
-            let t = Tensor::from_slice(dev, &rng.vec_uniform(n, -0.3, 0.3), &shape).unwrap();
+            let t = Tensor::from_slice(dev, &rng.vec_uniform(n, -0.1, 0.1), &shape).unwrap();
             exe.set_param(name, &t).unwrap();
         }
         exe
@@ -239,8 +270,10 @@ mod tests {
     /// The losses of three steps, then both parameters, as host bits.
     fn train(dev: &Device, exe: &Executor) -> Vec<u32> {
         let mut rng = Rng::new(6);
-        let x = Tensor::from_slice(dev, &rng.vec_uniform(4 * 3 * 81, -1.0, 1.0), &[4, 3, 9, 9]);
-        let y = Tensor::from_slice(dev, &[0i32, 5, 2, 3], &[4]).unwrap();
+        let xs = [N, C, SIDE, SIDE];
+        let x = Tensor::from_slice(dev, &rng.vec_uniform(xs.iter().product(), -1.0, 1.0), &xs);
+        let labels: Vec<i32> = (0..N).map(|_| rng.below(CLASSES) as i32).collect();
+        let y = Tensor::from_slice(dev, &labels, &[N]).unwrap();
         let x = x.unwrap();
         let mut bits = Vec::new();
         for _ in 0..3 {

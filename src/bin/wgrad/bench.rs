@@ -760,7 +760,9 @@ fn digits_epoch(dev: &Device, device: &'static str, adapter: String) -> anyhow::
     let model = wgrad::nn::models::digits_cnn(&g, true)?;
     let logits = model.forward(&g.input("x", &[batch, 1, 8, 8]))?;
     let loss = logits.cross_entropy(&g.input_i32("y", &[batch]))?.mean()?;
+    let t0 = Instant::now();
     let exe = dev.compile(&g, &[&loss], wgrad::Optimizer::adam(3e-3))?;
+    let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     if std::env::var(wgrad::executor::PLAN_ENV).is_ok_and(|v| v.trim() == "verbose") {
         eprintln!("digits_epoch dispatches: {:?}", exe.dispatch_entries());
     }
@@ -799,13 +801,28 @@ fn digits_epoch(dev: &Device, device: &'static str, adapter: String) -> anyhow::
         adapter,
         ms,
         rate: ("epochs_per_s", 1e3 / ms),
-        extra: vec![
+        extra: [
             ("dispatches_per_step", dispatches),
             ("fastest_epoch_ms", epochs[0]),
             ("slowest_epoch_ms", epochs[DIGITS_EPOCHS - 1]),
-        ],
+            ("compile_ms", compile_ms),
+        ]
+        .into_iter()
+        .chain(read_form(&exe))
+        .collect(),
         roof: None,
     })
+}
+
+/// How a compiled plan reads its operands (`reads_textures` 1 or 0) and, where both forms
+/// were timed at compile, their times (`Executor::read_timing`).
+fn read_form(exe: &wgrad::Executor) -> Vec<(&'static str, f64)> {
+    let mut out = vec![("reads_textures", exe.plan().reads_textures as u8 as f64)];
+    if let Some(t) = exe.read_timing() {
+        out.push(("compile_textures_ms", t.textures_ms));
+        out.push(("compile_buffers_ms", t.buffers_ms));
+    }
+    out
 }
 
 /// Epochs `digits_epoch` times (odd: the median is one of them).
