@@ -113,11 +113,10 @@ pub(crate) fn record_faster<P: PlanForm>(
             eprintln!("wgrad: plan reads operands through textures, untimed: {why}");
         }
     };
-    // Whatever was recorded before the compile reports its own faults, here, as it would
-    // at the next read back; from here on a fault comes from the replays below, on zero
-    // inputs (none is known to fault): then no choice is made, and no error raised, as a
-    // run on real inputs may well be fine.
-    ctx.synchronize("compile")?;
+    // The replays run on zero inputs, a valid label and index: no kernel should find bad
+    // data there. The waits leave the status words alone, so a fault found in work recorded
+    // before the compile is still reported at the next read back. An error here (a lost
+    // device, a validation error) leaves the textured form untimed; a run reports it again.
     let textured_ms = match textured
         .zero_inputs(ctx)
         .and_then(|()| probe(ctx, &textured))
@@ -167,12 +166,12 @@ pub(crate) fn record_faster<P: PlanForm>(
 /// Milliseconds per replay of `reps` replays of `plan`'s forward and backward back to back
 /// (as a run follows the last), waited for.
 fn sample<P: PlanForm>(ctx: &GpuContext, plan: &P, reps: usize) -> Result<f64> {
-    ctx.synchronize("compile")?;
+    ctx.wait_idle("compile")?;
     let t0 = Instant::now();
     for _ in 0..reps {
         plan.replay_forward_backward(ctx)?;
     }
-    ctx.synchronize("compile")?;
+    ctx.wait_idle("compile")?;
     Ok(t0.elapsed().as_secs_f64() * 1e3 / reps as f64)
 }
 
@@ -325,5 +324,23 @@ mod tests {
         // The kept form trains as the forced storage form does.
         let plain = with_texture_reads(false, || compiled_step(&dev));
         assert_eq!(train(&dev, &exe), train(&dev, &plain));
+    }
+
+    /// The timing replays wait without reading the status words: a bad label found by work
+    /// recorded before the compile is reported at the next read back, as without timing, and
+    /// the plan is still recorded and timed.
+    #[test]
+    fn a_fault_found_before_the_compile_is_still_reported() {
+        let Some(dev) = lavapipe_vulkan() else { return };
+        if crate::gpu::texture::textures_forced().is_some() {
+            return; // WGRAD_TEXTURES set: nothing is timed
+        }
+        let logits = Tensor::from_slice(&dev, &[0.5f32; 8], &[2, 4]).unwrap();
+        let labels = Tensor::from_slice(&dev, &[1i32, 9], &[2]).unwrap();
+        let loss = logits.cross_entropy(&labels).unwrap(); // recorded, not read back
+        let exe = compiled_step(&dev);
+        assert!(exe.is_recorded() && exe.read_timing().is_some());
+        let err = loss.to_vec::<f32>().unwrap_err().to_string();
+        assert!(err.contains("label 9 outside 0..4"), "{err}");
     }
 }

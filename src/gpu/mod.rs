@@ -704,6 +704,22 @@ impl GpuContext {
         pollster::block_on(self.read_async(op, &self.status_buffer(), 0)).map(|_| ())
     }
 
+    /// Submits the recorded work and waits for everything submitted, reporting nothing it
+    /// found: a bad label or index a kernel saw (the thread's status words) and a validation
+    /// error stay to be reported by the next op or read back, as if this wait had not
+    /// happened. Compile-time timing waits so (`crate::plan_reads`).
+    pub(crate) fn wait_idle(&self, op: &'static str) -> Result<()> {
+        self.check_alive(op)?;
+        self.submit_locked(&mut lock(&self.pending));
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Gpu {
+                op,
+                detail: e.to_string(),
+            })
+    }
+
     /// Reads `bytes` bytes from the start of `src` after all recorded work.
     pub(crate) async fn read_async(
         &self,
