@@ -126,7 +126,10 @@ pub(crate) fn record_faster<P: PlanForm>(
             return Ok(textured);
         }
         Ok(ms) if 2.0 * ms * MIN_ROUNDS as f64 > BUDGET_MS => {
-            untimed(format!("{ms:.1} ms a replay: {MIN_ROUNDS} rounds of both forms would take over {BUDGET_MS} ms"));
+            untimed(format!(
+                "{ms:.1} ms a replay: {MIN_ROUNDS} rounds of both forms would take over \
+                 {BUDGET_MS} ms"
+            ));
             return Ok(textured);
         }
         Ok(ms) => ms,

@@ -202,8 +202,8 @@ impl GpuContext {
     /// Operand `slot`'s texture holding the start of `arg` (copied by the returned copy, which
     /// the caller encodes right before its dispatch: see [`GpuContext::dispatch_bound`]), or
     /// `None` when `arg` cannot be read through a texture here (see [`rows_for`]) or
-    /// textures are off ([`TEXTURES_ENV`], [`with_texture_reads`]). Where the plan being recorded pinned `arg`'s
-    /// buffer, its own texture, with no copy.
+    /// textures are off ([`TEXTURES_ENV`], [`with_texture_reads`]). Where the plan being
+    /// recorded pinned `arg`'s buffer, its own texture, with no copy.
     pub(crate) fn operand_texture(
         &self,
         slot: usize,
