@@ -101,9 +101,10 @@ pub(crate) fn record_faster<P: PlanForm>(
     record: impl Fn(Option<Arc<Pool>>) -> Result<(P, Arc<Pool>)>,
 ) -> Result<P> {
     let (mut textured, slots) = record(None)?;
-    textured.reads_mut().textures = textured.reads_textures();
+    let reads_textures = textured.reads_textures();
+    textured.reads_mut().textures = reads_textures;
     if textures_forced().is_some()
-        || !textured.reads_mut().textures
+        || !reads_textures
         || crate::graph::work::multiply_adds(nodes) > MAX_TIMED_MULTIPLY_ADDS
     {
         return Ok(textured);
