@@ -302,6 +302,7 @@ impl Executor {
         let outputs: Vec<NodeId> = outputs.iter().map(|v| v.id()).collect();
         let mut slots = HashMap::new();
         let eager = std::env::var(PLAN_ENV).is_ok_and(|v| v.trim() == "eager");
+        let verbose = std::env::var(PLAN_ENV).is_ok_and(|v| v.trim() == "verbose");
         // Only ops whose dispatches depend on shapes alone can be replayed; any other
         // keeps the graph op by op. State updates replay as copies into the states' fixed
         // buffers, and dropout's mask follows its step state, so both record.
@@ -342,14 +343,14 @@ impl Executor {
                     leaves: &leaves,
                     pinnable: &pinnable,
                     eval: &eval,
-                    verbose: std::env::var(PLAN_ENV).is_ok_and(|v| v.trim() == "verbose"),
+                    verbose,
                 };
                 // A graph that cannot be recorded (or fails to) runs op by op, where
                 // any error surfaces at run time as it always did.
                 match RecordedPlan::record(ctx, device, &g, &mut slots) {
                     Ok(r) => Some(r),
                     Err(e) => {
-                        if std::env::var(PLAN_ENV).is_ok_and(|v| v.trim() == "verbose") {
+                        if verbose {
                             eprintln!("wgrad: graph runs op by op: {e}");
                         }
                         None

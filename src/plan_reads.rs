@@ -239,6 +239,11 @@ mod tests {
         (info.name.contains("llvmpipe") && info.backend.contains("Vulkan")).then_some(dev)
     }
 
+    /// [`lavapipe_vulkan`] where plans are timed (`WGRAD_TEXTURES` unset), else `None`.
+    fn lavapipe_vulkan_timing() -> Option<Device> {
+        lavapipe_vulkan().filter(|_| crate::gpu::texture::textures_forced().is_none())
+    }
+
     /// Batch, channels in, filters, image side, classes of [`compiled_step`]: a few
     /// milliseconds a step on lavapipe, well past [`super::MIN_TIMED_MS`].
     const N: usize = 16;
@@ -309,10 +314,9 @@ mod tests {
 
     #[test]
     fn the_faster_form_is_kept() {
-        let Some(dev) = lavapipe_vulkan() else { return };
-        if crate::gpu::texture::textures_forced().is_some() {
-            return; // WGRAD_TEXTURES set: nothing is timed
-        }
+        let Some(dev) = lavapipe_vulkan_timing() else {
+            return;
+        };
         let exe = compiled_step(&dev);
         let t = exe.read_timing().expect("both forms timed");
         assert!(t.rounds >= super::MIN_ROUNDS && t.rounds <= super::MAX_ROUNDS);
@@ -335,10 +339,9 @@ mod tests {
     /// the plan is still recorded and timed.
     #[test]
     fn a_fault_found_before_the_compile_is_still_reported() {
-        let Some(dev) = lavapipe_vulkan() else { return };
-        if crate::gpu::texture::textures_forced().is_some() {
-            return; // WGRAD_TEXTURES set: nothing is timed
-        }
+        let Some(dev) = lavapipe_vulkan_timing() else {
+            return;
+        };
         let logits = Tensor::from_slice(&dev, &[0.5f32; 8], &[2, 4]).unwrap();
         let labels = Tensor::from_slice(&dev, &[1i32, 9], &[2]).unwrap();
         let loss = logits.cross_entropy(&labels).unwrap(); // recorded, not read back

@@ -43,13 +43,10 @@ fn node_multiply_adds(nodes: &[Node], n: &Node) -> f64 {
         // Upstream (F, N·OH·OW) or (N, F, OH·OW) times flattened filters (F, C·KH·KW).
         Op::ConvGradInputPhased(..) => numel(input(0)) * dim(input(1), 1),
         Op::DepthwiseConv2d(g) => out * (g.kh * g.kw) as f64,
-        Op::DepthwiseGradX(g, _) | Op::DepthwiseGradW(g, _) => {
-            numel(input(if matches!(n.op, Op::DepthwiseGradX(..)) {
-                0
-            } else {
-                1
-            })) * (g.kh * g.kw) as f64
-        }
+        // The upstream gradient (input 0 of the data gradient, 1 of the filter gradient)
+        // times the taps, as in the forward.
+        Op::DepthwiseGradX(g, _) => numel(input(0)) * (g.kh * g.kw) as f64,
+        Op::DepthwiseGradW(g, _) => numel(input(1)) * (g.kh * g.kw) as f64,
         _ => 0.0,
     }
 }
