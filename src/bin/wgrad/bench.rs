@@ -470,6 +470,10 @@ pub fn run(json: bool, filter: Option<&str>, with_cpu: bool) -> anyhow::Result<(
             print(f(dev, device, adapter.clone())?);
         }
     }
+    // Both devices in alternation: the digits target is a ratio to the CPU reference.
+    if with_cpu && wanted("digits_epoch_vs_cpu") {
+        print(digits_epoch_vs_cpu(&gpu, &cpu, adapter.clone())?);
+    }
     // GPU only, and only when asked for by name (`--filter resnet`): seconds per step on a
     // software adapter, and hours on the f64 CPU reference.
     let named = |op: &str| filter.is_some_and(|flt| op.contains(flt));
@@ -748,55 +752,92 @@ fn cold_start(dev: &Device, device: &'static str, adapter: String) -> anyhow::Re
     })
 }
 
-/// One training epoch of the digits example's CNN ([`wgrad::nn::models::digits_cnn`]):
-/// 22 Adam steps of batch 64 (the example's 1,437 training images in whole batches),
-/// on seeded random images of the same shape. `ms` is the median of [`DIGITS_EPOCHS`]
-/// epochs run back to back, on either device (one epoch is ~0.15 s on lavapipe, where a
-/// single one swung 134-230 ms from run to run); the fastest and slowest come with it.
-fn digits_epoch(dev: &Device, device: &'static str, adapter: String) -> anyhow::Result<Figure> {
-    use wgrad::nn::Module;
-    let (batch, steps) = (64usize, 1437 / 64);
-    let g = wgrad::Graph::new();
-    let model = wgrad::nn::models::digits_cnn(&g, true)?;
-    let logits = model.forward(&g.input("x", &[batch, 1, 8, 8]))?;
-    let loss = logits.cross_entropy(&g.input_i32("y", &[batch]))?.mean()?;
-    let t0 = Instant::now();
-    let exe = dev.compile(&g, &[&loss], wgrad::Optimizer::adam(3e-3))?;
-    let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
-    if std::env::var(wgrad::executor::PLAN_ENV).is_ok_and(|v| v.trim() == "verbose") {
-        eprintln!("digits_epoch dispatches: {:?}", exe.dispatch_entries());
+/// The digits example's CNN ([`wgrad::nn::models::digits_cnn`]) compiled for Adam training
+/// on `dev`, with one seeded random batch of 64 images of its shape as its feeds.
+struct DigitsTraining {
+    g: wgrad::Graph,
+    loss: wgrad::Var,
+    exe: wgrad::Executor,
+    xt: Tensor,
+    yt: Tensor,
+    compile_ms: f64,
+}
+
+/// Adam steps per digits epoch: the example's 1,437 training images in whole batches of 64.
+const DIGITS_STEPS: usize = 1437 / 64;
+const DIGITS_BATCH: usize = 64;
+
+impl DigitsTraining {
+    fn new(dev: &Device) -> anyhow::Result<Self> {
+        use wgrad::nn::Module;
+        let batch = DIGITS_BATCH;
+        let g = wgrad::Graph::new();
+        let model = wgrad::nn::models::digits_cnn(&g, true)?;
+        let logits = model.forward(&g.input("x", &[batch, 1, 8, 8]))?;
+        let loss = logits.cross_entropy(&g.input_i32("y", &[batch]))?.mean()?;
+        let t0 = Instant::now();
+        let exe = dev.compile(&g, &[&loss], wgrad::Optimizer::adam(3e-3))?;
+        let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut rng = Rng::new(5);
+        let xt = Tensor::from_slice(
+            dev,
+            &rng.vec_uniform(batch * 64, 0.0, 1.0),
+            &[batch, 1, 8, 8],
+        )?;
+        let labels: Vec<i32> = (0..batch).map(|_| rng.below(10) as i32).collect();
+        let yt = Tensor::from_slice(dev, &labels, &[batch])?;
+        let run = DigitsTraining {
+            g,
+            loss,
+            exe,
+            xt,
+            yt,
+            compile_ms,
+        };
+        run.step()?; // warm: pipelines compiled, pool filled
+        Ok(run)
     }
-    let mut rng = Rng::new(5);
-    let xt = Tensor::from_slice(
-        dev,
-        &rng.vec_uniform(batch * 64, 0.0, 1.0),
-        &[batch, 1, 8, 8],
-    )?;
-    let labels: Vec<i32> = (0..batch).map(|_| rng.below(10) as i32).collect();
-    let yt = Tensor::from_slice(dev, &labels, &[batch])?;
-    let step = || -> anyhow::Result<f32> { Ok(exe.run(&[("x", &xt), ("y", &yt)])?[0].item()?) };
-    step()?; // warm: pipelines compiled, pool filled
+
+    fn step(&self) -> anyhow::Result<f32> {
+        Ok(self.exe.run(&[("x", &self.xt), ("y", &self.yt)])?[0].item()?)
+    }
+
+    /// Wall ms of one epoch of [`DIGITS_STEPS`] steps.
+    fn epoch_ms(&self) -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        for _ in 0..DIGITS_STEPS {
+            self.step()?;
+        }
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
+    }
+}
+
+/// One training epoch of the digits example's CNN: 22 Adam steps of batch 64, on seeded
+/// random images of the same shape. `ms` is the median of [`DIGITS_EPOCHS`] epochs run back
+/// to back, on either device (one epoch is ~0.15 s on lavapipe, where a single one swung
+/// 134-230 ms from run to run); the fastest and slowest come with it.
+fn digits_epoch(dev: &Device, device: &'static str, adapter: String) -> anyhow::Result<Figure> {
+    let run = DigitsTraining::new(dev)?;
+    if std::env::var(wgrad::executor::PLAN_ENV).is_ok_and(|v| v.trim() == "verbose") {
+        eprintln!("digits_epoch dispatches: {:?}", run.exe.dispatch_entries());
+    }
     if std::env::var(wgrad::executor::PLAN_ENV).is_ok_and(|v| v.trim() == "profile") {
         // Per-kernel wall times, on a separate executable (profiling changes its state).
-        let probe = dev.compile(&g, &[&loss], wgrad::Optimizer::adam(3e-3))?;
-        probe.run(&[("x", &xt), ("y", &yt)])?;
+        let probe = dev.compile(&run.g, &[&run.loss], wgrad::Optimizer::adam(3e-3))?;
+        probe.run(&[("x", &run.xt), ("y", &run.yt)])?;
         print_profile(&probe, 20)?;
     }
     let d0 = dev.dispatch_count();
     let mut epochs = Vec::with_capacity(DIGITS_EPOCHS);
     for _ in 0..DIGITS_EPOCHS {
-        let t0 = Instant::now();
-        for _ in 0..steps {
-            step()?;
-        }
-        epochs.push(t0.elapsed().as_secs_f64() * 1e3);
+        epochs.push(run.epoch_ms()?);
     }
-    let dispatches = (dev.dispatch_count() - d0) as f64 / (steps * DIGITS_EPOCHS) as f64;
+    let dispatches = (dev.dispatch_count() - d0) as f64 / (DIGITS_STEPS * DIGITS_EPOCHS) as f64;
     epochs.sort_by(f64::total_cmp);
     let ms = epochs[DIGITS_EPOCHS / 2];
     Ok(Figure {
         op: "digits_epoch",
-        shape: vec![steps * batch, 1, 8, 8],
+        shape: vec![DIGITS_STEPS * DIGITS_BATCH, 1, 8, 8],
         device,
         adapter,
         ms,
@@ -805,11 +846,55 @@ fn digits_epoch(dev: &Device, device: &'static str, adapter: String) -> anyhow::
             ("dispatches_per_step", dispatches),
             ("fastest_epoch_ms", epochs[0]),
             ("slowest_epoch_ms", epochs[DIGITS_EPOCHS - 1]),
-            ("compile_ms", compile_ms),
+            ("compile_ms", run.compile_ms),
         ]
         .into_iter()
-        .chain(read_form(&exe))
+        .chain(read_form(&run.exe))
         .collect(),
+        roof: None,
+    })
+}
+
+/// The digits epoch on the GPU as a fraction of the CPU reference's, the target
+/// ratio, measured in [`DIGITS_EPOCHS`] pairs: each pair runs one epoch on each device back
+/// to back (GPU first in even pairs, CPU first in odd ones), so a slow spell of a shared
+/// host falls on both sides of a pair rather than on one whole figure. `ms` is the median
+/// GPU epoch; `gpu_to_cpu` the median of the pairs' ratios, with the lowest and highest.
+fn digits_epoch_vs_cpu(gpu: &Device, cpu: &Device, adapter: String) -> anyhow::Result<Figure> {
+    let runs = [DigitsTraining::new(gpu)?, DigitsTraining::new(cpu)?];
+    let (mut gpu_ms, mut cpu_ms, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..DIGITS_EPOCHS {
+        let mut ms = [0.0; 2];
+        for i in [pair % 2, 1 - pair % 2] {
+            ms[i] = runs[i].epoch_ms()?;
+        }
+        gpu_ms.push(ms[0]);
+        cpu_ms.push(ms[1]);
+        ratios.push(ms[0] / ms[1]);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ms, cpu_median, ratio) = (
+        median(&mut gpu_ms),
+        median(&mut cpu_ms),
+        median(&mut ratios),
+    );
+    Ok(Figure {
+        op: "digits_epoch_vs_cpu",
+        shape: vec![DIGITS_STEPS * DIGITS_BATCH, 1, 8, 8],
+        device: "gpu",
+        adapter,
+        ms,
+        rate: ("epochs_per_s", 1e3 / ms),
+        extra: vec![
+            ("cpu_epoch_ms", cpu_median),
+            ("gpu_to_cpu", ratio),
+            ("gpu_to_cpu_lowest", ratios[0]),
+            ("gpu_to_cpu_highest", ratios[DIGITS_EPOCHS - 1]),
+            ("pairs", DIGITS_EPOCHS as f64),
+        ],
         roof: None,
     })
 }
@@ -937,6 +1022,10 @@ fn param_bytes(g: &wgrad::Graph) -> f64 {
         .sum()
 }
 
+/// Runs `resnet50_infer` times (odd: the median is one of them). On a shared 2-core host
+/// single runs swung 167-300 ms within minutes (2026-12-07), a mean of 3 with them.
+const RESNET50_INFER_RUNS: usize = 11;
+
 /// ResNet-50 inference, batch 1, 224×224 (evaluation mode: running statistics), reading
 /// back the logits; onnxruntime's figure beside it.
 fn resnet50_infer(dev: &Device, adapter: String) -> anyhow::Result<Figure> {
@@ -949,7 +1038,18 @@ fn resnet50_infer(dev: &Device, adapter: String) -> anyhow::Result<Figure> {
     if std::env::var(wgrad::executor::PLAN_ENV).is_ok_and(|v| v.trim() == "profile") {
         print_profile(&exe, 3)?; // inference has no state for the replays to change
     }
-    let (ms, dispatches) = ms_per_step(dev, 3, step)?;
+    // The median of RESNET50_INFER_RUNS runs timed one by one, with the fastest: the
+    // statistics scripts/onnxruntime_resnet50.py reports for onnxruntime (median of 30).
+    let d0 = dev.dispatch_count();
+    let mut runs = Vec::with_capacity(RESNET50_INFER_RUNS);
+    for _ in 0..RESNET50_INFER_RUNS {
+        let t0 = Instant::now();
+        step()?;
+        runs.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let dispatches = (dev.dispatch_count() - d0) as f64 / RESNET50_INFER_RUNS as f64;
+    runs.sort_by(f64::total_cmp);
+    let ms = runs[RESNET50_INFER_RUNS / 2];
     let plan = exe.plan();
     Ok(Figure {
         op: "resnet50_infer",
@@ -963,6 +1063,8 @@ fn resnet50_infer(dev: &Device, adapter: String) -> anyhow::Result<Figure> {
                 "onnxruntime_ms_measured_separately",
                 ONNXRUNTIME_RESNET50_MS,
             ),
+            ("fastest_ms", runs[0]),
+            ("runs", RESNET50_INFER_RUNS as f64),
             ("dispatches_per_run", dispatches),
             ("gmacs", macs / 1e9),
             ("planned_peak_bytes", plan.peak_bytes as f64),
