@@ -726,6 +726,14 @@ fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>,
 // level: 1024^3 90-92 ms before and 90 ms after (`wgrad bench`, alternated), and ResNet-50's
 // subgroup dispatches summed to 330 ms before and 322 ms after (minima of 2-3 alternated
 // profile runs; the single dispatches moved more than that between runs).
+// Also tried, not kept (2026-12-07, an AMD EPYC host with AVX-512): one subgroup owning a 64x64
+// tile, a lane two 16x16 blocks 32 rows apart accumulated from one B panel (a quarter fewer
+// panel loads and shuffles per multiply-add), chosen per product by an override where 64-row
+// tiles waste no rows. A standalone harness had it 10-15% ahead of a simplified copy of this
+// kernel, but in the library it was level or behind on ResNet-50's shapes (M x K x N): with one
+// accumulator array of 128, medians of 15 alternated per-dispatch pairs 0.93-1.13 of the
+// 32-row time (256x64x3136 1.06, 512x128x768 1.13, 64x148x12544 0.93, 128x1152x784 1.01,
+// 2048x512x49 1.08); with two arrays of 64, minima of 7 rounds 1.02-1.17.
 // Panels: pa[r] = op(A)(m0 + r, k0 .. k0 + 4), pb[4j + h] = op(B)(k0 + j, n0 + 4h .. + 4).
 // Loops longer than 8 are written out: lavapipe does not unroll them, and an accumulator
 // indexed at run time lives in memory (4x slower).
