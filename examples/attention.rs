@@ -68,8 +68,10 @@ fn sample(rng: &mut Rng, batch: usize) -> (Vec<f32>, Vec<i32>) {
 }
 
 fn main() -> Result<()> {
-    // Before any thread or wgpu instance: no Vulkan-loader warning without XDG_RUNTIME_DIR.
+    // Before any thread or wgpu instance: no Vulkan-loader warning without XDG_RUNTIME_DIR,
+    // and two lavapipe worker threads per core unless LP_NUM_THREADS says (see there).
     wgrad::quiet_loader_env();
+    wgrad::lavapipe_threads();
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
         args.iter()

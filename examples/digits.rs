@@ -186,8 +186,10 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 }
 
 fn main() -> Result<()> {
-    // Before any thread or wgpu instance: no Vulkan-loader warning without XDG_RUNTIME_DIR.
+    // Before any thread or wgpu instance: no Vulkan-loader warning without XDG_RUNTIME_DIR,
+    // and two lavapipe worker threads per core unless LP_NUM_THREADS says (see there).
     wgrad::quiet_loader_env();
+    wgrad::lavapipe_threads();
     let args: Vec<String> = std::env::args().collect();
     let dev = match arg(&args, "--device").as_deref() {
         Some("cpu") => Device::cpu(),

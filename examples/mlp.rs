@@ -66,8 +66,10 @@ fn sig(v: f32) -> String {
 }
 
 fn main() -> Result<()> {
-    // Before any thread or wgpu instance: no Vulkan-loader warning without XDG_RUNTIME_DIR.
+    // Before any thread or wgpu instance: no Vulkan-loader warning without XDG_RUNTIME_DIR,
+    // and two lavapipe worker threads per core unless LP_NUM_THREADS says (see there).
     wgrad::quiet_loader_env();
+    wgrad::lavapipe_threads();
     let args: Vec<String> = std::env::args().collect();
     let seed: u64 = arg(&args, "--seed")
         .map(|s| s.parse())

@@ -82,6 +82,7 @@ impl Evaluator {
 
 fn main() -> Result<()> {
     wgrad::quiet_loader_env();
+    wgrad::lavapipe_threads();
     let args: Vec<String> = std::env::args().collect();
     let dev = match arg(&args, "--device").as_deref() {
         Some("cpu") => Device::cpu(),

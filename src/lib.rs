@@ -82,7 +82,7 @@ pub use graph::{Graph, Op, Var};
 /// The f16 element type (from the `half` crate), for f16 tensors.
 pub use half::f16;
 pub use init::Init;
-pub use loader_env::quiet_loader_env;
+pub use loader_env::{lavapipe_threads, quiet_loader_env, LAVAPIPE_THREADS_ENV};
 pub use ops::conv::Conv2d;
 pub use ops::elementwise::{BinaryOp, UnaryOp};
 pub use ops::layout::TransposeKernel;

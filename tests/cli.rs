@@ -50,6 +50,44 @@ fn info_names_the_adapter() {
 }
 
 #[test]
+fn wgrad_asks_lavapipe_for_two_threads_per_core_unless_told() {
+    let Some(_dev) = common::gpu() else { return };
+    let threads_line = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("software-adapter worker threads (LP_NUM_THREADS): "))
+            .unwrap_or_else(|| panic!("no worker-thread line in:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    // Unset: twice the cores this process may use, at most Mesa 22.3's 16.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let unset = Command::new(env!("CARGO_BIN_EXE_wgrad"))
+        .arg("info")
+        .env_remove("LP_NUM_THREADS")
+        .output()
+        .expect("run wgrad");
+    let want = if cores < 2 {
+        "default".to_string()
+    } else {
+        (2 * cores).min(16).to_string()
+    };
+    assert_eq!(threads_line(unset), want);
+    // Set by the user: left as it is.
+    assert_eq!(
+        threads_line(wgrad_with(&["info"], &[("LP_NUM_THREADS", "3")])),
+        "3"
+    );
+}
+
+#[test]
 fn check_passes_every_kernel_and_gradient() {
     if common::gpu().is_none() {
         return;

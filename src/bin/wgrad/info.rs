@@ -54,5 +54,12 @@ pub fn run(brief: bool) -> anyhow::Result<()> {
         "  features: subgroups={} shader_f16={}",
         a.subgroups, a.shader_f16
     );
+    // Read by Mesa's software adapters only (wgrad::lavapipe_threads sets it when unset).
+    let threads = std::env::var(wgrad::LAVAPIPE_THREADS_ENV);
+    println!(
+        "software-adapter worker threads ({}): {}",
+        wgrad::LAVAPIPE_THREADS_ENV,
+        threads.as_deref().unwrap_or("driver default")
+    );
     Ok(())
 }

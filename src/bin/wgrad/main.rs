@@ -112,8 +112,9 @@ enum Command {
 
 fn main() {
     // First, while the process has one thread: no Vulkan-loader warning without
-    // XDG_RUNTIME_DIR.
+    // XDG_RUNTIME_DIR, and two lavapipe worker threads per core unless LP_NUM_THREADS says.
     wgrad::quiet_loader_env();
+    wgrad::lavapipe_threads();
     // One-line errors and a non-zero exit, never a panic trace.
     if let Err(e) = run(Cli::parse()) {
         eprintln!("wgrad: {e:#}");
