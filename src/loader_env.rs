@@ -1,10 +1,10 @@
 //! The environment the Vulkan loader and Mesa's software drivers read, set by the program at
-//! the start of `main`. Keeping the Vulkan loader quiet: without `XDG_RUNTIME_DIR` (a plain `ssh` session, a
-//! container, CI) Mesa's Wayland WSI, which the Vulkan loader opens while enumerating
-//! adapters, prints `error: XDG_RUNTIME_DIR is invalid or not set in the environment.`
-//! to stderr: noise in a command whose stderr is for real errors. [`quiet_loader_env`]
-//! points the variable at a private directory first, as `scripts/gpu-env.sh` does for the
-//! scripts.
+//! the start of `main`. Keeping the Vulkan loader quiet: without `XDG_RUNTIME_DIR` (a plain
+//! `ssh` session, a container, CI) Mesa's Wayland WSI, which the Vulkan loader opens while
+//! enumerating adapters, prints `error: XDG_RUNTIME_DIR is invalid or not set in the
+//! environment.` to stderr: noise in a command whose stderr is for real errors.
+//! [`quiet_loader_env`] points the variable at a private directory first, as
+//! `scripts/gpu-env.sh` does for the scripts.
 //!
 //! [`lavapipe_threads`] sets the software adapter's worker threads the same way.
 //!
@@ -42,7 +42,7 @@ const MAX_LAVAPIPE_THREADS: usize = 16;
 /// - the digits epoch's GPU/CPU ratio (`digits_epoch_vs_cpu`): 0.43-0.58 against 0.45-0.58,
 ///   lower in 3 rounds and higher in 3: level. It is 29 small dispatches a step, and every
 ///   dispatch wakes every thread: with eight threads (four per core) it was slower
-///   (0.61/0.49 against 0.66/0.51 for the default, 2 rounds).
+///   (0.66/0.51 against 0.61/0.49 for the default, 2 rounds).
 ///
 /// Call it first thing in `main`, before any thread is started and before any wgpu instance
 /// is created, as [`quiet_loader_env`] (and for the same reason the library does not do it
