@@ -833,8 +833,7 @@ fn digits_epoch(dev: &Device, device: &'static str, adapter: String) -> anyhow::
         epochs.push(run.epoch_ms()?);
     }
     let dispatches = (dev.dispatch_count() - d0) as f64 / (DIGITS_STEPS * DIGITS_EPOCHS) as f64;
-    epochs.sort_by(f64::total_cmp);
-    let ms = epochs[DIGITS_EPOCHS / 2];
+    let ms = sort_median(&mut epochs);
     Ok(Figure {
         op: "digits_epoch",
         shape: vec![DIGITS_STEPS * DIGITS_BATCH, 1, 8, 8],
@@ -872,14 +871,10 @@ fn digits_epoch_vs_cpu(gpu: &Device, cpu: &Device, adapter: String) -> anyhow::R
         cpu_ms.push(ms[1]);
         ratios.push(ms[0] / ms[1]);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (ms, cpu_median, ratio) = (
-        median(&mut gpu_ms),
-        median(&mut cpu_ms),
-        median(&mut ratios),
+        sort_median(&mut gpu_ms),
+        sort_median(&mut cpu_ms),
+        sort_median(&mut ratios),
     );
     Ok(Figure {
         op: "digits_epoch_vs_cpu",
@@ -897,6 +892,13 @@ fn digits_epoch_vs_cpu(gpu: &Device, cpu: &Device, adapter: String) -> anyhow::R
         ],
         roof: None,
     })
+}
+
+/// Sorts `v` (timings, fastest first) and returns its middle element: the median of an odd
+/// count.
+fn sort_median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// How a compiled plan reads its operands (`reads_textures` 1 or 0) and, where both forms
@@ -1048,8 +1050,7 @@ fn resnet50_infer(dev: &Device, adapter: String) -> anyhow::Result<Figure> {
         runs.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let dispatches = (dev.dispatch_count() - d0) as f64 / RESNET50_INFER_RUNS as f64;
-    runs.sort_by(f64::total_cmp);
-    let ms = runs[RESNET50_INFER_RUNS / 2];
+    let ms = sort_median(&mut runs);
     let plan = exe.plan();
     Ok(Figure {
         op: "resnet50_infer",
