@@ -25,6 +25,8 @@
 //                            matmul_texture_reads.wgsl: the same kernels with A and B bound as
 //                            rgba32float textures (the default on software adapters); its
 //                            matmul_forward_gemv and matmul_forward_small read textures too.
+//   matmul_forward_subgroup_edge  the same lanes, a 128x16 tile: the last column tile of a
+//                            product whose N mod 64 is 1 to 16, in a dispatch of its own.
 //   matmul_forward_small     16x16 invocations, 4x4 outputs each, vec4 loads of any alignment:
 //                            small products (any layout, any row length, no padded copies).
 //   matmul_forward_gemv      16 invocations, 4 columns of C each, all of its (at most 4) rows:
@@ -1018,6 +1020,115 @@ fn matmul_forward_subgroup_v4(@builtin(workgroup_id) wg: vec3<u32>,
     if (!t.valid) { return; }
     var acc: array<vec4<f32>, 64>;
     let at = subgroup_block(t, t.tile_m * 32u, lane, &acc);
+    store_block16_v4(t.c_off, at.x, at.y, &acc);  // with the epilogue
+}
+
+// ---- edge kernels: a product's last column tile when it holds 1 to 16 columns ----
+//
+// matmul_forward_subgroup_edge(_v4): where N mod 64 is 1 to 16, a 32x64 tile of the kernels
+// above spends 48 of its 64 columns on nothing in the last column tile (ResNet-50 at batch 1:
+// N = 196 at 14x14 and in 56x56's Winograd tiles, 784 at 28x28). There a subgroup owns a
+// 128x16 tile instead, the same 2048 outputs: lane l the 16x16 block at rows 16l, loading its
+// own A panel (16 loads, no exchange) and two vec4s of the B panel that all lanes share,
+// handed out by 16 broadcasts from constant lanes. The host dispatches it for that column
+// beside the wide kernel's dispatch for the others (a branch between the two in one entry
+// would run both on lavapipe), with tiles_m counting 128-row tiles and tiles_n = 1: the
+// column tile starts at N rounded down to 64. Products of M x K x 196 on lavapipe, AVX-512
+// host: 256x1024x196 cost as much as x256 (2.10 against 2.12 ms; x192 1.61 ms).
+
+// This lane's A panel: rows m0 .. m0 + 16 of op(A) at k0 .. k0 + 4.
+fn edge_panel_a(off: u32, m0: u32, k0: u32, K: u32) -> array<vec4<f32>, 16> {
+    var p: array<vec4<f32>, 16>;
+    if (TA) {
+        // q[4j + s] = op(A)(m0 + 4s .. + 4, k0 + j): along the stored rows (rows past the
+        // last vec4 of a stored row read its last vec4: never stored).
+        let last = params.lda - 4u;
+        var q: array<vec4<f32>, 16>;
+        for (var j = 0u; j < 4u; j++) {
+            let row = off + min(k0 + j, K - 1u) * params.lda;
+            q[4u * j] = panel_load_a(row + min(m0, last));
+            q[4u * j + 1u] = panel_load_a(row + min(m0 + 4u, last));
+            q[4u * j + 2u] = panel_load_a(row + min(m0 + 8u, last));
+            q[4u * j + 3u] = panel_load_a(row + min(m0 + 12u, last));
+        }
+        p = short_from_long16(q);
+    } else {
+        let M = params.m;
+        for (var s = 0u; s < 4u; s++) {
+            p[4u * s] = panel_load_a(off + min(m0 + 4u * s, M - 1u) * params.lda + k0);
+            p[4u * s + 1u] = panel_load_a(off + min(m0 + 4u * s + 1u, M - 1u) * params.lda + k0);
+            p[4u * s + 2u] = panel_load_a(off + min(m0 + 4u * s + 2u, M - 1u) * params.lda + k0);
+            p[4u * s + 3u] = panel_load_a(off + min(m0 + 4u * s + 3u, M - 1u) * params.lda + k0);
+        }
+    }
+    return p;
+}
+
+// The 16 vec4s r0 (lanes 0 .. 8), then r1 (lanes 0 .. 8) of the subgroup, in every lane.
+fn broadcast16(r0: vec4<f32>, r1: vec4<f32>) -> array<vec4<f32>, 16> {
+    return array<vec4<f32>, 16>(
+        subgroupBroadcast(r0, 0u), subgroupBroadcast(r0, 1u), subgroupBroadcast(r0, 2u),
+        subgroupBroadcast(r0, 3u), subgroupBroadcast(r0, 4u), subgroupBroadcast(r0, 5u),
+        subgroupBroadcast(r0, 6u), subgroupBroadcast(r0, 7u),
+        subgroupBroadcast(r1, 0u), subgroupBroadcast(r1, 1u), subgroupBroadcast(r1, 2u),
+        subgroupBroadcast(r1, 3u), subgroupBroadcast(r1, 4u), subgroupBroadcast(r1, 5u),
+        subgroupBroadcast(r1, 6u), subgroupBroadcast(r1, 7u));
+}
+
+// The subgroup's B panel, pb[4j + h] = op(B)(k0 + j, sn0 + 4h .. + 4), two loads per lane.
+fn edge_panel_b(off: u32, sn0: u32, k0: u32, K: u32, lane: u32) -> array<vec4<f32>, 16> {
+    if (TB) {
+        // Lane l loads columns sn0 + l and sn0 + 8 + l along k: column c is vec4 c.
+        let N = params.n;
+        let r0 = panel_load_b(off + min(sn0 + lane, N - 1u) * params.ldb + k0);
+        let r1 = panel_load_b(off + min(sn0 + 8u + lane, N - 1u) * params.ldb + k0);
+        return long_from_short16(broadcast16(r0, r1));
+    }
+    // Lane l loads (k0 + l/4, sn0 + 4(l%4) ..) and (k0 + 2 + l/4, ..): vec4 i of the panel is
+    // pb[i] (columns past the stored row read its neighbours: never stored).
+    let col = sn0 + 4u * (lane % 4u);
+    let r0 = panel_load_b(off + min(k0 + lane / 4u, K - 1u) * params.ldb + col);
+    let r1 = panel_load_b(off + min(k0 + 2u + lane / 4u, K - 1u) * params.ldb + col);
+    return broadcast16(r0, r1);
+}
+
+// The lane's 16x16 block of C in the edge column, accumulated over its job's K chunk.
+fn edge_block(t: Job, lane: u32, acc: ptr<function, array<vec4<f32>, 64>>) -> vec2<u32> {
+    let m0 = t.tile_m * 128u + 16u * lane;
+    let sn0 = params.n / 64u * 64u;
+    let K = t.k;
+    let full = K / 4u * 4u;
+    for (var k0 = 0u; k0 < full; k0 += 4u) {
+        fma_panels16(acc, edge_panel_a(t.a_off, m0, k0, K), edge_panel_b(t.b_off, sn0, k0, K, lane));
+    }
+    if (K_TAIL && full < K) {
+        var pa = edge_panel_a(t.a_off, m0, full, K);
+        var pb = edge_panel_b(t.b_off, sn0, full, K, lane);
+        mask_panels16(&pa, &pb, K - full);
+        fma_panels16(acc, pa, pb);
+    }
+    return vec2<u32>(m0, sn0);
+}
+
+@compute @workgroup_size(8)
+fn matmul_forward_subgroup_edge(@builtin(workgroup_id) wg: vec3<u32>,
+                                @builtin(num_workgroups) nwg: vec3<u32>,
+                                @builtin(subgroup_invocation_id) lane: u32) {
+    let t = job(wg, nwg);
+    if (!t.valid) { return; }
+    var acc: array<vec4<f32>, 64>;
+    let at = edge_block(t, lane, &acc);
+    store_block16(t.c_off, at.x, at.y, &acc);  // with the epilogue
+}
+
+@compute @workgroup_size(8)
+fn matmul_forward_subgroup_edge_v4(@builtin(workgroup_id) wg: vec3<u32>,
+                                   @builtin(num_workgroups) nwg: vec3<u32>,
+                                   @builtin(subgroup_invocation_id) lane: u32) {
+    let t = job(wg, nwg);
+    if (!t.valid) { return; }
+    var acc: array<vec4<f32>, 64>;
+    let at = edge_block(t, lane, &acc);
     store_block16_v4(t.c_off, at.x, at.y, &acc);  // with the epilogue
 }
 

@@ -90,6 +90,11 @@ fn every_kernel_and_transpose_matches_reference() {
         // Past the small kernel's 2^21 multiply-adds (src/ops/matmul.rs SMALL_PRODUCT): the
         // register-blocked 8x8 kernel, its rows padded.
         (129, 130, 131),
+        // The subgroup kernels' edge column (1 to 16 columns past a multiple of 64, at least
+        // four 32-row tiles: matmul.wgsl's edge kernels, 128-row tiles): one column past, with
+        // a K tail and rows that end inside a 128-row tile; 16 past, rows a multiple of 4.
+        (130, 37, 65),
+        (260, 66, 80),
     ];
     for (i, &shape) in shapes.iter().enumerate() {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -183,7 +188,15 @@ fn values_past_a_matrix_never_leak() {
     // Edge tiles and the K tail read past their matrix; the second matrix of each batch is all
     // NaN, so any such read that reached a written output of the first would show. At most 4
     // rows take gemv, whose misaligned vec4s read into the next row (or matrix).
-    let shapes = [(5, 3, 7), (9, 17, 6), (65, 5, 66), (3, 17, 6), (1, 9, 70)];
+    // (129, 5, 70) runs its last 6 columns on the edge kernels, 128-row tiles past M.
+    let shapes = [
+        (5, 3, 7),
+        (9, 17, 6),
+        (65, 5, 66),
+        (3, 17, 6),
+        (1, 9, 70),
+        (129, 5, 70),
+    ];
     for (i, (m, k, n)) in shapes.into_iter().enumerate() {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let sa = stored(&[2], m, k, ta);

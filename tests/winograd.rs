@@ -27,6 +27,7 @@ fn cases() -> Vec<([usize; 4], usize, Conv2d)> {
         ([1, 17, 13, 15], 33, g.padding(1)),     // 13x15: 56 tiles
         ([2, 64, 14, 14], 64, g.padding(1)),     // ResNet-like, T = 98
         ([1, 130, 9, 9], 3, g.padding(1)),       // C past 128, F = 3
+        ([1, 20, 7, 7], 130, g.padding(1)),      // T4 = 16 (4): products' edge kernels
     ]
 }
 
@@ -151,6 +152,9 @@ fn compiled_inference_runs_winograd_with_the_epilogue() {
         // whole vec4s (the _v4 output); 30x30: 64 tiles, rows cut by the edge.
         ([1, 8, 24, 24], 6, true, f4),
         ([1, 8, 30, 30], 5, true, f4),
+        // 7x7 with 128 filters: 16 F(2x2) tiles, whose products take the edge kernels' 16
+        // columns (16 x 16 against the direct 9 x 64).
+        ([1, 8, 7, 7], 128, true, f2),
     ] {
         let (want, _) = block(&Device::cpu(), xs, f, residual);
         let (got, entries) = block(&dev, xs, f, residual);

@@ -81,6 +81,14 @@ pub(crate) enum Binding<'a> {
     Texture(&'a wgpu::TextureView),
 }
 
+/// One dispatch of [`GpuContext::dispatch_bound_all`]: an entry point, its params and its
+/// workgroup grid.
+pub(crate) struct Dispatch<'a> {
+    pub(crate) entry: &'a str,
+    pub(crate) params: &'a [u32],
+    pub(crate) groups: [u32; 3],
+}
+
 /// Workgroup size used by the one-dimensional kernels (WebGPU's guaranteed maximum).
 pub(crate) const WG_1D: u32 = 256;
 
@@ -555,6 +563,25 @@ impl GpuContext {
         copies: &[texture::TextureCopy],
         groups: [u32; 3],
     ) -> Result<()> {
+        let one = [Dispatch {
+            entry,
+            params,
+            groups,
+        }];
+        self.dispatch_bound_all(kernel, constants, bindings, copies, &one)
+    }
+
+    /// [`GpuContext::dispatch_bound`] of several entries of `kernel` over the same bindings,
+    /// one after another, with `copies` encoded once before the first: all under one lock,
+    /// so every dispatch reads what the copies put in the shared operand textures.
+    pub(crate) fn dispatch_bound_all(
+        &self,
+        kernel: &Kernel,
+        constants: &[(&str, f64)],
+        bindings: &[Binding<'_>],
+        copies: &[texture::TextureCopy],
+        dispatches: &[Dispatch<'_>],
+    ) -> Result<()> {
         // A failed allocation, an earlier validation error or a lost device stops
         // here, before anything more is recorded.
         self.check_errors(kernel.name)?;
@@ -572,6 +599,67 @@ impl GpuContext {
                 limit_name: "max_storage_buffer_binding_size",
             });
         }
+        let mut prepared = dispatches
+            .iter()
+            .map(|d| self.bound_pipeline(kernel, d, constants, bindings))
+            .collect::<Result<Vec<_>>>()?;
+        let textured = bindings.iter().any(|b| matches!(b, Binding::Texture(_)));
+        let mut first = true;
+        prepared.retain(|(d, pipeline, bind_group, uniform)| {
+            let copies = if std::mem::take(&mut first) {
+                copies
+            } else {
+                &[]
+            };
+            let recorded = (pipeline, bind_group, uniform);
+            !self.capture_dispatch(d.entry, recorded, (copies, textured), d.groups)
+        });
+        if prepared.is_empty() {
+            return Ok(());
+        }
+        let mut pending = lock(&self.pending);
+        let encoder = pending.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("wgrad.eager"),
+                })
+        });
+        for copy in copies {
+            copy.encode(encoder);
+        }
+        for (d, pipeline, bind_group, _) in &prepared {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(d.entry),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            let [x, y, z] = d.groups;
+            pass.dispatch_workgroups(x, y, z);
+        }
+        pending.dispatches += prepared.len();
+        pending.dispatches_total += prepared.len() as u64;
+        if pending.dispatches >= MAX_PENDING_DISPATCHES {
+            self.submit_locked(&mut pending);
+        }
+        Ok(())
+    }
+
+    /// The pipeline of `d`'s entry, its params uniform and its bind group over `bindings`;
+    /// bindings that do not match the entry are an error naming the kernel.
+    fn bound_pipeline<'d>(
+        &self,
+        kernel: &Kernel,
+        d: &'d Dispatch<'d>,
+        constants: &[(&str, f64)],
+        bindings: &[Binding<'_>],
+    ) -> Result<(
+        &'d Dispatch<'d>,
+        wgpu::ComputePipeline,
+        wgpu::BindGroup,
+        wgpu::Buffer,
+    )> {
+        let (entry, params) = (d.entry, d.params);
         let pipeline = self.pipeline(kernel, entry, constants)?;
         let mut words = params.to_vec();
         // Every params struct fits in PARAMS_WORDS words; padding to that size keeps the
@@ -625,36 +713,7 @@ impl GpuContext {
                 detail: format!("{entry}: {e}"),
             });
         }
-        let textured = bindings.iter().any(|b| matches!(b, Binding::Texture(_)));
-        let recorded = (&pipeline, &bind_group, &uniform);
-        if self.capture_dispatch(entry, recorded, (copies, textured), groups) {
-            return Ok(());
-        }
-        let mut pending = lock(&self.pending);
-        let encoder = pending.encoder.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("wgrad.eager"),
-                })
-        });
-        for copy in copies {
-            copy.encode(encoder);
-        }
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(entry),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        }
-        pending.dispatches += 1;
-        pending.dispatches_total += 1;
-        if pending.dispatches >= MAX_PENDING_DISPATCHES {
-            self.submit_locked(&mut pending);
-        }
-        Ok(())
+        Ok((d, pipeline, bind_group, uniform))
     }
 
     /// Copies `bytes` bytes between two buffers, in order with the dispatches.

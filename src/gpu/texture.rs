@@ -21,7 +21,7 @@
 //! `set_param` ([`GpuContext::operand_texture`] returns no copy for it), instead of copying
 //! the weights on every run.
 
-use super::{lock, Binding, BufArg, GpuContext, Kernel};
+use super::{lock, Binding, BufArg, Dispatch, GpuContext, Kernel};
 
 /// `WGRAD_TEXTURES`: `0` reads no operand through a texture (every kernel that would reads
 /// the storage buffers instead, the form adapters without subgroups run, computing the same
@@ -187,6 +187,24 @@ impl GpuContext {
         buffers: &[BufArg<'_>],
         groups: [u32; 3],
     ) -> crate::error::Result<()> {
+        let one = [Dispatch {
+            entry,
+            params,
+            groups,
+        }];
+        self.dispatch_textured_all(kernel, constants, textures, buffers, &one)
+    }
+
+    /// [`GpuContext::dispatch_textured`] of several entries over the same bindings, the
+    /// textures' copies encoded once, before the first ([`GpuContext::dispatch_bound_all`]).
+    pub(crate) fn dispatch_textured_all(
+        &self,
+        kernel: &Kernel,
+        constants: &[(&str, f64)],
+        textures: &[(Option<TextureCopy>, wgpu::TextureView)],
+        buffers: &[BufArg<'_>],
+        dispatches: &[Dispatch<'_>],
+    ) -> crate::error::Result<()> {
         let views = textures.iter().map(|(_, view)| Binding::Texture(view));
         let rest = buffers
             .iter()
@@ -196,7 +214,7 @@ impl GpuContext {
             .iter()
             .filter_map(|(copy, _)| copy.clone())
             .collect();
-        self.dispatch_bound(kernel, entry, constants, params, &bindings, &copies, groups)
+        self.dispatch_bound_all(kernel, constants, &bindings, &copies, dispatches)
     }
 
     /// Operand `slot`'s texture holding the start of `arg` (copied by the returned copy, which

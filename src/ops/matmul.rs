@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::device::{Device, DeviceInner};
 use crate::error::{Error, Result};
 use crate::gpu::pool::GpuBuffer;
-use crate::gpu::{BufArg, GpuContext, Kernel};
+use crate::gpu::{Binding, BufArg, Dispatch, GpuContext, Kernel};
 use crate::ops::matmul_plan::{matmul_forward, MatmulPlan};
 use crate::ops::matmul_variant::{resolve, small_takes};
 pub use crate::ops::matmul_variant::{MatmulVariant, MATMUL_ENV};
@@ -96,6 +96,28 @@ const TILE: usize = 64;
 /// high, which the digits CNN and small batches are made of: its weight gradient (1024×32)ᵀ·(1024×144) took 1.03 ms against
 /// 0.59 ms; 64×4096×64 (one tile) 2.0-2.7 ms against 0.93-0.96.
 const SUBGROUP_TILE_M: usize = 32;
+
+/// 32-row tiles from which a product whose last column tile holds 1 to 16 columns runs that
+/// column on the edge kernels (`matmul_forward_subgroup_edge`, 128 x 16 tiles: see
+/// matmul.wgsl): one edge tile does the work of one wide tile and replaces four.
+const EDGE_MIN_TILES_M: usize = 4;
+
+/// Whether the subgroup kernels run the last column tile of a product `tiles_m` 32-row tiles
+/// high and N wide on the edge kernels: it holds 1 to 16 columns.
+fn edge_column(tiles_m: usize, n: usize) -> bool {
+    (1..=16).contains(&(n % TILE)) && tiles_m >= EDGE_MIN_TILES_M
+}
+
+/// Columns of C the subgroup kernels compute for an M × N product (per row, whole tiles):
+/// N rounded up to 64, or to 16 past the last multiple of 64 where the edge kernels take the
+/// last column tile. A cost model for callers that pick between products of different
+/// shapes (the Winograd tile, `crate::ops::winograd`).
+pub(crate) fn subgroup_columns(m: usize, n: usize) -> usize {
+    match edge_column(m.div_ceil(SUBGROUP_TILE_M), n) {
+        true => n / TILE * TILE + 16,
+        false => n.next_multiple_of(TILE),
+    }
+}
 
 /// `matmul_forward_small`'s tile for C at most [`SMALL_NARROW_N`] columns wide when 64-row
 /// tiles would make fewer than [`SMALL_NARROW_BELOW`] workgroups: 32 rows (params word 15).
@@ -709,11 +731,32 @@ fn matmul_dispatch<'a>(
         TILE
     };
     let (tiles_m, tiles_n) = (p.m.div_ceil(tile_m), p.n.div_ceil(TILE));
+    let subgroup = entry.starts_with("matmul_forward_subgroup");
+    // The last column tile on the edge kernels where it holds 1 to 16 columns.
+    let edge = subgroup && edge_column(tiles_m, p.n);
+    let edge_entry = match entry {
+        "matmul_forward_subgroup_v4" => "matmul_forward_subgroup_edge_v4",
+        _ => "matmul_forward_subgroup_edge",
+    };
+    // (entry, tiles_m, tiles_n) of each dispatch of one product: the wide tiles, then the
+    // edge column's 128-row tiles.
+    let mut dispatches = Vec::with_capacity(2);
+    if tiles_n > usize::from(edge) {
+        dispatches.push((entry, tiles_m, tiles_n - usize::from(edge)));
+    }
+    if edge {
+        dispatches.push((edge_entry, tiles_m.div_ceil(4), 1));
+    }
     // Batch strides are whole matrices: rescale them to the padded row length.
     let a_strides: Vec<usize> = p.a_strides.iter().map(|s| s / lda * lda4).collect();
     let b_strides: Vec<usize> = p.b_strides.iter().map(|s| s / ldb * ldb4).collect();
     // matmul.wgsl's Params: its flags and the K chunks of one dispatch vary.
-    let params = |flags: u32, splits: usize, chunk: usize, split0: usize| -> Vec<u32> {
+    let params_tiled = |flags: u32,
+                        splits: usize,
+                        chunk: usize,
+                        split0: usize,
+                        (tiles_m, tiles_n): (usize, usize)|
+     -> Vec<u32> {
         let mut w = vec![
             p.m as u32,
             p.n as u32,
@@ -737,6 +780,9 @@ fn matmul_dispatch<'a>(
         w.extend(pack_dims(&b_strides));
         w
     };
+    let params = |flags: u32, splits: usize, chunk: usize, split0: usize| -> Vec<u32> {
+        params_tiled(flags, splits, chunk, split0, (tiles_m, tiles_n))
+    };
     let transposes = p.ta as u32 | (p.tb as u32) << 1;
     let flag = |x: bool| if x { 1.0 } else { 0.0 };
     // The register-blocked kernel reads the transposes from `flags` (one pipeline for every
@@ -749,7 +795,6 @@ fn matmul_dispatch<'a>(
         "matmul_forward_blocked" | "matmul_forward_small" | "matmul_forward_gemv" => &[],
         _ => &specialised,
     };
-    let subgroup = entry.starts_with("matmul_forward_subgroup");
     let kernel = if subgroup { SHADER } else { base_kernel() };
     // The subgroup kernels and gemv read A and B through textures where asked and where both
     // fit one (`texture::rows_for`); else from the storage buffers, which computes the same
@@ -775,12 +820,9 @@ fn matmul_dispatch<'a>(
             .map(|(ta, tb)| [ta, tb]),
         false => None,
     };
-    let tiles = tiles_m * tiles_n * p.batch();
     // Chunks `split0 ..` (`splits` of them) of the product into `out`.
     let product = |flags: u32, splits: usize, chunk: usize, split0: usize, out: BufArg<'_>| {
         let buffers = [a, b, out, bias, aux, scale, shift];
-        let grid = ctx.grid((tiles * splits) as u64);
-        let params = params(flags, splits, chunk, split0);
         // The subgroup kernels compile only the epilogue steps and the K tail this dispatch
         // uses (EPI, K_TAIL: see matmul.wgsl). Every chunk but the last is a multiple of 4
         // long, so a tail exists only where K itself is not.
@@ -789,19 +831,32 @@ fn matmul_dispatch<'a>(
             constants.push(("EPI", (flags & EPILOGUE_BITS) as f64));
             constants.push(("K_TAIL", flag(p.k % 4 != 0)));
         }
+        let params: Vec<_> = dispatches
+            .iter()
+            .map(|&(_, tiles_m, tiles_n)| {
+                params_tiled(flags, splits, chunk, split0, (tiles_m, tiles_n))
+            })
+            .collect();
+        let all: Vec<_> = dispatches
+            .iter()
+            .zip(&params)
+            .map(|(&(entry, tiles_m, tiles_n), params)| Dispatch {
+                entry,
+                params,
+                groups: ctx.grid((tiles_m * tiles_n * p.batch() * splits) as u64),
+            })
+            .collect();
         let Some(textures) = &textures else {
-            return ctx.dispatch(&kernel, entry, &constants, &params, &buffers, grid);
+            let bindings: Vec<_> = buffers
+                .iter()
+                .map(|&(b, n)| Binding::Buffer((b, 0, n)))
+                .collect();
+            return ctx.dispatch_bound_all(&kernel, &constants, &bindings, &[], &all);
         };
+        // The operands are copied into the textures once, before the first dispatch, and
+        // the edge dispatch follows under the same lock (no other copy in between).
         let rest = &buffers[2..];
-        ctx.dispatch_textured(
-            &texture_kernel(),
-            entry,
-            &constants,
-            &params,
-            textures,
-            rest,
-            grid,
-        )
+        ctx.dispatch_textured_all(&texture_kernel(), &constants, textures, rest, &all)
     };
     if chunks <= 1 {
         product(transposes | epilogue_flags, 1, p.k, 0, c)?;

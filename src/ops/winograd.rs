@@ -15,9 +15,14 @@
 //! When it pays, measured on lavapipe (2 cores), per dispatch, product alone, ResNet-50's
 //! 3×3 layers at batch 1 (direct (F, 9C)·(9C, L) against 16 × (F, C)·(C, T4)):
 //! 64 ch 56×56 6.3 → 4.4 ms, 128 ch 28×28 6.5 → 4.5 ms, 256 ch 14×14 7.4 → 3.8 ms, but
-//! 512 ch 7×7 (T = 16 tiles: a quarter of a 64-column tile) 7.5 → 8.0-14.2 ms. So it is taken
-//! from [`MIN_TILES`] tiles of F(2×2) up, and F(4×4) where its products fill fewer 64-column
-//! tiles ([`choose_tile`]): at 56×56 and 28×28, not at 14×14 (16 tiles).
+//! 512 ch 7×7 (T = 16 tiles: a quarter of a 64-column tile) 7.5 → 8.0-14.2 ms. Since the
+//! subgroup kernels run a last column tile of 1 to 16 columns on 16-column edge tiles
+//! (shaders/matmul.wgsl), 16 tiles cost 16 columns, not 64: 16 × (512, 512)·(512, 16) took
+//! 2.7 ms against the direct (512, 4608)·(4608, 49)'s 4.3 ms (AMD EPYC host). So the plan
+//! takes the tile whose products compute the fewest columns ([`choose_tile`], counted by
+//! `matmul::subgroup_columns`), and takes it where those are at most 3/4 of the direct
+//! product's ([`prefer_winograd`]): ResNet-50 at batch 1, F(4×4) at 56×56, 28×28 and 14×14,
+//! F(2×2) at 7×7.
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};
@@ -48,10 +53,6 @@ pub(crate) fn texture_kernel() -> Kernel {
         }),
     }
 }
-
-/// Output tiles (N·TH·TW) from which the fusion plan takes Winograd: at 16 (ResNet-50's
-/// 7×7 stage) the products fill a quarter of each 64-column tile and lose to the direct one.
-pub(crate) const MIN_TILES: usize = 32;
 
 /// Bytes of any one transformed operand past which the plan keeps im2col (under the default
 /// 128 MiB binding limit, as `conv_gemm::prefer_implicit`'s patch rule).
@@ -190,19 +191,24 @@ impl WinogradTile {
     }
 }
 
-/// The tile whose products fill fewer 64-column product tiles (the subgroup kernel's width):
-/// planes × T4 rounded up to 64. ResNet-50 at batch 1: F(4×4) at 56×56 (36 × 832 against
-/// 16 × 3136) and 28×28 (36 × 64 against 16 × 256), F(2×2) at 14×14 (16 × 64 against
-/// 36 × 64). `WGRAD_WINOGRAD=2` keeps F(2×2) everywhere.
+/// The columns the products of `tile` compute (planes × T4's columns,
+/// `matmul::subgroup_columns`), per filter and channel: their multiply-adds, up to F·C.
+fn product_columns(x: &[usize], w: &[usize], geom: &Conv2d, tile: WinogradTile) -> usize {
+    dims("conv2d_winograd", x, w, geom, tile).map_or(usize::MAX, |d| {
+        tile.planes() * crate::ops::matmul::subgroup_columns(d.f, d.t4)
+    })
+}
+
+/// The tile whose products compute fewer columns ([`product_columns`]). ResNet-50 at batch 1:
+/// F(4×4) at 56×56 (36 × 256 against 16 × 832: 64 filters take no edge tiles), 28×28
+/// (36 × 64 against 16 × 256) and 14×14 (36 × 16 against 16 × 64), F(2×2) at 7×7 (16 × 16
+/// against 36 × 16). `WGRAD_WINOGRAD=2` keeps F(2×2) everywhere.
 fn choose_tile(x: &[usize], w: &[usize], geom: &Conv2d) -> WinogradTile {
     static ONLY_2X2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *ONLY_2X2.get_or_init(|| std::env::var(WINOGRAD_ENV).is_ok_and(|v| v == "2")) {
         return WinogradTile::F2x2;
     }
-    let cost = |tile: WinogradTile| {
-        dims("conv2d_winograd", x, w, geom, tile)
-            .map_or(usize::MAX, |d| tile.planes() * d.t4.next_multiple_of(64))
-    };
+    let cost = |tile| product_columns(x, w, geom, tile);
     if cost(WinogradTile::F4x4) < cost(WinogradTile::F2x2) {
         WinogradTile::F4x4
     } else {
@@ -255,20 +261,23 @@ fn dims(
     Ok(d)
 }
 
-/// Whether a compiled plan computes this convolution by Winograd: the geometry fits, there
-/// are at least [`MIN_TILES`] F(2×2) output tiles, every transformed operand of the tile
-/// [`choose_tile`] takes stays under 64 MiB, and `WGRAD_WINOGRAD` is not `0`.
+/// Whether a compiled plan computes this convolution by Winograd: the geometry fits, the
+/// products of the tile [`choose_tile`] takes compute at most 3/4 of the columns of the
+/// direct product's 9 taps (the transforms are two dispatches against im2col's one; at
+/// batch 1 8×8, 16 × 64 against 9 × 64, the direct product wins), every transformed operand
+/// stays under 64 MiB, and `WGRAD_WINOGRAD` is not `0`.
 pub(crate) fn prefer_winograd(x: &[usize], w: &[usize], geom: &Conv2d) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *OFF.get_or_init(|| std::env::var(WINOGRAD_ENV).is_ok_and(|v| v == "0")) {
         return false;
     }
     let op = "conv2d_winograd";
-    let Ok(d2) = dims(op, x, w, geom, WinogradTile::F2x2) else {
+    let tile = choose_tile(x, w, geom);
+    let Ok(d) = dims(op, x, w, geom, tile) else {
         return false;
     };
-    let chosen = dims(op, x, w, geom, choose_tile(x, w, geom));
-    d2.tiles() >= MIN_TILES && chosen.is_ok_and(|d| d.operand_bytes() <= MAX_OPERAND_BYTES)
+    let direct = 9 * crate::ops::matmul::subgroup_columns(d.f, d.n * d.oh * d.ow);
+    4 * product_columns(x, w, geom, tile) <= 3 * direct && d.operand_bytes() <= MAX_OPERAND_BYTES
 }
 
 /// L·X·Lᵀ for L (r×k) and X (k×k), row-major: (r×r).
@@ -618,8 +627,11 @@ mod tests {
         assert!(!geometry_fits(&g.dilation(2)));
         assert!(!geometry_fits(&g.groups(2)));
         assert!(!geometry_fits(&Conv2d::new(5, 5)));
-        // 7x7 at batch 1: 16 tiles, under MIN_TILES; 14x14: 49 tiles.
-        assert!(!prefer_winograd(&[1, 512, 7, 7], &[512, 512, 3, 3], &g));
+        // 7x7 at batch 1: 16 F(2x2) tiles, 16 columns on edge tiles with 512 filters, not
+        // with 64 (16 x 64 against the direct 9 x 64); 8x8 with 64 filters likewise.
+        assert!(prefer_winograd(&[1, 512, 7, 7], &[512, 512, 3, 3], &g));
+        assert!(!prefer_winograd(&[1, 64, 7, 7], &[64, 64, 3, 3], &g));
+        assert!(!prefer_winograd(&[1, 64, 8, 8], &[64, 64, 3, 3], &g));
         assert!(prefer_winograd(&[1, 256, 14, 14], &[256, 256, 3, 3], &g));
     }
 
@@ -627,9 +639,11 @@ mod tests {
     fn f4x4_is_chosen_where_its_products_fill_fewer_tiles() {
         let g = Conv2d::new(3, 3).padding(1);
         let tile = |c: usize, hw: usize| choose_tile(&[1, c, hw, hw], &[c, c, 3, 3], &g);
-        assert_eq!(tile(64, 56), WinogradTile::F4x4); // 36 x 832 against 16 x 3136
+        assert_eq!(tile(64, 56), WinogradTile::F4x4); // 36 x 256 against 16 x 832
         assert_eq!(tile(128, 28), WinogradTile::F4x4); // 36 x 64 against 16 x 256
-        assert_eq!(tile(256, 14), WinogradTile::F2x2); // 36 x 64 against 16 x 64
+        assert_eq!(tile(256, 14), WinogradTile::F4x4); // 36 x 16 against 16 x 64
+        assert_eq!(tile(64, 14), WinogradTile::F2x2); // 36 x 64 against 16 x 64
+        assert_eq!(tile(512, 7), WinogradTile::F2x2); // 36 x 16 against 16 x 16
     }
 
     #[test]
