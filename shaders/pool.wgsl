@@ -189,6 +189,40 @@ fn pool_max_forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     b4[q] = window_max4(out_pos(4u * q));
 }
 
+// pool_max_forward4 where the windows are 3 columns wide at column stride 2, column dilation
+// 1 and left padding 1 (ResNet's stem pool) over rows a multiple of 4 long: a quad's four
+// windows span input columns 2·ox - 1 .. 2·ox + 7 (ox a multiple of 4), the last of one vec4
+// and two whole vec4s of the input row, so a row of taps is three vec4 loads (x4_at) instead
+// of twelve scalar ones. Vec4s outside the row read index 0 and count as -inf (W % 4 = 0: a
+// vec4 lies wholly inside or outside).
+@compute @workgroup_size(256)
+fn pool_max_forward4_k3s2(@builtin(workgroup_id) wg: vec3<u32>,
+                          @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wg, nwg, lid);
+    if (q >= params.total) { return; }
+    let p = out_pos(4u * q);
+    let plane = p.x * params.h * params.w;
+    let y0 = i32(p.y * params.sh) - i32(params.pt);
+    let c0 = 2u * p.z;  // the column after the quad's first window's first
+    let none = vec4<f32>(-bitcast<f32>(0x7f800000u));
+    let left = c0 > 0u;
+    let mid = c0 < params.w;
+    let right = c0 + 4u < params.w;
+    var m = none;
+    for (var ki = 0u; ki < params.kh; ki = ki + 1u) {
+        let iy = y0 + i32(ki * params.dh);
+        if (iy < 0 || u32(iy) >= params.h) { continue; }
+        let j = (plane + u32(iy) * params.w + c0) / 4u;
+        let l = select(none, x4_at(select(0u, j - 1u, left)), left);
+        let a = select(none, x4_at(select(0u, j, mid)), mid);
+        let b = select(none, x4_at(select(0u, j + 1u, right)), right);
+        m = max(m, vec4<f32>(max(l.w, max(a.x, a.y)), max(a.y, max(a.z, a.w)),
+                             max(a.w, max(b.x, b.y)), max(b.y, max(b.z, b.w))));
+    }
+    b4[q] = m;
+}
+
 @compute @workgroup_size(256)
 fn pool_avg_forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
@@ -304,5 +338,9 @@ fn pool_avg_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 // rgba32float texture (src/ops/texture_reads.rs says why and when).
 fn x_at(i: u32) -> f32 {
     return a[i];
+}
+
+fn x4_at(j: u32) -> vec4<f32> {
+    return vec4<f32>(a[4u * j], a[4u * j + 1u], a[4u * j + 2u], a[4u * j + 3u]);
 }
 // ---- end of source reads

@@ -269,6 +269,19 @@ fn pooling_on_awkward_shapes() {
             vec![2, 3, 11, 16],
             pool(MAX, w(3, 3).stride(2).padding(1), false),
         ),
+        // pool_max_forward4_k3s2 (3 columns at column stride 2, left padding 1, input rows
+        // a multiple of 4): above with rows of 16; here two rows a window at row stride 1,
+        // the bottom and right padded, and output rows of 12.
+        (
+            "3-column s2 p1 windows of 2 rows at stride 1, max",
+            vec![1, 2, 5, 16],
+            pool(MAX, w(2, 3).strides(1, 2).pads(0, 1, 1, 1), false),
+        ),
+        (
+            "resnet-like 3x3 s2 p1 max, output rows of 12",
+            vec![2, 1, 6, 24],
+            pool(MAX, w(3, 3).stride(2).padding(1), false),
+        ),
         (
             "3x3 s2 p1 ceil avg include, rows of 8",
             vec![1, 2, 6, 15],

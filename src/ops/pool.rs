@@ -41,7 +41,8 @@ pub(crate) fn texture_kernel() -> Kernel {
     static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     Kernel {
         name: "pool.texture",
-        source: SOURCE.get_or_init(|| texture_module(SHADER.source, &[Read::Scalar("x_at")])),
+        source: SOURCE
+            .get_or_init(|| texture_module(SHADER.source, &[Read::ScalarAndVec4("x_at", "x4_at")])),
     }
 }
 
@@ -378,6 +379,14 @@ impl Pool2d {
         super::exact_div_constants(fast)
     }
 
+    /// Whether `pool_max_forward4_k3s2` takes this pooling of x (its windows 3 columns wide
+    /// at column stride 2, dilation 1, left padding 1, over rows a multiple of 4 long).
+    fn columns_k3s2(&self, x: &[usize], out: [usize; 4]) -> bool {
+        let g = &self.window;
+        let [_, sw] = self.strides_used(out[2], out[3]);
+        (g.kw, sw, g.dilations[1], g.pads[1], x[3] % 4) == (3, 2, 1, 1, 0)
+    }
+
     /// The kernels' params for x (sizes checked by [`Pool2d::output_shape`]).
     fn params(&self, x: &[usize], out: [usize; 4], total: usize) -> Vec<u32> {
         let g = &self.window;
@@ -436,6 +445,9 @@ impl Tensor {
                     let entry = match (pool.kind, quads) {
                         (PoolKind::Max, false) => "pool_max_forward",
                         (PoolKind::Avg { .. }, false) => "pool_avg_forward",
+                        (PoolKind::Max, true) if pool.columns_k3s2(self.shape(), out) => {
+                            "pool_max_forward4_k3s2"
+                        }
                         (PoolKind::Max, true) => "pool_max_forward4",
                         (PoolKind::Avg { .. }, true) => "pool_avg_forward4",
                     };
