@@ -37,6 +37,9 @@ struct Params {
     // im2col_rows4: the patch rows' length in cols, C·KH·KW or (PATCH_ROWS = 1) more, the
     // values past C·KH·KW zero (rows the vec4 product kernels read unpadded).
     ld: u32,
+    // im2col_rows4 with PATCH_ROWS = 1: vec4s of a patch row per invocation (the row cut
+    // into pieces of this many; ld / 4 for whole rows).
+    piece: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -111,6 +114,10 @@ fn patch_origin(r: u32) -> PatchOrigin {
                        i32((l - oy * params.ow) * params.sw) - i32(params.pl));
 }
 
+// With PATCH_ROWS = 1 a row may be cut into pieces of params.piece vec4s, one per
+// invocation, neighbouring invocations taking the same piece of neighbouring rows: a few
+// rows of many values (ResNet-50's 3x3 layers at 7x7, 49 rows of 4608) were otherwise a
+// workgroup or two, on one or two of lavapipe's threads (1.0 ms a layer, 0.25 ms cut).
 @compute @workgroup_size(64)
 fn im2col_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
@@ -119,13 +126,29 @@ fn im2col_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let rows = PATCH_ROWS;
     let hw = params.h * params.w;
     let ck = params.c * params.kh * params.kw;
-    let n4 = rows * params.ld / 4u;
-    var r = i * rows;
-    var o = patch_origin(r);
-    var plane = o.plane;
+    var n4 = rows * params.ld / 4u;
+    var row_call = i;  // the patch rows' call: i, or (one row a call) its row
+    var first = 0u;    // the first vec4 of the call's rows
     var ki = 0u;
     var kj = 0u;
     var t = 0u;  // tap within the row
+    var c = 0u;  // its channel
+    if (rows == 1u && params.piece < n4) {
+        let row_count = params.total / div_ceil(n4, params.piece);
+        let piece = div(i, row_count);
+        row_call = i - piece * row_count;
+        first = piece * params.piece;
+        n4 = min(params.piece, n4 - first);
+        t = 4u * first;
+        let khw = params.kh * params.kw;
+        c = div(t, khw);
+        let in_window = t - c * khw;
+        ki = div(in_window, params.kw);
+        kj = in_window - ki * params.kw;
+    }
+    var r = row_call * rows;
+    var o = patch_origin(r);
+    var plane = o.plane + min(c, params.c) * hw;
     for (var v = 0u; v < n4; v = v + 1u) {
         var out = vec4<f32>(0.0);
         for (var u = 0u; u < 4u; u = u + 1u) {
@@ -147,8 +170,12 @@ fn im2col_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
                 plane = o.plane;
             }
         }
-        cols4[i * n4 + v] = out;
+        cols4[row_call * rows * params.ld / 4u + first + v] = out;
     }
+}
+
+fn div_ceil(a: u32, b: u32) -> u32 {
+    return div(a + b - 1u, b);
 }
 
 // ---- source reads: im2col_rows4's loads of x, from the storage buffer `src`. A second

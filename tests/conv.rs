@@ -108,6 +108,10 @@ fn im2col_and_col2im_match_reference() {
         Conv2d::new(2, 2).strides(2, 1).pads(1, 0, 0, 1),
     ));
     all.push(([64, 16, 8, 8], Conv2d::new(3, 3).stride(2).padding(1)));
+    // Few patch rows of many vec4s: each row cut into pieces, one per invocation (ResNet's
+    // 3x3 layers at 7x7: 9 pieces of 16 vec4s here; two images, two uneven pieces).
+    all.push(([1, 64, 7, 7], Conv2d::new(3, 3).padding(1)));
+    all.push(([2, 12, 5, 5], Conv2d::new(3, 3).padding(1)));
     // col2im by row phases (dilation 1, W % 4 = 0, a column stride of 1, 2 or 4): odd
     // heights (uneven phases), stride 1, column stride 4 with row stride 3, windows
     // smaller than the stride (phases no kernel row reaches), padding past the stride.

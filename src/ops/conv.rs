@@ -34,6 +34,10 @@ pub(crate) const SHADER: Kernel = Kernel {
     ),
 };
 
+/// Invocations an im2col_rows4 dispatch is cut into at least, where its patch rows allow
+/// (pieces of at least 16 vec4s): 64 workgroups, enough for lavapipe's threads to share.
+const IM2COL_CALLS: usize = 4096;
+
 /// conv.wgsl with im2col_rows4 reading x through a texture (src/ops/texture_reads.rs).
 pub(crate) fn texture_kernel() -> Kernel {
     static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -419,10 +423,19 @@ impl Tensor {
                         _ => None,
                     };
                     if let Some(per_call) = per_call {
-                        let calls = rows / per_call;
+                        // One row a call: rows cut into pieces where they are few (see the
+                        // shader), for at least IM2COL_CALLS calls of at least 16 vec4s.
+                        let n4 = ld / 4;
+                        let pieces = match per_call {
+                            1 => (IM2COL_CALLS / rows.max(1)).clamp(1, n4.div_ceil(16).max(1)),
+                            _ => 1,
+                        };
+                        let piece = n4.div_ceil(pieces);
+                        let pieces = n4.div_ceil(piece.max(1)).max(1);
+                        let calls = rows / per_call * pieces;
                         let mut params = base.to_vec();
                         params[14] = calls as u32;
-                        params.extend([0, geom.kh, 0, geom.kw, 0, ld].map(|v| v as u32));
+                        params.extend([0, geom.kh, 0, geom.kw, 0, ld, piece].map(|v| v as u32));
                         let mut constants = division(&base).to_vec();
                         constants.push(("PATCH_ROWS", per_call as f64));
                         // x through a texture where products read theirs through textures.
