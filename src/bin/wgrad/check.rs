@@ -359,6 +359,8 @@ fn winograd_conv(r: &mut Vec<Row>, gpu: &Device) {
         ("p0", [2, 5, 9, 6], 7, g),
         ("pads", [3, 7, 11, 10], 9, g.pads(1, 0, 2, 1)),
         ("w8", [1, 6, 9, 8], 4, g.padding(1)),
+        // 130 filters over 16 (4) tiles: the products' edge kernels (subgroup adapters).
+        ("f130", [1, 4, 7, 7], 130, g.padding(1)),
     ];
     for tile in [WinogradTile::F2x2, WinogradTile::F4x4] {
         // F(4x4)'s transforms scale values by up to 8 (Aᵀ) and 5 (Bᵀ): ~10x F(2x2)'s error.
@@ -452,9 +454,10 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
             for (m, k, n) in [
                 (1usize, 1usize, 1usize),
                 (3, 17, 5),
-                (255, 257, 3),
                 (64, 1000, 65),
                 (70, 36, 132), // rows of C a multiple of 4: vec4 stores (subgroup)
+                (255, 257, 3), // the subgroup edge kernels (last 1-16 columns, 128x16 tiles)
+                (130, 36, 80), // the same with vec4 stores, wide tiles beside
             ] {
                 let a = if ta { [k, m] } else { [m, k] };
                 let b = if tb { [n, k] } else { [k, n] };
