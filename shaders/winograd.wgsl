@@ -341,6 +341,63 @@ fn winograd4_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     store_column(i, plane, 5u, bt6(array<vec4<f32>, 6>(w0[5], w1[5], w2[5], w3[5], w4[5], w5[5])));
 }
 
+// winograd4_input where x's rows are a multiple of 4 long and the left padding is 1
+// (ResNet's 3x3 layers at 56x56 and 28x28): a patch row, columns 4·tx - 1 .. 4·tx + 4, is the
+// last value of one vec4 of x, a whole vec4 and the first of the next, so a row of the four
+// patches is 12 vec4 loads (src4_at) instead of 24 scalar ones, with one row check per tile.
+// A vec4 outside the row reads index 0 and counts as zeros (W % 4 = 0: a vec4 lies wholly
+// inside or outside).
+fn quad_row_w4(q: Quad, r: i32) -> array<vec4<f32>, 6> {
+    let iy = q.y0 + vec4<i32>(r);
+    let w = i32(params.w);
+    let row = q.live & (iy >= vec4<i32>(0)) & (iy < vec4<i32>(i32(params.h)));
+    // The vec4 holding column x0 + 1 = 4·tx of each patch row (index 0 for rows outside).
+    let j = select(vec4<u32>(0u), (q.base + vec4<u32>(iy) * params.w + vec4<u32>(q.x0 + 1)) / 4u, row);
+    let left = row & (q.x0 >= vec4<i32>(0));
+    let mid = row & (q.x0 + 1 < vec4<i32>(w));
+    let right = row & (q.x0 + 5 < vec4<i32>(w));
+    let z = vec4<f32>(0.0);
+    let l0 = select(z, src4_at(select(0u, j.x - 1u, left.x)), left.x);
+    let l1 = select(z, src4_at(select(0u, j.y - 1u, left.y)), left.y);
+    let l2 = select(z, src4_at(select(0u, j.z - 1u, left.z)), left.z);
+    let l3 = select(z, src4_at(select(0u, j.w - 1u, left.w)), left.w);
+    let m0 = select(z, src4_at(select(0u, j.x, mid.x)), mid.x);
+    let m1 = select(z, src4_at(select(0u, j.y, mid.y)), mid.y);
+    let m2 = select(z, src4_at(select(0u, j.z, mid.z)), mid.z);
+    let m3 = select(z, src4_at(select(0u, j.w, mid.w)), mid.w);
+    let r0 = select(z, src4_at(select(0u, j.x + 1u, right.x)), right.x);
+    let r1 = select(z, src4_at(select(0u, j.y + 1u, right.y)), right.y);
+    let r2 = select(z, src4_at(select(0u, j.z + 1u, right.z)), right.z);
+    let r3 = select(z, src4_at(select(0u, j.w + 1u, right.w)), right.w);
+    return bt6(array<vec4<f32>, 6>(
+        vec4<f32>(l0.w, l1.w, l2.w, l3.w), vec4<f32>(m0.x, m1.x, m2.x, m3.x),
+        vec4<f32>(m0.y, m1.y, m2.y, m3.y), vec4<f32>(m0.z, m1.z, m2.z, m3.z),
+        vec4<f32>(m0.w, m1.w, m2.w, m3.w), vec4<f32>(r0.x, r1.x, r2.x, r3.x)));
+}
+
+@compute @workgroup_size(256)
+fn winograd4_input_w4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.total) { return; }
+    let quads = params.t4 / 4u;
+    let c = div(i, quads);
+    let q = quad_of(c, 4u * (i - c * quads), 4u);
+    let w0 = quad_row_w4(q, 0);
+    let w1 = quad_row_w4(q, 1);
+    let w2 = quad_row_w4(q, 2);
+    let w3 = quad_row_w4(q, 3);
+    let w4 = quad_row_w4(q, 4);
+    let w5 = quad_row_w4(q, 5);
+    let plane = params.c4 * params.t4 / 4u;
+    store_column(i, plane, 0u, bt6(array<vec4<f32>, 6>(w0[0], w1[0], w2[0], w3[0], w4[0], w5[0])));
+    store_column(i, plane, 1u, bt6(array<vec4<f32>, 6>(w0[1], w1[1], w2[1], w3[1], w4[1], w5[1])));
+    store_column(i, plane, 2u, bt6(array<vec4<f32>, 6>(w0[2], w1[2], w2[2], w3[2], w4[2], w5[2])));
+    store_column(i, plane, 3u, bt6(array<vec4<f32>, 6>(w0[3], w1[3], w2[3], w3[3], w4[3], w5[3])));
+    store_column(i, plane, 4u, bt6(array<vec4<f32>, 6>(w0[4], w1[4], w2[4], w3[4], w4[4], w5[4])));
+    store_column(i, plane, 5u, bt6(array<vec4<f32>, 6>(w0[5], w1[5], w2[5], w3[5], w4[5], w5[5])));
+}
+
 // Row r of the quad's M tiles (element ξ = 6r + k of the four tiles per vec4) times A.
 fn m_row(at: u32, plane: u32, r: u32) -> array<vec4<f32>, 4> {
     let b = 6u * r * plane + at;

@@ -28,6 +28,10 @@ fn cases() -> Vec<([usize; 4], usize, Conv2d)> {
         ([2, 64, 14, 14], 64, g.padding(1)),     // ResNet-like, T = 98
         ([1, 130, 9, 9], 3, g.padding(1)),       // C past 128, F = 3
         ([1, 20, 7, 7], 130, g.padding(1)),      // T4 = 16 (4): products' edge kernels
+        // Rows a multiple of 4 at left padding 1: F(4x4) reads patch rows as vec4s (the
+        // first and last vec4 of a row cut by the image's edges, rows outside on top).
+        ([2, 5, 8, 12], 6, g.padding(1)),
+        ([1, 3, 9, 16], 4, g.pads(0, 1, 2, 1)),
     ]
 }
 
@@ -169,6 +173,8 @@ fn compiled_inference_runs_winograd_with_the_epilogue() {
         for e in want_entries {
             let e = match e {
                 "winograd4_output" if xs[3] % 4 == 0 => "winograd4_output_v4",
+                // Rows of whole vec4s at left padding 1: patch rows read as vec4s.
+                "winograd4_input" if xs[3] % 4 == 0 => "winograd4_input_w4",
                 e => e,
             };
             let textured = textures && !e.ends_with("filter");
@@ -207,7 +213,8 @@ fn compiled_inference_transforms_filters_again_after_set_param() {
     // 81 > 64 patch columns, so not the implicit kernel.
     for (xs, input, filter) in [
         ([1, 9, 14, 13], "winograd_input", "winograd_filter"),
-        ([1, 9, 24, 24], "winograd4_input", "winograd4_filter"),
+        // (Rows of 24: whole vec4s, so the input transform reads patch rows as vec4s.)
+        ([1, 9, 24, 24], "winograd4_input_w4", "winograd4_filter"),
     ] {
         let ws = [5, 9, 3, 3];
         let geom = Conv2d::new(3, 3).padding(1);

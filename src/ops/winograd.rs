@@ -577,7 +577,12 @@ impl Tensor {
         };
         let [_, input, output] = tile.entries();
         let v = gpu_output(ctx, self.device(), op, &[planes, d.c4, d.t4], DType::F32)?;
-        // Four tiles per invocation (T4 is a multiple of 4).
+        // Four tiles per invocation (T4 is a multiple of 4); F(4×4) reads patch rows as
+        // vec4s where x's rows are whole vec4s and the left padding is 1.
+        let input = match tile {
+            WinogradTile::F4x4 if d.w % 4 == 0 && geom.pads[1] == 1 => "winograd4_input_w4",
+            _ => input,
+        };
         run(input, &[self, &v], d.c4 * d.t4 / 4)?;
         let m = u.matmul(&v)?;
         drop((u, v));
