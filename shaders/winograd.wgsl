@@ -322,23 +322,28 @@ fn winograd4_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
                    @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
+    let q = input4_quad(i);
+    store_input4(i, array<array<vec4<f32>, 6>, 6>(quad_row(q, 0), quad_row(q, 1), quad_row(q, 2),
+                                                  quad_row(q, 3), quad_row(q, 4), quad_row(q, 5)));
+}
+
+// Invocation i's quad of F(4×4) input tiles: channel i / (T4/4), tiles 4·(i mod T4/4) + 0 .. 4.
+fn input4_quad(i: u32) -> Quad {
     let quads = params.t4 / 4u;
     let c = div(i, quads);
-    let q = quad_of(c, 4u * (i - c * quads), 4u);
-    let w0 = quad_row(q, 0);
-    let w1 = quad_row(q, 1);
-    let w2 = quad_row(q, 2);
-    let w3 = quad_row(q, 3);
-    let w4 = quad_row(q, 4);
-    let w5 = quad_row(q, 5);
-    // V[ξ] is (C4, T4): element ξ of the quad's four tiles is one vec4 of plane ξ, at i.
+    return quad_of(c, 4u * (i - c * quads), 4u);
+}
+
+// Stores Bᵀ d B of the quad from its rows d B (w[r], rows 0 .. 6): V[ξ] is (C4, T4), element
+// ξ of the quad's four tiles one vec4 of plane ξ, at i.
+fn store_input4(i: u32, w: array<array<vec4<f32>, 6>, 6>) {
     let plane = params.c4 * params.t4 / 4u;
-    store_column(i, plane, 0u, bt6(array<vec4<f32>, 6>(w0[0], w1[0], w2[0], w3[0], w4[0], w5[0])));
-    store_column(i, plane, 1u, bt6(array<vec4<f32>, 6>(w0[1], w1[1], w2[1], w3[1], w4[1], w5[1])));
-    store_column(i, plane, 2u, bt6(array<vec4<f32>, 6>(w0[2], w1[2], w2[2], w3[2], w4[2], w5[2])));
-    store_column(i, plane, 3u, bt6(array<vec4<f32>, 6>(w0[3], w1[3], w2[3], w3[3], w4[3], w5[3])));
-    store_column(i, plane, 4u, bt6(array<vec4<f32>, 6>(w0[4], w1[4], w2[4], w3[4], w4[4], w5[4])));
-    store_column(i, plane, 5u, bt6(array<vec4<f32>, 6>(w0[5], w1[5], w2[5], w3[5], w4[5], w5[5])));
+    store_column(i, plane, 0u, bt6(array<vec4<f32>, 6>(w[0][0], w[1][0], w[2][0], w[3][0], w[4][0], w[5][0])));
+    store_column(i, plane, 1u, bt6(array<vec4<f32>, 6>(w[0][1], w[1][1], w[2][1], w[3][1], w[4][1], w[5][1])));
+    store_column(i, plane, 2u, bt6(array<vec4<f32>, 6>(w[0][2], w[1][2], w[2][2], w[3][2], w[4][2], w[5][2])));
+    store_column(i, plane, 3u, bt6(array<vec4<f32>, 6>(w[0][3], w[1][3], w[2][3], w[3][3], w[4][3], w[5][3])));
+    store_column(i, plane, 4u, bt6(array<vec4<f32>, 6>(w[0][4], w[1][4], w[2][4], w[3][4], w[4][4], w[5][4])));
+    store_column(i, plane, 5u, bt6(array<vec4<f32>, 6>(w[0][5], w[1][5], w[2][5], w[3][5], w[4][5], w[5][5])));
 }
 
 // winograd4_input where x's rows are a multiple of 4 long and the left padding is 1
@@ -380,22 +385,10 @@ fn winograd4_input_w4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
                       @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= params.total) { return; }
-    let quads = params.t4 / 4u;
-    let c = div(i, quads);
-    let q = quad_of(c, 4u * (i - c * quads), 4u);
-    let w0 = quad_row_w4(q, 0);
-    let w1 = quad_row_w4(q, 1);
-    let w2 = quad_row_w4(q, 2);
-    let w3 = quad_row_w4(q, 3);
-    let w4 = quad_row_w4(q, 4);
-    let w5 = quad_row_w4(q, 5);
-    let plane = params.c4 * params.t4 / 4u;
-    store_column(i, plane, 0u, bt6(array<vec4<f32>, 6>(w0[0], w1[0], w2[0], w3[0], w4[0], w5[0])));
-    store_column(i, plane, 1u, bt6(array<vec4<f32>, 6>(w0[1], w1[1], w2[1], w3[1], w4[1], w5[1])));
-    store_column(i, plane, 2u, bt6(array<vec4<f32>, 6>(w0[2], w1[2], w2[2], w3[2], w4[2], w5[2])));
-    store_column(i, plane, 3u, bt6(array<vec4<f32>, 6>(w0[3], w1[3], w2[3], w3[3], w4[3], w5[3])));
-    store_column(i, plane, 4u, bt6(array<vec4<f32>, 6>(w0[4], w1[4], w2[4], w3[4], w4[4], w5[4])));
-    store_column(i, plane, 5u, bt6(array<vec4<f32>, 6>(w0[5], w1[5], w2[5], w3[5], w4[5], w5[5])));
+    let q = input4_quad(i);
+    store_input4(i, array<array<vec4<f32>, 6>, 6>(quad_row_w4(q, 0), quad_row_w4(q, 1),
+                                                  quad_row_w4(q, 2), quad_row_w4(q, 3),
+                                                  quad_row_w4(q, 4), quad_row_w4(q, 5)));
 }
 
 // Row r of the quad's M tiles (element ξ = 6r + k of the four tiles per vec4) times A.
