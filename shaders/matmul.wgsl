@@ -492,13 +492,13 @@ fn shift4(lo: vec4<f32>, hi: vec4<f32>, r: u32) -> vec4<f32> {
 // defines the same two functions over textures, so gemv reads textures there.
 fn load_a_any(i: u32) -> vec4<f32> {
     let lo = a4[i / 4u];
-    if (i % 4u == 0u) { return lo; }
+    if (ALIGNED || i % 4u == 0u) { return lo; }
     return shift4(lo, a4[i / 4u + 1u], i % 4u);
 }
 
 fn load_b_any(i: u32) -> vec4<f32> {
     let lo = b4[i / 4u];
-    if (i % 4u == 0u) { return lo; }
+    if (ALIGNED || i % 4u == 0u) { return lo; }
     return shift4(lo, b4[i / 4u + 1u], i % 4u);
 }
 // ---- end of any-alignment reads
@@ -508,6 +508,13 @@ fn load_b_any(i: u32) -> vec4<f32> {
 // constant, not the uniform M: lavapipe runs both sides of a branch on a uniform. ResNet-50's
 // head (1x2048 . 2048x1000) computed all four.
 override ONE_ROW: bool = false;
+
+// Every index load_a_any and load_b_any get is a multiple of 4 (the host checks: rows, batch
+// strides and K chunks of whole vec4s). A pipeline constant, so that the second load and the
+// shift of an unaligned read compile out: on lavapipe a branch runs both sides, and in
+// ResNet-50's head (1x2048 . 2048x1000, every read aligned) half of gemv's texel fetches
+// were that unused second load.
+override ALIGNED: bool = false;
 
 // The 4x4 block of C at (m0, n0) (rows and columns past C are skipped), with the epilogue:
 // the body of matmul_forward_small and matmul_forward_gemv.

@@ -37,12 +37,12 @@ fn panel_load_b(i: u32) -> vec4<f32> {
 // ResNet-50's head (1×2048 · 2048×1000) on lavapipe, AVX2 host: 9-11 ms from storage.
 fn load_a_any(i: u32) -> vec4<f32> {
     let lo = textureLoad(a_tex, texel(i), 0);
-    if (i % 4u == 0u) { return lo; }
+    if (ALIGNED || i % 4u == 0u) { return lo; }
     return shift4(lo, textureLoad(a_tex, texel(i + 4u), 0), i % 4u);
 }
 
 fn load_b_any(i: u32) -> vec4<f32> {
     let lo = textureLoad(b_tex, texel(i), 0);
-    if (i % 4u == 0u) { return lo; }
+    if (ALIGNED || i % 4u == 0u) { return lo; }
     return shift4(lo, textureLoad(b_tex, texel(i + 4u), 0), i % 4u);
 }

@@ -95,6 +95,10 @@ fn every_kernel_and_transpose_matches_reference() {
         // a K tail and rows that end inside a 128-row tile; 16 past, rows a multiple of 4.
         (130, 37, 65),
         (260, 66, 80),
+        // gemv (M <= 4) where every read is a whole vec4 (ALIGNED: rows of whole vec4s) and
+        // where A stored (K, M) has rows of 1 or 4: a classifier head at batch 1, and 4 rows.
+        (1, 256, 100),
+        (4, 96, 132),
     ];
     for (i, &shape) in shapes.iter().enumerate() {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {

@@ -788,11 +788,21 @@ fn matmul_dispatch<'a>(
     // The register-blocked kernel reads the transposes from `flags` (one pipeline for every
     // layout: see matmul.wgsl); the others are specialised by override constants.
     let specialised = [("TA", flag(p.ta)), ("TB", flag(p.tb))];
-    // gemv on one row of C from A stored (M, K): row 0 only (ONE_ROW, see the shader).
-    let one_row = [("ONE_ROW", 1.0)];
+    // gemv: on one row of C from A stored (M, K), row 0 only (ONE_ROW, see the shader); where
+    // every read is of a whole vec4 (rows and batch strides of whole vec4s: its reads start at
+    // multiples of 4 along K and N, and K chunks are multiples of 4), no unaligned reads
+    // (ALIGNED).
+    let aligned = lda4 % 4 == 0
+        && ldb4 % 4 == 0
+        && a_strides.iter().chain(&b_strides).all(|s| s % 4 == 0)
+        && (chunks <= 1 || chunk % 4 == 0);
+    let gemv_constants = [
+        ("ONE_ROW", flag(p.m == 1 && !p.ta)),
+        ("ALIGNED", flag(aligned)),
+    ];
     let constants: &[(&str, f64)] = match entry {
-        "matmul_forward_gemv" if p.m == 1 && !p.ta => &one_row,
-        "matmul_forward_blocked" | "matmul_forward_small" | "matmul_forward_gemv" => &[],
+        "matmul_forward_gemv" => &gemv_constants,
+        "matmul_forward_blocked" | "matmul_forward_small" => &[],
         _ => &specialised,
     };
     let kernel = if subgroup { SHADER } else { base_kernel() };
