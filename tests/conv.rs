@@ -128,6 +128,19 @@ fn im2col_and_col2im_match_reference() {
     // 9 rows in all: the per-channel kernel.
     all.push(([2, 3, 15, 13], Conv2d::new(7, 7).stride(2).padding(3)));
     all.push(([4, 3, 7, 7], Conv2d::new(3, 3).stride(2)));
+    // Rows of x whole vec4s, few channels, kernel rows of at most 8 taps: the generated
+    // window kernel (src/ops/im2col_window.rs): every column offset in a vec4 (stride 3),
+    // windows past both sides, row dilation, 8 taps (three vec4s a row), a 1x1 stride.
+    all.push(([2, 4, 7, 8], Conv2d::new(3, 3).stride(2).padding(1)));
+    all.push((
+        [1, 1, 10, 12],
+        Conv2d::new(4, 4).strides(1, 3).pads(1, 2, 0, 1),
+    ));
+    all.push(([2, 2, 5, 8], Conv2d::new(2, 8).pads(0, 4, 1, 3)));
+    all.push((
+        [1, 4, 9, 4],
+        Conv2d::new(3, 3).dilations(2, 1).pads(2, 1, 2, 1),
+    ));
     all.push(([1, 3, 7, 7], Conv2d::new(3, 3).stride(2)));
     // Patch rows past the loop budget in vec4s (4·129·128 values): the per-channel kernel.
     all.push(([1, 4, 130, 129], Conv2d::new(129, 128)));
@@ -216,6 +229,8 @@ fn conv2d_with_more_filters_than_gemv_rows_matches_a_direct_convolution() {
     let mut cases = cases();
     // ResNet-50's stem window (3×7×7 = 147 taps), stride 2, padding 3, odd sizes.
     cases.push(([1, 3, 23, 21], Conv2d::new(7, 7).stride(2).padding(3)));
+    // ... and with x's rows whole vec4s: im2col's generated window kernel (two images).
+    cases.push(([2, 3, 19, 20], Conv2d::new(7, 7).stride(2).padding(3)));
     for (k, (xs, geom)) in cases.into_iter().enumerate() {
         let f = 5 + k % 7;
         let x = uniform(k as u64 + 50, xs.iter().product(), -1.0, 1.0);

@@ -19,6 +19,7 @@
 use crate::device::{Device, DeviceInner};
 use crate::error::{Error, Result};
 use crate::gpu::Kernel;
+use crate::ops::im2col_window::{self, im2col_window};
 use crate::ops::matmul::GEMV_ROWS;
 use crate::ops::texture_reads::{dispatch_reading_source, texture_module, Read};
 use crate::ops::{gpu_output, grid_1d};
@@ -413,6 +414,12 @@ impl Tensor {
                     let (Some(x), Some(o)) = (self.gpu_arg(), out.gpu_arg()) else {
                         unreachable!("GPU device holds GPU tensors")
                     };
+                    // Few channels, short kernel rows: a kernel of their own (see there).
+                    if im2col_window::takes(&s, &geom, ld) {
+                        let shape = (oh, ow);
+                        im2col_window(ctx, x, o, &s, &geom, shape, ld, division(&base))?;
+                        return Ok(out);
+                    }
                     let rows = out_shape[0] * out_shape[1];
                     // Patch rows per invocation of the vec4 kernel (see the shader): one
                     // where a row is whole vec4s (padded or not), else four (which always
@@ -759,6 +766,18 @@ mod tests {
             ([1, 5, 9, 6], Conv2d::new(3, 2).stride(2)),
             ([2, 3, 9, 11], Conv2d::new(3, 3).dilation(2).padding(1)),
             ([1, 3, 5, 6], Conv2d::new(1, 3).stride(2)),
+            // x's rows whole vec4s: the generated window kernel (src/ops/im2col_window.rs),
+            // the stem's window over two images, row dilation with a 5-tap row, 7 taps on
+            // rows of 4 with padding past both sides.
+            ([2, 3, 11, 12], Conv2d::new(7, 7).stride(2).padding(3)),
+            (
+                [1, 2, 7, 8],
+                Conv2d::new(3, 5)
+                    .dilations(2, 1)
+                    .strides(1, 3)
+                    .pads(2, 4, 1, 0),
+            ),
+            ([2, 2, 5, 4], Conv2d::new(1, 7).pads(0, 3, 0, 3)),
         ];
         let devices = [Some(Device::cpu()), Device::gpu().ok()];
         for (k, (xs, geom)) in cases.into_iter().enumerate() {

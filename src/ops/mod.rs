@@ -11,6 +11,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod gather;
 pub mod half;
+pub(crate) mod im2col_window;
 pub mod layout;
 pub mod loss;
 pub(crate) mod loss_reduced;

@@ -378,6 +378,42 @@ fn winograd_conv(r: &mut Vec<Row>, gpu: &Device) {
     }
 }
 
+/// Convolution as a product of patches (im2col): patch rows walked tap by tap
+/// (`im2col_rows4`), and for few channels over rows of whole vec4s the generated window
+/// kernel (`ops::im2col_window`: the stem's 3x7x7 at stride 2, a stride of 3 that puts a
+/// window at every column offset, 8-tap rows). Patches are copies: exact.
+fn im2col_conv(r: &mut Vec<Row>, gpu: &Device) {
+    use wgrad::Conv2d;
+    let w = Conv2d::new;
+    let cases = [
+        ("3x3 s2 p1", [2, 5, 7, 9], 4, w(3, 3).stride(2).padding(1)),
+        (
+            "7x7 s2 p3 w16",
+            [2, 3, 13, 16],
+            8,
+            w(7, 7).stride(2).padding(3),
+        ),
+        (
+            "4x4 s(1,3) w12",
+            [1, 1, 10, 12],
+            5,
+            w(4, 4).strides(1, 3).pads(1, 2, 0, 1),
+        ),
+        ("2x8 w8", [2, 2, 5, 8], 6, w(2, 8).pads(0, 4, 1, 3)),
+    ];
+    for (label, xs, f, geom) in cases {
+        let name = format!("im2col {label}");
+        kernel(r, gpu, &name, &[&xs], (-1.0, 1.0), (0.0, 0.0), |x| {
+            x[0].im2col(geom)
+        });
+        let ws = [f, xs[1], geom.kh, geom.kw];
+        let name = format!("conv2d {label}");
+        kernel(r, gpu, &name, &[&xs, &ws], (-1.0, 1.0), (1e-5, 1e-4), |x| {
+            x[0].conv2d(&x[1], geom)
+        });
+    }
+}
+
 /// A convolution's data gradient by phases (`ops::conv_phase`): strides 2 and 3, odd sizes,
 /// uneven pads, rows of whole vec4s and not.
 fn phased_conv(r: &mut Vec<Row>, gpu: &Device) {
@@ -812,6 +848,7 @@ fn all_rows(gpu: &Device) -> Vec<Row> {
     depthwise(r, gpu);
     implicit_conv(r, gpu);
     winograd_conv(r, gpu);
+    im2col_conv(r, gpu);
     phased_conv(r, gpu);
     batch_norm(r, gpu);
     gradient(r, gpu, "log_softmax", &[&[3, 5]], (-3.0, 3.0), |x| {
