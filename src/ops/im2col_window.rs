@@ -82,9 +82,12 @@ pub(crate) fn im2col_window(
     )
 }
 
+/// Generated kernels by (C, KH, KW): the storage module and the texture module.
+type Generated = HashMap<[usize; 3], (Kernel, Kernel)>;
+
 /// The storage and texture kernels for one (C, KH, KW), generated once per process.
 fn kernels(c: usize, kh: usize, kw: usize) -> (Kernel, Kernel) {
-    static CACHE: Mutex<Option<HashMap<[usize; 3], (Kernel, Kernel)>>> = Mutex::new(None);
+    static CACHE: Mutex<Option<Generated>> = Mutex::new(None);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let map = cache.get_or_insert_with(HashMap::new);
     let make = || {
