@@ -141,6 +141,11 @@ fn im2col_and_col2im_match_reference() {
         [1, 4, 9, 4],
         Conv2d::new(3, 3).dilations(2, 1).pads(2, 1, 2, 1),
     ));
+    // ... by groups of channels, looped in one invocation (rows of whole vec4s or not: each
+    // kernel row then finds its own column offset), and 1x1 at stride 2 by groups of 32.
+    all.push(([16, 16, 16, 16], Conv2d::new(3, 3).padding(1)));
+    all.push(([8, 24, 22, 22], Conv2d::new(3, 3).padding(1)));
+    all.push(([2, 64, 10, 12], Conv2d::new(1, 1).stride(2)));
     all.push(([1, 3, 7, 7], Conv2d::new(3, 3).stride(2)));
     // Patch rows past the loop budget in vec4s (4·129·128 values): the per-channel kernel.
     all.push(([1, 4, 130, 129], Conv2d::new(129, 128)));

@@ -400,6 +400,14 @@ fn im2col_conv(r: &mut Vec<Row>, gpu: &Device) {
             w(4, 4).strides(1, 3).pads(1, 2, 0, 1),
         ),
         ("2x8 w8", [2, 2, 5, 8], 6, w(2, 8).pads(0, 4, 1, 3)),
+        // By groups of 8 channels over rows of 14 (not whole vec4s), and 1x1 at stride 2.
+        (
+            "3x3 s2 p1 c16 w14",
+            [2, 16, 9, 14],
+            4,
+            w(3, 3).stride(2).padding(1),
+        ),
+        ("1x1 s2 c64", [1, 64, 6, 8], 8, w(1, 1).stride(2)),
     ];
     for (label, xs, f, geom) in cases {
         let name = format!("im2col {label}");
