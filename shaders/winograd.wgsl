@@ -48,6 +48,16 @@ const EPI_SCALE: u32 = 64u;
 const EPI_SHIFT: u32 = 128u;
 const EPI_RESIDUAL: u32 = 256u;
 
+// The epilogue steps an output dispatch may use (set by the host from its flags): a pipeline
+// constant, so that the others compile out. On lavapipe 22.3 an `if` on the uniform flags only
+// masks its lanes, so every step ran, taken or not: the residual's load among them.
+override EPI: u32 = 456u;  // every EPI_ bit
+
+// Whether this dispatch applies epilogue step `bit`.
+fn epi(bit: u32) -> bool {
+    return (EPI & bit) != 0u && (params.flags & bit) != 0u;
+}
+
 fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x + wg.z * nwg.x * nwg.y) * 256u + lid;
 }
@@ -99,8 +109,8 @@ fn quad_at(q: Quad, r: i32, k: i32) -> vec4<f32> {
 // The epilogue's scale and shift of filter f.
 fn filter_epilogue(f: u32) -> vec2<f32> {
     var st = vec2<f32>(1.0, 0.0);
-    if ((params.flags & EPI_SCALE) != 0u) { st.x = scale[f]; }
-    if ((params.flags & EPI_SHIFT) != 0u) { st.y = shift[f]; }
+    if (epi(EPI_SCALE)) { st.x = scale[f]; }
+    if (epi(EPI_SHIFT)) { st.y = shift[f]; }
     return st;
 }
 
@@ -185,10 +195,10 @@ fn store_output(n: u32, f: u32, oy: u32, ox: u32, v: f32, st: vec2<f32>) {
     if (oy >= params.oh || ox >= params.ow) { return; }
     let o = ((n * params.f + f) * params.oh + oy) * params.ow + ox;
     var r = v;
-    if ((params.flags & EPI_SCALE) != 0u) { r = r * st.x; }
-    if ((params.flags & EPI_SHIFT) != 0u) { r = r + st.y; }
-    if ((params.flags & EPI_RESIDUAL) != 0u) { r = r + residual[o]; }
-    if ((params.flags & EPI_RELU) != 0u) { r = max(r, 0.0); }
+    if (epi(EPI_SCALE)) { r = r * st.x; }
+    if (epi(EPI_SHIFT)) { r = r + st.y; }
+    if (epi(EPI_RESIDUAL)) { r = r + residual[o]; }
+    if (epi(EPI_RELU)) { r = max(r, 0.0); }
     dst[o] = r;
 }
 
@@ -460,10 +470,10 @@ fn store_tile_v4(f: u32, t: u32, k: u32, c: array<array<vec4<f32>, 4>, 4>, st: v
         if (oy >= params.oh) { return; }
         let o = (((tile.x * params.f + f) * params.oh + oy) * params.ow + 4u * tile.z) / 4u;
         var v = tile_row(c, y, k);
-        if ((params.flags & EPI_SCALE) != 0u) { v = v * st.x; }
-        if ((params.flags & EPI_SHIFT) != 0u) { v = v + st.y; }
-        if ((params.flags & EPI_RESIDUAL) != 0u) { v = v + residual4[o]; }
-        if ((params.flags & EPI_RELU) != 0u) { v = max(v, vec4<f32>(0.0)); }
+        if (epi(EPI_SCALE)) { v = v * st.x; }
+        if (epi(EPI_SHIFT)) { v = v + st.y; }
+        if (epi(EPI_RESIDUAL)) { v = v + residual4[o]; }
+        if (epi(EPI_RELU)) { v = max(v, vec4<f32>(0.0)); }
         dst4[o] = v;
     }
 }

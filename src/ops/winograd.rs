@@ -58,6 +58,10 @@ pub(crate) fn texture_kernel() -> Kernel {
 /// 128 MiB binding limit, as `conv_gemm::prefer_implicit`'s patch rule).
 const MAX_OPERAND_BYTES: usize = 64 << 20;
 
+/// The epilogue steps the output transforms apply (winograd.wgsl's EPI_*: ReLU, scale,
+/// shift, residual).
+const OUTPUT_EPILOGUE: u32 = 8 | 64 | 128 | 256;
+
 /// `WGRAD_WINOGRAD=0` keeps every convolution on im2col (for measuring both).
 pub const WINOGRAD_ENV: &str = "WGRAD_WINOGRAD";
 
@@ -550,9 +554,10 @@ impl Tensor {
         }
         let constants = d.div_constants();
         // The transforms read their source (x, M) through a texture where products do.
-        let run = |entry: &str, tensors: &[&Tensor], total: usize| {
+        let run = |entry: &str, tensors: &[&Tensor], total: usize, more: &[(&str, f64)]| {
             let p = params(&d, geom.pads, total, epi.flags());
-            dispatch(ctx, entry, constants, &p, (tensors, true), total)
+            let constants: Vec<_> = constants.iter().chain(more).copied().collect();
+            dispatch(ctx, entry, &constants, &p, (tensors, true), total)
         };
         let planes = tile.planes();
         let u = match filters {
@@ -583,7 +588,7 @@ impl Tensor {
             WinogradTile::F4x4 if d.w % 4 == 0 && geom.pads[1] == 1 => "winograd4_input_w4",
             _ => input,
         };
-        run(input, &[self, &v], d.c4 * d.t4 / 4)?;
+        run(input, &[self, &v], d.c4 * d.t4 / 4, &[])?;
         let m = u.matmul(&v)?;
         drop((u, v));
         // Parts not applied bind the source (read-only, never the destination).
@@ -599,7 +604,9 @@ impl Tensor {
             WinogradTile::F4x4 if d.ow % 4 == 0 => "winograd4_output_v4",
             _ => output,
         };
-        run(output, &bound, d.f * d.t4 / 4)?;
+        // Only the epilogue steps it applies are compiled (EPI: see the shader).
+        let steps = [("EPI", (epi.flags() & OUTPUT_EPILOGUE) as f64)];
+        run(output, &bound, d.f * d.t4 / 4, &steps)?;
         Ok(out)
     }
 }
