@@ -415,9 +415,16 @@ impl Tensor {
                         unreachable!("GPU device holds GPU tensors")
                     };
                     // Few channels, short kernel rows: a kernel of their own (see there).
-                    if im2col_window::takes(&s, &geom, ld) {
+                    let window = im2col_window::Window {
+                        kh: geom.kh,
+                        kw: geom.kw,
+                        strides: geom.strides,
+                        pads: [geom.pads[0], geom.pads[1]],
+                        dilations: geom.dilations,
+                    };
+                    if im2col_window::takes(&s, &window, ld) {
                         let shape = (oh, ow);
-                        im2col_window(ctx, x, o, &s, &geom, shape, ld, division(&base))?;
+                        im2col_window(ctx, x, o, &s, &window, shape, ld, division(&base))?;
                         return Ok(out);
                     }
                     let rows = out_shape[0] * out_shape[1];

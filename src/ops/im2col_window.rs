@@ -26,7 +26,6 @@ use std::sync::Mutex;
 
 use crate::error::Result;
 use crate::gpu::{BufArg, GpuContext, Kernel};
-use crate::ops::conv::Conv2d;
 use crate::ops::texture_reads::{dispatch_reading_source, texture_module, Read};
 
 /// Most (channel, kernel row) pairs a generated kernel unrolls: its code grows with them, and
@@ -51,11 +50,25 @@ struct Form {
     looped: bool,
 }
 
+/// The window geometry this module needs: src/ops/conv.rs's `Conv2d` in plain numbers (that
+/// file imports this one, so this one does not import it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub kh: usize,
+    pub kw: usize,
+    /// (rows, columns)
+    pub strides: [usize; 2],
+    /// Top and left padding.
+    pub pads: [usize; 2],
+    /// (rows, columns)
+    pub dilations: [usize; 2],
+}
+
 /// The form that takes patches of `x` (N, C, H, W) under `geom` into rows of `ld`, if any:
 /// kernel rows of at most 8 taps, column dilation 1, x whole vec4s. Few channels (C·KH at
 /// most [`MAX_ROWS`]) are unrolled whole, rows padded to `ld`; more go by groups of `q`
 /// channels whose values are whole vec4s (q·KH·KW % 4 = 0, C % q = 0), rows unpadded.
-fn form(x: &[usize], geom: &Conv2d, ld: usize) -> Option<Form> {
+fn form(x: &[usize], geom: &Window, ld: usize) -> Option<Form> {
     let (c, kh, kw) = (x[1], geom.kh, geom.kw);
     let numel: usize = x.iter().product();
     let fits = geom.dilations[1] == 1 && (1..=8).contains(&kw) && numel % 4 == 0 && ld % 4 == 0;
@@ -100,7 +113,7 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 /// Whether [`im2col_window`] takes patches of `x` (N, C, H, W) under `geom` into rows of `ld`.
-pub(crate) fn takes(x: &[usize], geom: &Conv2d, ld: usize) -> bool {
+pub(crate) fn takes(x: &[usize], geom: &Window, ld: usize) -> bool {
     form(x, geom, ld).is_some()
 }
 
@@ -112,7 +125,7 @@ pub(crate) fn im2col_window(
     x: BufArg<'_>,
     out: BufArg<'_>,
     s: &[usize],
-    geom: &Conv2d,
+    geom: &Window,
     (oh, ow): (usize, usize),
     ld: usize,
     constants: &[(&str, f64)],
@@ -419,7 +432,14 @@ mod tests {
 
     #[test]
     fn forms_unroll_few_channels_and_group_many() {
-        let stem = Conv2d::new(7, 7).stride(2).padding(3);
+        let square = |k: usize, stride: usize, pad: usize| Window {
+            kh: k,
+            kw: k,
+            strides: [stride; 2],
+            pads: [pad; 2],
+            dilations: [1; 2],
+        };
+        let stem = square(7, 2, 3);
         let whole = |q, kh, kw, aligned| {
             let looped = false;
             Some(Form {
@@ -443,14 +463,19 @@ mod tests {
         assert_eq!(form(&[1, 3, 224, 224], &stem, 148), whole(3, 7, 7, true));
         assert_eq!(form(&[1, 3, 224, 224], &stem, 147), None); // rows not whole vec4s
         assert_eq!(form(&[1, 3, 222, 222], &stem, 148), whole(3, 7, 7, false));
-        assert_eq!(form(&[1, 3, 224, 224], &stem.dilation(2), 148), None);
-        assert_eq!(form(&[1, 1, 16, 16], &Conv2d::new(9, 9), 84), None); // taps past 8
-                                                                         // ResNet-50's stride-2 layers: 3x3 by 8 channels (72 taps, 18 vec4s a group), 1x1
-                                                                         // by 32; rows of 14 are not whole vec4s.
-        let s2 = Conv2d::new(3, 3).stride(2).padding(1);
+        let dilated = Window {
+            dilations: [2; 2],
+            ..stem
+        };
+        assert_eq!(form(&[1, 3, 224, 224], &dilated, 148), None);
+        // Kernel rows past 8 taps.
+        assert_eq!(form(&[1, 1, 16, 16], &square(9, 1, 0), 84), None);
+        // ResNet-50's stride-2 layers: 3x3 by 8 channels (72 taps, 18 vec4s a group), 1x1 by
+        // 32; rows of 14 are not whole vec4s.
+        let s2 = square(3, 2, 1);
         assert_eq!(form(&[1, 128, 56, 56], &s2, 1152), groups(8, 3, 3, true));
         assert_eq!(form(&[1, 512, 14, 14], &s2, 4608), groups(8, 3, 3, false));
-        let pointwise = Conv2d::new(1, 1).stride(2);
+        let pointwise = square(1, 2, 0);
         assert_eq!(
             form(&[1, 256, 56, 56], &pointwise, 256),
             groups(32, 1, 1, true)
