@@ -22,6 +22,7 @@ pub use pool::PoolStats;
 use pool::{GpuBuffer, Pool};
 
 /// A WGSL source file and the name its pipelines are cached under.
+#[derive(Clone, Copy)]
 pub(crate) struct Kernel {
     pub name: &'static str,
     pub source: &'static str,

@@ -422,9 +422,8 @@ impl Tensor {
                         pads: [geom.pads[0], geom.pads[1]],
                         dilations: geom.dilations,
                     };
-                    if im2col_window::takes(&s, &window, ld) {
-                        let shape = (oh, ow);
-                        im2col_window(ctx, x, o, &s, &window, shape, ld, division(&base))?;
+                    let shape = (oh, ow);
+                    if im2col_window(ctx, x, o, &s, &window, shape, ld, division(&base))? {
                         return Ok(out);
                     }
                     let rows = out_shape[0] * out_shape[1];
