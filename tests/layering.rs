@@ -563,9 +563,6 @@ fn import_cycles(krate: &Crate) -> Vec<(Vec<String>, Vec<String>)> {
 /// add to this list; remove an entry when it is paid (move the shared helpers into a module
 /// both import).
 const KNOWN_CYCLES: &[&[&str]] = &[
-    // Tensor::conv2d picks the implicit GEMM (conv_gemm::prefer_implicit), which takes the
-    // Conv2d geometry and check_conv2d from conv.rs.
-    &["src/ops/conv.rs", "src/ops/conv_gemm.rs"],
     // Element-wise ops dispatch f16 tensors to half.rs, which reuses elementwise.rs's op
     // enums, reference, dim merging and WGSL.
     &["src/ops/elementwise.rs", "src/ops/half.rs"],

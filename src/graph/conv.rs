@@ -24,7 +24,7 @@ impl Var {
                 .graph()
                 .push(Op::DepthwiseConv2d(geom), &[self, weight]);
         }
-        if crate::ops::conv_gemm::prefer_implicit(self.shape(), weight.shape(), &geom) {
+        if crate::ops::conv::prefer_implicit(self.shape(), weight.shape(), &geom) {
             // Implicit GEMM: no patch matrix (see ops::conv_gemm for when it wins).
             return self.graph().push(
                 Op::Conv(crate::ops::conv_gemm::ConvPass::Forward, geom),
@@ -166,6 +166,6 @@ fn folds(x: &[usize], w: &[usize], geom: &Conv2d) -> bool {
         && oh * ow < 64
         && !geom.is_pointwise()
         && !crate::ops::depthwise::is_depthwise(x, w, geom)
-        && !crate::ops::conv_gemm::prefer_implicit(x, w, geom)
+        && !crate::ops::conv::prefer_implicit(x, w, geom)
         && std::env::var("WGRAD_FOLD").map_or(true, |v| v != "0")
 }

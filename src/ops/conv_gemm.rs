@@ -513,42 +513,6 @@ impl Tensor {
     }
 }
 
-/// Whether [`crate::graph::Var::conv2d`] takes the implicit kernel for x (N, C, H, W) and
-/// filters (F, C/G, KH, KW) rather than im2col and a matmul.
-/// `WGRAD_CONV=implicit` or `WGRAD_CONV=im2col` forces one path (for measuring both).
-pub(crate) fn prefer_implicit(x: &[usize], w: &[usize], geom: &Conv2d) -> bool {
-    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced = FORCED.get_or_init(|| match std::env::var("WGRAD_CONV").as_deref() {
-        Ok("implicit") => Some(true),
-        Ok("im2col") => Some(false),
-        _ => None,
-    });
-    if let Some(f) = *forced {
-        return f;
-    }
-    // Measured on lavapipe (2 shared cores, load ~2, ms, `examples/conv_gemm.rs`):
-    //   shape (x, filters)                     im2col+product   implicit
-    //   32x3x32x32, 16 3x3 p1   fwd / fwd+bwd   35.3 / 62.5      7.6 / 43.0
-    //   1x3x224x224, 64 7x7/2 (ResNet stem)     37.3             61.3
-    //   1x64x56x56, 64 3x3                      42.3             54.6
-    //   1x128x28x28 .. 1x512x7x7, 3x3           15-18            59-130
-    //   8x64x112x112, 64 3x3 p1 fwd             refused (231 MB patches)  1482
-    // So: the implicit kernel where the reduction C/G·KH·KW is short (the patch matrix is
-    // then mostly overhead: few multiply-adds per patch value) and where the patch matrix
-    // would pass 64 MiB (im2col cannot allocate it past the 128 MiB binding limit); the
-    // subgroup matmul over im2col elsewhere (it runs ~4x more FLOP/s on long reductions).
-    let [n, ..] = x else { return false };
-    let k = w[1..].iter().product::<usize>();
-    let Ok([_, l, ck]) = geom.groups(1).patches_shape("conv2d", x) else {
-        return false;
-    };
-    let patch_bytes = n.saturating_mul(l).saturating_mul(ck).saturating_mul(4);
-    // A dense 1×1 stride-1 convolution is a plain product with no patches: kept (ResNet's
-    // 64-channel 1×1 layers would otherwise fall under the short-reduction rule).
-    let pointwise = geom.groups == 1 && geom.is_pointwise();
-    (k <= 64 && !pointwise) || patch_bytes > 64 << 20
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,7 +55,7 @@ pub(crate) fn texture_kernel() -> Kernel {
 }
 
 /// Bytes of any one transformed operand past which the plan keeps im2col (under the default
-/// 128 MiB binding limit, as `conv_gemm::prefer_implicit`'s patch rule).
+/// 128 MiB binding limit, as `conv::prefer_implicit`'s patch rule).
 const MAX_OPERAND_BYTES: usize = 64 << 20;
 
 /// The epilogue steps the output transforms apply (winograd.wgsl's EPI_*: ReLU, scale,
