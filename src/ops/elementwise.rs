@@ -345,7 +345,7 @@ impl Tensor {
     /// Applies a unary op to every element.
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         if self.dtype() == DType::F16 {
-            return crate::ops::half::unary(self, op);
+            return self.unary_f16(op);
         }
         let name = op.name();
         self.expect_f32(name)?;
@@ -382,7 +382,7 @@ impl Tensor {
     /// Applies a binary op with NumPy broadcasting.
     pub fn binary(&self, other: &Tensor, op: BinaryOp) -> Result<Tensor> {
         if self.dtype() == DType::F16 || other.dtype() == DType::F16 {
-            return crate::ops::half::binary(self, other, op);
+            return self.binary_f16(other, op);
         }
         let name = op.name();
         self.expect_f32(name)?;
@@ -479,7 +479,7 @@ impl Tensor {
     /// `self (op) s` for a scalar `s`; with `scalar_lhs`, `s (op) self`.
     pub fn binary_scalar(&self, op: BinaryOp, s: f32, scalar_lhs: bool) -> Result<Tensor> {
         if self.dtype() == DType::F16 {
-            return crate::ops::half::scalar(self, op, s, scalar_lhs);
+            return self.binary_scalar_f16(op, s, scalar_lhs);
         }
         let name = op.name();
         self.expect_f32(name)?;

@@ -148,101 +148,115 @@ impl Tensor {
     }
 }
 
-/// `op(x)` on an f16 tensor.
-pub(crate) fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
-    let name = op.name();
-    let Some(ctx) = f16_ctx(x, name)? else {
-        let v = host_f16(x)?.into_iter().map(|v| op.eval(v)).collect();
-        return cpu_f16(x, x.shape(), v);
-    };
-    let params = [x.numel() as u32];
-    pairs_op(
-        ctx,
-        name,
-        x.shape(),
-        ("unary_f16", &[("OP", op.code() as f64)], 2),
-        &params,
-        &[x],
-    )
-}
-
-/// `x (op) s`, or `s (op) x` with `scalar_lhs`, on an f16 tensor (`s` is f32).
-pub(crate) fn scalar(x: &Tensor, op: BinaryOp, s: f32, scalar_lhs: bool) -> Result<Tensor> {
-    let name = op.name();
-    let Some(ctx) = f16_ctx(x, name)? else {
-        let s = s as f64;
-        let v = host_f16(x)?
-            .into_iter()
-            .map(|v| {
-                if scalar_lhs {
-                    op.eval(s, v)
-                } else {
-                    op.eval(v, s)
-                }
-            })
-            .collect();
-        return cpu_f16(x, x.shape(), v);
-    };
-    let params = [x.numel() as u32, 0, s.to_bits(), scalar_lhs as u32];
-    pairs_op(
-        ctx,
-        name,
-        x.shape(),
-        ("scalar_f16", &[("OP", op.code() as f64)], 2),
-        &params,
-        &[x],
-    )
-}
-
-/// `a (op) b` with NumPy broadcasting on f16 tensors.
-pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
-    let name = op.name();
-    expect_f16(a, name)?;
-    expect_f16(b, name)?;
-    a.expect_same_device(name, b)?;
-    let out_shape = broadcast_shapes(name, a.shape(), b.shape())?;
-    check_rank(name, &out_shape)?;
-    let (sa, sb) = (
-        broadcast_strides(a.shape(), &out_shape),
-        broadcast_strides(b.shape(), &out_shape),
-    );
-    let n: usize = out_shape.iter().product();
-    let Some(ctx) = f16_ctx(a, name)? else {
-        let (av, bv) = (host_f16(a)?, host_f16(b)?);
-        let v = binary_reference(op, &av, &bv, &out_shape, (&sa, &sb));
-        return cpu_f16(a, &out_shape, v);
-    };
-    // Fewest dims first (the same merge as the f32 op): rank <= 3 runs the stepping entry.
-    let (dims, ma, mb) = merge_dims(&out_shape, &sa, &sb);
-    let fast = dims.len() <= 3;
-    let (dims, ma, mb) = if fast {
-        crate::ops::elementwise::pad_rank3(&dims, &ma, &mb)
-    } else {
-        (dims, ma, mb)
-    };
-    let mut params = vec![n as u32, dims.len() as u32, 0, 0];
-    params.extend(pack_dims(&dims));
-    params.extend(pack_dims(&ma));
-    params.extend(pack_dims(&mb));
-    let op_code = ("OP", op.code() as f64);
-    if !fast {
-        let job = ("binary_f16", &[op_code][..], 2);
-        return pairs_op(ctx, name, &out_shape, job, &params, &[a, b]);
+// Element-wise ops on f16 tensors: elementwise.rs's `Tensor::unary`, `binary` and
+// `binary_scalar` send f16 operands here (as methods, so that elementwise.rs does not import
+// this file, which imports its op enums and reference).
+impl Tensor {
+    /// `op(x)` on an f16 tensor ([`Tensor::unary`] sends f16 tensors here).
+    pub(crate) fn unary_f16(&self, op: UnaryOp) -> Result<Tensor> {
+        let x = self;
+        let name = op.name();
+        let Some(ctx) = f16_ctx(x, name)? else {
+            let v = host_f16(x)?.into_iter().map(|v| op.eval(v)).collect();
+            return cpu_f16(x, x.shape(), v);
+        };
+        let params = [x.numel() as u32];
+        pairs_op(
+            ctx,
+            name,
+            x.shape(),
+            ("unary_f16", &[("OP", op.code() as f64)], 2),
+            &params,
+            &[x],
+        )
     }
-    let (run, cross_rows) = run_length(dims[2]);
-    let constants = [
-        op_code,
-        ("RUN", run as f64),
-        ("CROSS_ROWS", cross_rows as u8 as f64),
-    ];
-    pairs_op(
-        ctx,
-        name,
-        &out_shape,
-        ("binary_broadcast3_f16", &constants, run),
-        &params,
-        &[a, b],
-    )
+
+    /// `x (op) s`, or `s (op) x` with `scalar_lhs`, on an f16 tensor (`s` is f32;
+    /// [`Tensor::binary_scalar`] sends f16 tensors here).
+    pub(crate) fn binary_scalar_f16(
+        &self,
+        op: BinaryOp,
+        s: f32,
+        scalar_lhs: bool,
+    ) -> Result<Tensor> {
+        let x = self;
+        let name = op.name();
+        let Some(ctx) = f16_ctx(x, name)? else {
+            let s = s as f64;
+            let v = host_f16(x)?
+                .into_iter()
+                .map(|v| {
+                    if scalar_lhs {
+                        op.eval(s, v)
+                    } else {
+                        op.eval(v, s)
+                    }
+                })
+                .collect();
+            return cpu_f16(x, x.shape(), v);
+        };
+        let params = [x.numel() as u32, 0, s.to_bits(), scalar_lhs as u32];
+        pairs_op(
+            ctx,
+            name,
+            x.shape(),
+            ("scalar_f16", &[("OP", op.code() as f64)], 2),
+            &params,
+            &[x],
+        )
+    }
+
+    /// `a (op) b` with NumPy broadcasting on f16 tensors ([`Tensor::binary`] sends them here).
+    pub(crate) fn binary_f16(&self, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        let a = self;
+        let name = op.name();
+        expect_f16(a, name)?;
+        expect_f16(b, name)?;
+        a.expect_same_device(name, b)?;
+        let out_shape = broadcast_shapes(name, a.shape(), b.shape())?;
+        check_rank(name, &out_shape)?;
+        let (sa, sb) = (
+            broadcast_strides(a.shape(), &out_shape),
+            broadcast_strides(b.shape(), &out_shape),
+        );
+        let n: usize = out_shape.iter().product();
+        let Some(ctx) = f16_ctx(a, name)? else {
+            let (av, bv) = (host_f16(a)?, host_f16(b)?);
+            let v = binary_reference(op, &av, &bv, &out_shape, (&sa, &sb));
+            return cpu_f16(a, &out_shape, v);
+        };
+        // Fewest dims first (the same merge as the f32 op): rank <= 3 runs the stepping entry.
+        let (dims, ma, mb) = merge_dims(&out_shape, &sa, &sb);
+        let fast = dims.len() <= 3;
+        let (dims, ma, mb) = if fast {
+            crate::ops::elementwise::pad_rank3(&dims, &ma, &mb)
+        } else {
+            (dims, ma, mb)
+        };
+        let mut params = vec![n as u32, dims.len() as u32, 0, 0];
+        params.extend(pack_dims(&dims));
+        params.extend(pack_dims(&ma));
+        params.extend(pack_dims(&mb));
+        let op_code = ("OP", op.code() as f64);
+        if !fast {
+            let job = ("binary_f16", &[op_code][..], 2);
+            return pairs_op(ctx, name, &out_shape, job, &params, &[a, b]);
+        }
+        let (run, cross_rows) = run_length(dims[2]);
+        let constants = [
+            op_code,
+            ("RUN", run as f64),
+            ("CROSS_ROWS", cross_rows as u8 as f64),
+        ];
+        pairs_op(
+            ctx,
+            name,
+            &out_shape,
+            ("binary_broadcast3_f16", &constants, run),
+            &params,
+            &[a, b],
+        )
+    }
 }
 
 /// Output elements per invocation of `binary_broadcast3_f16` (even: whole pairs) and

@@ -1,7 +1,8 @@
 //! Cross-entropy's mean and sum over rows: [`Tensor::cross_entropy_reduced`] (one dispatch of
 //! one workgroup for small problems, else the per-row losses and a reduction), the training
-//! step's loss and gradient together. The per-row op, its options, its CPU reference and the
-//! count of rows a mean divides by (`counted_rows`) are in `crate::ops::loss`.
+//! step's loss and gradient together. The per-row op and its CPU reference are in
+//! `crate::ops::loss`; the options, the kernel's params words and the count of rows a mean
+//! divides by (`counted_rows`) in `crate::ops::loss_kernel`.
 
 use crate::device::DeviceInner;
 use crate::error::{Error, Result};

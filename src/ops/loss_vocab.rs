@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::{BufArg, GpuContext, LOOP_BUDGET, STATUS_BYTES};
-use crate::ops::loss::{arg, groups, words, CrossEntropyOptions, Divide, MAX_CLASSES, SHADER};
+use crate::ops::loss_kernel::{
+    arg, counted_rows, groups, words, CrossEntropyOptions, Divide, MAX_CLASSES, SHADER,
+};
 use crate::ops::reduce::{ReduceOp, TARGET_OUTPUTS};
 use crate::tensor::Tensor;
 use crate::DType;
@@ -105,7 +107,7 @@ pub(crate) fn reduce_losses(
         Divide::Rows => losses.reduce_all(ReduceOp::Mean),
         Divide::Counted if opts.ignore_index.is_none() => losses.reduce_all(ReduceOp::Mean),
         Divide::Counted => {
-            let count = crate::ops::loss::counted_rows(labels, opts)?;
+            let count = counted_rows(labels, opts)?;
             losses.reduce_all(ReduceOp::Sum)?.div(&count)
         }
     }

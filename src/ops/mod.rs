@@ -14,6 +14,7 @@ pub mod half;
 pub(crate) mod im2col_window;
 pub mod layout;
 pub mod loss;
+pub(crate) mod loss_kernel;
 pub(crate) mod loss_reduced;
 pub(crate) mod loss_vocab;
 pub mod matmul;
