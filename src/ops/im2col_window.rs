@@ -26,6 +26,7 @@ use std::sync::Mutex;
 
 use crate::error::Result;
 use crate::gpu::{BufArg, GpuContext, Kernel};
+use crate::ops::conv_geom::Conv2d;
 use crate::ops::texture_reads::{dispatch_reading_source, texture_module, Read};
 
 /// Most (channel, kernel row) pairs a generated kernel unrolls: its code grows with them, and
@@ -50,25 +51,11 @@ struct Form {
     looped: bool,
 }
 
-/// The window geometry this module needs: src/ops/conv.rs's `Conv2d` in plain numbers (that
-/// file imports this one, so this one does not import it).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Window {
-    pub kh: usize,
-    pub kw: usize,
-    /// (rows, columns)
-    pub strides: [usize; 2],
-    /// Top and left padding.
-    pub pads: [usize; 2],
-    /// (rows, columns)
-    pub dilations: [usize; 2],
-}
-
 /// The form that takes patches of `x` (N, C, H, W) under `geom` into rows of `ld`, if any:
 /// kernel rows of at most 8 taps, column dilation 1, x whole vec4s. Few channels (C·KH at
 /// most [`MAX_ROWS`]) are unrolled whole, rows padded to `ld`; more go by groups of `q`
 /// channels whose values are whole vec4s (q·KH·KW % 4 = 0, C % q = 0), rows unpadded.
-fn form(x: &[usize], geom: &Window, ld: usize) -> Option<Form> {
+fn form(x: &[usize], geom: &Conv2d, ld: usize) -> Option<Form> {
     let (c, kh, kw) = (x[1], geom.kh, geom.kw);
     let numel: usize = x.iter().product();
     let fits = geom.dilations[1] == 1 && (1..=8).contains(&kw) && numel % 4 == 0 && ld % 4 == 0;
@@ -121,7 +108,7 @@ pub(crate) fn im2col_window(
     x: BufArg<'_>,
     out: BufArg<'_>,
     s: &[usize],
-    geom: &Window,
+    geom: &Conv2d,
     (oh, ow): (usize, usize),
     ld: usize,
     constants: &[(&str, f64)],
@@ -421,13 +408,8 @@ mod tests {
 
     #[test]
     fn forms_unroll_few_channels_and_group_many() {
-        let square = |k: usize, stride: usize, pad: usize| Window {
-            kh: k,
-            kw: k,
-            strides: [stride; 2],
-            pads: [pad; 2],
-            dilations: [1; 2],
-        };
+        let square =
+            |k: usize, stride: usize, pad: usize| Conv2d::new(k, k).stride(stride).padding(pad);
         let stem = square(7, 2, 3);
         let whole = |q, kh, kw, aligned| {
             let looped = false;
@@ -452,11 +434,7 @@ mod tests {
         assert_eq!(form(&[1, 3, 224, 224], &stem, 148), whole(3, 7, 7, true));
         assert_eq!(form(&[1, 3, 224, 224], &stem, 147), None); // rows not whole vec4s
         assert_eq!(form(&[1, 3, 222, 222], &stem, 148), whole(3, 7, 7, false));
-        let dilated = Window {
-            dilations: [2; 2],
-            ..stem
-        };
-        assert_eq!(form(&[1, 3, 224, 224], &dilated, 148), None);
+        assert_eq!(form(&[1, 3, 224, 224], &stem.dilation(2), 148), None);
         // Kernel rows past 8 taps.
         assert_eq!(form(&[1, 1, 16, 16], &square(9, 1, 0), 84), None);
         // ResNet-50's stride-2 layers: 3x3 by 8 channels (72 taps, 18 vec4s a group), 1x1 by

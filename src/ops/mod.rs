@@ -5,6 +5,7 @@ pub mod batchnorm;
 pub(crate) mod chunk;
 pub mod conv;
 pub mod conv_gemm;
+pub(crate) mod conv_geom;
 pub mod conv_phase;
 pub mod depthwise;
 pub mod dropout;
